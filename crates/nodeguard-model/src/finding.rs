@@ -1,0 +1,302 @@
+//! Findings: what nodeguard flags, how bad it is, and a stable identity for each.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// How bad a finding is. Ordered: `Low < Medium < High < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing an unknown severity or finding kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+    pub expected: String,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown {} {:?} (expected one of: {})",
+            self.what, self.name, self.expected
+        )
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl FromStr for Severity {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Severity::ALL
+            .into_iter()
+            .find(|sev| sev.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownName {
+                what: "severity",
+                name: s.to_string(),
+                expected: "low, medium, high, critical".to_string(),
+            })
+    }
+}
+
+macro_rules! finding_kinds {
+    ($( $(#[$doc:meta])* $variant:ident => $snake:literal, $reason:literal; )*) => {
+        /// What a finding is about. Serialized snake_case (`binary_drift`); Kubernetes Event
+        /// reasons are the UpperCamelCase form (`BinaryDrift`). Both are stable contracts.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum FindingKind {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl FindingKind {
+            pub const ALL: &'static [FindingKind] = &[$(FindingKind::$variant,)*];
+
+            /// The JSON / metric label form, e.g. `binary_drift`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(FindingKind::$variant => $snake,)* }
+            }
+
+            /// The Kubernetes Event reason, e.g. `BinaryDrift`.
+            pub fn reason(self) -> &'static str {
+                match self { $(FindingKind::$variant => $reason,)* }
+            }
+        }
+    };
+}
+
+finding_kinds! {
+    /// A process holds a capability from the dangerous list in its effective set.
+    DangerousCapability => "dangerous_capability", "DangerousCapability";
+    /// A container's bounding set holds every capability the kernel knows: it is privileged.
+    PrivilegedContainer => "privileged_container", "PrivilegedContainer";
+    /// A container has no memory limit anywhere up its cgroup hierarchy.
+    MissingMemoryLimit => "missing_memory_limit", "MissingMemoryLimit";
+    /// A container has no CPU quota anywhere up its cgroup hierarchy.
+    MissingCpuLimit => "missing_cpu_limit", "MissingCpuLimit";
+    /// A container has no pids limit anywhere up its cgroup hierarchy.
+    MissingPidsLimit => "missing_pids_limit", "MissingPidsLimit";
+    /// A container process runs with effective uid 0 (as seen from the host).
+    RunsAsRoot => "runs_as_root", "RunsAsRoot";
+    /// A container process may gain privileges through setuid or file capabilities.
+    NoNewPrivsDisabled => "no_new_privs_disabled", "NoNewPrivsDisabled";
+    /// A container process runs without any seccomp filter.
+    SeccompDisabled => "seccomp_disabled", "SeccompDisabled";
+    /// A container process shares the host's pid namespace.
+    HostPidNamespace => "host_pid_namespace", "HostPidNamespace";
+    /// A container process shares the host's network namespace.
+    HostNetworkNamespace => "host_network_namespace", "HostNetworkNamespace";
+    /// A container process shares the host's IPC namespace.
+    HostIpcNamespace => "host_ipc_namespace", "HostIpcNamespace";
+    /// A container process shares the host's UTS namespace.
+    HostUtsNamespace => "host_uts_namespace", "HostUtsNamespace";
+    /// A process runs an executable that was deleted or never had a path (memfd): fileless.
+    DeletedExecutable => "deleted_executable", "DeletedExecutable";
+    /// A file with the setuid bit inside a container filesystem.
+    SetuidFile => "setuid_file", "SetuidFile";
+    /// A file with the setgid bit inside a container filesystem.
+    SetgidFile => "setgid_file", "SetgidFile";
+    /// A file carrying file capabilities (`security.capability`) inside a container filesystem.
+    FileCapability => "file_capability", "FileCapability";
+    /// A process runs an executable from the container's writable layer, not from the image.
+    BinaryDrift => "binary_drift", "BinaryDrift";
+    /// A trusted binary's digest is not one the policy allows.
+    UnexpectedBinaryHash => "unexpected_binary_hash", "UnexpectedBinaryHash";
+    /// A process or file matches a denied digest (an indicator of compromise).
+    DeniedBinary => "denied_binary", "DeniedBinary";
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FindingKind {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FindingKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s.trim() || k.reason() == s.trim())
+            .ok_or_else(|| UnknownName {
+                what: "finding kind",
+                name: s.to_string(),
+                expected: FindingKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// One thing nodeguard flags.
+///
+/// `id` is stable across scans and restarts: it is derived from the kind, the container (or
+/// `host`) and the subject (capability name, limit, path, digest), never from a pid, so the
+/// same problem keeps its id while it lasts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub id: String,
+    pub kind: FindingKind,
+    pub severity: Severity,
+    /// The container, or null for a host process or host file.
+    pub container_id: Option<String>,
+    /// A process that shows the problem (the lowest pid when several do), if any.
+    pub pid: Option<i32>,
+    /// What exactly: a capability name, `memory`, a path, a namespace.
+    pub subject: String,
+    /// Path of the file or executable involved, as the container sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// SHA-256 of the file or executable involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// One line for humans.
+    pub message: String,
+    /// Kubernetes names, when known.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub container_name: Option<String>,
+}
+
+impl Finding {
+    /// Builds a finding whose id is derived from `(kind, container, subject)`.
+    pub fn new(
+        kind: FindingKind,
+        severity: Severity,
+        container_id: Option<&str>,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Finding {
+        let subject = subject.into();
+        Finding {
+            id: finding_id(kind, container_id, &subject),
+            kind,
+            severity,
+            container_id: container_id.map(str::to_string),
+            pid: None,
+            subject,
+            path: None,
+            sha256: None,
+            message: message.into(),
+            namespace: None,
+            pod: None,
+            container_name: None,
+        }
+    }
+
+    pub fn with_pid(mut self, pid: i32) -> Finding {
+        self.pid = Some(pid);
+        self
+    }
+
+    pub fn with_path(mut self, path: impl Into<String>) -> Finding {
+        self.path = Some(path.into());
+        self
+    }
+
+    pub fn with_sha256(mut self, digest: impl Into<String>) -> Finding {
+        self.sha256 = Some(digest.into());
+        self
+    }
+}
+
+/// The stable id of a finding: 16 hex digits of FNV-1a over `kind \0 container|host \0 subject`.
+pub fn finding_id(kind: FindingKind, container_id: Option<&str>, subject: &str) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let parts = [
+        kind.as_str().as_bytes(),
+        b"\0",
+        container_id.unwrap_or("host").as_bytes(),
+        b"\0",
+        subject.as_bytes(),
+    ];
+    for part in parts {
+        for byte in part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severity_orders_and_parses() {
+        assert!(Severity::Low < Severity::Medium);
+        assert!(Severity::High < Severity::Critical);
+        assert_eq!("HIGH".parse::<Severity>(), Ok(Severity::High));
+        let err = "urgent".parse::<Severity>().unwrap_err();
+        assert!(err.to_string().contains("urgent"));
+    }
+
+    #[test]
+    fn kinds_round_trip_through_json_and_reason() {
+        for kind in FindingKind::ALL {
+            let json = serde_json::to_string(kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.as_str().parse::<FindingKind>(), Ok(*kind));
+            assert_eq!(kind.reason().parse::<FindingKind>(), Ok(*kind));
+            assert!(kind.reason().chars().next().unwrap().is_ascii_uppercase());
+            assert!(!kind.reason().contains('_'));
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinguish_scope() {
+        let a = finding_id(FindingKind::RunsAsRoot, Some("abc"), "uid 0");
+        assert_eq!(a, finding_id(FindingKind::RunsAsRoot, Some("abc"), "uid 0"));
+        assert_ne!(a, finding_id(FindingKind::RunsAsRoot, Some("abd"), "uid 0"));
+        assert_ne!(a, finding_id(FindingKind::RunsAsRoot, None, "uid 0"));
+        assert_ne!(a, finding_id(FindingKind::SeccompDisabled, Some("abc"), "uid 0"));
+        // A published contract (alert silences and Event dedup key on it): never change it.
+        assert_eq!(
+            finding_id(FindingKind::BinaryDrift, None, "/tmp/x"),
+            "ef14f5c1e051dad7"
+        );
+        assert_eq!(a.len(), 16);
+    }
+}

@@ -1,0 +1,18 @@
+//! The data nodeguard produces, with no I/O.
+//!
+//! One scan yields one immutable [`Report`]: the containers and processes seen on the node,
+//! files of interest in container filesystems, and [`Finding`]s. Collectors fill it in,
+//! the policy adds findings, and sinks (CLI output, metrics, HTTP API, Kubernetes Events)
+//! only read it. Field names here are the JSON contract documented in README.md.
+
+pub mod capability;
+pub mod finding;
+pub mod report;
+
+pub use capability::{capability_name, capability_number, decode_capabilities};
+pub use finding::{finding_id, Finding, FindingKind, Severity, UnknownName};
+pub use report::{
+    escape_path, unescape_path, Capabilities, CapabilityMasks, CgroupDriver, CgroupVersion,
+    Container, FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass, Report,
+    RootFs, Runtime, ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION,
+};

@@ -1,0 +1,481 @@
+//! The report of one scan: the JSON contract documented in README.md.
+
+use crate::finding::{Finding, Severity};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Version of the JSON contract; bumped only on incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A point in time, serialized as RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(SystemTime::now())
+    }
+
+    pub fn unix_seconds(self) -> f64 {
+        self.0
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64()
+    }
+
+    /// Parses RFC 3339 (`2026-11-22T10:00:00Z`, fractions allowed).
+    pub fn parse(text: &str) -> Result<Timestamp, String> {
+        humantime::parse_rfc3339_weak(text.trim())
+            .map(Timestamp)
+            .map_err(|e| format!("not an RFC 3339 time {text:?}: {e}"))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One scan of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    /// The node's name (`NODE_NAME`, else the hostname).
+    pub node: String,
+    pub scanned_at: Timestamp,
+    pub duration_ms: u64,
+    pub containers: Vec<Container>,
+    pub processes: Vec<Process>,
+    /// setuid/setgid/file-capability files found in container filesystems (empty when the
+    /// filesystem scan did not run).
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    pub findings: Vec<Finding>,
+    pub stats: ScanStats,
+    /// Things that went wrong without stopping the scan, one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The highest severity among the findings.
+    pub fn max_severity(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+
+    pub fn container(&self, id: &str) -> Option<&Container> {
+        self.containers.iter().find(|c| c.id == id)
+    }
+}
+
+/// The runtime that created a container, as told by its cgroup name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Containerd,
+    Crio,
+    Docker,
+    Podman,
+    /// A Kubernetes pod container whose cgroup name does not say which runtime made it.
+    Unknown,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Containerd => "containerd",
+            Runtime::Crio => "crio",
+            Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+            Runtime::Unknown => "unknown",
+        }
+    }
+}
+
+/// Kubernetes QoS class, from the kubepods cgroup level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QosClass {
+    Guaranteed,
+    Burstable,
+    Besteffort,
+}
+
+impl QosClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QosClass::Guaranteed => "guaranteed",
+            QosClass::Burstable => "burstable",
+            QosClass::Besteffort => "besteffort",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// Resource limits of a cgroup. `None` (JSON null) means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in cores (quota / period).
+    pub cpu_cores: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// The tighter of two limits, field by field (a cgroup is bounded by its ancestors too).
+    pub fn tightest(self, other: Limits) -> Limits {
+        fn min_opt<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+                (a, None) => a,
+                (None, b) => b,
+            }
+        }
+        Limits {
+            memory_bytes: min_opt(self.memory_bytes, other.memory_bytes),
+            cpu_cores: min_opt(self.cpu_cores, other.cpu_cores),
+            pids: min_opt(self.pids, other.pids),
+        }
+    }
+}
+
+/// Kubernetes identity of a container, filled in when the agent watches the API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub container_name: Option<String>,
+    /// The image reference from the pod spec.
+    pub image: Option<String>,
+    /// The image digest the kubelet reports (`status.containerStatuses[].imageID`). This is
+    /// the registry manifest digest, not the digest of any binary.
+    pub image_id: Option<String>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    /// Filesystem type of the container's `/` (`overlay` for containerd, CRI-O, Docker).
+    pub fstype: String,
+    /// Image layers, top first, as host paths (from the overlay's `lowerdir=`).
+    pub lower_dirs: Vec<String>,
+    /// The container's writable layer, as a host path (from `upperdir=`).
+    pub upper_dir: Option<String>,
+}
+
+/// One container seen on the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    /// The 64-hex container id.
+    pub id: String,
+    pub runtime: Runtime,
+    pub pod_uid: Option<String>,
+    pub qos: Option<QosClass>,
+    /// The container's cgroup path (the v2 path, else the v1 memory controller's path).
+    pub cgroup: String,
+    pub cgroup_driver: CgroupDriver,
+    pub cgroup_version: CgroupVersion,
+    /// The container cgroup's own limits.
+    pub limits: Limits,
+    /// The pod-level parent cgroup's limits, for pod containers.
+    pub pod_limits: Option<Limits>,
+    /// The tightest limits from the container's cgroup up to the root: what actually binds.
+    pub effective_limits: Limits,
+    /// Processes of the container, ascending.
+    pub pids: Vec<i32>,
+    pub rootfs: Option<RootFs>,
+    pub pod: Option<PodRef>,
+}
+
+/// Effective/real ids of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    pub real: u32,
+    pub effective: u32,
+    pub saved: u32,
+    pub filesystem: u32,
+}
+
+/// Capability sets of a process, as `CAP_*` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub effective: Vec<String>,
+    pub permitted: Vec<String>,
+    pub inheritable: Vec<String>,
+    pub bounding: Vec<String>,
+    pub ambient: Vec<String>,
+}
+
+/// The raw masks behind [`Capabilities`], as 16 hex digits like `/proc/PID/status` prints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityMasks {
+    pub effective: String,
+    pub permitted: String,
+    pub inheritable: String,
+    pub bounding: Option<String>,
+    pub ambient: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    Disabled,
+    Strict,
+    Filter,
+}
+
+/// Namespace inode numbers of a process (`/proc/PID/ns/*`), and which it shares with the host
+/// (the proc root's pid 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    pub pid: Option<u64>,
+    pub net: Option<u64>,
+    pub ipc: Option<u64>,
+    pub uts: Option<u64>,
+    pub mnt: Option<u64>,
+    pub user: Option<u64>,
+    pub cgroup: Option<u64>,
+    /// Names of the namespaces equal to pid 1's, e.g. `["net", "user"]`.
+    pub shared_with_host: Vec<String>,
+}
+
+/// Which layer of a container's filesystem a file lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// The image (an overlay lower layer).
+    Image,
+    /// The container's writable layer: written after the container started.
+    Upper,
+    /// Not an overlay, or the layers could not be reached.
+    Unknown,
+}
+
+/// One process seen on the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    /// `comm` from `/proc/PID/stat`.
+    pub command: String,
+    /// The command line, arguments joined by spaces, capped at 4 KiB.
+    pub cmdline: String,
+    /// The container, or null for a host process.
+    pub container_id: Option<String>,
+    /// Path of the executable as the process's own mount namespace sees it, without a
+    /// trailing ` (deleted)`. Null for kernel threads.
+    pub exe: Option<String>,
+    /// The executable was deleted or is anonymous (memfd) while running.
+    #[serde(default)]
+    pub exe_deleted: bool,
+    /// Which layer the executable lives in, when the root is an overlay.
+    pub exe_layer: Option<Layer>,
+    /// SHA-256 of `/proc/PID/exe`, lowercase hex.
+    pub sha256: Option<String>,
+    /// SHA-512 of `/proc/PID/exe`, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha512: Option<String>,
+    /// Why the executable was not hashed, if it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_error: Option<String>,
+    /// Effective uid/gid (as `ps -o uid` shows), and the full sets.
+    pub uid: u32,
+    pub gid: u32,
+    pub uids: Ids,
+    pub gids: Ids,
+    pub capabilities: Capabilities,
+    pub capability_masks: CapabilityMasks,
+    pub no_new_privs: Option<bool>,
+    pub seccomp: Option<SeccompMode>,
+    pub namespaces: Namespaces,
+    pub kernel_thread: bool,
+}
+
+/// A setuid/setgid/file-capability file inside a container filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub container_id: String,
+    /// Path inside the container, bytes that are not UTF-8 and control characters escaped
+    /// (see [`escape_path`]).
+    pub path: String,
+    pub setuid: bool,
+    pub setgid: bool,
+    /// `getcap`-style text, e.g. `cap_net_raw=ep`, when the file carries capabilities.
+    pub capabilities: Option<String>,
+    /// Permission bits, e.g. `0o4755` as 2541.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub layer: Layer,
+}
+
+/// Counters of one scan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScanStats {
+    pub processes_seen: u64,
+    pub kernel_threads: u64,
+    /// Processes that exited while being read.
+    pub processes_vanished: u64,
+    /// Processes the agent was not allowed to read.
+    pub processes_denied: u64,
+    pub containers_seen: u64,
+    pub bytes_hashed: u64,
+    pub files_hashed: u64,
+    pub hash_cache_hits: u64,
+    pub hash_cache_misses: u64,
+    pub files_walked: u64,
+    pub layers_walked: u64,
+    pub layers_cached: u64,
+    /// Roots whose walk a file or time budget cut short.
+    pub walks_truncated: u64,
+    /// Errors by kind (`hash`, `cgroup`, `mountinfo`, `walk`, ...).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl ScanStats {
+    pub fn count_error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_insert(0) += 1;
+    }
+}
+
+/// Renders a path losslessly as text: valid UTF-8 stays as it is except `\` → `\\` and
+/// control characters (`\n`, `\t`, others as `\xNN`); bytes that are not UTF-8 become `\xNN`.
+pub fn escape_path(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape_path`].
+pub fn unescape_path(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1)? {
+            b'\\' => out.push(b'\\'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'x' => {
+                let hex = text.get(i + 2..i + 4)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+        i += 2;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tightest_limits_take_the_smaller_of_each() {
+        let own = Limits {
+            memory_bytes: Some(100),
+            cpu_cores: None,
+            pids: Some(50),
+        };
+        let pod = Limits {
+            memory_bytes: Some(200),
+            cpu_cores: Some(0.5),
+            pids: None,
+        };
+        assert_eq!(
+            own.tightest(pod),
+            Limits {
+                memory_bytes: Some(100),
+                cpu_cores: Some(0.5),
+                pids: Some(50)
+            }
+        );
+        assert_eq!(Limits::default().tightest(Limits::default()), Limits::default());
+    }
+
+    #[test]
+    fn escape_is_lossless_for_hostile_names() {
+        let names: [&[u8]; 5] = [
+            b"/usr/bin/passwd",
+            b"/tmp/evil\nname",
+            b"/tmp/\xff\xfe-not-utf8",
+            b"/tmp/back\\slash\\x41",
+            b"/tmp/\x1b[31mred",
+        ];
+        for name in names {
+            let escaped = escape_path(name);
+            assert!(!escaped.contains('\n'), "{escaped}");
+            assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
+            assert_eq!(unescape_path(&escaped).as_deref(), Some(name), "{escaped}");
+        }
+        assert_eq!(escape_path(b"/tmp/a\nb"), "/tmp/a\\nb");
+        assert_eq!(escape_path(b"/tmp/\xff"), "/tmp/\\xff");
+    }
+
+    #[test]
+    fn timestamps_round_trip_as_rfc3339() {
+        let ts = Timestamp::parse("2026-11-22T10:00:00.250Z").unwrap();
+        assert_eq!(ts.to_string(), "2026-11-22T10:00:00.250Z");
+        let json = serde_json::to_string(&ts).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), ts);
+        assert!(Timestamp::parse("yesterday").is_err());
+    }
+}
