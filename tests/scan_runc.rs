@@ -1,0 +1,1 @@
+//! Integration tests of `nodeguard scan` against real runc containers.
