@@ -8,6 +8,7 @@
 pub mod capability;
 pub mod finding;
 pub mod report;
+pub mod state;
 
 pub use capability::{capability_name, capability_number, decode_capabilities};
 pub use finding::{finding_id, Finding, FindingKind, Severity, UnknownName};
@@ -16,3 +17,4 @@ pub use report::{
     Container, FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass, Report,
     RootFs, Runtime, ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION,
 };
+pub use state::{FindingChanges, FindingLedger, NodeState, ScanKind, ScanRun, TrackedFinding};

@@ -1,0 +1,171 @@
+//! What the daemon knows between scans: the latest report and the findings it has tracked
+//! since they appeared. Sinks (metrics, HTTP API, Events) read a [`NodeState`].
+
+use crate::finding::Finding;
+use crate::report::{Report, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A finding with the times it was first and last seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackedFinding {
+    #[serde(flatten)]
+    pub finding: Finding,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+}
+
+/// What changed between two scans.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FindingChanges {
+    /// Findings that were not open before this scan.
+    pub appeared: Vec<TrackedFinding>,
+    /// Findings that were open and are no longer seen (the container is gone, the file
+    /// removed, the policy changed).
+    pub resolved: Vec<TrackedFinding>,
+}
+
+/// Open findings by id, with first/last seen times. A finding stays open while scans keep
+/// reporting it and is dropped on the first scan that does not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FindingLedger {
+    open: BTreeMap<String, TrackedFinding>,
+}
+
+impl FindingLedger {
+    /// Records the findings of a scan made at `now`.
+    pub fn apply(&mut self, findings: &[Finding], now: Timestamp) -> FindingChanges {
+        let mut changes = FindingChanges::default();
+        let mut next = BTreeMap::new();
+        for finding in findings {
+            let tracked = match self.open.remove(&finding.id) {
+                Some(previous) => TrackedFinding {
+                    finding: finding.clone(),
+                    first_seen: previous.first_seen,
+                    last_seen: now,
+                },
+                None => {
+                    let t = TrackedFinding {
+                        finding: finding.clone(),
+                        first_seen: now,
+                        last_seen: now,
+                    };
+                    changes.appeared.push(t.clone());
+                    t
+                }
+            };
+            next.insert(finding.id.clone(), tracked);
+        }
+        changes.resolved = std::mem::take(&mut self.open).into_values().collect();
+        self.open = next;
+        changes
+    }
+
+    pub fn open(&self) -> impl Iterator<Item = &TrackedFinding> {
+        self.open.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+/// Which kind of scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanKind {
+    /// Processes, executables, capabilities, cgroup limits.
+    Processes,
+    /// Walks of container filesystems.
+    Filesystems,
+}
+
+impl ScanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanKind::Processes => "processes",
+            ScanKind::Filesystems => "filesystems",
+        }
+    }
+}
+
+/// When a kind of scan last completed and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScanRun {
+    pub finished_at: Timestamp,
+    pub duration_ms: u64,
+}
+
+/// The daemon's view of the node after its latest scan, shared immutably with every sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub report: Arc<Report>,
+    /// Open findings, ordered by id, with first/last seen.
+    pub findings: Vec<TrackedFinding>,
+    pub last_scans: BTreeMap<ScanKind, ScanRun>,
+    /// Findings that appeared since the agent started (monotonic, for `_total` counters).
+    pub findings_detected: BTreeMap<(crate::FindingKind, crate::Severity), u64>,
+    /// Errors by kind since the agent started (monotonic).
+    pub errors_total: BTreeMap<String, u64>,
+    /// Policy reloads refused since start (the previous policy stayed in force).
+    pub policy_reload_failures: u64,
+    pub policy_loaded_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FindingKind, Severity};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    fn finding(subject: &str) -> Finding {
+        Finding::new(
+            FindingKind::RunsAsRoot,
+            Severity::Medium,
+            Some("c1"),
+            subject,
+            "m",
+        )
+    }
+
+    #[test]
+    fn tracks_first_and_last_seen_and_resolution() {
+        let mut ledger = FindingLedger::default();
+        let changes = ledger.apply(&[finding("a"), finding("b")], at(10));
+        assert_eq!(changes.appeared.len(), 2);
+        assert!(changes.resolved.is_empty());
+
+        let changes = ledger.apply(&[finding("a")], at(20));
+        assert!(changes.appeared.is_empty());
+        assert_eq!(changes.resolved.len(), 1);
+        assert_eq!(changes.resolved[0].finding.subject, "b");
+        let a = ledger.open().next().unwrap();
+        assert_eq!((a.first_seen, a.last_seen), (at(10), at(20)));
+
+        let changes = ledger.apply(&[finding("a"), finding("b")], at(30));
+        assert_eq!(changes.appeared.len(), 1, "b came back: it is new again");
+        assert_eq!(changes.appeared[0].first_seen, at(30));
+        assert_eq!(ledger.len(), 2);
+    }
+
+    #[test]
+    fn tracked_finding_serializes_flat() {
+        let t = TrackedFinding {
+            finding: finding("a"),
+            first_seen: at(0),
+            last_seen: at(1),
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["kind"], "runs_as_root");
+        assert_eq!(v["first_seen"], "1970-01-01T00:00:00.000Z");
+    }
+}
