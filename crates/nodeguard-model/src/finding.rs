@@ -291,7 +291,10 @@ mod tests {
         assert_eq!(a, finding_id(FindingKind::RunsAsRoot, Some("abc"), "uid 0"));
         assert_ne!(a, finding_id(FindingKind::RunsAsRoot, Some("abd"), "uid 0"));
         assert_ne!(a, finding_id(FindingKind::RunsAsRoot, None, "uid 0"));
-        assert_ne!(a, finding_id(FindingKind::SeccompDisabled, Some("abc"), "uid 0"));
+        assert_ne!(
+            a,
+            finding_id(FindingKind::SeccompDisabled, Some("abc"), "uid 0")
+        );
         // A published contract (alert silences and Event dedup key on it): never change it.
         assert_eq!(
             finding_id(FindingKind::BinaryDrift, None, "/tmp/x"),

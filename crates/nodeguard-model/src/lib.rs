@@ -17,4 +17,7 @@ pub use report::{
     Container, FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass, Report,
     RootFs, Runtime, ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION,
 };
-pub use state::{FindingChanges, FindingLedger, NodeState, ScanKind, ScanRun, TrackedFinding};
+pub use state::{
+    EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, ScanKind, ScanRun,
+    TrackedFinding,
+};

@@ -448,7 +448,10 @@ mod tests {
                 pids: Some(50)
             }
         );
-        assert_eq!(Limits::default().tightest(Limits::default()), Limits::default());
+        assert_eq!(
+            Limits::default().tightest(Limits::default()),
+            Limits::default()
+        );
     }
 
     #[test]

@@ -169,3 +169,36 @@ mod tests {
         assert_eq!(v["first_seen"], "1970-01-01T00:00:00.000Z");
     }
 }
+
+/// Kubernetes metadata for containers, supplied by whoever watches the API server; the scan
+/// asks it for every container it finds.
+pub trait PodLookup: Send + Sync {
+    /// The pod and container a container id belongs to, if known.
+    fn pod_for(&self, pod_uid: Option<&str>, container_id: &str) -> Option<crate::PodRef>;
+}
+
+/// No cluster: no pod metadata.
+pub struct NoPods;
+
+impl PodLookup for NoPods {
+    fn pod_for(&self, _: Option<&str>, _: &str) -> Option<crate::PodRef> {
+        None
+    }
+}
+
+/// Counters of the Kubernetes Events publisher since start, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStats {
+    /// Events the API server accepted.
+    pub sent: u64,
+    /// Events the API server refused or that failed in transit.
+    pub failed: u64,
+    /// Events not sent because a per-object or node-wide rate limit was exhausted.
+    pub rate_limited: u64,
+    /// Events dropped because the bounded queue was full.
+    pub queue_overflow: u64,
+    /// Summary events sent in place of findings over an object's budget.
+    pub summaries: u64,
+    /// Events waiting in the queue now.
+    pub queued: u64,
+}
