@@ -1,0 +1,735 @@
+//! The rules: evidence in, findings out.
+
+use crate::policy::Policy;
+use crate::spec::Exemption;
+use nodeguard_model::capability::{
+    capability_name, capability_number, full_capability_mask, CAPABILITY_NAMES,
+};
+use nodeguard_model::{
+    Container, FileEntry, Finding, FindingKind, Layer, PodRef, Process, SeccompMode, Severity,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+
+/// What one scan saw, borrowed from the scan's own collections.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    pub processes: &'a [Process],
+    pub containers: &'a [Container],
+    /// setuid/setgid/file-capability files in container filesystems.
+    pub files: &'a [FileEntry],
+    /// `/proc/sys/kernel/cap_last_cap`; 0 when unknown, which is taken as the highest
+    /// capability nodeguard knows by name (40, `CAP_CHECKPOINT_RESTORE`).
+    pub cap_last_cap: u32,
+}
+
+/// Capabilities whose `dangerous_capability` finding is critical rather than high: either
+/// is enough to own the node.
+const CRITICAL_CAPABILITIES: [&str; 2] = ["CAP_SYS_ADMIN", "CAP_SYS_MODULE"];
+
+/// Namespaces whose sharing with the host is a finding, with its kind and severity.
+const HOST_NAMESPACES: [(&str, FindingKind, Severity); 4] = [
+    ("pid", FindingKind::HostPidNamespace, Severity::High),
+    ("net", FindingKind::HostNetworkNamespace, Severity::High),
+    ("ipc", FindingKind::HostIpcNamespace, Severity::Medium),
+    ("uts", FindingKind::HostUtsNamespace, Severity::Low),
+];
+
+/// Applies `policy` to `evidence`.
+///
+/// Container processes get every process rule; host processes only `deleted_executable`,
+/// `denied_binary` and `unexpected_binary_hash` (trusted binaries without an `image`) —
+/// the host is expected to run as root with full capabilities. There is one finding per
+/// `(container, kind, subject)`, carrying the lowest pid that shows it. Then `checks`
+/// (disabled kinds, severity overrides) and `exemptions` apply. The result is sorted by
+/// severity (highest first), kind, container (host first) and subject, and is the same for
+/// the same evidence whatever its order.
+pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
+    let containers: HashMap<&str, &Container> = evidence
+        .containers
+        .iter()
+        .map(|c| (c.id.as_str(), c))
+        .collect();
+    let mut found = Found::new(policy);
+
+    for process in evidence.processes.iter().filter(|p| !p.kernel_thread) {
+        let container = process
+            .container_id
+            .as_deref()
+            .map(|id| (id, containers.get(id).copied()));
+        if let Some((id, container)) = container {
+            container_process_rules(policy, evidence.cap_last_cap, id, process, &mut found);
+            let image = container.and_then(|c| c.pod.as_ref()?.image.as_deref());
+            binary_rules(policy, Scope::Container(id, image), process, &mut found);
+        } else {
+            binary_rules(policy, Scope::Host, process, &mut found);
+        }
+    }
+
+    let mut lowest_pid: HashMap<&str, i32> = HashMap::new();
+    for process in evidence.processes {
+        if let Some(id) = process.container_id.as_deref() {
+            let pid = lowest_pid.entry(id).or_insert(process.pid);
+            *pid = (*pid).min(process.pid);
+        }
+    }
+    for container in evidence.containers {
+        let pid = container
+            .pids
+            .iter()
+            .copied()
+            .chain(lowest_pid.get(container.id.as_str()).copied())
+            .min();
+        limit_rules(policy, container, pid, &mut found);
+    }
+
+    for file in evidence.files {
+        let image = containers
+            .get(file.container_id.as_str())
+            .and_then(|c| c.pod.as_ref()?.image.as_deref());
+        file_rules(policy, image, file, &mut found);
+    }
+
+    found.finish(&containers)
+}
+
+/// Where a process or file lives, for matching trusted binaries and writing messages.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    Host,
+    /// A container id and its image, when pod metadata is known.
+    Container(&'a str, Option<&'a str>),
+}
+
+impl<'a> Scope<'a> {
+    fn container_id(self) -> Option<&'a str> {
+        match self {
+            Scope::Host => None,
+            Scope::Container(id, _) => Some(id),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Scope::Host => "host".to_string(),
+            Scope::Container(id, _) => format!("container {}", short_id(id)),
+        }
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn who(process: &Process) -> String {
+    format!("pid {} ({})", process.pid, process.command)
+}
+
+fn container_process_rules(
+    policy: &Policy,
+    cap_last_cap: u32,
+    id: &str,
+    p: &Process,
+    found: &mut Found,
+) {
+    let label = Scope::Container(id, None).label();
+    let cid = Some(id);
+
+    let effective = process_mask(&p.capability_masks.effective, &p.capabilities.effective);
+    for bit in (0..64u32).filter(|bit| effective & policy.dangerous & (1u64 << bit) != 0) {
+        let name = capability_name(bit);
+        let severity = if CRITICAL_CAPABILITIES.contains(&name.as_str()) {
+            Severity::Critical
+        } else {
+            Severity::High
+        };
+        let message = format!("{label}: {} has {name} in its effective set", who(p));
+        found.add(
+            Finding::new(
+                FindingKind::DangerousCapability,
+                severity,
+                cid,
+                name,
+                message,
+            )
+            .with_pid(p.pid),
+        );
+    }
+
+    let last_cap = if cap_last_cap == 0 {
+        CAPABILITY_NAMES.len() as u32 - 1
+    } else {
+        cap_last_cap
+    };
+    let full = full_capability_mask(last_cap);
+    let bounding = p.capability_masks.bounding.as_deref().and_then(parse_mask);
+    if bounding.is_some_and(|mask| mask & full == full) {
+        let message = format!(
+            "{label} is privileged: {} has every capability in its bounding set",
+            who(p)
+        );
+        found.add(
+            Finding::new(
+                FindingKind::PrivilegedContainer,
+                Severity::Critical,
+                cid,
+                "privileged",
+                message,
+            )
+            .with_pid(p.pid),
+        );
+    }
+
+    if p.uid == 0 {
+        let message = format!("{label}: {} runs as uid 0", who(p));
+        found.add(
+            Finding::new(
+                FindingKind::RunsAsRoot,
+                Severity::Medium,
+                cid,
+                "uid 0",
+                message,
+            )
+            .with_pid(p.pid),
+        );
+    }
+
+    if p.no_new_privs == Some(false) {
+        let message = format!(
+            "{label}: {} runs without no_new_privs and may gain privileges through setuid files",
+            who(p)
+        );
+        found.add(
+            Finding::new(
+                FindingKind::NoNewPrivsDisabled,
+                Severity::Low,
+                cid,
+                "no_new_privs",
+                message,
+            )
+            .with_pid(p.pid),
+        );
+    }
+
+    if p.seccomp == Some(SeccompMode::Disabled) {
+        let message = format!("{label}: {} runs without a seccomp filter", who(p));
+        found.add(
+            Finding::new(
+                FindingKind::SeccompDisabled,
+                Severity::Medium,
+                cid,
+                "seccomp",
+                message,
+            )
+            .with_pid(p.pid),
+        );
+    }
+
+    for (ns, kind, severity) in HOST_NAMESPACES {
+        if p.namespaces.shared_with_host.iter().any(|s| s == ns) {
+            let message = format!("{label}: {} shares the host's {ns} namespace", who(p));
+            found.add(Finding::new(kind, severity, cid, ns, message).with_pid(p.pid));
+        }
+    }
+
+    if p.exe_layer == Some(Layer::Upper) {
+        if let Some(exe) = p.exe.as_deref() {
+            let message = format!(
+                "{label}: {} runs {exe} from the container's writable layer, not the image \
+                 (sha256 {})",
+                who(p),
+                p.sha256.as_deref().unwrap_or("unknown")
+            );
+            let mut finding =
+                Finding::new(FindingKind::BinaryDrift, Severity::High, cid, exe, message)
+                    .with_pid(p.pid)
+                    .with_path(exe);
+            if let Some(digest) = p.sha256.as_deref() {
+                finding = finding.with_sha256(digest);
+            }
+            found.add(finding);
+        }
+    }
+}
+
+/// Rules on the executable itself, for host and container processes alike.
+fn binary_rules(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
+    let label = scope.label();
+    let cid = scope.container_id();
+    let exe = p.exe.as_deref().unwrap_or("(unknown executable)");
+
+    if p.exe_deleted {
+        let message = format!(
+            "{label}: {} runs deleted or anonymous executable {exe}",
+            who(p)
+        );
+        found.add(
+            Finding::new(
+                FindingKind::DeletedExecutable,
+                Severity::High,
+                cid,
+                exe,
+                message,
+            )
+            .with_pid(p.pid)
+            .with_path(exe),
+        );
+    }
+
+    let digests = Digests {
+        sha256: p.sha256.as_deref(),
+        sha512: p.sha512.as_deref(),
+    };
+    if let Some((algo, digest, reason)) = denied(policy, digests) {
+        let message = format!(
+            "{label}: {} runs {exe}, a denied binary ({algo} {digest}): {reason}",
+            who(p)
+        );
+        found.add(with_digest(
+            Finding::new(
+                FindingKind::DeniedBinary,
+                Severity::Critical,
+                cid,
+                exe,
+                message,
+            )
+            .with_pid(p.pid)
+            .with_path(exe),
+            p.sha256.as_deref(),
+        ));
+    }
+
+    if let Some(path) = p.exe.as_deref() {
+        if let Verdict::Unexpected = trusted(policy, scope, path, digests) {
+            let message = format!(
+                "{label}: {} runs {path} with {}, not a digest the policy trusts for it",
+                who(p),
+                digests.describe()
+            );
+            found.add(with_digest(
+                Finding::new(
+                    FindingKind::UnexpectedBinaryHash,
+                    Severity::Critical,
+                    cid,
+                    path,
+                    message,
+                )
+                .with_pid(p.pid)
+                .with_path(path),
+                p.sha256.as_deref(),
+            ));
+        }
+    }
+}
+
+fn limit_rules(policy: &Policy, c: &Container, pid: Option<i32>, found: &mut Found) {
+    let required = policy.required_limits;
+    let limits = c.effective_limits;
+    let missing = [
+        (
+            required.memory && limits.memory_bytes.is_none(),
+            FindingKind::MissingMemoryLimit,
+            Severity::Medium,
+            "memory",
+        ),
+        (
+            required.cpu && limits.cpu_cores.is_none(),
+            FindingKind::MissingCpuLimit,
+            Severity::Low,
+            "cpu",
+        ),
+        (
+            required.pids && limits.pids.is_none(),
+            FindingKind::MissingPidsLimit,
+            Severity::Low,
+            "pids",
+        ),
+    ];
+    for (is_missing, kind, severity, what) in missing {
+        if !is_missing {
+            continue;
+        }
+        let pid_text = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let message = format!(
+            "container {} has no {what} limit anywhere up its cgroup {}{pid_text}",
+            short_id(&c.id),
+            c.cgroup
+        );
+        let mut finding = Finding::new(kind, severity, Some(&c.id), what, message);
+        if let Some(pid) = pid {
+            finding = finding.with_pid(pid);
+        }
+        found.add(finding);
+    }
+}
+
+fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut Found) {
+    let scope = Scope::Container(&f.container_id, image);
+    let label = scope.label();
+    let cid = Some(f.container_id.as_str());
+    let upper = f.layer == Layer::Upper;
+    let (severity, where_) = if upper {
+        (Severity::High, "the container's writable layer")
+    } else if f.layer == Layer::Image {
+        (Severity::Medium, "the image")
+    } else {
+        (Severity::Medium, "an unknown layer")
+    };
+
+    let setuid_allowed = !upper && policy.allowed_setuid.iter().any(|g| g.is_match(&f.path));
+    let bits = [
+        (f.setuid, FindingKind::SetuidFile, "setuid", f.uid, "uid"),
+        (f.setgid, FindingKind::SetgidFile, "setgid", f.gid, "gid"),
+    ];
+    for (set, kind, bit, owner, owner_kind) in bits {
+        if set && !setuid_allowed {
+            let message = format!(
+                "{label}: {bit} file {} ({owner_kind} {owner}, mode {:o}) in {where_}",
+                f.path, f.mode
+            );
+            found.add(file_finding(kind, severity, cid, f, message));
+        }
+    }
+
+    if let Some(text) = f.capabilities.as_deref() {
+        let allowed = !upper
+            && policy.allowed_file_capabilities.iter().any(|a| {
+                a.path.is_match(&f.path)
+                    && match &a.capabilities {
+                        None => true,
+                        Some(list) => {
+                            let allowed = list.0.iter().fold(0u64, |m, c| m | (1u64 << c.0));
+                            file_capability_mask(text).is_some_and(|mask| mask & !allowed == 0)
+                        }
+                    }
+            });
+        if !allowed {
+            let message = format!(
+                "{label}: {} carries file capabilities {text} in {where_}",
+                f.path
+            );
+            found.add(file_finding(
+                FindingKind::FileCapability,
+                severity,
+                cid,
+                f,
+                message,
+            ));
+        }
+    }
+
+    let digests = Digests {
+        sha256: f.sha256.as_deref(),
+        sha512: None,
+    };
+    if let Some((algo, digest, reason)) = denied(policy, digests) {
+        let message = format!(
+            "{label}: {} in {where_} is a denied binary ({algo} {digest}): {reason}",
+            f.path
+        );
+        found.add(file_finding(
+            FindingKind::DeniedBinary,
+            Severity::Critical,
+            cid,
+            f,
+            message,
+        ));
+    }
+    if let Verdict::Unexpected = trusted(policy, scope, &f.path, digests) {
+        let message = format!(
+            "{label}: {} in {where_} has {}, not a digest the policy trusts for it",
+            f.path,
+            digests.describe()
+        );
+        found.add(file_finding(
+            FindingKind::UnexpectedBinaryHash,
+            Severity::Critical,
+            cid,
+            f,
+            message,
+        ));
+    }
+}
+
+fn file_finding(
+    kind: FindingKind,
+    severity: Severity,
+    cid: Option<&str>,
+    f: &FileEntry,
+    message: String,
+) -> Finding {
+    with_digest(
+        Finding::new(kind, severity, cid, f.path.as_str(), message).with_path(f.path.as_str()),
+        f.sha256.as_deref(),
+    )
+}
+
+fn with_digest(finding: Finding, sha256: Option<&str>) -> Finding {
+    match sha256 {
+        Some(digest) => finding.with_sha256(digest),
+        None => finding,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Digests<'a> {
+    sha256: Option<&'a str>,
+    sha512: Option<&'a str>,
+}
+
+impl Digests<'_> {
+    fn describe(self) -> String {
+        match (self.sha256, self.sha512) {
+            (Some(d), _) => format!("sha256 {d}"),
+            (None, Some(d)) => format!("sha512 {d}"),
+            (None, None) => "no digest".to_string(),
+        }
+    }
+}
+
+/// The first denied entry either digest matches: `(algorithm, digest, reason)`.
+fn denied<'p>(policy: &'p Policy, digests: Digests) -> Option<(&'static str, String, &'p str)> {
+    policy.denied.iter().find_map(|d| {
+        let by256 = d
+            .sha256
+            .as_ref()
+            .zip(digests.sha256)
+            .filter(|(want, got)| want.0.eq_ignore_ascii_case(got))
+            .map(|(want, _)| ("sha256", want.0.clone()));
+        let by512 = d
+            .sha512
+            .as_ref()
+            .zip(digests.sha512)
+            .filter(|(want, got)| want.0.eq_ignore_ascii_case(got))
+            .map(|(want, _)| ("sha512", want.0.clone()));
+        by256
+            .or(by512)
+            .map(|(algo, digest)| (algo, digest, d.reason.as_str()))
+    })
+}
+
+enum Verdict {
+    /// No trusted entry covers this path (in this scope).
+    NotCovered,
+    Allowed,
+    /// Covered, but no digest was computed that an entry lists (e.g. hashing failed, or
+    /// only sha512 is listed and the scan did not compute it): nothing can be said.
+    Unverifiable,
+    Unexpected,
+}
+
+/// Checks `path` against every trusted entry that covers it; their digests pool together.
+///
+/// An entry with an `image` covers container paths only, and only containers whose image
+/// matches — or is unknown (no pod metadata), so a missing API server never switches the
+/// check off.
+fn trusted(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdict {
+    let mut covered = false;
+    let mut comparable = false;
+    for entry in &policy.trusted {
+        let image_ok = match (&entry.image, scope) {
+            (None, _) => true,
+            (Some(_), Scope::Host) => false,
+            (Some(_), Scope::Container(_, None)) => true,
+            (Some(glob), Scope::Container(_, Some(image))) => glob.is_match(image),
+        };
+        if !image_ok || !entry.path.is_match(path) {
+            continue;
+        }
+        covered = true;
+        if let Some(got) = digests.sha256.filter(|_| !entry.sha256.is_empty()) {
+            comparable = true;
+            if entry.sha256.iter().any(|d| d.0.eq_ignore_ascii_case(got)) {
+                return Verdict::Allowed;
+            }
+        }
+        if let Some(got) = digests.sha512.filter(|_| !entry.sha512.is_empty()) {
+            comparable = true;
+            if entry.sha512.iter().any(|d| d.0.eq_ignore_ascii_case(got)) {
+                return Verdict::Allowed;
+            }
+        }
+    }
+    match (covered, comparable) {
+        (false, _) => Verdict::NotCovered,
+        (true, false) => Verdict::Unverifiable,
+        (true, true) => Verdict::Unexpected,
+    }
+}
+
+/// A process's capability set: the hex mask when it parses, else the decoded names.
+fn process_mask(hex: &str, names: &[String]) -> u64 {
+    parse_mask(hex).unwrap_or_else(|| {
+        names
+            .iter()
+            .filter_map(|n| capability_number(n))
+            .fold(0u64, |m, bit| m | (1u64 << bit))
+    })
+}
+
+fn parse_mask(hex: &str) -> Option<u64> {
+    let hex = hex.trim();
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The capabilities named in `getcap` text (`cap_net_raw=ep`, `cap_a,cap_b+ep`, `=ep` for
+/// all). `None` when a name is not understood, so the file is never taken as allowed.
+fn file_capability_mask(text: &str) -> Option<u64> {
+    let mut mask = 0u64;
+    for clause in text.split_whitespace() {
+        let end = clause.find(['=', '+', '-']).unwrap_or(clause.len());
+        let names = &clause[..end];
+        if names.is_empty() && end < clause.len() {
+            mask = u64::MAX;
+            continue;
+        }
+        for name in names.split(',') {
+            if name.eq_ignore_ascii_case("all") {
+                mask = u64::MAX;
+            } else {
+                mask |= 1u64 << capability_number(name)?;
+            }
+        }
+    }
+    Some(mask)
+}
+
+type Key = (FindingKind, Option<String>, String);
+
+/// The findings so far, one per `(kind, container, subject)`, keeping the lowest pid.
+struct Found<'p> {
+    policy: &'p Policy,
+    by_key: BTreeMap<Key, Finding>,
+}
+
+impl<'p> Found<'p> {
+    fn new(policy: &'p Policy) -> Self {
+        Found {
+            policy,
+            by_key: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, finding: Finding) {
+        if !self.policy.is_enabled(finding.kind) {
+            return;
+        }
+        let key = (
+            finding.kind,
+            finding.container_id.clone(),
+            finding.subject.clone(),
+        );
+        // A pid beats none, a lower pid beats a higher one.
+        let rank = |f: &Finding| f.pid.map_or((1, 0), |p| (0, p));
+        match self.by_key.get(&key) {
+            Some(existing) if rank(existing) <= rank(&finding) => {}
+            _ => {
+                self.by_key.insert(key, finding);
+            }
+        }
+    }
+
+    fn finish(self, containers: &HashMap<&str, &Container>) -> Vec<Finding> {
+        let policy = self.policy;
+        let mut out: Vec<Finding> = self
+            .by_key
+            .into_values()
+            .filter_map(|mut f| {
+                let pod = f
+                    .container_id
+                    .as_deref()
+                    .and_then(|id| containers.get(id))
+                    .and_then(|c| c.pod.as_ref());
+                if policy.exemptions.iter().any(|e| exempts(e, f.kind, pod)) {
+                    return None;
+                }
+                if let Some(severity) = policy.severity.get(&f.kind) {
+                    f.severity = *severity;
+                }
+                if let Some(pod) = pod {
+                    f.namespace = Some(pod.namespace.clone());
+                    f.pod = Some(pod.name.clone());
+                    f.container_name = pod.container_name.clone();
+                }
+                f.message = one_line(&f.message);
+                Some(f)
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (Reverse(a.severity), a.kind, &a.container_id, &a.subject).cmp(&(
+                Reverse(b.severity),
+                b.kind,
+                &b.container_id,
+                &b.subject,
+            ))
+        });
+        out
+    }
+}
+
+/// An exemption applies when every selector it gives matches. Without pod metadata (host,
+/// or no API server) only exemptions that select by kind alone can match.
+fn exempts(e: &Exemption, kind: FindingKind, pod: Option<&PodRef>) -> bool {
+    if let Some(kinds) = &e.kinds {
+        if !kinds.contains(&kind) {
+            return false;
+        }
+    }
+    let selects_pods = e.namespaces.is_some() || e.pods.is_some() || e.containers.is_some();
+    if !selects_pods {
+        return true;
+    }
+    let Some(pod) = pod else {
+        return false;
+    };
+    let any = |globs: &Option<Vec<crate::spec::NamePattern>>, value: Option<&str>| match globs {
+        None => true,
+        Some(globs) => value.is_some_and(|v| globs.iter().any(|g| g.is_match(v))),
+    };
+    any(&e.namespaces, Some(&pod.namespace))
+        && any(&e.pods, Some(&pod.name))
+        && any(&e.containers, pod.container_name.as_deref())
+}
+
+/// Keeps a message on one line: control characters (from a hostile `comm` or path) escaped.
+fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_getcap_text() {
+        let raw = capability_number("CAP_NET_RAW").unwrap();
+        let admin = capability_number("CAP_NET_ADMIN").unwrap();
+        assert_eq!(file_capability_mask("cap_net_raw=ep"), Some(1 << raw));
+        assert_eq!(
+            file_capability_mask("cap_net_admin,cap_net_raw+ep"),
+            Some((1 << raw) | (1 << admin))
+        );
+        assert_eq!(file_capability_mask("=ep"), Some(u64::MAX));
+        assert_eq!(file_capability_mask("cap_bogus=ep"), None);
+    }
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        assert_eq!(one_line("pid 1 (a\nb)"), "pid 1 (a\\nb)");
+        assert_eq!(one_line("plain"), "plain");
+    }
+}

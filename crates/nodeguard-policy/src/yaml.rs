@@ -1,0 +1,177 @@
+//! The YAML front end: the only module that names `serde_yaml`.
+//!
+//! Everything else in the crate is plain serde. Validation of values (digests, globs,
+//! capability names, ...) happens *inside* the serde visitors of the spec types, so the YAML
+//! deserializer pins each error to the offending node and its path. A replacement front end
+//! must do the same: attach the position and path of the node being deserialized to an error
+//! raised by a visitor, which serde_yaml 0.9 does through its `location()` and its
+//! `path: message` rendering.
+
+use crate::error::PolicyError;
+use serde::de::DeserializeOwned;
+
+/// What a policy shows where the problem is at the top of the document.
+const TOP_LEVEL: &str = "(top level)";
+
+/// Parses `text` into `T`, turning every problem into a located [`PolicyError`].
+///
+/// An empty document (nothing, only comments, or `~`) is `T::default()`.
+pub(crate) fn from_str<T: DeserializeOwned + Default>(
+    text: &str,
+    origin: &str,
+) -> Result<T, PolicyError> {
+    // Pass one: the YAML itself. Errors here are syntax (and duplicate keys, which the
+    // YAML spec forbids too), reported without a field path.
+    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(err) => return Err(syntax_error(&err, text, origin)),
+    };
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    // Pass two: the policy's shape and values.
+    serde_yaml::from_str(text).map_err(|err| invalid_error(&err, origin))
+}
+
+fn syntax_error(err: &serde_yaml::Error, text: &str, origin: &str) -> PolicyError {
+    let rendered = err.to_string();
+    if err.location().is_none() {
+        if let Some(line) = second_document(text) {
+            return PolicyError::Syntax {
+                origin: origin.to_string(),
+                line,
+                column: 1,
+                message: "a policy file holds one YAML document; a second one starts here"
+                    .to_string(),
+            };
+        }
+    }
+    match err.location() {
+        Some(loc) => {
+            let at = format!(" at line {} column {}", loc.line(), loc.column());
+            PolicyError::Syntax {
+                origin: origin.to_string(),
+                line: loc.line(),
+                column: loc.column(),
+                message: rendered.replacen(&at, "", 1),
+            }
+        }
+        None => PolicyError::Document {
+            origin: origin.to_string(),
+            message: rendered,
+        },
+    }
+}
+
+/// The 1-based line of a `---` that starts a second document, if the text has one (the
+/// parser reports that without a position).
+fn second_document(text: &str) -> Option<usize> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_marker {
+            if seen_content {
+                return Some(i + 1);
+            }
+            seen_content = true;
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if !(trimmed.is_empty() || trimmed.starts_with('#') || line.starts_with('%')) {
+            seen_content = true;
+        }
+    }
+    None
+}
+
+fn invalid_error(err: &serde_yaml::Error, origin: &str) -> PolicyError {
+    let rendered = err.to_string();
+    let Some(loc) = err.location() else {
+        return PolicyError::Document {
+            origin: origin.to_string(),
+            message: rendered,
+        };
+    };
+    let at = format!(" at line {} column {}", loc.line(), loc.column());
+    let text = rendered.strip_suffix(&at).unwrap_or(&rendered);
+    let (path, message) = split_path(text);
+    PolicyError::Invalid {
+        origin: origin.to_string(),
+        line: loc.line(),
+        column: loc.column(),
+        field: field_path(path, message),
+        message: message.to_string(),
+    }
+}
+
+/// serde_yaml renders a located error as `path: message`, or just `message` at the top
+/// level. Paths are built only from keys the policy already accepted (an unknown key fails
+/// before it joins a path) and `[index]`, so they never hold a space.
+fn split_path(text: &str) -> (Option<&str>, &str) {
+    if let Some((head, rest)) = text.split_once(": ") {
+        let is_path = !head.is_empty()
+            && head
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'));
+        if is_path {
+            return (Some(head), rest);
+        }
+    }
+    (None, text)
+}
+
+/// The field a message is about: the container's path, plus the key serde names for an
+/// unknown or missing field.
+fn field_path(path: Option<&str>, message: &str) -> String {
+    let named = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match (path, named) {
+        (None, None) => TOP_LEVEL.to_string(),
+        (None, Some(name)) => name.to_string(),
+        (Some(path), None) => path.to_string(),
+        (Some(path), Some(name)) => format!("{path}.{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_paths_but_not_messages() {
+        assert_eq!(
+            split_path("trusted_binaries[0].sha256[1]: not a SHA-256 digest"),
+            (
+                Some("trusted_binaries[0].sha256[1]"),
+                "not a SHA-256 digest"
+            )
+        );
+        assert_eq!(
+            split_path("invalid type: string \"x\", expected a boolean"),
+            (None, "invalid type: string \"x\", expected a boolean")
+        );
+    }
+
+    #[test]
+    fn finds_the_second_document() {
+        assert_eq!(second_document("---\na: 1\n---\nb: 2\n"), Some(3));
+        assert_eq!(second_document("# c\n---\na: 1\n"), None);
+        assert_eq!(second_document("a: 1\n--- \nb: 2\n"), Some(2));
+    }
+
+    #[test]
+    fn names_the_unknown_or_missing_field() {
+        assert_eq!(
+            field_path(Some("exemptions[2]"), "missing field `reason`"),
+            "exemptions[2].reason"
+        );
+        assert_eq!(
+            field_path(None, "unknown field `trusted`, expected one of"),
+            "trusted"
+        );
+        assert_eq!(field_path(None, "invalid type: sequence"), TOP_LEVEL);
+    }
+}

@@ -1,0 +1,90 @@
+//! Broken policies are data: each `testdata/errors/NAME.yaml` starts with a line
+//! `# expect: MESSAGE`, the exact error (file, line:column, field path, message) loading it
+//! must give. The comment line counts, so line numbers are those of the file as it is.
+
+use nodeguard_policy::{Policy, PolicyError};
+use std::path::{Path, PathBuf};
+
+fn error_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/errors");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_broken_policy_is_refused_with_its_location() {
+    let files = error_files();
+    assert!(files.len() >= 20, "only {} error cases found", files.len());
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let text = std::fs::read_to_string(file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{name}: first line must be `# expect: MESSAGE`"));
+        match Policy::from_yaml_str(&text, name) {
+            Ok(_) => failures.push(format!("{name}: loaded, expected error\n  want: {expect}")),
+            Err(err) if err.to_string() == expect => {}
+            Err(err) => failures.push(format!("{name}:\n  want: {expect}\n  got:  {err}")),
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn load_names_the_file_and_reports_the_same_error() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/errors/bad_sha256.yaml");
+    let err = Policy::load(&file).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:7:9: ", file.display())),
+        "{err}"
+    );
+    assert_eq!(err.location(), Some((7, 9)));
+    assert_eq!(err.field(), Some("trusted_binaries[0].sha256[1]"));
+}
+
+#[test]
+fn a_missing_file_is_a_read_error() {
+    let err = Policy::load(Path::new("/nonexistent/nodeguard/policy.yaml")).unwrap_err();
+    assert!(matches!(err, PolicyError::Read { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/nodeguard/policy.yaml: cannot read policy:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_and_comment_only_policies_are_the_defaults() {
+    for text in ["", "\n", "# nothing here yet\n", "~\n", "---\n"] {
+        let policy =
+            Policy::from_yaml_str(text, "empty.yaml").unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(
+            policy.dangerous_capabilities(),
+            Policy::default().dangerous_capabilities()
+        );
+        assert_eq!(policy.required_limits(), (true, true, true));
+    }
+}
+
+#[test]
+fn the_example_manifest_loads() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/policy.example.yaml");
+    let policy = Policy::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    // The example shows every section; if one silently vanished, the summary would say so.
+    assert_eq!(
+        policy.summary(),
+        "14 dangerous capabilities, 1 checks disabled, 1 severity overrides, \
+         1 trusted binaries, 1 denied digests, 11 allowed setuid patterns, \
+         1 allowed file-capability patterns, 1 exemptions"
+    );
+    assert_eq!(policy.required_limits(), (true, false, true));
+}
