@@ -1,1 +1,772 @@
 //! Integration tests of `nodeguard scan` against real runc containers.
+//!
+//! Every assertion compares the report with ground truth taken independently of nodeguard:
+//! `runc ps`/`runc state`, `sha256sum /proc/PID/exe`, `capsh --decode` of `/proc/PID/status`,
+//! the cgroup files runc wrote, `find`/`getcap` on the container's root. The machine may run
+//! other containers and processes: the tests only assert about their own, or run the scan on a
+//! proc root holding only their own processes (`support::fakeproc`).
+//!
+//! They need root, runc, busybox-static and capsh. Without them each test says why it skipped;
+//! with `CI` set they fail instead. Run: `cargo test -p nodeguard --test scan_runc`.
+
+mod support;
+
+use serde_json::Value;
+use support::container::{
+    all_kernel_capabilities, v1_controller_mount, CgroupNaming, Container, ContainerSpec, Qos,
+    RuntimeNaming,
+};
+use support::fakeproc::FakeProc;
+use support::image::Image;
+use support::oracle;
+use support::scan::{severity_rank, sorted_pids, sorted_strings, Scan};
+
+use std::path::Path;
+
+const MIB: i64 = 1024 * 1024;
+
+/// The cgroup version the container's limits live in: v1 when the memory controller is on a v1
+/// hierarchy (this includes hybrid hosts, whose v2 mount has no controllers).
+fn expected_cgroup_version() -> &'static str {
+    if v1_controller_mount("memory").is_some() {
+        "v1"
+    } else {
+        "v2"
+    }
+}
+
+/// Asserts what every container entry must say, whatever its settings: identity, pod, QoS,
+/// cgroup, and its pids equal to `runc ps`.
+fn assert_identity(scan: &Scan, c: &Container, runtime: &str, qos: &str, driver: &str) {
+    let entry = scan.container(c);
+    let seen = || scan.seen(c);
+    assert_eq!(c.id.len(), 64, "test ids are 64 hex");
+    assert_eq!(entry["id"], c.id.as_str(), "{}", seen());
+    assert_eq!(entry["runtime"], runtime, "runtime\n{}", seen());
+    assert_eq!(entry["pod_uid"], c.pod_uid.as_str(), "pod uid\n{}", seen());
+    assert_eq!(entry["qos"], qos, "qos\n{}", seen());
+    assert_eq!(entry["cgroup_driver"], driver, "cgroup driver\n{}", seen());
+    assert_eq!(
+        entry["cgroup_version"],
+        expected_cgroup_version(),
+        "cgroup version\n{}",
+        seen()
+    );
+    let cgroup = entry["cgroup"].as_str().unwrap_or_default();
+    assert!(
+        cgroup.ends_with(&c.cgroups_path),
+        "cgroup {cgroup:?} should end with {}\n{}",
+        c.cgroups_path,
+        seen()
+    );
+    let pids = c.pids();
+    assert!(pids.contains(&c.init_pid), "runc ps {pids:?} lacks init");
+    assert_eq!(
+        sorted_pids(&entry["pids"]),
+        pids,
+        "pids vs runc ps\n{}",
+        seen()
+    );
+}
+
+/// Asserts each process of `c` against the kernel's own view of it.
+fn assert_processes(scan: &Scan, c: &Container) {
+    for pid in c.pids() {
+        let p = scan.process(c, pid);
+        let seen = || format!("pid {pid}: {}\n{}", p, scan.seen(c));
+        assert_eq!(
+            p["container_id"],
+            c.id.as_str(),
+            "container of pid\n{}",
+            seen()
+        );
+        let exe = format!("/proc/{pid}/exe");
+        assert_eq!(
+            p["sha256"],
+            oracle::sha256sum(Path::new(&exe)).as_str(),
+            "sha256 vs sha256sum {exe}\n{}",
+            seen()
+        );
+        for (field, set) in [
+            ("effective", "CapEff"),
+            ("permitted", "CapPrm"),
+            ("bounding", "CapBnd"),
+        ] {
+            assert_eq!(
+                sorted_strings(&p["capabilities"][field]),
+                oracle::capabilities(pid, set),
+                "capabilities.{field} vs capsh --decode of {set}\n{}",
+                seen()
+            );
+        }
+        assert_eq!(
+            p["uid"],
+            oracle::effective_uid(pid),
+            "uid vs /proc/{pid}/status\n{}",
+            seen()
+        );
+        assert_eq!(
+            p["no_new_privs"],
+            oracle::no_new_privs(pid),
+            "no_new_privs vs NoNewPrivs\n{}",
+            seen()
+        );
+    }
+}
+
+fn assert_limits(
+    scan: &Scan,
+    c: &Container,
+    memory: Option<u64>,
+    cpu: Option<f64>,
+    pids: Option<u64>,
+) {
+    let entry = scan.container(c);
+    for field in ["limits", "effective_limits"] {
+        let limits = &entry[field];
+        assert_eq!(
+            limits["memory_bytes"].as_u64(),
+            memory,
+            "{field}.memory_bytes\n{}",
+            scan.seen(c)
+        );
+        match (limits["cpu_cores"].as_f64(), cpu) {
+            (Some(got), Some(want)) => assert!(
+                (got - want).abs() < 1e-9,
+                "{field}.cpu_cores {got} != {want}\n{}",
+                scan.seen(c)
+            ),
+            (got, want) => assert_eq!(got, want, "{field}.cpu_cores\n{}", scan.seen(c)),
+        }
+        assert_eq!(
+            limits["pids"].as_u64(),
+            pids,
+            "{field}.pids\n{}",
+            scan.seen(c)
+        );
+    }
+}
+
+fn assert_finding(scan: &Scan, c: &Container, kind: &str, subject: Option<&str>, present: bool) {
+    assert_eq!(
+        scan.has_finding(c, kind, subject),
+        present,
+        "expected {}{kind}{} finding; it has {:?}\n{}",
+        if present { "a " } else { "no " },
+        subject.map(|s| format!(" ({s})")).unwrap_or_default(),
+        scan.finding_kinds(c),
+        scan.seen(c)
+    );
+}
+
+/// `--fail-on SEVERITY` exits 3 exactly when that scan's own report has a finding at or above it.
+fn assert_fail_on_consistent(scan: &Scan, threshold: &str) {
+    let expected = if scan.max_severity_rank() >= severity_rank(threshold) {
+        3
+    } else {
+        0
+    };
+    assert_eq!(
+        scan.exit_code(),
+        Some(expected),
+        "--fail-on {threshold}: exit code vs the report's findings (max rank {})\n{}",
+        scan.max_severity_rank(),
+        scan.summary()
+    );
+}
+
+/// The harness itself: the containers are what the spec says, seen from the kernel. If this
+/// fails, the other tests' ground truth is wrong, not nodeguard.
+#[test]
+fn harness_containers_match_their_spec() {
+    require_containers!();
+    let image = Image::busybox();
+    let c = ContainerSpec::new(image)
+        .memory_limit(48 * MIB)
+        .cpu_limit(25_000, 100_000)
+        .pids_limit(32)
+        .add_capability("CAP_SYS_ADMIN")
+        .user(1000, 1000)
+        .no_new_privs(true)
+        .seccomp_filter()
+        .exec(&["/bin/tail", "-f", "/dev/null"])
+        .start();
+    let memory = c.cgroup_dir("memory");
+    assert!(memory.starts_with("/sys/fs/cgroup"), "{}", memory.display());
+    assert_eq!(
+        oracle::read_trimmed(&memory.join(if expected_cgroup_version() == "v1" {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        })),
+        (48 * MIB).to_string()
+    );
+    if expected_cgroup_version() == "v1" {
+        let cpu = c.cgroup_dir("cpu");
+        assert_eq!(oracle::read_trimmed(&cpu.join("cpu.cfs_quota_us")), "25000");
+        assert_eq!(
+            oracle::read_trimmed(&cpu.join("cpu.cfs_period_us")),
+            "100000"
+        );
+        assert_eq!(
+            oracle::read_trimmed(&c.cgroup_dir("pids").join("pids.max")),
+            "32"
+        );
+    }
+    let mut want: Vec<String> = support::container::RUNTIME_DEFAULT_CAPABILITIES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["CAP_SYS_ADMIN".to_string()])
+        .collect();
+    want.sort();
+    let pids = c.pids();
+    assert_eq!(pids.len(), 2, "init and the exec'd process: {pids:?}");
+    assert_eq!(c.exec_pids.len(), 1);
+    for pid in &pids {
+        // A non-root process loses its permitted and effective capabilities when it execs a
+        // binary without file capabilities (no ambient set): only the bounding set remains.
+        assert!(oracle::capabilities(*pid, "CapEff").is_empty(), "pid {pid}");
+        assert!(oracle::capabilities(*pid, "CapPrm").is_empty(), "pid {pid}");
+        assert_eq!(oracle::capabilities(*pid, "CapBnd"), want, "pid {pid}");
+        assert_eq!(oracle::effective_uid(*pid), 1000);
+        assert!(oracle::no_new_privs(*pid));
+        assert_eq!(oracle::seccomp_mode(*pid), 2);
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroup.lines().any(|l| l.ends_with(&c.cgroups_path)),
+            "{cgroup}"
+        );
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let root = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .unwrap();
+        assert!(root.contains(" - overlay "), "{root}");
+        assert!(
+            root.contains(&format!("lowerdir={}", image.dir.display())),
+            "{root}"
+        );
+    }
+    // As root, the configured set is what the process holds.
+    let root = ContainerSpec::new(image)
+        .add_capability("CAP_SYS_ADMIN")
+        .start();
+    assert_eq!(oracle::capabilities(root.init_pid, "CapEff"), want);
+    assert_eq!(oracle::capabilities(root.init_pid, "CapPrm"), want);
+    assert!(oracle::capabilities(root.init_pid, "CapInh").is_empty());
+    assert!(oracle::capabilities(root.init_pid, "CapAmb").is_empty());
+    assert_eq!(oracle::effective_uid(root.init_pid), 0);
+    assert!(!oracle::no_new_privs(root.init_pid));
+    assert_eq!(oracle::seccomp_mode(root.init_pid), 0);
+    drop(root);
+
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", c.init_pid)).unwrap(),
+        Path::new("/bin/sleep")
+    );
+    assert_eq!(
+        oracle::sha256sum(Path::new(&format!("/proc/{}/exe", c.init_pid))),
+        image.sha256("/bin/busybox")
+    );
+
+    // Teardown leaves nothing: no cgroup directory, no mount, no temp dir.
+    let (leaf, pod, rootfs) = (
+        memory.clone(),
+        memory.parent().unwrap().to_path_buf(),
+        c.rootfs.clone(),
+    );
+    drop(c);
+    assert!(!leaf.exists(), "{} left behind", leaf.display());
+    assert!(!pod.exists(), "{} left behind", pod.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(rootfs.to_str().unwrap()),
+        "overlay still mounted"
+    );
+    assert!(!rootfs.exists(), "{} left behind", rootfs.display());
+}
+
+/// Several containers, each differing in one security-relevant setting, in one scan.
+#[test]
+fn scan_reports_each_container_as_the_kernel_sees_it() {
+    require_containers!();
+    let image = Image::busybox();
+    let limited = ContainerSpec::new(image)
+        .memory_limit(64 * MIB)
+        .cpu_limit(50_000, 100_000)
+        .pids_limit(64)
+        .exec(&["/bin/tail", "-f", "/dev/null"])
+        .start();
+    let unlimited = ContainerSpec::new(image).start();
+    let sys_admin = ContainerSpec::new(image)
+        .add_capability("CAP_SYS_ADMIN")
+        .start();
+    let nnp = ContainerSpec::new(image)
+        .user(1000, 1000)
+        .no_new_privs(true)
+        .start();
+    let all = [&limited, &unlimited, &sys_admin, &nnp];
+
+    let scan = Scan::run(&[]);
+    for c in all {
+        assert_identity(&scan, c, "containerd", "burstable", "cgroupfs");
+        assert_processes(&scan, c);
+    }
+
+    assert_limits(&scan, &limited, Some(64 * 1024 * 1024), Some(0.5), Some(64));
+    for kind in [
+        "missing_memory_limit",
+        "missing_cpu_limit",
+        "missing_pids_limit",
+    ] {
+        assert_finding(&scan, &limited, kind, None, false);
+        for c in [&unlimited, &sys_admin, &nnp] {
+            assert_finding(&scan, c, kind, None, true);
+        }
+    }
+    assert_limits(&scan, &unlimited, None, None, None);
+
+    assert_finding(
+        &scan,
+        &sys_admin,
+        "dangerous_capability",
+        Some("CAP_SYS_ADMIN"),
+        true,
+    );
+    for c in [&limited, &unlimited, &nnp] {
+        assert_finding(&scan, c, "dangerous_capability", None, false);
+    }
+
+    let nnp_process = scan.process(&nnp, nnp.init_pid);
+    assert_eq!(nnp_process["no_new_privs"], true, "{}", scan.seen(&nnp));
+    assert_eq!(nnp_process["uid"], 1000, "{}", scan.seen(&nnp));
+    assert_eq!(nnp_process["gid"], 1000, "{}", scan.seen(&nnp));
+    assert_finding(&scan, &nnp, "no_new_privs_disabled", None, false);
+    assert_finding(&scan, &nnp, "runs_as_root", None, false);
+    for c in [&limited, &unlimited, &sys_admin] {
+        assert_finding(&scan, c, "no_new_privs_disabled", None, true);
+        assert_finding(&scan, c, "runs_as_root", None, true);
+    }
+    // runc spec's containers have no seccomp filter, and a namespace of their own for each kind.
+    for c in all {
+        assert_finding(&scan, c, "seccomp_disabled", None, true);
+        for kind in [
+            "host_pid_namespace",
+            "host_network_namespace",
+            "host_ipc_namespace",
+            "host_uts_namespace",
+        ] {
+            assert_finding(&scan, c, kind, None, false);
+        }
+    }
+
+    // --fail-on: each run's exit code agrees with its own report; the CAP_SYS_ADMIN finding's
+    // severity as threshold must fail.
+    for threshold in ["high", "critical"] {
+        let gated = Scan::run(&["--fail-on", threshold]);
+        assert_fail_on_consistent(&gated, threshold);
+    }
+    let sys_admin_finding =
+        scan.findings_of(&sys_admin.id, "dangerous_capability", Some("CAP_SYS_ADMIN"))[0];
+    let severity = sys_admin_finding["severity"].as_str().unwrap().to_string();
+    let gated = Scan::run(&["--fail-on", &severity]);
+    assert!(
+        gated.has_finding(&sys_admin, "dangerous_capability", Some("CAP_SYS_ADMIN")),
+        "{}",
+        gated.seen(&sys_admin)
+    );
+    assert_eq!(
+        gated.exit_code(),
+        Some(3),
+        "--fail-on {severity}\n{}",
+        gated.summary()
+    );
+}
+
+/// A container that follows the Kubernetes "restricted" profile and has limits: nothing to
+/// report about it, and on a proc root holding only it, `--fail-on` passes.
+#[test]
+fn hardened_container_has_no_findings() {
+    require_containers!();
+    let c = ContainerSpec::new(Image::busybox())
+        .memory_limit(32 * MIB)
+        .cpu_limit(10_000, 100_000)
+        .pids_limit(16)
+        .user(65534, 65534)
+        .no_new_privs(true)
+        .capabilities(&["CAP_NET_BIND_SERVICE"])
+        .seccomp_filter()
+        .readonly_root()
+        .start();
+    let proc_root = FakeProc::with_pids(&[c.init_pid]);
+    let mut exits = Vec::new();
+    for threshold in ["low", "medium", "high", "critical"] {
+        let scan = Scan::run(&["--proc-root", proc_root.path_str(), "--fail-on", threshold]);
+        assert_identity(&scan, &c, "containerd", "burstable", "cgroupfs");
+        assert_processes(&scan, &c);
+        let p = scan.process(&c, c.init_pid);
+        assert_eq!(p["seccomp"], "filter", "{}", scan.seen(&c));
+        assert!(
+            scan.findings_for(&c.id).is_empty(),
+            "a hardened container has findings: {:?}\n{}",
+            scan.finding_kinds(&c),
+            scan.seen(&c)
+        );
+        let mut pids: Vec<i32> = scan
+            .processes()
+            .iter()
+            .filter_map(|p| p["pid"].as_i64())
+            .map(|p| p as i32)
+            .collect();
+        pids.sort_unstable();
+        assert_eq!(
+            pids,
+            [1, c.init_pid],
+            "--proc-root is honoured\n{}",
+            scan.summary()
+        );
+        assert_fail_on_consistent(&scan, threshold);
+        exits.push(scan.exit_code());
+    }
+    // Only the host's pid 1 besides the hardened container: nothing on it is critical.
+    assert_eq!(
+        exits.last(),
+        Some(&Some(0)),
+        "--fail-on critical exits: {exits:?}"
+    );
+}
+
+#[test]
+fn hash_both_matches_sha256sum_and_sha512sum() {
+    require_containers!();
+    let c = ContainerSpec::new(Image::busybox())
+        .exec(&["/bin/tail", "-f", "/dev/null"])
+        .start();
+    let scan = Scan::run(&["--hash", "both", "--no-fs"]);
+    for pid in c.pids() {
+        let p = scan.process(&c, pid);
+        let exe = format!("/proc/{pid}/exe");
+        assert_eq!(
+            p["sha256"],
+            oracle::sha256sum(Path::new(&exe)).as_str(),
+            "{}",
+            scan.seen(&c)
+        );
+        assert_eq!(
+            p["sha512"],
+            oracle::sha512sum(Path::new(&exe)).as_str(),
+            "{}",
+            scan.seen(&c)
+        );
+    }
+    // Without --hash both there is no sha512 field at all.
+    let plain = Scan::run(&["--no-fs"]);
+    assert!(
+        plain
+            .process(&c, c.init_pid)
+            .get("sha512")
+            .is_none_or(Value::is_null),
+        "{}",
+        plain.seen(&c)
+    );
+}
+
+/// Two containers of one image run the same file of the same lower layer: it is hashed once,
+/// although each overlay mount gives it a different (st_dev, st_ino).
+#[test]
+fn shared_image_binary_is_hashed_once_across_containers() {
+    require_containers!();
+    let image = Image::busybox();
+    let a = ContainerSpec::new(image).start();
+    let b = ContainerSpec::new(image).start();
+    let image_digest = image.sha256("/bin/busybox");
+
+    let scan = Scan::run(&["--no-fs"]);
+    for c in [&a, &b] {
+        assert_eq!(
+            scan.process(c, c.init_pid)["sha256"],
+            image_digest.as_str(),
+            "{}",
+            scan.seen(c)
+        );
+    }
+    assert!(scan.stat("hash_cache_hits") > 0, "{}", scan.summary());
+
+    // On a proc root with only these two processes (and pid 1) the counters are all ours.
+    let proc_root = FakeProc::with_pids(&[a.init_pid, b.init_pid]);
+    let scan = Scan::run(&["--no-fs", "--proc-root", proc_root.path_str()]);
+    let pid1_hashed = scan
+        .find_process(1)
+        .is_some_and(|p| p["sha256"].is_string());
+    for c in [&a, &b] {
+        assert_eq!(
+            scan.process(c, c.init_pid)["sha256"],
+            image_digest.as_str(),
+            "{}",
+            scan.seen(c)
+        );
+    }
+    assert_eq!(
+        scan.stat("files_hashed"),
+        1 + u64::from(pid1_hashed),
+        "busybox must be read once for both containers\n{}",
+        scan.summary()
+    );
+    assert!(scan.stat("hash_cache_hits") >= 1, "{}", scan.summary());
+}
+
+/// Names of the systemd cgroup driver and of other runtimes, as the cgroupfs shows them.
+#[test]
+fn cgroup_names_of_other_drivers_and_runtimes() {
+    require_containers!();
+    let image = Image::busybox();
+    let systemd_containerd = ContainerSpec::new(image)
+        .naming(CgroupNaming::Systemd)
+        .qos(Qos::BestEffort)
+        .start();
+    assert!(
+        systemd_containerd.cgroups_path.contains(&format!(
+            "kubepods-besteffort-pod{}.slice/cri-containerd-",
+            systemd_containerd.pod_uid.replace('-', "_")
+        )),
+        "{}",
+        systemd_containerd.cgroups_path
+    );
+    let systemd_crio = ContainerSpec::new(image)
+        .naming(CgroupNaming::Systemd)
+        .runtime(RuntimeNaming::Crio)
+        .memory_limit(16 * MIB)
+        .start();
+    let guaranteed_bare = ContainerSpec::new(image)
+        .qos(Qos::Guaranteed)
+        .runtime(RuntimeNaming::Bare)
+        .memory_limit(16 * MIB)
+        .cpu_limit(20_000, 100_000)
+        .start();
+
+    let scan = Scan::run(&["--no-fs"]);
+    assert_identity(
+        &scan,
+        &systemd_containerd,
+        "containerd",
+        "besteffort",
+        "systemd",
+    );
+    assert_identity(&scan, &systemd_crio, "crio", "burstable", "systemd");
+    assert_identity(&scan, &guaranteed_bare, "unknown", "guaranteed", "cgroupfs");
+    assert_limits(&scan, &systemd_crio, Some(16 * 1024 * 1024), None, None);
+    assert_limits(
+        &scan,
+        &guaranteed_bare,
+        Some(16 * 1024 * 1024),
+        Some(0.2),
+        None,
+    );
+    for c in [&systemd_containerd, &systemd_crio, &guaranteed_bare] {
+        assert_processes(&scan, c);
+    }
+}
+
+#[test]
+fn host_network_and_privileged_containers_are_flagged() {
+    require_containers!();
+    let image = Image::busybox();
+    let host_net = ContainerSpec::new(image).host_network().start();
+    let own_net = ContainerSpec::new(image).start();
+    // Privileged: every capability the runtime itself holds (on a node, all the kernel knows).
+    let privileged = ContainerSpec::new(image).privileged().start();
+
+    let scan = Scan::run(&["--no-fs"]);
+    let net_ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let host_ns = net_ns(std::process::id() as i32);
+    assert_eq!(net_ns(host_net.init_pid), host_ns);
+    assert_ne!(net_ns(own_net.init_pid), host_ns);
+    let shared = |c: &Container| {
+        sorted_strings(&scan.process(c, c.init_pid)["namespaces"]["shared_with_host"])
+    };
+    assert!(
+        shared(&host_net).contains(&"net".to_string()),
+        "{}",
+        scan.seen(&host_net)
+    );
+    assert!(
+        !shared(&own_net).contains(&"net".to_string()),
+        "{}",
+        scan.seen(&own_net)
+    );
+    for ns in ["pid", "ipc", "uts", "mnt"] {
+        assert!(
+            !shared(&host_net).contains(&ns.to_string()),
+            "{ns}\n{}",
+            scan.seen(&host_net)
+        );
+    }
+    assert_finding(&scan, &host_net, "host_network_namespace", None, true);
+    assert_finding(&scan, &own_net, "host_network_namespace", None, false);
+
+    assert_processes(&scan, &privileged);
+    if privileged.spec.capabilities != all_kernel_capabilities() {
+        eprintln!(
+            "note: this machine's runtime lacks some capabilities (runc cannot grant them); \
+             a privileged container has the host's bounding set, not every capability"
+        );
+    }
+    assert_finding(&scan, &privileged, "privileged_container", None, true);
+    assert_finding(&scan, &own_net, "privileged_container", None, false);
+    for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_MODULE"] {
+        assert_finding(&scan, &privileged, "dangerous_capability", Some(cap), true);
+    }
+}
+
+/// A binary copied into the container after it started runs from the writable layer.
+#[test]
+fn binary_written_after_start_is_drift() {
+    require_containers!();
+    let image = Image::busybox();
+    let c = ContainerSpec::new(image)
+        .exec(&[
+            "/bin/sh",
+            "-c",
+            "cp /bin/busybox /tmp/busybox && exec /tmp/busybox sleep 3600",
+        ])
+        .start();
+    let drifted = c.exec_pids[0];
+    c.wait_for_exact_exe(drifted, "/tmp/busybox");
+    assert!(
+        c.upper_dir.join("tmp/busybox").is_file(),
+        "the copy lands in the upper layer"
+    );
+
+    let scan = Scan::run(&["--no-fs"]);
+    assert_processes(&scan, &c);
+    let entry = scan.container(&c);
+    assert_eq!(entry["rootfs"]["fstype"], "overlay", "{}", scan.seen(&c));
+    assert_eq!(
+        sorted_strings(&entry["rootfs"]["lower_dirs"]),
+        [image.dir.to_string_lossy().into_owned()],
+        "{}",
+        scan.seen(&c)
+    );
+    assert_eq!(
+        entry["rootfs"]["upper_dir"],
+        c.upper_dir.to_str().unwrap(),
+        "{}",
+        scan.seen(&c)
+    );
+
+    let p = scan.process(&c, drifted);
+    assert_eq!(p["exe"], "/tmp/busybox", "{}", scan.seen(&c));
+    assert_eq!(p["exe_layer"], "upper", "{}", scan.seen(&c));
+    let init = scan.process(&c, c.init_pid);
+    assert_eq!(init["exe"], "/bin/sleep", "{}", scan.seen(&c));
+    assert_eq!(init["exe_layer"], "image", "{}", scan.seen(&c));
+    let drift: Vec<&Value> = scan.findings_of(&c.id, "binary_drift", None);
+    assert_eq!(
+        drift.len(),
+        1,
+        "one drift finding, for /tmp/busybox\n{}",
+        scan.seen(&c)
+    );
+    assert_eq!(drift[0]["path"], "/tmp/busybox", "{}", scan.seen(&c));
+    assert_eq!(drift[0]["pid"], drifted, "{}", scan.seen(&c));
+}
+
+/// setuid/setgid files of the image and a file capability set after start, against `find` and
+/// `getcap` on the container's root.
+#[test]
+fn setuid_setgid_and_file_capability_files_are_found() {
+    require_containers!();
+    let image = Image::busybox_owned("suid");
+    let busybox = std::fs::read(image.path("/bin/busybox")).unwrap();
+    image.add_file("/usr/bin/suidtool", &busybox, 0o4755);
+    image.add_file("/usr/bin/sgidtool", b"#!/bin/sh\necho hi\n", 0o2755);
+    let c = ContainerSpec::new(&image).start();
+    let capped = c.rootfs.join("usr/bin/pinger");
+    std::fs::copy(image.path("/bin/busybox"), &capped).unwrap();
+    support::cmd::run_ok("setcap", &["cap_net_raw+ep", capped.to_str().unwrap()]);
+
+    // Ground truth: find + getcap over the container's root as the host sees it.
+    let root = format!("{}/.", c.rootfs.display());
+    let special = support::cmd::run_ok(
+        "find",
+        &[
+            root.as_str(),
+            "-xdev",
+            "-type",
+            "f",
+            "(",
+            "-perm",
+            "-4000",
+            "-o",
+            "-perm",
+            "-2000",
+            ")",
+        ],
+    );
+    let all_files = support::cmd::run_ok("find", &[root.as_str(), "-xdev", "-type", "f"]);
+    let files: Vec<&str> = all_files.stdout.lines().collect();
+    let getcap = support::cmd::run_ok("getcap", &files);
+    let strip = |p: &str| p.trim_start_matches(&root).to_string();
+    let mut want: Vec<String> = special.stdout.lines().map(strip).collect();
+    let mut want_caps = Vec::new();
+    for line in getcap.stdout.lines() {
+        let (path, caps) = line.rsplit_once(' ').unwrap();
+        want.push(strip(path));
+        want_caps.push((strip(path), caps.to_string()));
+    }
+    want.sort();
+    want.dedup();
+    assert_eq!(
+        want,
+        ["/usr/bin/pinger", "/usr/bin/sgidtool", "/usr/bin/suidtool"]
+    );
+
+    let scan = Scan::run(&[]);
+    let ours: Vec<&Value> = scan
+        .files()
+        .iter()
+        .filter(|f| f["container_id"] == c.id.as_str())
+        .collect();
+    let mut got: Vec<String> = ours
+        .iter()
+        .filter_map(|f| f["path"].as_str().map(str::to_string))
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "files[] vs find/getcap\n{}", scan.seen(&c));
+    let file = |path: &str| *ours.iter().find(|f| f["path"] == path).unwrap();
+    assert_eq!(file("/usr/bin/suidtool")["setuid"], true);
+    assert_eq!(
+        file("/usr/bin/suidtool")["layer"],
+        "image",
+        "{}",
+        scan.seen(&c)
+    );
+    assert_eq!(file("/usr/bin/sgidtool")["setgid"], true);
+    assert_eq!(
+        file("/usr/bin/pinger")["layer"],
+        "upper",
+        "{}",
+        scan.seen(&c)
+    );
+    for (path, caps) in &want_caps {
+        assert_eq!(
+            file(path)["capabilities"],
+            caps.as_str(),
+            "{path}\n{}",
+            scan.seen(&c)
+        );
+    }
+    for (kind, path) in [
+        ("setuid_file", "/usr/bin/suidtool"),
+        ("setgid_file", "/usr/bin/sgidtool"),
+        ("file_capability", "/usr/bin/pinger"),
+    ] {
+        let about_it = scan
+            .findings_of(&c.id, kind, None)
+            .iter()
+            .any(|f| f["path"] == path || f["subject"] == path);
+        assert!(about_it, "no {kind} finding for {path}\n{}", scan.seen(&c));
+    }
+    drop(c);
+    drop(image);
+}
