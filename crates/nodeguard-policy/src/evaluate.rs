@@ -300,11 +300,10 @@ fn binary_rules(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
     }
 
     if let Some(path) = p.exe.as_deref() {
-        if let Verdict::Unexpected = trusted(policy, scope, path, digests) {
+        if let Verdict::Unexpected(compared) = trusted(policy, scope, path, digests) {
             let message = format!(
-                "{label}: {} runs {path} with {}, not a digest the policy trusts for it",
+                "{label}: {} runs {path} with {compared}, not a digest the policy trusts for it",
                 who(p),
-                digests.describe()
             );
             found.add(with_digest(
                 Finding::new(
@@ -435,11 +434,10 @@ fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut F
             message,
         ));
     }
-    if let Verdict::Unexpected = trusted(policy, scope, &f.path, digests) {
+    if let Verdict::Unexpected(compared) = trusted(policy, scope, &f.path, digests) {
         let message = format!(
-            "{label}: {} in {where_} has {}, not a digest the policy trusts for it",
+            "{label}: {} in {where_} has {compared}, not a digest the policy trusts for it",
             f.path,
-            digests.describe()
         );
         found.add(file_finding(
             FindingKind::UnexpectedBinaryHash,
@@ -477,16 +475,6 @@ struct Digests<'a> {
     sha512: Option<&'a str>,
 }
 
-impl Digests<'_> {
-    fn describe(self) -> String {
-        match (self.sha256, self.sha512) {
-            (Some(d), _) => format!("sha256 {d}"),
-            (None, Some(d)) => format!("sha512 {d}"),
-            (None, None) => "no digest".to_string(),
-        }
-    }
-}
-
 /// The first denied entry either digest matches: `(algorithm, digest, reason)`.
 fn denied<'p>(policy: &'p Policy, digests: Digests) -> Option<(&'static str, String, &'p str)> {
     policy.denied.iter().find_map(|d| {
@@ -515,7 +503,9 @@ enum Verdict {
     /// Covered, but no digest was computed that an entry lists (e.g. hashing failed, or
     /// only sha512 is listed and the scan did not compute it): nothing can be said.
     Unverifiable,
-    Unexpected,
+    /// Covered and compared, and no digest matched; says what was compared
+    /// (`sha256 …`, `sha512 …`).
+    Unexpected(String),
 }
 
 /// Checks `path` against every trusted entry that covers it; their digests pool together.
@@ -525,7 +515,8 @@ enum Verdict {
 /// check off.
 fn trusted(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdict {
     let mut covered = false;
-    let mut comparable = false;
+    let mut compared256 = false;
+    let mut compared512 = false;
     for entry in &policy.trusted {
         let image_ok = match (&entry.image, scope) {
             (None, _) => true,
@@ -538,22 +529,29 @@ fn trusted(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdi
         }
         covered = true;
         if let Some(got) = digests.sha256.filter(|_| !entry.sha256.is_empty()) {
-            comparable = true;
+            compared256 = true;
             if entry.sha256.iter().any(|d| d.0.eq_ignore_ascii_case(got)) {
                 return Verdict::Allowed;
             }
         }
         if let Some(got) = digests.sha512.filter(|_| !entry.sha512.is_empty()) {
-            comparable = true;
+            compared512 = true;
             if entry.sha512.iter().any(|d| d.0.eq_ignore_ascii_case(got)) {
                 return Verdict::Allowed;
             }
         }
     }
-    match (covered, comparable) {
+    let mut compared = Vec::new();
+    if let Some(d) = digests.sha256.filter(|_| compared256) {
+        compared.push(format!("sha256 {d}"));
+    }
+    if let Some(d) = digests.sha512.filter(|_| compared512) {
+        compared.push(format!("sha512 {d}"));
+    }
+    match (covered, compared.is_empty()) {
         (false, _) => Verdict::NotCovered,
-        (true, false) => Verdict::Unverifiable,
-        (true, true) => Verdict::Unexpected,
+        (true, true) => Verdict::Unverifiable,
+        (true, false) => Verdict::Unexpected(compared.join(", ")),
     }
 }
 
