@@ -1,1 +1,110 @@
+//! Collects what runs on a node — without hashing anything and without judging it.
+//!
+//! [`collect`] walks a proc root once and returns a [`Snapshot`]: every process with its
+//! executable path, ids, capabilities, `no_new_privs`, seccomp mode and namespaces; the
+//! container each belongs to (from `/proc/PID/cgroup`: containerd, CRI-O, Docker, Podman,
+//! systemd and cgroupfs drivers, cgroup v1 and v2); each container's cgroup limits and the
+//! overlay layers of its root filesystem; and, per process, which layer its executable comes
+//! from plus a [`FileIdentity`] the hasher can key its cache on.
+//!
+//! Every root is a parameter ([`CollectOptions`]), so the same code reads the host's `/proc`
+//! from a DaemonSet (`hostPID`) or a fixture tree in a test. Processes that exit while being
+//! read, or that the agent may not read, are counted, not reported; malformed files become
+//! warnings. Only an unusable proc root is an error.
+//!
+//! ```no_run
+//! let snapshot = nodeguard_collect::collect(&nodeguard_collect::CollectOptions::default())?;
+//! for c in &snapshot.containers {
+//!     println!("{} {:?} {} pids", c.id, c.runtime, c.pids.len());
+//! }
+//! # Ok::<(), nodeguard_collect::Error>(())
+//! ```
+//!
+//! The building blocks are public and mostly pure: [`cgroup`] (attribution from cgroup
+//! text), [`limits`] (cgroup limit files), [`mountinfo`] (overlay layers), [`process`]
+//! (procfs parsers), [`layer`] (symlink-safe lookup inside layer directories).
 
+pub mod cgroup;
+mod collect;
+mod error;
+pub mod layer;
+pub mod limits;
+pub mod mountinfo;
+pub mod process;
+
+pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
+pub use collect::DEFAULT_CAP_LAST_CAP;
+pub use error::Error;
+pub use layer::FileIdentity;
+pub use limits::{detect_layout, CgroupLayout, LimitsReader};
+pub use mountinfo::{container_root, parse_mountinfo};
+
+use nodeguard_model::{Container, Namespaces, Process, ScanStats};
+use std::path::{Path, PathBuf};
+
+/// Where to look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectOptions {
+    /// The proc filesystem: `/proc`, or the host's `/proc` in a DaemonSet with `hostPID`.
+    pub proc_root: PathBuf,
+    /// The host's cgroup filesystem: `/sys/fs/cgroup`.
+    pub cgroup_root: PathBuf,
+    /// Where host paths (overlay `lowerdir`/`upperdir`) are reachable: `<proc_root>/1/root`
+    /// by default. Pass `/` when the agent shares the host's mount namespace and may not
+    /// follow pid 1's root link.
+    pub host_root: PathBuf,
+}
+
+impl CollectOptions {
+    /// Options for a proc root, the others derived: `/sys/fs/cgroup`, `<proc_root>/1/root`.
+    pub fn with_proc_root(proc_root: impl AsRef<Path>) -> CollectOptions {
+        let proc_root = proc_root.as_ref().to_path_buf();
+        CollectOptions {
+            host_root: proc_root.join("1/root"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            proc_root,
+        }
+    }
+}
+
+impl Default for CollectOptions {
+    fn default() -> CollectOptions {
+        CollectOptions::with_proc_root("/proc")
+    }
+}
+
+/// Everything one pass saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Sorted by pid (kernel threads included, flagged).
+    pub processes: Vec<CollectedProcess>,
+    /// Sorted by id; `pod` is `None` (the Kubernetes watch fills it).
+    pub containers: Vec<Container>,
+    /// `processes_seen` counts the processes reported (kernel threads included);
+    /// vanished and denied ones are counted apart. `errors` by kind: `proc`, `cgroup`,
+    /// `mountinfo`, `layer`.
+    pub stats: ScanStats,
+    pub warnings: Vec<String>,
+    /// `<proc_root>/sys/kernel/cap_last_cap` ([`DEFAULT_CAP_LAST_CAP`] and a warning when
+    /// unreadable).
+    pub cap_last_cap: u32,
+    /// Namespaces of pid 1 (all `None`, with a warning, when unreadable).
+    pub host_namespaces: Namespaces,
+}
+
+/// One process and the cache key of its executable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectedProcess {
+    /// `sha256`, `sha512`, `hash_error` are left `None` for the hasher.
+    pub process: Process,
+    /// The identity of the file the executable is: the layer file when it was found in the
+    /// container's overlay layers (shared by every container of the image), else the stat of
+    /// `/proc/PID/exe`. `None` for kernel threads, zombies and races.
+    pub exe_identity: Option<FileIdentity>,
+}
+
+/// Collects processes and containers under `opts`. Fails only when the proc root itself
+/// cannot be opened or listed.
+pub fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
+    collect::collect(opts)
+}

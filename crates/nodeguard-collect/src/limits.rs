@@ -1,0 +1,544 @@
+//! Cgroup resource limits (memory, CPU quota, pids) for v1, hybrid and pure v2 hosts.
+//!
+//! v2: `<root>/<path>/{memory.max, cpu.max, pids.max}` (`max` = unlimited).
+//! v1: `<root>/memory/<path>/memory.limit_in_bytes` (≥ 2^62 = unlimited),
+//! `<root>/cpu/<path>/cpu.cfs_quota_us` (-1 = unlimited) / `cpu.cfs_period_us`,
+//! `<root>/pids/<path>/pids.max`, each controller with its own path from `/proc/PID/cgroup`.
+
+use crate::cgroup::{attribute_path, normalize_path, CgroupFile};
+use crate::Error;
+use nodeguard_model::Limits;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// v1 memory limits at or above this are the kernel's "unlimited" (PAGE_COUNTER_MAX pages,
+/// e.g. 9223372036854771712).
+pub const V1_MEMORY_UNLIMITED: u64 = 1 << 62;
+
+/// How the cgroup filesystem is laid out under the cgroup root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// Pure v2: `cgroup.controllers` at the root.
+    V2,
+    /// v1 or hybrid: one directory per controller (absent ones `None`).
+    V1 {
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        /// A v2 tree is mounted at `unified/` (hybrid); it carries no limits.
+        hybrid: bool,
+    },
+    /// Neither: limits cannot be read.
+    Unknown,
+}
+
+/// Looks at the cgroup root to tell v2 from v1/hybrid.
+pub fn detect_layout(root: &Path) -> CgroupLayout {
+    if root.join("cgroup.controllers").is_file() {
+        return CgroupLayout::V2;
+    }
+    let dir = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| root.join(n))
+            .find(|p| p.join("cgroup.procs").exists() || p.join("tasks").exists())
+    };
+    let memory = dir(&["memory"]);
+    let cpu = dir(&["cpu", "cpu,cpuacct", "cpuacct,cpu"]);
+    let pids = dir(&["pids"]);
+    if memory.is_none() && cpu.is_none() && pids.is_none() {
+        return CgroupLayout::Unknown;
+    }
+    CgroupLayout::V1 {
+        memory,
+        cpu,
+        pids,
+        hybrid: root.join("unified").join("cgroup.procs").exists(),
+    }
+}
+
+/// `memory.max` / `pids.max` (v1 `pids.max` too): a number or `max`.
+pub fn parse_max(text: &str) -> Option<Option<u64>> {
+    match text.trim() {
+        "max" => Some(None),
+        t => t.parse::<u64>().ok().map(Some),
+    }
+}
+
+/// v1 `memory.limit_in_bytes`: huge values mean unlimited.
+pub fn parse_v1_memory(text: &str) -> Option<Option<u64>> {
+    let v = text.trim().parse::<u64>().ok()?;
+    Some((v < V1_MEMORY_UNLIMITED).then_some(v))
+}
+
+/// v2 `cpu.max`: `max 100000` (unlimited) or `50000 100000` (0.5 cores); the period may be
+/// left out (default 100000).
+pub fn parse_cpu_max(text: &str) -> Option<Option<f64>> {
+    let mut words = text.split_whitespace();
+    let quota = words.next()?;
+    let period = match words.next() {
+        Some(p) => p.parse::<u64>().ok()?,
+        None => 100_000,
+    };
+    if words.next().is_some() || period == 0 {
+        return None;
+    }
+    if quota == "max" {
+        return Some(None);
+    }
+    let quota = quota.parse::<u64>().ok()?;
+    Some(Some(quota as f64 / period as f64))
+}
+
+/// v1 `cpu.cfs_quota_us` (negative = unlimited).
+pub fn parse_v1_quota(text: &str) -> Option<Option<u64>> {
+    let q = text.trim().parse::<i64>().ok()?;
+    Some(u64::try_from(q).ok())
+}
+
+/// v1 `cpu.cfs_period_us` (must be positive).
+pub fn parse_v1_period(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok().filter(|p| *p > 0)
+}
+
+/// Cgroup paths of one cgroup, per controller (the same path three times on v2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControllerPaths {
+    pub memory: Option<String>,
+    pub cpu: Option<String>,
+    pub pids: Option<String>,
+}
+
+impl ControllerPaths {
+    fn all(path: &str) -> ControllerPaths {
+        ControllerPaths {
+            memory: Some(path.to_string()),
+            cpu: Some(path.to_string()),
+            pids: Some(path.to_string()),
+        }
+    }
+}
+
+/// The container's and its pod's cgroup paths per controller, from the cgroup file of one of
+/// its processes. A line that names the container is cut at the container's segment (the
+/// process may sit in a sub-cgroup); a line that does not is used as it is.
+pub fn container_paths(
+    file: &CgroupFile,
+    layout: &CgroupLayout,
+    container_id: &str,
+) -> (ControllerPaths, Option<ControllerPaths>) {
+    let split = |path: &str| -> (String, Option<String>) {
+        match attribute_path(path) {
+            Some(c) if c.id == container_id => (c.container_path, c.pod_path),
+            _ => {
+                let segs = normalize_path(path).map(|(s, _)| s).unwrap_or_default();
+                (format!("/{}", segs.join("/")), None)
+            }
+        }
+    };
+    match layout {
+        CgroupLayout::V2 | CgroupLayout::Unknown => match file.v2_path().map(split) {
+            Some((own, pod)) => (
+                ControllerPaths::all(&own),
+                pod.as_deref().map(ControllerPaths::all),
+            ),
+            None => (ControllerPaths::default(), None),
+        },
+        CgroupLayout::V1 { .. } => {
+            let mut own = ControllerPaths::default();
+            let mut pod = ControllerPaths::default();
+            let mut any_pod = false;
+            for (controller, own_slot, pod_slot) in [
+                ("memory", &mut own.memory, &mut pod.memory),
+                ("cpu", &mut own.cpu, &mut pod.cpu),
+                ("pids", &mut own.pids, &mut pod.pids),
+            ] {
+                if let Some(entry) = file.v1_entry(controller) {
+                    let (o, p) = split(&entry.path);
+                    *own_slot = Some(o);
+                    any_pod |= p.is_some();
+                    *pod_slot = p;
+                }
+            }
+            (own, any_pod.then_some(pod))
+        }
+    }
+}
+
+/// What reading the limits of one cgroup gave: the limits and what could not be read.
+#[derive(Debug, Default)]
+pub struct LimitsReading {
+    pub limits: Limits,
+    pub problems: Vec<Error>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Controller {
+    Memory,
+    Cpu,
+    Pids,
+}
+
+impl Controller {
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+            Controller::Pids => "pids",
+        }
+    }
+}
+
+/// Reads cgroup limits under one cgroup root, caching the ancestor levels shared by many
+/// containers (QoS and pod cgroups, the root).
+#[derive(Debug)]
+pub struct LimitsReader {
+    root: PathBuf,
+    layout: CgroupLayout,
+    /// Ancestor files: contents, or `None` when absent.
+    cache: HashMap<PathBuf, Option<String>>,
+}
+
+impl LimitsReader {
+    pub fn new(cgroup_root: &Path) -> LimitsReader {
+        LimitsReader {
+            root: cgroup_root.to_path_buf(),
+            layout: detect_layout(cgroup_root),
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn layout(&self) -> &CgroupLayout {
+        &self.layout
+    }
+
+    /// The directory of cgroup `path` for `controller`; `None` when that hierarchy is absent.
+    fn dir(&self, controller: Controller, path: &str) -> Option<PathBuf> {
+        let base = match &self.layout {
+            CgroupLayout::V2 => self.root.clone(),
+            CgroupLayout::V1 {
+                memory, cpu, pids, ..
+            } => match controller {
+                Controller::Memory => memory.clone()?,
+                Controller::Cpu => cpu.clone()?,
+                Controller::Pids => pids.clone()?,
+            },
+            CgroupLayout::Unknown => return None,
+        };
+        let rel = path.trim_start_matches('/');
+        Some(if rel.is_empty() { base } else { base.join(rel) })
+    }
+
+    /// Reads a file; `Ok(None)` when it is absent and `lenient` (an ancestor level, where a
+    /// controller may simply not be enabled, or the root, which has no limit files).
+    fn read(&mut self, path: PathBuf, lenient: bool) -> Result<Option<String>, Error> {
+        if lenient {
+            if let Some(hit) = self.cache.get(&path) {
+                return Ok(hit.clone());
+            }
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if lenient {
+                    self.cache.insert(path, Some(text.clone()));
+                }
+                Ok(Some(text))
+            }
+            Err(e) if lenient && e.kind() == io::ErrorKind::NotFound => {
+                self.cache.insert(path, None);
+                Ok(None)
+            }
+            Err(source) => Err(Error::CgroupRead { path, source }),
+        }
+    }
+
+    fn value<T>(
+        &mut self,
+        path: PathBuf,
+        lenient: bool,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        let Some(text) = self.read(path.clone(), lenient)? else {
+            return Ok(None);
+        };
+        match parse(&text) {
+            Some(v) => Ok(Some(v)),
+            None => Err(Error::CgroupValue {
+                path,
+                value: text.chars().take(64).collect(),
+            }),
+        }
+    }
+
+    /// One controller's limit at one cgroup level (`None` inside = unlimited or absent).
+    fn level(
+        &mut self,
+        controller: Controller,
+        path: &str,
+        lenient: bool,
+    ) -> Result<Limits, Error> {
+        let mut limits = Limits::default();
+        let Some(dir) = self.dir(controller, path) else {
+            return Ok(limits);
+        };
+        let v2 = self.layout == CgroupLayout::V2;
+        match (controller, v2) {
+            (Controller::Memory, true) => {
+                limits.memory_bytes = self
+                    .value(dir.join("memory.max"), lenient, parse_max)?
+                    .flatten();
+            }
+            (Controller::Memory, false) => {
+                limits.memory_bytes = self
+                    .value(dir.join("memory.limit_in_bytes"), lenient, parse_v1_memory)?
+                    .flatten();
+            }
+            (Controller::Cpu, true) => {
+                limits.cpu_cores = self
+                    .value(dir.join("cpu.max"), lenient, parse_cpu_max)?
+                    .flatten();
+            }
+            (Controller::Cpu, false) => {
+                let quota = self
+                    .value(dir.join("cpu.cfs_quota_us"), lenient, parse_v1_quota)?
+                    .flatten();
+                if let Some(quota) = quota {
+                    let period =
+                        self.value(dir.join("cpu.cfs_period_us"), lenient, parse_v1_period)?;
+                    limits.cpu_cores = period.map(|p| quota as f64 / p as f64);
+                }
+            }
+            (Controller::Pids, _) => {
+                limits.pids = self
+                    .value(dir.join("pids.max"), lenient, parse_max)?
+                    .flatten();
+            }
+        }
+        Ok(limits)
+    }
+
+    /// The limits of one cgroup itself. A missing or malformed file leaves that limit `None`
+    /// and is listed in `problems`. `pid` names the process the paths came from.
+    pub fn own(&mut self, paths: &ControllerPaths, pid: i32) -> LimitsReading {
+        let mut reading = LimitsReading::default();
+        for (controller, path) in self.controllers(paths) {
+            let Some(path) = path else {
+                if self.dir(controller, "/").is_some() {
+                    reading.problems.push(Error::CgroupMissing {
+                        pid,
+                        controller: controller.name(),
+                    });
+                }
+                continue;
+            };
+            match self.level(controller, &path, false) {
+                Ok(l) => reading.limits = reading.limits.tightest(l),
+                Err(e) => reading.problems.push(e),
+            }
+        }
+        reading
+    }
+
+    /// The tightest limits from a cgroup up to the root: `own` (as read by [`Self::own`])
+    /// combined with every ancestor level. Absent ancestor files are not problems.
+    pub fn effective(&mut self, paths: &ControllerPaths, own: Limits) -> LimitsReading {
+        let mut reading = LimitsReading {
+            limits: own,
+            problems: Vec::new(),
+        };
+        for (controller, path) in self.controllers(paths) {
+            let Some(path) = path else { continue };
+            for ancestor in ancestors(&path) {
+                match self.level(controller, &ancestor, true) {
+                    Ok(l) => reading.limits = reading.limits.tightest(l),
+                    Err(e) => reading.problems.push(e),
+                }
+            }
+        }
+        reading
+    }
+
+    fn controllers(&self, paths: &ControllerPaths) -> [(Controller, Option<String>); 3] {
+        [
+            (Controller::Memory, paths.memory.clone()),
+            (Controller::Cpu, paths.cpu.clone()),
+            (Controller::Pids, paths.pids.clone()),
+        ]
+    }
+}
+
+/// `/a/b/c` → `/a/b`, `/a`, `/` (the path itself left out).
+fn ancestors(path: &str) -> Vec<String> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    (0..segs.len())
+        .rev()
+        .map(|n| format!("/{}", segs[..n].join("/")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::parse_cgroup_file;
+
+    fn testdata(case: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(case)
+            .join("sys/fs/cgroup")
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const UID: &str = "1234abcd-5678-90ef-1234-567890abcdef";
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_max("max\n"), Some(None));
+        assert_eq!(parse_max(" 4096 \n"), Some(Some(4096)));
+        assert_eq!(parse_max("lots"), None);
+        assert_eq!(parse_max(""), None);
+        assert_eq!(parse_max("-1"), None);
+        assert_eq!(parse_v1_memory("9223372036854771712\n"), Some(None));
+        assert_eq!(parse_v1_memory("134217728\n"), Some(Some(134_217_728)));
+        assert_eq!(parse_v1_memory("12abc"), None);
+        assert_eq!(parse_cpu_max("max 100000\n"), Some(None));
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(Some(0.5)));
+        assert_eq!(parse_cpu_max("200000"), Some(Some(2.0)));
+        assert_eq!(parse_cpu_max("50000 0"), None);
+        assert_eq!(parse_cpu_max("50000 100000 7"), None);
+        assert_eq!(parse_cpu_max("half"), None);
+        assert_eq!(parse_cpu_max(""), None);
+        assert_eq!(parse_v1_quota("-1\n"), Some(None));
+        assert_eq!(parse_v1_quota("25000\n"), Some(Some(25000)));
+        assert_eq!(parse_v1_period("0"), None);
+        assert_eq!(ancestors("/a/b/c"), ["/a/b", "/a", "/"]);
+        assert_eq!(ancestors("/"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn v2_container_pod_and_effective_limits() {
+        let root = testdata("v2");
+        let mut reader = LimitsReader::new(&root);
+        assert_eq!(reader.layout(), &CgroupLayout::V2);
+        let file = parse_cgroup_file(&format!("0::/kubepods/burstable/pod{UID}/{ID}\n"));
+        let (own_paths, pod_paths) = container_paths(&file, reader.layout(), ID);
+        let own = reader.own(&own_paths, 42);
+        assert!(own.problems.is_empty(), "{:?}", own.problems);
+        // Container: 256 MiB, 0.5 cores, pids unlimited.
+        assert_eq!(
+            own.limits,
+            Limits {
+                memory_bytes: Some(268_435_456),
+                cpu_cores: Some(0.5),
+                pids: None
+            }
+        );
+        let pod = reader.own(&pod_paths.unwrap(), 42);
+        assert!(pod.problems.is_empty(), "{:?}", pod.problems);
+        // Pod: 128 MiB, 2 cores, 100 pids.
+        assert_eq!(
+            pod.limits,
+            Limits {
+                memory_bytes: Some(134_217_728),
+                cpu_cores: Some(2.0),
+                pids: Some(100)
+            }
+        );
+        let eff = reader.effective(&own_paths, own.limits);
+        assert!(eff.problems.is_empty(), "{:?}", eff.problems);
+        // The pod's memory and pids bind; the container's CPU; the root has no files.
+        assert_eq!(
+            eff.limits,
+            Limits {
+                memory_bytes: Some(134_217_728),
+                cpu_cores: Some(0.5),
+                pids: Some(100)
+            }
+        );
+    }
+
+    #[test]
+    fn v2_garbage_and_missing_files_are_problems_not_failures() {
+        let root = testdata("v2");
+        let mut reader = LimitsReader::new(&root);
+        let other = "f".repeat(64);
+        // This container dir has garbage memory.max, no cpu.max, pids.max "max".
+        let file = parse_cgroup_file(&format!("0::/kubepods/burstable/pod{UID}/{other}\n"));
+        let (own_paths, _) = container_paths(&file, reader.layout(), &other);
+        let own = reader.own(&own_paths, 7);
+        assert_eq!(own.limits, Limits::default());
+        assert_eq!(own.problems.len(), 2, "{:?}", own.problems);
+        let text: Vec<String> = own.problems.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("memory.max") && t.contains("unexpected value")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|t| t.contains("cpu.max")), "{text:?}");
+        // A container whose cgroup directory is gone.
+        let gone = parse_cgroup_file(&format!(
+            "0::/kubepods/burstable/pod{UID}/{}\n",
+            "e".repeat(64)
+        ));
+        let (paths, _) = container_paths(&gone, reader.layout(), &"e".repeat(64));
+        assert_eq!(reader.own(&paths, 8).problems.len(), 3);
+    }
+
+    #[test]
+    fn v1_limits_use_each_controllers_own_path() {
+        let root = testdata("v1");
+        let mut reader = LimitsReader::new(&root);
+        assert!(
+            matches!(reader.layout(), CgroupLayout::V1 { hybrid: true, .. }),
+            "{:?}",
+            reader.layout()
+        );
+        // Every controller line names the container (v2 is at the root: hybrid host).
+        let file = parse_cgroup_file(&format!(
+            "10:pids:/kubepods/burstable/pod{UID}/{ID}\n\
+             9:memory:/kubepods/burstable/pod{UID}/{ID}\n\
+             4:cpu,cpuacct:/kubepods/burstable/pod{UID}/{ID}\n\
+             1:name=systemd:/kubepods/burstable/pod{UID}/{ID}\n\
+             0::/\n"
+        ));
+        let (own_paths, pod_paths) = container_paths(&file, reader.layout(), ID);
+        let own = reader.own(&own_paths, 1);
+        assert!(own.problems.is_empty(), "{:?}", own.problems);
+        assert_eq!(
+            own.limits,
+            Limits {
+                memory_bytes: Some(67_108_864),
+                cpu_cores: Some(0.25),
+                pids: Some(50)
+            }
+        );
+        let pod = reader.own(&pod_paths.unwrap(), 1);
+        assert!(pod.problems.is_empty(), "{:?}", pod.problems);
+        // Pod: memory unlimited sentinel, quota -1, pids max.
+        assert_eq!(pod.limits, Limits::default());
+        let eff = reader.effective(&own_paths, own.limits);
+        assert!(eff.problems.is_empty(), "{:?}", eff.problems);
+        // The burstable QoS level caps CPU at 0.2 cores in this fixture.
+        assert_eq!(
+            eff.limits,
+            Limits {
+                memory_bytes: Some(67_108_864),
+                cpu_cores: Some(0.2),
+                pids: Some(50)
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_layout_reads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reader = LimitsReader::new(dir.path());
+        assert_eq!(reader.layout(), &CgroupLayout::Unknown);
+        let file = parse_cgroup_file(&format!("0::/docker/{ID}\n"));
+        let (paths, _) = container_paths(&file, reader.layout(), ID);
+        let own = reader.own(&paths, 1);
+        assert_eq!(own.limits, Limits::default());
+        assert!(own.problems.is_empty());
+    }
+}

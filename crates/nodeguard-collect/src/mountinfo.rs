@@ -1,0 +1,313 @@
+//! `/proc/PID/mountinfo` parsing and the overlay layers behind a container's `/`.
+//!
+//! A line: `36 35 98:0 /root /mnt/point rw,noatime master:1 - overlay overlay rw,lowerdir=/a:/b,upperdir=/u,workdir=/w`.
+//! Paths are escaped by the kernel as octal (`\040` for a space); super options of overlay are
+//! escaped the same way (`,` `=` space tab newline `\`), and inside `lowerdir=` a literal `:`
+//! is written `\:` (so it shows as `\134:`).
+
+use nodeguard_model::{escape_path, RootFs};
+
+/// One mount as `/proc/PID/mountinfo` describes it. Paths are raw bytes (unescaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    /// `major:minor` of the filesystem (`st_dev` of its files, for most filesystems).
+    pub major: u32,
+    pub minor: u32,
+    /// The directory of the filesystem mounted here.
+    pub root: Vec<u8>,
+    pub mount_point: Vec<u8>,
+    pub fstype: String,
+    pub source: Vec<u8>,
+    /// Super block options, still escaped (split them with [`super_options`]).
+    pub super_options: String,
+}
+
+/// Undoes the kernel's octal escapes (`\040` → space, `\134` → `\`). A backslash not followed
+/// by three octal digits is kept as it is.
+pub fn unescape_octal(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' {
+            if let Some(b) = text.get(i + 1..i + 4).and_then(octal3) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
+fn octal3(d: &[u8]) -> Option<u8> {
+    if d.len() != 3 || !d.iter().all(|b| (b'0'..=b'7').contains(b)) {
+        return None;
+    }
+    let v = u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+    u8::try_from(v).ok()
+}
+
+/// Parses mountinfo text; malformed lines are skipped and counted.
+pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountInfo>, usize) {
+    let mut mounts = Vec::new();
+    let mut skipped = 0;
+    for line in text.split(|b| *b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        match parse_line(line) {
+            Some(m) => mounts.push(m),
+            None => skipped += 1,
+        }
+    }
+    (mounts, skipped)
+}
+
+fn parse_line(line: &[u8]) -> Option<MountInfo> {
+    let fields: Vec<&[u8]> = line
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty())
+        .collect();
+    let sep = fields.iter().position(|f| *f == b"-")?;
+    if sep < 6 || fields.len() < sep + 3 {
+        return None;
+    }
+    let num = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u32>().ok();
+    let (major, minor) = {
+        let dev = std::str::from_utf8(fields[2]).ok()?;
+        let (a, b) = dev.split_once(':')?;
+        (a.parse().ok()?, b.parse().ok()?)
+    };
+    Some(MountInfo {
+        mount_id: num(fields[0])?,
+        parent_id: num(fields[1])?,
+        major,
+        minor,
+        root: unescape_octal(fields[3]),
+        mount_point: unescape_octal(fields[4]),
+        fstype: String::from_utf8_lossy(fields[sep + 1]).into_owned(),
+        source: unescape_octal(fields[sep + 2]),
+        super_options: fields
+            .get(sep + 3)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// Splits super options into `(key, unescaped value)`; commas inside values are escaped by the
+/// kernel, so splitting on `,` first is safe.
+pub fn super_options(options: &str) -> Vec<(String, Option<Vec<u8>>)> {
+    options
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(|o| match o.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(unescape_octal(v.as_bytes()))),
+            None => (o.to_string(), None),
+        })
+        .collect()
+}
+
+/// Splits an (already octal-unescaped) `lowerdir=` value on `:`, honouring `\:` and `\\`.
+/// Layers after an empty element (`::`, data-only layers of kernel 6.5+) are returned apart.
+pub fn split_lowerdir(value: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'\\' if i + 1 < value.len() => {
+                if let Some(p) = parts.last_mut() {
+                    p.push(value[i + 1]);
+                }
+                i += 2;
+                continue;
+            }
+            b':' => parts.push(Vec::new()),
+            b => {
+                if let Some(p) = parts.last_mut() {
+                    p.push(b);
+                }
+            }
+        }
+        i += 1;
+    }
+    let mut lower = Vec::new();
+    let mut data = Vec::new();
+    let mut in_data = false;
+    for p in parts {
+        if p.is_empty() {
+            in_data = true;
+        } else if in_data {
+            data.push(p);
+        } else {
+            lower.push(p);
+        }
+    }
+    (lower, data)
+}
+
+/// The layers of an overlay mount, raw host paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayLayers {
+    /// Lower layers, top first (data-only layers left out: they are not visible by path).
+    pub lower: Vec<Vec<u8>>,
+    pub upper: Option<Vec<u8>>,
+}
+
+/// Reads `lowerdir=` (or repeated `lowerdir+=` of kernel 6.8+) and `upperdir=` from overlay
+/// super options.
+pub fn overlay_layers(options: &str) -> OverlayLayers {
+    let mut layers = OverlayLayers::default();
+    for (key, value) in super_options(options) {
+        let Some(value) = value else { continue };
+        match key.as_str() {
+            "lowerdir" => layers.lower.extend(split_lowerdir(&value).0),
+            "lowerdir+" => layers.lower.push(value),
+            "upperdir" => layers.upper = Some(value),
+            _ => {}
+        }
+    }
+    layers
+}
+
+/// The mount that is the process's `/` (the last one mounted there wins, as in path lookup).
+pub fn root_mount(mounts: &[MountInfo]) -> Option<&MountInfo> {
+    mounts.iter().rev().find(|m| m.mount_point == b"/")
+}
+
+/// A container's root filesystem with its raw layer paths (for lookups) and the report form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRoot {
+    pub fstype: String,
+    pub layers: Option<OverlayLayers>,
+}
+
+impl ContainerRoot {
+    /// The report form: layer paths rendered with [`escape_path`] (unchanged for ordinary
+    /// paths; `unescape_path` gives the bytes back).
+    pub fn to_rootfs(&self) -> RootFs {
+        let layers = self.layers.clone().unwrap_or_default();
+        RootFs {
+            fstype: self.fstype.clone(),
+            lower_dirs: layers.lower.iter().map(|l| escape_path(l)).collect(),
+            upper_dir: layers.upper.as_deref().map(escape_path),
+        }
+    }
+}
+
+/// The root filesystem from mountinfo text; `None` when no mount is at `/`.
+pub fn container_root(mountinfo: &[u8]) -> Option<ContainerRoot> {
+    let (mounts, _) = parse_mountinfo(mountinfo);
+    let root = root_mount(&mounts)?;
+    let layers = (root.fstype == "overlay").then(|| overlay_layers(&root.super_options));
+    Some(ContainerRoot {
+        fstype: root.fstype.clone(),
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTAINERD: &str = "\
+1120 1013 0:120 / / rw,relatime master:390 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs:/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs,upperdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs,workdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/work
+1121 1120 0:122 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+1122 1120 0:123 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+1130 1120 8:1 /var/lib/kubelet/pods/x/volumes/kubernetes.io~empty-dir/data /data rw,relatime - ext4 /dev/sda1 rw
+";
+
+    #[test]
+    fn containerd_root_has_layers_top_first() {
+        let root = container_root(CONTAINERD.as_bytes()).unwrap();
+        assert_eq!(root.fstype, "overlay");
+        let fs = root.to_rootfs();
+        assert_eq!(
+            fs.lower_dirs,
+            [
+                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs",
+                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs"
+            ]
+        );
+        assert_eq!(
+            fs.upper_dir.as_deref(),
+            Some("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs")
+        );
+        let (mounts, skipped) = parse_mountinfo(CONTAINERD.as_bytes());
+        assert_eq!((mounts.len(), skipped), (4, 0));
+        assert_eq!((mounts[0].major, mounts[0].minor), (0, 120));
+    }
+
+    #[test]
+    fn escapes_in_paths_and_layer_names() {
+        // A space in the mount point, and layer paths with a space, a comma, and a colon
+        // (`\:` in the option, whose backslash the kernel writes as \134).
+        let line = b"50 1 0:77 / /mnt/with\\040space rw - overlay over\\040lay rw,lowerdir=/l/a\\040b:/l/c\\054d:/l/e\\134:f,upperdir=/u/x\\040y,workdir=/w\n";
+        let (mounts, _) = parse_mountinfo(line);
+        assert_eq!(mounts[0].mount_point, b"/mnt/with space");
+        assert_eq!(mounts[0].source, b"over lay");
+        let layers = overlay_layers(&mounts[0].super_options);
+        assert_eq!(
+            layers.lower,
+            [b"/l/a b".to_vec(), b"/l/c,d".to_vec(), b"/l/e:f".to_vec()]
+        );
+        assert_eq!(layers.upper.as_deref(), Some(&b"/u/x y"[..]));
+    }
+
+    #[test]
+    fn lowerdir_plus_and_data_only_layers() {
+        let layers = overlay_layers(
+            "rw,lowerdir+=/l/top,lowerdir+=/l/mid\\054x,lowerdir+=/l/bottom,datadir+=/d/1,upperdir=/u,workdir=/w",
+        );
+        assert_eq!(
+            layers.lower,
+            [
+                b"/l/top".to_vec(),
+                b"/l/mid,x".to_vec(),
+                b"/l/bottom".to_vec()
+            ]
+        );
+        let (lower, data) = split_lowerdir(b"/a:/b::/data1::/data2");
+        assert_eq!(lower, [b"/a".to_vec(), b"/b".to_vec()]);
+        assert_eq!(data, [b"/data1".to_vec(), b"/data2".to_vec()]);
+        // A read-only overlay (no upper).
+        let layers = overlay_layers("ro,lowerdir=/a:/b");
+        assert_eq!(layers.upper, None);
+        assert_eq!(layers.lower.len(), 2);
+    }
+
+    #[test]
+    fn root_that_is_not_overlay() {
+        let text =
+            b"22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n23 22 0:5 / /proc rw - proc proc rw\n";
+        let root = container_root(text).unwrap();
+        assert_eq!(root.fstype, "ext4");
+        assert_eq!(root.layers, None);
+        assert_eq!(root.to_rootfs().lower_dirs, Vec::<String>::new());
+        assert_eq!(
+            container_root(b"23 22 0:5 / /proc rw - proc proc rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn last_mount_on_root_wins() {
+        let text = b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:9 / / rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n";
+        assert_eq!(container_root(text).unwrap().fstype, "overlay");
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        let text = b"\n garbage\n1 2 3\n1 0 x:y / / rw - ext4 /dev/sda rw\n1 0 8:1 / / rw -\n\xff\xfe\x00 - - -\n";
+        let (mounts, skipped) = parse_mountinfo(text);
+        assert!(mounts.is_empty());
+        assert_eq!(skipped, 5);
+        assert_eq!(unescape_octal(b"a\\"), b"a\\");
+        assert_eq!(unescape_octal(b"a\\04"), b"a\\04");
+        assert_eq!(unescape_octal(b"a\\999"), b"a\\999");
+        assert_eq!(unescape_octal(b"\\101\\040"), b"A ");
+    }
+}

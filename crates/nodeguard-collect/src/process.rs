@@ -1,0 +1,608 @@
+//! One process from `/proc/PID`: `stat`, `status`, `cmdline`, `exe`, `ns/*`, `cgroup`.
+//!
+//! The parsers are pure functions over bytes. Reading goes through a directory handle of
+//! `/proc/PID` (`openat` relative to it), so every file read belongs to the same process even
+//! if its pid is reused meanwhile: a process that is gone makes the reads fail, it never
+//! swaps in another one.
+
+use crate::cgroup::{attribute, parse_cgroup_file, CgroupFile, ContainerRef};
+use crate::layer::FileIdentity;
+use crate::Error;
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::{fstatat, Mode};
+use nodeguard_model::{
+    decode_capabilities, escape_path, Capabilities, CapabilityMasks, Ids, Namespaces, Process,
+    SeccompMode,
+};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+pub const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Longest command line kept, in bytes.
+pub const CMDLINE_MAX: usize = 4096;
+
+/// The fields of `/proc/PID/stat` the collector needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatFields {
+    pub pid: i32,
+    /// `comm`, control characters and invalid UTF-8 escaped.
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub flags: u64,
+}
+
+/// Parses `/proc/PID/stat`: `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`.
+/// `comm` may hold spaces and parentheses, so it ends at the last `)`.
+pub fn parse_stat(bytes: &[u8]) -> Result<StatFields, String> {
+    let open = bytes
+        .iter()
+        .position(|b| *b == b'(')
+        .ok_or("no '(' before comm")?;
+    let close = bytes
+        .iter()
+        .rposition(|b| *b == b')')
+        .filter(|c| *c > open)
+        .ok_or("no ')' after comm")?;
+    let pid = std::str::from_utf8(&bytes[..open])
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .ok_or("bad pid")?;
+    let rest = std::str::from_utf8(&bytes[close + 1..]).map_err(|_| "fields are not text")?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    if fields.len() < 7 {
+        return Err(format!(
+            "{} fields after comm, want at least 7",
+            fields.len()
+        ));
+    }
+    let state = fields[0].chars().next().ok_or("empty state")?;
+    let ppid = fields[1].parse::<i32>().map_err(|_| "bad ppid")?;
+    let flags = fields[6].parse::<u64>().map_err(|_| "bad flags")?;
+    Ok(StatFields {
+        pid,
+        comm: display_text(&bytes[open + 1..close]),
+        state,
+        ppid,
+        flags,
+    })
+}
+
+/// The fields of `/proc/PID/status` the collector needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusFields {
+    pub uids: Ids,
+    pub gids: Ids,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    /// Absent on very old kernels.
+    pub cap_bnd: Option<u64>,
+    /// Absent before Linux 4.3.
+    pub cap_amb: Option<u64>,
+    /// Absent before Linux 4.10.
+    pub no_new_privs: Option<bool>,
+    pub seccomp: Option<SeccompMode>,
+}
+
+fn ids(value: &str) -> Option<Ids> {
+    let mut it = value
+        .split_ascii_whitespace()
+        .map(|v| v.parse::<u32>().ok());
+    let ids = Ids {
+        real: it.next()??,
+        effective: it.next()??,
+        saved: it.next()??,
+        filesystem: it.next()??,
+    };
+    Some(ids)
+}
+
+fn mask(value: &str) -> Option<u64> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(v, 16).ok()
+}
+
+/// Parses `/proc/PID/status`. `Uid`, `Gid`, `CapInh`, `CapPrm` and `CapEff` are required (a
+/// status without them is truncated); the others are optional, but present and garbled is
+/// an error too.
+pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
+    let text = String::from_utf8_lossy(bytes);
+    let (mut uids, mut gids, mut inh, mut prm, mut eff) = (None, None, None, None, None);
+    let (mut bnd, mut amb, mut nnp, mut seccomp) = (None, None, None, None);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let bad = |what: &str| format!("bad {what} value {:?}", value.trim());
+        match key {
+            "Uid" => uids = Some(ids(value).ok_or_else(|| bad("Uid"))?),
+            "Gid" => gids = Some(ids(value).ok_or_else(|| bad("Gid"))?),
+            "CapInh" => inh = Some(mask(value).ok_or_else(|| bad("CapInh"))?),
+            "CapPrm" => prm = Some(mask(value).ok_or_else(|| bad("CapPrm"))?),
+            "CapEff" => eff = Some(mask(value).ok_or_else(|| bad("CapEff"))?),
+            "CapBnd" => bnd = Some(mask(value).ok_or_else(|| bad("CapBnd"))?),
+            "CapAmb" => amb = Some(mask(value).ok_or_else(|| bad("CapAmb"))?),
+            "NoNewPrivs" => {
+                nnp = Some(match value.trim() {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad("NoNewPrivs")),
+                })
+            }
+            "Seccomp" => {
+                seccomp = Some(match value.trim() {
+                    "0" => SeccompMode::Disabled,
+                    "1" => SeccompMode::Strict,
+                    "2" => SeccompMode::Filter,
+                    _ => return Err(bad("Seccomp")),
+                })
+            }
+            _ => {}
+        }
+    }
+    let missing = |what: &str| format!("no {what} line (truncated?)");
+    Ok(StatusFields {
+        uids: uids.ok_or_else(|| missing("Uid"))?,
+        gids: gids.ok_or_else(|| missing("Gid"))?,
+        cap_inh: inh.ok_or_else(|| missing("CapInh"))?,
+        cap_prm: prm.ok_or_else(|| missing("CapPrm"))?,
+        cap_eff: eff.ok_or_else(|| missing("CapEff"))?,
+        cap_bnd: bnd,
+        cap_amb: amb,
+        no_new_privs: nnp,
+        seccomp,
+    })
+}
+
+/// Text for display: valid UTF-8 as it is, control characters and bytes that are not UTF-8
+/// as `\xNN`. Unlike [`escape_path`] a backslash stays single, so ordinary text reads as it is.
+pub fn display_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            if ch.is_control() {
+                let mut buf = [0u8; 4];
+                for b in ch.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// `/proc/PID/cmdline` as one line: arguments joined by spaces, escaped like
+/// [`display_text`], at most [`CMDLINE_MAX`] bytes (cut on a character boundary).
+pub fn cmdline_text(bytes: &[u8]) -> String {
+    let mut end = bytes.len();
+    while end > 0 && bytes[end - 1] == 0 {
+        end -= 1;
+    }
+    let joined: Vec<u8> = bytes[..end]
+        .iter()
+        .map(|b| if *b == 0 { b' ' } else { *b })
+        .collect();
+    let mut text = display_text(&joined);
+    if text.len() > CMDLINE_MAX {
+        let mut cut = CMDLINE_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// The inode number in a namespace link target such as `net:[4026531840]`.
+pub fn parse_ns_link(target: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(target).ok()?;
+    let inner = text.split_once(":[")?.1.strip_suffix(']')?;
+    inner.parse().ok()
+}
+
+/// Splits a trailing ` (deleted)` off an `exe` link target.
+pub fn strip_deleted(target: &[u8]) -> (&[u8], bool) {
+    match target.strip_suffix(b" (deleted)") {
+        Some(path) => (path, true),
+        None => (target, false),
+    }
+}
+
+/// A kernel thread: `PF_KTHREAD`, or kthreadd (pid 2) and its children.
+pub fn is_kernel_thread(pid: i32, ppid: i32, flags: u64) -> bool {
+    flags & PF_KTHREAD != 0 || pid == 2 || ppid == 2
+}
+
+/// The capability masks as `/proc/PID/status` prints them.
+pub fn capability_masks(s: &StatusFields) -> CapabilityMasks {
+    let hex = |m: u64| format!("{m:016x}");
+    CapabilityMasks {
+        effective: hex(s.cap_eff),
+        permitted: hex(s.cap_prm),
+        inheritable: hex(s.cap_inh),
+        bounding: s.cap_bnd.map(hex),
+        ambient: s.cap_amb.map(hex),
+    }
+}
+
+/// The capability sets by name.
+pub fn capabilities(s: &StatusFields) -> Capabilities {
+    Capabilities {
+        effective: decode_capabilities(s.cap_eff),
+        permitted: decode_capabilities(s.cap_prm),
+        inheritable: decode_capabilities(s.cap_inh),
+        bounding: s.cap_bnd.map(decode_capabilities).unwrap_or_default(),
+        ambient: s.cap_amb.map(decode_capabilities).unwrap_or_default(),
+    }
+}
+
+/// Names of the namespaces `ns` shares with `host` (both known and equal).
+pub fn shared_with_host(ns: &Namespaces, host: &Namespaces) -> Vec<String> {
+    let pairs = [
+        ("pid", ns.pid, host.pid),
+        ("net", ns.net, host.net),
+        ("ipc", ns.ipc, host.ipc),
+        ("uts", ns.uts, host.uts),
+        ("mnt", ns.mnt, host.mnt),
+        ("user", ns.user, host.user),
+        ("cgroup", ns.cgroup, host.cgroup),
+    ];
+    pairs
+        .iter()
+        .filter(|(_, a, b)| a.is_some() && a == b)
+        .map(|(n, _, _)| n.to_string())
+        .collect()
+}
+
+/// Why reading a process stopped.
+#[derive(Debug)]
+pub enum Failure {
+    /// It exited while being read (ENOENT, ESRCH).
+    Vanished,
+    /// The agent may not read it (EACCES, EPERM).
+    Denied,
+    /// Anything else: a warning.
+    Error(Error),
+}
+
+fn classify(pid: i32, file: &'static str, e: io::Error) -> Failure {
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOENT | Errno::ESRCH) => Failure::Vanished,
+        Some(Errno::EACCES | Errno::EPERM) => Failure::Denied,
+        _ => Failure::Error(Error::ProcRead {
+            pid,
+            file,
+            source: e,
+        }),
+    }
+}
+
+/// A handle on `/proc/PID`.
+#[derive(Debug)]
+pub struct PidDir {
+    pub pid: i32,
+    fd: OwnedFd,
+}
+
+impl PidDir {
+    /// Opens `<proc root>/<pid>` relative to an open proc root.
+    pub fn open(proc_root: &OwnedFd, pid: i32) -> Result<PidDir, Failure> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        openat(
+            proc_root.as_fd(),
+            pid.to_string().as_str(),
+            flags,
+            Mode::empty(),
+        )
+        .map(|fd| PidDir { pid, fd })
+        .map_err(|e| classify(pid, "", e.into()))
+    }
+
+    /// Reads at most `limit` bytes of a file into `buf` (cleared first).
+    pub fn read(&self, file: &'static str, buf: &mut Vec<u8>, limit: usize) -> Result<(), Failure> {
+        buf.clear();
+        let fd = openat(
+            self.fd.as_fd(),
+            file,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| classify(self.pid, file, e.into()))?;
+        File::from(fd)
+            .take(limit as u64)
+            .read_to_end(buf)
+            .map(|_| ())
+            .map_err(|e| classify(self.pid, file, e))
+    }
+
+    pub fn readlink(&self, file: &'static str) -> Result<Vec<u8>, Failure> {
+        readlinkat(self.fd.as_fd(), file)
+            .map(|t| t.as_bytes().to_vec())
+            .map_err(|e| classify(self.pid, file, e.into()))
+    }
+
+    /// `stat` following the link (for `exe`: the running executable itself).
+    pub fn stat(&self, file: &'static str) -> Result<FileIdentity, Failure> {
+        fstatat(self.fd.as_fd(), file, nix::fcntl::AtFlags::empty())
+            .map(|st| FileIdentity::from_stat(&st))
+            .map_err(|e| classify(self.pid, file, e.into()))
+    }
+
+    /// Whether the process still exists (after a read gave something unparseable).
+    fn still_there(&self) -> bool {
+        fstatat(self.fd.as_fd(), "stat", nix::fcntl::AtFlags::empty()).is_ok()
+    }
+
+    /// The namespace inode numbers. A zombie has none (`None` each); denial is a failure.
+    pub fn namespaces(&self) -> Result<Namespaces, Failure> {
+        let mut ns = Namespaces::default();
+        for (file, slot) in [
+            ("ns/pid", &mut ns.pid),
+            ("ns/net", &mut ns.net),
+            ("ns/ipc", &mut ns.ipc),
+            ("ns/uts", &mut ns.uts),
+            ("ns/mnt", &mut ns.mnt),
+            ("ns/user", &mut ns.user),
+            ("ns/cgroup", &mut ns.cgroup),
+        ] {
+            *slot = match self.readlink(file) {
+                Ok(target) => parse_ns_link(&target),
+                Err(Failure::Denied) => return Err(Failure::Denied),
+                Err(_) => None,
+            };
+        }
+        Ok(ns)
+    }
+}
+
+/// A process as read from procfs, before container-level facts (layers) are added.
+#[derive(Debug)]
+pub struct RawProcess {
+    pub process: Process,
+    /// The `exe` link target without ` (deleted)`, raw bytes.
+    pub exe_path: Option<Vec<u8>>,
+    /// Stat of `/proc/PID/exe` (the running file, through the overlay).
+    pub exe_identity: Option<FileIdentity>,
+    pub cgroup: Option<CgroupFile>,
+    pub container: Option<ContainerRef>,
+    /// Things worth a warning that did not stop the read (e.g. garbage cgroup lines).
+    pub notes: Vec<(&'static str, String)>,
+}
+
+/// Reads one process. `buf` is a scratch buffer reused across processes.
+pub fn read_process(dir: &PidDir, buf: &mut Vec<u8>) -> Result<RawProcess, Failure> {
+    let pid = dir.pid;
+    let malformed = |file: &'static str, reason: String| {
+        if dir.still_there() {
+            Failure::Error(Error::ProcParse { pid, file, reason })
+        } else {
+            Failure::Vanished
+        }
+    };
+    dir.read("stat", buf, 4096)?;
+    let stat = parse_stat(buf).map_err(|r| malformed("stat", r))?;
+    dir.read("status", buf, 64 * 1024)?;
+    let status = parse_status(buf).map_err(|r| malformed("status", r))?;
+    let kernel_thread = is_kernel_thread(pid, stat.ppid, stat.flags);
+    let zombie = matches!(stat.state, 'Z' | 'X' | 'x');
+
+    let mut exe_path = None;
+    let mut exe_deleted = false;
+    let mut exe_identity = None;
+    let mut cmdline = String::new();
+    let mut cgroup = None;
+    let mut container = None;
+    let mut notes = Vec::new();
+    if !kernel_thread {
+        match dir.readlink("exe") {
+            Ok(target) => {
+                let (path, deleted) = strip_deleted(&target);
+                exe_deleted = deleted;
+                exe_path = Some(path.to_vec());
+                exe_identity = match dir.stat("exe") {
+                    Ok(id) => Some(id),
+                    Err(Failure::Denied) => return Err(Failure::Denied),
+                    Err(_) => None,
+                };
+            }
+            // A zombie has no executable any more.
+            Err(Failure::Vanished) if zombie => {}
+            Err(f) => return Err(f),
+        }
+        dir.read("cmdline", buf, CMDLINE_MAX)?;
+        cmdline = cmdline_text(buf);
+        dir.read("cgroup", buf, 64 * 1024)?;
+        let file = parse_cgroup_file(&String::from_utf8_lossy(buf));
+        if file.skipped_lines > 0 {
+            notes.push((
+                "cgroup",
+                format!(
+                    "pid {pid}: {} malformed line(s) in cgroup file skipped",
+                    file.skipped_lines
+                ),
+            ));
+        }
+        container = attribute(&file);
+        cgroup = Some(file);
+    }
+    let namespaces = dir.namespaces()?;
+
+    let process = Process {
+        pid,
+        ppid: stat.ppid,
+        command: stat.comm,
+        cmdline,
+        container_id: container.as_ref().map(|c| c.cgroup.id.clone()),
+        exe: exe_path.as_deref().map(escape_path),
+        exe_deleted,
+        exe_layer: None,
+        sha256: None,
+        sha512: None,
+        hash_error: None,
+        uid: status.uids.effective,
+        gid: status.gids.effective,
+        uids: status.uids,
+        gids: status.gids,
+        capabilities: capabilities(&status),
+        capability_masks: capability_masks(&status),
+        no_new_privs: status.no_new_privs,
+        seccomp: status.seccomp,
+        namespaces,
+        kernel_thread,
+    };
+    Ok(RawProcess {
+        process,
+        exe_path,
+        exe_identity,
+        cgroup,
+        container,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tnginx\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4242\nPPid:\t1\n\
+Uid:\t1000\t1001\t1002\t1003\nGid:\t2000\t2001\t2002\t2003\nCapInh:\t0000000000000000\n\
+CapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n\
+NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+
+    #[test]
+    fn status_fields() {
+        let s = parse_status(STATUS.as_bytes()).unwrap();
+        assert_eq!(
+            s.uids,
+            Ids {
+                real: 1000,
+                effective: 1001,
+                saved: 1002,
+                filesystem: 1003
+            }
+        );
+        assert_eq!(s.gids.effective, 2001);
+        assert_eq!(s.cap_eff, 0xa80425fb);
+        assert_eq!(s.cap_bnd, Some(0x1ff_ffff_ffff));
+        assert_eq!(s.no_new_privs, Some(true));
+        assert_eq!(s.seccomp, Some(SeccompMode::Filter));
+        let masks = capability_masks(&s);
+        assert_eq!(masks.effective, "00000000a80425fb");
+        assert_eq!(masks.bounding.as_deref(), Some("000001ffffffffff"));
+        let caps = capabilities(&s);
+        assert!(caps.effective.contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(caps.bounding.len(), 41);
+    }
+
+    #[test]
+    fn truncated_or_garbled_status_is_an_error() {
+        let cut = &STATUS[..STATUS.find("CapPrm").unwrap()];
+        assert!(parse_status(cut.as_bytes()).unwrap_err().contains("CapPrm"));
+        let half_uid = "Uid:\t1000\t1001\nGid:\t0\t0\t0\t0\n";
+        assert!(parse_status(half_uid.as_bytes())
+            .unwrap_err()
+            .contains("Uid"));
+        let garbled = STATUS.replace("CapEff:\t00000000a80425fb", "CapEff:\tzzzz");
+        assert!(parse_status(garbled.as_bytes())
+            .unwrap_err()
+            .contains("CapEff"));
+        let bad_seccomp = STATUS.replace("Seccomp:\t2", "Seccomp:\t9");
+        assert!(parse_status(bad_seccomp.as_bytes()).is_err());
+        assert!(parse_status(b"").is_err());
+        assert!(parse_status(b"\xff\xfe\x00garbage").is_err());
+        // Old kernels: no CapAmb, NoNewPrivs, Seccomp.
+        let old: String = STATUS
+            .lines()
+            .filter(|l| {
+                !l.starts_with("CapAmb")
+                    && !l.starts_with("NoNewPrivs")
+                    && !l.starts_with("Seccomp")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = parse_status(old.as_bytes()).unwrap();
+        assert_eq!((s.cap_amb, s.no_new_privs, s.seccomp), (None, None, None));
+    }
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        let s = parse_stat(b"4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0\n").unwrap();
+        assert_eq!(s.comm, "a) b (c)");
+        assert_eq!((s.pid, s.state, s.ppid, s.flags), (4242, 'S', 17, 4194560));
+        let k = parse_stat(b"10 (kworker/0:0H-events_highpri) I 2 0 0 0 -1 69238880 0 0").unwrap();
+        assert!(is_kernel_thread(k.pid, k.ppid, k.flags));
+        assert_ne!(k.flags & PF_KTHREAD, 0);
+        let nl = parse_stat(b"5 (evil\nname\x1b) R 1 5 5 0 -1 0 0 0").unwrap();
+        assert_eq!(nl.comm, "evil\\x0aname\\x1b");
+        assert!(!is_kernel_thread(5, 1, 0));
+        for bad in [
+            &b""[..],
+            b"4242 (x",
+            b"4242 (x) S",
+            b"x (y) S 1 1 1 0 -1 0",
+            b"1 (y) S one 1 1 0 -1 0",
+            b"1 (y) S 1 1 1 0 -1 flags",
+        ] {
+            assert!(parse_stat(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn cmdline_is_joined_escaped_and_capped() {
+        assert_eq!(
+            cmdline_text(b"nginx\0-g\0daemon off;\0"),
+            "nginx -g daemon off;"
+        );
+        assert_eq!(cmdline_text(b"a\0\xff\0b\nc\0\0"), "a \\xff b\\x0ac");
+        assert_eq!(cmdline_text(b""), "");
+        // setproctitle style: no NULs.
+        assert_eq!(cmdline_text(b"postgres: writer   "), "postgres: writer   ");
+        let long = "é".repeat(3000);
+        let capped = cmdline_text(long.as_bytes());
+        assert!(capped.len() <= CMDLINE_MAX && capped.len() >= CMDLINE_MAX - 1);
+        assert!(capped.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn exe_and_namespace_links() {
+        assert_eq!(
+            strip_deleted(b"/usr/bin/x (deleted)"),
+            (&b"/usr/bin/x"[..], true)
+        );
+        assert_eq!(
+            strip_deleted(b"/memfd:payload (deleted)"),
+            (&b"/memfd:payload"[..], true)
+        );
+        assert_eq!(strip_deleted(b"/usr/bin/x"), (&b"/usr/bin/x"[..], false));
+        assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link(b"net:[]"), None);
+        assert_eq!(parse_ns_link(b"garbage"), None);
+        let host = Namespaces {
+            pid: Some(1),
+            net: Some(2),
+            mnt: Some(3),
+            ..Default::default()
+        };
+        let ns = Namespaces {
+            pid: Some(10),
+            net: Some(2),
+            mnt: None,
+            ..Default::default()
+        };
+        assert_eq!(shared_with_host(&ns, &host), ["net"]);
+    }
+}
