@@ -116,3 +116,10 @@ impl Policy {
         )
     }
 }
+
+// The agent shares one policy between its scan and sink tasks.
+const _: fn() = || {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Policy>();
+    shareable::<PolicyError>();
+};

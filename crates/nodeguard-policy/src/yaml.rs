@@ -49,6 +49,9 @@ fn syntax_error(err: &serde_yaml::Error, text: &str, origin: &str) -> PolicyErro
     match err.location() {
         Some(loc) => {
             let at = format!(" at line {} column {}", loc.line(), loc.column());
+            if let Some(dup) = duplicate_key(&rendered, &at, text, (loc.line(), loc.column())) {
+                return dup.into_error(origin);
+            }
             PolicyError::Syntax {
                 origin: origin.to_string(),
                 line: loc.line(),
@@ -61,6 +64,90 @@ fn syntax_error(err: &serde_yaml::Error, text: &str, origin: &str) -> PolicyErro
             message: rendered,
         },
     }
+}
+
+/// A key given twice in one mapping. The parser reports it at the mapping's start; this
+/// finds both occurrences in the text so the error points at the repeat.
+struct DuplicateKey {
+    field: String,
+    key: String,
+    first: Option<(usize, usize)>,
+    at: (usize, usize),
+}
+
+impl DuplicateKey {
+    fn into_error(self, origin: &str) -> PolicyError {
+        let message = match self.first {
+            Some((line, _)) => format!("given twice (first at line {line})"),
+            None => format!("{:?} is given twice in this mapping", self.key),
+        };
+        PolicyError::Invalid {
+            origin: origin.to_string(),
+            line: self.at.0,
+            column: self.at.1,
+            field: self.field,
+            message,
+        }
+    }
+}
+
+fn duplicate_key(
+    rendered: &str,
+    at: &str,
+    text: &str,
+    mapping: (usize, usize),
+) -> Option<DuplicateKey> {
+    let bare = rendered.strip_suffix(at).unwrap_or(rendered);
+    let (path, message) = split_path(bare);
+    let key = message
+        .strip_prefix("duplicate entry with key \"")?
+        .strip_suffix('"')?;
+    if key.contains('\\') || key.contains('"') {
+        return None;
+    }
+    let field = match path {
+        Some(path) => format!("{path}.{key}"),
+        None => key.to_string(),
+    };
+    let found = find_block_keys(text, mapping, key);
+    let (first, at) = match found.as_slice() {
+        [first, second, ..] => (Some(*first), *second),
+        _ => (None, mapping),
+    };
+    Some(DuplicateKey {
+        field,
+        key: key.to_string(),
+        first,
+        at,
+    })
+}
+
+/// Positions of `key:` in the block mapping that starts at `(line, column)`: lines whose
+/// text at that column starts with the key, until the block ends (a line indented less).
+fn find_block_keys(text: &str, (line, column): (usize, usize), key: &str) -> Vec<(usize, usize)> {
+    let col = column.saturating_sub(1);
+    let spellings = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    let mut found = Vec::new();
+    for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let trimmed = l.trim_start_matches(' ');
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = l.len() - trimmed.len();
+        if i + 1 > line && indent < col {
+            break;
+        }
+        let at_column = l.get(col..).unwrap_or("");
+        let lead_ok = i + 1 == line || indent == col;
+        if lead_ok && spellings.iter().any(|s| at_column.starts_with(s.as_str())) {
+            found.push((i + 1, col + 1));
+        }
+    }
+    found
 }
 
 /// The 1-based line of a `---` that starts a second document, if the text has one (the
@@ -153,6 +240,15 @@ mod tests {
             split_path("invalid type: string \"x\", expected a boolean"),
             (None, "invalid type: string \"x\", expected a boolean")
         );
+    }
+
+    #[test]
+    fn finds_a_repeated_key_in_its_block() {
+        let text =
+            "checks:\n  disabled: []\n  # disabled: []\n  severity: {}\n  disabled: []\nx: 1\n";
+        assert_eq!(find_block_keys(text, (2, 3), "disabled"), [(2, 3), (5, 3)]);
+        let text = "- a: 1\n  b: 2\n  a: 3\n- a: 4\n";
+        assert_eq!(find_block_keys(text, (1, 3), "a"), [(1, 3), (3, 3)]);
     }
 
     #[test]
