@@ -1,1 +1,55 @@
+//! The HTTP JSON query API of the nodeguard agent, and the client `nodeguard query` uses.
+//!
+//! Incident responders ask a running agent what it saw in its last complete scan: which
+//! findings are open (and since when), which containers run on the node, and where a given
+//! executable digest runs. The API is served on the same port as `/metrics`:
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 503 until the first complete scan, then 200 with the last scan time |
+//! | `GET /metrics` | the metrics text, rendered by the caller's closure |
+//! | `GET /v1/report` | the last full [`Report`](nodeguard_model::Report) |
+//! | `GET /v1/findings` | open findings with first/last seen, filtered by namespace, pod, container, kind, minimum severity, since |
+//! | `GET /v1/containers` | containers with their pod metadata, filtered by namespace, pod, container |
+//! | `GET /v1/processes` | processes with their pod metadata, filtered by container (or `host`), sha256, pid, namespace, pod |
+//!
+//! `docs/openapi.json` documents every path, parameter and response; the tests validate real
+//! responses against it. Errors are JSON `{"error": "...", "status": N}`.
+//!
+//! The API never blocks a scan and is never blocked by one: the daemon publishes each new
+//! [`NodeState`](nodeguard_model::NodeState) on a `tokio::sync::watch` channel and handlers
+//! only clone the `Arc` out of it, serializing afterwards. Requests are bounded in time and
+//! number ([`RequestLimits`]) and connections in number and age ([`ServeLimits`]), so a slow
+//! or hostile client cannot stall the agent.
+//!
+//! ```no_run
+//! # async fn example(
+//! #     state: tokio::sync::watch::Receiver<Option<std::sync::Arc<nodeguard_model::NodeState>>>,
+//! # ) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! let ctx = nodeguard_api::ApiContext {
+//!     state,
+//!     metrics: Arc::new(|| Ok(String::from("# EOF\n"))),
+//!     metrics_content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+//! };
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:9717").await?;
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! nodeguard_api::serve(listener, nodeguard_api::router(ctx), shutdown).await
+//! # }
+//! ```
 
+pub mod client;
+mod error;
+pub mod query;
+mod serve;
+mod server;
+pub mod types;
+
+pub use error::Error;
+pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
+pub use serve::{serve, serve_with_limits, ServeLimits};
+pub use server::{paths, router, router_with_limits, ApiContext, RequestLimits};
+
+/// The port the agent serves `/metrics` and the API on by default.
+pub const DEFAULT_PORT: u16 = 9717;

@@ -1,0 +1,146 @@
+//! The HTTP/1.1 server loop: bounded connections, header read timeout, connection age, and
+//! a shutdown that does not wait on stuck clients.
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout};
+
+/// Bounds on connections, so idle, slow or hostile clients cannot use up the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A client must send a complete request head within this time (also bounds how long an
+    /// idle keep-alive connection stays open).
+    pub header_read_timeout: Duration,
+    /// A connection older than this is closed after its current request, so a client that
+    /// never reads its answer cannot hold a slot for ever.
+    pub max_connection_age: Duration,
+    /// How long a closing connection may take to finish its request in flight, at shutdown
+    /// or past its age, before it is dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(30),
+            max_connection_age: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `router` on `listener` with [`ServeLimits::default`] until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with_limits(listener, router, shutdown, ServeLimits::default()).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+///
+/// On shutdown it stops accepting, lets each open connection finish its request in flight
+/// for at most [`ServeLimits::shutdown_grace`], then drops whatever is left and returns.
+/// Errors of single connections are logged at debug level, never returned.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) if is_connection_error(&err) => continue,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%err, "cannot accept API connections");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(true);
+            let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%err, %peer, "API connection ended with an error");
+                    }
+                    return;
+                }
+                () = sleep(limits.max_connection_age) => {}
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            if timeout(limits.shutdown_grace, conn).await.is_err() {
+                tracing::debug!(%peer, "dropped an API connection that did not finish in time");
+            }
+        });
+    }
+
+    drop(listener);
+    // `stop_rx` is still alive, so the send cannot fail.
+    let _ = stop_tx.send(true);
+    // Each task gives itself `shutdown_grace`; allow a little more before aborting them.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if timeout(limits.shutdown_grace + Duration::from_secs(1), drain)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// Errors that concern one connection only: the listener itself is fine.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}

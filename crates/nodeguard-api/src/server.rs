@@ -1,0 +1,409 @@
+//! The router: endpoints, filters, JSON errors, and the per-request time and concurrency
+//! bounds.
+
+use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};
+use crate::types::{ErrorBody, Health};
+use crate::Error;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use nodeguard_model::TrackedFinding;
+use nodeguard_model::{Container, NodeState, PodRef, Process, ScanKind, ScanRun, Timestamp};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{timeout_at, Instant};
+
+/// The renderer of the `/metrics` text, supplied by the metrics crate.
+pub type MetricsRenderer = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the API serves from.
+pub struct ApiContext {
+    /// The daemon's latest state: `None` until the first complete scan.
+    pub state: watch::Receiver<Option<Arc<NodeState>>>,
+    /// Renders the `/metrics` text. Called on a blocking thread, once per scrape.
+    pub metrics: MetricsRenderer,
+    /// The `Content-Type` of `/metrics` answers.
+    pub metrics_content_type: &'static str,
+}
+
+/// Bounds on each request, so a burst of slow requests cannot pile up in the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Longest a request may wait for a slot and run; past it the answer is a JSON 503.
+    pub timeout: Duration,
+    /// Requests handled at once (`/healthz` and `/readyz` do not count and are never queued,
+    /// so an overloaded API does not make the kubelet restart the agent).
+    pub max_concurrent: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            timeout: Duration::from_secs(10),
+            max_concurrent: 256,
+        }
+    }
+}
+
+/// The API router with [`RequestLimits::default`]. Serve it with [`crate::serve`].
+pub fn router(ctx: ApiContext) -> Router {
+    router_with_limits(ctx, RequestLimits::default())
+}
+
+/// The API router with explicit request bounds.
+pub fn router_with_limits(ctx: ApiContext, limits: RequestLimits) -> Router {
+    let guard = Guard {
+        limits,
+        permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+    };
+    let mut router = Router::new();
+    for (path, route) in routes() {
+        router = router.route(path, route);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Shared(Arc::new(ctx)))
+        .layer(middleware::from_fn_with_state(guard, bound_request))
+}
+
+/// Every path the router serves (all `GET`), as `docs/openapi.json` must list them.
+pub fn paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// The paths that bypass the concurrency bound: probes must answer even under load.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+fn routes() -> Vec<(&'static str, MethodRouter<Shared>)> {
+    vec![
+        ("/healthz", get(healthz)),
+        ("/readyz", get(readyz)),
+        ("/metrics", get(metrics)),
+        ("/v1/report", get(report)),
+        ("/v1/findings", get(findings)),
+        ("/v1/containers", get(containers)),
+        ("/v1/processes", get(processes)),
+    ]
+}
+
+#[derive(Clone)]
+struct Shared(Arc<ApiContext>);
+
+impl Shared {
+    /// The latest state. The watch's read lock is held only for the `Arc` clone, so a scan
+    /// publishing a new state never waits on a request, and a request never waits on a scan.
+    fn snapshot(&self) -> Result<Arc<NodeState>, ApiError> {
+        let current = self.0.state.borrow().clone();
+        current.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no complete scan yet: the agent is still running its first scan",
+            )
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    limits: RequestLimits,
+    permits: Arc<Semaphore>,
+}
+
+async fn bound_request(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let timeout = guard.limits.timeout;
+    let deadline = Instant::now() + timeout;
+    let _permit = if PROBES.contains(&request.uri().path()) {
+        None
+    } else {
+        match timeout_at(deadline, guard.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(permit),
+            Ok(Err(_)) | Err(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "too many requests in progress (at most {}); try again",
+                        guard.limits.max_concurrent
+                    ),
+                )
+                .into_response()
+            }
+        }
+    };
+    match timeout_at(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the request took longer than {timeout:?} and was abandoned"),
+        )
+        .into_response(),
+    }
+}
+
+/// An error answer: JSON `{"error": "...", "status": N}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> ApiError {
+        let status = match err {
+            Error::UnknownParameters { .. } | Error::InvalidParameter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+            status: self.status.as_u16(),
+        };
+        let mut response = json_response(&body);
+        *response.status_mut() = self.status;
+        response
+    }
+}
+
+fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => json_bytes(bytes),
+        Err(err) => {
+            tracing::error!(%err, "cannot serialize an API answer");
+            let body = format!(
+                r#"{{"error":"cannot serialize the answer","status":{}}}"#,
+                StatusCode::INTERNAL_SERVER_ERROR.as_u16()
+            );
+            let mut response = json_bytes(body.into_bytes());
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint at {:?}; the API serves {}",
+            uri.path(),
+            paths().join(", ")
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {:?}: the API is read-only, use GET",
+            uri.path()
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+async fn healthz() -> Response {
+    json_response(&Health {
+        status: "ok".to_string(),
+    })
+}
+
+#[derive(Serialize)]
+struct ReadinessOut<'a> {
+    status: &'static str,
+    node: &'a str,
+    last_scan: Timestamp,
+    scans: &'a BTreeMap<ScanKind, ScanRun>,
+}
+
+async fn readyz(State(shared): State<Shared>) -> Result<Response, ApiError> {
+    let state = shared.snapshot()?;
+    Ok(json_response(&ReadinessOut {
+        status: "ready",
+        node: &state.report.node,
+        last_scan: state.report.scanned_at,
+        scans: &state.last_scans,
+    }))
+}
+
+async fn metrics(State(shared): State<Shared>) -> Result<Response, ApiError> {
+    let render = shared.0.metrics.clone();
+    // The renderer may take locks the daemon also takes: keep it off the async workers.
+    let text = tokio::task::spawn_blocking(move || render())
+        .await
+        .map_err(|err| ApiError::internal(format!("the metrics renderer failed: {err}")))?
+        .map_err(|err| ApiError::internal(format!("cannot render metrics: {err}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, shared.0.metrics_content_type)],
+        text,
+    )
+        .into_response())
+}
+
+async fn report(State(shared): State<Shared>) -> Result<Response, ApiError> {
+    let state = shared.snapshot()?;
+    // A full report can be megabytes: serialize it off the async workers.
+    let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&*state.report))
+        .await
+        .map_err(|err| ApiError::internal(format!("serializing the report failed: {err}")))?
+        .map_err(|err| ApiError::internal(format!("cannot serialize the report: {err}")))?;
+    Ok(json_bytes(bytes))
+}
+
+fn containers_by_id(state: &NodeState) -> HashMap<&str, &Container> {
+    state
+        .report
+        .containers
+        .iter()
+        .map(|c| (c.id.as_str(), c))
+        .collect()
+}
+
+#[derive(Serialize)]
+struct FindingsOut<'a> {
+    node: &'a str,
+    scanned_at: Timestamp,
+    count: usize,
+    findings: Vec<&'a TrackedFinding>,
+}
+
+async fn findings(
+    State(shared): State<Shared>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = FindingsQuery::parse(raw.as_deref())?;
+    let state = shared.snapshot()?;
+    let by_id = containers_by_id(&state);
+    let findings: Vec<&TrackedFinding> = state
+        .findings
+        .iter()
+        .filter(|t| {
+            let container = t
+                .finding
+                .container_id
+                .as_deref()
+                .and_then(|id| by_id.get(id));
+            query.matches(t, container.copied())
+        })
+        .collect();
+    Ok(json_response(&FindingsOut {
+        node: &state.report.node,
+        scanned_at: state.report.scanned_at,
+        count: findings.len(),
+        findings,
+    }))
+}
+
+#[derive(Serialize)]
+struct ContainersOut<'a> {
+    node: &'a str,
+    scanned_at: Timestamp,
+    count: usize,
+    containers: Vec<&'a Container>,
+}
+
+async fn containers(
+    State(shared): State<Shared>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ContainersQuery::parse(raw.as_deref())?;
+    let state = shared.snapshot()?;
+    let containers: Vec<&Container> = state
+        .report
+        .containers
+        .iter()
+        .filter(|c| query.matches(c))
+        .collect();
+    Ok(json_response(&ContainersOut {
+        node: &state.report.node,
+        scanned_at: state.report.scanned_at,
+        count: containers.len(),
+        containers,
+    }))
+}
+
+#[derive(Serialize)]
+struct ProcessOut<'a> {
+    #[serde(flatten)]
+    process: &'a Process,
+    pod: Option<&'a PodRef>,
+}
+
+#[derive(Serialize)]
+struct ProcessesOut<'a> {
+    node: &'a str,
+    scanned_at: Timestamp,
+    count: usize,
+    processes: Vec<ProcessOut<'a>>,
+}
+
+async fn processes(
+    State(shared): State<Shared>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ProcessesQuery::parse(raw.as_deref())?;
+    let state = shared.snapshot()?;
+    let by_id = containers_by_id(&state);
+    let processes: Vec<ProcessOut> = state
+        .report
+        .processes
+        .iter()
+        .filter_map(|p| {
+            let container = p
+                .container_id
+                .as_deref()
+                .and_then(|id| by_id.get(id).copied());
+            query.matches(p, container).then(|| ProcessOut {
+                process: p,
+                pod: container.and_then(|c| c.pod.as_ref()),
+            })
+        })
+        .collect();
+    Ok(json_response(&ProcessesOut {
+        node: &state.report.node,
+        scanned_at: state.report.scanned_at,
+        count: processes.len(),
+        processes,
+    }))
+}
