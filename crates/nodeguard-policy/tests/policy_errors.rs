@@ -88,3 +88,43 @@ fn the_example_manifest_loads() {
     );
     assert_eq!(policy.required_limits(), (true, false, true));
 }
+
+#[test]
+fn fields_left_without_a_value_are_their_defaults() {
+    let text = "dangerous_capabilities:\nrequired_limits:\nchecks:\n  disabled:\n\
+                trusted_binaries:\n#  - path: /usr/bin/kubelet\nexemptions:\n";
+    let policy = Policy::from_yaml_str(text, "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(policy.summary(), Policy::default().summary());
+    assert_eq!(policy.required_limits(), (true, true, true));
+}
+
+#[test]
+fn the_reference_documents_every_kind_and_field() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let doc = std::fs::read_to_string(root.join("docs/policy.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("manifests/policy.example.yaml")).unwrap();
+    for kind in nodeguard_model::FindingKind::ALL {
+        assert!(
+            doc.contains(&format!("`{kind}`")),
+            "docs/policy.md lacks `{kind}`"
+        );
+        assert!(example.contains(kind.as_str()), "example lacks {kind}");
+    }
+    for field in [
+        "version",
+        "dangerous_capabilities",
+        "required_limits.memory",
+        "checks.disabled",
+        "checks.severity",
+        "trusted_binaries[].image",
+        "denied_binaries[].reason",
+        "allowed_setuid",
+        "allowed_file_capabilities[].capabilities",
+        "exemptions[].containers",
+    ] {
+        assert!(
+            doc.contains(&format!("`{field}`")),
+            "docs/policy.md lacks `{field}`"
+        );
+    }
+}
