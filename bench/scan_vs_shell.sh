@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# Benchmark: `nodeguard scan` against the shell procedure a user would write today.
+#
+# Sets up N runc containers (default 40) from three shared images — busybox-static, a few
+# dynamically linked Debian binaries, python3 — each running two processes, half of them with
+# memory/CPU/pids limits, under kubepods cgroup paths like containerd's. Then, on the same node:
+#
+#   (a) shell: for each container cgroup, read memory.limit_in_bytes, cpu.cfs_quota_us,
+#       cpu.cfs_period_us, pids.max; for each of its processes `sha256sum /proc/PID/exe` and the
+#       Cap* lines of /proc/PID/status;
+#   (b) nodeguard scan --output json --no-fs (release build);
+#
+# several repetitions each (hyperfine when installed), and prints the wall-time ratio,
+# nodeguard's peak RSS (/usr/bin/time -v) and SHA-256 throughput of `nodeguard hash` against
+# `openssl dgst -sha256` on a 1 GiB file. Everything it sets up is torn down at exit.
+#
+# Targets: >= 10x faster than the shell, peak RSS <= 25 MiB, hashing within 15% of openssl.
+# This is a measurement, not a test: it reports MISS and exits 0 unless STRICT=1.
+#
+# Usage (root, from anywhere):
+#   bench/scan_vs_shell.sh
+#   CONTAINERS=80 REPS=10 NODEGUARD=/path/to/nodeguard bench/scan_vs_shell.sh
+set -euo pipefail
+
+CONTAINERS=${CONTAINERS:-40}
+REPS=${REPS:-5}
+HASH_MIB=${HASH_MIB:-1024}
+STRICT=${STRICT:-0}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+die() { echo "scan_vs_shell: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (it starts runc containers)"
+for tool in runc busybox jq sha256sum openssl mount umount; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install runc busybox-static jq openssl)"
+done
+[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (apt-get install time)"
+
+if [[ -z ${NODEGUARD:-} ]]; then
+  echo "building: cargo build --release -p nodeguard"
+  (cd "$REPO" && cargo build --release -p nodeguard)
+  NODEGUARD=$REPO/target/release/nodeguard
+fi
+[[ -x $NODEGUARD ]] || die "no nodeguard binary at $NODEGUARD"
+
+WORK=$(mktemp -d /tmp/nodeguard-bench.XXXXXX)
+RUNC_ROOT=$WORK/runc-root
+mkdir -p "$RUNC_ROOT" "$WORK/images" "$WORK/ctr"
+: >"$WORK/containers"   # "<id> <pod uid>" per started container
+: >"$WORK/mounts"       # overlay mount points
+
+cgroup_mounts() {
+  awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) ~ /^cgroup2?$/) print $5; break } }' \
+    /proc/self/mountinfo
+}
+
+# kubepods parents that did not exist before: removed at exit if still empty.
+NEW_PARENTS=()
+for mnt in $(cgroup_mounts); do
+  for parent in "$mnt/kubepods/burstable" "$mnt/kubepods"; do
+    [[ -d $parent ]] || NEW_PARENTS+=("$parent")
+  done
+done
+
+cleanup() {
+  local status=$?
+  set +e
+  echo
+  echo "tearing down $(wc -l <"$WORK/containers") containers"
+  local id pod mnt m
+  while read -r id pod; do
+    runc --root "$RUNC_ROOT" kill "$id" KILL >/dev/null 2>&1
+  done <"$WORK/containers"
+  while read -r id pod; do
+    runc --root "$RUNC_ROOT" delete -f "$id" >/dev/null 2>&1 ||
+      echo "warning: runc delete -f $id failed" >&2
+  done <"$WORK/containers"
+  while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" || echo "warning: cannot unmount $m" >&2
+  done <"$WORK/mounts"
+  while read -r id pod; do
+    for mnt in $(cgroup_mounts); do
+      rmdir "$mnt/kubepods/burstable/pod$pod/cri-containerd-$id" 2>/dev/null
+      rmdir "$mnt/kubepods/burstable/pod$pod" 2>/dev/null
+    done
+  done <"$WORK/containers"
+  for m in "${NEW_PARENTS[@]}"; do rmdir "$m" 2>/dev/null; done
+  if grep -q " $WORK" /proc/self/mountinfo; then
+    echo "warning: mounts remain under $WORK; not removing it" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+# copy_with_libs IMAGE BINARY...: copies binaries and the shared libraries ldd names.
+copy_with_libs() {
+  local img=$1 bin lib
+  shift
+  for bin in "$@"; do
+    mkdir -p "$img$(dirname "$bin")"
+    cp -L "$bin" "$img$bin"
+    for lib in $(ldd "$bin" | grep -oE '/[^ ]+\.so[^ ]*'); do
+      [[ -e $img$lib ]] && continue
+      mkdir -p "$img$(dirname "$lib")"
+      cp -L "$lib" "$img$lib"
+    done
+  done
+}
+
+merged_usr_skeleton() {
+  local img=$1
+  mkdir -p "$img"/{usr/bin,usr/lib,usr/lib64,dev,proc,sys,etc,tmp,root}
+  ln -s usr/bin "$img/bin"
+  ln -s usr/lib "$img/lib"
+  ln -s usr/lib64 "$img/lib64"
+  chmod 1777 "$img/tmp"
+}
+
+BUSYBOX_IMG=$WORK/images/busybox
+mkdir -p "$BUSYBOX_IMG"/{bin,dev,proc,sys,etc,tmp,root}
+cp "$(command -v busybox)" "$BUSYBOX_IMG/bin/busybox"
+for applet in sh sleep tail cat; do ln "$BUSYBOX_IMG/bin/busybox" "$BUSYBOX_IMG/bin/$applet"; done
+
+DEBIAN_IMG=$WORK/images/debian-tools
+merged_usr_skeleton "$DEBIAN_IMG"
+copy_with_libs "$DEBIAN_IMG" /usr/bin/sleep /usr/bin/tail /usr/bin/dash
+
+IMAGES=("$BUSYBOX_IMG" "$DEBIAN_IMG")
+PYTHON=/usr/bin/python3.11
+if [[ -x $PYTHON && -d /usr/lib/python3.11 ]]; then
+  PYTHON_IMG=$WORK/images/python
+  merged_usr_skeleton "$PYTHON_IMG"
+  copy_with_libs "$PYTHON_IMG" "$PYTHON" /usr/bin/sleep
+  # The standard library: hard links when possible (same filesystem), else a copy.
+  cp -al /usr/lib/python3.11 "$PYTHON_IMG/usr/lib/" 2>/dev/null ||
+    cp -a /usr/lib/python3.11 "$PYTHON_IMG/usr/lib/"
+  IMAGES+=("$PYTHON_IMG")
+fi
+
+# The two processes of a container of each image, as JSON argv lists separated by "|": init,
+# and one started with runc exec.
+image_processes() {
+  case $1 in
+    "$BUSYBOX_IMG") echo '["/bin/sleep","3600"]|["/bin/tail","-f","/dev/null"]' ;;
+    "$DEBIAN_IMG") echo '["/usr/bin/sleep","3600"]|["/usr/bin/dash","-c","exec /usr/bin/tail -f /dev/null"]' ;;
+    *) echo "[\"$PYTHON\",\"-c\",\"import time; time.sleep(3600)\"]|[\"/usr/bin/sleep\",\"3600\"]" ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# Containers
+
+DEFAULT_CAPS='["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW",
+"CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT",
+"CAP_KILL","CAP_AUDIT_WRITE"]'
+
+start_container() {
+  local n=$1 img=$2
+  local id pod dir init exec_args resources
+  id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+  pod=$(cat /proc/sys/kernel/random/uuid)
+  dir=$WORK/ctr/$n
+  mkdir -p "$dir"/{bundle/rootfs,upper,work}
+  mount -t overlay overlay \
+    -o "lowerdir=$img,upperdir=$dir/upper,workdir=$dir/work" "$dir/bundle/rootfs"
+  echo "$dir/bundle/rootfs" >>"$WORK/mounts"
+  runc spec --bundle "$dir/bundle"
+  IFS='|' read -r init exec_args <<<"$(image_processes "$img")"
+  if ((n % 2 == 0)); then
+    resources='{"memory":{"limit":67108864},"cpu":{"quota":50000,"period":100000},"pids":{"limit":64}}'
+  else
+    resources='{}'
+  fi
+  jq --argjson args "$init" --argjson caps "$DEFAULT_CAPS" --argjson res "$resources" \
+    --arg cg "/kubepods/burstable/pod$pod/cri-containerd-$id" '
+      .process.terminal = false | .process.args = $args | .process.noNewPrivileges = false
+      | .process.capabilities = {bounding: $caps, effective: $caps, permitted: $caps,
+                                 inheritable: [], ambient: []}
+      | .root = {path: "rootfs", readonly: false}
+      | .linux.cgroupsPath = $cg | .linux.resources += $res' \
+    "$dir/bundle/config.json" >"$dir/config.json"
+  mv "$dir/config.json" "$dir/bundle/config.json"
+  echo "$id $pod" >>"$WORK/containers"
+  if ! runc --root "$RUNC_ROOT" run -d --bundle "$dir/bundle" "$id" </dev/null >"$dir/log" 2>&1; then
+    cat "$dir/log" >&2
+    die "container $n did not start"
+  fi
+  local -a argv
+  mapfile -t argv < <(jq -r '.[]' <<<"$exec_args")
+  runc --root "$RUNC_ROOT" exec -d "$id" "${argv[@]}" </dev/null >>"$dir/log" 2>&1 ||
+    { cat "$dir/log" >&2; die "exec in container $n failed"; }
+}
+
+echo "starting $CONTAINERS containers from ${#IMAGES[@]} images"
+t0=$(date +%s%N)
+for ((n = 0; n < CONTAINERS; n++)); do
+  start_container "$n" "${IMAGES[$((n % ${#IMAGES[@]}))]}"
+done
+sleep 1 # let the exec'd shells exec their final programs
+echo "started in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+
+# ---------------------------------------------------------------------------------------------
+# (a) the shell procedure, as a script file so hyperfine runs it as one command
+
+SHELL_SCAN=$WORK/shell-scan.sh
+cat >"$SHELL_SCAN" <<'EOF'
+#!/bin/bash
+# For each pod container: its limits, and for each process its executable digest and caps.
+for cg in /sys/fs/cgroup/memory/kubepods/pod*/*/ /sys/fs/cgroup/memory/kubepods/*/pod*/*/; do
+  [ -d "$cg" ] || continue
+  rel=${cg#/sys/fs/cgroup/memory}
+  echo "container $rel"
+  cat "${cg}memory.limit_in_bytes"
+  cat "/sys/fs/cgroup/cpu${rel}cpu.cfs_quota_us" "/sys/fs/cgroup/cpu${rel}cpu.cfs_period_us"
+  cat "/sys/fs/cgroup/pids${rel}pids.max"
+  for pid in $(cat "${cg}cgroup.procs"); do
+    sha256sum "/proc/$pid/exe"
+    grep '^Cap' "/proc/$pid/status"
+  done
+done
+exit 0
+EOF
+chmod +x "$SHELL_SCAN"
+[[ -d /sys/fs/cgroup/memory ]] ||
+  echo "note: no cgroup v1 memory hierarchy; the shell procedure is written for v1 and will find nothing"
+
+# Sanity: both see our containers.
+shell_containers=$(bash "$SHELL_SCAN" 2>/dev/null | grep -c '^container ' || true)
+shell_processes=$(bash "$SHELL_SCAN" 2>/dev/null | grep -c '/exe$' || true)
+"$NODEGUARD" scan --output json --no-fs >"$WORK/report.json"
+ours=$(awk '{print $1}' "$WORK/containers" | jq -R . | jq -s .)
+found=$(jq --argjson ours "$ours" '[.containers[] | select(.id as $i | $ours | index($i))] | length' \
+  "$WORK/report.json")
+echo "shell sees $shell_containers containers / $shell_processes processes;" \
+  "nodeguard reports $(jq '.containers | length' "$WORK/report.json") containers," \
+  "$(jq '.processes | length' "$WORK/report.json") processes, $found/$CONTAINERS of ours"
+echo "nodeguard stats: $(jq -c '.stats | {files_hashed, hash_cache_hits, bytes_hashed}' "$WORK/report.json")"
+[[ $found -eq $CONTAINERS ]] || echo "WARNING: nodeguard did not report all benchmark containers"
+
+NG_SCAN=("$NODEGUARD" scan --output json --no-fs)
+
+# mean_seconds CMD...: mean wall time of REPS runs (after one warm-up), output discarded.
+mean_seconds() {
+  if command -v hyperfine >/dev/null; then
+    if ! hyperfine -N --warmup 1 --runs "$REPS" --export-json "$WORK/hf.json" \
+      -- "$(printf '%q ' "$@")" >"$WORK/hf.log" 2>&1; then
+      cat "$WORK/hf.log" >&2
+      die "hyperfine failed for: $*"
+    fi
+    jq '.results[0].mean' "$WORK/hf.json"
+  else
+    "$@" >/dev/null 2>&1
+    local start end
+    start=$(date +%s%N)
+    for ((r = 0; r < REPS; r++)); do "$@" >/dev/null 2>&1; done
+    end=$(date +%s%N)
+    awk -v a="$start" -v b="$end" -v n="$REPS" 'BEGIN { printf "%.6f", (b - a) / 1e9 / n }'
+  fi
+}
+
+echo
+echo "timing $REPS runs each ($(command -v hyperfine >/dev/null && echo hyperfine || echo 'date loop'))"
+shell_s=$(mean_seconds bash "$SHELL_SCAN")
+ng_s=$(mean_seconds "${NG_SCAN[@]}")
+
+# Peak RSS: the largest of three runs.
+rss_kib=0
+for _ in 1 2 3; do
+  r=$(/usr/bin/time -v "${NG_SCAN[@]}" 2>&1 >/dev/null | awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }')
+  ((r > rss_kib)) && rss_kib=$r
+done
+
+# ---------------------------------------------------------------------------------------------
+# Hashing throughput on a file in the page cache
+
+HASH_FILE=$WORK/hash-input.bin
+head -c "$((HASH_MIB * 1024 * 1024))" /dev/urandom >"$HASH_FILE"
+cat "$HASH_FILE" >/dev/null
+openssl_digest=$(openssl dgst -sha256 -r "$HASH_FILE" | cut -c1-64)
+ng_digest=$("$NODEGUARD" hash "$HASH_FILE" 2>/dev/null | grep -oE '\b[0-9a-f]{64}\b' | head -1 || true)
+openssl_s=$(mean_seconds openssl dgst -sha256 "$HASH_FILE")
+if [[ -n $ng_digest ]]; then
+  ng_hash_s=$(mean_seconds "$NODEGUARD" hash "$HASH_FILE")
+else
+  ng_hash_s=""
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+verdict() { if [[ $1 == 1 ]]; then echo "ok"; else echo "MISS"; fi; }
+misses=0
+ratio=$(awk -v a="$shell_s" -v b="$ng_s" 'BEGIN { printf "%.1f", a / b }')
+ratio_ok=$(awk -v r="$ratio" 'BEGIN { print (r >= 10) ? 1 : 0 }')
+rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+rss_ok=$(awk -v k="$rss_kib" 'BEGIN { print (k <= 25 * 1024) ? 1 : 0 }')
+openssl_mbs=$(awk -v s="$openssl_s" -v m="$HASH_MIB" 'BEGIN { printf "%.0f", m / s }')
+((ratio_ok)) || misses=$((misses + 1))
+((rss_ok)) || misses=$((misses + 1))
+
+echo
+echo "==== nodeguard scan vs shell: $CONTAINERS containers, $shell_processes container processes ===="
+printf '  shell procedure        %8.3f s\n' "$shell_s"
+printf '  nodeguard scan --no-fs %8.3f s\n' "$ng_s"
+printf '  speed-up               %8s x    (target >= 10x)   %s\n' "$ratio" "$(verdict "$ratio_ok")"
+printf '  nodeguard peak RSS     %8s MiB  (target <= 25)    %s\n' "$rss_mib" "$(verdict "$rss_ok")"
+printf '  openssl dgst -sha256   %8s MiB/s\n' "$openssl_mbs"
+if [[ -n $ng_hash_s ]]; then
+  ng_mbs=$(awk -v s="$ng_hash_s" -v m="$HASH_MIB" 'BEGIN { printf "%.0f", m / s }')
+  hash_ok=$(awk -v a="$ng_mbs" -v b="$openssl_mbs" 'BEGIN { print (a >= 0.85 * b) ? 1 : 0 }')
+  [[ $ng_digest == "$openssl_digest" ]] || { hash_ok=0; echo "  DIGEST MISMATCH: nodeguard $ng_digest, openssl $openssl_digest"; }
+  ((hash_ok)) || misses=$((misses + 1))
+  printf '  nodeguard hash         %8s MiB/s (target >= 85%% of openssl) %s\n' "$ng_mbs" "$(verdict "$hash_ok")"
+else
+  echo "  nodeguard hash         skipped: \`$NODEGUARD hash FILE\` printed no digest"
+fi
+echo "  (2 shared cores; other load on the machine skews both sides)"
+
+if [[ $STRICT == 1 && $misses -gt 0 ]]; then
+  exit 1
+fi
