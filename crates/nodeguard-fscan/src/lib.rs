@@ -1,1 +1,196 @@
+//! Finds what an attacker leaves on disk inside container filesystems: regular files with the
+//! setuid or setgid bit and files carrying file capabilities (`security.capability`).
+//!
+//! The walk is built to run as root over untrusted trees:
+//! - it never follows a symlink: everything below a root is reached with `openat`/`fstatat`
+//!   relative to a directory fd, with `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`;
+//! - it never opens FIFOs, sockets or devices, and opens a regular file (to hash it) only with
+//!   `O_NONBLOCK|O_NOCTTY|O_NOFOLLOW`, re-checking that the opened inode is the one stat'ed;
+//! - it stays on the root's filesystem (`find -xdev`), steps over bind-mount loops, survives
+//!   deep trees with a bounded number of open fds, huge directories, hostile names and files
+//!   vanishing mid-walk, and stops a root at a file-count or time budget.
+//!
+//! For overlay containers it walks each image layer (lower dir) once however many containers
+//! share it, caches that result while the layer directory is unchanged, walks each container's
+//! writable (upper) layer every scan, and applies overlayfs' rules (shadowing, whiteouts,
+//! opaque directories) so the result equals what `find MERGED/. -xdev -perm /6000 -type f`
+//! plus `getcap` report on the container's merged root.
+//!
+//! ```no_run
+//! use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
+//!
+//! let mut scanner = FsScanner::new(WalkBudget::default(), 2);
+//! let out = scanner.scan(&[ContainerRoot {
+//!     container_id: "abc".into(),
+//!     spec: RootSpec::Merged { root: "/proc/1234/root".into() },
+//! }]);
+//! for file in &out.files {
+//!     println!("{} {:?} {:?}", file.path, file.capabilities, file.sha256);
+//! }
+//! ```
+//!
+//! Corners the overlay composition does not model (a merged walk has none of them):
+//! renamed directories (`redirect_dir`, off by default) are seen at their old path only;
+//! metadata-only copy-ups (`metacopy=on`) are reported from the upper layer with the right
+//! mode but no digest; overlays mounted with `userxattr` (rootless) keep their opaque flag in
+//! `user.overlay.opaque`, which is not trusted here because a container user could set it.
 
+mod caps;
+mod overlay;
+mod scanner;
+mod sys;
+mod walk;
+
+pub use caps::{decode_file_capability, CapRevision, FileCaps};
+pub use scanner::FsScanner;
+
+use nodeguard_model::ScanStats;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits for the walk of one root (a layer or a merged container root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkBudget {
+    /// Directory entries one root's walk may look at before it stops (truncated).
+    pub max_files: u64,
+    /// Wall time one root's walk may take before it stops (truncated).
+    pub max_duration: Duration,
+    /// Files larger than this are reported without a digest.
+    pub max_hash_bytes: u64,
+}
+
+impl Default for WalkBudget {
+    fn default() -> WalkBudget {
+        WalkBudget {
+            max_files: 5_000_000,
+            max_duration: Duration::from_secs(120),
+            max_hash_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// How to reach one container's filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSpec {
+    /// Overlay container: walk each lower dir (host path) once across all containers, the upper
+    /// on its own. `lower_dirs` are top first, as in the overlay's `lowerdir=` option.
+    Overlay {
+        lower_dirs: Vec<PathBuf>,
+        upper_dir: Option<PathBuf>,
+    },
+    /// Anything else: walk the merged root, e.g. `/proc/PID/root`.
+    Merged { root: PathBuf },
+}
+
+/// One container to scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRoot {
+    pub container_id: String,
+    pub spec: RootSpec,
+}
+
+/// Counters of one [`FsScanner::scan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsStats {
+    /// Directory entries looked at (all types), over every walked root.
+    pub files_walked: u64,
+    /// Directories entered.
+    pub dirs_walked: u64,
+    /// Roots walked this scan: lower and upper layers, and merged roots.
+    pub layers_walked: u64,
+    /// Lower layers whose cached result was used instead of a walk.
+    pub layers_cached: u64,
+    /// Roots whose walk a file or time budget cut short.
+    pub walks_truncated: u64,
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    /// Digests reused from the previous scan (same dev, inode, size, mtime, ctime).
+    pub hash_cache_hits: u64,
+    /// Entries that disappeared between being listed and being looked at (not errors).
+    pub vanished: u64,
+    /// Directories on another filesystem than their root's, not entered (`-xdev`).
+    pub mounts_skipped: u64,
+    /// Directories re-opened by name after their fd was closed to bound open fds.
+    pub dirs_reopened: u64,
+    /// Subtrees handed from a busy thread to an idle one.
+    pub subtrees_shared: u64,
+    /// Errors by kind: `walk_permission`, `walk_loop`, `walk_changed`, `walk_io`,
+    /// `root_open`, `xattr_invalid`, `xattr_io`, `hash_too_large`, `hash_io`,
+    /// `metacopy_unhashed`, `overlay_lookup`.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl FsStats {
+    pub fn count_error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Total of all error counts.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn add(&mut self, other: &FsStats) {
+        self.files_walked += other.files_walked;
+        self.dirs_walked += other.dirs_walked;
+        self.layers_walked += other.layers_walked;
+        self.layers_cached += other.layers_cached;
+        self.walks_truncated += other.walks_truncated;
+        self.files_hashed += other.files_hashed;
+        self.bytes_hashed += other.bytes_hashed;
+        self.hash_cache_hits += other.hash_cache_hits;
+        self.vanished += other.vanished;
+        self.mounts_skipped += other.mounts_skipped;
+        self.dirs_reopened += other.dirs_reopened;
+        self.subtrees_shared += other.subtrees_shared;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_insert(0) += n;
+        }
+    }
+
+    /// Adds these counters to a report's [`ScanStats`] (walk counters, hashing counters and
+    /// errors; `vanished`, `mounts_skipped`, `dirs_reopened`, `subtrees_shared` have no field
+    /// there).
+    pub fn merge_into(&self, stats: &mut ScanStats) {
+        stats.files_walked += self.files_walked;
+        stats.layers_walked += self.layers_walked;
+        stats.layers_cached += self.layers_cached;
+        stats.walks_truncated += self.walks_truncated;
+        stats.files_hashed += self.files_hashed;
+        stats.bytes_hashed += self.bytes_hashed;
+        stats.hash_cache_hits += self.hash_cache_hits;
+        for (kind, n) in &self.errors {
+            *stats.errors.entry(kind.clone()).or_insert(0) += n;
+        }
+    }
+}
+
+/// What one scan found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FsScanOutput {
+    /// Setuid/setgid/file-capability files as each container sees them, sorted by container
+    /// and path.
+    pub files: Vec<nodeguard_model::FileEntry>,
+    pub stats: FsStats,
+    /// Truncated walks, unreadable roots, unhashed files, loops: one line each (capped).
+    pub warnings: Vec<String>,
+}
+
+/// This crate's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("security.capability value is {len} bytes, too short for its header")]
+    CapabilityTooShort { len: usize },
+    #[error(
+        "security.capability revision {magic:#010x} needs {expected} bytes, the value has {len}"
+    )]
+    CapabilityLength {
+        magic: u32,
+        expected: usize,
+        len: usize,
+    },
+    #[error("security.capability has unknown revision (magic_etc {magic:#010x})")]
+    CapabilityRevision { magic: u32 },
+}

@@ -1,0 +1,385 @@
+//! [`FsScanner`]: plans which roots to walk (each distinct image layer once, cached layers not
+//! at all), walks them in parallel, and composes each container's view.
+
+use crate::overlay;
+use crate::sys;
+use crate::walk::{self, Candidate, HashKey, RootResult, WalkConfig, WalkRoot};
+use crate::{ContainerRoot, FsScanOutput, FsStats, RootSpec, WalkBudget};
+use nodeguard_model::{escape_path, FileEntry, Layer};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Identity of a lower layer directory: an unchanged layer keeps all four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LayerKey {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+}
+
+struct CachedLayer {
+    key: LayerKey,
+    candidates: Arc<Vec<Candidate>>,
+}
+
+/// Scans container filesystems; keeps the per-layer cache and the digest cache between
+/// scans, so a daemon keeps one for its lifetime.
+pub struct FsScanner {
+    budget: WalkBudget,
+    threads: usize,
+    layers: HashMap<PathBuf, CachedLayer>,
+    hashes: HashMap<HashKey, String>,
+}
+
+/// Where one container's candidates come from.
+enum Source {
+    Walk(usize),
+    Cached(Arc<Vec<Candidate>>),
+    Missing,
+}
+
+impl FsScanner {
+    /// `threads` walkers at most (at least one).
+    pub fn new(budget: WalkBudget, threads: usize) -> FsScanner {
+        FsScanner {
+            budget,
+            threads: threads.max(1),
+            layers: HashMap::new(),
+            hashes: HashMap::new(),
+        }
+    }
+
+    /// Forgets every cached layer and digest: the next scan walks and hashes everything.
+    pub fn clear_cache(&mut self) {
+        self.layers.clear();
+        self.hashes.clear();
+    }
+
+    /// Number of lower layers currently cached.
+    pub fn cached_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Scans every container root: each distinct lower dir once (or from the cache), each
+    /// upper dir and merged root every time.
+    pub fn scan(&mut self, roots: &[ContainerRoot]) -> FsScanOutput {
+        let mut stats = FsStats::default();
+        let mut warnings = Vec::new();
+        let mut walk_roots: Vec<WalkRoot> = Vec::new();
+        let mut lower_sources: HashMap<PathBuf, Source> = HashMap::new();
+        let mut lower_keys: HashMap<PathBuf, LayerKey> = HashMap::new();
+        let mut other_sources: HashMap<(usize, bool), usize> = HashMap::new();
+
+        // Which containers use each lower dir, for warnings.
+        let mut users: HashMap<&Path, Vec<&str>> = HashMap::new();
+        for root in roots {
+            if let RootSpec::Overlay { lower_dirs, .. } = &root.spec {
+                for dir in lower_dirs {
+                    users
+                        .entry(dir.as_path())
+                        .or_default()
+                        .push(&root.container_id);
+                }
+            }
+        }
+
+        for (ci, root) in roots.iter().enumerate() {
+            match &root.spec {
+                RootSpec::Merged { root: path } => {
+                    other_sources.insert((ci, false), walk_roots.len());
+                    walk_roots.push(WalkRoot {
+                        path: path.clone(),
+                        label: format!(
+                            "root {} of container {}",
+                            path.display(),
+                            root.container_id
+                        ),
+                        expect: None,
+                        upper: false,
+                    });
+                }
+                RootSpec::Overlay {
+                    lower_dirs,
+                    upper_dir,
+                } => {
+                    for dir in lower_dirs {
+                        if lower_sources.contains_key(dir) {
+                            continue;
+                        }
+                        let label = lower_label(dir, users.get(dir.as_path()));
+                        let key = match layer_key(dir) {
+                            Ok(key) => key,
+                            Err(e) => {
+                                stats.count_error("root_open");
+                                warnings.push(format!("cannot open {label}: {e}"));
+                                lower_sources.insert(dir.clone(), Source::Missing);
+                                continue;
+                            }
+                        };
+                        lower_keys.insert(dir.clone(), key);
+                        match self.layers.get(dir) {
+                            Some(cached) if cached.key == key => {
+                                stats.layers_cached += 1;
+                                lower_sources.insert(
+                                    dir.clone(),
+                                    Source::Cached(Arc::clone(&cached.candidates)),
+                                );
+                            }
+                            _ => {
+                                lower_sources.insert(dir.clone(), Source::Walk(walk_roots.len()));
+                                walk_roots.push(WalkRoot {
+                                    path: dir.clone(),
+                                    label,
+                                    expect: Some((key.dev, key.ino)),
+                                    upper: false,
+                                });
+                            }
+                        }
+                    }
+                    if let Some(upper) = upper_dir {
+                        other_sources.insert((ci, true), walk_roots.len());
+                        walk_roots.push(WalkRoot {
+                            path: upper.clone(),
+                            label: format!(
+                                "upper layer {} of container {}",
+                                upper.display(),
+                                root.container_id
+                            ),
+                            expect: None,
+                            upper: true,
+                        });
+                    }
+                }
+            }
+        }
+
+        let cfg = WalkConfig {
+            budget: &self.budget,
+            threads: self.threads,
+            hash_cache: &self.hashes,
+        };
+        let walked = walk::walk_roots(&walk_roots, &cfg);
+        stats.add(&walked.stats);
+        warnings.extend(walked.warnings);
+        let mut results: Vec<RootResult> = walked.results;
+
+        // Freshly walked lower layers go into the cache unless their walk was cut short.
+        let mut lower_candidates: HashMap<PathBuf, Arc<Vec<Candidate>>> = HashMap::new();
+        for (dir, source) in &lower_sources {
+            match source {
+                Source::Cached(c) => {
+                    lower_candidates.insert(dir.clone(), Arc::clone(c));
+                }
+                Source::Walk(i) => {
+                    let result = &mut results[*i];
+                    let candidates = Arc::new(std::mem::take(&mut result.candidates));
+                    if !result.truncated && !result.failed {
+                        if let Some(st) = result.root_stat {
+                            let key = LayerKey {
+                                dev: st.dev,
+                                ino: st.ino,
+                                mtime: st.mtime,
+                            };
+                            // Cache under the key taken before the walk only if the layer
+                            // did not change while it was walked.
+                            if lower_keys.get(dir) == Some(&key) {
+                                self.layers.insert(
+                                    dir.clone(),
+                                    CachedLayer {
+                                        key,
+                                        candidates: Arc::clone(&candidates),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    lower_candidates.insert(dir.clone(), candidates);
+                }
+                Source::Missing => {}
+            }
+        }
+        // Layers no container uses any more leave the cache.
+        self.layers.retain(|dir, _| lower_sources.contains_key(dir));
+
+        let mut files = Vec::new();
+        for (ci, root) in roots.iter().enumerate() {
+            match &root.spec {
+                RootSpec::Merged { .. } => {
+                    if let Some(i) = other_sources.get(&(ci, false)) {
+                        for c in &results[*i].candidates {
+                            files.push(entry(&root.container_id, c, Layer::Unknown));
+                        }
+                    }
+                }
+                RootSpec::Overlay {
+                    lower_dirs,
+                    upper_dir,
+                } => {
+                    let upper = other_sources
+                        .get(&(ci, true))
+                        .map(|i| &results[*i].candidates);
+                    compose_overlay(
+                        &root.container_id,
+                        lower_dirs,
+                        upper_dir.as_deref(),
+                        upper.map(Vec::as_slice).unwrap_or(&[]),
+                        &lower_candidates,
+                        &mut files,
+                        &mut stats,
+                        &mut warnings,
+                    );
+                }
+            }
+        }
+        files.sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
+
+        // Digests of upper and merged files for the next scan (lower ones live in the layer
+        // cache).
+        let mut hashes = HashMap::new();
+        for r in &results {
+            for c in &r.candidates {
+                if let Some(sha) = &c.sha256 {
+                    hashes.insert(HashKey::of(&c.stat), sha.clone());
+                }
+            }
+        }
+        self.hashes = hashes;
+
+        if walked.suppressed_warnings > 0 {
+            warnings.push(format!(
+                "{} more warnings not shown",
+                walked.suppressed_warnings
+            ));
+        }
+        FsScanOutput {
+            files,
+            stats,
+            warnings,
+        }
+    }
+}
+
+fn lower_label(dir: &Path, users: Option<&Vec<&str>>) -> String {
+    let users = users.map(Vec::as_slice).unwrap_or(&[]);
+    let mut unique: Vec<&str> = Vec::new();
+    for u in users {
+        if !unique.contains(u) {
+            unique.push(u);
+        }
+    }
+    let shown: Vec<&str> = unique.iter().take(3).copied().collect();
+    let more = unique.len().saturating_sub(shown.len());
+    let mut label = format!(
+        "image layer {} (container {}",
+        dir.display(),
+        shown.join(", ")
+    );
+    if more > 0 {
+        label.push_str(&format!(" and {more} more"));
+    }
+    label.push(')');
+    label
+}
+
+fn layer_key(dir: &Path) -> std::io::Result<LayerKey> {
+    let fd = sys::open_root(dir)?;
+    let st = sys::fstat(fd.as_fd())?;
+    Ok(LayerKey {
+        dev: st.dev,
+        ino: st.ino,
+        mtime: st.mtime,
+    })
+}
+
+fn entry(container_id: &str, c: &Candidate, layer: Layer) -> FileEntry {
+    let mut path = Vec::with_capacity(c.rel.len() + 1);
+    path.push(b'/');
+    path.extend_from_slice(&c.rel);
+    FileEntry {
+        container_id: container_id.to_string(),
+        path: escape_path(&path),
+        setuid: c.stat.mode & libc::S_ISUID != 0,
+        setgid: c.stat.mode & libc::S_ISGID != 0,
+        capabilities: c.caps.clone(),
+        mode: c.stat.mode & 0o7777,
+        uid: c.stat.uid,
+        gid: c.stat.gid,
+        size: c.stat.size,
+        sha256: c.sha256.clone(),
+        layer,
+    }
+}
+
+/// Applies overlayfs' rules to one container: upper files are always visible; a lower file
+/// is visible unless a layer above it (upper first, then the lowers above it) hides it.
+#[allow(clippy::too_many_arguments)]
+fn compose_overlay(
+    container_id: &str,
+    lower_dirs: &[PathBuf],
+    upper_dir: Option<&Path>,
+    upper: &[Candidate],
+    lowers: &HashMap<PathBuf, Arc<Vec<Candidate>>>,
+    files: &mut Vec<FileEntry>,
+    stats: &mut FsStats,
+    warnings: &mut Vec<String>,
+) {
+    for c in upper {
+        files.push(entry(container_id, c, Layer::Upper));
+    }
+    // Layers above lower k: the upper, then lowers 0..k. Opened lazily, once per container.
+    let mut above: Vec<(&Path, Option<Option<OwnedFd>>)> = Vec::new();
+    if let Some(u) = upper_dir {
+        above.push((u, None));
+    }
+    let mut seen: HashSet<&[u8]> = upper.iter().map(|c| c.rel.as_slice()).collect();
+    for dir in lower_dirs {
+        if let Some(cands) = lowers.get(dir) {
+            for c in cands.iter() {
+                if seen.contains(c.rel.as_slice()) {
+                    continue;
+                }
+                let mut hidden = false;
+                for (path, fd) in above.iter_mut() {
+                    let fd = fd.get_or_insert_with(|| match sys::open_root(path) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => {
+                            stats.count_error("overlay_lookup");
+                            warnings.push(format!(
+                                "container {container_id}: cannot open layer {}: {e}; \
+                                 files below it may be reported although it hides them",
+                                path.display()
+                            ));
+                            None
+                        }
+                    });
+                    let Some(fd) = fd else { continue };
+                    match overlay::hides(fd.as_fd(), &c.rel) {
+                        Ok(true) => {
+                            hidden = true;
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            stats.count_error("overlay_lookup");
+                            warnings.push(format!(
+                                "container {container_id}: cannot check /{} in layer {}: {e}; \
+                                 reported as visible",
+                                escape_path(&c.rel),
+                                path.display()
+                            ));
+                        }
+                    }
+                }
+                if !hidden {
+                    files.push(entry(container_id, c, Layer::Image));
+                }
+            }
+            for c in cands.iter() {
+                seen.insert(c.rel.as_slice());
+            }
+        }
+        above.push((dir.as_path(), None));
+    }
+}
