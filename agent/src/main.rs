@@ -1,1 +1,155 @@
-fn main() {}
+//! `nodeguard`: flags, configuration, wiring and exit codes. Everything that looks at node
+//! data lives in the crates; this file only connects them.
+
+mod cli;
+mod output;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cli::{Cli, Command, HashChoice, LogFormat, OutputFormat, PolicyCommand, ScanSettings};
+use nodeguard_hash::Algorithms;
+use nodeguard_model::Severity;
+use nodeguard_policy::Policy;
+use nodeguard_scan::{NoPods, ScanOptions, ScanScope, Scanner};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit status when `--fail-on` finds a finding at or above its severity.
+const EXIT_FINDINGS: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line.
+            eprintln!("nodeguard: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Scan(args) => {
+            let mut scanner = build_scanner(&args.settings)?;
+            let scope = if args.no_fs {
+                ScanScope::Processes
+            } else {
+                ScanScope::ProcessesAndFilesystems
+            };
+            let report = scanner.scan(scope, &NoPods).context("scan failed")?;
+            for warning in &report.warnings {
+                tracing::debug!(%warning, "scan warning");
+            }
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match args.output {
+                OutputFormat::Json => {
+                    serde_json::to_writer_pretty(&mut out, &report)?;
+                    writeln!(out)?;
+                }
+                OutputFormat::Table => output::write_table(&mut out, &report)?,
+            }
+            out.flush()?;
+            let threshold = args.fail_on.map(severity);
+            if threshold.is_some_and(|t| report.max_severity().is_some_and(|m| m >= t)) {
+                return Ok(ExitCode::from(EXIT_FINDINGS));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hash(args) => {
+            let algs = algorithms(args.hash);
+            let mut failed = false;
+            for file in &args.files {
+                match nodeguard_hash::digest_file(file, algs, args.max_size) {
+                    Ok(d) => {
+                        for digest in [d.sha256_hex(), d.sha512_hex()].into_iter().flatten() {
+                            println!("{digest}  {}", file.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("nodeguard: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let policy = Policy::load(&file)?;
+            println!("{}: ok ({})", file.display(), policy.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
+    let policy = match &settings.config {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    };
+    let node = settings
+        .node_name
+        .clone()
+        .unwrap_or_else(|| nodeguard_scan::node_name(&settings.proc_root));
+    let mut options = ScanOptions::new(
+        settings.proc_root.clone(),
+        settings.cgroup_root.clone(),
+        node,
+    );
+    if let Some(host_root) = &settings.host_root {
+        options.collect.host_root = host_root.clone();
+    }
+    options.algorithms = algorithms(settings.hash);
+    options.max_hash_size = settings.max_hash_size;
+    options.walk_budget.max_hash_bytes = settings.max_hash_size;
+    options.walk_budget.max_files = settings.walk_max_files;
+    options.walk_budget.max_duration = Duration::from_secs(settings.walk_max_seconds);
+    if let Some(threads) = settings.threads {
+        options.threads = threads.max(1);
+    }
+    Ok(Scanner::new(options, Arc::new(policy)))
+}
+
+fn algorithms(choice: HashChoice) -> Algorithms {
+    match choice {
+        HashChoice::Sha256 => Algorithms::SHA256,
+        HashChoice::Sha512 => Algorithms::SHA512,
+        HashChoice::Both => Algorithms::BOTH,
+    }
+}
+
+fn severity(arg: cli::SeverityArg) -> Severity {
+    match arg {
+        cli::SeverityArg::Low => Severity::Low,
+        cli::SeverityArg::Medium => Severity::Medium,
+        cli::SeverityArg::High => Severity::High,
+        cli::SeverityArg::Critical => Severity::Critical,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

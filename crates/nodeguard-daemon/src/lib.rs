@@ -1,1 +1,331 @@
+//! The watch loop of `nodeguard run`.
+//!
+//! Scans processes every `interval` and container filesystems every `fs_interval` (each
+//! with jitter, so a fleet of agents does not scan in lockstep), keeps the [`FindingLedger`]
+//! (first/last seen, resolution), and publishes each new [`NodeState`] on a
+//! `tokio::sync::watch` channel that keeps only the newest. Sinks — metrics, the HTTP API,
+//! Kubernetes Events — read that channel at their own pace: a slow sink never delays a
+//! scan, and a scan never holds anything a sink waits for.
+//!
+//! Scans run on a blocking thread; the caches inside the [`Scanner`] live across scans.
 
+use nodeguard_model::{FindingLedger, NodeState, PodLookup, Report, ScanKind, ScanRun, Timestamp};
+use nodeguard_policy::Policy;
+use nodeguard_scan::{ScanScope, Scanner};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+/// The latest state, `None` until the first scan completes.
+pub type StateSender = watch::Sender<Option<Arc<NodeState>>>;
+pub type StateReceiver = watch::Receiver<Option<Arc<NodeState>>>;
+
+/// Why the loop stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the scan thread failed: {0}")]
+    ScanThread(String),
+}
+
+/// When to scan.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Between process scans.
+    pub interval: Duration,
+    /// Between filesystem scans.
+    pub fs_interval: Duration,
+    /// Fraction of the interval added or removed at random (0.1 = ±10%).
+    pub jitter: f64,
+}
+
+/// Hooks for whoever counts scans (the metrics crate implements this in the agent).
+pub trait ScanObserver: Send + Sync {
+    fn scan_finished(&self, kind: ScanKind, duration: Duration, ok: bool);
+    fn state_changed(&self, state: &Arc<NodeState>);
+    fn policy_reload(&self, ok: bool);
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+
+impl ScanObserver for NoObserver {
+    fn scan_finished(&self, _: ScanKind, _: Duration, _: bool) {}
+    fn state_changed(&self, _: &Arc<NodeState>) {}
+    fn policy_reload(&self, _: bool) {}
+}
+
+/// Requests to the running loop.
+#[derive(Debug)]
+pub enum Control {
+    /// Re-read the policy file (SIGHUP). A broken file is refused; the old policy stays.
+    ReloadPolicy,
+    /// Stop after the scan in progress, if any.
+    Shutdown,
+}
+
+/// Everything the loop needs.
+pub struct Daemon {
+    pub scanner: Scanner,
+    pub schedule: Schedule,
+    /// The policy file to reload on [`Control::ReloadPolicy`], if any.
+    pub policy_path: Option<PathBuf>,
+    pub pods: Arc<dyn PodLookup>,
+    pub observer: Arc<dyn ScanObserver>,
+}
+
+/// Counters that outlive single scans.
+struct Totals {
+    ledger: FindingLedger,
+    last_scans: BTreeMap<ScanKind, ScanRun>,
+    findings_detected: BTreeMap<(nodeguard_model::FindingKind, nodeguard_model::Severity), u64>,
+    errors_total: BTreeMap<String, u64>,
+    policy_reload_failures: u64,
+    policy_loaded_at: Timestamp,
+}
+
+impl Daemon {
+    /// Runs until [`Control::Shutdown`] arrives or the control channel closes.
+    pub async fn run(
+        self,
+        state: StateSender,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<(), Error> {
+        let Daemon {
+            scanner,
+            schedule,
+            policy_path,
+            pods,
+            observer,
+        } = self;
+        let mut scanner = Some(scanner);
+        let mut totals = Totals {
+            ledger: FindingLedger::default(),
+            last_scans: BTreeMap::new(),
+            findings_detected: BTreeMap::new(),
+            errors_total: BTreeMap::new(),
+            policy_reload_failures: 0,
+            policy_loaded_at: Timestamp::now(),
+        };
+        // The first scan is a process scan so the agent is ready quickly; the first
+        // filesystem scan follows right after it.
+        let mut next_process = Instant::now();
+        let mut next_fs = Instant::now();
+        let mut first = true;
+        loop {
+            let now = Instant::now();
+            if now >= next_process || now >= next_fs {
+                let scope = if now >= next_fs && !first {
+                    ScanScope::ProcessesAndFilesystems
+                } else {
+                    ScanScope::Processes
+                };
+                let Some(mut owned) = scanner.take() else {
+                    return Err(Error::ScanThread("scanner lost".into()));
+                };
+                let pods = Arc::clone(&pods);
+                let started = Instant::now();
+                let mut joined = tokio::task::spawn_blocking(move || {
+                    let result = owned.scan(scope, pods.as_ref());
+                    (owned, result)
+                });
+                // The blocking scan cannot be interrupted: a shutdown leaves it behind (the
+                // runtime's shutdown timeout bounds that), a reload waits for it to finish.
+                let mut reload_pending = false;
+                let (owned, result) = loop {
+                    tokio::select! {
+                        joined = &mut joined => {
+                            break joined.map_err(|e| Error::ScanThread(e.to_string()))?;
+                        }
+                        msg = control.recv() => match msg {
+                            Some(Control::ReloadPolicy) => reload_pending = true,
+                            Some(Control::Shutdown) | None => {
+                                tracing::info!("shutting down during a scan");
+                                return Ok(());
+                            }
+                        },
+                    }
+                };
+                scanner = Some(owned);
+                let elapsed = started.elapsed();
+                match result {
+                    Ok(report) => {
+                        let kinds: &[ScanKind] = match scope {
+                            ScanScope::Processes => &[ScanKind::Processes],
+                            ScanScope::ProcessesAndFilesystems => {
+                                &[ScanKind::Processes, ScanKind::Filesystems]
+                            }
+                        };
+                        for kind in kinds {
+                            observer.scan_finished(*kind, elapsed, true);
+                            totals.last_scans.insert(
+                                *kind,
+                                ScanRun {
+                                    finished_at: Timestamp::now(),
+                                    duration_ms: elapsed.as_millis() as u64,
+                                },
+                            );
+                        }
+                        let next = publish(&mut totals, report);
+                        observer.state_changed(&next);
+                        tracing::info!(
+                            scope = ?scope,
+                            duration_ms = elapsed.as_millis() as u64,
+                            processes = next.report.processes.len(),
+                            containers = next.report.containers.len(),
+                            findings = next.findings.len(),
+                            "scan complete"
+                        );
+                        state.send_replace(Some(next));
+                    }
+                    Err(err) => {
+                        observer.scan_finished(ScanKind::Processes, elapsed, false);
+                        *totals.errors_total.entry("scan".into()).or_insert(0) += 1;
+                        tracing::error!(error = %err, "scan failed");
+                    }
+                }
+                let done = Instant::now();
+                if scope == ScanScope::ProcessesAndFilesystems {
+                    next_fs = done + jittered(schedule.fs_interval, schedule.jitter);
+                }
+                if first {
+                    first = false;
+                    next_fs = done;
+                }
+                next_process = done + jittered(schedule.interval, schedule.jitter);
+                if reload_pending {
+                    if let Some(s) = scanner.as_mut() {
+                        reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref())
+                            .await;
+                        next_process = Instant::now();
+                    }
+                }
+                continue;
+            }
+
+            let wake = next_process.min(next_fs);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                msg = control.recv() => match msg {
+                    Some(Control::ReloadPolicy) => {
+                        if let Some(s) = scanner.as_mut() {
+                            reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref()).await;
+                            // Re-evaluate soon so the new policy shows.
+                            next_process = Instant::now();
+                        }
+                    }
+                    Some(Control::Shutdown) | None => {
+                        tracing::info!("shutting down");
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn reload_policy(
+    scanner: &mut Scanner,
+    path: Option<&PathBuf>,
+    totals: &mut Totals,
+    observer: &dyn ScanObserver,
+) {
+    let Some(path) = path.cloned() else {
+        tracing::warn!("reload requested but no policy file is configured; keeping defaults");
+        return;
+    };
+    let loaded = tokio::task::spawn_blocking(move || Policy::load(&path)).await;
+    match loaded {
+        Ok(Ok(policy)) => {
+            scanner.set_policy(Arc::new(policy));
+            totals.policy_loaded_at = Timestamp::now();
+            observer.policy_reload(true);
+            tracing::info!("policy reloaded");
+        }
+        Ok(Err(err)) => {
+            totals.policy_reload_failures += 1;
+            observer.policy_reload(false);
+            tracing::error!(error = %err, "policy reload refused; the previous policy stays in force");
+        }
+        Err(err) => {
+            totals.policy_reload_failures += 1;
+            observer.policy_reload(false);
+            tracing::error!(error = %err, "policy reload failed");
+        }
+    }
+}
+
+fn publish(totals: &mut Totals, report: Report) -> Arc<NodeState> {
+    let changes = totals.ledger.apply(&report.findings, report.scanned_at);
+    for t in &changes.appeared {
+        *totals
+            .findings_detected
+            .entry((t.finding.kind, t.finding.severity))
+            .or_insert(0) += 1;
+        tracing::warn!(
+            id = %t.finding.id,
+            kind = %t.finding.kind,
+            severity = %t.finding.severity,
+            container = t.finding.container_id.as_deref().unwrap_or("host"),
+            message = %t.finding.message,
+            "new finding"
+        );
+    }
+    for t in &changes.resolved {
+        tracing::info!(id = %t.finding.id, kind = %t.finding.kind, "finding resolved");
+    }
+    for (kind, n) in &report.stats.errors {
+        *totals.errors_total.entry(kind.clone()).or_insert(0) += n;
+    }
+    Arc::new(NodeState {
+        report: Arc::new(report),
+        findings: totals.ledger.open().cloned().collect(),
+        last_scans: totals.last_scans.clone(),
+        findings_detected: totals.findings_detected.clone(),
+        errors_total: totals.errors_total.clone(),
+        policy_reload_failures: totals.policy_reload_failures,
+        policy_loaded_at: totals.policy_loaded_at,
+    })
+}
+
+/// `base` ± `fraction` at random, never below a tenth of `base`.
+pub fn jittered(base: Duration, fraction: f64) -> Duration {
+    let fraction = fraction.clamp(0.0, 0.9);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    // A cheap spread in [-1, 1): enough to de-synchronise agents, not cryptography.
+    let unit = (splitmix(u64::from(nanos) ^ u64::from(std::process::id())) % 2_000_000) as f64
+        / 1_000_000.0
+        - 1.0;
+    base.mul_f64(1.0 + fraction * unit)
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(30), 0.1);
+            assert!(
+                d >= Duration::from_secs(27) && d <= Duration::from_secs(33),
+                "{d:?}"
+            );
+        }
+        assert_eq!(
+            jittered(Duration::from_secs(5), 0.0),
+            Duration::from_secs(5)
+        );
+    }
+}

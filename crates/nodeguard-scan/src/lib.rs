@@ -1,1 +1,371 @@
+//! One scan of a node, from `/proc` to an immutable [`Report`].
+//!
+//! The flow goes one way: collect (processes, containers, cgroup limits, overlay layers) →
+//! hash executables (cached by file identity) → walk container filesystems (cached per
+//! image layer) → enrich with pod metadata → evaluate the policy → [`Report`]. A
+//! [`Scanner`] keeps the caches between scans, so the daemon's steady state costs little;
+//! the one-shot CLI makes one and drops it.
+//!
+//! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
+//! Events) receive the finished report.
 
+use nodeguard_collect::{CollectOptions, CollectedProcess, FileIdentity, Snapshot};
+use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
+use nodeguard_hash::{hash_all, Algorithms, DigestCache, FileKey, HashJob};
+use nodeguard_model::{
+    Container, FileEntry, Finding, Process, Report, ScanStats, Timestamp, SCHEMA_VERSION,
+};
+pub use nodeguard_model::{NoPods, PodLookup};
+use nodeguard_policy::{evaluate, Evidence, Policy};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a scan could not run at all. Everything short of this is a warning in the report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("collecting processes failed: {0}")]
+    Collect(#[from] nodeguard_collect::Error),
+}
+
+/// How to scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    pub collect: CollectOptions,
+    /// The node's name, as the report and Events name it.
+    pub node_name: String,
+    pub algorithms: Algorithms,
+    /// Files larger than this are not hashed (and say so).
+    pub max_hash_size: u64,
+    /// Threads for hashing and for filesystem walks.
+    pub threads: usize,
+    /// Entries the digest cache may hold.
+    pub hash_cache_entries: usize,
+    /// Budget per container root for the filesystem walk.
+    pub walk_budget: WalkBudget,
+}
+
+impl ScanOptions {
+    /// Defaults for a node whose `/proc` and cgroup fs are at the usual places.
+    pub fn new(proc_root: PathBuf, cgroup_root: PathBuf, node_name: String) -> ScanOptions {
+        let host_root = proc_root.join("1/root");
+        ScanOptions {
+            collect: CollectOptions {
+                proc_root,
+                cgroup_root,
+                host_root,
+            },
+            node_name,
+            algorithms: Algorithms::SHA256,
+            max_hash_size: 512 * 1024 * 1024,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(2),
+            hash_cache_entries: 65_536,
+            walk_budget: WalkBudget {
+                max_files: 1_000_000,
+                max_duration: Duration::from_secs(60),
+                max_hash_bytes: 512 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+/// What a scan covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanScope {
+    /// Processes, containers, limits; files from the last filesystem scan are kept.
+    Processes,
+    /// Processes and a fresh walk of every container filesystem.
+    ProcessesAndFilesystems,
+}
+
+/// Scans a node, keeping caches between scans.
+pub struct Scanner {
+    options: ScanOptions,
+    policy: Arc<Policy>,
+    digests: DigestCache,
+    filesystems: FsScanner,
+    /// Files from the last filesystem scan, kept for process-only scans.
+    last_files: Vec<FileEntry>,
+    last_fs_stats: FsCounters,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FsCounters {
+    files_walked: u64,
+    layers_walked: u64,
+    layers_cached: u64,
+    walks_truncated: u64,
+}
+
+impl Scanner {
+    pub fn new(options: ScanOptions, policy: Arc<Policy>) -> Scanner {
+        let digests = DigestCache::new(options.hash_cache_entries);
+        let filesystems = FsScanner::new(options.walk_budget.clone(), options.threads);
+        Scanner {
+            options,
+            policy,
+            digests,
+            filesystems,
+            last_files: Vec::new(),
+            last_fs_stats: FsCounters::default(),
+        }
+    }
+
+    pub fn options(&self) -> &ScanOptions {
+        &self.options
+    }
+
+    /// Swaps the policy used from the next scan on (SIGHUP reload).
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.policy = policy;
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Runs one scan.
+    pub fn scan(&mut self, scope: ScanScope, pods: &dyn PodLookup) -> Result<Report, Error> {
+        let started = Instant::now();
+        let scanned_at = Timestamp::now();
+        self.digests.next_generation();
+
+        let Snapshot {
+            processes,
+            mut containers,
+            mut stats,
+            mut warnings,
+            cap_last_cap,
+            host_namespaces: _,
+        } = nodeguard_collect::collect(&self.options.collect)?;
+
+        let processes = self.hash_executables(processes, &mut stats, &mut warnings);
+
+        for container in &mut containers {
+            container.pod = pods.pod_for(container.pod_uid.as_deref(), &container.id);
+        }
+
+        if scope == ScanScope::ProcessesAndFilesystems {
+            self.scan_filesystems(&containers, &mut stats, &mut warnings);
+        } else {
+            // Keep what the last walk found for containers that still exist.
+            let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+            self.last_files
+                .retain(|f| alive.contains(f.container_id.as_str()));
+        }
+        let files = self.last_files.clone();
+        stats.files_walked = self.last_fs_stats.files_walked;
+        stats.layers_walked = self.last_fs_stats.layers_walked;
+        stats.layers_cached = self.last_fs_stats.layers_cached;
+        stats.walks_truncated = self.last_fs_stats.walks_truncated;
+
+        let mut findings = evaluate(
+            &self.policy,
+            &Evidence {
+                processes: &processes,
+                containers: &containers,
+                files: &files,
+                cap_last_cap,
+            },
+        );
+        attach_pod_names(&mut findings, &containers);
+
+        stats.containers_seen = containers.len() as u64;
+        Ok(Report {
+            schema_version: SCHEMA_VERSION,
+            node: self.options.node_name.clone(),
+            scanned_at,
+            duration_ms: started.elapsed().as_millis() as u64,
+            containers,
+            processes,
+            files,
+            findings,
+            stats,
+            warnings,
+        })
+    }
+
+    fn hash_executables(
+        &self,
+        collected: Vec<CollectedProcess>,
+        stats: &mut ScanStats,
+        warnings: &mut Vec<String>,
+    ) -> Vec<Process> {
+        let proc_root = &self.options.collect.proc_root;
+        let mut jobs = Vec::new();
+        let mut job_of = Vec::with_capacity(collected.len());
+        for cp in &collected {
+            if cp.process.kernel_thread || cp.process.exe.is_none() {
+                job_of.push(None);
+                continue;
+            }
+            job_of.push(Some(jobs.len()));
+            jobs.push(HashJob {
+                key: cp.exe_identity.map(file_key),
+                path: exe_path(proc_root, cp.process.pid),
+            });
+        }
+        let before = self.digests.stats();
+        // A policy that pins SHA-512 digests needs them computed, whatever was asked for.
+        let mut algorithms = self.options.algorithms;
+        algorithms.sha512 |= self.policy.needs_sha512();
+        let results = hash_all(
+            &self.digests,
+            &jobs,
+            algorithms,
+            self.options.max_hash_size,
+            self.options.threads,
+        );
+        let after = self.digests.stats();
+        stats.hash_cache_hits += after.hits - before.hits;
+        stats.hash_cache_misses += after.misses - before.misses;
+        stats.bytes_hashed += after.bytes_hashed - before.bytes_hashed;
+        stats.files_hashed += after.files_hashed - before.files_hashed;
+
+        let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
+        collected
+            .into_iter()
+            .zip(job_of)
+            .filter_map(|(cp, job)| {
+                let mut process = cp.process;
+                let Some(job) = job else {
+                    return Some(process);
+                };
+                match results[job].take() {
+                    Some(Ok(digests)) => {
+                        process.sha256 = digests.sha256_hex();
+                        process.sha512 = digests.sha512_hex();
+                        Some(process)
+                    }
+                    // Exited between being listed and being hashed: it is not running.
+                    Some(Err(e)) if e.is_vanished() => {
+                        stats.processes_vanished += 1;
+                        stats.processes_seen = stats.processes_seen.saturating_sub(1);
+                        None
+                    }
+                    Some(Err(e)) => {
+                        stats.count_error("hash");
+                        process.hash_error = Some(e.to_string());
+                        if !matches!(e, nodeguard_hash::Error::TooLarge { .. }) {
+                            warnings.push(format!("pid {}: {e}", process.pid));
+                        }
+                        Some(process)
+                    }
+                    None => Some(process),
+                }
+            })
+            .collect()
+    }
+
+    fn scan_filesystems(
+        &mut self,
+        containers: &[Container],
+        stats: &mut ScanStats,
+        warnings: &mut Vec<String>,
+    ) {
+        let roots: Vec<ContainerRoot> = containers
+            .iter()
+            .filter_map(|c| container_root(&self.options.collect, c))
+            .collect();
+        let output = self.filesystems.scan(&roots);
+        for (kind, count) in &output.stats.errors {
+            *stats.errors.entry(format!("walk_{kind}")).or_insert(0) += count;
+        }
+        warnings.extend(output.warnings);
+        self.last_fs_stats = FsCounters {
+            files_walked: output.stats.files_walked,
+            layers_walked: output.stats.layers_walked,
+            layers_cached: output.stats.layers_cached,
+            walks_truncated: output.stats.walks_truncated,
+        };
+        self.last_files = output.files;
+    }
+}
+
+/// Where a container's files can be read: its image layers and writable layer when its
+/// root is an overlay whose directories the agent can reach, else its merged root through
+/// a process of it.
+fn container_root(collect: &CollectOptions, container: &Container) -> Option<ContainerRoot> {
+    let overlay = container
+        .rootfs
+        .as_ref()
+        .filter(|r| r.fstype == "overlay" && !r.lower_dirs.is_empty())
+        .map(|r| RootSpec::Overlay {
+            lower_dirs: r
+                .lower_dirs
+                .iter()
+                .map(|d| under(&collect.host_root, d))
+                .collect(),
+            upper_dir: r.upper_dir.as_ref().map(|d| under(&collect.host_root, d)),
+        })
+        .filter(|spec| match spec {
+            RootSpec::Overlay { lower_dirs, .. } => lower_dirs.iter().all(|d| d.is_dir()),
+            RootSpec::Merged { .. } => true,
+        });
+    let spec = match overlay {
+        Some(spec) => spec,
+        None => {
+            let pid = container.pids.first()?;
+            RootSpec::Merged {
+                root: collect.proc_root.join(pid.to_string()).join("root"),
+            }
+        }
+    };
+    Some(ContainerRoot {
+        container_id: container.id.clone(),
+        spec,
+    })
+}
+
+/// A host path as reached from the agent: `host_root` + the absolute path.
+fn under(host_root: &Path, host_path: &str) -> PathBuf {
+    host_root.join(host_path.trim_start_matches('/'))
+}
+
+fn exe_path(proc_root: &Path, pid: i32) -> PathBuf {
+    proc_root.join(pid.to_string()).join("exe")
+}
+
+fn file_key(id: FileIdentity) -> FileKey {
+    FileKey {
+        dev: id.dev,
+        ino: id.ino,
+        size: id.size,
+        mtime_ns: id.mtime_ns,
+        ctime_ns: id.ctime_ns,
+    }
+}
+
+fn attach_pod_names(findings: &mut [Finding], containers: &[Container]) {
+    for finding in findings {
+        let Some(pod) = finding
+            .container_id
+            .as_deref()
+            .and_then(|id| containers.iter().find(|c| c.id == id))
+            .and_then(|c| c.pod.as_ref())
+        else {
+            continue;
+        };
+        finding.namespace = Some(pod.namespace.clone());
+        finding.pod = Some(pod.name.clone());
+        finding.container_name = pod.container_name.clone();
+    }
+}
+
+/// The node's name: `NODE_NAME` (the downward API sets it in the DaemonSet), else the
+/// kernel's hostname under `proc_root`, else `unknown`.
+pub fn node_name(proc_root: &Path) -> String {
+    if let Ok(name) = std::env::var("NODE_NAME") {
+        if !name.trim().is_empty() {
+            return name.trim().to_string();
+        }
+    }
+    std::fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
