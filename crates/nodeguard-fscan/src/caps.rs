@@ -17,10 +17,11 @@ const REVISION_3: u32 = 0x0300_0000;
 /// print as numbers with `+`, as libcap does for bits past `cap_max_bits()`.
 const NAMED_BITS: u32 = CAPABILITY_NAMES.len() as u32;
 
-// libcap's flag bits in `getstateflags`.
+// libcap's flag bits in `getstateflags` (`1 << cap_flag_t`: effective 0, permitted 1,
+// inheritable 2). Their values order the groups of the text, highest first.
 const LIBCAP_EFF: u8 = 1;
-const LIBCAP_INH: u8 = 2;
-const LIBCAP_PER: u8 = 4;
+const LIBCAP_PER: u8 = 2;
+const LIBCAP_INH: u8 = 4;
 
 /// Which layout of `security.capability` a file carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,11 +261,17 @@ mod tests {
             decode_file_capability(&p_only).unwrap().to_string(),
             "cap_net_admin=p"
         );
-        // Two groups: the second is spelled with '+'.
+        // Two groups: the second is spelled with '+'; groups with inheritable come first.
         let mixed = blob(&[REVISION_2, NET_ADMIN, NET_RAW, 0, 0]);
         assert_eq!(
             decode_file_capability(&mixed).unwrap().to_string(),
-            "cap_net_admin=p cap_net_raw+i"
+            "cap_net_raw=i cap_net_admin+p"
+        );
+        // `getcap` on this machine for permitted admin+raw, inheritable admin.
+        let getcap = blob(&[REVISION_2, NET_ADMIN | NET_RAW, NET_ADMIN, 0, 0]);
+        assert_eq!(
+            decode_file_capability(&getcap).unwrap().to_string(),
+            "cap_net_admin=ip cap_net_raw+p"
         );
         // High word: cap_bpf (39) and an unnamed bit (50) printed by number.
         let high = blob(&[REVISION_2 | 1, 0, 0, (1 << 7) | (1 << 18), 0]);
