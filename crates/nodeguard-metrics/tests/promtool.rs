@@ -71,3 +71,148 @@ fn promtool_check_metrics_is_clean_on_the_text_exposition() {
         describe(&args, &out)
     );
 }
+
+const RULES: &str = "manifests/prometheus-rules.yaml";
+const PROMETHEUS_RULE: &str = "manifests/prometheusrule.yaml";
+const RULES_TEST: &str = "tests/promtool/rules_test.yaml";
+
+const ALERTS: [&str; 6] = [
+    "NodeguardAgentDown",
+    "NodeguardAgentAbsent",
+    "NodeguardScansStale",
+    "NodeguardScanErrorsRising",
+    "NodeguardCriticalFinding",
+    "NodeguardTransientCriticalFinding",
+];
+
+fn read(relative: &str) -> String {
+    let path = workspace_root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn promtool_check_rules_is_clean() {
+    let Some(promtool) = tool("promtool", "promtool_check_rules") else {
+        return;
+    };
+    let args = ["check", "rules", RULES];
+    let out = run(&promtool, &args, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(&format!("SUCCESS: {} rules found", ALERTS.len()))
+            && out.stderr.is_empty(),
+        "{}",
+        describe(&args, &out)
+    );
+}
+
+#[test]
+fn promtool_rule_unit_tests_pass() {
+    let Some(promtool) = tool("promtool", "promtool_test_rules") else {
+        return;
+    };
+    let args = ["test", "rules", RULES_TEST];
+    let out = run(&promtool, &args, None);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SUCCESS"),
+        "{}",
+        describe(&args, &out)
+    );
+    // Every alert is exercised, firing at least once.
+    let tests = read(RULES_TEST);
+    for alert in ALERTS {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - "
+            )),
+            "{RULES_TEST} never expects {alert} to fire"
+        );
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n        exp_alerts: []")),
+            "{RULES_TEST} never expects {alert} to stay silent"
+        );
+    }
+}
+
+/// `spec:` of the PrometheusRule, two spaces less deep: the plain rules file's `groups:`.
+fn prometheus_rule_spec() -> String {
+    let manifest = read(PROMETHEUS_RULE);
+    assert!(manifest.contains("\napiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\n"));
+    let (_, spec) = manifest
+        .split_once("\nspec:\n")
+        .expect("a top-level spec: in the PrometheusRule");
+    spec.lines()
+        .map(|line| {
+            if line.is_empty() {
+                String::new()
+            } else {
+                line.strip_prefix("  ")
+                    .unwrap_or_else(|| panic!("not under spec: {line:?}"))
+                    .to_string()
+            }
+        })
+        .map(|line| line + "\n")
+        .collect()
+}
+
+#[test]
+fn prometheus_rule_carries_the_same_groups_as_the_rules_file() {
+    let rules = read(RULES);
+    let groups = &rules[rules.find("\ngroups:\n").expect("top-level groups:") + 1..];
+    let spec = prometheus_rule_spec();
+    assert!(
+        spec == groups,
+        "{PROMETHEUS_RULE} is out of date: run tests/promtool/sync-prometheusrule.sh"
+    );
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts, ALERTS);
+
+    // And the operator's copy is valid on its own.
+    let Some(promtool) = tool("promtool", "promtool_check_prometheus_rule") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let extracted = dir.path().join("prometheusrule-spec.yaml");
+    std::fs::write(&extracted, &spec).unwrap();
+    let path = extracted.to_str().unwrap();
+    let args = ["check", "rules", path];
+    let out = run(&promtool, &args, None);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+}
+
+/// Every `nodeguard_*` name the rules and their tests use is one the agent exports, so a
+/// renamed series cannot silently disable an alert.
+#[test]
+fn rules_use_only_exported_series() {
+    let exposition = full_exposition();
+    let exported: Vec<&str> = exposition
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next(),
+            None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+            None => None,
+        })
+        .collect();
+    for file in [RULES, RULES_TEST] {
+        let text = read(file);
+        let mut rest = text.as_str();
+        let mut seen = 0;
+        while let Some(at) = rest.find("nodeguard_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            seen += 1;
+            assert!(
+                exported.contains(&name.as_str()),
+                "{file} uses {name}, which nodeguard does not export"
+            );
+        }
+        assert!(seen > 5, "{file}: found only {seen} series names");
+    }
+}

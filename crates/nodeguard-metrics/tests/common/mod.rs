@@ -3,6 +3,7 @@
 
 use nodeguard_model::*;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -229,7 +230,11 @@ pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
         if std::env::var_os("CI").is_some() {
             panic!("{test}: `{name}` not found (set {var} or install it: apt-get install prometheus); CI is set, so this is a failure");
         }
-        eprintln!("SKIPPED {test}: `{name}` not found on PATH (set {var}); install the `prometheus` package to run it");
+        // Straight to fd 2: libtest would swallow eprintln! output of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: `{name}` not found on PATH (set {var}); install the `prometheus` package to run it"
+        );
     }
     found
 }
