@@ -1,0 +1,34 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown --kube mode {0:?} (expected auto, on or off)")]
+    UnknownMode(String),
+    #[error("--kube on, but no Kubernetes configuration was found (no in-cluster service account, no KUBECONFIG or ~/.kube/config): {0}")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client for {cluster_url}: {source}")]
+    Client {
+        cluster_url: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("reading the announced-findings file {path}: {source}")]
+    StateRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the announced-findings file {path} is not valid: {source}")]
+    StateParse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("writing the announced-findings file {path}: {source}")]
+    StateWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,355 @@
+//! What an Event says: which object it regards, its field path, and its note.
+
+use super::ledger::{Announced, Target, TargetKind};
+use k8s_openapi::api::core::v1::ObjectReference;
+use nodeguard_model::{Finding, FindingKind, Report};
+use std::collections::BTreeSet;
+
+/// The API server rejects notes over 1 KiB (counted in bytes); stay below it.
+pub(crate) const MAX_NOTE_BYTES: usize = 1000;
+/// Longest path or subject quoted in a note, so the identifying fields still fit.
+const MAX_FIELD_BYTES: usize = 240;
+
+/// Where a finding's Event goes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Placement {
+    pub target: Target,
+    pub field_path: String,
+    /// Container name, else a short container id, for notes.
+    pub container: Option<String>,
+    pub image: Option<String>,
+}
+
+/// The Pod the finding's container belongs to when its namespace, name and uid are known;
+/// otherwise (host findings, containers outside pods, pods the watch has not seen) the Node.
+pub(crate) fn place(finding: &Finding, report: &Report, node_name: &str) -> Placement {
+    let container = finding
+        .container_id
+        .as_deref()
+        .and_then(|id| report.container(id));
+    let pod = container.and_then(|c| c.pod.as_ref());
+    let namespace = finding
+        .namespace
+        .clone()
+        .or_else(|| pod.map(|p| p.namespace.clone()))
+        .filter(|s| !s.is_empty());
+    let name = finding
+        .pod
+        .clone()
+        .or_else(|| pod.map(|p| p.name.clone()))
+        .filter(|s| !s.is_empty());
+    let uid = container
+        .and_then(|c| c.pod_uid.as_deref())
+        .map(|u| u.replace('_', "-"));
+    let container_name = finding
+        .container_name
+        .clone()
+        .or_else(|| pod.and_then(|p| p.container_name.clone()))
+        .filter(|s| !s.is_empty());
+    let image = pod.and_then(|p| p.image.clone());
+    let (target, in_pod) = match (namespace, name, uid) {
+        (Some(namespace), Some(name), Some(uid)) => (
+            Target {
+                kind: TargetKind::Pod,
+                namespace: Some(namespace),
+                name,
+                uid: Some(uid),
+            },
+            true,
+        ),
+        _ => (Target::node(node_name), false),
+    };
+    let field_path = field_path(
+        in_pod.then_some(container_name.as_deref()).flatten(),
+        &finding.id,
+    );
+    let container = container_name.or_else(|| finding.container_id.as_deref().map(short_id));
+    Placement {
+        target,
+        field_path,
+        container,
+        image,
+    }
+}
+
+/// `spec.containers{NAME}.findings{ID}` for a pod's container (the first half is the
+/// kubelet's convention for container Events), `findings{ID}` otherwise. The finding id
+/// makes every finding its own Event series in kube's Recorder, which otherwise folds
+/// Events with the same (type, reason, action, regarding) into one series and keeps the
+/// first note.
+pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
+    match container_name {
+        Some(name) => format!("spec.containers{{{name}}}.findings{{{id}}}"),
+        None => format!("findings{{{id}}}"),
+    }
+}
+
+/// The finding id a field path written by [`field_path`] carries.
+pub(crate) fn finding_id_of(field_path: &str) -> Option<&str> {
+    let start = field_path.rfind("findings{")? + "findings{".len();
+    let rest = &field_path[start..];
+    let id = rest.strip_suffix('}')?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// The `regarding` reference of an Event.
+pub(crate) fn reference(
+    target: &Target,
+    field_path: Option<&str>,
+    node_uid: Option<&str>,
+) -> ObjectReference {
+    let (kind, uid) = match target.kind {
+        TargetKind::Pod => ("Pod", target.uid.clone()),
+        TargetKind::Node => ("Node", node_uid.map(str::to_string)),
+    };
+    ObjectReference {
+        api_version: Some("v1".to_string()),
+        kind: Some(kind.to_string()),
+        namespace: target.namespace.clone(),
+        name: Some(target.name.clone()),
+        uid,
+        field_path: field_path.map(str::to_string),
+        resource_version: None,
+    }
+}
+
+/// `[high] <message> (container=app; image=nginx:1.25; subject=CAP_SYS_ADMIN; path=/x;
+/// sha256=…; finding=<id>)`, under 1 KiB: the message is shortened first so the
+/// identifying fields survive.
+pub(crate) fn warning_note(finding: &Finding, placement: &Placement) -> String {
+    let mut fields = Vec::new();
+    if let Some(c) = &placement.container {
+        fields.push(format!("container={}", clip(c, MAX_FIELD_BYTES)));
+    }
+    if let Some(image) = &placement.image {
+        fields.push(format!("image={}", clip(image, MAX_FIELD_BYTES)));
+    }
+    if !finding.subject.is_empty() && Some(&finding.subject) != finding.path.as_ref() {
+        fields.push(format!(
+            "subject={}",
+            clip(&finding.subject, MAX_FIELD_BYTES)
+        ));
+    }
+    if let Some(path) = &finding.path {
+        fields.push(format!("path={}", clip(path, MAX_FIELD_BYTES)));
+    }
+    if let Some(digest) = &finding.sha256 {
+        fields.push(format!("sha256={}", clip(digest, 128)));
+    }
+    if let Some(pid) = finding.pid {
+        fields.push(format!("pid={pid}"));
+    }
+    fields.push(format!("finding={}", finding.id));
+    let trailer = format!(" ({})", fields.join("; "));
+    let head = format!("[{}] ", finding.severity);
+    let room = MAX_NOTE_BYTES.saturating_sub(head.len() + trailer.len());
+    truncate_note(&format!(
+        "{head}{}{trailer}",
+        clip(one_line(&finding.message).as_str(), room)
+    ))
+}
+
+/// The note of a `<Reason>Resolved` Event.
+pub(crate) fn resolved_note(entry: &Announced) -> String {
+    let mut note = format!("{} is no longer present", entry.kind.reason());
+    if !entry.subject.is_empty() {
+        note.push_str(&format!(": {}", clip(&entry.subject, MAX_FIELD_BYTES)));
+    }
+    if let Some(c) = &entry.container {
+        note.push_str(&format!(" in container {}", clip(c, MAX_FIELD_BYTES)));
+    }
+    note.push_str(&format!(" (finding={}; announced {})", entry.id, entry.at));
+    truncate_note(&note)
+}
+
+/// The note of a `FindingsSummary` Event.
+pub(crate) fn summary_note(
+    target: &Target,
+    count: usize,
+    kinds: &BTreeSet<FindingKind>,
+    burst: u32,
+) -> String {
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.reason()).collect();
+    let query = match (&target.kind, &target.namespace) {
+        (TargetKind::Pod, Some(ns)) => {
+            format!("nodeguard query findings --pod {ns}/{}", target.name)
+        }
+        _ => "nodeguard query findings".to_string(),
+    };
+    truncate_note(&format!(
+        "{count} more findings of kinds {} not announced one by one (over the budget of {burst} Events per object); see `{query}`",
+        kinds.join(", ")
+    ))
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// At most `max` bytes of `s`, cut on a char boundary, with `…` when cut.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let ellipsis = '…';
+    let budget = max.saturating_sub(ellipsis.len_utf8());
+    let mut end = budget.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = s[..end].to_string();
+    if max >= ellipsis.len_utf8() {
+        out.push(ellipsis);
+    }
+    out
+}
+
+pub(crate) fn truncate_note(s: &str) -> String {
+    clip(s, MAX_NOTE_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeguard_model::{
+        CgroupDriver, CgroupVersion, Container, Limits, PodRef, Runtime, ScanStats, Severity,
+        Timestamp,
+    };
+
+    const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
+
+    fn report(pod: Option<PodRef>, pod_uid: Option<&str>) -> Report {
+        Report {
+            schema_version: 1,
+            node: "node-a".into(),
+            scanned_at: Timestamp::now(),
+            duration_ms: 1,
+            containers: vec![Container {
+                id: CID.into(),
+                runtime: Runtime::Containerd,
+                pod_uid: pod_uid.map(str::to_string),
+                qos: None,
+                cgroup: "/kubepods/x".into(),
+                cgroup_driver: CgroupDriver::Cgroupfs,
+                cgroup_version: CgroupVersion::V1,
+                limits: Limits::default(),
+                pod_limits: None,
+                effective_limits: Limits::default(),
+                pids: vec![1],
+                rootfs: None,
+                pod,
+            }],
+            processes: vec![],
+            files: vec![],
+            findings: vec![],
+            stats: ScanStats::default(),
+            warnings: vec![],
+        }
+    }
+
+    fn pod_ref() -> PodRef {
+        PodRef {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            container_name: Some("app".into()),
+            image: Some("nginx:1.25".into()),
+            image_id: Some("docker.io/library/nginx@sha256:aa".into()),
+        }
+    }
+
+    fn setuid(path: &str) -> Finding {
+        Finding::new(
+            FindingKind::SetuidFile,
+            Severity::High,
+            Some(CID),
+            path,
+            format!("setuid file {path}"),
+        )
+        .with_path(path)
+        .with_sha256("ab".repeat(32))
+    }
+
+    #[test]
+    fn pod_containers_regard_the_pod_and_the_rest_the_node() {
+        let f = setuid("/usr/bin/passwd");
+        let p = place(&f, &report(Some(pod_ref()), Some("u_1")), "node-a");
+        assert_eq!(p.target.kind, TargetKind::Pod);
+        assert_eq!(p.target.namespace.as_deref(), Some("shop"));
+        assert_eq!(p.target.uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            p.field_path,
+            format!("spec.containers{{app}}.findings{{{}}}", f.id)
+        );
+        assert_eq!(finding_id_of(&p.field_path), Some(f.id.as_str()));
+
+        // Metadata not (yet) known: the node, naming the container by its short id.
+        let p = place(&f, &report(None, Some("u1")), "node-a");
+        assert_eq!(p.target, Target::node("node-a"));
+        assert_eq!(p.field_path, format!("findings{{{}}}", f.id));
+        assert_eq!(p.container.as_deref(), Some("c0ffee000000"));
+
+        let host = Finding::new(
+            FindingKind::DeletedExecutable,
+            Severity::Critical,
+            None,
+            "memfd:x",
+            "m",
+        );
+        let p = place(&host, &report(None, None), "node-a");
+        assert_eq!(p.target, Target::node("node-a"));
+        let r = reference(&p.target, Some(&p.field_path), Some("node-uid"));
+        assert_eq!(r.kind.as_deref(), Some("Node"));
+        assert_eq!(r.uid.as_deref(), Some("node-uid"));
+        assert_eq!(r.namespace, None);
+    }
+
+    #[test]
+    fn notes_name_container_path_digest_and_stay_under_1k() {
+        let f = setuid("/usr/bin/passwd");
+        let p = place(&f, &report(Some(pod_ref()), Some("u1")), "node-a");
+        let note = warning_note(&f, &p);
+        for part in [
+            "[high]",
+            "container=app",
+            "path=/usr/bin/passwd",
+            &format!("sha256={}", "ab".repeat(32)),
+            &format!("finding={}", f.id),
+        ] {
+            assert!(note.contains(part), "{part} missing from {note}");
+        }
+
+        // Hostile, huge, multi-byte input: still < 1 KiB, valid UTF-8, id kept.
+        let long = "é".repeat(3000) + "\n\u{1b}[31m";
+        let mut f = setuid(&format!("/tmp/{long}"));
+        f.message = long.clone();
+        let note = warning_note(&f, &p);
+        assert!(note.len() <= MAX_NOTE_BYTES, "{}", note.len());
+        assert!(note.contains(&format!("finding={}", f.id)));
+        assert!(!note.chars().any(|c| c.is_control()));
+    }
+
+    #[test]
+    fn clip_cuts_on_char_boundaries() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcdef", 5), "ab…");
+        let s = "ééééé"; // 10 bytes
+        let c = clip(s, 6);
+        assert!(c.len() <= 6 && c.ends_with('…'), "{c}");
+        assert_eq!(clip("ab", 0), "");
+    }
+
+    #[test]
+    fn field_path_ids_parse_back_only_when_well_formed() {
+        assert_eq!(finding_id_of("findings{00ff}"), Some("00ff"));
+        assert_eq!(finding_id_of("spec.containers{a}.findings{0a}"), Some("0a"));
+        assert_eq!(finding_id_of("spec.containers{a}"), None);
+        assert_eq!(finding_id_of("findings{}"), None);
+        assert_eq!(finding_id_of("findings{zz}"), None);
+    }
+}
