@@ -54,6 +54,15 @@
 //! `namespace`/`pod`), which Prometheus stores as "no such label": select them with
 //! `{container=""}`. An empty value was chosen over a literal `host` so that a container
 //! named `host` is never mistaken for the host.
+//!
+//! Counters exist from the start at 0 for every label value known in advance (every finding
+//! kind x severity, scan type x result, policy reload result), so `increase()` sees the
+//! first event. Gauges that mirror the state are absent until the first state arrives;
+//! `nodeguard_events_*` are absent unless an Events source is set.
+//!
+//! `namespace`, `pod` and `container` are also the target labels a PodMonitor or
+//! ServiceMonitor attaches: scrape nodeguard with `honorLabels: true` (`honor_labels`), as
+//! for kube-state-metrics, or Prometheus stores them as `exported_*`.
 
 mod format;
 mod series;
