@@ -4,6 +4,8 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+#[cfg(test)]
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -345,4 +347,76 @@ fn xattr_result(res: io::Result<usize>) -> io::Result<Option<usize>> {
 #[cfg(test)]
 pub(crate) fn force_xattr_fallback(on: bool) {
     GETXATTRAT.store(if on { 2 } else { 0 }, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn xattr_fallback_reads_what_getxattrat_reads_and_never_follows_links() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED xattr fallback test: needs root for setcap");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let ok = Command::new("setcap")
+            .arg("cap_net_raw+ep")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::os::unix::fs::symlink(&file, dir.path().join("link")).unwrap();
+        let fd = open_root(dir.path()).unwrap();
+        let cap = c"security.capability";
+        let mut direct = [0u8; 64];
+        let n = get_xattr_at(fd.as_fd(), c"f", cap, &mut direct).unwrap();
+        assert_eq!(n, Some(20));
+        assert_eq!(
+            get_xattr_at(fd.as_fd(), c"link", cap, &mut direct).unwrap(),
+            None
+        );
+        force_xattr_fallback(true);
+        let mut fallback = [0u8; 64];
+        let m = get_xattr_at(fd.as_fd(), c"f", cap, &mut fallback);
+        let link = get_xattr_at(fd.as_fd(), c"link", cap, &mut [0u8; 64]);
+        let missing = get_xattr_at(fd.as_fd(), c"nope", cap, &mut [0u8; 64]);
+        force_xattr_fallback(false);
+        assert_eq!(m.unwrap(), Some(20));
+        assert_eq!(direct[..20], fallback[..20]);
+        assert_eq!(link.unwrap(), None);
+        assert_eq!(
+            missing.unwrap_err().raw_os_error(),
+            Some(libc::ENOENT),
+            "a vanished entry is ENOENT, counted as vanished by the walk"
+        );
+        // Too small a buffer is ERANGE (the walk reports it as an invalid value).
+        let err = get_xattr_at(fd.as_fd(), c"f", cap, &mut [0u8; 4]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ERANGE));
+    }
+
+    #[test]
+    fn open_dir_at_refuses_links_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("d", dir.path().join("l")).unwrap();
+        let fd = open_root(dir.path()).unwrap();
+        assert!(open_dir_at(fd.as_fd(), c"d").is_ok());
+        // The kernel answers ENOTDIR (O_DIRECTORY wins) or ELOOP: never the link's target.
+        let link = open_dir_at(fd.as_fd(), c"l").unwrap_err();
+        assert!(matches!(
+            link.raw_os_error(),
+            Some(libc::ELOOP) | Some(libc::ENOTDIR)
+        ));
+        let file = open_dir_at(fd.as_fd(), c"f").unwrap_err();
+        assert_eq!(file.raw_os_error(), Some(libc::ENOTDIR));
+        assert!(open_file_at(fd.as_fd(), c"l").is_err());
+        let st = stat_at(fd.as_fd(), c"l").unwrap();
+        assert_eq!(st.file_type(), libc::S_IFLNK);
+    }
 }

@@ -90,11 +90,19 @@ pub fn set_raw_caps(path: &Path, hex: &str) {
         .arg(path));
 }
 
-/// `find ROOT/. -xdev -perm /6000 -type f`, as paths inside the root (`/usr/bin/su`).
+/// `find ROOT/. -xdev -perm /6000 -type f`, as paths inside the root (`/usr/bin/su`). find
+/// exits 1 after reporting a directory loop; that is accepted.
 pub fn find_special(root: &Path) -> Vec<String> {
-    let out = run(Command::new("find")
-        .arg(root.join("."))
-        .args(["-xdev", "-perm", "/6000", "-type", "f", "-print0"]));
+    let mut cmd = Command::new("find");
+    cmd.arg(root.join("."))
+        .args(["-xdev", "-perm", "/6000", "-type", "f", "-print0"]);
+    let out = cmd.output().expect("run find");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.lines().all(|l| l.contains("File system loop")),
+        "{cmd:?} failed: {stderr}"
+    );
+    let out = out.stdout;
     let prefix = root.join(".");
     let mut paths: Vec<String> = out
         .split(|b| *b == 0)
@@ -232,4 +240,54 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.target).status();
     }
+}
+
+/// Watches files for any open or read (inotify); `events()` says whether one happened.
+pub struct OpenWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl OpenWatch {
+    pub fn new(paths: &[&Path]) -> OpenWatch {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1");
+        // SAFETY: fresh fd.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        for p in paths {
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+            let mask = libc::IN_OPEN | libc::IN_ACCESS | libc::IN_DONT_FOLLOW;
+            // SAFETY: valid fd and NUL-terminated path.
+            let wd = unsafe {
+                libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), mask)
+            };
+            assert!(wd >= 0, "inotify_add_watch {}", p.display());
+        }
+        OpenWatch { fd }
+    }
+
+    /// Number of bytes of pending events (0 when nothing opened or read the files).
+    pub fn events(&self) -> isize {
+        let mut buf = [0u8; 4096];
+        // SAFETY: buf is writable for its length.
+        unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+        .max(0)
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it takes longer than `secs` (a hang).
+pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not finish within {secs} s (hang?)"))
 }
