@@ -344,6 +344,13 @@ async fn unknown_paths_methods_and_parameters_get_json_errors() {
     let err: nodeguard_api::types::ErrorBody = serde_json::from_slice(&body).unwrap();
     assert!(err.error.contains("POST"), "{}", err.error);
 
+    let (status, _, body) = raw_get(server.addr, "HEAD", "/v1/report").await;
+    assert_eq!(
+        (status, body.len()),
+        (200, 0),
+        "HEAD is served as GET without a body"
+    );
+
     let (status, _, body) = raw_get(
         server.addr,
         "GET",
