@@ -57,6 +57,32 @@ impl CgroupFile {
     }
 }
 
+/// A cheap test before [`parse_cgroup_file`]: a container id is 64 characters, so a file
+/// without a line that long names no container (most host processes).
+pub fn may_name_container(text: &str) -> bool {
+    text.lines().any(|l| l.len() >= 64)
+}
+
+/// Counts the lines [`parse_cgroup_file`] would skip, without building anything.
+pub fn count_malformed_lines(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.is_empty() && !line_is_wellformed(l))
+        .count()
+}
+
+fn line_is_wellformed(line: &str) -> bool {
+    let mut parts = line.splitn(3, ':');
+    let (Some(h), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    line.len() <= MAX_LINE
+        && h.parse::<u32>()
+            .is_ok_and(|h| h != 0 || controllers.is_empty())
+        && path.starts_with('/')
+        && !path.chars().any(char::is_control)
+}
+
 /// Parses the text of `/proc/PID/cgroup`. Never fails: lines that are empty, lack the two
 /// colons, carry a non-numeric hierarchy, a path not starting with `/`, or are absurdly long
 /// are skipped and counted.
@@ -75,28 +101,20 @@ pub fn parse_cgroup_file(text: &str) -> CgroupFile {
 }
 
 fn parse_line(line: &str) -> Option<CgroupEntry> {
-    if line.len() > MAX_LINE {
+    if !line_is_wellformed(line) {
         return None;
     }
     let mut parts = line.splitn(3, ':');
     let hierarchy = parts.next()?.parse::<u32>().ok()?;
     let controllers = parts.next()?;
     let path = parts.next()?;
-    if !path.starts_with('/') || path.chars().any(char::is_control) {
-        return None;
-    }
-    let controllers: Vec<String> = if controllers.is_empty() {
-        Vec::new()
-    } else {
-        controllers.split(',').map(str::to_string).collect()
-    };
-    if hierarchy == 0 && !controllers.is_empty() {
-        // v1 hierarchies are numbered from 1; `0:cpu:/x` is not something the kernel writes.
-        return None;
-    }
     Some(CgroupEntry {
         hierarchy,
-        controllers,
+        controllers: controllers
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect(),
         path: path.to_string(),
     })
 }
@@ -164,9 +182,11 @@ pub fn attribute_text(text: &str) -> Option<ContainerRef> {
 }
 
 /// Splits a cgroup path into segments, dropping leading `..` segments (a path seen from inside
-/// a cgroup namespace). Returns the segments and whether any `..` was dropped; `None` for a
+/// a cgroup namespace) and a trailing ` (deleted)` (a removed v2 cgroup). Returns the segments and whether any `..` was dropped; `None` for a
 /// `..` or `.` in the middle, which the kernel never writes.
 pub fn normalize_path(path: &str) -> Option<(Vec<&str>, bool)> {
+    // The kernel marks a v2 cgroup that was removed while a process still sits in it.
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     let mut segments = Vec::new();
     let mut dropped = false;
     for seg in path.split('/').filter(|s| !s.is_empty()) {
@@ -182,6 +202,9 @@ pub fn normalize_path(path: &str) -> Option<(Vec<&str>, bool)> {
 /// Attributes one cgroup path. The innermost segment naming a container wins (a pod
 /// container inside a kind node container belongs to the pod container).
 pub fn attribute_path(path: &str) -> Option<ContainerCgroup> {
+    if path.len() < 64 {
+        return None;
+    }
     let (segments, dropped) = normalize_path(path)?;
     let mut found: Option<(usize, String, Runtime)> = None;
     for (i, seg) in segments.iter().enumerate() {
@@ -646,6 +669,22 @@ mod tests {
     }
 
     #[test]
+    fn removed_v2_cgroup_still_names_the_container() {
+        // Seen on a hybrid host: the container's cgroup was removed, a process lives on.
+        let text =
+            format!("4:memory:/\n0::/kubepods/burstable/pod{UID}/cri-containerd-{ID} (deleted)\n");
+        let r = attr(&text);
+        assert_eq!(
+            (r.cgroup.id.as_str(), r.cgroup.runtime),
+            (ID, Runtime::Containerd)
+        );
+        assert_eq!(
+            r.cgroup.container_path,
+            format!("/kubepods/burstable/pod{UID}/cri-containerd-{ID}")
+        );
+    }
+
+    #[test]
     fn v2_line_preferred_then_memory_then_any() {
         let other = "f".repeat(64);
         let text = format!("4:memory:/docker/{other}\n0::/system.slice/docker-{ID}.scope\n");
@@ -737,6 +776,25 @@ mod tests {
             let text = String::from_utf8_lossy(&bytes);
             let _ = attribute_text(&text);
         }
+    }
+
+    #[test]
+    fn cheap_prechecks_agree_with_the_parser() {
+        let texts = [
+            "0::/init.scope\n".to_string(),
+            "12:pids:/\n4:memory:/system.slice\n0::/\n".to_string(),
+            v1(&format!("/docker/{ID}")),
+            "junk\n\n0::relative\n5:memory:/ok\n0:cpu:/x\n".to_string(),
+        ];
+        for text in &texts {
+            let file = parse_cgroup_file(text);
+            assert_eq!(count_malformed_lines(text), file.skipped_lines, "{text}");
+            if !may_name_container(text) {
+                assert_eq!(attribute(&file), None, "{text}");
+            }
+        }
+        assert!(may_name_container(&texts[2]));
+        assert!(!may_name_container(&texts[0]));
     }
 
     #[test]

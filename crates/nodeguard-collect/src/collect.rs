@@ -40,6 +40,19 @@ impl Log {
         }
     }
 
+    /// Adds what another log gathered (a reader thread's).
+    fn absorb(&mut self, other: Log) {
+        let stats = other.stats;
+        self.stats.processes_vanished += stats.processes_vanished;
+        self.stats.processes_denied += stats.processes_denied;
+        for (kind, n) in stats.errors {
+            *self.stats.errors.entry(kind).or_insert(0) += n;
+        }
+        for warning in other.warnings {
+            self.warn(warning);
+        }
+    }
+
     fn failure(&mut self, failure: Failure) {
         match failure {
             Failure::Vanished => self.stats.processes_vanished += 1,
@@ -104,7 +117,136 @@ struct ContainerSeed {
     root: Option<ContainerRoot>,
 }
 
+/// Reading processes is syscall-bound (about 20 per process); above this many pids the work
+/// is split over threads, one per core.
+const PIDS_PER_THREAD: usize = 200;
+
+/// The processes of a contiguous run of pids, with the containers they belong to.
+#[derive(Default)]
+struct Chunk {
+    raws: Vec<RawProcess>,
+    seeds: BTreeMap<String, ContainerSeed>,
+    log: Log,
+}
+
+fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> Chunk {
+    let mut chunk = Chunk::default();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut kthread_ns = None;
+    for &pid in pids {
+        let dir = match PidDir::open(proc_fd, pid) {
+            Ok(d) => d,
+            Err(f) => {
+                chunk.log.failure(f);
+                continue;
+            }
+        };
+        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns) {
+            Ok(r) => r,
+            Err(f) => {
+                chunk.log.failure(f);
+                continue;
+            }
+        };
+        for (kind, note) in raw.notes.drain(..) {
+            chunk.log.error(kind, note);
+        }
+        raw.process.namespaces.shared_with_host =
+            shared_with_host(&raw.process.namespaces, host_namespaces);
+        if let Some(reference) = &raw.container {
+            let seed = chunk
+                .seeds
+                .entry(reference.cgroup.id.clone())
+                .or_insert_with(|| ContainerSeed {
+                    reference: reference.clone(),
+                    first: chunk.raws.len(),
+                    pids: Vec::new(),
+                    root: None,
+                });
+            seed.pids.push(pid);
+            // The root filesystem, from the first process whose mountinfo can be read.
+            if seed.root.is_none() {
+                match dir.read("mountinfo", &mut buf, MOUNTINFO_MAX) {
+                    Ok(()) => match container_root(&buf) {
+                        Some(root) => seed.root = Some(root),
+                        None => chunk.log.error(
+                            "mountinfo",
+                            format!("pid {pid}: no mount at / in mountinfo"),
+                        ),
+                    },
+                    Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
+                    Err(_) => {}
+                }
+            }
+        }
+        chunk.raws.push(raw);
+    }
+    chunk
+}
+
+/// Reads every pid (sorted), on several threads when there are many, and merges the runs
+/// back in pid order.
+fn read_all(
+    proc_fd: &OwnedFd,
+    pids: &[i32],
+    host_namespaces: &Namespaces,
+    log: &mut Log,
+    threads: usize,
+) -> (Vec<RawProcess>, BTreeMap<String, ContainerSeed>) {
+    let chunks: Vec<Chunk> = if threads <= 1 || pids.len() < 2 {
+        vec![read_chunk(proc_fd, pids, host_namespaces)]
+    } else {
+        let size = pids.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pids
+                .chunks(size)
+                .map(|run| scope.spawn(move || read_chunk(proc_fd, run, host_namespaces)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+    let mut raws = Vec::with_capacity(pids.len());
+    let mut seeds: BTreeMap<String, ContainerSeed> = BTreeMap::new();
+    for chunk in chunks {
+        let offset = raws.len();
+        raws.extend(chunk.raws);
+        for (id, mut seed) in chunk.seeds {
+            match seeds.get_mut(&id) {
+                Some(existing) => {
+                    existing.pids.append(&mut seed.pids);
+                    if existing.root.is_none() {
+                        existing.root = seed.root;
+                    }
+                }
+                None => {
+                    seed.first += offset;
+                    seeds.insert(id, seed);
+                }
+            }
+        }
+        log.absorb(chunk.log);
+    }
+    (raws, seeds)
+}
+
+/// Reader threads for `pids` processes: one per core, none for a few hundred.
+fn reader_threads(pids: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.min(pids.div_ceil(PIDS_PER_THREAD)).clamp(1, 8)
+}
+
 pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
+    collect_with(opts, None)
+}
+
+/// [`collect`] with a fixed number of reader threads (tests), else [`reader_threads`].
+fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapshot, Error> {
     let proc_fd: OwnedFd = nix::fcntl::open(
         &opts.proc_root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -119,10 +261,11 @@ pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     let cap_last_cap = read_cap_last_cap(&opts.proc_root, &mut log);
 
     let host_namespaces = match PidDir::open(&proc_fd, 1).and_then(|d| d.namespaces()) {
-        Ok(ns) => ns,
-        Err(f) => {
+        Ok(ns) if ns != Namespaces::default() => ns,
+        result => {
+            let f = result.err().unwrap_or(Failure::Vanished);
             let why = match f {
-                Failure::Vanished => "no pid 1".to_string(),
+                Failure::Vanished => "no pid 1 or no ns links".to_string(),
                 Failure::Denied => "permission denied".to_string(),
                 Failure::Error(e) => e.to_string(),
             };
@@ -134,56 +277,8 @@ pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
         }
     };
 
-    let mut raws: Vec<RawProcess> = Vec::with_capacity(pids.len());
-    let mut seeds: BTreeMap<String, ContainerSeed> = BTreeMap::new();
-    let mut buf = Vec::with_capacity(16 * 1024);
-    for pid in pids {
-        let dir = match PidDir::open(&proc_fd, pid) {
-            Ok(d) => d,
-            Err(f) => {
-                log.failure(f);
-                continue;
-            }
-        };
-        let mut raw = match read_process(&dir, &mut buf) {
-            Ok(r) => r,
-            Err(f) => {
-                log.failure(f);
-                continue;
-            }
-        };
-        for (kind, note) in raw.notes.drain(..) {
-            log.error(kind, note);
-        }
-        raw.process.namespaces.shared_with_host =
-            shared_with_host(&raw.process.namespaces, &host_namespaces);
-        if let Some(reference) = &raw.container {
-            let seed = seeds
-                .entry(reference.cgroup.id.clone())
-                .or_insert_with(|| ContainerSeed {
-                    reference: reference.clone(),
-                    first: raws.len(),
-                    pids: Vec::new(),
-                    root: None,
-                });
-            seed.pids.push(pid);
-            // The root filesystem, from the first process whose mountinfo can be read.
-            if seed.root.is_none() {
-                match dir.read("mountinfo", &mut buf, MOUNTINFO_MAX) {
-                    Ok(()) => match container_root(&buf) {
-                        Some(root) => seed.root = Some(root),
-                        None => log.error(
-                            "mountinfo",
-                            format!("pid {pid}: no mount at / in mountinfo"),
-                        ),
-                    },
-                    Err(Failure::Error(e)) => log.error("mountinfo", e.to_string()),
-                    Err(_) => {}
-                }
-            }
-        }
-        raws.push(raw);
-    }
+    let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
+    let (raws, seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
     let processes = attach_layers(opts, &seeds, raws, &mut log);
@@ -338,4 +433,469 @@ fn attach_layers(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeguard_model::{CgroupDriver, CgroupVersion, Limits, QosClass, Runtime, SeccompMode};
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const ID_B: &str = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+    const UID_A: &str = "1234abcd-5678-90ef-1234-567890abcdef";
+    const UID_B: &str = "9999aaaa-0000-1111-2222-333344445555";
+    const HOST_NS: [u64; 7] = [
+        4026531836, 4026531840, 4026531839, 4026531838, 4026531841, 4026531837, 4026531835,
+    ];
+    const NS_NAMES: [&str; 7] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup"];
+
+    fn testdata(case: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(case)
+    }
+
+    /// Copies directories and regular files (not symlinks).
+    fn copy_tree(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else if kind.is_file() && entry.file_name() != ".keep" {
+                fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    fn write(path: &Path, content: &[u8]) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    /// A hard link of `file` at the same absolute path inside `layer` (so a stat of the
+    /// exe link and of the layer file see one inode, as through a real overlay).
+    fn link_into_layer(layer: &Path, file: &Path) {
+        let inside = layer.join(file.strip_prefix("/").unwrap());
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::hard_link(file, inside).unwrap();
+    }
+
+    fn ns_links(proc: &Path, pid: i32, inodes: [u64; 7]) {
+        let dir = proc.join(pid.to_string()).join("ns");
+        fs::create_dir_all(&dir).unwrap();
+        for (name, ino) in NS_NAMES.iter().zip(inodes) {
+            symlink(format!("{name}:[{ino}]"), dir.join(name)).unwrap();
+        }
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        opts: CollectOptions,
+        image_nginx: PathBuf,
+        drift_miner: PathBuf,
+        deleted_nginx: PathBuf,
+        host_app: PathBuf,
+    }
+
+    /// testdata/proc-basic, plus what git cannot hold: exe and ns links, and the overlay
+    /// layer directories of container A under a fake host root.
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().to_path_buf();
+        let proc = t.join("proc");
+        copy_tree(&testdata("proc-basic"), &proc);
+
+        let bin = t.join("hostbin");
+        for name in ["init", "sshd", "junk", "app"] {
+            write(&bin.join(name), format!("#!{name}").as_bytes());
+        }
+        for (pid, name) in [(1, "init"), (100, "sshd"), (401, "junk"), (300, "app")] {
+            symlink(bin.join(name), proc.join(format!("{pid}/exe"))).unwrap();
+        }
+
+        // Container A: nginx from the image (lower layer l2), a miner dropped into the
+        // upper layer, and a worker whose binary was deleted.
+        let image_nginx = t.join("image/usr/sbin/nginx");
+        write(&image_nginx, b"nginx binary");
+        let drift_miner = t.join("drift/tmp/miner");
+        write(&drift_miner, b"miner binary");
+        let deleted_nginx = t.join("image/usr/sbin/nginx (deleted)");
+        write(&deleted_nginx, b"old nginx");
+        let host = t.join("host");
+        for d in [
+            "layers/l1/usr/sbin",
+            "layers/l2",
+            "layers/upper",
+            "layers/work",
+        ] {
+            fs::create_dir_all(host.join(d)).unwrap();
+        }
+        // l1 carries an unrelated file; the first lower layer that has nginx is l2.
+        write(&host.join("layers/l1/usr/sbin/other"), b"other");
+        link_into_layer(&host.join("layers/l2"), &image_nginx);
+        link_into_layer(&host.join("layers/upper"), &drift_miner);
+        symlink(&image_nginx, proc.join("200/exe")).unwrap();
+        symlink(&drift_miner, proc.join("201/exe")).unwrap();
+        symlink(&deleted_nginx, proc.join("202/exe")).unwrap();
+        symlink(&image_nginx, proc.join("203/exe")).unwrap();
+
+        for pid in [1, 2, 10, 100, 401] {
+            ns_links(&proc, pid, HOST_NS);
+        }
+        let mut container_ns = HOST_NS.map(|i| i + 1000);
+        container_ns[5] = HOST_NS[5]; // same user namespace as the host
+        for pid in [200, 201, 202, 203] {
+            ns_links(&proc, pid, container_ns);
+        }
+        let mut host_net = HOST_NS.map(|i| i + 2000);
+        host_net[1] = HOST_NS[1]; // hostNetwork
+        ns_links(&proc, 300, host_net);
+
+        let opts = CollectOptions {
+            proc_root: proc,
+            cgroup_root: testdata("v2").join("sys/fs/cgroup"),
+            host_root: host,
+        };
+        Fixture {
+            _tmp: tmp,
+            opts,
+            image_nginx,
+            drift_miner,
+            deleted_nginx,
+            host_app: bin.join("app"),
+        }
+    }
+
+    fn identity(path: &Path) -> FileIdentity {
+        FileIdentity::from_stat(&nix::sys::stat::stat(path).unwrap())
+    }
+
+    fn process(snap: &Snapshot, pid: i32) -> &CollectedProcess {
+        snap.processes
+            .iter()
+            .find(|p| p.process.pid == pid)
+            .unwrap_or_else(|| panic!("pid {pid} missing"))
+    }
+
+    #[test]
+    fn fixture_processes_counts_and_warnings() {
+        let fx = fixture();
+        let snap = collect(&fx.opts).unwrap();
+        let pids: Vec<i32> = snap.processes.iter().map(|p| p.process.pid).collect();
+        // 400 (truncated status) and 403 (garbage stat) are skipped with a warning, 402 (no
+        // files: exited) counted as vanished.
+        assert_eq!(pids, [1, 2, 10, 100, 200, 201, 202, 203, 300, 401, 404]);
+        assert_eq!(snap.stats.processes_seen, 11);
+        assert_eq!(snap.stats.kernel_threads, 2);
+        assert_eq!(snap.stats.processes_vanished, 1);
+        assert_eq!(snap.stats.processes_denied, 0);
+        assert_eq!(snap.stats.containers_seen, 2);
+        assert_eq!(
+            snap.stats.errors.get("proc"),
+            Some(&2),
+            "{:?}",
+            snap.warnings
+        );
+        // 401's garbage cgroup file, and container B's missing cpu.max.
+        assert_eq!(
+            snap.stats.errors.get("cgroup"),
+            Some(&2),
+            "{:?}",
+            snap.warnings
+        );
+        assert_eq!(snap.stats.errors.get("layer"), None, "{:?}", snap.warnings);
+        let has = |needle: &str| snap.warnings.iter().any(|w| w.contains(needle));
+        assert!(has("pid 400: malformed status"), "{:?}", snap.warnings);
+        assert!(has("pid 403: malformed stat"), "{:?}", snap.warnings);
+        assert!(has("pid 401: 3 malformed line(s)"), "{:?}", snap.warnings);
+        assert!(
+            has(&format!("container {ID_B}")) && has("cpu.max"),
+            "{:?}",
+            snap.warnings
+        );
+        assert_eq!(snap.warnings.len(), 4, "{:?}", snap.warnings);
+        assert_eq!(snap.cap_last_cap, 40);
+        assert_eq!(snap.host_namespaces.net, Some(HOST_NS[1]));
+    }
+
+    #[test]
+    fn fixture_process_fields() {
+        let fx = fixture();
+        let snap = collect(&fx.opts).unwrap();
+
+        let init = &process(&snap, 1).process;
+        assert_eq!(init.command, "systemd");
+        assert_eq!(init.cmdline, "/sbin/init splash");
+        assert_eq!(init.namespaces.shared_with_host, NS_NAMES);
+        assert_eq!(init.container_id, None);
+        assert_eq!(init.exe_layer, None);
+
+        for pid in [2, 10] {
+            let k = process(&snap, pid);
+            assert!(k.process.kernel_thread, "pid {pid}");
+            assert_eq!((k.process.exe.as_deref(), k.exe_identity), (None, None));
+        }
+
+        let nginx = &process(&snap, 200).process;
+        assert_eq!(nginx.container_id.as_deref(), Some(ID_A));
+        assert_eq!((nginx.uid, nginx.gid, nginx.uids.saved), (101, 101, 101));
+        assert_eq!(nginx.capability_masks.effective, "00000000a80425fb");
+        assert!(nginx
+            .capabilities
+            .effective
+            .contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(nginx.capabilities.effective.len(), 14);
+        assert_eq!(nginx.no_new_privs, Some(true));
+        assert_eq!(nginx.seccomp, Some(SeccompMode::Filter));
+        assert_eq!(nginx.namespaces.shared_with_host, ["user"]);
+        assert_eq!(nginx.namespaces.pid, Some(HOST_NS[0] + 1000));
+        assert_eq!(nginx.cmdline, "nginx: master process nginx -g daemon off;");
+        assert_eq!(nginx.exe.as_deref(), fx.image_nginx.to_str());
+        assert!(!nginx.kernel_thread);
+
+        let app = &process(&snap, 300).process;
+        assert_eq!(app.namespaces.shared_with_host, ["net"]);
+
+        let junk = &process(&snap, 401).process;
+        assert_eq!(junk.container_id, None);
+
+        let zombie = process(&snap, 404);
+        assert_eq!(zombie.process.exe, None);
+        assert!(!zombie.process.kernel_thread);
+        assert_eq!(zombie.process.namespaces.pid, None);
+    }
+
+    #[test]
+    fn fixture_layers_and_identities() {
+        let fx = fixture();
+        let snap = collect(&fx.opts).unwrap();
+        let image = identity(&fx.image_nginx);
+
+        let master = process(&snap, 200);
+        assert_eq!(master.process.exe_layer, Some(Layer::Image));
+        assert_eq!(master.exe_identity, Some(image));
+        // Another process of the same binary: the same identity, so one hash.
+        assert_eq!(process(&snap, 203).exe_identity, Some(image));
+
+        let miner = process(&snap, 201);
+        assert_eq!(miner.process.exe_layer, Some(Layer::Upper));
+        assert_eq!(miner.exe_identity, Some(identity(&fx.drift_miner)));
+
+        let deleted = process(&snap, 202);
+        assert!(deleted.process.exe_deleted);
+        assert_eq!(deleted.process.exe.as_deref(), fx.image_nginx.to_str());
+        assert_eq!(deleted.process.exe_layer, Some(Layer::Unknown));
+        assert_eq!(deleted.exe_identity, Some(identity(&fx.deleted_nginx)));
+
+        // Not an overlay root: layer unknown, identity of the running file.
+        let app = process(&snap, 300);
+        assert_eq!(app.process.exe_layer, Some(Layer::Unknown));
+        assert_eq!(app.exe_identity, Some(identity(&fx.host_app)));
+    }
+
+    #[test]
+    fn fixture_containers() {
+        let fx = fixture();
+        let snap = collect(&fx.opts).unwrap();
+        let ids: Vec<&str> = snap.containers.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, [ID_A, ID_B]);
+
+        let a = &snap.containers[0];
+        assert_eq!(a.pids, [200, 201, 202, 203]);
+        assert_eq!(a.runtime, Runtime::Unknown);
+        assert_eq!(a.pod_uid.as_deref(), Some(UID_A));
+        assert_eq!(a.qos, Some(QosClass::Burstable));
+        assert_eq!(a.cgroup, format!("/kubepods/burstable/pod{UID_A}/{ID_A}"));
+        assert_eq!(
+            (a.cgroup_driver, a.cgroup_version),
+            (CgroupDriver::Cgroupfs, CgroupVersion::V2)
+        );
+        assert_eq!(
+            a.limits,
+            Limits {
+                memory_bytes: Some(268_435_456),
+                cpu_cores: Some(0.5),
+                pids: None
+            }
+        );
+        assert_eq!(
+            a.pod_limits,
+            Some(Limits {
+                memory_bytes: Some(134_217_728),
+                cpu_cores: Some(2.0),
+                pids: Some(100)
+            })
+        );
+        assert_eq!(
+            a.effective_limits,
+            Limits {
+                memory_bytes: Some(134_217_728),
+                cpu_cores: Some(0.5),
+                pids: Some(100)
+            }
+        );
+        let rootfs = a.rootfs.as_ref().unwrap();
+        assert_eq!(rootfs.fstype, "overlay");
+        assert_eq!(rootfs.lower_dirs, ["/layers/l1", "/layers/l2"]);
+        assert_eq!(rootfs.upper_dir.as_deref(), Some("/layers/upper"));
+        assert_eq!(a.pod, None);
+
+        let b = &snap.containers[1];
+        assert_eq!(b.pids, [300]);
+        assert_eq!(b.runtime, Runtime::Crio);
+        assert_eq!(b.pod_uid.as_deref(), Some(UID_B));
+        assert_eq!(b.qos, Some(QosClass::Besteffort));
+        assert_eq!(b.cgroup_driver, CgroupDriver::Systemd);
+        // cpu.max is missing in the fixture: that limit unknown (None), the rest read.
+        assert_eq!(
+            b.limits,
+            Limits {
+                memory_bytes: Some(1 << 30),
+                cpu_cores: None,
+                pids: Some(4096)
+            }
+        );
+        assert_eq!(b.pod_limits, Some(Limits::default()));
+        assert_eq!(b.rootfs.as_ref().map(|r| r.fstype.as_str()), Some("ext4"));
+        assert_eq!(b.rootfs.as_ref().map(|r| r.lower_dirs.len()), Some(0));
+    }
+
+    #[test]
+    fn reader_threads_merge_to_the_same_snapshot() {
+        let fx = fixture();
+        let proc = &fx.opts.proc_root;
+        // 300 more processes: container A's nginx and host sshd, interleaved, so container A
+        // spans every thread's run of pids.
+        for pid in 1000..1300 {
+            let (from, exe) = if pid % 2 == 0 {
+                (200, &fx.image_nginx)
+            } else {
+                (100, &fx.host_app)
+            };
+            let dir = proc.join(pid.to_string());
+            copy_tree(&proc.join(from.to_string()), &dir);
+            let stat = fs::read_to_string(dir.join("stat")).unwrap();
+            let stat = stat.replacen(&from.to_string(), &pid.to_string(), 1);
+            fs::write(dir.join("stat"), stat).unwrap();
+            symlink(exe, dir.join("exe")).unwrap();
+            ns_links(
+                proc,
+                pid,
+                HOST_NS.map(|i| if pid % 2 == 0 { i + 1000 } else { i }),
+            );
+        }
+        let one = collect_with(&fx.opts, Some(1)).unwrap();
+        for threads in [2, 3, 7] {
+            let many = collect_with(&fx.opts, Some(threads)).unwrap();
+            assert_eq!(one, many, "{threads} threads");
+        }
+        assert_eq!(one.processes.len(), 311);
+        assert_eq!(one.containers[0].pids.len(), 4 + 150);
+        assert_eq!(one.containers[0].pids[..5], [200, 201, 202, 203, 1000]);
+        assert!(one
+            .processes
+            .iter()
+            .filter(|p| p.process.pid >= 1000 && p.process.pid % 2 == 0)
+            .all(|p| p.process.exe_layer == Some(Layer::Image)));
+    }
+
+    #[test]
+    fn unreachable_host_root_leaves_layers_unknown() {
+        let mut fx = fixture();
+        fx.opts.host_root = fx.opts.proc_root.join("no-such-root");
+        let snap = collect(&fx.opts).unwrap();
+        let master = process(&snap, 200);
+        assert_eq!(master.process.exe_layer, Some(Layer::Unknown));
+        // Still a usable cache key: the running file.
+        assert_eq!(master.exe_identity, Some(identity(&fx.image_nginx)));
+        assert_eq!(snap.stats.errors.get("layer"), Some(&1));
+        assert!(
+            snap.warnings.iter().any(|w| w.contains("host root")),
+            "{:?}",
+            snap.warnings
+        );
+    }
+
+    #[test]
+    fn missing_pieces_are_warnings() {
+        let fx = fixture();
+        let proc = &fx.opts.proc_root;
+        fs::remove_file(proc.join("sys/kernel/cap_last_cap")).unwrap();
+        fs::remove_dir_all(proc.join("1/ns")).unwrap();
+        let opts = CollectOptions {
+            cgroup_root: proc.join("no-cgroup-fs"),
+            ..fx.opts.clone()
+        };
+        let snap = collect(&opts).unwrap();
+        assert_eq!(snap.cap_last_cap, DEFAULT_CAP_LAST_CAP);
+        assert_eq!(snap.host_namespaces, Namespaces::default());
+        assert!(snap
+            .processes
+            .iter()
+            .all(|p| p.process.namespaces.shared_with_host.is_empty()));
+        assert!(snap
+            .containers
+            .iter()
+            .all(|c| c.limits == Limits::default()));
+        let has = |needle: &str| snap.warnings.iter().any(|w| w.contains(needle));
+        assert!(has("cap_last_cap"), "{:?}", snap.warnings);
+        assert!(has("host namespaces"), "{:?}", snap.warnings);
+        assert!(has("neither cgroup v2 nor v1"), "{:?}", snap.warnings);
+    }
+
+    #[test]
+    fn unusable_proc_root_is_the_only_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let err = collect(&CollectOptions::with_proc_root(&missing)).unwrap_err();
+        assert!(matches!(err, Error::ProcRoot { .. }));
+        assert!(err.to_string().contains("nope"), "{err}");
+        // An empty proc root is usable, just empty.
+        let snap = collect(&CollectOptions::with_proc_root(tmp.path())).unwrap();
+        assert!(snap.processes.is_empty());
+    }
+
+    #[test]
+    fn real_proc_finds_this_process() {
+        let opts = CollectOptions {
+            host_root: PathBuf::from("/"),
+            ..CollectOptions::default()
+        };
+        let snap = collect(&opts).unwrap();
+        let me = std::process::id() as i32;
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap()
+        };
+        let p = process(&snap, me);
+        let euid: u32 = field("Uid:")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(p.process.uid, euid);
+        assert_eq!(p.process.capability_masks.effective, field("CapEff:"));
+        assert_eq!(
+            p.process.exe.as_deref(),
+            std::env::current_exe().unwrap().to_str()
+        );
+        assert_eq!(p.exe_identity, Some(identity(Path::new("/proc/self/exe"))));
+        assert!(!p.process.kernel_thread);
+        assert!(snap
+            .processes
+            .windows(2)
+            .all(|w| w[0].process.pid < w[1].process.pid));
+        assert!(snap.stats.processes_seen > 1);
+    }
 }

@@ -5,7 +5,10 @@
 //! if its pid is reused meanwhile: a process that is gone makes the reads fail, it never
 //! swaps in another one.
 
-use crate::cgroup::{attribute, parse_cgroup_file, CgroupFile, ContainerRef};
+use crate::cgroup::{
+    attribute, count_malformed_lines, may_name_container, parse_cgroup_file, CgroupFile,
+    ContainerRef,
+};
 use crate::layer::FileIdentity;
 use crate::Error;
 use nix::errno::Errno;
@@ -312,7 +315,9 @@ impl PidDir {
         .map_err(|e| classify(pid, "", e.into()))
     }
 
-    /// Reads at most `limit` bytes of a file into `buf` (cleared first).
+    /// Reads at most `limit` bytes of a file into `buf` (cleared first). A short read ends
+    /// the file: procfs (`seq_file`) fills the buffer it is given unless the file has ended,
+    /// so most files take one `read`, not a second one that returns 0.
     pub fn read(&self, file: &'static str, buf: &mut Vec<u8>, limit: usize) -> Result<(), Failure> {
         buf.clear();
         let fd = openat(
@@ -322,11 +327,32 @@ impl PidDir {
             Mode::empty(),
         )
         .map_err(|e| classify(self.pid, file, e.into()))?;
-        File::from(fd)
-            .take(limit as u64)
-            .read_to_end(buf)
-            .map(|_| ())
-            .map_err(|e| classify(self.pid, file, e))
+        let mut file_handle = File::from(fd);
+        loop {
+            if buf.len() >= limit {
+                buf.truncate(limit);
+                return Ok(());
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8192);
+            }
+            let start = buf.len();
+            let want = (buf.capacity() - start).min(limit - start);
+            buf.resize(start + want, 0);
+            match file_handle.read(&mut buf[start..]) {
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    if n < want {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(classify(self.pid, file, e));
+                }
+            }
+        }
     }
 
     pub fn readlink(&self, file: &'static str) -> Result<Vec<u8>, Failure> {
@@ -383,8 +409,14 @@ pub struct RawProcess {
     pub notes: Vec<(&'static str, String)>,
 }
 
-/// Reads one process. `buf` is a scratch buffer reused across processes.
-pub fn read_process(dir: &PidDir, buf: &mut Vec<u8>) -> Result<RawProcess, Failure> {
+/// Reads one process. `buf` is a scratch buffer reused across processes; `kthread_ns` keeps
+/// the namespaces of the first kernel thread read: every kernel thread is kthreadd's child
+/// and lives in the initial namespaces, so the other kernel threads skip seven readlinks.
+pub fn read_process(
+    dir: &PidDir,
+    buf: &mut Vec<u8>,
+    kthread_ns: &mut Option<Namespaces>,
+) -> Result<RawProcess, Failure> {
     let pid = dir.pid;
     let malformed = |file: &'static str, reason: String| {
         if dir.still_there() {
@@ -426,20 +458,33 @@ pub fn read_process(dir: &PidDir, buf: &mut Vec<u8>) -> Result<RawProcess, Failu
         dir.read("cmdline", buf, CMDLINE_MAX)?;
         cmdline = cmdline_text(buf);
         dir.read("cgroup", buf, 64 * 1024)?;
-        let file = parse_cgroup_file(&String::from_utf8_lossy(buf));
-        if file.skipped_lines > 0 {
+        let text = String::from_utf8_lossy(buf);
+        let skipped = count_malformed_lines(&text);
+        if skipped > 0 {
             notes.push((
                 "cgroup",
-                format!(
-                    "pid {pid}: {} malformed line(s) in cgroup file skipped",
-                    file.skipped_lines
-                ),
+                format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
             ));
         }
-        container = attribute(&file);
-        cgroup = Some(file);
+        // Host processes (most) skip building the parsed file.
+        if may_name_container(&text) {
+            let file = parse_cgroup_file(&text);
+            container = attribute(&file);
+            if container.is_some() {
+                cgroup = Some(file);
+            }
+        }
     }
-    let namespaces = dir.namespaces()?;
+    let namespaces = match kthread_ns {
+        Some(ns) if kernel_thread => ns.clone(),
+        _ => {
+            let ns = dir.namespaces()?;
+            if kernel_thread && ns.pid.is_some() {
+                *kthread_ns = Some(ns.clone());
+            }
+            ns
+        }
+    };
 
     let process = Process {
         pid,
