@@ -79,11 +79,12 @@ fn free_port() -> u16 {
 fn start_prometheus(binary: &std::path::Path, target: SocketAddr) -> Prometheus {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
-    // honor_labels as recommended for nodeguard: its namespace/pod/container labels win.
+    // The target labels a ServiceMonitor gives the agent's own pod, and honor_labels as
+    // recommended for nodeguard, so that its namespace/pod/container labels win.
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: nodeguard\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: nodeguard\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n        labels: {{namespace: nodeguard, pod: nodeguard-x7k2p, container: agent, node: node-1}}\n"
         ),
     )
     .unwrap();
@@ -211,11 +212,23 @@ fn prometheus_scrapes_the_openmetrics_exposition_under_the_documented_names() {
         ),
         "2"
     );
-    // The host finding: empty labels are not stored at all.
+    // The host finding: its empty labels are not stored, and (honor_labels) they are not
+    // replaced by the agent pod's own target labels either.
     let host = query(&prometheus, r#"nodeguard_findings{container=""}"#);
     assert_eq!(host.len(), 1, "{host:?}");
-    assert_eq!(host[0]["metric"]["kind"], "deleted_executable");
-    assert!(host[0]["metric"].get("pod").is_none(), "{host:?}");
+    let labels = &host[0]["metric"];
+    assert_eq!(labels["kind"], "deleted_executable");
+    assert!(
+        labels.get("pod").is_none() && labels.get("namespace").is_none(),
+        "{host:?}"
+    );
+    assert_eq!(labels["node"], "node-1", "{host:?}");
+    // Series without those labels carry the agent pod's.
+    let containers = query(&prometheus, "nodeguard_containers");
+    assert_eq!(
+        containers[0]["metric"]["pod"], "nodeguard-x7k2p",
+        "{containers:?}"
+    );
     assert_eq!(
         single_value(
             &prometheus,
