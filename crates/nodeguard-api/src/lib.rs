@@ -49,7 +49,7 @@ pub mod types;
 pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 pub use serve::{serve, serve_with_limits, ServeLimits};
-pub use server::{paths, router, router_with_limits, ApiContext, RequestLimits};
+pub use server::{paths, router, router_with_limits, ApiContext, MetricsRenderer, RequestLimits};
 
 /// The port the agent serves `/metrics` and the API on by default.
 pub const DEFAULT_PORT: u16 = 9717;
