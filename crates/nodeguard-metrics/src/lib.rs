@@ -68,6 +68,9 @@ mod format;
 mod series;
 
 pub use format::{encode, encode_as, encode_text, Error, Format, CONTENT_TYPE, TEXT_CONTENT_TYPE};
+/// The registry type [`Metrics::register`] fills, re-exported so that the binary can create
+/// it without linking prometheus-client itself.
+pub use prometheus_client::registry::Registry;
 pub use series::{short_id, EventStatsSource, SHORT_ID_LEN};
 
 use nodeguard_model::{NodeState, ScanKind};
@@ -76,7 +79,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Unit;
 use series::{Shared, StateCollector};
 use std::fmt;
 use std::sync::Arc;
