@@ -30,8 +30,12 @@
 //! use std::sync::Arc;
 //! let ctx = nodeguard_api::ApiContext {
 //!     state,
-//!     metrics: Arc::new(|| Ok(String::from("# EOF\n"))),
-//!     metrics_content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+//!     metrics: Arc::new(|_accept| {
+//!         Ok(nodeguard_api::MetricsBody {
+//!             text: String::from("# EOF\n"),
+//!             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+//!         })
+//!     }),
 //! };
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:9717").await?;
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
@@ -49,7 +53,9 @@ pub mod types;
 pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 pub use serve::{serve, serve_with_limits, ServeLimits};
-pub use server::{paths, router, router_with_limits, ApiContext, MetricsRenderer, RequestLimits};
+pub use server::{
+    paths, router, router_with_limits, ApiContext, MetricsBody, MetricsRenderer, RequestLimits,
+};
 
 /// The port the agent serves `/metrics` and the API on by default.
 pub const DEFAULT_PORT: u16 = 9717;

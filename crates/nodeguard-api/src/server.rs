@@ -19,8 +19,17 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
-/// The renderer of the `/metrics` text, supplied by the metrics crate.
-pub type MetricsRenderer = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// The renderer of `/metrics`, supplied by the metrics crate. It gets the request's `Accept`
+/// header (Prometheus asks for OpenMetrics; `promtool` and older scrapers want the 0.0.4
+/// text format) and answers the body with its `Content-Type`.
+pub type MetricsRenderer = Arc<dyn Fn(Option<&str>) -> Result<MetricsBody, String> + Send + Sync>;
+
+/// A rendered `/metrics` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsBody {
+    pub text: String,
+    pub content_type: &'static str,
+}
 
 /// What the API serves from.
 pub struct ApiContext {
@@ -28,8 +37,6 @@ pub struct ApiContext {
     pub state: watch::Receiver<Option<Arc<NodeState>>>,
     /// Renders the `/metrics` text. Called on a blocking thread, once per scrape.
     pub metrics: MetricsRenderer,
-    /// The `Content-Type` of `/metrics` answers.
-    pub metrics_content_type: &'static str,
 }
 
 /// Bounds on each request, so a burst of slow requests cannot pile up in the agent.
@@ -267,18 +274,21 @@ async fn readyz(State(shared): State<Shared>) -> Result<Response, ApiError> {
     }))
 }
 
-async fn metrics(State(shared): State<Shared>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(shared): State<Shared>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let render = shared.0.metrics.clone();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     // The renderer may take locks the daemon also takes: keep it off the async workers.
-    let text = tokio::task::spawn_blocking(move || render())
+    let body = tokio::task::spawn_blocking(move || render(accept.as_deref()))
         .await
         .map_err(|err| ApiError::internal(format!("the metrics renderer failed: {err}")))?
         .map_err(|err| ApiError::internal(format!("cannot render metrics: {err}")))?;
-    Ok((
-        [(header::CONTENT_TYPE, shared.0.metrics_content_type)],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, body.content_type)], body.text).into_response())
 }
 
 async fn report(State(shared): State<Shared>) -> Result<Response, ApiError> {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{context, node_state, raw_get, Server, METRICS_TYPE};
-use nodeguard_api::{client, ApiContext, FindingsQuery, RequestLimits, ServeLimits};
+use nodeguard_api::{client, ApiContext, FindingsQuery, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::NodeState;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -132,11 +132,13 @@ fn gated_context(state: NodeState, gate: &Arc<Gate>) -> ApiContext {
     std::mem::forget(tx); // the state never changes in these tests
     ApiContext {
         state: rx,
-        metrics: Arc::new(move || {
+        metrics: Arc::new(move |_| {
             gate.pass();
-            Ok("# EOF\n".to_string())
+            Ok(MetricsBody {
+                text: "# EOF\n".to_string(),
+                content_type: METRICS_TYPE,
+            })
         }),
-        metrics_content_type: METRICS_TYPE,
     }
 }
 
@@ -207,8 +209,12 @@ async fn new_states_publish_while_requests_run_and_answers_are_never_torn() {
     let (tx, rx) = watch::channel(Some(states[0].clone()));
     let ctx = ApiContext {
         state: rx,
-        metrics: Arc::new(|| Ok(String::new())),
-        metrics_content_type: METRICS_TYPE,
+        metrics: Arc::new(|_| {
+            Ok(MetricsBody {
+                text: String::new(),
+                content_type: METRICS_TYPE,
+            })
+        }),
     };
     let server = Server::start(ctx).await;
 

@@ -473,7 +473,7 @@ async fn every_answer_over_http_validates_against_the_spec() {
 
     // A metrics renderer that fails.
     let (mut ctx, _tx) = context(Some(node_state("node-a")));
-    ctx.metrics = Arc::new(|| Err("registry poisoned".to_string()));
+    ctx.metrics = Arc::new(|_| Err("registry poisoned".to_string()));
     let broken = Server::start(ctx).await;
     let (status, head, body) = raw_get(broken.addr, "GET", "/metrics").await;
     assert_eq!(status, 500);

@@ -1,7 +1,7 @@
 //! A realistic node state and a real server on a loopback port, shared by the tests.
 #![allow(dead_code)]
 
-use nodeguard_api::{ApiContext, RequestLimits, ServeLimits};
+use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
     Capabilities, CapabilityMasks, CgroupDriver, CgroupVersion, Container, FileEntry, Finding,
     FindingKind, Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process, QosClass, Report,
@@ -351,8 +351,12 @@ pub fn context(state: Option<NodeState>) -> (ApiContext, StateSender) {
     let (tx, rx) = watch::channel(state.map(Arc::new));
     let ctx = ApiContext {
         state: rx,
-        metrics: Arc::new(|| Ok("nodeguard_up 1\n# EOF\n".to_string())),
-        metrics_content_type: METRICS_TYPE,
+        metrics: Arc::new(|_| {
+            Ok(MetricsBody {
+                text: "nodeguard_up 1\n# EOF\n".to_string(),
+                content_type: METRICS_TYPE,
+            })
+        }),
     };
     (ctx, tx)
 }
