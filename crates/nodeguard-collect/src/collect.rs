@@ -241,6 +241,80 @@ fn reader_threads(pids: usize) -> usize {
     cores.min(pids.div_ceil(PIDS_PER_THREAD)).clamp(1, 8)
 }
 
+/// Whether `pid` under the proc root is a kernel thread (pid 2 is kthreadd on a host's proc,
+/// but an ordinary process in a container's pid namespace).
+fn is_kernel_thread_pid(proc_fd: &OwnedFd, pid: i32) -> bool {
+    let mut buf = Vec::new();
+    PidDir::open(proc_fd, pid)
+        .and_then(|d| d.read("stat", &mut buf, 4096))
+        .ok()
+        .and_then(|()| crate::process::parse_stat(&buf).ok())
+        .is_some_and(|s| s.flags & crate::process::PF_KTHREAD != 0)
+}
+
+/// The namespaces of pid 1. When they cannot be read (some sandboxes refuse even root),
+/// kthreadd's: kernel threads live in the initial namespaces, which are the host's.
+fn host_namespaces(proc_fd: &OwnedFd, proc_root: &Path, log: &mut Log) -> Namespaces {
+    let why = match PidDir::open(proc_fd, 1).and_then(|d| d.namespaces()) {
+        Ok(ns) if ns != Namespaces::default() => return ns,
+        Ok(_) | Err(Failure::Vanished) => "no pid 1 or no ns links".to_string(),
+        Err(Failure::Denied) => "permission denied".to_string(),
+        Err(Failure::Error(e)) => e.to_string(),
+    };
+    if is_kernel_thread_pid(proc_fd, 2) {
+        if let Ok(ns) = PidDir::open(proc_fd, 2).and_then(|d| d.namespaces()) {
+            if ns != Namespaces::default() {
+                log.warn(format!(
+                    "host namespaces: pid 1 under {} unreadable ({why}); using kernel thread pid 2's (the initial namespaces)",
+                    proc_root.display()
+                ));
+                return ns;
+            }
+        }
+    }
+    log.warn(format!(
+        "host namespaces (pid 1 under {}) unreadable: {why}; shared_with_host left empty",
+        proc_root.display()
+    ));
+    Namespaces::default()
+}
+
+/// The host root; when it is the default `<proc>/1/root` and pid 1 may not be followed,
+/// kthreadd's root (the initial mount namespace's `/`).
+fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {
+    let err = match HostRoot::open(&opts.host_root) {
+        Ok(h) => return Some(h),
+        Err(e) => e,
+    };
+    if opts.host_root == opts.proc_root.join("1/root") {
+        let fallback = opts.proc_root.join("2/root");
+        let kthreadd = nix::fcntl::open(
+            &opts.proc_root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .is_ok_and(|fd| is_kernel_thread_pid(&fd, 2));
+        if kthreadd {
+            if let Ok(h) = HostRoot::open(&fallback) {
+                log.warn(format!(
+                    "host root {} not reachable ({err}); using {} (kthreadd's root)",
+                    opts.host_root.display(),
+                    fallback.display()
+                ));
+                return Some(h);
+            }
+        }
+    }
+    log.error(
+        "layer",
+        format!(
+            "host root {} not reachable ({err}): executables' layers are unknown",
+            opts.host_root.display()
+        ),
+    );
+    None
+}
+
 pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect_with(opts, None)
 }
@@ -260,22 +334,7 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
     let mut log = Log::default();
     let cap_last_cap = read_cap_last_cap(&opts.proc_root, &mut log);
 
-    let host_namespaces = match PidDir::open(&proc_fd, 1).and_then(|d| d.namespaces()) {
-        Ok(ns) if ns != Namespaces::default() => ns,
-        result => {
-            let f = result.err().unwrap_or(Failure::Vanished);
-            let why = match f {
-                Failure::Vanished => "no pid 1 or no ns links".to_string(),
-                Failure::Denied => "permission denied".to_string(),
-                Failure::Error(e) => e.to_string(),
-            };
-            log.warn(format!(
-                "host namespaces (pid 1 under {}) unreadable: {why}; shared_with_host left empty",
-                opts.proc_root.display()
-            ));
-            Namespaces::default()
-        }
-    };
+    let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
     let (raws, seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
@@ -388,19 +447,7 @@ fn attach_layers(
             if let (Some(layers), Some(running), false) =
                 (layers, raw.exe_identity, process.exe_deleted)
             {
-                let host = host.get_or_insert_with(|| match HostRoot::open(&opts.host_root) {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        log.error(
-                            "layer",
-                            format!(
-                                "host root {} not reachable ({e}): executables' layers are unknown",
-                                opts.host_root.display()
-                            ),
-                        );
-                        None
-                    }
-                });
+                let host = host.get_or_insert_with(|| open_host_root(opts, log));
                 if let Some(host) = host {
                     let key = (seed.reference.cgroup.id.clone(), exe.clone(), running);
                     located = match cache.get(&key) {
@@ -828,6 +875,7 @@ mod tests {
         let proc = &fx.opts.proc_root;
         fs::remove_file(proc.join("sys/kernel/cap_last_cap")).unwrap();
         fs::remove_dir_all(proc.join("1/ns")).unwrap();
+        fs::remove_dir_all(proc.join("2/ns")).unwrap();
         let opts = CollectOptions {
             cgroup_root: proc.join("no-cgroup-fs"),
             ..fx.opts.clone()
@@ -847,6 +895,33 @@ mod tests {
         assert!(has("cap_last_cap"), "{:?}", snap.warnings);
         assert!(has("host namespaces"), "{:?}", snap.warnings);
         assert!(has("neither cgroup v2 nor v1"), "{:?}", snap.warnings);
+    }
+
+    #[test]
+    fn host_namespaces_fall_back_to_kthreadd() {
+        let fx = fixture();
+        fs::remove_dir_all(fx.opts.proc_root.join("1/ns")).unwrap();
+        let snap = collect(&fx.opts).unwrap();
+        assert_eq!(snap.host_namespaces.pid, Some(HOST_NS[0]));
+        assert_eq!(
+            process(&snap, 100).process.namespaces.shared_with_host,
+            NS_NAMES
+        );
+        assert!(
+            snap.warnings
+                .iter()
+                .any(|w| w.contains("using kernel thread pid 2")),
+            "{:?}",
+            snap.warnings
+        );
+        // A pid 2 that is not a kernel thread (a container's pid namespace) is not used.
+        let stat = fx.opts.proc_root.join("2/stat");
+        let text = fs::read_to_string(&stat)
+            .unwrap()
+            .replace(" 2129984 ", " 4194560 ");
+        fs::write(&stat, text).unwrap();
+        let snap = collect(&fx.opts).unwrap();
+        assert_eq!(snap.host_namespaces, Namespaces::default());
     }
 
     #[test]

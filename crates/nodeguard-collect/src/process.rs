@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
@@ -395,6 +396,17 @@ impl PidDir {
     }
 }
 
+/// The namespaces of `pid` under `proc_root` (see [`PidDir::namespaces`]).
+pub fn read_namespaces(proc_root: &Path, pid: i32) -> Result<Namespaces, Failure> {
+    let root = nix::fcntl::open(
+        proc_root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| classify(pid, "", e.into()))?;
+    PidDir::open(&root, pid)?.namespaces()
+}
+
 /// A process as read from procfs, before container-level facts (layers) are added.
 #[derive(Debug)]
 pub struct RawProcess {
@@ -620,6 +632,31 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
         let capped = cmdline_text(long.as_bytes());
         assert!(capped.len() <= CMDLINE_MAX && capped.len() >= CMDLINE_MAX - 1);
         assert!(capped.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn own_namespaces_match_the_links() {
+        let ns = read_namespaces(Path::new("/proc"), std::process::id() as i32).unwrap();
+        let link = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert_eq!(ns.net, parse_ns_link(link.as_os_str().as_bytes()));
+        assert!(ns.pid.is_some() && ns.mnt.is_some() && ns.user.is_some());
+        assert!(matches!(
+            read_namespaces(Path::new("/proc"), i32::MAX),
+            Err(Failure::Vanished)
+        ));
+    }
+
+    #[test]
+    fn errno_classification() {
+        let f = |errno: Errno| classify(7, "status", io::Error::from_raw_os_error(errno as i32));
+        assert!(matches!(f(Errno::ENOENT), Failure::Vanished));
+        assert!(matches!(f(Errno::ESRCH), Failure::Vanished));
+        assert!(matches!(f(Errno::EACCES), Failure::Denied));
+        assert!(matches!(f(Errno::EPERM), Failure::Denied));
+        match f(Errno::EIO) {
+            Failure::Error(e) => assert!(e.to_string().contains("pid 7: cannot read status")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
