@@ -37,6 +37,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Scan this node once and print the report.
     Scan(ScanArgs),
+    /// Keep watch: scan on a schedule, serve metrics and the query API, publish Events.
+    Run(RunArgs),
+    /// Ask a running agent about the node's current state.
+    Query(QueryArgs),
     /// Print the digest of files, read exactly as the scan reads executables.
     Hash(HashArgs),
     /// Work with policy files.
@@ -154,4 +158,151 @@ pub struct HashArgs {
     /// Refuse files larger than this many bytes.
     #[arg(long, default_value_t = u64::MAX)]
     pub max_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubeArg {
+    /// In-cluster config or KUBECONFIG when present, else no cluster.
+    Auto,
+    /// Require a cluster; fail at start-up without one.
+    On,
+    /// No cluster at all.
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub settings: ScanSettings,
+
+    /// Address of the metrics and query API server.
+    #[arg(long, default_value = "0.0.0.0:9717", env = "NODEGUARD_LISTEN")]
+    pub listen: std::net::SocketAddr,
+
+    /// Time between process scans (e.g. 30s, 1m), with ±10% jitter.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "NODEGUARD_INTERVAL")]
+    pub interval: std::time::Duration,
+
+    /// Time between filesystem scans, with ±10% jitter.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "NODEGUARD_FS_INTERVAL")]
+    pub fs_interval: std::time::Duration,
+
+    /// Kubernetes integration: pod metadata and Events.
+    #[arg(long, value_enum, default_value = "auto", env = "NODEGUARD_KUBE")]
+    pub kube: KubeArg,
+
+    /// Directory that keeps state across restarts (the set of findings already announced as
+    /// Events); a hostPath in the DaemonSet.
+    #[arg(long, env = "NODEGUARD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Do not publish Kubernetes Events (pod metadata is still watched).
+    #[arg(long, env = "NODEGUARD_NO_EVENTS")]
+    pub no_events: bool,
+}
+
+/// Parses `30s`, `5m`, `1h`, `250ms` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 1h or 250ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The agent's address (inside the agent's pod: the default).
+    #[arg(long, default_value = "http://127.0.0.1:9717", env = "NODEGUARD_URL")]
+    pub url: String,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub what: QueryWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryWhat {
+    /// Open findings, most severe first.
+    Findings {
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+        /// Container id (or 12+ hex prefix), container name, or `host`.
+        #[arg(long)]
+        container: Option<String>,
+        /// Finding kind, e.g. binary_drift.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Minimum severity.
+        #[arg(long, value_enum)]
+        severity: Option<SeverityArg>,
+        /// Only findings first seen at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Containers with their limits and pods.
+    Containers {
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+    },
+    /// Processes; `--sha256 DIGEST` answers "where does this binary run?".
+    Processes {
+        /// Container id (or 12+ hex prefix), container name, or `host`.
+        #[arg(long)]
+        container: Option<String>,
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// The whole last report.
+    Report,
 }

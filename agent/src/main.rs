@@ -3,6 +3,8 @@
 
 mod cli;
 mod output;
+mod query;
+mod run;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -61,6 +63,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => {
+            run::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query(args) => {
+            query::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Hash(args) => {
             let algs = algorithms(args.hash);
             let mut failed = false;
@@ -91,7 +101,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
+pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
     let policy = match &settings.config {
         Some(path) => Policy::load(path)?,
         None => Policy::default(),
@@ -127,7 +137,7 @@ fn algorithms(choice: HashChoice) -> Algorithms {
     }
 }
 
-fn severity(arg: cli::SeverityArg) -> Severity {
+pub(crate) fn severity(arg: cli::SeverityArg) -> Severity {
     match arg {
         cli::SeverityArg::Low => Severity::Low,
         cli::SeverityArg::Medium => Severity::Medium,

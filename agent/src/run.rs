@@ -1,0 +1,149 @@
+//! `nodeguard run`: wires the daemon, metrics, the HTTP API and (when in a cluster) pod
+//! metadata and Events, then waits for a signal.
+
+use crate::cli::RunArgs;
+use anyhow::{Context, Result};
+use nodeguard_daemon::{Control, Daemon, ScanObserver, Schedule};
+use nodeguard_metrics::{Metrics, Registry};
+use nodeguard_model::{NoPods, NodeState, PodLookup, ScanKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+/// How long shutdown waits for a scan still running on its blocking thread.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .thread_name("nodeguard")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(args));
+    // A filesystem walk may still be running on a blocking thread: do not wait for it.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
+}
+
+async fn serve(args: RunArgs) -> Result<()> {
+    let scanner = crate::build_scanner(&args.settings)?;
+    let node = scanner.options().node_name.clone();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = %node,
+        listen = %args.listen,
+        interval = ?args.interval,
+        fs_interval = ?args.fs_interval,
+        proc_root = %args.settings.proc_root.display(),
+        cgroup_root = %args.settings.cgroup_root.display(),
+        host_root = %scanner.options().collect.host_root.display(),
+        config = ?args.settings.config,
+        policy = %scanner.policy().summary(),
+        hash = ?args.settings.hash,
+        max_hash_size = args.settings.max_hash_size,
+        threads = scanner.options().threads,
+        kube = ?args.kube,
+        state_dir = ?args.state_dir,
+        events = !args.no_events,
+        "nodeguard starting with this effective configuration"
+    );
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
+    let (control_tx, control_rx) = mpsc::channel(8);
+
+    // KUBE-WIRING
+    let pods: Arc<dyn PodLookup> = Arc::new(NoPods);
+
+    let daemon = Daemon {
+        scanner,
+        schedule: Schedule {
+            interval: args.interval,
+            fs_interval: args.fs_interval,
+            jitter: 0.1,
+        },
+        policy_path: args.settings.config.clone(),
+        pods,
+        observer: Arc::new(MetricsObserver(metrics.clone())),
+    };
+    let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let render_registry = Arc::clone(&registry);
+    let router = nodeguard_api::router(nodeguard_api::ApiContext {
+        state: state_rx,
+        metrics: Arc::new(move |accept| {
+            let format = nodeguard_metrics::Format::negotiate(accept);
+            let text = nodeguard_metrics::encode_as(&render_registry, format)
+                .map_err(|e| e.to_string())?;
+            Ok(nodeguard_api::MetricsBody {
+                text,
+                content_type: format.content_type(),
+            })
+        }),
+    });
+    let (stop_api_tx, stop_api_rx) = watch::channel(false);
+    let api_task = tokio::spawn(nodeguard_api::serve(listener, router, async move {
+        let mut rx = stop_api_rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    }));
+    tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz and /v1/");
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let outcome = loop {
+        tokio::select! {
+            _ = terminate.recv() => break Ok("SIGTERM"),
+            _ = interrupt.recv() => break Ok("SIGINT"),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                let _ = control_tx.send(Control::ReloadPolicy).await;
+            }
+            ended = &mut daemon_task => {
+                break match ended {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the scan loop stopped unexpectedly")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the scan loop failed")),
+                    Err(e) => Err(anyhow::anyhow!("the scan loop panicked: {e}")),
+                };
+            }
+        }
+    };
+    let signal_name = outcome?;
+    tracing::info!(signal = signal_name, "shutting down");
+    let _ = control_tx.send(Control::Shutdown).await;
+    let _ = stop_api_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, daemon_task).await;
+    match tokio::time::timeout(SHUTDOWN_GRACE * 2, api_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API server stopped with an error"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("the API server did not stop in time"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Counts scans into the metrics without the daemon linking a metrics library.
+struct MetricsObserver(Metrics);
+
+impl ScanObserver for MetricsObserver {
+    fn scan_finished(&self, kind: ScanKind, duration: Duration, ok: bool) {
+        self.0.scan_finished(kind, duration, ok);
+    }
+
+    fn state_changed(&self, state: &Arc<NodeState>) {
+        self.0.state_changed(state);
+    }
+
+    fn policy_reload(&self, ok: bool) {
+        self.0.policy_reload(ok);
+    }
+}
