@@ -378,6 +378,15 @@ impl Worker {
             acc.ids.retain(|id, _| open.contains(id));
         }
         self.pending_summaries.retain(|_, acc| !acc.ids.is_empty());
+        let pending = &self.pending_summaries;
+        let summary_queued = &mut self.summary_queued;
+        self.queue.retain(|job| match job {
+            Job::Summary(target) if !pending.contains_key(target) => {
+                summary_queued.remove(target);
+                false
+            }
+            _ => true,
+        });
 
         // Announced findings that are gone.
         let mut resolve = Vec::new();
