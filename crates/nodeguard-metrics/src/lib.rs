@@ -65,6 +65,7 @@
 //! for kube-state-metrics, or Prometheus stores them as `exported_*`.
 
 mod format;
+mod process;
 mod series;
 
 pub use format::{encode, encode_as, encode_text, Error, Format, CONTENT_TYPE, TEXT_CONTENT_TYPE};
@@ -105,6 +106,8 @@ impl Metrics {
     /// Registers every nodeguard series into `registry` under the `nodeguard_` prefix. Pass
     /// the root registry (or one without a prefix) to get the names documented above.
     pub fn register(registry: &mut Registry) -> Metrics {
+        // The agent's own CPU, memory and fds under the standard unprefixed process_* names.
+        registry.register_collector(Box::new(process::ProcessCollector));
         let registry = registry.sub_registry_with_prefix("nodeguard");
         registry.register(
             "build",
