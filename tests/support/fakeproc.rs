@@ -18,7 +18,9 @@ pub struct FakeProc {
 }
 
 impl FakeProc {
-    /// A proc root with pid 1 and `pids` only.
+    /// A proc root with pid 1 and `pids` only. When the host's pid 1 cannot be looked into
+    /// (see [`super::host_pid1_readable`]), this test process stands in for it: it runs in the
+    /// host's namespaces and sees the host's root, which is all a scan needs of pid 1.
     pub fn with_pids(pids: &[i32]) -> FakeProc {
         let tmp = tempfile::Builder::new()
             .prefix("nodeguard-proc-")
@@ -31,14 +33,19 @@ impl FakeProc {
             mounts: Vec::new(),
             tmp: Some(tmp),
         };
-        let mut wanted: Vec<i32> = pids.to_vec();
-        wanted.push(1);
+        let pid1_source = if super::host_pid1_readable() {
+            1
+        } else {
+            std::process::id() as i32
+        };
+        let mut wanted: Vec<(i32, i32)> = pids.iter().map(|&p| (p, p)).collect();
+        wanted.push((1, pid1_source));
         wanted.sort_unstable();
         wanted.dedup();
-        for pid in wanted {
+        for (pid, source_pid) in wanted {
             let target = fake.root.join(pid.to_string());
             fs::create_dir(&target).unwrap();
-            let source = format!("/proc/{pid}");
+            let source = format!("/proc/{source_pid}");
             cmd::run_ok("mount", &["--bind", &source, target.to_str().unwrap()]);
             fake.mounts.push(target);
         }

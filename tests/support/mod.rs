@@ -93,6 +93,31 @@ fn check_prerequisites() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this process can look into the host's pid 1 (`/proc/1/ns/*`, `/proc/1/root`), the
+/// reference nodeguard compares namespaces with and reaches host paths through.
+///
+/// Not always so, even as root: on a machine whose root session runs with a smaller capability
+/// bounding set than pid 1 (this project's test VM drops CAP_SYS_RESOURCE), the kernel's
+/// ptrace-access check denies those links. [`fakeproc::FakeProc`] then lets the test process
+/// stand in for pid 1 and [`scan::Scan::run`] passes `--host-root /`.
+pub fn host_pid1_readable() -> bool {
+    static READABLE: OnceLock<bool> = OnceLock::new();
+    *READABLE.get_or_init(|| {
+        let readable = std::fs::read_link("/proc/1/ns/net").is_ok()
+            && std::fs::read_link("/proc/1/root").is_ok();
+        if !readable {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: /proc/1/ns and /proc/1/root are not readable here (pid 1 holds capabilities \
+                 this process lacks); scans get --host-root / and namespace tests a proc root \
+                 in which the test process stands in for pid 1"
+            );
+        }
+        readable
+    })
+}
+
 /// Finds a program on `PATH` (plus the sbin directories, which a non-login root shell may lack).
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();

@@ -21,9 +21,19 @@ pub struct Scan {
 impl Scan {
     /// Runs a scan; panics (showing the command and its stderr) unless it exits 0 or 3 (the
     /// `--fail-on` exit) with a JSON report on stdout.
+    ///
+    /// When the host's pid 1 cannot be looked into here ([`super::host_pid1_readable`]) and the
+    /// caller chose no roots, `--host-root /` is added: the test runs in the host's mount
+    /// namespace, so host paths are reachable as they are.
     pub fn run(extra: &[&str]) -> Scan {
         let mut args = vec!["scan", "--output", "json"];
         args.extend_from_slice(extra);
+        let roots_given = extra
+            .iter()
+            .any(|a| *a == "--proc-root" || *a == "--host-root");
+        if !roots_given && !super::host_pid1_readable() {
+            args.extend_from_slice(&["--host-root", "/"]);
+        }
         let output = nodeguard(&args);
         if !matches!(output.code, Some(0) | Some(3)) {
             panic!("nodeguard scan failed\n{output}");
