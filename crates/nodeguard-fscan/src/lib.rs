@@ -29,11 +29,29 @@
 //! }
 //! ```
 //!
+//! Semantics worth knowing:
+//! - `-xdev` is `find`'s: a directory on another filesystem than its root is not entered
+//!   (volumes, `/proc`, `/sys` inside a merged root), but a single file bind-mounted from
+//!   elsewhere is a file the container sees and is reported, as `find -xdev` does.
+//! - A root path itself (`/proc/PID/root`, a layer path from mountinfo) is trusted and opened
+//!   once, following links; nothing below it is ever resolved by path again.
+//! - `security.capability` is read with `getxattrat(2)` relative to the directory fd (Linux
+//!   6.13+), else with `lgetxattr` on `/proc/self/fd/DIRFD/NAME` — our own open directory,
+//!   the entry itself not followed.
+//! - Capabilities are rendered like `getcap -n`: libcap 2.66's text, plus ` [rootid=N]` for a
+//!   v3 (namespaced) capability.
+//! - Lower layers are cached by (path, dev, inode, mtime of the layer root): a layer changed
+//!   in place below its root is not seen until [`FsScanner::clear_cache`]. Upper layers and
+//!   merged roots are walked every scan (their digests are reused while dev, inode, size,
+//!   mtime and ctime are unchanged).
+//!
 //! Corners the overlay composition does not model (a merged walk has none of them):
-//! renamed directories (`redirect_dir`, off by default) are seen at their old path only;
-//! metadata-only copy-ups (`metacopy=on`) are reported from the upper layer with the right
-//! mode but no digest; overlays mounted with `userxattr` (rootless) keep their opaque flag in
-//! `user.overlay.opaque`, which is not trusted here because a container user could set it.
+//! image files below a directory the container renamed (`redirect_dir=on`, off by default)
+//! are not reported — a warning and an `overlay_redirect` error count say so; metadata-only
+//! copy-ups (`metacopy=on`) are reported from the upper layer with the right mode but no
+//! digest (`metacopy_unhashed`); overlays mounted with `userxattr` (rootless) keep their
+//! opaque flag in `user.overlay.opaque`, which is not trusted here because a container user
+//! could set it to hide image files.
 
 mod caps;
 mod overlay;
@@ -118,7 +136,7 @@ pub struct FsStats {
     pub subtrees_shared: u64,
     /// Errors by kind: `walk_permission`, `walk_loop`, `walk_changed`, `walk_io`,
     /// `root_open`, `xattr_invalid`, `xattr_io`, `hash_too_large`, `hash_io`,
-    /// `metacopy_unhashed`, `overlay_lookup`.
+    /// `metacopy_unhashed`, `overlay_redirect`, `overlay_lookup`.
     pub errors: BTreeMap<String, u64>,
 }
 

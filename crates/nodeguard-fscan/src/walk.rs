@@ -37,6 +37,7 @@ const TIME_CHECK_EVERY: u64 = 64;
 
 const CAPABILITY_XATTR: &CStr = c"security.capability";
 const METACOPY_XATTR: &CStr = c"trusted.overlay.metacopy";
+const REDIRECT_XATTR: &CStr = c"trusted.overlay.redirect";
 
 /// What identifies a file's content for the hash cache between scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -294,17 +295,11 @@ impl Worker {
                 }
             };
             let Some(work) = work else { return };
+            // Marks this thread idle again even if the job unwinds, so no thread waits forever.
+            let _busy = BusyGuard(sh);
             match work {
                 Work::Start(idx) => self.start_root(sh, idx),
                 Work::Subtree(job) => self.walk_job(sh, job),
-            }
-            let mut q = match sh.queue.lock() {
-                Ok(q) => q,
-                Err(p) => p.into_inner(),
-            };
-            q.busy -= 1;
-            if q.busy == 0 && q.jobs.is_empty() {
-                sh.wake.notify_all();
             }
         }
     }
@@ -494,6 +489,7 @@ impl Worker {
                 return;
             }
             self.stats.dirs_walked += 1;
+            self.check_redirect(&root, fd.as_fd(), &job.rel);
         }
         let mut path = job.rel.clone();
         let name_start = job
@@ -554,6 +550,7 @@ impl Worker {
                 continue;
             }
             self.stats.dirs_walked += 1;
+            self.check_redirect(&root, child.as_fd(), &path);
             let name_start = path.len() - name.to_bytes().len();
             frames.push(Frame {
                 fd: Some(child),
@@ -574,6 +571,25 @@ impl Worker {
             if sh.idle.load(Ordering::Relaxed) > 0 && sh.queued.load(Ordering::Relaxed) == 0 {
                 self.donate(sh, &job, &mut frames, &path);
             }
+        }
+    }
+
+    /// A renamed image directory in an upper layer (`redirect_dir`): its image files show at
+    /// the new path in the container, which the layer composition does not model. Say so.
+    fn check_redirect(&mut self, root: &RootState<'_>, dir: BorrowedFd<'_>, rel: &[u8]) {
+        if !root.root.upper {
+            return;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Some(n)) = sys::fget_xattr(dir, REDIRECT_XATTR, &mut buf) {
+            self.stats.count_error("overlay_redirect");
+            self.warn(format!(
+                "{}: /{} is a renamed image directory (overlay redirect to {}); image files \
+                 below it are reported at their old path",
+                root.root.label,
+                nodeguard_model::escape_path(rel),
+                nodeguard_model::escape_path(&buf[..n.min(buf.len())])
+            ));
         }
     }
 
@@ -865,6 +881,18 @@ impl Worker {
         drop(q);
         self.stats.subtrees_shared += n as u64;
         sh.wake.notify_all();
+    }
+}
+
+struct BusyGuard<'s, 'a>(&'s Shared<'a>);
+
+impl Drop for BusyGuard<'_, '_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.0.queue);
+        q.busy -= 1;
+        if q.busy == 0 && q.jobs.is_empty() {
+            self.0.wake.notify_all();
+        }
     }
 }
 

@@ -80,6 +80,7 @@ fn other_filesystems_are_not_entered() {
     let dir = tempdir();
     let root = dir.path().join("root");
     suid(&root.join("usr/bin/real"));
+    // A volume (tmpfs) and /proc mounted inside the root: not entered.
     let tmpfs = Mounted::tmpfs(&root.join("mnt/volume"));
     suid(&root.join("mnt/volume/on-tmpfs"));
     std::fs::create_dir_all(root.join("proc")).unwrap();
@@ -89,11 +90,20 @@ fn other_filesystems_are_not_entered() {
     let proc = Mounted {
         target: root.join("proc"),
     };
+    // A single setuid file bind-mounted from another filesystem is a file the container sees:
+    // find -xdev reports it (-xdev only stops descent into directories), and so does the scan.
+    let other = Mounted::tmpfs(&dir.path().join("other-fs"));
+    suid(&dir.path().join("other-fs/tool"));
+    write(&root.join("etc/bound-tool"), b"");
+    let bound = Mounted::bind(
+        &dir.path().join("other-fs/tool"),
+        &root.join("etc/bound-tool"),
+    );
     let out = scan_merged(&root, 2);
-    assert_eq!(paths(&out), ["/usr/bin/real"]);
+    assert_eq!(paths(&out), ["/etc/bound-tool", "/usr/bin/real"]);
     assert_eq!(paths(&out), find_special(&root));
     assert_eq!(out.stats.mounts_skipped, 2);
-    drop((proc, tmpfs));
+    drop((bound, other, proc, tmpfs));
 }
 
 #[test]
