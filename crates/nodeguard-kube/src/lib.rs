@@ -62,8 +62,8 @@ impl std::str::FromStr for KubeMode {
     }
 }
 
-/// A watch idle for longer than this is dead: the API server ends watches after at most
-/// 290 s (`timeoutSeconds` kube asks for) and sends bookmarks meanwhile.
+/// kube sets no read timeout, so a list or get to a hung API server would wait forever (the
+/// watcher has its own idle timeout for watches, which the server ends after 290 s).
 const READ_TIMEOUT: Duration = Duration::from_secs(295);
 
 /// Builds a client as `mode` asks. `Ok(None)` means: run without a cluster.

@@ -1024,3 +1024,214 @@ fn recovered_entry(ev: &K8sEvent, node: &str) -> Option<(String, SystemTime, Opt
     };
     Some((id, at, Some(entry)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeguard_model::{
+        CgroupDriver, CgroupVersion, Container, Finding, Limits, PodRef, Report, Runtime,
+        ScanStats, Severity,
+    };
+
+    const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
+
+    fn worker(cfg: EventConfig) -> Worker {
+        // Building a client connects nowhere; these tests never send.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let mut w = Worker::new(client, cfg, Arc::default());
+        w.recovered = true;
+        w
+    }
+
+    fn finding(path: &str, severity: Severity) -> Finding {
+        let mut f = Finding::new(FindingKind::SetuidFile, severity, Some(CID), path, "m");
+        f.path = Some(path.to_string());
+        f
+    }
+
+    fn state(findings: &[&Finding]) -> Arc<NodeState> {
+        let now = Timestamp::now();
+        let report = Report {
+            schema_version: 1,
+            node: "node-a".into(),
+            scanned_at: now,
+            duration_ms: 1,
+            containers: vec![Container {
+                id: CID.into(),
+                runtime: Runtime::Containerd,
+                pod_uid: Some("uid-1".into()),
+                qos: None,
+                cgroup: "/kubepods/x".into(),
+                cgroup_driver: CgroupDriver::Cgroupfs,
+                cgroup_version: CgroupVersion::V2,
+                limits: Limits::default(),
+                pod_limits: None,
+                effective_limits: Limits::default(),
+                pids: vec![1],
+                rootfs: None,
+                pod: Some(PodRef {
+                    namespace: "shop".into(),
+                    name: "web-0".into(),
+                    container_name: Some("app".into()),
+                    image: None,
+                    image_id: None,
+                }),
+            }],
+            processes: vec![],
+            files: vec![],
+            findings: findings.iter().map(|f| (*f).clone()).collect(),
+            stats: ScanStats::default(),
+            warnings: vec![],
+        };
+        Arc::new(NodeState {
+            report: Arc::new(report),
+            findings: findings
+                .iter()
+                .map(|f| TrackedFinding {
+                    finding: (*f).clone(),
+                    first_seen: now,
+                    last_seen: now,
+                })
+                .collect(),
+            last_scans: BTreeMap::new(),
+            findings_detected: BTreeMap::new(),
+            errors_total: BTreeMap::new(),
+            policy_reload_failures: 0,
+            policy_loaded_at: now,
+        })
+    }
+
+    /// What the queue holds, as `A:<path>`, `R:<id>`, `S`.
+    fn queue(w: &Worker) -> Vec<String> {
+        w.queue
+            .iter()
+            .map(|j| match j {
+                Job::Announce(p) => format!("A:{}", p.entry.subject),
+                Job::Resolve(id) => format!("R:{id}"),
+                Job::Summary(_) => "S".to_string(),
+            })
+            .collect()
+    }
+
+    /// Pretends the API server accepted the job at the head of the queue.
+    fn accept_front(w: &mut Worker) {
+        let sent = match w.queue.pop_front().unwrap() {
+            Job::Announce(p) => Sent::Announce(p),
+            Job::Resolve(id) => Sent::Resolve(id),
+            Job::Summary(target) => {
+                let acc = w.pending_summaries.remove(&target).unwrap_or_default();
+                Sent::Summary { target, acc }
+            }
+        };
+        w.on_done(Attempt {
+            sent,
+            uid: UidOutcome::Unchanged,
+            result: Ok(()),
+        });
+    }
+
+    fn stats(w: &Worker) -> EventStats {
+        *w.stats.lock().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_summary_overflow_and_refill_over_time() {
+        let mut cfg = EventConfig::new("node-a");
+        cfg.per_object_burst = 2;
+        cfg.queue_capacity = 3;
+        let mut w = worker(cfg);
+        let (a, b, c, d, e) = (
+            finding("/a", Severity::Low),
+            finding("/b", Severity::Critical),
+            finding("/c", Severity::High),
+            finding("/d", Severity::Low),
+            finding("/e", Severity::Low),
+        );
+        w.on_state(state(&[&a, &b, &c]));
+        // The budget goes to the worst two; the third waits for a summary.
+        assert_eq!(queue(&w), ["A:/b", "A:/c", "S"]);
+        assert_eq!(stats(&w).rate_limited, 1);
+
+        // The queue is full: d does not fit, counted once however often it is offered.
+        for _ in 0..3 {
+            w.on_state(state(&[&a, &b, &c, &d]));
+        }
+        assert_eq!(queue(&w), ["A:/b", "A:/c", "S"]);
+        assert_eq!(stats(&w).queue_overflow, 1);
+
+        for _ in 0..3 {
+            accept_front(&mut w);
+        }
+        assert_eq!(stats(&w).summaries, 1);
+        assert!(w.announced[&a.id].summarized);
+        // Room again, but no budget: d waits for the next summary, which is 7 minutes off.
+        w.on_state(state(&[&a, &b, &c, &d]));
+        assert!(queue(&w).is_empty());
+        assert_eq!(stats(&w).rate_limited, 2);
+
+        // Five minutes refill one token: a new finding gets its own Event.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        w.on_state(state(&[&a, &b, &c, &d, &e]));
+        assert_eq!(queue(&w), ["A:/e"]);
+        accept_front(&mut w);
+        tokio::time::advance(Duration::from_secs(120)).await;
+        w.schedule_summaries(Instant::now());
+        assert_eq!(queue(&w), ["S"]);
+        assert_eq!(w.pending_summaries.values().next().unwrap().ids.len(), 1);
+        accept_front(&mut w);
+
+        // Resolutions: Events for what was announced one by one, silence for the summarized.
+        w.on_state(state(&[]));
+        let mut q = queue(&w);
+        q.sort();
+        let mut want: Vec<String> = [&b, &c, &e].iter().map(|f| format!("R:{}", f.id)).collect();
+        want.sort();
+        assert_eq!(q, want);
+        assert!(!w.announced.contains_key(&a.id) && !w.announced.contains_key(&d.id));
+        // A finding back before its Resolved went out: the Resolved is dropped.
+        w.on_state(state(&[&b]));
+        assert_eq!(queue(&w).len(), 2);
+        assert!(!queue(&w).contains(&format!("R:{}", b.id)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_and_keep_the_work() {
+        let mut cfg = EventConfig::new("node-a");
+        cfg.backoff_initial = Duration::from_secs(1);
+        let mut w = worker(cfg);
+        let a = finding("/a", Severity::High);
+        w.on_state(state(&[&a]));
+        let Some(Job::Announce(p)) = w.queue.pop_front() else {
+            panic!("nothing queued")
+        };
+        w.on_done(Attempt {
+            sent: Sent::Announce(p),
+            uid: UidOutcome::Unchanged,
+            result: Err(SendError::Retryable("500".into())),
+        });
+        assert_eq!(queue(&w), ["A:/a"], "kept for a retry");
+        let now = Instant::now();
+        assert!(w.next_attempt > now, "backing off");
+        assert!(w.start_next(now).is_none(), "no request during the backoff");
+        assert_eq!(w.next_wake(now, false), Some(w.next_attempt));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(w.start_next(Instant::now()).is_some(), "retried after it");
+
+        // Refused for good: not retried, not offered again while it stays open.
+        let b = finding("/b", Severity::High);
+        w.on_state(state(&[&a, &b]));
+        let Some(Job::Announce(p)) = w.queue.pop_front() else {
+            panic!("nothing queued")
+        };
+        w.on_done(Attempt {
+            sent: Sent::Announce(p),
+            uid: UidOutcome::Unchanged,
+            result: Err(SendError::Permanent("422".into())),
+        });
+        w.on_state(state(&[&a, &b]));
+        assert!(queue(&w).is_empty());
+        assert_eq!(stats(&w).failed, 2);
+    }
+}
