@@ -154,14 +154,15 @@ for r in $(seq 1 "$REPS"); do
   jq '.runs[0].elapsed_ms / 1000' "$WORK/mg.json" >>"$WORK/t_merged"
   awk '/Maximum resident/ {print $NF}' "$WORK/time_merged" >>"$WORK/rss_merged"
   # One root: the host /usr container (the biggest) and a minbase one.
+  # Wall time and CPU time (user+sys) of each process, from /usr/bin/time.
   for k in 0 2; do
     m=${MERGED[$k]}
-    t0=$(now); find "$m/." -xdev -perm /6000 -type f >/dev/null; t1=$(now)
-    echo "$t1 - $t0" | bc >>"$WORK/t_one_find_$k"
-    "$FSCAN" --quiet --threads "$THREADS" "${MERGED_SPECS[$k]}" >"$WORK/one.json"
-    jq '.runs[0].elapsed_ms / 1000' "$WORK/one.json" >>"$WORK/t_one_merged_$k"
-    "$FSCAN" --quiet --threads "$THREADS" "${OVERLAY_SPECS[$k]}" >"$WORK/one.json"
-    jq '.runs[0].elapsed_ms / 1000' "$WORK/one.json" >>"$WORK/t_one_overlay_$k"
+    /usr/bin/time -f "%e %U %S" -o "$WORK/tm" find "$m/." -xdev -perm /6000 -type f >/dev/null
+    awk '{print $1}' "$WORK/tm" >>"$WORK/t_one_find_$k"; awk '{print $2 + $3}' "$WORK/tm" >>"$WORK/c_one_find_$k"
+    /usr/bin/time -f "%e %U %S" -o "$WORK/tm" "$FSCAN" --quiet --threads "$THREADS" "${MERGED_SPECS[$k]}" >/dev/null
+    awk '{print $1}' "$WORK/tm" >>"$WORK/t_one_merged_$k"; awk '{print $2 + $3}' "$WORK/tm" >>"$WORK/c_one_merged_$k"
+    /usr/bin/time -f "%e %U %S" -o "$WORK/tm" "$FSCAN" --quiet --threads "$THREADS" "${OVERLAY_SPECS[$k]}" >/dev/null
+    awk '{print $1}' "$WORK/tm" >>"$WORK/t_one_overlay_$k"; awk '{print $2 + $3}' "$WORK/tm" >>"$WORK/c_one_overlay_$k"
   done
 done
 
@@ -172,7 +173,8 @@ RSS_OV=$(sort -n "$WORK/rss_overlay" | tail -1); RSS_MG=$(sort -n "$WORK/rss_mer
 walked=$(jq '.runs[0].stats.files_walked' "$WORK/ov.json")
 walked_mg=$(jq '.runs[0].stats.files_walked' "$WORK/mg.json")
 
-printf '\n%d containers, %d threads, median of %d runs, warm page cache\n' "$CONTAINERS" "$THREADS" "$REPS"
+printf '\n%d containers, %d threads, median of %d runs, warm page cache, %d CPUs, load average now %s\n' \
+  "$CONTAINERS" "$THREADS" "$REPS" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '  find -perm /6000, each container      %8.3f s\n' "$F"
 printf '  find | xargs getcap, each container   %8.3f s\n' "$G"
 printf '  together (the shell baseline)         %8.3f s\n' "$BASE"
@@ -182,9 +184,10 @@ printf '  fscan merged mode (every root walked) %8.3f s   %sx faster  (%s entrie
 printf '  fscan peak RSS: overlay %d KiB, merged %d KiB\n' "$RSS_OV" "$RSS_MG"
 for k in 0 2; do
   OF=$(median <"$WORK/t_one_find_$k"); OM=$(median <"$WORK/t_one_merged_$k"); OO=$(median <"$WORK/t_one_overlay_$k")
+  CF=$(median <"$WORK/c_one_find_$k"); CM=$(median <"$WORK/c_one_merged_$k"); CO=$(median <"$WORK/c_one_overlay_$k")
   name=$([[ $k == 0 ]] && echo minbase || echo "host /usr")
-  printf '  one %-9s root: find -perm %.3f s, fscan merged %.3f s (%sx), fscan overlay %.3f s (%sx)\n' \
-    "$name" "$OF" "$OM" "$(ratio "$OF" "$OM")" "$OO" "$(ratio "$OF" "$OO")"
+  printf '  one %-9s root, wall (cpu): find -perm %.2f s (%.2f), fscan merged %.2f s (%.2f) %sx, fscan overlay %.2f s (%.2f) %sx\n' \
+    "$name" "$OF" "$CF" "$OM" "$CM" "$(ratio "$OF" "$OM")" "$OO" "$CO" "$(ratio "$OF" "$OO")"
 done
 
 miss=0
