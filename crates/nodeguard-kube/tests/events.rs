@@ -341,6 +341,10 @@ async fn each_new_finding_is_announced_once_and_its_resolution_once() {
     assert_eq!(api.posts().len(), 7);
     assert_no_rejections(&api);
 
+    eventually(WAIT, "the PATCH's answer counted", || {
+        publisher.stats().sent == 8
+    })
+    .await;
     let stats = publisher.stats();
     assert_eq!((stats.sent, stats.failed, stats.rate_limited), (8, 0, 0));
     drop(tx);
@@ -427,10 +431,14 @@ async fn a_burst_on_one_pod_stays_within_its_budget_and_is_summarized() {
             c.subject
         );
     }
+    // The fake records a request before its answer reaches the publisher.
+    eventually(WAIT, "the marker's answer counted", || {
+        publisher.stats().sent == 27
+    })
+    .await;
     let stats = publisher.stats();
     assert_eq!(stats.rate_limited, 975);
     assert_eq!(stats.summaries, 1);
-    assert_eq!(stats.sent, 27);
 
     // The node-wide cap: in any stretch of time, no more than burst + rate × length arrive
     // (one extra for the edges). Slowness can only make this easier to meet.
@@ -523,9 +531,8 @@ async fn server_errors_back_off_and_findings_are_announced_after_recovery() {
             "retry {k} after {gap:?}, backoff floor {floor:?}"
         );
     }
-    let stats = publisher.stats();
-    assert!(stats.failed >= 5, "{stats:?}");
-    assert_eq!(stats.sent, 0);
+    eventually(WAIT, "5 failures counted", || publisher.stats().failed >= 5).await;
+    assert_eq!(publisher.stats().sent, 0);
 
     // One finding goes away before it could be announced.
     tx.send_replace(Some(state(&[&web], &[a.clone(), b.clone()])));
