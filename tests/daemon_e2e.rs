@@ -1,1 +1,1223 @@
 //! End-to-end tests of `nodeguard run` against real runc containers and a real Prometheus.
+//!
+//! Each test starts its own containers (with the harness in `tests/support`), its own agent
+//! (the debug binary, on a free loopback port, with a 2 s scan interval) and, for the metrics
+//! test, its own Prometheus server scraping that agent every second. Everything is torn down on
+//! drop, also when an assertion fails; the agent's (and Prometheus's) log is printed then.
+//!
+//! What a user would notice is asserted, against ground truth taken without nodeguard:
+//! `sha256sum /proc/PID/exe`, `runc ps`, the capabilities and limits the test gave the
+//! containers. Every wait is a bounded polling loop that fails with what it last saw; nothing
+//! asserts how long anything took, except the documented promise that SIGTERM/SIGINT stop the
+//! agent within 10 s.
+//!
+//! Needs root, runc, busybox-static and capsh (and `prometheus` for the metrics test). Without
+//! them each test says why it skipped; with `CI` set it fails instead.
+//! Run: `cargo test -p nodeguard --test daemon_e2e`.
+
+mod support;
+
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use support::container::{Container, ContainerSpec};
+use support::image::Image;
+use support::oracle;
+
+const MIB: i64 = 1024 * 1024;
+
+/// Longest wait for the agent's first scan. The debug build hashes every executable on the
+/// node at about 40 MB/s the first time, on a machine other tests load too.
+const FIRST_SCAN_TIMEOUT: Duration = Duration::from_secs(240);
+/// Longest wait for anything that needs a few more scans or scrapes.
+const SCANS_TIMEOUT: Duration = Duration::from_secs(90);
+/// What the agent promises for SIGTERM/SIGINT (it says "within a few seconds").
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(250);
+/// The `Accept` header Prometheus 2.42 scrapes with.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+    application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client over loopback (the agent package has no HTTP client dependency).
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl HttpResponse {
+    fn json(&self, what: &str) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{what}: the answer is not JSON ({e}); status {}, content type {:?}, body:\n{}",
+                self.status,
+                self.content_type,
+                excerpt(&self.body)
+            )
+        })
+    }
+}
+
+/// `GET http://127.0.0.1:PORT/PATH` with `Connection: close`; chunked bodies are decoded.
+fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<HttpResponse> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{accept}Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of the HTTP header"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no HTTP status line"))?;
+    let mut content_type = String::new();
+    let mut chunked = false;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "content-type" {
+                content_type = value.to_string();
+            } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// Percent-encodes a query parameter value.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 3000;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut cut = MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..cut], text.len() - cut)
+}
+
+/// The last `n` lines of a log file.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `timeout`; then fails with
+/// `what` and the last reason the probe gave.
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Sends a signal with `kill -s SIG PID`.
+fn send_signal(pid: u32, signal: &str) {
+    let out = support::cmd::run("kill", &["-s", signal, &pid.to_string()]);
+    assert!(out.success(), "kill -s {signal} {pid} failed\n{out}");
+}
+
+/// The value of one exact series (`name{labels}` as the agent writes it) in a metrics text.
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent under test.
+
+/// A running `nodeguard run`. Killed on drop; its log is printed when the test failed.
+struct Agent {
+    child: RefCell<Child>,
+    port: u16,
+    log: PathBuf,
+    command: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `nodeguard run --listen 127.0.0.1:PORT --interval 2s --fs-interval 30s --kube off
+    /// --log-format json EXTRA...`, with a state directory of its own.
+    fn start(extra: &[&str]) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("nodeguard-e2e-agent-")
+            .tempdir()
+            .expect("create agent tempdir");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let state_dir = dir.path().join("state");
+        fs::create_dir_all(&state_dir).unwrap();
+        let mut args: Vec<String> = [
+            "run",
+            "--listen",
+            &listen,
+            "--interval",
+            "2s",
+            "--fs-interval",
+            "30s",
+            "--kube",
+            "off",
+            "--log-format",
+            "json",
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        // As for `nodeguard scan` in the harness: where pid 1 cannot be looked into, host paths
+        // are reached through this (the host's) mount namespace.
+        if !extra.contains(&"--host-root") && !support::host_pid1_readable() {
+            args.extend(["--host-root".to_string(), "/".to_string()]);
+        }
+        let log = dir.path().join("agent.log");
+        let log_file = fs::File::create(&log).unwrap();
+        let command = support::cmd::display(support::nodeguard_bin(), &args);
+        let child = Command::new(support::nodeguard_bin())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        Agent {
+            child: RefCell::new(child),
+            port,
+            log,
+            command,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.borrow().id()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails at once, with the agent's log, if the agent is no longer running.
+    fn assert_running(&self) {
+        if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
+            panic!(
+                "the agent exited ({status}) while it should run\n  command: {}",
+                self.command
+            );
+        }
+    }
+
+    fn try_get(&self, path: &str, accept: Option<&str>) -> Result<HttpResponse, String> {
+        self.assert_running();
+        http_get(self.port, path, accept).map_err(|e| format!("GET {}{path}: {e}", self.url()))
+    }
+
+    /// `GET PATH`, which must answer 200 with JSON.
+    fn get_json(&self, path: &str) -> Value {
+        let response = self.try_get(path, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            response.status,
+            200,
+            "GET {path} answered {}: {}",
+            response.status,
+            excerpt(&response.body)
+        );
+        response.json(path)
+    }
+
+    /// Waits until `/readyz` answers 200 (the first scan completed) and returns its body.
+    fn wait_ready(&self) -> Value {
+        wait_for(
+            "the agent's /readyz to answer 200",
+            FIRST_SCAN_TIMEOUT,
+            || {
+                let r = self.try_get("/readyz", None)?;
+                if r.status == 200 {
+                    Ok(r.json("/readyz"))
+                } else {
+                    Err(format!("status {}: {}", r.status, excerpt(&r.body)))
+                }
+            },
+        )
+    }
+
+    /// `last_scan` of `/readyz`: when the report being served was made.
+    fn last_scan(&self) -> String {
+        self.get_json("/readyz")["last_scan"]
+            .as_str()
+            .expect("/readyz has last_scan")
+            .to_string()
+    }
+
+    /// Waits until the agent has published two more reports than it had when called: the
+    /// second of them was made by a scan that started after this call.
+    fn wait_for_fresh_scan(&self) {
+        let mut seen = self.last_scan();
+        for round in 1..=2 {
+            seen = wait_for(
+                &format!("scan {round} of 2 after {seen}"),
+                SCANS_TIMEOUT,
+                || {
+                    let now = self.last_scan();
+                    if now != seen {
+                        Ok(now)
+                    } else {
+                        Err(format!("last_scan still {now}"))
+                    }
+                },
+            );
+        }
+    }
+
+    /// `/v1/findings?QUERY` → the findings array.
+    fn findings(&self, query: &str) -> Vec<Value> {
+        let answer = self.get_json(&format!("/v1/findings?{query}"));
+        let findings = answer["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/v1/findings?{query} has no findings array: {answer}"));
+        assert_eq!(
+            answer["count"].as_u64(),
+            Some(findings.len() as u64),
+            "count must equal the number of findings: {answer}"
+        );
+        findings
+    }
+
+    /// The `/metrics` text in its default form (the 0.0.4 text format without an Accept header).
+    fn metrics(&self) -> String {
+        let r = self
+            .try_get("/metrics", None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 200, "/metrics: {}", excerpt(&r.body));
+        r.body
+    }
+
+    /// `nodeguard query ARGS... --url URL -o json`, which must exit 0 and print JSON.
+    fn query_cli(&self, args: &[&str]) -> Value {
+        let url = self.url();
+        let mut full = vec!["query", "--url", url.as_str(), "-o", "json"];
+        full.extend_from_slice(args);
+        let out = support::scan::nodeguard(&full).ok();
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("nodeguard query did not print JSON ({e})\n{out}"))
+    }
+
+    /// Waits at most `timeout` for the agent to exit; `None` when it is still running.
+    fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let child = self.child.get_mut();
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- agent: {}\n--- agent log (last 60 lines):\n{}\n--- end of agent log",
+                self.command,
+                log_tail(&self.log, 60)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus.
+
+/// Whether the `prometheus` server is installed; says why not on stderr, or panics under CI
+/// (the same rule as the harness's `require_containers`).
+fn require_prometheus() -> Option<PathBuf> {
+    if let Some(path) = support::which("prometheus") {
+        return Some(path);
+    }
+    let reason = "prometheus not found: apt-get install prometheus";
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set, so the Prometheus test must run, but: {reason}");
+    }
+    let thread = std::thread::current();
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED {}: {reason}\n!!! (with CI set this is a failure)\n",
+        thread.name().unwrap_or("this test")
+    );
+    None
+}
+
+/// A Prometheus server on a free loopback port, scraping one agent every second. Killed on
+/// drop; its log is printed when the test failed.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The scrape job's name.
+const JOB: &str = "nodeguard";
+
+impl Prometheus {
+    fn start(binary: &Path, agent_port: u16) -> Prometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("nodeguard-e2e-prometheus-")
+            .tempdir()
+            .expect("create Prometheus tempdir");
+        let config = dir.path().join("prometheus.yml");
+        // honor_labels as in the ServiceMonitor: the agent's container/pod/namespace labels
+        // are kept as they are.
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: {JOB}\n    honor_labels: true\n    \
+                 static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = dir.path().join("prometheus.log");
+        let log_file = fs::File::create(&log).unwrap();
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-lifecycle".to_string(),
+        ];
+        let child = Command::new(binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut prometheus = Prometheus {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        wait_for("Prometheus to be ready (/-/ready)", SCANS_TIMEOUT, || {
+            if let Ok(Some(status)) = prometheus.child.try_wait() {
+                return Err(format!("Prometheus exited: {status}"));
+            }
+            match http_get(prometheus.port, "/-/ready", None) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("status {}: {}", r.status, r.body.trim())),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        if let Ok(Some(status)) = prometheus.child.try_wait() {
+            panic!("Prometheus exited right after start: {status}");
+        }
+        prometheus
+    }
+
+    /// `GET /api/v1/PATH`; the answer's `data`, which must come with `status: success`.
+    fn api(&self, path: &str) -> Result<Value, String> {
+        let r = http_get(self.port, &format!("/api/v1/{path}"), None)
+            .map_err(|e| format!("GET /api/v1/{path}: {e}"))?;
+        let v: Value = serde_json::from_str(&r.body)
+            .map_err(|e| format!("/api/v1/{path} is not JSON ({e}): {}", excerpt(&r.body)))?;
+        if r.status != 200 || v["status"] != "success" {
+            return Err(format!("/api/v1/{path} answered {}: {v}", r.status));
+        }
+        Ok(v["data"].clone())
+    }
+
+    /// An instant query's result vector.
+    fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let data = self.api(&format!("query?query={}", urlencode(promql)))?;
+        if data["resultType"] != "vector" {
+            return Err(format!("{promql}: not a vector: {data}"));
+        }
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- Prometheus log (last 30 lines):\n{}\n--- end of Prometheus log",
+                log_tail(&self.log, 30)
+            );
+        }
+    }
+}
+
+/// `{kind: (severity, value)}` of `nodeguard_findings` series in a query result.
+fn findings_by_kind(result: &[Value]) -> BTreeMap<String, (String, String)> {
+    result
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["kind"].as_str().unwrap_or("?").to_string(),
+                (
+                    s["metric"]["severity"].as_str().unwrap_or("?").to_string(),
+                    s["value"][1].as_str().unwrap_or("?").to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Containers and files the tests share.
+
+/// The Kubernetes default for a container without pod metadata: what `nodeguard_findings`
+/// uses as the `container` label and what `--container` accepts.
+fn short(c: &Container) -> &str {
+    &c.id[..12]
+}
+
+/// No limits at all, and CAP_SYS_ADMIN on top of the runtime's defaults.
+fn unlimited_admin(image: &Image) -> ContainerSpec {
+    ContainerSpec::new(image).add_capability("CAP_SYS_ADMIN")
+}
+
+/// Memory, CPU and pids limits, the runtime's default capabilities (none of them dangerous).
+fn limited(image: &Image) -> ContainerSpec {
+    ContainerSpec::new(image)
+        .memory_limit(64 * MIB)
+        .cpu_limit(50_000, 100_000)
+        .pids_limit(64)
+}
+
+/// An image holding `/bin/NAME`: busybox with `extra` bytes after it (busybox runs as the
+/// multi-call binary when its name starts with `busybox`, and the kernel ignores what follows
+/// the ELF segments). Gives an executable whose digest no other process on the node has.
+fn image_with_tagged_busybox(name: &str, extra: &[u8], sparse_tail: u64) -> (Image, String) {
+    let image = Image::busybox_owned(name);
+    let busybox = support::image::busybox_binary().expect("busybox (checked by the harness)");
+    let mut bytes = fs::read(&busybox).expect("read busybox");
+    bytes.extend_from_slice(extra);
+    let in_container = format!("/bin/{name}");
+    image.add_file(&in_container, &bytes, 0o755);
+    if sparse_tail > 0 {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(image.path(&in_container))
+            .unwrap();
+        file.set_len(bytes.len() as u64 + sparse_tail).unwrap();
+    }
+    (image, in_container)
+}
+
+/// Ids of findings, for set comparisons.
+fn ids(findings: &[Value]) -> BTreeSet<String> {
+    findings
+        .iter()
+        .map(|f| f["id"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn kinds(findings: &[Value]) -> BTreeSet<String> {
+    findings
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Waits until the agent reports container `c` (so its first scan saw it).
+fn wait_for_container(agent: &Agent, c: &Container) {
+    wait_for(
+        &format!("the agent to report container {}", c.id),
+        SCANS_TIMEOUT,
+        || {
+            let answer = agent.get_json(&format!("/v1/containers?container={}", c.id));
+            match answer["count"].as_u64() {
+                Some(1) => Ok(()),
+                _ => Err(format!("{answer}")),
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A real Prometheus scrapes the agent.
+
+#[test]
+fn prometheus_scrapes_findings_of_real_containers_and_drops_a_stopped_one() {
+    require_containers!();
+    let Some(prometheus_bin) = require_prometheus() else {
+        return;
+    };
+    let image = Image::busybox();
+    let admin = unlimited_admin(image).start();
+    let calm = limited(image).start();
+    let agent = Agent::start(&[]);
+    let prometheus = Prometheus::start(&prometheus_bin, agent.port);
+    agent.wait_ready();
+
+    // The admin container's findings, with the severities the policy documents.
+    let admin_query = format!("nodeguard_findings{{container=\"{}\"}}", short(&admin));
+    let admin_series = wait_for(
+        "Prometheus to have missing_memory_limit and dangerous_capability of the admin container",
+        SCANS_TIMEOUT,
+        || {
+            agent.assert_running();
+            let result = prometheus.query(&admin_query)?;
+            let by_kind = findings_by_kind(&result);
+            if by_kind.contains_key("missing_memory_limit")
+                && by_kind.contains_key("dangerous_capability")
+            {
+                Ok(by_kind)
+            } else {
+                Err(format!("{admin_query} -> {result:?}"))
+            }
+        },
+    );
+    assert_eq!(
+        admin_series["missing_memory_limit"],
+        ("medium".to_string(), "1".to_string()),
+        "{admin_series:?}"
+    );
+    assert_eq!(
+        admin_series["dangerous_capability"],
+        ("critical".to_string(), "1".to_string()),
+        "CAP_SYS_ADMIN is the only dangerous capability the container has: {admin_series:?}"
+    );
+    for kind in ["missing_cpu_limit", "missing_pids_limit"] {
+        assert_eq!(
+            admin_series.get(kind).map(|(s, _)| s.as_str()),
+            Some("low"),
+            "{kind}: {admin_series:?}"
+        );
+    }
+
+    // The limited container: findings (it runs as root), but none about limits or caps.
+    let calm_query = format!("nodeguard_findings{{container=\"{}\"}}", short(&calm));
+    let calm_series = wait_for(
+        "Prometheus to have the limited container's findings",
+        SCANS_TIMEOUT,
+        || {
+            let result = prometheus.query(&calm_query)?;
+            let by_kind = findings_by_kind(&result);
+            if by_kind.contains_key("runs_as_root") {
+                Ok(by_kind)
+            } else {
+                Err(format!("{calm_query} -> {result:?}"))
+            }
+        },
+    );
+    for kind in [
+        "missing_memory_limit",
+        "missing_cpu_limit",
+        "missing_pids_limit",
+        "dangerous_capability",
+    ] {
+        assert!(
+            !calm_series.contains_key(kind),
+            "the limited container with default capabilities must not have {kind}: {calm_series:?}"
+        );
+    }
+
+    // The scrape itself is healthy.
+    let up_query = format!("up{{job=\"{JOB}\"}}");
+    wait_for("up == 1 for the agent", SCANS_TIMEOUT, || {
+        let result = prometheus.query(&up_query)?;
+        match result.as_slice() {
+            [one] if one["value"][1] == "1" => Ok(()),
+            _ => Err(format!("{up_query} -> {result:?}")),
+        }
+    });
+    let last_scan = prometheus
+        .query("nodeguard_last_scan_timestamp_seconds{scan_type=\"processes\"}")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seconds: f64 = last_scan
+        .first()
+        .and_then(|s| s["value"][1].as_str())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("nodeguard_last_scan_timestamp_seconds missing: {last_scan:?}"));
+    assert!(
+        seconds > 1.6e9,
+        "last scan timestamp is a Unix time: {seconds}"
+    );
+    wait_for(
+        "the agent's target to be healthy with no scrape error",
+        SCANS_TIMEOUT,
+        || {
+            let data = prometheus.api("targets?state=active")?;
+            let target = data["activeTargets"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["labels"]["job"] == JOB))
+                .cloned()
+                .ok_or_else(|| format!("no active target of job {JOB}: {data}"))?;
+            if target["health"] == "up" && target["lastError"] == "" {
+                Ok(())
+            } else {
+                Err(format!("{target}"))
+            }
+        },
+    );
+
+    // Stop the admin container: its series go stale, the other container's stay.
+    let admin_short = short(&admin).to_string();
+    drop(admin);
+    wait_for(
+        "the stopped container's series to disappear from Prometheus",
+        SCANS_TIMEOUT,
+        || {
+            agent.assert_running();
+            let result = prometheus.query(&admin_query)?;
+            if result.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{admin_query} -> {result:?}"))
+            }
+        },
+    );
+    let metrics = agent.metrics();
+    let label = format!("container=\"{admin_short}\"");
+    assert!(
+        !metrics.lines().any(|l| l.contains(&label)),
+        "/metrics still has series of the stopped container:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains(&label))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let still = prometheus
+        .query(&calm_query)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        findings_by_kind(&still).contains_key("runs_as_root"),
+        "the running container's series must stay: {still:?}"
+    );
+    drop(calm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The API and `nodeguard query` against the running agent.
+
+#[test]
+fn api_and_query_cli_answer_about_real_containers() {
+    require_containers!();
+    let tag = support::random_hex(16);
+    let (tagged_image, tagged_exe) = image_with_tagged_busybox("busybox-e2e", tag.as_bytes(), 0);
+    let admin = unlimited_admin(&tagged_image)
+        .args(&[&tagged_exe, "sleep", "3600"])
+        .exec(&[&tagged_exe, "sleep", "3601"])
+        .start();
+    let calm = limited(Image::busybox()).start();
+    let agent = Agent::start(&[]);
+
+    let ready = agent.wait_ready();
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    // "Where does this binary run?": exactly the tagged container's processes.
+    let digest = oracle::sha256sum(Path::new(&format!("/proc/{}/exe", admin.init_pid)));
+    let expected_pids = admin.pids();
+    assert_eq!(
+        expected_pids.len(),
+        2,
+        "runc ps of {}: {expected_pids:?}",
+        admin.describe()
+    );
+    let processes = wait_for(
+        "/v1/processes?sha256= to list exactly the tagged container's processes",
+        SCANS_TIMEOUT,
+        || {
+            let answer = agent.get_json(&format!("/v1/processes?sha256={digest}"));
+            let list = answer["processes"].as_array().cloned().unwrap_or_default();
+            let mut pids: Vec<i32> = list
+                .iter()
+                .filter_map(|p| p["pid"].as_i64().map(|p| p as i32))
+                .collect();
+            pids.sort_unstable();
+            if pids == expected_pids {
+                Ok(list)
+            } else {
+                Err(format!(
+                    "pids {pids:?}, runc ps says {expected_pids:?}: {answer}"
+                ))
+            }
+        },
+    );
+    for p in &processes {
+        assert_eq!(p["container_id"], admin.id.as_str(), "{p}");
+        assert_eq!(p["sha256"], digest.as_str(), "{p}");
+        assert_eq!(p["exe"], tagged_exe.as_str(), "{p}");
+    }
+    let cli = agent.query_cli(&["processes", "--sha256", &digest]);
+    let mut cli_pids: Vec<i64> = cli["processes"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|p| p["pid"].as_i64()).collect())
+        .unwrap_or_default();
+    cli_pids.sort_unstable();
+    assert_eq!(
+        cli_pids,
+        expected_pids
+            .iter()
+            .map(|&p| i64::from(p))
+            .collect::<Vec<_>>(),
+        "nodeguard query processes --sha256: {cli}"
+    );
+
+    // Findings of one container at or above high severity.
+    let high = agent.findings(&format!("container={}&severity=high", short(&admin)));
+    let cap = high
+        .iter()
+        .find(|f| f["kind"] == "dangerous_capability" && f["subject"] == "CAP_SYS_ADMIN")
+        .unwrap_or_else(|| panic!("no dangerous_capability CAP_SYS_ADMIN in {high:#?}"));
+    assert_eq!(cap["severity"], "critical", "{cap}");
+    for f in &high {
+        assert_eq!(f["container_id"], admin.id.as_str(), "{f}");
+        assert!(
+            f["severity"] == "high" || f["severity"] == "critical",
+            "severity=high returned {f}"
+        );
+    }
+    let all_of_admin = agent.findings(&format!("container={}", short(&admin)));
+    assert!(
+        kinds(&all_of_admin).contains("missing_memory_limit"),
+        "the unfiltered answer has the medium finding the severity filter left out: {all_of_admin:#?}"
+    );
+    assert!(!kinds(&high).contains("missing_memory_limit"), "{high:#?}");
+
+    // `nodeguard query findings` agrees with the API.
+    let cli = agent.query_cli(&["findings", "--container", short(&admin)]);
+    let cli_findings = cli["findings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        ids(&cli_findings),
+        ids(&all_of_admin),
+        "nodeguard query findings --container vs /v1/findings?container="
+    );
+    let cli = agent.query_cli(&[
+        "findings",
+        "--container",
+        short(&admin),
+        "--severity",
+        "high",
+    ]);
+    assert_eq!(
+        ids(cli["findings"].as_array().map_or(&[][..], |v| v.as_slice())),
+        ids(&high),
+        "nodeguard query findings --severity high vs /v1/findings?severity=high: {cli}"
+    );
+    assert!(
+        agent
+            .findings(&format!("container={}", calm.id))
+            .iter()
+            .all(|f| f["kind"] != "dangerous_capability"),
+        "the limited container has no dangerous capability"
+    );
+
+    // A bad filter is a 400 with a JSON error that names the problem.
+    let bad = agent
+        .try_get("/v1/findings?kind=nonsense", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.content_type.starts_with("application/json"), "{bad:?}");
+    let body = bad.json("/v1/findings?kind=nonsense");
+    assert_eq!(body["status"], 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nonsense")),
+        "{body}"
+    );
+
+    // /metrics: OpenMetrics when asked the way Prometheus asks, else the 0.0.4 text format.
+    let open = agent
+        .try_get("/metrics", Some(PROMETHEUS_ACCEPT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        open.content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        open.content_type
+    );
+    assert!(
+        open.body.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF"
+    );
+    let plain = agent
+        .try_get("/metrics", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        plain.content_type.starts_with("text/plain"),
+        "no Accept header: the 0.0.4 text format, as client_golang does; got {}",
+        plain.content_type
+    );
+    let text = agent
+        .try_get("/metrics", Some("text/plain"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text.content_type.starts_with("text/plain") && text.content_type.contains("0.0.4"),
+        "{}",
+        text.content_type
+    );
+    assert!(!text.body.contains("# EOF"), "the 0.0.4 text has no # EOF");
+    assert!(
+        text.body.lines().any(|l| {
+            l.starts_with("nodeguard_findings{")
+                && l.contains("kind=\"dangerous_capability\"")
+                && l.contains(&format!("container=\"{}\"", short(&admin)))
+        }),
+        "the text form carries the same findings"
+    );
+    drop((admin, calm, tagged_image));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. SIGHUP reloads the policy; a broken one is refused and the old one stays.
+
+#[test]
+fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_is_broken() {
+    require_containers!();
+    let c = ContainerSpec::new(Image::busybox()).start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let no_cpu = "version: 1\nrequired_limits:\n  cpu: false\n";
+    let broken = "version: 1\nrequired_limits:\n  cpu: sometimes\n";
+    let with_cpu = "version: 1\nrequired_limits:\n  cpu: true\n";
+    fs::write(&policy, no_cpu).unwrap();
+    // The broken policy really is broken, by the agent's own checker.
+    let check_dir = tempfile::tempdir().unwrap();
+    let broken_copy = check_dir.path().join("broken.yaml");
+    fs::write(&broken_copy, broken).unwrap();
+    let check = support::scan::nodeguard(&["policy", "check", broken_copy.to_str().unwrap()]);
+    assert!(
+        !check.success(),
+        "policy check accepted {broken:?}\n{check}"
+    );
+
+    let agent = Agent::start(&["--config", policy.to_str().unwrap()]);
+    agent.wait_ready();
+    wait_for_container(&agent, &c);
+    let by_container = format!("container={}", c.id);
+    let before = agent.findings(&by_container);
+    assert!(
+        kinds(&before).contains("missing_memory_limit"),
+        "the policy is evaluated: {before:#?}"
+    );
+    assert!(
+        !kinds(&before).contains("missing_cpu_limit"),
+        "required_limits.cpu: false disables missing_cpu_limit: {before:#?}"
+    );
+    let failures = "nodeguard_policy_reloads_total{result=\"failure\"}";
+    let successes = "nodeguard_policy_reloads_total{result=\"success\"}";
+    assert_eq!(metric_value(&agent.metrics(), failures), Some(0.0));
+
+    // Broken: refused, counted, logged; the agent keeps running with the old policy.
+    fs::write(&policy, broken).unwrap();
+    send_signal(agent.pid(), "HUP");
+    wait_for(
+        "nodeguard_policy_reloads_total{result=\"failure\"} to be 1",
+        SCANS_TIMEOUT,
+        || {
+            let m = agent.metrics();
+            match metric_value(&m, failures) {
+                Some(1.0) => Ok(()),
+                v => Err(format!("{v:?}")),
+            }
+        },
+    );
+    assert_eq!(metric_value(&agent.metrics(), successes), Some(0.0));
+    agent.wait_for_fresh_scan();
+    agent.assert_running();
+    let after = agent.findings(&by_container);
+    assert_eq!(
+        ids(&after),
+        ids(&before),
+        "a refused policy changes no finding"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("policy reload refused") && l.contains("sometimes")),
+        "the log says the reload was refused and why"
+    );
+
+    // Valid again, re-enabling the check: the finding appears.
+    fs::write(&policy, with_cpu).unwrap();
+    send_signal(agent.pid(), "HUP");
+    let found = wait_for(
+        "missing_cpu_limit to appear after the reload",
+        SCANS_TIMEOUT,
+        || {
+            let now = agent.findings(&by_container);
+            match now.iter().find(|f| f["kind"] == "missing_cpu_limit") {
+                Some(f) => Ok(f.clone()),
+                None => Err(format!("{:?}", kinds(&now))),
+            }
+        },
+    );
+    assert_eq!(found["severity"], "low", "{found}");
+    let m = agent.metrics();
+    assert_eq!(metric_value(&m, successes), Some(1.0));
+    assert_eq!(metric_value(&m, failures), Some(1.0));
+    drop(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Lifecycle: probes during a scan, SIGTERM and SIGINT.
+
+#[test]
+fn healthz_answers_during_a_scan_and_sigterm_exits_zero() {
+    require_containers!();
+    // An executable with a 256 MiB tail, never seen before by this agent: the first scan
+    // hashes it, so a scan is certainly running while the probes below are asked.
+    let tag = support::random_hex(16);
+    let (image, exe) = image_with_tagged_busybox("busybox-big", tag.as_bytes(), 256 * 1024 * 1024);
+    let c = ContainerSpec::new(&image)
+        .args(&[&exe, "sleep", "3600"])
+        .start();
+    let agent = Agent::start(&[]);
+
+    // /healthz answers while /readyz still says the first scan has not finished.
+    let mut healthy_during_scan = 0;
+    let ready = wait_for("the first scan to complete", FIRST_SCAN_TIMEOUT, || {
+        let health = agent.try_get("/healthz", None)?;
+        let ready = agent.try_get("/readyz", None)?;
+        if health.status == 200 && ready.status == 503 {
+            let body = health.json("/healthz");
+            assert_eq!(body["status"], "ok", "{body}");
+            let not_ready = ready.json("/readyz");
+            assert_eq!(not_ready["status"], 503, "{not_ready}");
+            healthy_during_scan += 1;
+        }
+        if ready.status == 200 {
+            Ok(ready.json("/readyz"))
+        } else {
+            Err(format!(
+                "/healthz {}, /readyz {}",
+                health.status, ready.status
+            ))
+        }
+    });
+    assert!(
+        healthy_during_scan > 0,
+        "/healthz never answered while the first scan ran (/readyz was never 503 when asked)"
+    );
+    assert!(ready["scans"]["processes"].is_object(), "{ready}");
+    let hashed = agent.get_json(&format!("/v1/processes?pid={}", c.init_pid));
+    assert!(
+        hashed["processes"][0]["sha256"].is_string(),
+        "the big executable was hashed: {hashed}"
+    );
+
+    // SIGTERM: exit status 0 within the promised time.
+    send_signal(agent.pid(), "TERM");
+    match agent.wait_exit(STOP_TIMEOUT) {
+        Some(status) => assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}"),
+        None => panic!("the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM"),
+    }
+    assert!(
+        agent.log_text().contains("\"SIGTERM\""),
+        "the log names the signal"
+    );
+    drop((c, image));
+}
+
+#[test]
+fn sigint_during_the_first_scan_exits_zero() {
+    require_containers!();
+    let tag = support::random_hex(16);
+    let (image, exe) = image_with_tagged_busybox("busybox-big", tag.as_bytes(), 256 * 1024 * 1024);
+    let c = ContainerSpec::new(&image)
+        .args(&[&exe, "sleep", "3600"])
+        .start();
+    let agent = Agent::start(&[]);
+    wait_for(
+        "the API to answer during the first scan",
+        SCANS_TIMEOUT,
+        || {
+            let health = agent.try_get("/healthz", None)?;
+            let ready = agent.try_get("/readyz", None)?;
+            match (health.status, ready.status) {
+                (200, 503) => Ok(()),
+                (_, 200) => panic!(
+                    "the first scan finished before it could be interrupted; this test needs a \
+                 scan in progress (the 256 MiB executable should take seconds to hash)"
+                ),
+                (h, r) => Err(format!("/healthz {h}, /readyz {r}")),
+            }
+        },
+    );
+    send_signal(agent.pid(), "INT");
+    match agent.wait_exit(STOP_TIMEOUT) {
+        Some(status) => assert_eq!(status.code(), Some(0), "exit after SIGINT: {status}"),
+        None => panic!("the agent did not exit within {STOP_TIMEOUT:?} of SIGINT during a scan"),
+    }
+    drop((c, image));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. First seen, last seen, resolution.
+
+#[test]
+fn findings_keep_first_seen_across_scans_and_resolve_when_the_container_stops() {
+    require_containers!();
+    let image = Image::busybox();
+    let admin = unlimited_admin(image).start();
+    let calm = limited(image).start();
+    let agent = Agent::start(&[]);
+    agent.wait_ready();
+    wait_for_container(&agent, &admin);
+    wait_for_container(&agent, &calm);
+
+    let cap_query = format!("container={}&kind=dangerous_capability", admin.id);
+    let first = agent.findings(&cap_query);
+    let [first] = first.as_slice() else {
+        panic!("one dangerous_capability finding expected: {first:#?}");
+    };
+    let first = first.clone();
+    let calm_query = format!("container={}&kind=runs_as_root", calm.id);
+    let calm_first = agent.findings(&calm_query);
+    assert_eq!(calm_first.len(), 1, "{calm_first:#?}");
+
+    // Later scans: same id and first_seen, later last_seen.
+    let later = wait_for("last_seen to advance", SCANS_TIMEOUT, || {
+        let now = agent.findings(&cap_query);
+        match now.as_slice() {
+            [f] if f["last_seen"] != first["last_seen"] => Ok(f.clone()),
+            _ => Err(format!("{now:?}")),
+        }
+    });
+    assert_eq!(later["id"], first["id"]);
+    assert_eq!(
+        later["first_seen"], first["first_seen"],
+        "first_seen stays while the finding stays open"
+    );
+    let (a, b) = (
+        first["last_seen"].as_str().unwrap(),
+        later["last_seen"].as_str().unwrap(),
+    );
+    assert!(b > a, "last_seen moves forward: {a} -> {b}");
+    assert!(
+        later["first_seen"].as_str().unwrap() <= a,
+        "first_seen is not after last_seen: {later}"
+    );
+
+    // Stop the container: every finding about it is resolved.
+    let admin_id = admin.id.clone();
+    let finding_id = first["id"].as_str().unwrap().to_string();
+    drop(admin);
+    wait_for(
+        "the stopped container's findings to be resolved",
+        SCANS_TIMEOUT,
+        || {
+            let now = agent.findings(&format!("container={admin_id}"));
+            if now.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{:?}", kinds(&now)))
+            }
+        },
+    );
+    let containers = agent.get_json(&format!("/v1/containers?container={admin_id}"));
+    assert_eq!(containers["count"], 0, "{containers}");
+    let log = agent.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("finding resolved") && l.contains(&finding_id)),
+        "the log records the resolution of {finding_id}"
+    );
+    // The other container's finding is untouched.
+    let calm_now = agent.findings(&calm_query);
+    assert_eq!(calm_now.len(), 1, "{calm_now:#?}");
+    assert_eq!(calm_now[0]["first_seen"], calm_first[0]["first_seen"]);
+    drop(calm);
+}
