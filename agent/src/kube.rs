@@ -6,12 +6,16 @@ use nodeguard_kube::{EventConfig, EventPublisher, KubeMode, PodWatch};
 use nodeguard_model::{EventStats, NodeState, PodLookup};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// How long shutdown waits for the Events publisher to save its announced set.
+const SAVE_GRACE: Duration = Duration::from_secs(3);
 
 /// The running Kubernetes parts.
 pub struct KubeParts {
     pods: PodWatch,
-    events: Option<Arc<EventPublisher>>,
+    events: Option<EventPublisher>,
 }
 
 impl KubeParts {
@@ -20,13 +24,21 @@ impl KubeParts {
     }
 
     pub fn event_stats(&self) -> Option<Arc<dyn Fn() -> EventStats + Send + Sync>> {
-        let events = Arc::clone(self.events.as_ref()?);
-        Some(Arc::new(move || events.stats()))
+        self.events.as_ref().map(EventPublisher::stats_source)
     }
 
+    /// Stops the pod watch and lets the publisher save its announced set. Call after the
+    /// state sender is gone (the daemon has stopped), which is what ends the publisher.
     pub async fn shutdown(self) {
-        drop(self.events);
-        drop(self.pods);
+        self.pods.stop();
+        if let Some(events) = self.events {
+            if tokio::time::timeout(SAVE_GRACE, events.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the Events publisher did not stop in time");
+            }
+        }
     }
 }
 
@@ -52,8 +64,13 @@ pub async fn start(
     };
     let pods = PodWatch::start(client.clone(), node);
     let events = events.then(|| {
-        let config = EventConfig::for_node(node, state_dir);
-        Arc::new(EventPublisher::start(client, config, state))
+        let config = EventConfig {
+            state_dir,
+            // The shipped ClusterRole grants nothing on nodes (least privilege).
+            lookup_node_uid: false,
+            ..EventConfig::new(node)
+        };
+        EventPublisher::start(client, config, state)
     });
     tracing::info!(node, events = events.is_some(), "watching this node's pods");
     Ok(Some(KubeParts { pods, events }))

@@ -2,6 +2,7 @@
 //! data lives in the crates; this file only connects them.
 
 mod cli;
+mod kube;
 mod output;
 mod query;
 mod run;

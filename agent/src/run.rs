@@ -58,8 +58,21 @@ async fn serve(args: RunArgs) -> Result<()> {
     let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
     let (control_tx, control_rx) = mpsc::channel(8);
 
-    // KUBE-WIRING
-    let pods: Arc<dyn PodLookup> = Arc::new(NoPods);
+    let kube = crate::kube::start(
+        args.kube,
+        &node,
+        args.state_dir.clone(),
+        !args.no_events,
+        state_rx.clone(),
+    )
+    .await?;
+    let pods: Arc<dyn PodLookup> = match &kube {
+        Some(k) => k.pods(),
+        None => Arc::new(NoPods),
+    };
+    if let Some(source) = kube.as_ref().and_then(|k| k.event_stats()) {
+        metrics.set_event_stats_source(source);
+    }
 
     let daemon = Daemon {
         scanner,
@@ -126,6 +139,9 @@ async fn serve(args: RunArgs) -> Result<()> {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API server stopped with an error"),
         Ok(_) => {}
         Err(_) => tracing::warn!("the API server did not stop in time"),
+    }
+    if let Some(kube) = kube {
+        kube.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -62,8 +62,13 @@ const LIST_PAGE: u32 = 500;
 pub struct EventConfig {
     /// `reportingInstance` of every Event, and the Node regarded by host findings.
     pub node_name: String,
-    /// The Node's uid for `regarding.uid`; looked up (`get nodes`) when `None`.
+    /// The Node's uid for `regarding.uid`; looked up (`get nodes`) when `None` and
+    /// `lookup_node_uid` is set.
     pub node_uid: Option<String>,
+    /// Whether to `get` the Node for its uid. Off in the shipped DaemonSet, whose ClusterRole
+    /// grants nothing on nodes: Node Events then carry no uid (`kubectl get events
+    /// --field-selector regarding.name=NODE` still finds them).
+    pub lookup_node_uid: bool,
     /// Where the announced set is kept across restarts (a hostPath in the DaemonSet).
     pub state_dir: Option<PathBuf>,
     /// Events one object may get at once (25).
@@ -95,6 +100,7 @@ impl EventConfig {
         EventConfig {
             node_name: node_name.into(),
             node_uid: None,
+            lookup_node_uid: true,
             state_dir: None,
             per_object_burst: 25,
             per_object_refill: Duration::from_secs(300),
@@ -140,6 +146,16 @@ impl EventPublisher {
 
     /// Waits until the task has ended (the state sender was dropped and the announced set
     /// saved).
+    /// A reader of the counters that outlives the publisher, for metrics at scrape time.
+    pub fn stats_source(&self) -> Arc<dyn Fn() -> EventStats + Send + Sync> {
+        let stats = Arc::clone(&self.stats);
+        Arc::new(move || {
+            *stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        })
+    }
+
     pub async fn join(self) {
         if let Err(error) = self.task.await {
             tracing::error!(%error, "event publisher task failed");
@@ -269,7 +285,7 @@ impl Worker {
             next_attempt: now,
             recovered: false,
             node_uid: cfg.node_uid.clone(),
-            node_uid_settled: cfg.node_uid.is_some(),
+            node_uid_settled: cfg.node_uid.is_some() || !cfg.lookup_node_uid,
             dirty: false,
             next_persist: now,
             cfg,
