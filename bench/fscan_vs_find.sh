@@ -74,6 +74,11 @@ if [[ ! -d $CACHE/hostusr ]]; then
   rm -rf "$CACHE/hostusr.tmp"
   mkdir -p "$CACHE/hostusr.tmp"
   cp -al /usr "$CACHE/hostusr.tmp/usr"
+  # Hard links to the host's setuid/setgid/capability binaries would keep old vulnerable
+  # versions alive after an upgrade: give those files their own copies.
+  { find "$CACHE/hostusr.tmp" -xdev -type f -perm /6000 -print0
+    find "$CACHE/hostusr.tmp" -xdev -type f -print0 | xargs -0 -r getcap | cut -d' ' -f1 | tr '\n' '\0'
+  } | while IFS= read -r -d '' f; do cp -a "$f" "$f.copy" && mv -f "$f.copy" "$f"; done
   mv "$CACHE/hostusr.tmp" "$CACHE/hostusr"
 fi
 image_lowers() { # image index -> lowerdir list (top first, ':'-separated)
