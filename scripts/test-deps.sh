@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what nodeguard's tests run against, on Debian 12 as root. Safe to run again:
+# only missing packages are installed.
+#
+#   runc, busybox-static        real containers with a one-file image (tests/*.rs)
+#   libcap2-bin                 capsh/getcap/setcap: capability ground truth
+#   prometheus                  prometheus + promtool: scrape and rule tests
+#   debootstrap                 a realistic Debian root for filesystem benchmarks
+#   jq, attr, time, openssl     JSON, xattrs, peak RSS, hashing baseline
+#   util-linux, findutils, procps, coreutils   mount/umount, find, ps, sha256sum
+#   ca-certificates             cargo fetching crates over HTTPS
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(
+  runc busybox-static libcap2-bin prometheus debootstrap jq attr time openssl
+  util-linux findutils procps coreutils ca-certificates
+)
+if [[ $(id -u) -ne 0 ]]; then
+  echo "run as root: the integration tests start real containers" >&2
+  exit 1
+fi
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "test dependencies: all installed"
+else
+  echo "test dependencies: installing ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's prometheus package may try to start a service; there is none to start here, and the
+# tests start their own servers on loopback ports.
+grep -qw overlay /proc/filesystems || modprobe overlay || true
