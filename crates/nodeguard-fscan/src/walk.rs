@@ -385,7 +385,7 @@ impl Worker {
             );
             return true;
         }
-        if (time_check || (entries > 0 && seen % TIME_CHECK_EVERY == 0))
+        if (time_check || (entries > 0 && seen.is_multiple_of(TIME_CHECK_EVERY)))
             && root.started.elapsed() > budget.max_duration
         {
             self.truncate(
