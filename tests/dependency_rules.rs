@@ -10,7 +10,13 @@ fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .args(["--manifest-path", manifest])
         .output()
         .expect("cargo metadata runs");
@@ -58,7 +64,10 @@ fn workspace_has_the_documented_crates() {
         "nodeguard-api",
         "nodeguard-kube",
     ] {
-        assert!(deps.contains_key(name), "{name} is missing from the workspace");
+        assert!(
+            deps.contains_key(name),
+            "{name} is missing from the workspace"
+        );
     }
 }
 
