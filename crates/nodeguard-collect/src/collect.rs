@@ -279,6 +279,14 @@ fn host_namespaces(proc_fd: &OwnedFd, proc_root: &Path, log: &mut Log) -> Namesp
     Namespaces::default()
 }
 
+/// The path under which host paths are reachable: `opts.host_root`, or kthreadd's root when
+/// that is the default `<proc>/1/root` and pid 1 may not be followed. `None` when neither
+/// can be opened. Filesystem walks use it to reach image layers the way `collect` does.
+pub fn resolve_host_root(opts: &CollectOptions) -> Option<std::path::PathBuf> {
+    let mut log = Log::default();
+    open_host_root(opts, &mut log).map(|h| h.path().to_path_buf())
+}
+
 /// The host root; when it is the default `<proc>/1/root` and pid 1 may not be followed,
 /// kthreadd's root (the initial mount namespace's `/`).
 fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {

@@ -33,7 +33,7 @@ pub mod mountinfo;
 pub mod process;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
-pub use collect::DEFAULT_CAP_LAST_CAP;
+pub use collect::{resolve_host_root, DEFAULT_CAP_LAST_CAP};
 pub use error::Error;
 pub use layer::FileIdentity;
 pub use limits::{detect_layout, CgroupLayout, LimitsReader};

@@ -266,9 +266,13 @@ impl Scanner {
         stats: &mut ScanStats,
         warnings: &mut Vec<String>,
     ) {
+        // Image layers are host paths: reach them the way the collector does.
+        let host_root = nodeguard_collect::resolve_host_root(&self.options.collect);
         let roots: Vec<ContainerRoot> = containers
             .iter()
-            .filter_map(|c| container_root(&self.options.collect, c))
+            .filter_map(|c| {
+                container_root(&self.options.collect.proc_root, host_root.as_deref(), c)
+            })
             .collect();
         let output = self.filesystems.scan(&roots);
         for (kind, count) in &output.stats.errors {
@@ -288,18 +292,17 @@ impl Scanner {
 /// Where a container's files can be read: its image layers and writable layer when its
 /// root is an overlay whose directories the agent can reach, else its merged root through
 /// a process of it.
-fn container_root(collect: &CollectOptions, container: &Container) -> Option<ContainerRoot> {
-    let overlay = container
-        .rootfs
-        .as_ref()
-        .filter(|r| r.fstype == "overlay" && !r.lower_dirs.is_empty())
-        .map(|r| RootSpec::Overlay {
-            lower_dirs: r
-                .lower_dirs
-                .iter()
-                .map(|d| under(&collect.host_root, d))
-                .collect(),
-            upper_dir: r.upper_dir.as_ref().map(|d| under(&collect.host_root, d)),
+fn container_root(
+    proc_root: &Path,
+    host_root: Option<&Path>,
+    container: &Container,
+) -> Option<ContainerRoot> {
+    let overlay = host_root
+        .zip(container.rootfs.as_ref())
+        .filter(|(_, r)| r.fstype == "overlay" && !r.lower_dirs.is_empty())
+        .map(|(host_root, r)| RootSpec::Overlay {
+            lower_dirs: r.lower_dirs.iter().map(|d| under(host_root, d)).collect(),
+            upper_dir: r.upper_dir.as_ref().map(|d| under(host_root, d)),
         })
         .filter(|spec| match spec {
             RootSpec::Overlay { lower_dirs, .. } => lower_dirs.iter().all(|d| d.is_dir()),
@@ -310,7 +313,7 @@ fn container_root(collect: &CollectOptions, container: &Container) -> Option<Con
         None => {
             let pid = container.pids.first()?;
             RootSpec::Merged {
-                root: collect.proc_root.join(pid.to_string()).join("root"),
+                root: proc_root.join(pid.to_string()).join("root"),
             }
         }
     };
@@ -320,9 +323,17 @@ fn container_root(collect: &CollectOptions, container: &Container) -> Option<Con
     })
 }
 
-/// A host path as reached from the agent: `host_root` + the absolute path.
+/// A host path as reached from the agent: `host_root` + the absolute path. `RootFs` paths are
+/// escaped text (`escape_path`); the bytes are restored before use.
 fn under(host_root: &Path, host_path: &str) -> PathBuf {
-    host_root.join(host_path.trim_start_matches('/'))
+    use std::os::unix::ffi::OsStrExt;
+    let raw =
+        nodeguard_model::unescape_path(host_path).unwrap_or_else(|| host_path.as_bytes().to_vec());
+    let relative = raw
+        .iter()
+        .position(|b| *b != b'/')
+        .map_or(&raw[..0], |start| &raw[start..]);
+    host_root.join(std::ffi::OsStr::from_bytes(relative))
 }
 
 fn exe_path(proc_root: &Path, pid: i32) -> PathBuf {
@@ -368,4 +379,77 @@ pub fn node_name(proc_root: &Path) -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeguard_model::{CgroupDriver, CgroupVersion, Limits, RootFs, Runtime};
+
+    fn container(rootfs: Option<RootFs>) -> Container {
+        Container {
+            id: "a".repeat(64),
+            runtime: Runtime::Containerd,
+            pod_uid: None,
+            qos: None,
+            cgroup: "/kubepods/x".into(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cgroup_version: CgroupVersion::V1,
+            limits: Limits::default(),
+            pod_limits: None,
+            effective_limits: Limits::default(),
+            pids: vec![42, 43],
+            rootfs,
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn host_paths_are_unescaped_under_the_host_root() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = under(Path::new("/proc/2/root"), "/var/lib/a\\x20b/\\xff");
+        assert_eq!(p.as_os_str().as_bytes(), b"/proc/2/root/var/lib/a b/\xff");
+        assert_eq!(under(Path::new("/h"), "/"), PathBuf::from("/h"));
+    }
+
+    #[test]
+    fn overlay_layers_are_walked_when_reachable_else_the_merged_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("layers/l1")).unwrap();
+        let rootfs = RootFs {
+            fstype: "overlay".into(),
+            lower_dirs: vec!["/layers/l1".into()],
+            upper_dir: Some("/layers/up".into()),
+        };
+        let c = container(Some(rootfs.clone()));
+        let root = container_root(Path::new("/proc"), Some(dir.path()), &c).unwrap();
+        assert_eq!(
+            root.spec,
+            RootSpec::Overlay {
+                lower_dirs: vec![dir.path().join("layers/l1")],
+                upper_dir: Some(dir.path().join("layers/up")),
+            }
+        );
+        // A lower dir that is not there (another mount namespace): the merged root.
+        let missing = RootFs {
+            lower_dirs: vec!["/nope".into()],
+            ..rootfs
+        };
+        let root = container_root(
+            Path::new("/proc"),
+            Some(dir.path()),
+            &container(Some(missing)),
+        );
+        assert_eq!(
+            root.unwrap().spec,
+            RootSpec::Merged {
+                root: PathBuf::from("/proc/42/root")
+            }
+        );
+        // No host root at all, or not an overlay: the merged root too.
+        let root = container_root(Path::new("/proc"), None, &c).unwrap();
+        assert!(matches!(root.spec, RootSpec::Merged { .. }));
+        let root = container_root(Path::new("/proc"), Some(dir.path()), &container(None));
+        assert!(matches!(root.unwrap().spec, RootSpec::Merged { .. }));
+    }
 }
