@@ -1,2 +1,1959 @@
-//! The manifests in manifests/ checked against the Kubernetes API types, against each other and
+//! The manifests in `manifests/` checked against the Kubernetes API types, against each other and
 //! against the code that runs with them.
+//!
+//! - Every resource `kustomization.yaml` lists exists, every manifest is listed, and each parses
+//!   into its `k8s-openapi` type with nothing ignored: the typed value, serialized again, must
+//!   equal the YAML (a misspelled field is silently dropped by serde, and shows up here). The
+//!   Prometheus Operator resources (no `k8s-openapi` type) are checked field by field.
+//! - The ClusterRole grants exactly `get/list/watch pods` and `create/patch events.k8s.io
+//!   events`, and the code needs no more: the kube crate's `PodWatch` and `EventPublisher`,
+//!   configured as `nodeguard run` configures them, talk to a fake API server that authorizes
+//!   every request with the RBAC rules bound to the ServiceAccount in these very manifests, and
+//!   get no 403.
+//! - The DaemonSet agrees with everything it names: the ServiceAccount, the ports of the
+//!   Service and ServiceMonitor, the API's paths, the binary's flags (asked of the real binary),
+//!   the volumes its flags point into, the policy in the ConfigMap (loaded with the real policy
+//!   loader), and the least-privilege security context the README promises.
+//!
+//! Run: `cargo test -p nodeguard --test manifests`.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Service, ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// Files in `manifests/` that are not Kubernetes objects to apply: the kustomization itself, an
+/// example policy (docs), and the plain Prometheus rules file (for `rule_files:`).
+const NOT_RESOURCES: &[&str] = &[
+    "kustomization.yaml",
+    "policy.example.yaml",
+    "prometheus-rules.yaml",
+];
+
+/// The one YAML document of `file`, as JSON.
+fn read_value(file: &Path) -> Value {
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document)
+            .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", file.display()));
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    assert_eq!(
+        documents.len(),
+        1,
+        "{} should hold exactly one object",
+        file.display()
+    );
+    documents.remove(0)
+}
+
+/// The value without its nulls (an explicit `null` and an absent field mean the same to the API
+/// server, and typed values skip `None`).
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Every place where `typed` (the value after a typed round trip) differs from `original`.
+fn differences(original: &Value, typed: &Value, at: &str, out: &mut Vec<String>) {
+    match (original, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{at}.{key}");
+                match b.get(key) {
+                    Some(other) => differences(value, other, &here, out),
+                    None => out.push(format!(
+                        "{here} is not a field of the API type (misspelled or misplaced?): \
+                         it would be dropped"
+                    )),
+                }
+            }
+            for key in b.keys().filter(|k| !a.contains_key(*k)) {
+                out.push(format!(
+                    "{at}.{key} appears only after the typed round trip"
+                ));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                differences(x, y, &format!("{at}[{i}]"), out);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push(format!("{at}: {a} in the file, {b} in the API type")),
+    }
+}
+
+/// Parses `value` into `T` and back; the differences from the original, if any.
+fn typed_round_trip<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, Vec<String>> {
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| vec![e.to_string()])?;
+    let back = serde_json::to_value(&typed).map_err(|e| vec![e.to_string()])?;
+    let mut diffs = Vec::new();
+    differences(&without_nulls(value), &without_nulls(&back), "", &mut diffs);
+    if diffs.is_empty() {
+        Ok(typed)
+    } else {
+        Err(diffs)
+    }
+}
+
+/// Whether objects of `T` live in a namespace, as the API types say.
+fn is_namespaced<T: k8s_openapi::Resource>() -> bool
+where
+    T::Scope: 'static,
+{
+    std::any::TypeId::of::<T::Scope>()
+        == std::any::TypeId::of::<k8s_openapi::NamespaceResourceScope>()
+}
+
+/// Every manifest, parsed.
+struct Manifests {
+    kustomization: Value,
+    /// File name → object, for every listed resource.
+    raw: BTreeMap<String, Value>,
+    namespace: Namespace,
+    service_account: ServiceAccount,
+    cluster_role: ClusterRole,
+    binding: ClusterRoleBinding,
+    config_map: ConfigMap,
+    daemon_set: DaemonSet,
+    service: Service,
+    service_monitor: Value,
+    prometheus_rule: Value,
+}
+
+/// The objects of one kind among the listed resources: exactly one is expected.
+fn only_of_kind<'a>(raw: &'a BTreeMap<String, Value>, kind: &str) -> (&'a str, &'a Value) {
+    let found: Vec<(&String, &Value)> = raw.iter().filter(|(_, v)| v["kind"] == kind).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind} among the kustomization's resources, found {:?}",
+        found.iter().map(|(f, _)| f).collect::<Vec<_>>()
+    );
+    (found[0].0, found[0].1)
+}
+
+fn typed_of_kind<T: DeserializeOwned + Serialize + k8s_openapi::Resource>(
+    raw: &BTreeMap<String, Value>,
+) -> T {
+    let (file, value) = only_of_kind(raw, T::KIND);
+    assert_eq!(
+        value["apiVersion"],
+        T::API_VERSION,
+        "{file}: apiVersion of a {}",
+        T::KIND
+    );
+    typed_round_trip::<T>(value).unwrap_or_else(|diffs| {
+        panic!(
+            "{file} does not match the {} API type:\n  {}",
+            T::KIND,
+            diffs.join("\n  ")
+        )
+    })
+}
+
+fn load() -> Manifests {
+    let dir = manifests_dir();
+    let kustomization = read_value(&dir.join("kustomization.yaml"));
+    let raw: BTreeMap<String, Value> = resources(&kustomization)
+        .into_iter()
+        .map(|file| {
+            let value = read_value(&dir.join(&file));
+            (file, value)
+        })
+        .collect();
+    Manifests {
+        namespace: typed_of_kind(&raw),
+        service_account: typed_of_kind(&raw),
+        cluster_role: typed_of_kind(&raw),
+        binding: typed_of_kind(&raw),
+        config_map: typed_of_kind(&raw),
+        daemon_set: typed_of_kind(&raw),
+        service: typed_of_kind(&raw),
+        service_monitor: only_of_kind(&raw, "ServiceMonitor").1.clone(),
+        prometheus_rule: only_of_kind(&raw, "PrometheusRule").1.clone(),
+        kustomization,
+        raw,
+    }
+}
+
+fn resources(kustomization: &Value) -> Vec<String> {
+    kustomization["resources"]
+        .as_array()
+        .expect("kustomization.yaml has a resources list")
+        .iter()
+        .map(|r| r.as_str().expect("resources are file names").to_string())
+        .collect()
+}
+
+impl Manifests {
+    fn kustomize_namespace(&self) -> &str {
+        self.kustomization["namespace"]
+            .as_str()
+            .expect("kustomization.yaml sets a namespace")
+    }
+
+    fn pod_spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
+        self.daemon_set
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .expect("the DaemonSet has a pod template spec")
+    }
+
+    fn container(&self) -> &Container {
+        let containers = &self.pod_spec().containers;
+        assert_eq!(containers.len(), 1, "the agent pod runs one container");
+        &containers[0]
+    }
+
+    /// `--flag=value` (or `--flag value`) of the container's args.
+    fn arg(&self, flag: &str) -> Option<String> {
+        let args = self.container().args.clone().unwrap_or_default();
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            if let Some(value) = arg.strip_prefix(&format!("{flag}=")) {
+                return Some(value.to_string());
+            }
+            if arg == flag {
+                return iter.next().cloned();
+            }
+        }
+        None
+    }
+
+    fn volume(&self, name: &str) -> &Volume {
+        self.pod_spec()
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("the DaemonSet has no volume {name:?}"))
+    }
+
+    /// The mount whose path is exactly `path`.
+    fn mount_at(&self, path: &str) -> &VolumeMount {
+        self.container()
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path.trim_end_matches('/') == path.trim_end_matches('/'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no volume is mounted at {path}; mounts: {:?}",
+                    self.container()
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .map(|m| &m.mount_path)
+                        .collect::<Vec<_>>()
+                )
+            })
+    }
+
+    fn metrics_port(&self) -> (String, i32) {
+        let ports = self.container().ports.clone().unwrap_or_default();
+        assert_eq!(ports.len(), 1, "the agent exposes one port: {ports:?}");
+        let port = &ports[0];
+        (
+            port.name.clone().expect("the container port has a name"),
+            port.container_port,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and types
+
+#[test]
+fn the_kustomization_lists_every_manifest_and_each_exists() {
+    let dir = manifests_dir();
+    let kustomization = read_value(&dir.join("kustomization.yaml"));
+    assert_eq!(kustomization["kind"], "Kustomization");
+    let listed: BTreeSet<String> = resources(&kustomization).into_iter().collect();
+    for file in &listed {
+        assert!(
+            dir.join(file).is_file(),
+            "kustomization.yaml lists {file}, which does not exist"
+        );
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .expect("read manifests/")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+        .filter(|name| !NOT_RESOURCES.contains(&name.as_str()))
+        .collect();
+    let unlisted: Vec<&String> = on_disk.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "manifests not in kustomization.yaml (kubectl apply -k would skip them): {unlisted:?}"
+    );
+}
+
+#[test]
+fn every_manifest_parses_into_its_api_type_with_no_field_ignored() {
+    let m = load();
+    let kinds: BTreeSet<&str> = m
+        .raw
+        .values()
+        .map(|v| v["kind"].as_str().unwrap_or("(no kind)"))
+        .collect();
+    let expected: BTreeSet<&str> = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(kinds, expected, "the kinds of the listed resources");
+    for (file, value) in &m.raw {
+        let name = value["metadata"]["name"].as_str().unwrap_or("");
+        assert!(!name.is_empty(), "{file} has no metadata.name");
+    }
+}
+
+#[test]
+fn the_round_trip_check_catches_a_misspelled_field() {
+    // Without this, "no differences" above could mean the check sees nothing.
+    let mut value = read_value(&manifests_dir().join("daemonset.yaml"));
+    value["spec"]["template"]["spec"]["hostPid"] = json!(true);
+    value["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        ["readOnlyRootFileSystem"] = json!(true);
+    let diffs =
+        typed_round_trip::<DaemonSet>(&value).expect_err("misspelled fields must be reported");
+    assert_eq!(diffs.len(), 2, "{diffs:#?}");
+    assert!(
+        diffs[0].contains("hostPid") || diffs[1].contains("hostPid"),
+        "{diffs:#?}"
+    );
+    assert!(
+        diffs.iter().any(|d| d.contains("readOnlyRootFileSystem")),
+        "{diffs:#?}"
+    );
+}
+
+/// Fields of the Prometheus Operator's monitoring.coreos.com/v1 objects that nodeguard may use,
+/// by where they appear: anything else is a typo the operator would reject or ignore.
+const OBJECT_FIELDS: &str = "apiVersion kind metadata spec";
+const SERVICE_MONITOR_SPEC: &str = "selector namespaceSelector endpoints jobLabel targetLabels \
+    podTargetLabels sampleLimit attachMetadata";
+const ENDPOINT_FIELDS: &str = "port targetPort path scheme params interval scrapeTimeout \
+    tlsConfig authorization honorLabels honorTimestamps metricRelabelings relabelings \
+    followRedirects enableHttp2 filterRunning";
+const RELABELING_FIELDS: &str =
+    "sourceLabels separator targetLabel regex modulus replacement action";
+const RULE_GROUP_FIELDS: &str = "name interval rules limit partial_response_strategy query_offset";
+const RULE_FIELDS: &str = "alert record expr for keep_firing_for labels annotations";
+
+/// The keys of `value` (an object) that `known` does not list, as paths under `at`.
+fn unknown_fields(value: &Value, known: &str, at: &str) -> Vec<String> {
+    let known: Vec<&str> = known.split_whitespace().collect();
+    value
+        .as_object()
+        .into_iter()
+        .flat_map(|map| map.keys())
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| format!("{at}.{k}"))
+        .collect()
+}
+
+fn items(value: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    value.as_array().into_iter().flatten().enumerate()
+}
+
+#[test]
+fn the_prometheus_operator_resources_have_their_required_fields() {
+    let m = load();
+    let sm = &m.service_monitor;
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["kind"], "ServiceMonitor");
+    let mut unknown = unknown_fields(sm, OBJECT_FIELDS, "");
+    unknown.extend(unknown_fields(&sm["spec"], SERVICE_MONITOR_SPEC, ".spec"));
+    let service_ports: Vec<String> = m
+        .service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    let endpoints = &sm["spec"]["endpoints"];
+    assert!(
+        items(endpoints).count() > 0,
+        "ServiceMonitor has no spec.endpoints"
+    );
+    for (i, endpoint) in items(endpoints) {
+        let at = format!(".spec.endpoints[{i}]");
+        unknown.extend(unknown_fields(endpoint, ENDPOINT_FIELDS, &at));
+        for (j, relabeling) in items(&endpoint["relabelings"]) {
+            let at = format!("{at}.relabelings[{j}]");
+            unknown.extend(unknown_fields(relabeling, RELABELING_FIELDS, &at));
+        }
+        let port = endpoint["port"].as_str().expect("endpoint port name");
+        assert!(
+            service_ports.iter().any(|p| p == port),
+            "ServiceMonitor endpoint port {port:?} is not a port of the Service ({service_ports:?})"
+        );
+        let path = endpoint["path"].as_str().unwrap_or("/metrics");
+        assert!(
+            nodeguard_api::paths().contains(&path),
+            "ServiceMonitor scrapes {path}, which the agent does not serve"
+        );
+    }
+    // The ServiceMonitor selects the Service by its labels, in the Service's namespace.
+    let service_labels = m.service.metadata.labels.clone().unwrap_or_default();
+    let selector = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("ServiceMonitor spec.selector.matchLabels");
+    for (key, want) in selector {
+        assert_eq!(
+            service_labels.get(key).map(String::as_str),
+            want.as_str(),
+            "the ServiceMonitor selects {key}={want}; the Service's labels: {service_labels:?}"
+        );
+    }
+    let watched: Vec<&str> = items(&sm["spec"]["namespaceSelector"]["matchNames"])
+        .filter_map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        watched.contains(&m.kustomize_namespace()),
+        "the ServiceMonitor looks in {watched:?}, the Service is in {}",
+        m.kustomize_namespace()
+    );
+
+    let rule = &m.prometheus_rule;
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    unknown.extend(unknown_fields(rule, OBJECT_FIELDS, ""));
+    unknown.extend(unknown_fields(&rule["spec"], "groups", ".spec"));
+    assert!(
+        items(&rule["spec"]["groups"]).count() > 0,
+        "PrometheusRule has no spec.groups"
+    );
+    for (i, group) in items(&rule["spec"]["groups"]) {
+        let at = format!(".spec.groups[{i}]");
+        unknown.extend(unknown_fields(group, RULE_GROUP_FIELDS, &at));
+        assert!(group["name"].is_string(), "{at} has no name");
+        assert!(items(&group["rules"]).count() > 0, "{at} has no rules");
+        for (j, r) in items(&group["rules"]) {
+            let at = format!("{at}.rules[{j}]");
+            unknown.extend(unknown_fields(r, RULE_FIELDS, &at));
+            assert!(
+                r["alert"].is_string() != r["record"].is_string(),
+                "{at} must be an alert or a recording rule"
+            );
+            assert!(r["expr"].is_string(), "{at} has no expr");
+        }
+    }
+    assert!(unknown.is_empty(), "unknown fields: {unknown:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces and names
+
+#[test]
+fn namespaced_objects_live_in_the_kustomization_namespace() {
+    let m = load();
+    let ns = m.kustomize_namespace();
+    assert_eq!(m.namespace.metadata.name.as_deref(), Some(ns));
+    assert!(!is_namespaced::<Namespace>() && !is_namespaced::<ClusterRole>());
+    assert!(!is_namespaced::<ClusterRoleBinding>());
+    let typed = [
+        (
+            "ServiceAccount",
+            is_namespaced::<ServiceAccount>(),
+            &m.service_account.metadata,
+        ),
+        (
+            "ConfigMap",
+            is_namespaced::<ConfigMap>(),
+            &m.config_map.metadata,
+        ),
+        (
+            "DaemonSet",
+            is_namespaced::<DaemonSet>(),
+            &m.daemon_set.metadata,
+        ),
+        ("Service", is_namespaced::<Service>(), &m.service.metadata),
+    ];
+    for (kind, namespaced, meta) in typed {
+        assert!(namespaced, "{kind} is namespaced");
+        assert_eq!(
+            meta.namespace.as_deref(),
+            Some(ns),
+            "{kind} {:?} must say namespace {ns} (kubectl apply -f would otherwise use the \
+             current context's namespace)",
+            meta.name
+        );
+    }
+    for cluster_scoped in [
+        &m.namespace.metadata,
+        &m.cluster_role.metadata,
+        &m.binding.metadata,
+    ] {
+        assert_eq!(
+            cluster_scoped.namespace, None,
+            "{:?} is cluster-scoped",
+            cluster_scoped.name
+        );
+    }
+    assert_eq!(m.service_monitor["metadata"]["namespace"], ns);
+    // The PrometheusRule says where it goes in its own comments (the namespace Prometheus
+    // watches for rules); kustomize puts it in the kustomization namespace when applied with -k.
+    let rule_ns = &m.prometheus_rule["metadata"]["namespace"];
+    assert!(
+        rule_ns.is_null() || rule_ns == ns,
+        "PrometheusRule namespace {rule_ns}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// RBAC
+
+/// (apiGroup, resource, verb) triples a rule grants. Wildcards are kept as `*`.
+fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn triple(group: &str, resource: &str, verb: &str) -> (String, String, String) {
+    (group.into(), resource.into(), verb.into())
+}
+
+#[test]
+fn the_cluster_role_grants_exactly_pod_reads_and_event_writes() {
+    let m = load();
+    let role = &m.cluster_role;
+    assert!(
+        role.aggregation_rule.is_none(),
+        "no aggregation into nodeguard's role"
+    );
+    let rules = role.rules.clone().unwrap_or_default();
+    for rule in &rules {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "unexpected rule shape: {rule:?}"
+        );
+    }
+    let expected: BTreeSet<_> = [
+        triple("", "pods", "get"),
+        triple("", "pods", "list"),
+        triple("", "pods", "watch"),
+        triple("events.k8s.io", "events", "create"),
+        triple("events.k8s.io", "events", "patch"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(grants(&rules), expected);
+}
+
+#[test]
+fn the_binding_gives_the_role_to_the_service_account() {
+    let m = load();
+    let role_ref = &m.binding.role_ref;
+    assert_eq!(
+        role_ref.api_group.as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
+    assert_eq!(role_ref.kind, "ClusterRole");
+    assert_eq!(Some(&role_ref.name), m.cluster_role.metadata.name.as_ref());
+    let subjects = m.binding.subjects.clone().unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    let subject = &subjects[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(
+        Some(&subject.name),
+        m.service_account.metadata.name.as_ref()
+    );
+    assert_eq!(subject.namespace.as_deref(), Some(m.kustomize_namespace()));
+    assert_eq!(
+        subject.namespace, m.service_account.metadata.namespace,
+        "the binding names the ServiceAccount in its own namespace"
+    );
+    assert_eq!(
+        m.pod_spec().service_account_name,
+        m.service_account.metadata.name,
+        "the DaemonSet runs as the bound ServiceAccount"
+    );
+    assert_ne!(
+        m.service_account.automount_service_account_token,
+        Some(false),
+        "the agent needs its token to reach the API server"
+    );
+    assert_ne!(m.pod_spec().automount_service_account_token, Some(false));
+}
+
+/// What the API server's authorizer sees of a request.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Attributes {
+    verb: String,
+    group: String,
+    /// `pods`, or `pods/log` for a subresource.
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// The RBAC attributes of a resource request, as the API server derives them
+/// (`k8s.io/apiserver/pkg/endpoints/request.RequestInfoFactory`). `None` for non-resource URLs.
+fn attributes(method: &str, path: &str, query: Option<&str>) -> Option<Attributes> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let (legacy_watch, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        rest => (false, rest),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let resource = match rest {
+        [resource, _name, sub, ..] => format!("{resource}/{sub}"),
+        [resource, ..] => resource.to_string(),
+        [] => return None,
+    };
+    let name = rest.get(1).map(|n| n.to_string());
+    let watch_param = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|kv| matches!(kv.split_once('='), Some(("watch", v)) if v == "true" || v == "1"));
+    let verb = match method {
+        "GET" | "HEAD" if legacy_watch || watch_param => "watch",
+        "GET" | "HEAD" if name.is_some() => "get",
+        "GET" | "HEAD" => "list",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" if name.is_some() => "delete",
+        "DELETE" => "deletecollection",
+        _ => return None,
+    };
+    Some(Attributes {
+        verb: verb.into(),
+        group: group.into(),
+        resource,
+        namespace,
+        name,
+    })
+}
+
+/// The RBAC rules a ServiceAccount holds through ClusterRoleBindings (the whole authorizer for
+/// the fake API server: RBAC is the only mode, as in a default cluster).
+#[derive(Debug, Clone)]
+struct Authorizer {
+    user: String,
+    rules: Vec<PolicyRule>,
+}
+
+impl Authorizer {
+    fn for_service_account(
+        account: &ServiceAccount,
+        roles: &[&ClusterRole],
+        bindings: &[&ClusterRoleBinding],
+    ) -> Authorizer {
+        let name = account.metadata.name.clone().unwrap_or_default();
+        let namespace = account.metadata.namespace.clone().unwrap_or_default();
+        let mut rules = Vec::new();
+        for binding in bindings {
+            let bound = binding.subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == name
+                    && s.namespace.as_deref() == Some(namespace.as_str())
+            });
+            if !bound || binding.role_ref.kind != "ClusterRole" {
+                continue;
+            }
+            for role in roles {
+                if role.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()) {
+                    rules.extend(role.rules.clone().unwrap_or_default());
+                }
+            }
+        }
+        Authorizer {
+            user: format!("system:serviceaccount:{namespace}:{name}"),
+            rules,
+        }
+    }
+
+    fn allows(&self, a: &Attributes) -> bool {
+        let has = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
+        self.rules.iter().any(|rule| {
+            has(rule.api_groups.as_deref().unwrap_or_default(), &a.group)
+                && has(rule.resources.as_deref().unwrap_or_default(), &a.resource)
+                && has(&rule.verbs, &a.verb)
+                && rule.resource_names.as_ref().is_none_or(|names| {
+                    names.is_empty() || a.name.as_ref().is_some_and(|n| names.contains(n))
+                })
+        })
+    }
+}
+
+impl std::fmt::Display for Attributes {
+    /// `verb group/resource namespace/name`, `-` for what is absent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "{} {}/{} {}/{}",
+            self.verb,
+            self.group,
+            self.resource,
+            or_dash(&self.namespace),
+            or_dash(&self.name)
+        )
+    }
+}
+
+#[test]
+fn requests_map_to_rbac_verbs_as_the_api_server_maps_them() {
+    let cases = [
+        (
+            "GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn",
+            "list /pods -/-",
+        ),
+        (
+            "GET /api/v1/pods?watch=true&resourceVersion=5",
+            "watch /pods -/-",
+        ),
+        ("GET /api/v1/pods?watch=1", "watch /pods -/-"),
+        ("GET /api/v1/watch/pods", "watch /pods -/-"),
+        (
+            "GET /api/v1/namespaces/shop/pods/web-0",
+            "get /pods shop/web-0",
+        ),
+        (
+            "GET /api/v1/namespaces/shop/pods/web-0/log",
+            "get /pods/log shop/web-0",
+        ),
+        ("GET /api/v1/namespaces/shop", "get /namespaces -/shop"),
+        ("GET /api/v1/nodes/node-a", "get /nodes -/node-a"),
+        (
+            "GET /apis/events.k8s.io/v1/events?limit=500",
+            "list events.k8s.io/events -/-",
+        ),
+        (
+            "POST /apis/events.k8s.io/v1/namespaces/shop/events",
+            "create events.k8s.io/events shop/-",
+        ),
+        (
+            "PATCH /apis/events.k8s.io/v1/namespaces/shop/events/e.1",
+            "patch events.k8s.io/events shop/e.1",
+        ),
+        (
+            "PUT /api/v1/namespaces/shop/configmaps/c",
+            "update /configmaps shop/c",
+        ),
+        (
+            "DELETE /api/v1/namespaces/shop/pods/web-0",
+            "delete /pods shop/web-0",
+        ),
+        (
+            "DELETE /api/v1/namespaces/shop/pods",
+            "deletecollection /pods shop/-",
+        ),
+    ];
+    for (request, want) in cases {
+        let (method, target) = request.split_once(' ').unwrap();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let got = attributes(method, path, query)
+            .unwrap_or_else(|| panic!("{request} is a resource request"));
+        assert_eq!(got.to_string(), want, "{request}");
+    }
+    assert_eq!(attributes("GET", "/version", None), None);
+    assert_eq!(attributes("GET", "/apis", None), None);
+}
+
+mod fake_api {
+    //! A fake API server over real HTTP on 127.0.0.1:0 that authorizes every request with RBAC
+    //! rules (403 otherwise, as the real one answers), then serves what nodeguard uses: a
+    //! node-scoped pod list and watch, and events.k8s.io/v1 Event create and patch (validated
+    //! like the real server, 422 otherwise). Adapted from crates/nodeguard-kube/tests/fake.
+
+    use super::{attributes, Attributes, Authorizer};
+    use axum::body::{Body, Bytes};
+    use axum::extract::State;
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use axum::Router;
+    use serde_json::{json, Value};
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    /// One request and how it was answered.
+    #[derive(Debug, Clone)]
+    pub struct Request {
+        pub method: String,
+        pub uri: String,
+        pub attributes: Option<Attributes>,
+        pub status: u16,
+        pub body: Value,
+    }
+
+    impl Request {
+        /// `verb group/resource` for messages.
+        pub fn access(&self) -> String {
+            match &self.attributes {
+                Some(a) => format!("{} {}/{}", a.verb, a.group, a.resource),
+                None => format!("{} {}", self.method, self.uri),
+            }
+        }
+    }
+
+    struct Inner {
+        node: String,
+        rv: u64,
+        pods: Vec<Value>,
+        events: BTreeMap<(String, String), Value>,
+        requests: Vec<Request>,
+    }
+
+    #[derive(Clone)]
+    struct App {
+        inner: Arc<Mutex<Inner>>,
+        authorizer: Arc<Authorizer>,
+    }
+
+    pub struct FakeApi {
+        pub addr: SocketAddr,
+        inner: Arc<Mutex<Inner>>,
+    }
+
+    impl FakeApi {
+        pub async fn start(node: &str, authorizer: Authorizer, pods: Vec<Value>) -> FakeApi {
+            let inner = Arc::new(Mutex::new(Inner {
+                node: node.to_string(),
+                rv: 100,
+                pods,
+                events: BTreeMap::new(),
+                requests: Vec::new(),
+            }));
+            let app = App {
+                inner: inner.clone(),
+                authorizer: Arc::new(authorizer),
+            };
+            let router = Router::new().fallback(handle).with_state(app);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(listener, router).await.unwrap();
+            });
+            FakeApi { addr, inner }
+        }
+
+        pub fn client(&self) -> kube::Client {
+            let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+            kube::Client::try_from(config).unwrap()
+        }
+
+        pub fn requests(&self) -> Vec<Request> {
+            self.inner.lock().unwrap().requests.clone()
+        }
+
+        pub fn forbidden(&self) -> Vec<Request> {
+            self.requests()
+                .into_iter()
+                .filter(|r| r.status == 403)
+                .collect()
+        }
+
+        /// Requests answered with anything but success (and not a 403, listed apart).
+        pub fn refused(&self) -> Vec<Request> {
+            self.requests()
+                .into_iter()
+                .filter(|r| r.status >= 400 && r.status != 403)
+                .collect()
+        }
+
+        /// Event writes the fake accepted, in order.
+        pub fn event_writes(&self) -> Vec<Request> {
+            self.requests()
+                .into_iter()
+                .filter(|r| {
+                    r.status < 300
+                        && r.attributes
+                            .as_ref()
+                            .is_some_and(|a| a.resource == "events" && a.verb != "list")
+                })
+                .collect()
+        }
+    }
+
+    fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+        });
+        (code, axum::Json(body)).into_response()
+    }
+
+    fn record(
+        app: &App,
+        method: &Method,
+        uri: &Uri,
+        a: &Option<Attributes>,
+        code: u16,
+        body: Value,
+    ) {
+        app.inner.lock().unwrap().requests.push(Request {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            attributes: a.clone(),
+            status: code,
+            body,
+        });
+    }
+
+    async fn handle(State(app): State<App>, method: Method, uri: Uri, body: Bytes) -> Response {
+        let a = attributes(method.as_str(), uri.path(), uri.query());
+        let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let Some(attrs) = a.clone() else {
+            record(&app, &method, &uri, &a, 403, body_json);
+            return status(StatusCode::FORBIDDEN, "Forbidden", "non-resource URL");
+        };
+        if !app.authorizer.allows(&attrs) {
+            record(&app, &method, &uri, &a, 403, body_json);
+            let scope = match &attrs.namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".to_string(),
+            };
+            let message = format!(
+                "{} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+                attrs.resource, app.authorizer.user, attrs.verb, attrs.resource, attrs.group
+            );
+            return status(StatusCode::FORBIDDEN, "Forbidden", &message);
+        }
+        let query = query_map(uri.query());
+        let response = match (
+            attrs.group.as_str(),
+            attrs.resource.as_str(),
+            attrs.verb.as_str(),
+        ) {
+            ("", "pods", "list") | ("", "pods", "watch") if attrs.namespace.is_none() => {
+                pods(&app, &attrs.verb, &query)
+            }
+            ("events.k8s.io", "events", "create") => event_create(
+                &app,
+                attrs.namespace.as_deref().unwrap_or(""),
+                body_json.clone(),
+            ),
+            ("events.k8s.io", "events", "patch") => event_patch(
+                &app,
+                attrs.namespace.as_deref().unwrap_or(""),
+                attrs.name.as_deref().unwrap_or(""),
+                &body_json,
+            ),
+            ("events.k8s.io", "events", "list") => events_list(&app),
+            ("", "nodes", "get") => node_get(&app, attrs.name.as_deref().unwrap_or("")),
+            _ => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("no route {uri}"),
+            ),
+        };
+        record(
+            &app,
+            &method,
+            &uri,
+            &a,
+            response.status().as_u16(),
+            body_json,
+        );
+        response
+    }
+
+    fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
+            .collect()
+    }
+
+    fn percent_decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b'+', _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn pods(app: &App, verb: &str, query: &BTreeMap<String, String>) -> Response {
+        let inner = app.inner.lock().unwrap();
+        let want = format!("spec.nodeName={}", inner.node);
+        if query.get("fieldSelector") != Some(&want) {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "expected fieldSelector {want}, got {:?}",
+                    query.get("fieldSelector")
+                ),
+            );
+        }
+        let on_node: Vec<Value> = inner
+            .pods
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == inner.node.as_str())
+            .cloned()
+            .collect();
+        if verb == "watch" {
+            // The pods never change here: an open watch that says nothing, as a quiet node's.
+            let stream = futures::stream::pending::<Result<String, std::io::Error>>();
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap();
+        }
+        axum::Json(json!({
+            "apiVersion": "v1", "kind": "PodList",
+            "metadata": {"resourceVersion": inner.rv.to_string()},
+            "items": on_node,
+        }))
+        .into_response()
+    }
+
+    fn node_get(app: &App, name: &str) -> Response {
+        let inner = app.inner.lock().unwrap();
+        if name != inner.node {
+            return status(StatusCode::NOT_FOUND, "NotFound", "no such node");
+        }
+        axum::Json(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": inner.node, "uid": format!("uid-of-{}", inner.node), "resourceVersion": "1"},
+        }))
+        .into_response()
+    }
+
+    fn events_list(app: &App) -> Response {
+        let inner = app.inner.lock().unwrap();
+        let items: Vec<Value> = inner.events.values().cloned().collect();
+        axum::Json(json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "EventList",
+            "metadata": {"resourceVersion": inner.rv.to_string()},
+            "items": items,
+        }))
+        .into_response()
+    }
+
+    fn event_create(app: &App, ns: &str, mut event: Value) -> Response {
+        if let Err(why) = validate_event(ns, &mut event) {
+            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
+        }
+        let name = event["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let mut inner = app.inner.lock().unwrap();
+        let key = (ns.to_string(), name);
+        if inner.events.contains_key(&key) {
+            return status(StatusCode::CONFLICT, "AlreadyExists", "event exists");
+        }
+        inner.rv += 1;
+        event["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        event["metadata"]["uid"] = json!(format!("event-uid-{}", inner.rv));
+        inner.events.insert(key, event.clone());
+        (StatusCode::CREATED, axum::Json(event)).into_response()
+    }
+
+    fn event_patch(app: &App, ns: &str, name: &str, patch: &Value) -> Response {
+        let key = (ns.to_string(), name.to_string());
+        let Some(old) = app.inner.lock().unwrap().events.get(&key).cloned() else {
+            return status(StatusCode::NOT_FOUND, "NotFound", "no such event");
+        };
+        let mut merged = old.clone();
+        merge_patch(&mut merged, patch);
+        if let Err(why) = validate_event(ns, &mut merged) {
+            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
+        }
+        for field in [
+            "reason",
+            "note",
+            "type",
+            "action",
+            "regarding",
+            "reportingController",
+            "reportingInstance",
+            "eventTime",
+        ] {
+            if old[field] != merged[field] {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    &format!("{field}: field is immutable"),
+                );
+            }
+        }
+        let mut inner = app.inner.lock().unwrap();
+        inner.rv += 1;
+        merged["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        inner.events.insert(key, merged.clone());
+        axum::Json(merged).into_response()
+    }
+
+    fn merge_patch(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    /// What the API server checks on events.k8s.io/v1 Events (ValidateEventCreate): enough
+    /// that a 2xx here means the real server would also have taken it.
+    fn validate_event(path_ns: &str, ev: &mut Value) -> Result<(), String> {
+        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+        if s(&ev["apiVersion"]) != "events.k8s.io/v1" || s(&ev["kind"]) != "Event" {
+            return Err(format!(
+                "not an events.k8s.io/v1 Event: {} {}",
+                ev["apiVersion"], ev["kind"]
+            ));
+        }
+        if s(&ev["metadata"]["name"]).is_empty() {
+            return Err("metadata.name: Required value".into());
+        }
+        match ev["metadata"]["namespace"].as_str() {
+            None => ev["metadata"]["namespace"] = json!(path_ns),
+            Some(ns) if ns == path_ns => {}
+            Some(ns) => return Err(format!("metadata.namespace {ns:?} is not {path_ns:?}")),
+        }
+        for required in [
+            "eventTime",
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
+            if s(&ev[required]).is_empty() {
+                return Err(format!("{required}: Required value"));
+            }
+        }
+        if !matches!(s(&ev["type"]).as_str(), "Normal" | "Warning") {
+            return Err(format!("type: Unsupported value {}", ev["type"]));
+        }
+        let regarding = &ev["regarding"];
+        match s(&regarding["kind"]).as_str() {
+            "Pod" if s(&regarding["namespace"]) == path_ns => {}
+            "Node" if s(&regarding["namespace"]).is_empty() && path_ns == "default" => {}
+            other => {
+                return Err(format!(
+                    "regarding {other} in namespace {:?} cannot be reported in {path_ns:?}",
+                    regarding["namespace"]
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The authorizer of the manifests' ServiceAccount.
+fn manifest_authorizer(m: &Manifests) -> Authorizer {
+    let authorizer =
+        Authorizer::for_service_account(&m.service_account, &[&m.cluster_role], &[&m.binding]);
+    assert!(
+        !authorizer.rules.is_empty(),
+        "the ServiceAccount is bound to no rules"
+    );
+    authorizer
+}
+
+const NODE: &str = "node-a";
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_api_server_refuses_what_the_cluster_role_does_not_grant() {
+    // Without this, "no 403" below could mean the fake never refuses anything.
+    use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams};
+    let m = load();
+    let api = fake_api::FakeApi::start(NODE, manifest_authorizer(&m), vec![]).await;
+    let client = api.client();
+    let forbidden = |e: kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
+    assert!(forbidden(
+        Api::<Node>::all(client.clone())
+            .get(NODE)
+            .await
+            .unwrap_err()
+    ));
+    assert!(forbidden(
+        Api::<Event>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap_err()
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(client.clone(), "kube-system")
+            .list(&ListParams::default())
+            .await
+            .unwrap_err()
+    ));
+    assert!(forbidden(
+        Api::<Pod>::namespaced(client.clone(), "shop")
+            .delete("web-0", &Default::default())
+            .await
+            .unwrap_err()
+    ));
+    let pods = Api::<Pod>::all(client)
+        .list(&ListParams::default().fields(&format!("spec.nodeName={NODE}")))
+        .await
+        .expect("listing this node's pods is granted");
+    assert!(pods.items.is_empty());
+    assert_eq!(api.forbidden().len(), 4, "{:#?}", api.requests());
+}
+
+fn pod_on(node: &str, namespace: &str, name: &str, uid: &str, container_id: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": "7"},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "nginx:1.25"}]},
+        "status": {"containerStatuses": [{
+            "name": "app", "image": "docker.io/library/nginx:1.25",
+            "imageID": "docker.io/library/nginx@sha256:aa", "ready": true, "restartCount": 0,
+            "containerID": format!("containerd://{container_id}"),
+        }]},
+    })
+}
+
+/// The state after a scan that finished now: one container and these findings.
+fn node_state(
+    container: &nodeguard_model::Container,
+    findings: &[nodeguard_model::Finding],
+) -> std::sync::Arc<nodeguard_model::NodeState> {
+    use nodeguard_model::{
+        NodeState, Report, ScanKind, ScanRun, ScanStats, Timestamp, TrackedFinding,
+    };
+    let now = Timestamp::now();
+    let report = Report {
+        schema_version: 1,
+        node: NODE.into(),
+        scanned_at: now,
+        duration_ms: 1,
+        containers: vec![container.clone()],
+        processes: vec![],
+        files: vec![],
+        findings: findings.to_vec(),
+        stats: ScanStats::default(),
+        warnings: vec![],
+    };
+    let last_scans = [ScanKind::Processes, ScanKind::Filesystems]
+        .into_iter()
+        .map(|kind| {
+            (
+                kind,
+                ScanRun {
+                    finished_at: now,
+                    duration_ms: 1,
+                },
+            )
+        })
+        .collect();
+    std::sync::Arc::new(NodeState {
+        report: std::sync::Arc::new(report),
+        findings: findings
+            .iter()
+            .map(|f| TrackedFinding {
+                finding: f.clone(),
+                first_seen: now,
+                last_seen: now,
+            })
+            .collect(),
+        last_scans,
+        findings_detected: BTreeMap::new(),
+        errors_total: BTreeMap::new(),
+        policy_reload_failures: 0,
+        policy_loaded_at: now,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() {
+    use nodeguard_kube::{EventConfig, EventPublisher, PodWatch};
+    use nodeguard_model::{
+        CgroupDriver, CgroupVersion, Finding, FindingKind, Limits, Runtime, Severity,
+    };
+    let m = load();
+    let container_id = "c0ffee00".repeat(8);
+    let pod_uid = "5b1c2d3e-0000-4000-8000-000000000001";
+    let pods = vec![
+        pod_on(NODE, "shop", "web-0", pod_uid, &container_id),
+        pod_on("node-b", "shop", "web-1", "other-uid", &"b".repeat(64)),
+    ];
+    let api = fake_api::FakeApi::start(NODE, manifest_authorizer(&m), pods).await;
+    let client = api.client();
+
+    // As `nodeguard run` wires them (agent/src/kube.rs): the pod watch, and the publisher with
+    // the DaemonSet's hostPath state dir (empty: a node the agent has never run on) and no
+    // Node lookup.
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let watch = PodWatch::start(client.clone(), NODE);
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let config = EventConfig {
+        state_dir: Some(state_dir.path().to_path_buf()),
+        lookup_node_uid: false,
+        ..EventConfig::new(NODE)
+    };
+    let publisher = EventPublisher::start(client.clone(), config.clone(), rx);
+
+    eventually("the pod store synced", || watch.is_synced()).await;
+    assert_eq!(watch.pod_count(), 1, "only this node's pods");
+    let pod = watch
+        .lookup()
+        .pod_for(Some(pod_uid), &container_id)
+        .expect("the pod watch knows the container's pod");
+    assert_eq!(
+        (pod.namespace.as_str(), pod.name.as_str()),
+        ("shop", "web-0")
+    );
+    assert_eq!(pod.container_name.as_deref(), Some("app"));
+
+    let container = nodeguard_model::Container {
+        id: container_id.clone(),
+        runtime: Runtime::Containerd,
+        pod_uid: Some(pod_uid.into()),
+        qos: None,
+        cgroup: format!("/kubepods/burstable/pod{pod_uid}/{container_id}"),
+        cgroup_driver: CgroupDriver::Cgroupfs,
+        cgroup_version: CgroupVersion::V1,
+        limits: Limits::default(),
+        pod_limits: None,
+        effective_limits: Limits::default(),
+        pids: vec![4242],
+        rootfs: None,
+        pod: Some(pod),
+    };
+    let in_pod = Finding::new(
+        FindingKind::DangerousCapability,
+        Severity::High,
+        Some(&container_id),
+        "CAP_SYS_ADMIN",
+        "process holds CAP_SYS_ADMIN",
+    )
+    .with_pid(4242);
+    let on_host = Finding::new(
+        FindingKind::DeletedExecutable,
+        Severity::Critical,
+        None,
+        "/usr/sbin/evil (deleted)",
+        "host process runs a deleted executable",
+    )
+    .with_pid(77);
+
+    // Announce both; resolve the pod's; bring it back (kube's Recorder PATCHes the series).
+    tx.send_replace(Some(node_state(
+        &container,
+        &[in_pod.clone(), on_host.clone()],
+    )));
+    eventually("two Warnings created", || api.event_writes().len() == 2).await;
+    tx.send_replace(Some(node_state(&container, std::slice::from_ref(&on_host))));
+    eventually("the Resolved Event created", || {
+        api.event_writes().len() == 3
+    })
+    .await;
+    tx.send_replace(Some(node_state(
+        &container,
+        &[in_pod.clone(), on_host.clone()],
+    )));
+    eventually("the repeat patched", || api.event_writes().len() == 4).await;
+    eventually("the publisher counted 4 answers", || {
+        publisher.stats().sent == 4
+    })
+    .await;
+    let stats = publisher.stats();
+    drop(tx);
+    publisher.join().await;
+
+    let writes = api.event_writes();
+    let summary: Vec<String> = writes
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {} {}/{}",
+                w.access(),
+                w.body["reason"].as_str().unwrap_or("(patch)"),
+                w.body["regarding"]["kind"].as_str().unwrap_or(""),
+                w.body["regarding"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let verbs: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| w.attributes.as_ref().map(|a| a.verb.as_str()))
+        .collect();
+    assert_eq!(
+        verbs,
+        ["create", "create", "create", "patch"],
+        "{summary:#?}"
+    );
+    let pod_warning = writes
+        .iter()
+        .find(|w| w.body["regarding"]["kind"] == "Pod")
+        .unwrap_or_else(|| panic!("no Event regards the pod: {summary:#?}"));
+    assert_eq!(pod_warning.body["regarding"]["name"], "web-0");
+    assert_eq!(pod_warning.body["regarding"]["namespace"], "shop");
+    assert_eq!(pod_warning.body["regarding"]["uid"], pod_uid);
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.body["regarding"]["kind"] == "Node" && w.body["regarding"]["name"] == NODE),
+        "no Event regards the node: {summary:#?}"
+    );
+
+    assert!(
+        state_dir.path().read_dir().unwrap().next().is_some(),
+        "the publisher kept its announced set in the state dir"
+    );
+
+    // A restart on the same node (the hostPath state dir survives the pod): nothing is
+    // announced again, and only new findings are.
+    let first_start = api.requests().len();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let publisher = EventPublisher::start(client.clone(), config, rx);
+    let marker = Finding::new(
+        FindingKind::DeletedExecutable,
+        Severity::Critical,
+        None,
+        "/tmp/marker (deleted)",
+        "host process runs a deleted executable",
+    );
+    tx.send_replace(Some(node_state(
+        &container,
+        &[in_pod.clone(), on_host.clone(), marker.clone()],
+    )));
+    eventually("the restarted publisher announced the new finding", || {
+        api.event_writes().len() == 5
+    })
+    .await;
+    eventually("the restarted publisher counted it", || {
+        publisher.stats().sent == 1
+    })
+    .await;
+    let restart_stats = publisher.stats();
+    drop(tx);
+    publisher.join().await;
+    watch.stop();
+    let last = api.event_writes().pop().unwrap();
+    assert_eq!(last.body["regarding"]["kind"], "Node");
+    assert!(
+        last.body["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/tmp/marker"),
+        "after a restart only the new finding is announced: {}",
+        last.body
+    );
+
+    let forbidden: Vec<String> = api
+        .requests()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status == 403)
+        .map(|(i, r)| {
+            let phase = if i < first_start {
+                "first start on a fresh node"
+            } else {
+                "restart with the state dir"
+            };
+            format!("{phase}: {} ({} {})", r.access(), r.method, r.uri)
+        })
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "the shipped ClusterRole does not grant what the code asked for: {forbidden:#?}\n\
+         publisher counters: first start {stats:?}, restart {restart_stats:?}"
+    );
+    for counters in [stats, restart_stats] {
+        assert_eq!(
+            (counters.failed, counters.rate_limited),
+            (0, 0),
+            "the publisher counted failures: {counters:?}"
+        );
+    }
+    let refused: Vec<String> = api
+        .refused()
+        .iter()
+        .map(|r| format!("{} {} -> {}", r.method, r.uri, r.status))
+        .collect();
+    assert!(refused.is_empty(), "the fake refused: {refused:#?}");
+
+    // What the code used, against what the role grants (for the record when this fails).
+    let used: BTreeSet<(String, String, String)> = api
+        .requests()
+        .iter()
+        .filter_map(|r| r.attributes.as_ref())
+        .map(|a| triple(&a.group, &a.resource, &a.verb))
+        .collect();
+    let granted = grants(m.cluster_role.rules.as_deref().unwrap_or_default());
+    assert!(
+        used.is_subset(&granted),
+        "used {used:?}, granted {granted:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DaemonSet against everything it names
+
+#[test]
+fn the_metrics_port_agrees_across_daemonset_service_servicemonitor_and_code() {
+    let m = load();
+    let (port_name, port) = m.metrics_port();
+    assert_eq!(port_name, "http-metrics");
+    assert_eq!(
+        port,
+        i32::from(nodeguard_api::DEFAULT_PORT),
+        "the container port is the agent's default port"
+    );
+    let listen = m.arg("--listen").expect("the DaemonSet passes --listen");
+    let listen: std::net::SocketAddr = listen.parse().expect("--listen is an address");
+    assert_eq!(
+        i32::from(listen.port()),
+        port,
+        "--listen uses the container port"
+    );
+    assert!(
+        listen.ip().is_unspecified(),
+        "--listen must accept the kubelet's probes and Prometheus from outside the pod: {listen}"
+    );
+
+    let service = m.service.spec.as_ref().expect("Service spec");
+    let ports = service.ports.clone().unwrap_or_default();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let target = ports[0].target_port.clone().expect("Service targetPort");
+    match target {
+        IntOrString::String(name) => assert_eq!(name, port_name),
+        IntOrString::Int(number) => assert_eq!(number, port),
+    }
+    assert_eq!(ports[0].name.as_deref(), Some(port_name.as_str()));
+    assert_eq!(ports[0].port, port);
+    let endpoint_ports: Vec<&str> = m.service_monitor["spec"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["port"].as_str())
+        .collect();
+    assert_eq!(
+        endpoint_ports,
+        [port_name.as_str()],
+        "ServiceMonitor endpoint ports"
+    );
+
+    // The Service and the DaemonSet select the agent pods by the template's labels.
+    let template_labels = m
+        .daemon_set
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|meta| meta.labels.clone())
+        .unwrap_or_default();
+    for (key, value) in service.selector.clone().unwrap_or_default() {
+        assert_eq!(
+            template_labels.get(&key),
+            Some(&value),
+            "Service selector {key}"
+        );
+    }
+    let ds_selector = m
+        .daemon_set
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default();
+    assert!(!ds_selector.is_empty());
+    for (key, value) in ds_selector {
+        assert_eq!(
+            template_labels.get(&key),
+            Some(&value),
+            "DaemonSet selector {key}"
+        );
+    }
+}
+
+#[test]
+fn the_probes_ask_paths_the_agent_serves() {
+    let m = load();
+    let (port_name, _) = m.metrics_port();
+    let container = m.container();
+    let served = nodeguard_api::paths();
+    for (which, probe, want) in [
+        ("liveness", &container.liveness_probe, "/healthz"),
+        ("readiness", &container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("the {which} probe is an HTTP GET"));
+        assert_eq!(get.path.as_deref(), Some(want), "{which} probe path");
+        assert!(served.contains(&want), "{want} is not served: {served:?}");
+        assert_eq!(
+            get.port,
+            IntOrString::String(port_name.clone()),
+            "{which} probe port"
+        );
+        assert_ne!(
+            get.scheme.as_deref(),
+            Some("HTTPS"),
+            "the agent serves plain HTTP"
+        );
+    }
+}
+
+#[test]
+fn every_daemonset_flag_is_accepted_by_the_real_binary() {
+    let m = load();
+    let args = m
+        .container()
+        .args
+        .clone()
+        .expect("the DaemonSet passes args");
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("run"),
+        "the agent runs `nodeguard run`"
+    );
+    assert!(
+        m.container().command.is_none(),
+        "the image's ENTRYPOINT is the binary; the DaemonSet gives only args"
+    );
+    let bin = env!("CARGO_BIN_EXE_nodeguard");
+    let help = std::process::Command::new(bin)
+        .args(["run", "--help"])
+        .env_clear()
+        .output()
+        .expect("run nodeguard run --help");
+    assert!(help.status.success(), "nodeguard run --help: {help:?}");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let listed: BTreeSet<&str> = help
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
+        .filter(|t| t.starts_with("--"))
+        .collect();
+    for arg in &args[1..] {
+        assert!(
+            arg.starts_with("--"),
+            "{arg:?}: every arg after `run` is a --flag"
+        );
+        let flag = arg.split_once('=').map_or(arg.as_str(), |(f, _)| f);
+        assert!(
+            listed.contains(flag),
+            "`nodeguard run --help` does not list {flag}; it lists {listed:?}"
+        );
+    }
+    // clap parses and checks every value before it acts on --help: with the DaemonSet's args
+    // first, a successful --help means the binary takes them all, values included.
+    let parsed = std::process::Command::new(bin)
+        .args(&args)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run nodeguard with the DaemonSet's args");
+    assert!(
+        parsed.status.success(),
+        "nodeguard {} --help refused the DaemonSet's args: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    // The node name comes from the downward API, as --node-name's env fallback expects.
+    assert!(help.contains("NODE_NAME"), "--node-name reads NODE_NAME");
+    let node_name = m
+        .container()
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .expect("the DaemonSet sets NODE_NAME");
+    let field = node_name
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("NODE_NAME comes from a fieldRef");
+    assert_eq!(field.field_path, "spec.nodeName");
+}
+
+#[test]
+fn the_config_flag_points_at_the_configmap_policy_and_it_loads() {
+    let m = load();
+    let config = m.arg("--config").expect("the DaemonSet passes --config");
+    let config = Path::new(&config);
+    let dir = config
+        .parent()
+        .expect("--config is a file path")
+        .to_str()
+        .unwrap();
+    let key = config.file_name().unwrap().to_str().unwrap();
+    let mount = m.mount_at(dir);
+    assert_eq!(mount.read_only, Some(true), "the policy mount is read-only");
+    assert!(
+        mount.sub_path.is_none(),
+        "a subPath mount would not see ConfigMap updates (SIGHUP reload)"
+    );
+    let volume = m.volume(&mount.name);
+    let source = volume
+        .config_map
+        .as_ref()
+        .unwrap_or_else(|| panic!("volume {} is not a ConfigMap", volume.name));
+    assert_eq!(
+        source.name,
+        m.config_map.metadata.name.clone().unwrap_or_default()
+    );
+    // Without `items` every key is a file of the same name.
+    let file_key = match &source.items {
+        Some(items) => items
+            .iter()
+            .find(|i| i.path == key)
+            .map(|i| i.key.clone())
+            .unwrap_or_else(|| panic!("the ConfigMap volume maps no item to {key}")),
+        None => key.to_string(),
+    };
+    let data = m.config_map.data.clone().unwrap_or_default();
+    let policy = data.get(&file_key).unwrap_or_else(|| {
+        panic!(
+            "the ConfigMap has no key {file_key:?} (keys: {:?})",
+            data.keys().collect::<Vec<_>>()
+        )
+    });
+    let loaded = nodeguard_policy::Policy::from_yaml_str(policy, "manifests/configmap.yaml")
+        .unwrap_or_else(|e| panic!("the ConfigMap's policy does not load: {e}"));
+    assert!(
+        loaded.is_enabled(nodeguard_model::FindingKind::HostPidNamespace),
+        "the shipped policy keeps the hostPID check on (and exempts only the agent)"
+    );
+
+    // What the DaemonSet grants the agent on purpose (hostPID, root, SYS_PTRACE and
+    // DAC_READ_SEARCH) must not make it report itself: an exemption covers its own pods.
+    let spec: Value = serde_yaml::from_str(policy).expect("policy YAML");
+    let pod_name = format!(
+        "{}-x7k2p",
+        m.daemon_set.metadata.name.as_deref().unwrap_or_default()
+    );
+    let glob_matches = |pattern: &str, name: &str| match pattern.strip_suffix('*') {
+        Some(prefix) if !prefix.contains(['*', '?', '[']) => name.starts_with(prefix),
+        _ => {
+            assert!(
+                !pattern.contains(['*', '?', '[']),
+                "teach this test the glob {pattern}"
+            );
+            pattern == name
+        }
+    };
+    let selects = |e: &Value, field: &str, name: &str| {
+        e[field].is_null()
+            || items(&e[field]).any(|(_, p)| glob_matches(p.as_str().unwrap_or(""), name))
+    };
+    let exempted: BTreeSet<&str> = items(&spec["exemptions"])
+        .map(|(_, e)| e)
+        .filter(|e| selects(e, "namespaces", m.kustomize_namespace()))
+        .filter(|e| selects(e, "pods", &pod_name))
+        .filter(|e| selects(e, "containers", &m.container().name))
+        .flat_map(|e| items(&e["kinds"]).filter_map(|(_, k)| k.as_str()))
+        .collect();
+    for kind in ["host_pid_namespace", "runs_as_root", "dangerous_capability"] {
+        assert!(
+            exempted.contains(kind),
+            "the agent's own pod {}/{pod_name} would report {kind} about itself; exempted: {exempted:?}",
+            m.kustomize_namespace()
+        );
+    }
+}
+
+#[test]
+fn the_host_paths_are_mounted_where_the_flags_point() {
+    let m = load();
+    let cgroup_root = m
+        .arg("--cgroup-root")
+        .expect("the DaemonSet passes --cgroup-root");
+    let mount = m.mount_at(&cgroup_root);
+    assert_eq!(
+        mount.read_only,
+        Some(true),
+        "the host cgroup tree is mounted read-only"
+    );
+    let host = m
+        .volume(&mount.name)
+        .host_path
+        .as_ref()
+        .expect("--cgroup-root is a hostPath volume");
+    assert_eq!(host.path, "/sys/fs/cgroup");
+
+    let state_dir = m
+        .arg("--state-dir")
+        .expect("the DaemonSet passes --state-dir");
+    let mount = m.mount_at(&state_dir);
+    assert_ne!(
+        mount.read_only,
+        Some(true),
+        "the agent writes its state dir"
+    );
+    let host = m
+        .volume(&mount.name)
+        .host_path
+        .as_ref()
+        .expect("--state-dir is a hostPath volume (it must outlive the pod)");
+    assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
+
+    // Nothing else of the host is mounted: /proc comes with hostPID.
+    let host_paths: Vec<&str> = m
+        .pod_spec()
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
+        .collect();
+    assert_eq!(host_paths.len(), 2, "hostPath volumes: {host_paths:?}");
+}
+
+#[test]
+fn the_daemonset_runs_with_least_privilege() {
+    let m = load();
+    let pod = m.pod_spec();
+    assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "hostPID: the agent must see every process"
+    );
+    assert_ne!(pod.host_network, Some(true));
+    assert_ne!(pod.host_ipc, Some(true));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert!(
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "a toleration with operator Exists (and no key or effect) runs the agent on every node"
+    );
+    let container = m.container();
+    let sc = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_ne!(sc.privileged, Some(true), "no privileged mode");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(added, BTreeSet::from(["SYS_PTRACE", "DAC_READ_SEARCH"]));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+
+    let resources = container.resources.as_ref().expect("resources");
+    for (which, set) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        let set = set.clone().unwrap_or_default();
+        for name in ["cpu", "memory"] {
+            assert!(set.contains_key(name), "resources.{which}.{name} is set");
+        }
+    }
+}
+
+#[test]
+fn the_image_tag_is_the_crate_version() {
+    let m = load();
+    let image = m.container().image.clone().expect("image");
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    assert_eq!(
+        tag,
+        env!("CARGO_PKG_VERSION"),
+        "the DaemonSet's image {image} should be this release"
+    );
+}
