@@ -8,7 +8,7 @@ use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::{Container, Layer, Namespaces, ScanStats};
+use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, ScanStats};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -381,6 +381,13 @@ fn build_containers(
             ),
         );
     }
+    // The version users must look at for the limits: on a hybrid host runc also names the
+    // container in the controller-less v2 tree, but the limits live in v1.
+    let limits_version = match reader.layout() {
+        CgroupLayout::V2 => Some(CgroupVersion::V2),
+        CgroupLayout::V1 { .. } => Some(CgroupVersion::V1),
+        CgroupLayout::Unknown => None,
+    };
     let mut containers = Vec::with_capacity(seeds.len());
     for (id, seed) in seeds {
         let first = &raws[seed.first];
@@ -392,7 +399,7 @@ fn build_containers(
             qos: reference.cgroup.qos,
             cgroup: reference.cgroup.container_path.clone(),
             cgroup_driver: reference.cgroup.driver,
-            cgroup_version: reference.version,
+            cgroup_version: limits_version.unwrap_or(reference.version),
             limits: Default::default(),
             pod_limits: None,
             effective_limits: Default::default(),
