@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# Benchmark: what `nodeguard run` costs on a busy node.
+#
+# Sets up N runc containers (default 40) from two images — busybox-static and a few dynamically
+# linked Debian binaries — under kubepods cgroup paths like containerd's, half of them with
+# memory/CPU/pids limits. Each container runs its init, one process started with runc exec, and
+# a shell that starts EXTRA_PER_CONTAINER (default 22) more `sleep`s: with the node's own
+# processes, about 1,000 processes for every scan. Then it starts the release build of
+# `nodeguard run --interval 10s --kube off` on a loopback port and measures:
+#
+#   - CPU: utime+stime of the agent from /proc/PID/stat over a WINDOW-second (default 60)
+#     window after warm-up (the cold first scan and the first filesystem scan are outside it),
+#     as a percentage of one core;
+#   - memory: peak RSS (VmHWM, cold scan included) and steady RSS (VmRSS sampled every second
+#     in the window, median);
+#   - warm process scan: each scan's duration_ms from the agent's log ("scan complete") in the
+#     window, and the mean from nodeguard_scan_duration_seconds sum/count deltas;
+#   - /metrics latency under 50 concurrent scrapers: ROUNDS (default 40) bursts of 50
+#     simultaneous requests (one `curl --parallel`, Prometheus's Accept header, a fresh
+#     connection each), half a second apart; p50/p99/max of curl's time_total.
+#
+# Targets: < 1 % of one core, peak RSS <= 40 MiB, warm scan < 50 ms, /metrics p99 < 10 ms.
+# This is a measurement, not a test: it reports MISS and exits 0 unless STRICT=1.
+# Everything it starts is torn down at exit. Loopback only.
+#
+# Usage (root, from anywhere):
+#   bench/daemon_bench.sh
+#   CONTAINERS=60 WINDOW=120 NODEGUARD=/path/to/nodeguard bench/daemon_bench.sh
+set -euo pipefail
+
+CONTAINERS=${CONTAINERS:-40}
+EXTRA_PER_CONTAINER=${EXTRA_PER_CONTAINER:-22}
+WINDOW=${WINDOW:-60}
+INTERVAL=${INTERVAL:-10s}
+SCRAPERS=${SCRAPERS:-50}
+ROUNDS=${ROUNDS:-40}
+STRICT=${STRICT:-0}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+die() { echo "daemon_bench: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (it starts runc containers)"
+for tool in runc busybox jq curl mount umount ss; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install runc busybox-static jq curl iproute2)"
+done
+curl --help all 2>/dev/null | grep -q -- '--parallel-max' || die "curl lacks --parallel (need curl >= 7.66)"
+
+if [[ -z ${NODEGUARD:-} ]]; then
+  echo "building: cargo build --release -p nodeguard"
+  (cd "$REPO" && cargo build --release -p nodeguard)
+  NODEGUARD=$REPO/target/release/nodeguard
+fi
+[[ -x $NODEGUARD ]] || die "no nodeguard binary at $NODEGUARD"
+
+WORK=$(mktemp -d /tmp/nodeguard-daemon-bench.XXXXXX)
+RUNC_ROOT=$WORK/runc-root
+mkdir -p "$RUNC_ROOT" "$WORK/images" "$WORK/ctr" "$WORK/state"
+: >"$WORK/containers"   # "<id> <pod uid>" per started container
+: >"$WORK/mounts"       # overlay mount points
+AGENT_PID=""
+
+cgroup_mounts() {
+  awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) ~ /^cgroup2?$/) print $5; break } }' \
+    /proc/self/mountinfo
+}
+
+# kubepods parents that did not exist before: removed at exit if still empty.
+NEW_PARENTS=()
+for mnt in $(cgroup_mounts); do
+  for parent in "$mnt/kubepods/burstable" "$mnt/kubepods"; do
+    [[ -d $parent ]] || NEW_PARENTS+=("$parent")
+  done
+done
+
+cleanup() {
+  local status=$?
+  set +e
+  echo
+  if [[ -n $AGENT_PID ]] && kill -0 "$AGENT_PID" 2>/dev/null; then
+    kill -TERM "$AGENT_PID"
+    for _ in $(seq 100); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$AGENT_PID" 2>/dev/null && { echo "warning: agent ignored SIGTERM; killing it" >&2; kill -KILL "$AGENT_PID"; }
+    wait "$AGENT_PID" 2>/dev/null
+  fi
+  echo "tearing down $(wc -l <"$WORK/containers") containers"
+  local id pod mnt m
+  while read -r id pod; do
+    runc --root "$RUNC_ROOT" kill "$id" KILL >/dev/null 2>&1
+  done <"$WORK/containers"
+  while read -r id pod; do
+    for _ in 1 2 3 4 5; do
+      runc --root "$RUNC_ROOT" delete -f "$id" >/dev/null 2>&1 && break
+      sleep 0.2
+    done || echo "warning: runc delete -f $id failed" >&2
+  done <"$WORK/containers"
+  while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" || echo "warning: cannot unmount $m" >&2
+  done <"$WORK/mounts"
+  while read -r id pod; do
+    for mnt in $(cgroup_mounts); do
+      rmdir "$mnt/kubepods/burstable/pod$pod/cri-containerd-$id" 2>/dev/null
+      rmdir "$mnt/kubepods/burstable/pod$pod" 2>/dev/null
+    done
+  done <"$WORK/containers"
+  for m in "${NEW_PARENTS[@]}"; do rmdir "$m" 2>/dev/null; done
+  if grep -q " $WORK" /proc/self/mountinfo; then
+    echo "warning: mounts remain under $WORK; not removing it" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# Images (as in bench/scan_vs_shell.sh)
+
+copy_with_libs() {
+  local img=$1 bin lib
+  shift
+  for bin in "$@"; do
+    mkdir -p "$img$(dirname "$bin")"
+    cp -L "$bin" "$img$bin"
+    for lib in $(ldd "$bin" | grep -oE '/[^ ]+\.so[^ ]*'); do
+      [[ -e $img$lib ]] && continue
+      mkdir -p "$img$(dirname "$lib")"
+      cp -L "$lib" "$img$lib"
+    done
+  done
+}
+
+BUSYBOX_IMG=$WORK/images/busybox
+mkdir -p "$BUSYBOX_IMG"/{bin,dev,proc,sys,etc,tmp,root}
+cp "$(command -v busybox)" "$BUSYBOX_IMG/bin/busybox"
+for applet in sh sleep tail cat; do ln "$BUSYBOX_IMG/bin/busybox" "$BUSYBOX_IMG/bin/$applet"; done
+
+DEBIAN_IMG=$WORK/images/debian-tools
+mkdir -p "$DEBIAN_IMG"/{usr/bin,usr/lib,usr/lib64,dev,proc,sys,etc,tmp,root}
+ln -s usr/bin "$DEBIAN_IMG/bin"
+ln -s usr/lib "$DEBIAN_IMG/lib"
+ln -s usr/lib64 "$DEBIAN_IMG/lib64"
+chmod 1777 "$DEBIAN_IMG/tmp"
+copy_with_libs "$DEBIAN_IMG" /usr/bin/sleep /usr/bin/tail /usr/bin/dash
+
+IMAGES=("$BUSYBOX_IMG" "$DEBIAN_IMG")
+
+# init|exec'd process|shell, per image.
+image_processes() {
+  case $1 in
+    "$BUSYBOX_IMG") echo '["/bin/sleep","3600"]|["/bin/tail","-f","/dev/null"]|/bin/sh' ;;
+    *) echo '["/usr/bin/sleep","3600"]|["/usr/bin/tail","-f","/dev/null"]|/usr/bin/dash' ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# Containers
+
+DEFAULT_CAPS='["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKNOD","CAP_NET_RAW",
+"CAP_SETGID","CAP_SETUID","CAP_SETFCAP","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT",
+"CAP_KILL","CAP_AUDIT_WRITE"]'
+
+start_container() {
+  local n=$1 img=$2
+  local id pod dir init exec_args shell resources
+  id=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+  pod=$(cat /proc/sys/kernel/random/uuid)
+  dir=$WORK/ctr/$n
+  mkdir -p "$dir"/{bundle/rootfs,upper,work}
+  mount -t overlay overlay \
+    -o "lowerdir=$img,upperdir=$dir/upper,workdir=$dir/work" "$dir/bundle/rootfs"
+  echo "$dir/bundle/rootfs" >>"$WORK/mounts"
+  runc spec --bundle "$dir/bundle"
+  IFS='|' read -r init exec_args shell <<<"$(image_processes "$img")"
+  if ((n % 2 == 0)); then
+    resources='{"memory":{"limit":67108864},"cpu":{"quota":50000,"period":100000},"pids":{"limit":64}}'
+  else
+    resources='{}'
+  fi
+  jq --argjson args "$init" --argjson caps "$DEFAULT_CAPS" --argjson res "$resources" \
+    --arg cg "/kubepods/burstable/pod$pod/cri-containerd-$id" '
+      .process.terminal = false | .process.args = $args | .process.noNewPrivileges = false
+      | .process.capabilities = {bounding: $caps, effective: $caps, permitted: $caps,
+                                 inheritable: [], ambient: []}
+      | .root = {path: "rootfs", readonly: false}
+      | .linux.cgroupsPath = $cg | .linux.resources += $res' \
+    "$dir/bundle/config.json" >"$dir/config.json"
+  mv "$dir/config.json" "$dir/bundle/config.json"
+  echo "$id $pod" >>"$WORK/containers"
+  if ! runc --root "$RUNC_ROOT" run -d --bundle "$dir/bundle" "$id" </dev/null >"$dir/log" 2>&1; then
+    cat "$dir/log" >&2
+    die "container $n did not start"
+  fi
+  local -a argv
+  mapfile -t argv < <(jq -r '.[]' <<<"$exec_args")
+  runc --root "$RUNC_ROOT" exec -d "$id" "${argv[@]}" </dev/null >>"$dir/log" 2>&1 ||
+    { cat "$dir/log" >&2; die "exec in container $n failed"; }
+  # More processes: a shell that starts EXTRA_PER_CONTAINER sleeps and waits for them.
+  runc --root "$RUNC_ROOT" exec -d "$id" "$shell" -c \
+    "i=0; while [ \$i -lt $EXTRA_PER_CONTAINER ]; do sleep 3600 & i=\$((i + 1)); done; wait" \
+    </dev/null >>"$dir/log" 2>&1 ||
+    { cat "$dir/log" >&2; die "exec of the sleeps in container $n failed"; }
+}
+
+echo "starting $CONTAINERS containers from ${#IMAGES[@]} images, $((EXTRA_PER_CONTAINER + 3)) processes each"
+t0=$(date +%s%N)
+for ((n = 0; n < CONTAINERS; n++)); do
+  start_container "$n" "${IMAGES[$((n % ${#IMAGES[@]}))]}"
+done
+sleep 2 # let the shells start their sleeps
+echo "started in $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(ls /proc | grep -c '^[0-9]') processes on the node"
+
+# ---------------------------------------------------------------------------------------------
+# The agent
+
+port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
+PORT=""
+for _ in $(seq 50); do
+  candidate=$((20000 + RANDOM % 20000))
+  if port_free "$candidate"; then PORT=$candidate; break; fi
+done
+[[ -n $PORT ]] || die "no free loopback port found"
+URL=http://127.0.0.1:$PORT
+
+AGENT_ARGS=(run --listen "127.0.0.1:$PORT" --interval "$INTERVAL" --kube off --log-format json
+  --state-dir "$WORK/state")
+# Where pid 1's root cannot be read (a root session with fewer capabilities than pid 1), host
+# paths are reached through this mount namespace, as the integration tests do.
+readlink /proc/1/root >/dev/null 2>&1 || AGENT_ARGS+=(--host-root /)
+AGENT_LOG=$WORK/agent.log
+echo "agent: $NODEGUARD ${AGENT_ARGS[*]}"
+"$NODEGUARD" "${AGENT_ARGS[@]}" 2>"$AGENT_LOG" >/dev/null &
+AGENT_PID=$!
+
+metric() { # metric SERIES: its value in /metrics (0.0.4 text), empty when absent
+  curl -sf --max-time 10 "$URL/metrics" | awk -v s="$1" '$1 == s { print $2; exit }'
+}
+scans_done() { grep -c '"message":"scan complete"' "$AGENT_LOG" || true; }
+
+# Warm-up: the cold first scan (hashes every executable once) and the first filesystem scan.
+for _ in $(seq 600); do
+  kill -0 "$AGENT_PID" 2>/dev/null || { cat "$AGENT_LOG" >&2; die "the agent exited"; }
+  (($(scans_done) >= 3)) && break
+  sleep 0.5
+done
+(($(scans_done) >= 3)) || { tail -20 "$AGENT_LOG" >&2; die "no 3 scans within 300 s"; }
+cold=$(grep '"message":"scan complete"' "$AGENT_LOG" | head -1)
+echo "cold first scan: $(jq -r '"\(.duration_ms) ms, \(.processes) processes, \(.containers) containers"' <<<"$cold")"
+ours=$(awk '{print $1}' "$WORK/containers" | jq -R . | jq -s .)
+seen=$(curl -sf "$URL/v1/containers" | jq --argjson ours "$ours" '[.containers[] | select(.id as $i | $ours | index($i))] | length')
+echo "the agent reports $seen of the $CONTAINERS benchmark containers"
+
+# ---------------------------------------------------------------------------------------------
+# Steady state: CPU, RSS, warm scans over WINDOW seconds
+
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$AGENT_PID/stat"; }
+status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$AGENT_PID/status"; }
+hist_sum='nodeguard_scan_duration_seconds_sum{scan_type="processes"}'
+hist_count='nodeguard_scan_duration_seconds_count{scan_type="processes"}'
+
+echo "measuring for ${WINDOW} s (scan interval $INTERVAL); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+log_lines_before=$(wc -l <"$AGENT_LOG")
+sum0=$(metric "$hist_sum"); count0=$(metric "$hist_count")
+ticks0=$(cpu_ticks); t0=$(date +%s%N)
+: >"$WORK/rss"
+for ((s = 0; s < WINDOW; s++)); do
+  sleep 1
+  status_kib VmRSS >>"$WORK/rss"
+done
+ticks1=$(cpu_ticks); t1=$(date +%s%N)
+sum1=$(metric "$hist_sum"); count1=$(metric "$hist_count")
+hwm_kib=$(status_kib VmHWM)
+
+cpu_pct=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+  'BEGIN { printf "%.2f", 100 * (b - a) / hz / ((t1 - t0) / 1e9) }')
+rss_mib=$(sort -n "$WORK/rss" | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1024 }')
+hwm_mib=$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+tail -n +"$((log_lines_before + 1))" "$AGENT_LOG" |
+  grep '"message":"scan complete"' | grep '"scope":"Processes"' >"$WORK/window-scans" || true
+warm_n=$(wc -l <"$WORK/window-scans")
+((warm_n > 0)) || die "no process scan completed in the window"
+jq -r '.duration_ms' "$WORK/window-scans" | sort -n >"$WORK/warm-ms"
+warm_median=$(awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }' "$WORK/warm-ms")
+warm_max=$(tail -1 "$WORK/warm-ms")
+warm_procs=$(jq -r '.processes' "$WORK/window-scans" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+hist_mean_ms=$(awk -v s0="$sum0" -v s1="$sum1" -v c0="$count0" -v c1="$count1" \
+  'BEGIN { if (c1 > c0) printf "%.1f", 1000 * (s1 - s0) / (c1 - c0); else print "n/a" }')
+
+# ---------------------------------------------------------------------------------------------
+# /metrics under SCRAPERS concurrent scrapers
+
+ACCEPT='application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1'
+metrics_bytes=$(curl -sf -H "Accept: $ACCEPT" "$URL/metrics" | wc -c)
+metrics_series=$(curl -sf -H "Accept: $ACCEPT" "$URL/metrics" | grep -vc '^#' || true)
+echo "scraping /metrics ($metrics_bytes bytes, $metrics_series samples): $ROUNDS bursts of $SCRAPERS simultaneous requests"
+targets=() # "-o /dev/null URL" per scraper: curl's -o applies to one URL only
+for ((i = 0; i < SCRAPERS; i++)); do targets+=(-o /dev/null "$URL/metrics"); done
+: >"$WORK/latency"
+for ((r = 0; r < ROUNDS; r++)); do
+  # One transfer per scraper, all at once, each on its own connection; one line per transfer.
+  curl -s --no-progress-meter --parallel --parallel-immediate --parallel-max "$SCRAPERS" \
+    --max-time 10 -H "Accept: $ACCEPT" -w '%{http_code} %{time_total} %{time_connect}\n' "${targets[@]}" \
+    >>"$WORK/latency" 2>>"$WORK/curl.err" || true
+  sleep 0.5
+done
+failed=$(awk '$1 != 200' "$WORK/latency" | wc -l)
+awk '$1 == 200 { print $2 * 1000 }' "$WORK/latency" | sort -n >"$WORK/latency-ms"
+connect_max=$(awk '$1 == 200 && $3 > m { m = $3 } END { printf "%.2f", m * 1000 }' "$WORK/latency")
+lat_n=$(wc -l <"$WORK/latency-ms")
+((lat_n > 0)) || die "no successful scrape"
+pct() { awk -v p="$1" '{ v[NR] = $1 } END { i = int(NR * p); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.2f", v[i] }' "$WORK/latency-ms"; }
+p50=$(pct 0.50); p99=$(pct 0.99); pmax=$(tail -1 "$WORK/latency-ms")
+kill -0 "$AGENT_PID" 2>/dev/null || die "the agent died during the scrapes"
+hwm_after_kib=$(status_kib VmHWM)
+rss_after_kib=$(status_kib VmRSS)
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+verdict() { if [[ $1 == 1 ]]; then echo "ok"; else echo "MISS"; fi; }
+misses=0
+cpu_ok=$(awk -v v="$cpu_pct" 'BEGIN { print (v < 1) ? 1 : 0 }')
+rss_ok=$(awk -v v="$hwm_mib" 'BEGIN { print (v <= 40) ? 1 : 0 }')
+scan_ok=$(awk -v v="$warm_median" 'BEGIN { print (v < 50) ? 1 : 0 }')
+lat_ok=$(awk -v v="$p99" 'BEGIN { print (v < 10) ? 1 : 0 }')
+for ok in "$cpu_ok" "$rss_ok" "$scan_ok" "$lat_ok"; do ((ok)) || misses=$((misses + 1)); done
+
+echo
+echo "==== nodeguard run: $CONTAINERS containers, ~$warm_procs processes per scan, interval $INTERVAL ===="
+printf '  CPU (%ss window)        %8s %% of one core   (target < 1 %%)     %s\n' "$WINDOW" "$cpu_pct" "$(verdict "$cpu_ok")"
+printf '  RSS peak (VmHWM)        %8s MiB              (target <= 40 MiB) %s\n' "$hwm_mib" "$(verdict "$rss_ok")"
+printf '  RSS steady (median)     %8s MiB\n' "$rss_mib"
+printf '  warm process scan       %8s ms median, %s ms max over %s scans; histogram mean %s ms  (target < 50 ms) %s\n' \
+  "$warm_median" "$warm_max" "$warm_n" "$hist_mean_ms" "$(verdict "$scan_ok")"
+printf '  cold first scan         %8s ms\n' "$(jq -r .duration_ms <<<"$cold")"
+printf '  /metrics x%s concurrent  p50 %s ms, p99 %s ms, max %s ms over %s scrapes, %s failed  (target p99 < 10 ms) %s\n' \
+  "$SCRAPERS" "$p50" "$p99" "$pmax" "$lat_n" "$failed" "$(verdict "$lat_ok")"
+printf '  after the scrapes       %8s MiB peak RSS, %s MiB RSS; slowest TCP connect %s ms\n' \
+  "$(awk -v k="$hwm_after_kib" 'BEGIN { printf "%.1f", k / 1024 }')" \
+  "$(awk -v k="$rss_after_kib" 'BEGIN { printf "%.1f", k / 1024 }')" "$connect_max"
+echo "  load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (other load skews the figures);"
+echo "  a scrape's latency is curl's time_total: connect, wait for a worker, render, transfer"
+
+if [[ $STRICT == 1 && $misses -gt 0 ]]; then
+  exit 1
+fi
