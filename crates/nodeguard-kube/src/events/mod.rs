@@ -340,7 +340,8 @@ impl Worker {
         self.stat(|s| s.queued = len);
     }
 
-    /// Reads the announced set from `state_dir`; without one, the API server is asked first.
+    /// Reads the announced set from `state_dir`; without a state directory (or with an
+    /// unreadable file), the API server is asked first.
     fn load(&mut self) {
         let Some(dir) = &self.cfg.state_dir else {
             return;
@@ -357,7 +358,16 @@ impl Worker {
                 }
                 self.recovered = true;
             }
-            Ok(None) => {}
+            // A state directory without the file: the agent's first start on this node (the
+            // file is written as soon as anything is announced). Nothing was announced, and
+            // the API server need not be asked (the ClusterRole grants no `list` on events).
+            Ok(None) => {
+                tracing::info!(
+                    path = %ledger::state_path(dir).display(),
+                    "no announced-findings file yet: first start on this node"
+                );
+                self.recovered = true;
+            }
             Err(error) => {
                 tracing::warn!(%error, "ignoring the announced-findings file; asking the API server instead");
             }
