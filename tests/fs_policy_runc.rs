@@ -1,0 +1,1 @@
+//! Filesystem checks and the policy against real runc containers, hostile ones included.
