@@ -172,7 +172,17 @@ fn log_tail(path: &Path, n: usize) -> String {
 
 /// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `timeout`; then fails with
 /// `what` and the last reason the probe gave.
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_for_every(POLL, what, timeout, probe)
+}
+
+/// [`wait_for`] with its own polling period.
+fn wait_for_every<T>(
+    poll: Duration,
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match probe() {
@@ -180,7 +190,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<
             Err(last) if Instant::now() >= deadline => {
                 panic!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
             }
-            Err(_) => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(poll),
         }
     }
 }
@@ -1054,39 +1064,53 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_is_broken() {
 // ---------------------------------------------------------------------------------------------
 // 4. Lifecycle: probes during a scan, SIGTERM and SIGINT.
 
+/// Sparse tail of the big executable: 2 GiB of zeros after busybox. Hashing it keeps the
+/// agent's first scan busy for a second or more (sha2 runs at about 1.5 GB/s here, optimised
+/// in dev builds too), so probes and signals certainly arrive during a scan.
+const BIG_TAIL: u64 = 2 << 30;
+/// `--max-hash-size` that lets the agent hash it (the default cap is 512 MiB).
+const BIG_HASH_LIMIT: &str = "4294967296";
+/// How often the lifecycle tests probe while the first scan runs.
+const FAST_POLL: Duration = Duration::from_millis(10);
+
 #[test]
 fn healthz_answers_during_a_scan_and_sigterm_exits_zero() {
     require_containers!();
-    // An executable with a 256 MiB tail, never seen before by this agent: the first scan
-    // hashes it, so a scan is certainly running while the probes below are asked.
+    // An executable never seen before by this agent, with a big tail: the first scan hashes
+    // it, so a scan is running while the probes below are asked.
     let tag = support::random_hex(16);
-    let (image, exe) = image_with_tagged_busybox("busybox-big", tag.as_bytes(), 256 * 1024 * 1024);
+    let (image, exe) = image_with_tagged_busybox("busybox-big", tag.as_bytes(), BIG_TAIL);
     let c = ContainerSpec::new(&image)
         .args(&[&exe, "sleep", "3600"])
         .start();
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--max-hash-size", BIG_HASH_LIMIT]);
 
     // /healthz answers while /readyz still says the first scan has not finished.
     let mut healthy_during_scan = 0;
-    let ready = wait_for("the first scan to complete", FIRST_SCAN_TIMEOUT, || {
-        let health = agent.try_get("/healthz", None)?;
-        let ready = agent.try_get("/readyz", None)?;
-        if health.status == 200 && ready.status == 503 {
-            let body = health.json("/healthz");
-            assert_eq!(body["status"], "ok", "{body}");
-            let not_ready = ready.json("/readyz");
-            assert_eq!(not_ready["status"], 503, "{not_ready}");
-            healthy_during_scan += 1;
-        }
-        if ready.status == 200 {
-            Ok(ready.json("/readyz"))
-        } else {
-            Err(format!(
-                "/healthz {}, /readyz {}",
-                health.status, ready.status
-            ))
-        }
-    });
+    let ready = wait_for_every(
+        FAST_POLL,
+        "the first scan to complete",
+        FIRST_SCAN_TIMEOUT,
+        || {
+            let health = agent.try_get("/healthz", None)?;
+            let ready = agent.try_get("/readyz", None)?;
+            if health.status == 200 && ready.status == 503 {
+                let body = health.json("/healthz");
+                assert_eq!(body["status"], "ok", "{body}");
+                let not_ready = ready.json("/readyz");
+                assert_eq!(not_ready["status"], 503, "{not_ready}");
+                healthy_during_scan += 1;
+            }
+            if ready.status == 200 {
+                Ok(ready.json("/readyz"))
+            } else {
+                Err(format!(
+                    "/healthz {}, /readyz {}",
+                    health.status, ready.status
+                ))
+            }
+        },
+    );
     assert!(
         healthy_during_scan > 0,
         "/healthz never answered while the first scan ran (/readyz was never 503 when asked)"
@@ -1115,12 +1139,13 @@ fn healthz_answers_during_a_scan_and_sigterm_exits_zero() {
 fn sigint_during_the_first_scan_exits_zero() {
     require_containers!();
     let tag = support::random_hex(16);
-    let (image, exe) = image_with_tagged_busybox("busybox-big", tag.as_bytes(), 256 * 1024 * 1024);
+    let (image, exe) = image_with_tagged_busybox("busybox-big", tag.as_bytes(), BIG_TAIL);
     let c = ContainerSpec::new(&image)
         .args(&[&exe, "sleep", "3600"])
         .start();
-    let agent = Agent::start(&[]);
-    wait_for(
+    let agent = Agent::start(&["--max-hash-size", BIG_HASH_LIMIT]);
+    wait_for_every(
+        FAST_POLL,
         "the API to answer during the first scan",
         SCANS_TIMEOUT,
         || {
@@ -1130,7 +1155,7 @@ fn sigint_during_the_first_scan_exits_zero() {
                 (200, 503) => Ok(()),
                 (_, 200) => panic!(
                     "the first scan finished before it could be interrupted; this test needs a \
-                 scan in progress (the 256 MiB executable should take seconds to hash)"
+                 scan in progress (hashing the 2 GiB executable should take a second or more)"
                 ),
                 (h, r) => Err(format!("/healthz {h}, /readyz {r}")),
             }
@@ -1141,6 +1166,11 @@ fn sigint_during_the_first_scan_exits_zero() {
         Some(status) => assert_eq!(status.code(), Some(0), "exit after SIGINT: {status}"),
         None => panic!("the agent did not exit within {STOP_TIMEOUT:?} of SIGINT during a scan"),
     }
+    let log = agent.log_text();
+    assert!(
+        log.contains("\"SIGINT\"") && log.contains("shutting down during a scan"),
+        "the log says the agent stopped on SIGINT in the middle of a scan"
+    );
     drop((c, image));
 }
 
