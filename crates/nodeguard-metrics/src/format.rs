@@ -239,3 +239,71 @@ ng_open 2
         assert_eq!(openmetrics_to_text(openmetrics), expected);
     }
 }
+
+/// Renders a registry at most once per `max_age` and format, so a burst of scrapers (many
+/// Prometheus replicas, a responder's loop of curl) share one rendering instead of each
+/// taking a core. Concurrent callers wait for the one rendering in progress.
+#[derive(Debug)]
+pub struct CachedEncoder {
+    registry: std::sync::Arc<Registry>,
+    max_age: std::time::Duration,
+    cache: std::sync::Mutex<[Option<(std::time::Instant, String)>; 2]>,
+}
+
+impl CachedEncoder {
+    pub fn new(registry: std::sync::Arc<Registry>, max_age: std::time::Duration) -> CachedEncoder {
+        CachedEncoder {
+            registry,
+            max_age,
+            cache: std::sync::Mutex::new([None, None]),
+        }
+    }
+
+    /// The exposition in `format`, rendered now or at most `max_age` ago.
+    pub fn render(&self, format: Format) -> Result<String, Error> {
+        let slot = match format {
+            Format::OpenMetrics => 0,
+            Format::Text => 1,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, text)) = &cache[slot] {
+            if at.elapsed() < self.max_age {
+                return Ok(text.clone());
+            }
+        }
+        let text = encode_as(&self.registry, format)?;
+        cache[slot] = Some((std::time::Instant::now(), text.clone()));
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_once_per_max_age_and_per_format() {
+        let mut registry = Registry::default();
+        let counter: Counter = Counter::default();
+        registry.register("probe", "a probe", counter.clone());
+        let encoder = CachedEncoder::new(Arc::new(registry), Duration::from_secs(3600));
+        let first = encoder.render(Format::OpenMetrics).unwrap();
+        counter.inc();
+        assert_eq!(
+            encoder.render(Format::OpenMetrics).unwrap(),
+            first,
+            "served from cache"
+        );
+        let text = encoder.render(Format::Text).unwrap();
+        assert!(text.contains("probe_total 1"), "{text}");
+
+        let fresh = CachedEncoder::new(encoder.registry.clone(), Duration::ZERO);
+        assert!(fresh
+            .render(Format::OpenMetrics)
+            .unwrap()
+            .contains("probe_total 1"));
+    }
+}

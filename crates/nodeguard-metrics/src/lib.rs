@@ -68,7 +68,9 @@ mod format;
 mod process;
 mod series;
 
-pub use format::{encode, encode_as, encode_text, Error, Format, CONTENT_TYPE, TEXT_CONTENT_TYPE};
+pub use format::{
+    encode, encode_as, encode_text, CachedEncoder, Error, Format, CONTENT_TYPE, TEXT_CONTENT_TYPE,
+};
 /// The registry type [`Metrics::register`] fills, re-exported so that the binary can create
 /// it without linking prometheus-client itself.
 pub use prometheus_client::registry::Registry;
