@@ -209,13 +209,15 @@ fn plant(path: &Path, contents: &[u8], mode: u32) {
     set_mode(path, mode);
 }
 
-/// The host's `getcap` text for one file (`cap_net_raw=ep`).
+/// The host's `getcap -n` text for one file (`cap_net_raw=ep`, `=ep cap_sys_admin-ep`,
+/// `cap_chown=eip [rootid=1000]`).
 fn getcap(path: &Path) -> String {
-    let out = cmd::run_ok("getcap", &[path]);
+    let out = cmd::run_ok("getcap", &[OsStr::new("-n"), path.as_os_str()]);
+    let prefix = format!("{} ", path.display());
     out.stdout
-        .trim()
-        .rsplit_once(' ')
-        .map(|(_, caps)| caps.to_string())
+        .trim_end()
+        .strip_prefix(&prefix)
+        .map(str::to_string)
         .unwrap_or_else(|| panic!("getcap printed no capabilities\n{out}"))
 }
 
@@ -472,6 +474,12 @@ fn policy_digests_deny_and_pin_the_running_binary() {
     let digest = oracle::sha256sum(Path::new(&format!("/proc/{}/exe", named.init_pid)));
     assert_eq!(digest, oracle::sha256sum(&image.path("/bin/busybox")));
     let both = [&named, &plain];
+    // The same bytes, setuid, in `named`'s writable layer: a denied digest also finds files.
+    plant(
+        &named.rootfs.join("usr/bin/suid-shell"),
+        &fs::read(image.path("/bin/busybox")).unwrap(),
+        0o4755,
+    );
 
     let baseline = scan(&both, Mode::Layers, &["--no-fs"]);
     assert_eq!(
@@ -496,7 +504,8 @@ fn policy_digests_deny_and_pin_the_running_binary() {
         }
     }
 
-    // Denied: every process running that digest, whatever its file is called.
+    // Denied: every process running that digest, whatever its file is called, and every
+    // setuid file with it.
     let reason = "incident 4711: busybox is not allowed on this node";
     let denied = PolicyFile::new(&format!(
         "version: 1\ndenied_binaries:\n  - sha256: {digest}\n    reason: \"{reason}\"\n"
@@ -506,13 +515,7 @@ fn policy_digests_deny_and_pin_the_running_binary() {
     let scan_denied = scan(
         &both,
         Mode::Layers,
-        &[
-            "--no-fs",
-            "--config",
-            &denied.path_str(),
-            "--fail-on",
-            "critical",
-        ],
+        &["--config", &denied.path_str(), "--fail-on", "critical"],
     );
     assert_eq!(
         scan_denied.exit_code(),
@@ -520,10 +523,41 @@ fn policy_digests_deny_and_pin_the_running_binary() {
         "{}",
         scan_denied.summary()
     );
+    let subjects = |c: &Container| {
+        let mut s: Vec<String> = scan_denied
+            .findings_of(&c.id, "denied_binary", None)
+            .iter()
+            .filter_map(|f| f["subject"].as_str().map(str::to_string))
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        subjects(&named),
+        ["/bin/busybox", "/usr/bin/suid-shell"],
+        "{}",
+        scan_denied.seen(&named)
+    );
+    assert_eq!(
+        subjects(&plain),
+        ["/bin/sleep"],
+        "{}",
+        scan_denied.seen(&plain)
+    );
+    let file = finding_at(&scan_denied, &named, "denied_binary", "/usr/bin/suid-shell");
+    let seen = || format!("{file}\n{}", scan_denied.seen(&named));
+    assert_eq!(file["severity"], "critical", "{}", seen());
+    assert_eq!(file["sha256"], digest.as_str(), "{}", seen());
+    assert!(
+        file["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(reason),
+        "{}",
+        seen()
+    );
     for (c, exe) in [(&named, "/bin/busybox"), (&plain, "/bin/sleep")] {
-        let found = scan_denied.findings_of(&c.id, "denied_binary", None);
-        assert_eq!(found.len(), 1, "{}", scan_denied.seen(c));
-        let f = found[0];
+        let f = finding_at(&scan_denied, c, "denied_binary", exe);
         let seen = || format!("{f}\n{}", scan_denied.seen(c));
         assert_eq!(f["severity"], "critical", "{}", seen());
         assert_eq!(f["pid"], c.init_pid, "{}", seen());
@@ -822,6 +856,72 @@ fn setuid_and_capability_files_by_layer_and_allow_lists() {
     assert_eq!(f["severity"], "medium", "{}", narrowed.seen(&c));
     drop(c);
     drop(image);
+}
+
+/// File capability texts as `getcap -n` prints them, for sets that exercise libcap's
+/// notation: several capabilities, differing permitted/inheritable sets, "all but one",
+/// a namespaced (v3) capability with its root uid, and a file both setuid and capable.
+#[test]
+fn file_capability_texts_match_getcap() {
+    require_containers!();
+    let c = ContainerSpec::new(Image::busybox()).start();
+    // (setcap text, setcap -n ROOTID, mode)
+    let cases: &[(&str, Option<&str>, u32)] = &[
+        ("cap_net_raw+ep", None, 0o755),
+        ("cap_setuid,cap_sys_admin+ep", None, 0o755),
+        ("cap_chown=ip cap_net_raw+p", None, 0o755),
+        ("cap_chown,cap_net_raw=i", None, 0o755),
+        ("all=ep", None, 0o755),
+        ("all=p cap_sys_admin-p", None, 0o755),
+        ("all=eip cap_sys_admin-eip", None, 0o755),
+        ("cap_net_raw,cap_sys_admin+eip", Some("1000"), 0o755),
+        ("cap_net_bind_service+ep", None, 0o4755),
+    ];
+    let mut want = Vec::new();
+    for (i, (text, rootid, mode)) in cases.iter().enumerate() {
+        let path = c.rootfs.join(format!("usr/sbin/cap-{i}"));
+        plant(&path, format!("#!/bin/sh\n# {text}\n").as_bytes(), 0o755);
+        let mut args: Vec<&OsStr> = Vec::new();
+        if let Some(rootid) = rootid {
+            args.extend([OsStr::new("-n"), OsStr::new(rootid)]);
+        }
+        args.extend([OsStr::new(text), path.as_os_str()]);
+        cmd::run_ok("setcap", &args);
+        // The mode last, once the capability is written.
+        set_mode(&path, *mode);
+        want.push((format!("/usr/sbin/cap-{i}"), getcap(&path), *mode));
+    }
+    assert!(
+        want[7].1.ends_with("[rootid=1000]"),
+        "a v3 capability: {:?}",
+        want[7]
+    );
+
+    for mode in Mode::BOTH {
+        let s = scan(&[&c], mode, &[]);
+        let mut paths: Vec<String> = want.iter().map(|w| w.0.clone()).collect();
+        paths.sort();
+        assert_eq!(paths_of(&s, &c), paths, "{}", s.seen(&c));
+        for (path, caps, file_mode) in &want {
+            let f = file_at(&s, &c, path);
+            let seen = || format!("{path}: {f}\n{}", s.seen(&c));
+            assert_eq!(f["capabilities"], caps.as_str(), "vs getcap -n\n{}", seen());
+            assert_eq!(f["setuid"], *file_mode == 0o4755, "{}", seen());
+            let finding = finding_at(&s, &c, "file_capability", path);
+            assert_eq!(finding["severity"], mode.written_severity(), "{}", seen());
+            assert!(
+                finding["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(caps.as_str()),
+                "the message shows the capabilities\n{}",
+                seen()
+            );
+            if *file_mode == 0o4755 {
+                finding_at(&s, &c, "setuid_file", path);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1162,6 +1262,23 @@ fn deep_and_wide_trees_hide_nothing() {
         assert_eq!(s.stat("walks_truncated"), 0, "{}", seen());
         control.assert_intact(&s, mode, "deep and wide trees");
     }
+
+    // A file budget below the hostile layer's size: its walk stops and says so; the budget is
+    // per root, so the control container's layer is still walked whole.
+    let budget = (MANY / 2).to_string();
+    let s = scan(
+        &[&h, &control.c],
+        Mode::Layers,
+        &["--walk-max-files", &budget],
+    );
+    assert_eq!(s.stat("walks_truncated"), 1, "{}", s.seen(&h));
+    let w = warnings(&s);
+    assert!(
+        w.contains("truncated") && w.contains(&h.id),
+        "the warnings must name the truncated walk: {w}\n{}",
+        s.seen(&h)
+    );
+    control.assert_intact(&s, Mode::Layers, "a truncated walk");
     drop(h);
 }
 
