@@ -5,8 +5,10 @@
 //! announced:
 //!
 //! - a new finding → a `Warning` Event, reason [`FindingKind::reason`] (`SetuidFile`), action
-//!   `Scan`, regarding the Pod (or the Node for host findings and containers without pod
-//!   metadata), field path `spec.containers{NAME}.findings{ID}` (or `findings{ID}`);
+//!   `Scan`, regarding the Pod (or the Node for host findings, containers outside pods, and
+//!   pods' containers whose metadata has not arrived within
+//!   [`EventConfig::pod_metadata_wait`]; until then such a finding waits), field path
+//!   `spec.containers{NAME}.findings{ID}` (or `findings{ID}`);
 //! - an announced finding no longer open → a `Normal` Event, reason `<Reason>Resolved`
 //!   (`SetuidFileResolved`), same regarding and field path;
 //! - more new findings on one object than its budget → one `Warning` `FindingsSummary`
@@ -38,7 +40,9 @@ use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::ListParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Api;
-use nodeguard_model::{EventStats, FindingKind, NodeState, ScanKind, Timestamp, TrackedFinding};
+use nodeguard_model::{
+    EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Timestamp, TrackedFinding,
+};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -93,6 +97,11 @@ pub struct EventConfig {
     /// At most one summary Event per object this often (7 minutes: longer than the 6 minutes
     /// kube's Recorder folds repeats into a series, so each summary keeps its own note).
     pub summary_interval: Duration,
+    /// How long a finding of a pod's container (one with a pod uid) waits for the pod's
+    /// metadata before its Event regards the Node instead (1 minute). The pod watch may not
+    /// have listed yet (agent start, slow API server) or seen the container yet (kubelet
+    /// status lag); an Event sent to the Node then would never move to the Pod.
+    pub pod_metadata_wait: Duration,
 }
 
 impl EventConfig {
@@ -112,6 +121,7 @@ impl EventConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             summary_interval: Duration::from_secs(420),
+            pod_metadata_wait: Duration::from_secs(60),
         }
     }
 }
@@ -485,6 +495,7 @@ impl Worker {
         });
         let mut overflow = Vec::new();
         let mut rate_limited = 0u64;
+        let wall = SystemTime::now();
         for t in new {
             let f = &t.finding;
             if self.queue.len() >= self.cfg.queue_capacity {
@@ -492,6 +503,16 @@ impl Worker {
                 continue;
             }
             let placement = render::place(f, &st.report, &self.cfg.node_name);
+            if placement.target.kind == TargetKind::Node
+                && awaits_pod_metadata(f, &st.report)
+                && wall
+                    .duration_since(t.first_seen.0)
+                    .unwrap_or(Duration::ZERO)
+                    < self.cfg.pod_metadata_wait
+            {
+                // Offered again with the next state, which may know the pod.
+                continue;
+            }
             let bucket = self
                 .buckets
                 .entry(placement.target.clone())
@@ -918,6 +939,16 @@ impl Worker {
     }
 }
 
+/// Whether the finding's container belongs to a pod (the cgroup path names a pod uid), so
+/// its Event should regard that Pod once the pod watch knows it.
+fn awaits_pod_metadata(finding: &Finding, report: &Report) -> bool {
+    finding
+        .container_id
+        .as_deref()
+        .and_then(|id| report.container(id))
+        .is_some_and(|c| c.pod_uid.is_some())
+}
+
 /// Which scans report a kind of finding: a finding from before a restart is resolved only
 /// after those have run in this process.
 fn scan_kinds(kind: FindingKind) -> &'static [ScanKind] {
@@ -1220,6 +1251,47 @@ mod tests {
         w.on_state(state(&[&b]));
         assert_eq!(queue(&w).len(), 2);
         assert!(!queue(&w).contains(&format!("R:{}", b.id)));
+    }
+
+    /// `st` as the scan would report it before the pod watch knows the container's pod.
+    fn without_pod_metadata(st: &NodeState, first_seen: Timestamp) -> Arc<NodeState> {
+        let mut report = (*st.report).clone();
+        report.containers[0].pod = None;
+        let mut st = st.clone();
+        st.report = Arc::new(report);
+        for t in &mut st.findings {
+            t.first_seen = first_seen;
+        }
+        Arc::new(st)
+    }
+
+    fn queued_targets(w: &Worker) -> Vec<(TargetKind, String)> {
+        w.queue
+            .iter()
+            .filter_map(|j| match j {
+                Job::Announce(p) => Some((p.entry.target.kind.clone(), p.entry.subject.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pod_findings_wait_for_their_pod_then_fall_back_to_the_node() {
+        let a = finding("/a", Severity::High);
+        let known = state(&[&a]);
+
+        // The pod watch has not listed yet: nothing goes to the Node; then the pod is known.
+        let mut w = worker(EventConfig::new("node-a"));
+        w.on_state(without_pod_metadata(&known, Timestamp::now()));
+        assert!(queue(&w).is_empty(), "{:?}", queue(&w));
+        w.on_state(known.clone());
+        assert_eq!(queued_targets(&w), [(TargetKind::Pod, "/a".to_string())]);
+
+        // The pod never shows up: after the wait, the Node rather than nothing.
+        let mut w = worker(EventConfig::new("node-a"));
+        let long_ago = Timestamp(SystemTime::now() - Duration::from_secs(61));
+        w.on_state(without_pod_metadata(&known, long_ago));
+        assert_eq!(queued_targets(&w), [(TargetKind::Node, "/a".to_string())]);
     }
 
     #[tokio::test(start_paused = true)]
