@@ -1325,9 +1325,59 @@ fn hostile_names_are_escaped_losslessly() {
     want_raw.sort();
     assert_eq!(find_setuid(&h.upper_dir), want_raw, "find's view");
 
+    // A process running a copy of busybox from a directory with such a name, in the
+    // writable layer (busybox picks its applet from the file name, so that stays `sleep`):
+    // its exe, its command line and the drift finding carry the name.
+    const EXE: &[u8] = b"/tmp/ev\nFORGED-PROC\xff/sleep";
+    const EXE_ESCAPED: &str = r"/tmp/ev\nFORGED-PROC\xff/sleep";
+    plant(
+        &h.rootfs.join(OsStr::from_bytes(&EXE[1..])),
+        &fs::read(Image::busybox().path("/bin/busybox")).unwrap(),
+        0o755,
+    );
+    let drifted = h.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        "for x in /tmp/ev*/sleep; do exec \"$x\" 3600; done",
+    ]);
+    let link = PathBuf::from(format!("/proc/{drifted}/exe"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while fs::read_link(&link).ok().as_deref() != Some(Path::new(OsStr::from_bytes(EXE))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {drifted} runs {:?}, not {EXE:?}",
+            fs::read_link(&link)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
     for mode in Mode::BOTH {
         let s = scan(&[&h, &control.c], mode, &[]);
         let seen = || s.seen(&h);
+        let p = s.process(&h, drifted);
+        assert_eq!(p["exe"], EXE_ESCAPED, "{}", seen());
+        assert_eq!(unescape(EXE_ESCAPED), EXE);
+        assert_eq!(p["command"], "sleep", "{}", seen());
+        let cmdline = p["cmdline"].as_str().unwrap_or_default();
+        assert!(
+            cmdline.contains("FORGED-PROC") && !cmdline.chars().any(char::is_control),
+            "cmdline {cmdline:?}\n{}",
+            seen()
+        );
+        if mode == Mode::Layers {
+            assert_eq!(p["exe_layer"], "upper", "{}", seen());
+            let drift = finding_at(&s, &h, "binary_drift", EXE_ESCAPED);
+            assert_eq!(drift["pid"], drifted, "{}", seen());
+        }
+        // docs/policy.md: messages are one line.
+        for f in s.findings() {
+            let message = f["message"].as_str().unwrap_or_default();
+            assert!(
+                !message.chars().any(char::is_control),
+                "a finding message with a control character: {message:?}\n{}",
+                seen()
+            );
+        }
         let mut got_raw: Vec<Vec<u8>> = paths_of(&s, &h).iter().map(|p| unescape(p)).collect();
         got_raw.sort();
         assert_eq!(
@@ -1378,6 +1428,18 @@ fn hostile_names_are_escaped_losslessly() {
         for line in forged {
             assert!(
                 line.contains("/usr/bin/evil") && line.contains(&h.id[..12]),
+                "a forged row: {line:?}\n{table}"
+            );
+        }
+        let proc_rows: Vec<&str> = text.lines().filter(|l| l.contains("FORGED-PROC")).collect();
+        assert_eq!(
+            proc_rows.len(),
+            if mode == Mode::Layers { 2 } else { 1 },
+            "the hostile exe shows in its process row (and the drift finding)\n{table}"
+        );
+        for line in proc_rows {
+            assert!(
+                line.contains(&h.id[..12]) && line.contains("ev\\"),
                 "a forged row: {line:?}\n{table}"
             );
         }
@@ -1461,4 +1523,59 @@ fn bind_mount_loops_terminate() {
         );
         control.assert_intact(&s, mode, "bind-mount loops");
     }
+}
+
+/// A container whose every process runs chrooted into a subdirectory of its root (a
+/// `chroot` in the entrypoint, or an attacker who re-execs everything into a jail) must not
+/// hide its root filesystem: the setuid files outside the jail are still the container's.
+///
+/// Known gap, so ignored: the kernel shows a chrooted process only the mounts below its
+/// root, so its `/proc/PID/mountinfo` has no mount at `/`; the collector then records no
+/// rootfs (warning "no mount at / in mountinfo"), and the scan walks `/proc/PID/root`,
+/// which is the jail. Neither file below is reported (and `exe_layer` is unknown, so drift
+/// goes unseen). Run with `--ignored` once the collector finds the overlay another way
+/// (e.g. by the `st_dev` of `/proc/PID/root` among the host's overlay mounts).
+#[test]
+#[ignore = "known gap: a chrooted container hides its rootfs from the collector"]
+fn chrooted_processes_do_not_hide_the_container_root() {
+    require_containers!();
+    let image = Image::busybox_owned("jail");
+    let busybox = fs::read(image.path("/bin/busybox")).unwrap();
+    image.add_file("/jail/bin/busybox", &busybox, 0o755);
+    fs::hard_link(
+        image.path("/jail/bin/busybox"),
+        image.path("/jail/bin/sleep"),
+    )
+    .unwrap();
+    image.add_file("/usr/bin/image-suid", &busybox, 0o4755);
+    let c = ContainerSpec::new(&image)
+        .args(&["/bin/busybox", "chroot", "/jail", "/bin/sleep", "3600"])
+        .start();
+    c.wait_for_exact_exe(c.init_pid, "/jail/bin/sleep");
+    plant(
+        &c.rootfs.join("usr/bin/upper-suid"),
+        b"#!/bin/sh\nid\n",
+        0o4755,
+    );
+    assert_eq!(
+        fs::read_link(format!("/proc/{}/root", c.init_pid)).unwrap(),
+        Path::new("/jail")
+    );
+
+    let s = scan(&[&c], Mode::Layers, &[]);
+    assert_eq!(
+        s.container(&c)["rootfs"]["upper_dir"],
+        c.upper_dir.to_str().unwrap(),
+        "{}",
+        s.seen(&c)
+    );
+    assert_eq!(
+        paths_of(&s, &c),
+        ["/usr/bin/image-suid", "/usr/bin/upper-suid"],
+        "{}",
+        s.seen(&c)
+    );
+    assert_eq!(file_at(&s, &c, "/usr/bin/upper-suid")["layer"], "upper");
+    drop(c);
+    drop(image);
 }
