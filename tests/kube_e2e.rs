@@ -1,1 +1,1262 @@
 //! End-to-end: `nodeguard run` against real runc containers and a fake Kubernetes API server.
+//!
+//! The agent is the real binary, started as the DaemonSet starts it but pointed at a fake API
+//! server (`tests/kube_fake`) through a kubeconfig file (`KUBECONFIG`, a plain-HTTP server and
+//! a bearer token). The fake serves this node's pods (list and watch) with the containers'
+//! real ids and pod uids, authorizes every request with the shipped ClusterRole
+//! (`manifests/clusterrole.yaml`, 403 otherwise), and validates each Event as the API server
+//! does (422 otherwise). What a cluster operator would notice is asserted:
+//!
+//! 1. the real containers' findings, containers and metrics carry the pods' namespace, name,
+//!    container name, image and imageID;
+//! 2. each new finding becomes exactly one Warning Event with its kind's reason, regarding the
+//!    right Pod (uid included), never repeated over later scans, even though the first pod
+//!    list answered only after the first scans (a busy API server at start-up); a host
+//!    process's finding regards this Node, without a uid (the ClusterRole grants no nodes get);
+//! 3. a stopped container's findings, and the stopped host process's, resolve, each with one
+//!    Normal `<Reason>Resolved` Event;
+//! 4. a restarted agent with the same `--state-dir` does not announce them again;
+//! 5. while Event writes fail (500) and then hang, scans, the API and `/metrics` go on,
+//!    `nodeguard_events_total{result="failed"}` rises, and a finding that appeared meanwhile
+//!    is announced once the API server answers again.
+//!
+//! Every wait is a bounded polling loop that fails with what it last saw, the agent's log and
+//! the fake's requests. Nothing asserts how long anything took.
+//!
+//! Needs root, runc, busybox-static and capsh; without them the test says why it skipped, and
+//! with `CI` set it fails instead. Run: `cargo test -p nodeguard --test kube_e2e`.
+
+mod kube_fake;
+mod support;
+
+use kube_fake::{Authorizer, FakeApi, Mode, Request};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use support::container::{Container, ContainerSpec};
+use support::image::Image;
+
+const NODE: &str = "test-node";
+/// The user the fake maps the token to: the DaemonSet's ServiceAccount.
+const USER: &str = "system:serviceaccount:nodeguard:nodeguard";
+
+/// Longest wait for the agent's first scan (a debug build hashing the node's executables on a
+/// machine other tests load too).
+const FIRST_SCAN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for what takes a few scans or a few Events (the node-wide Event budget is
+/// 20 at once, then one a second, and other tests' containers on this machine use it too).
+const EVENTS_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest wait for a few scans.
+const SCANS_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the agent promises for SIGTERM ("within a few seconds").
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one request to the agent: the API and /metrics never wait for the API server.
+const AGENT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(250);
+/// How long the fake takes to answer pod lists and watches when the first agent starts.
+const SLOW_POD_LIST: Duration = Duration::from_secs(5);
+/// Bound on `/metrics` while Event writes fail or hang: less than the agent's 10 s Event
+/// request timeout, so a scrape that waited for the API server would not pass.
+const METRICS_DURING_OUTAGE: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client over loopback (the agent package has no HTTP client dependency).
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    body: String,
+}
+
+/// `GET http://127.0.0.1:PORT/PATH` with `Connection: close`; chunked bodies are decoded.
+/// Fails when no answer has come within `timeout` of reading.
+fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<HttpResponse> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of the HTTP header"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no HTTP status line"))?;
+    let chunked = lines.any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 2000;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut cut = MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..cut], text.len() - cut)
+}
+
+/// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `timeout`; then fails with
+/// `what` and the last reason the probe gave.
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text format: just enough to read one series.
+
+/// `(name, labels, value)` of each sample line.
+fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value: f64 = value.trim().parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+                None => (series, BTreeMap::new()),
+            };
+            Some((name.to_string(), labels, value))
+        })
+        .collect()
+}
+
+/// `a="x",b="y\"z"` → map.
+fn parse_labels(mut text: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    while !text.is_empty() {
+        let (name, rest) = text.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(name.trim_start_matches(',').to_string(), value);
+        text = rest[end + 1..].trim_start_matches(',');
+    }
+    Some(labels)
+}
+
+/// `nodeguard_events_total{result="RESULT"}`, 0 when absent.
+fn events_total(metrics: &str, result: &str) -> f64 {
+    samples(metrics)
+        .into_iter()
+        .find(|(name, labels, _)| {
+            name == "nodeguard_events_total"
+                && labels.get("result").map(String::as_str) == Some(result)
+        })
+        .map_or(0.0, |(_, _, v)| v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent under test.
+
+/// A running `nodeguard run --kube on` pointed at the fake. Killed on drop; its log is printed
+/// when the test failed.
+struct Agent {
+    child: RefCell<Child>,
+    port: u16,
+    log: PathBuf,
+    command: String,
+}
+
+impl Agent {
+    /// `KUBECONFIG=KUBECONFIG nodeguard run --kube on --node-name test-node --state-dir
+    /// STATE_DIR --listen 127.0.0.1:PORT --interval 2s --fs-interval 30s --log-format json`,
+    /// its log in `log_dir`.
+    fn start(kubeconfig: &Path, state_dir: &Path, log_dir: &Path, name: &str) -> Agent {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = [
+            "run",
+            "--kube",
+            "on",
+            "--node-name",
+            NODE,
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--interval",
+            "2s",
+            "--fs-interval",
+            "30s",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // As in the harness: where pid 1 cannot be looked into, host paths are reached through
+        // this (the host's) mount namespace.
+        if !support::host_pid1_readable() {
+            args.extend(["--host-root".to_string(), "/".to_string()]);
+        }
+        let log = log_dir.join(format!("{name}.log"));
+        let log_file = fs::File::create(&log).unwrap();
+        let command = format!(
+            "KUBECONFIG={} {}",
+            kubeconfig.display(),
+            support::cmd::display(support::nodeguard_bin(), &args)
+        );
+        let child = Command::new(support::nodeguard_bin())
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        Agent {
+            child: RefCell::new(child),
+            port,
+            log,
+            command,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails at once if the agent is no longer running.
+    fn assert_running(&self) {
+        if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
+            panic!(
+                "the agent exited ({status}) while it should run\n  command: {}",
+                self.command
+            );
+        }
+    }
+
+    fn try_get(&self, path: &str) -> Result<HttpResponse, String> {
+        self.try_get_within(path, AGENT_HTTP_TIMEOUT)
+    }
+
+    fn try_get_within(&self, path: &str, timeout: Duration) -> Result<HttpResponse, String> {
+        self.assert_running();
+        http_get(self.port, path, timeout).map_err(|e| {
+            format!(
+                "GET 127.0.0.1:{}{path} (within {timeout:?}): {e}",
+                self.port
+            )
+        })
+    }
+
+    /// `GET PATH`, which must answer 200 with JSON (within [`AGENT_HTTP_TIMEOUT`]).
+    fn get_json(&self, path: &str) -> Value {
+        let r = self.try_get(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.status,
+            200,
+            "GET {path} answered {}: {}",
+            r.status,
+            excerpt(&r.body)
+        );
+        serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", excerpt(&r.body)))
+    }
+
+    /// `/metrics` (the 0.0.4 text format), which must answer 200 within
+    /// [`AGENT_HTTP_TIMEOUT`].
+    fn metrics(&self) -> String {
+        self.metrics_within(AGENT_HTTP_TIMEOUT)
+    }
+
+    fn metrics_within(&self, timeout: Duration) -> String {
+        let r = self
+            .try_get_within("/metrics", timeout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 200, "/metrics: {}", excerpt(&r.body));
+        r.body
+    }
+
+    fn wait_ready(&self) {
+        wait_for(
+            "the agent's first scan (/readyz 200)",
+            FIRST_SCAN_TIMEOUT,
+            || {
+                let r = self.try_get("/readyz")?;
+                if r.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("status {}: {}", r.status, excerpt(&r.body)))
+                }
+            },
+        )
+    }
+
+    /// `scanned_at` of the report the agent serves.
+    fn scanned_at(&self) -> String {
+        let report = self.get_json("/v1/report");
+        report["scanned_at"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "/v1/report has no scanned_at: {}",
+                    excerpt(&report.to_string())
+                )
+            })
+            .to_string()
+    }
+
+    /// Waits until the agent has published `n` more reports than when called (the last of
+    /// them made by a scan that started after this call when `n >= 2`).
+    fn wait_scans(&self, n: usize, why: &str) {
+        let mut seen = self.scanned_at();
+        for round in 1..=n {
+            seen = wait_for(
+                &format!("scan {round} of {n} after {seen} ({why})"),
+                SCANS_TIMEOUT,
+                || {
+                    let now = self.scanned_at();
+                    if now != seen {
+                        Ok(now)
+                    } else {
+                        Err(format!("scanned_at still {now}"))
+                    }
+                },
+            );
+        }
+    }
+
+    /// Every open finding (`/v1/findings`).
+    fn findings(&self) -> Vec<Value> {
+        let answer = self.get_json("/v1/findings");
+        answer["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/v1/findings has no findings array: {answer}"))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&self) -> ExitStatus {
+        let pid = self.child.borrow().id();
+        let out = support::cmd::run("kill", &["-s", "TERM", &pid.to_string()]);
+        assert!(out.success(), "kill -s TERM {pid} failed\n{out}");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop within {STOP_TIMEOUT:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let child = self.child.get_mut();
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- agent: {}\n--- agent log (last 80 lines):\n{}\n--- end of agent log",
+                self.command,
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            );
+        }
+    }
+}
+
+/// Prints the fake API server's requests when the test fails.
+struct DumpOnPanic<'a>(&'a FakeApi);
+
+impl Drop for DumpOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = writeln!(std::io::stderr(), "{}", self.0.dump(250));
+        }
+    }
+}
+
+/// A host process (in no container) running an executable that was deleted after it
+/// started: a `deleted_executable` finding of the host, whose Events regard the Node.
+struct Ghost {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Ghost {
+    fn start() -> Ghost {
+        let dir = tempfile::Builder::new()
+            .prefix("nodeguard-kube-e2e-ghost-")
+            .tempdir()
+            .expect("create the ghost's tempdir");
+        // busybox acts as the multi-call binary under a name that starts with `busybox`.
+        let exe = dir.path().join("busybox-ghost");
+        let busybox = support::image::busybox_binary().expect("busybox (checked by the harness)");
+        fs::copy(&busybox, &exe).unwrap_or_else(|e| panic!("copy {}: {e}", busybox.display()));
+        let child = Command::new(&exe)
+            .args(["sleep", "3600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let link = format!("/proc/{}/exe", child.id());
+        wait_for(
+            &format!("{link} to be {}", exe.display()),
+            SCANS_TIMEOUT,
+            || match fs::read_link(&link) {
+                Ok(target) if target == exe => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        fs::remove_file(&exe).unwrap();
+        Ghost { child, _dir: dir }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its open finding among `all`.
+    fn finding_in(&self, all: &[Value]) -> Option<Value> {
+        all.iter()
+            .find(|f| {
+                f["kind"] == "deleted_executable"
+                    && f["container_id"].is_null()
+                    && f["pid"] == self.pid()
+            })
+            .cloned()
+    }
+}
+
+impl Drop for Ghost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Containers of pods.
+
+/// A real container and the pod the fake says it belongs to.
+struct Workload {
+    namespace: &'static str,
+    pod: &'static str,
+    container_name: &'static str,
+    image: &'static str,
+    image_id: String,
+    id: String,
+    pod_uid: String,
+    container: Option<Container>,
+}
+
+impl Workload {
+    /// Puts the pod on the fake (as the scheduler and kubelet would, with the container's
+    /// real id in its status), then starts the container.
+    fn start(
+        fake: &FakeApi,
+        spec: ContainerSpec,
+        namespace: &'static str,
+        pod: &'static str,
+        container_name: &'static str,
+        image: &'static str,
+    ) -> Workload {
+        let repository = match image.split_once(':') {
+            Some((repo, _tag)) if !repo.contains('/') => format!("docker.io/library/{repo}"),
+            Some((repo, _tag)) => repo.to_string(),
+            None => image.to_string(),
+        };
+        let image_id = format!("{repository}@sha256:{}", support::random_hex(32));
+        let w = Workload {
+            namespace,
+            pod,
+            container_name,
+            image,
+            image_id,
+            id: spec.id.clone(),
+            pod_uid: spec.pod_uid.clone(),
+            container: None,
+        };
+        fake.put_pod(w.pod_json());
+        Workload {
+            container: Some(spec.start()),
+            ..w
+        }
+    }
+
+    fn pod_json(&self) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": self.pod,
+                "namespace": self.namespace,
+                "uid": self.pod_uid,
+                "labels": {"app": self.pod},
+                "annotations": {"kubectl.kubernetes.io/default-container": self.container_name},
+                "creationTimestamp": "2026-11-22T10:00:00Z",
+            },
+            "spec": {
+                "nodeName": NODE,
+                "containers": [{"name": self.container_name, "image": self.image}],
+            },
+            "status": {
+                "phase": "Running",
+                "qosClass": "Burstable",
+                "containerStatuses": [{
+                    "name": self.container_name,
+                    "containerID": format!("containerd://{}", self.id),
+                    "image": self.image,
+                    "imageID": self.image_id,
+                    "ready": true,
+                    "started": true,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": "2026-11-22T10:00:01Z"}},
+                }],
+            },
+        })
+    }
+
+    /// Stops the container (the kubelet killing it), then deletes the pod.
+    fn stop(&mut self, fake: &FakeApi) {
+        drop(self.container.take());
+        fake.delete_pod(self.namespace, self.pod);
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}/{} container {} ({}, pod uid {})",
+            self.namespace, self.pod, self.container_name, self.id, self.pod_uid
+        )
+    }
+
+    /// This container's open findings among `all`.
+    fn findings_in(&self, all: &[Value]) -> Vec<Value> {
+        all.iter()
+            .filter(|f| f["container_id"].as_str() == Some(self.id.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until the agent reports findings of this container that carry the pod's
+    /// metadata, and `must_have` kinds among them; returns them.
+    fn wait_enriched_findings(&self, agent: &Agent, must_have: &[&str]) -> Vec<Value> {
+        wait_for(
+            &format!("enriched findings of {}", self.describe()),
+            EVENTS_TIMEOUT,
+            || {
+                let mine = self.findings_in(&agent.findings());
+                let kinds: BTreeSet<&str> =
+                    mine.iter().filter_map(|f| f["kind"].as_str()).collect();
+                let missing: Vec<&&str> =
+                    must_have.iter().filter(|k| !kinds.contains(**k)).collect();
+                let bare: Vec<&Value> = mine
+                    .iter()
+                    .filter(|f| {
+                        f["namespace"] != self.namespace
+                            || f["pod"] != self.pod
+                            || f["container_name"] != self.container_name
+                    })
+                    .collect();
+                if mine.is_empty() || !missing.is_empty() || !bare.is_empty() {
+                    return Err(format!(
+                        "{} findings, kinds {kinds:?} (missing {missing:?}), without the pod's metadata: {}",
+                        mine.len(),
+                        excerpt(&format!("{bare:?}"))
+                    ));
+                }
+                Ok(mine)
+            },
+        )
+    }
+}
+
+fn ids_of(findings: &[Value]) -> BTreeMap<String, String> {
+    findings
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap_or("?").to_string(),
+                f["kind"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `dangerous_capability` → `DangerousCapability`: the Event reason the README's table gives
+/// each finding kind.
+fn camel(kind: &str) -> String {
+    kind.split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// What reached the fake.
+
+/// Accepted Event writes (creates and series patches) about finding `id`.
+fn writes_for<'a>(writes: &'a [Request], id: &str) -> Vec<&'a Request> {
+    writes
+        .iter()
+        .filter(|r| r.finding_id() == Some(id))
+        .collect()
+}
+
+/// Checks that finding `id` (of kind `kind`, in workload `w`) got exactly one Event of type
+/// `type_` and reason `reason`, created (not a series patch), regarding `w`'s Pod.
+fn assert_one_event(
+    writes: &[Request],
+    w: &Workload,
+    id: &str,
+    kind: &str,
+    type_: &str,
+    reason: &str,
+) {
+    let all = writes_for(writes, id);
+    let matching: Vec<&&Request> = all.iter().filter(|r| r.type_() == type_).collect();
+    let shown: Vec<String> = all.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "finding {id} ({kind}) of {} must have exactly one {type_} Event; it has:\n  {}",
+        w.describe(),
+        shown.join("\n  ")
+    );
+    let ev = matching[0];
+    assert_eq!(
+        ev.method,
+        "POST",
+        "a first announcement is a create: {}",
+        ev.line()
+    );
+    assert_eq!(ev.reason(), reason, "{}", ev.line());
+    let regarding = ev.regarding();
+    assert_eq!(regarding["kind"], "Pod", "{}", ev.line());
+    assert_eq!(regarding["namespace"], w.namespace, "{}", ev.line());
+    assert_eq!(regarding["name"], w.pod, "{}", ev.line());
+    assert_eq!(regarding["uid"], w.pod_uid.as_str(), "{}", ev.line());
+    assert_eq!(
+        regarding["fieldPath"],
+        format!("spec.containers{{{}}}.findings{{{id}}}", w.container_name),
+        "{}",
+        ev.line()
+    );
+    assert_eq!(
+        ev.body["metadata"]["namespace"],
+        w.namespace,
+        "{}",
+        ev.line()
+    );
+}
+
+/// Checks that host finding `id` got exactly one Event of type `type_` and reason `reason`,
+/// regarding this Node without a uid, in namespace `default`.
+fn assert_one_node_event(writes: &[Request], id: &str, type_: &str, reason: &str) {
+    let all = writes_for(writes, id);
+    let matching: Vec<&&Request> = all.iter().filter(|r| r.type_() == type_).collect();
+    let shown: Vec<String> = all.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "host finding {id} must have exactly one {type_} Event; it has:\n  {}",
+        shown.join("\n  ")
+    );
+    let ev = matching[0];
+    assert_eq!(ev.method, "POST", "{}", ev.line());
+    assert_eq!(ev.reason(), reason, "{}", ev.line());
+    let regarding = ev.regarding();
+    assert_eq!(regarding["kind"], "Node", "{}", ev.line());
+    assert_eq!(regarding["name"], NODE, "{}", ev.line());
+    assert!(
+        regarding["uid"].is_null() && regarding["namespace"].is_null(),
+        "the ClusterRole grants nothing on nodes, so no uid: {}",
+        ev.line()
+    );
+    assert_eq!(
+        regarding["fieldPath"],
+        format!("findings{{{id}}}"),
+        "{}",
+        ev.line()
+    );
+    assert_eq!(ev.body["metadata"]["namespace"], "default", "{}", ev.line());
+}
+
+/// Invariants over every Event the fake accepted (other tests' containers included):
+/// nothing was refused; a finding is never announced twice without a Resolved between;
+/// Node Events carry no uid (the ClusterRole grants nothing on nodes).
+fn assert_event_invariants(fake: &FakeApi) {
+    let refused = fake.refused();
+    assert!(
+        refused.is_empty(),
+        "the fake refused requests a correct agent within its ClusterRole never makes:\n  {}",
+        refused
+            .iter()
+            .map(Request::line)
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+    let writes = fake.accepted_event_writes();
+    let mut last: BTreeMap<&str, &Request> = BTreeMap::new();
+    for w in &writes {
+        if let Some(id) = w.finding_id() {
+            if let Some(prev) = last.get(id) {
+                assert!(
+                    prev.type_() != w.type_(),
+                    "finding {id}: two {} Events in a row:\n  {}\n  {}",
+                    w.type_(),
+                    prev.line(),
+                    w.line()
+                );
+            } else {
+                assert_eq!(
+                    w.type_(),
+                    "Warning",
+                    "a finding's first Event: {}",
+                    w.line()
+                );
+            }
+            last.insert(id, w);
+        }
+        if w.regarding()["kind"] == "Node" {
+            assert!(
+                w.regarding()["uid"].is_null() && w.regarding()["name"] == NODE,
+                "Node Events regard this node, without a uid: {}",
+                w.line()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_outages() {
+    require_containers!();
+    let started = Instant::now();
+    let clusterrole = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/clusterrole.yaml");
+    let token = support::random_hex(16);
+    let fake = FakeApi::start(
+        NODE,
+        &token,
+        Authorizer::from_cluster_role_file(&clusterrole, USER),
+    );
+    let _dump = DumpOnPanic(&fake);
+
+    let dir = tempfile::Builder::new()
+        .prefix("nodeguard-kube-e2e-")
+        .tempdir()
+        .expect("create the test's tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let state_dir = dir.path().join("state");
+    fs::create_dir_all(&state_dir).unwrap();
+
+    let image = Image::busybox();
+    // CAP_SYS_ADMIN on top of the runtime's defaults: a finding whose subject is a capability.
+    let web = Workload::start(
+        &fake,
+        ContainerSpec::new(image).add_capability("CAP_SYS_ADMIN"),
+        "shop",
+        "web-1",
+        "nginx",
+        "nginx:1.27",
+    );
+    let mut ledger = Workload::start(
+        &fake,
+        ContainerSpec::new(image),
+        "billing",
+        "ledger-0",
+        "app",
+        "registry.example.com/billing/ledger:2.3.1",
+    );
+    let mut ghost = Some(Ghost::start());
+    // A busy API server: the first pod list takes seconds, so the first scans run before the
+    // agent knows any pod. Their findings must wait for the pods, not regard the Node.
+    fake.set_pod_delay(SLOW_POD_LIST);
+    let mut agent = Agent::start(&kubeconfig, &state_dir, dir.path(), "agent-1");
+    agent.wait_ready();
+
+    // --- 1. Pod metadata reaches findings, containers and metrics. ---------------------------
+    // Ground truth: both run as root without limits or seccomp, the web container with
+    // CAP_SYS_ADMIN.
+    let common = ["runs_as_root", "missing_memory_limit", "seccomp_disabled"];
+    let mut web_kinds = common.to_vec();
+    web_kinds.push("dangerous_capability");
+    let web_findings = web.wait_enriched_findings(&agent, &web_kinds);
+    let ledger_findings = ledger.wait_enriched_findings(&agent, &common);
+    fake.set_pod_delay(Duration::ZERO);
+    assert!(
+        web_findings
+            .iter()
+            .any(|f| f["kind"] == "dangerous_capability" && f["subject"] == "CAP_SYS_ADMIN"),
+        "{web_findings:?}"
+    );
+
+    let containers = agent.get_json("/v1/containers");
+    for w in [&web, &ledger] {
+        let c = containers["containers"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["id"] == w.id.as_str()))
+            .unwrap_or_else(|| panic!("/v1/containers lacks {}: {containers}", w.describe()));
+        let pod = &c["pod"];
+        assert_eq!(pod["namespace"], w.namespace, "{c}");
+        assert_eq!(pod["name"], w.pod, "{c}");
+        assert_eq!(pod["container_name"], w.container_name, "{c}");
+        assert_eq!(pod["image"], w.image, "{c}");
+        assert_eq!(pod["image_id"], w.image_id.as_str(), "{c}");
+        assert_eq!(c["pod_uid"], w.pod_uid.as_str(), "{c}");
+    }
+
+    let metrics = agent.metrics();
+    let web_series: Vec<BTreeMap<String, String>> = samples(&metrics)
+        .into_iter()
+        .filter(|(name, labels, _)| {
+            name == "nodeguard_findings"
+                && labels.get("container").map(String::as_str) == Some("nginx")
+        })
+        .map(|(_, labels, _)| labels)
+        .collect();
+    let web_series_kinds: BTreeSet<&str> = web_series
+        .iter()
+        .filter_map(|l| l.get("kind").map(String::as_str))
+        .collect();
+    for kind in &web_kinds {
+        assert!(
+            web_series_kinds.contains(kind),
+            "no nodeguard_findings{{container=\"nginx\",kind=\"{kind}\"}} series: {web_series:?}"
+        );
+    }
+    for labels in &web_series {
+        assert_eq!(
+            (
+                labels.get("namespace").map(String::as_str),
+                labels.get("pod").map(String::as_str)
+            ),
+            (Some("shop"), Some("web-1")),
+            "{labels:?}"
+        );
+    }
+    // The container label is the Kubernetes name, not the short id, once the pod is known.
+    assert!(
+        !metrics.contains(&format!("container=\"{}\"", &web.id[..12])),
+        "a nodeguard_findings series still names the web container by its id"
+    );
+
+    // --- 2. One Warning per new finding, regarding the right Pod, never repeated. -----------
+    let announced: Vec<(&Workload, BTreeMap<String, String>)> = vec![
+        (&web, ids_of(&web_findings)),
+        (&ledger, ids_of(&ledger_findings)),
+    ];
+    let all_ids = |set: &[(&Workload, BTreeMap<String, String>)]| -> Vec<String> {
+        set.iter()
+            .flat_map(|(_, ids)| ids.keys().cloned())
+            .collect()
+    };
+    wait_for(
+        "a Warning Event for each finding of both containers",
+        EVENTS_TIMEOUT,
+        || {
+            let writes = fake.accepted_event_writes();
+            let missing: Vec<String> = all_ids(&announced)
+                .into_iter()
+                .filter(|id| {
+                    !writes_for(&writes, id)
+                        .iter()
+                        .any(|r| r.type_() == "Warning")
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no Warning yet for {missing:?}"))
+            }
+        },
+    );
+    let ghost_id = {
+        let g = ghost.as_ref().unwrap();
+        let finding = wait_for(
+            &format!("the deleted_executable finding of host pid {}", g.pid()),
+            SCANS_TIMEOUT,
+            || {
+                g.finding_in(&agent.findings())
+                    .ok_or("not reported yet".to_string())
+            },
+        );
+        finding["id"].as_str().unwrap().to_string()
+    };
+    wait_for(
+        "a Warning Event for the host finding",
+        EVENTS_TIMEOUT,
+        || {
+            let writes = fake.accepted_event_writes();
+            if writes_for(&writes, &ghost_id).is_empty() {
+                Err(format!("no Event yet for {ghost_id}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    // Several more scans see the same findings: none may be announced again.
+    agent.wait_scans(3, "repeats would show up by now");
+    let writes = fake.accepted_event_writes();
+    assert_one_node_event(&writes, &ghost_id, "Warning", "DeletedExecutable");
+    for (w, ids) in &announced {
+        for (id, kind) in ids {
+            assert_one_event(&writes, w, id, kind, "Warning", &camel(kind));
+            assert!(
+                writes_for(&writes, id)
+                    .iter()
+                    .all(|r| r.type_() == "Warning"),
+                "finding {id} is still open: nothing but its Warning is due"
+            );
+        }
+    }
+    let note_of = |id: &str| -> String {
+        writes_for(&writes, id)
+            .first()
+            .and_then(|r| r.body["note"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let cap_id = web_findings
+        .iter()
+        .find(|f| f["kind"] == "dangerous_capability")
+        .and_then(|f| f["id"].as_str())
+        .unwrap();
+    let note = note_of(cap_id);
+    for part in [
+        "container=nginx",
+        "CAP_SYS_ADMIN",
+        "image=nginx:1.27",
+        &format!("finding={cap_id}"),
+    ] {
+        assert!(note.contains(part), "the note should name {part}: {note:?}");
+    }
+    // Events about these Pods are about these findings only.
+    for r in &writes {
+        let uid = r.regarding()["uid"].as_str();
+        if uid == Some(web.pod_uid.as_str()) || uid == Some(ledger.pod_uid.as_str()) {
+            let id = r.finding_id().unwrap_or("");
+            assert!(
+                announced.iter().any(|(_, ids)| ids.contains_key(id)),
+                "an Event about a finding the agent does not report: {}",
+                r.line()
+            );
+        }
+    }
+    assert_event_invariants(&fake);
+
+    // --- 3. A stopped container's findings resolve, one Normal Event each. ----------------
+    let ledger_ids = ids_of(&ledger_findings);
+    ledger.stop(&fake);
+    drop(ghost.take());
+    wait_for(
+        "Resolved Events for the stopped container's findings",
+        EVENTS_TIMEOUT,
+        || {
+            let still_open = ledger.findings_in(&agent.findings());
+            let writes = fake.accepted_event_writes();
+            let unresolved: Vec<&String> = ledger_ids
+                .keys()
+                .filter(|id| {
+                    !writes_for(&writes, id)
+                        .iter()
+                        .any(|r| r.type_() == "Normal")
+                })
+                .collect();
+            let ghost_resolved = writes_for(&writes, &ghost_id)
+                .iter()
+                .any(|r| r.type_() == "Normal");
+            if still_open.is_empty() && unresolved.is_empty() && ghost_resolved {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} findings still open; no Resolved Event yet for {unresolved:?} \
+                     (host finding resolved: {ghost_resolved})",
+                    still_open.len()
+                ))
+            }
+        },
+    );
+    agent.wait_scans(2, "a repeated Resolved would show up by now");
+    let writes = fake.accepted_event_writes();
+    for (id, kind) in &ledger_ids {
+        assert_one_event(
+            &writes,
+            &ledger,
+            id,
+            kind,
+            "Normal",
+            &format!("{}Resolved", camel(kind)),
+        );
+        assert_one_event(&writes, &ledger, id, kind, "Warning", &camel(kind));
+    }
+    assert_one_node_event(&writes, &ghost_id, "Normal", "DeletedExecutableResolved");
+    assert_one_node_event(&writes, &ghost_id, "Warning", "DeletedExecutable");
+    for id in ids_of(&web_findings).keys() {
+        assert!(
+            writes_for(&writes, id)
+                .iter()
+                .all(|r| r.type_() == "Warning"),
+            "the web container still runs; its finding {id} must not resolve"
+        );
+    }
+    assert_event_invariants(&fake);
+
+    // --- 4. A restart with the same state directory announces nothing again. --------------
+    let before_restart = fake.accepted_event_writes();
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM should end the agent with 0, got {status}"
+    );
+    assert!(
+        state_dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false),
+        "the agent left nothing in --state-dir {}",
+        state_dir.display()
+    );
+    agent = Agent::start(&kubeconfig, &state_dir, dir.path(), "agent-2");
+    agent.wait_ready();
+    web.wait_enriched_findings(&agent, &web_kinds);
+    agent.wait_scans(3, "a repeated announcement would show up by now");
+    let after_restart = fake.accepted_event_writes();
+    for id in ids_of(&web_findings).keys() {
+        assert_eq!(
+            writes_for(&after_restart, id).len(),
+            writes_for(&before_restart, id).len(),
+            "the restarted agent announced the web container's finding {id} again:\n  {}",
+            writes_for(&after_restart, id)
+                .iter()
+                .map(|r| r.line())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
+    assert_event_invariants(&fake);
+
+    // --- 5a. Event writes fail with 500: everything else goes on; the backlog is announced. -
+    let failed_before = events_total(&agent.metrics(), "failed");
+    fake.set_event_mode(Mode::Fail500);
+    let cart = Workload::start(
+        &fake,
+        ContainerSpec::new(image),
+        "shop",
+        "cart-1",
+        "cart",
+        "registry.example.com/shop/cart:1.0",
+    );
+    ride_out_outage(&agent, &fake, &cart, failed_before, "500s");
+    fake.set_event_mode(Mode::Normal);
+    let cart_ids = ids_of(&cart.findings_in(&agent.findings()));
+    wait_announced(&fake, &cart, &cart_ids, "after the 500s stopped");
+
+    // --- 5b. Event writes hang: the same, through the client's request timeout. -----------
+    let failed_before = events_total(&agent.metrics(), "failed");
+    fake.set_event_mode(Mode::Hang);
+    let search = Workload::start(
+        &fake,
+        ContainerSpec::new(image),
+        "shop",
+        "search-1",
+        "search",
+        "registry.example.com/shop/search:4.2",
+    );
+    ride_out_outage(&agent, &fake, &search, failed_before, "hanging requests");
+    fake.set_event_mode(Mode::Normal);
+    let search_ids = ids_of(&search.findings_in(&agent.findings()));
+    wait_announced(
+        &fake,
+        &search,
+        &search_ids,
+        "after the requests stopped hanging",
+    );
+
+    // Nothing was announced twice over the whole run, and the earlier findings stayed quiet.
+    agent.wait_scans(2, "late repeats would show up by now");
+    let writes = fake.accepted_event_writes();
+    for (w, ids) in [
+        (&web, ids_of(&web_findings)),
+        (&cart, cart_ids),
+        (&search, search_ids),
+    ] {
+        for (id, kind) in &ids {
+            assert_one_event(&writes, w, id, kind, "Warning", &camel(kind));
+        }
+    }
+    assert_event_invariants(&fake);
+    let saved = support::artifacts_dir().join("kube_e2e-requests.log");
+    fs::write(&saved, fake.dump(usize::MAX)).unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "kube_e2e: {} requests to the fake ({}), {} Event writes accepted, in {:.1?}",
+        fake.requests().len(),
+        saved.display(),
+        writes.len(),
+        started.elapsed()
+    );
+}
+
+/// While the fake fails Event writes: a new container's findings appear (enriched: the pod
+/// watch is unaffected), none of them is announced, scans go on, the API and /metrics answer,
+/// and `nodeguard_events_total{result="failed"}` rises above `failed_before`.
+fn ride_out_outage(agent: &Agent, fake: &FakeApi, w: &Workload, failed_before: f64, outage: &str) {
+    let findings = w.wait_enriched_findings(agent, &["runs_as_root"]);
+    let ids = ids_of(&findings);
+    let mut scans = BTreeSet::new();
+    let failed = wait_for(
+        &format!("failed Event writes to be counted during {outage} while scans go on"),
+        EVENTS_TIMEOUT,
+        || {
+            scans.insert(agent.scanned_at());
+            let failed = events_total(&agent.metrics_within(METRICS_DURING_OUTAGE), "failed");
+            if failed > failed_before && scans.len() >= 3 {
+                Ok(failed)
+            } else {
+                Err(format!(
+                    "nodeguard_events_total{{result=\"failed\"}} {failed} (was {failed_before}); {} reports seen",
+                    scans.len()
+                ))
+            }
+        },
+    );
+    let writes = fake.accepted_event_writes();
+    for id in ids.keys() {
+        assert!(
+            writes_for(&writes, id).is_empty(),
+            "finding {id} was announced during {outage}: {:?}",
+            writes_for(&writes, id)
+                .iter()
+                .map(|r| r.line())
+                .collect::<Vec<_>>()
+        );
+    }
+    let attempted = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_event_write() && !(200..300).contains(&r.status))
+        .count();
+    assert!(
+        attempted > 0,
+        "no Event write reached the fake during {outage}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "kube_e2e: during {outage}: {} reports, failed Events {failed_before} -> {failed}, {attempted} failed writes so far",
+        scans.len()
+    );
+}
+
+/// Waits until each of `ids` (findings of `w`) has a Warning Event.
+fn wait_announced(fake: &FakeApi, w: &Workload, ids: &BTreeMap<String, String>, when: &str) {
+    assert!(
+        !ids.is_empty(),
+        "{} has no findings to announce",
+        w.describe()
+    );
+    wait_for(
+        &format!("Warnings for the findings of {} {when}", w.describe()),
+        EVENTS_TIMEOUT,
+        || {
+            let writes = fake.accepted_event_writes();
+            let missing: Vec<&String> = ids
+                .keys()
+                .filter(|id| {
+                    !writes_for(&writes, id)
+                        .iter()
+                        .any(|r| r.type_() == "Warning")
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no Warning yet for {missing:?}"))
+            }
+        },
+    );
+}
