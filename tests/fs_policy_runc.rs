@@ -19,7 +19,7 @@
 //! `/proc/PID/root` (how it reads the rest; forced here by pointing `--host-root` nowhere).
 //!
 //! Not covered: a file deleted in the middle of the walk (it cannot be timed reliably from
-//! outside the scan; fscan's unit tests cover vanishing entries).
+//! outside the scan; `crates/nodeguard-fscan/tests/hostile.rs` races one on purpose).
 //!
 //! Needs root, runc, busybox-static and libcap2-bin; skips loudly without them, fails under
 //! `CI`. Run: `cargo test -p nodeguard --test fs_policy_runc`.
