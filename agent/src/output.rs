@@ -153,11 +153,12 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Writes rows with columns padded to their widest cell; the last column is not padded.
-/// Control characters in cells are escaped so a hostile name cannot forge table lines.
+/// Control characters in cells are escaped so a hostile name cannot forge table lines or
+/// colour the terminal. Paths arrive already escaped by the scan; nothing is escaped twice.
 fn write_rows(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| r.iter().map(|c| c.escape_debug().to_string()).collect())
+        .map(|r| r.iter().map(|c| escape_controls(c)).collect())
         .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
@@ -186,6 +187,21 @@ fn write_rows(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
     Ok(())
 }
 
+/// `\n`, `\t`, `\r` and other control characters as escapes; everything else as it is.
+fn escape_controls(cell: &str) -> String {
+    let mut out = String::with_capacity(cell.len());
+    for ch in cell.chars() {
+        match ch {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +225,13 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn escaped_paths_and_apostrophes_are_shown_as_they_are() {
+        assert_eq!(escape_controls("/tmp/a\\nb"), "/tmp/a\\nb");
+        assert_eq!(escape_controls("container's"), "container's");
+        assert_eq!(escape_controls("x\u{1b}[31m"), "x\\u{1b}[31m");
+        assert_eq!(escape_controls("a\nb"), "a\\nb");
     }
 }

@@ -276,8 +276,11 @@ impl Scanner {
             .collect();
         let output = self.filesystems.scan(&roots);
         for (kind, count) in &output.stats.errors {
-            *stats.errors.entry(format!("walk_{kind}")).or_insert(0) += count;
+            *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
         }
+        // setuid/file-capability files hashed by this walk (layer-cached ones are not read).
+        stats.files_hashed += output.stats.files_hashed;
+        stats.bytes_hashed += output.stats.bytes_hashed;
         warnings.extend(output.warnings);
         self.last_fs_stats = FsCounters {
             files_walked: output.stats.files_walked,
