@@ -15,7 +15,8 @@
 //!    process's finding regards this Node, without a uid (the ClusterRole grants no nodes get);
 //! 3. a stopped container's findings, and the stopped host process's, resolve, each with one
 //!    Normal `<Reason>Resolved` Event;
-//! 4. a restarted agent with the same `--state-dir` does not announce them again;
+//! 4. a restarted agent with the same `--state-dir` does not announce them again, and sends
+//!    the Resolved Events of a container that stopped while no agent ran;
 //! 5. while Event writes fail (500) and then hang, scans, the API and `/metrics` go on,
 //!    `nodeguard_events_total{result="failed"}` rises, and a finding that appeared meanwhile
 //!    is announced once the API server answers again.
@@ -852,6 +853,15 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
         "app",
         "registry.example.com/billing/ledger:2.3.1",
     );
+    // Stopped while no agent runs (phase 4).
+    let mut batch = Workload::start(
+        &fake,
+        ContainerSpec::new(image),
+        "batch",
+        "report-0",
+        "report",
+        "registry.example.com/batch/report:7",
+    );
     let mut ghost = Some(Ghost::start());
     // A busy API server: the first pod list takes seconds, so the first scans run before the
     // agent knows any pod. Their findings must wait for the pods, not regard the Node.
@@ -867,6 +877,7 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     web_kinds.push("dangerous_capability");
     let web_findings = web.wait_enriched_findings(&agent, &web_kinds);
     let ledger_findings = ledger.wait_enriched_findings(&agent, &common);
+    let batch_findings = batch.wait_enriched_findings(&agent, &common);
     fake.set_pod_delay(Duration::ZERO);
     assert!(
         web_findings
@@ -876,7 +887,7 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     );
 
     let containers = agent.get_json("/v1/containers");
-    for w in [&web, &ledger] {
+    for w in [&web, &ledger, &batch] {
         let c = containers["containers"]
             .as_array()
             .and_then(|all| all.iter().find(|c| c["id"] == w.id.as_str()))
@@ -929,6 +940,7 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     let announced: Vec<(&Workload, BTreeMap<String, String>)> = vec![
         (&web, ids_of(&web_findings)),
         (&ledger, ids_of(&ledger_findings)),
+        (&batch, ids_of(&batch_findings)),
     ];
     let all_ids = |set: &[(&Workload, BTreeMap<String, String>)]| -> Vec<String> {
         set.iter()
@@ -1018,7 +1030,10 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     // Events about these Pods are about these findings only.
     for r in &writes {
         let uid = r.regarding()["uid"].as_str();
-        if uid == Some(web.pod_uid.as_str()) || uid == Some(ledger.pod_uid.as_str()) {
+        if [&web, &ledger, &batch]
+            .iter()
+            .any(|w| uid == Some(w.pod_uid.as_str()))
+        {
             let id = r.finding_id().unwrap_or("");
             assert!(
                 announced.iter().any(|(_, ids)| ids.contains_key(id)),
@@ -1076,17 +1091,21 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     }
     assert_one_node_event(&writes, &ghost_id, "Normal", "DeletedExecutableResolved");
     assert_one_node_event(&writes, &ghost_id, "Warning", "DeletedExecutable");
-    for id in ids_of(&web_findings).keys() {
+    for id in ids_of(&web_findings)
+        .keys()
+        .chain(ids_of(&batch_findings).keys())
+    {
         assert!(
             writes_for(&writes, id)
                 .iter()
                 .all(|r| r.type_() == "Warning"),
-            "the web container still runs; its finding {id} must not resolve"
+            "the web and batch containers still run; their finding {id} must not resolve"
         );
     }
     assert_event_invariants(&fake);
 
-    // --- 4. A restart with the same state directory announces nothing again. --------------
+    // --- 4. A restart with the same state directory announces nothing again, and resolves ---
+    // what went away while no agent ran.
     let before_restart = fake.accepted_event_writes();
     let status = agent.terminate();
     assert!(
@@ -1101,11 +1120,44 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
         "the agent left nothing in --state-dir {}",
         state_dir.display()
     );
+    let batch_ids = ids_of(&batch_findings);
+    batch.stop(&fake);
     agent = Agent::start(&kubeconfig, &state_dir, dir.path(), "agent-2");
     agent.wait_ready();
     web.wait_enriched_findings(&agent, &web_kinds);
+    wait_for(
+        "the restarted agent to resolve what stopped while no agent ran",
+        EVENTS_TIMEOUT,
+        || {
+            let writes = fake.accepted_event_writes();
+            let unresolved: Vec<&String> = batch_ids
+                .keys()
+                .filter(|id| {
+                    !writes_for(&writes, id)
+                        .iter()
+                        .any(|r| r.type_() == "Normal")
+                })
+                .collect();
+            if unresolved.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no Resolved Event yet for {unresolved:?}"))
+            }
+        },
+    );
     agent.wait_scans(3, "a repeated announcement would show up by now");
     let after_restart = fake.accepted_event_writes();
+    for (id, kind) in &batch_ids {
+        assert_one_event(&after_restart, &batch, id, kind, "Warning", &camel(kind));
+        assert_one_event(
+            &after_restart,
+            &batch,
+            id,
+            kind,
+            "Normal",
+            &format!("{}Resolved", camel(kind)),
+        );
+    }
     for id in ids_of(&web_findings).keys() {
         assert_eq!(
             writes_for(&after_restart, id).len(),
