@@ -1529,14 +1529,10 @@ fn bind_mount_loops_terminate() {
 /// `chroot` in the entrypoint, or an attacker who re-execs everything into a jail) must not
 /// hide its root filesystem: the setuid files outside the jail are still the container's.
 ///
-/// Known gap, so ignored: the kernel shows a chrooted process only the mounts below its
-/// root, so its `/proc/PID/mountinfo` has no mount at `/`; the collector then records no
-/// rootfs (warning "no mount at / in mountinfo"), and the scan walks `/proc/PID/root`,
-/// which is the jail. Neither file below is reported (and `exe_layer` is unknown, so drift
-/// goes unseen). Run with `--ignored` once the collector finds the overlay another way
-/// (e.g. by the `st_dev` of `/proc/PID/root` among the host's overlay mounts).
+/// The kernel shows a chrooted process only the mounts below its root, so its
+/// `/proc/PID/mountinfo` has no mount at `/`; the collector then finds the overlay in the
+/// host's mount table by the device `/proc/PID/root` lives on.
 #[test]
-#[ignore = "known gap: a chrooted container hides its rootfs from the collector"]
 fn chrooted_processes_do_not_hide_the_container_root() {
     require_containers!();
     let image = Image::busybox_owned("jail");

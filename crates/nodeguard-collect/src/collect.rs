@@ -169,10 +169,9 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
                 match dir.read("mountinfo", &mut buf, MOUNTINFO_MAX) {
                     Ok(()) => match container_root(&buf) {
                         Some(root) => seed.root = Some(root),
-                        None => chunk.log.error(
-                            "mountinfo",
-                            format!("pid {pid}: no mount at / in mountinfo"),
-                        ),
+                        // Chrooted: the next process of the container may show it;
+                        // failing that, the host's mount table does.
+                        None => {}
                     },
                     Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
                     Err(_) => {}
@@ -250,6 +249,72 @@ fn is_kernel_thread_pid(proc_fd: &OwnedFd, pid: i32) -> bool {
         .ok()
         .and_then(|()| crate::process::parse_stat(&buf).ok())
         .is_some_and(|s| s.flags & crate::process::PF_KTHREAD != 0)
+}
+
+/// Containers none of whose processes show a mount at `/` — each of them chrooted, so the
+/// kernel hides every mount above its root — get their root from the host's mount table:
+/// the overlay whose device is the one `/proc/PID/root` lives on. Without this a process
+/// could hide its container's image and writable layers from the walk (and its drift) by
+/// chrooting into a subdirectory.
+fn roots_from_host_mounts(
+    proc_fd: &OwnedFd,
+    proc_root: &Path,
+    seeds: &mut BTreeMap<String, ContainerSeed>,
+    log: &mut Log,
+) {
+    use std::os::unix::fs::MetadataExt;
+    if seeds.values().all(|s| s.root.is_some()) {
+        return;
+    }
+    // The host's mount namespace: pid 1's, or kthreadd's when pid 1 may not be read.
+    let mut buf = Vec::new();
+    let host_mounts = [1, 2].into_iter().find_map(|pid| {
+        if pid == 2 && !is_kernel_thread_pid(proc_fd, 2) {
+            return None;
+        }
+        PidDir::open(proc_fd, pid)
+            .and_then(|d| d.read("mountinfo", &mut buf, MOUNTINFO_MAX))
+            .ok()
+            .map(|()| crate::mountinfo::parse_mountinfo(&buf).0)
+    });
+    let Some(host_mounts) = host_mounts else {
+        log.error(
+            "mountinfo",
+            "the host's mount table is unreadable: roots of chrooted containers stay unknown"
+                .to_string(),
+        );
+        return;
+    };
+    for (id, seed) in seeds.iter_mut().filter(|(_, s)| s.root.is_none()) {
+        let dev = seed.pids.iter().find_map(|pid| {
+            std::fs::metadata(proc_root.join(pid.to_string()).join("root"))
+                .ok()
+                .map(|m| m.dev())
+        });
+        let Some(dev) = dev else { continue };
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        let found = host_mounts.iter().rev().find(|m| {
+            u64::from(m.major) == major && u64::from(m.minor) == minor && m.fstype == "overlay"
+        });
+        if let Some(mount) = found {
+            log.warn(format!(
+                "container {}: its processes are chrooted; root found in the host's mounts by device {major}:{minor}",
+                &id[..12.min(id.len())]
+            ));
+            seed.root = Some(ContainerRoot {
+                fstype: mount.fstype.clone(),
+                layers: Some(crate::mountinfo::overlay_layers(&mount.super_options)),
+            });
+        } else {
+            log.error(
+                "mountinfo",
+                format!(
+                    "container {}: root filesystem unknown (no process shows a mount at /, and device {major}:{minor} is no overlay in the host's mounts)",
+                    &id[..12.min(id.len())]
+                ),
+            );
+        }
+    }
 }
 
 /// The namespaces of pid 1. When they cannot be read (some sandboxes refuse even root),
@@ -345,7 +410,8 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
     let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
-    let (raws, seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
+    let (raws, mut seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
+    roots_from_host_mounts(&proc_fd, &opts.proc_root, &mut seeds, &mut log);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
     let processes = attach_layers(opts, &seeds, raws, &mut log);
