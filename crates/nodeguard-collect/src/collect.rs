@@ -164,15 +164,12 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
                     root: None,
                 });
             seed.pids.push(pid);
-            // The root filesystem, from the first process whose mountinfo can be read.
+            // The root filesystem, from the first process that shows a mount at `/`. A
+            // chrooted one does not: the next process may, and failing that the host's
+            // mount table does (`roots_from_host_mounts`).
             if seed.root.is_none() {
                 match dir.read("mountinfo", &mut buf, MOUNTINFO_MAX) {
-                    Ok(()) => match container_root(&buf) {
-                        Some(root) => seed.root = Some(root),
-                        // Chrooted: the next process of the container may show it;
-                        // failing that, the host's mount table does.
-                        None => {}
-                    },
+                    Ok(()) => seed.root = container_root(&buf),
                     Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
                     Err(_) => {}
                 }
