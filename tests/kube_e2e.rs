@@ -870,8 +870,8 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     agent.wait_ready();
 
     // --- 1. Pod metadata reaches findings, containers and metrics. ---------------------------
-    // Ground truth: both run as root without limits or seccomp, the web container with
-    // CAP_SYS_ADMIN.
+    // Ground truth: each container runs as root without limits or seccomp, the web container
+    // with CAP_SYS_ADMIN.
     let common = ["runs_as_root", "missing_memory_limit", "seccomp_disabled"];
     let mut web_kinds = common.to_vec();
     web_kinds.push("dangerous_capability");
