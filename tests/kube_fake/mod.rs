@@ -1,5 +1,5 @@
 //! A fake Kubernetes API server for `nodeguard run`, over real HTTP on 127.0.0.1:0, on a tokio
-//! runtime of its own (the tests that use it are synchronous).
+//! runtime of its own: synchronous tests and `#[tokio::test]`s can both start it.
 //!
 //! It checks what a real API server checks of what nodeguard sends:
 //! - authentication: `Authorization: Bearer TOKEN` (401 otherwise);
@@ -11,7 +11,7 @@
 //!   shape nodeguard promises (reporting controller `nodeguard`, instance = the node's name,
 //!   action `Scan`): 422 with the reason otherwise.
 //!
-//! Adapted from `crates/nodeguard-kube/tests/fake` and the RBAC-enforcing fake in
+//! Adapted from `crates/nodeguard-kube/tests/fake`; shared by `tests/kube_e2e.rs` and
 //! `tests/manifests.rs`. Event creates and patches can be switched to fail (500) or to hang,
 //! and pod lists and watches made slow.
 #![allow(dead_code)]
@@ -50,6 +50,22 @@ pub struct Attributes {
     pub resource: String,
     pub namespace: Option<String>,
     pub name: Option<String>,
+}
+
+impl std::fmt::Display for Attributes {
+    /// `verb group/resource namespace/name`, `-` for what is absent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "{} {}/{} {}/{}",
+            self.verb,
+            self.group,
+            self.resource,
+            or_dash(&self.namespace),
+            or_dash(&self.name)
+        )
+    }
 }
 
 /// The RBAC attributes of a resource request, as the API server derives them
@@ -274,11 +290,15 @@ impl FakeApi {
             started,
         };
         let router = Router::new().fallback(handle).with_state(app);
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the fake API server");
+        // Bound without `block_on`, which would panic inside a caller's runtime.
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake API server");
+        listener
+            .set_nonblocking(true)
+            .expect("make the fake API server's socket non-blocking");
         let addr = listener.local_addr().unwrap();
         runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, router).await.unwrap();
         });
         FakeApi {
@@ -412,7 +432,8 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
+/// The query string's parameters, percent-decoded.
+pub fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
     query
         .into_iter()
         .flat_map(|q| q.split('&'))
