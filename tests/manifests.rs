@@ -29,6 +29,10 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+#[path = "kube_fake/mod.rs"]
+mod kube_fake;
+use kube_fake::{attributes, query_map, Authorizer, FakeApi, Request};
+
 fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
 }
@@ -629,131 +633,34 @@ fn the_binding_gives_the_role_to_the_service_account() {
     assert_ne!(m.pod_spec().automount_service_account_token, Some(false));
 }
 
-/// What the API server's authorizer sees of a request.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Attributes {
-    verb: String,
-    group: String,
-    /// `pods`, or `pods/log` for a subresource.
-    resource: String,
-    namespace: Option<String>,
-    name: Option<String>,
-}
-
-/// The RBAC attributes of a resource request, as the API server derives them
-/// (`k8s.io/apiserver/pkg/endpoints/request.RequestInfoFactory`). `None` for non-resource URLs.
-fn attributes(method: &str, path: &str, query: Option<&str>) -> Option<Attributes> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest) = match parts.as_slice() {
-        ["api", _version, rest @ ..] => ("", rest),
-        ["apis", group, _version, rest @ ..] => (*group, rest),
-        _ => return None,
-    };
-    if rest.is_empty() {
-        return None;
-    }
-    let (legacy_watch, rest) = match rest {
-        ["watch", rest @ ..] => (true, rest),
-        rest => (false, rest),
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
-        rest => (None, rest),
-    };
-    let resource = match rest {
-        [resource, _name, sub, ..] => format!("{resource}/{sub}"),
-        [resource, ..] => resource.to_string(),
-        [] => return None,
-    };
-    let name = rest.get(1).map(|n| n.to_string());
-    let watch_param = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .any(|kv| matches!(kv.split_once('='), Some(("watch", v)) if v == "true" || v == "1"));
-    let verb = match method {
-        "GET" | "HEAD" if legacy_watch || watch_param => "watch",
-        "GET" | "HEAD" if name.is_some() => "get",
-        "GET" | "HEAD" => "list",
-        "POST" => "create",
-        "PUT" => "update",
-        "PATCH" => "patch",
-        "DELETE" if name.is_some() => "delete",
-        "DELETE" => "deletecollection",
-        _ => return None,
-    };
-    Some(Attributes {
-        verb: verb.into(),
-        group: group.into(),
-        resource,
-        namespace,
-        name,
-    })
-}
-
 /// The RBAC rules a ServiceAccount holds through ClusterRoleBindings (the whole authorizer for
 /// the fake API server: RBAC is the only mode, as in a default cluster).
-#[derive(Debug, Clone)]
-struct Authorizer {
-    user: String,
-    rules: Vec<PolicyRule>,
-}
-
-impl Authorizer {
-    fn for_service_account(
-        account: &ServiceAccount,
-        roles: &[&ClusterRole],
-        bindings: &[&ClusterRoleBinding],
-    ) -> Authorizer {
-        let name = account.metadata.name.clone().unwrap_or_default();
-        let namespace = account.metadata.namespace.clone().unwrap_or_default();
-        let mut rules = Vec::new();
-        for binding in bindings {
-            let bound = binding.subjects.iter().flatten().any(|s| {
-                s.kind == "ServiceAccount"
-                    && s.name == name
-                    && s.namespace.as_deref() == Some(namespace.as_str())
-            });
-            if !bound || binding.role_ref.kind != "ClusterRole" {
-                continue;
-            }
-            for role in roles {
-                if role.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()) {
-                    rules.extend(role.rules.clone().unwrap_or_default());
-                }
+fn authorizer_for_service_account(
+    account: &ServiceAccount,
+    roles: &[&ClusterRole],
+    bindings: &[&ClusterRoleBinding],
+) -> Authorizer {
+    let name = account.metadata.name.clone().unwrap_or_default();
+    let namespace = account.metadata.namespace.clone().unwrap_or_default();
+    let mut rules = Vec::new();
+    for binding in bindings {
+        let bound = binding.subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == name
+                && s.namespace.as_deref() == Some(namespace.as_str())
+        });
+        if !bound || binding.role_ref.kind != "ClusterRole" {
+            continue;
+        }
+        for role in roles {
+            if role.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()) {
+                rules.extend(role.rules.clone().unwrap_or_default());
             }
         }
-        Authorizer {
-            user: format!("system:serviceaccount:{namespace}:{name}"),
-            rules,
-        }
     }
-
-    fn allows(&self, a: &Attributes) -> bool {
-        let has = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
-        self.rules.iter().any(|rule| {
-            has(rule.api_groups.as_deref().unwrap_or_default(), &a.group)
-                && has(rule.resources.as_deref().unwrap_or_default(), &a.resource)
-                && has(&rule.verbs, &a.verb)
-                && rule.resource_names.as_ref().is_none_or(|names| {
-                    names.is_empty() || a.name.as_ref().is_some_and(|n| names.contains(n))
-                })
-        })
-    }
-}
-
-impl std::fmt::Display for Attributes {
-    /// `verb group/resource namespace/name`, `-` for what is absent.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-        write!(
-            f,
-            "{} {}/{} {}/{}",
-            self.verb,
-            self.group,
-            self.resource,
-            or_dash(&self.namespace),
-            or_dash(&self.name)
-        )
+    Authorizer {
+        user: format!("system:serviceaccount:{namespace}:{name}"),
+        rules,
     }
 }
 
@@ -811,425 +718,18 @@ fn requests_map_to_rbac_verbs_as_the_api_server_maps_them() {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
-        let got = attributes(method, path, query)
+        let got = attributes(method, path, &query_map(query))
             .unwrap_or_else(|| panic!("{request} is a resource request"));
         assert_eq!(got.to_string(), want, "{request}");
     }
-    assert_eq!(attributes("GET", "/version", None), None);
-    assert_eq!(attributes("GET", "/apis", None), None);
-}
-
-mod fake_api {
-    //! A fake API server over real HTTP on 127.0.0.1:0 that authorizes every request with RBAC
-    //! rules (403 otherwise, as the real one answers), then serves what nodeguard uses: a
-    //! node-scoped pod list and watch, and events.k8s.io/v1 Event create and patch (validated
-    //! like the real server, 422 otherwise). Adapted from crates/nodeguard-kube/tests/fake.
-
-    use super::{attributes, Attributes, Authorizer};
-    use axum::body::{Body, Bytes};
-    use axum::extract::State;
-    use axum::http::{Method, StatusCode, Uri};
-    use axum::response::{IntoResponse, Response};
-    use axum::Router;
-    use serde_json::{json, Value};
-    use std::collections::BTreeMap;
-    use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
-
-    /// One request and how it was answered.
-    #[derive(Debug, Clone)]
-    pub struct Request {
-        pub method: String,
-        pub uri: String,
-        pub attributes: Option<Attributes>,
-        pub status: u16,
-        pub body: Value,
-    }
-
-    impl Request {
-        /// `verb group/resource` for messages.
-        pub fn access(&self) -> String {
-            match &self.attributes {
-                Some(a) => format!("{} {}/{}", a.verb, a.group, a.resource),
-                None => format!("{} {}", self.method, self.uri),
-            }
-        }
-    }
-
-    struct Inner {
-        node: String,
-        rv: u64,
-        pods: Vec<Value>,
-        events: BTreeMap<(String, String), Value>,
-        requests: Vec<Request>,
-    }
-
-    #[derive(Clone)]
-    struct App {
-        inner: Arc<Mutex<Inner>>,
-        authorizer: Arc<Authorizer>,
-    }
-
-    pub struct FakeApi {
-        pub addr: SocketAddr,
-        inner: Arc<Mutex<Inner>>,
-    }
-
-    impl FakeApi {
-        pub async fn start(node: &str, authorizer: Authorizer, pods: Vec<Value>) -> FakeApi {
-            let inner = Arc::new(Mutex::new(Inner {
-                node: node.to_string(),
-                rv: 100,
-                pods,
-                events: BTreeMap::new(),
-                requests: Vec::new(),
-            }));
-            let app = App {
-                inner: inner.clone(),
-                authorizer: Arc::new(authorizer),
-            };
-            let router = Router::new().fallback(handle).with_state(app);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                axum::serve(listener, router).await.unwrap();
-            });
-            FakeApi { addr, inner }
-        }
-
-        pub fn client(&self) -> kube::Client {
-            let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
-            kube::Client::try_from(config).unwrap()
-        }
-
-        pub fn requests(&self) -> Vec<Request> {
-            self.inner.lock().unwrap().requests.clone()
-        }
-
-        pub fn forbidden(&self) -> Vec<Request> {
-            self.requests()
-                .into_iter()
-                .filter(|r| r.status == 403)
-                .collect()
-        }
-
-        /// Requests answered with anything but success (and not a 403, listed apart).
-        pub fn refused(&self) -> Vec<Request> {
-            self.requests()
-                .into_iter()
-                .filter(|r| r.status >= 400 && r.status != 403)
-                .collect()
-        }
-
-        /// Event writes the fake accepted, in order.
-        pub fn event_writes(&self) -> Vec<Request> {
-            self.requests()
-                .into_iter()
-                .filter(|r| {
-                    r.status < 300
-                        && r.attributes
-                            .as_ref()
-                            .is_some_and(|a| a.resource == "events" && a.verb != "list")
-                })
-                .collect()
-        }
-    }
-
-    fn status(code: StatusCode, reason: &str, message: &str) -> Response {
-        let body = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
-        });
-        (code, axum::Json(body)).into_response()
-    }
-
-    fn record(
-        app: &App,
-        method: &Method,
-        uri: &Uri,
-        a: &Option<Attributes>,
-        code: u16,
-        body: Value,
-    ) {
-        app.inner.lock().unwrap().requests.push(Request {
-            method: method.to_string(),
-            uri: uri.to_string(),
-            attributes: a.clone(),
-            status: code,
-            body,
-        });
-    }
-
-    async fn handle(State(app): State<App>, method: Method, uri: Uri, body: Bytes) -> Response {
-        let a = attributes(method.as_str(), uri.path(), uri.query());
-        let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let Some(attrs) = a.clone() else {
-            record(&app, &method, &uri, &a, 403, body_json);
-            return status(StatusCode::FORBIDDEN, "Forbidden", "non-resource URL");
-        };
-        if !app.authorizer.allows(&attrs) {
-            record(&app, &method, &uri, &a, 403, body_json);
-            let scope = match &attrs.namespace {
-                Some(ns) => format!("in the namespace \"{ns}\""),
-                None => "at the cluster scope".to_string(),
-            };
-            let message = format!(
-                "{} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
-                attrs.resource, app.authorizer.user, attrs.verb, attrs.resource, attrs.group
-            );
-            return status(StatusCode::FORBIDDEN, "Forbidden", &message);
-        }
-        let query = query_map(uri.query());
-        let response = match (
-            attrs.group.as_str(),
-            attrs.resource.as_str(),
-            attrs.verb.as_str(),
-        ) {
-            ("", "pods", "list") | ("", "pods", "watch") if attrs.namespace.is_none() => {
-                pods(&app, &attrs.verb, &query)
-            }
-            ("events.k8s.io", "events", "create") => event_create(
-                &app,
-                attrs.namespace.as_deref().unwrap_or(""),
-                body_json.clone(),
-            ),
-            ("events.k8s.io", "events", "patch") => event_patch(
-                &app,
-                attrs.namespace.as_deref().unwrap_or(""),
-                attrs.name.as_deref().unwrap_or(""),
-                &body_json,
-            ),
-            ("events.k8s.io", "events", "list") => events_list(&app),
-            ("", "nodes", "get") => node_get(&app, attrs.name.as_deref().unwrap_or("")),
-            _ => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("no route {uri}"),
-            ),
-        };
-        record(
-            &app,
-            &method,
-            &uri,
-            &a,
-            response.status().as_u16(),
-            body_json,
-        );
-        response
-    }
-
-    fn query_map(query: Option<&str>) -> BTreeMap<String, String> {
-        query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), percent_decode(v)))
-            .collect()
-    }
-
-    fn percent_decode(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match (bytes[i], hex) {
-                (b'%', Some(b)) => {
-                    out.push(b);
-                    i += 3;
-                }
-                (b'+', _) => {
-                    out.push(b' ');
-                    i += 1;
-                }
-                (b, _) => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    fn pods(app: &App, verb: &str, query: &BTreeMap<String, String>) -> Response {
-        let inner = app.inner.lock().unwrap();
-        let want = format!("spec.nodeName={}", inner.node);
-        if query.get("fieldSelector") != Some(&want) {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!(
-                    "expected fieldSelector {want}, got {:?}",
-                    query.get("fieldSelector")
-                ),
-            );
-        }
-        let on_node: Vec<Value> = inner
-            .pods
-            .iter()
-            .filter(|p| p["spec"]["nodeName"] == inner.node.as_str())
-            .cloned()
-            .collect();
-        if verb == "watch" {
-            // The pods never change here: an open watch that says nothing, as a quiet node's.
-            let stream = futures::stream::pending::<Result<String, std::io::Error>>();
-            return Response::builder()
-                .header("content-type", "application/json")
-                .body(Body::from_stream(stream))
-                .unwrap();
-        }
-        axum::Json(json!({
-            "apiVersion": "v1", "kind": "PodList",
-            "metadata": {"resourceVersion": inner.rv.to_string()},
-            "items": on_node,
-        }))
-        .into_response()
-    }
-
-    fn node_get(app: &App, name: &str) -> Response {
-        let inner = app.inner.lock().unwrap();
-        if name != inner.node {
-            return status(StatusCode::NOT_FOUND, "NotFound", "no such node");
-        }
-        axum::Json(json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": inner.node, "uid": format!("uid-of-{}", inner.node), "resourceVersion": "1"},
-        }))
-        .into_response()
-    }
-
-    fn events_list(app: &App) -> Response {
-        let inner = app.inner.lock().unwrap();
-        let items: Vec<Value> = inner.events.values().cloned().collect();
-        axum::Json(json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "EventList",
-            "metadata": {"resourceVersion": inner.rv.to_string()},
-            "items": items,
-        }))
-        .into_response()
-    }
-
-    fn event_create(app: &App, ns: &str, mut event: Value) -> Response {
-        if let Err(why) = validate_event(ns, &mut event) {
-            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
-        }
-        let name = event["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let mut inner = app.inner.lock().unwrap();
-        let key = (ns.to_string(), name);
-        if inner.events.contains_key(&key) {
-            return status(StatusCode::CONFLICT, "AlreadyExists", "event exists");
-        }
-        inner.rv += 1;
-        event["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        event["metadata"]["uid"] = json!(format!("event-uid-{}", inner.rv));
-        inner.events.insert(key, event.clone());
-        (StatusCode::CREATED, axum::Json(event)).into_response()
-    }
-
-    fn event_patch(app: &App, ns: &str, name: &str, patch: &Value) -> Response {
-        let key = (ns.to_string(), name.to_string());
-        let Some(old) = app.inner.lock().unwrap().events.get(&key).cloned() else {
-            return status(StatusCode::NOT_FOUND, "NotFound", "no such event");
-        };
-        let mut merged = old.clone();
-        merge_patch(&mut merged, patch);
-        if let Err(why) = validate_event(ns, &mut merged) {
-            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
-        }
-        for field in [
-            "reason",
-            "note",
-            "type",
-            "action",
-            "regarding",
-            "reportingController",
-            "reportingInstance",
-            "eventTime",
-        ] {
-            if old[field] != merged[field] {
-                return status(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    &format!("{field}: field is immutable"),
-                );
-            }
-        }
-        let mut inner = app.inner.lock().unwrap();
-        inner.rv += 1;
-        merged["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        inner.events.insert(key, merged.clone());
-        axum::Json(merged).into_response()
-    }
-
-    fn merge_patch(target: &mut Value, patch: &Value) {
-        match (target, patch) {
-            (Value::Object(t), Value::Object(p)) => {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (t, p) => *t = p.clone(),
-        }
-    }
-
-    /// What the API server checks on events.k8s.io/v1 Events (ValidateEventCreate): enough
-    /// that a 2xx here means the real server would also have taken it.
-    fn validate_event(path_ns: &str, ev: &mut Value) -> Result<(), String> {
-        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-        if s(&ev["apiVersion"]) != "events.k8s.io/v1" || s(&ev["kind"]) != "Event" {
-            return Err(format!(
-                "not an events.k8s.io/v1 Event: {} {}",
-                ev["apiVersion"], ev["kind"]
-            ));
-        }
-        if s(&ev["metadata"]["name"]).is_empty() {
-            return Err("metadata.name: Required value".into());
-        }
-        match ev["metadata"]["namespace"].as_str() {
-            None => ev["metadata"]["namespace"] = json!(path_ns),
-            Some(ns) if ns == path_ns => {}
-            Some(ns) => return Err(format!("metadata.namespace {ns:?} is not {path_ns:?}")),
-        }
-        for required in [
-            "eventTime",
-            "reportingController",
-            "reportingInstance",
-            "action",
-            "reason",
-        ] {
-            if s(&ev[required]).is_empty() {
-                return Err(format!("{required}: Required value"));
-            }
-        }
-        if !matches!(s(&ev["type"]).as_str(), "Normal" | "Warning") {
-            return Err(format!("type: Unsupported value {}", ev["type"]));
-        }
-        let regarding = &ev["regarding"];
-        match s(&regarding["kind"]).as_str() {
-            "Pod" if s(&regarding["namespace"]) == path_ns => {}
-            "Node" if s(&regarding["namespace"]).is_empty() && path_ns == "default" => {}
-            other => {
-                return Err(format!(
-                    "regarding {other} in namespace {:?} cannot be reported in {path_ns:?}",
-                    regarding["namespace"]
-                ))
-            }
-        }
-        Ok(())
-    }
+    assert_eq!(attributes("GET", "/version", &BTreeMap::new()), None);
+    assert_eq!(attributes("GET", "/apis", &BTreeMap::new()), None);
 }
 
 /// The authorizer of the manifests' ServiceAccount.
 fn manifest_authorizer(m: &Manifests) -> Authorizer {
     let authorizer =
-        Authorizer::for_service_account(&m.service_account, &[&m.cluster_role], &[&m.binding]);
+        authorizer_for_service_account(&m.service_account, &[&m.cluster_role], &[&m.binding]);
     assert!(
         !authorizer.rules.is_empty(),
         "the ServiceAccount is bound to no rules"
@@ -1238,7 +738,32 @@ fn manifest_authorizer(m: &Manifests) -> Authorizer {
 }
 
 const NODE: &str = "node-a";
+const TOKEN: &str = "manifests-test-token";
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The fake API server (`tests/kube_fake`), started from inside the test's runtime, and a client
+/// configured from its kubeconfig (the fake refuses requests without its bearer token).
+async fn start_fake(m: &Manifests, pods: Vec<Value>) -> (FakeApi, kube::Client) {
+    let api = FakeApi::start(NODE, TOKEN, manifest_authorizer(m));
+    for pod in pods {
+        api.put_pod(pod);
+    }
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&api.kubeconfig())
+        .expect("the fake's kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("the fake's kubeconfig is usable");
+    let client = kube::Client::try_from(config).expect("a client of the fake API server");
+    (api, client)
+}
+
+/// Requests the fake refused as the authorizer does (403).
+fn forbidden_requests(api: &FakeApi) -> Vec<Request> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.status == 403)
+        .collect()
+}
 
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + WAIT;
@@ -1258,8 +783,7 @@ async fn the_fake_api_server_refuses_what_the_cluster_role_does_not_grant() {
     use k8s_openapi::api::events::v1::Event;
     use kube::api::{Api, ListParams};
     let m = load();
-    let api = fake_api::FakeApi::start(NODE, manifest_authorizer(&m), vec![]).await;
-    let client = api.client();
+    let (api, client) = start_fake(&m, vec![]).await;
     let forbidden = |e: kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
     assert!(forbidden(
         Api::<Node>::all(client.clone())
@@ -1290,7 +814,7 @@ async fn the_fake_api_server_refuses_what_the_cluster_role_does_not_grant() {
         .await
         .expect("listing this node's pods is granted");
     assert!(pods.items.is_empty());
-    assert_eq!(api.forbidden().len(), 4, "{:#?}", api.requests());
+    assert_eq!(forbidden_requests(&api).len(), 4, "{}", api.dump(20));
 }
 
 fn pod_on(node: &str, namespace: &str, name: &str, uid: &str, container_id: &str) -> Value {
@@ -1370,8 +894,7 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
         pod_on(NODE, "shop", "web-0", pod_uid, &container_id),
         pod_on("node-b", "shop", "web-1", "other-uid", &"b".repeat(64)),
     ];
-    let api = fake_api::FakeApi::start(NODE, manifest_authorizer(&m), pods).await;
-    let client = api.client();
+    let (api, client) = start_fake(&m, pods).await;
 
     // As `nodeguard run` wires them (agent/src/kube.rs): the pod watch, and the publisher with
     // the DaemonSet's hostPath state dir (empty: a node the agent has never run on) and no
@@ -1431,21 +954,38 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     .with_pid(77);
 
     // Announce both; resolve the pod's; bring it back (kube's Recorder PATCHes the series).
+    // Each next state waits until the publisher has counted the answers, not only until the
+    // fake has sent them: a state that arrives while a write is in flight is diffed against
+    // the announced set from before that write.
     tx.send_replace(Some(node_state(
         &container,
         &[in_pod.clone(), on_host.clone()],
     )));
-    eventually("two Warnings created", || api.event_writes().len() == 2).await;
+    eventually("two Warnings created", || {
+        api.accepted_event_writes().len() == 2
+    })
+    .await;
+    eventually("the publisher counted 2 answers", || {
+        publisher.stats().sent == 2
+    })
+    .await;
     tx.send_replace(Some(node_state(&container, std::slice::from_ref(&on_host))));
     eventually("the Resolved Event created", || {
-        api.event_writes().len() == 3
+        api.accepted_event_writes().len() == 3
+    })
+    .await;
+    eventually("the publisher counted 3 answers", || {
+        publisher.stats().sent == 3
     })
     .await;
     tx.send_replace(Some(node_state(
         &container,
         &[in_pod.clone(), on_host.clone()],
     )));
-    eventually("the repeat patched", || api.event_writes().len() == 4).await;
+    eventually("the repeat patched", || {
+        api.accepted_event_writes().len() == 4
+    })
+    .await;
     eventually("the publisher counted 4 answers", || {
         publisher.stats().sent == 4
     })
@@ -1454,13 +994,15 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     drop(tx);
     publisher.join().await;
 
-    let writes = api.event_writes();
+    let writes = api.accepted_event_writes();
     let summary: Vec<String> = writes
         .iter()
         .map(|w| {
             format!(
                 "{} {} {}/{}",
-                w.access(),
+                w.attributes
+                    .as_ref()
+                    .map_or(String::new(), |a| a.to_string()),
                 w.body["reason"].as_str().unwrap_or("(patch)"),
                 w.body["regarding"]["kind"].as_str().unwrap_or(""),
                 w.body["regarding"]["name"].as_str().unwrap_or("")
@@ -1512,7 +1054,7 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
         &[in_pod.clone(), on_host.clone(), marker.clone()],
     )));
     eventually("the restarted publisher announced the new finding", || {
-        api.event_writes().len() == 5
+        api.accepted_event_writes().len() == 5
     })
     .await;
     eventually("the restarted publisher counted it", || {
@@ -1523,7 +1065,7 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     drop(tx);
     publisher.join().await;
     watch.stop();
-    let last = api.event_writes().pop().unwrap();
+    let last = api.accepted_event_writes().pop().unwrap();
     assert_eq!(last.body["regarding"]["kind"], "Node");
     assert!(
         last.body["note"]
@@ -1545,7 +1087,7 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
             } else {
                 "restart with the state dir"
             };
-            format!("{phase}: {} ({} {})", r.access(), r.method, r.uri)
+            format!("{phase}: {}", r.line())
         })
         .collect();
     assert!(
@@ -1560,10 +1102,12 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
             "the publisher counted failures: {counters:?}"
         );
     }
+    // Anything but success and 403 (listed above): 401, 400, 404, 409, 422, 5xx.
     let refused: Vec<String> = api
-        .refused()
+        .requests()
         .iter()
-        .map(|r| format!("{} {} -> {}", r.method, r.uri, r.status))
+        .filter(|r| r.status >= 400 && r.status != 403)
+        .map(Request::line)
         .collect();
     assert!(refused.is_empty(), "the fake refused: {refused:#?}");
 
