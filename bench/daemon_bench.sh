@@ -129,7 +129,8 @@ echo "agent: $NODEGUARD ${AGENT_ARGS[*]}"
 AGENT_PID=$!
 
 metric() { # metric SERIES: its value in /metrics (0.0.4 text), empty when absent
-  curl -sf --max-time 10 "$URL/metrics" | awk -v s="$1" '$1 == s { print $2; exit }'
+  # awk reads to the end: exiting early would fail curl's write (23) and, under pipefail, this.
+  curl -sf --max-time 10 "$URL/metrics" | awk -v s="$1" '$1 == s && !found { print $2; found = 1 }'
 }
 scans_done() { grep -c '"message":"scan complete"' "$AGENT_LOG" || true; }
 
