@@ -71,6 +71,11 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     }
 }
 
+/// A syscall's byte count, or the `errno` it set when it returned a negative value.
+fn ssize<N: TryInto<usize>>(n: N) -> io::Result<usize> {
+    n.try_into().map_err(|_| io::Error::last_os_error())
+}
+
 fn path_cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
@@ -137,11 +142,7 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry(|| {
         // SAFETY: `buf` is valid for `buf.len()` writable bytes.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        ssize(n)
     })
 }
 
@@ -183,11 +184,7 @@ impl DirReader {
                         self.buf.len(),
                     )
                 };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+                ssize(n)
             })?;
             if n == 0 {
                 return Ok(());
@@ -263,11 +260,7 @@ pub(crate) fn get_xattr_at(
                     std::mem::size_of::<XattrArgs>(),
                 )
             };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            ssize(n)
         });
         match res {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
@@ -295,11 +288,7 @@ pub(crate) fn get_xattr_at(
                 buf.len(),
             )
         };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        ssize(n)
     });
     xattr_result(res)
 }
@@ -320,11 +309,7 @@ pub(crate) fn fget_xattr(
                 buf.len(),
             )
         };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        ssize(n)
     });
     xattr_result(res)
 }
