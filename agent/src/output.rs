@@ -1,6 +1,6 @@
 //! The human-readable report: three tables a responder can read on a terminal.
 
-use nodeguard_model::{Limits, Report};
+use nodeguard_model::{escape_controls, Limits, Report};
 use std::io::{self, Write};
 
 /// Writes containers, container processes and findings as aligned tables.
@@ -187,21 +187,6 @@ fn write_rows(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
     Ok(())
 }
 
-/// `\n`, `\t`, `\r` and other control characters as escapes; everything else as it is.
-fn escape_controls(cell: &str) -> String {
-    let mut out = String::with_capacity(cell.len());
-    for ch in cell.chars() {
-        match ch {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,13 +210,5 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
-    }
-
-    #[test]
-    fn escaped_paths_and_apostrophes_are_shown_as_they_are() {
-        assert_eq!(escape_controls("/tmp/a\\nb"), "/tmp/a\\nb");
-        assert_eq!(escape_controls("container's"), "container's");
-        assert_eq!(escape_controls("x\u{1b}[31m"), "x\\u{1b}[31m");
-        assert_eq!(escape_controls("a\nb"), "a\\nb");
     }
 }

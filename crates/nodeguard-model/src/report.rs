@@ -396,6 +396,26 @@ pub fn escape_path(bytes: &[u8]) -> String {
     out
 }
 
+/// Text kept on one line for terminals and messages: `\n`, `\t`, `\r` and other control
+/// characters written as escapes (`\u{1b}`), everything else as it is. Unlike
+/// [`escape_path`] a backslash stays single, so already-escaped paths are not escaped twice.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The inverse of [`escape_path`].
 pub fn unescape_path(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
@@ -471,6 +491,15 @@ mod tests {
         }
         assert_eq!(escape_path(b"/tmp/a\nb"), "/tmp/a\\nb");
         assert_eq!(escape_path(b"/tmp/\xff"), "/tmp/\\xff");
+    }
+
+    #[test]
+    fn controls_are_escaped_once_and_backslashes_kept() {
+        assert_eq!(escape_controls("plain/path"), "plain/path");
+        assert_eq!(escape_controls("a\nb\tc\rd"), "a\\nb\\tc\\rd");
+        assert_eq!(escape_controls("x\u{1b}[31m"), "x\\u{1b}[31m");
+        assert_eq!(escape_controls("/tmp/a\\nb"), "/tmp/a\\nb");
+        assert_eq!(escape_controls("container's"), "container's");
     }
 
     #[test]

@@ -692,20 +692,7 @@ fn exempts(e: &Exemption, kind: FindingKind, pod: Option<&PodRef>) -> bool {
 
 /// Keeps a message on one line: control characters (from a hostile `comm` or path) escaped.
 fn one_line(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+    nodeguard_model::escape_controls(text)
 }
 
 #[cfg(test)]
