@@ -21,14 +21,26 @@ use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use support::container::{Container, ContainerSpec};
+use support::http::{free_port, HttpResponse};
 use support::image::Image;
 use support::oracle;
+use support::{wait_for, wait_for_every};
+
+/// How long a request to the agent or Prometheus may take to answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<HttpResponse> {
+    support::http::get(port, path, accept, HTTP_TIMEOUT)
+}
+
+fn excerpt(text: &str) -> String {
+    support::excerpt(text, 3000)
+}
 
 const MIB: i64 = 1024 * 1024;
 
@@ -39,96 +51,9 @@ const FIRST_SCAN_TIMEOUT: Duration = Duration::from_secs(240);
 const SCANS_TIMEOUT: Duration = Duration::from_secs(90);
 /// What the agent promises for SIGTERM/SIGINT (it says "within a few seconds").
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(250);
 /// The `Accept` header Prometheus 2.42 scrapes with.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
     application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client over loopback (the agent package has no HTTP client dependency).
-
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-impl HttpResponse {
-    fn json(&self, what: &str) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{what}: the answer is not JSON ({e}); status {}, content type {:?}, body:\n{}",
-                self.status,
-                self.content_type,
-                excerpt(&self.body)
-            )
-        })
-    }
-}
-
-/// `GET http://127.0.0.1:PORT/PATH` with `Connection: close`; chunked bodies are decoded.
-fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<HttpResponse> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{accept}Connection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of the HTTP header"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no HTTP status line"))?;
-    let mut content_type = String::new();
-    let mut chunked = false;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-            if name == "content-type" {
-                content_type = value.to_string();
-            } else if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            }
-        }
-    }
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(HttpResponse {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
 
 /// Percent-encodes a query parameter value.
 fn urlencode(text: &str) -> String {
@@ -143,56 +68,11 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
-}
-
-fn excerpt(text: &str) -> String {
-    const MAX: usize = 3000;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut cut = MAX;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}... ({} more bytes)", &text[..cut], text.len() - cut)
-}
-
 /// The last `n` lines of a log file.
 fn log_tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `timeout`; then fails with
-/// `what` and the last reason the probe gave.
-fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T, String>) -> T {
-    wait_for_every(POLL, what, timeout, probe)
-}
-
-/// [`wait_for`] with its own polling period.
-fn wait_for_every<T>(
-    poll: Duration,
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(poll),
-        }
-    }
 }
 
 /// Sends a signal with `kill -s SIG PID`.

@@ -31,12 +31,17 @@ mod kube_fake;
 mod support;
 
 use kube_fake::{Authorizer, FakeApi, Mode, Request};
+use support::http::{free_port, HttpResponse};
+use support::wait_for;
+
+fn excerpt(text: &str) -> String {
+    support::excerpt(text, 2000)
+}
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -59,112 +64,11 @@ const SCANS_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on one request to the agent: the API and /metrics never wait for the API server.
 const AGENT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(250);
 /// How long the fake takes to answer pod lists and watches when the first agent starts.
 const SLOW_POD_LIST: Duration = Duration::from_secs(5);
 /// Bound on `/metrics` while Event writes fail or hang: less than the agent's 10 s Event
 /// request timeout, so a scrape that waited for the API server would not pass.
 const METRICS_DURING_OUTAGE: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client over loopback (the agent package has no HTTP client dependency).
-
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    body: String,
-}
-
-/// `GET http://127.0.0.1:PORT/PATH` with `Connection: close`; chunked bodies are decoded.
-/// Fails when no answer has come within `timeout` of reading.
-fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<HttpResponse> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of the HTTP header"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no HTTP status line"))?;
-    let chunked = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(HttpResponse {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
-}
-
-fn excerpt(text: &str) -> String {
-    const MAX: usize = 2000;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut cut = MAX;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}... ({} more bytes)", &text[..cut], text.len() - cut)
-}
-
-/// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `timeout`; then fails with
-/// `what` and the last reason the probe gave.
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Prometheus text format: just enough to read one series.
@@ -309,7 +213,7 @@ impl Agent {
 
     fn try_get_within(&self, path: &str, timeout: Duration) -> Result<HttpResponse, String> {
         self.assert_running();
-        http_get(self.port, path, timeout).map_err(|e| {
+        support::http::get(self.port, path, None, timeout).map_err(|e| {
             format!(
                 "GET 127.0.0.1:{}{path} (within {timeout:?}): {e}",
                 self.port

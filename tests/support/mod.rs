@@ -21,12 +21,54 @@
 pub mod cmd;
 pub mod container;
 pub mod fakeproc;
+pub mod http;
 pub mod image;
 pub mod oracle;
 pub mod scan;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How often [`wait_for`] polls.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Polls `probe` every [`POLL`] until it returns `Ok`, for at most `timeout`; then fails with
+/// `what` and the last reason the probe gave.
+pub fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_for_every(POLL, what, timeout, probe)
+}
+
+/// [`wait_for`] with its own polling period.
+pub fn wait_for_every<T>(
+    poll: Duration,
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(poll),
+        }
+    }
+}
+
+/// At most `max` bytes of `text` (cut on a char boundary), saying how much was left out.
+pub fn excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..cut], text.len() - cut)
+}
 
 /// Returns from the calling test (after saying why on stderr) when containers cannot run here.
 /// Under `CI` it panics instead.
