@@ -14,22 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Capabilities containerd/CRI-O/Docker grant by default — what a Kubernetes container gets
 /// unless its securityContext says otherwise (`runc spec` alone gives only three).
-pub const RUNTIME_DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub use nodeguard_model::capability::RUNTIME_DEFAULT_CAPABILITIES;
 
 /// Kubernetes QoS class: which kubepods level the pod sits under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
