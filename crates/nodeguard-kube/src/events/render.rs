@@ -84,14 +84,6 @@ pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
     }
 }
 
-/// The finding id a field path written by [`field_path`] carries.
-pub(crate) fn finding_id_of(field_path: &str) -> Option<&str> {
-    let start = field_path.rfind("findings{")? + "findings{".len();
-    let rest = &field_path[start..];
-    let id = rest.strip_suffix('}')?;
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
 fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
@@ -286,7 +278,6 @@ mod tests {
             p.field_path,
             format!("spec.containers{{app}}.findings{{{}}}", f.id)
         );
-        assert_eq!(finding_id_of(&p.field_path), Some(f.id.as_str()));
 
         // Metadata not (yet) known: the node, naming the container by its short id.
         let p = place(&f, &report(None, Some("u1")), "node-a");
@@ -342,14 +333,5 @@ mod tests {
         let c = clip(s, 6);
         assert!(c.len() <= 6 && c.ends_with('…'), "{c}");
         assert_eq!(clip("ab", 0), "");
-    }
-
-    #[test]
-    fn field_path_ids_parse_back_only_when_well_formed() {
-        assert_eq!(finding_id_of("findings{00ff}"), Some("00ff"));
-        assert_eq!(finding_id_of("spec.containers{a}.findings{0a}"), Some("0a"));
-        assert_eq!(finding_id_of("spec.containers{a}"), None);
-        assert_eq!(finding_id_of("findings{}"), None);
-        assert_eq!(finding_id_of("findings{zz}"), None);
     }
 }
