@@ -230,4 +230,93 @@ mod tests {
         assert_eq!(ev.involved_object.namespace.as_deref(), Some("shop"));
         assert!(ev.metadata.name.unwrap().len() <= MAX_NAME);
     }
+
+    /// The sender against a swapped-in client (`tower_test::mock`): what it asks of the API
+    /// server and how it sorts the answers, with no server at all.
+    #[tokio::test]
+    async fn the_sender_creates_in_the_target_namespace_and_sorts_the_answers() {
+        use kube::client::Body;
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        let sender = Sender::new(
+            kube::Client::new(service, "default"),
+            "node-a",
+            Duration::from_secs(5),
+        );
+        let server = tokio::spawn(async move {
+            let status = |code: u16, reason: &str| {
+                let body = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": format!("{reason} for the test"), "reason": reason, "code": code,
+                });
+                http::Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap()
+            };
+            let mut seen = Vec::new();
+            for answer in [201, 422, 503, 429] {
+                let (request, respond) = handle.next_request().await.expect("a request");
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                seen.push((method, path, event));
+                respond.send_response(match answer {
+                    201 => http::Response::builder()
+                        .status(201)
+                        .body(Body::from(body.to_vec()))
+                        .unwrap(),
+                    422 => status(422, "Invalid"),
+                    503 => status(503, "ServiceUnavailable"),
+                    _ => status(429, "TooManyRequests"),
+                });
+            }
+            seen
+        });
+        let node = outgoing(Target::node("node-a"));
+        assert_eq!(sender.create(&node, Some("node-a")).await, Ok(()));
+        assert!(matches!(
+            sender.create(&node, Some("node-a")).await,
+            Err(SendError::Permanent(_))
+        ));
+        assert!(matches!(
+            sender.create(&node, Some("node-a")).await,
+            Err(SendError::Retryable(_))
+        ));
+        let pod = outgoing(Target {
+            kind: TargetKind::Pod,
+            namespace: Some("shop".into()),
+            name: "web-0".into(),
+            uid: Some("u".into()),
+        });
+        assert!(matches!(
+            sender.create(&pod, Some("node-a")).await,
+            Err(SendError::Retryable(_))
+        ));
+        let seen = server.await.unwrap();
+        let paths: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|(m, p, _)| (m.as_str(), p.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("POST", "/api/v1/namespaces/default/events"),
+                ("POST", "/api/v1/namespaces/default/events"),
+                ("POST", "/api/v1/namespaces/default/events"),
+                ("POST", "/api/v1/namespaces/shop/events"),
+            ]
+        );
+        let first = &seen[0].2;
+        assert_eq!(first["involvedObject"]["uid"], "node-a");
+        assert_eq!(first["reportingInstance"], "node-a");
+        assert!(first.get("eventTime").is_none(), "{first}");
+        // Every Event is its own object: no two requests reuse a name.
+        let names: std::collections::BTreeSet<&str> = seen
+            .iter()
+            .filter_map(|(_, _, e)| e["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names.len(), seen.len());
+    }
 }
