@@ -881,9 +881,7 @@ fn node_state(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() {
     use nodeguard_kube::{EventConfig, EventPublisher, PodWatch};
-    use nodeguard_model::{
-        CgroupDriver, CgroupVersion, Finding, FindingKind, Limits, Runtime, Severity,
-    };
+    use nodeguard_model::{Finding, FindingKind, Severity};
     let m = load();
     let container_id = "c0ffee00".repeat(8);
     let pod_uid = "5b1c2d3e-0000-4000-8000-000000000001";
@@ -916,21 +914,10 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     );
     assert_eq!(pod.container_name.as_deref(), Some("app"));
 
-    let container = nodeguard_model::Container {
-        id: container_id.clone(),
-        runtime: Runtime::Containerd,
-        pod_uid: Some(pod_uid.into()),
-        qos: None,
-        cgroup: format!("/kubepods/burstable/pod{pod_uid}/{container_id}"),
-        cgroup_driver: CgroupDriver::Cgroupfs,
-        cgroup_version: CgroupVersion::V1,
-        limits: Limits::default(),
-        pod_limits: None,
-        effective_limits: Limits::default(),
-        pids: vec![4242],
-        rootfs: None,
-        pod: Some(pod),
-    };
+    let container = nodeguard_testkit::model::container(&container_id)
+        .in_pod(pod_uid, Some(pod))
+        .pids(&[4242])
+        .build();
     let in_pod = Finding::new(
         FindingKind::DangerousCapability,
         Severity::High,

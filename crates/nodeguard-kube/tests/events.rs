@@ -3,12 +3,13 @@
 
 use nodeguard_kube::{EventConfig, EventPublisher};
 use nodeguard_model::{
-    CgroupDriver, CgroupVersion, Container, Finding, FindingKind, Limits, NodeState, PodRef,
-    Report, Runtime, ScanKind, ScanRun, ScanStats, Severity, Timestamp, TrackedFinding,
+    Finding, FindingKind, NodeState, PodRef, Report, ScanKind, ScanRun, ScanStats, Severity,
+    Timestamp, TrackedFinding,
 };
 use nodeguard_testkit::fake::{
     eventually, Authorizer, FakeApi, Mode, Request as Recorded, SHIPPED_USER,
 };
+use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -34,11 +35,9 @@ fn pod_container(n: u32, ns: &str, pod: &str) -> Box_ {
         id: cid(n),
         pod_uid: Some(format!("uid-{pod}")),
         pod: Some(PodRef {
-            namespace: ns.into(),
-            name: pod.into(),
-            container_name: Some("app".into()),
             image: Some("nginx:1.25".into()),
             image_id: Some("docker.io/library/nginx@sha256:aa".into()),
+            ..pod_ref(ns, pod, "app")
         }),
     }
 }
@@ -89,20 +88,10 @@ fn state_at(containers: &[&Box_], findings: &[Finding], scanned: Timestamp) -> A
         duration_ms: 1,
         containers: containers
             .iter()
-            .map(|b| Container {
-                id: b.id.clone(),
-                runtime: Runtime::Containerd,
-                pod_uid: b.pod_uid.clone(),
-                qos: None,
-                cgroup: format!("/kubepods/{}", b.id),
-                cgroup_driver: CgroupDriver::Cgroupfs,
-                cgroup_version: CgroupVersion::V1,
-                limits: Limits::default(),
-                pod_limits: None,
-                effective_limits: Limits::default(),
-                pids: vec![1],
-                rootfs: None,
-                pod: b.pod.clone(),
+            .map(|b| {
+                container(&b.id)
+                    .pod(b.pod_uid.as_deref(), b.pod.clone())
+                    .build()
             })
             .collect(),
         processes: vec![],

@@ -548,9 +548,7 @@ fn scans_ran_since(st: &NodeState, kind: FindingKind, since: SystemTime) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeguard_model::{
-        CgroupDriver, CgroupVersion, Container, Limits, PodRef, Runtime, ScanStats, Severity,
-    };
+    use nodeguard_model::{CgroupVersion, ScanStats, Severity};
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
@@ -591,27 +589,14 @@ mod tests {
             node: "node-a".into(),
             scanned_at: now,
             duration_ms: 1,
-            containers: vec![Container {
-                id: CID.into(),
-                runtime: Runtime::Containerd,
-                pod_uid: Some("uid-1".into()),
-                qos: None,
-                cgroup: "/kubepods/x".into(),
-                cgroup_driver: CgroupDriver::Cgroupfs,
-                cgroup_version: CgroupVersion::V2,
-                limits: Limits::default(),
-                pod_limits: None,
-                effective_limits: Limits::default(),
-                pids: vec![1],
-                rootfs: None,
-                pod: Some(PodRef {
-                    namespace: "shop".into(),
-                    name: "web-0".into(),
-                    container_name: Some("app".into()),
-                    image: None,
-                    image_id: None,
-                }),
-            }],
+            containers: vec![nodeguard_testkit::model::container(CID)
+                .cgroup("/kubepods/x")
+                .cgroup_version(CgroupVersion::V2)
+                .pod(
+                    Some("uid-1"),
+                    Some(nodeguard_testkit::model::pod_ref("shop", "web-0", "app")),
+                )
+                .build()],
             processes: vec![],
             files: vec![],
             findings: findings.iter().map(|f| (*f).clone()).collect(),

@@ -209,10 +209,7 @@ pub(crate) fn truncate_note(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeguard_model::{
-        CgroupDriver, CgroupVersion, Container, Limits, PodRef, Runtime, ScanStats, Severity,
-        Timestamp,
-    };
+    use nodeguard_model::{PodRef, ScanStats, Severity, Timestamp};
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
@@ -222,21 +219,10 @@ mod tests {
             node: "node-a".into(),
             scanned_at: Timestamp::now(),
             duration_ms: 1,
-            containers: vec![Container {
-                id: CID.into(),
-                runtime: Runtime::Containerd,
-                pod_uid: pod_uid.map(str::to_string),
-                qos: None,
-                cgroup: "/kubepods/x".into(),
-                cgroup_driver: CgroupDriver::Cgroupfs,
-                cgroup_version: CgroupVersion::V1,
-                limits: Limits::default(),
-                pod_limits: None,
-                effective_limits: Limits::default(),
-                pids: vec![1],
-                rootfs: None,
-                pod,
-            }],
+            containers: vec![nodeguard_testkit::model::container(CID)
+                .cgroup("/kubepods/x")
+                .pod(pod_uid, pod)
+                .build()],
             processes: vec![],
             files: vec![],
             findings: vec![],
@@ -247,11 +233,9 @@ mod tests {
 
     fn pod_ref() -> PodRef {
         PodRef {
-            namespace: "shop".into(),
-            name: "web-0".into(),
-            container_name: Some("app".into()),
             image: Some("nginx:1.25".into()),
             image_id: Some("docker.io/library/nginx@sha256:aa".into()),
+            ..nodeguard_testkit::model::pod_ref("shop", "web-0", "app")
         }
     }
 
