@@ -168,7 +168,7 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
             // chrooted one does not: the next process may, and failing that the host's
             // mount table does (`roots_from_host_mounts`).
             if seed.root.is_none() {
-                match dir.read("mountinfo", &mut buf, MOUNTINFO_MAX) {
+                match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
                     Ok(()) => seed.root = container_root(&buf),
                     Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
                     Err(_) => {}
@@ -270,7 +270,7 @@ fn roots_from_host_mounts(
             return None;
         }
         PidDir::open(proc_fd, pid)
-            .and_then(|d| d.read("mountinfo", &mut buf, MOUNTINFO_MAX))
+            .and_then(|d| d.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX))
             .ok()
             .map(|()| crate::mountinfo::parse_mountinfo(&buf).0)
     });
@@ -444,6 +444,19 @@ fn build_containers(
             ),
         );
     }
+    if let CgroupLayout::V1 {
+        memory, cpu, pids, ..
+    } = reader.layout()
+    {
+        for (name, dir) in [("memory", memory), ("cpu", cpu), ("pids", pids)] {
+            if dir.is_none() && !seeds.is_empty() {
+                log.warn(format!(
+                    "cgroup root {} has no {name} hierarchy: {name} limits are unknown",
+                    opts.cgroup_root.display()
+                ));
+            }
+        }
+    }
     // The version users must look at for the limits: on a hybrid host runc also names the
     // container in the controller-less v2 tree, but the limits live in v1.
     let limits_version = match reader.layout() {
@@ -466,28 +479,47 @@ fn build_containers(
             limits: Default::default(),
             pod_limits: None,
             effective_limits: Default::default(),
+            unknown_limits: Vec::new(),
+            node_allocatable: None,
+            sandbox: false,
             pids: seed.pids.clone(),
             rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
             pod: None,
         };
-        if layout_known {
-            if let Some(file) = &first.cgroup {
+        let cgroup_file = first.cgroup.as_ref().filter(|_| layout_known);
+        match cgroup_file {
+            None => {
+                // Nothing could be read: unknown, not unlimited (the cgroup root's warning, or
+                // the process's unreadable cgroup file, says why once).
+                container.unknown_limits = ["memory", "cpu", "pids"].map(String::from).to_vec();
+            }
+            Some(file) => {
                 let pid = first.process.pid;
                 let (own_paths, pod_paths) = container_paths(file, reader.layout(), id);
                 let mut problems = Vec::new();
-                let own = reader.own(&own_paths, pid);
-                problems.extend(own.problems);
+                let mut own = reader.own(&own_paths, pid);
+                problems.append(&mut own.problems);
+                // A pod container is bounded by its own cgroup and its pod's; the levels
+                // above (kubepods: node allocatable; the QoS class) are reported apart.
+                let floor = match (&container.pod_uid, &pod_paths) {
+                    (None, _) => None,
+                    (Some(_), Some(pod_paths)) => Some(pod_paths.clone()),
+                    (Some(_), None) => Some(own_paths.clone()),
+                };
                 if container.pod_uid.is_some() {
-                    if let Some(pod_paths) = pod_paths {
-                        let pod = reader.own(&pod_paths, pid);
+                    if let Some(pod_paths) = &pod_paths {
+                        let pod = reader.own(pod_paths, pid);
                         problems.extend(pod.problems);
                         container.pod_limits = Some(pod.limits);
+                        container.node_allocatable = reader.node_allocatable(pod_paths);
                     }
                 }
-                let effective = reader.effective(&own_paths, own.limits);
-                problems.extend(effective.problems);
+                let effective = reader.effective(&own_paths, &own, floor.as_ref());
                 container.limits = own.limits;
                 container.effective_limits = effective.limits;
+                container.unknown_limits =
+                    effective.unknown.iter().map(|s| s.to_string()).collect();
+                problems.extend(effective.problems);
                 let hint = if reference.cgroup.relative_to_namespace {
                     " (cgroup paths were relative to the agent's cgroup namespace; run it in the host cgroup namespace)"
                 } else {
