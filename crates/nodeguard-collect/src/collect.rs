@@ -5,10 +5,11 @@ use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess};
+use crate::runtime::{host_bounding, looks_like_sandbox, runtime_from_ancestors};
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, ScanStats};
+use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runtime, ScanStats};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -413,6 +414,7 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
     let containers = build_containers(opts, &seeds, &raws, &mut log);
     let processes = attach_layers(opts, &seeds, raws, &mut log);
 
+    let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
     let mut stats = log.stats;
     stats.processes_seen = processes.len() as u64;
     stats.kernel_threads = processes.iter().filter(|p| p.process.kernel_thread).count() as u64;
@@ -424,6 +426,7 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
         warnings: log.warnings,
         cap_last_cap,
         host_namespaces,
+        host_bounding,
     })
 }
 
@@ -486,6 +489,25 @@ fn build_containers(
             rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
             pod: None,
         };
+        if container.runtime == Runtime::Unknown {
+            // A bare id under kubepods (containerd's CRI with the cgroupfs driver): the
+            // monitor above the container's first process says which runtime it is.
+            if let Some(runtime) = runtime_from_ancestors(raws, seed.first, id) {
+                container.runtime = runtime;
+            }
+        }
+        if container.pod_uid.is_some() {
+            let processes: Vec<&Process> = seed
+                .pids
+                .iter()
+                .filter_map(|pid| {
+                    raws.binary_search_by_key(pid, |r| r.process.pid)
+                        .ok()
+                        .map(|i| &raws[i].process)
+                })
+                .collect();
+            container.sandbox = looks_like_sandbox(&processes);
+        }
         let cgroup_file = first.cgroup.as_ref().filter(|_| layout_known);
         match cgroup_file {
             None => {

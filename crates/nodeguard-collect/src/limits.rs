@@ -659,11 +659,17 @@ mod tests {
         ("kubelet-v2-cgroupfs", "/kubepods"),
         ("kubelet-v2-cgroupfs-prefix", "/ng-prefix/kubepods"),
         ("kubelet-v2-systemd", "/kubepods.slice"),
-        ("kubelet-v2-systemd-prefix", "/ngprefix.slice/ngprefix-kubepods.slice"),
+        (
+            "kubelet-v2-systemd-prefix",
+            "/ngprefix.slice/ngprefix-kubepods.slice",
+        ),
         ("kubelet-v1-cgroupfs", "/kubepods"),
         ("kubelet-v1-cgroupfs-prefix", "/ng-prefix/kubepods"),
         ("kubelet-v1-systemd", "/kubepods.slice"),
-        ("kubelet-v1-systemd-prefix", "/ngprefix.slice/ngprefix-kubepods.slice"),
+        (
+            "kubelet-v1-systemd-prefix",
+            "/ngprefix.slice/ngprefix-kubepods.slice",
+        ),
     ];
     const UID_BE: &str = "aaaa1111-2222-3333-4444-555566667777";
     const UID_G: &str = "bbbb1111-2222-3333-4444-555566667777";
@@ -804,7 +810,12 @@ mod tests {
         for seg in ["kubepods", "kubepods.slice", "ng-kubepods.slice"] {
             assert!(is_kubepods_segment(seg), "{seg}");
         }
-        for seg in ["kubepods-burstable.slice", "burstable", "mykubepods", "kubepods.scope"] {
+        for seg in [
+            "kubepods-burstable.slice",
+            "burstable",
+            "mykubepods",
+            "kubepods.scope",
+        ] {
             assert!(!is_kubepods_segment(seg), "{seg}");
         }
         assert!(within("/a/b", "/a/b"));

@@ -13,7 +13,7 @@ use nodeguard_collect::{CollectOptions, CollectedProcess, FileIdentity, Snapshot
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_all, Algorithms, DigestCache, FileKey, HashJob};
 use nodeguard_model::{
-    Container, FileEntry, Finding, Process, Report, ScanStats, Timestamp, SCHEMA_VERSION,
+    Container, FileEntry, Finding, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
 use nodeguard_policy::{evaluate, Evidence, Policy};
@@ -140,12 +140,26 @@ impl Scanner {
             mut warnings,
             cap_last_cap,
             host_namespaces: _,
+            host_bounding,
         } = nodeguard_collect::collect(&self.options.collect)?;
 
         let processes = self.hash_executables(processes, &mut stats, &mut warnings);
 
         for container in &mut containers {
-            container.pod = pods.pod_for(container.pod_uid.as_deref(), &container.id);
+            let uid = container.pod_uid.as_deref();
+            container.pod = pods.pod_for(uid, &container.id);
+            // The pod's status decides over the process table: a listed container is never a
+            // sandbox, whatever it runs; an unlisted one in a fully started pod is.
+            if container.pod_uid.is_some() {
+                if let Some(sandbox) = pods.is_sandbox(uid, &container.id) {
+                    container.sandbox = sandbox;
+                }
+            }
+            if container.runtime == Runtime::Unknown {
+                if let Some(runtime) = pods.runtime_of(uid, &container.id) {
+                    container.runtime = runtime;
+                }
+            }
         }
 
         if scope == ScanScope::ProcessesAndFilesystems {
@@ -169,6 +183,7 @@ impl Scanner {
                 containers: &containers,
                 files: &files,
                 cap_last_cap,
+                host_bounding,
             },
         );
         attach_pod_names(&mut findings, &containers);
