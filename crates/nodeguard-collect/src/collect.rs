@@ -254,9 +254,14 @@ fn is_kernel_thread_pid(proc_fd: &OwnedFd, pid: i32) -> bool {
 /// the overlay whose device is the one `/proc/PID/root` lives on. Without this a process
 /// could hide its container's image and writable layers from the walk (and its drift) by
 /// chrooting into a subdirectory.
+///
+/// The runtime may have mounted the overlay in a mount namespace of its own rather than
+/// the host's; then the mount table of the container's monitor (the first host process
+/// above it: shim or conmon, which lives where the runtime mounts) is searched too.
 fn roots_from_host_mounts(
     proc_fd: &OwnedFd,
     proc_root: &Path,
+    raws: &[RawProcess],
     seeds: &mut BTreeMap<String, ContainerSeed>,
     log: &mut Log,
 ) {
@@ -291,9 +296,26 @@ fn roots_from_host_mounts(
         });
         let Some(dev) = dev else { continue };
         let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-        let found = host_mounts.iter().rev().find(|m| {
+        let is_ours = |m: &&crate::mountinfo::MountInfo| {
             u64::from(m.major) == major && u64::from(m.minor) == minor && m.fstype == "overlay"
-        });
+        };
+        let mut found = host_mounts.iter().rev().find(is_ours).cloned();
+        if found.is_none() {
+            if let Some(monitor) = crate::runtime::monitor_pid(raws, seed.first, id) {
+                let mut buf = Vec::new();
+                found = PidDir::open(proc_fd, monitor)
+                    .and_then(|d| d.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX))
+                    .ok()
+                    .and_then(|()| {
+                        crate::mountinfo::parse_mountinfo(&buf)
+                            .0
+                            .iter()
+                            .rev()
+                            .find(is_ours)
+                            .cloned()
+                    });
+            }
+        }
         if let Some(mount) = found {
             log.warn(format!(
                 "container {}: its processes are chrooted; root found in the host's mounts by device {major}:{minor}",
@@ -409,7 +431,7 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
     let (raws, mut seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
-    roots_from_host_mounts(&proc_fd, &opts.proc_root, &mut seeds, &mut log);
+    roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
     let processes = attach_layers(opts, &seeds, raws, &mut log);

@@ -57,14 +57,30 @@ pub fn runtime_of_monitor(cmdline: &str) -> Option<Runtime> {
     None
 }
 
-/// The runtime of a container from the monitor above its first process: climbs the parents
-/// of `first` (an index into `raws`, which is sorted by pid) that belong to the same
-/// container, and asks [`runtime_of_monitor`] about the first host process above them.
+/// The runtime of a container from the monitor above its first process (see
+/// [`monitor_of`]), by [`runtime_of_monitor`].
 pub fn runtime_from_ancestors(
     raws: &[RawProcess],
     first: usize,
     container_id: &str,
 ) -> Option<Runtime> {
+    runtime_of_monitor(&monitor_of(raws, first, container_id)?.process.cmdline)
+}
+
+/// The pid of the container's monitor (see [`monitor_of`]).
+pub fn monitor_pid(raws: &[RawProcess], first: usize, container_id: &str) -> Option<i32> {
+    monitor_of(raws, first, container_id).map(|r| r.process.pid)
+}
+
+/// The first host process above the container's first process: climbs the parents of
+/// `first` (an index into `raws`, which is sorted by pid) that belong to the same container.
+/// `None` when the chain leaves the process list, enters another container (a nested
+/// runtime, whose own cgroup name said what it could), or is longer than a monitor's is.
+fn monitor_of<'a>(
+    raws: &'a [RawProcess],
+    first: usize,
+    container_id: &str,
+) -> Option<&'a RawProcess> {
     let by_pid = |pid: i32| {
         raws.binary_search_by_key(&pid, |r| r.process.pid)
             .ok()
@@ -78,12 +94,7 @@ pub fn runtime_from_ancestors(
             .as_ref()
             .is_some_and(|c| c.cgroup.id == container_id);
         if !same {
-            if parent.container.is_some() {
-                // Started from inside another container (a nested runtime): its own
-                // cgroup name said what it could.
-                return None;
-            }
-            return runtime_of_monitor(&parent.process.cmdline);
+            return parent.container.is_none().then_some(parent);
         }
         current = parent;
     }

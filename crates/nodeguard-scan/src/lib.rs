@@ -75,7 +75,8 @@ impl ScanOptions {
 /// What a scan covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanScope {
-    /// Processes, containers, limits; files from the last filesystem scan are kept.
+    /// Processes, containers, limits, and the writable layers of containers whose image
+    /// layers are cached; other files from the last filesystem scan are kept.
     Processes,
     /// Processes and a fresh walk of every container filesystem.
     ProcessesAndFilesystems,
@@ -169,6 +170,7 @@ impl Scanner {
             let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
             self.last_files
                 .retain(|f| alive.contains(f.container_id.as_str()));
+            self.scan_writable_layers(&containers, &mut stats, &mut warnings);
         }
         let files = self.last_files.clone();
         stats.files_walked = self.last_fs_stats.files_walked;
@@ -304,6 +306,48 @@ impl Scanner {
             walks_truncated: output.stats.walks_truncated,
         };
         self.last_files = output.files;
+    }
+}
+
+impl Scanner {
+    /// Between filesystem scans: a fresh walk of the writable layers of the containers whose
+    /// image layers the last filesystem scan cached, so a file planted in (or removed from) a
+    /// running container's writable layer shows within a process-scan interval. Image
+    /// layers (slow, and unchanging) wait for the filesystem interval; a container not yet
+    /// covered keeps what the last filesystem scan found.
+    fn scan_writable_layers(
+        &mut self,
+        containers: &[Container],
+        stats: &mut ScanStats,
+        warnings: &mut Vec<String>,
+    ) {
+        if self.filesystems.cached_layers() == 0 {
+            return;
+        }
+        let host_root = nodeguard_collect::resolve_host_root(&self.options.collect);
+        let roots: Vec<ContainerRoot> = containers
+            .iter()
+            .filter(|c| !c.sandbox)
+            .filter_map(|c| {
+                container_root(&self.options.collect.proc_root, host_root.as_deref(), c)
+            })
+            .collect();
+        let (output, covered) = self.filesystems.scan_writable(&roots);
+        if covered.is_empty() {
+            return;
+        }
+        for (kind, count) in &output.stats.errors {
+            *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
+        }
+        stats.files_hashed += output.stats.files_hashed;
+        stats.bytes_hashed += output.stats.bytes_hashed;
+        warnings.extend(output.warnings);
+        let covered: BTreeSet<&str> = covered.iter().map(String::as_str).collect();
+        self.last_files
+            .retain(|f| !covered.contains(f.container_id.as_str()));
+        self.last_files.extend(output.files);
+        self.last_files
+            .sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
     }
 }
 
