@@ -125,6 +125,12 @@ pub struct ScanSettings {
     /// The node's name [default: NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Keep secrets in command lines. By default values of secret-looking arguments
+    /// (`--password=…`, `--token …`, `API_KEY=…`) and the userinfo of URLs are replaced by
+    /// `***` when collected, so they never reach the report, the API, Events or logs.
+    #[arg(long, env = "NODEGUARD_SHOW_SECRETS")]
+    pub show_secrets: bool,
 }
 
 #[derive(Debug, Args)]
