@@ -134,7 +134,6 @@ fn redact_once(cmdline: &str) -> String {
             out.push_str(&redact_value_word(word));
             continue;
         }
-        value_follows = false;
         let (redacted, takes_value) = redact_word(word);
         value_follows = takes_value;
         out.push_str(&redacted);
@@ -148,7 +147,10 @@ fn redact_value_word(word: &str) -> String {
     if word == REDACTED {
         return word.to_string();
     }
-    let lead: String = word.chars().take_while(|c| matches!(c, '"' | '\'')).collect();
+    let lead: String = word
+        .chars()
+        .take_while(|c| matches!(c, '"' | '\''))
+        .collect();
     let trail: String = word
         .chars()
         .rev()
@@ -170,14 +172,19 @@ fn redact_word(word: &str) -> (String, bool) {
         let before = &word[..eq];
         let name_start = before
             .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
-            .map_or(0, |i| i + before[i..].chars().next().map_or(1, char::len_utf8));
+            .map_or(0, |i| {
+                i + before[i..].chars().next().map_or(1, char::len_utf8)
+            });
         let name = before[name_start..].trim_start_matches('-');
         if !name.is_empty() && is_secret_name(name) {
             let value = &word[eq + 1..];
             if value.is_empty() || value == REDACTED {
                 return (word.to_string(), false);
             }
-            return (format!("{}={}", &word[..eq], redact_value_word(value)), false);
+            return (
+                format!("{}={}", &word[..eq], redact_value_word(value)),
+                false,
+            );
         }
     }
     let word = redact_userinfo(word);
@@ -239,7 +246,8 @@ mod tests {
 
     #[test]
     fn the_issue_example_keeps_nothing_secret() {
-        let line = "myapp --password=hunter2 --token=AKIAIOSFODNN7EXAMPLE --db=postgres://u:pw@db/x";
+        let line =
+            "myapp --password=hunter2 --token=AKIAIOSFODNN7EXAMPLE --db=postgres://u:pw@db/x";
         assert_eq!(
             redact_cmdline(line),
             "myapp --password=*** --token=*** --db=postgres://***@db/x"
@@ -316,8 +324,14 @@ mod tests {
     fn url_userinfo_is_redacted_wherever_the_url_is() {
         for (line, want) in [
             ("psql postgres://u:pw@db/x", "psql postgres://***@db/x"),
-            ("app --db=mysql://root:pw@127.0.0.1:3306", "app --db=mysql://***@127.0.0.1:3306"),
-            ("git clone https://tok@github.com/o/r", "git clone https://***@github.com/o/r"),
+            (
+                "app --db=mysql://root:pw@127.0.0.1:3306",
+                "app --db=mysql://***@127.0.0.1:3306",
+            ),
+            (
+                "git clone https://tok@github.com/o/r",
+                "git clone https://***@github.com/o/r",
+            ),
             (
                 "app a=redis://:pw@r:6379/0,b=amqp://u:p@mq/",
                 "app a=redis://***@r:6379/0,b=amqp://***@mq/",
@@ -354,15 +368,42 @@ mod tests {
     #[test]
     fn secret_names_follow_word_boundaries() {
         for name in [
-            "password", "PASSWORD", "db-password", "DB_PASSWD", "pwd", "api_key", "apiKey",
-            "apikey", "x-auth", "auth", "client.secret", "authToken", "oauth2-token",
-            "credentials", "aws_secret_access_key", "privateKey", "key", "session-cookie",
+            "password",
+            "PASSWORD",
+            "db-password",
+            "DB_PASSWD",
+            "pwd",
+            "api_key",
+            "apiKey",
+            "apikey",
+            "x-auth",
+            "auth",
+            "client.secret",
+            "authToken",
+            "oauth2-token",
+            "credentials",
+            "aws_secret_access_key",
+            "privateKey",
+            "key",
+            "session-cookie",
         ] {
             assert!(is_secret_name(name), "{name} should be secret");
         }
         for name in [
-            "keyboard", "monkey", "author", "authentication", "tokenizer", "bypass", "port",
-            "passive", "compass", "hotkeys", "turkey", "", "-", "secretary",
+            "keyboard",
+            "monkey",
+            "author",
+            "authentication",
+            "tokenizer",
+            "bypass",
+            "port",
+            "passive",
+            "compass",
+            "hotkeys",
+            "turkey",
+            "",
+            "-",
+            "secretary",
         ] {
             assert!(!is_secret_name(name), "{name} should not be secret");
         }
@@ -382,7 +423,8 @@ mod tests {
             items[(self.next() % items.len() as u64) as usize]
         }
         fn secret(&mut self) -> String {
-            let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/_.~!$%";
+            let alphabet =
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/_.~!$%";
             let len = 6 + (self.next() % 20) as usize;
             let body: String = (0..len)
                 .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
@@ -400,8 +442,19 @@ mod tests {
     }
 
     const NOISE: &[&str] = &[
-        "--verbose", "-v", "--port=8080", "run", "/bin/app", "--log-level", "debug", "-p",
-        "80", "--keyboard=us", "x=y", "--config", "/etc/app.yaml",
+        "--verbose",
+        "-v",
+        "--port=8080",
+        "run",
+        "/bin/app",
+        "--log-level",
+        "debug",
+        "-p",
+        "80",
+        "--keyboard=us",
+        "x=y",
+        "--config",
+        "/etc/app.yaml",
     ];
 
     #[test]
@@ -418,8 +471,19 @@ mod tests {
             "--opts=a=b,{name}={secret}",
         ];
         let names: &[&str] = &[
-            "password", "db-password", "api_key", "apiKey", "token", "auth", "secret",
-            "credentials", "passwd", "pwd", "client-secret", "access.token", "privkey",
+            "password",
+            "db-password",
+            "api_key",
+            "apiKey",
+            "token",
+            "auth",
+            "secret",
+            "credentials",
+            "passwd",
+            "pwd",
+            "client-secret",
+            "access.token",
+            "privkey",
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..5000 {
@@ -444,7 +508,11 @@ mod tests {
                 !redacted.contains(&secret),
                 "secret survived:\n  line:     {line}\n  redacted: {redacted}"
             );
-            assert_eq!(redact_cmdline(&redacted), redacted, "not idempotent: {line}");
+            assert_eq!(
+                redact_cmdline(&redacted),
+                redacted,
+                "not idempotent: {line}"
+            );
         }
     }
 
