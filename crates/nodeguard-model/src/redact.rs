@@ -499,7 +499,7 @@ mod tests {
                 .collect();
             let at = (rng.next() % (words.len() as u64 + 1)) as usize;
             words.insert(at, planted);
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 words.push(rng.pick(NOISE).to_string());
             }
             let line = words.join(" ");

@@ -61,6 +61,12 @@ impl From<&str> for Endpoint {
     }
 }
 
+impl From<&String> for Endpoint {
+    fn from(base: &String) -> Endpoint {
+        Endpoint::new(base.as_str(), None)
+    }
+}
+
 impl From<&Endpoint> for Endpoint {
     fn from(endpoint: &Endpoint) -> Endpoint {
         endpoint.clone()
