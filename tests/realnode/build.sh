@@ -130,7 +130,7 @@ for key in gitVersion=$K8S_VERSION gitMajor=1 gitMinor=20 gitTreeState=clean \
   gitCommit=faecb196815e248d3ecfb03c680a4507229c2a56; do
   ldflags+=" -X $pkg/client-go/pkg/version.$key -X $pkg/component-base/version.$key"
 done
-for cmd in kube-apiserver kubelet kubectl; do
+for cmd in kube-apiserver kubectl kubelet; do
   if [[ ! -x $OUT/$cmd ]]; then
     log "go build ./cmd/$cmd"
     go build -ldflags "$ldflags" -o "$OUT/$cmd.tmp" "./cmd/$cmd"

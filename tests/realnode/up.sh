@@ -35,13 +35,18 @@ log() { echo "realnode up: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root"
-for b in kube-apiserver kubelet kubectl pause; do
+need_bins=(kube-apiserver kubectl) need_cmds=(etcd openssl python3 curl)
+if [[ $KUBELET -eq 1 ]]; then
+  need_bins+=(kubelet pause)
+  need_cmds+=(containerd containerd-shim-runc-v2 ctr runc podman conmon busybox unshare)
+  [[ -x /usr/lib/cni/loopback ]] || die "/usr/lib/cni/loopback missing (containernetworking-plugins)"
+fi
+for b in "${need_bins[@]}"; do
   [[ -x $BIN/$b ]] || die "$BIN/$b missing: run tests/realnode/build.sh first"
 done
-for b in etcd containerd containerd-shim-runc-v2 ctr runc podman conmon busybox openssl python3; do
+for b in "${need_cmds[@]}"; do
   command -v "$b" >/dev/null || die "$b missing: run tests/realnode/build.sh first"
 done
-[[ -x /usr/lib/cni/loopback ]] || die "/usr/lib/cni/loopback missing (containernetworking-plugins)"
 
 mkdir -p "$D"
 [[ -z $(ls -A "$D") ]] || die "$D is not empty"
@@ -91,7 +96,12 @@ mkdir -p "$P"
     -keyout ca.key -out ca.crt 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key \
     -out apiserver.csr 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default\n' >san.ext
+  {
+    echo 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default'
+    echo 'basicConstraints=CA:FALSE'
+    echo 'keyUsage=critical,digitalSignature,keyEncipherment'
+    echo 'extendedKeyUsage=serverAuth'
+  } >san.ext
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
     -extfile san.ext -out apiserver.crt 2>/dev/null
   openssl genrsa -out sa.key 2048 2>/dev/null
@@ -155,7 +165,7 @@ REALNODE_KUBELET=$KUBELET
 REALNODE_CGROUP_PREFIX=/$PREFIX
 REALNODE_CONTAINERD_SOCK=$CTRD_SOCK
 REALNODE_CONTAINERD_NAMESPACE=k8s.io
-REALNODE_PODMAN_ARGS=--root $PODMAN_CONF/root --runroot $PODMAN_CONF/run --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir $PODMAN_CONF/tmp
+REALNODE_PODMAN_ARGS='--root $PODMAN_CONF/root --runroot $PODMAN_CONF/run --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir $PODMAN_CONF/tmp'
 REALNODE_PODMAN_CONTAINERS_CONF=$PODMAN_CONF/containers.conf
 REALNODE_PODMAN_STORAGE_CONF=$PODMAN_CONF/storage.conf
 REALNODE_PODMAN_CGROUP_PARENT=/$PREFIX-podman
