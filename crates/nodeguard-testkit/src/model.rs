@@ -16,7 +16,8 @@ pub fn pod_ref(namespace: &str, name: &str, container: &str) -> PodRef {
 }
 
 /// Builds a [`Container`]: by default a containerd container outside any pod, cgroupfs v1,
-/// cgroup `/kubepods/<id>`, one process (pid 1), no limits, no root filesystem.
+/// cgroup `/kubepods/<id>`, one process (pid 1), no limits (all read), not a sandbox, no
+/// root filesystem.
 #[derive(Debug, Clone)]
 pub struct ContainerBuilder(Container);
 
@@ -33,6 +34,9 @@ pub fn container(id: &str) -> ContainerBuilder {
         limits: Limits::default(),
         pod_limits: None,
         effective_limits: Limits::default(),
+        unknown_limits: Vec::new(),
+        node_allocatable: None,
+        sandbox: false,
         pids: vec![1],
         rootfs: None,
         pod: None,
