@@ -86,8 +86,8 @@ pub struct EventConfig {
     pub backoff_initial: Duration,
     /// Longest retry delay (5 minutes).
     pub backoff_max: Duration,
-    /// At most one summary Event per object this often (7 minutes: longer than the 6 minutes
-    /// kube's Recorder folds repeats into a series, so each summary keeps its own note).
+    /// At most one summary Event per object this often (7 minutes), so a burst of findings
+    /// on one object costs it a handful of Events, not one per planning round.
     pub summary_interval: Duration,
     /// How long a finding of a pod's container (one with a pod uid) waits for the pod's
     /// metadata before its Event regards the Node instead (1 minute). The pod watch may not

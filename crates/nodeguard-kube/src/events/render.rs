@@ -74,9 +74,9 @@ pub(crate) fn place(finding: &Finding, report: &Report, node_name: &str) -> Plac
 
 /// `spec.containers{NAME}.findings{ID}` for a pod's container (the first half is the
 /// kubelet's convention for container Events), `findings{ID}` otherwise. The finding id
-/// makes every finding its own Event series in kube's Recorder, which otherwise folds
-/// Events with the same (type, reason, action, regarding) into one series and keeps the
-/// first note.
+/// tells Events of one kind on one container apart (`kubectl get events` and tools that
+/// aggregate by involved object and reason would otherwise fold them into one), and ties a
+/// `Resolved` Event to its Warning.
 pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
     match container_name {
         Some(name) => format!("spec.containers{{{name}}}.findings{{{id}}}"),
@@ -88,7 +88,7 @@ fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-/// The `regarding` reference of an Event.
+/// The object an Event is about (`involvedObject` of a core/v1 Event).
 pub(crate) fn reference(
     target: &Target,
     field_path: Option<&str>,
