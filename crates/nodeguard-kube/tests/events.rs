@@ -903,3 +903,30 @@ async fn without_a_state_dir_a_restart_announces_again_and_asks_nothing_rbac_for
     drop(tx);
     second.join().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_state_file_means_announcing_again_not_asking_the_api_server() {
+    // A state file that does not parse is set aside: the open finding is announced again
+    // (no `list` on Events, which the shipped ClusterRole does not grant), and the file is
+    // rewritten with what was announced.
+    let api = FakeApi::shipped(NODE);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("announced-events.json"), b"{ not json").unwrap();
+    let web = pod_container(1, "shop", "web-0");
+    let f1 = setuid(&web.id, "/bin/one");
+    let mut cfg = config();
+    cfg.state_dir = Some(dir.path().to_path_buf());
+    let (tx, rx) = watch::channel(None);
+    let publisher = EventPublisher::start(api.client(), cfg, rx);
+    tx.send_replace(Some(state(&[&web], std::slice::from_ref(&f1))));
+    eventually(WAIT, "announced", || api.posts().len() == 1).await;
+    drop(tx);
+    publisher.join().await;
+    assert_eq!(persisted_ids(dir.path()), vec![f1.id.clone()]);
+    assert!(
+        api.requests().iter().all(|r| r.method == "POST"),
+        "{}",
+        api.dump(10)
+    );
+    assert_no_rejections(&api);
+}
