@@ -44,6 +44,10 @@ pub struct ScanOptions {
     pub hash_cache_entries: usize,
     /// Budget per container root for the filesystem walk.
     pub walk_budget: WalkBudget,
+    /// Keep command lines verbatim. By default (`false`) secrets in them are redacted as
+    /// soon as they are collected ([`nodeguard_model::redact_cmdline`]), so they never enter
+    /// the report, the state, the API, Events or logs.
+    pub show_secrets: bool,
 }
 
 impl ScanOptions {
@@ -68,6 +72,7 @@ impl ScanOptions {
                 max_duration: Duration::from_secs(60),
                 max_hash_bytes: 512 * 1024 * 1024,
             },
+            show_secrets: false,
         }
     }
 }
@@ -143,6 +148,13 @@ impl Scanner {
             host_namespaces: _,
             host_bounding,
         } = nodeguard_collect::collect(&self.options.collect)?;
+        let mut processes = processes;
+        if !self.options.show_secrets {
+            for collected in &mut processes {
+                let cmdline = &mut collected.process.cmdline;
+                *cmdline = nodeguard_model::redact_cmdline(cmdline);
+            }
+        }
 
         let processes = self.hash_executables(processes, &mut stats, &mut warnings);
 
