@@ -24,6 +24,8 @@ pub struct Policy {
     pub(crate) trusted: Vec<TrustedBinary>,
     pub(crate) denied: Vec<DeniedBinary>,
     pub(crate) allowed_setuid: Vec<crate::spec::PathPattern>,
+    /// Distribution setuid/setgid files in image layers at `medium`, not `low`.
+    pub(crate) strict_setuid: bool,
     pub(crate) allowed_file_capabilities: Vec<AllowedFileCapabilities>,
     pub(crate) exemptions: Vec<Exemption>,
 }
@@ -71,6 +73,7 @@ impl Policy {
             trusted: spec.trusted_binaries,
             denied: spec.denied_binaries,
             allowed_setuid: spec.allowed_setuid,
+            strict_setuid: spec.strict_setuid,
             allowed_file_capabilities: spec.allowed_file_capabilities,
             exemptions: spec.exemptions,
         }

@@ -119,6 +119,7 @@ fn the_reference_documents_every_kind_and_field() {
         "trusted_binaries[].image",
         "denied_binaries[].reason",
         "allowed_setuid",
+        "strict_setuid",
         "allowed_file_capabilities[].capabilities",
         "exemptions[].containers",
     ] {
