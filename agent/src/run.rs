@@ -41,18 +41,25 @@ async fn serve(args: RunArgs) -> Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         node = %node,
         listen = %args.listen,
-        interval = ?args.interval,
-        fs_interval = ?args.fs_interval,
+        interval = %crate::cli::format_duration(args.interval),
+        fs_interval = %crate::cli::format_duration(args.fs_interval),
         proc_root = %args.settings.proc_root.display(),
         cgroup_root = %args.settings.cgroup_root.display(),
         host_root = %scanner.options().collect.host_root.display(),
-        config = ?args.settings.config,
+        config = %args
+            .settings
+            .config
+            .as_ref()
+            .map_or_else(|| "none (built-in defaults)".to_string(), |p| p.display().to_string()),
         policy = %scanner.policy().summary(),
-        hash = ?args.settings.hash,
+        hash = crate::cli::value_name(args.settings.hash),
         max_hash_size = args.settings.max_hash_size,
         threads = scanner.options().threads,
-        kube = ?args.kube,
-        state_dir = ?args.state_dir,
+        kube = crate::cli::value_name(args.kube),
+        state_dir = %args
+            .state_dir
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         events = !args.no_events,
         "nodeguard starting with this effective configuration"
     );
