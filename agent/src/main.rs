@@ -112,8 +112,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Policy(PolicyCommand::Check { file }) => {
-            let policy = Policy::load(&file)?;
-            output::print(&format!("{}: ok ({})\n", file.display(), policy.summary()))?;
+            // A policy file, or the ConfigMap manifest that ships one (each key checked).
+            for (name, policy) in Policy::load_file_or_configmap(&file)? {
+                output::print(&format!("{name}: ok ({})\n", policy.summary()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
