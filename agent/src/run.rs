@@ -52,10 +52,10 @@ async fn serve(args: RunArgs) -> Result<()> {
             .as_ref()
             .map_or_else(|| "none (built-in defaults)".to_string(), |p| p.display().to_string()),
         policy = %scanner.policy().summary(),
-        hash = crate::cli::value_name(args.settings.hash),
+        hash = %crate::cli::value_name(args.settings.hash),
         max_hash_size = args.settings.max_hash_size,
         threads = scanner.options().threads,
-        kube = crate::cli::value_name(args.kube),
+        kube = %crate::cli::value_name(args.kube),
         state_dir = %args
             .state_dir
             .as_ref()
