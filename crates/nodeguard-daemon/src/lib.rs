@@ -295,7 +295,7 @@ fn publish(totals: &mut Totals, report: Report) -> (Arc<NodeState>, usize, usize
             kind = %t.finding.kind,
             severity = %t.finding.severity,
             container = t.finding.container_id.as_deref().unwrap_or("host"),
-            message = %t.finding.message,
+            detail = %t.finding.message,
             "new finding"
         );
     }
