@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measurement: how much of `nodeguard scan`'s medium-or-worse output is the distribution's own
-# setuid/setgid files, on a node of Debian-based runc containers.
+# setuid/setgid files (and file capabilities: Debian's ping), on a node of Debian-based runc
+# containers.
 #
 # Images (cached under $CACHE, built with Debian's debootstrap):
 #   minbase  debootstrap --variant=minbase bookworm (like debian:bookworm-slim; 11 setuid/setgid files)
@@ -138,7 +139,7 @@ measure() {
   local total distro=0 cid kind sev path layer
   total=$(wc -l <"$WORK/$name.tsv")
   while IFS=$'\t' read -r cid kind sev path layer; do
-    [[ $kind == setuid_file || $kind == setgid_file ]] || continue
+    [[ $kind == setuid_file || $kind == setgid_file || $kind == file_capability ]] || continue
     [[ $layer == image ]] || continue
     is_distro "$cid" "$path" && distro=$((distro + 1))
   done <"$WORK/$name.tsv"

@@ -1,4 +1,5 @@
-//! The setuid/setgid files Linux distributions ship in their base images.
+//! The setuid/setgid files Linux distributions ship in their base images, and the one file
+//! capability they set (ping's `cap_net_raw`).
 //!
 //! A `setuid_file`/`setgid_file` in an image layer at one of these paths, owned by root, is
 //! the distribution's own (`passwd`, `su`, `mount`, …): every Debian, Ubuntu or UBI image has
@@ -77,6 +78,23 @@ pub(crate) const DISTRIBUTION_SETUID_PATHS: &[&str] = &[
     "/usr/sbin/unix_chkpwd",
 ];
 
+/// Files distributions ship with a file capability, and exactly that capability text (as
+/// `getcap` prints it): Debian's `iputils-ping` runs `setcap cap_net_raw+ep /bin/ping` in its
+/// postinst (bookworm: /usr/bin/ping, reached through /bin as well); Fedora/UBI's `iputils`
+/// ships the same. CAP_NET_RAW is in every runtime's default set anyway.
+pub(crate) const DISTRIBUTION_FILE_CAPABILITIES: &[(&str, &str)] = &[
+    ("/usr/bin/ping", "cap_net_raw=ep"),
+    ("/bin/ping", "cap_net_raw=ep"),
+];
+
+/// Whether `path` carrying exactly `capabilities` is how a distribution ships it.
+pub(crate) fn is_distribution_capability(path: &str, uid: u32, capabilities: &str) -> bool {
+    uid == 0
+        && DISTRIBUTION_FILE_CAPABILITIES
+            .iter()
+            .any(|(p, caps)| *p == path && *caps == capabilities.trim())
+}
+
 /// Whether `path` (as the container sees it) is where a distribution ships a setuid/setgid
 /// file, and the file is owned by root as the distribution ships it.
 pub(crate) fn is_distribution_setuid(path: &str, uid: u32) -> bool {
@@ -95,6 +113,25 @@ mod tests {
         assert!(!is_distribution_setuid("/tmp/passwd", 0));
         assert!(!is_distribution_setuid("/usr/bin/passwd2", 0));
         assert!(!is_distribution_setuid("/usr/local/bin/su", 0));
+    }
+
+    #[test]
+    fn only_pings_own_capability_counts() {
+        assert!(is_distribution_capability(
+            "/usr/bin/ping",
+            0,
+            "cap_net_raw=ep"
+        ));
+        assert!(!is_distribution_capability(
+            "/usr/bin/ping",
+            0,
+            "cap_net_admin,cap_net_raw=ep"
+        ));
+        assert!(!is_distribution_capability(
+            "/tmp/ping",
+            0,
+            "cap_net_raw=ep"
+        ));
     }
 
     #[test]

@@ -410,7 +410,7 @@ fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut F
             );
             found.add(file_finding(
                 FindingKind::FileCapability,
-                severity,
+                capability_severity(policy, f, text, severity),
                 cid,
                 f,
                 message,
@@ -456,6 +456,19 @@ fn setuid_severity(policy: &Policy, f: &FileEntry, default: Severity) -> Severit
     let distro = f.layer == Layer::Image
         && !policy.strict_setuid
         && crate::distro_setuid::is_distribution_setuid(&f.path, f.uid);
+    if distro {
+        Severity::Low
+    } else {
+        default
+    }
+}
+
+/// Like [`setuid_severity`], for a file capability the distribution sets itself (ping's
+/// `cap_net_raw`), exactly as it sets it.
+fn capability_severity(policy: &Policy, f: &FileEntry, caps: &str, default: Severity) -> Severity {
+    let distro = f.layer == Layer::Image
+        && !policy.strict_setuid
+        && crate::distro_setuid::is_distribution_capability(&f.path, f.uid, caps);
     if distro {
         Severity::Low
     } else {
