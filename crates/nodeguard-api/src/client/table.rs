@@ -301,7 +301,7 @@ fn findings_list(findings: &[FindingLine], width: usize) -> String {
     let mut table = Table::new(&header);
     for ((pod, container), lines) in &groups {
         table.text(format!(
-            "{pod} {container}: {}",
+            "{pod}{container}: {}",
             severity_counts(&group_counts(lines))
         ));
         for line in lines {
@@ -335,19 +335,23 @@ fn detail(f: &Finding) -> String {
     message.strip_prefix(&prefix).unwrap_or(message).to_string()
 }
 
+/// The pod a finding belongs to: `namespace/pod`; a container without pod metadata stands
+/// for itself (`container 4f3c1a2b3c4d`), and host findings are `host`.
 fn pod_label(f: &Finding) -> String {
-    match (&f.namespace, &f.pod) {
-        (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-        _ if f.container_id.is_none() => "host".to_string(),
-        _ => "(no pod metadata)".to_string(),
+    match (&f.namespace, &f.pod, &f.container_id) {
+        (Some(ns), Some(pod), _) => format!("{ns}/{pod}"),
+        (_, _, Some(id)) => format!("container {}", short_id(id)),
+        (_, _, None) => "host".to_string(),
     }
 }
 
+/// What a group header adds to [`pod_label`]: the container within the pod.
 fn container_label(f: &Finding) -> String {
-    match (&f.container_name, &f.container_id) {
-        (Some(name), Some(id)) => format!("container {name} ({})", short_id(id)),
-        (None, Some(id)) => format!("container {}", short_id(id)),
-        (_, None) => "processes".to_string(),
+    match (&f.pod, &f.container_name, &f.container_id) {
+        (Some(_), Some(name), Some(id)) => format!(" container {name} ({})", short_id(id)),
+        (Some(_), None, Some(id)) => format!(" container {}", short_id(id)),
+        (None, _, Some(_)) => " (no pod metadata)".to_string(),
+        (_, _, None) => " processes".to_string(),
     }
 }
 
