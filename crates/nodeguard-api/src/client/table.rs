@@ -169,7 +169,7 @@ pub fn report_table(report: &Report, inventory: Inventory, width: usize) -> Stri
         push_line(
             &mut out,
             &format!(
-                "inventories not shown: {} (--show {} or --inventory)",
+                "not shown: {} (scan --show {} or --inventory; -o json has everything)",
                 hidden.join(", "),
                 hidden.join(",")
             ),
