@@ -41,22 +41,33 @@ async fn serve(args: RunArgs) -> Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %node,
-        listen = ?args.listen,
-        probe_listen = ?args.probe_listen,
-        auth = ?args.auth,
+        listen = %args
+            .listen
+            .map_or_else(|| "default (by cluster)".to_string(), |a| a.to_string()),
+        probe_listen = %args
+            .probe_listen
+            .map_or_else(|| "none".to_string(), |a| a.to_string()),
+        auth = %crate::cli::value_name(args.auth),
         show_secrets = args.settings.show_secrets,
-        interval = ?args.interval,
-        fs_interval = ?args.fs_interval,
+        interval = %crate::cli::format_duration(args.interval),
+        fs_interval = %crate::cli::format_duration(args.fs_interval),
         proc_root = %args.settings.proc_root.display(),
         cgroup_root = %args.settings.cgroup_root.display(),
         host_root = %scanner.options().collect.host_root.display(),
-        config = ?args.settings.config,
+        config = %args
+            .settings
+            .config
+            .as_ref()
+            .map_or_else(|| "none (built-in defaults)".to_string(), |p| p.display().to_string()),
         policy = %scanner.policy().summary(),
-        hash = ?args.settings.hash,
+        hash = %crate::cli::value_name(args.settings.hash),
         max_hash_size = args.settings.max_hash_size,
         threads = scanner.options().threads,
-        kube = ?args.kube,
-        state_dir = ?args.state_dir,
+        kube = %crate::cli::value_name(args.kube),
+        state_dir = %args
+            .state_dir
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         events = !args.no_events,
         "nodeguard starting with this effective configuration"
     );
