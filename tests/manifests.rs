@@ -1696,7 +1696,7 @@ fn the_network_policy_admits_prometheus_to_the_api_and_anyone_to_the_probes_only
                 .all(|peer| peer.namespace_selector.is_some() && peer.pod_selector.is_some()),
         "only selected pods in selected namespaces reach the API port: {from:?}"
     );
-    assert_eq!(port_names(api_rules[0]), [api_name.clone()]);
+    assert_eq!(port_names(api_rules[0]), [api_name]);
     let open: Vec<_> = rules.iter().filter(|r| r.from.is_none()).collect();
     assert!(
         open.iter().all(|r| port_names(r) == [probe_name.clone()]),
