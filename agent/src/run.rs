@@ -330,7 +330,10 @@ mod tests {
         let err = Access::decide(&run_args(&["--listen", "0.0.0.0:9717"]), false)
             .err()
             .expect("no unauthenticated API beyond loopback by accident");
-        assert!(err.to_string().contains("--insecure-unauthenticated"), "{err}");
+        assert!(
+            err.to_string().contains("--insecure-unauthenticated"),
+            "{err}"
+        );
         let access = Access::decide(
             &run_args(&["--listen", "0.0.0.0:9717", "--insecure-unauthenticated"]),
             false,
