@@ -316,3 +316,61 @@ fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["nodeguard", "run"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_cluster_the_api_stays_on_loopback_unless_told_loudly() {
+        let access = Access::decide(&run_args(&[]), false).unwrap();
+        assert_eq!(access.listen, "127.0.0.1:9717".parse().unwrap());
+        assert!(!access.authenticate);
+
+        let err = Access::decide(&run_args(&["--listen", "0.0.0.0:9717"]), false)
+            .err()
+            .expect("no unauthenticated API beyond loopback by accident");
+        assert!(
+            err.to_string().contains("--insecure-unauthenticated"),
+            "{err}"
+        );
+        let access = Access::decide(
+            &run_args(&["--listen", "0.0.0.0:9717", "--insecure-unauthenticated"]),
+            false,
+        )
+        .unwrap();
+        assert!(!access.authenticate);
+
+        let err = Access::decide(&run_args(&["--auth", "on"]), false)
+            .err()
+            .expect("tokens cannot be checked without a cluster");
+        assert!(err.to_string().contains("cluster"), "{err}");
+    }
+
+    #[test]
+    fn with_a_cluster_the_api_listens_for_the_cluster_and_checks_tokens() {
+        let access = Access::decide(&run_args(&[]), true).unwrap();
+        assert_eq!(access.listen, "0.0.0.0:9717".parse().unwrap());
+        assert!(access.authenticate);
+        // On loopback (kubectl exec into the pod) no token is needed, unless asked for.
+        let loopback = run_args(&["--listen", "127.0.0.1:9717"]);
+        assert!(!Access::decide(&loopback, true).unwrap().authenticate);
+        let forced = run_args(&["--listen", "127.0.0.1:9717", "--auth", "on"]);
+        assert!(Access::decide(&forced, true).unwrap().authenticate);
+        let err = Access::decide(&run_args(&["--auth", "off"]), true)
+            .err()
+            .expect("--auth off beyond loopback needs the insecure flag");
+        assert!(err.to_string().contains("refusing"), "{err}");
+    }
+}
