@@ -144,7 +144,19 @@ fn gated_context(state: NodeState, gate: &Arc<Gate>) -> ApiContext {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_succeed_while_slow_clients_hold_connections() {
-    let server = Server::start(context(Some(big_state())).0).await;
+    // Every client here shares one address (127.0.0.1), while the per-peer bound (32 by
+    // default) is meant for one client among many: raise it so this test measures the global
+    // bounds. tests/hardening.rs shows the per-peer bound itself.
+    let serve = ServeLimits {
+        max_connections_per_peer: 64,
+        ..ServeLimits::default()
+    };
+    let server = Server::start_with(
+        context(Some(big_state())).0,
+        RequestLimits::default(),
+        serve,
+    )
+    .await;
 
     let mut held = Vec::new();
     for _ in 0..3 {
