@@ -31,7 +31,8 @@ while [[ $# -gt 1 ]]; do
 done
 [[ $# -eq 1 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
 D=$1
-log() { echo "realnode up: $*" >&2; }
+exec 3>&2
+log() { echo "realnode up: $*" >&3; }
 die() { log "$*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root"
@@ -76,7 +77,7 @@ wait_for() {
 start() {
   local name=$1
   shift
-  setsid "$@" </dev/null >"$D/$name.log" 2>&1 &
+  setsid "$@" </dev/null >"$D/$name.log" 2>&1 3>&- &
   echo $! >"$D/$name.pid"
 }
 
@@ -331,14 +332,24 @@ for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_
   fi
 done
 exec "$BIN/kubelet" --config "$K/config.yaml" --kubeconfig "$D/kubelet.kubeconfig" \\
-  --root-dir "$K/root" --cert-dir "$K/pki" --hostname-override "$NODE" --node-ip 127.0.0.1 \\
+  --root-dir "$K/root" --cert-dir "$K/pki" --hostname-override "$NODE" \\
   --container-runtime remote --container-runtime-endpoint "unix://$CTRD_SOCK" \\
   --runtime-request-timeout 2m --v 1
 EOF
 chmod +x "$K/run.sh"
+# kubelet wants its cgroup root to exist in every hierarchy.
+for h in /sys/fs/cgroup/*/; do
+  [[ -f $h/cgroup.procs ]] || continue
+  mkdir -p "$h$PREFIX"
+  if [[ -f $h/cpuset.cpus ]]; then
+    cat "$h/cpuset.cpus" >"$h$PREFIX/cpuset.cpus"
+    cat "$h/cpuset.mems" >"$h$PREFIX/cpuset.mems"
+  fi
+done
 log "kubelet $NODE, cgroup root /$PREFIX"
 start kubelet unshare --mount "$K/run.sh"
 node_ready() {
+  kill -0 "$(cat "$D/kubelet.pid")" 2>/dev/null || die "kubelet exited: $(grep -m1 '^F' "$D/kubelet.log")"
   [[ $("${KUBECTL[@]}" get node "$NODE" \
     -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
 }
