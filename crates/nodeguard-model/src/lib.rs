@@ -7,11 +7,13 @@
 
 pub mod capability;
 pub mod finding;
+pub mod redact;
 pub mod report;
 pub mod state;
 
 pub use capability::{capability_name, capability_number, decode_capabilities};
 pub use finding::{finding_id, Finding, FindingKind, Severity, UnknownName};
+pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_controls, escape_path, unescape_path, Capabilities, CapabilityMasks, CgroupDriver,
     CgroupVersion, Container, FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass,

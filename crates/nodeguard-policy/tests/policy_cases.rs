@@ -140,6 +140,11 @@ fn run_case(dir: &Path) -> Result<usize, String> {
         .get("cap_last_cap")
         .and_then(Value::as_u64)
         .unwrap_or(40) as u32;
+    // The host's bounding set, as 16 hex digits like `/proc/1/status` prints it.
+    let host_bounding = evidence
+        .get("host_bounding")
+        .and_then(Value::as_str)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
     let findings = evaluate(
         &policy,
         &Evidence {
@@ -147,6 +152,7 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             containers: &containers,
             files: &files,
             cap_last_cap,
+            host_bounding,
         },
     );
 
@@ -257,6 +263,7 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             containers: &rc,
             files: &rf,
             cap_last_cap,
+            host_bounding,
         },
     );
     if again != findings {
