@@ -148,6 +148,8 @@ kubeconfig "$D/kubelet.kubeconfig" "system:node:$NODE" "$NODE_TOKEN"
 
 CTRD_SOCK=$D/containerd/containerd.sock
 PODMAN_CONF=$D/podman
+# podman refuses a runroot longer than 50 characters.
+PODMAN_RUN=/run/$PREFIX-podman
 cat >"$D/env" <<EOF
 REALNODE_DIR=$D
 REALNODE_PREFIX=$PREFIX
@@ -166,10 +168,11 @@ REALNODE_KUBELET=$KUBELET
 REALNODE_CGROUP_PREFIX=/$PREFIX
 REALNODE_CONTAINERD_SOCK=$CTRD_SOCK
 REALNODE_CONTAINERD_NAMESPACE=k8s.io
-REALNODE_PODMAN_ARGS='--root $PODMAN_CONF/root --runroot $PODMAN_CONF/run --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir $PODMAN_CONF/tmp'
+REALNODE_PODMAN_ARGS='--root $PODMAN_CONF/root --runroot $PODMAN_RUN --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir $PODMAN_CONF/tmp'
 REALNODE_PODMAN_CONTAINERS_CONF=$PODMAN_CONF/containers.conf
 REALNODE_PODMAN_STORAGE_CONF=$PODMAN_CONF/storage.conf
 REALNODE_PODMAN_CGROUP_PARENT=/$PREFIX-podman
+REALNODE_PODMAN_RUNROOT=$PODMAN_RUN
 EOF
 
 # --- etcd
@@ -356,7 +359,7 @@ node_ready() {
 wait_for 120 "node $NODE Ready (see $D/kubelet.log)" node_ready
 
 # --- podman: own storage and config; runc, cgroupfs, rlimits it may set without CAP_SYS_RESOURCE
-mkdir -p "$PODMAN_CONF/root" "$PODMAN_CONF/run" "$PODMAN_CONF/tmp"
+mkdir -p "$PODMAN_CONF/root" "$PODMAN_RUN" "$PODMAN_CONF/tmp"
 cat >"$PODMAN_CONF/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=$(cat /proc/sys/kernel/pid_max):$(cat /proc/sys/kernel/pid_max)"]
@@ -371,10 +374,10 @@ cat >"$PODMAN_CONF/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$PODMAN_CONF/root"
-runroot = "$PODMAN_CONF/run"
+runroot = "$PODMAN_RUN"
 EOF
 export CONTAINERS_CONF=$PODMAN_CONF/containers.conf CONTAINERS_STORAGE_CONF=$PODMAN_CONF/storage.conf
-PODMAN=(podman --root "$PODMAN_CONF/root" --runroot "$PODMAN_CONF/run" --runtime runc
+PODMAN=(podman --root "$PODMAN_CONF/root" --runroot "$PODMAN_RUN" --runtime runc
   --cgroup-manager cgroupfs --events-backend file --tmpdir "$PODMAN_CONF/tmp")
 "${PODMAN[@]}" import "$IMG/busybox-rootfs.tar" "localhost/$PREFIX-busybox:1" >/dev/null
 
