@@ -220,6 +220,21 @@ impl Bed {
         self.kubectl(&["apply", "-f", path.to_str().unwrap()]).ok();
     }
 
+    /// Notes a pod's uid for `down.sh`, which removes the logs kubelet keeps of it in
+    /// `/var/log/pods` (for pods deleted before the bed goes down).
+    fn remember_pod_uid(&self, name: &str) {
+        let uid = self.pod(name)["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("pod-uids"))
+            .expect("open pod-uids");
+        let _ = writeln!(file, "{uid}");
+    }
+
     fn pod(&self, name: &str) -> Value {
         self.kubectl_json(&["get", "pod", "-n", "realnode", name, "-o", "json"])
     }
@@ -1295,6 +1310,7 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
 
     // 3. A pod created while the agent runs gets its Event within two intervals.
     bed.kubectl_apply(&pod_manifest(bed, "late"));
+    bed.remember_pod_uid("late");
     wait_for("pod late Running", Duration::from_secs(90), || {
         let pod = bed.pod("late");
         pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
