@@ -1378,9 +1378,35 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     });
     agent.stop();
 
-    // 7. Without --state-dir: no 403 either (no cluster-wide Event list).
+    // 7. Without --state-dir: no 403 either (no cluster-wide Event list), also while it
+    //    announces a new pod's findings and their resolution.
     let agent = Agent::start(bed, "stateless", None);
     let stateless_log = agent.log.clone();
+    bed.kubectl_apply(&pod_manifest(bed, "late2"));
+    bed.remember_pod_uid("late2");
+    wait_events(
+        &mut checks,
+        bed,
+        "a Warning Event regarding a pod created while the agent without --state-dir runs",
+        SCANS_TIMEOUT,
+        |evs| {
+            evs.iter()
+                .any(|e| e.regarding == "late2" && e.type_ == "Warning")
+        },
+    );
+    bed.kubectl(&["delete", "pod", "-n", "realnode", "late2", "--wait=false"])
+        .ok();
+    wait_events(
+        &mut checks,
+        bed,
+        "a ...Resolved Event regarding late2 from the agent without --state-dir",
+        SCANS_TIMEOUT,
+        |evs| {
+            evs.iter().any(|e| {
+                e.regarding == "late2" && e.type_ == "Normal" && e.reason.ends_with("Resolved")
+            })
+        },
+    );
     agent.wait_scans(2);
     let log = agent.log_text();
     let denied = forbidden_lines(&log);
