@@ -41,8 +41,13 @@ fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
     deps
 }
 
+/// The dev-only test kit (a fake API server and builders); `testkit_is_only_a_dev_dependency`
+/// keeps it out of every build of the agent, so what it links does not count.
+const TESTKIT: &str = "nodeguard-testkit";
+
 fn users_of(deps: &BTreeMap<String, BTreeSet<String>>, dependency: &str) -> BTreeSet<String> {
     deps.iter()
+        .filter(|(name, _)| name.as_str() != TESTKIT)
         .filter(|(_, d)| d.contains(dependency))
         .map(|(name, _)| name.clone())
         .collect()
@@ -135,4 +140,18 @@ fn heavy_dependencies_stay_in_their_one_crate() {
             "only {owner} may link {dependency}"
         );
     }
+}
+
+#[test]
+fn testkit_is_only_a_dev_dependency() {
+    let deps = workspace_dependencies();
+    assert!(
+        deps.contains_key(TESTKIT),
+        "{TESTKIT} is missing from the workspace"
+    );
+    let users = users_of(&deps, TESTKIT);
+    assert!(
+        users.is_empty(),
+        "{users:?} link {TESTKIT} outside their tests"
+    );
 }

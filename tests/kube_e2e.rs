@@ -1,7 +1,7 @@
 //! End-to-end: `nodeguard run` against real runc containers and a fake Kubernetes API server.
 //!
 //! The agent is the real binary, started as the DaemonSet starts it but pointed at a fake API
-//! server (`tests/kube_fake`) through a kubeconfig file (`KUBECONFIG`, a plain-HTTP server and
+//! server (`nodeguard_testkit::fake`) through a kubeconfig file (`KUBECONFIG`, a plain-HTTP server and
 //! a bearer token). The fake serves this node's pods (list and watch) with the containers'
 //! real ids and pod uids, authorizes every request with the shipped ClusterRole
 //! (`manifests/clusterrole.yaml`, 403 otherwise), and validates each Event as the API server
@@ -27,10 +27,9 @@
 //! Needs root, runc, busybox-static and capsh; without them the test says why it skipped, and
 //! with `CI` set it fails instead. Run: `cargo test -p nodeguard --test kube_e2e`.
 
-mod kube_fake;
 mod support;
 
-use kube_fake::{Authorizer, FakeApi, Mode, Request};
+use nodeguard_testkit::fake::{Authorizer, FakeApi, Mode, Request};
 use support::http::{free_port, HttpResponse};
 use support::wait_for;
 
@@ -582,7 +581,7 @@ fn camel(kind: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // What reached the fake.
 
-/// Accepted Event writes (creates and series patches) about finding `id`.
+/// Accepted Event creates about finding `id`.
 fn writes_for<'a>(writes: &'a [Request], id: &str) -> Vec<&'a Request> {
     writes
         .iter()
@@ -591,7 +590,7 @@ fn writes_for<'a>(writes: &'a [Request], id: &str) -> Vec<&'a Request> {
 }
 
 /// Checks that finding `id` (of kind `kind`, in workload `w`) got exactly one Event of type
-/// `type_` and reason `reason`, created (not a series patch), regarding `w`'s Pod.
+/// `type_` and reason `reason`, created, regarding `w`'s Pod.
 fn assert_one_event(
     writes: &[Request],
     w: &Workload,
@@ -638,7 +637,7 @@ fn assert_one_event(
 }
 
 /// Checks that host finding `id` got exactly one Event of type `type_` and reason `reason`,
-/// regarding this Node without a uid, in namespace `default`.
+/// regarding this Node (uid = its name, as kubelet writes it), in namespace `default`.
 fn assert_one_node_event(writes: &[Request], id: &str, type_: &str, reason: &str) {
     let all = writes_for(writes, id);
     let matching: Vec<&&Request> = all.iter().filter(|r| r.type_() == type_).collect();
@@ -656,8 +655,8 @@ fn assert_one_node_event(writes: &[Request], id: &str, type_: &str, reason: &str
     assert_eq!(regarding["kind"], "Node", "{}", ev.line());
     assert_eq!(regarding["name"], NODE, "{}", ev.line());
     assert!(
-        regarding["uid"].is_null() && regarding["namespace"].is_null(),
-        "the ClusterRole grants nothing on nodes, so no uid: {}",
+        regarding["uid"] == NODE && regarding["namespace"].is_null(),
+        "the node's name as uid, as kubelet sets it (`kubectl describe node` matches on it): {}",
         ev.line()
     );
     assert_eq!(
@@ -707,8 +706,8 @@ fn assert_event_invariants(fake: &FakeApi) {
         }
         if w.regarding()["kind"] == "Node" {
             assert!(
-                w.regarding()["uid"].is_null() && w.regarding()["name"] == NODE,
-                "Node Events regard this node, without a uid: {}",
+                w.regarding()["uid"] == NODE && w.regarding()["name"] == NODE,
+                "Node Events regard this node, its name as uid: {}",
                 w.line()
             );
         }
@@ -913,7 +912,7 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
     let note_of = |id: &str| -> String {
         writes_for(&writes, id)
             .first()
-            .and_then(|r| r.body["note"].as_str())
+            .map(|r| r.note())
             .unwrap_or("")
             .to_string()
     };

@@ -5,8 +5,8 @@
 //!   into its `k8s-openapi` type with nothing ignored: the typed value, serialized again, must
 //!   equal the YAML (a misspelled field is silently dropped by serde, and shows up here). The
 //!   Prometheus Operator resources (no `k8s-openapi` type) are checked field by field.
-//! - The ClusterRole grants exactly `get/list/watch pods` and `create/patch events.k8s.io
-//!   events`, and the code needs no more: the kube crate's `PodWatch` and `EventPublisher`,
+//! - The ClusterRole grants exactly `get/list/watch pods` and `create` core/v1 `events`, and
+//!   the code needs no more: the kube crate's `PodWatch` and `EventPublisher`,
 //!   configured as `nodeguard run` configures them, talk to a fake API server that authorizes
 //!   every request with the RBAC rules bound to the ServiceAccount in these very manifests, and
 //!   get no 403.
@@ -29,9 +29,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-#[path = "kube_fake/mod.rs"]
-mod kube_fake;
-use kube_fake::{attributes, query_map, Authorizer, FakeApi, Request};
+use nodeguard_testkit::fake::{attributes, query_map, Authorizer, FakeApi, Request};
 
 fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
@@ -589,8 +587,7 @@ fn the_cluster_role_grants_exactly_pod_reads_and_event_writes() {
         triple("", "pods", "get"),
         triple("", "pods", "list"),
         triple("", "pods", "watch"),
-        triple("events.k8s.io", "events", "create"),
-        triple("events.k8s.io", "events", "patch"),
+        triple("", "events", "create"),
     ]
     .into_iter()
     .collect();
@@ -741,7 +738,7 @@ const NODE: &str = "node-a";
 const TOKEN: &str = "manifests-test-token";
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The fake API server (`tests/kube_fake`), started from inside the test's runtime, and a client
+/// The fake API server (`nodeguard_testkit::fake`), started from inside the test's runtime, and a client
 /// configured from its kubeconfig (the fake refuses requests without its bearer token).
 async fn start_fake(m: &Manifests, pods: Vec<Value>) -> (FakeApi, kube::Client) {
     let api = FakeApi::start(NODE, TOKEN, manifest_authorizer(m));
@@ -884,9 +881,7 @@ fn node_state(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() {
     use nodeguard_kube::{EventConfig, EventPublisher, PodWatch};
-    use nodeguard_model::{
-        CgroupDriver, CgroupVersion, Finding, FindingKind, Limits, Runtime, Severity,
-    };
+    use nodeguard_model::{Finding, FindingKind, Severity};
     let m = load();
     let container_id = "c0ffee00".repeat(8);
     let pod_uid = "5b1c2d3e-0000-4000-8000-000000000001";
@@ -897,14 +892,12 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     let (api, client) = start_fake(&m, pods).await;
 
     // As `nodeguard run` wires them (agent/src/kube.rs): the pod watch, and the publisher with
-    // the DaemonSet's hostPath state dir (empty: a node the agent has never run on) and no
-    // Node lookup.
+    // the DaemonSet's hostPath state dir (empty: a node the agent has never run on).
     let state_dir = tempfile::tempdir().expect("state dir");
     let watch = PodWatch::start(client.clone(), NODE);
     let (tx, rx) = tokio::sync::watch::channel(None);
     let config = EventConfig {
         state_dir: Some(state_dir.path().to_path_buf()),
-        lookup_node_uid: false,
         ..EventConfig::new(NODE)
     };
     let publisher = EventPublisher::start(client.clone(), config.clone(), rx);
@@ -921,24 +914,10 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     );
     assert_eq!(pod.container_name.as_deref(), Some("app"));
 
-    let container = nodeguard_model::Container {
-        id: container_id.clone(),
-        runtime: Runtime::Containerd,
-        pod_uid: Some(pod_uid.into()),
-        qos: None,
-        cgroup: format!("/kubepods/burstable/pod{pod_uid}/{container_id}"),
-        cgroup_driver: CgroupDriver::Cgroupfs,
-        cgroup_version: CgroupVersion::V1,
-        limits: Limits::default(),
-        pod_limits: None,
-        effective_limits: Limits::default(),
-        unknown_limits: Vec::new(),
-        node_allocatable: None,
-        sandbox: false,
-        pids: vec![4242],
-        rootfs: None,
-        pod: Some(pod),
-    };
+    let container = nodeguard_testkit::model::container(&container_id)
+        .in_pod(pod_uid, Some(pod))
+        .pids(&[4242])
+        .build();
     let in_pod = Finding::new(
         FindingKind::DangerousCapability,
         Severity::High,
@@ -956,7 +935,8 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     )
     .with_pid(77);
 
-    // Announce both; resolve the pod's; bring it back (kube's Recorder PATCHes the series).
+    // Announce both; resolve the pod's; bring it back (a new Event: core/v1 Events are
+    // created anew, never patched).
     // Each next state waits until the publisher has counted the answers, not only until the
     // fake has sent them: a state that arrives while a write is in flight is diffed against
     // the announced set from before that write.
@@ -985,7 +965,7 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
         &container,
         &[in_pod.clone(), on_host.clone()],
     )));
-    eventually("the repeat patched", || {
+    eventually("the repeat created", || {
         api.accepted_event_writes().len() == 4
     })
     .await;
@@ -1006,9 +986,9 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
                 w.attributes
                     .as_ref()
                     .map_or(String::new(), |a| a.to_string()),
-                w.body["reason"].as_str().unwrap_or("(patch)"),
-                w.body["regarding"]["kind"].as_str().unwrap_or(""),
-                w.body["regarding"]["name"].as_str().unwrap_or("")
+                w.reason(),
+                w.regarding_kind(),
+                w.regarding()["name"].as_str().unwrap_or("")
             )
         })
         .collect();
@@ -1018,20 +998,20 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
         .collect();
     assert_eq!(
         verbs,
-        ["create", "create", "create", "patch"],
+        ["create", "create", "create", "create"],
         "{summary:#?}"
     );
     let pod_warning = writes
         .iter()
-        .find(|w| w.body["regarding"]["kind"] == "Pod")
+        .find(|w| w.regarding_kind() == "Pod")
         .unwrap_or_else(|| panic!("no Event regards the pod: {summary:#?}"));
-    assert_eq!(pod_warning.body["regarding"]["name"], "web-0");
-    assert_eq!(pod_warning.body["regarding"]["namespace"], "shop");
-    assert_eq!(pod_warning.body["regarding"]["uid"], pod_uid);
+    assert_eq!(pod_warning.regarding()["name"], "web-0");
+    assert_eq!(pod_warning.regarding()["namespace"], "shop");
+    assert_eq!(pod_warning.regarding()["uid"], pod_uid);
     assert!(
-        writes
-            .iter()
-            .any(|w| w.body["regarding"]["kind"] == "Node" && w.body["regarding"]["name"] == NODE),
+        writes.iter().any(|w| w.regarding_kind() == "Node"
+            && w.regarding()["name"] == NODE
+            && w.namespace() == "default"),
         "no Event regards the node: {summary:#?}"
     );
 
@@ -1069,12 +1049,9 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
     publisher.join().await;
     watch.stop();
     let last = api.accepted_event_writes().pop().unwrap();
-    assert_eq!(last.body["regarding"]["kind"], "Node");
+    assert_eq!(last.regarding_kind(), "Node");
     assert!(
-        last.body["note"]
-            .as_str()
-            .unwrap_or("")
-            .contains("/tmp/marker"),
+        last.note().contains("/tmp/marker"),
         "after a restart only the new finding is announced: {}",
         last.body
     );

@@ -66,8 +66,6 @@ pub async fn start(
     let events = events.then(|| {
         let config = EventConfig {
             state_dir,
-            // The shipped ClusterRole grants nothing on nodes (least privilege).
-            lookup_node_uid: false,
             ..EventConfig::new(node)
         };
         EventPublisher::start(client, config, state)

@@ -200,6 +200,57 @@ mod tests {
         }
     }
 
+    fn raw(pid: i32, ppid: i32, cmdline: &str, cgroup: Option<&str>) -> RawProcess {
+        let mut process = process(pid, "x", cmdline, None);
+        process.ppid = ppid;
+        RawProcess {
+            process,
+            exe_path: None,
+            exe_identity: None,
+            cgroup: None,
+            container: cgroup
+                .and_then(|path| crate::cgroup::attribute_text(&format!("0::{path}\n"))),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_monitor_above_a_bare_id_names_the_runtime() {
+        let id = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        let path = format!("/kubepods/burstable/pod1234abcd-0000-1111-2222-333344445555/{id}");
+        let other_path =
+            format!("/kubepods/burstable/pod1234abcd-0000-1111-2222-333344445555/{other}");
+        let shim = "/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id 5391f5ee -address /run/containerd/containerd.sock";
+        // Sorted by pid, as collect keeps them: shim 10, init 20, its child 21.
+        let raws = vec![
+            raw(1, 0, "/sbin/init", None),
+            raw(10, 1, shim, None),
+            raw(20, 10, "/bin/sleep 3600", Some(&path)),
+            raw(21, 20, "/bin/sh", Some(&path)),
+            raw(30, 1, "/bin/sleep 1", Some(&other_path)),
+            raw(40, 30, "/bin/sleep 2", Some(&path)),
+        ];
+        assert_eq!(raws[2].container.as_ref().unwrap().cgroup.id, id);
+        assert_eq!(
+            runtime_from_ancestors(&raws, 2, &id),
+            Some(Runtime::Containerd)
+        );
+        // From a later process of the same container, through its parent.
+        assert_eq!(
+            runtime_from_ancestors(&raws, 3, &id),
+            Some(Runtime::Containerd)
+        );
+        assert_eq!(monitor_pid(&raws, 3, &id), Some(10));
+        // Re-parented to init: init names no runtime.
+        assert_eq!(runtime_from_ancestors(&raws, 4, &other), None);
+        // A parent inside another container is no monitor.
+        assert_eq!(monitor_pid(&raws, 5, &id), None);
+        // A parent outside the list (vanished): nothing.
+        let lone = vec![raw(20, 10, "/bin/sleep 3600", Some(&path))];
+        assert_eq!(runtime_from_ancestors(&lone, 0, &id), None);
+    }
+
     #[test]
     fn sandbox_is_a_lone_pause() {
         let pause = process(10, "pause", "/pause", Some("/pause"));

@@ -1,7 +1,10 @@
 //! The watch loop of `nodeguard run`.
 //!
 //! Scans processes every `interval` and container filesystems every `fs_interval` (each
-//! with jitter, so a fleet of agents does not scan in lockstep), keeps the [`FindingLedger`]
+//! with jitter, so a fleet of agents does not scan in lockstep). A process scan also walks
+//! the writable layers of containers whose image layers the last filesystem scan cached, so
+//! a file planted in a running container shows within `interval`; the slow walk of image
+//! layers waits for `fs_interval`. It keeps the [`FindingLedger`]
 //! (first/last seen, resolution), and publishes each new [`NodeState`] on a
 //! `tokio::sync::watch` channel that keeps only the newest. Sinks — metrics, the HTTP API,
 //! Kubernetes Events — read that channel at their own pace: a slow sink never delays a

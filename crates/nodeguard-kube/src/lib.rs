@@ -9,10 +9,11 @@
 //! - [`PodWatch`] keeps a store of the pods scheduled on this node (a kube reflector with the
 //!   field selector `spec.nodeName=NODE`) and answers container id → pod, container, image
 //!   lookups from it without ever waiting on the API server.
-//! - [`EventPublisher`] turns changes in the set of open findings into `events.k8s.io/v1`
-//!   Events: a `Warning` when a finding appears, a `Normal` `<Reason>Resolved` when it goes,
+//! - [`EventPublisher`] turns changes in the set of open findings into core/v1 Events (as
+//!   kubelet sends them, which every API server version accepts about the Node in `default`):
+//!   a `Warning` when a finding appears, a `Normal` `<Reason>Resolved` when it goes,
 //!   rate-limited per object and per node, retried with backoff while the API server is down,
-//!   and never repeated across restarts (the announced set is persisted).
+//!   and not repeated across restarts when a state directory keeps the announced set.
 //!
 //! ```no_run
 //! # async fn wire() -> Result<(), nodeguard_kube::Error> {

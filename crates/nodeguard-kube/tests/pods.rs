@@ -1,9 +1,7 @@
 //! PodWatch against a fake API server over real HTTP.
 
-mod fake;
-
-use fake::{eventually, FakeApi, Mode};
 use nodeguard_kube::PodWatch;
+use nodeguard_testkit::fake::{eventually, FakeApi, Mode};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -40,7 +38,7 @@ fn pod(ns: &str, name: &str, uid: &str, containers: &[(&str, &str, String)]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_answers_from_the_pods_watched_on_this_node() {
-    let api = FakeApi::start(NODE).await;
+    let api = FakeApi::shipped(NODE);
     api.put_pod(pod(
         "shop",
         "web-0",
@@ -96,7 +94,7 @@ async fn lookup_answers_from_the_pods_watched_on_this_node() {
     // Every list and watch asked for this node's pods only (the fake refuses anything else).
     let queries = api.queries();
     assert!(
-        queries.iter().any(|q| q.contains("\"watch\": \"true\"")),
+        queries.iter().any(|q| q.contains("watch=true")),
         "{queries:?}"
     );
     assert!(
@@ -108,7 +106,7 @@ async fn lookup_answers_from_the_pods_watched_on_this_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_keep_answering_while_the_api_server_is_down_and_catch_up_after() {
-    let api = FakeApi::start(NODE).await;
+    let api = FakeApi::shipped(NODE);
     api.put_pod(pod(
         "shop",
         "web-0",

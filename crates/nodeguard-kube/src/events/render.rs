@@ -74,9 +74,9 @@ pub(crate) fn place(finding: &Finding, report: &Report, node_name: &str) -> Plac
 
 /// `spec.containers{NAME}.findings{ID}` for a pod's container (the first half is the
 /// kubelet's convention for container Events), `findings{ID}` otherwise. The finding id
-/// makes every finding its own Event series in kube's Recorder, which otherwise folds
-/// Events with the same (type, reason, action, regarding) into one series and keeps the
-/// first note.
+/// tells Events of one kind on one container apart (`kubectl get events` and tools that
+/// aggregate by involved object and reason would otherwise fold them into one), and ties a
+/// `Resolved` Event to its Warning.
 pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
     match container_name {
         Some(name) => format!("spec.containers{{{name}}}.findings{{{id}}}"),
@@ -84,19 +84,11 @@ pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
     }
 }
 
-/// The finding id a field path written by [`field_path`] carries.
-pub(crate) fn finding_id_of(field_path: &str) -> Option<&str> {
-    let start = field_path.rfind("findings{")? + "findings{".len();
-    let rest = &field_path[start..];
-    let id = rest.strip_suffix('}')?;
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
 fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-/// The `regarding` reference of an Event.
+/// The object an Event is about (`involvedObject` of a core/v1 Event).
 pub(crate) fn reference(
     target: &Target,
     field_path: Option<&str>,
@@ -217,10 +209,7 @@ pub(crate) fn truncate_note(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeguard_model::{
-        CgroupDriver, CgroupVersion, Container, Limits, PodRef, Runtime, ScanStats, Severity,
-        Timestamp,
-    };
+    use nodeguard_model::{PodRef, ScanStats, Severity, Timestamp};
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
@@ -230,24 +219,10 @@ mod tests {
             node: "node-a".into(),
             scanned_at: Timestamp::now(),
             duration_ms: 1,
-            containers: vec![Container {
-                id: CID.into(),
-                runtime: Runtime::Containerd,
-                pod_uid: pod_uid.map(str::to_string),
-                qos: None,
-                cgroup: "/kubepods/x".into(),
-                cgroup_driver: CgroupDriver::Cgroupfs,
-                cgroup_version: CgroupVersion::V1,
-                limits: Limits::default(),
-                pod_limits: None,
-                effective_limits: Limits::default(),
-                unknown_limits: Vec::new(),
-                node_allocatable: None,
-                sandbox: false,
-                pids: vec![1],
-                rootfs: None,
-                pod,
-            }],
+            containers: vec![nodeguard_testkit::model::container(CID)
+                .cgroup("/kubepods/x")
+                .pod(pod_uid, pod)
+                .build()],
             processes: vec![],
             files: vec![],
             findings: vec![],
@@ -258,11 +233,9 @@ mod tests {
 
     fn pod_ref() -> PodRef {
         PodRef {
-            namespace: "shop".into(),
-            name: "web-0".into(),
-            container_name: Some("app".into()),
             image: Some("nginx:1.25".into()),
             image_id: Some("docker.io/library/nginx@sha256:aa".into()),
+            ..nodeguard_testkit::model::pod_ref("shop", "web-0", "app")
         }
     }
 
@@ -289,7 +262,6 @@ mod tests {
             p.field_path,
             format!("spec.containers{{app}}.findings{{{}}}", f.id)
         );
-        assert_eq!(finding_id_of(&p.field_path), Some(f.id.as_str()));
 
         // Metadata not (yet) known: the node, naming the container by its short id.
         let p = place(&f, &report(None, Some("u1")), "node-a");
@@ -345,14 +317,5 @@ mod tests {
         let c = clip(s, 6);
         assert!(c.len() <= 6 && c.ends_with('…'), "{c}");
         assert_eq!(clip("ab", 0), "");
-    }
-
-    #[test]
-    fn field_path_ids_parse_back_only_when_well_formed() {
-        assert_eq!(finding_id_of("findings{00ff}"), Some("00ff"));
-        assert_eq!(finding_id_of("spec.containers{a}.findings{0a}"), Some("0a"));
-        assert_eq!(finding_id_of("spec.containers{a}"), None);
-        assert_eq!(finding_id_of("findings{}"), None);
-        assert_eq!(finding_id_of("findings{zz}"), None);
     }
 }

@@ -1,19 +1,27 @@
-//! A fake Kubernetes API server for `nodeguard run`, over real HTTP on 127.0.0.1:0, on a tokio
-//! runtime of its own: synchronous tests and `#[tokio::test]`s can both start it.
+//! A fake Kubernetes API server over real HTTP on 127.0.0.1:0, on a tokio runtime of its
+//! own: synchronous tests and `#[tokio::test]`s can both start it. The one fake of the
+//! workspace: the kube crate's tests, `tests/kube_e2e.rs` and `tests/manifests.rs` use it.
 //!
-//! It checks what a real API server checks of what nodeguard sends:
+//! It checks what a real kube-apiserver v1.20.2 checks of what nodeguard sends:
 //! - authentication: `Authorization: Bearer TOKEN` (401 otherwise);
-//! - authorization: the rules of `manifests/clusterrole.yaml`, with the request attributes the
-//!   API server derives from method, path and query (403 otherwise);
+//! - authorization: the rules of a ClusterRole (the shipped `manifests/clusterrole.yaml`), with
+//!   the request attributes the API server derives from method, path and query; a denial is a
+//!   403 whose message names user, verb, resource, group and scope as the real one does;
 //! - pods: only the cluster-wide list and watch with `fieldSelector=spec.nodeName=NODE`
 //!   (400 otherwise); watches replay what changed after their `resourceVersion`, then stream;
-//! - Events: `events.k8s.io/v1` create and patch, validated like `ValidateEventCreate` plus the
-//!   shape nodeguard promises (reporting controller `nodeguard`, instance = the node's name,
-//!   action `Scan`): 422 with the reason otherwise.
+//! - Events, core/v1 (create) and `events.k8s.io/v1` (create, patch), validated as v1.20.2's
+//!   `ValidateEventCreate` does, including its namespace rule for Events about cluster-scoped
+//!   objects: a core/v1 Event without `eventTime` about the Node must be in `default` (or no
+//!   namespace); an Event with `eventTime` (every `events.k8s.io/v1` one) must be in
+//!   `kube-system` (v1.20.12 / 1.21.6 / 1.22.3 and later also take `default`;
+//!   kubernetes/kubernetes#100125). Then the shape nodeguard promises (its "contract":
+//!   reporting component `nodeguard`, instance and source host = the node's name, action `Scan`,
+//!   UpperCamelCase reason, a Pod's uid): 422 with the reason otherwise, prefixed
+//!   `nodeguard contract:` where a real server would have taken it;
+//! - the Node (`get`), for configurations whose ClusterRole grants it.
 //!
-//! Adapted from `crates/nodeguard-kube/tests/fake`; shared by `tests/kube_e2e.rs` and
-//! `tests/manifests.rs`. Event creates and patches can be switched to fail (500) or to hang,
-//! and pod lists and watches made slow.
+//! Event creates and patches can be switched to fail (500) or to hang, pod lists and watches
+//! likewise, or made slow.
 #![allow(dead_code)]
 
 use axum::body::{Body, Bytes};
@@ -37,7 +45,8 @@ pub enum Mode {
     Normal,
     /// 500 InternalError, without looking at the request.
     Fail500,
-    /// Read the request and never answer (the client's timeout must end it).
+    /// Read the request and answer nothing until the mode changes; then a 500 (a request
+    /// that hung that long has failed). A client's timeout may end it first.
     Hang,
 }
 
@@ -139,6 +148,20 @@ impl Authorizer {
         }
     }
 
+    /// Everything, for `user` (a cluster admin): for tests of what the server validates
+    /// rather than what it authorizes.
+    pub fn allow_all(user: &str) -> Authorizer {
+        Authorizer {
+            user: user.to_string(),
+            rules: vec![PolicyRule {
+                api_groups: Some(vec!["*".into()]),
+                resources: Some(vec!["*".into()]),
+                verbs: vec!["*".into()],
+                ..PolicyRule::default()
+            }],
+        }
+    }
+
     pub fn allows(&self, a: &Attributes) -> bool {
         let has = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
         self.rules.iter().any(|rule| {
@@ -170,10 +193,21 @@ pub struct Request {
 }
 
 impl Request {
+    /// A create or patch of Events, core/v1 or `events.k8s.io/v1`.
     pub fn is_event_write(&self) -> bool {
         self.attributes.as_ref().is_some_and(|a| {
-            a.group == "events.k8s.io" && a.resource == "events" && a.verb != "list"
+            (a.group.is_empty() || a.group == "events.k8s.io")
+                && a.resource == "events"
+                && (a.verb == "create" || a.verb == "patch")
         })
+    }
+
+    /// The namespace in the request's path.
+    pub fn namespace(&self) -> &str {
+        self.attributes
+            .as_ref()
+            .and_then(|a| a.namespace.as_deref())
+            .unwrap_or("")
     }
 
     pub fn reason(&self) -> &str {
@@ -184,13 +218,34 @@ impl Request {
         self.body["type"].as_str().unwrap_or("")
     }
 
-    pub fn regarding(&self) -> &Value {
-        &self.body["regarding"]
+    /// `note` (events.k8s.io) or `message` (core/v1).
+    pub fn note(&self) -> &str {
+        self.body["note"]
+            .as_str()
+            .or(self.body["message"].as_str())
+            .unwrap_or("")
     }
 
-    /// The finding id in `regarding.fieldPath` (`…findings{ID}`), as nodeguard writes it.
+    /// `regarding` (events.k8s.io) or `involvedObject` (core/v1).
+    pub fn regarding(&self) -> &Value {
+        if self.body["involvedObject"].is_object() {
+            &self.body["involvedObject"]
+        } else {
+            &self.body["regarding"]
+        }
+    }
+
+    pub fn regarding_kind(&self) -> &str {
+        self.regarding()["kind"].as_str().unwrap_or("")
+    }
+
+    pub fn field_path(&self) -> &str {
+        self.regarding()["fieldPath"].as_str().unwrap_or("")
+    }
+
+    /// The finding id in the field path (`…findings{ID}`), as nodeguard writes it.
     pub fn finding_id(&self) -> Option<&str> {
-        let path = self.body["regarding"]["fieldPath"].as_str()?;
+        let path = self.regarding()["fieldPath"].as_str()?;
         let start = path.rfind("findings{")? + "findings{".len();
         path[start..].strip_suffix('}')
     }
@@ -230,6 +285,7 @@ impl Request {
 
 struct Inner {
     node: String,
+    node_uid: String,
     token: String,
     rv: u64,
     pods: BTreeMap<String, Value>,
@@ -238,6 +294,7 @@ struct Inner {
     events: BTreeMap<(String, String), Value>,
     requests: Vec<Request>,
     event_mode: Mode,
+    pod_mode: Mode,
     /// How long pod lists and watches wait before they answer.
     pod_delay: Duration,
 }
@@ -247,6 +304,7 @@ struct App {
     inner: Arc<Mutex<Inner>>,
     authorizer: Arc<Authorizer>,
     pod_watch: broadcast::Sender<(u64, String)>,
+    release: tokio::sync::watch::Receiver<u64>,
     started: Instant,
 }
 
@@ -256,6 +314,7 @@ pub struct FakeApi {
     pub token: String,
     inner: Arc<Mutex<Inner>>,
     pod_watch: broadcast::Sender<(u64, String)>,
+    release: tokio::sync::watch::Sender<u64>,
     started: Instant,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -272,6 +331,7 @@ impl FakeApi {
             .expect("start the fake API server's runtime");
         let inner = Arc::new(Mutex::new(Inner {
             node: node.to_string(),
+            node_uid: format!("uid-of-{node}"),
             token: token.to_string(),
             rv: 100,
             pods: BTreeMap::new(),
@@ -279,14 +339,17 @@ impl FakeApi {
             events: BTreeMap::new(),
             requests: Vec::new(),
             event_mode: Mode::Normal,
+            pod_mode: Mode::Normal,
             pod_delay: Duration::ZERO,
         }));
         let (pod_watch, _) = broadcast::channel(1024);
+        let (release, release_rx) = tokio::sync::watch::channel(0);
         let started = Instant::now();
         let app = App {
             inner: inner.clone(),
             authorizer: Arc::new(authorizer),
             pod_watch: pod_watch.clone(),
+            release: release_rx,
             started,
         };
         let router = Router::new().fallback(handle).with_state(app);
@@ -306,6 +369,7 @@ impl FakeApi {
             token: token.to_string(),
             inner,
             pod_watch,
+            release,
             started,
             runtime: Some(runtime),
         }
@@ -359,6 +423,59 @@ impl FakeApi {
 
     pub fn set_event_mode(&self, mode: Mode) {
         self.lock().event_mode = mode;
+        self.release.send_modify(|n| *n += 1);
+    }
+
+    /// How pod lists and watches are answered.
+    pub fn set_pod_mode(&self, mode: Mode) {
+        self.lock().pod_mode = mode;
+        self.release.send_modify(|n| *n += 1);
+    }
+
+    /// The uid the fake's Node has.
+    pub fn node_uid(&self) -> String {
+        self.lock().node_uid.clone()
+    }
+
+    /// A client for this server with its token, as the agent builds one from a kubeconfig.
+    pub fn client(&self) -> kube::Client {
+        let mut config = kube::Config::new(
+            format!("http://{}", self.addr)
+                .parse()
+                .expect("the fake's address is a URI"),
+        );
+        config.auth_info =
+            serde_json::from_value(json!({ "token": self.token })).expect("a token AuthInfo");
+        kube::Client::try_from(config).expect("a client for the fake API server")
+    }
+
+    /// Event creates the fake accepted, in order.
+    pub fn posts(&self) -> Vec<Request> {
+        self.accepted_event_writes()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect()
+    }
+
+    /// Event writes, answered or not (status 0 while hanging), in order.
+    pub fn attempts(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(Request::is_event_write)
+            .collect()
+    }
+
+    /// One line per refused request (4xx).
+    pub fn rejections(&self) -> Vec<String> {
+        self.refused().iter().map(Request::line).collect()
+    }
+
+    /// `METHOD path?query` of every request.
+    pub fn queries(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect()
     }
 
     /// Makes pod lists and watches answer only after `delay`, as a busy API server does.
@@ -491,6 +608,19 @@ fn set_status(app: &App, seq: usize, code: u16, why: &str, body: Option<Value>) 
     }
 }
 
+/// Answers nothing (status stays 0) until a mode changes, then a 500.
+async fn hang(app: &App, seq: usize) -> Response {
+    let mut release = app.release.clone();
+    release.borrow_and_update();
+    let _ = release.changed().await;
+    set_status(app, seq, 500, "request hung", None);
+    status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "request hung",
+    )
+}
+
 /// An error answer, recorded with its reason.
 fn refuse(app: &App, seq: usize, code: StatusCode, reason: &str, why: &str) -> Response {
     set_status(app, seq, code.as_u16(), why, None);
@@ -554,9 +684,15 @@ async fn handle(
             Some(ns) => format!("in the namespace \"{ns}\""),
             None => "at the cluster scope".to_string(),
         };
+        // As the real one words it: the group-qualified resource first.
+        let qualified = if a.group.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}.{}", a.resource, a.group)
+        };
         let message = format!(
-            "{} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
-            a.resource, app.authorizer.user, a.verb, a.resource, a.group
+            "{qualified} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+            app.authorizer.user, a.verb, a.resource, a.group
         );
         return refuse(&app, seq, StatusCode::FORBIDDEN, "Forbidden", &message);
     }
@@ -568,15 +704,48 @@ async fn handle(
                 .unwrap_or_else(|e| e.into_inner())
                 .pod_delay;
             tokio::time::sleep(delay).await;
-            pods(&app, seq, &a.verb, &query)
+            let mode = app.inner.lock().unwrap_or_else(|e| e.into_inner()).pod_mode;
+            match mode {
+                Mode::Normal => pods(&app, seq, &a.verb, &query),
+                Mode::Fail500 => {
+                    set_status(&app, seq, 500, "", None);
+                    status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "down")
+                }
+                Mode::Hang => hang(&app, seq).await,
+            }
+        }
+        ("", "nodes", "get") => {
+            let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if a.name.as_deref() != Some(inner.node.as_str()) {
+                let name = a.name.clone().unwrap_or_default();
+                drop(inner);
+                return refuse(
+                    &app,
+                    seq,
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("nodes \"{name}\" not found"),
+                );
+            }
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": inner.node, "uid": inner.node_uid, "resourceVersion": "1"},
+            });
+            drop(inner);
+            set_status(&app, seq, 200, "", None);
+            axum::Json(node).into_response()
+        }
+        ("", "events", "create") if a.name.is_none() => {
+            let ns = a.namespace.clone().unwrap_or_default();
+            event_write(&app, seq, Api::Core, &ns, None, body_json).await
         }
         ("events.k8s.io", "events", "create") if a.name.is_none() => {
             let ns = a.namespace.clone().unwrap_or_default();
-            event_write(&app, seq, &ns, None, body_json).await
+            event_write(&app, seq, Api::Events, &ns, None, body_json).await
         }
         ("events.k8s.io", "events", "patch") => {
             let ns = a.namespace.clone().unwrap_or_default();
-            event_write(&app, seq, &ns, a.name.clone(), body_json).await
+            event_write(&app, seq, Api::Events, &ns, a.name.clone(), body_json).await
         }
         _ => refuse(
             &app,
@@ -630,15 +799,34 @@ fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> 
                 .into_iter()
                 .map(|(_, line)| Ok::<_, std::io::Error>(format!("{line}\n"))),
         );
-        let live = futures::stream::unfold((rx, last), |(mut rx, last)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok((rv, line)) if rv > last => {
-                        return Some((Ok(format!("{line}\n")), (rx, rv)));
+        // A pod mode other than Normal (an outage) ends open watches, as a restarting API
+        // server does.
+        let mut release = app.release.clone();
+        release.borrow_and_update();
+        let inner = app.inner.clone();
+        let live = futures::stream::unfold((rx, last), move |(mut rx, last)| {
+            let mut release = release.clone();
+            let inner = inner.clone();
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        next = rx.recv() => next,
+                        _ = release.changed() => {
+                            let mode = inner.lock().unwrap_or_else(|e| e.into_inner()).pod_mode;
+                            if mode == Mode::Normal {
+                                continue;
+                            }
+                            return None;
+                        }
+                    };
+                    match next {
+                        Ok((rv, line)) if rv > last => {
+                            return Some((Ok(format!("{line}\n")), (rx, rv)));
+                        }
+                        Ok(_) => continue,
+                        // Lagged or closed: end the watch; the client re-lists.
+                        Err(_) => return None,
                     }
-                    Ok(_) => continue,
-                    // Lagged or closed: end the watch; the client re-lists.
-                    Err(_) => return None,
                 }
             }
         });
@@ -667,10 +855,20 @@ fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> 
     .into_response()
 }
 
+/// Which Event API a request went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `/api/v1/namespaces/NS/events`
+    Core,
+    /// `/apis/events.k8s.io/v1/namespaces/NS/events`
+    Events,
+}
+
 /// An Event create (`name` None) or patch.
 async fn event_write(
     app: &App,
     seq: usize,
+    api: Api,
     ns: &str,
     name: Option<String>,
     body: Value,
@@ -686,10 +884,7 @@ async fn event_write(
             set_status(app, seq, 500, "", None);
             return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "down");
         }
-        Mode::Hang => {
-            // Status stays 0: accepted, never answered.
-            return std::future::pending().await;
-        }
+        Mode::Hang => return hang(app, seq).await,
     }
     if body.is_null() {
         return refuse(
@@ -705,8 +900,11 @@ async fn event_write(
     match name {
         None => {
             let mut event = body;
-            if let Err(why) = validate_event(ns, &node, &mut event) {
+            if let Err(why) = validate(api, ns, &node, &mut event) {
                 drop(inner);
+                if why == NAMESPACE_MISMATCH {
+                    return refuse(app, seq, StatusCode::BAD_REQUEST, "BadRequest", &why);
+                }
                 return refuse(app, seq, StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
             }
             let key = (
@@ -745,7 +943,7 @@ async fn event_write(
             };
             let mut merged = old.clone();
             merge_patch(&mut merged, &body);
-            let invalid = validate_event(ns, &node, &mut merged).err().or_else(|| {
+            let invalid = validate(api, ns, &node, &mut merged).err().or_else(|| {
                 [
                     "reason",
                     "note",
@@ -807,56 +1005,200 @@ pub fn is_camel_reason(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric())
 }
 
-/// What the API server checks of an events.k8s.io/v1 Event (`ValidateEventCreate`), plus the
-/// shape nodeguard promises. Fills in metadata.namespace from the path as the server does.
-fn validate_event(path_ns: &str, node: &str, ev: &mut Value) -> Result<(), String> {
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
+}
+
+/// v1.20.2's 400 for a body whose namespace is not the path's.
+const NAMESPACE_MISMATCH: &str =
+    "the namespace of the provided object does not match the namespace sent on the request";
+
+/// Answers of the real kube-apiserver v1.20.2 (the real-node bed, `tests/realnode/up.sh
+/// --no-kubelet`; curl with the admin and agent tokens, the agent bound to this branch's
+/// `manifests/clusterrole.yaml`) to the requests `crates/nodeguard-kube/tests/events.rs`
+/// `the_fake_refuses_what_a_real_api_server_refuses` sends; the fake answers the same.
+///
+/// | request | real answer |
+/// | --- | --- |
+/// | agent: core/v1 Pod Event in `shop` | 201 |
+/// | agent: core/v1 Node Event (no eventTime) in `default` | 201 |
+/// | admin: events.k8s.io/v1 Node Event in `default` | 422 `Event "node-a.1" is invalid: involvedObject.namespace: Invalid value: "": does not match event.namespace` |
+/// | admin: events.k8s.io/v1 Node Event in `kube-system` | 201 |
+/// | admin: core/v1 Node Event in `kube-system` | 422 `Event "x.ks" is invalid: involvedObject.namespace: Invalid value: "": does not match event.namespace` |
+/// | admin: core/v1 Event about Pod `shop/web-0` in `other` | 422 `Event "x.other" is invalid: involvedObject.namespace: Invalid value: "shop": does not match event.namespace` |
+/// | admin: core/v1 Node Event with eventTime in `default` | 422 `Event "x.timed" is invalid: involvedObject.namespace: Invalid value: "": does not match event.namespace` |
+/// | admin: core/v1 Event without a name | 422 `Event "" is invalid: metadata.name: Required value: name or generateName is required` |
+/// | admin: body namespace `other`, path `shop` | 400 `the namespace of the provided object does not match the namespace sent on the request` |
+/// | agent: events.k8s.io/v1 create in `shop` | 403 `events.events.k8s.io is forbidden: User "nodeguard-agent" cannot create resource "events" in API group "events.k8s.io" in the namespace "shop"` |
+/// | agent: list core events, all namespaces | 403 `events is forbidden: User "nodeguard-agent" cannot list resource "events" in API group "" at the cluster scope` |
+///
+/// And `kubectl describe node` (v1.20.2) lists only Node Events whose `involvedObject.uid` is
+/// the node's name (kubelet's convention): with the real uid or none they do not show.
+pub const REAL_V1_20_2_ANSWERS: () = ();
+
+/// What v1.20.2 checks of an Event (`ValidateEventCreate` after conversion to the internal
+/// type, where `regarding` is `involvedObject` and `note` is `message`), then nodeguard's
+/// contract. Fills in metadata.namespace from the path as the server does. The message is
+/// the server's: `Event "NAME" is invalid: FIELD: ...`.
+fn validate(api: Api, path_ns: &str, node: &str, ev: &mut Value) -> Result<(), String> {
     let s = |v: &Value| v.as_str().map(str::to_string);
-    if s(&ev["apiVersion"]).as_deref() != Some("events.k8s.io/v1") {
+    let name = s(&ev["metadata"]["name"]).unwrap_or_default();
+    // The real one says `Event "NAME"` for both APIs (the internal kind).
+    let kind_name = format!("Event {name:?}");
+    let invalid = |why: String| format!("{kind_name} is invalid: {why}");
+    let (want_version, involved_field, message_field) = match api {
+        Api::Core => ("v1", "involvedObject", "message"),
+        Api::Events => ("events.k8s.io/v1", "regarding", "note"),
+    };
+    if s(&ev["apiVersion"]).as_deref() != Some(want_version) {
         return Err(format!(
-            "apiVersion {} is not events.k8s.io/v1",
+            "apiVersion {} is not {want_version}",
             ev["apiVersion"]
         ));
     }
     if s(&ev["kind"]).as_deref() != Some("Event") {
         return Err(format!("kind {} is not Event", ev["kind"]));
     }
-    let name = s(&ev["metadata"]["name"]).unwrap_or_default();
-    if !is_dns_subdomain(&name) {
-        return Err(format!("metadata.name {name:?} is not a DNS subdomain"));
+    if name.is_empty() {
+        return Err(invalid(
+            "metadata.name: Required value: name or generateName is required".into(),
+        ));
     }
     match s(&ev["metadata"]["namespace"]) {
         None => ev["metadata"]["namespace"] = json!(path_ns),
         Some(ns) if ns == path_ns => {}
-        Some(ns) => {
-            return Err(format!(
-                "metadata.namespace {ns:?} does not match the request's namespace {path_ns:?}"
-            ))
+        Some(_) => return Err(NAMESPACE_MISMATCH.into()),
+    }
+    let involved = ev[involved_field].clone();
+    let involved_ns = s(&involved["namespace"]).unwrap_or_default();
+    let event_time = s(&ev["eventTime"]).filter(|t| !t.is_empty());
+    // legacyValidateEvent: the namespace rule depends on whether the Event is new-style.
+    if event_time.is_none() {
+        let ok = if involved_ns.is_empty() {
+            path_ns.is_empty() || path_ns == "default"
+        } else {
+            path_ns == involved_ns
+        };
+        if !ok {
+            return Err(invalid(format!(
+                "involvedObject.namespace: Invalid value: {involved_ns:?}: does not match event.namespace"
+            )));
+        }
+    } else {
+        // Before 1.20.12 / 1.21.6 / 1.22.3: kube-system only (kubernetes/kubernetes#100125).
+        if involved_ns.is_empty() && path_ns != "kube-system" {
+            return Err(invalid(
+                "involvedObject.namespace: Invalid value: \"\": does not match event.namespace"
+                    .into(),
+            ));
+        }
+        for (field, key, max) in [
+            ("reportingController", "reportingController", 0),
+            ("reportingInstance", "reportingInstance", 128),
+            ("action", "action", 128),
+            ("reason", "reason", 128),
+        ] {
+            let value = s(&ev[key]).unwrap_or_default();
+            if value.is_empty() {
+                return Err(invalid(format!("{field}: Required value")));
+            }
+            if max > 0 && value.len() > max {
+                return Err(invalid(format!(
+                    "{field}: Invalid value: \"\": can have at most {max} characters"
+                )));
+            }
+        }
+        if let Some(note) = ev[message_field].as_str() {
+            if note.len() > 1024 {
+                return Err(invalid(
+                    "message: Invalid value: \"\": can have at most 1024 characters".into(),
+                ));
+            }
         }
     }
-    if s(&ev["eventTime"]).is_none_or(|t| t.is_empty()) {
-        return Err("eventTime: Required value".into());
+    if !is_dns_subdomain(path_ns) {
+        return Err(invalid(format!("namespace: Invalid value: {path_ns:?}")));
     }
-    for unset in [
-        "deprecatedCount",
-        "deprecatedFirstTimestamp",
-        "deprecatedLastTimestamp",
-        "deprecatedSource",
-    ] {
-        if !ev[unset].is_null() {
-            return Err(format!("{unset}: needs to be unset"));
+    if api == Api::Events {
+        // The strict checks a request to events.k8s.io/v1 adds.
+        if !is_dns_subdomain(&name) {
+            return Err(invalid(format!("metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'")));
+        }
+        if event_time.is_none() {
+            return Err(invalid("eventTime: Required value".into()));
+        }
+        let type_ = s(&ev["type"]).unwrap_or_default();
+        if type_ != "Normal" && type_ != "Warning" {
+            return Err(invalid(format!(
+                "type: Invalid value: \"\": has invalid value: {type_}"
+            )));
+        }
+        for (unset, field) in [
+            ("deprecatedFirstTimestamp", "firstTimestamp"),
+            ("deprecatedLastTimestamp", "lastTimestamp"),
+            ("deprecatedCount", "count"),
+            ("deprecatedSource", "source"),
+        ] {
+            if !ev[unset].is_null() {
+                return Err(invalid(format!(
+                    "{field}: Invalid value: \"\": needs to be unset"
+                )));
+            }
+        }
+        if !ev["series"].is_null() {
+            if ev["series"]["count"].as_i64().unwrap_or(0) < 2 {
+                return Err(invalid(
+                    "series.count: Invalid value: \"\": should be at least 2".into(),
+                ));
+            }
+            if s(&ev["series"]["lastObservedTime"]).is_none_or(|t| t.is_empty()) {
+                return Err(invalid("series.lastObservedTime: Required value".into()));
+            }
         }
     }
-    let controller = s(&ev["reportingController"]).unwrap_or_default();
+    contract(api, path_ns, node, ev).map_err(|why| format!("nodeguard contract: {why}"))
+}
+
+/// What nodeguard promises of its Events beyond what the API server checks: a real server
+/// would take an Event that breaks these, the tests would not.
+fn contract(api: Api, path_ns: &str, node: &str, ev: &Value) -> Result<(), String> {
+    let s = |v: &Value| v.as_str().map(str::to_string);
+    let name = s(&ev["metadata"]["name"]).unwrap_or_default();
+    if !is_dns_subdomain(&name) {
+        return Err(format!("metadata.name {name:?} is not a DNS subdomain"));
+    }
+    let (controller_key, involved_key, note_key) = match api {
+        Api::Core => ("reportingComponent", "involvedObject", "message"),
+        Api::Events => ("reportingController", "regarding", "note"),
+    };
+    let controller = s(&ev[controller_key]).unwrap_or_default();
     if controller != "nodeguard" {
-        return Err(format!(
-            "reportingController {controller:?} is not nodeguard"
-        ));
+        return Err(format!("{controller_key} {controller:?} is not nodeguard"));
     }
     let instance = s(&ev["reportingInstance"]).unwrap_or_default();
     if instance != node {
         return Err(format!(
             "reportingInstance {instance:?} is not the node's name {node:?}"
         ));
+    }
+    if api == Api::Core {
+        if !ev["eventTime"].is_null() {
+            return Err("eventTime is set: nodeguard sends legacy core/v1 Events".into());
+        }
+        if s(&ev["source"]["component"]).as_deref() != Some("nodeguard")
+            || s(&ev["source"]["host"]).as_deref() != Some(node)
+        {
+            return Err(format!(
+                "source {} is not nodeguard on {node}",
+                ev["source"]
+            ));
+        }
+        if ev["count"].as_i64().unwrap_or(0) < 1
+            || s(&ev["firstTimestamp"]).is_none()
+            || s(&ev["lastTimestamp"]).is_none()
+        {
+            return Err("count, firstTimestamp and lastTimestamp are kubelet's shape".into());
+        }
     }
     let action = s(&ev["action"]).unwrap_or_default();
     if action != "Scan" {
@@ -870,57 +1212,76 @@ fn validate_event(path_ns: &str, node: &str, ev: &mut Value) -> Result<(), Strin
     if type_ != "Normal" && type_ != "Warning" {
         return Err(format!("type: Unsupported value {type_:?}"));
     }
-    if let Some(note) = ev["note"].as_str() {
-        if note.len() > 1024 {
+    match &ev[note_key] {
+        Value::String(note) if note.len() > 1024 => {
             return Err(format!(
-                "note: Too long: may not be longer than 1024, has {} bytes",
+                "{note_key}: Too long: may not be longer than 1024, has {} bytes",
                 note.len()
-            ));
+            ))
         }
-    } else if !ev["note"].is_null() {
-        return Err("note is not a string".into());
+        Value::String(_) | Value::Null => {}
+        _ => return Err(format!("{note_key} is not a string")),
     }
-    let regarding = &ev["regarding"];
+    let regarding = &ev[involved_key];
     for field in ["kind", "name", "apiVersion"] {
         if s(&regarding[field]).is_none_or(|v| v.is_empty()) {
-            return Err(format!("regarding.{field}: Required value"));
+            return Err(format!("{involved_key}.{field}: Required value"));
         }
     }
     let regarding_ns = s(&regarding["namespace"]).unwrap_or_default();
     match s(&regarding["kind"]).unwrap_or_default().as_str() {
         "Pod" => {
-            if regarding_ns != path_ns {
+            if regarding_ns != path_ns || !is_dns_label(&regarding_ns) {
                 return Err(format!(
-                    "regarding.namespace {regarding_ns:?} does not match the Event's namespace {path_ns:?}"
+                    "{involved_key}.namespace {regarding_ns:?} is not the Event's namespace {path_ns:?}"
                 ));
             }
             if s(&regarding["uid"]).is_none_or(|u| u.is_empty()) {
-                return Err("regarding.uid of a Pod is missing".into());
+                return Err(format!("{involved_key}.uid of a Pod is missing"));
             }
         }
         "Node" => {
             if !regarding_ns.is_empty() {
-                return Err("regarding.namespace: a Node has no namespace".into());
+                return Err(format!("{involved_key}.namespace: a Node has no namespace"));
             }
             if path_ns != "default" {
                 return Err(format!(
-                    "a cluster-scoped object's Event belongs in namespace default, not {path_ns:?}"
+                    "a Node's Event belongs in namespace default (where `kubectl describe node` reads), not {path_ns:?}"
                 ));
             }
         }
         other => {
             return Err(format!(
-                "regarding.kind {other:?}: nodeguard regards Pods and Nodes only"
+                "{involved_key}.kind {other:?}: nodeguard regards Pods and Nodes only"
             ))
         }
     }
-    if !ev["series"].is_null() {
-        if ev["series"]["count"].as_i64().unwrap_or(0) < 2 {
-            return Err("series.count: should be at least 2".into());
-        }
-        if s(&ev["series"]["lastObservedTime"]).is_none_or(|t| t.is_empty()) {
-            return Err("series.lastObservedTime: Required value".into());
-        }
-    }
     Ok(())
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The user the shipped DaemonSet's ServiceAccount authenticates as.
+pub const SHIPPED_USER: &str = "system:serviceaccount:nodeguard:nodeguard";
+/// The token [`FakeApi::shipped`] expects.
+pub const SHIPPED_TOKEN: &str = "nodeguard-test-token";
+
+impl FakeApi {
+    /// A server for `node` that grants exactly the shipped `manifests/clusterrole.yaml`.
+    pub fn shipped(node: &str) -> FakeApi {
+        let role = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../manifests/clusterrole.yaml");
+        FakeApi::start(
+            node,
+            SHIPPED_TOKEN,
+            Authorizer::from_cluster_role_file(&role, SHIPPED_USER),
+        )
+    }
 }

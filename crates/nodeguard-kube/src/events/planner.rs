@@ -1,0 +1,808 @@
+//! The pure half of the publisher: state and time in, jobs out.
+//!
+//! [`Planner`] owns every decision — the diff of open findings against the announced set,
+//! admission by severity, per-object and node-wide budgets, summaries for what is over
+//! budget, the queue bound, retry or give up after a request — and does no I/O: no client,
+//! no clock (every method takes `now`, and `wall` where a wall-clock time is recorded), no
+//! files. Its tests drive it with plain values. The task in `mod.rs` feeds it states, hands
+//! the [`Request`]s it returns to the sender and reports each outcome back with
+//! [`Planner::on_done`].
+//!
+//! What it plans is generic where that was cheap: a job is "announce this finding about this
+//! object", "say it is gone", or "summarize what was over this object's budget"; how that is
+//! worded and sent (an Event today) lives in `render.rs` and `send.rs`.
+
+use super::ledger::{self, Announced, Target, TargetKind};
+use super::limits::{Backoff, TokenBucket};
+use super::render;
+use super::send::SendError;
+use super::EventConfig;
+use nodeguard_model::{
+    EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Timestamp, TrackedFinding,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Work waiting for the API server.
+pub(crate) enum Job {
+    Announce(Box<Pending>),
+    Resolve(String),
+    Summary(Target),
+}
+
+/// A new finding ready to announce; `entry.at` is set when the API server accepts it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pending {
+    pub entry: Announced,
+    pub note: String,
+}
+
+/// Findings over an object's budget, waiting for its summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SummaryAcc {
+    pub ids: BTreeMap<String, FindingKind>,
+}
+
+/// What a request is about; handed back with its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Sent {
+    Announce(Box<Pending>),
+    /// The announced entry being resolved (a copy, for the note).
+    Resolve(Box<Announced>),
+    Summary {
+        target: Target,
+        acc: SummaryAcc,
+    },
+}
+
+pub(crate) struct Planner {
+    cfg: EventConfig,
+    stats: EventStats,
+    started_at: SystemTime,
+    latest: Option<Arc<NodeState>>,
+    open: HashSet<String>,
+    announced: HashMap<String, Announced>,
+    queue: VecDeque<Job>,
+    /// Ids with an Announce or Resolve queued or in flight.
+    queued: HashSet<String>,
+    /// Objects with a Summary queued or in flight.
+    summary_queued: HashSet<Target>,
+    /// Over-budget findings by id → the object whose summary will cover them.
+    summarizing: HashMap<String, Target>,
+    pending_summaries: HashMap<Target, SummaryAcc>,
+    last_summary: HashMap<Target, Instant>,
+    /// Findings the API server refused for good; forgotten when they resolve.
+    rejected: HashSet<String>,
+    /// Ids already counted in `queue_overflow`.
+    overflowed: HashSet<String>,
+    buckets: HashMap<Target, TokenBucket>,
+    node_bucket: TokenBucket,
+    backoff: Backoff,
+    next_attempt: Instant,
+    /// The announced set changed since it was last saved.
+    dirty: bool,
+}
+
+impl Planner {
+    /// A planner that already announced `announced` (read back from the state file) and
+    /// whose process started at `started_at`. `seed` feeds the backoff's jitter.
+    pub(crate) fn new(
+        cfg: EventConfig,
+        announced: Vec<Announced>,
+        now: Instant,
+        started_at: SystemTime,
+        seed: u64,
+    ) -> Planner {
+        Planner {
+            stats: EventStats::default(),
+            started_at,
+            latest: None,
+            open: HashSet::new(),
+            announced: announced.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            summary_queued: HashSet::new(),
+            summarizing: HashMap::new(),
+            pending_summaries: HashMap::new(),
+            last_summary: HashMap::new(),
+            rejected: HashSet::new(),
+            overflowed: HashSet::new(),
+            buckets: HashMap::new(),
+            node_bucket: TokenBucket::per_second(cfg.node_rate_per_sec, cfg.node_burst, now),
+            backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed),
+            next_attempt: now,
+            dirty: false,
+            cfg,
+        }
+    }
+
+    /// Counters so far, with `queued` as it is now.
+    pub(crate) fn stats(&self) -> EventStats {
+        let mut s = self.stats;
+        s.queued = self.queue.len() as u64;
+        s
+    }
+
+    /// The announced set, for saving.
+    pub(crate) fn announced(&self) -> impl Iterator<Item = &Announced> {
+        self.announced.values()
+    }
+
+    /// Whether the announced set changed since [`Planner::mark_saved`].
+    pub(crate) fn dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub(crate) fn mark_saved(&mut self) {
+        self.dirty = false;
+    }
+
+    /// Diffs a new state against what was announced and queues the difference.
+    pub(crate) fn on_state(&mut self, st: Arc<NodeState>, now: Instant, wall: SystemTime) {
+        self.open = st.findings.iter().map(|t| t.finding.id.clone()).collect();
+        self.latest = Some(st.clone());
+
+        // Queued work the new state makes moot.
+        let open = &self.open;
+        let queued = &mut self.queued;
+        self.queue.retain(|job| match job {
+            Job::Announce(p) if !open.contains(&p.entry.id) => {
+                queued.remove(&p.entry.id);
+                false
+            }
+            Job::Resolve(id) if open.contains(id) => {
+                queued.remove(id);
+                false
+            }
+            _ => true,
+        });
+        let announced = &self.announced;
+        self.rejected.retain(|id| open.contains(id));
+        self.overflowed
+            .retain(|id| open.contains(id) || announced.contains_key(id));
+        self.summarizing.retain(|id, _| open.contains(id));
+        for acc in self.pending_summaries.values_mut() {
+            acc.ids.retain(|id, _| open.contains(id));
+        }
+        self.pending_summaries.retain(|_, acc| !acc.ids.is_empty());
+        let pending = &self.pending_summaries;
+        let summary_queued = &mut self.summary_queued;
+        self.queue.retain(|job| match job {
+            Job::Summary(target) if !pending.contains_key(target) => {
+                summary_queued.remove(target);
+                false
+            }
+            _ => true,
+        });
+
+        // Announced findings that are gone.
+        let mut resolve = Vec::new();
+        let mut forget = Vec::new();
+        for (id, entry) in &mut self.announced {
+            if open.contains(id) {
+                entry.unconfirmed = false;
+                continue;
+            }
+            if self.queued.contains(id) {
+                continue;
+            }
+            if entry.summarized {
+                forget.push(id.clone());
+            } else if entry.unconfirmed {
+                // From before this process: wait until the scans that would report it have
+                // run, or until its Event has expired anyway.
+                if ledger::expired(entry.at, self.cfg.event_ttl, wall) {
+                    forget.push(id.clone());
+                } else if scans_ran_since(&st, entry.kind, self.started_at) {
+                    resolve.push(id.clone());
+                }
+            } else {
+                resolve.push(id.clone());
+            }
+        }
+        for id in forget {
+            self.announced.remove(&id);
+            self.dirty = true;
+        }
+        resolve.sort();
+        for id in resolve {
+            if self.queue.len() >= self.cfg.queue_capacity {
+                self.count_overflow(&id);
+                continue;
+            }
+            self.queued.insert(id.clone());
+            self.queue.push_back(Job::Resolve(id));
+        }
+
+        self.admit(&st, now, wall);
+        self.schedule_summaries(now);
+        self.buckets.retain(|_, b| !b.is_full(now));
+    }
+
+    /// Queues announcements for new findings within their objects' budgets; the rest wait
+    /// for a summary.
+    fn admit(&mut self, st: &NodeState, now: Instant, wall: SystemTime) {
+        let mut new: Vec<&TrackedFinding> = st
+            .findings
+            .iter()
+            .filter(|t| {
+                let id = &t.finding.id;
+                !self.announced.contains_key(id)
+                    && !self.queued.contains(id)
+                    && !self.summarizing.contains_key(id)
+                    && !self.rejected.contains(id)
+            })
+            .collect();
+        // The budget goes to the worst findings first.
+        new.sort_by(|a, b| {
+            b.finding
+                .severity
+                .cmp(&a.finding.severity)
+                .then(a.first_seen.cmp(&b.first_seen))
+                .then(a.finding.id.cmp(&b.finding.id))
+        });
+        let mut overflow = Vec::new();
+        let mut rate_limited = 0u64;
+        for t in new {
+            let f = &t.finding;
+            if self.queue.len() >= self.cfg.queue_capacity {
+                overflow.push(f.id.clone());
+                continue;
+            }
+            let placement = render::place(f, &st.report, &self.cfg.node_name);
+            if placement.target.kind == TargetKind::Node
+                && awaits_pod_metadata(f, &st.report)
+                && wall
+                    .duration_since(t.first_seen.0)
+                    .unwrap_or(Duration::ZERO)
+                    < self.cfg.pod_metadata_wait
+            {
+                // Offered again with the next state, which may know the pod.
+                continue;
+            }
+            let bucket = self
+                .buckets
+                .entry(placement.target.clone())
+                .or_insert_with(|| {
+                    TokenBucket::new(self.cfg.per_object_burst, self.cfg.per_object_refill, now)
+                });
+            if bucket.try_take(now) {
+                let note = render::warning_note(f, &placement);
+                let entry = Announced {
+                    id: f.id.clone(),
+                    kind: f.kind,
+                    at: Timestamp(wall),
+                    target: placement.target,
+                    field_path: Some(placement.field_path),
+                    subject: f.path.clone().unwrap_or_else(|| f.subject.clone()),
+                    container: placement.container,
+                    summarized: false,
+                    unconfirmed: false,
+                };
+                self.queued.insert(f.id.clone());
+                self.queue
+                    .push_back(Job::Announce(Box::new(Pending { entry, note })));
+            } else {
+                rate_limited += 1;
+                self.summarizing
+                    .insert(f.id.clone(), placement.target.clone());
+                self.pending_summaries
+                    .entry(placement.target)
+                    .or_default()
+                    .ids
+                    .insert(f.id.clone(), f.kind);
+            }
+        }
+        self.stats.rate_limited += rate_limited;
+        for id in overflow {
+            self.count_overflow(&id);
+        }
+    }
+
+    fn count_overflow(&mut self, id: &str) {
+        if self.overflowed.insert(id.to_string()) {
+            self.stats.queue_overflow += 1;
+        }
+    }
+
+    /// Queues a summary for each object with over-budget findings whose last summary is old
+    /// enough.
+    pub(crate) fn schedule_summaries(&mut self, now: Instant) {
+        let interval = self.cfg.summary_interval;
+        self.last_summary.retain(|_, at| now < *at + interval);
+        let mut due: Vec<Target> = self
+            .pending_summaries
+            .keys()
+            .filter(|t| !self.summary_queued.contains(*t) && !self.last_summary.contains_key(*t))
+            .cloned()
+            .collect();
+        due.sort();
+        for target in due {
+            if self.queue.len() >= self.cfg.queue_capacity {
+                break;
+            }
+            self.summary_queued.insert(target.clone());
+            self.queue.push_back(Job::Summary(target));
+        }
+    }
+
+    /// When the planner has something to do without any input (a request the backoff or
+    /// the node bucket holds back, a summary coming due); `busy` while a request is in
+    /// flight.
+    pub(crate) fn next_wake(&mut self, now: Instant, busy: bool) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if !busy && !self.queue.is_empty() {
+            at(self.next_attempt.max(self.node_bucket.ready_at(now)));
+        }
+        if self.queue.len() < self.cfg.queue_capacity {
+            for target in self.pending_summaries.keys() {
+                if let Some(last) = self.last_summary.get(target) {
+                    if !self.summary_queued.contains(target) {
+                        at(*last + self.cfg.summary_interval);
+                    }
+                }
+            }
+        }
+        wake
+    }
+
+    /// The next request, if backoff and the node-wide bucket allow one now.
+    pub(crate) fn next_request(&mut self, now: Instant) -> Option<Sent> {
+        if now < self.next_attempt {
+            return None;
+        }
+        loop {
+            // Drop moot work without spending a token on it.
+            let moot = match self.queue.front()? {
+                Job::Resolve(id) => !self.announced.contains_key(id),
+                Job::Summary(target) => !self.pending_summaries.contains_key(target),
+                Job::Announce(_) => false,
+            };
+            if moot {
+                match self.queue.pop_front() {
+                    Some(Job::Resolve(id)) => {
+                        self.queued.remove(&id);
+                    }
+                    Some(Job::Summary(target)) => {
+                        self.summary_queued.remove(&target);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if !self.node_bucket.try_take(now) {
+                return None;
+            }
+            let sent = match self.queue.pop_front()? {
+                Job::Announce(p) => Sent::Announce(p),
+                Job::Resolve(id) => match self.announced.get(&id) {
+                    Some(entry) => Sent::Resolve(Box::new(entry.clone())),
+                    None => {
+                        self.queued.remove(&id);
+                        continue;
+                    }
+                },
+                Job::Summary(target) => {
+                    let acc = self.pending_summaries.remove(&target).unwrap_or_default();
+                    Sent::Summary { target, acc }
+                }
+            };
+            return Some(sent);
+        }
+    }
+
+    /// Takes the outcome of a request [`Planner::next_request`] gave out.
+    pub(crate) fn on_done(
+        &mut self,
+        sent: Sent,
+        result: Result<(), SendError>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        match result {
+            Ok(()) => {
+                self.backoff.reset();
+                self.succeeded(sent, now, wall);
+            }
+            Err(SendError::Retryable(why)) => {
+                self.stats.failed += 1;
+                let delay = self.backoff.next_delay();
+                self.next_attempt = now + delay;
+                tracing::warn!(%why, retry_in = ?delay, failures = self.backoff.failures(), "the API server did not take an Event; backing off");
+                self.retry(sent);
+            }
+            Err(SendError::Permanent(why)) => {
+                self.stats.failed += 1;
+                tracing::warn!(%why, "the API server refused an Event; not retrying it");
+                self.give_up(sent, now);
+            }
+        }
+    }
+
+    fn succeeded(&mut self, sent: Sent, now: Instant, wall: SystemTime) {
+        match sent {
+            Sent::Announce(p) => {
+                let mut entry = p.entry;
+                entry.at = Timestamp(wall);
+                self.queued.remove(&entry.id);
+                self.overflowed.remove(&entry.id);
+                self.announced.insert(entry.id.clone(), entry);
+                self.stats.sent += 1;
+            }
+            Sent::Resolve(entry) => {
+                self.queued.remove(&entry.id);
+                self.announced.remove(&entry.id);
+                self.overflowed.remove(&entry.id);
+                self.stats.sent += 1;
+            }
+            Sent::Summary { target, acc } => {
+                self.summary_queued.remove(&target);
+                self.last_summary.insert(target.clone(), now);
+                for (id, kind) in acc.ids {
+                    if self.summarizing.remove(&id).is_some() {
+                        self.announced.insert(
+                            id.clone(),
+                            Announced {
+                                id,
+                                kind,
+                                at: Timestamp(wall),
+                                target: target.clone(),
+                                field_path: None,
+                                subject: String::new(),
+                                container: None,
+                                summarized: true,
+                                unconfirmed: false,
+                            },
+                        );
+                    }
+                }
+                self.stats.sent += 1;
+                self.stats.summaries += 1;
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn retry(&mut self, sent: Sent) {
+        match sent {
+            Sent::Announce(p) => {
+                if self.open.contains(&p.entry.id) {
+                    self.queue.push_front(Job::Announce(p));
+                } else {
+                    self.queued.remove(&p.entry.id);
+                }
+            }
+            Sent::Resolve(entry) => {
+                if self.open.contains(&entry.id) {
+                    self.queued.remove(&entry.id);
+                } else {
+                    self.queue.push_front(Job::Resolve(entry.id));
+                }
+            }
+            Sent::Summary { target, mut acc } => {
+                acc.ids
+                    .retain(|id, _| self.summarizing.get(id) == Some(&target));
+                let pending = self.pending_summaries.entry(target.clone()).or_default();
+                pending.ids.append(&mut acc.ids);
+                self.queue.push_front(Job::Summary(target));
+            }
+        }
+    }
+
+    fn give_up(&mut self, sent: Sent, now: Instant) {
+        match sent {
+            Sent::Announce(p) => {
+                self.queued.remove(&p.entry.id);
+                self.rejected.insert(p.entry.id);
+            }
+            Sent::Resolve(entry) => {
+                self.queued.remove(&entry.id);
+                self.announced.remove(&entry.id);
+                self.dirty = true;
+            }
+            Sent::Summary { target, acc } => {
+                self.summary_queued.remove(&target);
+                self.last_summary.insert(target, now);
+                for id in acc.ids.into_keys() {
+                    self.summarizing.remove(&id);
+                    self.rejected.insert(id);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the finding's container belongs to a pod (the cgroup path names a pod uid), so
+/// its Event should regard that Pod once the pod watch knows it.
+fn awaits_pod_metadata(finding: &Finding, report: &Report) -> bool {
+    finding
+        .container_id
+        .as_deref()
+        .and_then(|id| report.container(id))
+        .is_some_and(|c| c.pod_uid.is_some())
+}
+
+/// Which scans report a kind of finding: a finding from before a restart is resolved only
+/// after those have run in this process.
+fn scan_kinds(kind: FindingKind) -> &'static [ScanKind] {
+    match kind {
+        FindingKind::SetuidFile | FindingKind::SetgidFile | FindingKind::FileCapability => {
+            &[ScanKind::Filesystems]
+        }
+        FindingKind::DeniedBinary => &[ScanKind::Processes, ScanKind::Filesystems],
+        _ => &[ScanKind::Processes],
+    }
+}
+
+fn scans_ran_since(st: &NodeState, kind: FindingKind, since: SystemTime) -> bool {
+    scan_kinds(kind).iter().all(|k| {
+        st.last_scans
+            .get(k)
+            .is_some_and(|run| run.finished_at.0 >= since)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeguard_model::{CgroupVersion, ScanStats, Severity};
+
+    const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
+
+    /// Plain values for time: a monotonic and a wall clock that tests move by hand.
+    struct Clock {
+        now: Instant,
+        wall: SystemTime,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock {
+                now: Instant::now(),
+                wall: SystemTime::now(),
+            }
+        }
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            self.wall += by;
+        }
+    }
+
+    /// A planner with nothing announced yet; no client exists anywhere in these tests.
+    fn planner(cfg: EventConfig, clock: &Clock) -> Planner {
+        Planner::new(cfg, Vec::new(), clock.now, clock.wall, 7)
+    }
+
+    fn finding(path: &str, severity: Severity) -> Finding {
+        let mut f = Finding::new(FindingKind::SetuidFile, severity, Some(CID), path, "m");
+        f.path = Some(path.to_string());
+        f
+    }
+
+    fn state(findings: &[&Finding]) -> Arc<NodeState> {
+        let now = Timestamp::now();
+        let report = Report {
+            schema_version: 1,
+            node: "node-a".into(),
+            scanned_at: now,
+            duration_ms: 1,
+            containers: vec![nodeguard_testkit::model::container(CID)
+                .cgroup("/kubepods/x")
+                .cgroup_version(CgroupVersion::V2)
+                .pod(
+                    Some("uid-1"),
+                    Some(nodeguard_testkit::model::pod_ref("shop", "web-0", "app")),
+                )
+                .build()],
+            processes: vec![],
+            files: vec![],
+            findings: findings.iter().map(|f| (*f).clone()).collect(),
+            stats: ScanStats::default(),
+            warnings: vec![],
+        };
+        Arc::new(NodeState {
+            report: Arc::new(report),
+            findings: findings
+                .iter()
+                .map(|f| TrackedFinding {
+                    finding: (*f).clone(),
+                    first_seen: now,
+                    last_seen: now,
+                })
+                .collect(),
+            last_scans: BTreeMap::new(),
+            findings_detected: BTreeMap::new(),
+            errors_total: BTreeMap::new(),
+            policy_reload_failures: 0,
+            policy_loaded_at: now,
+        })
+    }
+
+    /// What the queue holds, as `A:<path>`, `R:<id>`, `S`.
+    fn queue(w: &Planner) -> Vec<String> {
+        w.queue
+            .iter()
+            .map(|j| match j {
+                Job::Announce(p) => format!("A:{}", p.entry.subject),
+                Job::Resolve(id) => format!("R:{id}"),
+                Job::Summary(_) => "S".to_string(),
+            })
+            .collect()
+    }
+
+    /// Pretends the API server accepted the job at the head of the queue.
+    fn accept_front(w: &mut Planner, clock: &Clock) {
+        let sent = match w.queue.pop_front().unwrap() {
+            Job::Announce(p) => Sent::Announce(p),
+            Job::Resolve(id) => Sent::Resolve(Box::new(w.announced[&id].clone())),
+            Job::Summary(target) => {
+                let acc = w.pending_summaries.remove(&target).unwrap_or_default();
+                Sent::Summary { target, acc }
+            }
+        };
+        w.on_done(sent, Ok(()), clock.now, clock.wall);
+    }
+
+    fn stats(w: &Planner) -> EventStats {
+        w.stats()
+    }
+
+    #[test]
+    fn budget_summary_overflow_and_refill_over_time() {
+        let mut cfg = EventConfig::new("node-a");
+        cfg.per_object_burst = 2;
+        cfg.queue_capacity = 3;
+        let mut clock = Clock::new();
+        let mut w = planner(cfg, &clock);
+        let (a, b, c, d, e) = (
+            finding("/a", Severity::Low),
+            finding("/b", Severity::Critical),
+            finding("/c", Severity::High),
+            finding("/d", Severity::Low),
+            finding("/e", Severity::Low),
+        );
+        w.on_state(state(&[&a, &b, &c]), clock.now, clock.wall);
+        // The budget goes to the worst two; the third waits for a summary.
+        assert_eq!(queue(&w), ["A:/b", "A:/c", "S"]);
+        assert_eq!(stats(&w).rate_limited, 1);
+
+        // The queue is full: d does not fit, counted once however often it is offered.
+        for _ in 0..3 {
+            w.on_state(state(&[&a, &b, &c, &d]), clock.now, clock.wall);
+        }
+        assert_eq!(queue(&w), ["A:/b", "A:/c", "S"]);
+        assert_eq!(stats(&w).queue_overflow, 1);
+
+        for _ in 0..3 {
+            accept_front(&mut w, &clock);
+        }
+        assert_eq!(stats(&w).summaries, 1);
+        assert!(w.announced[&a.id].summarized);
+        // Room again, but no budget: d waits for the next summary, which is 7 minutes off.
+        w.on_state(state(&[&a, &b, &c, &d]), clock.now, clock.wall);
+        assert!(queue(&w).is_empty());
+        assert_eq!(stats(&w).rate_limited, 2);
+
+        // Five minutes refill one token: a new finding gets its own Event.
+        clock.advance(Duration::from_secs(300));
+        w.on_state(state(&[&a, &b, &c, &d, &e]), clock.now, clock.wall);
+        assert_eq!(queue(&w), ["A:/e"]);
+        accept_front(&mut w, &clock);
+        clock.advance(Duration::from_secs(120));
+        w.schedule_summaries(clock.now);
+        assert_eq!(queue(&w), ["S"]);
+        assert_eq!(w.pending_summaries.values().next().unwrap().ids.len(), 1);
+        accept_front(&mut w, &clock);
+
+        // Resolutions: Events for what was announced one by one, silence for the summarized.
+        w.on_state(state(&[]), clock.now, clock.wall);
+        let mut q = queue(&w);
+        q.sort();
+        let mut want: Vec<String> = [&b, &c, &e].iter().map(|f| format!("R:{}", f.id)).collect();
+        want.sort();
+        assert_eq!(q, want);
+        assert!(!w.announced.contains_key(&a.id) && !w.announced.contains_key(&d.id));
+        // A finding back before its Resolved went out: the Resolved is dropped.
+        w.on_state(state(&[&b]), clock.now, clock.wall);
+        assert_eq!(queue(&w).len(), 2);
+        assert!(!queue(&w).contains(&format!("R:{}", b.id)));
+    }
+
+    /// `st` as the scan would report it before the pod watch knows the container's pod.
+    fn without_pod_metadata(st: &NodeState, first_seen: Timestamp) -> Arc<NodeState> {
+        let mut report = (*st.report).clone();
+        report.containers[0].pod = None;
+        let mut st = st.clone();
+        st.report = Arc::new(report);
+        for t in &mut st.findings {
+            t.first_seen = first_seen;
+        }
+        Arc::new(st)
+    }
+
+    fn queued_targets(w: &Planner) -> Vec<(TargetKind, String)> {
+        w.queue
+            .iter()
+            .filter_map(|j| match j {
+                Job::Announce(p) => Some((p.entry.target.kind.clone(), p.entry.subject.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pod_findings_wait_for_their_pod_then_fall_back_to_the_node() {
+        let clock = Clock::new();
+        let a = finding("/a", Severity::High);
+        let known = state(&[&a]);
+
+        // The pod watch has not listed yet: nothing goes to the Node; then the pod is known.
+        let mut w = planner(EventConfig::new("node-a"), &clock);
+        w.on_state(
+            without_pod_metadata(&known, Timestamp(clock.wall)),
+            clock.now,
+            clock.wall,
+        );
+        assert!(queue(&w).is_empty(), "{:?}", queue(&w));
+        w.on_state(known.clone(), clock.now, clock.wall);
+        assert_eq!(queued_targets(&w), [(TargetKind::Pod, "/a".to_string())]);
+
+        // The pod never shows up: after the wait, the Node rather than nothing.
+        let mut w = planner(EventConfig::new("node-a"), &clock);
+        let long_ago = Timestamp(clock.wall - Duration::from_secs(61));
+        w.on_state(
+            without_pod_metadata(&known, long_ago),
+            clock.now,
+            clock.wall,
+        );
+        assert_eq!(queued_targets(&w), [(TargetKind::Node, "/a".to_string())]);
+    }
+
+    #[test]
+    fn failures_back_off_and_keep_the_work() {
+        let mut cfg = EventConfig::new("node-a");
+        cfg.backoff_initial = Duration::from_secs(1);
+        let mut clock = Clock::new();
+        let mut w = planner(cfg, &clock);
+        let a = finding("/a", Severity::High);
+        w.on_state(state(&[&a]), clock.now, clock.wall);
+        let Some(Job::Announce(p)) = w.queue.pop_front() else {
+            panic!("nothing queued")
+        };
+        w.on_done(
+            Sent::Announce(p),
+            Err(SendError::Retryable("500".into())),
+            clock.now,
+            clock.wall,
+        );
+        assert_eq!(queue(&w), ["A:/a"], "kept for a retry");
+        let now = clock.now;
+        assert!(w.next_attempt > now, "backing off");
+        assert!(
+            w.next_request(now).is_none(),
+            "no request during the backoff"
+        );
+        assert_eq!(w.next_wake(now, false), Some(w.next_attempt));
+        clock.advance(Duration::from_secs(1));
+        assert!(w.next_request(clock.now).is_some(), "retried after it");
+
+        // Refused for good: not retried, not offered again while it stays open.
+        let b = finding("/b", Severity::High);
+        w.on_state(state(&[&a, &b]), clock.now, clock.wall);
+        let Some(Job::Announce(p)) = w.queue.pop_front() else {
+            panic!("nothing queued")
+        };
+        w.on_done(
+            Sent::Announce(p),
+            Err(SendError::Permanent("422".into())),
+            clock.now,
+            clock.wall,
+        );
+        w.on_state(state(&[&a, &b]), clock.now, clock.wall);
+        assert!(queue(&w).is_empty());
+        assert_eq!(stats(&w).failed, 2);
+    }
+}

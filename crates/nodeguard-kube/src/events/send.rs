@@ -1,0 +1,322 @@
+//! The thin I/O half of the publisher: turns one [`Outgoing`] Event the planner chose into a
+//! request to the API server. It holds the client and nothing else that decides; a test swaps
+//! the client (a fake API server, or `tower_test::mock`) and the planner never sees it.
+//!
+//! # Why core/v1 Events
+//!
+//! kube's `Recorder` writes `events.k8s.io/v1` Events and puts those about cluster-scoped
+//! objects (our host findings regard the Node) in namespace `default`. API servers accept a
+//! new-style Event (one with `eventTime`) about a cluster-scoped object in `default` only
+//! from 1.20.12 / 1.21.6 / 1.22.3 on (kubernetes/kubernetes#100125); older ones refuse it with
+//! `involvedObject.namespace: Invalid value: "": does not match event.namespace` and want
+//! `kube-system` (kube-rs/kube#870), where `kubectl describe node` does not look. A core/v1
+//! Event without `eventTime` (what kubelet sends) goes through the API server's legacy
+//! validation, which on every version accepts an Event about a cluster-scoped object in
+//! `default` (or with no namespace). So we send that: one request shape for old and new
+//! servers, no per-server fallback state, Node Events where `kubectl describe node` reads, and
+//! RBAC `create` on core `events` only (each Event has a unique name and is never patched).
+
+use super::ledger::{Target, TargetKind};
+use super::render;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp as JiffTimestamp;
+use kube::api::PostParams;
+use kube::Api;
+use std::time::Duration;
+
+/// The `reportingComponent` and `source.component` of every Event.
+pub const REPORTING_CONTROLLER: &str = "nodeguard";
+/// The `action` of every Event.
+pub(crate) const ACTION: &str = "Scan";
+/// Where Events about cluster-scoped objects (the Node) go: where kubelet puts its Node
+/// Events and `kubectl describe node` reads them.
+pub(crate) const CLUSTER_SCOPED_NAMESPACE: &str = "default";
+/// Longest `metadata.name` the API server accepts (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// `Warning` or `Normal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// One Event as the planner decided it: no client, no clock.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Outgoing {
+    pub type_: EventType,
+    pub reason: String,
+    pub note: String,
+    pub target: Target,
+    pub field_path: Option<String>,
+}
+
+/// How a request ended, as far as the planner cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// 5xx, 429, 409, timeouts, transport: try again after a backoff.
+    Retryable(String),
+    /// The API server refused it for good (403, 404, 422, ...).
+    Permanent(String),
+}
+
+/// The namespace an Event about `target` is created in.
+pub(crate) fn event_namespace(target: &Target) -> &str {
+    match (&target.kind, target.namespace.as_deref()) {
+        (TargetKind::Pod, Some(ns)) if !ns.is_empty() => ns,
+        _ => CLUSTER_SCOPED_NAMESPACE,
+    }
+}
+
+/// The core/v1 Event for `out`, as kubelet shapes its own: `involvedObject`, `source`,
+/// first/last timestamp and `count: 1`, no `eventTime` (which would switch the API server to
+/// the new-style validation and its namespace rule for cluster-scoped objects). The
+/// `reporting*` fields and `action` are set too, so `kubectl get events -o wide` and the
+/// events.k8s.io view name nodeguard.
+pub(crate) fn core_event(
+    out: &Outgoing,
+    instance: &str,
+    node_uid: Option<&str>,
+    now: JiffTimestamp,
+) -> CoreEvent {
+    let namespace = event_namespace(&out.target).to_string();
+    let suffix = format!(".{:x}", now.as_nanosecond().max(0));
+    let stem = name_stem(&out.target.name, MAX_NAME - suffix.len());
+    let involved: ObjectReference =
+        render::reference(&out.target, out.field_path.as_deref(), node_uid);
+    let time = Time(now);
+    CoreEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{stem}{suffix}")),
+            namespace: Some(namespace),
+            ..ObjectMeta::default()
+        },
+        involved_object: involved,
+        reason: Some(out.reason.clone()),
+        message: Some(out.note.clone()),
+        type_: Some(out.type_.as_str().to_string()),
+        source: Some(EventSource {
+            component: Some(REPORTING_CONTROLLER.to_string()),
+            host: Some(instance.to_string()),
+        }),
+        first_timestamp: Some(time.clone()),
+        last_timestamp: Some(time),
+        count: Some(1),
+        action: Some(ACTION.to_string()),
+        reporting_component: Some(REPORTING_CONTROLLER.to_string()),
+        reporting_instance: Some(instance.to_string()),
+        event_time: None,
+        related: None,
+        series: None,
+    }
+}
+
+/// At most `max` bytes of an object's name (a DNS subdomain, so ASCII; anything else is cut
+/// at a char boundary), without a trailing `-` or `.` that would spoil the Event's name.
+fn name_stem(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches(['-', '.'])
+}
+
+/// Sorts a client error into retry or give up.
+pub(crate) fn classify(e: &kube::Error) -> SendError {
+    match e {
+        kube::Error::Api(status)
+            if status.code >= 500 || status.code == 429 || status.code == 409 =>
+        {
+            SendError::Retryable(e.to_string())
+        }
+        kube::Error::Api(_) | kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => {
+            SendError::Permanent(e.to_string())
+        }
+        _ => SendError::Retryable(e.to_string()),
+    }
+}
+
+/// The client and the little it needs to address requests. Cloned into each request's future.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    client: kube::Client,
+    /// `reportingInstance` and `source.host`: the node's name, clipped to the API's 128.
+    instance: String,
+    timeout: Duration,
+}
+
+impl Sender {
+    pub(crate) fn new(client: kube::Client, node_name: &str, timeout: Duration) -> Sender {
+        Sender {
+            client,
+            instance: render::clip(node_name, 128),
+            timeout,
+        }
+    }
+
+    /// Creates one Event; each is new (its name carries the time), so nothing is patched.
+    pub(crate) async fn create(
+        &self,
+        out: &Outgoing,
+        node_uid: Option<&str>,
+    ) -> Result<(), SendError> {
+        let event = core_event(out, &self.instance, node_uid, JiffTimestamp::now());
+        let api: Api<CoreEvent> =
+            Api::namespaced(self.client.clone(), event_namespace(&out.target));
+        match tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &event)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(SendError::Retryable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(target: Target) -> Outgoing {
+        Outgoing {
+            type_: EventType::Warning,
+            reason: "SetuidFile".into(),
+            note: "[high] m".into(),
+            target,
+            field_path: Some("findings{00ff}".into()),
+        }
+    }
+
+    #[test]
+    fn node_events_are_legacy_core_events_in_default() {
+        let now: JiffTimestamp = "2026-11-26T00:00:00Z".parse().unwrap();
+        let ev = core_event(&outgoing(Target::node("node-a")), "node-a", None, now);
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["metadata"]["namespace"], "default");
+        assert_eq!(json["involvedObject"]["kind"], "Node");
+        assert!(json["involvedObject"].get("namespace").is_none(), "{json}");
+        // No eventTime: the API server validates it the legacy way, which takes `default`.
+        assert!(json.get("eventTime").is_none(), "{json}");
+        assert_eq!(json["source"]["component"], "nodeguard");
+        assert_eq!(json["count"], 1);
+        assert_eq!(json["firstTimestamp"], "2026-11-26T00:00:00Z");
+        assert_eq!(
+            json["metadata"]["name"].as_str().unwrap(),
+            format!("node-a.{:x}", now.as_nanosecond())
+        );
+    }
+
+    #[test]
+    fn pod_events_go_to_the_pods_namespace_and_names_stay_valid() {
+        let pod = Target {
+            kind: TargetKind::Pod,
+            namespace: Some("shop".into()),
+            name: "w".repeat(253),
+            uid: Some("u".into()),
+        };
+        let ev = core_event(&outgoing(pod), "node-a", None, JiffTimestamp::now());
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(ev.involved_object.namespace.as_deref(), Some("shop"));
+        assert!(ev.metadata.name.unwrap().len() <= MAX_NAME);
+    }
+
+    /// The sender against a swapped-in client (`tower_test::mock`): what it asks of the API
+    /// server and how it sorts the answers, with no server at all.
+    #[tokio::test]
+    async fn the_sender_creates_in_the_target_namespace_and_sorts_the_answers() {
+        use kube::client::Body;
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        let sender = Sender::new(
+            kube::Client::new(service, "default"),
+            "node-a",
+            Duration::from_secs(5),
+        );
+        let server = tokio::spawn(async move {
+            let status = |code: u16, reason: &str| {
+                let body = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": format!("{reason} for the test"), "reason": reason, "code": code,
+                });
+                http::Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap()
+            };
+            let mut seen = Vec::new();
+            for answer in [201, 422, 503, 429] {
+                let (request, respond) = handle.next_request().await.expect("a request");
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                seen.push((method, path, event));
+                respond.send_response(match answer {
+                    201 => http::Response::builder()
+                        .status(201)
+                        .body(Body::from(body.to_vec()))
+                        .unwrap(),
+                    422 => status(422, "Invalid"),
+                    503 => status(503, "ServiceUnavailable"),
+                    _ => status(429, "TooManyRequests"),
+                });
+            }
+            seen
+        });
+        let node = outgoing(Target::node("node-a"));
+        assert_eq!(sender.create(&node, Some("node-a")).await, Ok(()));
+        assert!(matches!(
+            sender.create(&node, Some("node-a")).await,
+            Err(SendError::Permanent(_))
+        ));
+        assert!(matches!(
+            sender.create(&node, Some("node-a")).await,
+            Err(SendError::Retryable(_))
+        ));
+        let pod = outgoing(Target {
+            kind: TargetKind::Pod,
+            namespace: Some("shop".into()),
+            name: "web-0".into(),
+            uid: Some("u".into()),
+        });
+        assert!(matches!(
+            sender.create(&pod, Some("node-a")).await,
+            Err(SendError::Retryable(_))
+        ));
+        let seen = server.await.unwrap();
+        let paths: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|(m, p, _)| (m.as_str(), p.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("POST", "/api/v1/namespaces/default/events"),
+                ("POST", "/api/v1/namespaces/default/events"),
+                ("POST", "/api/v1/namespaces/default/events"),
+                ("POST", "/api/v1/namespaces/shop/events"),
+            ]
+        );
+        let first = &seen[0].2;
+        assert_eq!(first["involvedObject"]["uid"], "node-a");
+        assert_eq!(first["reportingInstance"], "node-a");
+        assert!(first.get("eventTime").is_none(), "{first}");
+        // Every Event is its own object: no two requests reuse a name.
+        let names: std::collections::BTreeSet<&str> = seen
+            .iter()
+            .filter_map(|(_, _, e)| e["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names.len(), seen.len());
+    }
+}

@@ -1,0 +1,81 @@
+//! Builders for the model values tests type again and again: a field added to `Container`
+//! or `PodRef` is then added here once, not in every test that needs a container.
+
+use nodeguard_model::{CgroupDriver, CgroupVersion, Container, Limits, PodRef, Runtime};
+
+/// A pod's container as the pod watch fills it in: `namespace/name`, container `container`,
+/// no image.
+pub fn pod_ref(namespace: &str, name: &str, container: &str) -> PodRef {
+    PodRef {
+        namespace: namespace.into(),
+        name: name.into(),
+        container_name: Some(container.into()),
+        image: None,
+        image_id: None,
+    }
+}
+
+/// Builds a [`Container`]: by default a containerd container outside any pod, cgroupfs v1,
+/// cgroup `/kubepods/<id>`, one process (pid 1), no limits (all read), not a sandbox, no
+/// root filesystem.
+#[derive(Debug, Clone)]
+pub struct ContainerBuilder(Container);
+
+/// Starts a [`ContainerBuilder`] for container `id`.
+pub fn container(id: &str) -> ContainerBuilder {
+    ContainerBuilder(Container {
+        id: id.into(),
+        runtime: Runtime::Containerd,
+        pod_uid: None,
+        qos: None,
+        cgroup: format!("/kubepods/{id}"),
+        cgroup_driver: CgroupDriver::Cgroupfs,
+        cgroup_version: CgroupVersion::V1,
+        limits: Limits::default(),
+        pod_limits: None,
+        effective_limits: Limits::default(),
+        unknown_limits: Vec::new(),
+        node_allocatable: None,
+        sandbox: false,
+        pids: vec![1],
+        rootfs: None,
+        pod: None,
+    })
+}
+
+impl ContainerBuilder {
+    /// A container of pod `uid` (from its cgroup path: `/kubepods/burstable/pod<uid>/<id>`),
+    /// with the pod watch's metadata when `pod` is given.
+    pub fn in_pod(mut self, uid: &str, pod: Option<PodRef>) -> Self {
+        self.0.cgroup = format!("/kubepods/burstable/pod{uid}/{}", self.0.id);
+        self.0.pod_uid = Some(uid.into());
+        self.0.pod = pod;
+        self
+    }
+
+    /// The pod uid and metadata as given, the cgroup path left alone.
+    pub fn pod(mut self, uid: Option<&str>, pod: Option<PodRef>) -> Self {
+        self.0.pod_uid = uid.map(str::to_string);
+        self.0.pod = pod;
+        self
+    }
+
+    pub fn cgroup(mut self, path: &str) -> Self {
+        self.0.cgroup = path.into();
+        self
+    }
+
+    pub fn cgroup_version(mut self, version: CgroupVersion) -> Self {
+        self.0.cgroup_version = version;
+        self
+    }
+
+    pub fn pids(mut self, pids: &[i32]) -> Self {
+        self.0.pids = pids.to_vec();
+        self
+    }
+
+    pub fn build(self) -> Container {
+        self.0
+    }
+}
