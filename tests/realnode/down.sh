@@ -34,6 +34,19 @@ stop() {
   rm -f "$D/$name.pid"
 }
 
+# Pod uids whose logs kubelet keeps in /var/log/pods: the ones it still has a directory for and
+# the ones containerd still has containers of (pods deleted earlier may be in either).
+for p in "$D"/kubelet/root/pods/*/; do
+  [[ -d $p ]] && basename "$p" >>"$D/pod-uids"
+done
+if alive containerd; then
+  CTR=(ctr --address "$REALNODE_CONTAINERD_SOCK" -n k8s.io)
+  for c in $("${CTR[@]}" containers ls -q 2>/dev/null); do
+    "${CTR[@]}" containers info "$c" 2>/dev/null |
+      jq -r '.Labels["io.kubernetes.pod.uid"] // empty' >>"$D/pod-uids" 2>/dev/null
+  done
+fi
+
 # 1. Let kubelet stop the pods it runs (bounded), then stop it.
 if alive kubelet && alive apiserver && [[ -n ${REALNODE_NODE:-} ]]; then
   k=("$REALNODE_KUBECTL" --kubeconfig "$REALNODE_ADMIN_KUBECONFIG" --request-timeout 10s)
@@ -105,8 +118,11 @@ if [[ -n ${REALNODE_CONTAINERD_SOCK:-} ]]; then
 fi
 
 # 5. Mounts under DIR (overlay rootfs, shm, podman storage), innermost first.
+RUNROOT=${REALNODE_PODMAN_RUNROOT:-/nonexistent}
 for ((round = 0; round < 3; round++)); do
-  mapfile -t mounts < <(awk -v d="$D/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+  mapfile -t mounts < <(awk -v d="$D/" -v r="$RUNROOT/" \
+    'index($5, d) == 1 || index($5, r) == 1 || $5 == substr(r, 1, length(r) - 1) { print $5 }' \
+    /proc/self/mountinfo | sort -r)
   [[ ${#mounts[@]} -eq 0 ]] && break
   for m in "${mounts[@]}"; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
@@ -119,6 +135,9 @@ if [[ -f $D/pod-uids ]]; then
     rm -rf /var/log/pods/*_"$uid"
     find /var/log/containers -maxdepth 1 -lname "*_$uid/*" -delete 2>/dev/null
   done <"$D/pod-uids"
+fi
+if [[ -n ${REALNODE_PODMAN_RUNROOT:-} && $REALNODE_PODMAN_RUNROOT == /run/ngrn-* ]]; then
+  rm -rf "$REALNODE_PODMAN_RUNROOT"
 fi
 if [[ $KEEP -eq 0 ]]; then
   rm -rf "$D"

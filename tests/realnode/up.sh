@@ -31,7 +31,8 @@ while [[ $# -gt 1 ]]; do
 done
 [[ $# -eq 1 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
 D=$1
-log() { echo "realnode up: $*" >&2; }
+exec 3>&2
+log() { echo "realnode up: $*" >&3; }
 die() { log "$*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root"
@@ -76,7 +77,7 @@ wait_for() {
 start() {
   local name=$1
   shift
-  setsid "$@" </dev/null >"$D/$name.log" 2>&1 &
+  setsid "$@" </dev/null >"$D/$name.log" 2>&1 3>&- &
   echo $! >"$D/$name.pid"
 }
 
@@ -147,6 +148,8 @@ kubeconfig "$D/kubelet.kubeconfig" "system:node:$NODE" "$NODE_TOKEN"
 
 CTRD_SOCK=$D/containerd/containerd.sock
 PODMAN_CONF=$D/podman
+# podman refuses a runroot longer than 50 characters.
+PODMAN_RUN=/run/$PREFIX-podman
 cat >"$D/env" <<EOF
 REALNODE_DIR=$D
 REALNODE_PREFIX=$PREFIX
@@ -165,10 +168,11 @@ REALNODE_KUBELET=$KUBELET
 REALNODE_CGROUP_PREFIX=/$PREFIX
 REALNODE_CONTAINERD_SOCK=$CTRD_SOCK
 REALNODE_CONTAINERD_NAMESPACE=k8s.io
-REALNODE_PODMAN_ARGS='--root $PODMAN_CONF/root --runroot $PODMAN_CONF/run --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir $PODMAN_CONF/tmp'
+REALNODE_PODMAN_ARGS='--root $PODMAN_CONF/root --runroot $PODMAN_RUN --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir $PODMAN_CONF/tmp'
 REALNODE_PODMAN_CONTAINERS_CONF=$PODMAN_CONF/containers.conf
 REALNODE_PODMAN_STORAGE_CONF=$PODMAN_CONF/storage.conf
 REALNODE_PODMAN_CGROUP_PARENT=/$PREFIX-podman
+REALNODE_PODMAN_RUNROOT=$PODMAN_RUN
 EOF
 
 # --- etcd
@@ -331,21 +335,31 @@ for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_
   fi
 done
 exec "$BIN/kubelet" --config "$K/config.yaml" --kubeconfig "$D/kubelet.kubeconfig" \\
-  --root-dir "$K/root" --cert-dir "$K/pki" --hostname-override "$NODE" --node-ip 127.0.0.1 \\
+  --root-dir "$K/root" --cert-dir "$K/pki" --hostname-override "$NODE" \\
   --container-runtime remote --container-runtime-endpoint "unix://$CTRD_SOCK" \\
   --runtime-request-timeout 2m --v 1
 EOF
 chmod +x "$K/run.sh"
+# kubelet wants its cgroup root to exist in every hierarchy.
+for h in /sys/fs/cgroup/*/; do
+  [[ -f $h/cgroup.procs ]] || continue
+  mkdir -p "$h$PREFIX"
+  if [[ -f $h/cpuset.cpus ]]; then
+    cat "$h/cpuset.cpus" >"$h$PREFIX/cpuset.cpus"
+    cat "$h/cpuset.mems" >"$h$PREFIX/cpuset.mems"
+  fi
+done
 log "kubelet $NODE, cgroup root /$PREFIX"
 start kubelet unshare --mount "$K/run.sh"
 node_ready() {
+  kill -0 "$(cat "$D/kubelet.pid")" 2>/dev/null || die "kubelet exited: $(grep -m1 '^F' "$D/kubelet.log")"
   [[ $("${KUBECTL[@]}" get node "$NODE" \
     -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
 }
 wait_for 120 "node $NODE Ready (see $D/kubelet.log)" node_ready
 
 # --- podman: own storage and config; runc, cgroupfs, rlimits it may set without CAP_SYS_RESOURCE
-mkdir -p "$PODMAN_CONF/root" "$PODMAN_CONF/run" "$PODMAN_CONF/tmp"
+mkdir -p "$PODMAN_CONF/root" "$PODMAN_RUN" "$PODMAN_CONF/tmp"
 cat >"$PODMAN_CONF/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=$(cat /proc/sys/kernel/pid_max):$(cat /proc/sys/kernel/pid_max)"]
@@ -360,10 +374,10 @@ cat >"$PODMAN_CONF/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$PODMAN_CONF/root"
-runroot = "$PODMAN_CONF/run"
+runroot = "$PODMAN_RUN"
 EOF
 export CONTAINERS_CONF=$PODMAN_CONF/containers.conf CONTAINERS_STORAGE_CONF=$PODMAN_CONF/storage.conf
-PODMAN=(podman --root "$PODMAN_CONF/root" --runroot "$PODMAN_CONF/run" --runtime runc
+PODMAN=(podman --root "$PODMAN_CONF/root" --runroot "$PODMAN_RUN" --runtime runc
   --cgroup-manager cgroupfs --events-backend file --tmpdir "$PODMAN_CONF/tmp")
 "${PODMAN[@]}" import "$IMG/busybox-rootfs.tar" "localhost/$PREFIX-busybox:1" >/dev/null
 

@@ -1,0 +1,1485 @@
+//! The real-node tier: `nodeguard` against a stock kubelet v1.20.2 driving containerd 1.6's CRI
+//! (cgroupfs driver), podman 4.3 and a real kube-apiserver v1.20.2 with RBAC, all brought up on
+//! this machine by `tests/realnode/up.sh` (see `tests/realnode/README.md`).
+//!
+//! Every expectation comes from what those components say themselves: `kubectl get pod -o json`
+//! (containerStatuses ids, qosClass, uid, the spec's limits), `podman inspect`, `ctr`, the cgroup
+//! files the runtimes wrote, `/proc/PID/status`, and the Events the API server stored. Never
+//! from nodeguard's own code.
+//!
+//! One bed serves the whole test binary: the first test that needs it builds it
+//! (`tests/realnode/build.sh`, cached) and brings it up; it is torn down (`down.sh`) when the
+//! test binary exits. The scan tests share one `nodeguard scan -o json`; the agent test runs
+//! `nodeguard run` with the agent's token, bound only to `manifests/clusterrole.yaml`.
+//!
+//! Needs root and what `build.sh` installs; otherwise each test says why it skipped, and with
+//! `CI` set it fails instead. Run: `cargo test -p nodeguard --test realnode`.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+use support::cmd::{self, Output};
+use support::http::free_port;
+use support::scan::Scan;
+use support::wait_for;
+
+/// Longest the build may take (cold: ~5 min on 2 idle cores; much more on a loaded machine).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// Longest bringing the bed up may take (~30 s when idle).
+const UP_TIMEOUT: Duration = Duration::from_secs(6 * 60);
+/// The agent's process-scan interval in these tests.
+const INTERVAL_SECS: u64 = 5;
+/// Longest wait for the agent's first scan and first Events (a debug build, a loaded machine).
+const FIRST_SCAN_TIMEOUT: Duration = Duration::from_secs(180);
+/// Longest wait for something that takes a few scans.
+const SCANS_TIMEOUT: Duration = Duration::from_secs(90);
+/// The value cgroup v1 shows for "no memory limit" (PAGE_COUNTER_MAX pages of 4 KiB).
+const V1_MEMORY_UNLIMITED: u64 = 9_223_372_036_854_771_712;
+
+fn excerpt(text: &str) -> String {
+    support::excerpt(text, 3000)
+}
+
+fn say(text: &str) {
+    // Straight to stderr: libtest captures eprintln! of passing tests.
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bed.
+
+/// A bed brought up by `up.sh`: its directory and the `REALNODE_*` variables of `DIR/env`.
+struct Bed {
+    dir: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
+/// The bed's directory, for the teardown at exit.
+static BED_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/realnode")
+        .join(name)
+}
+
+extern "C" fn teardown_at_exit() {
+    let dir = BED_DIR.lock().ok().and_then(|mut d| d.take());
+    if let Some(dir) = dir {
+        let keep = std::env::var_os("NODEGUARD_REALNODE_KEEP").is_some();
+        let mut command = Command::new("bash");
+        command.arg(script("down.sh"));
+        if keep {
+            command.arg("--keep");
+        }
+        command.arg(&dir);
+        let shown = format!("tests/realnode/down.sh {}", dir.display());
+        let out = cmd::run_command(command, shown, Duration::from_secs(180));
+        say(&format!(
+            "realnode: bed at {} torn down (exit {:?}){}",
+            dir.display(),
+            out.code,
+            out.stderr.trim()
+        ));
+    }
+}
+
+/// The bed, brought up on first use. Returns `None` (after saying why) when it cannot be had
+/// here; panics instead when `CI` is set.
+fn bed() -> Option<&'static Bed> {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test").to_string();
+    match BED.get_or_init(bring_up) {
+        Ok(bed) => Some(bed),
+        Err(reason) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set, so the real-node tests must run, but: {reason}");
+            }
+            say(&format!(
+                "\n!!! SKIPPED {test}: {reason}\n!!! (with CI set this is a failure)\n"
+            ));
+            None
+        }
+    }
+}
+
+macro_rules! require_bed {
+    () => {
+        match bed() {
+            Some(bed) => bed,
+            None => return,
+        }
+    };
+}
+
+/// Tests that only look at the bed share it; tests that change it (pods created and deleted,
+/// agents publishing Events) have it alone, so what one asserts is not another's doing.
+static BED_USE: RwLock<()> = RwLock::new(());
+
+fn looking() -> RwLockReadGuard<'static, ()> {
+    BED_USE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn changing() -> RwLockWriteGuard<'static, ()> {
+    BED_USE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bring_up() -> Result<Bed, String> {
+    let uid = support::oracle::status_field(Path::new("/proc/self/status"), "Uid")
+        .ok_or("cannot read /proc/self/status")?;
+    if uid.split_whitespace().nth(1) != Some("0") {
+        return Err("not root (kubelet, containerd and podman need root)".into());
+    }
+    let start = Instant::now();
+    let mut build = Command::new("bash");
+    build.arg(script("build.sh"));
+    let out = cmd::run_command(build, "tests/realnode/build.sh".into(), BUILD_TIMEOUT);
+    if !out.success() {
+        return Err(format!("the bed could not be built:\n{out}"));
+    }
+    say(&format!("realnode: build.sh took {:.1?}", start.elapsed()));
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("realnode");
+    fs::create_dir_all(&parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    let dir = parent.join(format!("bed-{}", support::random_hex(4)));
+    *BED_DIR.lock().unwrap() = Some(dir.clone());
+    // SAFETY: registers a plain extern "C" function; libtest leaves through process::exit,
+    // which runs atexit handlers, so the bed goes down after the last test, failed or not.
+    unsafe {
+        libc::atexit(teardown_at_exit);
+    }
+    let start = Instant::now();
+    let mut up = Command::new("bash");
+    up.arg(script("up.sh")).arg(&dir);
+    let out = cmd::run_command(
+        up,
+        format!("tests/realnode/up.sh {}", dir.display()),
+        UP_TIMEOUT,
+    );
+    if !out.success() {
+        let logs = ["kubelet", "containerd", "apiserver", "etcd"]
+            .iter()
+            .map(|n| {
+                let text = fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "--- {n}.log (last 15 lines):\n{}",
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(format!("the bed did not come up:\n{out}\n{logs}"));
+    }
+    say(&format!("realnode: up.sh took {:.1?}", start.elapsed()));
+    let text = fs::read_to_string(dir.join("env")).map_err(|e| format!("read env: {e}"))?;
+    let env = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    Ok(Bed { dir, env })
+}
+
+impl Bed {
+    fn var(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from {}/env", self.dir.display()))
+    }
+
+    fn node(&self) -> &str {
+        self.var("REALNODE_NODE")
+    }
+
+    /// kubectl as the admin.
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--kubeconfig", self.var("REALNODE_ADMIN_KUBECONFIG")];
+        all.extend_from_slice(args);
+        cmd::run(self.var("REALNODE_KUBECTL"), &all)
+    }
+
+    fn kubectl_json(&self, args: &[&str]) -> Value {
+        let out = self.kubectl(args).ok();
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("kubectl printed no JSON ({e})\n{out}"))
+    }
+
+    fn kubectl_apply(&self, manifest: &Value) {
+        let path = self
+            .dir
+            .join(format!("apply-{}.json", support::random_hex(4)));
+        fs::write(&path, manifest.to_string()).unwrap();
+        self.kubectl(&["apply", "-f", path.to_str().unwrap()]).ok();
+    }
+
+    /// Notes a pod's uid for `down.sh`, which removes the logs kubelet keeps of it in
+    /// `/var/log/pods` (for pods deleted before the bed goes down).
+    fn remember_pod_uid(&self, name: &str) {
+        let uid = self.pod(name)["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("pod-uids"))
+            .expect("open pod-uids");
+        let _ = writeln!(file, "{uid}");
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        self.kubectl_json(&["get", "pod", "-n", "realnode", name, "-o", "json"])
+    }
+
+    /// Every pod of the workload namespace, as the API server has them.
+    fn pods(&self) -> Vec<Value> {
+        self.kubectl_json(&["get", "pods", "-n", "realnode", "-o", "json"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `podman ARGS...` with the bed's storage and configuration.
+    fn podman(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("podman");
+        let base: Vec<&str> = self.var("REALNODE_PODMAN_ARGS").split(' ').collect();
+        command
+            .args(&base)
+            .args(args)
+            .env(
+                "CONTAINERS_CONF",
+                self.var("REALNODE_PODMAN_CONTAINERS_CONF"),
+            )
+            .env(
+                "CONTAINERS_STORAGE_CONF",
+                self.var("REALNODE_PODMAN_STORAGE_CONF"),
+            );
+        let mut all = base.clone();
+        all.extend_from_slice(args);
+        cmd::run_command(command, cmd::display("podman", &all), cmd::DEFAULT_TIMEOUT)
+    }
+
+    fn podman_inspect(&self, name: &str) -> Value {
+        let out = self.podman(&["inspect", name]).ok();
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("podman inspect printed no JSON ({e})\n{out}"));
+        v[0].clone()
+    }
+
+    /// `ctr -n k8s.io ARGS...` against the bed's containerd.
+    fn ctr(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            "--address",
+            self.var("REALNODE_CONTAINERD_SOCK"),
+            "-n",
+            "k8s.io",
+        ];
+        all.extend_from_slice(args);
+        cmd::run("ctr", &all)
+    }
+
+    /// containerd's tasks: id → pid (`ctr tasks ls`), sandboxes included.
+    fn ctr_tasks(&self) -> BTreeMap<String, i32> {
+        let out = self.ctr(&["tasks", "ls"]).ok();
+        out.stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let id = w.next()?.to_string();
+                let pid = w.next()?.parse().ok()?;
+                Some((id, pid))
+            })
+            .collect()
+    }
+
+    /// Ids of the pod sandboxes containerd runs (label `io.cri-containerd.kind=sandbox`).
+    fn ctr_sandboxes(&self) -> BTreeSet<String> {
+        let out = self
+            .ctr(&[
+                "containers",
+                "ls",
+                "-q",
+                "labels.\"io.cri-containerd.kind\"==sandbox",
+            ])
+            .ok();
+        out.stdout.lines().map(str::to_string).collect()
+    }
+
+    /// The podman workload's names, as `workload.sh` made them.
+    fn podman_names(&self) -> [String; 2] {
+        let prefix = self.var("REALNODE_PREFIX");
+        [format!("{prefix}-pm-limits"), format!("{prefix}-pm-user")]
+    }
+
+    /// Whether a cgroup path (as /proc/PID/cgroup shows it) belongs to this bed.
+    fn owns_cgroup(&self, cgroup: &str) -> bool {
+        let prefix = self.var("REALNODE_PREFIX");
+        cgroup.starts_with(&format!("/{prefix}/"))
+            || cgroup.starts_with(&format!("/{prefix}-podman/"))
+    }
+
+    /// The containers of the report that live in this bed's cgroups (other engineers' runc
+    /// containers may run on this machine too).
+    fn report_containers<'a>(&self, scan: &'a Scan) -> Vec<&'a Value> {
+        scan.containers()
+            .iter()
+            .filter(|c| c["cgroup"].as_str().is_some_and(|g| self.owns_cgroup(g)))
+            .collect()
+    }
+}
+
+/// `containerd://<id>` → `<id>` of every containerStatus of `pod`, by container name.
+fn container_ids(pod: &Value) -> BTreeMap<String, String> {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .map(|statuses| {
+            statuses
+                .iter()
+                .filter_map(|s| {
+                    let id = s["containerID"].as_str()?;
+                    let id = id.strip_prefix("containerd://").unwrap_or_else(|| {
+                        panic!(
+                            "containerID {id} is not containerd's (pod {})",
+                            pod["metadata"]["name"]
+                        )
+                    });
+                    Some((s["name"].as_str()?.to_string(), id.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The only container id of pod `name`.
+fn only_container_id(pod: &Value) -> String {
+    let ids = container_ids(pod);
+    assert_eq!(
+        ids.len(),
+        1,
+        "expected one container in {}",
+        pod["metadata"]["name"]
+    );
+    ids.into_values().next().unwrap()
+}
+
+/// Finds the directory `/sys/fs/cgroup/<controller>/<prefix>/...` named `leaf`.
+fn cgroup_dir(controller: &str, top: &str, leaf: &str) -> Option<PathBuf> {
+    fn walk(dir: &Path, leaf: &str, depth: usize) -> Option<PathBuf> {
+        if depth > 5 {
+            return None;
+        }
+        for entry in fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if !entry.file_type().ok()?.is_dir() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy() == leaf {
+                return Some(path);
+            }
+            if let Some(found) = walk(&path, leaf, depth + 1) {
+                return Some(found);
+            }
+        }
+        None
+    }
+    walk(
+        &Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(top.trim_start_matches('/')),
+        leaf,
+        0,
+    )
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Limits the runtime wrote into cgroup directory `leaf` (v1 layout: memory, cpu, pids), as
+/// the report writes them: bytes, cores, count; `None` = unlimited.
+fn cgroup_limits(top: &str, leaf: &str) -> (Option<u64>, Option<f64>, Option<u64>) {
+    let mem_dir = cgroup_dir("memory", top, leaf)
+        .unwrap_or_else(|| panic!("no memory cgroup {leaf} under {top}"));
+    let mem = read_u64(&mem_dir.join("memory.limit_in_bytes")).filter(|&m| m < V1_MEMORY_UNLIMITED);
+    let cpu = cgroup_dir("cpu", top, leaf).and_then(|d| {
+        let quota: i64 = fs::read_to_string(d.join("cpu.cfs_quota_us"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let period = read_u64(&d.join("cpu.cfs_period_us"))?;
+        (quota > 0).then(|| quota as f64 / period as f64)
+    });
+    let pids = cgroup_dir("pids", top, leaf).and_then(|d| {
+        let text = fs::read_to_string(d.join("pids.max")).ok()?;
+        text.trim().parse().ok()
+    });
+    (mem, cpu, pids)
+}
+
+/// A Kubernetes quantity as bytes (`48Mi`, `64M`, plain) or cores (`100m`, `1`).
+fn quantity(q: &str) -> f64 {
+    let units: [(&str, f64); 8] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("m", 1e-3),
+        ("", 1.0),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            if let Ok(n) = n.parse::<f64>() {
+                return n * factor;
+            }
+        }
+    }
+    panic!("unparsable quantity {q}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// One scan, shared.
+
+static SCAN: OnceLock<Scan> = OnceLock::new();
+
+/// `nodeguard scan -o json` of the bed with its workload running (one scan for all tests).
+fn scan(bed: &Bed) -> &'static Scan {
+    SCAN.get_or_init(|| {
+        let _ = bed;
+        Scan::run(&["--no-fs"])
+    })
+}
+
+/// The report's entry for container `id`; panics with the bed's containers seen.
+fn entry<'a>(bed: &Bed, scan: &'a Scan, id: &str, what: &str) -> &'a Value {
+    scan.find_container(id).unwrap_or_else(|| {
+        let seen: Vec<String> = bed
+            .report_containers(scan)
+            .iter()
+            .map(|c| format!("{} {}", c["id"], c["cgroup"]))
+            .collect();
+        panic!(
+            "the scan did not report {what} ({id}); this bed's containers in the report: {seen:#?}\n{}",
+            scan.summary()
+        )
+    })
+}
+
+fn kinds_of(scan: &Scan, id: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = scan
+        .findings_for(id)
+        .iter()
+        .map(|f| format!("{}:{}", f["kind"].as_str().unwrap_or("?"), f["subject"]))
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scan tests: attribution, runtime, pod, QoS, limits, sandboxes, privileged.
+
+#[test]
+fn cri_containers_are_attributed_to_containerd_with_their_pod_uid_and_qos() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let mut checked = 0;
+    for pod in bed.pods() {
+        let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        let uid = pod["metadata"]["uid"].as_str().unwrap();
+        let qos = pod["status"]["qosClass"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        for (cname, id) in container_ids(&pod) {
+            let c = entry(bed, scan, &id, &format!("pod {name} container {cname}"));
+            let why = format!("pod {name} container {cname} ({id}): {c:#}");
+            assert_eq!(c["runtime"], "containerd", "{why}");
+            assert_eq!(c["pod_uid"], uid, "{why}");
+            assert_eq!(c["qos"], qos.as_str(), "{why}");
+            assert_eq!(c["cgroup_driver"], "cgroupfs", "{why}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 7,
+        "only {checked} CRI containers in the workload"
+    );
+}
+
+#[test]
+fn pod_sandboxes_are_not_reported_as_containers() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let mut expected: BTreeSet<String> = bed
+        .pods()
+        .iter()
+        .flat_map(|p| container_ids(p).into_values())
+        .collect();
+    for name in bed.podman_names() {
+        let inspect = bed.podman_inspect(&name);
+        expected.insert(inspect["Id"].as_str().unwrap().to_string());
+    }
+    let reported: BTreeSet<String> = bed
+        .report_containers(scan)
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect();
+    let sandboxes = bed.ctr_sandboxes();
+    assert!(!sandboxes.is_empty(), "ctr lists no sandboxes");
+    let reported_sandboxes: Vec<&String> = sandboxes.intersection(&reported).collect();
+    assert!(
+        reported_sandboxes.is_empty(),
+        "pod sandboxes (pause) reported as containers: {reported_sandboxes:?}\n{}",
+        scan.summary()
+    );
+    let sandbox_findings: Vec<&Value> = scan
+        .findings()
+        .iter()
+        .filter(|f| {
+            f["container_id"]
+                .as_str()
+                .is_some_and(|id| sandboxes.contains(id))
+        })
+        .collect();
+    assert!(
+        sandbox_findings.is_empty(),
+        "findings about sandboxes: {}",
+        excerpt(&format!("{sandbox_findings:#?}"))
+    );
+    assert_eq!(
+        reported,
+        expected,
+        "the report's containers in this bed (left) are not the containerStatuses ids plus \
+         podman's (right)\n{}",
+        scan.summary()
+    );
+}
+
+#[test]
+fn limits_are_the_containers_and_pods_own_as_written_in_the_cgroups_and_the_spec() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let top = bed.var("REALNODE_CGROUP_PREFIX");
+    for pod in bed.pods() {
+        let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        let uid = pod["metadata"]["uid"].as_str().unwrap();
+        let specs = pod["spec"]["containers"].as_array().unwrap();
+        let ids = container_ids(&pod);
+        let (pod_mem, pod_cpu, pod_pids) = cgroup_limits(top, &format!("pod{uid}"));
+        for spec in specs {
+            let cname = spec["name"].as_str().unwrap();
+            let id = &ids[cname];
+            let c = entry(bed, scan, id, &format!("pod {name} container {cname}"));
+            let why = format!("pod {name} container {cname} ({id}): {c:#}");
+            let (mem, cpu, pids) = cgroup_limits(top, id);
+            // The oracle agrees with itself: the spec's limit is what containerd wrote.
+            let spec_mem = spec["resources"]["limits"]["memory"].as_str().map(quantity);
+            assert_eq!(
+                mem.map(|m| m as f64),
+                spec_mem,
+                "cgroup vs spec memory: {why}"
+            );
+            assert_eq!(c["limits"]["memory_bytes"].as_u64(), mem, "memory: {why}");
+            assert_eq!(c["limits"]["pids"].as_u64(), pids, "pids: {why}");
+            match (c["limits"]["cpu_cores"].as_f64(), cpu) {
+                (None, None) => {}
+                (Some(a), Some(b)) if (a - b).abs() < 1e-3 => {}
+                (a, b) => panic!("cpu_cores {a:?}, cgroup says {b:?}: {why}"),
+            }
+            assert_eq!(
+                c["pod_limits"]["memory_bytes"].as_u64(),
+                pod_mem,
+                "pod memory: {why}"
+            );
+            assert_eq!(
+                c["pod_limits"]["pids"].as_u64(),
+                pod_pids,
+                "pod pids: {why}"
+            );
+            let _ = pod_cpu;
+            // Effective: the tighter of the container's and the pod's own, never the node's
+            // allocatable on kubepods or the QoS-class cgroup.
+            let effective = [mem, pod_mem].into_iter().flatten().min();
+            assert_eq!(
+                c["effective_limits"]["memory_bytes"].as_u64(),
+                effective,
+                "effective memory: {why}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_best_effort_pod_is_missing_its_memory_and_pids_limits() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let pod = bed.pod("besteffort");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    let id = only_container_id(&pod);
+    let top = bed.var("REALNODE_CGROUP_PREFIX");
+    // What kubelet wrote above the pod: node allocatable on kubepods.
+    let (node_mem, _, _) = cgroup_limits(top, "kubepods");
+    assert!(
+        node_mem.is_some(),
+        "kubelet set no memory limit on {top}/kubepods"
+    );
+    let c = entry(bed, scan, &id, "the besteffort container");
+    assert!(
+        c["effective_limits"]["memory_bytes"].is_null(),
+        "node allocatable ({node_mem:?} on kubepods) counted as the container's limit: {c:#}"
+    );
+    for kind in ["missing_memory_limit", "missing_pids_limit"] {
+        assert!(
+            !scan.findings_of(&id, kind, None).is_empty(),
+            "no {kind} for the BestEffort pod's container {id}; its findings: {:?}\n{c:#}",
+            kinds_of(scan, &id)
+        );
+    }
+    // And the Guaranteed pod, whose limits are set, is not missing its memory limit.
+    let g = only_container_id(&bed.pod("guaranteed"));
+    assert!(
+        scan.findings_of(&g, "missing_memory_limit", None)
+            .is_empty(),
+        "missing_memory_limit for the Guaranteed pod: {:?}",
+        kinds_of(scan, &g)
+    );
+}
+
+#[test]
+fn a_privileged_pod_gets_privileged_container_and_added_capabilities_are_dangerous() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let tasks = bed.ctr_tasks();
+    let privileged = only_container_id(&bed.pod("privileged"));
+    // The oracle: the container's process's bounding set equals pid 1's (the node's own).
+    let pid = tasks[&privileged];
+    let bnd = support::oracle::status_field(Path::new(&format!("/proc/{pid}/status")), "CapBnd");
+    let host_bnd = support::oracle::status_field(Path::new("/proc/self/status"), "CapBnd");
+    assert_eq!(
+        bnd, host_bnd,
+        "the privileged container's bounding set is not the host's"
+    );
+    assert!(
+        !scan
+            .findings_of(&privileged, "privileged_container", None)
+            .is_empty(),
+        "no privileged_container for the privileged: true pod ({privileged}); its findings: {:?}",
+        kinds_of(scan, &privileged)
+    );
+    for other in ["besteffort", "netadmin", "guaranteed"] {
+        let id = only_container_id(&bed.pod(other));
+        assert!(
+            scan.findings_of(&id, "privileged_container", None)
+                .is_empty(),
+            "privileged_container for the unprivileged pod {other}"
+        );
+    }
+    let netadmin = only_container_id(&bed.pod("netadmin"));
+    let eff = support::oracle::status_field(
+        Path::new(&format!("/proc/{}/status", tasks[&netadmin])),
+        "CapEff",
+    )
+    .unwrap();
+    let decoded = support::oracle::capsh_decode(&eff);
+    for cap in ["CAP_NET_ADMIN", "CAP_SYS_TIME"] {
+        assert!(decoded.contains(&cap.to_string()), "capsh says {decoded:?}");
+        assert!(
+            !scan
+                .findings_of(&netadmin, "dangerous_capability", Some(cap))
+                .is_empty(),
+            "no dangerous_capability {cap} for the netadmin pod; its findings: {:?}",
+            kinds_of(scan, &netadmin)
+        );
+    }
+}
+
+#[test]
+fn a_two_container_pod_is_two_containers_of_one_pod() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let pod = bed.pod("two");
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let ids = container_ids(&pod);
+    assert_eq!(ids.len(), 2, "{pod:#}");
+    for (cname, id) in &ids {
+        let c = entry(bed, scan, id, &format!("container {cname} of pod two"));
+        assert_eq!(c["pod_uid"], uid, "{c:#}");
+        let procs: Vec<&Value> = scan
+            .processes()
+            .iter()
+            .filter(|p| p["container_id"] == id.as_str())
+            .collect();
+        let pid = bed.ctr_tasks()[id];
+        assert!(
+            procs.iter().any(|p| p["pid"] == pid),
+            "container {cname}: ctr says pid {pid}; the report's processes of it: {procs:?}"
+        );
+    }
+}
+
+#[test]
+fn podman_containers_are_attributed_to_podman_with_their_limits_capabilities_and_user() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let scan = scan(bed);
+    let top = bed.var("REALNODE_PODMAN_CGROUP_PARENT");
+    for name in bed.podman_names() {
+        let inspect = bed.podman_inspect(&name);
+        let id = inspect["Id"].as_str().unwrap();
+        let c = entry(bed, scan, id, &format!("podman container {name}"));
+        let why = format!("podman {name} ({id}): {c:#}");
+        assert_eq!(c["runtime"], "podman", "{why}");
+        assert!(c["pod_uid"].is_null(), "{why}");
+        let hc = &inspect["HostConfig"];
+        let (mem, cpu, pids) = cgroup_limits(top, &format!("libpod-{id}"));
+        assert_eq!(
+            mem,
+            hc["Memory"].as_u64(),
+            "podman inspect vs cgroup memory: {why}"
+        );
+        assert_eq!(c["limits"]["memory_bytes"].as_u64(), mem, "memory: {why}");
+        assert_eq!(c["limits"]["pids"].as_u64(), pids, "pids: {why}");
+        assert_eq!(
+            pids,
+            hc["PidsLimit"].as_u64(),
+            "podman inspect vs cgroup pids: {why}"
+        );
+        if let Some(nano) = hc["NanoCpus"].as_u64().filter(|&n| n > 0) {
+            let cores = c["limits"]["cpu_cores"].as_f64().unwrap_or(-1.0);
+            assert!((cores - nano as f64 / 1e9).abs() < 1e-3, "cpu: {why}");
+            assert!(
+                (cpu.unwrap() - nano as f64 / 1e9).abs() < 1e-3,
+                "cgroup cpu vs inspect"
+            );
+        }
+        let pid = inspect["State"]["Pid"].as_i64().unwrap();
+        let p = scan
+            .find_process(pid as i32)
+            .unwrap_or_else(|| panic!("podman's pid {pid} of {name} not in the report"));
+        assert_eq!(p["container_id"], id, "{p:#}");
+        let user = inspect["Config"]["User"].as_str().unwrap_or("");
+        let status_uid =
+            support::oracle::status_field(Path::new(&format!("/proc/{pid}/status")), "Uid")
+                .and_then(|u| u.split_whitespace().nth(1).map(str::to_string))
+                .unwrap();
+        assert_eq!(p["uid"].to_string(), status_uid, "{p:#}");
+        let root_findings = scan.findings_of(id, "runs_as_root", None);
+        if user.starts_with("1000") {
+            assert_eq!(status_uid, "1000");
+            assert!(
+                root_findings.is_empty(),
+                "runs_as_root for --user {user}: {why}"
+            );
+        } else {
+            assert!(
+                !root_findings.is_empty(),
+                "no runs_as_root for a root podman container: {why}"
+            );
+        }
+        let added: Vec<String> = inspect["HostConfig"]["CapAdd"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for cap in added {
+            let cap = if cap.starts_with("CAP_") {
+                cap
+            } else {
+                format!("CAP_{cap}")
+            };
+            assert!(
+                !scan
+                    .findings_of(id, "dangerous_capability", Some(&cap))
+                    .is_empty(),
+                "no dangerous_capability {cap} for podman --cap-add: {:?}",
+                kinds_of(scan, id)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_cgroup_root_pointing_at_nothing_raises_no_missing_limit_findings() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let nothing = bed.dir.join("no-cgroups-here");
+    let scan = Scan::run(&["--no-fs", "--cgroup-root", nothing.to_str().unwrap()]);
+    let ours: BTreeSet<String> = bed
+        .pods()
+        .iter()
+        .flat_map(|p| container_ids(p).into_values())
+        .collect();
+    let missing: Vec<&Value> = scan
+        .findings()
+        .iter()
+        .filter(|f| {
+            f["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("missing_"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "limits that could not be read were reported missing: {}",
+        excerpt(&format!("{missing:#?}"))
+    );
+    // Still a scan of the bed's containers, not an empty report.
+    let seen = scan
+        .containers()
+        .iter()
+        .filter(|c| c["id"].as_str().is_some_and(|i| ours.contains(i)))
+        .count();
+    assert_eq!(seen, ours.len(), "{}", scan.summary());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent against the real API server.
+
+/// `KUBECONFIG=<agent kubeconfig> nodeguard run --kube on ...`, killed on drop.
+struct Agent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    command: String,
+}
+
+impl Agent {
+    fn start(bed: &Bed, name: &str, state_dir: Option<&Path>) -> Agent {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let interval = format!("{INTERVAL_SECS}s");
+        let mut args: Vec<String> = [
+            "run",
+            "--kube",
+            "on",
+            "--node-name",
+            bed.node(),
+            "--listen",
+            &listen,
+            "--interval",
+            &interval,
+            "--fs-interval",
+            "10m",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(dir) = state_dir {
+            args.extend(["--state-dir".to_string(), dir.display().to_string()]);
+        }
+        if !support::host_pid1_readable() {
+            args.extend(["--host-root".to_string(), "/".to_string()]);
+        }
+        let log = bed.dir.join(format!("agent-{name}.log"));
+        let file = fs::File::create(&log).unwrap();
+        let kubeconfig = bed.var("REALNODE_AGENT_KUBECONFIG");
+        let command = format!(
+            "KUBECONFIG={kubeconfig} {}",
+            cmd::display(support::nodeguard_bin(), &args)
+        );
+        let child = Command::new(support::nodeguard_bin())
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let agent = Agent {
+            child,
+            port,
+            log,
+            command,
+        };
+        wait_for(
+            "the agent's first scan (/readyz 200)",
+            FIRST_SCAN_TIMEOUT,
+            || {
+                agent.get("/readyz").and_then(|(status, body)| {
+                    if status == 200 {
+                        Ok(())
+                    } else {
+                        Err(format!("{status}: {body}"))
+                    }
+                })
+            },
+        );
+        agent
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String), String> {
+        support::http::get(self.port, path, None, Duration::from_secs(10))
+            .map(|r| (r.status, r.body))
+            .map_err(|e| format!("GET {path}: {e}"))
+    }
+
+    fn findings(&self) -> Result<Vec<Value>, String> {
+        let (status, body) = self.get("/v1/findings")?;
+        if status != 200 {
+            return Err(format!("/v1/findings: {status}"));
+        }
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok(v["findings"].as_array().cloned().unwrap_or_default())
+    }
+
+    fn scanned_at(&self) -> Result<String, String> {
+        let (_, body) = self.get("/v1/report")?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        v["scanned_at"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or("no scanned_at".into())
+    }
+
+    /// Waits for `n` more scans.
+    fn wait_scans(&self, n: usize) {
+        let mut seen = self.scanned_at().unwrap_or_default();
+        for round in 1..=n {
+            seen = wait_for(&format!("scan {round} of {n}"), SCANS_TIMEOUT, || {
+                let now = self.scanned_at()?;
+                if now != seen {
+                    Ok(now)
+                } else {
+                    Err(format!("still {now}"))
+                }
+            });
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = cmd::run("kill", &["-s", "TERM", &pid]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the agent did not stop within 15 s of SIGTERM: {}",
+            self.command
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            say(&format!(
+                "--- agent: {}\n--- agent log (last 60 lines):\n{}\n--- end of agent log",
+                self.command,
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            ));
+        }
+    }
+}
+
+/// A host process running an executable deleted after it started: a host finding
+/// (`deleted_executable`) whose Events regard the Node.
+struct Ghost {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Ghost {
+    fn start() -> Ghost {
+        let dir = tempfile::Builder::new()
+            .prefix("nodeguard-realnode-ghost-")
+            .tempdir()
+            .unwrap();
+        let exe = dir.path().join("busybox-ghost");
+        let busybox = support::image::busybox_binary().expect("busybox (build.sh installs it)");
+        fs::copy(&busybox, &exe).unwrap();
+        let child = Command::new(&exe)
+            .args(["sleep", "3600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let link = format!("/proc/{}/exe", child.id());
+        wait_for(
+            "the ghost to exec",
+            Duration::from_secs(10),
+            || match fs::read_link(&link) {
+                Ok(t) if t == exe => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        fs::remove_file(&exe).unwrap();
+        Ghost { child, _dir: dir }
+    }
+}
+
+impl Drop for Ghost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One stored Event as `events.k8s.io/v1` shows it.
+#[derive(Debug, Clone, PartialEq)]
+struct Ev {
+    namespace: String,
+    name: String,
+    reason: String,
+    type_: String,
+    kind: String,
+    regarding: String,
+    uid: String,
+    count: u64,
+    note: String,
+}
+
+/// nodeguard's Events stored by the API server (all namespaces).
+fn nodeguard_events(bed: &Bed) -> Vec<Ev> {
+    let v = bed.kubectl_json(&["get", "events.v1.events.k8s.io", "-A", "-o", "json"]);
+    v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["reportingController"] == "nodeguard")
+        .map(|e| Ev {
+            namespace: e["metadata"]["namespace"].as_str().unwrap_or("").into(),
+            name: e["metadata"]["name"].as_str().unwrap_or("").into(),
+            reason: e["reason"].as_str().unwrap_or("").into(),
+            type_: e["type"].as_str().unwrap_or("").into(),
+            kind: e["regarding"]["kind"].as_str().unwrap_or("").into(),
+            regarding: e["regarding"]["name"].as_str().unwrap_or("").into(),
+            uid: e["regarding"]["uid"].as_str().unwrap_or("").into(),
+            count: e["series"]["count"].as_u64().unwrap_or(1)
+                + e["deprecatedCount"].as_u64().unwrap_or(0),
+            note: e["note"].as_str().unwrap_or("").into(),
+        })
+        .collect()
+}
+
+fn show(events: &[Ev]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{} {} {} {}/{} x{}: {}",
+                e.namespace, e.name, e.type_, e.reason, e.kind, e.regarding, e.count, e.note
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn pod_manifest(bed: &Bed, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "realnode"},
+        "spec": {
+            "nodeName": bed.node(), "hostNetwork": true, "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "main", "image": bed.var("REALNODE_BUSYBOX_IMAGE"),
+                "imagePullPolicy": "Never", "command": ["sleep", "86400"],
+                "resources": {"limits": {"memory": "32Mi", "cpu": "50m"}},
+            }],
+        },
+    })
+}
+
+/// Log lines telling of an RBAC denial. The API server's 403 always says `Forbidden`; a bare
+/// "403" would also match finding ids, digests and pids.
+fn forbidden_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+        .collect()
+}
+
+/// Failures of the steps of one long test, collected so that one broken step does not hide
+/// the others; the test fails at its end with all of them.
+#[derive(Default)]
+struct Checks {
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+        if !ok {
+            let msg = msg();
+            say(&format!("realnode: FAILED CHECK: {msg}"));
+            self.failed.push(msg);
+        }
+    }
+
+    /// Polls `probe` like [`wait_for`], but records the failure instead of panicking.
+    fn wait<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> Result<T, String>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match probe() {
+                Ok(v) => return Some(v),
+                Err(last) if Instant::now() >= deadline => {
+                    self.check(false, || {
+                        format!("gave up after {timeout:?} waiting for {what}; last seen: {last}")
+                    });
+                    return None;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    fn finish(self, agent_logs: &[&Path]) {
+        if self.failed.is_empty() {
+            return;
+        }
+        for log in agent_logs {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            say(&format!(
+                "--- {} (last 40 lines):\n{}",
+                log.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        panic!(
+            "{} check(s) failed:\n\n{}",
+            self.failed.len(),
+            self.failed.join("\n\n")
+        );
+    }
+}
+
+/// Waits until `pred` holds for nodeguard's Events (recording a failure when it does not).
+fn wait_events(
+    checks: &mut Checks,
+    bed: &Bed,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[Ev]) -> bool,
+) -> Option<Vec<Ev>> {
+    checks.wait(what, timeout, || {
+        let events = nodeguard_events(bed);
+        if pred(&events) {
+            Ok(events)
+        } else {
+            Err(format!("nodeguard's Events:\n{}", show(&events)))
+        }
+    })
+}
+
+#[test]
+fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across_restarts() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let state = bed.dir.join("agent-state");
+    fs::create_dir_all(&state).unwrap();
+    let mut checks = Checks::default();
+    let ghost = Ghost::start();
+    let agent = Agent::start(bed, "first", Some(&state));
+    let first_log = agent.log.clone();
+    let privileged = bed.pod("privileged");
+    let privileged_uid = privileged["metadata"]["uid"].as_str().unwrap().to_string();
+
+    // 1. Pods' findings reach Events regarding the right Pod (uid included), which
+    //    `kubectl describe pod` shows. Every pod is hostNetwork, so each has findings.
+    let workload = [
+        "besteffort",
+        "burstable",
+        "guaranteed",
+        "privileged",
+        "netadmin",
+        "two",
+    ];
+    let events = wait_events(
+        &mut checks,
+        bed,
+        "Warning Events regarding each of the workload's pods",
+        FIRST_SCAN_TIMEOUT,
+        |evs| {
+            workload.iter().all(|p| {
+                evs.iter()
+                    .any(|e| e.kind == "Pod" && e.regarding == *p && e.type_ == "Warning")
+            })
+        },
+    )
+    .unwrap_or_else(|| nodeguard_events(bed));
+    let of_privileged: Vec<&Ev> = events
+        .iter()
+        .filter(|e| e.regarding == "privileged")
+        .collect();
+    for e in &of_privileged {
+        checks.check(e.uid == privileged_uid && e.namespace == "realnode", || {
+            format!("an Event about pod privileged names uid {} in {} (the pod: {privileged_uid} in realnode)", e.uid, e.namespace)
+        });
+    }
+    let reasons: BTreeSet<&str> = of_privileged.iter().map(|e| e.reason.as_str()).collect();
+    let described = bed
+        .kubectl(&["describe", "pod", "-n", "realnode", "privileged"])
+        .ok();
+    for reason in &reasons {
+        checks.check(described.stdout.contains(reason), || {
+            format!("kubectl describe pod privileged does not show {reason}\n{described}")
+        });
+    }
+    checks.check(!reasons.is_empty(), || {
+        "no Event about pod privileged to look for in kubectl describe".into()
+    });
+    checks.check(reasons.contains("PrivilegedContainer"), || {
+        format!(
+            "no PrivilegedContainer Event for the privileged: true pod; its reasons: {reasons:?}"
+        )
+    });
+    // No Event names a container that is not in the pod's spec (a sandbox's id).
+    let names: BTreeSet<String> = bed
+        .pods()
+        .iter()
+        .flat_map(|p| container_ids(p).into_values())
+        .map(|id| id[..12].to_string())
+        .collect();
+    for sandbox in bed.ctr_sandboxes() {
+        let short = &sandbox[..12];
+        let about: Vec<&Ev> = events.iter().filter(|e| e.note.contains(short)).collect();
+        checks.check(about.is_empty(), || {
+            format!(
+                "Events name the sandbox {short} (containers: {names:?}):\n{}",
+                show(&about.into_iter().cloned().collect::<Vec<_>>())
+            )
+        });
+    }
+
+    // 2. Host findings (the ghost's deleted executable) reach Events regarding the Node.
+    let node = bed.node().to_string();
+    let node_events = wait_events(
+        &mut checks,
+        bed,
+        "an Event regarding the Node",
+        SCANS_TIMEOUT,
+        |evs| evs.iter().any(|e| e.kind == "Node" && e.regarding == node),
+    );
+    if node_events.is_some() {
+        let core = bed.kubectl_json(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!("involvedObject.kind=Node,involvedObject.name={node}"),
+            "-o",
+            "json",
+        ]);
+        checks.check(core["items"].as_array().is_some_and(|a| !a.is_empty()), || {
+            format!("kubectl get events --field-selector involvedObject.kind=Node shows none: {core}")
+        });
+    }
+
+    // 3. A pod created while the agent runs gets its Event within two intervals.
+    bed.kubectl_apply(&pod_manifest(bed, "late"));
+    bed.remember_pod_uid("late");
+    wait_for("pod late Running", Duration::from_secs(90), || {
+        let pod = bed.pod("late");
+        pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+            .as_str()
+            .map(|_| ())
+            .ok_or_else(|| format!("{}", pod["status"]))
+    });
+    // Two intervals (+10% jitter), plus the time of one scan and one Event write.
+    let bound = Duration::from_secs(INTERVAL_SECS * 2 + INTERVAL_SECS / 5 + 15);
+    wait_events(
+        &mut checks,
+        bed,
+        "a Warning Event regarding the pod created while the agent runs",
+        bound,
+        |evs| {
+            evs.iter()
+                .any(|e| e.regarding == "late" && e.type_ == "Warning")
+        },
+    );
+
+    // 4. A deleted pod's findings resolve (kubelet stops its containers; the Resolved Event
+    //    does not wait for the API object to go).
+    bed.kubectl(&["delete", "pod", "-n", "realnode", "late", "--wait=false"])
+        .ok();
+    wait_events(
+        &mut checks,
+        bed,
+        "a ...Resolved Event regarding the deleted pod",
+        SCANS_TIMEOUT,
+        |evs| {
+            evs.iter().any(|e| {
+                e.regarding == "late" && e.type_ == "Normal" && e.reason.ends_with("Resolved")
+            })
+        },
+    );
+
+    // 5. The agent needs no RBAC beyond the ClusterRole.
+    let log = agent.log_text();
+    let denied = forbidden_lines(&log);
+    checks.check(denied.is_empty(), || {
+        format!(
+            "the agent (with --state-dir) met 403s:\n{}",
+            denied.join("\n")
+        )
+    });
+
+    // 6. Quiet after a restart: no new Event, no repeat counted.
+    agent.stop();
+    let before = nodeguard_events(bed);
+    let agent = Agent::start(bed, "restarted", Some(&state));
+    let restarted_log = agent.log.clone();
+    agent.wait_scans(3);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = nodeguard_events(bed);
+    let new: Vec<Ev> = after
+        .iter()
+        .filter(|e| !before.contains(e))
+        .cloned()
+        .collect();
+    checks.check(new.is_empty(), || {
+        format!(
+            "a restarted agent (same --state-dir) sent Events again:\n{}",
+            show(&new)
+        )
+    });
+    agent.stop();
+
+    // 7. Without --state-dir: no 403 either (no cluster-wide Event list), also while it
+    //    announces a new pod's findings and their resolution.
+    let agent = Agent::start(bed, "stateless", None);
+    let stateless_log = agent.log.clone();
+    bed.kubectl_apply(&pod_manifest(bed, "late2"));
+    bed.remember_pod_uid("late2");
+    wait_events(
+        &mut checks,
+        bed,
+        "a Warning Event regarding a pod created while the agent without --state-dir runs",
+        SCANS_TIMEOUT,
+        |evs| {
+            evs.iter()
+                .any(|e| e.regarding == "late2" && e.type_ == "Warning")
+        },
+    );
+    bed.kubectl(&["delete", "pod", "-n", "realnode", "late2", "--wait=false"])
+        .ok();
+    wait_events(
+        &mut checks,
+        bed,
+        "a ...Resolved Event regarding late2 from the agent without --state-dir",
+        SCANS_TIMEOUT,
+        |evs| {
+            evs.iter().any(|e| {
+                e.regarding == "late2" && e.type_ == "Normal" && e.reason.ends_with("Resolved")
+            })
+        },
+    );
+    agent.wait_scans(2);
+    let log = agent.log_text();
+    let denied = forbidden_lines(&log);
+    checks.check(denied.is_empty(), || {
+        format!(
+            "the agent without --state-dir met 403s:\n{}",
+            denied.join("\n")
+        )
+    });
+    agent.stop();
+    drop(ghost);
+    checks.finish(&[&first_log, &restarted_log, &stateless_log]);
+}
+
+#[test]
+fn a_setuid_file_planted_in_a_running_containers_writable_layer_is_seen_within_a_scan_interval() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let id = only_container_id(&bed.pod("burstable"));
+    let agent = Agent::start(bed, "setuid", None);
+    let planted = format!("/tmp/planted-{}", support::random_hex(3));
+    bed.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "plant",
+        &id,
+        "sh",
+        "-c",
+        &format!("cp /bin/busybox {planted} && chmod 4755 {planted}"),
+    ])
+    .ok();
+    let seen = |f: &Value| {
+        f["kind"] == "setuid_file"
+            && f["container_id"] == id.as_str()
+            && f["path"] == planted.as_str()
+    };
+    // Two process-scan intervals; the filesystem interval is 10 minutes.
+    let bound = Duration::from_secs(INTERVAL_SECS * 3 + 10);
+    wait_for(&format!("setuid_file {planted} in {id}"), bound, || {
+        let all = agent.findings()?;
+        if all.iter().any(seen) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}",
+                all.iter()
+                    .filter(|f| f["container_id"] == id.as_str())
+                    .map(|f| format!("{}:{}", f["kind"], f["subject"]))
+                    .collect::<Vec<_>>()
+            ))
+        }
+    });
+    bed.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "unplant",
+        &id,
+        "rm",
+        "-f",
+        &planted,
+    ])
+    .ok();
+    wait_for(&format!("setuid_file {planted} to resolve"), bound, || {
+        let all = agent.findings()?;
+        if all.iter().any(seen) {
+            Err("still open".into())
+        } else {
+            Ok(())
+        }
+    });
+    agent.stop();
+}
