@@ -1062,15 +1062,14 @@ fn every_dashboard_query_names_metrics_and_labels_of_a_real_scrape_and_returns_d
     let _container = spec.start();
     let mut agent = Agent::start(&kubeconfig, dir.path());
 
-    let namespace_series = format!("nodeguard_findings{{kind=\"dangerous_capability\"");
+    let namespace_series = "nodeguard_findings{kind=\"dangerous_capability\"";
     let scrape = wait_for(
         "a scrape with the pod's findings in its namespace and Events sent",
         FIRST_SCAN_TIMEOUT,
         || {
             let text = agent.scrape()?;
             let enriched = text.lines().any(|l| {
-                l.starts_with(&namespace_series)
-                    && l.contains(&format!("namespace=\"{NAMESPACE}\""))
+                l.starts_with(namespace_series) && l.contains(&format!("namespace=\"{NAMESPACE}\""))
             });
             let sent = first_value(&text, "nodeguard_events_total{result=\"sent\"}").unwrap_or(0.0);
             if enriched && sent > 0.0 {
@@ -1265,13 +1264,13 @@ impl Prometheus {
 
     /// `GET /api/v1/PATH`. A query Prometheus refuses (bad_data) fails the test at once; other
     /// trouble is an `Err` to retry.
-    fn api(&self, path: &str) -> Result<Value, String> {
+    fn api(&self, path: &str, about: &str) -> Result<Value, String> {
         let r = support::http::get(self.port, &format!("/api/v1/{path}"), None, HTTP_TIMEOUT)
             .map_err(|e| format!("GET /api/v1/{path}: {e}"))?;
         let v: Value = serde_json::from_str(&r.body)
             .map_err(|e| format!("/api/v1/{path} is not JSON ({e}): {}", excerpt(&r.body)))?;
         if v["errorType"] == "bad_data" {
-            panic!("Prometheus refuses /api/v1/{path}: {}", v["error"]);
+            panic!("Prometheus refuses {about}: {}", v["error"]);
         }
         if r.status != 200 || v["status"] != "success" {
             return Err(format!("/api/v1/{path} answered {}: {v}", r.status));
@@ -1281,16 +1280,19 @@ impl Prometheus {
 
     /// An instant query's result vector.
     fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
-        let data = self.api(&format!("query?query={}", urlencode(promql)))?;
+        let data = self.api(
+            &format!("query?query={}", urlencode(promql)),
+            &format!("the query {promql}"),
+        )?;
         Ok(data["result"].as_array().cloned().unwrap_or_default())
     }
 
     /// `/api/v1/label/LABEL/values?match[]=SELECTOR`.
     fn label_values(&self, label: &str, selector: &str) -> Result<Vec<String>, String> {
-        let data = self.api(&format!(
-            "label/{label}/values?match[]={}",
-            urlencode(selector)
-        ))?;
+        let data = self.api(
+            &format!("label/{label}/values?match[]={}", urlencode(selector)),
+            &format!("the {label} values of {selector}"),
+        )?;
         Ok(data
             .as_array()
             .into_iter()
