@@ -21,6 +21,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Service, ServiceAccount, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
@@ -145,6 +146,9 @@ struct Manifests {
     service: Service,
     service_monitor: Value,
     prometheus_rule: Value,
+    /// The ClusterRoles a responder or Prometheus is bound to, by name.
+    readers: BTreeMap<String, ClusterRole>,
+    network_policy: NetworkPolicy,
 }
 
 /// The objects of one kind among the listed resources: exactly one is expected.
@@ -178,6 +182,17 @@ fn typed_of_kind<T: DeserializeOwned + Serialize + k8s_openapi::Resource>(
     })
 }
 
+/// The ClusterRole called `name` among the listed resources.
+fn named_cluster_role(raw: &BTreeMap<String, Value>, name: &str) -> ClusterRole {
+    let found: Vec<(&String, &Value)> = raw
+        .iter()
+        .filter(|(_, v)| v["kind"] == "ClusterRole" && v["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one ClusterRole {name:?}");
+    typed_round_trip::<ClusterRole>(found[0].1)
+        .unwrap_or_else(|d| panic!("{}: ClusterRole {name}: {}", found[0].0, d.join("; ")))
+}
+
 fn load() -> Manifests {
     let dir = manifests_dir();
     let kustomization = read_value(&dir.join("kustomization.yaml"));
@@ -191,7 +206,12 @@ fn load() -> Manifests {
     Manifests {
         namespace: typed_of_kind(&raw),
         service_account: typed_of_kind(&raw),
-        cluster_role: typed_of_kind(&raw),
+        cluster_role: named_cluster_role(&raw, "nodeguard"),
+        readers: ["nodeguard-metrics-reader", "nodeguard-api-reader"]
+            .into_iter()
+            .map(|name| (name.to_string(), named_cluster_role(&raw, name)))
+            .collect(),
+        network_policy: typed_of_kind(&raw),
         binding: typed_of_kind(&raw),
         config_map: typed_of_kind(&raw),
         daemon_set: typed_of_kind(&raw),
@@ -279,13 +299,22 @@ impl Manifests {
     }
 
     fn metrics_port(&self) -> (String, i32) {
+        self.port_named("http-metrics")
+    }
+
+    /// The container port called `name`: (name, number).
+    fn port_named(&self, name: &str) -> (String, i32) {
         let ports = self.container().ports.clone().unwrap_or_default();
-        assert_eq!(ports.len(), 1, "the agent exposes one port: {ports:?}");
-        let port = &ports[0];
-        (
-            port.name.clone().expect("the container port has a name"),
-            port.container_port,
-        )
+        assert_eq!(
+            ports.len(),
+            2,
+            "the agent exposes the API and the probe port: {ports:?}"
+        );
+        let port = ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no container port named {name}: {ports:?}"));
+        (name.to_string(), port.container_port)
     }
 }
 
@@ -338,6 +367,7 @@ fn every_manifest_parses_into_its_api_type_with_no_field_ignored() {
         "ConfigMap",
         "DaemonSet",
         "Service",
+        "NetworkPolicy",
         "ServiceMonitor",
         "PrometheusRule",
     ]
@@ -375,8 +405,10 @@ fn the_round_trip_check_catches_a_misspelled_field() {
 const OBJECT_FIELDS: &str = "apiVersion kind metadata spec";
 const SERVICE_MONITOR_SPEC: &str = "selector namespaceSelector endpoints jobLabel targetLabels \
     podTargetLabels sampleLimit attachMetadata";
+// bearerTokenFile: Prometheus sends its own service-account token (deprecated in newer
+// operators in favour of `authorization`, which needs a Secret; still served by the CRD).
 const ENDPOINT_FIELDS: &str = "port targetPort path scheme params interval scrapeTimeout \
-    tlsConfig authorization honorLabels honorTimestamps metricRelabelings relabelings \
+    tlsConfig authorization bearerTokenFile honorLabels honorTimestamps metricRelabelings relabelings \
     followRedirects enableHttp2 filterRunning";
 const RELABELING_FIELDS: &str =
     "sourceLabels separator targetLabel regex modulus replacement action";
@@ -588,6 +620,9 @@ fn the_cluster_role_grants_exactly_pod_reads_and_event_writes() {
         triple("", "pods", "list"),
         triple("", "pods", "watch"),
         triple("", "events", "create"),
+        // The API's bearer tokens: TokenReview, then SubjectAccessReview.
+        triple("authentication.k8s.io", "tokenreviews", "create"),
+        triple("authorization.k8s.io", "subjectaccessreviews", "create"),
     ]
     .into_iter()
     .collect();
@@ -1188,7 +1223,24 @@ fn the_metrics_port_agrees_across_daemonset_service_servicemonitor_and_code() {
 #[test]
 fn the_probes_ask_paths_the_agent_serves() {
     let m = load();
-    let (port_name, _) = m.metrics_port();
+    // The probes have a listener of their own (--probe-listen), so load on the API port
+    // cannot starve them.
+    let (port_name, port) = m.port_named("probes");
+    let listen: std::net::SocketAddr = m
+        .arg("--probe-listen")
+        .expect("the DaemonSet passes --probe-listen")
+        .parse()
+        .expect("--probe-listen is an address");
+    assert_eq!(
+        i32::from(listen.port()),
+        port,
+        "--probe-listen uses the probes port"
+    );
+    assert_eq!(i32::from(nodeguard_api::DEFAULT_PROBE_PORT), port);
+    assert!(
+        listen.ip().is_unspecified(),
+        "the kubelet probes from outside the pod"
+    );
     let container = m.container();
     let served = nodeguard_api::paths();
     for (which, probe, want) in [
@@ -1479,5 +1531,155 @@ fn the_image_tag_is_the_crate_version() {
         tag,
         env!("CARGO_PKG_VERSION"),
         "the DaemonSet's image {image} should be this release"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may read the agent
+
+/// (non-resource URL, verb) pairs a role grants.
+fn non_resource_grants(role: &ClusterRole) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(
+            rule.api_groups.is_none() && rule.resources.is_none() && rule.resource_names.is_none(),
+            "{:?}: a reader role grants nothing on the API server's resources: {rule:?}",
+            role.metadata.name
+        );
+        for url in rule.non_resource_urls.iter().flatten() {
+            for verb in &rule.verbs {
+                out.insert((url.clone(), verb.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether an RBAC non-resource URL rule covers `path` (exact, or a `/prefix/*` wildcard), as
+/// the API server's RBAC authorizer matches them.
+fn url_rule_covers(rule: &str, path: &str) -> bool {
+    match rule.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => rule == path,
+    }
+}
+
+#[test]
+fn the_reader_roles_grant_get_on_exactly_the_urls_the_agent_checks() {
+    let m = load();
+    let get = |url: &str| (url.to_string(), "get".to_string());
+    let metrics = &m.readers["nodeguard-metrics-reader"];
+    assert_eq!(
+        non_resource_grants(metrics),
+        BTreeSet::from([get("/metrics")])
+    );
+    let api = &m.readers["nodeguard-api-reader"];
+    assert_eq!(
+        non_resource_grants(api),
+        BTreeSet::from([get("/v1/*"), get("/metrics")])
+    );
+    // Every served path under /v1/ is covered by the API reader, none by the metrics reader.
+    for path in nodeguard_api::paths() {
+        let by_api = non_resource_grants(api)
+            .iter()
+            .any(|(u, _)| url_rule_covers(u, path));
+        let by_metrics = non_resource_grants(metrics)
+            .iter()
+            .any(|(u, _)| url_rule_covers(u, path));
+        match path {
+            "/healthz" | "/readyz" => {} // never authenticated
+            "/metrics" => assert!(by_api && by_metrics, "{path}"),
+            _ => {
+                assert!(path.starts_with("/v1/"), "{path}");
+                assert!(by_api && !by_metrics, "{path}");
+            }
+        }
+    }
+    // Reader roles are not bound by the manifests: operators bind them to their Prometheus
+    // and responders. The one binding gives the agent its own role.
+    assert_eq!(m.binding.role_ref.name, "nodeguard");
+}
+
+#[test]
+fn the_service_monitor_sends_a_token() {
+    let m = load();
+    for endpoint in m.service_monitor["spec"]["endpoints"].as_array().unwrap() {
+        let file = endpoint["bearerTokenFile"].as_str();
+        let authorization = &endpoint["authorization"];
+        assert!(
+            file == Some("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                || authorization["credentials"].is_object(),
+            "every scrape endpoint sends a bearer token: {endpoint}"
+        );
+    }
+}
+
+#[test]
+fn the_network_policy_admits_prometheus_to_the_api_and_anyone_to_the_probes_only() {
+    let m = load();
+    let policy = &m.network_policy;
+    assert_eq!(
+        policy.metadata.namespace.as_deref(),
+        Some("nodeguard"),
+        "the NetworkPolicy lives with the agent"
+    );
+    let spec = policy.spec.as_ref().expect("NetworkPolicy spec");
+    let template_labels = m
+        .daemon_set
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|meta| meta.labels.clone())
+        .unwrap_or_default();
+    let selector = spec
+        .pod_selector
+        .clone()
+        .unwrap_or_default()
+        .match_labels
+        .unwrap_or_default();
+    assert!(
+        !selector.is_empty(),
+        "the policy selects the agent pods, not every pod"
+    );
+    for (key, value) in &selector {
+        assert_eq!(template_labels.get(key), Some(value), "podSelector {key}");
+    }
+    assert_eq!(spec.policy_types.clone().unwrap_or_default(), ["Ingress"]);
+    let (api_name, _) = m.metrics_port();
+    let (probe_name, _) = m.port_named("probes");
+    let rules = spec.ingress.clone().unwrap_or_default();
+    let port_names = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        rule.ports
+            .iter()
+            .flatten()
+            .map(|p| match p.port.clone() {
+                Some(IntOrString::String(name)) => name,
+                other => panic!("ports are named, as in the DaemonSet: {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    // Every rule names its ports (a rule without ports would open all of them).
+    for rule in &rules {
+        assert!(!port_names(rule).is_empty(), "{rule:?}");
+    }
+    let api_rules: Vec<_> = rules
+        .iter()
+        .filter(|r| port_names(r).contains(&api_name))
+        .collect();
+    assert_eq!(api_rules.len(), 1, "one rule admits to the API port");
+    let from = api_rules[0].from.clone().unwrap_or_default();
+    assert!(
+        !from.is_empty()
+            && from
+                .iter()
+                .all(|peer| peer.namespace_selector.is_some() && peer.pod_selector.is_some()),
+        "only selected pods in selected namespaces reach the API port: {from:?}"
+    );
+    assert_eq!(port_names(api_rules[0]), [api_name]);
+    let open: Vec<_> = rules.iter().filter(|r| r.from.is_none()).collect();
+    assert!(
+        open.iter().all(|r| port_names(r) == [probe_name.clone()]),
+        "only the probe port is open to every peer: {open:?}"
     );
 }

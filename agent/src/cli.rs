@@ -149,6 +149,23 @@ pub struct ScanArgs {
     /// Exit with status 3 when a finding at or above this severity exists.
     #[arg(long, value_enum)]
     pub fail_on: Option<SeverityArg>,
+
+    /// Also print these inventory tables after the findings (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub show: Vec<InventoryArg>,
+
+    /// Print every inventory table (containers, processes, files): `--show all`.
+    #[arg(long)]
+    pub inventory: bool,
+}
+
+/// An inventory table of `scan` (the findings and their summary are always printed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InventoryArg {
+    Containers,
+    Processes,
+    Files,
+    All,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +256,24 @@ pub struct RunArgs {
     pub no_events: bool,
 }
 
+/// A flag value as the command line spells it (`sha256`, `auto`), for logs.
+pub fn value_name<T: ValueEnum>(value: T) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
+}
+
+/// A duration as the flags take it: `30s`, `10m`, `1h`, `250ms`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// Parses `30s`, `5m`, `1h`, `250ms` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
@@ -291,8 +326,14 @@ mod tests {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The agent's address (inside the agent's pod: the default).
-    #[arg(long, default_value = "http://127.0.0.1:9717", env = "NODEGUARD_URL")]
+    /// The agent's address (inside the agent's pod: the default). Accepted before or after
+    /// the subcommand.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9717",
+        env = "NODEGUARD_URL",
+        global = true
+    )]
     pub url: String,
 
     /// Bearer token to send [default: --token-file, else the in-cluster service-account
@@ -301,12 +342,13 @@ pub struct QueryArgs {
         long,
         env = "NODEGUARD_TOKEN",
         hide_env_values = true,
-        conflicts_with = "token_file"
+        conflicts_with = "token_file",
+        global = true
     )]
     pub token: Option<String>,
 
     /// File holding the bearer token to send.
-    #[arg(long, env = "NODEGUARD_TOKEN_FILE")]
+    #[arg(long, env = "NODEGUARD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
 
     /// Output format.

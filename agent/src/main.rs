@@ -9,12 +9,15 @@ mod run;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cli::{Cli, Command, HashChoice, LogFormat, OutputFormat, PolicyCommand, ScanSettings};
+use cli::{
+    Cli, Command, HashChoice, InventoryArg, LogFormat, OutputFormat, PolicyCommand, ScanSettings,
+};
+use nodeguard_api::client;
 use nodeguard_hash::Algorithms;
 use nodeguard_model::Severity;
 use nodeguard_policy::Policy;
 use nodeguard_scan::{NoPods, ScanOptions, ScanScope, Scanner};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +31,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            // `{:#}` prints the whole context chain on one line.
-            eprintln!("nodeguard: error: {err:#}");
+            eprintln!("nodeguard: error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: the crates' errors already embed
+/// their source in their own message (`{path}: cannot read policy: {source}`), so a cause whose
+/// text the line already holds is not repeated (anyhow's `{:#}` would print it twice).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -48,16 +68,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for warning in &report.warnings {
                 tracing::debug!(%warning, "scan warning");
             }
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            match args.output {
-                OutputFormat::Json => {
-                    serde_json::to_writer_pretty(&mut out, &report)?;
-                    writeln!(out)?;
+            let text = match args.output {
+                OutputFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+                OutputFormat::Table => {
+                    client::report_table(&report, inventory(&args), output::width())
                 }
-                OutputFormat::Table => output::write_table(&mut out, &report)?,
-            }
-            out.flush()?;
+            };
+            output::print(&text).context("cannot write the report")?;
             let threshold = args.fail_on.map(severity);
             if threshold.is_some_and(|t| report.max_severity().is_some_and(|m| m >= t)) {
                 return Ok(ExitCode::from(EXIT_FINDINGS));
@@ -79,7 +96,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 match nodeguard_hash::digest_file(file, algs, args.max_size) {
                     Ok(d) => {
                         for digest in [d.sha256_hex(), d.sha512_hex()].into_iter().flatten() {
-                            println!("{digest}  {}", file.display());
+                            output::print(&format!("{digest}  {}\n", file.display()))?;
                         }
                     }
                     Err(e) => {
@@ -95,10 +112,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Policy(PolicyCommand::Check { file }) => {
-            let policy = Policy::load(&file)?;
-            println!("{}: ok ({})", file.display(), policy.summary());
+            // A policy file, or the ConfigMap manifest that ships one (each key checked).
+            for (name, policy) in Policy::load_file_or_configmap(&file)? {
+                output::print(&format!("{name}: ok ({})\n", policy.summary()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn inventory(args: &cli::ScanArgs) -> client::Inventory {
+    let all = args.inventory || args.show.contains(&InventoryArg::All);
+    client::Inventory {
+        containers: all || args.show.contains(&InventoryArg::Containers),
+        processes: all || args.show.contains(&InventoryArg::Processes),
+        files: all || args.show.contains(&InventoryArg::Files),
     }
 }
 
@@ -156,8 +184,10 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // Colour codes only for a terminal: in a file or a pipe they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();

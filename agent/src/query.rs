@@ -33,6 +33,7 @@ fn token(args: &QueryArgs) -> Result<Option<String>> {
 pub fn run(args: QueryArgs) -> Result<()> {
     let endpoint = client::Endpoint::new(args.url.clone(), token(&args)?);
     let base = &endpoint;
+    let width = crate::output::width();
     match args.what {
         QueryWhat::Findings {
             namespace,
@@ -59,13 +60,13 @@ pub fn run(args: QueryArgs) -> Result<()> {
             };
             let answer = client::findings(base, &query)?;
             print(args.output, &answer, || {
-                client::findings_table(&answer.findings)
+                client::findings_report(&answer.findings, width)
             })
         }
         QueryWhat::Containers { namespace, pod } => {
             let answer = client::containers(base, namespace.as_deref(), pod.as_deref())?;
             print(args.output, &answer, || {
-                client::containers_table(&answer.containers)
+                client::containers_table_width(&answer.containers, width)
             })
         }
         QueryWhat::Processes {
@@ -82,12 +83,14 @@ pub fn run(args: QueryArgs) -> Result<()> {
             };
             let answer = client::processes_matching(base, &query)?;
             print(args.output, &answer, || {
-                client::processes_table(&answer.processes)
+                client::processes_table_width(&answer.processes, width)
             })
         }
         QueryWhat::Report => {
             let report = client::report(base)?;
-            print(args.output, &report, || client::report_summary(&report))
+            print(args.output, &report, || {
+                client::report_table(&report, client::Inventory::default(), width)
+            })
         }
     }
 }
@@ -97,9 +100,10 @@ fn print<T: Serialize>(
     value: &T,
     table: impl FnOnce() -> String,
 ) -> Result<()> {
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        OutputFormat::Table => print!("{}", table()),
-    }
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(value)? + "\n",
+        OutputFormat::Table => table(),
+    };
+    crate::output::print(&text).context("cannot write the answer")?;
     Ok(())
 }

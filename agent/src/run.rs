@@ -41,22 +41,33 @@ async fn serve(args: RunArgs) -> Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %node,
-        listen = ?args.listen,
-        probe_listen = ?args.probe_listen,
-        auth = ?args.auth,
+        listen = %args
+            .listen
+            .map_or_else(|| "default (by cluster)".to_string(), |a| a.to_string()),
+        probe_listen = %args
+            .probe_listen
+            .map_or_else(|| "none".to_string(), |a| a.to_string()),
+        auth = %crate::cli::value_name(args.auth),
         show_secrets = args.settings.show_secrets,
-        interval = ?args.interval,
-        fs_interval = ?args.fs_interval,
+        interval = %crate::cli::format_duration(args.interval),
+        fs_interval = %crate::cli::format_duration(args.fs_interval),
         proc_root = %args.settings.proc_root.display(),
         cgroup_root = %args.settings.cgroup_root.display(),
         host_root = %scanner.options().collect.host_root.display(),
-        config = ?args.settings.config,
+        config = %args
+            .settings
+            .config
+            .as_ref()
+            .map_or_else(|| "none (built-in defaults)".to_string(), |p| p.display().to_string()),
         policy = %scanner.policy().summary(),
-        hash = ?args.settings.hash,
+        hash = %crate::cli::value_name(args.settings.hash),
         max_hash_size = args.settings.max_hash_size,
         threads = scanner.options().threads,
-        kube = ?args.kube,
-        state_dir = ?args.state_dir,
+        kube = %crate::cli::value_name(args.kube),
+        state_dir = %args
+            .state_dir
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         events = !args.no_events,
         "nodeguard starting with this effective configuration"
     );
@@ -303,5 +314,63 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["nodeguard", "run"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_cluster_the_api_stays_on_loopback_unless_told_loudly() {
+        let access = Access::decide(&run_args(&[]), false).unwrap();
+        assert_eq!(access.listen, "127.0.0.1:9717".parse().unwrap());
+        assert!(!access.authenticate);
+
+        let err = Access::decide(&run_args(&["--listen", "0.0.0.0:9717"]), false)
+            .err()
+            .expect("no unauthenticated API beyond loopback by accident");
+        assert!(
+            err.to_string().contains("--insecure-unauthenticated"),
+            "{err}"
+        );
+        let access = Access::decide(
+            &run_args(&["--listen", "0.0.0.0:9717", "--insecure-unauthenticated"]),
+            false,
+        )
+        .unwrap();
+        assert!(!access.authenticate);
+
+        let err = Access::decide(&run_args(&["--auth", "on"]), false)
+            .err()
+            .expect("tokens cannot be checked without a cluster");
+        assert!(err.to_string().contains("cluster"), "{err}");
+    }
+
+    #[test]
+    fn with_a_cluster_the_api_listens_for_the_cluster_and_checks_tokens() {
+        let access = Access::decide(&run_args(&[]), true).unwrap();
+        assert_eq!(access.listen, "0.0.0.0:9717".parse().unwrap());
+        assert!(access.authenticate);
+        // On loopback (kubectl exec into the pod) no token is needed, unless asked for.
+        let loopback = run_args(&["--listen", "127.0.0.1:9717"]);
+        assert!(!Access::decide(&loopback, true).unwrap().authenticate);
+        let forced = run_args(&["--listen", "127.0.0.1:9717", "--auth", "on"]);
+        assert!(Access::decide(&forced, true).unwrap().authenticate);
+        let err = Access::decide(&run_args(&["--auth", "off"]), true)
+            .err()
+            .expect("--auth off beyond loopback needs the insecure flag");
+        assert!(err.to_string().contains("refusing"), "{err}");
     }
 }

@@ -480,6 +480,64 @@ async fn every_answer_over_http_validates_against_the_spec() {
     checker.check_response("/metrics", status, &content_type(&head), &body);
     broken.shutdown().await.unwrap();
 
+    // With authentication: 401 without a token, 403 without the permission.
+    struct OnlyOk;
+    impl nodeguard_api::Authorizer for OnlyOk {
+        fn authorize<'a>(
+            &'a self,
+            token: &'a str,
+            _: &'a str,
+        ) -> nodeguard_api::DecisionFuture<'a> {
+            Box::pin(async move {
+                if token == "ok" {
+                    nodeguard_api::Decision::Allowed { user: "ok".into() }
+                } else {
+                    nodeguard_api::Decision::Forbidden {
+                        user: "someone".into(),
+                        reason: "no grant".into(),
+                    }
+                }
+            })
+        }
+    }
+    let router = nodeguard_api::router_with_auth(
+        context(Some(node_state("node-a"))).0,
+        nodeguard_api::RequestLimits::default(),
+        Some(nodeguard_api::AuthOptions::new(Arc::new(OnlyOk))),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(nodeguard_api::serve(listener, router, async move {
+        let _ = stopped.await;
+    }));
+    for path in [
+        "/metrics",
+        "/v1/report",
+        "/v1/findings",
+        "/v1/containers",
+        "/v1/processes",
+    ] {
+        let (status, head, body) = raw_get(addr, "GET", path).await;
+        assert_eq!(status, 401, "GET {path} without a token");
+        checker.check_response(path, status, &content_type(&head), &body);
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await.unwrap();
+        let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&bytes[..split]).to_string();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        assert_eq!(status, 403, "GET {path} with a token lacking the grant");
+        checker.check_response(path, status, &content_type(&head), &bytes[split + 4..]);
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
     assert!(
         checker.errors.is_empty(),
         "answers that do not match docs/openapi.json:\n{}",

@@ -12,7 +12,9 @@
 //!
 //! Scans run on a blocking thread; the caches inside the [`Scanner`] live across scans.
 
-use nodeguard_model::{FindingLedger, NodeState, PodLookup, Report, ScanKind, ScanRun, Timestamp};
+use nodeguard_model::{
+    FindingLedger, NodeState, PodLookup, Report, ScanKind, ScanRun, Severity, Timestamp,
+};
 use nodeguard_policy::Policy;
 use nodeguard_scan::{ScanScope, Scanner};
 use std::collections::BTreeMap;
@@ -170,14 +172,26 @@ impl Daemon {
                                 },
                             );
                         }
-                        let next = publish(&mut totals, report);
+                        let (next, appeared, resolved) = publish(&mut totals, report);
                         observer.state_changed(&next);
+                        let mut open = [0usize; 4];
+                        for t in &next.findings {
+                            open[t.finding.severity as usize] += 1;
+                        }
+                        // One line per scan; only new high/critical findings get their own.
                         tracing::info!(
-                            scope = ?scope,
+                            scope = scope_name(scope),
                             duration_ms = elapsed.as_millis() as u64,
                             processes = next.report.processes.len(),
                             containers = next.report.containers.len(),
                             findings = next.findings.len(),
+                            critical = open[Severity::Critical as usize],
+                            high = open[Severity::High as usize],
+                            medium = open[Severity::Medium as usize],
+                            low = open[Severity::Low as usize],
+                            new = appeared,
+                            resolved,
+                            warnings = next.report.warnings.len(),
                             "scan complete"
                         );
                         state.send_replace(Some(next));
@@ -259,29 +273,47 @@ async fn reload_policy(
     }
 }
 
-fn publish(totals: &mut Totals, report: Report) -> Arc<NodeState> {
+fn scope_name(scope: ScanScope) -> &'static str {
+    match scope {
+        ScanScope::Processes => "processes",
+        ScanScope::ProcessesAndFilesystems => "processes_and_filesystems",
+    }
+}
+
+/// The new state, and how many findings appeared and resolved. Only new high and critical
+/// findings are logged one by one (the scan's summary line counts the rest): a first scan of
+/// a busy node has hundreds of findings, and a log line each buries the ones that matter.
+fn publish(totals: &mut Totals, report: Report) -> (Arc<NodeState>, usize, usize) {
     let changes = totals.ledger.apply(&report.findings, report.scanned_at);
     for t in &changes.appeared {
         *totals
             .findings_detected
             .entry((t.finding.kind, t.finding.severity))
             .or_insert(0) += 1;
+        if t.finding.severity < Severity::High {
+            continue;
+        }
         tracing::warn!(
             id = %t.finding.id,
             kind = %t.finding.kind,
             severity = %t.finding.severity,
             container = t.finding.container_id.as_deref().unwrap_or("host"),
-            message = %t.finding.message,
+            detail = %t.finding.message,
             "new finding"
         );
     }
-    for t in &changes.resolved {
+    for t in changes
+        .resolved
+        .iter()
+        .filter(|t| t.finding.severity >= Severity::High)
+    {
         tracing::info!(id = %t.finding.id, kind = %t.finding.kind, "finding resolved");
     }
+    let (appeared, resolved) = (changes.appeared.len(), changes.resolved.len());
     for (kind, n) in &report.stats.errors {
         *totals.errors_total.entry(kind.clone()).or_insert(0) += n;
     }
-    Arc::new(NodeState {
+    let state = Arc::new(NodeState {
         report: Arc::new(report),
         findings: totals.ledger.open().cloned().collect(),
         last_scans: totals.last_scans.clone(),
@@ -289,7 +321,8 @@ fn publish(totals: &mut Totals, report: Report) -> Arc<NodeState> {
         errors_total: totals.errors_total.clone(),
         policy_reload_failures: totals.policy_reload_failures,
         policy_loaded_at: totals.policy_loaded_at,
-    })
+    });
+    (state, appeared, resolved)
 }
 
 /// `base` ± `fraction` at random, never below a tenth of `base`.

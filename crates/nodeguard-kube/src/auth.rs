@@ -263,3 +263,289 @@ pub fn kubeconfig_token() -> Option<String> {
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a fake API server that answers TokenReview and SubjectAccessReview as
+    //! kube-apiserver does (and rejects what it rejects), plus its fault modes: down, slow,
+    //! failing. `tests/api_auth.rs` runs the same path against the real kube-apiserver.
+
+    use super::*;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Normal,
+        Slow,
+        Failing,
+    }
+
+    #[derive(Clone)]
+    struct Fake {
+        mode: Arc<Mutex<Mode>>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    async fn token_review(
+        State(fake): State<Fake>,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
+        fake.calls.fetch_add(1, Ordering::SeqCst);
+        let mode = *fake.mode.lock().unwrap();
+        match mode {
+            Mode::Slow => tokio::time::sleep(Duration::from_secs(30)).await,
+            Mode::Failing => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(status_body(500, "etcd down")),
+                )
+            }
+            Mode::Normal => {}
+        }
+        if body["apiVersion"] != "authentication.k8s.io/v1" || body["kind"] != "TokenReview" {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(status_body(400, "not a TokenReview")),
+            );
+        }
+        let Some(token) = body["spec"]["token"].as_str().filter(|t| !t.is_empty()) else {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(status_body(422, "spec.token: Required value")),
+            );
+        };
+        let status = match token {
+            "admin-token" => {
+                json!({"authenticated": true, "user": {"username": "admin", "groups": ["system:masters", "system:authenticated"]}})
+            }
+            "prom-token" => {
+                json!({"authenticated": true, "user": {"username": "prom", "uid": "u-1", "groups": ["system:authenticated"]}})
+            }
+            // kube-apiserver leaves `authenticated` out and says why.
+            _ => json!({"user": {}, "error": "invalid bearer token"}),
+        };
+        let mut answer = body.clone();
+        answer["status"] = status;
+        (StatusCode::CREATED, Json(answer))
+    }
+
+    async fn access_review(
+        State(fake): State<Fake>,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
+        fake.calls.fetch_add(1, Ordering::SeqCst);
+        let spec = &body["spec"];
+        if body["kind"] != "SubjectAccessReview" {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(status_body(400, "not a SubjectAccessReview")),
+            );
+        }
+        if spec["user"].as_str().unwrap_or("").is_empty()
+            && spec["groups"].as_array().is_none_or(|g| g.is_empty())
+        {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(status_body(
+                    422,
+                    "at least one of user or group must be specified",
+                )),
+            );
+        }
+        let non_resource = &spec["nonResourceAttributes"];
+        if non_resource.is_null() == spec["resourceAttributes"].is_null() {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(status_body(
+                    422,
+                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                )),
+            );
+        }
+        let user = spec["user"].as_str().unwrap_or("");
+        let path = non_resource["path"].as_str().unwrap_or("");
+        let allowed = non_resource["verb"] == "get"
+            && (spec["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "system:masters"))
+                || (user == "prom" && spec["uid"] == "u-1" && path == "/metrics"));
+        let mut answer = body.clone();
+        answer["status"] = if allowed {
+            json!({"allowed": true, "reason": "RBAC: allowed"})
+        } else {
+            json!({"allowed": false})
+        };
+        (StatusCode::CREATED, Json(answer))
+    }
+
+    fn status_body(code: u16, message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code})
+    }
+
+    async fn fake_server() -> (Fake, String) {
+        let fake = Fake {
+            mode: Arc::new(Mutex::new(Mode::Normal)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        let router = Router::new()
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                post(token_review),
+            )
+            .route(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                post(access_review),
+            )
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (fake, url)
+    }
+
+    fn authorizer(url: &str, config: AuthConfig) -> KubeAuthorizer {
+        let config_kube = kube::Config::new(url.parse().unwrap());
+        KubeAuthorizer::new(kube::Client::try_from(config_kube).unwrap(), config)
+    }
+
+    fn quick() -> AuthConfig {
+        AuthConfig {
+            review_timeout: Duration::from_millis(500),
+            denied_ttl: Duration::from_millis(300),
+            ..AuthConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_reviewed_then_the_non_resource_url_is_authorized() {
+        let (_fake, url) = fake_server().await;
+        let auth = authorizer(&url, quick());
+        assert_eq!(
+            auth.authorize("admin-token", "/v1/report").await,
+            Decision::Allowed {
+                user: "admin".into()
+            }
+        );
+        assert_eq!(
+            auth.authorize("prom-token", "/metrics").await,
+            Decision::Allowed {
+                user: "prom".into()
+            }
+        );
+        match auth.authorize("prom-token", "/v1/processes").await {
+            Decision::Forbidden { user, reason } => {
+                assert_eq!(user, "prom");
+                assert!(reason.contains("/v1/processes"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match auth.authorize("stolen", "/v1/report").await {
+            Decision::Unauthenticated { reason } => {
+                assert!(reason.contains("invalid bearer token"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn decisions_are_cached_briefly_and_failures_never() {
+        let (fake, url) = fake_server().await;
+        let auth = authorizer(&url, quick());
+        auth.authorize("admin-token", "/v1/report").await;
+        let after_first = fake.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            after_first, 2,
+            "one TokenReview and one SubjectAccessReview"
+        );
+        auth.authorize("admin-token", "/v1/report").await;
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            2,
+            "an allowed decision is cached"
+        );
+        auth.authorize("admin-token", "/v1/findings").await;
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 4, "per path");
+
+        auth.authorize("stolen", "/v1/report").await;
+        auth.authorize("stolen", "/v1/report").await;
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            5,
+            "an invalid token is cached too"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        auth.authorize("stolen", "/v1/report").await;
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            6,
+            "and expires after denied_ttl"
+        );
+
+        *fake.mode.lock().unwrap() = Mode::Failing;
+        assert!(matches!(
+            auth.authorize("prom-token", "/metrics").await,
+            Decision::Unavailable { .. }
+        ));
+        *fake.mode.lock().unwrap() = Mode::Normal;
+        assert_eq!(
+            auth.authorize("prom-token", "/metrics").await,
+            Decision::Allowed {
+                user: "prom".into()
+            },
+            "a failure is not remembered"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let (_fake, url) = fake_server().await;
+        let auth = authorizer(
+            &url,
+            AuthConfig {
+                max_cache_entries: 8,
+                ..quick()
+            },
+        );
+        for i in 0..50 {
+            auth.authorize(&format!("made-up-{i}"), "/v1/report").await;
+        }
+        assert!(auth.cache.lock().unwrap().len() <= 8);
+    }
+
+    #[tokio::test]
+    async fn a_down_slow_or_failing_api_server_is_unavailable_not_a_hang() {
+        // Down: nothing listens on the port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        match authorizer(&url, quick())
+            .authorize("admin-token", "/v1/report")
+            .await
+        {
+            Decision::Unavailable { reason } => assert!(reason.contains("TokenReview"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let (fake, url) = fake_server().await;
+        let auth = authorizer(&url, quick());
+        *fake.mode.lock().unwrap() = Mode::Slow;
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            auth.authorize("admin-token", "/v1/report"),
+        )
+        .await
+        {
+            Ok(Decision::Unavailable { reason }) => assert!(reason.contains("within"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        *fake.mode.lock().unwrap() = Mode::Failing;
+        match auth.authorize("admin-token", "/v1/report").await {
+            Decision::Unavailable { reason } => assert!(reason.contains("etcd down"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

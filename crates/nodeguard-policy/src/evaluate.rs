@@ -407,6 +407,7 @@ fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut F
     ];
     for (set, kind, bit, owner, owner_kind) in bits {
         if set && !setuid_allowed {
+            let severity = setuid_severity(policy, f, severity);
             let message = format!(
                 "{label}: {bit} file {} ({owner_kind} {owner}, mode {:o}) in {where_}",
                 f.path, f.mode
@@ -434,7 +435,7 @@ fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut F
             );
             found.add(file_finding(
                 FindingKind::FileCapability,
-                severity,
+                capability_severity(policy, f, text, severity),
                 cid,
                 f,
                 message,
@@ -471,6 +472,32 @@ fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut F
             f,
             message,
         ));
+    }
+}
+
+/// A setuid/setgid file the distribution ships (`distro_setuid`), found where the image put
+/// it, is `low` unless the policy is `strict_setuid`; anything else keeps `default`.
+fn setuid_severity(policy: &Policy, f: &FileEntry, default: Severity) -> Severity {
+    let distro = f.layer == Layer::Image
+        && !policy.strict_setuid
+        && crate::distro_setuid::is_distribution_setuid(&f.path, f.uid);
+    if distro {
+        Severity::Low
+    } else {
+        default
+    }
+}
+
+/// Like [`setuid_severity`], for a file capability the distribution sets itself (ping's
+/// `cap_net_raw`), exactly as it sets it.
+fn capability_severity(policy: &Policy, f: &FileEntry, caps: &str, default: Severity) -> Severity {
+    let distro = f.layer == Layer::Image
+        && !policy.strict_setuid
+        && crate::distro_setuid::is_distribution_capability(&f.path, f.uid, caps);
+    if distro {
+        Severity::Low
+    } else {
+        default
     }
 }
 

@@ -26,6 +26,7 @@
 //! # Ok::<(), nodeguard_policy::PolicyError>(())
 //! ```
 
+mod distro_setuid;
 mod error;
 mod evaluate;
 mod policy;

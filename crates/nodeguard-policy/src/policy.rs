@@ -24,6 +24,8 @@ pub struct Policy {
     pub(crate) trusted: Vec<TrustedBinary>,
     pub(crate) denied: Vec<DeniedBinary>,
     pub(crate) allowed_setuid: Vec<crate::spec::PathPattern>,
+    /// Distribution setuid/setgid files in image layers at `medium`, not `low`.
+    pub(crate) strict_setuid: bool,
     pub(crate) allowed_file_capabilities: Vec<AllowedFileCapabilities>,
     pub(crate) exemptions: Vec<Exemption>,
 }
@@ -55,6 +57,35 @@ impl Policy {
         Policy::from_yaml_str(&text, &origin)
     }
 
+    /// What `nodeguard policy check` reads: a policy file, or a ConfigMap manifest whose every
+    /// `data` key holds a policy (as `manifests/configmap.yaml`). Returns each policy with the
+    /// name it was checked under: the file, or `FILE data.KEY`, which errors name too.
+    pub fn load_file_or_configmap(path: &Path) -> Result<Vec<(String, Policy)>, PolicyError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        let Some(data) = yaml::configmap_data(&text) else {
+            return Ok(vec![(
+                origin.clone(),
+                Policy::from_yaml_str(&text, &origin)?,
+            )]);
+        };
+        if data.is_empty() {
+            return Err(PolicyError::Document {
+                origin,
+                message: "a ConfigMap without data: no policy to check".to_string(),
+            });
+        }
+        data.into_iter()
+            .map(|(key, text)| {
+                let name = format!("{origin} data.{key}");
+                Policy::from_yaml_str(&text, &name).map(|p| (name, p))
+            })
+            .collect()
+    }
+
     fn from_spec(spec: PolicySpec) -> Policy {
         let dangerous = match spec.dangerous_capabilities {
             Some(caps) => caps.iter().fold(0u64, |mask, cap| mask | (1u64 << cap.0)),
@@ -71,6 +102,7 @@ impl Policy {
             trusted: spec.trusted_binaries,
             denied: spec.denied_binaries,
             allowed_setuid: spec.allowed_setuid,
+            strict_setuid: spec.strict_setuid,
             allowed_file_capabilities: spec.allowed_file_capabilities,
             exemptions: spec.exemptions,
         }

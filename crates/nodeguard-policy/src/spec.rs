@@ -32,6 +32,9 @@ pub(crate) struct PolicySpec {
     pub denied_binaries: Vec<DeniedBinary>,
     #[serde(deserialize_with = "null_as_empty")]
     pub allowed_setuid: Vec<PathPattern>,
+    /// Report the distribution's own setuid/setgid files in image layers like any other
+    /// image file (`medium`) instead of `low`.
+    pub strict_setuid: bool,
     #[serde(deserialize_with = "null_as_empty")]
     pub allowed_file_capabilities: Vec<AllowedFileCapabilities>,
     #[serde(deserialize_with = "null_as_empty")]

@@ -33,6 +33,19 @@ pub(crate) fn from_str<T: DeserializeOwned + Default>(
     serde_yaml::from_str(text).map_err(|err| invalid_error(&err, origin))
 }
 
+/// When `text` is a Kubernetes ConfigMap manifest, its `data` entries as (key, text), sorted by
+/// key; `None` for anything else (a policy has no `kind` field, so nothing is ambiguous).
+pub(crate) fn configmap_data(text: &str) -> Option<Vec<(String, String)>> {
+    #[derive(serde::Deserialize)]
+    struct ConfigMap {
+        kind: String,
+        #[serde(default)]
+        data: std::collections::BTreeMap<String, String>,
+    }
+    let manifest: ConfigMap = serde_yaml::from_str(text).ok()?;
+    (manifest.kind == "ConfigMap").then(|| manifest.data.into_iter().collect())
+}
+
 fn syntax_error(err: &serde_yaml::Error, text: &str, origin: &str) -> PolicyError {
     let rendered = err.to_string();
     if err.location().is_none() {

@@ -119,6 +119,7 @@ fn the_reference_documents_every_kind_and_field() {
         "trusted_binaries[].image",
         "denied_binaries[].reason",
         "allowed_setuid",
+        "strict_setuid",
         "allowed_file_capabilities[].capabilities",
         "exemptions[].containers",
     ] {
@@ -127,4 +128,45 @@ fn the_reference_documents_every_kind_and_field() {
             "docs/policy.md lacks `{field}`"
         );
     }
+}
+
+#[test]
+fn policy_check_reads_the_configmap_the_daemonset_ships_and_names_the_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let checked = Policy::load_file_or_configmap(&root.join("manifests/configmap.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = checked.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].ends_with("manifests/configmap.yaml data.policy.yaml"),
+        "{names:?}"
+    );
+
+    let dir = tempfile_dir();
+    let bad = dir.join("cm.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: p\ndata:\n  policy.yaml: |\n    \
+         allowed_setuid: [usr/bin/su]\n",
+    )
+    .unwrap();
+    let err = Policy::load_file_or_configmap(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cm.yaml data.policy.yaml:1:") && err.contains("allowed_setuid[0]"),
+        "{err}"
+    );
+    // A plain policy file is still one policy under its own name.
+    let plain = dir.join("p.yaml");
+    std::fs::write(&plain, "version: 1\n").unwrap();
+    let checked = Policy::load_file_or_configmap(&plain).unwrap();
+    assert_eq!(checked[0].0, plain.display().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nodeguard-policy-cm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

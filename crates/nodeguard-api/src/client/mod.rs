@@ -1,5 +1,6 @@
-//! A small blocking client of the API, for `nodeguard query`, and table renderers for what
-//! it returns.
+//! A small blocking client of the API, for `nodeguard query`, and the one table renderer
+//! that `nodeguard query` and `nodeguard scan` both print through ([`report_table`],
+//! [`findings_report`], …).
 //!
 //! Each function takes the API's base URL (default [`DEFAULT_BASE_URL`]; a path prefix such
 //! as a `kubectl proxy` URL works too), asks one endpoint, and returns typed values. Errors
@@ -11,7 +12,7 @@
 //!
 //! let query = FindingsQuery { min_severity: Some(Severity::High), ..Default::default() };
 //! let answer = client::findings(client::DEFAULT_BASE_URL, &query)?;
-//! print!("{}", client::findings_table(&answer.findings));
+//! print!("{}", client::findings_report(&answer.findings, client::DEFAULT_WIDTH));
 //! # Ok::<(), nodeguard_api::Error>(())
 //! ```
 //!
@@ -19,7 +20,11 @@
 
 mod table;
 
-pub use table::{containers_table, findings_table, processes_table, report_summary};
+pub use table::{
+    bytes, containers_table, containers_table_width, cores, findings_report, findings_table, fit,
+    processes_table, processes_table_width, report_summary, report_table, summary, FindingLine,
+    Inventory, DEFAULT_WIDTH,
+};
 
 use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 use crate::types::{ContainersResponse, ErrorBody, FindingsResponse, ProcessesResponse};

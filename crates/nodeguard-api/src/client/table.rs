@@ -1,51 +1,396 @@
-//! Plain aligned tables of API answers, for terminals. Every cell is escaped, so a process
-//! name or path with control characters (`\n`, ANSI escapes) cannot forge lines or colors.
+//! The one text renderer of nodeguard: `nodeguard scan` and `nodeguard query` both print
+//! through it, so a finding, a container or a size reads the same in both.
+//!
+//! What a responder reads first comes first: a summary (findings per severity, per kind, per
+//! pod), then the findings worst first, grouped by pod and container, one line each. The
+//! inventories (containers, processes, files) come only when asked for. Every line fits the
+//! given width and ends in `…` when cut; JSON output keeps everything. Every cell is escaped,
+//! so a process name or path with control characters (`\n`, ANSI escapes) cannot forge lines
+//! or colours.
 
 use crate::types::ProcessEntry;
-use nodeguard_model::{escape_path, Container, Report, Severity, TrackedFinding};
+use nodeguard_model::{
+    escape_path, Container, FileEntry, Finding, Report, Severity, Timestamp, TrackedFinding,
+};
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// One line per finding, most severe first, then oldest first.
-pub fn findings_table(findings: &[TrackedFinding]) -> String {
-    let mut sorted: Vec<&TrackedFinding> = findings.iter().collect();
-    sorted.sort_by_key(|t| {
-        (
-            Reverse(t.finding.severity),
-            t.first_seen,
-            t.finding.id.as_str(),
-        )
-    });
-    let mut table = Table::new(&[
-        "ID",
-        "SEVERITY",
-        "KIND",
-        "NAMESPACE",
-        "POD",
-        "CONTAINER",
-        "PID",
-        "FIRST SEEN",
-        "SUBJECT",
-    ]);
-    for t in sorted {
-        let f = &t.finding;
-        table.row(vec![
-            f.id.clone(),
-            f.severity.to_string(),
-            f.kind.to_string(),
-            opt(f.namespace.as_deref()),
-            opt(f.pod.as_deref()),
-            container_cell(f.container_id.as_deref(), f.container_name.as_deref()),
-            opt(f.pid.map(|p| p.to_string()).as_deref()),
-            t.first_seen.to_string(),
-            f.subject.clone(),
-        ]);
+/// Width of a line when the output is not a terminal.
+pub const DEFAULT_WIDTH: usize = 120;
+
+/// How many pods the summary lists (the worst ones) before saying how many more there are.
+pub const SUMMARY_PODS: usize = 10;
+
+/// How many warnings a table shows before pointing at the JSON output for the rest.
+pub const SHOWN_WARNINGS: usize = 20;
+
+/// What to print besides the summary and the findings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub containers: bool,
+    pub processes: bool,
+    pub files: bool,
+}
+
+impl Inventory {
+    /// Every inventory table.
+    pub const ALL: Inventory = Inventory {
+        containers: true,
+        processes: true,
+        files: true,
+    };
+}
+
+/// One finding to show, with when it was first seen when the agent tracks that.
+#[derive(Debug, Clone, Copy)]
+pub struct FindingLine<'a> {
+    pub finding: &'a Finding,
+    pub first_seen: Option<Timestamp>,
+}
+
+/// A whole report, as `nodeguard scan` and `nodeguard query report` print it: a header line,
+/// the summary, the findings worst first, the inventories asked for, the warnings and a
+/// footer of scan statistics. Lines are at most `width` characters.
+pub fn report_table(report: &Report, inventory: Inventory, width: usize) -> String {
+    let mut out = String::new();
+    let in_containers = report
+        .processes
+        .iter()
+        .filter(|p| p.container_id.is_some())
+        .count();
+    push_line(
+        &mut out,
+        &format!(
+            "node {}  scanned {} ({} ms): {} containers, {} processes ({} in containers), \
+             {} setuid/setgid/capability files",
+            report.node,
+            report.scanned_at,
+            report.duration_ms,
+            report.containers.len(),
+            report.processes.len(),
+            in_containers,
+            report.files.len()
+        ),
+        width,
+    );
+    let lines: Vec<FindingLine> = report
+        .findings
+        .iter()
+        .map(|finding| FindingLine {
+            finding,
+            first_seen: None,
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&summary(&lines, report.warnings.len(), width));
+    out.push('\n');
+    out.push_str(&findings_list(&lines, width));
+
+    if inventory.containers {
+        out.push_str("\nCONTAINERS\n");
+        out.push_str(&containers_table_width(&report.containers, width));
     }
-    table.render()
+    if inventory.processes {
+        let pods: BTreeMap<&str, &Container> = report
+            .containers
+            .iter()
+            .map(|c| (c.id.as_str(), c))
+            .collect();
+        let entries: Vec<ProcessEntry> = report
+            .processes
+            .iter()
+            .filter(|p| p.container_id.is_some())
+            .map(|p| ProcessEntry {
+                process: p.clone(),
+                pod: p
+                    .container_id
+                    .as_deref()
+                    .and_then(|id| pods.get(id))
+                    .and_then(|c| c.pod.clone()),
+            })
+            .collect();
+        out.push_str("\nCONTAINER PROCESSES\n");
+        out.push_str(&processes_table_width(&entries, width));
+    }
+    if inventory.files {
+        out.push_str("\nFILES (setuid / setgid / file capabilities)\n");
+        out.push_str(&files_table(&report.files, &report.containers, width));
+    }
+
+    let shown = report.warnings.len().min(SHOWN_WARNINGS);
+    if shown > 0 {
+        out.push_str("\nWARNINGS\n");
+        for warning in &report.warnings[..shown] {
+            push_line(&mut out, &escape_path(warning.as_bytes()), width);
+        }
+        if report.warnings.len() > shown {
+            push_line(
+                &mut out,
+                &format!(
+                    "… {} more warnings (-o json lists them all)",
+                    report.warnings.len() - shown
+                ),
+                width,
+            );
+        }
+    }
+
+    let s = &report.stats;
+    let warnings = if report.warnings.len() > shown {
+        format!("{shown} of {} warnings shown", report.warnings.len())
+    } else {
+        format!("{shown} warnings")
+    };
+    let hidden: Vec<&str> = [
+        (!inventory.containers, "containers"),
+        (!inventory.processes, "processes"),
+        (!inventory.files, "files"),
+    ]
+    .iter()
+    .filter(|(hidden, _)| *hidden)
+    .map(|(_, name)| *name)
+    .collect();
+    out.push('\n');
+    push_line(
+        &mut out,
+        &format!(
+            "{} hashed ({} files, cache {} hits / {} misses); {} vanished, {} denied; {warnings}",
+            bytes(s.bytes_hashed),
+            s.files_hashed,
+            s.hash_cache_hits,
+            s.hash_cache_misses,
+            s.processes_vanished,
+            s.processes_denied,
+        ),
+        width,
+    );
+    if !hidden.is_empty() {
+        push_line(
+            &mut out,
+            &format!(
+                "not shown: {} (scan --show {} or --inventory; -o json has everything)",
+                hidden.join(", "),
+                hidden.join(",")
+            ),
+            width,
+        );
+    }
+    out
+}
+
+/// Open findings as `nodeguard query findings` prints them: the summary, then the list.
+pub fn findings_report(findings: &[TrackedFinding], width: usize) -> String {
+    let lines = tracked_lines(findings);
+    let mut out = summary(&lines, 0, width);
+    out.push('\n');
+    out.push_str(&findings_list(&lines, width));
+    out
+}
+
+/// Findings worst first, grouped by pod and container, without the summary and unlimited in
+/// width (for library users; the CLI uses [`findings_report`]).
+pub fn findings_table(findings: &[TrackedFinding]) -> String {
+    findings_list(&tracked_lines(findings), usize::MAX)
+}
+
+fn tracked_lines(findings: &[TrackedFinding]) -> Vec<FindingLine<'_>> {
+    findings
+        .iter()
+        .map(|t| FindingLine {
+            finding: &t.finding,
+            first_seen: Some(t.first_seen),
+        })
+        .collect()
+}
+
+/// Counts per severity, per kind and per pod (the worst [`SUMMARY_PODS`]), and the number of
+/// warnings when there are any.
+pub fn summary(findings: &[FindingLine], warnings: usize, width: usize) -> String {
+    let mut out = String::new();
+    let total = counts(findings.iter().map(|l| l.finding.severity));
+    push_line(
+        &mut out,
+        &format!(
+            "FINDINGS {}: {}{}",
+            findings.len(),
+            severity_counts(&total),
+            if warnings > 0 {
+                format!("; {warnings} warnings (listed at the end)")
+            } else {
+                String::new()
+            }
+        ),
+        width,
+    );
+    if findings.is_empty() {
+        return out;
+    }
+
+    let mut by_kind: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    let mut by_pod: BTreeMap<String, [usize; 4]> = BTreeMap::new();
+    for line in findings {
+        let f = line.finding;
+        by_kind.entry(f.kind.as_str()).or_default()[f.severity as usize] += 1;
+        by_pod.entry(pod_label(f)).or_default()[f.severity as usize] += 1;
+    }
+    let header = ["CRITICAL", "HIGH", "MEDIUM", "LOW"];
+    let mut kinds: Vec<(&str, [usize; 4])> = by_kind.into_iter().collect();
+    kinds.sort_by_key(|(name, c)| (Reverse(worst_first(c)), *name));
+    let mut table = Table::new(&["BY KIND", header[0], header[1], header[2], header[3]]);
+    for (kind, c) in &kinds {
+        table.row(count_row(kind, c));
+    }
+    out.push('\n');
+    out.push_str(&table.render(width));
+
+    let mut pods: Vec<(String, [usize; 4])> = by_pod.into_iter().collect();
+    pods.sort_by(|(a, ca), (b, cb)| {
+        (Reverse(worst_first(ca)), a).cmp(&(Reverse(worst_first(cb)), b))
+    });
+    let title = if pods.len() > SUMMARY_PODS {
+        format!("BY POD (worst {SUMMARY_PODS} of {})", pods.len())
+    } else {
+        "BY POD".to_string()
+    };
+    let mut table = Table::new(&[&title, header[0], header[1], header[2], header[3]]);
+    for (pod, c) in pods.iter().take(SUMMARY_PODS) {
+        table.row(count_row(pod, c));
+    }
+    out.push('\n');
+    out.push_str(&table.render(width));
+    out
+}
+
+/// Findings worst first: one header line per pod and container (worst group first), then one
+/// line per finding.
+fn findings_list(findings: &[FindingLine], width: usize) -> String {
+    let mut groups: BTreeMap<(String, String), Vec<FindingLine>> = BTreeMap::new();
+    for line in findings {
+        let f = line.finding;
+        groups
+            .entry((pod_label(f), container_label(f)))
+            .or_default()
+            .push(*line);
+    }
+    let mut groups: Vec<((String, String), Vec<FindingLine>)> = groups.into_iter().collect();
+    for (_, lines) in &mut groups {
+        lines.sort_by(|a, b| {
+            let key = |l: &FindingLine| {
+                (
+                    Reverse(l.finding.severity),
+                    l.finding.kind,
+                    l.finding.subject.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+    }
+    let group_counts = |lines: &[FindingLine]| counts(lines.iter().map(|l| l.finding.severity));
+    groups.sort_by(|(ka, a), (kb, b)| {
+        (Reverse(worst_first(&group_counts(a))), ka)
+            .cmp(&(Reverse(worst_first(&group_counts(b))), kb))
+    });
+
+    let with_seen = findings.iter().any(|l| l.first_seen.is_some());
+    let mut header = vec!["  SEVERITY", "KIND", "PID"];
+    if with_seen {
+        header.push("FIRST SEEN");
+    }
+    header.push("DETAIL");
+    let mut table = Table::new(&header);
+    for ((pod, container), lines) in &groups {
+        table.text(format!(
+            "{pod}{container}: {}",
+            severity_counts(&group_counts(lines))
+        ));
+        for line in lines {
+            let f = line.finding;
+            let mut cells = vec![
+                format!("  {}", f.severity.as_str().to_uppercase()),
+                f.kind.to_string(),
+                f.pid.map_or("-".to_string(), |p| p.to_string()),
+            ];
+            if with_seen {
+                cells.push(line.first_seen.map_or("-".to_string(), |t| t.to_string()));
+            }
+            cells.push(detail(f));
+            table.row(cells);
+        }
+    }
+    if groups.is_empty() {
+        table.text("(none)".to_string());
+    }
+    table.render(width)
+}
+
+/// The finding's message without the `container 4f3c1a2b3c4d: ` / `host: ` prefix its group
+/// header already says.
+fn detail(f: &Finding) -> String {
+    let message = f.message.as_str();
+    let prefix = match f.container_id.as_deref() {
+        Some(id) => format!("container {}: ", short_id(id)),
+        None => "host: ".to_string(),
+    };
+    message.strip_prefix(&prefix).unwrap_or(message).to_string()
+}
+
+/// The pod a finding belongs to: `namespace/pod`; a container without pod metadata stands
+/// for itself (`container 4f3c1a2b3c4d`), and host findings are `host`.
+fn pod_label(f: &Finding) -> String {
+    match (&f.namespace, &f.pod, &f.container_id) {
+        (Some(ns), Some(pod), _) => format!("{ns}/{pod}"),
+        (_, _, Some(id)) => format!("container {}", short_id(id)),
+        (_, _, None) => "host".to_string(),
+    }
+}
+
+/// What a group header adds to [`pod_label`]: the container within the pod.
+fn container_label(f: &Finding) -> String {
+    match (&f.pod, &f.container_name, &f.container_id) {
+        (Some(_), Some(name), Some(id)) => format!(" container {name} ({})", short_id(id)),
+        (Some(_), None, Some(id)) => format!(" container {}", short_id(id)),
+        (None, _, Some(_)) => " (no pod metadata)".to_string(),
+        (_, _, None) => " processes".to_string(),
+    }
+}
+
+fn counts(severities: impl Iterator<Item = Severity>) -> [usize; 4] {
+    let mut c = [0usize; 4];
+    for s in severities {
+        c[s as usize] += 1;
+    }
+    c
+}
+
+/// Sort key: more criticals first, then more highs, and so on.
+fn worst_first(c: &[usize; 4]) -> [usize; 4] {
+    [c[3], c[2], c[1], c[0]]
+}
+
+/// `critical 2, high 1, medium 1, low 2`
+fn severity_counts(c: &[usize; 4]) -> String {
+    Severity::ALL
+        .iter()
+        .rev()
+        .map(|s| format!("{s} {}", c[*s as usize]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn count_row(name: &str, c: &[usize; 4]) -> Vec<String> {
+    let mut row = vec![name.to_string()];
+    row.extend(worst_first(c).iter().map(|n| n.to_string()));
+    row
 }
 
 /// One line per container, with its pod and the limits that bind it.
 pub fn containers_table(containers: &[Container]) -> String {
+    containers_table_width(containers, usize::MAX)
+}
+
+/// [`containers_table`] with lines cut at `width`.
+pub fn containers_table_width(containers: &[Container], width: usize) -> String {
     let mut table = Table::new(&[
         "CONTAINER",
         "NAMESPACE",
@@ -71,16 +416,21 @@ pub fn containers_table(containers: &[Container]) -> String {
             opt(c.qos.map(|q| q.as_str())),
             c.pids.len().to_string(),
             limits.memory_bytes.map_or_else(unlimited, bytes),
-            limits.cpu_cores.map_or_else(unlimited, |c| format!("{c}")),
+            limits.cpu_cores.map_or_else(unlimited, cores),
             limits.pids.map_or_else(unlimited, |p| p.to_string()),
             opt(pod.and_then(|p| p.image.as_deref())),
         ]);
     }
-    table.render()
+    table.render(width)
 }
 
 /// One line per process, with its container and pod.
 pub fn processes_table(processes: &[ProcessEntry]) -> String {
+    processes_table_width(processes, usize::MAX)
+}
+
+/// [`processes_table`] with lines cut at `width`.
+pub fn processes_table_width(processes: &[ProcessEntry], width: usize) -> String {
     let mut table = Table::new(&[
         "PID",
         "PPID",
@@ -115,21 +465,38 @@ pub fn processes_table(processes: &[ProcessEntry]) -> String {
             exe,
         ]);
     }
-    table.render()
+    table.render(width)
+}
+
+/// One line per setuid/setgid/file-capability file.
+fn files_table(files: &[FileEntry], containers: &[Container], width: usize) -> String {
+    let names: BTreeMap<&str, Option<&str>> = containers
+        .iter()
+        .map(|c| {
+            (
+                c.id.as_str(),
+                c.pod.as_ref().and_then(|p| p.container_name.as_deref()),
+            )
+        })
+        .collect();
+    let mut table = Table::new(&["CONTAINER", "LAYER", "MODE", "UID", "CAPS", "PATH"]);
+    for f in files {
+        let name = names.get(f.container_id.as_str()).copied().flatten();
+        table.row(vec![
+            container_cell(Some(&f.container_id), name),
+            format!("{:?}", f.layer).to_lowercase(),
+            format!("{:04o}", f.mode & 0o7777),
+            f.uid.to_string(),
+            f.capabilities.clone().unwrap_or_else(|| "-".into()),
+            f.path.clone(),
+        ]);
+    }
+    table.render(width)
 }
 
 /// A few lines about a report: node, time, counts, findings by severity.
 pub fn report_summary(report: &Report) -> String {
-    let mut by_severity = [0usize; 4];
-    for f in &report.findings {
-        by_severity[f.severity as usize] += 1;
-    }
-    let severities = Severity::ALL
-        .iter()
-        .rev()
-        .map(|s| format!("{s} {}", by_severity[*s as usize]))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let by_severity = counts(report.findings.iter().map(|f| f.severity));
     let mut table = Table::new(&[]);
     let rows: [(&str, String); 8] = [
         ("node", report.node.clone()),
@@ -150,22 +517,27 @@ pub fn report_summary(report: &Report) -> String {
         ),
         (
             "findings",
-            format!("{} ({severities})", report.findings.len()),
+            format!(
+                "{} ({})",
+                report.findings.len(),
+                severity_counts(&by_severity)
+            ),
         ),
         ("warnings", report.warnings.len().to_string()),
     ];
     for (name, value) in rows {
         table.row(vec![format!("{name}:"), value]);
     }
-    table.render()
+    table.render(usize::MAX)
 }
 
 fn unlimited() -> String {
     "unlimited".to_string()
 }
 
-/// Bytes in binary units, as Kubernetes spells them (`256Mi`).
-fn bytes(n: u64) -> String {
+/// Bytes in binary units, as Kubernetes spells them (`256Mi`, `1.5Gi`): the one unit style of
+/// every table.
+pub fn bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("Ti", 1 << 40),
         ("Gi", 1 << 30),
@@ -181,6 +553,16 @@ fn bytes(n: u64) -> String {
         }
     }
     n.to_string()
+}
+
+/// CPU cores as Kubernetes writes a quantity: whole cores plain, fractions in millicores.
+pub fn cores(c: f64) -> String {
+    let milli = (c * 1000.0).round();
+    if milli % 1000.0 == 0.0 {
+        format!("{}", milli / 1000.0)
+    } else {
+        format!("{milli}m")
+    }
 }
 
 fn short_id(id: &str) -> &str {
@@ -199,18 +581,40 @@ fn opt(value: Option<&str>) -> String {
     value.unwrap_or("-").to_string()
 }
 
+/// Appends `text` as one line of at most `width` characters (escaped, cut with `…`).
+fn push_line(out: &mut String, text: &str, width: usize) {
+    out.push_str(&fit(&escape_path(text.as_bytes()), width));
+    out.push('\n');
+}
+
+/// `line` cut to `width` characters, the last one `…` when something was cut.
+pub fn fit(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+enum Line {
+    Cells(Vec<String>),
+    /// A line outside the columns (a group header).
+    Text(String),
+}
+
 /// Columns separated by two spaces, each as wide as its widest cell; the last column is not
-/// padded, so no line ends in spaces.
+/// padded, so no line ends in spaces. Lines are cut at the width given to `render`.
 struct Table {
     header: Vec<String>,
-    rows: Vec<Vec<String>>,
+    lines: Vec<Line>,
 }
 
 impl Table {
     fn new(header: &[&str]) -> Table {
         Table {
             header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -225,30 +629,47 @@ impl Table {
                 }
             })
             .collect();
-        self.rows.push(cells);
+        self.lines.push(Line::Cells(cells));
     }
 
-    fn render(&self) -> String {
-        let lines: Vec<&Vec<String>> = std::iter::once(&self.header)
-            .filter(|h| !h.is_empty())
-            .chain(&self.rows)
+    fn text(&mut self, text: String) {
+        self.lines.push(Line::Text(escape_path(text.as_bytes())));
+    }
+
+    fn render(&self, width: usize) -> String {
+        let header = Line::Cells(self.header.clone());
+        let lines: Vec<&Line> = std::iter::once(&header)
+            .filter(|_| !self.header.is_empty())
+            .chain(&self.lines)
             .collect();
-        let columns = lines.iter().map(|l| l.len()).max().unwrap_or(0);
-        let mut widths = vec![0usize; columns];
+        let mut widths: Vec<usize> = Vec::new();
         for line in &lines {
-            for (i, cell) in line.iter().enumerate() {
-                widths[i] = widths[i].max(cell.chars().count());
+            if let Line::Cells(cells) = line {
+                if widths.len() < cells.len() {
+                    widths.resize(cells.len(), 0);
+                }
+                for (i, cell) in cells.iter().enumerate() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
             }
         }
         let mut out = String::new();
         for line in lines {
-            for (i, cell) in line.iter().enumerate() {
-                if i + 1 == line.len() {
-                    out.push_str(cell);
-                } else {
-                    let _ = write!(out, "{cell:<width$}  ", width = widths[i]);
+            let text = match line {
+                Line::Text(text) => text.clone(),
+                Line::Cells(cells) => {
+                    let mut text = String::new();
+                    for (i, cell) in cells.iter().enumerate() {
+                        if i + 1 == cells.len() {
+                            text.push_str(cell);
+                        } else {
+                            let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+                        }
+                    }
+                    text
                 }
-            }
+            };
+            out.push_str(&fit(&text, width));
             out.push('\n');
         }
         out
@@ -258,12 +679,12 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeguard_model::{Finding, FindingKind, Timestamp};
+    use nodeguard_model::{FindingKind, Timestamp};
 
     fn tracked(kind: FindingKind, severity: Severity, subject: &str, at: &str) -> TrackedFinding {
         let ts = Timestamp::parse(at).unwrap();
         TrackedFinding {
-            finding: Finding::new(kind, severity, Some(&"ab".repeat(32)), subject, "m"),
+            finding: Finding::new(kind, severity, Some(&"ab".repeat(32)), subject, subject),
             first_seen: ts,
             last_seen: ts,
         }
@@ -287,36 +708,98 @@ mod tests {
         ];
         let text = findings_table(&rows);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("ID "));
-        assert!(lines[1].contains("critical") && lines[1].contains("binary_drift"));
+        assert_eq!(lines.len(), 4, "header, group, two findings:\n{text}");
+        assert!(lines[0].trim_start().starts_with("SEVERITY "));
+        assert!(lines[1].contains(&"ab".repeat(6)) && !lines[1].contains(&"ab".repeat(7)));
+        assert!(lines[2].contains("CRITICAL") && lines[2].contains("binary_drift"));
         assert!(
-            lines[1].ends_with("/tmp/evil\\n\\x1b[32mOK"),
+            lines[2].ends_with("/tmp/evil\\n\\x1b[32mOK"),
             "{}",
-            lines[1]
+            lines[2]
         );
-        assert!(lines[2].contains("medium"));
+        assert!(lines[3].contains("MEDIUM"));
         assert!(!text.contains('\x1b'));
-        // Columns line up: SEVERITY starts at the same offset on every line.
-        let col = lines[0].find("SEVERITY").unwrap();
-        assert!(lines[1][col..].starts_with("critical"));
-        assert!(lines[2][col..].starts_with("medium"));
+        // Columns line up: KIND starts at the same offset on every finding line.
+        let col = lines[0].find("KIND").unwrap();
+        assert!(lines[2][col..].starts_with("binary_drift"));
+        assert!(lines[3][col..].starts_with("runs_as_root"));
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
-        // The container has no name: its short id stands in.
-        assert!(lines[1].contains(&"ab".repeat(6)));
-        assert!(!lines[1].contains(&"ab".repeat(7)));
+    }
+
+    #[test]
+    fn the_summary_counts_per_severity_kind_and_pod() {
+        let mut a = tracked(
+            FindingKind::RunsAsRoot,
+            Severity::Medium,
+            "uid 0",
+            "2026-01-01T00:00:00Z",
+        );
+        a.finding.namespace = Some("shop".into());
+        a.finding.pod = Some("web-1".into());
+        let b = tracked(
+            FindingKind::SetuidFile,
+            Severity::Low,
+            "/usr/bin/su",
+            "2026-01-01T00:00:00Z",
+        );
+        let c = tracked(
+            FindingKind::SetuidFile,
+            Severity::High,
+            "/tmp/x",
+            "2026-01-01T00:00:00Z",
+        );
+        let text = findings_report(&[a, b, c], DEFAULT_WIDTH);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0], "FINDINGS 3: critical 0, high 1, medium 1, low 1",
+            "{text}"
+        );
+        let kind = lines.iter().find(|l| l.starts_with("setuid_file")).unwrap();
+        assert_eq!(
+            kind.split_whitespace().collect::<Vec<_>>(),
+            ["setuid_file", "0", "1", "0", "1"]
+        );
+        // The worst kind and the worst pod come first.
+        let first_kind = lines
+            .iter()
+            .position(|l| l.starts_with("setuid_file"))
+            .unwrap();
+        let root_kind = lines
+            .iter()
+            .position(|l| l.starts_with("runs_as_root"))
+            .unwrap();
+        assert!(first_kind < root_kind, "{text}");
+        assert!(text.contains("shop/web-1"), "{text}");
+    }
+
+    #[test]
+    fn lines_are_cut_at_the_width_with_an_ellipsis() {
+        let long = "x".repeat(500);
+        let rows = [tracked(
+            FindingKind::SetuidFile,
+            Severity::High,
+            &long,
+            "2026-01-01T00:00:00Z",
+        )];
+        let text = findings_report(&rows, 80);
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        assert!(text.lines().any(|l| l.ends_with('…')), "{text}");
+        assert_eq!(fit("abc", 3), "abc");
+        assert_eq!(fit("abcd", 3), "ab…");
     }
 
     #[test]
     fn empty_lists_still_print_the_header() {
-        assert_eq!(findings_table(&[]).lines().count(), 1);
+        assert_eq!(findings_table(&[]).lines().count(), 2);
         assert!(containers_table(&[]).starts_with("CONTAINER  NAMESPACE"));
     }
 
     #[test]
-    fn sizes_use_kubernetes_units() {
+    fn sizes_and_cores_use_kubernetes_units() {
         assert_eq!(bytes(256 << 20), "256Mi");
         assert_eq!(bytes(1536 << 20), "1.5Gi");
         assert_eq!(bytes(512), "512");
+        assert_eq!(cores(0.5), "500m");
+        assert_eq!(cores(2.0), "2");
     }
 }

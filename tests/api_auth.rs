@@ -1,0 +1,360 @@
+//! `nodeguard run` authenticates its API against a real kube-apiserver (v1.20.2, static
+//! tokens, RBAC) from the real-node test bed (`tests/realnode/README.md`): TokenReview and
+//! SubjectAccessReview as the shipped ClusterRoles grant them, for an admin, the agent's own
+//! identity and a stranger; and secrets in command lines never reach the API.
+//!
+//! The bed is found through `REALNODE_ENV` (the `env` file `tests/realnode/up.sh DIR`
+//! writes); without it, the test brings up an API-server-only bed itself (`up.sh
+//! --no-kubelet`) when the bed's binaries are built, and takes it down afterwards. Without
+//! either it is skipped loudly — and fails when `CI` is set.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nodeguard");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
+}
+
+fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set, so the real API server test must run, but: {reason}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED api_auth: {reason}\n!!! (with CI set this is a failure)\n"
+    );
+}
+
+/// A bed's variables, and the bed to take down when this test brought it up.
+struct Bed {
+    env: BTreeMap<String, String>,
+    own_dir: Option<PathBuf>,
+}
+
+impl Bed {
+    fn find() -> Result<Bed, String> {
+        if let Some(file) = std::env::var_os("REALNODE_ENV") {
+            return Ok(Bed {
+                env: read_env(Path::new(&file))?,
+                own_dir: None,
+            });
+        }
+        let up = repo().join("tests/realnode/up.sh");
+        if !up.exists() {
+            return Err(format!(
+                "no REALNODE_ENV and no {} to bring a bed up",
+                up.display()
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("ng-apiauth-{}", std::process::id()));
+        let out = Command::new(&up)
+            .arg("--no-kubelet")
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", up.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} --no-kubelet failed (build the bed with tests/realnode/build.sh): {}",
+                up.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Bed {
+            env: read_env(&dir.join("env"))?,
+            own_dir: Some(dir),
+        })
+    }
+
+    fn var(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("the bed's env has no {name}"))
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut child = Command::new(self.var("REALNODE_KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(self.var("REALNODE_ADMIN_KUBECONFIG"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.own_dir {
+            let _ = Command::new(repo().join("tests/realnode/down.sh"))
+                .arg(dir)
+                .output();
+        }
+    }
+}
+
+fn read_env(file: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the bed's env {}: {e}", file.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        .collect())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// One GET with an optional bearer token: (status, body).
+fn get(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: agent\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of head")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    Ok((status, body.to_string()))
+}
+
+struct Agent {
+    child: Child,
+    port: u16,
+    probes: u16,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent(bed: &Bed) -> Agent {
+    let port = free_port();
+    let probes = free_port();
+    let child = Command::new(BIN)
+        .args(["run", "--kube", "on", "--auth", "on", "--no-events"])
+        .args([
+            "--interval",
+            "2s",
+            "--fs-interval",
+            "10m",
+            "--log-format",
+            "json",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--probe-listen")
+        .arg(format!("127.0.0.1:{probes}"))
+        .env("KUBECONFIG", bed.var("REALNODE_AGENT_KUBECONFIG"))
+        .env("NODE_NAME", bed.var("REALNODE_NODE"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nodeguard run");
+    let agent = Agent {
+        child,
+        port,
+        probes,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, _)) = get(agent.probes, "/readyz", None) {
+            return agent;
+        }
+        assert!(Instant::now() < deadline, "the agent never became ready");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_api_asks_the_real_api_server_who_may_read_it() {
+    let bed = match Bed::find() {
+        Ok(bed) => bed,
+        Err(reason) => return skip(&reason),
+    };
+    // The agent's identity holds the ClusterRole this branch ships (with the review grants),
+    // and the reader roles exist.
+    let role = std::fs::read_to_string(repo().join("manifests/clusterrole.yaml")).unwrap();
+    let role = role.replace(
+        "name: nodeguard\n",
+        &format!("name: {}\n", bed.var("REALNODE_AGENT_CLUSTERROLE")),
+    );
+    bed.kubectl(&["apply", "-f", "-"], Some(&role));
+    let readers = repo().join("manifests/clusterrole-metrics-reader.yaml");
+    bed.kubectl(&["apply", "-f", readers.to_str().unwrap()], None);
+
+    // A process whose command line holds secrets, as in the issue.
+    let mut secretive = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 120; true",
+            "ng-apiauth",
+            "--password=hunter2-apiauth",
+            "--db=postgres://u:pw-apiauth@db/x",
+        ])
+        .spawn()
+        .unwrap();
+
+    let agent = start_agent(&bed);
+    let admin = bed.var("REALNODE_ADMIN_TOKEN").to_string();
+    let agent_token = bed.var("REALNODE_AGENT_TOKEN").to_string();
+    let stranger = bed.var("REALNODE_STRANGER_TOKEN").to_string();
+
+    let (status, body) = get(agent.port, "/v1/findings", None).unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = get(agent.port, "/v1/findings", Some("not-a-token")).unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"status\":401"), "{body}");
+
+    let (status, body) = get(agent.port, "/v1/findings", Some(&admin)).unwrap();
+    assert_eq!(status, 200, "admin (system:masters): {body}");
+    assert!(body.contains("\"findings\""), "{body}");
+    assert_eq!(get(agent.port, "/metrics", Some(&admin)).unwrap().0, 200);
+
+    for (who, token) in [
+        ("the agent's own identity", &agent_token),
+        ("a stranger", &stranger),
+    ] {
+        for path in ["/v1/findings", "/v1/processes", "/v1/report", "/metrics"] {
+            let (status, body) = get(agent.port, path, Some(token)).unwrap();
+            assert_eq!(status, 403, "{who} on {path}: {body}");
+            assert!(!body.contains("hunter2"), "{body}");
+        }
+    }
+    // The probes need no token.
+    assert_eq!(get(agent.probes, "/healthz", None).unwrap().0, 200);
+    assert_eq!(get(agent.port, "/healthz", None).unwrap().0, 200);
+
+    // Bound to the metrics reader role, the stranger reads /metrics and still nothing else.
+    let binding = format!("ng-apiauth-{}", std::process::id());
+    bed.kubectl(
+        &[
+            "create",
+            "clusterrolebinding",
+            &binding,
+            "--clusterrole",
+            "nodeguard-metrics-reader",
+            "--user",
+            "stranger",
+        ],
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = get(agent.port, "/metrics", Some(&stranger)).unwrap();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binding never took effect: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, body) = get(agent.port, "/v1/report", Some(&stranger)).unwrap();
+    assert_eq!(status, 403, "metrics reader on /v1/report: {body}");
+    bed.kubectl(&["delete", "clusterrolebinding", &binding], None);
+
+    // Command lines reach the API redacted.
+    let pid = secretive.id();
+    let (status, body) = get(
+        agent.port,
+        &format!("/v1/processes?pid={pid}"),
+        Some(&admin),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("--password=***"), "{body}");
+    assert!(body.contains("postgres://***@db/x"), "{body}");
+    assert!(
+        !body.contains("hunter2") && !body.contains("pw-apiauth"),
+        "{body}"
+    );
+
+    // `nodeguard query` sends the token it is given, and says why it was refused.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{admin}\n")).unwrap();
+    let url = format!("http://127.0.0.1:{}", agent.port);
+    let ok = Command::new(BIN)
+        .args(["query", "--url", &url, "--token-file"])
+        .arg(&token_file)
+        .args(["-o", "json", "findings"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = Command::new(BIN)
+        .args(["query", "--url", &url, "--token", &stranger, "findings"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("stranger"),
+        "{stderr}"
+    );
+    // With only a kubeconfig, its user's token is sent.
+    let via_kubeconfig = Command::new(BIN)
+        .args(["query", "--url", &url, "findings"])
+        .env("KUBECONFIG", bed.var("REALNODE_STRANGER_KUBECONFIG"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&via_kubeconfig.stderr);
+    assert!(stderr.contains("stranger may not get"), "{stderr}");
+
+    let _ = secretive.kill();
+    let _ = secretive.wait();
+}
