@@ -34,4 +34,4 @@ mod yaml;
 
 pub use error::PolicyError;
 pub use evaluate::{evaluate, Evidence};
-pub use policy::Policy;
+pub use policy::{Policy, MAX_PATTERNS, MAX_PATTERN_BYTES, MAX_POLICY_BYTES, READ_TIMEOUT};
