@@ -97,6 +97,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { file }) => {
             let policy = Policy::load(&file)?;
             println!("{}: ok ({})", file.display(), policy.summary());
+            for (setting, why) in policy.weakened() {
+                println!("{}: warning: {setting}: {why}", file.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -59,6 +59,11 @@ async fn serve(args: RunArgs) -> Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let weakened = scanner.policy().weakened();
+    for (setting, why) in &weakened {
+        tracing::warn!(setting, "policy weakens a check: {why}");
+    }
+    metrics.policy_weakened(&weakened.iter().map(|(s, _)| *s).collect::<Vec<_>>());
     let registry = Arc::new(registry);
 
     let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
@@ -98,7 +103,10 @@ async fn serve(args: RunArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     // One rendering per second at most, shared by every scraper that asks meanwhile.
     let encoder = nodeguard_metrics::CachedEncoder::new(Arc::clone(&registry), METRICS_MAX_AGE);
-    let router = nodeguard_api::router(nodeguard_api::ApiContext {
+    // The probes fail when scans stop completing (a hung scan loop), not only when the
+    // process stops answering.
+    let freshness = nodeguard_api::Freshness::for_interval(args.interval);
+    let api_context = nodeguard_api::ApiContext {
         state: state_rx,
         metrics: Arc::new(move |accept| {
             let format = nodeguard_metrics::Format::negotiate(accept);
@@ -108,7 +116,12 @@ async fn serve(args: RunArgs) -> Result<()> {
                 content_type: format.content_type(),
             })
         }),
-    });
+    };
+    let router = nodeguard_api::router_with_freshness(
+        api_context,
+        nodeguard_api::RequestLimits::default(),
+        freshness,
+    );
     let (stop_api_tx, stop_api_rx) = watch::channel(false);
     let api_task = tokio::spawn(nodeguard_api::serve(listener, router, async move {
         let mut rx = stop_api_rx;
@@ -167,6 +180,10 @@ impl ScanObserver for MetricsObserver {
 
     fn policy_reload(&self, ok: bool) {
         self.0.policy_reload(ok);
+    }
+
+    fn policy_weakened(&self, settings: &[&'static str]) {
+        self.0.policy_weakened(settings);
     }
 }
 

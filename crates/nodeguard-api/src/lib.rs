@@ -54,7 +54,8 @@ pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 pub use serve::{serve, serve_with_limits, ServeLimits};
 pub use server::{
-    paths, router, router_with_limits, ApiContext, MetricsBody, MetricsRenderer, RequestLimits,
+    paths, router, router_with_freshness, router_with_limits, ApiContext, Freshness, MetricsBody,
+    MetricsRenderer, RequestLimits,
 };
 
 /// The port the agent serves `/metrics` and the API on by default.

@@ -16,7 +16,7 @@ use nodeguard_model::{
     Container, FileEntry, Finding, Process, Report, ScanStats, Timestamp, SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
-use nodeguard_policy::{evaluate, Evidence, Policy};
+use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,6 +89,8 @@ pub struct Scanner {
     filesystems: FsScanner,
     /// Files from the last filesystem scan, kept for process-only scans.
     last_files: Vec<FileEntry>,
+    /// Containers whose last filesystem inventory was incomplete.
+    last_gaps: Vec<FsGap>,
     last_fs_stats: FsCounters,
 }
 
@@ -110,6 +112,7 @@ impl Scanner {
             digests,
             filesystems,
             last_files: Vec::new(),
+            last_gaps: Vec::new(),
             last_fs_stats: FsCounters::default(),
         }
     }
@@ -155,6 +158,8 @@ impl Scanner {
             let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
             self.last_files
                 .retain(|f| alive.contains(f.container_id.as_str()));
+            self.last_gaps
+                .retain(|g| alive.contains(g.container_id.as_str()));
         }
         let files = self.last_files.clone();
         stats.files_walked = self.last_fs_stats.files_walked;
@@ -169,6 +174,7 @@ impl Scanner {
                 containers: &containers,
                 files: &files,
                 cap_last_cap,
+                gaps: &self.last_gaps,
             },
         );
         attach_pod_names(&mut findings, &containers);
@@ -288,6 +294,24 @@ impl Scanner {
             layers_cached: output.stats.layers_cached,
             walks_truncated: output.stats.walks_truncated,
         };
+        for gap in &output.incomplete {
+            if gap.files_omitted > 0 {
+                warnings.push(format!(
+                    "container {}: inventory truncated: {} setuid/setgid/capability files \
+                     not listed ({})",
+                    gap.container_id, gap.files_omitted, gap.reason
+                ));
+            }
+        }
+        self.last_gaps = output
+            .incomplete
+            .into_iter()
+            .map(|g| FsGap {
+                container_id: g.container_id,
+                reason: g.reason,
+                files_omitted: g.files_omitted,
+            })
+            .collect();
         self.last_files = output.files;
     }
 }
