@@ -128,7 +128,8 @@ pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
     options.walk_budget.max_files = settings.walk_max_files;
     options.walk_budget.max_duration = Duration::from_secs(settings.walk_max_seconds);
     if let Some(threads) = settings.threads {
-        options.threads = threads.max(1);
+        // Each is a real thread of the walk: an absurd count would fail to spawn (a panic).
+        options.threads = threads.clamp(1, 64);
     }
     Ok(Scanner::new(options, Arc::new(policy)))
 }

@@ -224,3 +224,14 @@ fn adversarial_cpu_limits_give_no_infinite_or_nan_cores() {
         }
     }
 }
+
+#[test]
+fn bidi_controls_in_names_and_command_lines_are_escaped() {
+    let comm = "evil\u{202e}txt.exe".as_bytes();
+    assert_eq!(display_text(comm), "evil\\xe2\\x80\\xaetxt.exe");
+    let cmdline = b"/bin/x\0--name=\xe2\x81\xa6rtl\xe2\x81\xa9\0";
+    assert_eq!(
+        cmdline_text(cmdline),
+        "/bin/x --name=\\xe2\\x81\\xa6rtl\\xe2\\x81\\xa9"
+    );
+}
