@@ -1532,9 +1532,20 @@ fn bind_mount_loops_terminate() {
 /// The kernel shows a chrooted process only the mounts below its root, so its
 /// `/proc/PID/mountinfo` has no mount at `/`; the collector then finds the overlay in the
 /// host's mount table by the device `/proc/PID/root` lives on.
+///
+/// On a busy node the host's mount table holds dozens of other overlays, each line a few
+/// hundred bytes: the kernel hands `mountinfo` out a page per `read`, so the container's
+/// overlay, mounted after them, is past the first page. ~50 overlays are mounted first here.
 #[test]
 fn chrooted_processes_do_not_hide_the_container_root() {
     require_containers!();
+    let busy = BusyOverlays::mount(50);
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        host_mounts.len() > 3 * 4096,
+        "harness: the mount table should span pages ({} bytes)",
+        host_mounts.len()
+    );
     let image = Image::busybox_owned("jail");
     let busybox = fs::read(image.path("/bin/busybox")).unwrap();
     image.add_file("/jail/bin/busybox", &busybox, 0o755);
@@ -1572,6 +1583,188 @@ fn chrooted_processes_do_not_hide_the_container_root() {
         s.seen(&c)
     );
     assert_eq!(file_at(&s, &c, "/usr/bin/upper-suid")["layer"], "upper");
+    // The container's overlay came after the busy ones in the host's table.
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ours = table
+        .find(c.upper_dir.to_str().unwrap())
+        .expect("the container's overlay is in the host's mount table");
+    assert!(
+        ours > 4096,
+        "harness: our overlay is past the first page ({ours})"
+    );
+    drop(c);
+    drop(image);
+    drop(busy);
+}
+
+/// Overlay mounts that are none of the test's containers, as on a node running dozens of
+/// pods; unmounted on drop.
+struct BusyOverlays {
+    mounts: Vec<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl BusyOverlays {
+    fn mount(n: usize) -> BusyOverlays {
+        let dir = tempfile::Builder::new()
+            .prefix("nodeguard-busy-overlays-")
+            .tempdir()
+            .unwrap();
+        let mut busy = BusyOverlays {
+            mounts: Vec::new(),
+            _dir: dir,
+        };
+        // Paths as long as containerd's snapshot paths, so each mountinfo line is as long.
+        let base = busy._dir.path().join(
+            "io.containerd.snapshotter.v1.overlayfs/snapshots/a-long-snapshot-directory-name",
+        );
+        for i in 0..n {
+            let layer = |what: &str| base.join(format!("{i}/{what}"));
+            let (lower, upper, work, merged) = (
+                layer("lower/fs"),
+                layer("upper/fs"),
+                layer("work"),
+                layer("merged"),
+            );
+            for d in [&lower, &upper, &work, &merged] {
+                fs::create_dir_all(d).unwrap();
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            cmd::run_ok(
+                "mount",
+                &[
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    options.as_str(),
+                    merged.to_str().unwrap(),
+                ],
+            );
+            busy.mounts.push(merged);
+        }
+        busy
+    }
+}
+
+impl Drop for BusyOverlays {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            if !cmd::run("umount", &[m]).success() {
+                let _ = cmd::run("umount", &[OsStr::new("-l"), m.as_os_str()]);
+            }
+        }
+    }
+}
+
+/// A setuid file planted in a running container's writable layer, and then removed, shows
+/// in the daemon's report within a few process-scan intervals, though the filesystem
+/// interval is an hour: the writable layer is walked on every process scan once the
+/// container's image layers are cached.
+#[test]
+fn writable_layer_changes_show_within_a_process_interval() {
+    require_containers!();
+    let image = Image::busybox_owned("writable");
+    let c = ContainerSpec::new(&image).start();
+    let port = support::http::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = tempfile::tempdir().unwrap();
+    let log_path = state.path().join("agent.log");
+    let mut args = vec![
+        "run",
+        "--listen",
+        listen.as_str(),
+        "--interval",
+        "1s",
+        "--fs-interval",
+        "1h",
+        "--kube",
+        "off",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ];
+    if !support::host_pid1_readable() {
+        args.extend_from_slice(&["--host-root", "/"]);
+    }
+    let mut child = Command::new(support::nodeguard_bin())
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log_path).unwrap())
+        .stderr(fs::File::create(state.path().join("agent.err")).unwrap())
+        .spawn()
+        .expect("start nodeguard run");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut child);
+    let files = || -> Result<Vec<String>, String> {
+        let r = support::http::get(port, "/v1/report", None, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("status {}", r.status));
+        }
+        let report: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+        // Not before the first filesystem scan ran (it caches the image layers).
+        if report["stats"]["files_walked"].as_u64().unwrap_or(0) == 0 {
+            return Err("no filesystem scan yet".into());
+        }
+        Ok(report["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["container_id"] == c.id.as_str())
+            .filter_map(|f| f["path"].as_str().map(str::to_string))
+            .collect())
+    };
+    // The first filesystem scan (it caches the image layers); the next is an hour away.
+    let first = support::wait_for("the first filesystem scan", Duration::from_secs(60), || {
+        files().and_then(|f| {
+            (!f.contains(&"/planted-suid".to_string()))
+                .then_some(f)
+                .ok_or_else(|| "planted too early".to_string())
+        })
+    });
+    assert!(!first.contains(&"/planted-suid".to_string()));
+
+    plant(&c.rootfs.join("planted-suid"), b"#!/bin/sh\nid\n", 0o4755);
+    let in_upper = fs::metadata(c.upper_dir.join("planted-suid")).unwrap();
+    assert_eq!(
+        in_upper.mode() & 0o4000,
+        0o4000,
+        "ground truth: setuid in the writable layer"
+    );
+    support::wait_for(
+        "the planted setuid file in the daemon's report",
+        Duration::from_secs(20),
+        || {
+            let f = files()?;
+            f.contains(&"/planted-suid".to_string())
+                .then_some(())
+                .ok_or_else(|| format!("{f:?}"))
+        },
+    );
+    fs::remove_file(c.rootfs.join("planted-suid")).unwrap();
+    assert!(!c.upper_dir.join("planted-suid").exists());
+    support::wait_for(
+        "the removed setuid file to leave the daemon's report",
+        Duration::from_secs(20),
+        || {
+            let f = files()?;
+            (!f.contains(&"/planted-suid".to_string()))
+                .then_some(())
+                .ok_or_else(|| format!("{f:?}"))
+        },
+    );
+    drop(_kill);
     drop(c);
     drop(image);
 }

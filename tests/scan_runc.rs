@@ -13,8 +13,7 @@ mod support;
 
 use serde_json::Value;
 use support::container::{
-    all_kernel_capabilities, v1_controller_mount, CgroupNaming, Container, ContainerSpec, Qos,
-    RuntimeNaming,
+    cgroup_mounts, v1_controller_mount, CgroupNaming, Container, ContainerSpec, Qos, RuntimeNaming,
 };
 use support::fakeproc::FakeProc;
 use support::image::Image;
@@ -611,20 +610,15 @@ fn host_network_and_privileged_containers_are_flagged() {
     assert_finding(&scan, &own_net, "host_network_namespace", None, false);
 
     assert_processes(&scan, &privileged);
-    if privileged.spec.capabilities == all_kernel_capabilities() {
-        assert_finding(&scan, &privileged, "privileged_container", None, true);
-    } else if !scan.has_finding(&privileged, "privileged_container", None) {
-        // The runtime itself lacks a capability, so no container here can be fully privileged;
-        // a scanner that measures "privileged" against pid 1's bounding set would still flag
-        // it, one that measures against cap_last_cap cannot.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: privileged_container not checked: this machine's runtime cannot grant every \
-             capability (CapBnd {}), so no container here has the full set",
-            oracle::proc_status(privileged.init_pid, "CapBnd")
-        );
-    }
+    // Privileged means "everything the host has", measured against the host's bounding set
+    // (pid 1's), which on this machine lacks CAP_SYS_RESOURCE: runc grants what it holds.
+    assert_eq!(
+        oracle::proc_status(privileged.init_pid, "CapBnd"),
+        oracle::proc_status(1, "CapBnd"),
+        "harness: a privileged container gets the host's bounding set\n{}",
+        scan.seen(&privileged)
+    );
+    assert_finding(&scan, &privileged, "privileged_container", None, true);
     assert_finding(&scan, &own_net, "privileged_container", None, false);
     for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_MODULE"] {
         assert_finding(&scan, &privileged, "dangerous_capability", Some(cap), true);
@@ -784,4 +778,367 @@ fn setuid_setgid_and_file_capability_files_are_found() {
     }
     drop(c);
     drop(image);
+}
+
+/// kubelet's node-level cgroups for a `--cgroup-root` of the test's own: `<root>/kubepods`
+/// with node allocatable written into it (memory, pids), as kubelet does before any pod
+/// starts. Removed on drop, after the containers (declare it first).
+struct NodeCgroups {
+    /// `<mount>/<root>` and `<mount>/<root>/kubepods`, per hierarchy, created here.
+    dirs: Vec<std::path::PathBuf>,
+    /// The kubepods directory of the memory and the pids controller.
+    memory: std::path::PathBuf,
+    pids: std::path::PathBuf,
+}
+
+impl NodeCgroups {
+    fn create(root: &str, memory_bytes: u64, pids: u64) -> NodeCgroups {
+        let v2 = v1_controller_mount("memory").is_none();
+        let mut node = NodeCgroups {
+            dirs: Vec::new(),
+            memory: Default::default(),
+            pids: Default::default(),
+        };
+        let mut make = |mount: &Path| {
+            let top = mount.join(root);
+            let kubepods = top.join("kubepods");
+            std::fs::create_dir_all(&kubepods)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", kubepods.display()));
+            node.dirs.push(top.clone());
+            node.dirs.push(kubepods.clone());
+            (top, kubepods)
+        };
+        if v2 {
+            let mount = cgroup_mounts()
+                .into_iter()
+                .find(|m| m.join("cgroup.controllers").is_file())
+                .expect("a cgroup v2 mount");
+            let (top, kubepods) = make(&mount);
+            for dir in [&mount, &top] {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
+            }
+            std::fs::write(kubepods.join("memory.max"), memory_bytes.to_string()).unwrap();
+            std::fs::write(kubepods.join("pids.max"), pids.to_string()).unwrap();
+            node.memory = kubepods.clone();
+            node.pids = kubepods;
+        } else {
+            let (_, memory) = make(&v1_controller_mount("memory").unwrap());
+            std::fs::write(
+                memory.join("memory.limit_in_bytes"),
+                memory_bytes.to_string(),
+            )
+            .unwrap();
+            let pids_mount = v1_controller_mount("pids").expect("a pids hierarchy");
+            let (_, pids_dir) = make(&pids_mount);
+            std::fs::write(pids_dir.join("pids.max"), pids.to_string()).unwrap();
+            node.memory = memory;
+            node.pids = pids_dir;
+        }
+        node
+    }
+
+    /// What the kernel says the node-level memory limit is (v1 rounds to pages).
+    fn memory_limit(&self) -> u64 {
+        let file = if self.memory.join("memory.max").exists() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        oracle::read_trimmed(&self.memory.join(file))
+            .parse()
+            .unwrap()
+    }
+
+    fn pids_limit(&self) -> u64 {
+        oracle::read_trimmed(&self.pids.join("pids.max"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for NodeCgroups {
+    fn drop(&mut self) {
+        // Every hierarchy runc made the path in: the containers' teardown removed what they
+        // created; the levels made here go last, deepest first.
+        for mount in cgroup_mounts() {
+            for rel in ["kubepods", ""] {
+                let Some(top) = self.dirs.first() else { return };
+                let name = top.file_name().unwrap_or_default();
+                let dir = mount.join(name).join(rel);
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+}
+
+/// The value of a container's own cgroup file for `controller`.
+fn cgroup_value(c: &Container, controller: &str, file: &str) -> u64 {
+    oracle::read_trimmed(&c.cgroup_dir(controller).join(file))
+        .parse()
+        .unwrap_or_else(|e| panic!("{controller}/{file} of {}: {e}", c.describe()))
+}
+
+/// On a kubelet node the `kubepods` cgroup holds node allocatable, so every container has a
+/// memory and pids bound somewhere up its tree. A BestEffort pod with no limits must still
+/// get `missing_memory_limit` and `missing_pids_limit`, and `effective_limits` must not show
+/// the node's numbers (they go to `node_allocatable`). The pods sit under a kubelet
+/// `--cgroup-root` prefix and are named by bare ids (containerd's CRI, cgroupfs driver).
+#[test]
+fn node_allocatable_on_kubepods_is_no_container_limit() {
+    require_containers!();
+    let root = format!("ng-alloc-{}", support::random_hex(4));
+    let node = NodeCgroups::create(&root, 1 << 30, 4096);
+    let image = Image::busybox();
+    let besteffort = ContainerSpec::new(image)
+        .cgroup_root(&root)
+        .qos(Qos::BestEffort)
+        .runtime(RuntimeNaming::Bare)
+        .start();
+    let guaranteed = ContainerSpec::new(image)
+        .cgroup_root(&root)
+        .qos(Qos::Guaranteed)
+        .runtime(RuntimeNaming::Bare)
+        .memory_limit(64 * MIB)
+        .cpu_limit(50_000, 100_000)
+        .pids_limit(64)
+        .start();
+    assert!(
+        besteffort
+            .cgroups_path
+            .starts_with(&format!("/{root}/kubepods/besteffort/pod")),
+        "{}",
+        besteffort.cgroups_path
+    );
+    let scan = Scan::run(&["--no-fs"]);
+
+    // The prefix attributes like /kubepods: pod, QoS, driver.
+    for (c, qos) in [(&besteffort, "besteffort"), (&guaranteed, "guaranteed")] {
+        let entry = scan.container(c);
+        assert_eq!(entry["pod_uid"], c.pod_uid.as_str(), "{}", scan.seen(c));
+        assert_eq!(entry["qos"], qos, "{}", scan.seen(c));
+        assert_eq!(entry["cgroup_driver"], "cgroupfs", "{}", scan.seen(c));
+        assert!(
+            entry["cgroup"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with(&c.cgroups_path),
+            "{}",
+            scan.seen(c)
+        );
+        assert_eq!(
+            entry["unknown_limits"],
+            serde_json::json!([]),
+            "{}",
+            scan.seen(c)
+        );
+        // Node allocatable, as the kernel holds it in kubepods.
+        assert_eq!(
+            entry["node_allocatable"]["memory_bytes"].as_u64(),
+            Some(node.memory_limit()),
+            "node_allocatable vs {}\n{}",
+            node.memory.display(),
+            scan.seen(c)
+        );
+        assert_eq!(
+            entry["node_allocatable"]["pids"].as_u64(),
+            Some(node.pids_limit()),
+            "{}",
+            scan.seen(c)
+        );
+    }
+
+    let be = scan.container(&besteffort);
+    assert_eq!(
+        be["effective_limits"]["memory_bytes"],
+        Value::Null,
+        "{}",
+        scan.seen(&besteffort)
+    );
+    assert_eq!(
+        be["effective_limits"]["pids"],
+        Value::Null,
+        "{}",
+        scan.seen(&besteffort)
+    );
+    assert_finding(&scan, &besteffort, "missing_memory_limit", None, true);
+    assert_finding(&scan, &besteffort, "missing_pids_limit", None, true);
+
+    let memory_file = if expected_cgroup_version() == "v1" {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    let g = scan.container(&guaranteed);
+    assert_eq!(
+        g["effective_limits"]["memory_bytes"].as_u64(),
+        Some(cgroup_value(&guaranteed, "memory", memory_file)),
+        "{}",
+        scan.seen(&guaranteed)
+    );
+    assert_eq!(
+        g["effective_limits"]["pids"].as_u64(),
+        Some(cgroup_value(&guaranteed, "pids", "pids.max")),
+        "{}",
+        scan.seen(&guaranteed)
+    );
+    assert_finding(&scan, &guaranteed, "missing_memory_limit", None, false);
+    assert_finding(&scan, &guaranteed, "missing_pids_limit", None, false);
+    drop((besteffort, guaranteed));
+    drop(node);
+}
+
+/// A cgroup root that is no cgroup filesystem: every limit is unknown, said once, and no
+/// container is reported missing a limit it may well have.
+#[test]
+fn unreadable_limits_are_unknown_not_missing() {
+    require_containers!();
+    let image = Image::busybox();
+    let c = ContainerSpec::new(image).start();
+    let nowhere = tempfile::tempdir().unwrap();
+    let scan = Scan::run(&["--no-fs", "--cgroup-root", nowhere.path().to_str().unwrap()]);
+    let entry = scan.container(&c);
+    assert_eq!(
+        sorted_strings(&entry["unknown_limits"]),
+        ["cpu", "memory", "pids"],
+        "{}",
+        scan.seen(&c)
+    );
+    for kind in [
+        "missing_memory_limit",
+        "missing_cpu_limit",
+        "missing_pids_limit",
+    ] {
+        assert_finding(&scan, &c, kind, None, false);
+    }
+    let warnings: Vec<&str> = scan.report["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let about_root: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.contains(nowhere.path().to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        about_root.len(),
+        1,
+        "one warning about the cgroup root: {warnings:#?}"
+    );
+}
+
+/// A pod's sandbox (the pause container) sits in the pod's cgroup beside the real container
+/// and shares its namespaces. With hostNetwork both share the host's network namespace; only
+/// the real container may be named in findings, once.
+#[test]
+fn pause_sandbox_is_not_a_container_of_the_pod() {
+    require_containers!();
+    let Some(pause) = build_pause() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set, but gcc cannot build a static pause binary");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!! SKIPPED pause_sandbox_is_not_a_container_of_the_pod: gcc cannot build a static pause binary\n"
+        );
+        return;
+    };
+    let image = Image::busybox_owned("sandbox");
+    image.add_file("/pause", &std::fs::read(&pause).unwrap(), 0o755);
+    let sandbox = ContainerSpec::new(&image)
+        .qos(Qos::BestEffort)
+        .runtime(RuntimeNaming::Bare)
+        .host_network()
+        .args(&["/pause"])
+        .start();
+    let app = ContainerSpec::new(&image)
+        .qos(Qos::BestEffort)
+        .runtime(RuntimeNaming::Bare)
+        .pod_uid(&sandbox.pod_uid)
+        .host_network()
+        .start();
+    let proc_root = FakeProc::with_pids(&[sandbox.init_pid, app.init_pid]);
+    let scan = Scan::run(&["--no-fs", "--proc-root", proc_root.path_str()]);
+
+    // Ground truth: one pod cgroup, both in the host's network namespace, the sandbox's one
+    // process is /pause.
+    assert_eq!(
+        Path::new(&sandbox.cgroups_path).parent(),
+        Path::new(&app.cgroups_path).parent()
+    );
+    let net = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let host = net(std::process::id() as i32);
+    assert_eq!(net(sandbox.init_pid), host);
+    assert_eq!(net(app.init_pid), host);
+    assert_eq!(sandbox.pids(), [sandbox.init_pid]);
+    assert_eq!(
+        std::fs::read(format!("/proc/{}/cmdline", sandbox.init_pid)).unwrap(),
+        b"/pause\0"
+    );
+
+    assert_eq!(
+        scan.container(&sandbox)["sandbox"],
+        true,
+        "{}",
+        scan.seen(&sandbox)
+    );
+    assert_eq!(
+        scan.container(&app)["sandbox"],
+        false,
+        "{}",
+        scan.seen(&app)
+    );
+    assert!(
+        scan.findings_for(&sandbox.id).is_empty(),
+        "no finding may name the sandbox: {:?}",
+        scan.finding_kinds(&sandbox)
+    );
+    assert_eq!(
+        scan.findings_of(&app.id, "host_network_namespace", None)
+            .len(),
+        1,
+        "{}",
+        scan.seen(&app)
+    );
+    let named_pod: Vec<&Value> = scan
+        .findings()
+        .iter()
+        .filter(|f| f["kind"] == "host_network_namespace")
+        .filter(|f| {
+            [&sandbox.id, &app.id]
+                .iter()
+                .any(|id| f["container_id"] == id.as_str())
+        })
+        .collect();
+    assert_eq!(
+        named_pod.len(),
+        1,
+        "the pod's hostNetwork, once: {named_pod:#?}"
+    );
+}
+
+/// kubelet's pause: a static binary that only waits for signals (as `build/pause` does).
+fn build_pause() -> Option<std::path::PathBuf> {
+    let dir = support::artifacts_dir();
+    let bin = dir.join("pause");
+    if bin.exists() {
+        return Some(bin);
+    }
+    let src = dir.join(format!("pause-{}.c", std::process::id()));
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void){for(;;)pause();}\n",
+    )
+    .ok()?;
+    let tmp = dir.join(format!("pause-{}", std::process::id()));
+    let out = support::cmd::run(
+        "gcc",
+        &["-static", "-Os", "-o", tmp.to_str()?, src.to_str()?],
+    );
+    let _ = std::fs::remove_file(&src);
+    if !out.success() {
+        eprintln!("cannot build pause:\n{out}");
+        return None;
+    }
+    std::fs::rename(&tmp, &bin).ok()?;
+    Some(bin)
 }

@@ -125,6 +125,12 @@ pub struct ScanSettings {
     /// The node's name [default: NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Keep secrets in command lines. By default values of secret-looking arguments
+    /// (`--password=…`, `--token …`, `API_KEY=…`) and the userinfo of URLs are replaced by
+    /// `***` when collected, so they never reach the report, the API, Events or logs.
+    #[arg(long, env = "NODEGUARD_SHOW_SECRETS")]
+    pub show_secrets: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,14 +176,46 @@ pub enum KubeArg {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthArg {
+    /// On with a cluster when the API listens beyond loopback.
+    Auto,
+    /// Always (needs a cluster).
+    On,
+    /// Never.
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub settings: ScanSettings,
 
-    /// Address of the metrics and query API server.
-    #[arg(long, default_value = "0.0.0.0:9717", env = "NODEGUARD_LISTEN")]
-    pub listen: std::net::SocketAddr,
+    /// Address of the metrics and query API server [default: 0.0.0.0:9717 with a cluster
+    /// (authenticated), 127.0.0.1:9717 without one].
+    #[arg(long, env = "NODEGUARD_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// A listener of its own for /healthz and /readyz (e.g. 0.0.0.0:9718), so no load on the
+    /// API port can starve the kubelet's probes. They are served on the API port too.
+    #[arg(long, env = "NODEGUARD_PROBE_LISTEN")]
+    pub probe_listen: Option<std::net::SocketAddr>,
+
+    /// Bearer-token authentication of /v1/* and /metrics (TokenReview + SubjectAccessReview):
+    /// `auto` is on with a cluster when listening beyond loopback.
+    #[arg(long, value_enum, default_value = "auto", env = "NODEGUARD_AUTH")]
+    pub auth: AuthArg,
+
+    /// Serve /metrics without a token (for scrapers that cannot send one); /v1/* still
+    /// needs one.
+    #[arg(long, env = "NODEGUARD_UNAUTHENTICATED_METRICS")]
+    pub unauthenticated_metrics: bool,
+
+    /// Serve /v1/* without authentication on a non-loopback address (no cluster, or
+    /// `--auth off`). Anyone who can connect reads every process and container of the node:
+    /// the agent logs a loud warning.
+    #[arg(long, env = "NODEGUARD_INSECURE_UNAUTHENTICATED")]
+    pub insecure_unauthenticated: bool,
 
     /// Time between process scans (e.g. 30s, 1m), with ±10% jitter.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "NODEGUARD_INTERVAL")]
@@ -288,6 +326,20 @@ pub struct QueryArgs {
     /// The agent's address (inside the agent's pod: the default).
     #[arg(long, default_value = "http://127.0.0.1:9717", env = "NODEGUARD_URL")]
     pub url: String,
+
+    /// Bearer token to send [default: --token-file, else the in-cluster service-account
+    /// token, else the current kubeconfig user's token].
+    #[arg(
+        long,
+        env = "NODEGUARD_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// File holding the bearer token to send.
+    #[arg(long, env = "NODEGUARD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]

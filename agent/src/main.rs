@@ -122,6 +122,7 @@ pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
     if let Some(host_root) = &settings.host_root {
         options.collect.host_root = host_root.clone();
     }
+    options.show_secrets = settings.show_secrets;
     options.algorithms = algorithms(settings.hash);
     options.max_hash_size = settings.max_hash_size;
     options.walk_budget.max_hash_bytes = settings.max_hash_size;

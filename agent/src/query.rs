@@ -7,8 +7,32 @@ use nodeguard_api::{FindingsQuery, ProcessesQuery};
 use nodeguard_model::{FindingKind, Timestamp};
 use serde::Serialize;
 
+/// Where the in-cluster service-account token is mounted.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The token to send: `--token`, else `--token-file`, else the in-cluster service-account
+/// token, else the current kubeconfig user's token; `None` when there is none (an agent on
+/// loopback without a cluster asks for none).
+fn token(args: &QueryArgs) -> Result<Option<String>> {
+    if let Some(token) = &args.token {
+        return Ok(Some(token.trim().to_string()));
+    }
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    if let Ok(token) = std::fs::read_to_string(SERVICE_ACCOUNT_TOKEN) {
+        if !token.trim().is_empty() {
+            return Ok(Some(token.trim().to_string()));
+        }
+    }
+    Ok(nodeguard_kube::kubeconfig_token())
+}
+
 pub fn run(args: QueryArgs) -> Result<()> {
-    let base = args.url.as_str();
+    let endpoint = client::Endpoint::new(args.url.clone(), token(&args)?);
+    let base = &endpoint;
     match args.what {
         QueryWhat::Findings {
             namespace,

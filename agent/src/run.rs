@@ -1,11 +1,12 @@
 //! `nodeguard run`: wires the daemon, metrics, the HTTP API and (when in a cluster) pod
 //! metadata and Events, then waits for a signal.
 
-use crate::cli::RunArgs;
+use crate::cli::{AuthArg, RunArgs};
 use anyhow::{Context, Result};
 use nodeguard_daemon::{Control, Daemon, ScanObserver, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
 use nodeguard_model::{NoPods, NodeState, PodLookup, ScanKind};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -40,7 +41,10 @@ async fn serve(args: RunArgs) -> Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %node,
-        listen = %args.listen,
+        listen = ?args.listen,
+        probe_listen = ?args.probe_listen,
+        auth = ?args.auth,
+        show_secrets = args.settings.show_secrets,
         interval = ?args.interval,
         fs_interval = ?args.fs_interval,
         proc_root = %args.settings.proc_root.display(),
@@ -56,6 +60,12 @@ async fn serve(args: RunArgs) -> Result<()> {
         events = !args.no_events,
         "nodeguard starting with this effective configuration"
     );
+
+    if args.settings.show_secrets {
+        tracing::warn!(
+            "--show-secrets: command lines are kept verbatim; passwords and tokens in them reach the API, Events and logs"
+        );
+    }
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -98,36 +108,78 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let access = Access::decide(&args, kube.is_some())?;
+    let listen = access.listen;
+    let auth = if access.authenticate {
+        let client = nodeguard_kube::connect(nodeguard_kube::KubeMode::On)
+            .await
+            .context("cannot build the client for TokenReview and SubjectAccessReview")?
+            .context("no Kubernetes configuration for authentication")?;
+        let authorizer = nodeguard_kube::KubeAuthorizer::new(client, Default::default());
+        let mut options = nodeguard_api::AuthOptions::new(Arc::new(KubeAuth(authorizer)));
+        options.protect_metrics = !args.unauthenticated_metrics;
+        Some(options)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     // One rendering per second at most, shared by every scraper that asks meanwhile.
-    let encoder = nodeguard_metrics::CachedEncoder::new(Arc::clone(&registry), METRICS_MAX_AGE);
     // The probes fail when scans stop completing (a hung scan loop), not only when the
     // process stops answering.
     let freshness = nodeguard_api::Freshness::for_interval(args.interval);
-    let api_context = nodeguard_api::ApiContext {
-        state: state_rx,
-        metrics: Arc::new(move |accept| {
-            let format = nodeguard_metrics::Format::negotiate(accept);
-            let text = encoder.render(format).map_err(|e| e.to_string())?;
-            Ok(nodeguard_api::MetricsBody {
-                text,
-                content_type: format.content_type(),
-            })
-        }),
+    let (stop_api_tx, stop_api_rx) = watch::channel(false);
+    let encoder = nodeguard_metrics::CachedEncoder::new(Arc::clone(&registry), METRICS_MAX_AGE);
+    let probe_task = match args.probe_listen {
+        Some(addr) => {
+            let probes = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for probes on {addr}"))?;
+            let mut stop = stop_api_rx.clone();
+            tracing::info!(listen = %addr, "serving /healthz and /readyz on their own listener");
+            Some(tokio::spawn(nodeguard_api::serve_with_limits(
+                probes,
+                nodeguard_api::with_freshness(
+                    nodeguard_api::probe_router(state_rx.clone()),
+                    freshness,
+                ),
+                async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                },
+                nodeguard_api::ServeLimits::probes(),
+            )))
+        }
+        None => None,
     };
-    let router = nodeguard_api::router_with_freshness(
-        api_context,
-        nodeguard_api::RequestLimits::default(),
+    let router = nodeguard_api::with_freshness(
+        nodeguard_api::router_with_auth(
+            nodeguard_api::ApiContext {
+                state: state_rx,
+                metrics: Arc::new(move |accept| {
+                    let format = nodeguard_metrics::Format::negotiate(accept);
+                    let text = encoder.render(format).map_err(|e| e.to_string())?;
+                    Ok(nodeguard_api::MetricsBody {
+                        text,
+                        content_type: format.content_type(),
+                    })
+                }),
+            },
+            nodeguard_api::RequestLimits::default(),
+            auth,
+        ),
         freshness,
     );
-    let (stop_api_tx, stop_api_rx) = watch::channel(false);
     let api_task = tokio::spawn(nodeguard_api::serve(listener, router, async move {
         let mut rx = stop_api_rx;
         let _ = rx.wait_for(|stop| *stop).await;
     }));
-    tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz and /v1/");
+    tracing::info!(
+        listen = %listen,
+        authenticated = access.authenticate,
+        metrics_authenticated = access.authenticate && !args.unauthenticated_metrics,
+        "serving /metrics, /healthz, /readyz and /v1/"
+    );
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -154,6 +206,9 @@ async fn serve(args: RunArgs) -> Result<()> {
     let _ = control_tx.send(Control::Shutdown).await;
     let _ = stop_api_tx.send(true);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, daemon_task).await;
+    if let Some(probes) = probe_task {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, probes).await;
+    }
     match tokio::time::timeout(SHUTDOWN_GRACE * 2, api_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API server stopped with an error"),
         Ok(_) => {}
@@ -164,6 +219,77 @@ async fn serve(args: RunArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the API listens and whether it authenticates, from the flags and whether a cluster
+/// is configured.
+struct Access {
+    listen: SocketAddr,
+    authenticate: bool,
+}
+
+impl Access {
+    fn decide(args: &RunArgs, cluster: bool) -> Result<Access> {
+        let port = nodeguard_api::DEFAULT_PORT;
+        let listen = args.listen.unwrap_or_else(|| {
+            if cluster {
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+            } else {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+            }
+        });
+        let beyond_loopback = !listen.ip().is_loopback();
+        let authenticate = match args.auth {
+            AuthArg::On => true,
+            AuthArg::Off => false,
+            AuthArg::Auto => cluster && beyond_loopback,
+        };
+        if authenticate && !cluster {
+            anyhow::bail!(
+                "--auth on needs a Kubernetes cluster (tokens are checked with TokenReview and SubjectAccessReview), and none is configured"
+            );
+        }
+        if !cluster && args.listen.is_none() {
+            tracing::info!(
+                %listen,
+                "no Kubernetes cluster: the API listens on loopback only and asks for no token (--listen to change)"
+            );
+        }
+        if !authenticate && beyond_loopback {
+            if !args.insecure_unauthenticated {
+                anyhow::bail!(
+                    "refusing to serve /v1/ unauthenticated on {listen}: anyone who can connect would read every process and container of this node. Listen on 127.0.0.1, run with a cluster (tokens are then checked), or pass --insecure-unauthenticated"
+                );
+            }
+            tracing::warn!(
+                %listen,
+                "INSECURE: /v1/ and /metrics are served WITHOUT AUTHENTICATION beyond loopback (--insecure-unauthenticated): anyone who can reach this address reads every process, command line and container of this node"
+            );
+        }
+        Ok(Access {
+            listen,
+            authenticate,
+        })
+    }
+}
+
+/// The kube crate's authorizer behind the API crate's trait (sinks do not depend on each
+/// other, so the agent joins them).
+struct KubeAuth(nodeguard_kube::KubeAuthorizer);
+
+impl nodeguard_api::Authorizer for KubeAuth {
+    fn authorize<'a>(&'a self, token: &'a str, path: &'a str) -> nodeguard_api::DecisionFuture<'a> {
+        use nodeguard_api::Decision;
+        use nodeguard_kube::AccessDecision;
+        Box::pin(async move {
+            match self.0.authorize(token, path).await {
+                AccessDecision::Allowed { user } => Decision::Allowed { user },
+                AccessDecision::Unauthenticated { reason } => Decision::Unauthenticated { reason },
+                AccessDecision::Forbidden { user, reason } => Decision::Forbidden { user, reason },
+                AccessDecision::Unavailable { reason } => Decision::Unavailable { reason },
+            }
+        })
+    }
 }
 
 /// Counts scans into the metrics without the daemon linking a metrics library.

@@ -83,6 +83,9 @@ pub struct ContainerSpec {
     pub qos: Qos,
     pub naming: CgroupNaming,
     pub runtime: RuntimeNaming,
+    /// kubelet's `--cgroup-root` (`/ng-x` puts pods under `/ng-x/kubepods/...`, or
+    /// `/ng-x.slice/ng-x-kubepods.slice/...` with systemd naming); empty for `/`.
+    pub cgroup_root: String,
     pub args: Vec<String>,
     pub uid: u32,
     pub gid: u32,
@@ -110,6 +113,7 @@ impl ContainerSpec {
             qos: Qos::Burstable,
             naming: CgroupNaming::Cgroupfs,
             runtime: RuntimeNaming::Containerd,
+            cgroup_root: String::new(),
             args: vec!["/bin/sleep".into(), "3600".into()],
             uid: 0,
             gid: 0,
@@ -144,6 +148,12 @@ impl ContainerSpec {
         self.runtime = runtime;
         self
     }
+    /// Puts the pod under kubelet's `--cgroup-root` `root` (a name without slashes).
+    pub fn cgroup_root(mut self, root: &str) -> Self {
+        self.cgroup_root = root.trim_matches('/').to_string();
+        self
+    }
+
     pub fn pod_uid(mut self, uid: &str) -> Self {
         self.pod_uid = uid.to_string();
         self
@@ -213,22 +223,39 @@ impl ContainerSpec {
                     Qos::Burstable => "/burstable".into(),
                     Qos::BestEffort => "/besteffort".into(),
                 };
-                format!("/kubepods{qos}/pod{}/{prefix}{}", self.pod_uid, self.id)
+                let root = if self.cgroup_root.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", self.cgroup_root)
+                };
+                format!(
+                    "{root}/kubepods{qos}/pod{}/{prefix}{}",
+                    self.pod_uid, self.id
+                )
             }
             CgroupNaming::Systemd => {
                 let uid = self.pod_uid.replace('-', "_");
+                // systemd's slice names repeat every parent: `<root>-kubepods-burstable.slice`.
+                let (top, p) = if self.cgroup_root.is_empty() {
+                    (String::new(), String::new())
+                } else {
+                    (
+                        format!("/{}.slice", self.cgroup_root),
+                        format!("{}-", self.cgroup_root),
+                    )
+                };
                 let (qos_slice, pod_slice) = match self.qos {
-                    Qos::Guaranteed => (String::new(), format!("kubepods-pod{uid}.slice")),
+                    Qos::Guaranteed => (String::new(), format!("{p}kubepods-pod{uid}.slice")),
                     q => {
                         let q = q.as_str();
                         (
-                            format!("/kubepods-{q}.slice"),
-                            format!("kubepods-{q}-pod{uid}.slice"),
+                            format!("/{p}kubepods-{q}.slice"),
+                            format!("{p}kubepods-{q}-pod{uid}.slice"),
                         )
                     }
                 };
                 format!(
-                    "/kubepods.slice{qos_slice}/{pod_slice}/{prefix}{}.scope",
+                    "{top}/{p}kubepods.slice{qos_slice}/{pod_slice}/{prefix}{}.scope",
                     self.id
                 )
             }

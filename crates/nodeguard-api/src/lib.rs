@@ -43,6 +43,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod client;
 mod error;
 pub mod query;
@@ -50,13 +51,18 @@ mod serve;
 mod server;
 pub mod types;
 
+pub use auth::{AuthOptions, Authorizer, Decision, DecisionFuture};
 pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 pub use serve::{serve, serve_with_limits, ServeLimits};
 pub use server::{
-    paths, router, router_with_freshness, router_with_limits, ApiContext, Freshness, MetricsBody,
-    MetricsRenderer, RequestLimits,
+    paths, probe_router, router, router_with_auth, router_with_freshness, router_with_limits,
+    with_freshness, ApiContext, Freshness, MetricsBody, MetricsRenderer, RequestLimits,
 };
 
 /// The port the agent serves `/metrics` and the API on by default.
 pub const DEFAULT_PORT: u16 = 9717;
+
+/// The port the agent serves its probes (`/healthz`, `/readyz`) on by default: a listener of
+/// their own, so no load on the API port can starve them.
+pub const DEFAULT_PROBE_PORT: u16 = 9718;

@@ -5,10 +5,12 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -20,6 +22,9 @@ use tokio::time::{sleep, timeout};
 pub struct ServeLimits {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once; a further one is closed at once, so
+    /// one client cannot take every slot.
+    pub max_connections_per_peer: usize,
     /// A client must send a complete request head within this time (also bounds how long an
     /// idle keep-alive connection stays open).
     pub header_read_timeout: Duration,
@@ -31,11 +36,27 @@ pub struct ServeLimits {
     pub shutdown_grace: Duration,
 }
 
+impl ServeLimits {
+    /// Limits for the probe listener (`/healthz`, `/readyz`): few, short connections.
+    pub fn probes() -> ServeLimits {
+        ServeLimits {
+            max_connections: 64,
+            max_connections_per_peer: 16,
+            header_read_timeout: Duration::from_secs(2),
+            max_connection_age: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             max_connections: 512,
-            header_read_timeout: Duration::from_secs(30),
+            max_connections_per_peer: 32,
+            // Silent and idle connections are closed quickly; a scraper or a client sends its
+            // request head in milliseconds.
+            header_read_timeout: Duration::from_secs(5),
             max_connection_age: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -65,6 +86,7 @@ pub async fn serve_with_limits(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let peers: Peers = Arc::new(Mutex::new(HashMap::new()));
     let mut shutdown = pin!(shutdown);
 
     loop {
@@ -91,6 +113,12 @@ pub async fn serve_with_limits(
             },
         };
         while connections.try_join_next().is_some() {}
+        let Some(peer_slot) = PeerSlot::take(&peers, peer.ip(), limits.max_connections_per_peer)
+        else {
+            tracing::debug!(%peer, "closed a connection over the per-peer bound");
+            drop(stream);
+            continue;
+        };
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
         }
@@ -98,6 +126,7 @@ pub async fn serve_with_limits(
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let _peer_slot = peer_slot;
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -133,6 +162,41 @@ pub async fn serve_with_limits(
         connections.abort_all();
     }
     Ok(())
+}
+
+type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection counted against its peer address; uncounted when dropped.
+struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(peers: &Peers, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(ip).or_insert(0);
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(peers),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Errors that concern one connection only: the listener itself is fine.

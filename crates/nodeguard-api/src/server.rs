@@ -1,6 +1,7 @@
 //! The router: endpoints, filters, JSON errors, and the per-request time and concurrency
 //! bounds.
 
+use crate::auth::{bearer_token, AuthOptions, Decision};
 use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 use crate::types::{ErrorBody, Health};
 use crate::Error;
@@ -109,7 +110,13 @@ pub fn router_with_freshness(
     limits: RequestLimits,
     freshness: Freshness,
 ) -> Router {
-    router_with_limits(ctx, limits).layer(axum::Extension(Staleness {
+    with_freshness(router_with_limits(ctx, limits), freshness)
+}
+
+/// Makes the `/healthz` and `/readyz` of `router` (the API router or [`probe_router`])
+/// judge the age of the last completed scan by `freshness`.
+pub fn with_freshness(router: Router, freshness: Freshness) -> Router {
+    router.layer(axum::Extension(Staleness {
         freshness,
         started: std::time::SystemTime::now(),
     }))
@@ -117,6 +124,17 @@ pub fn router_with_freshness(
 
 /// The API router with explicit request bounds.
 pub fn router_with_limits(ctx: ApiContext, limits: RequestLimits) -> Router {
+    router_with_auth(ctx, limits, None)
+}
+
+/// The API router with request bounds and, when `auth` is given, a bearer token checked for
+/// every path but the probes (see [`crate::auth`]). The token is checked inside the request
+/// bounds, so a flood of requests cannot start more reviews than `max_concurrent`.
+pub fn router_with_auth(
+    ctx: ApiContext,
+    limits: RequestLimits,
+    auth: Option<AuthOptions>,
+) -> Router {
     let guard = Guard {
         limits,
         permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
@@ -125,11 +143,102 @@ pub fn router_with_limits(ctx: ApiContext, limits: RequestLimits) -> Router {
     for (path, route) in routes() {
         router = router.route(path, route);
     }
-    router
+    let mut router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Shared(Arc::new(ctx)));
+    if let Some(auth) = auth {
+        router = router.layer(middleware::from_fn_with_state(auth, authenticate));
+    }
+    router.layer(middleware::from_fn_with_state(guard, bound_request))
+}
+
+/// A router of the probes alone, `/healthz` and `/readyz`, for their own listener: however
+/// busy or attacked the API port is, the kubelet's probes get a connection and an answer.
+pub fn probe_router(state: watch::Receiver<Option<Arc<NodeState>>>) -> Router {
+    let ctx = ApiContext {
+        state,
+        metrics: Arc::new(|_| Err("not served on the probe port".to_string())),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|uri: Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no endpoint at {:?}; the probe port serves /healthz and /readyz",
+                    uri.path()
+                ),
+            )
+        })
         .with_state(Shared(Arc::new(ctx)))
-        .layer(middleware::from_fn_with_state(guard, bound_request))
+}
+
+async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    if !auth.protects(&path) {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(bearer_token) else {
+        return unauthorized(if header.is_some() {
+            "the Authorization header is not \"Bearer TOKEN\""
+        } else {
+            "authentication required: send \"Authorization: Bearer TOKEN\" (a Kubernetes service-account or user token)"
+        });
+    };
+    let decision =
+        tokio::time::timeout(auth.timeout, auth.authorizer.authorize(token, &path)).await;
+    match decision {
+        Ok(Decision::Allowed { user }) => {
+            tracing::debug!(%user, %path, "API request authorized");
+            next.run(request).await
+        }
+        Ok(Decision::Unauthenticated { reason }) => {
+            tracing::info!(%path, %reason, "API request with a token that is not valid");
+            unauthorized(&format!("the token is not valid: {reason}"))
+        }
+        Ok(Decision::Forbidden { user, reason }) => {
+            tracing::info!(%user, %path, %reason, "API request forbidden");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{user} may not get {path}: {reason}"),
+            )
+            .into_response()
+        }
+        Ok(Decision::Unavailable { reason }) => {
+            tracing::warn!(%path, %reason, "cannot authorize an API request");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check the token now: {reason}; try again"),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            tracing::warn!(%path, timeout = ?auth.timeout, "authorizing an API request timed out");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "cannot check the token now: no decision within {:?}; try again",
+                    auth.timeout
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"nodeguard\""),
+    );
+    response
 }
 
 /// Every path the router serves (all `GET`), as `docs/openapi.json` must list them.

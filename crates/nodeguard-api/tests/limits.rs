@@ -380,10 +380,11 @@ async fn slow_headers_and_old_connections_are_closed_by_the_server() {
         "an idle keep-alive connection outlived header_read_timeout"
     );
 
-    // The default header timeout (30 s) is longer than the wait below: only the age closes.
+    // A header timeout longer than the wait below: only the age closes.
 
     let limits = ServeLimits {
         max_connection_age: Duration::from_millis(300),
+        header_read_timeout: Duration::from_secs(60),
         ..ServeLimits::default()
     };
     let aged = Server::start_with(

@@ -5,10 +5,11 @@ use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess};
+use crate::runtime::{host_bounding, looks_like_sandbox, runtime_from_ancestors};
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, ScanStats};
+use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runtime, ScanStats};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -168,7 +169,7 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
             // chrooted one does not: the next process may, and failing that the host's
             // mount table does (`roots_from_host_mounts`).
             if seed.root.is_none() {
-                match dir.read("mountinfo", &mut buf, MOUNTINFO_MAX) {
+                match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
                     Ok(()) => seed.root = container_root(&buf),
                     Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
                     Err(_) => {}
@@ -253,9 +254,14 @@ fn is_kernel_thread_pid(proc_fd: &OwnedFd, pid: i32) -> bool {
 /// the overlay whose device is the one `/proc/PID/root` lives on. Without this a process
 /// could hide its container's image and writable layers from the walk (and its drift) by
 /// chrooting into a subdirectory.
+///
+/// The runtime may have mounted the overlay in a mount namespace of its own rather than
+/// the host's; then the mount table of the container's monitor (the first host process
+/// above it: shim or conmon, which lives where the runtime mounts) is searched too.
 fn roots_from_host_mounts(
     proc_fd: &OwnedFd,
     proc_root: &Path,
+    raws: &[RawProcess],
     seeds: &mut BTreeMap<String, ContainerSeed>,
     log: &mut Log,
 ) {
@@ -270,7 +276,7 @@ fn roots_from_host_mounts(
             return None;
         }
         PidDir::open(proc_fd, pid)
-            .and_then(|d| d.read("mountinfo", &mut buf, MOUNTINFO_MAX))
+            .and_then(|d| d.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX))
             .ok()
             .map(|()| crate::mountinfo::parse_mountinfo(&buf).0)
     });
@@ -290,9 +296,26 @@ fn roots_from_host_mounts(
         });
         let Some(dev) = dev else { continue };
         let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-        let found = host_mounts.iter().rev().find(|m| {
+        let is_ours = |m: &&crate::mountinfo::MountInfo| {
             u64::from(m.major) == major && u64::from(m.minor) == minor && m.fstype == "overlay"
-        });
+        };
+        let mut found = host_mounts.iter().rev().find(is_ours).cloned();
+        if found.is_none() {
+            if let Some(monitor) = crate::runtime::monitor_pid(raws, seed.first, id) {
+                let mut buf = Vec::new();
+                found = PidDir::open(proc_fd, monitor)
+                    .and_then(|d| d.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX))
+                    .ok()
+                    .and_then(|()| {
+                        crate::mountinfo::parse_mountinfo(&buf)
+                            .0
+                            .iter()
+                            .rev()
+                            .find(is_ours)
+                            .cloned()
+                    });
+            }
+        }
         if let Some(mount) = found {
             log.warn(format!(
                 "container {}: its processes are chrooted; root found in the host's mounts by device {major}:{minor}",
@@ -408,11 +431,12 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
     let (raws, mut seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
-    roots_from_host_mounts(&proc_fd, &opts.proc_root, &mut seeds, &mut log);
+    roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
     let processes = attach_layers(opts, &seeds, raws, &mut log);
 
+    let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
     let mut stats = log.stats;
     stats.processes_seen = processes.len() as u64;
     stats.kernel_threads = processes.iter().filter(|p| p.process.kernel_thread).count() as u64;
@@ -424,6 +448,7 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
         warnings: log.warnings,
         cap_last_cap,
         host_namespaces,
+        host_bounding,
     })
 }
 
@@ -443,6 +468,19 @@ fn build_containers(
                 opts.cgroup_root.display()
             ),
         );
+    }
+    if let CgroupLayout::V1 {
+        memory, cpu, pids, ..
+    } = reader.layout()
+    {
+        for (name, dir) in [("memory", memory), ("cpu", cpu), ("pids", pids)] {
+            if dir.is_none() && !seeds.is_empty() {
+                log.warn(format!(
+                    "cgroup root {} has no {name} hierarchy: {name} limits are unknown",
+                    opts.cgroup_root.display()
+                ));
+            }
+        }
     }
     // The version users must look at for the limits: on a hybrid host runc also names the
     // container in the controller-less v2 tree, but the limits live in v1.
@@ -466,28 +504,66 @@ fn build_containers(
             limits: Default::default(),
             pod_limits: None,
             effective_limits: Default::default(),
+            unknown_limits: Vec::new(),
+            node_allocatable: None,
+            sandbox: false,
             pids: seed.pids.clone(),
             rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
             pod: None,
         };
-        if layout_known {
-            if let Some(file) = &first.cgroup {
+        if container.runtime == Runtime::Unknown {
+            // A bare id under kubepods (containerd's CRI with the cgroupfs driver): the
+            // monitor above the container's first process says which runtime it is.
+            if let Some(runtime) = runtime_from_ancestors(raws, seed.first, id) {
+                container.runtime = runtime;
+            }
+        }
+        if container.pod_uid.is_some() {
+            let processes: Vec<&Process> = seed
+                .pids
+                .iter()
+                .filter_map(|pid| {
+                    raws.binary_search_by_key(pid, |r| r.process.pid)
+                        .ok()
+                        .map(|i| &raws[i].process)
+                })
+                .collect();
+            container.sandbox = looks_like_sandbox(&processes);
+        }
+        let cgroup_file = first.cgroup.as_ref().filter(|_| layout_known);
+        match cgroup_file {
+            None => {
+                // Nothing could be read: unknown, not unlimited (the cgroup root's warning, or
+                // the process's unreadable cgroup file, says why once).
+                container.unknown_limits = ["memory", "cpu", "pids"].map(String::from).to_vec();
+            }
+            Some(file) => {
                 let pid = first.process.pid;
                 let (own_paths, pod_paths) = container_paths(file, reader.layout(), id);
                 let mut problems = Vec::new();
-                let own = reader.own(&own_paths, pid);
-                problems.extend(own.problems);
+                let mut own = reader.own(&own_paths, pid);
+                problems.append(&mut own.problems);
+                // A pod container is bounded by its own cgroup and its pod's; the levels
+                // above (kubepods: node allocatable; the QoS class) are reported apart.
+                let floor = match (&container.pod_uid, &pod_paths) {
+                    (None, _) => None,
+                    (Some(_), Some(pod_paths)) => Some(pod_paths.clone()),
+                    (Some(_), None) => Some(own_paths.clone()),
+                };
                 if container.pod_uid.is_some() {
-                    if let Some(pod_paths) = pod_paths {
-                        let pod = reader.own(&pod_paths, pid);
+                    if let Some(pod_paths) = &pod_paths {
+                        let pod = reader.own(pod_paths, pid);
                         problems.extend(pod.problems);
                         container.pod_limits = Some(pod.limits);
+                        container.node_allocatable = reader.node_allocatable(pod_paths);
                     }
                 }
-                let effective = reader.effective(&own_paths, own.limits);
-                problems.extend(effective.problems);
+                let effective = reader.effective(&own_paths, &own, floor.as_ref());
                 container.limits = own.limits;
                 container.effective_limits = effective.limits;
+                container.unknown_limits =
+                    effective.unknown.iter().map(|s| s.to_string()).collect();
+                problems.extend(effective.problems);
                 let hint = if reference.cgroup.relative_to_namespace {
                     " (cgroup paths were relative to the agent's cgroup namespace; run it in the host cgroup namespace)"
                 } else {

@@ -31,6 +31,7 @@ pub mod layer;
 pub mod limits;
 pub mod mountinfo;
 pub mod process;
+pub mod runtime;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
 pub use collect::{resolve_host_root, DEFAULT_CAP_LAST_CAP};
@@ -90,6 +91,9 @@ pub struct Snapshot {
     pub cap_last_cap: u32,
     /// Namespaces of pid 1 (all `None`, with a warning, when unreadable).
     pub host_namespaces: Namespaces,
+    /// The host's capability bounding set: pid 1's, else the union of the host processes'
+    /// (see [`runtime::host_bounding`]); `None` when no host process showed one.
+    pub host_bounding: Option<u64>,
 }
 
 /// One process and the cache key of its executable.

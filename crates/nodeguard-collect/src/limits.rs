@@ -8,6 +8,8 @@
 use crate::cgroup::{attribute_path, normalize_path, CgroupFile};
 use crate::Error;
 use nodeguard_model::Limits;
+#[cfg(test)]
+use nodeguard_model::QosClass;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -166,11 +168,23 @@ pub fn container_paths(
     }
 }
 
-/// What reading the limits of one cgroup gave: the limits and what could not be read.
+/// What reading the limits of one cgroup gave: the limits, which of them could not be read
+/// (unknown, as opposed to unlimited), and why.
 #[derive(Debug, Default)]
 pub struct LimitsReading {
     pub limits: Limits,
+    /// Controllers (`memory`, `cpu`, `pids`) whose limit is unknown: `limits` holds null for
+    /// them because nothing could be read, not because there is no limit.
+    pub unknown: Vec<&'static str>,
     pub problems: Vec<Error>,
+}
+
+impl LimitsReading {
+    fn mark_unknown(&mut self, controller: Controller) {
+        if !self.unknown.contains(&controller.name()) {
+            self.unknown.push(controller.name());
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -318,45 +332,109 @@ impl LimitsReader {
         Ok(limits)
     }
 
-    /// The limits of one cgroup itself. A missing or malformed file leaves that limit `None`
-    /// and is listed in `problems`. `pid` names the process the paths came from.
+    /// The limits of one cgroup itself. A missing or malformed file leaves that limit `None`,
+    /// marks it unknown and is listed in `problems`; an absent hierarchy (no `pids`
+    /// controller on this host) marks it unknown without a problem (the caller says so once
+    /// per host). `pid` names the process the paths came from.
     pub fn own(&mut self, paths: &ControllerPaths, pid: i32) -> LimitsReading {
         let mut reading = LimitsReading::default();
         for (controller, path) in self.controllers(paths) {
+            if self.dir(controller, "/").is_none() {
+                reading.mark_unknown(controller);
+                continue;
+            }
             let Some(path) = path else {
-                if self.dir(controller, "/").is_some() {
-                    reading.problems.push(Error::CgroupMissing {
-                        pid,
-                        controller: controller.name(),
-                    });
-                }
+                reading.problems.push(Error::CgroupMissing {
+                    pid,
+                    controller: controller.name(),
+                });
+                reading.mark_unknown(controller);
                 continue;
             };
             match self.level(controller, &path, false) {
                 Ok(l) => reading.limits = reading.limits.tightest(l),
-                Err(e) => reading.problems.push(e),
+                Err(e) => {
+                    reading.problems.push(e);
+                    reading.mark_unknown(controller);
+                }
             }
         }
         reading
     }
 
-    /// The tightest limits from a cgroup up to the root: `own` (as read by [`Self::own`])
-    /// combined with every ancestor level. Absent ancestor files are not problems.
-    pub fn effective(&mut self, paths: &ControllerPaths, own: Limits) -> LimitsReading {
+    /// The tightest limits from a cgroup up through its ancestors: `own` (as read by
+    /// [`Self::own`]) combined with each ancestor level. With a `floor` (a pod container's
+    /// pod cgroup) only the ancestors down to and including the floor count: the levels
+    /// above a pod are the kubelet's node allocatable and QoS cgroups, which bound all pods
+    /// together and are not this container's limits. Absent ancestor files are not
+    /// problems. A limit stays unknown when some level could not be read and no level that
+    /// could be read sets one.
+    pub fn effective(
+        &mut self,
+        paths: &ControllerPaths,
+        own: &LimitsReading,
+        floor: Option<&ControllerPaths>,
+    ) -> LimitsReading {
         let mut reading = LimitsReading {
-            limits: own,
+            limits: own.limits,
+            unknown: own.unknown.clone(),
             problems: Vec::new(),
         };
-        for (controller, path) in self.controllers(paths) {
+        let floors = floor.map(|f| self.controllers(f));
+        for (i, (controller, path)) in self.controllers(paths).into_iter().enumerate() {
             let Some(path) = path else { continue };
+            let floor_path = floors.as_ref().map(|f| f[i].1.clone());
             for ancestor in ancestors(&path) {
+                match &floor_path {
+                    // No floor for this controller: the container's own level only.
+                    Some(None) => break,
+                    Some(Some(floor)) if !within(&ancestor, floor) => break,
+                    _ => {}
+                }
                 match self.level(controller, &ancestor, true) {
                     Ok(l) => reading.limits = reading.limits.tightest(l),
-                    Err(e) => reading.problems.push(e),
+                    Err(e) => {
+                        reading.problems.push(e);
+                        reading.mark_unknown(controller);
+                    }
                 }
             }
         }
+        // A limit read somewhere binds whatever the unreadable levels say.
+        let limits = reading.limits;
+        reading.unknown.retain(|name| match *name {
+            "memory" => limits.memory_bytes.is_none(),
+            "cpu" => limits.cpu_cores.is_none(),
+            _ => limits.pids.is_none(),
+        });
         reading
+    }
+
+    /// The tightest limits of the kubelet's node-level cgroups above a pod cgroup: from the
+    /// pod's parent (the QoS class level, or `kubepods` itself for a Guaranteed pod) up to
+    /// and including `kubepods` (`kubepods.slice`, `<root>-kubepods.slice`), where kubelet
+    /// writes node allocatable. Levels above `kubepods` (a `--cgroup-root` prefix, the root)
+    /// are not read. `None` when the pod path shows no kubepods level.
+    pub fn node_allocatable(&mut self, pod: &ControllerPaths) -> Option<Limits> {
+        let mut limits = Limits::default();
+        let mut any = false;
+        for (controller, path) in self.controllers(pod) {
+            let Some(path) = path else { continue };
+            let Some(depth) = kubepods_depth(&path) else {
+                continue;
+            };
+            any = true;
+            for ancestor in ancestors(&path) {
+                if ancestor.split('/').filter(|s| !s.is_empty()).count() < depth + 1 {
+                    break;
+                }
+                // Unreadable node levels say nothing about the container: skipped.
+                if let Ok(l) = self.level(controller, &ancestor, true) {
+                    limits = limits.tightest(l);
+                }
+            }
+        }
+        any.then_some(limits)
     }
 
     fn controllers(&self, paths: &ControllerPaths) -> [(Controller, Option<String>); 3] {
@@ -366,6 +444,32 @@ impl LimitsReader {
             (Controller::Pids, paths.pids.clone()),
         ]
     }
+}
+
+/// `ancestor` is `floor` or below it.
+fn within(ancestor: &str, floor: &str) -> bool {
+    let floor = floor.trim_end_matches('/');
+    ancestor == floor
+        || ancestor
+            .strip_prefix(floor)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Whether a cgroup path segment is the kubelet's node-level `kubepods` cgroup: `kubepods`
+/// (cgroupfs driver, also below a `--cgroup-root` prefix), `kubepods.slice` (systemd
+/// driver) or `<prefix>-kubepods.slice` (systemd driver with a `--cgroup-root` prefix).
+pub fn is_kubepods_segment(seg: &str) -> bool {
+    seg == "kubepods"
+        || seg
+            .strip_suffix(".slice")
+            .is_some_and(|name| name == "kubepods" || name.ends_with("-kubepods"))
+}
+
+/// The number of segments above the first kubepods segment of a path (its index).
+fn kubepods_depth(path: &str) -> Option<usize> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .position(is_kubepods_segment)
 }
 
 /// `/a/b/c` → `/a/b`, `/a`, `/` (the path itself left out).
@@ -445,7 +549,7 @@ mod tests {
                 pids: Some(100)
             }
         );
-        let eff = reader.effective(&own_paths, own.limits);
+        let eff = reader.effective(&own_paths, &own, None);
         assert!(eff.problems.is_empty(), "{:?}", eff.problems);
         // The pod's memory and pids bind; the container's CPU; the root has no files.
         assert_eq!(
@@ -517,9 +621,10 @@ mod tests {
         assert!(pod.problems.is_empty(), "{:?}", pod.problems);
         // Pod: memory unlimited sentinel, quota -1, pids max.
         assert_eq!(pod.limits, Limits::default());
-        let eff = reader.effective(&own_paths, own.limits);
+        let eff = reader.effective(&own_paths, &own, None);
         assert!(eff.problems.is_empty(), "{:?}", eff.problems);
-        // The burstable QoS level caps CPU at 0.2 cores in this fixture.
+        // Without a floor every level counts: the burstable QoS level caps CPU at 0.2 cores
+        // in this fixture.
         assert_eq!(
             eff.limits,
             Limits {
@@ -540,5 +645,182 @@ mod tests {
         let own = reader.own(&paths, 1);
         assert_eq!(own.limits, Limits::default());
         assert!(own.problems.is_empty());
+        // Nothing read is unknown, not unlimited.
+        assert_eq!(own.unknown, ["memory", "cpu", "pids"]);
+        assert_eq!(reader.effective(&paths, &own, None).unknown.len(), 3);
+    }
+
+    /// Trees written by `testdata/kubelet-layouts.py`, as kubelet lays them out: node
+    /// allocatable on `kubepods` (23.5 GiB, 4096 pids), 20 GiB on the BestEffort QoS level,
+    /// a BestEffort pod with no limits (and a sandbox beside its container), a Guaranteed pod
+    /// directly under `kubepods` with 128 MiB and 0.5 cores, and a container whose
+    /// memory.max is missing and pids.max garbage.
+    const KUBELET_LAYOUTS: [(&str, &str); 8] = [
+        ("kubelet-v2-cgroupfs", "/kubepods"),
+        ("kubelet-v2-cgroupfs-prefix", "/ng-prefix/kubepods"),
+        ("kubelet-v2-systemd", "/kubepods.slice"),
+        (
+            "kubelet-v2-systemd-prefix",
+            "/ngprefix.slice/ngprefix-kubepods.slice",
+        ),
+        ("kubelet-v1-cgroupfs", "/kubepods"),
+        ("kubelet-v1-cgroupfs-prefix", "/ng-prefix/kubepods"),
+        ("kubelet-v1-systemd", "/kubepods.slice"),
+        (
+            "kubelet-v1-systemd-prefix",
+            "/ngprefix.slice/ngprefix-kubepods.slice",
+        ),
+    ];
+    const UID_BE: &str = "aaaa1111-2222-3333-4444-555566667777";
+    const UID_G: &str = "bbbb1111-2222-3333-4444-555566667777";
+    const ALLOCATABLE: u64 = 25_232_932_864;
+    const GIB: u64 = 1 << 30;
+
+    /// The cgroup path of a container in one of the kubelet layouts.
+    fn kubelet_path(case: &str, kubepods: &str, guaranteed: bool, id: &str) -> String {
+        let systemd = case.contains("systemd");
+        let uid = if guaranteed { UID_G } else { UID_BE };
+        if !systemd {
+            return if guaranteed {
+                format!("{kubepods}/pod{uid}/{id}")
+            } else {
+                format!("{kubepods}/besteffort/pod{uid}/{id}")
+            };
+        }
+        let p = if case.ends_with("prefix") {
+            "ngprefix-"
+        } else {
+            ""
+        };
+        let uid = uid.replace('-', "_");
+        if guaranteed {
+            format!("{kubepods}/{p}kubepods-pod{uid}.slice/cri-containerd-{id}.scope")
+        } else {
+            format!(
+                "{kubepods}/{p}kubepods-besteffort.slice/{p}kubepods-besteffort-pod{uid}.slice/cri-containerd-{id}.scope"
+            )
+        }
+    }
+
+    fn cgroup_text(case: &str, path: &str) -> String {
+        if case.contains("v1") {
+            format!("10:pids:{path}\n9:memory:{path}\n4:cpu,cpuacct:{path}\n1:name=systemd:{path}\n0::/\n")
+        } else {
+            format!("0::{path}\n")
+        }
+    }
+
+    struct Read {
+        attributed: crate::cgroup::ContainerCgroup,
+        own: LimitsReading,
+        effective: LimitsReading,
+        node: Option<Limits>,
+    }
+
+    /// Reads one container the way `collect` does: the pod cgroup is the floor.
+    fn read_kubelet(reader: &mut LimitsReader, case: &str, path: &str, id: &str) -> Read {
+        let file = parse_cgroup_file(&cgroup_text(case, path));
+        let attributed = crate::cgroup::attribute(&file)
+            .unwrap_or_else(|| panic!("{case}: {path} not attributed"))
+            .cgroup;
+        assert_eq!(attributed.id, id, "{case}");
+        let (own_paths, pod_paths) = container_paths(&file, reader.layout(), id);
+        let pod_paths = pod_paths.unwrap_or_else(|| panic!("{case}: no pod path for {path}"));
+        let own = reader.own(&own_paths, 1);
+        let effective = reader.effective(&own_paths, &own, Some(&pod_paths));
+        let node = reader.node_allocatable(&pod_paths);
+        Read {
+            attributed,
+            own,
+            effective,
+            node,
+        }
+    }
+
+    #[test]
+    fn node_allocatable_and_qos_levels_are_not_container_limits() {
+        for (case, kubepods) in KUBELET_LAYOUTS {
+            let mut reader = LimitsReader::new(&testdata(case));
+            let v1 = case.contains("v1");
+            assert_eq!(
+                matches!(reader.layout(), CgroupLayout::V1 { .. }),
+                v1,
+                "{case}: {:?}",
+                reader.layout()
+            );
+
+            // BestEffort, no limits in its spec: nothing binds it but the node.
+            let be_id = "be".repeat(32);
+            let path = kubelet_path(case, kubepods, false, &be_id);
+            let be = read_kubelet(&mut reader, case, &path, &be_id);
+            assert_eq!(be.attributed.pod_uid.as_deref(), Some(UID_BE), "{case}");
+            assert_eq!(be.attributed.qos, Some(QosClass::Besteffort), "{case}");
+            assert!(be.own.problems.is_empty(), "{case}: {:?}", be.own.problems);
+            assert!(be.effective.problems.is_empty(), "{case}");
+            assert_eq!(be.effective.limits, Limits::default(), "{case}: {path}");
+            assert!(be.effective.unknown.is_empty(), "{case}");
+            assert_eq!(
+                be.node,
+                Some(Limits {
+                    memory_bytes: Some(20 * GIB),
+                    cpu_cores: None,
+                    pids: Some(4096)
+                }),
+                "{case}"
+            );
+
+            // Guaranteed, directly under kubepods: its own and its pod's limits bind.
+            let g_id = "9a".repeat(32);
+            let path = kubelet_path(case, kubepods, true, &g_id);
+            let g = read_kubelet(&mut reader, case, &path, &g_id);
+            assert_eq!(g.attributed.pod_uid.as_deref(), Some(UID_G), "{case}");
+            assert_eq!(g.attributed.qos, Some(QosClass::Guaranteed), "{case}");
+            assert_eq!(
+                g.effective.limits,
+                Limits {
+                    memory_bytes: Some(128 << 20),
+                    cpu_cores: Some(0.5),
+                    pids: None
+                },
+                "{case}"
+            );
+            // Its QoS level is kubepods itself.
+            assert_eq!(
+                g.node,
+                Some(Limits {
+                    memory_bytes: Some(ALLOCATABLE),
+                    cpu_cores: None,
+                    pids: Some(4096)
+                }),
+                "{case}"
+            );
+
+            // Unreadable memory.max (missing) and pids.max (garbage): unknown, not unlimited.
+            let u_id = "0d".repeat(32);
+            let path = kubelet_path(case, kubepods, false, &u_id);
+            let u = read_kubelet(&mut reader, case, &path, &u_id);
+            assert_eq!(u.effective.unknown, ["memory", "pids"], "{case}");
+            assert_eq!(u.own.problems.len(), 2, "{case}: {:?}", u.own.problems);
+            assert_eq!(u.effective.limits, Limits::default(), "{case}");
+        }
+    }
+
+    #[test]
+    fn kubepods_segments() {
+        for seg in ["kubepods", "kubepods.slice", "ng-kubepods.slice"] {
+            assert!(is_kubepods_segment(seg), "{seg}");
+        }
+        for seg in [
+            "kubepods-burstable.slice",
+            "burstable",
+            "mykubepods",
+            "kubepods.scope",
+        ] {
+            assert!(!is_kubepods_segment(seg), "{seg}");
+        }
+        assert!(within("/a/b", "/a/b"));
+        assert!(within("/a/b/c", "/a/b"));
+        assert!(!within("/a/bc", "/a/b"));
+        assert!(!within("/a", "/a/b"));
     }
 }

@@ -318,9 +318,34 @@ impl PidDir {
     }
 
     /// Reads at most `limit` bytes of a file into `buf` (cleared first). A short read ends
-    /// the file: procfs (`seq_file`) fills the buffer it is given unless the file has ended,
-    /// so most files take one `read`, not a second one that returns 0.
+    /// the file: the per-process files generated whole (`stat`, `status`, `cgroup`; procfs's
+    /// `single_open`) fill the buffer they are given unless the file has ended, so they take
+    /// one `read`, not a second one that returns 0. Files of many records (`mountinfo`)
+    /// are not like that: use [`Self::read_to_end`].
     pub fn read(&self, file: &'static str, buf: &mut Vec<u8>, limit: usize) -> Result<(), Failure> {
+        self.read_impl(file, buf, limit, true)
+    }
+
+    /// Reads at most `limit` bytes of a record-by-record `seq_file` (`mountinfo`) into `buf`,
+    /// until `read` returns 0. Such a file hands out about one page of records per `read`
+    /// whatever the buffer size, so a short read is not its end: on a node with a few dozen
+    /// overlay mounts, stopping there cut the host's mount table after its first page.
+    pub fn read_to_end(
+        &self,
+        file: &'static str,
+        buf: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), Failure> {
+        self.read_impl(file, buf, limit, false)
+    }
+
+    fn read_impl(
+        &self,
+        file: &'static str,
+        buf: &mut Vec<u8>,
+        limit: usize,
+        short_read_ends: bool,
+    ) -> Result<(), Failure> {
         buf.clear();
         let fd = openat(
             self.fd.as_fd(),
@@ -344,7 +369,7 @@ impl PidDir {
             match file_handle.read(&mut buf[start..]) {
                 Ok(n) => {
                     buf.truncate(start + n);
-                    if n < want {
+                    if n == 0 || (short_read_ends && n < want) {
                         return Ok(());
                     }
                 }

@@ -68,6 +68,31 @@ impl FsScanner {
     /// Scans every container root: each distinct lower dir once (or from the cache), each
     /// upper dir and merged root every time.
     pub fn scan(&mut self, roots: &[ContainerRoot]) -> FsScanOutput {
+        self.scan_roots(roots, true)
+    }
+
+    /// The fast scan between full ones: walks only the writable (upper) layers of overlay
+    /// roots whose image layers are all cached and unchanged, and composes those containers
+    /// from the cache. Writable layers are small; image layers and merged roots wait for
+    /// [`Self::scan`]. Returns the output and the ids of the containers it covers (the
+    /// others' files are whatever the last full scan found). The layer cache is not pruned.
+    pub fn scan_writable(&mut self, roots: &[ContainerRoot]) -> (FsScanOutput, Vec<String>) {
+        let covered: Vec<ContainerRoot> = roots
+            .iter()
+            .filter(|root| match &root.spec {
+                RootSpec::Overlay { lower_dirs, .. } => lower_dirs.iter().all(|dir| {
+                    let cached = self.layers.get(dir).map(|c| c.key);
+                    cached.is_some() && layer_key(dir).ok() == cached
+                }),
+                RootSpec::Merged { .. } => false,
+            })
+            .cloned()
+            .collect();
+        let ids = covered.iter().map(|r| r.container_id.clone()).collect();
+        (self.scan_roots(&covered, false), ids)
+    }
+
+    fn scan_roots(&mut self, roots: &[ContainerRoot], full: bool) -> FsScanOutput {
         let mut stats = FsStats::default();
         let mut warnings = Vec::new();
         let mut walk_roots: Vec<WalkRoot> = Vec::new();
@@ -216,8 +241,10 @@ impl FsScanner {
                 Source::Missing => {}
             }
         }
-        // Layers no container uses any more leave the cache.
-        self.layers.retain(|dir, _| lower_sources.contains_key(dir));
+        // Layers no container uses any more leave the cache (a full scan sees them all).
+        if full {
+            self.layers.retain(|dir, _| lower_sources.contains_key(dir));
+        }
 
         let incomplete = incomplete_roots(roots, &other_sources, &results, &lower_gaps);
 
@@ -263,7 +290,12 @@ impl FsScanner {
                 }
             }
         }
-        self.hashes = hashes;
+        if full {
+            self.hashes = hashes;
+        } else {
+            // Bounded all the same: the next full scan replaces the map.
+            self.hashes.extend(hashes);
+        }
 
         if walked.suppressed_warnings > 0 {
             warnings.push(format!(

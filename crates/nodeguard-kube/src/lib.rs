@@ -27,10 +27,12 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod error;
 mod events;
 mod pods;
 
+pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
 pub use pods::{pod_ref_for, PodWatch};

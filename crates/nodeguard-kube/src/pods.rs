@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
-use nodeguard_model::{PodLookup, PodRef};
+use nodeguard_model::{PodLookup, PodRef, Runtime};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -101,22 +101,86 @@ struct StoreLookup {
     store: Store<Pod>,
 }
 
-impl PodLookup for StoreLookup {
-    fn pod_for(&self, pod_uid: Option<&str>, container_id: &str) -> Option<PodRef> {
-        let pod_uid = pod_uid.map(normalize_uid);
+impl StoreLookup {
+    /// The pod that lists `container_id` in its status, else the pod with `pod_uid`.
+    fn find_pod(&self, pod_uid: Option<&str>, container_id: &str) -> Option<Arc<Pod>> {
         let container_id = bare_container_id(container_id);
         let by_container = self
             .store
             .find(|pod| find_status(pod, container_id).is_some());
-        if let Some(pod) = by_container {
-            return pod_ref_for(&pod, container_id);
+        if by_container.is_some() {
+            return by_container;
         }
-        let uid = pod_uid?;
-        let pod = self
-            .store
-            .find(|pod| pod.metadata.uid.as_deref() == Some(uid.as_str()))?;
-        pod_ref_for(&pod, container_id)
+        let uid = normalize_uid(pod_uid?);
+        self.store
+            .find(|pod| pod.metadata.uid.as_deref() == Some(uid.as_str()))
     }
+}
+
+impl PodLookup for StoreLookup {
+    fn pod_for(&self, pod_uid: Option<&str>, container_id: &str) -> Option<PodRef> {
+        let pod = self.find_pod(pod_uid, container_id)?;
+        pod_ref_for(&pod, bare_container_id(container_id))
+    }
+
+    fn is_sandbox(&self, pod_uid: Option<&str>, container_id: &str) -> Option<bool> {
+        sandbox_by_status(&*self.find_pod(pod_uid, container_id)?, container_id)
+    }
+
+    fn runtime_of(&self, pod_uid: Option<&str>, container_id: &str) -> Option<Runtime> {
+        runtime_by_status(&*self.find_pod(pod_uid, container_id)?, container_id)
+    }
+}
+
+fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status
+        .as_ref()
+        .into_iter()
+        .flat_map(|status| {
+            [
+                &status.container_statuses,
+                &status.init_container_statuses,
+                &status.ephemeral_container_statuses,
+            ]
+        })
+        .flatten()
+        .flatten()
+}
+
+/// Whether `container_id` is the pod's sandbox by the pod's status: a container of the
+/// pod's cgroup that no status lists, once every status carries an id (before that, a
+/// container just started may simply not be listed yet). `Some(false)` when listed.
+pub fn sandbox_by_status(pod: &Pod, container_id: &str) -> Option<bool> {
+    let container_id = bare_container_id(container_id);
+    if find_status(pod, container_id).is_some() {
+        return Some(false);
+    }
+    let mut listed = statuses(pod).peekable();
+    listed.peek()?;
+    listed
+        .all(|s| {
+            s.container_id
+                .as_deref()
+                .is_some_and(|id| !bare_container_id(id).is_empty())
+        })
+        .then_some(true)
+}
+
+/// The runtime named by the `containerID` scheme of this container's status, else of the
+/// pod's other containers (one runtime runs a whole pod, its sandbox included).
+pub fn runtime_by_status(pod: &Pod, container_id: &str) -> Option<Runtime> {
+    let scheme = |s: &ContainerStatus| {
+        let (scheme, _) = s.container_id.as_deref()?.split_once("://")?;
+        match scheme {
+            "containerd" => Some(Runtime::Containerd),
+            "cri-o" => Some(Runtime::Crio),
+            "docker" => Some(Runtime::Docker),
+            _ => None,
+        }
+    };
+    find_status(pod, bare_container_id(container_id))
+        .and_then(scheme)
+        .or_else(|| statuses(pod).find_map(scheme))
 }
 
 /// The pod reference for `container_id` in `pod`: namespace and name always; container
@@ -266,6 +330,35 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_and_runtime_by_status() {
+        let pod = pod();
+        // Listed containers are no sandbox; their scheme names the runtime.
+        assert_eq!(sandbox_by_status(&pod, C1), Some(false));
+        assert_eq!(runtime_by_status(&pod, C1), Some(Runtime::Containerd));
+        assert_eq!(runtime_by_status(&pod, C2), Some(Runtime::Crio));
+        assert_eq!(runtime_by_status(&pod, "ffff"), Some(Runtime::Docker));
+        // An id in no status, every status carrying an id: the sandbox, the pod's runtime.
+        let sandbox = "5".repeat(64);
+        assert_eq!(sandbox_by_status(&pod, &sandbox), Some(true));
+        assert_eq!(runtime_by_status(&pod, &sandbox), Some(Runtime::Containerd));
+        // A status without an id yet (container creating): the status cannot tell.
+        let mut starting = pod.clone();
+        if let Some(s) = starting
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+        {
+            s[1].container_id = None;
+        }
+        assert_eq!(sandbox_by_status(&starting, &sandbox), None);
+        // No status at all (Pending): cannot tell.
+        let mut pending = pod.clone();
+        pending.status = None;
+        assert_eq!(sandbox_by_status(&pending, &sandbox), None);
+        assert_eq!(runtime_by_status(&pending, &sandbox), None);
+    }
+
+    #[test]
     fn store_lookup_matches_container_then_pod_uid() {
         let (store, mut writer) = reflector::store::<Pod>();
         writer.apply_watcher_event(&watcher::Event::Apply(pod()));
@@ -281,6 +374,16 @@ mod tests {
             .unwrap();
         assert_eq!(sandbox.name, "web-0");
         assert_eq!(sandbox.container_name, None);
+        assert_eq!(
+            lookup.is_sandbox(Some("0a1b2c3d_0000_4000_8000_000000000001"), "abcd"),
+            Some(true)
+        );
+        assert_eq!(lookup.is_sandbox(None, C1), Some(false));
+        assert_eq!(
+            lookup.runtime_of(Some("0a1b2c3d-0000-4000-8000-000000000001"), "abcd"),
+            Some(Runtime::Containerd)
+        );
+        assert_eq!(lookup.is_sandbox(Some("other-uid"), "abcd"), None);
         assert!(lookup.pod_for(None, "abcd").is_none());
         assert!(lookup.pod_for(Some("other-uid"), "abcd").is_none());
         assert!(lookup.pod_for(None, "").is_none());

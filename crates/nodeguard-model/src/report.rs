@@ -208,8 +208,27 @@ pub struct Container {
     pub limits: Limits,
     /// The pod-level parent cgroup's limits, for pod containers.
     pub pod_limits: Option<Limits>,
-    /// The tightest limits from the container's cgroup up to the root: what actually binds.
+    /// The tightest of the container's own limits and its pod's: what binds the container.
+    /// For a pod container the levels above the pod cgroup (the kubelet's `kubepods` and QoS
+    /// cgroups: node allocatable) are left out, see `node_allocatable`; for another container
+    /// every level up to the root counts. A limit named in `unknown_limits` is null here
+    /// because it could not be read, not because there is none.
     pub effective_limits: Limits,
+    /// Limits that could not be read (`memory`, `cpu`, `pids`): the cgroup file was missing,
+    /// unreadable or garbage, or the cgroup root is not a cgroup filesystem. Unknown, not
+    /// unlimited: no `missing_*_limit` finding is raised for them.
+    #[serde(default)]
+    pub unknown_limits: Vec<String>,
+    /// For pod containers, the tightest limits of the kubelet's node-level cgroups above the
+    /// pod (`kubepods` — node allocatable — and the QoS class level): a bound the node puts
+    /// on all pods, not a limit of this container. Null when not a pod container.
+    #[serde(default)]
+    pub node_allocatable: Option<Limits>,
+    /// The pod's sandbox (pause) container, not one of the pod's containers: it is reported
+    /// but gets no findings (it shares the pod's namespaces, so it would repeat the real
+    /// containers' findings under a name no pod spec has).
+    #[serde(default)]
+    pub sandbox: bool,
     /// Processes of the container, ascending.
     pub pids: Vec<i32>,
     pub rootfs: Option<RootFs>,

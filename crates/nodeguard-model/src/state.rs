@@ -175,6 +175,20 @@ mod tests {
 pub trait PodLookup: Send + Sync {
     /// The pod and container a container id belongs to, if known.
     fn pod_for(&self, pod_uid: Option<&str>, container_id: &str) -> Option<crate::PodRef>;
+
+    /// Whether the container is its pod's sandbox (pause), as the pod's status tells:
+    /// `Some(false)` when the id is one of `status.containerStatuses` (or the init or
+    /// ephemeral lists), `Some(true)` when the pod is known, every container in its status
+    /// has an id, and this id is none of them; `None` when the status cannot tell.
+    fn is_sandbox(&self, _pod_uid: Option<&str>, _container_id: &str) -> Option<bool> {
+        None
+    }
+
+    /// The runtime the pod's status names by its `containerID` scheme (`containerd://`,
+    /// `cri-o://`, `docker://`), for this container or, for its sandbox, the pod's others.
+    fn runtime_of(&self, _pod_uid: Option<&str>, _container_id: &str) -> Option<crate::Runtime> {
+        None
+    }
 }
 
 /// No cluster: no pod metadata.

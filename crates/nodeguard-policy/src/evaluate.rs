@@ -22,6 +22,10 @@ pub struct Evidence<'a> {
     /// `/proc/sys/kernel/cap_last_cap`; 0 when unknown, which is taken as the highest
     /// capability nodeguard knows by name (40, `CAP_CHECKPOINT_RESTORE`).
     pub cap_last_cap: u32,
+    /// The host's capability bounding set (pid 1's `CapBnd`), when known: a container whose
+    /// bounding set holds all of it is privileged. A node's own bounding set can be smaller
+    /// than every capability the kernel knows; `None` compares with those instead.
+    pub host_bounding: Option<u64>,
     /// Containers whose filesystem could not be inventoried whole.
     pub gaps: &'a [FsGap],
 }
@@ -66,13 +70,20 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
         .collect();
     let mut found = Found::new(policy);
 
+    // A pod's sandbox (pause) shares the pod's namespaces and runs nothing of the pod's: its
+    // findings would repeat the real containers' under a name no pod spec has.
+    let sandbox = |id: &str| containers.get(id).is_some_and(|c| c.sandbox);
+    let privileged_mask = privileged_mask(evidence);
     for process in evidence.processes.iter().filter(|p| !p.kernel_thread) {
         let container = process
             .container_id
             .as_deref()
             .map(|id| (id, containers.get(id).copied()));
         if let Some((id, container)) = container {
-            container_process_rules(policy, evidence.cap_last_cap, id, process, &mut found);
+            if sandbox(id) {
+                continue;
+            }
+            container_process_rules(policy, privileged_mask, id, process, &mut found);
             let image = container.and_then(|c| c.pod.as_ref()?.image.as_deref());
             binary_rules(policy, Scope::Container(id, image), process, &mut found);
             unverifiable_process_rule(policy, Scope::Container(id, image), process, &mut found);
@@ -89,7 +100,7 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             *pid = (*pid).min(process.pid);
         }
     }
-    for container in evidence.containers {
+    for container in evidence.containers.iter().filter(|c| !c.sandbox) {
         let pid = container
             .pids
             .iter()
@@ -99,7 +110,7 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
         limit_rules(policy, container, pid, &mut found);
     }
 
-    for file in evidence.files {
+    for file in evidence.files.iter().filter(|f| !sandbox(&f.container_id)) {
         let image = containers
             .get(file.container_id.as_str())
             .and_then(|c| c.pod.as_ref()?.image.as_deref());
@@ -150,9 +161,26 @@ fn who(process: &Process) -> String {
     format!("pid {} ({})", process.pid, process.command)
 }
 
+/// The bounding set that makes a container privileged: the host's (a privileged container
+/// gets everything its runtime has, which is the host's bounding set), else every capability
+/// up to `cap_last_cap`. Capabilities beyond `cap_last_cap` are ignored either way.
+fn privileged_mask(evidence: &Evidence) -> u64 {
+    let last_cap = if evidence.cap_last_cap == 0 {
+        CAPABILITY_NAMES.len() as u32 - 1
+    } else {
+        evidence.cap_last_cap
+    };
+    let full = full_capability_mask(last_cap);
+    match evidence.host_bounding.map(|host| host & full) {
+        // An empty host set would make every container privileged: not a host's.
+        Some(host) if host != 0 => host,
+        _ => full,
+    }
+}
+
 fn container_process_rules(
     policy: &Policy,
-    cap_last_cap: u32,
+    privileged: u64,
     id: &str,
     p: &Process,
     found: &mut Found,
@@ -181,16 +209,10 @@ fn container_process_rules(
         );
     }
 
-    let last_cap = if cap_last_cap == 0 {
-        CAPABILITY_NAMES.len() as u32 - 1
-    } else {
-        cap_last_cap
-    };
-    let full = full_capability_mask(last_cap);
     let bounding = p.capability_masks.bounding.as_deref().and_then(parse_mask);
-    if bounding.is_some_and(|mask| mask & full == full) {
+    if bounding.is_some_and(|mask| mask & privileged == privileged) {
         let message = format!(
-            "{label} is privileged: {} has every capability in its bounding set",
+            "{label} is privileged: {} has every capability of the host's bounding set in its own",
             who(p)
         );
         found.add(
@@ -557,6 +579,9 @@ fn aggregate_floods(findings: Vec<Finding>) -> Vec<Finding> {
     out
 }
 
+/// `missing_*_limit` when the container's effective limits (its own and its pod's; node
+/// allocatable does not count) have none. A limit that could not be read is unknown, not
+/// missing: the scan's warnings say so, and no finding is raised.
 fn limit_rules(policy: &Policy, c: &Container, pid: Option<i32>, found: &mut Found) {
     let required = policy.required_limits;
     let limits = c.effective_limits;
@@ -581,12 +606,12 @@ fn limit_rules(policy: &Policy, c: &Container, pid: Option<i32>, found: &mut Fou
         ),
     ];
     for (is_missing, kind, severity, what) in missing {
-        if !is_missing {
+        if !is_missing || c.unknown_limits.iter().any(|u| u == what) {
             continue;
         }
         let pid_text = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
         let message = format!(
-            "container {} has no {what} limit anywhere up its cgroup {}{pid_text}",
+            "container {} has no {what} limit of its own or its pod's (cgroup {}){pid_text}",
             short_id(&c.id),
             c.cgroup
         );

@@ -15,7 +15,9 @@
 //!     "checks:\n  severity:\n    runs_as_root: high\n",
 //!     "policy.yaml",
 //! )?;
-//! let evidence = Evidence { processes: &[], containers: &[], files: &[], cap_last_cap: 40, gaps: &[] };
+//! let evidence = Evidence {
+//!     processes: &[], containers: &[], files: &[], cap_last_cap: 40, host_bounding: None, gaps: &[],
+//! };
 //! assert!(evaluate(&policy, &evidence).is_empty());
 //!
 //! let err = Policy::from_yaml_str("allowed_setuid: [usr/bin/su]\n", "policy.yaml").unwrap_err();

@@ -153,6 +153,11 @@ fn run_case(dir: &Path) -> Result<usize, String> {
                 .collect()
         })
         .unwrap_or_default();
+    // The host's bounding set, as 16 hex digits like `/proc/1/status` prints it.
+    let host_bounding = evidence
+        .get("host_bounding")
+        .and_then(Value::as_str)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
     let findings = evaluate(
         &policy,
         &Evidence {
@@ -161,6 +166,7 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             files: &files,
             cap_last_cap,
             gaps: &gaps,
+            host_bounding,
         },
     );
 
@@ -272,6 +278,7 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             files: &rf,
             cap_last_cap,
             gaps: &gaps,
+            host_bounding,
         },
     );
     if again != findings {

@@ -13,7 +13,7 @@ use nodeguard_collect::{CollectOptions, CollectedProcess, FileIdentity, Snapshot
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_all, Algorithms, DigestCache, FileKey, HashJob};
 use nodeguard_model::{
-    Container, FileEntry, Finding, Process, Report, ScanStats, Timestamp, SCHEMA_VERSION,
+    Container, FileEntry, Finding, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
@@ -44,6 +44,10 @@ pub struct ScanOptions {
     pub hash_cache_entries: usize,
     /// Budget per container root for the filesystem walk.
     pub walk_budget: WalkBudget,
+    /// Keep command lines verbatim. By default (`false`) secrets in them are redacted as
+    /// soon as they are collected ([`nodeguard_model::redact_cmdline`]), so they never enter
+    /// the report, the state, the API, Events or logs.
+    pub show_secrets: bool,
 }
 
 impl ScanOptions {
@@ -68,6 +72,7 @@ impl ScanOptions {
                 max_duration: Duration::from_secs(60),
                 max_hash_bytes: 512 * 1024 * 1024,
             },
+            show_secrets: false,
         }
     }
 }
@@ -75,7 +80,8 @@ impl ScanOptions {
 /// What a scan covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanScope {
-    /// Processes, containers, limits; files from the last filesystem scan are kept.
+    /// Processes, containers, limits, and the writable layers of containers whose image
+    /// layers are cached; other files from the last filesystem scan are kept.
     Processes,
     /// Processes and a fresh walk of every container filesystem.
     ProcessesAndFilesystems,
@@ -143,12 +149,33 @@ impl Scanner {
             mut warnings,
             cap_last_cap,
             host_namespaces: _,
+            host_bounding,
         } = nodeguard_collect::collect(&self.options.collect)?;
+        let mut processes = processes;
+        if !self.options.show_secrets {
+            for collected in &mut processes {
+                let cmdline = &mut collected.process.cmdline;
+                *cmdline = nodeguard_model::redact_cmdline(cmdline);
+            }
+        }
 
         let processes = self.hash_executables(processes, &mut stats, &mut warnings);
 
         for container in &mut containers {
-            container.pod = pods.pod_for(container.pod_uid.as_deref(), &container.id);
+            let uid = container.pod_uid.as_deref();
+            container.pod = pods.pod_for(uid, &container.id);
+            // The pod's status decides over the process table: a listed container is never a
+            // sandbox, whatever it runs; an unlisted one in a fully started pod is.
+            if container.pod_uid.is_some() {
+                if let Some(sandbox) = pods.is_sandbox(uid, &container.id) {
+                    container.sandbox = sandbox;
+                }
+            }
+            if container.runtime == Runtime::Unknown {
+                if let Some(runtime) = pods.runtime_of(uid, &container.id) {
+                    container.runtime = runtime;
+                }
+            }
         }
 
         if scope == ScanScope::ProcessesAndFilesystems {
@@ -160,6 +187,7 @@ impl Scanner {
                 .retain(|f| alive.contains(f.container_id.as_str()));
             self.last_gaps
                 .retain(|g| alive.contains(g.container_id.as_str()));
+            self.scan_writable_layers(&containers, &mut stats, &mut warnings);
         }
         let files = self.last_files.clone();
         stats.files_walked = self.last_fs_stats.files_walked;
@@ -175,6 +203,7 @@ impl Scanner {
                 files: &files,
                 cap_last_cap,
                 gaps: &self.last_gaps,
+                host_bounding,
             },
         );
         attach_pod_names(&mut findings, &containers);
@@ -294,26 +323,75 @@ impl Scanner {
             layers_cached: output.stats.layers_cached,
             walks_truncated: output.stats.walks_truncated,
         };
-        for gap in &output.incomplete {
-            if gap.files_omitted > 0 {
+        self.last_gaps = gaps(output.incomplete, warnings);
+        self.last_files = output.files;
+    }
+}
+
+impl Scanner {
+    /// Between filesystem scans: a fresh walk of the writable layers of the containers whose
+    /// image layers the last filesystem scan cached, so a file planted in (or removed from) a
+    /// running container's writable layer shows within a process-scan interval. Image
+    /// layers (slow, and unchanging) wait for the filesystem interval; a container not yet
+    /// covered keeps what the last filesystem scan found.
+    fn scan_writable_layers(
+        &mut self,
+        containers: &[Container],
+        stats: &mut ScanStats,
+        warnings: &mut Vec<String>,
+    ) {
+        if self.filesystems.cached_layers() == 0 {
+            return;
+        }
+        let host_root = nodeguard_collect::resolve_host_root(&self.options.collect);
+        let roots: Vec<ContainerRoot> = containers
+            .iter()
+            .filter(|c| !c.sandbox)
+            .filter_map(|c| {
+                container_root(&self.options.collect.proc_root, host_root.as_deref(), c)
+            })
+            .collect();
+        let (output, covered) = self.filesystems.scan_writable(&roots);
+        if covered.is_empty() {
+            return;
+        }
+        for (kind, count) in &output.stats.errors {
+            *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
+        }
+        stats.files_hashed += output.stats.files_hashed;
+        stats.bytes_hashed += output.stats.bytes_hashed;
+        warnings.extend(output.warnings);
+        let covered: BTreeSet<&str> = covered.iter().map(String::as_str).collect();
+        self.last_files
+            .retain(|f| !covered.contains(f.container_id.as_str()));
+        self.last_gaps
+            .retain(|g| !covered.contains(g.container_id.as_str()));
+        self.last_gaps.extend(gaps(output.incomplete, warnings));
+        self.last_files.extend(output.files);
+        self.last_files
+            .sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
+    }
+}
+
+/// The policy's view of incomplete inventories; a warning for each that left files out.
+fn gaps(incomplete: Vec<nodeguard_fscan::Incomplete>, warnings: &mut Vec<String>) -> Vec<FsGap> {
+    incomplete
+        .into_iter()
+        .map(|g| {
+            if g.files_omitted > 0 {
                 warnings.push(format!(
                     "container {}: inventory truncated: {} setuid/setgid/capability files \
                      not listed ({})",
-                    gap.container_id, gap.files_omitted, gap.reason
+                    g.container_id, g.files_omitted, g.reason
                 ));
             }
-        }
-        self.last_gaps = output
-            .incomplete
-            .into_iter()
-            .map(|g| FsGap {
+            FsGap {
                 container_id: g.container_id,
                 reason: g.reason,
                 files_omitted: g.files_omitted,
-            })
-            .collect();
-        self.last_files = output.files;
-    }
+            }
+        })
+        .collect()
 }
 
 /// Where a container's files can be read: its image layers and writable layer when its
@@ -425,6 +503,9 @@ mod tests {
             limits: Limits::default(),
             pod_limits: None,
             effective_limits: Limits::default(),
+            unknown_limits: Vec::new(),
+            node_allocatable: None,
+            sandbox: false,
             pids: vec![42, 43],
             rootfs,
             pod: None,

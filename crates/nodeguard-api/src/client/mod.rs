@@ -37,14 +37,53 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer the client reads (a full report of a busy node is a few MiB).
 pub const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Where to ask and with which bearer token. A plain `&str` base URL converts into one
+/// without a token, so `client::report("http://127.0.0.1:9717")` works as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub base: String,
+    /// Sent as `Authorization: Bearer TOKEN` (never printed).
+    pub token: Option<String>,
+}
+
+impl Endpoint {
+    pub fn new(base: impl Into<String>, token: Option<String>) -> Endpoint {
+        Endpoint {
+            base: base.into(),
+            token,
+        }
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(base: &str) -> Endpoint {
+        Endpoint::new(base, None)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(base: &String) -> Endpoint {
+        Endpoint::new(base.as_str(), None)
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(endpoint: &Endpoint) -> Endpoint {
+        endpoint.clone()
+    }
+}
+
 /// `GET /v1/findings`: open findings that pass every filter of `query`.
-pub fn findings(base: &str, query: &FindingsQuery) -> Result<FindingsResponse, Error> {
+pub fn findings(
+    base: impl Into<Endpoint>,
+    query: &FindingsQuery,
+) -> Result<FindingsResponse, Error> {
     get(base, "/v1/findings", &query.to_query_string())
 }
 
 /// `GET /v1/containers`, optionally only those of a namespace and/or pod.
 pub fn containers(
-    base: &str,
+    base: impl Into<Endpoint>,
     namespace: Option<&str>,
     pod: Option<&str>,
 ) -> Result<ContainersResponse, Error> {
@@ -58,7 +97,7 @@ pub fn containers(
 
 /// `GET /v1/containers` with every filter.
 pub fn containers_matching(
-    base: &str,
+    base: impl Into<Endpoint>,
     query: &ContainersQuery,
 ) -> Result<ContainersResponse, Error> {
     get(base, "/v1/containers", &query.to_query_string())
@@ -67,7 +106,7 @@ pub fn containers_matching(
 /// `GET /v1/processes`, optionally only those of a container (id, short id, name or
 /// `host`) and/or running an executable with a SHA-256 digest.
 pub fn processes(
-    base: &str,
+    base: impl Into<Endpoint>,
     container: Option<&str>,
     sha256: Option<&str>,
 ) -> Result<ProcessesResponse, Error> {
@@ -80,12 +119,15 @@ pub fn processes(
 }
 
 /// `GET /v1/processes` with every filter.
-pub fn processes_matching(base: &str, query: &ProcessesQuery) -> Result<ProcessesResponse, Error> {
+pub fn processes_matching(
+    base: impl Into<Endpoint>,
+    query: &ProcessesQuery,
+) -> Result<ProcessesResponse, Error> {
     get(base, "/v1/processes", &query.to_query_string())
 }
 
 /// `GET /v1/report`: the last full report.
-pub fn report(base: &str) -> Result<Report, Error> {
+pub fn report(base: impl Into<Endpoint>) -> Result<Report, Error> {
     get(base, "/v1/report", "")
 }
 
@@ -125,8 +167,13 @@ pub fn endpoint_url(base: &str, path: &str, query: &str) -> Result<String, Error
     Ok(url)
 }
 
-fn get<T: DeserializeOwned>(base: &str, path: &str, query: &str) -> Result<T, Error> {
-    let url = endpoint_url(base, path, query)?;
+fn get<T: DeserializeOwned>(
+    endpoint: impl Into<Endpoint>,
+    path: &str,
+    query: &str,
+) -> Result<T, Error> {
+    let endpoint = endpoint.into();
+    let url = endpoint_url(&endpoint.base, path, query)?;
     let transport = |source: ureq::Error| Error::Transport {
         url: url.clone(),
         source: Box::new(source),
@@ -139,11 +186,11 @@ fn get<T: DeserializeOwned>(base: &str, path: &str, query: &str) -> Result<T, Er
         .timeout_global(Some(TIMEOUT))
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    let mut response = agent
-        .get(&url)
-        .header("Accept", "application/json")
-        .call()
-        .map_err(transport)?;
+    let mut request = agent.get(&url).header("Accept", "application/json");
+    if let Some(token) = endpoint.token.as_deref() {
+        request = request.header("Authorization", &format!("Bearer {}", token.trim()));
+    }
+    let mut response = request.call().map_err(transport)?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()

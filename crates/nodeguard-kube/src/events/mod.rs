@@ -1126,6 +1126,9 @@ mod tests {
                 limits: Limits::default(),
                 pod_limits: None,
                 effective_limits: Limits::default(),
+                unknown_limits: Vec::new(),
+                node_allocatable: None,
+                sandbox: false,
                 pids: vec![1],
                 rootfs: None,
                 pod: Some(PodRef {

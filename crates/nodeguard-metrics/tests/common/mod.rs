@@ -29,6 +29,9 @@ pub fn container(id: &str, pod: Option<(&str, &str, &str)>) -> Container {
         limits: Limits::default(),
         pod_limits: None,
         effective_limits: Limits::default(),
+        unknown_limits: Vec::new(),
+        node_allocatable: None,
+        sandbox: false,
         pids: vec![],
         rootfs: None,
         pod: pod.map(|(namespace, name, container)| PodRef {

@@ -1,0 +1,326 @@
+//! The API is not the weak spot: tokens are asked for and checked, probes cannot be starved,
+//! one peer cannot take every connection, and a hostile query string costs one pass.
+//! Real loopback sockets; loops are bounded and waits generous; no test asserts a speed.
+
+mod common;
+
+use common::{context, node_state};
+use nodeguard_api::{
+    AuthOptions, Authorizer, Decision, DecisionFuture, RequestLimits, ServeLimits,
+};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+const GENEROUS: Duration = Duration::from_secs(30);
+
+/// One request with an optional `Authorization` header value: (status, head, body).
+async fn request(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let head = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    timeout(GENEROUS, stream.read_to_end(&mut bytes))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Serves `router` on a fresh loopback port with `limits`; the task ends with the test.
+async fn spawn(router: axum::Router, limits: ServeLimits) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(nodeguard_api::serve_with_limits(
+        listener,
+        router,
+        std::future::pending(),
+        limits,
+    ));
+    addr
+}
+
+/// Answers like the API server would for three users; `slow` never answers, `down` cannot.
+#[derive(Default)]
+struct FakeAuthorizer {
+    asked: Mutex<Vec<(String, String)>>,
+}
+
+impl Authorizer for FakeAuthorizer {
+    fn authorize<'a>(&'a self, token: &'a str, path: &'a str) -> DecisionFuture<'a> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((token.to_string(), path.to_string()));
+        Box::pin(async move {
+            match token {
+                "admin-token" => Decision::Allowed {
+                    user: "admin".into(),
+                },
+                "prometheus-token" if path == "/metrics" => Decision::Allowed {
+                    user: "prometheus".into(),
+                },
+                "prometheus-token" | "stranger-token" => Decision::Forbidden {
+                    user: "stranger".into(),
+                    reason: "no RBAC grant".into(),
+                },
+                "slow-token" => std::future::pending().await,
+                "down-token" => Decision::Unavailable {
+                    reason: "connection refused".into(),
+                },
+                _ => Decision::Unauthenticated {
+                    reason: "unknown token".into(),
+                },
+            }
+        })
+    }
+}
+
+fn auth_options(fake: &Arc<FakeAuthorizer>) -> AuthOptions {
+    let mut options = AuthOptions::new(fake.clone());
+    options.timeout = Duration::from_millis(500);
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_metrics_need_a_token_the_authorizer_accepts_and_probes_never_do() {
+    let fake = Arc::new(FakeAuthorizer::default());
+    let router = nodeguard_api::router_with_auth(
+        context(Some(node_state("node-a"))).0,
+        RequestLimits::default(),
+        Some(auth_options(&fake)),
+    );
+    let addr = spawn(router, ServeLimits::default()).await;
+
+    // No token: 401, the JSON error shape, and the challenge.
+    for path in [
+        "/v1/findings",
+        "/v1/report",
+        "/metrics",
+        "//v1/report",
+        "/v1/nothing",
+    ] {
+        let (status, head, body) = request(addr, path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(head.contains("www-authenticate: bearer"), "{path}: {head}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], 401, "{body}");
+        assert!(json["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    }
+    let (status, _, _) = request(addr, "/v1/findings", Some("Basic YWRtaW46cHc=")).await;
+    assert_eq!(status, 401, "a Basic header is not a token");
+    assert!(
+        fake.asked.lock().unwrap().is_empty(),
+        "nothing to ask without a token"
+    );
+
+    // The probes answer without a token.
+    assert_eq!(request(addr, "/healthz", None).await.0, 200);
+    assert_eq!(request(addr, "/readyz", None).await.0, 200);
+
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (status, _, body) = request(addr, "/v1/findings", Some(&bearer("admin-token"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"findings\""), "{body}");
+    assert_eq!(
+        request(addr, "/metrics", Some(&bearer("admin-token")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        request(addr, "/metrics", Some(&bearer("prometheus-token")))
+            .await
+            .0,
+        200,
+        "a token allowed /metrics only reads /metrics"
+    );
+    let (status, _, body) = request(addr, "/v1/report", Some(&bearer("prometheus-token"))).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = request(addr, "/v1/processes", Some(&bearer("stranger-token"))).await;
+    assert_eq!(status, 403, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], 403);
+    assert!(
+        json["error"].as_str().unwrap().contains("stranger"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("\"processes\""),
+        "a forbidden answer leaks nothing: {body}"
+    );
+    let (status, head, _) = request(addr, "/v1/report", Some(&bearer("made-up"))).await;
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate"), "{head}");
+
+    // An authorizer that cannot decide, or never answers: 503, never a hang or a 200.
+    let (status, _, body) = request(addr, "/v1/findings", Some(&bearer("down-token"))).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("connection refused"), "{body}");
+    let (status, _, body) = request(addr, "/v1/findings", Some(&bearer("slow-token"))).await;
+    assert_eq!(status, 503, "{body}");
+
+    // The authorizer is asked about the path the request is for (no query string).
+    let asked = fake.asked.lock().unwrap().clone();
+    assert!(
+        asked.contains(&("stranger-token".to_string(), "/v1/processes".to_string())),
+        "{asked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_left_open_while_v1_stays_protected() {
+    let fake = Arc::new(FakeAuthorizer::default());
+    let mut options = auth_options(&fake);
+    options.protect_metrics = false;
+    let router = nodeguard_api::router_with_auth(
+        context(Some(node_state("node-a"))).0,
+        RequestLimits::default(),
+        Some(options),
+    );
+    let addr = spawn(router, ServeLimits::default()).await;
+    let (status, _, body) = request(addr, "/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("nodeguard_up"), "{body}");
+    assert_eq!(request(addr, "/v1/findings", None).await.0, 401);
+}
+
+/// Whether the server closed the connection (EOF or reset) within `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut sink = Vec::new();
+    timeout(wait, stream.read_to_end(&mut sink)).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_on_their_own_listener_while_600_idle_connections_flood_the_api_port() {
+    let (ctx, _tx) = context(Some(node_state("node-a")));
+    let state = ctx.state.clone();
+    // The API port as the agent serves it, but silent sockets are not closed during the
+    // test: the probe listener alone must keep the probes alive.
+    let api_limits = ServeLimits {
+        header_read_timeout: Duration::from_secs(120),
+        ..ServeLimits::default()
+    };
+    let api = spawn(nodeguard_api::router(ctx), api_limits).await;
+    let probes = spawn(nodeguard_api::probe_router(state), ServeLimits::probes()).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        idle.push(TcpStream::connect(api).await.unwrap());
+    }
+    for path in ["/healthz", "/readyz"] {
+        let answer = timeout(GENEROUS, request(probes, path, None)).await;
+        assert_eq!(
+            answer
+                .expect("the probe port did not answer while the API port is flooded")
+                .0,
+            200,
+            "{path}"
+        );
+    }
+    let (status, _, body) = request(probes, "/v1/report", None).await;
+    assert_eq!(status, 404, "the probe port serves nothing else: {body}");
+
+    // One peer holds at most its share of the API's connections: the rest are closed.
+    let mut closed = 0;
+    for stream in &mut idle {
+        if closed_within(stream, Duration::from_millis(50)).await {
+            closed += 1;
+        }
+    }
+    let per_peer = ServeLimits::default().max_connections_per_peer;
+    assert!(
+        closed >= 600 - per_peer,
+        "only {closed} of 600 idle connections from one peer were closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_connection_bound_is_closed_and_a_freed_slot_is_reused() {
+    let limits = ServeLimits {
+        max_connections_per_peer: 4,
+        header_read_timeout: Duration::from_secs(120),
+        ..ServeLimits::default()
+    };
+    let addr = spawn(
+        nodeguard_api::router(context(Some(node_state("node-a"))).0),
+        limits,
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the server accept the four before the fifth arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut fifth, GENEROUS).await,
+        "a fifth connection from the same peer stayed open"
+    );
+    for stream in &mut held {
+        assert!(
+            !closed_within(stream, Duration::from_millis(20)).await,
+            "a connection within the bound was closed"
+        );
+    }
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(request(addr, "/healthz", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_is_refused_at_its_first_unknown_parameter() {
+    let addr = spawn(
+        nodeguard_api::router(context(Some(node_state("node-a"))).0),
+        ServeLimits::default(),
+    )
+    .await;
+    // 10,000 distinct unknown names in ~56 KB (hyper answers 414 to a URI over 64 KiB).
+    let query: Vec<String> = (0..10_000).map(|i| format!("z{i:x}")).collect();
+    let path = format!("/v1/findings?{}", query.join("&"));
+    assert!(path.len() > 50_000, "{}", path.len());
+    let (status, _, body) = request(addr, &path, None).await;
+    assert_eq!(status, 400, "{}", &body[..body.len().min(300)]);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = json["error"].as_str().unwrap();
+    assert!(error.contains("\"z0\""), "{error}");
+    assert!(
+        !error.contains("\"z1\""),
+        "only the first unknown name is named: {error}"
+    );
+    assert!(
+        body.len() < 1000,
+        "the error does not echo the query: {} bytes",
+        body.len()
+    );
+
+    // A known name followed by unknown ones: still refused, the unknown one named.
+    let (status, _, body) = request(addr, "/v1/findings?kind=runs_as_root&bogus=1", None).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("bogus"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_router_reports_readiness_from_the_state() {
+    let (tx, rx) = watch::channel(None);
+    let addr = spawn(nodeguard_api::probe_router(rx), ServeLimits::probes()).await;
+    assert_eq!(request(addr, "/healthz", None).await.0, 200);
+    assert_eq!(request(addr, "/readyz", None).await.0, 503);
+    tx.send(Some(Arc::new(node_state("node-a")))).unwrap();
+    let (status, _, body) = request(addr, "/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("node-a"), "{body}");
+}

@@ -1,0 +1,545 @@
+//! Redaction of secrets in command lines.
+//!
+//! Command lines routinely carry secrets (`--password=…`, `--token …`, `PGPASSWORD=…`,
+//! `postgres://user:pw@db/x`). The scan redacts each process's command line as soon as it is
+//! collected (unless the operator opts out with `--show-secrets`), so a secret never enters the
+//! report, the daemon's state, the API, Events or logs. Executables, digests and pids are
+//! never touched: only [`crate::Process::cmdline`] is.
+//!
+//! What is redacted (each replaced by [`REDACTED`]):
+//!
+//! - the value of `NAME=VALUE`, `--NAME=VALUE` and `-DNAME=VALUE` when `NAME` looks like a
+//!   secret (see [`is_secret_name`]); a `NAME=` found later in the same word counts too
+//!   (`--set=auth.token=x`, `--opts=user=bob,password=x`), and everything after it is
+//!   redacted;
+//! - the word after a flag `--NAME` / `-NAME` (two characters or more) whose name looks like a
+//!   secret, unless that word is itself a flag (starts with `-`); single-letter flags are never
+//!   taken as secret flags (`-p` is a port for most programs, a password only for a few);
+//! - the word after `Bearer` or `Basic` (as in `-H "Authorization: Bearer …"`);
+//! - the userinfo of a URL: `postgres://u:pw@db/x` → `postgres://***@db/x`.
+//!
+//! Words are separated by spaces (the collected command line joins arguments with one space,
+//! so a secret inside `sh -c "… --password=x …"` is found too).
+
+/// What a redacted value is replaced with.
+pub const REDACTED: &str = "***";
+
+/// Whole words that make a name secret (`--db-password`, `API_KEY`, `dbPassword`).
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwords",
+    "passwd",
+    "pwd",
+    "pass",
+    "passphrase",
+    "secret",
+    "secrets",
+    "token",
+    "tokens",
+    "key",
+    "keys",
+    "apikey",
+    "credential",
+    "credentials",
+    "creds",
+    "cred",
+    "auth",
+    "authorization",
+    "cookie",
+    "privkey",
+];
+
+/// Endings that make a run-together word secret (`authtoken`, `dbpassword`, `clientsecret`).
+const SECRET_SUFFIXES: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "accesskey",
+    "secretkey",
+    "privatekey",
+];
+
+/// Whether an argument or variable name looks like it names a secret.
+///
+/// The name is split into words at every character that is not a letter or digit and at
+/// lower-to-upper case changes (`dbPassword` → `db`, `password`); it is secret when one word
+/// is one of `password passwd pwd pass passphrase secret(s) token(s) key(s) apikey
+/// credential(s) cred(s) auth authorization cookie privkey`, or ends with `password`,
+/// `passwd`, `passphrase`, `secret`, `token`, `apikey`, `accesskey`, `secretkey` or
+/// `privatekey`. So `--keyboard`, `--monkey`, `--author`, `--tokenizer` and `--bypass` are
+/// not secret, while `--key-file`, `--sort-key` and `--max-keys` are (their values are
+/// redacted: over-redaction of a harmless value is the cheaper mistake).
+pub fn is_secret_name(name: &str) -> bool {
+    words(name).any(|word| {
+        SECRET_WORDS.contains(&word.as_str()) || SECRET_SUFFIXES.iter().any(|s| word.ends_with(s))
+    })
+}
+
+/// The lower-cased words of a name.
+fn words(name: &str) -> impl Iterator<Item = String> + '_ {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut prev_lower = false;
+    for ch in name.chars() {
+        if !ch.is_alphanumeric() {
+            if !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if ch.is_uppercase() && prev_lower && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+        }
+        prev_lower = ch.is_lowercase() || ch.is_numeric();
+        current.extend(ch.to_lowercase());
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out.into_iter()
+}
+
+/// The command line with secrets replaced by [`REDACTED`] (see the module documentation).
+/// Text without secrets comes back unchanged, and redacting twice changes nothing more.
+pub fn redact_cmdline(cmdline: &str) -> String {
+    // One pass can expose a new match to the next one only in contrived text (a URL whose
+    // password contains "://"); a few passes reach the fixed point.
+    let mut current = redact_once(cmdline);
+    for _ in 0..3 {
+        let next = redact_once(&current);
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
+fn redact_once(cmdline: &str) -> String {
+    let mut out = String::with_capacity(cmdline.len());
+    let mut value_follows = false;
+    for (i, word) in cmdline.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.is_empty() {
+            continue;
+        }
+        if value_follows && !word.starts_with('-') {
+            value_follows = false;
+            out.push_str(&redact_value_word(word));
+            continue;
+        }
+        let (redacted, takes_value) = redact_word(word);
+        value_follows = takes_value;
+        out.push_str(&redacted);
+    }
+    out
+}
+
+/// A word that is the value of a secret flag: all of it, except quotes around it, so that a
+/// shell-quoted value keeps its quotes (`"***"`) and the line stays readable.
+fn redact_value_word(word: &str) -> String {
+    if word == REDACTED {
+        return word.to_string();
+    }
+    let lead: String = word
+        .chars()
+        .take_while(|c| matches!(c, '"' | '\''))
+        .collect();
+    let trail: String = word
+        .chars()
+        .rev()
+        .take_while(|c| matches!(c, '"' | '\'' | ';' | ','))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if lead.len() + trail.len() >= word.len() {
+        return word.to_string();
+    }
+    format!("{lead}{REDACTED}{trail}")
+}
+
+/// One word: its redacted form, and whether the next word is a secret flag's value.
+fn redact_word(word: &str) -> (String, bool) {
+    // NAME=VALUE anywhere in the word.
+    for (eq, _) in word.match_indices('=') {
+        let before = &word[..eq];
+        let name_start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .map_or(0, |i| {
+                i + before[i..].chars().next().map_or(1, char::len_utf8)
+            });
+        let name = before[name_start..].trim_start_matches('-');
+        if !name.is_empty() && is_secret_name(name) {
+            let value = &word[eq + 1..];
+            if value.is_empty() || value == REDACTED {
+                return (word.to_string(), false);
+            }
+            return (
+                format!("{}={}", &word[..eq], redact_value_word(value)),
+                false,
+            );
+        }
+    }
+    let word = redact_userinfo(word);
+    let bare = word.trim_start_matches(['"', '\'']);
+    let takes_value = if let Some(flag) = bare.strip_prefix('-') {
+        let name = flag.trim_start_matches('-');
+        !word.contains('=') && name.chars().count() >= 2 && is_secret_name(name)
+    } else {
+        let name = bare.trim_end_matches(':');
+        name.eq_ignore_ascii_case("bearer") || name.eq_ignore_ascii_case("basic")
+    };
+    (word, takes_value)
+}
+
+/// Replaces the userinfo of every `scheme://userinfo@host` in a word. A URL without a ':' in
+/// front of its first '/' is taken to have no userinfo unless the '@' comes before that '/'
+/// (`https://host/@user` keeps its path).
+fn redact_userinfo(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(pos) = rest.find("://") {
+        let after = pos + 3;
+        out.push_str(&rest[..after]);
+        let tail = &rest[after..];
+        if let Some(done) = tail.strip_prefix(REDACTED).filter(|t| t.starts_with('@')) {
+            // Redacted already (redacting twice changes nothing more).
+            out.push_str(REDACTED);
+            rest = done;
+            continue;
+        }
+        let mut authority_end = tail.find(['/', '?', '#']).unwrap_or(tail.len());
+        let mut userinfo_end = tail[..authority_end].rfind('@');
+        // An unencoded '/', '?' or '#' in a password (`u:pa/ss@host`) ends the authority too
+        // early: a ':' before it and an '@' after it mean the userinfo runs to that '@'.
+        if userinfo_end.is_none() && tail[..authority_end].contains(':') {
+            if let Some(at) = tail.find('@') {
+                userinfo_end = Some(at);
+                authority_end = tail[at..]
+                    .find(['/', '?', '#'])
+                    .map_or(tail.len(), |i| at + i);
+            }
+        }
+        match userinfo_end {
+            Some(at) if at > 0 => {
+                out.push_str(REDACTED);
+                out.push_str(&tail[at..authority_end]);
+            }
+            _ => out.push_str(&tail[..authority_end]),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issue_example_keeps_nothing_secret() {
+        let line =
+            "myapp --password=hunter2 --token=AKIAIOSFODNN7EXAMPLE --db=postgres://u:pw@db/x";
+        assert_eq!(
+            redact_cmdline(line),
+            "myapp --password=*** --token=*** --db=postgres://***@db/x"
+        );
+    }
+
+    #[test]
+    fn flag_values_in_the_next_argument_are_redacted() {
+        assert_eq!(
+            redact_cmdline("app --password hunter2 --verbose"),
+            "app --password *** --verbose"
+        );
+        assert_eq!(
+            redact_cmdline("app --api-key abc --port 80"),
+            "app --api-key *** --port 80"
+        );
+        // A boolean secret-ish flag followed by another flag takes nothing.
+        assert_eq!(
+            redact_cmdline("app --no-auth --port 80"),
+            "app --no-auth --port 80"
+        );
+        // Single-letter flags are not taken as secrets: -p is a port for most programs.
+        assert_eq!(redact_cmdline("nc -l -p 8080"), "nc -l -p 8080");
+        // The value after a trailing flag does not exist: nothing to do, no panic.
+        assert_eq!(redact_cmdline("app --token"), "app --token");
+        // Double spaces are kept, and the value after them is still found.
+        assert_eq!(redact_cmdline("app --token  s3cr3t"), "app --token  ***");
+    }
+
+    #[test]
+    fn environment_style_and_java_properties_are_redacted() {
+        for (line, want) in [
+            ("env PGPASSWORD=x psql", "env PGPASSWORD=*** psql"),
+            (
+                "AWS_SECRET_ACCESS_KEY=abc aws s3 ls",
+                "AWS_SECRET_ACCESS_KEY=*** aws s3 ls",
+            ),
+            ("GITHUB_TOKEN=ghp_x gh", "GITHUB_TOKEN=*** gh"),
+            ("MYSQL_PWD=x mysqld", "MYSQL_PWD=*** mysqld"),
+            (
+                "java -Dspring.datasource.password=x -jar app.jar",
+                "java -Dspring.datasource.password=*** -jar app.jar",
+            ),
+            ("app --dbPassword=x", "app --dbPassword=***"),
+            ("app --authtoken=x", "app --authtoken=***"),
+            ("app --client_secret=x", "app --client_secret=***"),
+            ("helm --set=auth.token=x", "helm --set=auth.token=***"),
+            (
+                "app --opts=user=bob,password=x,mode=1",
+                "app --opts=user=bob,password=***",
+            ),
+        ] {
+            assert_eq!(redact_cmdline(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn quoted_values_keep_their_quotes() {
+        assert_eq!(
+            redact_cmdline(r#"sh -c "mysql --password 'x y' db""#),
+            r#"sh -c "mysql --password '*** y' db""#
+        );
+        assert_eq!(
+            redact_cmdline(r#"curl -H "Authorization: Bearer eyJhbGci.x.y""#),
+            r#"curl -H "Authorization: Bearer ***""#
+        );
+        assert_eq!(
+            redact_cmdline("curl -H Authorization: Basic dXNlcjpwdw=="),
+            "curl -H Authorization: Basic ***"
+        );
+    }
+
+    #[test]
+    fn url_userinfo_is_redacted_wherever_the_url_is() {
+        for (line, want) in [
+            ("psql postgres://u:pw@db/x", "psql postgres://***@db/x"),
+            (
+                "app --db=mysql://root:pw@127.0.0.1:3306",
+                "app --db=mysql://***@127.0.0.1:3306",
+            ),
+            (
+                "git clone https://tok@github.com/o/r",
+                "git clone https://***@github.com/o/r",
+            ),
+            (
+                "app a=redis://:pw@r:6379/0,b=amqp://u:p@mq/",
+                "app a=redis://***@r:6379/0,b=amqp://***@mq/",
+            ),
+            // The path may contain an '@'; only the authority's userinfo is secret.
+            ("curl https://host/@user", "curl https://host/@user"),
+            ("curl https://u:p@host/a@b", "curl https://***@host/a@b"),
+            ("app --db=pg://u:pa/ss?x#y@db/x", "app --db=pg://***@db/x"),
+        ] {
+            assert_eq!(redact_cmdline(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn names_that_only_contain_a_secret_word_are_left_alone() {
+        for line in [
+            "xkb --keyboard=us",
+            "zoo --monkey=1",
+            "git log --author=alice",
+            "bert --tokenizer=wordpiece",
+            "proxy --bypass=local",
+            "/usr/bin/passwd alice",
+            "nginx: master process nginx -g daemon off;",
+            "postgres: writer   ",
+            "app --port=8080 --log-level debug",
+            "ssh git@github.com:o/r",
+            "",
+            " ",
+        ] {
+            assert_eq!(redact_cmdline(line), line, "{line}");
+        }
+    }
+
+    #[test]
+    fn secret_names_follow_word_boundaries() {
+        for name in [
+            "password",
+            "PASSWORD",
+            "db-password",
+            "DB_PASSWD",
+            "pwd",
+            "api_key",
+            "apiKey",
+            "apikey",
+            "x-auth",
+            "auth",
+            "client.secret",
+            "authToken",
+            "oauth2-token",
+            "credentials",
+            "aws_secret_access_key",
+            "privateKey",
+            "key",
+            "session-cookie",
+        ] {
+            assert!(is_secret_name(name), "{name} should be secret");
+        }
+        for name in [
+            "keyboard",
+            "monkey",
+            "author",
+            "authentication",
+            "tokenizer",
+            "bypass",
+            "port",
+            "passive",
+            "compass",
+            "hotkeys",
+            "turkey",
+            "",
+            "-",
+            "secretary",
+        ] {
+            assert!(!is_secret_name(name), "{name} should not be secret");
+        }
+    }
+
+    /// A small deterministic generator: the property tests need no extra crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+        fn secret(&mut self) -> String {
+            let alphabet =
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/_.~!$%";
+            let len = 6 + (self.next() % 20) as usize;
+            let body: String = (0..len)
+                .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
+                .collect();
+            format!("Q9{body}")
+        }
+        fn text(&mut self, max: usize) -> String {
+            let pieces = [
+                " ", "-", "--", "=", "@", "://", "/", ":", "\"", "'", "a", "Z", "token", "key",
+                "é", "\u{202e}", "\\x00", "bearer", "***", ",", "?", "#",
+            ];
+            let n = (self.next() % max as u64) as usize;
+            (0..n).map(|_| self.pick(&pieces)).collect()
+        }
+    }
+
+    const NOISE: &[&str] = &[
+        "--verbose",
+        "-v",
+        "--port=8080",
+        "run",
+        "/bin/app",
+        "--log-level",
+        "debug",
+        "-p",
+        "80",
+        "--keyboard=us",
+        "x=y",
+        "--config",
+        "/etc/app.yaml",
+    ];
+
+    #[test]
+    fn property_planted_secrets_never_survive() {
+        let forms: &[&str] = &[
+            "--{name}={secret}",
+            "--{name} {secret}",
+            "-{name} {secret}",
+            "{NAME}={secret}",
+            "-Dapp.{name}={secret}",
+            "--url=https://user:{secret}@host:443/path",
+            "postgres://app:{secret}@db/x",
+            "\"Authorization: Bearer {secret}\"",
+            "--opts=a=b,{name}={secret}",
+        ];
+        let names: &[&str] = &[
+            "password",
+            "db-password",
+            "api_key",
+            "apiKey",
+            "token",
+            "auth",
+            "secret",
+            "credentials",
+            "passwd",
+            "pwd",
+            "client-secret",
+            "access.token",
+            "privkey",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..5000 {
+            let secret = rng.secret();
+            let name = rng.pick(names);
+            let planted = rng
+                .pick(forms)
+                .replace("{name}", name)
+                .replace("{NAME}", &name.to_uppercase().replace(['-', '.'], "_"))
+                .replace("{secret}", &secret);
+            let mut words: Vec<String> = (0..(rng.next() % 6))
+                .map(|_| rng.pick(NOISE).to_string())
+                .collect();
+            let at = (rng.next() % (words.len() as u64 + 1)) as usize;
+            words.insert(at, planted);
+            if rng.next().is_multiple_of(2) {
+                words.push(rng.pick(NOISE).to_string());
+            }
+            let line = words.join(" ");
+            let redacted = redact_cmdline(&line);
+            assert!(
+                !redacted.contains(&secret),
+                "secret survived:\n  line:     {line}\n  redacted: {redacted}"
+            );
+            assert_eq!(
+                redact_cmdline(&redacted),
+                redacted,
+                "not idempotent: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn property_arbitrary_text_never_panics_and_redaction_is_stable() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let line = rng.text(40);
+            let once = redact_cmdline(&line);
+            assert_eq!(redact_cmdline(&once), once, "not idempotent: {line:?}");
+            // Redaction only ever replaces text by "***": it never adds words.
+            assert_eq!(
+                once.split(' ').count(),
+                line.split(' ').count(),
+                "{line:?} -> {once:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn property_lines_without_secret_material_are_unchanged() {
+        let mut rng = Rng(0xdead_beef_cafe_f00d);
+        for _ in 0..5000 {
+            let n = 1 + rng.next() % 8;
+            let line: Vec<&str> = (0..n).map(|_| rng.pick(NOISE)).collect();
+            let line = line.join(" ");
+            assert_eq!(redact_cmdline(&line), line);
+        }
+    }
+}
