@@ -13,6 +13,12 @@
 # Target: peak RSS < 64 MiB for both (the DaemonSet's limit is 160 Mi). A measurement: prints
 # MISS, exits 0 unless STRICT=1.
 #
+# Measured here (2 cores, release build, 2026-11-26): 100,000 files -> scan peak RSS 10 MiB
+# (8 MiB before the flood), 1,000 files and 8 findings for the container (setuid_file
+# aggregated x1000, filesystem_scan_incomplete naming 99,000 omitted); run peak RSS 17 MiB
+# after 4 scans, /v1/findings 36 KiB, /metrics 20 KiB. Before the bound: 30,000 files took
+# `run` to 177 MiB.
+#
 # Usage (root): bench/setuid_flood.sh        FILES=30000 bench/setuid_flood.sh
 set -euo pipefail
 
