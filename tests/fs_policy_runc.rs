@@ -1914,3 +1914,85 @@ fn scan_fn(c: &Container, policy: &PolicyFile, max_hash: &str) -> Scan {
         ],
     )
 }
+
+/// Every setuid and file-capability file gets the SHA-512 `sha512sum` computes when the scan
+/// is asked for both digests (image layer and writable layer, read through the layers and
+/// through the merged root alike), and a denied binary listed by its SHA-512 alone is found
+/// as a setuid file: the digest a policy names is a digest the scan computes.
+#[test]
+fn setuid_files_get_sha512_and_a_sha512_only_denied_entry_matches() {
+    require_containers!();
+    let image = Image::busybox_owned("fs-sha512");
+    let busybox = fs::read(image.path("/bin/busybox")).unwrap();
+    image.add_file("/usr/bin/image-suid", &busybox, 0o4755);
+    image.add_file("/usr/bin/image-cap", b"\x7fELF sha512 cap\n", 0o755);
+    cmd::run_ok(
+        "setcap",
+        &[
+            OsStr::new("cap_net_raw+ep"),
+            image.path("/usr/bin/image-cap").as_os_str(),
+        ],
+    );
+    let c = ContainerSpec::new(&image).start();
+    // Planted after start: lands in the writable layer.
+    let planted = c.rootfs.join("usr/bin/planted-suid");
+    plant(&planted, b"#!/bin/sh\necho fs-sha512 planted\n", 0o4755);
+    let merged = |p: &str| c.rootfs.join(p.trim_start_matches('/'));
+    let setuid = find_setuid(&c.rootfs);
+    assert_eq!(
+        setuid,
+        [
+            b"/usr/bin/image-suid".to_vec(),
+            b"/usr/bin/planted-suid".to_vec()
+        ],
+        "find's view of the merged root"
+    );
+    assert_eq!(getcap(&merged("/usr/bin/image-cap")), "cap_net_raw=ep");
+
+    for mode in Mode::BOTH {
+        let scan = scan(&[&c], mode, &["--hash", "both"]);
+        let files = files_of(&scan, &c);
+        assert_eq!(
+            paths_of(&scan, &c),
+            [
+                "/usr/bin/image-cap",
+                "/usr/bin/image-suid",
+                "/usr/bin/planted-suid"
+            ],
+            "{mode:?}\n{}",
+            scan.seen(&c)
+        );
+        for f in files {
+            let path = f["path"].as_str().unwrap();
+            assert_eq!(
+                f["sha512"],
+                oracle::sha512sum(&merged(path)).as_str(),
+                "{mode:?} {path}: {f}"
+            );
+            assert_eq!(
+                f["sha256"],
+                oracle::sha256sum(&merged(path)).as_str(),
+                "{mode:?} {path}: {f}"
+            );
+        }
+    }
+
+    // A denied entry that lists only a SHA-512, the scan run with its default (SHA-256): the
+    // policy pins SHA-512, so it is computed, and the planted file is a denied binary.
+    let digest = oracle::sha512sum(&planted);
+    let policy = PolicyFile::new(&format!(
+        "version: 1\ndenied_binaries:\n  - sha512: {digest}\n    reason: \"planted by the test\"\n"
+    ));
+    let check = nodeguard(&["policy", "check", &policy.path_str()]);
+    assert!(check.success(), "{check}");
+    for mode in Mode::BOTH {
+        let scan = scan(&[&c], mode, &["--config", &policy.path_str()]);
+        let f = finding_at(&scan, &c, "denied_binary", "/usr/bin/planted-suid");
+        assert_eq!(f["severity"], "critical", "{mode:?}: {f}");
+        assert!(
+            f["message"].as_str().unwrap_or_default().contains(&digest),
+            "{mode:?}: {f}"
+        );
+        no_finding_at(&scan, &c, "denied_binary", "/usr/bin/image-suid");
+    }
+}

@@ -774,7 +774,7 @@ mod tests {
     }
 
     fn identity(path: &Path) -> FileIdentity {
-        FileIdentity::from_stat(&nix::sys::stat::stat(path).unwrap())
+        crate::layer::identity_of(&nix::sys::stat::stat(path).unwrap())
     }
 
     fn process(snap: &Snapshot, pid: i32) -> &CollectedProcess {

@@ -16,38 +16,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// The identity of a file: what the hasher keys its cache on. Two containers of one image
-/// running the same binary share it (it is the layer file's identity, not the overlay's).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct FileIdentity {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-}
+pub use nodeguard_model::FileIdentity;
 
-impl FileIdentity {
-    pub fn from_stat(st: &FileStat) -> FileIdentity {
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        FileIdentity {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
-            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
-        }
-    }
-
-    /// The same file as far as metadata can tell: size, mtime and ctime agree. Overlayfs
-    /// reports the real file's size and times, but its own `st_dev` and, for a file copied
-    /// up from a lower layer, the lower file's inode number — so `dev` and `ino` are not
-    /// compared.
-    pub fn same_file_as(&self, other: &FileIdentity) -> bool {
-        self.size == other.size
-            && self.mtime_ns == other.mtime_ns
-            && self.ctime_ns == other.ctime_ns
-    }
+/// The identity `stat` gives a file.
+pub fn identity_of(st: &FileStat) -> FileIdentity {
+    FileIdentity::new(
+        st.st_dev,
+        st.st_ino,
+        u64::try_from(st.st_size).unwrap_or(0),
+        (st.st_mtime, st.st_mtime_nsec),
+        (st.st_ctime, st.st_ctime_nsec),
+    )
 }
 
 fn dir_flags() -> OFlag {
@@ -195,7 +174,7 @@ pub fn locate(
             Entry::Absent => continue,
             Entry::Blocked => return Ok(unknown),
             Entry::File(st) => {
-                let identity = FileIdentity::from_stat(&st);
+                let identity = identity_of(&st);
                 return Ok(if identity.same_file_as(running) {
                     Located {
                         layer,
@@ -217,7 +196,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn stat_of(path: &Path) -> FileIdentity {
-        FileIdentity::from_stat(&nix::sys::stat::stat(path).unwrap())
+        identity_of(&nix::sys::stat::stat(path).unwrap())
     }
 
     /// host/{upper,l1,l2} with files; returns (tempdir, host root, layers).

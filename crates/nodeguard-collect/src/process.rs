@@ -391,7 +391,7 @@ impl PidDir {
     /// `stat` following the link (for `exe`: the running executable itself).
     pub fn stat(&self, file: &'static str) -> Result<FileIdentity, Failure> {
         fstatat(self.fd.as_fd(), file, nix::fcntl::AtFlags::empty())
-            .map(|st| FileIdentity::from_stat(&st))
+            .map(|st| crate::layer::identity_of(&st))
             .map_err(|e| classify(self.pid, file, e.into()))
     }
 

@@ -43,7 +43,10 @@
 //! - Lower layers are cached by (path, dev, inode, mtime of the layer root): a layer changed
 //!   in place below its root is not seen until [`FsScanner::clear_cache`]. Upper layers and
 //!   merged roots are walked every scan (their digests are reused while dev, inode, size,
-//!   mtime and ctime are unchanged).
+//!   mtime and ctime are unchanged: the bounded `nodeguard_hash::DigestCache`, keyed by
+//!   [`nodeguard_model::FileIdentity`]).
+//! - Files are hashed with `nodeguard_hash::digest_reader` from the fd the walk opened, with
+//!   the digests [`FsScanner::set_algorithms`] asks for (SHA-256 by default).
 //!
 //! Corners the overlay composition does not model (a merged walk has none of them):
 //! image files below a directory the container renamed (`redirect_dir=on`, off by default)

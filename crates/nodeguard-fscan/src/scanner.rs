@@ -4,8 +4,9 @@
 use crate::overlay;
 use crate::sys;
 use crate::walk::MAX_CANDIDATES_PER_ROOT;
-use crate::walk::{self, Candidate, HashKey, RootResult, WalkConfig, WalkRoot};
+use crate::walk::{self, Candidate, RootResult, WalkConfig, WalkRoot};
 use crate::{ContainerRoot, FsScanOutput, FsStats, Incomplete, RootSpec, WalkBudget};
+use nodeguard_hash::{Algorithms, DigestCache};
 use nodeguard_model::{escape_path, FileEntry, Layer};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -33,8 +34,14 @@ pub struct FsScanner {
     budget: WalkBudget,
     threads: usize,
     layers: HashMap<PathBuf, CachedLayer>,
-    hashes: HashMap<HashKey, String>,
+    /// Digests by file identity: bounded, and shareable with executable hashing
+    /// ([`FsScanner::with_digest_cache`]) so a setuid binary that also runs is read once.
+    digests: Arc<DigestCache>,
+    algorithms: Algorithms,
 }
+
+/// Entries of the digest cache an [`FsScanner::new`] makes for itself.
+const OWN_DIGEST_CACHE_ENTRIES: usize = 65_536;
 
 /// Where one container's candidates come from.
 enum Source {
@@ -45,19 +52,45 @@ enum Source {
 
 impl FsScanner {
     /// `threads` walkers at most (at least one).
+    /// Files are hashed with SHA-256 into a digest cache of its own.
     pub fn new(budget: WalkBudget, threads: usize) -> FsScanner {
+        FsScanner::with_digest_cache(
+            budget,
+            threads,
+            Arc::new(DigestCache::new(OWN_DIGEST_CACHE_ENTRIES)),
+            Algorithms::SHA256,
+        )
+    }
+
+    /// Files are hashed with `algorithms` into `digests` (the scan's one cache).
+    pub fn with_digest_cache(
+        budget: WalkBudget,
+        threads: usize,
+        digests: Arc<DigestCache>,
+        algorithms: Algorithms,
+    ) -> FsScanner {
         FsScanner {
             budget,
             threads: threads.max(1),
             layers: HashMap::new(),
-            hashes: HashMap::new(),
+            digests,
+            algorithms,
+        }
+    }
+
+    /// Digests to compute from the next scan on. Cached layers hashed with other digests are
+    /// walked again, so every file has what was asked for.
+    pub fn set_algorithms(&mut self, algorithms: Algorithms) {
+        if algorithms != self.algorithms {
+            self.algorithms = algorithms;
+            self.layers.clear();
         }
     }
 
     /// Forgets every cached layer and digest: the next scan walks and hashes everything.
     pub fn clear_cache(&mut self) {
         self.layers.clear();
-        self.hashes.clear();
+        self.digests.clear();
     }
 
     /// Number of lower layers currently cached.
@@ -186,7 +219,8 @@ impl FsScanner {
         let cfg = WalkConfig {
             budget: &self.budget,
             threads: self.threads,
-            hash_cache: &self.hashes,
+            algorithms: self.algorithms,
+            digests: &self.digests,
         };
         let walked = walk::walk_roots(&walk_roots, &cfg);
         stats.add(&walked.stats);
@@ -279,23 +313,6 @@ impl FsScanner {
             }
         }
         files.sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
-
-        // Digests of upper and merged files for the next scan (lower ones live in the layer
-        // cache).
-        let mut hashes = HashMap::new();
-        for r in &results {
-            for c in &r.candidates {
-                if let Some(sha) = &c.sha256 {
-                    hashes.insert(HashKey::of(&c.stat), sha.clone());
-                }
-            }
-        }
-        if full {
-            self.hashes = hashes;
-        } else {
-            // Bounded all the same: the next full scan replaces the map.
-            self.hashes.extend(hashes);
-        }
 
         if walked.suppressed_warnings > 0 {
             warnings.push(format!(
@@ -409,6 +426,7 @@ fn entry(container_id: &str, c: &Candidate, layer: Layer) -> FileEntry {
         gid: c.stat.gid,
         size: c.stat.size,
         sha256: c.sha256.clone(),
+        sha512: c.sha512.clone(),
         layer,
     }
 }

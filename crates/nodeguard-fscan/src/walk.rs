@@ -18,8 +18,8 @@
 use crate::caps::decode_file_capability;
 use crate::sys::{self, DirReader, EntryType, Stat};
 use crate::{FsStats, WalkBudget};
-use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use nodeguard_hash::{Algorithms, DigestCache, Digests, FileIdentity};
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -39,26 +39,9 @@ const CAPABILITY_XATTR: &CStr = c"security.capability";
 const METACOPY_XATTR: &CStr = c"trusted.overlay.metacopy";
 const REDIRECT_XATTR: &CStr = c"trusted.overlay.redirect";
 
-/// What identifies a file's content for the hash cache between scans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct HashKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl HashKey {
-    pub fn of(st: &Stat) -> HashKey {
-        HashKey {
-            dev: st.dev,
-            ino: st.ino,
-            size: st.size,
-            mtime: st.mtime,
-            ctime: st.ctime,
-        }
-    }
+/// The identity the digest cache knows this file by.
+fn identity(st: &Stat) -> FileIdentity {
+    FileIdentity::new(st.dev, st.ino, st.size, st.mtime, st.ctime)
 }
 
 /// One root to walk.
@@ -81,6 +64,7 @@ pub(crate) struct Candidate {
     pub stat: Stat,
     pub caps: Option<String>,
     pub sha256: Option<String>,
+    pub sha512: Option<String>,
 }
 
 /// The outcome of walking one root.
@@ -107,7 +91,10 @@ pub const MAX_CANDIDATES_PER_ROOT: usize = 1000;
 pub(crate) struct WalkConfig<'a> {
     pub budget: &'a WalkBudget,
     pub threads: usize,
-    pub hash_cache: &'a HashMap<HashKey, String>,
+    /// The digests to compute, and the cache (shared with executable hashing) they are kept
+    /// in between scans.
+    pub algorithms: Algorithms,
+    pub digests: &'a DigestCache,
 }
 
 /// What the walk of all roots produced, in the order of the roots given.
@@ -734,16 +721,21 @@ impl Worker {
                 ));
             }
         }
-        let sha256 = if metacopy {
+        let digests = if metacopy {
             None
         } else {
             self.hash(sh, root, dir, name, &st, &rel)
+        };
+        let (sha256, sha512) = match digests {
+            Some(d) => (d.sha256_hex(), d.sha512_hex()),
+            None => (None, None),
         };
         lock(&sh.results[root.idx]).candidates.push(Candidate {
             rel,
             stat: st,
             caps,
             sha256,
+            sha512,
         });
     }
 
@@ -764,7 +756,7 @@ impl Worker {
         name: &CStr,
         st: &Stat,
         rel: &[u8],
-    ) -> Option<String> {
+    ) -> Option<Digests> {
         let max = sh.cfg.budget.max_hash_bytes;
         if st.size > max {
             self.stats.count_error("hash_too_large");
@@ -777,9 +769,10 @@ impl Worker {
             ));
             return None;
         }
-        if let Some(hit) = sh.cfg.hash_cache.get(&HashKey::of(st)) {
+        let key = identity(st);
+        if let Some(hit) = sh.cfg.digests.lookup(&key, sh.cfg.algorithms) {
             self.stats.hash_cache_hits += 1;
-            return Some(hit.clone());
+            return Some(hit);
         }
         let fd = match sys::open_file_at(dir, name) {
             Ok(fd) => fd,
@@ -799,28 +792,25 @@ impl Worker {
                 return None;
             }
         }
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            let n = match sys::read(fd.as_fd(), &mut self.hash_buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    self.count_io("hash_io", &e);
-                    return None;
-                }
-            };
-            total += n as u64;
-            if total > max {
+        // Read from the fd opened above (no path is resolved again), at most `max` bytes.
+        let mut file = std::fs::File::from(fd);
+        match nodeguard_hash::digest_reader(&mut file, sh.cfg.algorithms, &mut self.hash_buf, max) {
+            Ok(digests) => {
+                self.stats.files_hashed += 1;
+                self.stats.bytes_hashed += digests.bytes;
+                sh.cfg.digests.store(key, digests.clone());
+                Some(digests)
+            }
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
                 // Grew past the cap while being read.
                 self.stats.count_error("hash_too_large");
-                return None;
+                None
             }
-            hasher.update(&self.hash_buf[..n]);
+            Err(e) => {
+                self.count_io("hash_io", &e);
+                None
+            }
         }
-        self.stats.files_hashed += 1;
-        self.stats.bytes_hashed += total;
-        Some(hex(&hasher.finalize()))
     }
 
     /// Re-opens the top frame's directory from the nearest ancestor that still has an fd
@@ -949,14 +939,4 @@ fn evict_fds_below(frames: &mut [Frame], keep_from: usize) {
             open -= 1;
         }
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }

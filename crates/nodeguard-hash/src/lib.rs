@@ -1,8 +1,8 @@
 //! Streaming digests of executables and files, each distinct file read once.
 //!
 //! nodeguard hashes the executable of every process on a node. Many processes — often in
-//! many containers — run the same binary, so digests are cached under a [`FileKey`]: the
-//! identity of the file that really holds the bytes. The caller chooses the key (for an
+//! many containers — run the same binary, so digests are cached under a [`FileIdentity`]:
+//! the identity of the file that really holds the bytes. The caller chooses the key (for an
 //! overlay container it is the image layer's file, which is shared by every container of the
 //! image, whereas `/proc/PID/exe` of each container sits on its own overlay `st_dev`).
 //!
@@ -18,6 +18,7 @@
 //! println!("{}", results[0].as_ref().unwrap().sha256_hex().unwrap());
 //! ```
 
+pub use nodeguard_model::FileIdentity;
 use sha2::{Digest, Sha256, Sha512};
 use std::collections::HashMap;
 use std::fs::{File, Metadata, OpenOptions};
@@ -114,7 +115,8 @@ impl Digests {
         self.sha512.as_ref().map(|d| hex(&d[..]))
     }
 
-    fn covers(&self, algs: Algorithms) -> bool {
+    /// Every digest `algs` asks for is here.
+    pub fn covers(&self, algs: Algorithms) -> bool {
         (!algs.sha256 || self.sha256.is_some()) && (!algs.sha512 || self.sha512.is_some())
     }
 }
@@ -130,29 +132,15 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// The identity of the file that holds the bytes: same key, same content.
-///
-/// Size, mtime and ctime are part of the key so a file rewritten in place (same inode) is
-/// hashed again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileKey {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-}
-
-impl FileKey {
-    pub fn from_metadata(meta: &Metadata) -> FileKey {
-        FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        }
-    }
+/// The identity of an opened (or `stat`ed) file, for keying the [`DigestCache`].
+pub fn identity_of(meta: &Metadata) -> FileIdentity {
+    FileIdentity::new(
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        (meta.mtime(), meta.mtime_nsec()),
+        (meta.ctime(), meta.ctime_nsec()),
+    )
 }
 
 fn file_kind(meta: &Metadata) -> &'static str {
@@ -303,7 +291,7 @@ fn advise_sequential(file: &File) {
 /// Digests by file identity, shared across scans. Bounded: when full, entries not used in
 /// the current or previous scan are dropped first.
 pub struct DigestCache {
-    entries: Mutex<HashMap<FileKey, (Digests, u64)>>,
+    entries: Mutex<HashMap<FileIdentity, (Digests, u64)>>,
     capacity: usize,
     generation: AtomicU64,
     hits: AtomicU64,
@@ -335,6 +323,11 @@ impl DigestCache {
         }
     }
 
+    /// Forgets every digest.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Marks the start of a scan, for eviction by age.
     pub fn next_generation(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
@@ -350,12 +343,14 @@ impl DigestCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileKey, (Digests, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileIdentity, (Digests, u64)>> {
         // A panic while holding the lock leaves a consistent map (inserts are atomic).
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(&self, key: &FileKey, algs: Algorithms) -> Option<Digests> {
+    /// The cached digests of `key` if they include every digest `algs` asks for. For
+    /// callers that open files their own way (the filesystem walk); [`hash_all`] uses it too.
+    pub fn lookup(&self, key: &FileIdentity, algs: Algorithms) -> Option<Digests> {
         let generation = self.generation.load(Ordering::Relaxed);
         let mut map = self.lock();
         let entry = map.get_mut(key)?;
@@ -366,7 +361,8 @@ impl DigestCache {
         Some(entry.0.clone())
     }
 
-    fn store(&self, key: FileKey, digests: Digests) {
+    /// Keeps `digests` of `key`, evicting by age when full.
+    pub fn store(&self, key: FileIdentity, digests: Digests) {
         let generation = self.generation.load(Ordering::Relaxed);
         let mut map = self.lock();
         if map.len() >= self.capacity && !map.contains_key(&key) {
@@ -382,11 +378,11 @@ impl DigestCache {
 /// One file to hash: where to read it and, if known, the identity of the bytes behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashJob {
-    pub key: Option<FileKey>,
+    pub key: Option<FileIdentity>,
     pub path: PathBuf,
 }
 
-/// Hashes every job, reading each distinct [`FileKey`] at most once (from the cache, or from
+/// Hashes every job, reading each distinct [`FileIdentity`] at most once (from the cache, or from
 /// the first of its paths that can still be read — a process may exit meanwhile), on up to
 /// `threads` threads. Results are in job order.
 pub fn hash_all(
@@ -398,7 +394,7 @@ pub fn hash_all(
 ) -> Vec<Result<Digests, Error>> {
     // Group jobs that share a key; jobs without a key each form their own group.
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_key: HashMap<FileKey, usize> = HashMap::new();
+    let mut by_key: HashMap<FileIdentity, usize> = HashMap::new();
     for (i, job) in jobs.iter().enumerate() {
         match job.key {
             Some(key) => {
@@ -635,7 +631,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = write_file(dir.path(), "a", &vec![7u8; 100_000]);
         let meta = std::fs::metadata(&a).unwrap();
-        let key = FileKey::from_metadata(&meta);
+        let key = identity_of(&meta);
         // Ten "processes" running the same file, one of which has already gone.
         let mut jobs: Vec<HashJob> = (0..9)
             .map(|_| HashJob {
@@ -676,10 +672,10 @@ mod tests {
     fn rewritten_file_gets_a_new_key() {
         let dir = tempfile::tempdir().unwrap();
         let a = write_file(dir.path(), "a", b"one");
-        let k1 = FileKey::from_metadata(&std::fs::metadata(&a).unwrap());
+        let k1 = identity_of(&std::fs::metadata(&a).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(&a, b"two!").unwrap();
-        let k2 = FileKey::from_metadata(&std::fs::metadata(&a).unwrap());
+        let k2 = identity_of(&std::fs::metadata(&a).unwrap());
         assert_eq!(k1.ino, k2.ino);
         assert_ne!(k1, k2);
     }
@@ -691,7 +687,7 @@ mod tests {
         for i in 0..20 {
             cache.next_generation();
             let p = write_file(dir.path(), &format!("f{i}"), format!("{i}").as_bytes());
-            let key = FileKey::from_metadata(&std::fs::metadata(&p).unwrap());
+            let key = identity_of(&std::fs::metadata(&p).unwrap());
             let r = hash_all(
                 &cache,
                 &[HashJob {

@@ -7,6 +7,7 @@
 
 pub mod capability;
 pub mod finding;
+pub mod identity;
 pub mod redact;
 pub mod report;
 pub mod state;
@@ -16,6 +17,7 @@ pub use finding::{
     finding_id, Aggregate, Finding, FindingKind, Severity, UnknownName, AGGREGATE_SAMPLES,
     AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
 };
+pub use identity::FileIdentity;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_controls, escape_path, is_bidi_or_invisible, unescape_path, Capabilities,

@@ -356,6 +356,10 @@ pub struct FileEntry {
     pub gid: u32,
     pub size: u64,
     pub sha256: Option<String>,
+    /// SHA-512, lowercase hex, when the scan computes it (`--hash sha512|both`, or a policy
+    /// that pins SHA-512 digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha512: Option<String>,
     pub layer: Layer,
 }
 

@@ -422,7 +422,7 @@ fn unverifiable_process_rule(policy: &Policy, scope: Scope, p: &Process, found: 
 /// A setuid/capability file at a trusted path that was not hashed (over the walk's hashing
 /// budget): critical, like a mismatch.
 fn unverifiable_file_rule(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut Found) {
-    if f.sha256.is_some() {
+    if f.sha256.is_some() || f.sha512.is_some() {
         return;
     }
     let scope = Scope::Container(&f.container_id, image);
@@ -681,7 +681,7 @@ fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut F
 
     let digests = Digests {
         sha256: f.sha256.as_deref(),
-        sha512: None,
+        sha512: f.sha512.as_deref(),
     };
     if let Some((algo, digest, reason)) = denied(policy, digests) {
         let message = format!(

@@ -9,9 +9,9 @@
 //! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
 //! Events) receive the finished report.
 
-use nodeguard_collect::{CollectOptions, CollectedProcess, FileIdentity, Snapshot};
+use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
-use nodeguard_hash::{hash_all, Algorithms, DigestCache, FileKey, HashJob};
+use nodeguard_hash::{hash_all, Algorithms, DigestCache, HashJob};
 use nodeguard_model::{
     Container, FileEntry, Finding, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
 };
@@ -91,7 +91,8 @@ pub enum ScanScope {
 pub struct Scanner {
     options: ScanOptions,
     policy: Arc<Policy>,
-    digests: DigestCache,
+    /// The one digest cache: executables and setuid/capability files alike.
+    digests: Arc<DigestCache>,
     filesystems: FsScanner,
     /// Files from the last filesystem scan, kept for process-only scans.
     last_files: Vec<FileEntry>,
@@ -110,8 +111,13 @@ struct FsCounters {
 
 impl Scanner {
     pub fn new(options: ScanOptions, policy: Arc<Policy>) -> Scanner {
-        let digests = DigestCache::new(options.hash_cache_entries);
-        let filesystems = FsScanner::new(options.walk_budget.clone(), options.threads);
+        let digests = Arc::new(DigestCache::new(options.hash_cache_entries));
+        let filesystems = FsScanner::with_digest_cache(
+            options.walk_budget.clone(),
+            options.threads,
+            Arc::clone(&digests),
+            algorithms_for(&options, &policy),
+        );
         Scanner {
             options,
             policy,
@@ -141,6 +147,8 @@ impl Scanner {
         let started = Instant::now();
         let scanned_at = Timestamp::now();
         self.digests.next_generation();
+        self.filesystems
+            .set_algorithms(algorithms_for(&self.options, &self.policy));
 
         let Snapshot {
             processes,
@@ -239,14 +247,12 @@ impl Scanner {
             }
             job_of.push(Some(jobs.len()));
             jobs.push(HashJob {
-                key: cp.exe_identity.map(file_key),
+                key: cp.exe_identity,
                 path: exe_path(proc_root, cp.process.pid),
             });
         }
         let before = self.digests.stats();
-        // A policy that pins SHA-512 digests needs them computed, whatever was asked for.
-        let mut algorithms = self.options.algorithms;
-        algorithms.sha512 |= self.policy.needs_sha512();
+        let algorithms = algorithms_for(&self.options, &self.policy);
         let results = hash_all(
             &self.digests,
             &jobs,
@@ -445,14 +451,12 @@ fn exe_path(proc_root: &Path, pid: i32) -> PathBuf {
     proc_root.join(pid.to_string()).join("exe")
 }
 
-fn file_key(id: FileIdentity) -> FileKey {
-    FileKey {
-        dev: id.dev,
-        ino: id.ino,
-        size: id.size,
-        mtime_ns: id.mtime_ns,
-        ctime_ns: id.ctime_ns,
-    }
+/// The digests every scan computes, of executables and files alike: what was asked for, and
+/// SHA-512 too when the policy pins SHA-512 digests.
+fn algorithms_for(options: &ScanOptions, policy: &Policy) -> Algorithms {
+    let mut algorithms = options.algorithms;
+    algorithms.sha512 |= policy.needs_sha512();
+    algorithms
 }
 
 fn attach_pod_names(findings: &mut [Finding], containers: &[Container]) {

@@ -228,6 +228,7 @@ pub fn node_state(node: &str) -> NodeState {
         gid: 0,
         size: 68248,
         sha256: Some("bb22".repeat(16)),
+        sha512: None,
         layer: Layer::Image,
     };
     let ping = FileEntry {
