@@ -106,28 +106,6 @@ pub enum RootSpec {
     Merged { root: PathBuf },
 }
 
-impl RootSpec {
-    /// The spec for a container whose root filesystem the collector described: its overlay
-    /// layers when the root is an overlay with known lower dirs, else its merged root (for
-    /// example `/proc/PID/root`). Layer paths are host paths and are looked up under
-    /// `host_root` (`/` on the host, `/proc/1/root` from a container sharing the host's pid
-    /// namespace).
-    pub fn for_container(
-        rootfs: Option<&nodeguard_model::RootFs>,
-        host_root: &std::path::Path,
-        merged_root: PathBuf,
-    ) -> RootSpec {
-        let under_host = |p: &str| host_root.join(p.trim_start_matches('/'));
-        match rootfs {
-            Some(fs) if fs.fstype == "overlay" && !fs.lower_dirs.is_empty() => RootSpec::Overlay {
-                lower_dirs: fs.lower_dirs.iter().map(|d| under_host(d)).collect(),
-                upper_dir: fs.upper_dir.as_deref().map(under_host),
-            },
-            _ => RootSpec::Merged { root: merged_root },
-        }
-    }
-}
-
 /// One container to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRoot {
@@ -256,40 +234,6 @@ pub enum Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeguard_model::RootFs;
-    use std::path::Path;
-
-    #[test]
-    fn overlay_roots_become_layer_specs_under_the_host_root() {
-        let fs = RootFs {
-            fstype: "overlay".into(),
-            lower_dirs: vec!["/var/lib/c/2/fs".into(), "/var/lib/c/1/fs".into()],
-            upper_dir: Some("/var/lib/c/9/fs".into()),
-        };
-        let spec = RootSpec::for_container(Some(&fs), Path::new("/proc/1/root"), "/x".into());
-        assert_eq!(
-            spec,
-            RootSpec::Overlay {
-                lower_dirs: vec![
-                    "/proc/1/root/var/lib/c/2/fs".into(),
-                    "/proc/1/root/var/lib/c/1/fs".into()
-                ],
-                upper_dir: Some("/proc/1/root/var/lib/c/9/fs".into()),
-            }
-        );
-        let other = RootFs {
-            fstype: "ext4".into(),
-            lower_dirs: vec![],
-            upper_dir: None,
-        };
-        let merged = RootSpec::Merged {
-            root: "/proc/42/root".into(),
-        };
-        let spec = RootSpec::for_container(Some(&other), Path::new("/"), "/proc/42/root".into());
-        assert_eq!(spec, merged);
-        let spec = RootSpec::for_container(None, Path::new("/"), "/proc/42/root".into());
-        assert_eq!(spec, merged);
-    }
 
     #[test]
     fn scanner_can_move_to_a_blocking_thread() {

@@ -75,7 +75,7 @@ pub use format::{
 /// The registry type [`Metrics::register`] fills, re-exported so that the binary can create
 /// it without linking prometheus-client itself.
 pub use prometheus_client::registry::Registry;
-pub use series::{short_id, EventStatsSource, SHORT_ID_LEN};
+pub use series::EventStatsSource;
 
 use nodeguard_model::{NodeState, ScanKind};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};

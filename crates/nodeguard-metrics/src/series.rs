@@ -2,7 +2,7 @@
 //! at scrape time by a custom collector, so a gone container's series simply are not written.
 
 use nodeguard_model::{
-    Container, EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity,
+    short_id, Container, EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -16,9 +16,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Where the Events publisher's counters come from, read at scrape time.
 pub type EventStatsSource = Arc<dyn Fn() -> EventStats + Send + Sync>;
-
-/// How many characters of a container id name a container that has no Kubernetes name.
-pub const SHORT_ID_LEN: usize = 12;
 
 /// Number of open findings sharing one label set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -247,13 +244,6 @@ fn finding_place(f: &Finding, containers: &HashMap<&str, &Container>) -> (String
     (namespace, pod, container)
 }
 
-/// The first [`SHORT_ID_LEN`] characters of a container id, as `docker ps` and `crictl ps` show.
-pub fn short_id(id: &str) -> &str {
-    id.char_indices()
-        .nth(SHORT_ID_LEN)
-        .map_or(id, |(end, _)| &id[..end])
-}
-
 /// Writes the state-derived series at scrape time.
 #[derive(Debug)]
 pub(crate) struct StateCollector {
@@ -429,17 +419,4 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
 ) -> Result<(), fmt::Error> {
     let m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     ConstGauge::new(value).encode(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_ids_are_twelve_characters() {
-        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(short_id(id), "0123456789ab");
-        assert_eq!(short_id("abc"), "abc");
-        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
-    }
 }

@@ -20,10 +20,10 @@ pub use finding::{
 pub use identity::FileIdentity;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
-    escape_controls, escape_path, is_bidi_or_invisible, unescape_path, Capabilities,
+    escape_controls, escape_path, is_bidi_or_invisible, short_id, unescape_path, Capabilities,
     CapabilityMasks, CgroupDriver, CgroupVersion, Container, FileEntry, Ids, Layer, Limits,
     Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime, ScanStats, SeccompMode,
-    Timestamp, SCHEMA_VERSION,
+    Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
     EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, ScanKind, ScanRun,

@@ -339,6 +339,30 @@ pub struct Process {
     pub kernel_thread: bool,
 }
 
+/// How many characters of a container id name a container that has no Kubernetes name.
+pub const SHORT_ID_LEN: usize = 12;
+
+/// The first [`SHORT_ID_LEN`] characters of a container id (or a digest), as `docker ps` and
+/// `crictl ps` show.
+pub fn short_id(id: &str) -> &str {
+    id.char_indices()
+        .nth(SHORT_ID_LEN)
+        .map_or(id, |(end, _)| &id[..end])
+}
+
+#[cfg(test)]
+mod short_id_tests {
+    use super::short_id;
+
+    #[test]
+    fn short_ids_are_twelve_characters() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(short_id(id), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
+    }
+}
+
 /// A setuid/setgid/file-capability file inside a container filesystem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {

@@ -6,8 +6,8 @@ use nodeguard_model::capability::{
     capability_name, capability_number, full_capability_mask, CAPABILITY_NAMES,
 };
 use nodeguard_model::{
-    Aggregate, Container, FileEntry, Finding, FindingKind, Layer, PodRef, Process, SeccompMode,
-    Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
+    short_id, Aggregate, Container, FileEntry, Finding, FindingKind, Layer, PodRef, Process,
+    SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -151,10 +151,6 @@ impl<'a> Scope<'a> {
             Scope::Container(id, _) => format!("container {}", short_id(id)),
         }
     }
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 fn who(process: &Process) -> String {

@@ -13,7 +13,7 @@ use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_all, Algorithms, DigestCache, HashJob};
 use nodeguard_model::{
-    Container, FileEntry, Finding, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
+    Container, FileEntry, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
@@ -203,7 +203,7 @@ impl Scanner {
         stats.layers_cached = self.last_fs_stats.layers_cached;
         stats.walks_truncated = self.last_fs_stats.walks_truncated;
 
-        let mut findings = evaluate(
+        let findings = evaluate(
             &self.policy,
             &Evidence {
                 processes: &processes,
@@ -214,7 +214,6 @@ impl Scanner {
                 host_bounding,
             },
         );
-        attach_pod_names(&mut findings, &containers);
 
         stats.containers_seen = containers.len() as u64;
         Ok(Report {
@@ -459,22 +458,6 @@ fn algorithms_for(options: &ScanOptions, policy: &Policy) -> Algorithms {
     algorithms
 }
 
-fn attach_pod_names(findings: &mut [Finding], containers: &[Container]) {
-    for finding in findings {
-        let Some(pod) = finding
-            .container_id
-            .as_deref()
-            .and_then(|id| containers.iter().find(|c| c.id == id))
-            .and_then(|c| c.pod.as_ref())
-        else {
-            continue;
-        };
-        finding.namespace = Some(pod.namespace.clone());
-        finding.pod = Some(pod.name.clone());
-        finding.container_name = pod.container_name.clone();
-    }
-}
-
 /// The node's name: `NODE_NAME` (the downward API sets it in the DaemonSet), else the
 /// kernel's hostname under `proc_root`, else `unknown`.
 pub fn node_name(proc_root: &Path) -> String {
@@ -522,6 +505,49 @@ mod tests {
         let p = under(Path::new("/proc/2/root"), "/var/lib/a\\x20b/\\xff");
         assert_eq!(p.as_os_str().as_bytes(), b"/proc/2/root/var/lib/a b/\xff");
         assert_eq!(under(Path::new("/h"), "/"), PathBuf::from("/h"));
+    }
+
+    /// What fscan's own `RootSpec::for_container` was tested for, on the function in use:
+    /// lower dirs keep their order (top first) under the host root, and a root that is not
+    /// an overlay (or not known) is walked merged.
+    #[test]
+    fn overlay_roots_become_layer_specs_under_the_host_root() {
+        let host = tempfile::tempdir().unwrap();
+        for d in ["var/lib/c/2/fs", "var/lib/c/1/fs"] {
+            std::fs::create_dir_all(host.path().join(d)).unwrap();
+        }
+        let fs = RootFs {
+            fstype: "overlay".into(),
+            lower_dirs: vec!["/var/lib/c/2/fs".into(), "/var/lib/c/1/fs".into()],
+            upper_dir: Some("/var/lib/c/9/fs".into()),
+        };
+        let root = container_root(Path::new("/proc"), Some(host.path()), &container(Some(fs)));
+        assert_eq!(
+            root.unwrap().spec,
+            RootSpec::Overlay {
+                lower_dirs: vec![
+                    host.path().join("var/lib/c/2/fs"),
+                    host.path().join("var/lib/c/1/fs")
+                ],
+                upper_dir: Some(host.path().join("var/lib/c/9/fs")),
+            }
+        );
+        let other = RootFs {
+            fstype: "ext4".into(),
+            lower_dirs: vec![],
+            upper_dir: None,
+        };
+        let merged = RootSpec::Merged {
+            root: "/proc/42/root".into(),
+        };
+        let root = container_root(
+            Path::new("/proc"),
+            Some(host.path()),
+            &container(Some(other)),
+        );
+        assert_eq!(root.unwrap().spec, merged);
+        let root = container_root(Path::new("/proc"), Some(host.path()), &container(None));
+        assert_eq!(root.unwrap().spec, merged);
     }
 
     #[test]

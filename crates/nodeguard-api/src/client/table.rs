@@ -10,7 +10,8 @@
 
 use crate::types::ProcessEntry;
 use nodeguard_model::{
-    escape_path, Container, FileEntry, Finding, Report, Severity, Timestamp, TrackedFinding,
+    escape_path, short_id, Container, FileEntry, Finding, Report, Severity, Timestamp,
+    TrackedFinding,
 };
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -563,10 +564,6 @@ pub fn cores(c: f64) -> String {
     } else {
         format!("{milli}m")
     }
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 fn container_cell(id: Option<&str>, name: Option<&str>) -> String {

@@ -2,7 +2,7 @@
 
 use super::ledger::{Announced, Target, TargetKind};
 use k8s_openapi::api::core::v1::ObjectReference;
-use nodeguard_model::{Finding, FindingKind, Report};
+use nodeguard_model::{short_id, Finding, FindingKind, Report};
 use std::collections::BTreeSet;
 
 /// The API server rejects notes over 1 KiB (counted in bytes); stay below it.
@@ -63,7 +63,12 @@ pub(crate) fn place(finding: &Finding, report: &Report, node_name: &str) -> Plac
         in_pod.then_some(container_name.as_deref()).flatten(),
         &finding.id,
     );
-    let container = container_name.or_else(|| finding.container_id.as_deref().map(short_id));
+    let container = container_name.or_else(|| {
+        finding
+            .container_id
+            .as_deref()
+            .map(|id| short_id(id).to_string())
+    });
     Placement {
         target,
         field_path,
@@ -82,10 +87,6 @@ pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
         Some(name) => format!("spec.containers{{{name}}}.findings{{{id}}}"),
         None => format!("findings{{{id}}}"),
     }
-}
-
-fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
 }
 
 /// The object an Event is about (`involvedObject` of a core/v1 Event).
