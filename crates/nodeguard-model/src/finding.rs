@@ -100,48 +100,148 @@ macro_rules! finding_kinds {
 
 finding_kinds! {
     /// A process holds a capability from the dangerous list in its effective set.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::capability_masks`](crate::Process::capability_masks)`.effective` (and
+    /// [`Process::capabilities`](crate::Process::capabilities)), from `CapEff` of
+    /// `/proc/PID/status`, `crates/nodeguard-collect/src/process.rs`.
     DangerousCapability => "dangerous_capability", "DangerousCapability";
     /// A container's bounding set holds every capability the kernel knows: it is privileged.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::capability_masks`](crate::Process::capability_masks)`.bounding` against the
+    /// host's bounding set, from `CapBnd` of `/proc/PID/status` (and of pid 1),
+    /// `crates/nodeguard-collect/src/process.rs`.
     PrivilegedContainer => "privileged_container", "PrivilegedContainer";
     /// A container has no memory limit anywhere up its cgroup hierarchy.
+    ///
+    /// Rule: `limit_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Container::effective_limits`](crate::Container::effective_limits)`.memory_bytes` (unless
+    /// in [`Container::unknown_limits`](crate::Container::unknown_limits)), from cgroup files up
+    /// the hierarchy, `crates/nodeguard-collect/src/limits.rs`.
     MissingMemoryLimit => "missing_memory_limit", "MissingMemoryLimit";
     /// A container has no CPU quota anywhere up its cgroup hierarchy.
+    ///
+    /// Rule: `limit_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Container::effective_limits`](crate::Container::effective_limits)`.cpu_cores` (unless in
+    /// [`Container::unknown_limits`](crate::Container::unknown_limits)), from cgroup files up the
+    /// hierarchy, `crates/nodeguard-collect/src/limits.rs`.
     MissingCpuLimit => "missing_cpu_limit", "MissingCpuLimit";
     /// A container has no pids limit anywhere up its cgroup hierarchy.
+    ///
+    /// Rule: `limit_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Container::effective_limits`](crate::Container::effective_limits)`.pids` (unless in
+    /// [`Container::unknown_limits`](crate::Container::unknown_limits)), from cgroup files up the
+    /// hierarchy, `crates/nodeguard-collect/src/limits.rs`.
     MissingPidsLimit => "missing_pids_limit", "MissingPidsLimit";
     /// A container process runs with effective uid 0 (as seen from the host).
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::uid`](crate::Process::uid), from `Uid` of `/proc/PID/status`,
+    /// `crates/nodeguard-collect/src/process.rs`.
     RunsAsRoot => "runs_as_root", "RunsAsRoot";
     /// A container process may gain privileges through setuid or file capabilities.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::no_new_privs`](crate::Process::no_new_privs), from `NoNewPrivs` of
+    /// `/proc/PID/status`, `crates/nodeguard-collect/src/process.rs`.
     NoNewPrivsDisabled => "no_new_privs_disabled", "NoNewPrivsDisabled";
     /// A container process runs without any seccomp filter.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::seccomp`](crate::Process::seccomp), from `Seccomp` of `/proc/PID/status`,
+    /// `crates/nodeguard-collect/src/process.rs`.
     SeccompDisabled => "seccomp_disabled", "SeccompDisabled";
     /// A container process shares the host's pid namespace.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Namespaces::shared_with_host`](crate::Namespaces::shared_with_host) of
+    /// [`Process::namespaces`](crate::Process::namespaces), from `/proc/PID/ns/*` against pid 1's,
+    /// `crates/nodeguard-collect/src/process.rs`.
     HostPidNamespace => "host_pid_namespace", "HostPidNamespace";
     /// A container process shares the host's network namespace.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Namespaces::shared_with_host`](crate::Namespaces::shared_with_host) of
+    /// [`Process::namespaces`](crate::Process::namespaces), from `/proc/PID/ns/*` against pid 1's,
+    /// `crates/nodeguard-collect/src/process.rs`.
     HostNetworkNamespace => "host_network_namespace", "HostNetworkNamespace";
     /// A container process shares the host's IPC namespace.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Namespaces::shared_with_host`](crate::Namespaces::shared_with_host) of
+    /// [`Process::namespaces`](crate::Process::namespaces), from `/proc/PID/ns/*` against pid 1's,
+    /// `crates/nodeguard-collect/src/process.rs`.
     HostIpcNamespace => "host_ipc_namespace", "HostIpcNamespace";
     /// A container process shares the host's UTS namespace.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Namespaces::shared_with_host`](crate::Namespaces::shared_with_host) of
+    /// [`Process::namespaces`](crate::Process::namespaces), from `/proc/PID/ns/*` against pid 1's,
+    /// `crates/nodeguard-collect/src/process.rs`.
     HostUtsNamespace => "host_uts_namespace", "HostUtsNamespace";
     /// A process runs an executable that was deleted or never had a path (memfd): fileless.
+    ///
+    /// Rule: `binary_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::exe_deleted`](crate::Process::exe_deleted), from `/proc/PID/exe` link text,
+    /// `crates/nodeguard-collect/src/process.rs`.
     DeletedExecutable => "deleted_executable", "DeletedExecutable";
     /// A file with the setuid bit inside a container filesystem.
+    ///
+    /// Rule: `file_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`FileEntry::setuid`](crate::FileEntry::setuid), from the walk's `fstatat`,
+    /// `crates/nodeguard-fscan/src/walk.rs`.
     SetuidFile => "setuid_file", "SetuidFile";
     /// A file with the setgid bit inside a container filesystem.
+    ///
+    /// Rule: `file_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`FileEntry::setgid`](crate::FileEntry::setgid), from the walk's `fstatat`,
+    /// `crates/nodeguard-fscan/src/walk.rs`.
     SetgidFile => "setgid_file", "SetgidFile";
     /// A file carrying file capabilities (`security.capability`) inside a container filesystem.
+    ///
+    /// Rule: `file_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`FileEntry::capabilities`](crate::FileEntry::capabilities), from `security.capability`
+    /// xattr, `crates/nodeguard-fscan/src/walk.rs` + `caps.rs`.
     FileCapability => "file_capability", "FileCapability";
     /// A process runs an executable from the container's writable layer, not from the image.
+    ///
+    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::exe_layer`](crate::Process::exe_layer), from overlay layers from mountinfo,
+    /// `crates/nodeguard-collect/src/layer.rs`.
     BinaryDrift => "binary_drift", "BinaryDrift";
     /// A trusted binary's digest is not one the policy allows.
+    ///
+    /// Rule: `binary_rules` and `file_rules` (through `trusted`) in
+    /// `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::sha256`](crate::Process::sha256)/[`Process::sha512`](crate::Process::sha512),
+    /// [`FileEntry::sha256`](crate::FileEntry::sha256)/[`FileEntry::sha512`](crate::FileEntry::sha512),
+    /// from `crates/nodeguard-hash` (executables via `nodeguard-scan`, files via
+    /// `crates/nodeguard-fscan/src/walk.rs`).
     UnexpectedBinaryHash => "unexpected_binary_hash", "UnexpectedBinaryHash";
     /// A process or file matches a denied digest (an indicator of compromise).
+    ///
+    /// Rule: `binary_rules` and `file_rules` (through `denied`) in
+    /// `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::sha256`](crate::Process::sha256)/[`Process::sha512`](crate::Process::sha512),
+    /// [`FileEntry::sha256`](crate::FileEntry::sha256)/[`FileEntry::sha512`](crate::FileEntry::sha512),
+    /// from `crates/nodeguard-hash` (executables via `nodeguard-scan`, files via
+    /// `crates/nodeguard-fscan/src/walk.rs`).
     DeniedBinary => "denied_binary", "DeniedBinary";
     /// A process's executable (or a file a trusted entry covers) could not be hashed — too
     /// large, unreadable, not a regular file — so no digest rule could check it.
+    ///
+    /// Rule: `unverifiable_process_rule` and `unverifiable_file_rule` in
+    /// `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// [`Process::hash_error`](crate::Process::hash_error); a [`FileEntry`](crate::FileEntry)
+    /// without digest, from `crates/nodeguard-hash` / `crates/nodeguard-fscan/src/walk.rs`.
     UnverifiableBinary => "unverifiable_binary", "UnverifiableBinary";
     /// A container's filesystem walk hit its file or time budget, or its inventory was
     /// capped: setuid/setgid/file-capability files past that point are not reported.
+    ///
+    /// Rule: `gap_rule` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence: `FsGap`
+    /// (`nodeguard_policy::Evidence::gaps`), from `Incomplete` of
+    /// `crates/nodeguard-fscan/src/scanner.rs`.
     FilesystemScanIncomplete => "filesystem_scan_incomplete", "FilesystemScanIncomplete";
 }
 
