@@ -1771,3 +1771,146 @@ fn writable_layer_changes_show_within_a_process_interval() {
     drop(c);
     drop(image);
 }
+
+/// What one root of a container may add to the inventory (`MAX_CANDIDATES_PER_ROOT`).
+const INVENTORY_PER_ROOT: usize = 1000;
+
+#[test]
+fn a_setuid_flood_is_bounded_aggregated_and_reported_incomplete() {
+    require_containers!();
+    let image = Image::busybox_owned("fs-flood");
+    let c = ContainerSpec::new(&image).start();
+    // What a root process in any container can do with a one-line loop: many empty setuid
+    // files in its writable layer. Written through the merged root, as the container would.
+    let flood = 3_000;
+    let dir = c.rootfs.join("flood");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..flood {
+        plant(&dir.join(format!("s{i:05}")), b"", 0o4755);
+    }
+    let oracle_count = find_setuid(&c.rootfs).len();
+    assert_eq!(oracle_count, flood, "find's view of the merged root");
+
+    for mode in Mode::BOTH {
+        let scan = scan(&[&c], mode, &[]);
+        let files = files_of(&scan, &c);
+        assert_eq!(
+            files.len(),
+            INVENTORY_PER_ROOT,
+            "{mode:?}: the inventory keeps the bound, not the flood\n{}",
+            scan.seen(&c)
+        );
+        // One aggregated finding for the kind, counting what was kept, listing the first.
+        let setuid = scan.findings_of(&c.id, "setuid_file", None);
+        assert_eq!(setuid.len(), 1, "{mode:?}\n{}", scan.seen(&c));
+        let f = setuid[0];
+        assert_eq!(f["subject"], "(aggregated)", "{f}");
+        assert_eq!(f["severity"], mode.written_severity(), "{f}");
+        assert_eq!(f["aggregate"]["count"], INVENTORY_PER_ROOT as u64, "{f}");
+        assert_eq!(
+            f["aggregate"]["subjects"].as_array().unwrap().len(),
+            10,
+            "{f}"
+        );
+        for subject in f["aggregate"]["subjects"].as_array().unwrap() {
+            assert!(subject.as_str().unwrap().starts_with("/flood/s"), "{f}");
+        }
+        // The truncation marker: a finding naming what was left out, and a warning.
+        let gap = scan.findings_of(&c.id, "filesystem_scan_incomplete", None);
+        assert_eq!(gap.len(), 1, "{mode:?}\n{}", scan.seen(&c));
+        assert_eq!(gap[0]["severity"], "high");
+        let omitted = (oracle_count - INVENTORY_PER_ROOT).to_string();
+        assert!(
+            gap[0]["message"].as_str().unwrap().contains(&omitted),
+            "{mode:?}: {}",
+            gap[0]
+        );
+        assert!(
+            warnings(&scan).contains("inventory truncated"),
+            "{}",
+            warnings(&scan)
+        );
+        // Findings stay few whatever the container holds.
+        assert!(scan.findings().len() < 50, "{}", scan.findings().len());
+    }
+}
+
+#[test]
+fn a_trusted_binary_padded_past_the_hash_limit_is_an_unverifiable_finding() {
+    require_containers!();
+    let image = Image::busybox_owned("fs-padded");
+    let busybox = fs::read(image.path("/bin/busybox")).unwrap();
+    let digest = oracle::sha256sum(&image.path("/bin/busybox"));
+    // The attacker's copy, padded with zeros past the limit (`truncate -s`), still runs.
+    let limit = busybox.len() as u64 + 4096;
+    image.add_file("/usr/local/bin/sleep", &busybox, 0o755);
+    let padded = image.path("/usr/local/bin/sleep");
+    cmd::run_ok(
+        "truncate",
+        &[
+            OsStr::new("-s"),
+            OsStr::new(&(limit * 2).to_string()),
+            padded.as_os_str(),
+        ],
+    );
+    let c = ContainerSpec::new(&image)
+        .args(&["/usr/local/bin/sleep", "3600"])
+        .start();
+    c.wait_for_exact_exe(c.init_pid, "/usr/local/bin/sleep");
+    let policy = PolicyFile::new(&format!(
+        "trusted_binaries:\n  - path: /usr/local/bin/sleep\n    sha256: [{digest}]\n"
+    ));
+    let limit_text = limit.to_string();
+    let scan = scan(
+        &[&c],
+        Mode::Layers,
+        &[
+            "--no-fs",
+            "--config",
+            &policy.path_str(),
+            "--max-hash-size",
+            &limit_text,
+        ],
+    );
+    let p = scan.process(&c, c.init_pid);
+    assert!(p["sha256"].is_null(), "{p}");
+    assert!(
+        p["hash_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hashing limit"),
+        "{p}"
+    );
+    let found = scan.findings_of(&c.id, "unverifiable_binary", Some("/usr/local/bin/sleep"));
+    assert_eq!(found.len(), 1, "{}", scan.seen(&c));
+    assert_eq!(found[0]["severity"], "critical", "{}", found[0]);
+    assert_eq!(found[0]["pid"], c.init_pid);
+    // Within the limit it is hashed and matches: no finding.
+    // Within the limit it is hashed: the padding shows as a digest mismatch instead.
+    let big_enough = (limit * 3).to_string();
+    let scan = scan_fn(&c, &policy, &big_enough);
+    assert!(
+        !scan.has_finding(&c, "unverifiable_binary", None),
+        "{}",
+        scan.seen(&c)
+    );
+    assert!(
+        scan.has_finding(&c, "unexpected_binary_hash", Some("/usr/local/bin/sleep")),
+        "{}",
+        scan.seen(&c)
+    );
+}
+
+fn scan_fn(c: &Container, policy: &PolicyFile, max_hash: &str) -> Scan {
+    scan(
+        &[c],
+        Mode::Layers,
+        &[
+            "--no-fs",
+            "--config",
+            &policy.path_str(),
+            "--max-hash-size",
+            max_hash,
+        ],
+    )
+}

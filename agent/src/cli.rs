@@ -298,8 +298,23 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err(format!("{text:?} must be more than zero"));
     }
-    Ok(std::time::Duration::from_secs_f64(seconds))
+    // A longer interval is a mistake, and timers add it to `Instant::now()`, which panics
+    // on overflow: refuse it here with a message instead.
+    if seconds > MAX_DURATION_SECS {
+        return Err(format!(
+            "{text:?} is longer than the longest allowed duration, 7 days"
+        ));
+    }
+    // Timers refuse a zero period (tokio's interval panics on it).
+    if seconds < 0.001 {
+        return Err(format!("{text:?} is shorter than 1ms"));
+    }
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|e| format!("{text:?} is not a usable duration: {e}"))
 }
+
+/// The longest duration any flag accepts (7 days).
+const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
 
 #[cfg(test)]
 mod tests {
@@ -312,6 +327,23 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        for huge in ["99999999999999999999h", "1e300s", "169h", "604801"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("168h"), Ok(Duration::from_secs(604_800)));
+        for odd in [
+            "",
+            "h",
+            ".",
+            "..5s",
+            "-1s",
+            "NaNs",
+            "infs",
+            "1..2m",
+            "0.0000000001ms",
+        ] {
+            assert!(parse_duration(odd).is_err(), "{odd}");
+        }
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());

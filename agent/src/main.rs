@@ -115,6 +115,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // A policy file, or the ConfigMap manifest that ships one (each key checked).
             for (name, policy) in Policy::load_file_or_configmap(&file)? {
                 output::print(&format!("{name}: ok ({})\n", policy.summary()))?;
+                for (setting, why) in policy.weakened() {
+                    output::print(&format!("{name}: warning: {setting}: {why}\n"))?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,7 +157,8 @@ pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
     options.walk_budget.max_files = settings.walk_max_files;
     options.walk_budget.max_duration = Duration::from_secs(settings.walk_max_seconds);
     if let Some(threads) = settings.threads {
-        options.threads = threads.max(1);
+        // Each is a real thread of the walk: an absurd count would fail to spawn (a panic).
+        options.threads = threads.clamp(1, 64);
     }
     Ok(Scanner::new(options, Arc::new(policy)))
 }

@@ -80,6 +80,11 @@ async fn serve(args: RunArgs) -> Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let weakened = scanner.policy().weakened();
+    for (setting, why) in &weakened {
+        tracing::warn!(setting, "policy weakens a check: {why}");
+    }
+    metrics.policy_weakened(&weakened.iter().map(|(s, _)| *s).collect::<Vec<_>>());
     let registry = Arc::new(registry);
 
     let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
@@ -132,6 +137,9 @@ async fn serve(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     // One rendering per second at most, shared by every scraper that asks meanwhile.
+    // The probes fail when scans stop completing (a hung scan loop), not only when the
+    // process stops answering.
+    let freshness = nodeguard_api::Freshness::for_interval(args.interval);
     let (stop_api_tx, stop_api_rx) = watch::channel(false);
     let encoder = nodeguard_metrics::CachedEncoder::new(Arc::clone(&registry), METRICS_MAX_AGE);
     let probe_task = match args.probe_listen {
@@ -143,7 +151,10 @@ async fn serve(args: RunArgs) -> Result<()> {
             tracing::info!(listen = %addr, "serving /healthz and /readyz on their own listener");
             Some(tokio::spawn(nodeguard_api::serve_with_limits(
                 probes,
-                nodeguard_api::probe_router(state_rx.clone()),
+                nodeguard_api::with_freshness(
+                    nodeguard_api::probe_router(state_rx.clone()),
+                    freshness,
+                ),
                 async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 },
@@ -152,20 +163,23 @@ async fn serve(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let router = nodeguard_api::router_with_auth(
-        nodeguard_api::ApiContext {
-            state: state_rx,
-            metrics: Arc::new(move |accept| {
-                let format = nodeguard_metrics::Format::negotiate(accept);
-                let text = encoder.render(format).map_err(|e| e.to_string())?;
-                Ok(nodeguard_api::MetricsBody {
-                    text,
-                    content_type: format.content_type(),
-                })
-            }),
-        },
-        nodeguard_api::RequestLimits::default(),
-        auth,
+    let router = nodeguard_api::with_freshness(
+        nodeguard_api::router_with_auth(
+            nodeguard_api::ApiContext {
+                state: state_rx,
+                metrics: Arc::new(move |accept| {
+                    let format = nodeguard_metrics::Format::negotiate(accept);
+                    let text = encoder.render(format).map_err(|e| e.to_string())?;
+                    Ok(nodeguard_api::MetricsBody {
+                        text,
+                        content_type: format.content_type(),
+                    })
+                }),
+            },
+            nodeguard_api::RequestLimits::default(),
+            auth,
+        ),
+        freshness,
     );
     let api_task = tokio::spawn(nodeguard_api::serve(listener, router, async move {
         let mut rx = stop_api_rx;
@@ -303,6 +317,10 @@ impl ScanObserver for MetricsObserver {
 
     fn policy_reload(&self, ok: bool) {
         self.0.policy_reload(ok);
+    }
+
+    fn policy_weakened(&self, settings: &[&'static str]) {
+        self.0.policy_weakened(settings);
     }
 }
 

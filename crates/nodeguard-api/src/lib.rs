@@ -6,8 +6,8 @@
 //!
 //! | path | what |
 //! | --- | --- |
-//! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 503 until the first complete scan, then 200 with the last scan time |
+//! | `GET /healthz` | 200 while the process serves; 503 when scans stopped completing ([`Freshness`]) |
+//! | `GET /readyz` | 503 until the first complete scan, then 200 with the last scan time; 503 when it is stale ([`Freshness`]) |
 //! | `GET /metrics` | the metrics text, rendered by the caller's closure |
 //! | `GET /v1/report` | the last full [`Report`](nodeguard_model::Report) |
 //! | `GET /v1/findings` | open findings with first/last seen, filtered by namespace, pod, container, kind, minimum severity, since |
@@ -56,8 +56,8 @@ pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 pub use serve::{serve, serve_with_limits, ServeLimits};
 pub use server::{
-    paths, probe_router, router, router_with_auth, router_with_limits, ApiContext, MetricsBody,
-    MetricsRenderer, RequestLimits,
+    paths, probe_router, router, router_with_auth, router_with_freshness, router_with_limits,
+    with_freshness, ApiContext, Freshness, MetricsBody, MetricsRenderer, RequestLimits,
 };
 
 /// The port the agent serves `/metrics` and the API on by default.

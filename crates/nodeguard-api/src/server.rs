@@ -64,6 +64,64 @@ pub fn router(ctx: ApiContext) -> Router {
     router_with_limits(ctx, RequestLimits::default())
 }
 
+/// When the probes call the agent stale: `/readyz` answers 503 once the newest completed
+/// scan is older than `ready_after`, `/healthz` once it (or, before the first scan, the
+/// router's start) is older than `live_after`, so a scan loop that hangs takes the agent
+/// out of its Service and then gets it restarted. `None` never calls it stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Freshness {
+    pub ready_after: Option<Duration>,
+    pub live_after: Option<Duration>,
+}
+
+impl Freshness {
+    /// For scans every `interval`: not ready after 3 intervals + 1 minute (a filesystem
+    /// walk may hold the loop up to its time budget), not live after 10 intervals + 5
+    /// minutes.
+    pub fn for_interval(interval: Duration) -> Freshness {
+        Freshness {
+            ready_after: Some(interval.saturating_mul(3) + Duration::from_secs(60)),
+            live_after: Some(interval.saturating_mul(10) + Duration::from_secs(300)),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Staleness {
+    freshness: Freshness,
+    started: std::time::SystemTime,
+}
+
+impl Staleness {
+    /// Age of the newest completed scan, or of the start when there is none yet.
+    fn age(&self, state: Option<&NodeState>) -> Duration {
+        let newest = state
+            .and_then(|s| s.last_scans.values().map(|r| r.finished_at.0).max())
+            .unwrap_or(self.started);
+        std::time::SystemTime::now()
+            .duration_since(newest)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// The API router with explicit request bounds and probe [`Freshness`].
+pub fn router_with_freshness(
+    ctx: ApiContext,
+    limits: RequestLimits,
+    freshness: Freshness,
+) -> Router {
+    with_freshness(router_with_limits(ctx, limits), freshness)
+}
+
+/// Makes the `/healthz` and `/readyz` of `router` (the API router or [`probe_router`])
+/// judge the age of the last completed scan by `freshness`.
+pub fn with_freshness(router: Router, freshness: Freshness) -> Router {
+    router.layer(axum::Extension(Staleness {
+        freshness,
+        started: std::time::SystemTime::now(),
+    }))
+}
+
 /// The API router with explicit request bounds.
 pub fn router_with_limits(ctx: ApiContext, limits: RequestLimits) -> Router {
     router_with_auth(ctx, limits, None)
@@ -353,7 +411,24 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     response
 }
 
-async fn healthz() -> Response {
+async fn healthz(
+    State(shared): State<Shared>,
+    staleness: Option<axum::Extension<Staleness>>,
+) -> Response {
+    if let Some(axum::Extension(st)) = staleness {
+        let state = shared.0.state.borrow().clone();
+        let age = st.age(state.as_deref());
+        if st.freshness.live_after.is_some_and(|max| age > max) {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no scan completed for {}s: the scan loop is stuck",
+                    age.as_secs()
+                ),
+            )
+            .into_response();
+        }
+    }
     json_response(&Health {
         status: "ok".to_string(),
     })
@@ -367,8 +442,23 @@ struct ReadinessOut<'a> {
     scans: &'a BTreeMap<ScanKind, ScanRun>,
 }
 
-async fn readyz(State(shared): State<Shared>) -> Result<Response, ApiError> {
+async fn readyz(
+    State(shared): State<Shared>,
+    staleness: Option<axum::Extension<Staleness>>,
+) -> Result<Response, ApiError> {
     let state = shared.snapshot()?;
+    if let Some(axum::Extension(st)) = staleness {
+        let age = st.age(Some(&state));
+        if st.freshness.ready_after.is_some_and(|max| age > max) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the last completed scan is {}s old: scans are stale",
+                    age.as_secs()
+                ),
+            ));
+        }
+    }
     Ok(json_response(&ReadinessOut {
         status: "ready",
         node: &state.report.node,

@@ -173,13 +173,14 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
     })
 }
 
-/// Text for display: valid UTF-8 as it is, control characters and bytes that are not UTF-8
-/// as `\xNN`. Unlike [`escape_path`] a backslash stays single, so ordinary text reads as it is.
+/// Text for display: valid UTF-8 as it is, control characters, bidi/invisible characters
+/// (`nodeguard_model::is_bidi_or_invisible`) and bytes that are not UTF-8 as `\xNN`. Unlike
+/// [`escape_path`] a backslash stays single, so ordinary text reads as it is.
 pub fn display_text(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for ch in chunk.valid().chars() {
-            if ch.is_control() {
+            if ch.is_control() || nodeguard_model::is_bidi_or_invisible(ch) {
                 let mut buf = [0u8; 4];
                 for b in ch.encode_utf8(&mut buf).bytes() {
                     out.push_str(&format!("\\x{b:02x}"));

@@ -50,6 +50,9 @@ pub trait ScanObserver: Send + Sync {
     fn scan_finished(&self, kind: ScanKind, duration: Duration, ok: bool);
     fn state_changed(&self, state: &Arc<NodeState>);
     fn policy_reload(&self, ok: bool);
+    /// The settings of the policy now in force that switch a check off
+    /// (`Policy::weakened`), after each successful reload.
+    fn policy_weakened(&self, _settings: &[&'static str]) {}
 }
 
 /// An observer that does nothing.
@@ -255,6 +258,11 @@ async fn reload_policy(
     let loaded = tokio::task::spawn_blocking(move || Policy::load(&path)).await;
     match loaded {
         Ok(Ok(policy)) => {
+            let weakened = policy.weakened();
+            for (setting, why) in &weakened {
+                tracing::warn!(setting, "policy weakens a check: {why}");
+            }
+            observer.policy_weakened(&weakened.iter().map(|(s, _)| *s).collect::<Vec<_>>());
             scanner.set_policy(Arc::new(policy));
             totals.policy_loaded_at = Timestamp::now();
             observer.policy_reload(true);

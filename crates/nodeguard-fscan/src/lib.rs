@@ -61,6 +61,7 @@ mod walk;
 
 pub use caps::{decode_file_capability, CapRevision, FileCaps};
 pub use scanner::FsScanner;
+pub use walk::MAX_CANDIDATES_PER_ROOT;
 
 use nodeguard_model::ScanStats;
 use serde::{Deserialize, Serialize};
@@ -207,9 +208,23 @@ impl FsStats {
     }
 }
 
+/// A container whose inventory is incomplete: a root of it (its writable layer, merged
+/// root, or an image layer it uses) was cut short by the walk budget, or held more
+/// setuid/setgid/capability files than [`MAX_CANDIDATES_PER_ROOT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete {
+    pub container_id: String,
+    /// Why, one line: `writable layer: more than 5 files (max_files)`.
+    pub reason: String,
+    /// Files found but left out of the inventory.
+    pub files_omitted: u64,
+}
+
 /// What one scan found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FsScanOutput {
+    /// Containers whose `files` below are not all of them, in the order of the roots given.
+    pub incomplete: Vec<Incomplete>,
     /// Setuid/setgid/file-capability files as each container sees them, sorted by container
     /// and path.
     pub files: Vec<nodeguard_model::FileEntry>,

@@ -3,8 +3,9 @@
 
 use crate::overlay;
 use crate::sys;
+use crate::walk::MAX_CANDIDATES_PER_ROOT;
 use crate::walk::{self, Candidate, HashKey, RootResult, WalkConfig, WalkRoot};
-use crate::{ContainerRoot, FsScanOutput, FsStats, RootSpec, WalkBudget};
+use crate::{ContainerRoot, FsScanOutput, FsStats, Incomplete, RootSpec, WalkBudget};
 use nodeguard_model::{escape_path, FileEntry, Layer};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -22,6 +23,8 @@ struct LayerKey {
 struct CachedLayer {
     key: LayerKey,
     candidates: Arc<Vec<Candidate>>,
+    /// Candidates past the per-root bound, counted when the layer was walked.
+    omitted: u64,
 }
 
 /// Scans container filesystems; keeps the per-layer cache and the digest cache between
@@ -192,13 +195,25 @@ impl FsScanner {
 
         // Freshly walked lower layers go into the cache unless their walk was cut short.
         let mut lower_candidates: HashMap<PathBuf, Arc<Vec<Candidate>>> = HashMap::new();
+        // Lower layers whose inventory is partial: (why the walk stopped, files omitted).
+        let mut lower_gaps: HashMap<&Path, (Option<String>, u64)> = HashMap::new();
         for (dir, source) in &lower_sources {
             match source {
                 Source::Cached(c) => {
                     lower_candidates.insert(dir.clone(), Arc::clone(c));
+                    let omitted = self.layers.get(dir).map_or(0, |l| l.omitted);
+                    if omitted > 0 {
+                        lower_gaps.insert(dir.as_path(), (None, omitted));
+                    }
                 }
                 Source::Walk(i) => {
                     let result = &mut results[*i];
+                    if result.truncated || result.omitted > 0 {
+                        lower_gaps.insert(
+                            dir.as_path(),
+                            (result.truncated_why.clone(), result.omitted),
+                        );
+                    }
                     let candidates = Arc::new(std::mem::take(&mut result.candidates));
                     if !result.truncated && !result.failed {
                         if let Some(st) = result.root_stat {
@@ -215,6 +230,7 @@ impl FsScanner {
                                     CachedLayer {
                                         key,
                                         candidates: Arc::clone(&candidates),
+                                        omitted: result.omitted,
                                     },
                                 );
                             }
@@ -229,6 +245,8 @@ impl FsScanner {
         if full {
             self.layers.retain(|dir, _| lower_sources.contains_key(dir));
         }
+
+        let incomplete = incomplete_roots(roots, &other_sources, &results, &lower_gaps);
 
         let mut files = Vec::new();
         for (ci, root) in roots.iter().enumerate() {
@@ -286,11 +304,62 @@ impl FsScanner {
             ));
         }
         FsScanOutput {
+            incomplete,
             files,
             stats,
             warnings,
         }
     }
+}
+
+/// Each container with a root whose walk stopped early or whose candidates were capped.
+fn incomplete_roots(
+    roots: &[ContainerRoot],
+    other_sources: &HashMap<(usize, bool), usize>,
+    results: &[RootResult],
+    lower_gaps: &HashMap<&Path, (Option<String>, u64)>,
+) -> Vec<Incomplete> {
+    let mut out = Vec::new();
+    for (ci, root) in roots.iter().enumerate() {
+        let mut reasons = Vec::new();
+        let mut omitted = 0u64;
+        let mut note = |what: &str, why: Option<&str>, n: u64| {
+            if let Some(why) = why {
+                reasons.push(format!("{what}: walk stopped: {why}"));
+            }
+            if n > 0 {
+                reasons.push(format!(
+                    "{what}: more than {MAX_CANDIDATES_PER_ROOT} setuid/setgid/capability files"
+                ));
+                omitted += n;
+            }
+        };
+        for (upper, what) in [(false, "root"), (true, "writable layer")] {
+            if let Some(r) = other_sources.get(&(ci, upper)).map(|i| &results[*i]) {
+                let why = r
+                    .truncated_why
+                    .as_deref()
+                    .or(r.truncated.then_some("budget"));
+                note(what, why, r.omitted);
+            }
+        }
+        if let RootSpec::Overlay { lower_dirs, .. } = &root.spec {
+            for dir in lower_dirs {
+                if let Some((why, n)) = lower_gaps.get(dir.as_path()) {
+                    note("image layer", why.as_deref(), *n);
+                }
+            }
+        }
+        if !reasons.is_empty() {
+            reasons.dedup();
+            out.push(Incomplete {
+                container_id: root.container_id.clone(),
+                reason: reasons.join("; "),
+                files_omitted: omitted,
+            });
+        }
+    }
+    out
 }
 
 fn lower_label(dir: &Path, users: Option<&Vec<&str>>) -> String {

@@ -92,7 +92,17 @@ pub(crate) struct RootResult {
     /// The root could not be walked at all.
     pub failed: bool,
     pub truncated: bool,
+    /// Why the walk was cut short, when it was.
+    pub truncated_why: Option<String>,
+    /// setuid/setgid/capability files found past [`MAX_CANDIDATES_PER_ROOT`]: counted, not
+    /// kept (nor hashed), so one root cannot grow the agent's memory without bound.
+    pub omitted: u64,
 }
+
+/// The most setuid/setgid/file-capability files kept per walked root. A real image holds
+/// a dozen; a container that makes 100,000 (a one-line loop in its writable layer) must not
+/// take the agent's memory with it.
+pub const MAX_CANDIDATES_PER_ROOT: usize = 1000;
 
 pub(crate) struct WalkConfig<'a> {
     pub budget: &'a WalkBudget,
@@ -117,6 +127,8 @@ struct RootState<'a> {
     files: AtomicU64,
     started: Instant,
     truncated: AtomicBool,
+    /// Candidates kept (or about to be) for this root.
+    kept: AtomicUsize,
 }
 
 struct Job<'a> {
@@ -340,6 +352,7 @@ impl Worker {
             files: AtomicU64::new(0),
             started: Instant::now(),
             truncated: AtomicBool::new(false),
+            kept: AtomicUsize::new(0),
         });
         self.walk_job(
             sh,
@@ -355,7 +368,10 @@ impl Worker {
     fn truncate(&mut self, root: &RootState<'_>, sh: &Shared<'_>, why: &str) {
         if !root.truncated.swap(true, Ordering::Relaxed) {
             self.stats.walks_truncated += 1;
-            lock(&sh.results[root.idx]).truncated = true;
+            let mut result = lock(&sh.results[root.idx]);
+            result.truncated = true;
+            result.truncated_why = Some(why.to_string());
+            drop(result);
             self.warn(format!(
                 "walk of {} truncated: {why}; results for it are partial",
                 root.root.label
@@ -696,6 +712,12 @@ impl Worker {
             }
         };
         if !special && caps.is_none() {
+            return;
+        }
+        // Reserve a place before the (unlocked) hashing, so parallel walkers of one root
+        // never keep more than the bound.
+        if root.kept.fetch_add(1, Ordering::Relaxed) >= MAX_CANDIDATES_PER_ROOT {
+            lock(&sh.results[root.idx]).omitted += 1;
             return;
         }
         let rel = rel();

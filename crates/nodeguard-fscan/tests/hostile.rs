@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use nodeguard_fscan::{FsScanner, WalkBudget};
+use nodeguard_fscan::{FsScanner, WalkBudget, MAX_CANDIDATES_PER_ROOT};
 use nodeguard_model::unescape_path;
 use std::path::Path;
 use std::process::Command;
@@ -298,6 +298,14 @@ fn budgets_truncate_and_say_which_container() {
     };
     let out = FsScanner::new(budget, 2).scan(&[merged("ctr-budget", &root)]);
     assert_eq!(out.stats.walks_truncated, 1);
+    // The container is named as incomplete, so the policy turns it into a finding.
+    assert_eq!(out.incomplete.len(), 1, "{:?}", out.incomplete);
+    assert_eq!(out.incomplete[0].container_id, "ctr-budget");
+    assert!(
+        out.incomplete[0].reason.contains("max_files"),
+        "{:?}",
+        out.incomplete
+    );
     assert!(out.stats.files_walked <= 110, "{}", out.stats.files_walked);
     assert!(
         out.warnings
@@ -312,6 +320,8 @@ fn budgets_truncate_and_say_which_container() {
     };
     let out = FsScanner::new(budget, 1).scan(&[merged("ctr-slow", &root)]);
     assert_eq!(out.stats.walks_truncated, 1);
+    assert_eq!(out.incomplete[0].container_id, "ctr-slow");
+    assert!(out.incomplete[0].reason.contains("max_duration"));
     assert!(out
         .warnings
         .iter()
@@ -319,7 +329,41 @@ fn budgets_truncate_and_say_which_container() {
     // Within budget: nothing truncated.
     let out = FsScanner::new(WalkBudget::default(), 1).scan(&[merged("ok", &root)]);
     assert_eq!(out.stats.walks_truncated, 0);
+    assert!(out.incomplete.is_empty());
     assert_eq!(paths(&out), ["/d0/special"]);
+}
+
+#[test]
+fn setuid_floods_are_counted_past_the_bound_not_kept() {
+    require_root!();
+    let dir = tempdir();
+    let upper = dir.path().join("upper");
+    let lower = dir.path().join("lower");
+    write(&lower.join("usr/bin/su"), b"su");
+    chmod(&lower.join("usr/bin/su"), 0o4755);
+    let extra = 2_500;
+    for i in 0..extra {
+        let p = upper.join(format!("flood/{}/f{i}", i % 7));
+        write(&p, b"");
+        chmod(&p, 0o4755);
+    }
+    let mut scanner = FsScanner::new(budget(), 2);
+    for round in 0..2 {
+        let out = scanner.scan(&[overlay("ctr-flood", &[&lower], Some(&upper))]);
+        let upper_files = out
+            .files
+            .iter()
+            .filter(|f| f.layer == nodeguard_model::Layer::Upper)
+            .count();
+        assert_eq!(upper_files, MAX_CANDIDATES_PER_ROOT, "round {round}");
+        assert!(paths(&out).contains(&"/usr/bin/su".to_string()));
+        assert_eq!(out.incomplete.len(), 1, "{:?}", out.incomplete);
+        let gap = &out.incomplete[0];
+        assert_eq!(gap.container_id, "ctr-flood");
+        assert_eq!(gap.files_omitted, (extra - MAX_CANDIDATES_PER_ROOT) as u64);
+        assert!(gap.reason.contains("writable layer"), "{}", gap.reason);
+        assert_eq!(out.stats.walks_truncated, 0);
+    }
 }
 
 #[test]
@@ -384,4 +428,50 @@ fn thread_counts_agree_and_share_work() {
     assert_eq!(one.stats.files_walked, four.stats.files_walked);
     assert_eq!(paths(&one), find_special(&root));
     assert!(four.stats.subtrees_shared > 0, "{:?}", four.stats);
+}
+
+mod xattr_fuzz {
+    //! `security.capability` is a value a container writes; the decoder must refuse or
+    //! decode any bytes, never panic.
+    use nodeguard_fscan::decode_file_capability;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn random_values_never_panic(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(caps) = decode_file_capability(&b) {
+                let _ = caps.to_string();
+            }
+        }
+
+        /// A valid header (v1, v2, v3, with and without the effective flag) and random
+        /// words: reaches the decoding of every mask bit.
+        #[test]
+        fn valid_headers_with_random_masks_never_panic(
+            magic in prop_oneof![Just(0x0100_0000u32), Just(0x0200_0000), Just(0x0300_0000)],
+            effective in any::<bool>(),
+            words in proptest::collection::vec(any::<u32>(), 0..6),
+        ) {
+            let mut b = (magic | u32::from(effective)).to_le_bytes().to_vec();
+            for w in words {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+            if let Ok(caps) = decode_file_capability(&b) {
+                let _ = caps.to_string();
+            }
+        }
+    }
 }

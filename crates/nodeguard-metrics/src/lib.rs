@@ -45,6 +45,7 @@
 //! | `nodeguard_processes_vanished_total` | counter | |
 //! | `nodeguard_policy_reloads_total` | counter | result |
 //! | `nodeguard_policy_loaded_timestamp_seconds` | gauge | |
+//! | `nodeguard_policy_weakened` | gauge | setting |
 //! | `nodeguard_events_total` | counter | result |
 //! | `nodeguard_events_queued` | gauge | |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |
@@ -80,6 +81,7 @@ use nodeguard_model::{NodeState, ScanKind};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Unit;
@@ -102,6 +104,7 @@ pub struct Metrics {
     scan_duration: Family<ScanLabels, Histogram, fn() -> Histogram>,
     scans: Family<ScanResultLabels, Counter>,
     policy_reloads: Family<ResultLabel, Counter>,
+    policy_weakened: Family<SettingLabel, Gauge>,
 }
 
 impl Metrics {
@@ -138,6 +141,13 @@ impl Metrics {
             policy_reloads.clone(),
         );
 
+        let policy_weakened = Family::<SettingLabel, Gauge>::default();
+        registry.register(
+            "policy_weakened",
+            "1 for each setting of the policy in force that switches a whole check off (see README, Policy)",
+            policy_weakened.clone(),
+        );
+
         // Every series that a counter or histogram can have exists from the start, at 0, so
         // that rate() and increase() see the first event.
         for scan_type in SCAN_KINDS {
@@ -159,6 +169,20 @@ impl Metrics {
             scan_duration,
             scans,
             policy_reloads,
+            policy_weakened,
+        }
+    }
+
+    /// Sets `nodeguard_policy_weakened{setting}` to 1 for each setting given (the policy in
+    /// force's `Policy::weakened()`), and drops the series of settings no longer weakened.
+    pub fn policy_weakened(&self, settings: &[&str]) {
+        self.policy_weakened.clear();
+        for setting in settings {
+            self.policy_weakened
+                .get_or_create(&SettingLabel {
+                    setting: (*setting).to_string(),
+                })
+                .set(1);
         }
     }
 
@@ -263,6 +287,20 @@ impl EncodeLabelSet for ScanResultLabels {
         use prometheus_client::encoding::EncodeLabel;
         ("scan_type", self.scan_type.as_str()).encode(encoder.encode_label())?;
         ("result", self.result).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SettingLabel {
+    setting: String,
+}
+
+impl EncodeLabelSet for SettingLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        prometheus_client::encoding::EncodeLabel::encode(
+            &("setting", self.setting.as_str()),
+            encoder.encode_label(),
+        )
     }
 }
 

@@ -422,3 +422,21 @@ fn metrics_handles_are_shared_across_threads() {
     assert!(scrape(&registry)
         .contains("nodeguard_scans_total{scan_type=\"processes\",result=\"success\"} 100\n"));
 }
+
+#[test]
+fn weakened_policy_settings_are_one_series_each_and_cleared_on_reload() {
+    let (registry, metrics) = setup();
+    assert!(!scrape(&registry).contains("nodeguard_policy_weakened{"));
+    metrics.policy_weakened(&["allowed_setuid", "exemptions"]);
+    let body = scrape(&registry);
+    assert!(
+        body.contains("nodeguard_policy_weakened{setting=\"allowed_setuid\"} 1\n"),
+        "{body}"
+    );
+    assert!(body.contains("nodeguard_policy_weakened{setting=\"exemptions\"} 1\n"));
+    // A reload that fixes one setting drops its series.
+    metrics.policy_weakened(&["exemptions"]);
+    let body = scrape(&registry);
+    assert!(!body.contains("setting=\"allowed_setuid\""), "{body}");
+    assert!(body.contains("nodeguard_policy_weakened{setting=\"exemptions\"} 1\n"));
+}

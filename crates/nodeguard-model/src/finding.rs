@@ -137,6 +137,12 @@ finding_kinds! {
     UnexpectedBinaryHash => "unexpected_binary_hash", "UnexpectedBinaryHash";
     /// A process or file matches a denied digest (an indicator of compromise).
     DeniedBinary => "denied_binary", "DeniedBinary";
+    /// A process's executable (or a file a trusted entry covers) could not be hashed — too
+    /// large, unreadable, not a regular file — so no digest rule could check it.
+    UnverifiableBinary => "unverifiable_binary", "UnverifiableBinary";
+    /// A container's filesystem walk hit its file or time budget, or its inventory was
+    /// capped: setuid/setgid/file-capability files past that point are not reported.
+    FilesystemScanIncomplete => "filesystem_scan_incomplete", "FilesystemScanIncomplete";
 }
 
 impl fmt::Display for FindingKind {
@@ -195,7 +201,31 @@ pub struct Finding {
     pub pod: Option<String>,
     #[serde(default)]
     pub container_name: Option<String>,
+    /// Present when this finding stands for many of one kind in one container (past
+    /// [`MAX_FINDINGS_PER_CONTAINER_KIND`]): how many, and the first subjects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
 }
+
+/// Beyond this many findings of one kind in one container, they are folded into one
+/// finding with an [`Aggregate`], so a container cannot flood the report, the metrics or
+/// the Events with findings.
+pub const MAX_FINDINGS_PER_CONTAINER_KIND: usize = 20;
+
+/// How many subjects an aggregated finding lists.
+pub const AGGREGATE_SAMPLES: usize = 10;
+
+/// What an aggregated finding stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// How many findings (at least) it stands for.
+    pub count: u64,
+    /// The first subjects (paths, capability names) in order, at most [`AGGREGATE_SAMPLES`].
+    pub subjects: Vec<String>,
+}
+
+/// The subject of an aggregated finding, so its id stays stable while it lasts.
+pub const AGGREGATE_SUBJECT: &str = "(aggregated)";
 
 impl Finding {
     /// Builds a finding whose id is derived from `(kind, container, subject)`.
@@ -220,6 +250,7 @@ impl Finding {
             namespace: None,
             pod: None,
             container_name: None,
+            aggregate: None,
         }
     }
 

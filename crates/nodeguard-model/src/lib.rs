@@ -12,12 +12,16 @@ pub mod report;
 pub mod state;
 
 pub use capability::{capability_name, capability_number, decode_capabilities};
-pub use finding::{finding_id, Finding, FindingKind, Severity, UnknownName};
+pub use finding::{
+    finding_id, Aggregate, Finding, FindingKind, Severity, UnknownName, AGGREGATE_SAMPLES,
+    AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
+};
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
-    escape_controls, escape_path, unescape_path, Capabilities, CapabilityMasks, CgroupDriver,
-    CgroupVersion, Container, FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass,
-    Report, RootFs, Runtime, ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION,
+    escape_controls, escape_path, is_bidi_or_invisible, unescape_path, Capabilities,
+    CapabilityMasks, CgroupDriver, CgroupVersion, Container, FileEntry, Ids, Layer, Limits,
+    Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime, ScanStats, SeccompMode,
+    Timestamp, SCHEMA_VERSION,
 };
 pub use state::{
     EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, ScanKind, ScanRun,

@@ -6,7 +6,8 @@ use nodeguard_model::capability::{
     capability_name, capability_number, full_capability_mask, CAPABILITY_NAMES,
 };
 use nodeguard_model::{
-    Container, FileEntry, Finding, FindingKind, Layer, PodRef, Process, SeccompMode, Severity,
+    Aggregate, Container, FileEntry, Finding, FindingKind, Layer, PodRef, Process, SeccompMode,
+    Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,19 @@ pub struct Evidence<'a> {
     /// bounding set holds all of it is privileged. A node's own bounding set can be smaller
     /// than every capability the kernel knows; `None` compares with those instead.
     pub host_bounding: Option<u64>,
+    /// Containers whose filesystem could not be inventoried whole.
+    pub gaps: &'a [FsGap],
+}
+
+/// A container whose setuid/setgid/file-capability inventory is incomplete: its walk hit
+/// the file or time budget, or it held more such files than the inventory keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsGap {
+    pub container_id: String,
+    /// Why, for the message: `walk budget: more than 1000000 files (max_files)`.
+    pub reason: String,
+    /// Files found but left out of the inventory (0 when the walk itself stopped).
+    pub files_omitted: u64,
 }
 
 /// Capabilities whose `dangerous_capability` finding is critical rather than high: either
@@ -72,8 +86,10 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             container_process_rules(policy, privileged_mask, id, process, &mut found);
             let image = container.and_then(|c| c.pod.as_ref()?.image.as_deref());
             binary_rules(policy, Scope::Container(id, image), process, &mut found);
+            unverifiable_process_rule(policy, Scope::Container(id, image), process, &mut found);
         } else {
             binary_rules(policy, Scope::Host, process, &mut found);
+            unverifiable_process_rule(policy, Scope::Host, process, &mut found);
         }
     }
 
@@ -99,6 +115,15 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             .get(file.container_id.as_str())
             .and_then(|c| c.pod.as_ref()?.image.as_deref());
         file_rules(policy, image, file, &mut found);
+        unverifiable_file_rule(policy, image, file, &mut found);
+    }
+
+    for gap in evidence.gaps {
+        let pid = containers
+            .get(gap.container_id.as_str())
+            .and_then(|c| c.pids.first().copied())
+            .or_else(|| lowest_pid.get(gap.container_id.as_str()).copied());
+        gap_rule(gap, pid, &mut found);
     }
 
     found.finish(&containers)
@@ -341,6 +366,217 @@ fn binary_rules(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
             ));
         }
     }
+}
+
+/// A process whose executable could not be hashed (too large, unreadable, not a regular
+/// file, changed while read — a process that exited is no finding, the scan drops it):
+/// no digest rule could check it, and an attacker can choose that (`truncate -s 700M`).
+/// Critical when a trusted entry covers the path (as a mismatch would be); medium for any
+/// other container process, and for a host process when the policy denies digests; else
+/// (a host process nothing could have matched) no finding.
+fn unverifiable_process_rule(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
+    let (Some(path), Some(error)) = (p.exe.as_deref(), p.hash_error.as_deref()) else {
+        return;
+    };
+    if p.kernel_thread || p.sha256.is_some() || p.sha512.is_some() {
+        return;
+    }
+    let no_digest = Digests {
+        sha256: None,
+        sha512: None,
+    };
+    let covered = matches!(
+        trusted(policy, scope, path, no_digest),
+        Verdict::Unverifiable
+    );
+    let severity = match (covered, scope) {
+        (true, _) => Severity::Critical,
+        (false, Scope::Container(..)) => Severity::Medium,
+        (false, Scope::Host) if !policy.denied.is_empty() => Severity::Medium,
+        (false, Scope::Host) => return,
+    };
+    let why = if covered {
+        "a trusted binary whose digest cannot be checked"
+    } else {
+        "its digest cannot be checked against denied binaries"
+    };
+    let message = format!(
+        "{}: {} runs {path}, {why}: {}",
+        scope.label(),
+        who(p),
+        truncate_text(error, 300)
+    );
+    found.add(
+        Finding::new(
+            FindingKind::UnverifiableBinary,
+            severity,
+            scope.container_id(),
+            path,
+            message,
+        )
+        .with_pid(p.pid)
+        .with_path(path),
+    );
+}
+
+/// A setuid/capability file at a trusted path that was not hashed (over the walk's hashing
+/// budget): critical, like a mismatch.
+fn unverifiable_file_rule(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut Found) {
+    if f.sha256.is_some() {
+        return;
+    }
+    let scope = Scope::Container(&f.container_id, image);
+    let no_digest = Digests {
+        sha256: None,
+        sha512: None,
+    };
+    if !matches!(
+        trusted(policy, scope, &f.path, no_digest),
+        Verdict::Unverifiable
+    ) {
+        return;
+    }
+    let message = format!(
+        "{}: {} ({} bytes) is a trusted path but was not hashed, so its digest cannot be checked",
+        scope.label(),
+        f.path,
+        f.size
+    );
+    found.add(
+        Finding::new(
+            FindingKind::UnverifiableBinary,
+            Severity::Critical,
+            Some(&f.container_id),
+            f.path.as_str(),
+            message,
+        )
+        .with_path(f.path.as_str()),
+    );
+}
+
+/// A container whose filesystem inventory is incomplete: files an attacker hid past the
+/// walk budget, or past the inventory bound, would otherwise go unseen. High: it is the
+/// blind spot a container chooses by creating many files.
+fn gap_rule(gap: &FsGap, pid: Option<i32>, found: &mut Found) {
+    let omitted = if gap.files_omitted > 0 {
+        format!(
+            "; {} setuid/setgid/file-capability files left out of the inventory",
+            gap.files_omitted
+        )
+    } else {
+        String::new()
+    };
+    let pid_text = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    let message = format!(
+        "container {}{pid_text}: filesystem scan incomplete ({}){omitted}; files past this point are not checked",
+        short_id(&gap.container_id),
+        truncate_text(&gap.reason, 300),
+    );
+    let mut finding = Finding::new(
+        FindingKind::FilesystemScanIncomplete,
+        Severity::High,
+        Some(&gap.container_id),
+        "filesystem",
+        message,
+    );
+    if let Some(pid) = pid {
+        finding = finding.with_pid(pid);
+    }
+    found.add(finding);
+}
+
+fn truncate_text(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Folds the findings of one kind in one container past [`MAX_FINDINGS_PER_CONTAINER_KIND`]
+/// into one finding (subject [`AGGREGATE_SUBJECT`], highest severity, lowest pid) that
+/// counts them and lists the first subjects. `findings` must be in their final order.
+fn aggregate_floods(findings: Vec<Finding>) -> Vec<Finding> {
+    let mut per_group: HashMap<(FindingKind, Option<&str>), usize> = HashMap::new();
+    for f in &findings {
+        *per_group
+            .entry((f.kind, f.container_id.as_deref()))
+            .or_insert(0) += 1;
+    }
+    let flooded: std::collections::HashSet<(FindingKind, Option<String>)> = per_group
+        .into_iter()
+        .filter(|(_, n)| *n > MAX_FINDINGS_PER_CONTAINER_KIND)
+        .map(|((kind, cid), _)| (kind, cid.map(str::to_string)))
+        .collect();
+    if flooded.is_empty() {
+        return findings;
+    }
+    let mut out = Vec::new();
+    let mut folded: BTreeMap<(FindingKind, Option<String>), Finding> = BTreeMap::new();
+    for f in findings {
+        let key = (f.kind, f.container_id.clone());
+        if !flooded.contains(&key) {
+            out.push(f);
+            continue;
+        }
+        match folded.get_mut(&key) {
+            None => {
+                let mut agg = Finding::new(
+                    f.kind,
+                    f.severity,
+                    f.container_id.as_deref(),
+                    AGGREGATE_SUBJECT,
+                    String::new(),
+                );
+                agg.pid = f.pid;
+                agg.namespace = f.namespace.clone();
+                agg.pod = f.pod.clone();
+                agg.container_name = f.container_name.clone();
+                agg.aggregate = Some(Aggregate {
+                    count: 1,
+                    subjects: vec![f.subject],
+                });
+                folded.insert(key, agg);
+            }
+            Some(agg) => {
+                agg.severity = agg.severity.max(f.severity);
+                agg.pid = match (agg.pid, f.pid) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(a) = agg.aggregate.as_mut() {
+                    a.count += 1;
+                    if a.subjects.len() < AGGREGATE_SAMPLES {
+                        a.subjects.push(f.subject);
+                    }
+                }
+            }
+        }
+    }
+    for (_, mut agg) in folded {
+        if let Some(a) = &agg.aggregate {
+            let scope = match agg.container_id.as_deref() {
+                Some(id) => format!("container {}", short_id(id)),
+                None => "host".to_string(),
+            };
+            let pid = agg
+                .pid
+                .map(|p| format!(" (lowest pid {p})"))
+                .unwrap_or_default();
+            agg.message = one_line(&format!(
+                "{scope}: {} {} findings{pid}, shown as one; first {}: {}",
+                a.count,
+                agg.kind,
+                a.subjects.len(),
+                a.subjects.join(", ")
+            ));
+        }
+        out.push(agg);
+    }
+    out
 }
 
 /// `missing_*_limit` when the container's effective limits (its own and its pod's; node
@@ -706,6 +942,10 @@ impl<'p> Found<'p> {
                 Some(f)
             })
             .collect();
+        out.sort_by(|a, b| {
+            (a.kind, &a.container_id, &a.subject).cmp(&(b.kind, &b.container_id, &b.subject))
+        });
+        let mut out = aggregate_floods(out);
         out.sort_by(|a, b| {
             (Reverse(a.severity), a.kind, &a.container_id, &a.subject).cmp(&(
                 Reverse(b.severity),

@@ -15,7 +15,9 @@
 //!     "checks:\n  severity:\n    runs_as_root: high\n",
 //!     "policy.yaml",
 //! )?;
-//! let evidence = Evidence { processes: &[], containers: &[], files: &[], cap_last_cap: 40, host_bounding: None };
+//! let evidence = Evidence {
+//!     processes: &[], containers: &[], files: &[], cap_last_cap: 40, host_bounding: None, gaps: &[],
+//! };
 //! assert!(evaluate(&policy, &evidence).is_empty());
 //!
 //! let err = Policy::from_yaml_str("allowed_setuid: [usr/bin/su]\n", "policy.yaml").unwrap_err();
@@ -34,5 +36,5 @@ mod spec;
 mod yaml;
 
 pub use error::PolicyError;
-pub use evaluate::{evaluate, Evidence};
-pub use policy::Policy;
+pub use evaluate::{evaluate, Evidence, FsGap};
+pub use policy::{Policy, MAX_PATTERNS, MAX_PATTERN_BYTES, MAX_POLICY_BYTES, READ_TIMEOUT};

@@ -1,14 +1,18 @@
 //! The validated, immutable policy.
 
 use crate::error::PolicyError;
+use crate::spec::PatternBudget;
 use crate::spec::{
     AllowedFileCapabilities, DeniedBinary, Exemption, PolicySpec, RequiredLimits, TrustedBinary,
 };
+pub use crate::spec::{MAX_PATTERNS, MAX_PATTERN_BYTES};
 use crate::yaml;
 use nodeguard_model::capability::{capability_number, DEFAULT_DANGEROUS_CAPABILITIES};
 use nodeguard_model::{decode_capabilities, FindingKind, Severity};
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read};
 use std::path::Path;
+use std::time::Duration;
 
 /// What nodeguard flags and how hard. Built only through [`Policy::default`],
 /// [`Policy::from_yaml_str`] or [`Policy::load`], so a `Policy` is always whole and valid.
@@ -42,15 +46,34 @@ impl Default for Policy {
 impl Policy {
     /// Parses and validates a policy. `origin` names the text in error messages (the file
     /// name). An empty text is the default policy.
+    ///
+    /// A text over [`MAX_POLICY_BYTES`], a glob over [`MAX_PATTERN_BYTES`] or more than
+    /// [`MAX_PATTERNS`] globs is refused, so no policy can exhaust the agent's memory.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(PolicyError::Document {
+                origin: origin.to_string(),
+                message: format!(
+                    "the policy is {} bytes, more than the {MAX_POLICY_BYTES} a policy may have",
+                    text.len()
+                ),
+            });
+        }
+        let _budget = PatternBudget::start();
         let spec: PolicySpec = yaml::from_str(text, origin)?;
         Ok(Policy::from_spec(spec))
     }
 
     /// Reads and validates a policy file; errors name the file as given.
+    ///
+    /// Only a regular file is read (symlinks, as a ConfigMap mount has, are followed): it is
+    /// opened non-blocking and checked with `fstat` before a byte is read, so a FIFO, a
+    /// device or a socket is refused at once instead of blocking the reload. At most
+    /// [`MAX_POLICY_BYTES`] + 1 bytes are read, and the read gives up after
+    /// [`READ_TIMEOUT`] (a hung network filesystem).
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let text = read_policy_file(path).map_err(|source| PolicyError::Read {
             origin: origin.clone(),
             source,
         })?;
@@ -62,7 +85,9 @@ impl Policy {
     /// name it was checked under: the file, or `FILE data.KEY`, which errors name too.
     pub fn load_file_or_configmap(path: &Path) -> Result<Vec<(String, Policy)>, PolicyError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        // The same bounded, regular-file-only read as `load`: `policy check` is run on files
+        // an operator did not write too.
+        let text = read_policy_file(path).map_err(|source| PolicyError::Read {
             origin: origin.clone(),
             source,
         })?;
@@ -131,6 +156,80 @@ impl Policy {
             || self.denied.iter().any(|d| d.sha512.is_some())
     }
 
+    /// Settings of this policy that switch a whole check off, each as
+    /// `(setting, explanation)`. They are legal (an operator may mean them) but too
+    /// dangerous to pass silently: the agent logs each at load and exports
+    /// `nodeguard_policy_weakened{setting}`. Settings, a stable contract:
+    /// `allowed_setuid` (a pattern allows setuid/setgid files anywhere),
+    /// `allowed_file_capabilities` (a pattern allows any file capability anywhere),
+    /// `exemptions` (an exemption matches every pod), `checks_disabled` (every check is
+    /// off), `dangerous_capabilities` (the list is empty), `required_limits` (no limit is
+    /// required).
+    pub fn weakened(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(g) = self.allowed_setuid.iter().find(|g| matches_any_path(g)) {
+            out.push((
+                "allowed_setuid",
+                format!(
+                    "allowed_setuid pattern {:?} matches every path: no image setuid/setgid file is reported",
+                    g.text
+                ),
+            ));
+        }
+        if let Some(a) = self
+            .allowed_file_capabilities
+            .iter()
+            .find(|a| a.capabilities.is_none() && matches_any_path(&a.path))
+        {
+            out.push((
+                "allowed_file_capabilities",
+                format!(
+                    "allowed_file_capabilities pattern {:?} allows every capability on every path",
+                    a.path.text
+                ),
+            ));
+        }
+        if let Some((i, e)) = self
+            .exemptions
+            .iter()
+            .enumerate()
+            .find(|(_, e)| exempts_every_pod(e))
+        {
+            let what = match &e.kinds {
+                None => "every finding".to_string(),
+                Some(kinds) => kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            out.push((
+                "exemptions",
+                format!("exemptions[{i}] matches every namespace, pod and container: {what} never reported for pods"),
+            ));
+        }
+        if FindingKind::ALL.iter().all(|k| self.disabled.contains(k)) {
+            out.push((
+                "checks_disabled",
+                "checks.disabled lists every finding kind: nothing is ever reported".to_string(),
+            ));
+        }
+        if self.dangerous == 0 {
+            out.push((
+                "dangerous_capabilities",
+                "dangerous_capabilities is empty: no process capability is reported".to_string(),
+            ));
+        }
+        let r = self.required_limits;
+        if !(r.memory || r.cpu || r.pids) {
+            out.push((
+                "required_limits",
+                "required_limits are all false: missing limits are never reported".to_string(),
+            ));
+        }
+        out
+    }
+
     /// One line for the agent's startup log.
     pub fn summary(&self) -> String {
         format!(
@@ -147,6 +246,90 @@ impl Policy {
             self.exemptions.len()
         )
     }
+}
+
+/// Paths no allow-list meant for a few binaries would match all of.
+const PROBE_PATHS: [&str; 4] = [
+    "/usr/bin/passwd",
+    "/tmp/.x/evil",
+    "/a",
+    "/var/lib/deep/er/still/file.bin",
+];
+
+fn matches_any_path(g: &crate::spec::PathPattern) -> bool {
+    PROBE_PATHS.iter().all(|p| g.is_match(p))
+}
+
+/// Names no selector meant for some pods would match all of.
+const PROBE_NAMES: [&str; 4] = ["kube-system", "default", "x", "prod-payments-7f9c"];
+
+fn exempts_every_pod(e: &Exemption) -> bool {
+    let all = |globs: &Option<Vec<crate::spec::NamePattern>>| match globs {
+        None => true,
+        Some(globs) => PROBE_NAMES
+            .iter()
+            .all(|n| globs.iter().any(|g| g.is_match(n))),
+    };
+    all(&e.namespaces) && all(&e.pods) && all(&e.containers)
+}
+
+/// The largest policy file, in bytes (a ConfigMap holds up to 1 MiB; a policy needs far less).
+pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+
+/// How long reading a policy file may take before the load is refused.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn read_policy_file(path: &Path) -> io::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    // The read runs on its own thread so a filesystem that never answers cannot hold the
+    // caller (the daemon's reload) past the timeout; such a thread is left behind.
+    std::thread::Builder::new()
+        .name("policy-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_regular(&path));
+        })?;
+    match rx.recv_timeout(READ_TIMEOUT) {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("reading took longer than {}s", READ_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+fn read_regular(path: &Path) -> io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a policy is never read from a FIFO, device or socket)",
+        ));
+    }
+    if meta.len() > MAX_POLICY_BYTES as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the file is {} bytes, more than the {MAX_POLICY_BYTES} a policy may have",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_POLICY_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file grew past the {MAX_POLICY_BYTES} bytes a policy may have"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 // The agent shares one policy between its scan and sink tasks.

@@ -437,16 +437,66 @@ impl<'de> Deserialize<'de> for NamePattern {
     }
 }
 
+/// The longest glob a policy may hold, in bytes. globset panics ("regex compilation
+/// shouldn't fail") when a glob's regex outgrows the regex crate's size limit, which a
+/// glob of a few hundred KB does: a bound far below that keeps every glob compilable.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+
+/// The most globs (path and name patterns together) one policy may hold. Each compiled
+/// glob holds its own regex (several KB): 40,000 of them took the agent past 400 MiB.
+pub const MAX_PATTERNS: usize = 1000;
+
+thread_local! {
+    /// Globs compiled by the policy being parsed on this thread (see [`PatternBudget`]).
+    static PATTERNS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Counts the globs of one policy while it is parsed, so the one past [`MAX_PATTERNS`] is
+/// refused at its own line and field. Parsing is synchronous on one thread; the guard
+/// resets the count when the parse ends, however it ends.
+pub(crate) struct PatternBudget(Option<usize>);
+
+impl PatternBudget {
+    pub(crate) fn start() -> PatternBudget {
+        PatternBudget(PATTERNS.with(|c| c.replace(Some(0))))
+    }
+}
+
+impl Drop for PatternBudget {
+    fn drop(&mut self) {
+        PATTERNS.with(|c| c.set(self.0));
+    }
+}
+
 fn compile_glob(text: &str, literal_separator: bool) -> Result<GlobMatcher, String> {
     if text.is_empty() {
         return Err("empty pattern".to_string());
     }
-    GlobBuilder::new(text)
+    if text.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "pattern is {} bytes, longer than the {MAX_PATTERN_BYTES} bytes a pattern may have",
+            text.len()
+        ));
+    }
+    let over = PATTERNS.with(|c| match c.get() {
+        Some(n) if n >= MAX_PATTERNS => true,
+        Some(n) => {
+            c.set(Some(n + 1));
+            false
+        }
+        None => false,
+    });
+    if over {
+        return Err(format!(
+            "more than {MAX_PATTERNS} patterns in one policy (use fewer, broader globs)"
+        ));
+    }
+    let glob = GlobBuilder::new(text)
         .literal_separator(literal_separator)
         .backslash_escape(true)
         .build()
-        .map(|glob| glob.compile_matcher())
-        .map_err(|e| format!("bad glob {text:?}: {}", e.kind()))
+        .map_err(|e| format!("bad glob {text:?}: {}", e.kind()))?;
+    Ok(glob.compile_matcher())
 }
 
 /// A string that must not be blank.

@@ -1,8 +1,8 @@
 //! Policy tests are data: every `testdata/cases/NAME/` holds
 //!
 //! - `policy.yaml` — the policy (may be empty: the defaults),
-//! - `evidence.json` — `{ "cap_last_cap": 40, "processes": [..], "containers": [..], "files": [..] }`
-//!   in the model's JSON format; fields a case leaves out are filled from the benign
+//! - `evidence.json` — `{ "cap_last_cap": 40, "processes": [..], "containers": [..], "files": [..],
+//!   "gaps": [{container_id, reason, files_omitted}] }` in the model's JSON format; fields a case leaves out are filled from the benign
 //!   templates below (so a process is a non-root, seccomp-filtered, image-layer container
 //!   process unless the case says otherwise, and a container has every limit set),
 //! - `expected.json` — the findings, `[{kind, severity, container_id, subject}]`, compared
@@ -14,7 +14,7 @@
 //! the same findings whatever the order of the evidence.
 
 use nodeguard_model::{finding_id, Container, FileEntry, Finding, Process};
-use nodeguard_policy::{evaluate, Evidence, Policy};
+use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
 use serde_json::{json, Value};
 use std::cmp::Reverse;
 use std::path::{Path, PathBuf};
@@ -140,6 +140,19 @@ fn run_case(dir: &Path) -> Result<usize, String> {
         .get("cap_last_cap")
         .and_then(Value::as_u64)
         .unwrap_or(40) as u32;
+    let gaps: Vec<FsGap> = evidence
+        .get("gaps")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|g| FsGap {
+                    container_id: g["container_id"].as_str().unwrap_or_default().to_string(),
+                    reason: g["reason"].as_str().unwrap_or_default().to_string(),
+                    files_omitted: g["files_omitted"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     // The host's bounding set, as 16 hex digits like `/proc/1/status` prints it.
     let host_bounding = evidence
         .get("host_bounding")
@@ -152,6 +165,7 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             containers: &containers,
             files: &files,
             cap_last_cap,
+            gaps: &gaps,
             host_bounding,
         },
     );
@@ -263,6 +277,7 @@ fn run_case(dir: &Path) -> Result<usize, String> {
             containers: &rc,
             files: &rf,
             cap_last_cap,
+            gaps: &gaps,
             host_bounding,
         },
     );

@@ -16,7 +16,7 @@ use nodeguard_model::{
     Container, FileEntry, Finding, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
-use nodeguard_policy::{evaluate, Evidence, Policy};
+use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +95,8 @@ pub struct Scanner {
     filesystems: FsScanner,
     /// Files from the last filesystem scan, kept for process-only scans.
     last_files: Vec<FileEntry>,
+    /// Containers whose last filesystem inventory was incomplete.
+    last_gaps: Vec<FsGap>,
     last_fs_stats: FsCounters,
 }
 
@@ -116,6 +118,7 @@ impl Scanner {
             digests,
             filesystems,
             last_files: Vec::new(),
+            last_gaps: Vec::new(),
             last_fs_stats: FsCounters::default(),
         }
     }
@@ -182,6 +185,8 @@ impl Scanner {
             let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
             self.last_files
                 .retain(|f| alive.contains(f.container_id.as_str()));
+            self.last_gaps
+                .retain(|g| alive.contains(g.container_id.as_str()));
             self.scan_writable_layers(&containers, &mut stats, &mut warnings);
         }
         let files = self.last_files.clone();
@@ -197,6 +202,7 @@ impl Scanner {
                 containers: &containers,
                 files: &files,
                 cap_last_cap,
+                gaps: &self.last_gaps,
                 host_bounding,
             },
         );
@@ -317,6 +323,7 @@ impl Scanner {
             layers_cached: output.stats.layers_cached,
             walks_truncated: output.stats.walks_truncated,
         };
+        self.last_gaps = gaps(output.incomplete, warnings);
         self.last_files = output.files;
     }
 }
@@ -357,10 +364,34 @@ impl Scanner {
         let covered: BTreeSet<&str> = covered.iter().map(String::as_str).collect();
         self.last_files
             .retain(|f| !covered.contains(f.container_id.as_str()));
+        self.last_gaps
+            .retain(|g| !covered.contains(g.container_id.as_str()));
+        self.last_gaps.extend(gaps(output.incomplete, warnings));
         self.last_files.extend(output.files);
         self.last_files
             .sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
     }
+}
+
+/// The policy's view of incomplete inventories; a warning for each that left files out.
+fn gaps(incomplete: Vec<nodeguard_fscan::Incomplete>, warnings: &mut Vec<String>) -> Vec<FsGap> {
+    incomplete
+        .into_iter()
+        .map(|g| {
+            if g.files_omitted > 0 {
+                warnings.push(format!(
+                    "container {}: inventory truncated: {} setuid/setgid/capability files \
+                     not listed ({})",
+                    g.container_id, g.files_omitted, g.reason
+                ));
+            }
+            FsGap {
+                container_id: g.container_id,
+                reason: g.reason,
+                files_omitted: g.files_omitted,
+            }
+        })
+        .collect()
 }
 
 /// Where a container's files can be read: its image layers and writable layer when its

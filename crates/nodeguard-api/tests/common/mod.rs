@@ -286,6 +286,11 @@ pub fn node_state(node: &str) -> NodeState {
     ];
     findings[0].finding.pid = Some(4242);
     findings[2].finding.path = Some("/usr/bin/passwd".into());
+    // The one optional field only a flooded container fills: a count and the first subjects.
+    findings[2].finding.aggregate = Some(nodeguard_model::Aggregate {
+        count: 23,
+        subjects: vec!["/usr/bin/passwd".into()],
+    });
     findings[3].finding.pid = Some(5001);
     findings[3].finding.path = Some("/tmp/.x/dropper".into());
     findings[5].finding.pid = Some(777);
