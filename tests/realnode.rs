@@ -532,17 +532,28 @@ fn pod_sandboxes_are_not_reported_as_containers() {
         let inspect = bed.podman_inspect(&name);
         expected.insert(inspect["Id"].as_str().unwrap().to_string());
     }
-    let reported: BTreeSet<String> = bed
-        .report_containers(scan)
-        .iter()
-        .filter_map(|c| c["id"].as_str().map(str::to_string))
-        .collect();
+    // README: a sandbox is kept in `containers` with `"sandbox": true`; the rest are the
+    // pods' and podman's containers.
+    let ids_where = |sandbox: bool| -> BTreeSet<String> {
+        bed.report_containers(scan)
+            .iter()
+            .filter(|c| c["sandbox"].as_bool() == Some(sandbox))
+            .filter_map(|c| c["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let reported = ids_where(false);
     let sandboxes = bed.ctr_sandboxes();
     assert!(!sandboxes.is_empty(), "ctr lists no sandboxes");
     let reported_sandboxes: Vec<&String> = sandboxes.intersection(&reported).collect();
     assert!(
         reported_sandboxes.is_empty(),
         "pod sandboxes (pause) reported as containers: {reported_sandboxes:?}\n{}",
+        scan.summary()
+    );
+    assert_eq!(
+        ids_where(true),
+        sandboxes,
+        "the report's containers marked sandbox (left) are not the sandboxes ctr lists (right)\n{}",
         scan.summary()
     );
     let sandbox_findings: Vec<&Value> = scan
