@@ -248,6 +248,16 @@ fn the_api_asks_the_real_api_server_who_may_read_it() {
     let agent_token = bed.var("REALNODE_AGENT_TOKEN").to_string();
     let stranger = bed.var("REALNODE_STRANGER_TOKEN").to_string();
 
+    // The agent runs in this test's network namespace, which is pid 1's (the host's) or
+    // cannot be told apart from it (pid 1's link unreadable): either way its loopback counts
+    // as the node's, and a loopback caller needs a token like anyone else. Only in a
+    // namespace of its own (the DaemonSet's pod) is loopback trusted.
+    let own_netns = std::fs::read_link("/proc/self/ns/net");
+    let host_netns = std::fs::read_link("/proc/1/ns/net");
+    assert!(
+        !matches!((&own_netns, &host_netns), (Ok(own), Ok(host)) if own != host),
+        "this test must not run in a network namespace of its own: {own_netns:?} {host_netns:?}"
+    );
     let (status, body) = get(agent.port, "/v1/findings", None).unwrap();
     assert_eq!(status, 401, "{body}");
     let (status, body) = get(agent.port, "/v1/findings", Some("not-a-token")).unwrap();

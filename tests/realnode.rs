@@ -532,17 +532,28 @@ fn pod_sandboxes_are_not_reported_as_containers() {
         let inspect = bed.podman_inspect(&name);
         expected.insert(inspect["Id"].as_str().unwrap().to_string());
     }
-    let reported: BTreeSet<String> = bed
-        .report_containers(scan)
-        .iter()
-        .filter_map(|c| c["id"].as_str().map(str::to_string))
-        .collect();
+    // README: a sandbox is kept in `containers` with `"sandbox": true`; the rest are the
+    // pods' and podman's containers.
+    let ids_where = |sandbox: bool| -> BTreeSet<String> {
+        bed.report_containers(scan)
+            .iter()
+            .filter(|c| c["sandbox"].as_bool() == Some(sandbox))
+            .filter_map(|c| c["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let reported = ids_where(false);
     let sandboxes = bed.ctr_sandboxes();
     assert!(!sandboxes.is_empty(), "ctr lists no sandboxes");
     let reported_sandboxes: Vec<&String> = sandboxes.intersection(&reported).collect();
     assert!(
         reported_sandboxes.is_empty(),
         "pod sandboxes (pause) reported as containers: {reported_sandboxes:?}\n{}",
+        scan.summary()
+    );
+    assert_eq!(
+        ids_where(true),
+        sandboxes,
+        "the report's containers marked sandbox (left) are not the sandboxes ctr lists (right)\n{}",
         scan.summary()
     );
     let sandbox_findings: Vec<&Value> = scan
@@ -971,6 +982,15 @@ impl Agent {
         }
     }
 
+    /// Events the agent has queued, from its `nodeguard_events_queued` gauge.
+    fn events_queued(&self) -> Result<u64, String> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("nodeguard_events_queued "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| "no nodeguard_events_queued".to_string())
+    }
+
     fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -1064,6 +1084,8 @@ struct Ev {
     kind: String,
     regarding: String,
     uid: String,
+    /// `regarding.fieldPath`: nodeguard puts the finding id there (`...findings{ID}`).
+    field: String,
     count: u64,
     note: String,
 }
@@ -1085,8 +1107,13 @@ fn nodeguard_events(bed: &Bed) -> Vec<Ev> {
             kind: e["regarding"]["kind"].as_str().unwrap_or("").into(),
             regarding: e["regarding"]["name"].as_str().unwrap_or("").into(),
             uid: e["regarding"]["uid"].as_str().unwrap_or("").into(),
-            count: e["series"]["count"].as_u64().unwrap_or(1)
-                + e["deprecatedCount"].as_u64().unwrap_or(0),
+            field: e["regarding"]["fieldPath"].as_str().unwrap_or("").into(),
+            // A core/v1 Event's `count` shows as `deprecatedCount` (no `series`): adding
+            // the two counted every Event twice.
+            count: e["series"]["count"]
+                .as_u64()
+                .or_else(|| e["deprecatedCount"].as_u64())
+                .unwrap_or(1),
             note: e["note"].as_str().unwrap_or("").into(),
         })
         .collect()
@@ -1359,7 +1386,23 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
         )
     });
 
-    // 6. Quiet after a restart: no new Event, no repeat counted.
+    // 6. Quiet after a restart: no finding's Event is sent again. Findings the first agent
+    //    had not announced yet (its queue drains at the node-wide 1/s; other beds on this
+    //    machine add findings regarding the Node) are owed, not repeats: let the queue drain
+    //    first, and judge repeats by finding id.
+    let drained = (|| {
+        let deadline = Instant::now() + SCANS_TIMEOUT;
+        while Instant::now() < deadline {
+            if agent.events_queued() == Ok(0) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    })();
+    if !drained {
+        say("realnode: the first agent's Event queue did not drain; the restart check counts only repeats");
+    }
     agent.stop();
     let before = nodeguard_events(bed);
     let agent = Agent::start(bed, "restarted", Some(&state));
@@ -1367,17 +1410,44 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     agent.wait_scans(3);
     std::thread::sleep(Duration::from_secs(2));
     let after = nodeguard_events(bed);
-    let new: Vec<Ev> = after
+    // One finding's Event: the object, the reason and the field path naming the finding id.
+    let about = |e: &Ev| {
+        (
+            e.namespace.clone(),
+            e.regarding.clone(),
+            e.reason.clone(),
+            e.field.clone(),
+        )
+    };
+    let announced: BTreeSet<_> = before
         .iter()
-        .filter(|e| !before.contains(e))
+        .filter(|e| e.field.contains("findings{"))
+        .map(about)
+        .collect();
+    let repeated: Vec<Ev> = after
+        .iter()
+        .filter(|e| !before.contains(e) && announced.contains(&about(e)))
         .cloned()
         .collect();
-    checks.check(new.is_empty(), || {
+    checks.check(repeated.is_empty(), || {
         format!(
-            "a restarted agent (same --state-dir) sent Events again:\n{}",
-            show(&new)
+            "a restarted agent (same --state-dir) sent findings' Events again:\n{}",
+            show(&repeated)
         )
     });
+    let owed: Vec<Ev> = after
+        .iter()
+        .filter(|e| !before.contains(e) && !announced.contains(&about(e)))
+        .cloned()
+        .collect();
+    if !owed.is_empty() {
+        // Not announced before the restart (queued, waiting for pod metadata, or summaries
+        // not yet due): sent once, by the restarted agent.
+        say(&format!(
+            "realnode: the restarted agent sent what its predecessor still owed:\n{}",
+            show(&owed)
+        ));
+    }
     agent.stop();
 
     // 7. Without --state-dir: no 403 either (no cluster-wide Event list), also while it

@@ -7,6 +7,7 @@ use nodeguard_daemon::{Control, Daemon, ScanObserver, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
 use nodeguard_model::{NoPods, NodeState, PodLookup, ScanKind};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -129,6 +130,10 @@ async fn serve(args: RunArgs) -> Result<()> {
         let authorizer = nodeguard_kube::KubeAuthorizer::new(client, Default::default());
         let mut options = nodeguard_api::AuthOptions::new(Arc::new(KubeAuth(authorizer)));
         options.protect_metrics = !args.unauthenticated_metrics;
+        options.loopback_is_pod_private = loopback_is_pod_private(
+            Path::new("/proc/self/ns/net"),
+            &args.settings.proc_root.join("1/ns/net"),
+        );
         Some(options)
     } else {
         None
@@ -284,6 +289,56 @@ impl Access {
     }
 }
 
+/// Whether loopback is private to the agent's pod: only when the agent's network namespace
+/// (`own`, `/proc/self/ns/net`) is not the host's (`host`, pid 1's in the proc root). With
+/// `hostNetwork` every process of the node reaches loopback, so a loopback peer proves
+/// nothing; when the two cannot be compared, the namespace is taken as shared. Logs the
+/// decision.
+fn loopback_is_pod_private(own: &Path, host: &Path) -> bool {
+    match (net_namespace(own), net_namespace(host)) {
+        (Ok(own_ns), Ok(host_ns)) if own_ns != host_ns => {
+            tracing::info!(
+                own = %own_ns,
+                host = %host_ns,
+                "the agent has a network namespace of its own: loopback peers (kubectl exec or port-forward into this pod) need no token"
+            );
+            true
+        }
+        (Ok(own_ns), Ok(_)) => {
+            tracing::info!(
+                netns = %own_ns,
+                "the agent shares the host's network namespace: loopback peers need a token like everyone else"
+            );
+            false
+        }
+        (Err(reason), _) | (_, Err(reason)) => {
+            tracing::warn!(
+                %reason,
+                "cannot tell whether the agent shares the host's network namespace; taking it as shared: loopback peers need a token like everyone else"
+            );
+            false
+        }
+    }
+}
+
+/// The `net:[INODE]` a namespace link names, or why it cannot be read.
+fn net_namespace(link: &Path) -> std::result::Result<String, String> {
+    let target = std::fs::read_link(link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let name = target.to_str().unwrap_or_default();
+    let inode = name
+        .strip_prefix("net:[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .filter(|inode| !inode.is_empty() && inode.bytes().all(|b| b.is_ascii_digit()));
+    match inode {
+        Some(_) => Ok(name.to_string()),
+        None => Err(format!(
+            "{}: {:?} is not a network namespace",
+            link.display(),
+            target
+        )),
+    }
+}
+
 /// The kube crate's authorizer behind the API crate's trait (sinks do not depend on each
 /// other, so the agent joins them).
 struct KubeAuth(nodeguard_kube::KubeAuthorizer);
@@ -390,5 +445,61 @@ mod tests {
             .err()
             .expect("--auth off beyond loopback needs the insecure flag");
         assert!(err.to_string().contains("refusing"), "{err}");
+    }
+
+    /// A proc root whose pid 1 and `self` are in the network namespaces given (`None`: the
+    /// link is missing).
+    fn proc_root(own: Option<&str>, host: Option<&str>) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (pid, ns) in [("self", own), ("1", host)] {
+            let dir = root.path().join(pid).join("ns");
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(ns) = ns {
+                std::os::unix::fs::symlink(ns, dir.join("net")).unwrap();
+            }
+        }
+        root
+    }
+
+    fn decide(root: &tempfile::TempDir) -> bool {
+        loopback_is_pod_private(
+            &root.path().join("self/ns/net"),
+            &root.path().join("1/ns/net"),
+        )
+    }
+
+    #[test]
+    fn loopback_is_trusted_only_in_a_network_namespace_other_than_the_hosts() {
+        // A pod network (the DaemonSet): loopback is the pod's own.
+        let pod = proc_root(Some("net:[4026532301]"), Some("net:[4026531840]"));
+        assert!(decide(&pod));
+        // hostNetwork: every process of the node shares loopback.
+        let host = proc_root(Some("net:[4026531840]"), Some("net:[4026531840]"));
+        assert!(!decide(&host));
+        // Cannot tell: taken as shared.
+        for (own, host) in [
+            (Some("net:[4026532301]"), None),
+            (None, Some("net:[4026531840]")),
+            (Some("net:[4026532301]"), Some("mnt:[4026531840]")),
+            (Some("net:[]"), Some("net:[4026531840]")),
+            (Some("net:[12x]"), Some("net:[4026531840]")),
+            (Some("/etc/passwd"), Some("net:[4026531840]")),
+        ] {
+            assert!(!decide(&proc_root(own, host)), "{own:?} {host:?}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_compared_with_pid_1_of_the_real_proc() {
+        // What this machine says, read independently: the test runs wherever it runs, so
+        // only the agreement with `/proc` is asserted.
+        let own = std::fs::read_link("/proc/self/ns/net");
+        let host = std::fs::read_link("/proc/1/ns/net");
+        let expected = matches!((&own, &host), (Ok(a), Ok(b)) if a != b);
+        assert_eq!(
+            loopback_is_pod_private(Path::new("/proc/self/ns/net"), Path::new("/proc/1/ns/net")),
+            expected,
+            "{own:?} {host:?}"
+        );
     }
 }

@@ -6,7 +6,11 @@
 //!
 //! - `/healthz` and `/readyz` are never authenticated (the kubelet has no token);
 //! - `/v1/*` always is (and so is every other path, even one that is not served);
-//! - `/metrics` is unless [`AuthOptions::protect_metrics`] is `false`.
+//! - `/metrics` is unless [`AuthOptions::protect_metrics`] is `false`;
+//! - nothing is for a loopback peer when [`AuthOptions::loopback_is_pod_private`] is `true`
+//!   (the agent runs in a network namespace of its own, so only `kubectl exec`/`port-forward`
+//!   into its pod reaches loopback). The serve loop hands each request its connection's peer
+//!   as [`axum::extract::ConnectInfo`]; a request without one is authenticated.
 //!
 //! Answers: no or malformed `Authorization: Bearer` header, or a token the authorizer does
 //! not accept → 401 with `WWW-Authenticate: Bearer`; a valid token without the permission →
@@ -14,6 +18,7 @@
 //! in the API's JSON error shape.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +56,10 @@ pub struct AuthOptions {
     pub protect_metrics: bool,
     /// Longest the router waits for a decision before it answers 503.
     pub timeout: Duration,
+    /// Whether a loopback peer is inside the agent's pod and needs no token (default
+    /// `false`). Only true when the agent does not share the host's network namespace:
+    /// with `hostNetwork` every process of the node reaches loopback.
+    pub loopback_is_pod_private: bool,
 }
 
 impl AuthOptions {
@@ -59,7 +68,14 @@ impl AuthOptions {
             authorizer,
             protect_metrics: true,
             timeout: Duration::from_secs(8),
+            loopback_is_pod_private: false,
         }
+    }
+
+    /// Whether a request from `peer` (its connection's peer, if known) skips authentication:
+    /// only a loopback peer, and only when loopback is private to the agent's pod.
+    pub fn trusts_peer(&self, peer: Option<SocketAddr>) -> bool {
+        self.loopback_is_pod_private && peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
     }
 
     /// Whether a request to `path` needs a token: everything but the two probes (and
@@ -114,5 +130,32 @@ mod tests {
         options.protect_metrics = false;
         assert!(!options.protects("/metrics"));
         assert!(options.protects("/v1/findings"));
+    }
+
+    #[test]
+    fn only_loopback_peers_are_trusted_and_only_when_loopback_is_pod_private() {
+        let peer = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        let mut options = AuthOptions::new(Arc::new(Never));
+        for p in ["127.0.0.1:4000", "[::1]:4000", "10.0.0.7:4000"] {
+            assert!(!options.trusts_peer(peer(p)), "{p} trusted by default");
+        }
+        options.loopback_is_pod_private = true;
+        assert!(options.trusts_peer(peer("127.0.0.1:4000")));
+        assert!(options.trusts_peer(peer("127.9.8.7:4000")));
+        assert!(options.trusts_peer(peer("[::1]:4000")));
+        // A dual-stack listener sees IPv4 loopback as an IPv4-mapped address.
+        assert!(options.trusts_peer(peer("[::ffff:127.0.0.1]:4000")));
+        for p in [
+            "10.0.0.7:4000",
+            "0.0.0.0:4000",
+            "[::ffff:10.0.0.7]:4000",
+            "[fe80::1]:4000",
+        ] {
+            assert!(!options.trusts_peer(peer(p)), "{p} trusted");
+        }
+        assert!(
+            !options.trusts_peer(None),
+            "an unknown peer is never trusted"
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! The HTTP/1.1 server loop: bounded connections, header read timeout, connection age, and
 //! a shutdown that does not wait on stuck clients.
 
+use axum::extract::ConnectInfo;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -122,7 +124,10 @@ pub async fn serve_with_limits(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
+        let service = WithPeer {
+            inner: TowerToHyperService::new(router.clone()),
+            peer,
+        };
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let _slot = slot;
@@ -165,6 +170,27 @@ pub async fn serve_with_limits(
 }
 
 type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// Gives every request of a connection its peer address as [`ConnectInfo`], for the auth
+/// layer (a loopback peer may need no token, see [`crate::auth`]).
+struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S> hyper::service::Service<hyper::Request<Incoming>> for WithPeer<S>
+where
+    S: hyper::service::Service<hyper::Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.inner.call(request)
+    }
+}
 
 /// One connection counted against its peer address; uncounted when dropped.
 struct PeerSlot {

@@ -324,3 +324,98 @@ async fn the_probe_router_reports_readiness_from_the_state() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("node-a"), "{body}");
 }
+
+/// A router that authenticates with `fake`, loopback trusted or not; `stand_in` replaces the
+/// peer the serve loop recorded, as a request from another pod or the node would carry.
+fn loopback_router(
+    fake: &Arc<FakeAuthorizer>,
+    pod_private: bool,
+    stand_in: Option<SocketAddr>,
+) -> axum::Router {
+    let mut options = auth_options(fake);
+    options.loopback_is_pod_private = pod_private;
+    let router = nodeguard_api::router_with_auth(
+        context(Some(node_state("node-a"))).0,
+        RequestLimits::default(),
+        Some(options),
+    );
+    match stand_in {
+        Some(peer) => router.layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        None => router,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_peer_needs_no_token_only_when_loopback_is_pod_private() {
+    // Pod-private loopback (`kubectl exec` into the agent's pod): no token, and no review.
+    let fake = Arc::new(FakeAuthorizer::default());
+    let addr = spawn(loopback_router(&fake, true, None), ServeLimits::default()).await;
+    for path in ["/v1/findings", "/v1/report", "/metrics"] {
+        let (status, _, body) = request(addr, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert!(
+        fake.asked.lock().unwrap().is_empty(),
+        "a trusted peer is not reviewed"
+    );
+
+    // Loopback shared with the node (hostNetwork, or not known): a token like anyone else.
+    let fake = Arc::new(FakeAuthorizer::default());
+    let addr = spawn(loopback_router(&fake, false, None), ServeLimits::default()).await;
+    let (status, head, _) = request(addr, "/v1/findings", None).await;
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    let (status, _, _) = request(addr, "/v1/findings", Some("Bearer stranger-token")).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = request(addr, "/v1/findings", Some("Bearer admin-token")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_beyond_loopback_always_needs_a_token() {
+    // Another pod or the node, as the auth layer sees it.
+    let fake = Arc::new(FakeAuthorizer::default());
+    let other_pod: SocketAddr = "10.244.1.7:40000".parse().unwrap();
+    let addr = spawn(
+        loopback_router(&fake, true, Some(other_pod)),
+        ServeLimits::default(),
+    )
+    .await;
+    let (status, _, body) = request(addr, "/v1/findings", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = request(addr, "/v1/findings", Some("Bearer stranger-token")).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = request(addr, "/v1/findings", Some("Bearer admin-token")).await;
+    assert_eq!(status, 200);
+
+    // A real connection from this machine's own non-loopback address, when it has one.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let local = probe
+        .connect("192.0.2.1:9")
+        .or_else(|_| probe.connect("198.51.100.1:9"))
+        .and_then(|()| probe.local_addr())
+        .map(|a| a.ip());
+    let Ok(ip) = local.map_err(|err| err.to_string()).and_then(|ip| {
+        (!ip.is_loopback() && !ip.is_unspecified())
+            .then_some(ip)
+            .ok_or_else(|| format!("{ip}"))
+    }) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: no non-loopback address to connect from"
+        );
+        eprintln!("SKIPPED: no non-loopback address on this machine to connect from");
+        return;
+    };
+    let fake = Arc::new(FakeAuthorizer::default());
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let real = listener.local_addr().unwrap();
+    tokio::spawn(nodeguard_api::serve_with_limits(
+        listener,
+        loopback_router(&fake, true, None),
+        std::future::pending(),
+        ServeLimits::default(),
+    ));
+    let (status, _, body) = request(real, "/v1/findings", None).await;
+    assert_eq!(status, 401, "{ip}: {body}");
+}

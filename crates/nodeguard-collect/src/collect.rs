@@ -5,7 +5,9 @@ use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess};
-use crate::runtime::{host_bounding, looks_like_sandbox, runtime_from_ancestors};
+use crate::runtime::{
+    first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
+};
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -490,6 +492,8 @@ fn build_containers(
         CgroupLayout::Unknown => None,
     };
     let mut containers = Vec::with_capacity(seeds.len());
+    // Containers that look like their pod's sandbox: (pod uid, start ticks, pid, index).
+    let mut sandbox_candidates: Vec<(String, Option<u64>, i32, usize)> = Vec::new();
     for (id, seed) in seeds {
         let first = &raws[seed.first];
         let reference = &seed.reference;
@@ -528,7 +532,15 @@ fn build_containers(
                         .map(|i| &raws[i].process)
                 })
                 .collect();
-            container.sandbox = looks_like_sandbox(&processes);
+            if let (Some(uid), [p]) = (&container.pod_uid, processes.as_slice()) {
+                if looks_like_sandbox(&processes) {
+                    let start = raws
+                        .binary_search_by_key(&p.pid, |r| r.process.pid)
+                        .ok()
+                        .and_then(|i| raws[i].start_ticks);
+                    sandbox_candidates.push((uid.clone(), start, p.pid, containers.len()));
+                }
+            }
         }
         let cgroup_file = first.cgroup.as_ref().filter(|_| layout_known);
         match cgroup_file {
@@ -575,6 +587,15 @@ fn build_containers(
             }
         }
         containers.push(container);
+    }
+    let candidates: Vec<(&str, Option<u64>, i32, usize)> = sandbox_candidates
+        .iter()
+        .map(|(uid, start, pid, i)| (uid.as_str(), *start, *pid, *i))
+        .collect();
+    for i in first_started_per_pod(&candidates) {
+        if let Some(container) = containers.get_mut(i) {
+            container.sandbox = true;
+        }
     }
     containers
 }

@@ -8,6 +8,7 @@
 
 use crate::process::RawProcess;
 use nodeguard_model::{Process, Runtime};
+use std::collections::BTreeMap;
 
 /// How many ancestors to climb looking for the monitor: the container's first process is
 /// normally its child; a process that re-parented (its parent exited) goes to the nearest
@@ -116,6 +117,24 @@ pub fn looks_like_sandbox(processes: &[&Process]) -> bool {
         && p.cmdline.split_whitespace().count() == 1
 }
 
+/// A pod has one sandbox, and kubelet starts it before any of the pod's containers. When
+/// several containers of one pod [look like a sandbox](looks_like_sandbox) (an app container
+/// may run the pause image itself: a placeholder, an overprovisioning pod), the one whose
+/// process started first is the sandbox and the others are containers. `candidates` are
+/// (pod uid, start ticks, pid, key); returns the keys of the sandboxes, one per pod. A
+/// start time that could not be read loses to a known one; equal times go to the lower pid.
+pub fn first_started_per_pod<K: Copy>(candidates: &[(&str, Option<u64>, i32, K)]) -> Vec<K> {
+    let mut first: BTreeMap<&str, ((u64, i32), K)> = BTreeMap::new();
+    for &(pod, start, pid, key) in candidates {
+        let order = (start.unwrap_or(u64::MAX), pid);
+        let entry = first.entry(pod).or_insert((order, key));
+        if order < entry.0 {
+            *entry = (order, key);
+        }
+    }
+    first.into_values().map(|(_, key)| key).collect()
+}
+
 /// The host's capability bounding set: pid 1's when it is a host process and its status was
 /// read; else the union of the host processes' (the runtimes and kubelet run with the host's
 /// set, and the union can only be wider than any one of them). Kernel threads are left out:
@@ -204,6 +223,7 @@ mod tests {
         let mut process = process(pid, "x", cmdline, None);
         process.ppid = ppid;
         RawProcess {
+            start_ticks: None,
             process,
             exe_path: None,
             exe_identity: None,
@@ -262,6 +282,32 @@ mod tests {
         // A shell renamed pause is still a shell.
         let fake = process(12, "pause", "/pause -c id", Some("/bin/sh"));
         assert!(!looks_like_sandbox(&[&fake]));
+    }
+
+    #[test]
+    fn one_sandbox_per_pod_the_first_started() {
+        // Observed on the real node (kubelet v1.20.2, containerd 1.6, cgroupfs): a pod whose
+        // one container runs the pause image. Both containers' lone process has exe `/pause`,
+        // cmdline `/pause`, comm `pause`; the sandbox (9e6e9b9c05f0, absent from
+        // containerStatuses) started at tick 479386, the listed container (a323828f92ff) at
+        // 479413.
+        let sandbox = process(3841, "pause", "/pause", Some("/pause"));
+        let placeholder = process(3890, "pause", "/pause", Some("/pause"));
+        assert!(looks_like_sandbox(&[&sandbox]) && looks_like_sandbox(&[&placeholder]));
+        let pod = "33c9bcb6-c894-4170-8abd-e4672f5b4f6c";
+        let other = "278f13dd-1535-4a9e-a843-dc7f596f43e6";
+        let chosen = first_started_per_pod(&[
+            (pod, Some(479413), 3890, "a323828f92ff"),
+            (pod, Some(479386), 3841, "9e6e9b9c05f0"),
+            (other, Some(479300), 22648, "f608e9ea2c52"),
+        ]);
+        assert_eq!(chosen, vec!["f608e9ea2c52", "9e6e9b9c05f0"]);
+        // Start times unread: the lower pid; one unread: the known one wins.
+        let unread = first_started_per_pod(&[(pod, None, 3890, "b"), (pod, None, 3841, "a")]);
+        assert_eq!(unread, vec!["a"]);
+        let half = first_started_per_pod(&[(pod, None, 3841, "a"), (pod, Some(9), 3890, "b")]);
+        assert_eq!(half, vec!["b"]);
+        assert!(first_started_per_pod::<u8>(&[]).is_empty());
     }
 
     #[test]

@@ -119,13 +119,15 @@ async fn lookups_keep_answering_while_the_api_server_is_down_and_catch_up_after(
 
     // The API server goes away: open watches end, lists fail with 500.
     api.set_pod_mode(Mode::Fail500);
+    eventually(WAIT, "the watch noticed the outage", || watch.errors() > 0).await;
+    // Created only once the watch has seen the outage: a watch still open at the switch could
+    // otherwise deliver it, which a real API server that went away would not.
     api.put_pod(pod(
         "shop",
         "web-1",
         "uid-web-1",
         &[("app", "nginx:1.25", format!("containerd://{}", cid(2)))],
     ));
-    eventually(WAIT, "the watch noticed the outage", || watch.errors() > 0).await;
     // Many scans' worth of lookups answer from the store while the watch retries (were they
     // waiting on the API server, this loop would never end).
     for _ in 0..10_000 {

@@ -15,11 +15,15 @@
 //!   Event for that object (at most one per [`EventConfig::summary_interval`]).
 //!
 //! Protection of the API server: a token bucket per regarded object (burst 25, one more per
-//! 5 minutes, like client-go's spam filter), a node-wide bucket (1/s, burst 20), a bounded
+//! 5 minutes, like client-go's spam filter), a node-wide bucket (1/s, burst 20) served to
+//! the object given the fewest requests so far first (then the worst finding; so a new pod
+//! is not stuck behind the start-up backlog of the others), a bounded
 //! queue (findings that do not fit are counted in `queue_overflow` and offered again on the
 //! next state), exponential backoff with jitter after 5xx, 429, timeouts and transport errors,
 //! a per-request timeout. Requests run beside the diffing, so a hanging API server delays
-//! Events but never state updates. Work that failed is retried while it still applies.
+//! Events but never state updates. Work that failed is retried while it still applies, under
+//! the same Event name (planning time and finding id): a create that timed out but reached
+//! the API server meets `409 AlreadyExists` on retry, which counts as sent, not a duplicate.
 //!
 //! The code is split in three: `planner.rs` decides (pure: state and time in, requests out),
 //! `send.rs` talks to the API server (the client, nothing else), and this file's task joins
@@ -254,13 +258,18 @@ fn outgoing(sent: &Sent, per_object_burst: u32) -> Outgoing {
             note: p.note.clone(),
             target: p.entry.target.clone(),
             field_path: p.entry.field_path.clone(),
+            planned: p.planned,
+            key: format!("warning/{}", p.entry.id),
         },
+        // One Resolved per accepted Warning: the Warning's acceptance time names it.
         Sent::Resolve(entry) => Outgoing {
             type_: EventType::Normal,
             reason: format!("{}{RESOLVED_SUFFIX}", entry.kind.reason()),
             note: render::resolved_note(entry),
             target: entry.target.clone(),
             field_path: entry.field_path.clone(),
+            planned: entry.at.0,
+            key: format!("resolved/{}", entry.id),
         },
         Sent::Summary { target, acc } => {
             let kinds = acc.ids.values().copied().collect();
@@ -270,6 +279,10 @@ fn outgoing(sent: &Sent, per_object_burst: u32) -> Outgoing {
                 note: render::summary_note(target, acc.ids.len(), &kinds, per_object_burst),
                 target: target.clone(),
                 field_path: None,
+                // Never without a planning time; if it were, a fresh name rather than one
+                // that could meet an older summary's Event and be taken as sent.
+                planned: acc.planned.unwrap_or_else(SystemTime::now),
+                key: "summary".to_string(),
             }
         }
     }

@@ -18,8 +18,10 @@ use super::render;
 use super::send::SendError;
 use super::EventConfig;
 use nodeguard_model::{
-    EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Timestamp, TrackedFinding,
+    EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity, Timestamp,
+    TrackedFinding,
 };
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,12 +39,19 @@ pub(crate) enum Job {
 pub(crate) struct Pending {
     pub entry: Announced,
     pub note: String,
+    /// Orders it among other objects' work with as many Events so far.
+    pub severity: Severity,
+    /// When it was planned: with the finding id it names the Event, so a retry of a create
+    /// that did reach the API server meets `AlreadyExists` instead of making a second Event.
+    pub planned: SystemTime,
 }
 
 /// Findings over an object's budget, waiting for its summary.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct SummaryAcc {
     pub ids: BTreeMap<String, FindingKind>,
+    /// When the summary was first planned (names its Event, kept across retries).
+    pub planned: Option<SystemTime>,
 }
 
 /// What a request is about; handed back with its outcome.
@@ -78,6 +87,10 @@ pub(crate) struct Planner {
     /// Ids already counted in `queue_overflow`.
     overflowed: HashSet<String>,
     buckets: HashMap<Target, TokenBucket>,
+    /// Requests given out per object (kept while the object has work queued or announced
+    /// findings): the next request goes to the object with the fewest, so a new pod's first
+    /// Event does not wait behind another object's backlog under the node-wide cap.
+    given: HashMap<Target, u64>,
     node_bucket: TokenBucket,
     backoff: Backoff,
     next_attempt: Instant,
@@ -110,6 +123,7 @@ impl Planner {
             rejected: HashSet::new(),
             overflowed: HashSet::new(),
             buckets: HashMap::new(),
+            given: HashMap::new(),
             node_bucket: TokenBucket::per_second(cfg.node_rate_per_sec, cfg.node_burst, now),
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed),
             next_attempt: now,
@@ -219,6 +233,14 @@ impl Planner {
         self.admit(&st, now, wall);
         self.schedule_summaries(now);
         self.buckets.retain(|_, b| !b.is_full(now));
+        let mut live: HashSet<Target> = self.announced.values().map(|e| e.target.clone()).collect();
+        for job in &self.queue {
+            if let Some(target) = self.job_target(job) {
+                live.insert(target.clone());
+            }
+        }
+        live.extend(self.pending_summaries.keys().cloned());
+        self.given.retain(|t, _| live.contains(t));
     }
 
     /// Queues announcements for new findings within their objects' budgets; the rest wait
@@ -282,17 +304,19 @@ impl Planner {
                     unconfirmed: false,
                 };
                 self.queued.insert(f.id.clone());
-                self.queue
-                    .push_back(Job::Announce(Box::new(Pending { entry, note })));
+                self.queue.push_back(Job::Announce(Box::new(Pending {
+                    entry,
+                    note,
+                    severity: f.severity,
+                    planned: wall,
+                })));
             } else {
                 rate_limited += 1;
                 self.summarizing
                     .insert(f.id.clone(), placement.target.clone());
-                self.pending_summaries
-                    .entry(placement.target)
-                    .or_default()
-                    .ids
-                    .insert(f.id.clone(), f.kind);
+                let acc = self.pending_summaries.entry(placement.target).or_default();
+                acc.planned.get_or_insert(wall);
+                acc.ids.insert(f.id.clone(), f.kind);
             }
         }
         self.stats.rate_limited += rate_limited;
@@ -349,49 +373,83 @@ impl Planner {
         wake
     }
 
-    /// The next request, if backoff and the node-wide bucket allow one now.
+    /// The next request, if backoff and the node-wide bucket allow one now: the queued job
+    /// of the object that was given the fewest requests so far, then the worst finding, then
+    /// the oldest job. Under the node-wide cap this keeps a new object's first Event (and a
+    /// resolution) from waiting behind the backlog of objects that already have many.
     pub(crate) fn next_request(&mut self, now: Instant) -> Option<Sent> {
         if now < self.next_attempt {
             return None;
         }
-        loop {
-            // Drop moot work without spending a token on it.
-            let moot = match self.queue.front()? {
-                Job::Resolve(id) => !self.announced.contains_key(id),
-                Job::Summary(target) => !self.pending_summaries.contains_key(target),
-                Job::Announce(_) => false,
-            };
-            if moot {
-                match self.queue.pop_front() {
-                    Some(Job::Resolve(id)) => {
-                        self.queued.remove(&id);
-                    }
-                    Some(Job::Summary(target)) => {
-                        self.summary_queued.remove(&target);
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            if !self.node_bucket.try_take(now) {
-                return None;
-            }
-            let sent = match self.queue.pop_front()? {
-                Job::Announce(p) => Sent::Announce(p),
-                Job::Resolve(id) => match self.announced.get(&id) {
-                    Some(entry) => Sent::Resolve(Box::new(entry.clone())),
-                    None => {
-                        self.queued.remove(&id);
-                        continue;
-                    }
-                },
-                Job::Summary(target) => {
-                    let acc = self.pending_summaries.remove(&target).unwrap_or_default();
-                    Sent::Summary { target, acc }
-                }
-            };
-            return Some(sent);
+        self.drop_moot();
+        let index = self.pick()?;
+        if !self.node_bucket.try_take(now) {
+            return None;
         }
+        let sent = match self.queue.remove(index)? {
+            Job::Announce(p) => Sent::Announce(p),
+            Job::Resolve(id) => {
+                // drop_moot() kept only resolutions of announced findings.
+                let entry = self.announced.get(&id)?.clone();
+                Sent::Resolve(Box::new(entry))
+            }
+            Job::Summary(target) => {
+                let acc = self.pending_summaries.remove(&target).unwrap_or_default();
+                Sent::Summary { target, acc }
+            }
+        };
+        *self.given.entry(sent_target(&sent).clone()).or_default() += 1;
+        Some(sent)
+    }
+
+    /// Drops queued work that no longer applies, without spending a token on it.
+    fn drop_moot(&mut self) {
+        let announced = &self.announced;
+        let pending = &self.pending_summaries;
+        let queued = &mut self.queued;
+        let summary_queued = &mut self.summary_queued;
+        self.queue.retain(|job| match job {
+            Job::Resolve(id) if !announced.contains_key(id) => {
+                queued.remove(id);
+                false
+            }
+            Job::Summary(target) if !pending.contains_key(target) => {
+                summary_queued.remove(target);
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// The object a queued job is about.
+    fn job_target<'a>(&'a self, job: &'a Job) -> Option<&'a Target> {
+        match job {
+            Job::Announce(p) => Some(&p.entry.target),
+            Job::Resolve(id) => self.announced.get(id).map(|e| &e.target),
+            Job::Summary(target) => Some(target),
+        }
+    }
+
+    /// Where in the queue the next request comes from (see [`Planner::next_request`]). A
+    /// summary counts as a high finding, a resolution as a low one.
+    fn pick(&self) -> Option<usize> {
+        self.queue
+            .iter()
+            .enumerate()
+            .min_by_key(|(index, job)| {
+                let severity = match job {
+                    Job::Announce(p) => p.severity,
+                    Job::Summary(_) => Severity::High,
+                    Job::Resolve(_) => Severity::Low,
+                };
+                let given = self
+                    .job_target(job)
+                    .and_then(|t| self.given.get(t))
+                    .copied()
+                    .unwrap_or(0);
+                (given, Reverse(severity), *index)
+            })
+            .map(|(index, _)| index)
     }
 
     /// Takes the outcome of a request [`Planner::next_request`] gave out.
@@ -409,6 +467,9 @@ impl Planner {
             }
             Err(SendError::Retryable(why)) => {
                 self.stats.failed += 1;
+                if let Some(given) = self.given.get_mut(sent_target(&sent)) {
+                    *given = given.saturating_sub(1);
+                }
                 let delay = self.backoff.next_delay();
                 self.next_attempt = now + delay;
                 tracing::warn!(%why, retry_in = ?delay, failures = self.backoff.failures(), "the API server did not take an Event; backing off");
@@ -487,6 +548,8 @@ impl Planner {
                     .retain(|id, _| self.summarizing.get(id) == Some(&target));
                 let pending = self.pending_summaries.entry(target.clone()).or_default();
                 pending.ids.append(&mut acc.ids);
+                // The retry keeps the name of the request that may have reached the server.
+                pending.planned = acc.planned.or(pending.planned);
                 self.queue.push_front(Job::Summary(target));
             }
         }
@@ -512,6 +575,15 @@ impl Planner {
                 }
             }
         }
+    }
+}
+
+/// The object a request is about.
+fn sent_target(sent: &Sent) -> &Target {
+    match sent {
+        Sent::Announce(p) => &p.entry.target,
+        Sent::Resolve(entry) => &entry.target,
+        Sent::Summary { target, .. } => target,
     }
 }
 
@@ -551,6 +623,7 @@ mod tests {
     use nodeguard_model::{CgroupVersion, ScanStats, Severity};
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
+    const CID2: &str = "c0ffee0000000000000000000000000000000000000000000000000000000002";
 
     /// Plain values for time: a monotonic and a wall clock that tests move by hand.
     struct Clock {
@@ -804,5 +877,115 @@ mod tests {
         w.on_state(state(&[&a, &b]), clock.now, clock.wall);
         assert!(queue(&w).is_empty());
         assert_eq!(stats(&w).failed, 2);
+    }
+
+    /// The planner, the Event wording and the sender together against a fake API server that
+    /// stores the first create but never answers it: the planner retries after its backoff
+    /// under the same name, the API server says `409 AlreadyExists`, the finding counts as
+    /// announced, and the API server holds one Event for it, not two.
+    #[tokio::test]
+    async fn a_timed_out_create_that_reached_the_server_is_retried_under_its_name_not_repeated() {
+        use super::super::send::{tests::storing_server, Sender};
+        let (service, handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let sender = Sender::new(
+            kube::Client::new(service, "default"),
+            "node-a",
+            Duration::from_millis(300),
+        );
+        let server = storing_server(handle, 2);
+        let mut clock = Clock::new();
+        let mut w = planner(EventConfig::new("node-a"), &clock);
+        let a = finding("/a", Severity::High);
+        w.on_state(state(&[&a]), clock.now, clock.wall);
+
+        let sent = w.next_request(clock.now).expect("an Event to send");
+        let result = sender
+            .create(&super::super::outgoing(&sent, 25), None)
+            .await;
+        assert!(matches!(result, Err(SendError::Retryable(_))), "{result:?}");
+        w.on_done(sent, result, clock.now, clock.wall);
+        assert!(!w.announced.contains_key(&a.id));
+
+        // The next scans: still open; the retry comes after the backoff.
+        clock.advance(Duration::from_secs(5));
+        w.on_state(state(&[&a]), clock.now, clock.wall);
+        let sent = w.next_request(clock.now).expect("the retry");
+        let result = sender
+            .create(&super::super::outgoing(&sent, 25), None)
+            .await;
+        assert_eq!(result, Ok(()));
+        w.on_done(sent, result, clock.now, clock.wall);
+        assert!(w.announced.contains_key(&a.id));
+        clock.advance(Duration::from_secs(5));
+        w.on_state(state(&[&a]), clock.now, clock.wall);
+        assert!(w.next_request(clock.now).is_none(), "announced once");
+
+        let (stored, names) = server.await.unwrap();
+        assert_eq!(names.len(), 2);
+        assert_eq!(stored.len(), 1, "one Event for one finding: {names:?}");
+        assert_eq!(stats(&w).sent, 1);
+    }
+
+    /// Under the node-wide cap, a pod that appears while other objects' start-up backlog is
+    /// still queued gets its first Event next, and its resolution does not wait behind the
+    /// backlog either.
+    #[test]
+    fn a_new_objects_first_event_and_its_resolution_go_before_anothers_backlog() {
+        let mut clock = Clock::new();
+        let mut w = planner(EventConfig::new("node-a"), &clock);
+        let backlog: Vec<Finding> = (0..15)
+            .map(|i| finding(&format!("/old{i}"), Severity::Low))
+            .collect();
+        let refs: Vec<&Finding> = backlog.iter().collect();
+        w.on_state(state(&refs), clock.now, clock.wall);
+        // Five of the fifteen go out.
+        for _ in 0..5 {
+            let sent = w.next_request(clock.now).expect("within the node's burst");
+            w.on_done(sent, Ok(()), clock.now, clock.wall);
+        }
+        // A new pod's container with a medium finding.
+        let mut late = finding("/late", Severity::Medium);
+        late.container_id = Some(CID2.to_string());
+        let mut st = (*state(&refs)).clone();
+        let mut report = (*st.report).clone();
+        report.containers.push(
+            nodeguard_testkit::model::container(CID2)
+                .cgroup("/kubepods/y")
+                .cgroup_version(CgroupVersion::V2)
+                .pod(
+                    Some("uid-2"),
+                    Some(nodeguard_testkit::model::pod_ref("shop", "late", "main")),
+                )
+                .build(),
+        );
+        report.findings.push(late.clone());
+        st.report = Arc::new(report);
+        st.findings.push(TrackedFinding {
+            finding: late.clone(),
+            first_seen: Timestamp(clock.wall),
+            last_seen: Timestamp(clock.wall),
+        });
+        let with_late = Arc::new(st);
+        clock.advance(Duration::from_secs(1));
+        w.on_state(with_late.clone(), clock.now, clock.wall);
+        let Some(Sent::Announce(p)) = w.next_request(clock.now) else {
+            panic!("no announcement")
+        };
+        assert_eq!(p.entry.subject, "/late", "the new pod first");
+        assert_eq!(p.entry.target.name, "late");
+        w.on_done(Sent::Announce(p), Ok(()), clock.now, clock.wall);
+
+        // The pod is gone while the backlog still waits: its Resolved goes next.
+        clock.advance(Duration::from_secs(1));
+        w.on_state(state(&refs), clock.now, clock.wall);
+        let Some(Sent::Resolve(entry)) = w.next_request(clock.now) else {
+            panic!("no resolution")
+        };
+        assert_eq!(entry.id, late.id);
+        // The backlog resumes after it.
+        assert!(matches!(w.next_request(clock.now), Some(Sent::Announce(_))));
     }
 }

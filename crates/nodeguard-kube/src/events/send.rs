@@ -14,7 +14,14 @@
 //! validation, which on every version accepts an Event about a cluster-scoped object in
 //! `default` (or with no namespace). So we send that: one request shape for old and new
 //! servers, no per-server fallback state, Node Events where `kubectl describe node` reads, and
-//! RBAC `create` on core `events` only (each Event has a unique name and is never patched).
+//! RBAC `create` on core `events` only (each Event has its own name and is never patched).
+//!
+//! # Names
+//!
+//! `<object>.<planned, ns hex>.<hash of node, object, key>`: fixed when the planner plans the
+//! work, not when a request is sent, so a retry of a create whose answer was lost (a timeout
+//! after the API server stored it) asks for the same name and gets `409 AlreadyExists`, which
+//! is taken as success instead of leaving two Events for one finding.
 
 use super::ledger::{Target, TargetKind};
 use super::render;
@@ -23,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;
 use kube::api::PostParams;
 use kube::Api;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The `reportingComponent` and `source.component` of every Event.
 pub const REPORTING_CONTROLLER: &str = "nodeguard";
@@ -59,12 +66,17 @@ pub(crate) struct Outgoing {
     pub note: String,
     pub target: Target,
     pub field_path: Option<String>,
+    /// When the planner planned it; with `key`, fixes the Event's name across retries.
+    pub planned: SystemTime,
+    /// What it announces about its object (`warning/<id>`, `resolved/<id>`, `summary`).
+    pub key: String,
 }
 
 /// How a request ended, as far as the planner cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SendError {
-    /// 5xx, 429, 409, timeouts, transport: try again after a backoff.
+    /// 5xx, 429, a 409 other than `AlreadyExists`, timeouts, transport: try again after a
+    /// backoff.
     Retryable(String),
     /// The API server refused it for good (403, 404, 422, ...).
     Permanent(String),
@@ -90,7 +102,7 @@ pub(crate) fn core_event(
     now: JiffTimestamp,
 ) -> CoreEvent {
     let namespace = event_namespace(&out.target).to_string();
-    let suffix = format!(".{:x}", now.as_nanosecond().max(0));
+    let suffix = name_suffix(out, instance);
     let stem = name_stem(&out.target.name, MAX_NAME - suffix.len());
     let involved: ObjectReference =
         render::reference(&out.target, out.field_path.as_deref(), node_uid);
@@ -119,6 +131,30 @@ pub(crate) fn core_event(
         related: None,
         series: None,
     }
+}
+
+/// `.<planned ns, hex>.<16 hex digits of FNV-1a over node, object and key>`: the same for
+/// every attempt at one planned Event, different for two Events planned in the same instant
+/// (a scan's findings share one planning time).
+fn name_suffix(out: &Outgoing, instance: &str) -> String {
+    let planned = out
+        .planned
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let t = &out.target;
+    let hash = [
+        instance,
+        t.namespace.as_deref().unwrap_or(""),
+        &t.name,
+        t.uid.as_deref().unwrap_or(""),
+        &out.key,
+    ]
+    .iter()
+    .flat_map(|part| part.bytes().chain([0u8]))
+    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!(".{planned:x}.{hash:016x}")
 }
 
 /// At most `max` bytes of an object's name (a DNS subdomain, so ASCII; anything else is cut
@@ -164,7 +200,8 @@ impl Sender {
         }
     }
 
-    /// Creates one Event; each is new (its name carries the time), so nothing is patched.
+    /// Creates one Event (never patched). `409 AlreadyExists` means an earlier attempt at this
+    /// very Event was stored (its name is fixed per planned Event): success, not an error.
     pub(crate) async fn create(
         &self,
         out: &Outgoing,
@@ -175,6 +212,15 @@ impl Sender {
             Api::namespaced(self.client.clone(), event_namespace(&out.target));
         match tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &event)).await {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err(kube::Error::Api(status)))
+                if status.code == 409 && status.reason == "AlreadyExists" =>
+            {
+                tracing::debug!(
+                    name = event.metadata.name.as_deref().unwrap_or(""),
+                    "the Event exists already: an earlier attempt reached the API server"
+                );
+                Ok(())
+            }
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(SendError::Retryable(format!(
                 "no answer within {:?}",
@@ -185,7 +231,7 @@ impl Sender {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn outgoing(target: Target) -> Outgoing {
@@ -195,7 +241,21 @@ mod tests {
             note: "[high] m".into(),
             target,
             field_path: Some("findings{00ff}".into()),
+            planned: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+            key: "warning/00ff".into(),
         }
+    }
+
+    /// A Status answer as the API server writes it.
+    fn status(code: u16, reason: &str) -> http::Response<kube::client::Body> {
+        let body = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": format!("{reason} for the test"), "reason": reason, "code": code,
+        });
+        http::Response::builder()
+            .status(code)
+            .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
     }
 
     #[test]
@@ -211,10 +271,25 @@ mod tests {
         assert_eq!(json["source"]["component"], "nodeguard");
         assert_eq!(json["count"], 1);
         assert_eq!(json["firstTimestamp"], "2026-11-26T00:00:00Z");
-        assert_eq!(
-            json["metadata"]["name"].as_str().unwrap(),
-            format!("node-a.{:x}", now.as_nanosecond())
+        // Named by when it was planned, not when it is sent.
+        let name = json["metadata"]["name"].as_str().unwrap();
+        let planned_ns = 1_795_000_000u128 * 1_000_000_000;
+        assert!(
+            name.starts_with(&format!("node-a.{planned_ns:x}.")),
+            "{name}"
         );
+        let later = core_event(
+            &outgoing(Target::node("node-a")),
+            "node-a",
+            None,
+            "2026-11-26T00:05:00Z".parse().unwrap(),
+        );
+        assert_eq!(later.metadata.name.as_deref(), Some(name));
+        // Another finding planned in the same instant (one scan's findings): another name.
+        let mut other = outgoing(Target::node("node-a"));
+        other.key = "warning/00fe".into();
+        let other = core_event(&other, "node-a", None, now);
+        assert_ne!(other.metadata.name.as_deref(), Some(name));
     }
 
     #[test]
@@ -244,16 +319,6 @@ mod tests {
             Duration::from_secs(5),
         );
         let server = tokio::spawn(async move {
-            let status = |code: u16, reason: &str| {
-                let body = serde_json::json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": format!("{reason} for the test"), "reason": reason, "code": code,
-                });
-                http::Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                    .unwrap()
-            };
             let mut seen = Vec::new();
             for answer in [201, 422, 503, 429] {
                 let (request, respond) = handle.next_request().await.expect("a request");
@@ -312,11 +377,80 @@ mod tests {
         assert_eq!(first["involvedObject"]["uid"], "node-a");
         assert_eq!(first["reportingInstance"], "node-a");
         assert!(first.get("eventTime").is_none(), "{first}");
-        // Every Event is its own object: no two requests reuse a name.
-        let names: std::collections::BTreeSet<&str> = seen
+        // Attempts at one planned Event share its name; another object's Event has its own.
+        let names: Vec<&str> = seen
             .iter()
             .filter_map(|(_, _, e)| e["metadata"]["name"].as_str())
             .collect();
-        assert_eq!(names.len(), seen.len());
+        assert_eq!(names[0], names[1]);
+        assert_eq!(names[0], names[2]);
+        assert_ne!(names[0], names[3]);
+    }
+
+    /// A fake API server that stores creates by name and answers as kube-apiserver does:
+    /// `201` for a new name, `409 AlreadyExists` for a stored one; the first request is
+    /// stored but never answered (the answer lost in a timeout). Serves `n` requests and
+    /// returns the stored Events' names and every requested name.
+    pub(crate) fn storing_server(
+        mut handle: tower_test::mock::Handle<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >,
+        n: usize,
+    ) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
+        tokio::spawn(async move {
+            let mut stored = std::collections::BTreeSet::new();
+            let mut names = Vec::new();
+            let mut unanswered = Vec::new();
+            for _ in 0..n {
+                let (request, respond) = handle.next_request().await.expect("a request");
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let name = event["metadata"]["name"].as_str().unwrap().to_string();
+                names.push(name.clone());
+                if !stored.insert(name) {
+                    respond.send_response(status(409, "AlreadyExists"));
+                } else if unanswered.is_empty() && names.len() == 1 {
+                    unanswered.push(respond);
+                } else {
+                    respond.send_response(
+                        http::Response::builder()
+                            .status(201)
+                            .body(kube::client::Body::from(body.to_vec()))
+                            .unwrap(),
+                    );
+                }
+            }
+            (stored.into_iter().collect(), names)
+        })
+    }
+
+    /// A create that reached the API server but whose answer was lost is retried under the
+    /// same name, and the API server's `409 AlreadyExists` counts as sent; another finding
+    /// planned in the same instant is a new Event.
+    #[tokio::test]
+    async fn a_retried_create_that_already_succeeded_meets_already_exists_and_counts_as_sent() {
+        let (service, handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let sender = Sender::new(
+            kube::Client::new(service, "default"),
+            "node-a",
+            Duration::from_millis(300),
+        );
+        let server = storing_server(handle, 3);
+        let out = outgoing(Target::node("node-a"));
+        assert!(matches!(
+            sender.create(&out, None).await,
+            Err(SendError::Retryable(_))
+        ));
+        assert_eq!(sender.create(&out, None).await, Ok(()));
+        let mut other = out.clone();
+        other.key = "warning/00fe".into();
+        assert_eq!(sender.create(&other, None).await, Ok(()));
+        let (stored, names) = server.await.unwrap();
+        assert_eq!(names[0], names[1], "the retry asks for the same name");
+        assert_eq!(stored.len(), 2, "one Event per finding: {names:?}");
     }
 }
