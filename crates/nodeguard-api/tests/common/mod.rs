@@ -228,7 +228,7 @@ pub fn node_state(node: &str) -> NodeState {
         gid: 0,
         size: 68248,
         sha256: Some("bb22".repeat(16)),
-        sha512: None,
+        sha512: Some("cc33".repeat(32)),
         layer: Layer::Image,
     };
     let ping = FileEntry {
@@ -237,6 +237,7 @@ pub fn node_state(node: &str) -> NodeState {
         capabilities: Some("cap_net_raw=ep".into()),
         mode: 0o755,
         sha256: None,
+        sha512: None,
         layer: Layer::Upper,
         ..passwd.clone()
     };
