@@ -9,6 +9,9 @@
 #   jq, attr, time, openssl     JSON, xattrs, peak RSS, hashing baseline
 #   util-linux, findutils, procps, coreutils   mount/umount, find, ps, sha256sum
 #   ca-certificates             cargo fetching crates over HTTPS
+#   tests/realnode/build.sh     the real-node tier: containerd, podman, etcd from Debian, and
+#                               kube-apiserver/kubelet/kubectl v1.20.2 built from Debian's source
+#                               package (~5 min once, then cached in /var/cache/nodeguard-realnode)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
@@ -35,3 +38,5 @@ fi
 # Debian's prometheus package may try to start a service; there is none to start here, and the
 # tests start their own servers on loopback ports.
 grep -qw overlay /proc/filesystems || modprobe overlay || true
+# The real node the tests in tests/realnode.rs and tests/api_auth.rs run against.
+bash "$(dirname "$0")/../tests/realnode/build.sh"
