@@ -29,6 +29,7 @@ use support::container::{Container, ContainerSpec};
 use support::http::{free_port, HttpResponse};
 use support::image::Image;
 use support::oracle;
+use support::prometheus::{require_prometheus, Prometheus, JOB};
 use support::{wait_for, wait_for_every};
 
 /// How long a request to the agent or Prometheus may take to answer.
@@ -54,19 +55,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `Accept` header Prometheus 2.42 scrapes with.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
     application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-
-/// Percent-encodes a query parameter value.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// The last `n` lines of a log file.
 fn log_tail(path: &Path, n: usize) -> String {
@@ -309,130 +297,7 @@ impl Drop for Agent {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prometheus.
-
-/// Whether the `prometheus` server is installed; says why not on stderr, or panics under CI
-/// (the same rule as the harness's `require_containers`).
-fn require_prometheus() -> Option<PathBuf> {
-    if let Some(path) = support::which("prometheus") {
-        return Some(path);
-    }
-    let reason = "prometheus not found: apt-get install prometheus";
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the Prometheus test must run, but: {reason}");
-    }
-    let thread = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIPPED {}: {reason}\n!!! (with CI set this is a failure)\n",
-        thread.name().unwrap_or("this test")
-    );
-    None
-}
-
-/// A Prometheus server on a free loopback port, scraping one agent every second. Killed on
-/// drop; its log is printed when the test failed.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// The scrape job's name.
-const JOB: &str = "nodeguard";
-
-impl Prometheus {
-    fn start(binary: &Path, agent_port: u16) -> Prometheus {
-        let dir = tempfile::Builder::new()
-            .prefix("nodeguard-e2e-prometheus-")
-            .tempdir()
-            .expect("create Prometheus tempdir");
-        let config = dir.path().join("prometheus.yml");
-        // honor_labels as in the ServiceMonitor: the agent's container/pod/namespace labels
-        // are kept as they are.
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    honor_labels: true\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let log = dir.path().join("prometheus.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let args = [
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--web.enable-lifecycle".to_string(),
-        ];
-        let child = Command::new(binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut prometheus = Prometheus {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        wait_for("Prometheus to be ready (/-/ready)", SCANS_TIMEOUT, || {
-            if let Ok(Some(status)) = prometheus.child.try_wait() {
-                return Err(format!("Prometheus exited: {status}"));
-            }
-            match http_get(prometheus.port, "/-/ready", None) {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("status {}: {}", r.status, r.body.trim())),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        if let Ok(Some(status)) = prometheus.child.try_wait() {
-            panic!("Prometheus exited right after start: {status}");
-        }
-        prometheus
-    }
-
-    /// `GET /api/v1/PATH`; the answer's `data`, which must come with `status: success`.
-    fn api(&self, path: &str) -> Result<Value, String> {
-        let r = http_get(self.port, &format!("/api/v1/{path}"), None)
-            .map_err(|e| format!("GET /api/v1/{path}: {e}"))?;
-        let v: Value = serde_json::from_str(&r.body)
-            .map_err(|e| format!("/api/v1/{path} is not JSON ({e}): {}", excerpt(&r.body)))?;
-        if r.status != 200 || v["status"] != "success" {
-            return Err(format!("/api/v1/{path} answered {}: {v}", r.status));
-        }
-        Ok(v["data"].clone())
-    }
-
-    /// An instant query's result vector.
-    fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
-        let data = self.api(&format!("query?query={}", urlencode(promql)))?;
-        if data["resultType"] != "vector" {
-            return Err(format!("{promql}: not a vector: {data}"));
-        }
-        Ok(data["result"].as_array().cloned().unwrap_or_default())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "--- Prometheus log (last 30 lines):\n{}\n--- end of Prometheus log",
-                log_tail(&self.log, 30)
-            );
-        }
-    }
-}
+// Prometheus (tests/support/prometheus.rs runs the server).
 
 /// `{kind: (severity, value)}` of `nodeguard_findings` series in a query result.
 fn findings_by_kind(result: &[Value]) -> BTreeMap<String, (String, String)> {
@@ -535,7 +400,7 @@ fn prometheus_scrapes_findings_of_real_containers_and_drops_a_stopped_one() {
     let admin = unlimited_admin(image).start();
     let calm = limited(image).start();
     let agent = Agent::start(&[]);
-    let prometheus = Prometheus::start(&prometheus_bin, agent.port);
+    let prometheus = Prometheus::start(&prometheus_bin, agent.port, &[]);
     agent.wait_ready();
 
     // The admin container's findings, with the severities the policy documents.
@@ -626,7 +491,7 @@ fn prometheus_scrapes_findings_of_real_containers_and_drops_a_stopped_one() {
         "the agent's target to be healthy with no scrape error",
         SCANS_TIMEOUT,
         || {
-            let data = prometheus.api("targets?state=active")?;
+            let data = prometheus.api("targets?state=active", "the active targets")?;
             let target = data["activeTargets"]
                 .as_array()
                 .and_then(|t| t.iter().find(|t| t["labels"]["job"] == JOB))

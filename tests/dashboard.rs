@@ -32,6 +32,7 @@ use std::time::Duration;
 use support::container::ContainerSpec;
 use support::http::free_port;
 use support::image::Image;
+use support::prometheus::{require_prometheus, Prometheus};
 use support::wait_for;
 
 const NODE: &str = "dashboard-node";
@@ -1125,7 +1126,7 @@ fn every_dashboard_query_names_metrics_and_labels_of_a_real_scrape_and_returns_d
     let Some(prometheus_bin) = require_prometheus() else {
         return;
     };
-    let prometheus = Prometheus::start(&prometheus_bin, agent.port);
+    let prometheus = Prometheus::start(&prometheus_bin, agent.port, &[("node", NODE)]);
     let vars = resolve_variables(&dashboard, &prometheus);
     for query in all.iter().filter(|q| q.offers_label.is_none()) {
         let promql = substitute(&query.expr, &vars);
@@ -1179,157 +1180,7 @@ fn every_dashboard_query_names_metrics_and_labels_of_a_real_scrape_and_returns_d
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prometheus.
-
-/// Whether the `prometheus` server is installed; says why not on stderr, or panics under CI.
-fn require_prometheus() -> Option<PathBuf> {
-    if let Some(path) = support::which("prometheus") {
-        return Some(path);
-    }
-    let reason = "prometheus not found: apt-get install prometheus";
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the Prometheus part must run, but: {reason}");
-    }
-    let thread = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIPPED the Prometheus part of {}: {reason}\n!!! (with CI set this is a failure)\n",
-        thread.name().unwrap_or("this test")
-    );
-    None
-}
-
-/// The job name the ServiceMonitor gives: the Service's name.
-const JOB: &str = "nodeguard";
-
-/// A Prometheus server on a free loopback port scraping one agent every second, with the
-/// labels the shipped ServiceMonitor gives (`honor_labels`, job = the Service's name, `node`).
-struct Prometheus {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(binary: &Path, agent_port: u16) -> Prometheus {
-        let dir = tempfile::Builder::new()
-            .prefix("nodeguard-dashboard-prometheus-")
-            .tempdir()
-            .expect("create Prometheus tempdir");
-        let config = dir.path().join("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    honor_labels: true\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n        \
-                 labels:\n          node: {NODE}\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let log = dir.path().join("prometheus.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut prometheus = Prometheus {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        wait_for("Prometheus to be ready (/-/ready)", SCANS_TIMEOUT, || {
-            if let Ok(Some(status)) = prometheus.child.try_wait() {
-                return Err(format!("Prometheus exited: {status}"));
-            }
-            match support::http::get(prometheus.port, "/-/ready", None, HTTP_TIMEOUT) {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("status {}: {}", r.status, r.body.trim())),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        prometheus
-    }
-
-    /// `GET /api/v1/PATH`. A query Prometheus refuses (bad_data) fails the test at once; other
-    /// trouble is an `Err` to retry.
-    fn api(&self, path: &str, about: &str) -> Result<Value, String> {
-        let r = support::http::get(self.port, &format!("/api/v1/{path}"), None, HTTP_TIMEOUT)
-            .map_err(|e| format!("GET /api/v1/{path}: {e}"))?;
-        let v: Value = serde_json::from_str(&r.body)
-            .map_err(|e| format!("/api/v1/{path} is not JSON ({e}): {}", excerpt(&r.body)))?;
-        if v["errorType"] == "bad_data" {
-            panic!("Prometheus refuses {about}: {}", v["error"]);
-        }
-        if r.status != 200 || v["status"] != "success" {
-            return Err(format!("/api/v1/{path} answered {}: {v}", r.status));
-        }
-        Ok(v["data"].clone())
-    }
-
-    /// An instant query's result vector.
-    fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
-        let data = self.api(
-            &format!("query?query={}", urlencode(promql)),
-            &format!("the query {promql}"),
-        )?;
-        Ok(data["result"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// `/api/v1/label/LABEL/values?match[]=SELECTOR`.
-    fn label_values(&self, label: &str, selector: &str) -> Result<Vec<String>, String> {
-        let data = self.api(
-            &format!("label/{label}/values?match[]={}", urlencode(selector)),
-            &format!("the {label} values of {selector}"),
-        )?;
-        Ok(data
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let _ = writeln!(
-                std::io::stderr(),
-                "--- Prometheus log (last 30 lines):\n{}\n--- end of Prometheus log",
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            );
-        }
-    }
-}
-
-/// Percent-encodes a query parameter value.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+// Grafana variables, as Grafana fills them in before Prometheus sees a query.
 
 /// Replaces Grafana variables (`$name`, `${name}`, `${name:format}`, `[[name]]`) in `expr`.
 fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {

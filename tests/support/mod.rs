@@ -24,6 +24,7 @@ pub mod fakeproc;
 pub mod http;
 pub mod image;
 pub mod oracle;
+pub mod prometheus;
 pub mod scan;
 
 use std::path::{Path, PathBuf};
