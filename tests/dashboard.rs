@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use support::container::ContainerSpec;
 use support::http::free_port;
@@ -923,23 +923,7 @@ impl Agent {
             args.extend(["--host-root".to_string(), "/".to_string()]);
         }
         let log = dir.join("agent.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let command = format!(
-            "KUBECONFIG={} {}",
-            kubeconfig.display(),
-            support::cmd::display(support::nodeguard_bin(), &args)
-        );
-        let child = Command::new(support::nodeguard_bin())
-            .args(&args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .env_remove("NODE_NAME")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let (child, command) = support::spawn_nodeguard_with_kubeconfig(&args, kubeconfig, &log);
         Agent {
             child,
             port,

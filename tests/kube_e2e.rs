@@ -167,23 +167,7 @@ impl Agent {
             args.extend(["--host-root".to_string(), "/".to_string()]);
         }
         let log = log_dir.join(format!("{name}.log"));
-        let log_file = fs::File::create(&log).unwrap();
-        let command = format!(
-            "KUBECONFIG={} {}",
-            kubeconfig.display(),
-            support::cmd::display(support::nodeguard_bin(), &args)
-        );
-        let child = Command::new(support::nodeguard_bin())
-            .args(&args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .env_remove("NODE_NAME")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let (child, command) = support::spawn_nodeguard_with_kubeconfig(&args, kubeconfig, &log);
         Agent {
             child: RefCell::new(child),
             port,

@@ -904,23 +904,11 @@ impl Agent {
             args.extend(["--host-root".to_string(), "/".to_string()]);
         }
         let log = bed.dir.join(format!("agent-{name}.log"));
-        let file = fs::File::create(&log).unwrap();
-        let kubeconfig = bed.var("REALNODE_AGENT_KUBECONFIG");
-        let command = format!(
-            "KUBECONFIG={kubeconfig} {}",
-            cmd::display(support::nodeguard_bin(), &args)
+        let (child, command) = support::spawn_nodeguard_with_kubeconfig(
+            &args,
+            bed.var("REALNODE_AGENT_KUBECONFIG"),
+            &log,
         );
-        let child = Command::new(support::nodeguard_bin())
-            .args(&args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .env_remove("NODE_NAME")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
         let agent = Agent {
             child,
             port,
