@@ -345,16 +345,7 @@ struct KubeAuth(nodeguard_kube::KubeAuthorizer);
 
 impl nodeguard_api::Authorizer for KubeAuth {
     fn authorize<'a>(&'a self, token: &'a str, path: &'a str) -> nodeguard_api::DecisionFuture<'a> {
-        use nodeguard_api::Decision;
-        use nodeguard_kube::AccessDecision;
-        Box::pin(async move {
-            match self.0.authorize(token, path).await {
-                AccessDecision::Allowed { user } => Decision::Allowed { user },
-                AccessDecision::Unauthenticated { reason } => Decision::Unauthenticated { reason },
-                AccessDecision::Forbidden { user, reason } => Decision::Forbidden { user, reason },
-                AccessDecision::Unavailable { reason } => Decision::Unavailable { reason },
-            }
-        })
+        Box::pin(self.0.authorize(token, path))
     }
 }
 

@@ -23,18 +23,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What an [`Authorizer`] decided about one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// The token is valid and its user may `get` the path; `user` is logged.
-    Allowed { user: String },
-    /// The token is not valid (unknown, expired, wrong audience): 401.
-    Unauthenticated { reason: String },
-    /// The token is valid but its user may not read the path: 403.
-    Forbidden { user: String, reason: String },
-    /// No decision could be made (the API server is down, slow or failing): 503.
-    Unavailable { reason: String },
-}
+/// What an [`Authorizer`] decided: the model's type, which the kube crate's authorizer
+/// answers with too.
+pub use nodeguard_model::AccessDecision as Decision;
 
 /// A boxed future, so the trait stays object-safe without extra crates.
 pub type DecisionFuture<'a> = Pin<Box<dyn Future<Output = Decision> + Send + 'a>>;

@@ -30,19 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// What the API server said about one request. (The agent maps it onto the API crate's
-/// `Decision`: sinks do not depend on each other.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// The token is valid and `user` may `get` the path.
-    Allowed { user: String },
-    /// The token is not valid: 401.
-    Unauthenticated { reason: String },
-    /// The token is valid but `user` may not `get` the path: 403.
-    Forbidden { user: String, reason: String },
-    /// No decision (API server down, slow, failing, or the agent lacks the grants): 503.
-    Unavailable { reason: String },
-}
+/// What the API server said about one request (the model's type, so the API crate's router
+/// takes it as it is).
+pub use nodeguard_model::AccessDecision as Decision;
 
 /// Tuning of [`KubeAuthorizer`].
 #[derive(Debug, Clone)]

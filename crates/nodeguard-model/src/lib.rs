@@ -5,6 +5,7 @@
 //! the policy adds findings, and sinks (CLI output, metrics, HTTP API, Kubernetes Events)
 //! only read it. Field names here are the JSON contract documented in README.md.
 
+pub mod access;
 pub mod capability;
 pub mod finding;
 pub mod identity;
@@ -12,6 +13,7 @@ pub mod redact;
 pub mod report;
 pub mod state;
 
+pub use access::AccessDecision;
 pub use capability::{capability_name, capability_number, decode_capabilities};
 pub use finding::{
     finding_id, Aggregate, Finding, FindingKind, Severity, UnknownName, AGGREGATE_SAMPLES,
