@@ -885,16 +885,8 @@ mod tests {
     /// announced, and the API server holds one Event for it, not two.
     #[tokio::test]
     async fn a_timed_out_create_that_reached_the_server_is_retried_under_its_name_not_repeated() {
-        use super::super::send::{tests::storing_server, Sender};
-        let (service, handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let sender = Sender::new(
-            kube::Client::new(service, "default"),
-            "node-a",
-            Duration::from_millis(300),
-        );
+        use super::super::send::tests::{mock_sender, storing_server};
+        let (sender, handle) = mock_sender(Duration::from_millis(300));
         let server = storing_server(handle, 2);
         let mut clock = Clock::new();
         let mut w = planner(EventConfig::new("node-a"), &clock);

@@ -310,14 +310,7 @@ pub(crate) mod tests {
     /// server and how it sorts the answers, with no server at all.
     #[tokio::test]
     async fn the_sender_creates_in_the_target_namespace_and_sorts_the_answers() {
-        use kube::client::Body;
-        let (service, mut handle) =
-            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
-        let sender = Sender::new(
-            kube::Client::new(service, "default"),
-            "node-a",
-            Duration::from_secs(5),
-        );
+        let (sender, mut handle) = mock_sender(Duration::from_secs(5));
         let server = tokio::spawn(async move {
             let mut seen = Vec::new();
             for answer in [201, 422, 503, 429] {
@@ -330,7 +323,7 @@ pub(crate) mod tests {
                 respond.send_response(match answer {
                     201 => http::Response::builder()
                         .status(201)
-                        .body(Body::from(body.to_vec()))
+                        .body(kube::client::Body::from(body.to_vec()))
                         .unwrap(),
                     422 => status(422, "Invalid"),
                     503 => status(503, "ServiceUnavailable"),
@@ -391,6 +384,27 @@ pub(crate) mod tests {
     /// `201` for a new name, `409 AlreadyExists` for a stored one; the first request is
     /// stored but never answered (the answer lost in a timeout). Serves `n` requests and
     /// returns the stored Events' names and every requested name.
+    /// A sender for node `node-a` over a mocked API server: the test answers its requests
+    /// through the returned handle.
+    pub(crate) fn mock_sender(
+        timeout: Duration,
+    ) -> (
+        Sender,
+        tower_test::mock::Handle<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        (
+            Sender::new(kube::Client::new(service, "default"), "node-a", timeout),
+            handle,
+        )
+    }
+
     pub(crate) fn storing_server(
         mut handle: tower_test::mock::Handle<
             http::Request<kube::client::Body>,
@@ -430,15 +444,7 @@ pub(crate) mod tests {
     /// planned in the same instant is a new Event.
     #[tokio::test]
     async fn a_retried_create_that_already_succeeded_meets_already_exists_and_counts_as_sent() {
-        let (service, handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let sender = Sender::new(
-            kube::Client::new(service, "default"),
-            "node-a",
-            Duration::from_millis(300),
-        );
+        let (sender, handle) = mock_sender(Duration::from_millis(300));
         let server = storing_server(handle, 3);
         let out = outgoing(Target::node("node-a"));
         assert!(matches!(
