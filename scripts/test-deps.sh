@@ -24,7 +24,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+  if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != *'install ok installed'* ]]; then
     missing+=("$pkg")
   fi
 done

@@ -284,8 +284,11 @@ CTR=(ctr --address "$CTRD_SOCK" -n k8s.io)
 wait_for 30 containerd "${CTR[@]}" version
 "${CTR[@]}" images import --snapshotter overlayfs "$IMG/pause.tar" >/dev/null
 "${CTR[@]}" images import --snapshotter overlayfs "$IMG/busybox.tar" >/dev/null
-"${CTR[@]}" images ls -q | grep -qx "$PAUSE_IMAGE" || die "pause image not imported"
-"${CTR[@]}" images ls -q | grep -qx "$BUSYBOX_IMAGE" || die "busybox image not imported"
+# List once, then search the text: `ctr … | grep -q` under pipefail fails at random, because
+# grep exits at its first match and ctr, still writing, dies of SIGPIPE (CI saw exactly that).
+images="$("${CTR[@]}" images ls -q)"
+grep -qx "$PAUSE_IMAGE" <<<"$images" || die "pause image not imported"
+grep -qx "$BUSYBOX_IMAGE" <<<"$images" || die "busybox image not imported"
 
 # --- kubelet
 K=$D/kubelet
