@@ -1,0 +1,540 @@
+//! Exec events as they happen, from the kernel's process-events connector.
+//!
+//! [`start`] opens a `NETLINK_CONNECTOR` socket, joins the `CN_IDX_PROC` group, sends
+//! `PROC_CN_MCAST_LISTEN`, proves the subscription works by spawning a probe process and
+//! waiting for its exec event, then hands every exec to a reader thread that forwards the
+//! thread-group id on a bounded [`tokio::sync::mpsc`] channel. Nothing else: this crate
+//! reads no `/proc` and knows no daemon. The connector needs no BPF toolchain and no
+//! `CAP_BPF`; it only works in the initial network namespace (in a pod: `hostNetwork`) and
+//! the initial pid and user namespaces (the kernel silently ignores other subscribers, which
+//! the probe detects).
+//!
+//! Events can be lost: the kernel drops messages when the socket's buffer is full (`recv`
+//! fails with `ENOBUFS`), and the reader drops events when the channel is full. Both are
+//! counted in [`Stats::lost`] and announced with [`ExecEvent::Lost`] when the channel has
+//! room, so the consumer reconciles with a full scan.
+//!
+//! Every datagram is parsed defensively ([`parse`]): lengths are checked against the bytes
+//! received, messages not sent by the kernel (netlink port 0) are ignored, and nothing
+//! reachable from a message can panic.
+
+pub mod parse;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use parse::{parse_datagram, subscribe_request, Message, CN_IDX_PROC, PROC_EVENT_EXEC};
+
+/// `PROC_CN_MCAST_LISTEN`.
+const MCAST_LISTEN: u32 = 1;
+/// What the reader asks the socket for: a few MiB ride out bursts of thousands of execs.
+const RECV_BUFFER_BYTES: libc::c_int = 4 << 20;
+/// How often the reader wakes up to notice a closed channel.
+const RECV_TIMEOUT: Duration = Duration::from_millis(250);
+/// The largest datagram read at once; a longer one is counted as malformed.
+const DATAGRAM_MAX: usize = 64 * 1024;
+
+/// Why exec events are not available.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open a NETLINK_CONNECTOR socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("cannot bind to the process-events group (CN_IDX_PROC): {0}")]
+    Bind(#[source] io::Error),
+    #[error(
+        "the kernel refused the process-events subscription ({0}); the connector only answers in the initial network namespace (hostNetwork)"
+    )]
+    Subscribe(#[source] io::Error),
+    #[error("cannot spawn the probe {program}: {source}")]
+    Probe {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "no exec event arrived for the probe process within {waited:?}: the kernel delivers process events only to listeners in the initial pid and user namespaces (hostPID)"
+    )]
+    NoProbeEvent { waited: Duration },
+    #[error("reading the process-events socket failed: {0}")]
+    Receive(#[source] io::Error),
+    #[error("cannot start the process-events reader thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// What the consumer receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// The process `pid` (a thread-group id, as `/proc` lists it) called execve.
+    Exec { pid: i32 },
+    /// Events were lost since the last message: reconcile with a full scan.
+    Lost,
+}
+
+/// A process spawned once at start to prove that events arrive.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// How long to wait for its exec event.
+    pub timeout: Duration,
+}
+
+/// How to listen.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Events the channel holds before the reader drops (and counts) them.
+    pub capacity: usize,
+    /// `None`: trust the subscription without proof (tests of the parser only).
+    pub probe: Option<Probe>,
+}
+
+/// Counters shared with the reader thread; read them any time.
+#[derive(Debug, Default)]
+pub struct Stats {
+    events: AtomicU64,
+    lost: AtomicU64,
+    malformed: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Stats {
+    /// Exec events received from the kernel.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+    /// Exec events known to be lost: each `ENOBUFS` (the kernel does not say how many it
+    /// dropped: counted as one) and each event dropped because the channel was full.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+    /// Messages that did not parse (skipped).
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+    /// The reader stopped on a socket error: no more events will come.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// A working subscription: the receiving end and the counters.
+#[derive(Debug)]
+pub struct ExecEvents {
+    pub receiver: mpsc::Receiver<ExecEvent>,
+    pub stats: Arc<Stats>,
+    /// Whether the kernel filters for exec events (Linux 6.6+), else every fork and exit
+    /// comes too and is skipped here.
+    pub filtered: bool,
+}
+
+/// Subscribes, proves it with the probe, and starts the reader thread. Blocks for up to
+/// twice the probe's timeout.
+pub fn start(options: Options) -> Result<ExecEvents, Error> {
+    let socket = Socket::open()?;
+    let (sender, receiver) = mpsc::channel(options.capacity.max(1));
+    let stats = Arc::new(Stats::default());
+    let mut reader = Reader {
+        socket,
+        sender,
+        stats: Arc::clone(&stats),
+        buf: vec![0u8; DATAGRAM_MAX],
+    };
+    // Linux 6.6+ takes an event filter; older kernels silently ignore that request, so when
+    // the probe sees nothing the plain subscribe (every event) is tried.
+    let mut filtered = false;
+    match &options.probe {
+        None => reader.socket.subscribe(None)?,
+        Some(probe) => {
+            reader.socket.subscribe(Some(PROC_EVENT_EXEC))?;
+            if reader.probe(probe)? {
+                filtered = true;
+            } else {
+                reader.socket.subscribe(None)?;
+                if !reader.probe(probe)? {
+                    return Err(Error::NoProbeEvent {
+                        waited: probe.timeout * 2,
+                    });
+                }
+            }
+        }
+    }
+    std::thread::Builder::new()
+        .name("nodeguard-procevents".into())
+        .spawn(move || reader.run())
+        .map_err(Error::Thread)?;
+    Ok(ExecEvents {
+        receiver,
+        stats,
+        filtered,
+    })
+}
+
+struct Socket(OwnedFd);
+
+impl Socket {
+    fn open() -> Result<Socket, Error> {
+        // SAFETY: plain socket(2); the result is checked before it is owned.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_CONNECTOR,
+            )
+        };
+        if fd < 0 {
+            return Err(Error::Socket(io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+        let socket = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
+        // Best effort: FORCE passes rmem_max with CAP_NET_ADMIN, the plain one is capped.
+        if socket
+            .set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECV_BUFFER_BYTES)
+            .is_err()
+        {
+            let _ = socket.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER_BYTES);
+        }
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: RECV_TIMEOUT.as_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a timeval of the right size for SO_RCVTIMEO.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Socket(io::Error::last_os_error()));
+        }
+        let mut addr = nl_addr();
+        addr.nl_groups = CN_IDX_PROC;
+        // SAFETY: addr is a valid sockaddr_nl of the size given.
+        let rc = unsafe {
+            libc::bind(
+                socket.0.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Bind(io::Error::last_os_error()));
+        }
+        Ok(socket)
+    }
+
+    fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: an int option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends `PROC_CN_MCAST_LISTEN` to the kernel (netlink port 0). Outside the initial
+    /// network namespace the connector is not there: `ECONNREFUSED`.
+    fn subscribe(&self, filter: Option<u32>) -> Result<(), Error> {
+        let request = subscribe_request(MCAST_LISTEN, filter);
+        let kernel = nl_addr();
+        // SAFETY: the buffer and address are valid for the lengths given.
+        let rc = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Subscribe(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// One datagram into `buf`: its length, and whether the kernel (port 0) sent it.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+        let mut from = nl_addr();
+        let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: buf and from are valid for the lengths given; MSG_TRUNC makes the return
+        // value the datagram's real length, which is checked against buf below.
+        let n = unsafe {
+            libc::recvfrom(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&mut from as *mut libc::sockaddr_nl).cast(),
+                &mut from_len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let from_kernel =
+            from.nl_family == libc::AF_NETLINK as libc::sa_family_t && from.nl_pid == 0;
+        Ok((n as usize, from_kernel))
+    }
+}
+
+fn nl_addr() -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr
+}
+
+struct Reader {
+    socket: Socket,
+    sender: mpsc::Sender<ExecEvent>,
+    stats: Arc<Stats>,
+    buf: Vec<u8>,
+}
+
+/// What one receive gave.
+enum Received {
+    Execs(Vec<i32>),
+    Timeout,
+    Lost,
+}
+
+impl Reader {
+    fn receive(&mut self) -> Result<Received, Error> {
+        let (n, from_kernel) = match self.socket.recv(&mut self.buf) {
+            Ok(r) => r,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Received::Timeout),
+                    Some(libc::ENOBUFS) => Ok(Received::Lost),
+                    _ => Err(Error::Receive(e)),
+                }
+            }
+        };
+        if !from_kernel || n > self.buf.len() {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return Ok(Received::Execs(Vec::new()));
+        }
+        let mut execs = Vec::new();
+        for message in parse_datagram(&self.buf[..n]) {
+            match message {
+                Message::Exec { tgid, .. } => execs.push(tgid),
+                Message::Malformed => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                Message::Overrun => return Ok(Received::Lost),
+                Message::Ack { err } if err != 0 => {
+                    tracing::warn!(
+                        err,
+                        "the process-events connector answered the subscribe with an error"
+                    );
+                }
+                Message::Error(code) if code != 0 => {
+                    tracing::warn!(code, "netlink error from the process-events connector");
+                }
+                _ => {}
+            }
+        }
+        Ok(Received::Execs(execs))
+    }
+
+    /// Forwards execs; `false` once the consumer is gone.
+    fn forward(&mut self, execs: &[i32]) -> bool {
+        for &pid in execs {
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            match self.sender.try_send(ExecEvent::Exec { pid }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    fn lost(&mut self) -> bool {
+        self.stats.lost.fetch_add(1, Ordering::Relaxed);
+        // A full channel already means the consumer will look at the counters.
+        !matches!(
+            self.sender.try_send(ExecEvent::Lost),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
+    }
+
+    /// Spawns the probe and reads until its exec shows (`true`) or the timeout passes.
+    /// Other execs read meanwhile are forwarded.
+    fn probe(&mut self, probe: &Probe) -> Result<bool, Error> {
+        let mut child = std::process::Command::new(&probe.program)
+            .args(&probe.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| Error::Probe {
+                program: probe.program.clone(),
+                source,
+            })?;
+        let pid = i32::try_from(child.id()).unwrap_or(-1);
+        let deadline = Instant::now() + probe.timeout;
+        let mut seen = false;
+        while !seen && Instant::now() < deadline {
+            match self.receive()? {
+                Received::Execs(execs) => {
+                    seen = execs.contains(&pid);
+                    self.forward(&execs);
+                }
+                Received::Timeout => {}
+                Received::Lost => {
+                    self.lost();
+                }
+            }
+        }
+        let _ = child.wait();
+        Ok(seen)
+    }
+
+    fn run(mut self) {
+        loop {
+            let alive = match self.receive() {
+                Ok(Received::Execs(execs)) => self.forward(&execs),
+                Ok(Received::Timeout) => !self.sender.is_closed(),
+                Ok(Received::Lost) => self.lost(),
+                Err(e) => {
+                    tracing::error!(error = %e, "process events stopped; scans continue on the interval");
+                    self.stats.stopped.store(true, Ordering::Relaxed);
+                    return;
+                }
+            };
+            if !alive {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but the test does not run as root"
+            );
+            eprintln!("SKIPPED: the process-events connector needs root");
+        }
+        root
+    }
+
+    fn probe() -> Probe {
+        Probe {
+            program: "/bin/true".into(),
+            args: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The real connector: a process we start is announced with its pid.
+    #[test]
+    fn an_exec_on_this_host_arrives_with_its_pid() {
+        if !root() {
+            return;
+        }
+        let mut events = start(Options {
+            capacity: 1024,
+            probe: Some(probe()),
+        })
+        .expect("the connector works as root in the initial namespaces");
+        let child = std::process::Command::new("/bin/sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let want = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = false;
+        while !seen && Instant::now() < deadline {
+            match events.receiver.try_recv() {
+                Ok(ExecEvent::Exec { pid }) => seen = pid == want,
+                Ok(ExecEvent::Lost) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        assert!(seen, "no exec event for pid {want}");
+        assert!(events.stats.events() >= 1);
+    }
+
+    /// A full channel is counted as lost events, not waited for.
+    #[test]
+    fn a_full_channel_counts_lost_events() {
+        if !root() {
+            return;
+        }
+        let events = start(Options {
+            capacity: 1,
+            probe: Some(probe()),
+        })
+        .expect("the connector works as root");
+        for _ in 0..5 {
+            std::process::Command::new("/bin/true").status().unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.stats.lost() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(events.stats.lost() >= 3, "lost: {}", events.stats.lost());
+    }
+
+    /// In a network namespace of its own the connector is not there: the subscribe is
+    /// refused with ECONNREFUSED, as FIELD-NOTES recorded, and `start` says so.
+    #[test]
+    fn a_new_network_namespace_refuses_the_subscription() {
+        if !root() {
+            return;
+        }
+        let outcome = std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error().to_string());
+            }
+            match start(Options {
+                capacity: 8,
+                probe: Some(probe()),
+            }) {
+                Ok(_) => Ok(None),
+                Err(e) => Ok(Some(e)),
+            }
+        })
+        .join()
+        .unwrap();
+        match outcome {
+            Ok(Some(Error::Subscribe(e))) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}")
+            }
+            Ok(other) => panic!("expected a refused subscribe, got {other:?}"),
+            Err(why) => panic!("cannot unshare the network namespace: {why}"),
+        }
+    }
+}
