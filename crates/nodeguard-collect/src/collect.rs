@@ -414,8 +414,30 @@ pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect_with(opts, None)
 }
 
+/// [`collect`] restricted to `pids` (the exec'd processes of an event-driven pass): the
+/// same reads, attribution and layers, for those processes and the containers they are in.
+/// A pid that is gone is counted as vanished. Everything that needs the whole process table
+/// (a bare-id container's runtime from its monitor, the host's bounding set from host
+/// processes other than pid 1, the pod's sandbox among several containers) is only as good
+/// as the pids given; the caller keeps what the last full pass said about known containers.
+pub(crate) fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
+    let mut pids: Vec<i32> = pids.iter().copied().filter(|p| *p > 0).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    collect_from(opts, Some(1), Some(pids))
+}
+
 /// [`collect`] with a fixed number of reader threads (tests), else [`reader_threads`].
 fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapshot, Error> {
+    collect_from(opts, threads, None)
+}
+
+/// One pass over `only` (sorted) or, when `None`, every pid under the proc root.
+fn collect_from(
+    opts: &CollectOptions,
+    threads: Option<usize>,
+    only: Option<Vec<i32>>,
+) -> Result<Snapshot, Error> {
     let proc_fd: OwnedFd = nix::fcntl::open(
         &opts.proc_root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -425,7 +447,10 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
         path: opts.proc_root.clone(),
         source: e.into(),
     })?;
-    let pids = list_pids(&opts.proc_root)?;
+    let pids = match only {
+        Some(pids) => pids,
+        None => list_pids(&opts.proc_root)?,
+    };
     let mut log = Log::default();
     let cap_last_cap = read_cap_last_cap(&opts.proc_root, &mut log);
 
@@ -1025,6 +1050,31 @@ mod tests {
             .iter()
             .filter(|p| p.process.pid >= 1000 && p.process.pid % 2 == 0)
             .all(|p| p.process.exe_layer == Some(Layer::Image)));
+    }
+
+    /// The exec-driven pass reads exactly the pids asked for, each as the full pass reads
+    /// it, with its container; a pid that is gone is counted as vanished.
+    #[test]
+    fn a_pass_over_some_pids_reads_them_as_the_full_pass_does() {
+        let fx = fixture();
+        let full = collect(&fx.opts).unwrap();
+        let some = collect_pids(&fx.opts, &[201, 200, 200, 99_999, -3]).unwrap();
+        let pids: Vec<i32> = some.processes.iter().map(|p| p.process.pid).collect();
+        assert_eq!(pids, [200, 201]);
+        for p in &some.processes {
+            assert_eq!(p, process(&full, p.process.pid));
+        }
+        assert_eq!(some.stats.processes_vanished, 1);
+        let full_container = full
+            .containers
+            .iter()
+            .find(|c| c.pids.contains(&200))
+            .unwrap();
+        assert_eq!(some.containers.len(), 1);
+        assert_eq!(some.containers[0].id, full_container.id);
+        assert_eq!(some.containers[0].rootfs, full_container.rootfs);
+        assert_eq!(some.containers[0].limits, full_container.limits);
+        assert_eq!(some.containers[0].pids, [200, 201]);
     }
 
     #[test]

@@ -112,3 +112,10 @@ pub struct CollectedProcess {
 pub fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect::collect(opts)
 }
+
+/// [`collect`] for the given pids only (an exec-driven pass): the processes that still exist
+/// and the containers they belong to, read the same way. Fails only when the proc root
+/// cannot be opened.
+pub fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
+    collect::collect_pids(opts, pids)
+}
