@@ -910,6 +910,7 @@ fn node_state(
         errors_total: BTreeMap::new(),
         policy_reload_failures: 0,
         policy_loaded_at: now,
+        exec_events: Default::default(),
     })
 }
 

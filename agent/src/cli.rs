@@ -193,6 +193,17 @@ pub enum KubeArg {
     Off,
 }
 
+/// Where `nodeguard run` learns of execs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecEventsArg {
+    /// The kernel's process-events connector when it answers (initial network, pid and user
+    /// namespaces: hostNetwork and hostPID), else polling, said once in the log and in
+    /// `nodeguard_exec_events_source`.
+    Auto,
+    /// Scans on the interval only.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthArg {
     /// On with a cluster when the API listens beyond loopback.
@@ -254,6 +265,21 @@ pub struct RunArgs {
     /// Do not publish Kubernetes Events (pod metadata is still watched).
     #[arg(long, env = "NODEGUARD_NO_EVENTS")]
     pub no_events: bool,
+
+    /// Exec-time detection: read and evaluate each process as it execs (`auto`), or only
+    /// on the scan interval (`off`).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "NODEGUARD_EXEC_EVENTS"
+    )]
+    pub exec_events: ExecEventsArg,
+
+    /// How long a process read at exec stays reported after it exits (its findings stay
+    /// open at least this long, and until the next scan after that).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "NODEGUARD_EXEC_RETENTION")]
+    pub exec_retention: std::time::Duration,
 }
 
 /// A flag value as the command line spells it (`sha256`, `auto`), for logs.

@@ -1,9 +1,9 @@
 //! `nodeguard run`: wires the daemon, metrics, the HTTP API and (when in a cluster) pod
 //! metadata and Events, then waits for a signal.
 
-use crate::cli::{AuthArg, RunArgs};
+use crate::cli::{AuthArg, ExecEventsArg, RunArgs};
 use anyhow::{Context, Result};
-use nodeguard_daemon::{Control, Daemon, ScanObserver, Schedule};
+use nodeguard_daemon::{Control, Daemon, ExecFeed, ScanObserver, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
 use nodeguard_model::{NoPods, NodeState, PodLookup, ScanKind};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,8 +36,58 @@ pub fn run(args: RunArgs) -> Result<()> {
     result
 }
 
+/// Exec events the daemon's queue holds before events are dropped (and counted as lost).
+const EXEC_QUEUE: usize = 8192;
+
+/// How long the start-up probe waits for its own exec event (twice, see
+/// `nodeguard_procevents::start`).
+const EXEC_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The exec event source for `--exec-events`: the process-events connector, proved with a
+/// probe (this binary with `--version`); when it cannot be had, why, logged once, and `None`
+/// (polling, as `nodeguard_exec_events_source` then says).
+async fn exec_feed(choice: ExecEventsArg) -> Option<ExecFeed> {
+    if choice == ExecEventsArg::Off {
+        tracing::info!("--exec-events off: processes are seen by the scans on the interval only");
+        return None;
+    }
+    let program = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let options = nodeguard_procevents::Options {
+        capacity: EXEC_QUEUE,
+        probe: Some(nodeguard_procevents::Probe {
+            program,
+            args: vec!["--version".into()],
+            timeout: EXEC_PROBE_TIMEOUT,
+        }),
+    };
+    match tokio::task::spawn_blocking(move || nodeguard_procevents::start(options)).await {
+        Ok(Ok(events)) => {
+            tracing::info!(
+                kernel_filter = events.filtered,
+                "exec events from the kernel's process-events connector: each exec is read and evaluated at once"
+            );
+            Some(ExecFeed {
+                receiver: events.receiver,
+                stats: events.stats,
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                reason = %e,
+                "exec events unavailable; falling back to polling: processes are seen by the scans on the interval only"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(reason = %e, "exec events unavailable; falling back to polling");
+            None
+        }
+    }
+}
+
 async fn serve(args: RunArgs) -> Result<()> {
-    let scanner = crate::build_scanner(&args.settings)?;
+    let mut scanner = crate::build_scanner(&args.settings)?;
+    scanner.set_exec_retention(args.exec_retention);
     let node = scanner.options().node_name.clone();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -70,6 +120,8 @@ async fn serve(args: RunArgs) -> Result<()> {
             .as_ref()
             .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         events = !args.no_events,
+        exec_events = %crate::cli::value_name(args.exec_events),
+        exec_retention = %crate::cli::format_duration(args.exec_retention),
         "nodeguard starting with this effective configuration"
     );
 
@@ -117,6 +169,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         policy_path: args.settings.config.clone(),
         pods,
         observer: Arc::new(MetricsObserver(metrics.clone())),
+        exec_feed: exec_feed(args.exec_events).await,
     };
     let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
 

@@ -11,11 +11,21 @@
 //! scan, and a scan never holds anything a sink waits for.
 //!
 //! Scans run on a blocking thread; the caches inside the [`Scanner`] live across scans.
+//!
+//! With an [`ExecFeed`] (the kernel's process-events connector), each exec is handled at
+//! once: execs arriving within [`EXEC_COALESCE`] of each other form one batch (at most
+//! [`EXEC_BATCH_MAX`] pids), the scanner reads just those processes
+//! ([`Scanner::scan_execs`]) into the latest report, and the new state is published like a
+//! scan's. Lost events (the kernel's buffer or the feed's channel overflowed) bring the next
+//! full scan forward to [`RECONCILE_AFTER_LOSS`] from then. The feed only feeds this loop;
+//! sinks still only read the state channel.
 
 use nodeguard_model::{
-    FindingLedger, NodeState, PodLookup, Report, ScanKind, ScanRun, Severity, Timestamp,
+    ExecEventSource, ExecEventStats, FindingLedger, NodeState, PodLookup, Report, ScanKind,
+    ScanRun, Severity, Timestamp,
 };
 use nodeguard_policy::Policy;
+pub use nodeguard_procevents::{ExecEvent, Stats as ExecFeedStats};
 use nodeguard_scan::{ScanScope, Scanner};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,7 +91,23 @@ pub struct Daemon {
     pub policy_path: Option<PathBuf>,
     pub pods: Arc<dyn PodLookup>,
     pub observer: Arc<dyn ScanObserver>,
+    /// Exec events, or `None` to scan on the schedule only (polling).
+    pub exec_feed: Option<ExecFeed>,
 }
+
+/// Exec events for the loop: the receiving end of the event source's bounded channel and
+/// its counters.
+pub struct ExecFeed {
+    pub receiver: mpsc::Receiver<ExecEvent>,
+    pub stats: Arc<ExecFeedStats>,
+}
+
+/// How long the loop gathers further execs after the first of a batch.
+pub const EXEC_COALESCE: Duration = Duration::from_millis(5);
+/// The most pids one exec-driven pass reads; the rest wait for the next pass.
+pub const EXEC_BATCH_MAX: usize = 512;
+/// After lost exec events, the next full scan starts this soon (unless one is due sooner).
+pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(1);
 
 /// Counters that outlive single scans.
 struct Totals {
@@ -91,6 +117,69 @@ struct Totals {
     errors_total: BTreeMap<String, u64>,
     policy_reload_failures: u64,
     policy_loaded_at: Timestamp,
+    exec: ExecEventStats,
+}
+
+/// What waiting for a blocking pass ended with.
+enum Waited<T> {
+    Done(T),
+    Shutdown,
+}
+
+/// Waits for a pass on a blocking thread while answering control messages: a reload waits
+/// for the pass (`reload_pending`), a shutdown leaves it behind (the runtime's shutdown
+/// timeout bounds that).
+async fn wait_blocking<T>(
+    mut joined: tokio::task::JoinHandle<T>,
+    control: &mut mpsc::Receiver<Control>,
+    reload_pending: &mut bool,
+) -> Result<Waited<T>, Error> {
+    loop {
+        tokio::select! {
+            joined = &mut joined => {
+                return joined.map(Waited::Done).map_err(|e| Error::ScanThread(e.to_string()));
+            }
+            msg = control.recv() => match msg {
+                Some(Control::ReloadPolicy) => *reload_pending = true,
+                Some(Control::Shutdown) | None => {
+                    tracing::info!("shutting down during a scan");
+                    return Ok(Waited::Shutdown);
+                }
+            },
+        }
+    }
+}
+
+/// The next exec event, or never when there is no feed.
+async fn next_exec(feed: &mut Option<ExecFeed>) -> Option<ExecEvent> {
+    match feed {
+        Some(feed) => feed.receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A batch of exec'd pids: the first event, and what arrives within [`EXEC_COALESCE`], up
+/// to [`EXEC_BATCH_MAX`] distinct pids. `true` when a loss was announced meanwhile.
+async fn gather(first: ExecEvent, receiver: &mut mpsc::Receiver<ExecEvent>) -> (Vec<i32>, bool) {
+    let mut pids = Vec::new();
+    let mut lost = false;
+    let mut take = |event: ExecEvent, pids: &mut Vec<i32>| match event {
+        ExecEvent::Exec { pid } => {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        ExecEvent::Lost => lost = true,
+    };
+    take(first, &mut pids);
+    tokio::time::sleep(EXEC_COALESCE).await;
+    while pids.len() < EXEC_BATCH_MAX {
+        match receiver.try_recv() {
+            Ok(event) => take(event, &mut pids),
+            Err(_) => break,
+        }
+    }
+    (pids, lost)
 }
 
 impl Daemon {
@@ -106,7 +195,9 @@ impl Daemon {
             policy_path,
             pods,
             observer,
+            exec_feed,
         } = self;
+        let mut exec_feed = exec_feed;
         let mut scanner = Some(scanner);
         let mut totals = Totals {
             ledger: FindingLedger::default(),
@@ -115,7 +206,18 @@ impl Daemon {
             errors_total: BTreeMap::new(),
             policy_reload_failures: 0,
             policy_loaded_at: Timestamp::now(),
+            exec: ExecEventStats {
+                source: if exec_feed.is_some() {
+                    ExecEventSource::Netlink
+                } else {
+                    ExecEventSource::Polling
+                },
+                ..ExecEventStats::default()
+            },
         };
+        let feed_stats = exec_feed.as_ref().map(|f| Arc::clone(&f.stats));
+        let mut lost_seen = 0u64;
+        let mut latest: Option<Arc<NodeState>> = None;
         // The first scan is a process scan so the agent is ready quickly; the first
         // filesystem scan follows right after it.
         let mut next_process = Instant::now();
@@ -134,27 +236,16 @@ impl Daemon {
                 };
                 let pods = Arc::clone(&pods);
                 let started = Instant::now();
-                let mut joined = tokio::task::spawn_blocking(move || {
+                let joined = tokio::task::spawn_blocking(move || {
                     let result = owned.scan(scope, pods.as_ref());
                     (owned, result)
                 });
-                // The blocking scan cannot be interrupted: a shutdown leaves it behind (the
-                // runtime's shutdown timeout bounds that), a reload waits for it to finish.
                 let mut reload_pending = false;
-                let (owned, result) = loop {
-                    tokio::select! {
-                        joined = &mut joined => {
-                            break joined.map_err(|e| Error::ScanThread(e.to_string()))?;
-                        }
-                        msg = control.recv() => match msg {
-                            Some(Control::ReloadPolicy) => reload_pending = true,
-                            Some(Control::Shutdown) | None => {
-                                tracing::info!("shutting down during a scan");
-                                return Ok(());
-                            }
-                        },
-                    }
-                };
+                let (owned, result) =
+                    match wait_blocking(joined, &mut control, &mut reload_pending).await? {
+                        Waited::Done(done) => done,
+                        Waited::Shutdown => return Ok(()),
+                    };
                 scanner = Some(owned);
                 let elapsed = started.elapsed();
                 match result {
@@ -175,6 +266,7 @@ impl Daemon {
                                 },
                             );
                         }
+                        refresh_exec(&mut totals.exec, feed_stats.as_deref(), &exec_feed);
                         let (next, appeared, resolved) = publish(&mut totals, report);
                         observer.state_changed(&next);
                         let mut open = [0usize; 4];
@@ -197,6 +289,7 @@ impl Daemon {
                             warnings = next.report.warnings.len(),
                             "scan complete"
                         );
+                        latest = Some(Arc::clone(&next));
                         state.send_replace(Some(next));
                     }
                     Err(err) => {
@@ -227,6 +320,72 @@ impl Daemon {
             let wake = next_process.min(next_fs);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                event = next_exec(&mut exec_feed) => {
+                    let Some(first) = event else {
+                        tracing::warn!("exec events stopped; processes are now seen by the scans on the interval only");
+                        exec_feed = None;
+                        totals.exec.source = ExecEventSource::Polling;
+                        continue;
+                    };
+                    let Some(feed) = exec_feed.as_mut() else { continue };
+                    let (pids, lost) = gather(first, &mut feed.receiver).await;
+                    let lost_now = feed.stats.lost();
+                    if lost || lost_now > lost_seen {
+                        lost_seen = lost_now;
+                        let soon = Instant::now() + RECONCILE_AFTER_LOSS;
+                        if soon < next_process {
+                            tracing::warn!(lost = lost_now, "exec events were lost; a full scan follows in {RECONCILE_AFTER_LOSS:?}");
+                            next_process = soon;
+                        }
+                    }
+                    // Before the first scan there is nothing to add to; that scan is due.
+                    let (Some(base), false) = (latest.clone(), pids.is_empty()) else { continue };
+                    let Some(mut owned) = scanner.take() else {
+                        return Err(Error::ScanThread("scanner lost".into()));
+                    };
+                    let pods = Arc::clone(&pods);
+                    let started = Instant::now();
+                    let joined = tokio::task::spawn_blocking(move || {
+                        let result = owned.scan_execs(&pids, &base.report, pods.as_ref());
+                        (owned, result)
+                    });
+                    let mut reload_pending = false;
+                    let (owned, result) =
+                        match wait_blocking(joined, &mut control, &mut reload_pending).await? {
+                            Waited::Done(done) => done,
+                            Waited::Shutdown => return Ok(()),
+                        };
+                    scanner = Some(owned);
+                    match result {
+                        Ok((report, pass)) => {
+                            totals.exec.passes += 1;
+                            totals.exec.unread += pass.vanished as u64;
+                            refresh_exec(&mut totals.exec, feed_stats.as_deref(), &exec_feed);
+                            let (next, appeared, resolved) = publish(&mut totals, report);
+                            observer.state_changed(&next);
+                            tracing::debug!(
+                                read = pass.read,
+                                unread = pass.vanished,
+                                duration_ms = started.elapsed().as_millis() as u64,
+                                new = appeared,
+                                resolved,
+                                "exec pass complete"
+                            );
+                            latest = Some(Arc::clone(&next));
+                            state.send_replace(Some(next));
+                        }
+                        Err(err) => {
+                            *totals.errors_total.entry("exec_pass".into()).or_insert(0) += 1;
+                            tracing::error!(error = %err, "exec pass failed");
+                        }
+                    }
+                    if reload_pending {
+                        if let Some(s) = scanner.as_mut() {
+                            reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref()).await;
+                            next_process = Instant::now();
+                        }
+                    }
+                }
                 msg = control.recv() => match msg {
                     Some(Control::ReloadPolicy) => {
                         if let Some(s) = scanner.as_mut() {
@@ -329,8 +488,20 @@ fn publish(totals: &mut Totals, report: Report) -> (Arc<NodeState>, usize, usize
         errors_total: totals.errors_total.clone(),
         policy_reload_failures: totals.policy_reload_failures,
         policy_loaded_at: totals.policy_loaded_at,
+        exec_events: totals.exec,
     });
     (state, appeared, resolved)
+}
+
+/// Copies the feed's counters into the state's; a feed whose reader stopped is polling.
+fn refresh_exec(exec: &mut ExecEventStats, stats: Option<&ExecFeedStats>, feed: &Option<ExecFeed>) {
+    if let Some(stats) = stats {
+        exec.events = stats.events();
+        exec.lost = stats.lost();
+        if stats.stopped() || feed.is_none() {
+            exec.source = ExecEventSource::Polling;
+        }
+    }
 }
 
 /// `base` ± `fraction` at random, never below a tenth of `base`.

@@ -125,6 +125,7 @@ fn state_at(containers: &[&Box_], findings: &[Finding], scanned: Timestamp) -> A
         errors_total: BTreeMap::new(),
         policy_reload_failures: 0,
         policy_loaded_at: scanned,
+        exec_events: Default::default(),
     })
 }
 

@@ -46,6 +46,11 @@
 //! | `nodeguard_policy_reloads_total` | counter | result |
 //! | `nodeguard_policy_loaded_timestamp_seconds` | gauge | |
 //! | `nodeguard_policy_weakened` | gauge | setting |
+//! | `nodeguard_exec_events_source` | gauge | source |
+//! | `nodeguard_exec_events_total` | counter | |
+//! | `nodeguard_exec_events_lost_total` | counter | |
+//! | `nodeguard_exec_processes_unread_total` | counter | |
+//! | `nodeguard_exec_passes_total` | counter | |
 //! | `nodeguard_events_total` | counter | result |
 //! | `nodeguard_events_queued` | gauge | |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |

@@ -2,7 +2,8 @@
 //! at scrape time by a custom collector, so a gone container's series simply are not written.
 
 use nodeguard_model::{
-    short_id, Container, EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity,
+    short_id, Container, EventStats, ExecEventSource, ExecEventStats, Finding, FindingKind,
+    NodeState, Report, ScanKind, Severity,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -38,6 +39,7 @@ pub(crate) struct StateGauges {
     pub containers: u64,
     pub errors: Vec<(String, u64)>,
     pub policy_loaded_at: f64,
+    pub exec: ExecEventStats,
 }
 
 /// Sums of per-scan report counters since start.
@@ -215,6 +217,7 @@ fn state_gauges(state: &NodeState) -> StateGauges {
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
         policy_loaded_at: state.policy_loaded_at.unix_seconds(),
+        exec: state.exec_events,
     }
 }
 
@@ -389,6 +392,45 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
     for (kind, n) in &g.errors {
         ConstCounter::new(*n).encode(m.encode_family(&[("kind", kind.as_str())])?)?;
     }
+
+    let mut m = encoder.encode_descriptor(
+        "exec_events_source",
+        "1 for where the agent learns of execs: netlink (the kernel's process-events connector, each exec evaluated at once) or polling (the scans on the interval only, when the connector is unavailable or off).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for source in ExecEventSource::ALL {
+        let value = u64::from(g.exec.source == source);
+        ConstGauge::new(value).encode(m.encode_family(&[("source", source.as_str())])?)?;
+    }
+    counter(
+        encoder,
+        "exec_events",
+        "Exec events received from the kernel since the agent started.",
+        None,
+        g.exec.events,
+    )?;
+    counter(
+        encoder,
+        "exec_events_lost",
+        "Exec events lost since the agent started (the socket overran, counted once per overrun, or the daemon's queue was full); each loss brings a full scan forward.",
+        None,
+        g.exec.lost,
+    )?;
+    counter(
+        encoder,
+        "exec_processes_unread",
+        "Exec'd processes that exited before the agent could read them, since the agent started.",
+        None,
+        g.exec.unread,
+    )?;
+    counter(
+        encoder,
+        "exec_passes",
+        "Exec-driven passes (each reads and evaluates a batch of exec'd processes) since the agent started.",
+        None,
+        g.exec.passes,
+    )?;
 
     gauge(
         encoder,

@@ -115,6 +115,45 @@ pub struct NodeState {
     /// Policy reloads refused since start (the previous policy stayed in force).
     pub policy_reload_failures: u64,
     pub policy_loaded_at: Timestamp,
+    /// Where exec events come from and what they amounted to since start.
+    pub exec_events: ExecEventStats,
+}
+
+/// Where the daemon learns of execs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecEventSource {
+    /// The kernel's process-events connector: each exec is read and evaluated at once.
+    Netlink,
+    /// No event source: processes are seen by the scans on the interval only.
+    #[default]
+    Polling,
+}
+
+impl ExecEventSource {
+    pub const ALL: [ExecEventSource; 2] = [ExecEventSource::Netlink, ExecEventSource::Polling];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecEventSource::Netlink => "netlink",
+            ExecEventSource::Polling => "polling",
+        }
+    }
+}
+
+/// Exec events since the agent started (monotonic counters, for `_total` series).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecEventStats {
+    pub source: ExecEventSource,
+    /// Exec events received from the kernel.
+    pub events: u64,
+    /// Exec events known to be lost (socket overrun, full channel); each loss brings a full
+    /// scan forward.
+    pub lost: u64,
+    /// Exec'd processes that were gone before they could be read.
+    pub unread: u64,
+    /// Exec-driven passes run (each covers a batch of execs).
+    pub passes: u64,
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use nodeguard_model::{
 };
 pub use nodeguard_model::{NoPods, PodLookup};
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +48,19 @@ pub struct ScanOptions {
     /// soon as they are collected ([`nodeguard_model::redact_cmdline`]), so they never enter
     /// the report, the state, the API, Events or logs.
     pub show_secrets: bool,
+    /// How long a process read by an exec-driven pass ([`Scanner::scan_execs`]) stays in
+    /// reports after it is gone: its findings stay open at least this long after the read,
+    /// and until the first full scan after that no longer sees it running.
+    pub exec_retention: Duration,
 }
+
+/// [`ScanOptions::exec_retention`] by default: long enough for several Prometheus scrapes
+/// and the Events publisher to see a process that lived for milliseconds.
+pub const DEFAULT_EXEC_RETENTION: Duration = Duration::from_secs(300);
+
+/// At most this many exec-read processes are retained; beyond it the oldest reads go first
+/// (counted as the `exec_retention_overflow` error, with a warning).
+pub const EXEC_RETAINED_MAX: usize = 4096;
 
 impl ScanOptions {
     /// Defaults for a node whose `/proc` and cgroup fs are at the usual places.
@@ -73,6 +85,7 @@ impl ScanOptions {
                 max_hash_bytes: 512 * 1024 * 1024,
             },
             show_secrets: false,
+            exec_retention: DEFAULT_EXEC_RETENTION,
         }
     }
 }
@@ -99,6 +112,20 @@ pub struct Scanner {
     /// Containers whose last filesystem inventory was incomplete.
     last_gaps: Vec<FsGap>,
     last_fs_stats: FsCounters,
+    /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
+    /// its entry), with their container as read then.
+    recent_execs: BTreeMap<i32, Retained>,
+    /// From the last full scan, for the evaluation of exec-driven passes.
+    last_cap_last_cap: u32,
+    last_host_bounding: Option<u64>,
+}
+
+/// A process an exec-driven pass read, kept so that its findings outlive it.
+#[derive(Debug, Clone)]
+struct Retained {
+    process: Process,
+    container: Option<Container>,
+    read_at: Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -126,11 +153,20 @@ impl Scanner {
             last_files: Vec::new(),
             last_gaps: Vec::new(),
             last_fs_stats: FsCounters::default(),
+            recent_execs: BTreeMap::new(),
+            last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
+            last_host_bounding: None,
         }
     }
 
     pub fn options(&self) -> &ScanOptions {
         &self.options
+    }
+
+    /// How long exec-read processes stay in reports after they exit
+    /// ([`ScanOptions::exec_retention`]).
+    pub fn set_exec_retention(&mut self, retention: Duration) {
+        self.options.exec_retention = retention;
     }
 
     /// Swaps the policy used from the next scan on (SIGHUP reload).
@@ -170,21 +206,12 @@ impl Scanner {
         let processes = self.hash_executables(processes, &mut stats, &mut warnings);
 
         for container in &mut containers {
-            let uid = container.pod_uid.as_deref();
-            container.pod = pods.pod_for(uid, &container.id);
-            // The pod's status decides over the process table: a listed container is never a
-            // sandbox, whatever it runs; an unlisted one in a fully started pod is.
-            if container.pod_uid.is_some() {
-                if let Some(sandbox) = pods.is_sandbox(uid, &container.id) {
-                    container.sandbox = sandbox;
-                }
-            }
-            if container.runtime == Runtime::Unknown {
-                if let Some(runtime) = pods.runtime_of(uid, &container.id) {
-                    container.runtime = runtime;
-                }
-            }
+            enrich(container, pods);
         }
+        let mut processes = processes;
+        self.last_cap_last_cap = cap_last_cap;
+        self.last_host_bounding = host_bounding;
+        self.keep_recent_execs(&mut processes, &mut containers);
 
         if scope == ScanScope::ProcessesAndFilesystems {
             self.scan_filesystems(&containers, &mut stats, &mut warnings);
@@ -375,6 +402,228 @@ impl Scanner {
         self.last_files.extend(output.files);
         self.last_files
             .sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
+    }
+}
+
+/// Pod metadata for a container: names, and what the pod's status says over the process
+/// table (a listed container is never a sandbox, whatever it runs; an unlisted one in a
+/// fully started pod is; the runtime its `containerID` scheme names).
+fn enrich(container: &mut Container, pods: &dyn PodLookup) {
+    let uid = container.pod_uid.as_deref();
+    container.pod = pods.pod_for(uid, &container.id);
+    if container.pod_uid.is_some() {
+        if let Some(sandbox) = pods.is_sandbox(uid, &container.id) {
+            container.sandbox = sandbox;
+        }
+    }
+    if container.runtime == Runtime::Unknown {
+        if let Some(runtime) = pods.runtime_of(uid, &container.id) {
+            container.runtime = runtime;
+        }
+    }
+}
+
+/// What an exec-driven pass did, beside its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecPassStats {
+    /// Exec'd processes read and evaluated.
+    pub read: usize,
+    /// Exec'd processes gone before they could be read (nothing is known of them).
+    pub vanished: usize,
+}
+
+impl Scanner {
+    /// An exec-driven pass: reads the processes `pids` (just exec'd) the way a scan does —
+    /// attribution to a container, executable layer, hash through the one digest cache —
+    /// puts them into `base` (the latest report) in place of what it said about those pids,
+    /// and evaluates the whole with the policy in force. Containers `base` knows keep what
+    /// the full scan said of them (runtime, sandbox, limits); a container first seen here is
+    /// read from these processes alone until the next full scan. Files, filesystem gaps,
+    /// `cap_last_cap` and the host's bounding set are the last full scan's.
+    ///
+    /// Each process read is retained for [`ScanOptions::exec_retention`]: when it exits, later
+    /// reports (full scans included) still carry it as it was read, so a process that lived
+    /// for milliseconds keeps its findings open long enough for every sink to see them.
+    ///
+    /// The report's stats count this pass only (hashes, errors, vanished processes), so
+    /// totals summed over reports stay right.
+    pub fn scan_execs(
+        &mut self,
+        pids: &[i32],
+        base: &Report,
+        pods: &dyn PodLookup,
+    ) -> Result<(Report, ExecPassStats), Error> {
+        let started = Instant::now();
+        let scanned_at = Timestamp::now();
+        let Snapshot {
+            processes: collected,
+            containers: fresh,
+            stats: mut pass_stats,
+            mut warnings,
+            ..
+        } = nodeguard_collect::collect_pids(&self.options.collect, pids)?;
+        let mut collected = collected;
+        if !self.options.show_secrets {
+            for cp in &mut collected {
+                cp.process.cmdline = nodeguard_model::redact_cmdline(&cp.process.cmdline);
+            }
+        }
+        let read = self.hash_executables(collected, &mut pass_stats, &mut warnings);
+        let pass = ExecPassStats {
+            read: read.len(),
+            vanished: pids.len().saturating_sub(read.len()),
+        };
+
+        let mut containers = base.containers.clone();
+        for mut container in fresh {
+            match containers.iter_mut().find(|c| c.id == container.id) {
+                Some(known) => {
+                    for pid in container.pids {
+                        if !known.pids.contains(&pid) {
+                            known.pids.push(pid);
+                        }
+                    }
+                    known.pids.sort_unstable();
+                }
+                None => {
+                    enrich(&mut container, pods);
+                    containers.push(container);
+                }
+            }
+        }
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+
+        let now = Instant::now();
+        for p in &read {
+            let container = p
+                .container_id
+                .as_deref()
+                .and_then(|id| containers.iter().find(|c| c.id == id))
+                .cloned();
+            self.recent_execs.insert(
+                p.pid,
+                Retained {
+                    process: p.clone(),
+                    container,
+                    read_at: now,
+                },
+            );
+        }
+        self.bound_recent_execs(&mut pass_stats, &mut warnings);
+
+        let replaced: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
+        let mut processes: Vec<Process> = base
+            .processes
+            .iter()
+            .filter(|p| !replaced.contains(&p.pid))
+            .cloned()
+            .chain(read)
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+
+        let findings = evaluate(
+            &self.policy,
+            &Evidence {
+                processes: &processes,
+                containers: &containers,
+                files: &base.files,
+                cap_last_cap: self.last_cap_last_cap,
+                gaps: &self.last_gaps,
+                host_bounding: self.last_host_bounding,
+            },
+        );
+        let stats = ScanStats {
+            processes_seen: processes.len() as u64,
+            kernel_threads: base.stats.kernel_threads,
+            containers_seen: containers.len() as u64,
+            files_walked: base.stats.files_walked,
+            layers_walked: base.stats.layers_walked,
+            layers_cached: base.stats.layers_cached,
+            walks_truncated: base.stats.walks_truncated,
+            ..pass_stats
+        };
+        let mut all_warnings = base.warnings.clone();
+        all_warnings.extend(warnings);
+        Ok((
+            Report {
+                schema_version: SCHEMA_VERSION,
+                node: self.options.node_name.clone(),
+                scanned_at,
+                duration_ms: started.elapsed().as_millis() as u64,
+                containers,
+                processes,
+                files: base.files.clone(),
+                findings,
+                stats,
+                warnings: all_warnings,
+            },
+            pass,
+        ))
+    }
+
+    /// Processes read by exec passes since at most the retention window: how many.
+    pub fn retained_execs(&self) -> usize {
+        self.recent_execs.len()
+    }
+
+    /// A full scan's processes and containers, plus each exec-read process that is no
+    /// longer running (no process with its pid, executable and container) and was read
+    /// within the retention window, with its container when that is gone too. Entries past
+    /// the window are dropped here.
+    fn keep_recent_execs(&mut self, processes: &mut Vec<Process>, containers: &mut Vec<Container>) {
+        let retention = self.options.exec_retention;
+        self.recent_execs
+            .retain(|_, r| r.read_at.elapsed() <= retention);
+        if self.recent_execs.is_empty() {
+            return;
+        }
+        let running: BTreeSet<(i32, Option<&str>, Option<&str>)> = processes
+            .iter()
+            .map(|p| (p.pid, p.exe.as_deref(), p.container_id.as_deref()))
+            .collect();
+        let mut gone = Vec::new();
+        for r in self.recent_execs.values() {
+            let p = &r.process;
+            if running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref())) {
+                continue;
+            }
+            gone.push(r.clone());
+        }
+        for r in gone {
+            if let Some(c) = r.container {
+                if !containers.iter().any(|known| known.id == c.id) {
+                    containers.push(c);
+                }
+            }
+            processes.push(r.process);
+        }
+        processes.sort_by_key(|p| p.pid);
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+
+    /// Keeps at most [`EXEC_RETAINED_MAX`] retained reads, dropping the oldest — counted
+    /// and warned about, never silently.
+    fn bound_recent_execs(&mut self, stats: &mut ScanStats, warnings: &mut Vec<String>) {
+        let excess = self.recent_execs.len().saturating_sub(EXEC_RETAINED_MAX);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<(Instant, i32)> = self
+            .recent_execs
+            .iter()
+            .map(|(pid, r)| (r.read_at, *pid))
+            .collect();
+        by_age.sort_unstable();
+        for (_, pid) in by_age.into_iter().take(excess) {
+            self.recent_execs.remove(&pid);
+        }
+        *stats
+            .errors
+            .entry("exec_retention_overflow".to_string())
+            .or_insert(0) += excess as u64;
+        warnings.push(format!(
+            "more than {EXEC_RETAINED_MAX} exec-read processes within the retention window: the {excess} oldest are no longer retained after they exit"
+        ));
     }
 }
 

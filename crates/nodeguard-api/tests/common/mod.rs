@@ -352,6 +352,7 @@ pub fn node_state(node: &str) -> NodeState {
         errors_total: errors,
         policy_reload_failures: 0,
         policy_loaded_at: at("2026-11-22T08:00:00Z"),
+        exec_events: Default::default(),
     }
 }
 

@@ -691,6 +691,7 @@ mod tests {
             errors_total: BTreeMap::new(),
             policy_reload_failures: 0,
             policy_loaded_at: now,
+            exec_events: Default::default(),
         })
     }
 

@@ -207,6 +207,7 @@ pub fn state_of(report: Report) -> NodeState {
         errors_total,
         policy_reload_failures: 0,
         policy_loaded_at: at(50),
+        exec_events: Default::default(),
     }
 }
 
