@@ -18,6 +18,7 @@
 //!   scan can be attributed to the test's own processes.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod cmd;
 pub mod container;
 pub mod fakeproc;

@@ -1,0 +1,313 @@
+//! Exec-time detection against real runc containers: with the scan interval at an hour, a
+//! denied binary exec'd in a container is on `/v1/findings` within two seconds, a process
+//! that lives 200 ms is caught and stays reported after it exits, and when the kernel's
+//! process-events connector refuses the agent (a network namespace of its own) the agent says
+//! so once, exports `nodeguard_exec_events_source{source="polling"} 1`, and its scans still
+//! find things.
+//!
+//! Ground truth comes from outside nodeguard: `sha256sum` of the binary in the image, the pid
+//! `runc exec --pid-file` wrote, `/proc` after the process exited.
+//!
+//! Needs root, runc, busybox-static, capsh, overlayfs (and `unshare`, `ip` for the fallback
+//! test). Without them each test says why it skipped; with `CI` set it fails instead.
+//! Run: `cargo test -p nodeguard --test exec_runc`.
+
+mod support;
+
+use serde_json::Value;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+use support::agent::Agent;
+use support::container::ContainerSpec;
+use support::image::Image;
+use support::{wait_for, wait_for_every};
+
+/// The promise for an exec while the interval is an hour.
+const EXEC_TO_FINDING: Duration = Duration::from_secs(2);
+/// The first scans of a busy test machine.
+const FIRST_SCAN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An image with `/bin/busybox-evil`: busybox with bytes after it, so no other process on the
+/// node has its digest (busybox runs as the multi-call binary under a name starting with
+/// `busybox`). Returns the image, the path in the container and its SHA-256 by `sha256sum`.
+fn image_with_denied_binary() -> (Image, String, String) {
+    let image = Image::busybox_owned("execev");
+    let busybox = support::image::busybox_binary().expect("busybox (checked by the harness)");
+    let mut bytes = fs::read(&busybox).expect("read busybox");
+    bytes.extend_from_slice(format!("exec-time {}", support::random_hex(8)).as_bytes());
+    let path = "/bin/busybox-evil".to_string();
+    image.add_file(&path, &bytes, 0o755);
+    let digest = image.sha256(&path);
+    (image, path, digest)
+}
+
+/// A policy file denying `digest`, in a temp dir the caller keeps.
+fn denying_policy(digest: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("nodeguard-execev-policy-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("policy.yaml");
+    fs::write(
+        &path,
+        format!(
+            "version: 1\ndenied_binaries:\n  - sha256: {digest}\n    reason: \"planted by exec_runc\"\n"
+        ),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+/// Waits until the agent finished its first process scan and the filesystem scan that
+/// follows it; returns how many process scans it has run then.
+fn wait_first_scans(agent: &Agent) -> f64 {
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
+    let fs_done = "nodeguard_scans_total{scan_type=\"filesystems\",result=\"success\"}";
+    wait_for(
+        "the first filesystem scan",
+        FIRST_SCAN_TIMEOUT,
+        || match agent.metric(fs_done) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{fs_done} = {other:?}")),
+        },
+    );
+    process_scans(agent)
+}
+
+fn process_scans(agent: &Agent) -> f64 {
+    agent
+        .metric("nodeguard_scans_total{scan_type=\"processes\",result=\"success\"}")
+        .expect("nodeguard_scans_total{scan_type=\"processes\"} is exported")
+}
+
+/// The `denied_binary` findings of container `id` whose digest is `digest`.
+fn denied(agent: &Agent, id: &str, digest: &str) -> Vec<Value> {
+    agent
+        .findings(&format!("kind=denied_binary&container={id}"))
+        .into_iter()
+        .filter(|f| f["sha256"].as_str() == Some(digest))
+        .collect()
+}
+
+fn require_netlink(agent: &Agent) {
+    let source = "nodeguard_exec_events_source{source=\"netlink\"}";
+    assert_eq!(
+        agent.metric(source),
+        Some(1.0),
+        "the connector must work for a root agent in the host's namespaces"
+    );
+}
+
+#[test]
+fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour_interval() {
+    require_containers!();
+    let (image, evil, digest) = image_with_denied_binary();
+    let (_policy_dir, policy) = denying_policy(&digest);
+    let container = ContainerSpec::new(&image).start();
+    let agent = Agent::start(&[
+        "--interval",
+        "1h",
+        "--fs-interval",
+        "1h",
+        "--config",
+        policy.to_str().unwrap(),
+    ]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+    assert!(
+        denied(&agent, &container.id, &digest).is_empty(),
+        "nothing denied runs yet"
+    );
+
+    let pid = container.exec_detached(&[&evil, "sleep", "600"]);
+    let found = wait_for_every(
+        Duration::from_millis(50),
+        &format!("denied_binary for pid {pid} on /v1/findings"),
+        EXEC_TO_FINDING,
+        || {
+            let found = denied(&agent, &container.id, &digest);
+            match found
+                .iter()
+                .find(|f| f["pid"].as_i64() == Some(i64::from(pid)))
+            {
+                Some(f) => Ok(f.clone()),
+                None => Err(format!("findings of the container: {found:?}")),
+            }
+        },
+    );
+    assert_eq!(found["severity"], "critical");
+    assert_eq!(found["path"].as_str(), Some(evil.as_str()), "{found}");
+    // No scan ran meanwhile: the exec itself brought the finding.
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "a process scan ran; the finding must come from the exec"
+    );
+    // /metrics renders at most once a second (README, Metrics): the series follows within
+    // that second.
+    let short = &container.id[..12];
+    let open = format!(
+        "nodeguard_findings{{kind=\"denied_binary\",severity=\"critical\",namespace=\"\",pod=\"\",container=\"{short}\"}}"
+    );
+    let metrics = wait_for_every(
+        Duration::from_millis(50),
+        &format!("{open} on /metrics"),
+        EXEC_TO_FINDING,
+        || {
+            let metrics = agent.metrics();
+            match support::agent::metric_value(&metrics, &open) {
+                Some(n) if n >= 1.0 => Ok(metrics),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    for series in ["nodeguard_exec_events_total", "nodeguard_exec_passes_total"] {
+        let v = support::agent::metric_value(&metrics, series);
+        assert!(v.is_some_and(|v| v >= 1.0), "{series} = {v:?}");
+    }
+    let processes = agent.get_json(&format!("/v1/processes?container={}", container.id));
+    let listed = processes["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["pid"].as_i64() == Some(i64::from(pid)) && p["sha256"] == digest.as_str());
+    assert!(
+        listed,
+        "pid {pid} with its digest is not in /v1/processes: {processes}"
+    );
+}
+
+#[test]
+fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
+    require_containers!();
+    let (image, evil, digest) = image_with_denied_binary();
+    let (_policy_dir, policy) = denying_policy(&digest);
+    let container = ContainerSpec::new(&image).start();
+    let agent = Agent::start(&[
+        "--interval",
+        "1h",
+        "--fs-interval",
+        "1h",
+        "--config",
+        policy.to_str().unwrap(),
+    ]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+
+    // `runc exec` without -d returns when the process has exited.
+    let out = container.runc(&["exec", &container.id, &evil, "sleep", "0.2"]);
+    assert!(out.success(), "runc exec failed\n{out}");
+    let found = wait_for_every(
+        Duration::from_millis(50),
+        "denied_binary of the 200 ms process",
+        EXEC_TO_FINDING,
+        || {
+            let found = denied(&agent, &container.id, &digest);
+            found.first().cloned().ok_or_else(|| "none yet".to_string())
+        },
+    );
+    let pid = found["pid"].as_i64().expect("the finding names the pid");
+    // It is gone (or its pid was reused by something else).
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+    assert!(
+        exe.as_deref()
+            .map(|e| e.to_string_lossy().contains("busybox-evil"))
+            != Some(true),
+        "pid {pid} still runs {exe:?}"
+    );
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "no scan may have helped"
+    );
+
+    // Another exec makes another pass over the latest report: the exited process is still
+    // there, as it was read.
+    let passes = agent.metric("nodeguard_exec_passes_total").unwrap_or(0.0);
+    let out = container.runc(&["exec", &container.id, "/bin/true"]);
+    assert!(out.success(), "runc exec /bin/true failed\n{out}");
+    wait_for("another exec pass", Duration::from_secs(10), || match agent
+        .metric("nodeguard_exec_passes_total")
+    {
+        Some(n) if n > passes => Ok(()),
+        other => Err(format!("nodeguard_exec_passes_total = {other:?}")),
+    });
+    let still = denied(&agent, &container.id, &digest);
+    assert_eq!(
+        still.first().map(|f| f["id"].clone()),
+        Some(found["id"].clone()),
+        "the exited process's finding must stay open within the retention window"
+    );
+}
+
+#[test]
+fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_scanning() {
+    require_containers!();
+    for tool in ["unshare", "ip"] {
+        if support::which(tool).is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but {tool} is missing"
+            );
+            eprintln!("\n!!! SKIPPED: {tool} not found (apt-get install util-linux iproute2)\n");
+            return;
+        }
+    }
+    let (image, evil, digest) = image_with_denied_binary();
+    let (_policy_dir, policy) = denying_policy(&digest);
+    let container = ContainerSpec::new(&image).start();
+    let pid = container.exec_detached(&[&evil, "sleep", "600"]);
+    let agent = Agent::start_in(
+        &[
+            "unshare",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ],
+        &["--interval", "2s", "--config", policy.to_str().unwrap()],
+    );
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
+    // The agent really is in a namespace of its own.
+    let own = fs::read_link(format!("/proc/{}/ns/net", agent.pid())).unwrap();
+    let ours = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        own, ours,
+        "the wrapper did not give the agent a network namespace"
+    );
+
+    assert_eq!(
+        agent.metric("nodeguard_exec_events_source{source=\"polling\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        agent.metric("nodeguard_exec_events_source{source=\"netlink\"}"),
+        Some(0.0)
+    );
+    assert_eq!(agent.metric("nodeguard_exec_events_total"), Some(0.0));
+    let log = agent.log_text();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("exec events unavailable"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once, not {}:\n{log}", said.len());
+    assert!(
+        said[0].contains("refused"),
+        "the reason names the refused subscribe: {}",
+        said[0]
+    );
+    let found = wait_for(
+        "the scan to find the denied binary",
+        FIRST_SCAN_TIMEOUT,
+        || {
+            let found = denied(&agent, &container.id, &digest);
+            found
+                .into_iter()
+                .find(|f| f["pid"].as_i64() == Some(i64::from(pid)))
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
+    assert_eq!(found["severity"], "critical");
+}
