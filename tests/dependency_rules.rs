@@ -68,6 +68,7 @@ fn workspace_has_the_documented_crates() {
         "nodeguard-metrics",
         "nodeguard-api",
         "nodeguard-kube",
+        "nodeguard-procevents",
     ] {
         assert!(
             deps.contains_key(name),
@@ -142,6 +143,27 @@ fn heavy_dependencies_stay_in_their_one_crate() {
             "only {owner} may link {dependency}"
         );
     }
+}
+
+/// The exec event source hands pids to the daemon and nothing else: it knows no nodeguard
+/// crate (so it cannot read `/proc` through the collector, judge, or publish), and only the
+/// daemon (which consumes it) and the agent (which starts it) link it — no sink can reach it.
+#[test]
+fn the_exec_event_source_only_feeds_the_daemon() {
+    let deps = workspace_dependencies();
+    let inner: Vec<_> = deps["nodeguard-procevents"]
+        .iter()
+        .filter(|d| d.starts_with("nodeguard"))
+        .collect();
+    assert!(
+        inner.is_empty(),
+        "nodeguard-procevents depends on {inner:?}"
+    );
+    assert_eq!(
+        users_of(&deps, "nodeguard-procevents"),
+        BTreeSet::from(["nodeguard".to_string(), "nodeguard-daemon".to_string()]),
+        "only the daemon and the agent may link nodeguard-procevents"
+    );
 }
 
 #[test]

@@ -1387,8 +1387,8 @@ fn the_config_flag_points_at_the_configmap_policy_and_it_loads() {
         "the shipped policy keeps the hostPID check on (and exempts only the agent)"
     );
 
-    // What the DaemonSet grants the agent on purpose (hostPID, root, SYS_PTRACE and
-    // DAC_READ_SEARCH) must not make it report itself: an exemption covers its own pods.
+    // What the DaemonSet grants the agent on purpose (hostPID, hostNetwork, root, SYS_PTRACE
+    // and DAC_READ_SEARCH) must not make it report itself: an exemption covers its own pods.
     let spec: Value = serde_yaml::from_str(policy).expect("policy YAML");
     let pod_name = format!(
         "{}-x7k2p",
@@ -1415,7 +1415,12 @@ fn the_config_flag_points_at_the_configmap_policy_and_it_loads() {
         .filter(|e| selects(e, "containers", &m.container().name))
         .flat_map(|e| items(&e["kinds"]).filter_map(|(_, k)| k.as_str()))
         .collect();
-    for kind in ["host_pid_namespace", "runs_as_root", "dangerous_capability"] {
+    for kind in [
+        "host_pid_namespace",
+        "host_network_namespace",
+        "runs_as_root",
+        "dangerous_capability",
+    ] {
         assert!(
             exempted.contains(kind),
             "the agent's own pod {}/{pod_name} would report {kind} about itself; exempted: {exempted:?}",
@@ -1479,7 +1484,39 @@ fn the_daemonset_runs_with_least_privilege() {
         Some(true),
         "hostPID: the agent must see every process"
     );
-    assert_ne!(pod.host_network, Some(true));
+    // hostNetwork for exec-time detection only: the process-events connector answers in the
+    // node's network namespace alone. That makes loopback the node's and takes the pod out of
+    // NetworkPolicy, so the API must keep checking tokens, and the agent must use what it is
+    // given the namespace for.
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "hostNetwork: the process-events connector needs the node's network namespace"
+    );
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("ClusterFirstWithHostNet"),
+        "a hostNetwork pod keeps cluster DNS only with ClusterFirstWithHostNet"
+    );
+    assert_ne!(
+        m.arg("--exec-events").as_deref(),
+        Some("off"),
+        "hostNetwork without exec events grants the node's network for nothing"
+    );
+    for insecure in ["--insecure-unauthenticated", "--unauthenticated-metrics"] {
+        assert!(
+            !m.container()
+                .args
+                .iter()
+                .flatten()
+                .any(|a| a.split('=').next() == Some(insecure)),
+            "{insecure}: with hostNetwork the API is on the node's addresses, beyond any NetworkPolicy"
+        );
+    }
+    assert!(
+        matches!(m.arg("--auth").as_deref(), None | Some("auto") | Some("on")),
+        "the API keeps its token check"
+    );
     assert_ne!(pod.host_ipc, Some(true));
     assert_eq!(
         pod.priority_class_name.as_deref(),

@@ -748,6 +748,113 @@ mod tests {
         }
     }
 
+    fn process(pid: i32, exe: &str, container_id: Option<&str>) -> Process {
+        Process {
+            pid,
+            ppid: 1,
+            command: "x".into(),
+            cmdline: exe.into(),
+            container_id: container_id.map(str::to_string),
+            exe: Some(exe.into()),
+            exe_deleted: false,
+            exe_layer: None,
+            sha256: Some("ab".repeat(32)),
+            sha512: None,
+            hash_error: None,
+            uid: 0,
+            gid: 0,
+            uids: Default::default(),
+            gids: Default::default(),
+            capabilities: Default::default(),
+            capability_masks: Default::default(),
+            no_new_privs: None,
+            seccomp: None,
+            namespaces: Default::default(),
+            kernel_thread: false,
+        }
+    }
+
+    fn scanner() -> Scanner {
+        let options = ScanOptions::new(
+            "/nonexistent/proc".into(),
+            "/nonexistent/cg".into(),
+            "n".into(),
+        );
+        Scanner::new(options, Arc::new(Policy::default()))
+    }
+
+    fn retain(s: &mut Scanner, p: Process, c: Option<Container>) {
+        s.recent_execs.insert(
+            p.pid,
+            Retained {
+                process: p,
+                container: c,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
+    /// A process read at exec that exited comes back into a full scan's report with its
+    /// container (gone too) while the retention window lasts; one still running is not
+    /// doubled; after the window it is dropped.
+    #[test]
+    fn exec_read_processes_outlive_their_exit_for_the_retention_window() {
+        let mut s = scanner();
+        let c = container(None);
+        retain(
+            &mut s,
+            process(42, "/bin/evil", Some(&c.id)),
+            Some(c.clone()),
+        );
+        retain(
+            &mut s,
+            process(43, "/bin/sleep", Some(&c.id)),
+            Some(c.clone()),
+        );
+
+        // 43 still runs (same pid, executable and container); 42 and its container are gone.
+        let mut processes = vec![process(43, "/bin/sleep", Some(&c.id))];
+        let mut containers = vec![];
+        s.keep_recent_execs(&mut processes, &mut containers);
+        let pids: Vec<i32> = processes.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [42, 43]);
+        assert_eq!(containers.len(), 1);
+        assert_eq!(containers[0].id, c.id);
+
+        // The pid now runs something else: both are reported.
+        let mut processes = vec![process(42, "/bin/other", None)];
+        let mut containers = vec![];
+        s.keep_recent_execs(&mut processes, &mut containers);
+        assert_eq!(processes.len(), 3, "{processes:?}");
+
+        // Past the window: nothing comes back, and the entries are gone.
+        s.set_exec_retention(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut processes = vec![];
+        let mut containers = vec![];
+        s.keep_recent_execs(&mut processes, &mut containers);
+        assert!(processes.is_empty() && containers.is_empty());
+        assert_eq!(s.retained_execs(), 0);
+    }
+
+    /// Beyond the bound the oldest reads are dropped, counted and warned about.
+    #[test]
+    fn retained_exec_reads_are_bounded_and_overflow_is_counted() {
+        let mut s = scanner();
+        for pid in 1..=(EXEC_RETAINED_MAX as i32 + 3) {
+            retain(&mut s, process(pid, "/bin/x", None), None);
+        }
+        let mut stats = ScanStats::default();
+        let mut warnings = Vec::new();
+        s.bound_recent_execs(&mut stats, &mut warnings);
+        assert_eq!(s.retained_execs(), EXEC_RETAINED_MAX);
+        assert_eq!(stats.errors.get("exec_retention_overflow"), Some(&3));
+        assert_eq!(warnings.len(), 1);
+        // The first three (oldest) went.
+        assert!(!s.recent_execs.contains_key(&1) && !s.recent_execs.contains_key(&3));
+        assert!(s.recent_execs.contains_key(&4));
+    }
+
     #[test]
     fn host_paths_are_unescaped_under_the_host_root() {
         use std::os::unix::ffi::OsStrExt;
