@@ -14,9 +14,9 @@
 //!
 //! With an [`ExecFeed`] (the kernel's process-events connector), each exec is handled at
 //! once: execs arriving within [`EXEC_COALESCE`] of each other form one batch (at most
-//! [`EXEC_BATCH_MAX`] pids), the scanner reads just those processes
-//! ([`Scanner::scan_execs`]) into the latest report, and the new state is published like a
-//! scan's. Lost events (the kernel's buffer or the feed's channel overflowed) bring the next
+//! [`EXEC_BATCH_MAX`] pids), the scanner reads just those processes at once
+//! ([`Scanner::read_execs`]), and at most every [`EXEC_PUBLISH_GAP`] merges what it read
+//! into the latest report ([`Scanner::merge_execs`]), which is published like a scan's. Lost events (the kernel's buffer or the feed's channel overflowed) bring the next
 //! full scan forward to [`RECONCILE_AFTER_LOSS`] from then. The feed only feeds this loop;
 //! sinks still only read the state channel.
 
@@ -106,6 +106,10 @@ pub struct ExecFeed {
 pub const EXEC_COALESCE: Duration = Duration::from_millis(5);
 /// The most pids one exec-driven pass reads; the rest wait for the next pass.
 pub const EXEC_BATCH_MAX: usize = 512;
+/// Exec reads are merged into the report and published at most this often (a burst of execs
+/// makes one new state per gap, not one per exec: each merge costs as much as the node is
+/// big). The first exec after a quiet spell is published at once.
+pub const EXEC_PUBLISH_GAP: Duration = Duration::from_millis(250);
 /// After lost exec events, the next full scan starts this soon (unless one is due sooner).
 pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(1);
 
@@ -218,6 +222,9 @@ impl Daemon {
         let feed_stats = exec_feed.as_ref().map(|f| Arc::clone(&f.stats));
         let mut lost_seen = 0u64;
         let mut latest: Option<Arc<NodeState>> = None;
+        // When the exec reads waiting in the scanner are merged and published.
+        let mut merge_at: Option<Instant> = None;
+        let mut last_merge = Instant::now();
         // The first scan is a process scan so the agent is ready quickly; the first
         // filesystem scan follows right after it.
         let mut next_process = Instant::now();
@@ -291,6 +298,8 @@ impl Daemon {
                         );
                         latest = Some(Arc::clone(&next));
                         state.send_replace(Some(next));
+                        // The scan read every process: nothing waits to be merged.
+                        merge_at = None;
                     }
                     Err(err) => {
                         observer.scan_finished(ScanKind::Processes, elapsed, false);
@@ -339,14 +348,17 @@ impl Daemon {
                         }
                     }
                     // Before the first scan there is nothing to add to; that scan is due.
-                    let (Some(base), false) = (latest.clone(), pids.is_empty()) else { continue };
-                    let Some(mut owned) = scanner.take() else {
+                    if latest.is_none() || pids.is_empty() {
+                        continue;
+                    }
+                    // Read at once (a process may live milliseconds); merge and publish at
+                    // most every EXEC_PUBLISH_GAP, each merge covering every read since.
+                    let Some(owned) = scanner.take() else {
                         return Err(Error::ScanThread("scanner lost".into()));
                     };
-                    let pods = Arc::clone(&pods);
-                    let started = Instant::now();
                     let joined = tokio::task::spawn_blocking(move || {
-                        let result = owned.scan_execs(&pids, &base.report, pods.as_ref());
+                        let mut owned = owned;
+                        let result = owned.read_execs(&pids);
                         (owned, result)
                     });
                     let mut reload_pending = false;
@@ -355,30 +367,57 @@ impl Daemon {
                             Waited::Done(done) => done,
                             Waited::Shutdown => return Ok(()),
                         };
-                    scanner = Some(owned);
                     match result {
-                        Ok((report, pass)) => {
-                            totals.exec.passes += 1;
-                            totals.exec.unread += pass.vanished as u64;
-                            refresh_exec(&mut totals.exec, feed_stats.as_deref(), &exec_feed);
-                            let (next, appeared, resolved) = publish(&mut totals, report);
-                            observer.state_changed(&next);
-                            tracing::debug!(
-                                read = pass.read,
-                                unread = pass.vanished,
-                                duration_ms = started.elapsed().as_millis() as u64,
-                                new = appeared,
-                                resolved,
-                                "exec pass complete"
-                            );
-                            latest = Some(Arc::clone(&next));
-                            state.send_replace(Some(next));
-                        }
+                        Ok(pass) => totals.exec.unread += pass.vanished as u64,
                         Err(err) => {
                             *totals.errors_total.entry("exec_pass".into()).or_insert(0) += 1;
-                            tracing::error!(error = %err, "exec pass failed");
+                            tracing::error!(error = %err, "reading exec'd processes failed");
                         }
                     }
+                    if owned.has_pending_execs() && merge_at.is_none() {
+                        merge_at = Some(Instant::now().max(last_merge + EXEC_PUBLISH_GAP));
+                    }
+                    scanner = Some(owned);
+                    if reload_pending {
+                        if let Some(s) = scanner.as_mut() {
+                            reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref()).await;
+                            next_process = Instant::now();
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(merge_at.unwrap_or(wake).into()), if merge_at.is_some() => {
+                    merge_at = None;
+                    let Some(base) = latest.clone() else { continue };
+                    let Some(owned) = scanner.take() else {
+                        return Err(Error::ScanThread("scanner lost".into()));
+                    };
+                    let pods = Arc::clone(&pods);
+                    let started = Instant::now();
+                    let joined = tokio::task::spawn_blocking(move || {
+                        let mut owned = owned;
+                        let report = owned.merge_execs(&base.report, pods.as_ref());
+                        (owned, report)
+                    });
+                    let mut reload_pending = false;
+                    let (owned, report) =
+                        match wait_blocking(joined, &mut control, &mut reload_pending).await? {
+                            Waited::Done(done) => done,
+                            Waited::Shutdown => return Ok(()),
+                        };
+                    scanner = Some(owned);
+                    last_merge = Instant::now();
+                    totals.exec.passes += 1;
+                    refresh_exec(&mut totals.exec, feed_stats.as_deref(), &exec_feed);
+                    let (next, appeared, resolved) = publish(&mut totals, report);
+                    observer.state_changed(&next);
+                    tracing::debug!(
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        new = appeared,
+                        resolved,
+                        "exec pass published"
+                    );
+                    latest = Some(Arc::clone(&next));
+                    state.send_replace(Some(next));
                     if reload_pending {
                         if let Some(s) = scanner.as_mut() {
                             reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref()).await;

@@ -427,7 +427,7 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
     counter(
         encoder,
         "exec_passes",
-        "Exec-driven passes (each reads and evaluates a batch of exec'd processes) since the agent started.",
+        "States published from exec reads (each merges the processes read since the last one into the report and evaluates it) since the agent started.",
         None,
         g.exec.passes,
     )?;

@@ -152,7 +152,7 @@ pub struct ExecEventStats {
     pub lost: u64,
     /// Exec'd processes that were gone before they could be read.
     pub unread: u64,
-    /// Exec-driven passes run (each covers a batch of execs).
+    /// States published from exec reads (each merges every read since the previous one).
     pub passes: u64,
 }
 

@@ -115,9 +115,34 @@ pub struct Scanner {
     /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
     /// its entry), with their container as read then.
     recent_execs: BTreeMap<i32, Retained>,
+    /// Exec reads not yet merged into a report.
+    pending_execs: Option<PendingExecs>,
     /// From the last full scan, for the evaluation of exec-driven passes.
     last_cap_last_cap: u32,
     last_host_bounding: Option<u64>,
+}
+
+/// What exec reads gathered for the next merge.
+#[derive(Debug, Default)]
+struct PendingExecs {
+    processes: Vec<Process>,
+    containers: Vec<Container>,
+    stats: ScanStats,
+    warnings: Vec<String>,
+}
+
+/// The counters of two passes added up (what a merged report counts).
+fn merge_stats(mut a: ScanStats, b: ScanStats) -> ScanStats {
+    a.processes_vanished += b.processes_vanished;
+    a.processes_denied += b.processes_denied;
+    a.bytes_hashed += b.bytes_hashed;
+    a.files_hashed += b.files_hashed;
+    a.hash_cache_hits += b.hash_cache_hits;
+    a.hash_cache_misses += b.hash_cache_misses;
+    for (kind, n) in b.errors {
+        *a.errors.entry(kind).or_insert(0) += n;
+    }
+    a
 }
 
 /// A process an exec-driven pass read, kept so that its findings outlive it.
@@ -154,6 +179,7 @@ impl Scanner {
             last_gaps: Vec::new(),
             last_fs_stats: FsCounters::default(),
             recent_execs: BTreeMap::new(),
+            pending_execs: None,
             last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
             last_host_bounding: None,
         }
@@ -211,6 +237,11 @@ impl Scanner {
         let mut processes = processes;
         self.last_cap_last_cap = cap_last_cap;
         self.last_host_bounding = host_bounding;
+        // A full scan re-reads every process: exec reads not yet merged are in it, or
+        // retained; what those reads cost is counted with this scan.
+        if let Some(pending) = self.pending_execs.take() {
+            stats = merge_stats(stats, pending.stats);
+        }
         self.keep_recent_execs(&mut processes, &mut containers);
 
         if scope == ScanScope::ProcessesAndFilesystems {
@@ -433,36 +464,35 @@ pub struct ExecPassStats {
 }
 
 impl Scanner {
-    /// An exec-driven pass: reads the processes `pids` (just exec'd) the way a scan does —
-    /// attribution to a container, executable layer, hash through the one digest cache —
-    /// puts them into `base` (the latest report) in place of what it said about those pids,
-    /// and evaluates the whole with the policy in force. Containers `base` knows keep what
-    /// the full scan said of them (runtime, sandbox, limits); a container first seen here is
-    /// read from these processes alone until the next full scan. Files, filesystem gaps,
-    /// `cap_last_cap` and the host's bounding set are the last full scan's.
-    ///
-    /// Each process read is retained for [`ScanOptions::exec_retention`]: when it exits, later
-    /// reports (full scans included) still carry it as it was read, so a process that lived
-    /// for milliseconds keeps its findings open long enough for every sink to see them.
-    ///
-    /// The report's stats count this pass only (hashes, errors, vanished processes), so
-    /// totals summed over reports stay right.
+    /// An exec-driven pass in one call: [`Scanner::read_execs`] then
+    /// [`Scanner::merge_execs`].
     pub fn scan_execs(
         &mut self,
         pids: &[i32],
         base: &Report,
         pods: &dyn PodLookup,
     ) -> Result<(Report, ExecPassStats), Error> {
-        let started = Instant::now();
-        let scanned_at = Timestamp::now();
+        let pass = self.read_execs(pids)?;
+        Ok((self.merge_execs(base, pods), pass))
+    }
+
+    /// Reads the processes `pids` (just exec'd) the way a scan does — attribution to a
+    /// container, executable layer, hash through the one digest cache — and keeps them for
+    /// the next [`Scanner::merge_execs`]. Reading is what must happen at once (a process may
+    /// live milliseconds); merging and evaluating, which cost as much as the node is big, can
+    /// wait and cover several reads.
+    ///
+    /// Each process read is retained for [`ScanOptions::exec_retention`]: when it exits, later
+    /// reports (full scans included) still carry it as it was read, so a process that lived
+    /// for milliseconds keeps its findings open long enough for every sink to see them.
+    pub fn read_execs(&mut self, pids: &[i32]) -> Result<ExecPassStats, Error> {
         let Snapshot {
-            processes: collected,
+            processes: mut collected,
             containers: fresh,
             stats: mut pass_stats,
             mut warnings,
             ..
         } = nodeguard_collect::collect_pids(&self.options.collect, pids)?;
-        let mut collected = collected;
         if !self.options.show_secrets {
             for cp in &mut collected {
                 cp.process.cmdline = nodeguard_model::redact_cmdline(&cp.process.cmdline);
@@ -473,6 +503,59 @@ impl Scanner {
             read: read.len(),
             vanished: pids.len().saturating_sub(read.len()),
         };
+        let now = Instant::now();
+        for p in &read {
+            let container = p
+                .container_id
+                .as_deref()
+                .and_then(|id| fresh.iter().find(|c| c.id == id))
+                .cloned();
+            self.recent_execs.insert(
+                p.pid,
+                Retained {
+                    process: p.clone(),
+                    container,
+                    read_at: now,
+                },
+            );
+        }
+        self.bound_recent_execs(&mut pass_stats, &mut warnings);
+        let pending = self.pending_execs.get_or_insert_with(PendingExecs::default);
+        pending
+            .processes
+            .retain(|p| !read.iter().any(|r| r.pid == p.pid));
+        pending.processes.extend(read);
+        for c in fresh {
+            if !pending.containers.iter().any(|known| known.id == c.id) {
+                pending.containers.push(c);
+            }
+        }
+        pending.stats = merge_stats(std::mem::take(&mut pending.stats), pass_stats);
+        pending.warnings.extend(warnings);
+        Ok(pass)
+    }
+
+    /// Whether reads wait for [`Scanner::merge_execs`].
+    pub fn has_pending_execs(&self) -> bool {
+        self.pending_execs.is_some()
+    }
+
+    /// Puts the processes read since the last merge into `base` (the latest report) in place
+    /// of what it said about those pids, and evaluates the whole with the policy in force.
+    /// Containers `base` knows keep what the full scan said of them (runtime, sandbox,
+    /// limits), with the new pids added; a container first seen in these reads is taken from
+    /// them alone until the next full scan. Files, filesystem gaps, `cap_last_cap` and the
+    /// host's bounding set are the last full scan's. The report's stats count the reads
+    /// merged (hashes, errors, vanished processes), so totals summed over reports stay right.
+    pub fn merge_execs(&mut self, base: &Report, pods: &dyn PodLookup) -> Report {
+        let started = Instant::now();
+        let scanned_at = Timestamp::now();
+        let PendingExecs {
+            processes: read,
+            containers: fresh,
+            stats: pass_stats,
+            warnings,
+        } = self.pending_execs.take().unwrap_or_default();
 
         let mut containers = base.containers.clone();
         for mut container in fresh {
@@ -492,24 +575,14 @@ impl Scanner {
             }
         }
         containers.sort_by(|a, b| a.id.cmp(&b.id));
-
-        let now = Instant::now();
+        // What is retained is the container as the report has it (pod names included).
         for p in &read {
-            let container = p
-                .container_id
-                .as_deref()
-                .and_then(|id| containers.iter().find(|c| c.id == id))
-                .cloned();
-            self.recent_execs.insert(
-                p.pid,
-                Retained {
-                    process: p.clone(),
-                    container,
-                    read_at: now,
-                },
-            );
+            if let (Some(r), Some(id)) = (self.recent_execs.get_mut(&p.pid), &p.container_id) {
+                if let Some(c) = containers.iter().find(|c| &c.id == id) {
+                    r.container = Some(c.clone());
+                }
+            }
         }
-        self.bound_recent_execs(&mut pass_stats, &mut warnings);
 
         let replaced: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
         let mut processes: Vec<Process> = base
@@ -543,22 +616,23 @@ impl Scanner {
             ..pass_stats
         };
         let mut all_warnings = base.warnings.clone();
-        all_warnings.extend(warnings);
-        Ok((
-            Report {
-                schema_version: SCHEMA_VERSION,
-                node: self.options.node_name.clone(),
-                scanned_at,
-                duration_ms: started.elapsed().as_millis() as u64,
-                containers,
-                processes,
-                files: base.files.clone(),
-                findings,
-                stats,
-                warnings: all_warnings,
-            },
-            pass,
-        ))
+        for w in warnings {
+            if !all_warnings.contains(&w) {
+                all_warnings.push(w);
+            }
+        }
+        Report {
+            schema_version: SCHEMA_VERSION,
+            node: self.options.node_name.clone(),
+            scanned_at,
+            duration_ms: started.elapsed().as_millis() as u64,
+            containers,
+            processes,
+            files: base.files.clone(),
+            findings,
+            stats,
+            warnings: all_warnings,
+        }
     }
 
     /// Processes read by exec passes since at most the retention window: how many.
