@@ -468,7 +468,7 @@ mod tests {
             probe: Some(probe()),
         })
         .expect("the connector works as root in the initial namespaces");
-        let child = std::process::Command::new("/bin/sleep")
+        let mut child = std::process::Command::new("/bin/sleep")
             .arg("0.2")
             .spawn()
             .unwrap();
@@ -482,6 +482,7 @@ mod tests {
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
+        let _ = child.wait();
         assert!(seen, "no exec event for pid {want}");
         assert!(events.stats.events() >= 1);
     }

@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn several_messages_in_one_datagram_are_all_read() {
         let mut two = exec(10, 10);
-        while two.len() % 4 != 0 {
+        while !two.len().is_multiple_of(4) {
             two.push(0);
         }
         two.extend(exec(11, 11));
