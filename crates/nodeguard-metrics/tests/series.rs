@@ -358,8 +358,8 @@ fn names_follow_openmetrics_rules() {
             "{kind} {sample} ends in _total"
         );
     }
-    // 17 nodeguard families and the 7 standard process_* ones.
-    assert_eq!(families, 24, "{out}");
+    // 22 nodeguard families (5 of them exec_*) and the 7 standard process_* ones.
+    assert_eq!(families, 29, "{out}");
 }
 
 #[test]
@@ -439,4 +439,40 @@ fn weakened_policy_settings_are_one_series_each_and_cleared_on_reload() {
     let body = scrape(&registry);
     assert!(!body.contains("setting=\"allowed_setuid\""), "{body}");
     assert!(body.contains("nodeguard_policy_weakened{setting=\"exemptions\"} 1\n"));
+}
+
+/// Where execs come from and what they amounted to are state, rendered at scrape time:
+/// exactly one source is 1, and the counters are the state's.
+#[test]
+fn exec_event_series_follow_the_state() {
+    let (registry, metrics) = setup();
+    let mut state = three_containers(1000);
+    state.exec_events = nodeguard_model::ExecEventStats {
+        source: nodeguard_model::ExecEventSource::Netlink,
+        events: 120,
+        lost: 3,
+        unread: 7,
+        passes: 40,
+    };
+    metrics.state_changed(&Arc::new(state.clone()));
+    let out = scrape(&registry);
+    for line in [
+        "nodeguard_exec_events_source{source=\"netlink\"} 1",
+        "nodeguard_exec_events_source{source=\"polling\"} 0",
+        "nodeguard_exec_events_total 120",
+        "nodeguard_exec_events_lost_total 3",
+        "nodeguard_exec_processes_unread_total 7",
+        "nodeguard_exec_passes_total 40",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+    state.exec_events.source = nodeguard_model::ExecEventSource::Polling;
+    metrics.state_changed(&Arc::new(state));
+    let out = scrape(&registry);
+    assert!(out
+        .lines()
+        .any(|l| l == "nodeguard_exec_events_source{source=\"polling\"} 1"));
+    assert!(out
+        .lines()
+        .any(|l| l == "nodeguard_exec_events_source{source=\"netlink\"} 0"));
 }
