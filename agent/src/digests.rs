@@ -518,8 +518,8 @@ impl Importer {
 /// before a byte is read; so is a file over [`MAX_CHECKSUM_FILE_BYTES`], a line over 8 KiB,
 /// or text that is not UTF-8 (each naming the file and line).
 fn read_lines(path: &Path) -> Result<Vec<(u64, String)>> {
-    let (file, _) = open_regular(path, MAX_CHECKSUM_FILE_BYTES)
-        .with_context(|| format!("{}: not a checksum file", path.display()))?;
+    let (file, _) =
+        open_regular(path, MAX_CHECKSUM_FILE_BYTES).context("cannot read the checksum file")?;
     let mut reader = BufReader::new(file.take(MAX_CHECKSUM_FILE_BYTES + 1));
     let mut out = Vec::new();
     let mut total = 0u64;
