@@ -450,7 +450,7 @@ fn scan_pids(pids: &[i32], policy: &Path) -> Scan {
     ])
 }
 
-fn host_findings<'a>(scan: &'a Scan, pid: i32) -> Vec<&'a Value> {
+fn host_findings(scan: &Scan, pid: i32) -> Vec<&Value> {
     scan.findings()
         .iter()
         .filter(|f| f["container_id"].is_null() && f["pid"] == pid)
