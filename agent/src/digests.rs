@@ -368,7 +368,7 @@ impl Importer {
         let (file, _) = open_regular(path, u64::MAX)
             .with_context(|| format!("{}: cannot open", path.display()))?;
         let reader: Box<dyn Read> = if gzip {
-            Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
         } else {
             Box::new(BufReader::new(file))
         };

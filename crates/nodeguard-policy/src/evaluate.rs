@@ -402,17 +402,21 @@ fn unverifiable_process_rule(policy: &Policy, scope: Scope, p: &Process, found: 
         sha256: None,
         sha512: None,
     };
-    let covered = matches!(
-        trusted(policy, scope, path, no_digest),
-        Verdict::Unverifiable
-    ) || matches!(bundled(policy, path, no_digest), Verdict::Unverifiable);
+    let by_bundle = matches!(bundled(policy, path, no_digest), Verdict::Unverifiable);
+    let covered = by_bundle
+        || matches!(
+            trusted(policy, scope, path, no_digest),
+            Verdict::Unverifiable
+        );
     let severity = match (covered, scope) {
         (true, _) => Severity::Critical,
         (false, Scope::Container(..)) => Severity::Medium,
         (false, Scope::Host) if !policy.denied.is_empty() => Severity::Medium,
         (false, Scope::Host) => return,
     };
-    let why = if covered {
+    let why = if by_bundle {
+        "a binary named in a digest bundle whose digest cannot be checked"
+    } else if covered {
         "a trusted binary whose digest cannot be checked"
     } else {
         "its digest cannot be checked against denied binaries"
