@@ -598,3 +598,35 @@ fn container_processes_are_checked_against_the_bundle_by_name() {
     drop(bad);
     drop(tampered_image);
 }
+
+/// Release files named by architecture (`runc.amd64`) are recorded under the name they are
+/// installed as with `--rename`, from `sha256sum` output as the project publishes it.
+#[test]
+fn rename_records_a_binary_under_its_installed_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sleep = support::which("sleep").unwrap();
+    copy_exe(&sleep, &dir.path().join("runc.amd64"), b"");
+    let sums = dir.path().join("runc.sha256sum");
+    sum_file("sha256sum", &[], dir.path(), &["runc.amd64"], &sums);
+    let bundle = dir.path().join("runc.json");
+    let out = import(&[s(&sums), "--rename", "runc.amd64=runc", "-o", s(&bundle)]);
+    assert!(out.success(), "{out}");
+    let b = read_bundle(&bundle);
+    let names: Vec<&String> = b["binaries"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["runc"], "{b}");
+    assert_eq!(
+        b["binaries"]["runc"][0]["sha256"],
+        oracle::sha256sum(&sleep).as_str()
+    );
+    let out = import(&[
+        s(&sums),
+        "--rename",
+        "runc.amd64=bin/runc",
+        "-o",
+        s(&bundle),
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("not a file name"),
+        "{out}"
+    );
+}
