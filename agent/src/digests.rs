@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 /// The most regular files one directory argument may hold.
 pub const MAX_DIR_FILES: usize = 10_000;
+/// The most entries (of any type) one directory may hold.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
 /// How deep a directory argument is walked.
 pub const MAX_DEPTH: usize = 8;
 /// The most members one tarball may hold (a Kubernetes server tarball has about 60).
@@ -291,10 +293,19 @@ impl Importer {
                 root.display()
             );
         }
+        // Bounded before sorting: a directory of a million empty entries is refused, not
+        // listed into memory.
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("{}", dir.display()))?
+            .take(MAX_DIR_ENTRIES + 1)
             .collect::<io::Result<_>>()
             .with_context(|| format!("{}", dir.display()))?;
+        if entries.len() > MAX_DIR_ENTRIES {
+            bail!(
+                "{}: more than {MAX_DIR_ENTRIES} entries in one directory",
+                dir.display()
+            );
+        }
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let path = entry.path();
