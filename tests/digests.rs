@@ -440,14 +440,20 @@ fn copy_exe(src: &Path, dst: &Path, tail: &[u8]) {
 }
 
 fn scan_pids(pids: &[i32], policy: &Path) -> Scan {
+    scan_pids_with(pids, policy, &[])
+}
+
+fn scan_pids_with(pids: &[i32], policy: &Path, extra: &[&str]) -> Scan {
     let proc_root = FakeProc::with_pids(pids);
-    Scan::run(&[
+    let mut args = vec![
         "--no-fs",
         "--proc-root",
         proc_root.path_str(),
         "--config",
         s(policy),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Scan::run(&args)
 }
 
 fn host_findings(scan: &Scan, pid: i32) -> Vec<&Value> {
@@ -460,7 +466,8 @@ fn host_findings(scan: &Scan, pid: i32) -> Vec<&Value> {
 /// A host process run from the released binary raises nothing; one of the same name from a
 /// different binary raises `unexpected_binary_hash` naming the bundle and its source — with a
 /// SHA-256 bundle from a directory, and with a SHA-512-only bundle from `sha512sum` output,
-/// which makes the scan compute SHA-512 by itself.
+/// which makes the scan compute SHA-512 by itself. Past the hashing limit both are
+/// `unverifiable_binary` (critical), as a trusted path would be.
 #[test]
 fn host_processes_are_checked_against_the_bundle_by_name() {
     require_containers!(); // root, for the private proc root's bind mounts
@@ -530,6 +537,33 @@ fn host_processes_are_checked_against_the_bundle_by_name() {
         ] {
             assert!(message.contains(&part), "message lacks {part:?}: {message}");
         }
+    }
+
+    // Past the hashing limit nothing can be compared: a bundled name is then
+    // unverifiable_binary at critical, for the genuine and the tampered process alike.
+    let policy = dir.path().join("policy.yaml");
+    fs::write(&policy, format!("digest_bundles: [{}]\n", s(&bundle))).unwrap();
+    let scan = scan_pids_with(
+        &[good.pid(), bad.pid()],
+        &policy,
+        &["--max-hash-size", "4096"],
+    );
+    for (pid, path) in [(good.pid(), &genuine), (bad.pid(), &tampered)] {
+        let found = host_findings(&scan, pid);
+        assert_eq!(found.len(), 1, "{}", scan.summary());
+        assert_eq!(
+            found[0]["kind"],
+            "unverifiable_binary",
+            "{}",
+            scan.summary()
+        );
+        assert_eq!(found[0]["severity"], "critical");
+        assert_eq!(found[0]["subject"], s(path));
+        let message = found[0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("a binary named in a digest bundle whose digest cannot be checked"),
+            "{message}"
+        );
     }
 }
 
