@@ -652,6 +652,32 @@ fn rename_records_a_binary_under_its_installed_name() {
         b["binaries"]["runc"][0]["sha256"],
         oracle::sha256sum(&sleep).as_str()
     );
+    // --only keeps the names asked for (a release directory holds more than binaries), and
+    // refuses one no input has.
+    fs::write(dir.path().join("README.md"), "runc release\n").unwrap();
+    let out = import(&[
+        s(dir.path()),
+        "--rename",
+        "runc.amd64=runc",
+        "--only",
+        "runc",
+        "-o",
+        s(&bundle),
+    ]);
+    assert!(out.success(), "{out}");
+    let b = read_bundle(&bundle);
+    let names: Vec<&String> = b["binaries"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["runc"], "README.md is left out: {b}");
+    let sources = b["binaries"]["runc"][0]["sources"].to_string();
+    assert!(
+        sources.contains("runc.amd64\"}") && sources.contains("runc.sha256sum\",\"line\":1"),
+        "the artifact and its checksum line agree: {sources}"
+    );
+    let out = import(&[s(&sums), "--only", "runc", "-o", s(&bundle)]);
+    assert!(
+        !out.success() && out.stderr.contains("--only runc: no input"),
+        "{out}"
+    );
     let out = import(&[
         s(&sums),
         "--rename",

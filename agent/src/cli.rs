@@ -81,6 +81,12 @@ pub struct ImportArgs {
     #[arg(long, value_name = "OLD=NEW")]
     pub rename: Vec<String>,
 
+    /// Keep only these binary names (after --rename), e.g. `--only kubelet,kube-apiserver`:
+    /// every process with a bundled name is checked, so leave out what the node does not
+    /// run from this release. A name given here that no input has is an error.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub only: Vec<String>,
+
     /// Refuse files and tarball members larger than this many bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_size: u64,

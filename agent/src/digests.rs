@@ -55,6 +55,12 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         importer.input(path)?;
     }
     let mut bundle = importer.bundle;
+    if !args.only.is_empty() {
+        if let Some(missing) = args.only.iter().find(|n| !bundle.binaries.contains_key(*n)) {
+            bail!("--only {missing}: no input has a binary of that name");
+        }
+        bundle.binaries.retain(|name, _| args.only.contains(name));
+    }
     if bundle.binaries.is_empty() {
         bail!("no digest found in {} input(s)", args.paths.len());
     }
