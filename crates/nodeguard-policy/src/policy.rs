@@ -178,10 +178,6 @@ impl Policy {
             || self.bundles.needs_sha512()
     }
 
-    /// The binary names the policy's digest bundles cover, sorted.
-    pub fn bundled_binaries(&self) -> Vec<&str> {
-        self.bundles.by_name.keys().map(String::as_str).collect()
-    }
 
     /// Settings of this policy that switch a whole check off, each as
     /// `(setting, explanation)`. They are legal (an operator may mean them) but too
