@@ -690,3 +690,44 @@ fn rename_records_a_binary_under_its_installed_name() {
         "{out}"
     );
 }
+
+/// A release directory as projects publish them: the checksum list edited on Windows (a
+/// byte-order mark, CRLF line ends) and its detached signature next to it. The signature is
+/// not taken for a checksum list; the list's digest agrees with the artifact's.
+#[test]
+fn signatures_and_windows_line_ends_do_not_break_a_release_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let rel = dir.path().join("release");
+    let sleep = support::which("sleep").unwrap();
+    copy_exe(&sleep, &rel.join("runc.amd64"), b"");
+    let plain = dir.path().join("plain");
+    sum_file("sha256sum", &[], &rel, &["runc.amd64"], &plain);
+    let text = fs::read_to_string(&plain).unwrap();
+    fs::write(
+        rel.join("SHA256SUMS"),
+        format!("\u{feff}{}", text.replace('\n', "\r\n")),
+    )
+    .unwrap();
+    fs::write(
+        rel.join("SHA256SUMS.asc"),
+        "-----BEGIN PGP SIGNATURE-----\n\niQEzBAABCAAdFiEE\n-----END PGP SIGNATURE-----\n",
+    )
+    .unwrap();
+    let bundle = dir.path().join("b.json");
+    let out = import(&[
+        s(&rel),
+        "--rename",
+        "runc.amd64=runc",
+        "--only",
+        "runc",
+        "-o",
+        s(&bundle),
+    ]);
+    assert!(out.success(), "{out}");
+    let b = read_bundle(&bundle);
+    let entries = b["binaries"]["runc"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{b}");
+    assert_eq!(entries[0]["sha256"], oracle::sha256sum(&sleep).as_str());
+    let sources = entries[0]["sources"].to_string();
+    assert!(sources.contains("SHA256SUMS\",\"line\":1"), "{sources}");
+}

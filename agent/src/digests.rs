@@ -9,8 +9,9 @@
 //! - `*.sha256`, `*.sha512`: Kubernetes' per-binary checksum files: one digest, the binary
 //!   named by the file name without the suffix;
 //! - `sha256sum`/`sha512sum` output (`HEX  NAME`, `HEX *NAME`, or the BSD `SHA256 (NAME) =
-//!   HEX` form), recognised by a name like `SHA256SUMS`/`*.sha256sum`/`checksums.txt` or by
-//!   a first line of that shape; a malformed line is an error naming the file and line;
+//!   HEX` form), recognised by a name ending like `SHA256SUMS`, `*.sha256sum` or
+//!   `checksums.txt`, or by a first line of that shape; a malformed line is an error naming
+//!   the file and line;
 //! - anything else: an artifact, hashed (SHA-256 and SHA-512) under its file name.
 //!
 //! Every digest records its source. Two sources giving one name different digests is an
@@ -164,12 +165,11 @@ fn kind_of(path: &Path) -> Kind {
     if name.ends_with(".sha512") {
         return Kind::PerBinary { hex_len: 128 };
     }
+    // By the name's end only: `SHA256SUMS.asc` (its signature) is not a checksum list.
     if name.ends_with("sums")
+        || name.ends_with("sums.txt")
         || name.ends_with(".sha256sum")
         || name.ends_with(".sha512sum")
-        || name.contains("checksums")
-        || name.contains("sha256sums")
-        || name.contains("sha512sums")
         || looks_like_sum_list(path)
     {
         return Kind::SumList;
@@ -189,9 +189,9 @@ fn looks_like_sum_list(path: &Path) -> bool {
     };
     let head = &head[..n];
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    std::str::from_utf8(line)
-        .ok()
-        .is_some_and(|l| parse_sum_line(l.trim_end_matches('\r')).is_ok())
+    std::str::from_utf8(line).ok().is_some_and(|l| {
+        parse_sum_line(l.trim_start_matches('\u{feff}').trim_end_matches('\r')).is_ok()
+    })
 }
 
 /// `(hex, name)` from one `sha256sum`/`sha512sum` line.
@@ -458,7 +458,7 @@ impl Importer {
                 content.len()
             );
         };
-        let line = line.trim();
+        let line = line.trim_start_matches('\u{feff}').trim();
         let file = file_name(path)?;
         let stem = &file[..file.len() - 7]; // ".sha256" / ".sha512"
                                             // Kubernetes writes the bare digest; other projects write a sha256sum line.
@@ -501,7 +501,8 @@ impl Importer {
         let lines = read_lines(path)?;
         let mut found = 0;
         for (line_no, line) in &lines {
-            let line = line.trim_end_matches('\r');
+            // A Windows editor's byte-order mark and line ends.
+            let line = line.trim_start_matches('\u{feff}').trim_end_matches('\r');
             if line.trim().is_empty() {
                 continue;
             }

@@ -178,7 +178,6 @@ impl Policy {
             || self.bundles.needs_sha512()
     }
 
-
     /// Settings of this policy that switch a whole check off, each as
     /// `(setting, explanation)`. They are legal (an operator may mean them) but too
     /// dangerous to pass silently: the agent logs each at load and exports
