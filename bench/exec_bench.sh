@@ -59,7 +59,9 @@ source "$REPO/bench/lib.sh"
 for tool in runc busybox jq curl mount umount ss; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install runc busybox-static jq curl iproute2)"
 done
-# Phases use disjoint containers: latency, short processes, rate, storm.
+# Phases use disjoint containers: latency, short processes, rate, storm. Files the containers
+# write are named by mode, and only read from the overlay's upper dir (changing a mounted
+# overlay's upper dir from outside is undefined).
 ((CONTAINERS >= TRIALS + SHORT + RATE_CONTAINERS + STORM_LOOPS)) ||
   die "CONTAINERS must be at least TRIALS + SHORT + RATE_CONTAINERS + STORM_LOOPS"
 
@@ -216,9 +218,8 @@ rate_phase() { # rate_phase FIRST MODE: echoes "caught started rate"
   t0=$(now_ns)
   for ((i = 0; i < RATE_CONTAINERS; i++)); do
     n=$((first + i))
-    rm -f "${CDIR[n]}/upper/tmp/pids"
     runc --root "$RUNC_ROOT" exec -d "${CID[n]}" /bin/sh -c \
-      "i=0; while [ \$i -lt $per ]; do $EVIL sleep 0.2 & echo \$! >>/tmp/pids; i=\$((i + 1)); sleep 0.2; done; wait" \
+      "i=0; while [ \$i -lt $per ]; do $EVIL sleep 0.2 & echo \$! >>/tmp/pids-$mode; i=\$((i + 1)); sleep 0.2; done; wait" \
       </dev/null >>"${CDIR[n]}/log" 2>&1 || die "runc exec in container $n failed"
   done
   sleep "$RATE_SECONDS"
@@ -227,7 +228,7 @@ rate_phase() { # rate_phase FIRST MODE: echoes "caught started rate"
     local done_loops=0
     for ((i = 0; i < RATE_CONTAINERS; i++)); do
       n=$((first + i))
-      [[ $(wc -l <"${CDIR[n]}/upper/tmp/pids" 2>/dev/null || echo 0) -ge $per ]] && done_loops=$((done_loops + 1))
+      [[ $(wc -l <"${CDIR[n]}/upper/tmp/pids-$mode" 2>/dev/null || echo 0) -ge $per ]] && done_loops=$((done_loops + 1))
     done
     ((done_loops == RATE_CONTAINERS)) && break
     sleep 0.1
@@ -242,7 +243,7 @@ rate_phase() { # rate_phase FIRST MODE: echoes "caught started rate"
     # Pids as the container's shell printed them are in its pid namespace: map each to the host
     # pid through the container's processes is not possible after they exit, so compare counts
     # per container: processes of busybox-evil the agent holds for that container.
-    awk -v c="${CID[n]}" 'END { print c, NR }' "${CDIR[n]}/upper/tmp/pids" >>"$WORK/rate-started"
+    awk -v c="${CID[n]}" 'END { print c, NR }' "${CDIR[n]}/upper/tmp/pids-$mode" >>"$WORK/rate-started"
   done
   started=$(awk '{ s += $2 } END { print s }' "$WORK/rate-started")
   caught=0
@@ -264,23 +265,22 @@ storm_phase() { # storm_phase FIRST MODE: echoes "execs rate hwm_before hwm_afte
   t0=$(now_ns)
   for ((i = 0; i < STORM_LOOPS; i++)); do
     n=$((first + i))
-    rm -f "${CDIR[n]}/upper/tmp/storm"
     runc --root "$RUNC_ROOT" exec -d "${CID[n]}" /bin/sh -c \
-      "c=0; while [ \$c -lt $per_loop ]; do $EVIL true; $EVIL true; $EVIL true; $EVIL true; c=\$((c + 4)); done; echo \$c >/tmp/storm" \
+      "c=0; while [ \$c -lt $per_loop ]; do $EVIL true; $EVIL true; $EVIL true; $EVIL true; c=\$((c + 4)); done; echo \$c >/tmp/storm-$2" \
       </dev/null >>"${CDIR[n]}/log" 2>&1 || die "runc exec in container $n failed"
   done
   local rss_max=0 r
   for ((s = 0; s < 240; s++)); do
     r=$(status_kib VmRSS); ((r > rss_max)) && rss_max=$r
     local finished=0
-    for ((i = 0; i < STORM_LOOPS; i++)); do [[ -s ${CDIR[$((first + i))]}/upper/tmp/storm ]] && finished=$((finished + 1)); done
+    for ((i = 0; i < STORM_LOOPS; i++)); do [[ -s ${CDIR[$((first + i))]}/upper/tmp/storm-$2 ]] && finished=$((finished + 1)); done
     ((finished == STORM_LOOPS)) && break
     sleep 0.25
   done
   t1=$(now_ns)
   local execs=0
   for ((i = 0; i < STORM_LOOPS; i++)); do
-    execs=$((execs + $(cat "${CDIR[$((first + i))]}/upper/tmp/storm" 2>/dev/null || echo 0)))
+    execs=$((execs + $(cat "${CDIR[$((first + i))]}/upper/tmp/storm-$2" 2>/dev/null || echo 0)))
   done
   # The reconciliation: the first full scan that starts after the storm ended (with the
   # connector and a 1 h interval there is one only when events were lost).
