@@ -27,7 +27,7 @@ use nodeguard_model::{
 use nodeguard_policy::Policy;
 pub use nodeguard_procevents::{ExecEvent, Stats as ExecFeedStats};
 use nodeguard_scan::{ScanScope, Scanner};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -395,7 +395,13 @@ impl Daemon {
                     let started = Instant::now();
                     let joined = tokio::task::spawn_blocking(move || {
                         let mut owned = owned;
-                        let report = owned.merge_execs(&base.report, pods.as_ref());
+                        // Reads that raise nothing new wait (bounded) for a later merge or
+                        // the next scan: most execs on a node are of that kind.
+                        let open: BTreeSet<&str> =
+                            base.findings.iter().map(|t| t.finding.id.as_str()).collect();
+                        let report = owned
+                            .pending_execs_matter(&base.report, |id| open.contains(id))
+                            .then(|| owned.merge_execs(&base.report, pods.as_ref()));
                         (owned, report)
                     });
                     let mut reload_pending = false;
@@ -405,6 +411,15 @@ impl Daemon {
                             Waited::Shutdown => return Ok(()),
                         };
                     scanner = Some(owned);
+                    let Some(report) = report else {
+                        if reload_pending {
+                            if let Some(s) = scanner.as_mut() {
+                                reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref()).await;
+                                next_process = Instant::now();
+                            }
+                        }
+                        continue;
+                    };
                     last_merge = Instant::now();
                     totals.exec.passes += 1;
                     refresh_exec(&mut totals.exec, feed_stats.as_deref(), &exec_feed);

@@ -58,6 +58,10 @@ pub struct ScanOptions {
 /// and the Events publisher to see a process that lived for milliseconds.
 pub const DEFAULT_EXEC_RETENTION: Duration = Duration::from_secs(300);
 
+/// Exec reads that raise nothing new wait for a later merge; past this many, they are merged
+/// anyway (the wait is bounded in memory).
+pub const EXEC_PENDING_MAX: usize = 1024;
+
 /// At most this many exec-read processes are retained; beyond it the oldest reads go first
 /// (counted as the `exec_retention_overflow` error, with a warning).
 pub const EXEC_RETAINED_MAX: usize = 4096;
@@ -538,6 +542,48 @@ impl Scanner {
     /// Whether reads wait for [`Scanner::merge_execs`].
     pub fn has_pending_execs(&self) -> bool {
         self.pending_execs.is_some()
+    }
+
+    /// Whether the reads waiting to be merged change what sinks act on: a container `base`
+    /// does not know, a finding (of those processes with their containers, by the policy in
+    /// force) that `is_open` does not know, or more than [`EXEC_PENDING_MAX`] reads waiting.
+    /// Most execs on a node raise nothing new; their reads wait for a later merge or the
+    /// next full scan instead of costing a merge of the whole report each.
+    pub fn pending_execs_matter(&self, base: &Report, is_open: impl Fn(&str) -> bool) -> bool {
+        let Some(pending) = &self.pending_execs else {
+            return false;
+        };
+        if pending.processes.len() > EXEC_PENDING_MAX
+            || pending
+                .containers
+                .iter()
+                .any(|c| !base.containers.iter().any(|known| known.id == c.id))
+        {
+            return true;
+        }
+        let ids: BTreeSet<&str> = pending
+            .processes
+            .iter()
+            .filter_map(|p| p.container_id.as_deref())
+            .collect();
+        let containers: Vec<Container> = base
+            .containers
+            .iter()
+            .filter(|c| ids.contains(c.id.as_str()))
+            .cloned()
+            .collect();
+        let findings = evaluate(
+            &self.policy,
+            &Evidence {
+                processes: &pending.processes,
+                containers: &containers,
+                files: &[],
+                cap_last_cap: self.last_cap_last_cap,
+                gaps: &[],
+                host_bounding: self.last_host_bounding,
+            },
+        );
+        findings.iter().any(|f| !is_open(&f.id))
     }
 
     /// Puts the processes read since the last merge into `base` (the latest report) in place
