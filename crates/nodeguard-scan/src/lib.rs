@@ -957,6 +957,61 @@ mod tests {
         assert_eq!(s.retained_execs(), 0);
     }
 
+    fn empty_report() -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            node: "n".into(),
+            scanned_at: Timestamp::now(),
+            duration_ms: 0,
+            containers: vec![],
+            processes: vec![],
+            files: vec![],
+            findings: vec![],
+            stats: ScanStats::default(),
+            warnings: vec![],
+        }
+    }
+
+    /// Only reads that raise a finding not yet open (or bring a new container, or pile up)
+    /// are worth a merge of the whole report.
+    #[test]
+    fn pending_exec_reads_matter_only_when_they_raise_something_new() {
+        let digest = "ab".repeat(32);
+        let policy = Policy::from_yaml_str(
+            &format!("version: 1\ndenied_binaries:\n  - sha256: {digest}\n    reason: test\n"),
+            "test.yaml",
+        )
+        .unwrap();
+        let mut s = scanner();
+        s.set_policy(Arc::new(policy));
+        let base = empty_report();
+        assert!(!s.pending_execs_matter(&base, |_| false), "nothing pending");
+
+        s.pending_execs = Some(PendingExecs {
+            processes: vec![process(42, "/tmp/evil", None)],
+            ..PendingExecs::default()
+        });
+        assert!(
+            s.pending_execs_matter(&base, |_| false),
+            "a new denied_binary"
+        );
+        assert!(!s.pending_execs_matter(&base, |_| true), "already open");
+
+        let mut benign = process(43, "/bin/sh", None);
+        benign.sha256 = Some("cd".repeat(32));
+        s.pending_execs = Some(PendingExecs {
+            processes: vec![benign.clone(); EXEC_PENDING_MAX + 1],
+            ..PendingExecs::default()
+        });
+        assert!(s.pending_execs_matter(&base, |_| true), "too many waiting");
+        s.pending_execs = Some(PendingExecs {
+            processes: vec![benign],
+            containers: vec![container(None)],
+            ..PendingExecs::default()
+        });
+        assert!(s.pending_execs_matter(&base, |_| true), "a new container");
+    }
+
     /// Beyond the bound the oldest reads are dropped, counted and warned about.
     #[test]
     fn retained_exec_reads_are_bounded_and_overflow_is_counted() {
