@@ -28,6 +28,6 @@ pub use report::{
     Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
-    EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, ScanKind, ScanRun,
-    TrackedFinding,
+    EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, PolicyReportStats,
+    ScanKind, ScanRun, TrackedFinding,
 };

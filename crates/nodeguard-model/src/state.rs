@@ -200,6 +200,21 @@ impl PodLookup for NoPods {
     }
 }
 
+/// Counters and state of the PolicyReport publisher since start, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReportStats {
+    /// Report writes (create, update, delete) the API server accepted.
+    pub written: u64,
+    /// Report writes and lists the API server refused or that failed in transit.
+    pub failed: u64,
+    /// Reports this node's agent keeps in the cluster now.
+    pub reports: u64,
+    /// Open findings left out of the reports now because a report reached its cap.
+    pub results_omitted: u64,
+    /// Whether the wgpolicyk8s.io CRDs are served; `None` until the first list answered.
+    pub crds_installed: Option<bool>,
+}
+
 /// Counters of the Kubernetes Events publisher since start, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventStats {

@@ -35,10 +35,12 @@
 //! set back from the API server would need `list` on Events cluster-wide, which the shipped
 //! ClusterRole does not grant (it would let the agent read every namespace's Events).
 
-mod ledger;
-mod limits;
+pub(crate) mod ledger;
+// Shared with the PolicyReport publisher (`crate::reports`): the token bucket and backoff,
+// and where a finding belongs (`render::place`).
+pub(crate) mod limits;
 mod planner;
-mod render;
+pub(crate) mod render;
 mod send;
 
 use self::planner::{Planner, Sent};
