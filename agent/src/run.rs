@@ -70,6 +70,7 @@ async fn serve(args: RunArgs) -> Result<()> {
             .as_ref()
             .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         events = !args.no_events,
+        policy_reports = args.policy_reports,
         "nodeguard starting with this effective configuration"
     );
 
@@ -96,6 +97,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         &node,
         args.state_dir.clone(),
         !args.no_events,
+        args.policy_reports,
         state_rx.clone(),
     )
     .await?;
@@ -105,6 +107,9 @@ async fn serve(args: RunArgs) -> Result<()> {
     };
     if let Some(source) = kube.as_ref().and_then(|k| k.event_stats()) {
         metrics.set_event_stats_source(source);
+    }
+    if let Some(source) = kube.as_ref().and_then(|k| k.policy_report_stats()) {
+        metrics.set_policy_report_stats_source(source);
     }
 
     let daemon = Daemon {

@@ -48,6 +48,10 @@
 //! | `nodeguard_policy_weakened` | gauge | setting |
 //! | `nodeguard_events_total` | counter | result |
 //! | `nodeguard_events_queued` | gauge | |
+//! | `nodeguard_policy_report_writes_total` | counter | result |
+//! | `nodeguard_policy_reports` | gauge | |
+//! | `nodeguard_policy_report_results_omitted` | gauge | |
+//! | `nodeguard_policy_report_crds_installed` | gauge | |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |
 //!
 //! `container` on `nodeguard_findings` is the Kubernetes container name when known, else the
@@ -59,7 +63,8 @@
 //! Counters exist from the start at 0 for every label value known in advance (every finding
 //! kind x severity, scan type x result, policy reload result), so `increase()` sees the
 //! first event. Gauges that mirror the state are absent until the first state arrives;
-//! `nodeguard_events_*` are absent unless an Events source is set.
+//! `nodeguard_events_*` are absent unless an Events source is set, `nodeguard_policy_report*`
+//! unless a PolicyReport source is set (`..._crds_installed` also until the first list).
 //!
 //! `namespace`, `pod` and `container` are also the target labels a PodMonitor or
 //! ServiceMonitor attaches: scrape nodeguard with `honorLabels: true` (`honor_labels`), as
@@ -75,7 +80,7 @@ pub use format::{
 /// The registry type [`Metrics::register`] fills, re-exported so that the binary can create
 /// it without linking prometheus-client itself.
 pub use prometheus_client::registry::Registry;
-pub use series::EventStatsSource;
+pub use series::{EventStatsSource, PolicyReportStatsSource};
 
 use nodeguard_model::{NodeState, ScanKind};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
@@ -224,6 +229,13 @@ impl Metrics {
         source: Arc<dyn Fn() -> nodeguard_model::EventStats + Send + Sync>,
     ) {
         self.shared.set_events_source(source);
+    }
+
+    /// Sets where `nodeguard_policy_report_writes_total`, `nodeguard_policy_reports`,
+    /// `nodeguard_policy_report_results_omitted` and `nodeguard_policy_report_crds_installed`
+    /// come from; called once per scrape. Without a source these series are absent.
+    pub fn set_policy_report_stats_source(&self, source: PolicyReportStatsSource) {
+        self.shared.set_policy_reports_source(source);
     }
 }
 

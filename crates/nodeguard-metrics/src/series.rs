@@ -2,7 +2,8 @@
 //! at scrape time by a custom collector, so a gone container's series simply are not written.
 
 use nodeguard_model::{
-    short_id, Container, EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity,
+    short_id, Container, EventStats, Finding, FindingKind, NodeState, PolicyReportStats, Report,
+    ScanKind, Severity,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -16,6 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Where the Events publisher's counters come from, read at scrape time.
 pub type EventStatsSource = Arc<dyn Fn() -> EventStats + Send + Sync>;
+/// Where the PolicyReport publisher's counters come from at scrape time.
+pub type PolicyReportStatsSource = Arc<dyn Fn() -> PolicyReportStats + Send + Sync>;
 
 /// Number of open findings sharing one label set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +85,7 @@ pub(crate) struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     writer: Mutex<Writer>,
     events: RwLock<Option<EventStatsSource>>,
+    policy_reports: RwLock<Option<PolicyReportStatsSource>>,
 }
 
 impl fmt::Debug for Shared {
@@ -100,6 +104,20 @@ impl Shared {
 
     pub fn set_events_source(&self, source: EventStatsSource) {
         *self.events.write().unwrap_or_else(PoisonError::into_inner) = Some(source);
+    }
+
+    pub fn set_policy_reports_source(&self, source: PolicyReportStatsSource) {
+        *self
+            .policy_reports
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(source);
+    }
+
+    fn policy_reports_source(&self) -> Option<PolicyReportStatsSource> {
+        self.policy_reports
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn events_source(&self) -> Option<EventStatsSource> {
@@ -326,6 +344,41 @@ impl Collector for StateCollector {
                 None,
                 stats.queued,
             )?;
+        }
+        if let Some(source) = self.shared.policy_reports_source() {
+            let stats = source();
+            let mut m = encoder.encode_descriptor(
+                "policy_report_writes",
+                "PolicyReport and ClusterPolicyReport writes (create, update, delete) since the agent started: written (accepted), failed (refused, or failed in transit; lists included).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [("written", stats.written), ("failed", stats.failed)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
+            }
+            gauge(
+                &mut encoder,
+                "policy_reports",
+                "PolicyReports and ClusterPolicyReports this node's agent keeps in the cluster.",
+                None,
+                stats.reports,
+            )?;
+            gauge(
+                &mut encoder,
+                "policy_report_results_omitted",
+                "Open findings left out of this node's PolicyReports because a report reached its size cap.",
+                None,
+                stats.results_omitted,
+            )?;
+            if let Some(installed) = stats.crds_installed {
+                gauge(
+                    &mut encoder,
+                    "policy_report_crds_installed",
+                    "1 when the wgpolicyk8s.io/v1alpha2 PolicyReport CRDs are served (and listable), 0 when not: reports are off until they are.",
+                    None,
+                    u64::from(installed),
+                )?;
+            }
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use nodeguard_metrics::{encode, encode_text, Metrics};
-use nodeguard_model::{EventStats, FindingKind, ScanKind, Severity};
+use nodeguard_model::{EventStats, FindingKind, PolicyReportStats, ScanKind, Severity};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -282,6 +282,45 @@ fn event_counters_are_read_from_the_source_at_scrape_time() {
 }
 
 #[test]
+fn policy_report_counters_are_read_from_the_source_at_scrape_time() {
+    let (registry, metrics) = setup();
+    assert!(
+        !scrape(&registry).contains("nodeguard_policy_report"),
+        "absent without the PolicyReport publisher"
+    );
+    let written = Arc::new(AtomicU64::new(3));
+    let source = Arc::clone(&written);
+    let installed = Arc::new(std::sync::Mutex::new(None));
+    let known = Arc::clone(&installed);
+    metrics.set_policy_report_stats_source(Arc::new(move || PolicyReportStats {
+        written: source.load(Ordering::Relaxed),
+        failed: 1,
+        reports: 2,
+        results_omitted: 4,
+        crds_installed: *known.lock().unwrap(),
+    }));
+    let out = scrape(&registry);
+    assert_eq!(
+        samples(&out, "nodeguard_policy_report"),
+        [
+            r#"nodeguard_policy_report_writes_total{result="written"} 3"#,
+            r#"nodeguard_policy_report_writes_total{result="failed"} 1"#,
+            "nodeguard_policy_reports 2",
+            "nodeguard_policy_report_results_omitted 4",
+        ],
+        "no CRD gauge before the first list answered"
+    );
+    *installed.lock().unwrap() = Some(false);
+    written.store(5, Ordering::Relaxed);
+    let out = scrape(&registry);
+    assert!(
+        out.contains("nodeguard_policy_report_crds_installed 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("nodeguard_policy_report_writes_total{result=\"written\"} 5\n"));
+}
+
+#[test]
 fn build_info_carries_the_version() {
     let (registry, _metrics) = setup();
     let out = scrape(&registry);
@@ -308,6 +347,10 @@ fn names_follow_openmetrics_rules() {
     metrics.state_changed(&Arc::new(three_containers(1000)));
     metrics.scan_finished(ScanKind::Processes, Duration::from_millis(3), true);
     metrics.set_event_stats_source(Arc::new(EventStats::default));
+    metrics.set_policy_report_stats_source(Arc::new(|| PolicyReportStats {
+        crds_installed: Some(true),
+        ..PolicyReportStats::default()
+    }));
     let out = scrape(&registry);
 
     assert!(out.ends_with("\n# EOF\n"), "{out}");
@@ -358,8 +401,8 @@ fn names_follow_openmetrics_rules() {
             "{kind} {sample} ends in _total"
         );
     }
-    // 17 nodeguard families and the 7 standard process_* ones.
-    assert_eq!(families, 24, "{out}");
+    // 21 nodeguard families (4 of the PolicyReport publisher) and the 7 standard process_* ones.
+    assert_eq!(families, 28, "{out}");
 }
 
 #[test]
