@@ -53,6 +53,9 @@ pub(crate) struct Planner {
     /// a list.
     known: Option<BTreeMap<Key, Known>>,
     desired: BTreeMap<Key, Desired>,
+    /// A pod's finding waits for its pod's metadata (the pod watch has not caught up, as at
+    /// start): its report is incomplete, so nothing is written (or deleted) until it is not.
+    waiting: bool,
     /// Reports the API server refused for good, with the content refused: not asked again
     /// until the content changes.
     rejected: HashMap<Key, Value>,
@@ -69,6 +72,7 @@ impl Planner {
             stats: PolicyReportStats::default(),
             known: None,
             desired: BTreeMap::new(),
+            waiting: false,
             rejected: HashMap::new(),
             bucket: TokenBucket::per_second(cfg.writes_per_sec, cfg.write_burst, now),
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed),
@@ -87,7 +91,7 @@ impl Planner {
 
     /// What the reports should say now.
     pub(crate) fn on_state(&mut self, st: &NodeState, wall: SystemTime) {
-        self.desired = render::desired(st, &self.cfg, wall);
+        (self.desired, self.waiting) = render::desired(st, &self.cfg, wall);
         let desired = &self.desired;
         self.rejected.retain(|key, refused| {
             desired
@@ -121,6 +125,9 @@ impl Planner {
         let Some(known) = &self.known else {
             return Some(Op::List);
         };
+        if self.waiting {
+            return None;
+        }
         for (key, d) in &self.desired {
             let content = render::content(&d.body);
             if self.rejected.get(key) == Some(&content) {
@@ -602,6 +609,59 @@ mod tests {
         w.on_done(Op::List, Ok(Outcome::Listed(items)), now);
         assert_eq!(kinds(&drain(&mut w, now)), ["delete PolicyReport in gone"]);
         assert_eq!(w.stats().crds_installed, Some(true));
+    }
+
+    /// At start the pod watch may not know a pod yet: its findings wait (up to a minute) and
+    /// its namespace's stored report is neither deleted nor rewritten meanwhile.
+    #[test]
+    fn while_a_pods_findings_wait_for_its_metadata_no_report_is_written() {
+        let wall = SystemTime::now();
+        let now = Instant::now();
+        let mem = in_pod(
+            FindingKind::MissingMemoryLimit,
+            Severity::Medium,
+            "/kubepods/x",
+        );
+        let ghost = on_host("/tmp/ghost (deleted)");
+        let mut first = Planner::new(cfg(), now, 1);
+        first.on_state(&state(&[mem.clone(), ghost.clone()], wall), wall);
+        let stored: Vec<Value> = drain(&mut first, now)
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Create { mut body, .. } => {
+                    body["metadata"]["resourceVersion"] = "5".into();
+                    Some(body)
+                }
+                _ => None,
+            })
+            .collect();
+
+        let mut w = Planner::new(cfg(), now, 2);
+        let mut unknown = state(&[mem.clone(), ghost.clone()], wall);
+        let mut report = (*unknown.report).clone();
+        report.containers[0].pod = None;
+        unknown.report = Arc::new(report);
+        w.on_state(&unknown, wall + Duration::from_secs(5));
+        assert_eq!(w.next_request(now), Some(Op::List));
+        w.on_done(Op::List, Ok(Outcome::Listed(stored)), now);
+        assert_eq!(
+            w.next_request(now),
+            None,
+            "nothing while the pod is unknown"
+        );
+        assert_eq!(w.next_wake(now, false), None);
+        // Known now: the stored reports are what they should be.
+        w.on_state(
+            &state(&[mem.clone(), ghost.clone()], wall),
+            wall + Duration::from_secs(10),
+        );
+        assert_eq!(w.next_request(now), None);
+        // Never known: after the wait the finding goes to the ClusterPolicyReport.
+        w.on_state(&unknown, wall + Duration::from_secs(61));
+        assert_eq!(
+            kinds(&drain(&mut w, now)),
+            ["replace ClusterPolicyReport", "delete PolicyReport in shop"]
+        );
     }
 
     #[test]

@@ -225,18 +225,23 @@ fn result_of(
 /// Every report this node's open findings make, by key: worst findings first, at most
 /// `max_results` results and `max_bytes` of them per report; what does not fit is counted in
 /// one last `warn` result (rule `results_omitted`).
+///
+/// The second value says whether a pod's finding waits for its pod's metadata: then some
+/// report is incomplete, and the planner writes nothing until it is not.
 pub(crate) fn desired(
     st: &NodeState,
     cfg: &PolicyReportConfig,
     wall: SystemTime,
-) -> BTreeMap<Key, Desired> {
+) -> (BTreeMap<Key, Desired>, bool) {
     let mut by_key: BTreeMap<Key, Vec<(&TrackedFinding, Value)>> = BTreeMap::new();
+    let mut waiting = false;
     for t in &st.findings {
-        if let Some((key, result)) = result_of(t, st, cfg, wall) {
-            by_key.entry(key).or_default().push((t, result));
+        match result_of(t, st, cfg, wall) {
+            Some((key, result)) => by_key.entry(key).or_default().push((t, result)),
+            None => waiting = true,
         }
     }
-    by_key
+    let reports = by_key
         .into_iter()
         .map(|(key, mut results)| {
             results.sort_by(|(a, _), (b, _)| {
@@ -261,7 +266,8 @@ pub(crate) fn desired(
             let body = report(&key, cfg, kept, omitted);
             (key, Desired { body, omitted })
         })
-        .collect()
+        .collect();
+    (reports, waiting)
 }
 
 fn report(key: &Key, cfg: &PolicyReportConfig, mut results: Vec<Value>, omitted: usize) -> Value {
