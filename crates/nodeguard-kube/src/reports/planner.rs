@@ -93,11 +93,8 @@ impl Planner {
     pub(crate) fn on_state(&mut self, st: &NodeState, wall: SystemTime) {
         (self.desired, self.waiting) = render::desired(st, &self.cfg, wall);
         let desired = &self.desired;
-        self.rejected.retain(|key, refused| {
-            desired
-                .get(key)
-                .is_some_and(|d| render::content(&d.body) == *refused)
-        });
+        self.rejected
+            .retain(|key, refused| desired.get(key).is_some_and(|d| d.content == *refused));
     }
 
     /// The next write (or the list), if the backoff and the bucket allow one now.
@@ -129,8 +126,8 @@ impl Planner {
             return None;
         }
         for (key, d) in &self.desired {
-            let content = render::content(&d.body);
-            if self.rejected.get(key) == Some(&content) {
+            let content = &d.content;
+            if self.rejected.get(key) == Some(content) {
                 continue;
             }
             match known.get(key) {
@@ -140,7 +137,7 @@ impl Planner {
                         body: d.body.clone(),
                     })
                 }
-                Some(k) if k.content != content => {
+                Some(k) if k.content != *content => {
                     return Some(Op::Replace {
                         key: key.clone(),
                         body: render::keep_timestamps(d.body.clone(), &k.timestamps),

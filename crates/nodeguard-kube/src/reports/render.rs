@@ -46,6 +46,8 @@ pub(crate) struct Desired {
     pub body: Value,
     /// Findings this report leaves out (over its cap).
     pub omitted: usize,
+    /// [`content`] of `body`, computed once.
+    pub content: Value,
 }
 
 /// `nodeguard-<node>`; a node name too long for that (names are at most 253 bytes) is cut
@@ -264,7 +266,15 @@ pub(crate) fn desired(
             }
             let omitted = total - kept.len();
             let body = report(&key, cfg, kept, omitted);
-            (key, Desired { body, omitted })
+            let content = content(&body);
+            (
+                key,
+                Desired {
+                    body,
+                    omitted,
+                    content,
+                },
+            )
         })
         .collect();
     (reports, waiting)
