@@ -3,7 +3,7 @@
 
 use super::PolicyReportConfig;
 use crate::events::ledger::TargetKind;
-use crate::events::render::{clip, place};
+use crate::events::render::{clip, one_line, place};
 use nodeguard_model::{short_id, Finding, NodeState, Severity, Timestamp, TrackedFinding};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -126,12 +126,6 @@ fn timestamp(t: Timestamp) -> Value {
         t.0.duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
     json!({"seconds": d.as_secs(), "nanos": d.subsec_nanos()})
-}
-
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Whether a pod's container still waits for its pod's metadata (the pod watch may not have
