@@ -1743,6 +1743,14 @@ fn the_agent_keeps_policy_reports_the_real_api_server_stores_and_rewrites_nothin
             )
         },
     );
+    say(&format!(
+        "realnode: PolicyReports: realnode report {} bytes with {} results, ClusterPolicyReport {} results; second run: writes {:?}, {:?} reports",
+        after.get("realnode").map_or(0, |r| r.to_string().len()),
+        after.get("realnode").map_or(0, |r| results_of(r).len()),
+        after.get("").map_or(0, |r| results_of(r).len()),
+        metric(&agent, "nodeguard_policy_report_writes_total{result=\"written\"}"),
+        metric(&agent, "nodeguard_policy_reports"),
+    ));
     let second_log = agent.log.clone();
     agent.stop();
     drop(ghost);
