@@ -298,28 +298,26 @@ fn read_policy_file(path: &Path) -> io::Result<String> {
     }
 }
 
+/// Reads the policy through the agent's one guarded open (`nodeguard_hash::open_regular`:
+/// non-blocking, `fstat` says regular file within the size cap before a byte is read), then
+/// at most one byte past the cap, so a file that grows while read is refused too.
 fn read_regular(path: &Path) -> io::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file (a policy is never read from a FIFO, device or socket)",
-        ));
-    }
-    if meta.len() > MAX_POLICY_BYTES as u64 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "the file is {} bytes, more than the {MAX_POLICY_BYTES} a policy may have",
-                meta.len()
+    use nodeguard_hash::Error as OpenError;
+    let (file, meta) =
+        nodeguard_hash::open_regular(path, MAX_POLICY_BYTES as u64).map_err(|e| match e {
+            OpenError::Open { source, .. } | OpenError::Read { source, .. } => source,
+            OpenError::NotRegular { kind, .. } => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "not a regular file but a {kind} (a policy is never read from a FIFO, device or socket)"
+                ),
             ),
-        ));
-    }
+            OpenError::TooLarge { size, .. } => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the file is {size} bytes, more than the {MAX_POLICY_BYTES} a policy may have"),
+            ),
+            other => io::Error::other(other.to_string()),
+        })?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_POLICY_BYTES as u64 + 1)
         .read_to_end(&mut bytes)?;
