@@ -15,15 +15,15 @@
 //! ```
 //! use prometheus_client::registry::Registry;
 //! use nodeguard_metrics::{encode, Metrics, CONTENT_TYPE};
-//! use std::sync::Arc;
 //!
+//! // The daemon keeps `state_tx` and publishes each new `Arc<NodeState>` on it.
 //! let (state_tx, state_rx) = tokio::sync::watch::channel(None);
 //! let mut registry = Registry::default();
 //! let _metrics = Metrics::register(&mut registry, state_rx);
 //! let body = encode(&registry).unwrap(); // serve with CONTENT_TYPE
 //! assert!(body.contains("nodeguard_scans_total{scan_type=\"processes\",result=\"success\"} 0\n"));
 //! assert!(body.ends_with("# EOF\n"));
-//! # let _ = (CONTENT_TYPE, state_tx, Arc::new(0));
+//! # let _ = (CONTENT_TYPE, state_tx);
 //! ```
 //!
 //! # Series
