@@ -23,8 +23,9 @@ impl KubeParts {
         self.pods.lookup()
     }
 
-    pub fn event_stats(&self) -> Option<Arc<dyn Fn() -> EventStats + Send + Sync>> {
-        self.events.as_ref().map(EventPublisher::stats_source)
+    /// The Events publisher's counters channel, if Events are published.
+    pub fn event_stats(&self) -> Option<watch::Receiver<EventStats>> {
+        self.events.as_ref().map(EventPublisher::stats_channel)
     }
 
     /// Stops the pod watch and lets the publisher save its announced set. Call after the

@@ -28,6 +28,6 @@ pub use report::{
     Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
-    EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, ScanKind, ScanRun,
-    TrackedFinding,
+    DurationHistogram, EventStats, FindingChanges, FindingLedger, NoPods, NodeState, Outcomes,
+    PodLookup, ScanKind, ScanRun, ScanTotals, Totals, TrackedFinding, SCAN_DURATION_BUCKETS,
 };
