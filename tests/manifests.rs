@@ -1008,10 +1008,9 @@ fn node_state(
             })
             .collect(),
         last_scans,
-        findings_detected: BTreeMap::new(),
-        errors_total: BTreeMap::new(),
-        policy_reload_failures: 0,
         policy_loaded_at: now,
+        policy_weakened: vec![],
+        totals: Default::default(),
     })
 }
 

@@ -1756,3 +1756,166 @@ fn the_agent_keeps_policy_reports_the_real_api_server_stores_and_rewrites_nothin
     drop(ghost);
     checks.finish(&[&first_log, &second_log]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Platform binaries against their release's digest bundle.
+
+/// The pid a bed's `start NAME` recorded (`up.sh` execs the program in place, so it is the
+/// program's own pid).
+fn bed_pid(bed: &Bed, name: &str) -> i32 {
+    let path = bed.dir.join(format!("{name}.pid"));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+}
+
+/// The bed's kubelet and kube-apiserver are real host processes. Packed into a release
+/// tarball by the real `tar` and imported, their release bundle raises nothing for them; a
+/// bundle of another kubelet build (`sha512sum` of a tampered copy) raises
+/// `unexpected_binary_hash` for the bed's kubelet alone, naming that bundle and its line.
+/// The scan sees only those two pids (a private proc root), so other beds and containers on
+/// the machine cannot disturb it.
+#[test]
+fn the_beds_kubelet_and_apiserver_are_checked_against_release_digest_bundles() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let kubelet = bed_pid(bed, "kubelet");
+    let apiserver = bed_pid(bed, "apiserver");
+    let exe = |pid: i32| fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let (kubelet_exe, apiserver_exe) = (exe(kubelet), exe(apiserver));
+    assert!(kubelet_exe.ends_with("kubelet"), "{kubelet_exe:?}");
+    assert!(
+        apiserver_exe.ends_with("kube-apiserver"),
+        "{apiserver_exe:?}"
+    );
+
+    let tmp = tempfile::Builder::new()
+        .prefix("nodeguard-rn-digests-")
+        .tempdir()
+        .unwrap();
+    let bin = tmp.path().join("kubernetes/server/bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy(&kubelet_exe, bin.join("kubelet")).unwrap();
+    fs::copy(&apiserver_exe, bin.join("kube-apiserver")).unwrap();
+    let tarball = tmp.path().join("kubernetes-server-linux-amd64.tar.gz");
+    let mut tar = Command::new("tar");
+    tar.args(["-I", "gzip -1", "-cf"])
+        .arg(&tarball)
+        .arg("kubernetes")
+        .current_dir(tmp.path());
+    cmd::run_command(
+        tar,
+        "tar -I 'gzip -1' -cf … kubernetes".into(),
+        BUILD_TIMEOUT,
+    )
+    .ok();
+    let release = tmp.path().join("release.json");
+    let nodeguard = support::nodeguard_bin();
+    cmd::run_ok(
+        nodeguard,
+        &[
+            "digests",
+            "import",
+            tarball.to_str().unwrap(),
+            "-o",
+            release.to_str().unwrap(),
+        ],
+    );
+
+    // Another build of kubelet, known only by its sha512sum line.
+    let other_dir = tmp.path().join("other");
+    fs::create_dir(&other_dir).unwrap();
+    let mut bytes = fs::read(bin.join("kubelet")).unwrap();
+    bytes.extend_from_slice(b"\0another build");
+    fs::write(other_dir.join("kubelet"), bytes).unwrap();
+    let mut sum = Command::new("sha512sum");
+    sum.arg("kubelet").current_dir(&other_dir);
+    let sums = cmd::run_command(sum, "sha512sum kubelet".into(), BUILD_TIMEOUT).ok();
+    let sums_file = tmp.path().join("other.sha512sum");
+    fs::write(&sums_file, &sums.stdout).unwrap();
+    let other = tmp.path().join("other.json");
+    cmd::run_ok(
+        nodeguard,
+        &[
+            "digests",
+            "import",
+            sums_file.to_str().unwrap(),
+            "-o",
+            other.to_str().unwrap(),
+        ],
+    );
+
+    let scan_with = |bundle: &Path| {
+        let policy = tmp.path().join("policy.yaml");
+        fs::write(
+            &policy,
+            format!(
+                "digest_bundles: [{}]\n",
+                bundle.file_name().unwrap().to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let proc_root = support::fakeproc::FakeProc::with_pids(&[kubelet, apiserver]);
+        Scan::run(&[
+            "--no-fs",
+            "--proc-root",
+            proc_root.path_str(),
+            "--config",
+            policy.to_str().unwrap(),
+        ])
+    };
+    let digest_findings = |scan: &Scan, pid: i32| -> Vec<Value> {
+        scan.findings()
+            .iter()
+            .filter(|f| f["pid"] == pid)
+            .filter(|f| f["kind"] == "unexpected_binary_hash" || f["kind"] == "unverifiable_binary")
+            .cloned()
+            .collect()
+    };
+
+    let scan = scan_with(&release);
+    for (pid, path) in [(kubelet, &kubelet_exe), (apiserver, &apiserver_exe)] {
+        let p = scan
+            .processes()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not scanned\n{}", scan.summary()));
+        assert!(p["container_id"].is_null(), "a host process: {p}");
+        assert_eq!(
+            p["sha256"],
+            support::oracle::sha256sum(Path::new(&format!("/proc/{pid}/exe"))).as_str(),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            digest_findings(&scan, pid),
+            Vec::<Value>::new(),
+            "the release's own binary\n{}",
+            scan.summary()
+        );
+    }
+
+    let scan = scan_with(&other);
+    let found = digest_findings(&scan, kubelet);
+    assert_eq!(found.len(), 1, "{found:#?}\n{}", scan.summary());
+    assert_eq!(found[0]["kind"], "unexpected_binary_hash");
+    assert!(found[0]["container_id"].is_null());
+    let message = found[0]["message"].as_str().unwrap_or_default();
+    let want_sha512 = support::oracle::sha512sum(&kubelet_exe);
+    for part in [
+        format!("host: pid {kubelet} (kubelet)"),
+        format!("sha512 {want_sha512}"),
+        format!(
+            "not a digest of kubelet in digest bundle other.json (from {} line 1)",
+            sums_file.display()
+        ),
+    ] {
+        assert!(message.contains(&part), "message lacks {part:?}: {message}");
+    }
+    assert_eq!(
+        digest_findings(&scan, apiserver),
+        Vec::<Value>::new(),
+        "kube-apiserver is not in that bundle"
+    );
+}

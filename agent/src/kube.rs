@@ -26,14 +26,16 @@ impl KubeParts {
         self.pods.lookup()
     }
 
-    pub fn event_stats(&self) -> Option<Arc<dyn Fn() -> EventStats + Send + Sync>> {
-        self.events.as_ref().map(EventPublisher::stats_source)
+    /// The Events publisher's counters channel, if Events are published.
+    pub fn event_stats(&self) -> Option<watch::Receiver<EventStats>> {
+        self.events.as_ref().map(EventPublisher::stats_channel)
     }
 
-    pub fn policy_report_stats(&self) -> Option<Arc<dyn Fn() -> PolicyReportStats + Send + Sync>> {
+    /// The PolicyReport publisher's counters channel, if reports are published.
+    pub fn policy_report_stats(&self) -> Option<watch::Receiver<PolicyReportStats>> {
         self.reports
             .as_ref()
-            .map(PolicyReportPublisher::stats_source)
+            .map(PolicyReportPublisher::stats_channel)
     }
 
     /// Stops the pod watch and lets the publisher save its announced set. Call after the

@@ -45,10 +45,9 @@ fn state(findings: &[Finding]) -> Arc<NodeState> {
             })
             .collect(),
         last_scans: BTreeMap::new(),
-        findings_detected: BTreeMap::new(),
-        errors_total: BTreeMap::new(),
-        policy_reload_failures: 0,
         policy_loaded_at: now,
+        policy_weakened: Vec::new(),
+        totals: Default::default(),
     })
 }
 

@@ -28,7 +28,7 @@ use self::planner::{Op, Planner};
 use self::send::{Outcome, SendError, Sender};
 use futures::future::{BoxFuture, OptionFuture};
 use nodeguard_model::{NodeState, PolicyReportStats};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -77,7 +77,7 @@ impl PolicyReportConfig {
 
 /// Publishes PolicyReports from its own task. Dropping the state sender ends the task.
 pub struct PolicyReportPublisher {
-    stats: Arc<Mutex<PolicyReportStats>>,
+    stats: watch::Receiver<PolicyReportStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,21 +88,21 @@ impl PolicyReportPublisher {
         config: PolicyReportConfig,
         state: watch::Receiver<Option<Arc<NodeState>>>,
     ) -> PolicyReportPublisher {
-        let stats = Arc::new(Mutex::new(PolicyReportStats::default()));
+        let (stats_tx, stats) = watch::channel(PolicyReportStats::default());
         let sender = Sender::new(client, &config.node_name, config.request_timeout);
-        let task = tokio::spawn(run(sender, config, stats.clone(), state));
+        let task = tokio::spawn(run(sender, config, stats_tx, state));
         PolicyReportPublisher { stats, task }
     }
 
     /// Counters since start; never waits on the API server.
     pub fn stats(&self) -> PolicyReportStats {
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+        *self.stats.borrow()
     }
 
-    /// A reader of the counters that outlives the publisher, for metrics at scrape time.
-    pub fn stats_source(&self) -> Arc<dyn Fn() -> PolicyReportStats + Send + Sync> {
-        let stats = Arc::clone(&self.stats);
-        Arc::new(move || *stats.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The counters' channel (as for Events), for metrics at scrape time; it outlives the
+    /// publisher.
+    pub fn stats_channel(&self) -> watch::Receiver<PolicyReportStats> {
+        self.stats.clone()
     }
 
     /// Waits until the task has ended (the state sender was dropped).
@@ -121,7 +121,7 @@ struct Attempt {
 async fn run(
     sender: Sender,
     cfg: PolicyReportConfig,
-    shared: Arc<Mutex<PolicyReportStats>>,
+    shared: watch::Sender<PolicyReportStats>,
     mut state: watch::Receiver<Option<Arc<NodeState>>>,
 ) {
     let seed = cfg
@@ -153,7 +153,7 @@ async fn run(
                 }) as BoxFuture<'static, Attempt>
             });
         }
-        *shared.lock().unwrap_or_else(|p| p.into_inner()) = planner.stats();
+        publish(&shared, planner.stats());
         let wake = if have_state {
             planner.next_wake(now, inflight.is_some())
         } else {
@@ -177,6 +177,14 @@ async fn run(
             _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
         }
     }
-    *shared.lock().unwrap_or_else(|p| p.into_inner()) = planner.stats();
+    publish(&shared, planner.stats());
     tracing::debug!("PolicyReport publisher stopped: the state sender is gone");
+}
+
+fn publish(shared: &watch::Sender<PolicyReportStats>, stats: PolicyReportStats) {
+    shared.send_if_modified(|current| {
+        let changed = *current != stats;
+        *current = stats;
+        changed
+    });
 }
