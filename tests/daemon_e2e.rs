@@ -806,6 +806,76 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_is_broken() {
     drop(c);
 }
 
+/// Metrics read the daemon's published state like every sink: a scan that fails and a reload
+/// that is refused must still reach /metrics, with the last report still served.
+#[test]
+fn a_failed_scan_and_a_refused_reload_show_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // The proc root is a symlink the test can point away: the next scan cannot list processes.
+    let proc_link = dir.path().join("proc");
+    std::os::unix::fs::symlink("/proc", &proc_link).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    fs::write(&policy, "version: 1\n").unwrap();
+    let agent = Agent::start(&[
+        "--proc-root",
+        proc_link.to_str().unwrap(),
+        "--config",
+        policy.to_str().unwrap(),
+    ]);
+    agent.wait_ready();
+    let failed = "nodeguard_scans_total{scan_type=\"processes\",result=\"failure\"}";
+    let ok = "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"}";
+    let timed = "nodeguard_scan_duration_seconds_count{scan_type=\"processes\"}";
+    let scan_errors = "nodeguard_errors_total{kind=\"scan\"}";
+    let refused = "nodeguard_policy_reloads_total{result=\"failure\"}";
+    let m = agent.metrics();
+    assert_eq!(metric_value(&m, failed), Some(0.0), "{m}");
+    assert!(metric_value(&m, ok).is_some_and(|n| n >= 1.0), "{m}");
+
+    fs::remove_file(&proc_link).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone"), &proc_link).unwrap();
+    let m = wait_for("a failed process scan in /metrics", SCANS_TIMEOUT, || {
+        let m = agent.metrics();
+        match metric_value(&m, failed) {
+            Some(n) if n >= 1.0 => Ok(m),
+            v => Err(format!("{failed} is {v:?}")),
+        }
+    });
+    assert!(
+        metric_value(&m, scan_errors).is_some_and(|n| n >= 1.0),
+        "a failed scan is an error of kind scan:\n{m}"
+    );
+    assert_eq!(
+        metric_value(&m, timed),
+        Some(metric_value(&m, ok).unwrap() + metric_value(&m, failed).unwrap()),
+        "every scan, failed ones included, is timed:\n{m}"
+    );
+    assert!(
+        agent.log_text().contains("scan failed"),
+        "the log says the scan failed"
+    );
+    // Every scan from now on fails: this report stays the one served.
+    let report_before = agent.get_json("/v1/report")["scanned_at"].clone();
+
+    // While scans fail, a broken policy is refused: counted too.
+    assert_eq!(metric_value(&m, refused), Some(0.0), "{m}");
+    fs::write(&policy, "version: 1\nrequired_limits:\n  cpu: sometimes\n").unwrap();
+    send_signal(agent.pid(), "HUP");
+    wait_for("a refused reload in /metrics", SCANS_TIMEOUT, || {
+        let m = agent.metrics();
+        match metric_value(&m, refused) {
+            Some(1.0) => Ok(()),
+            v => Err(format!("{refused} is {v:?}")),
+        }
+    });
+    agent.assert_running();
+    assert_eq!(
+        agent.get_json("/v1/report")["scanned_at"],
+        report_before,
+        "the last good report is still served"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Lifecycle: probes during a scan, SIGTERM and SIGINT.
 

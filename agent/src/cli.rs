@@ -324,6 +324,19 @@ pub struct RunArgs {
     /// open at least this long, and until the next scan after that).
     #[arg(long, default_value = "5m", value_parser = parse_duration, env = "NODEGUARD_EXEC_RETENTION")]
     pub exec_retention: std::time::Duration,
+
+    /// Keep open findings in wgpolicyk8s.io/v1alpha2 PolicyReports (one per namespace and
+    /// node) and a ClusterPolicyReport (host findings), as Kyverno and Trivy Operator do;
+    /// `--policy-reports=false` turns them off. Needs the CRDs (manifests/crds/); without
+    /// them the agent says so once and keeps going.
+    #[arg(
+        long,
+        env = "NODEGUARD_POLICY_REPORTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub policy_reports: bool,
 }
 
 /// A flag value as the command line spells it (`sha256`, `auto`), for logs.

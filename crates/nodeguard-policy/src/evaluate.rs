@@ -10,7 +10,7 @@ use nodeguard_model::{
     SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What one scan saw, borrowed from the scan's own collections.
 #[derive(Debug, Clone, Copy)]
@@ -1030,6 +1030,7 @@ impl<'p> Found<'p> {
         out.sort_by(|a, b| {
             (a.kind, &a.container_id, &a.subject).cmp(&(b.kind, &b.container_id, &b.subject))
         });
+        let out = fold_into_privileged(out);
         let mut out = aggregate_floods(out);
         out.sort_by(|a, b| {
             (Reverse(a.severity), a.kind, &a.container_id, &a.subject).cmp(&(
@@ -1041,6 +1042,55 @@ impl<'p> Found<'p> {
         });
         out
     }
+}
+
+/// A privileged container holds every capability, so one `dangerous_capability` per
+/// capability (15 with the default list) only repeats what its `privileged_container` says and
+/// buries the next container's findings. Once exemptions and severities are applied, a
+/// container whose `privileged_container` finding stands keeps no `dangerous_capability`
+/// finding: the capabilities are named in the privileged finding's message instead. Where the
+/// privileged finding is disabled or exempted, the capability findings stay.
+fn fold_into_privileged(findings: Vec<Finding>) -> Vec<Finding> {
+    let privileged: BTreeSet<String> = findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::PrivilegedContainer)
+        .filter_map(|f| f.container_id.clone())
+        .collect();
+    if privileged.is_empty() {
+        return findings;
+    }
+    let mut folded: BTreeMap<String, Vec<(Severity, String)>> = BTreeMap::new();
+    let mut kept: Vec<Finding> = Vec::with_capacity(findings.len());
+    for f in findings {
+        match &f.container_id {
+            Some(id) if f.kind == FindingKind::DangerousCapability && privileged.contains(id) => {
+                folded
+                    .entry(id.clone())
+                    .or_default()
+                    .push((f.severity, f.subject));
+            }
+            _ => kept.push(f),
+        }
+    }
+    for f in kept
+        .iter_mut()
+        .filter(|f| f.kind == FindingKind::PrivilegedContainer)
+    {
+        let Some(caps) = f.container_id.as_ref().and_then(|id| folded.get_mut(id)) else {
+            continue;
+        };
+        caps.sort_by(|a, b| (Reverse(a.0), &a.1).cmp(&(Reverse(b.0), &b.1)));
+        caps.dedup_by(|a, b| a.1 == b.1);
+        let names: Vec<&str> = caps.iter().map(|(_, name)| name.as_str()).collect();
+        let plural = if names.len() == 1 { "y" } else { "ies" };
+        f.message = format!(
+            "{}; among them {} dangerous capabilit{plural}: {}",
+            f.message,
+            names.len(),
+            names.join(", ")
+        );
+    }
+    kept
 }
 
 /// An exemption applies when every selector it gives matches. Without pod metadata (host,

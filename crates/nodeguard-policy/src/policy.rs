@@ -305,31 +305,14 @@ pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn read_policy_file(path: &Path) -> io::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = path.to_path_buf();
-    // The read runs on its own thread so a filesystem that never answers cannot hold the
-    // caller (the daemon's reload) past the timeout; such a thread is left behind.
-    std::thread::Builder::new()
-        .name("policy-read".into())
-        .spawn(move || {
-            let _ = tx.send(read_regular(&path));
-        })?;
-    match rx.recv_timeout(READ_TIMEOUT) {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("reading took longer than {}s", READ_TIMEOUT.as_secs()),
-        )),
-    }
-}
-
-fn read_regular(path: &Path) -> io::Result<String> {
-    let bytes = read_regular_bytes(path, MAX_POLICY_BYTES, "a policy")?;
+    let bytes = read_bounded_file(path, MAX_POLICY_BYTES, "a policy")?;
     String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads a regular file of at most `max` bytes (a FIFO, device or socket is refused before a
-/// byte is read), giving up after [`READ_TIMEOUT`]; `what` names it in errors.
+/// byte is read), giving up after [`READ_TIMEOUT`]; `what` names it in errors. The read runs
+/// on its own thread so a filesystem that never answers cannot hold the caller (the daemon's
+/// reload) past the timeout; such a thread is left behind.
 pub(crate) fn read_bounded_file(
     path: &Path,
     max: usize,
@@ -351,28 +334,25 @@ pub(crate) fn read_bounded_file(
     }
 }
 
+/// Reads through the agent's one guarded open (`nodeguard_hash::open_regular`: non-blocking,
+/// `fstat` says regular file within the size cap before a byte is read), then at most one
+/// byte past the cap, so a file that grows while read is refused too.
 fn read_regular_bytes(path: &Path, max: usize, what: &'static str) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(io::Error::new(
+    use nodeguard_hash::Error as OpenError;
+    let (file, meta) = nodeguard_hash::open_regular(path, max as u64).map_err(|e| match e {
+        OpenError::Open { source, .. } | OpenError::Read { source, .. } => source,
+        OpenError::NotRegular { kind, .. } => io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("not a regular file ({what} is never read from a FIFO, device or socket)"),
-        ));
-    }
-    if meta.len() > max as u64 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
             format!(
-                "the file is {} bytes, more than the {max} {what} may have",
-                meta.len()
+                "not a regular file but a {kind} ({what} is never read from a FIFO, device or socket)"
             ),
-        ));
-    }
+        ),
+        OpenError::TooLarge { size, .. } => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file is {size} bytes, more than the {max} {what} may have"),
+        ),
+        other => io::Error::other(other.to_string()),
+    })?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(max as u64 + 1).read_to_end(&mut bytes)?;
     if bytes.len() > max {
