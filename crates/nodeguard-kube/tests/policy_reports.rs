@@ -48,6 +48,7 @@ fn state(findings: &[Finding]) -> Arc<NodeState> {
         policy_loaded_at: now,
         policy_weakened: Vec::new(),
         totals: Default::default(),
+        exec_events: Default::default(),
     })
 }
 

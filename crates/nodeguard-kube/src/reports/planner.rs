@@ -347,6 +347,7 @@ mod tests {
             policy_loaded_at: Timestamp(seen),
             policy_weakened: Vec::new(),
             totals: Default::default(),
+            exec_events: Default::default(),
         }
     }
 
