@@ -4,7 +4,7 @@ use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
-use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess};
+use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess, Remembered};
 use crate::runtime::{
     first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
 };
@@ -132,7 +132,12 @@ struct Chunk {
     log: Log,
 }
 
-fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> Chunk {
+fn read_chunk(
+    proc_fd: &OwnedFd,
+    pids: &[i32],
+    host_namespaces: &Namespaces,
+    known: &HashMap<i32, Remembered>,
+) -> Chunk {
     let mut chunk = Chunk::default();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut kthread_ns = None;
@@ -144,7 +149,7 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
                 continue;
             }
         };
-        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns) {
+        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns, known.get(&pid)) {
             Ok(r) => r,
             Err(f) => {
                 chunk.log.failure(f);
@@ -170,11 +175,21 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
             // The root filesystem, from the first process that shows a mount at `/`. A
             // chrooted one does not: the next process may, and failing that the host's
             // mount table does (`roots_from_host_mounts`).
+            // What this process showed before is reused until it execs.
             if seed.root.is_none() {
-                match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
-                    Ok(()) => seed.root = container_root(&buf),
-                    Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
-                    Err(_) => {}
+                let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.clone());
+                match remembered {
+                    Some(root) => seed.root = root,
+                    None => match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
+                        Ok(()) => {
+                            seed.root = container_root(&buf);
+                            if let Some(r) = raw.remember.as_mut() {
+                                r.mount_root = Some(seed.root.clone());
+                            }
+                        }
+                        Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
+                        Err(_) => {}
+                    },
                 }
             }
         }
@@ -189,17 +204,18 @@ fn read_all(
     proc_fd: &OwnedFd,
     pids: &[i32],
     host_namespaces: &Namespaces,
+    known: &HashMap<i32, Remembered>,
     log: &mut Log,
     threads: usize,
 ) -> (Vec<RawProcess>, BTreeMap<String, ContainerSeed>) {
     let chunks: Vec<Chunk> = if threads <= 1 || pids.len() < 2 {
-        vec![read_chunk(proc_fd, pids, host_namespaces)]
+        vec![read_chunk(proc_fd, pids, host_namespaces, known)]
     } else {
         let size = pids.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = pids
                 .chunks(size)
-                .map(|run| scope.spawn(move || read_chunk(proc_fd, run, host_namespaces)))
+                .map(|run| scope.spawn(move || read_chunk(proc_fd, run, host_namespaces, known)))
                 .collect();
             handles
                 .into_iter()
@@ -342,14 +358,14 @@ fn roots_from_host_mounts(
 /// The namespaces of pid 1. When they cannot be read (some sandboxes refuse even root),
 /// kthreadd's: kernel threads live in the initial namespaces, which are the host's.
 fn host_namespaces(proc_fd: &OwnedFd, proc_root: &Path, log: &mut Log) -> Namespaces {
-    let why = match PidDir::open(proc_fd, 1).and_then(|d| d.namespaces()) {
+    let why = match PidDir::open(proc_fd, 1).and_then(|d| d.namespaces(None)) {
         Ok(ns) if ns != Namespaces::default() => return ns,
         Ok(_) | Err(Failure::Vanished) => "no pid 1 or no ns links".to_string(),
         Err(Failure::Denied) => "permission denied".to_string(),
         Err(Failure::Error(e)) => e.to_string(),
     };
     if is_kernel_thread_pid(proc_fd, 2) {
-        if let Ok(ns) = PidDir::open(proc_fd, 2).and_then(|d| d.namespaces()) {
+        if let Ok(ns) = PidDir::open(proc_fd, 2).and_then(|d| d.namespaces(None)) {
             if ns != Namespaces::default() {
                 log.warn(format!(
                     "host namespaces: pid 1 under {} unreadable ({why}); using kernel thread pid 2's (the initial namespaces)",
@@ -410,12 +426,37 @@ fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {
     None
 }
 
-pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
-    collect_with(opts, None)
+/// What one pass keeps for the next: per pid, the exec-stable facts of the process
+/// ([`Remembered`]); per (container, executable path, running file), where the executable
+/// was found in the container's layers. Only what the last pass saw is kept, so the cache is
+/// bounded by the processes and executables running now, and a gone process's entry is
+/// dropped at the next pass.
+#[derive(Debug, Default)]
+pub(crate) struct Reuse {
+    processes: HashMap<i32, Remembered>,
+    located: HashMap<LocatedKey, Located>,
 }
 
-/// [`collect`] with a fixed number of reader threads (tests), else [`reader_threads`].
-fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapshot, Error> {
+type LocatedKey = (String, Vec<u8>, FileIdentity);
+
+impl Reuse {
+    pub(crate) fn processes(&self) -> usize {
+        self.processes.len()
+    }
+}
+
+/// A full read of every process: what [`crate::collect`] does.
+pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
+    collect_with(opts, None, &mut Reuse::default())
+}
+
+/// One pass: [`collect`] with a fixed number of reader threads (tests), else
+/// [`reader_threads`], reusing and then replacing what the previous pass kept.
+pub(crate) fn collect_with(
+    opts: &CollectOptions,
+    threads: Option<usize>,
+    reuse: &mut Reuse,
+) -> Result<Snapshot, Error> {
     let proc_fd: OwnedFd = nix::fcntl::open(
         &opts.proc_root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -432,11 +473,23 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
     let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
-    let (raws, mut seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
+    let (mut raws, mut seeds) = read_all(
+        &proc_fd,
+        &pids,
+        &host_namespaces,
+        &reuse.processes,
+        &mut log,
+        threads,
+    );
+    let reused = raws.iter().filter(|r| r.reused).count() as u64;
+    reuse.processes = raws
+        .iter_mut()
+        .filter_map(|r| Some((r.process.pid, r.remember.take()?)))
+        .collect();
     roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
-    let processes = attach_layers(opts, &seeds, raws, &mut log);
+    let processes = attach_layers(opts, &seeds, raws, &mut reuse.located, &mut log);
 
     let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
     let mut stats = log.stats;
@@ -451,6 +504,7 @@ fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapsho
         cap_last_cap,
         host_namespaces,
         host_bounding,
+        processes_reused: reused,
     })
 }
 
@@ -600,14 +654,20 @@ fn build_containers(
     containers
 }
 
+/// The layer each container executable comes from. `kept` holds the previous pass's
+/// lookups: an executable already located in a container (same path, same running file)
+/// is not looked up again; entries this pass did not use are dropped.
 fn attach_layers(
     opts: &CollectOptions,
     seeds: &BTreeMap<String, ContainerSeed>,
     raws: Vec<RawProcess>,
+    kept: &mut HashMap<LocatedKey, Located>,
     log: &mut Log,
 ) -> Vec<CollectedProcess> {
     let mut host: Option<Option<HostRoot>> = None;
-    let mut cache: HashMap<(String, Vec<u8>, FileIdentity), Located> = HashMap::new();
+    let mut cache: HashMap<LocatedKey, Located> = HashMap::new();
+    // Lookups that failed are not kept: the next pass tries (and warns) again.
+    let mut failed: HashSet<LocatedKey> = HashSet::new();
     let mut out = Vec::with_capacity(raws.len());
     for raw in raws {
         let mut process = raw.process;
@@ -625,8 +685,12 @@ fn attach_layers(
                 let host = host.get_or_insert_with(|| open_host_root(opts, log));
                 if let Some(host) = host {
                     let key = (seed.reference.cgroup.id.clone(), exe.clone(), running);
-                    located = match cache.get(&key) {
-                        Some(hit) => *hit,
+                    located = match cache.get(&key).or_else(|| kept.get(&key)) {
+                        Some(hit) => {
+                            let hit = *hit;
+                            cache.insert(key, hit);
+                            hit
+                        }
                         None => {
                             let got = match locate(host, layers, exe, &running) {
                                 Ok(got) => got,
@@ -635,6 +699,7 @@ fn attach_layers(
                                         "layer",
                                         format!("container {}: {e}", seed.reference.cgroup.id),
                                     );
+                                    failed.insert(key.clone());
                                     located
                                 }
                             };
@@ -654,6 +719,8 @@ fn attach_layers(
             exe_identity: identity,
         });
     }
+    cache.retain(|key, _| !failed.contains(key));
+    *kept = cache;
     out
 }
 
@@ -1012,9 +1079,9 @@ mod tests {
                 HOST_NS.map(|i| if pid % 2 == 0 { i + 1000 } else { i }),
             );
         }
-        let one = collect_with(&fx.opts, Some(1)).unwrap();
+        let one = collect_with(&fx.opts, Some(1), &mut Reuse::default()).unwrap();
         for threads in [2, 3, 7] {
-            let many = collect_with(&fx.opts, Some(threads)).unwrap();
+            let many = collect_with(&fx.opts, Some(threads), &mut Reuse::default()).unwrap();
             assert_eq!(one, many, "{threads} threads");
         }
         assert_eq!(one.processes.len(), 311);

@@ -94,6 +94,9 @@ pub struct Snapshot {
     /// The host's capability bounding set: pid 1's, else the union of the host processes'
     /// (see [`runtime::host_bounding`]); `None` when no host process showed one.
     pub host_bounding: Option<u64>,
+    /// Processes whose exec-stable facts (command line, pid namespace, container root) were
+    /// reused from the previous pass of the same [`Collector`] rather than read again.
+    pub processes_reused: u64,
 }
 
 /// One process and the cache key of its executable.
@@ -107,8 +110,57 @@ pub struct CollectedProcess {
     pub exe_identity: Option<FileIdentity>,
 }
 
-/// Collects processes and containers under `opts`. Fails only when the proc root itself
-/// cannot be opened or listed.
+/// Collects processes and containers under `opts`, reading every process in full. Fails
+/// only when the proc root itself cannot be opened or listed.
 pub fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect::collect(opts)
+}
+
+/// Collects again and again, reading in full only what is new.
+///
+/// A process is known by its pid and start time (field 22 of `/proc/PID/stat`) and by what
+/// `execve` replaces ([`process::ExecIdentity`]: the `exe` link and the file it points at,
+/// `comm`, the image addresses in `stat`). While those are unchanged, a pass reuses its
+/// command line, pid namespace and container root, and the layer its executable was found
+/// in; it re-reads what can change without an exec: `stat`, `status` (ids, capabilities,
+/// `no_new_privs`, seccomp), the `exe` link (a deleted executable), `cgroup` (a process moved
+/// to another cgroup; parsed only when its text changed), the other namespace links (`setns`,
+/// `unshare`), and each container's limits. A pid reused by another process has another
+/// start time; entries of processes that are gone are dropped at every pass, so memory
+/// follows what runs.
+///
+/// ```no_run
+/// let mut collector = nodeguard_collect::Collector::new(Default::default());
+/// let cold = collector.collect()?;
+/// let warm = collector.collect()?; // re-reads only what can change
+/// # Ok::<(), nodeguard_collect::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Collector {
+    options: CollectOptions,
+    reuse: collect::Reuse,
+}
+
+impl Collector {
+    pub fn new(options: CollectOptions) -> Collector {
+        Collector {
+            options,
+            reuse: Default::default(),
+        }
+    }
+
+    pub fn options(&self) -> &CollectOptions {
+        &self.options
+    }
+
+    /// One pass (see [`Collector`]). Fails only when the proc root itself cannot be opened
+    /// or listed; the kept entries are then left as they were.
+    pub fn collect(&mut self) -> Result<Snapshot, Error> {
+        collect::collect_with(&self.options, None, &mut self.reuse)
+    }
+
+    /// Processes kept for the next pass.
+    pub fn remembered(&self) -> usize {
+        self.reuse.processes()
+    }
 }

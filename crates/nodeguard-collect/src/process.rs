@@ -42,6 +42,12 @@ pub struct StatFields {
     /// `starttime` (field 22): clock ticks after boot at which the process started. `None`
     /// when the line is cut short or the field is not a number.
     pub start_ticks: Option<u64>,
+    /// Addresses of the program image the process runs: `startcode`, `endcode`,
+    /// `startstack` (fields 26-28), `arg_start`, `arg_end` (fields 48-49); 0 where the
+    /// kernel hides them (a reader without ptrace access to the process) or the line is cut
+    /// short. `execve` builds a new address space, so with address-space randomisation these
+    /// change even when the same file is executed again with the same pid and start time.
+    pub image_marks: [u64; 5],
 }
 
 /// Parses `/proc/PID/stat`: `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`.
@@ -73,6 +79,13 @@ pub fn parse_stat(bytes: &[u8]) -> Result<StatFields, String> {
     let flags = fields[6].parse::<u64>().map_err(|_| "bad flags")?;
     // Field 22 overall; `fields` starts at field 3 (state).
     let start_ticks = fields.get(19).and_then(|t| t.parse::<u64>().ok());
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let image_marks = [field(26), field(27), field(28), field(48), field(49)];
     Ok(StatFields {
         pid,
         comm: display_text(&bytes[open + 1..close]),
@@ -80,6 +93,7 @@ pub fn parse_stat(bytes: &[u8]) -> Result<StatFields, String> {
         ppid,
         flags,
         start_ticks,
+        image_marks,
     })
 }
 
@@ -407,23 +421,25 @@ impl PidDir {
     }
 
     /// The namespace inode numbers. A zombie has none (`None` each); denial is a failure.
-    pub fn namespaces(&self) -> Result<Namespaces, Failure> {
+    /// `pid_ns`, when given, is the pid namespace already known (it never changes for a
+    /// process), and its link is not read.
+    pub fn namespaces(&self, pid_ns: Option<Option<u64>>) -> Result<Namespaces, Failure> {
         let mut ns = Namespaces::default();
-        for (file, slot) in [
-            ("ns/pid", &mut ns.pid),
-            ("ns/net", &mut ns.net),
-            ("ns/ipc", &mut ns.ipc),
-            ("ns/uts", &mut ns.uts),
-            ("ns/mnt", &mut ns.mnt),
-            ("ns/user", &mut ns.user),
-            ("ns/cgroup", &mut ns.cgroup),
-        ] {
-            *slot = match self.readlink(file) {
-                Ok(target) => parse_ns_link(&target),
-                Err(Failure::Denied) => return Err(Failure::Denied),
-                Err(_) => None,
-            };
-        }
+        let read = |file: &'static str| match self.readlink(file) {
+            Ok(target) => Ok(parse_ns_link(&target)),
+            Err(Failure::Denied) => Err(Failure::Denied),
+            Err(_) => Ok(None),
+        };
+        ns.pid = match pid_ns {
+            Some(known) => known,
+            None => read("ns/pid")?,
+        };
+        ns.net = read("ns/net")?;
+        ns.ipc = read("ns/ipc")?;
+        ns.uts = read("ns/uts")?;
+        ns.mnt = read("ns/mnt")?;
+        ns.user = read("ns/user")?;
+        ns.cgroup = read("ns/cgroup")?;
         Ok(ns)
     }
 }
@@ -436,7 +452,47 @@ pub fn read_namespaces(proc_root: &Path, pid: i32) -> Result<Namespaces, Failure
         Mode::empty(),
     )
     .map_err(|e| classify(pid, "", e.into()))?;
-    PidDir::open(&root, pid)?.namespaces()
+    PidDir::open(&root, pid)?.namespaces(None)
+}
+
+/// What tells one program run apart from the next in the same process. `execve` keeps the
+/// pid and the start time (`de_thread` even gives a thread that execs its leader's start
+/// time), and replaces the rest: `/proc/PID/exe` points at the new file
+/// (`set_mm_exe_file`), `comm` becomes the new file name's last component
+/// (`__set_task_comm(kbasename(bprm->filename))`), and the address space is new, so the
+/// image addresses in `/proc/PID/stat` move (with randomisation, even when the same file is
+/// executed again: a busybox shell that execs `sleep` keeps `/bin/busybox` as its exe).
+/// Any difference means the process is read afresh; a false difference (a process renaming
+/// itself with `PR_SET_NAME`) only costs one more full read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecIdentity {
+    pub start_ticks: u64,
+    pub comm: String,
+    pub image_marks: [u64; 5],
+    /// The `exe` link target as read, ` (deleted)` included.
+    pub exe_link: Option<Vec<u8>>,
+    /// Stat of `/proc/PID/exe`: the running file (through the overlay).
+    pub exe_stat: Option<FileIdentity>,
+}
+
+/// What a read of one process found that stays true until it execs (or, for the cgroup text,
+/// that lets an unchanged file skip parsing). A [`crate::Collector`] keeps one per pid
+/// between passes and hands it back to [`read_process`].
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    pub exec: ExecIdentity,
+    /// As collected (before any redaction by the scan).
+    pub cmdline: String,
+    /// `ns/pid`: fixed for a task's life (`setns`/`unshare` of a pid namespace change only
+    /// `pid_for_children`). The other namespaces can change without an exec and are re-read.
+    pub pid_ns: Option<u64>,
+    pub cgroup_text: Vec<u8>,
+    pub cgroup: Option<CgroupFile>,
+    pub container: Option<ContainerRef>,
+    pub cgroup_malformed: usize,
+    /// The root filesystem this process's `mountinfo` showed (`Some(None)`: none at `/`),
+    /// once read.
+    pub mount_root: Option<Option<crate::mountinfo::ContainerRoot>>,
 }
 
 /// A process as read from procfs, before container-level facts (layers) are added.
@@ -453,15 +509,28 @@ pub struct RawProcess {
     pub start_ticks: Option<u64>,
     /// Things worth a warning that did not stop the read (e.g. garbage cgroup lines).
     pub notes: Vec<(&'static str, String)>,
+    /// What the next pass may reuse (`None` for kernel threads and processes without a start
+    /// time).
+    pub remember: Option<Remembered>,
+    /// Whether the exec-stable facts came from the previous pass's [`Remembered`].
+    pub reused: bool,
 }
 
 /// Reads one process. `buf` is a scratch buffer reused across processes; `kthread_ns` keeps
 /// the namespaces of the first kernel thread read: every kernel thread is kthreadd's child
 /// and lives in the initial namespaces, so the other kernel threads skip seven readlinks.
+///
+/// `known` is what the previous pass remembered of this pid. When the process's
+/// [`ExecIdentity`] is unchanged (same start time: not a reused pid; same exe, comm and image:
+/// no exec), the command line and the pid namespace are taken from it; `stat`, `status`
+/// (ids, capabilities, no_new_privs, seccomp), the `exe` link, `cgroup` (a process can be
+/// moved to another cgroup) and the other namespace links (`setns`, `unshare`) are read every
+/// time.
 pub fn read_process(
     dir: &PidDir,
     buf: &mut Vec<u8>,
     kthread_ns: &mut Option<Namespaces>,
+    known: Option<&Remembered>,
 ) -> Result<RawProcess, Failure> {
     let pid = dir.pid;
     let malformed = |file: &'static str, reason: String| {
@@ -478,67 +547,163 @@ pub fn read_process(
     let kernel_thread = is_kernel_thread(pid, stat.ppid, stat.flags);
     let zombie = matches!(stat.state, 'Z' | 'X' | 'x');
 
-    let mut exe_path = None;
-    let mut exe_deleted = false;
-    let mut exe_identity = None;
-    let mut cmdline = String::new();
-    let mut cgroup = None;
-    let mut container = None;
-    let mut notes = Vec::new();
-    if !kernel_thread {
-        match dir.readlink("exe") {
-            Ok(target) => {
-                let (path, deleted) = strip_deleted(&target);
-                exe_deleted = deleted;
-                exe_path = Some(path.to_vec());
-                exe_identity = match dir.stat("exe") {
-                    Ok(id) => Some(id),
-                    Err(Failure::Denied) => return Err(Failure::Denied),
-                    Err(_) => None,
-                };
+    if kernel_thread {
+        let namespaces = match kthread_ns {
+            Some(ns) => ns.clone(),
+            None => {
+                let ns = dir.namespaces(None)?;
+                if ns.pid.is_some() {
+                    *kthread_ns = Some(ns.clone());
+                }
+                ns
             }
-            // A zombie has no executable any more.
-            Err(Failure::Vanished) if zombie => {}
-            Err(f) => return Err(f),
-        }
-        dir.read("cmdline", buf, CMDLINE_MAX)?;
-        cmdline = cmdline_text(buf);
-        dir.read("cgroup", buf, 64 * 1024)?;
-        let text = String::from_utf8_lossy(buf);
-        let skipped = count_malformed_lines(&text);
-        if skipped > 0 {
-            notes.push((
-                "cgroup",
-                format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
-            ));
-        }
-        // Host processes (most) skip building the parsed file.
-        if may_name_container(&text) {
-            let file = parse_cgroup_file(&text);
-            container = attribute(&file);
-            if container.is_some() {
-                cgroup = Some(file);
-            }
-        }
+        };
+        let process = assemble(
+            pid,
+            stat,
+            &status,
+            String::new(),
+            None,
+            false,
+            None,
+            namespaces,
+        );
+        return Ok(RawProcess {
+            process,
+            exe_path: None,
+            exe_identity: None,
+            cgroup: None,
+            container: None,
+            start_ticks: None,
+            notes: Vec::new(),
+            remember: None,
+            reused: false,
+        });
     }
-    let namespaces = match kthread_ns {
-        Some(ns) if kernel_thread => ns.clone(),
-        _ => {
-            let ns = dir.namespaces()?;
-            if kernel_thread && ns.pid.is_some() {
-                *kthread_ns = Some(ns.clone());
-            }
-            ns
+
+    let mut exe_link = None;
+    let mut exe_stat = None;
+    match dir.readlink("exe") {
+        Ok(target) => {
+            exe_stat = match dir.stat("exe") {
+                Ok(id) => Some(id),
+                Err(Failure::Denied) => return Err(Failure::Denied),
+                Err(_) => None,
+            };
+            exe_link = Some(target);
+        }
+        // A zombie has no executable any more.
+        Err(Failure::Vanished) if zombie => {}
+        Err(f) => return Err(f),
+    }
+    let exec = stat.start_ticks.map(|start_ticks| ExecIdentity {
+        start_ticks,
+        comm: stat.comm.clone(),
+        image_marks: stat.image_marks,
+        exe_link: exe_link.clone(),
+        exe_stat,
+    });
+    let same = known.filter(|k| exec.as_ref() == Some(&k.exec));
+
+    let cmdline = match same {
+        Some(k) => k.cmdline.clone(),
+        None => {
+            dir.read("cmdline", buf, CMDLINE_MAX)?;
+            cmdline_text(buf)
         }
     };
 
-    let process = Process {
+    // Read every time: writing a pid to another cgroup's `cgroup.procs` moves it without an
+    // exec. An unchanged file (nearly always) skips the parsing.
+    dir.read("cgroup", buf, 64 * 1024)?;
+    let (cgroup, container, skipped) = match known.filter(|k| k.cgroup_text == *buf) {
+        Some(k) => (k.cgroup.clone(), k.container.clone(), k.cgroup_malformed),
+        None => {
+            let text = String::from_utf8_lossy(buf);
+            let skipped = count_malformed_lines(&text);
+            // Host processes (most) skip building the parsed file.
+            let mut cgroup = None;
+            let mut container = None;
+            if may_name_container(&text) {
+                let file = parse_cgroup_file(&text);
+                container = attribute(&file);
+                if container.is_some() {
+                    cgroup = Some(file);
+                }
+            }
+            (cgroup, container, skipped)
+        }
+    };
+    let mut notes = Vec::new();
+    if skipped > 0 {
+        notes.push((
+            "cgroup",
+            format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
+        ));
+    }
+    let cgroup_text = std::mem::take(buf);
+    let namespaces = dir.namespaces(same.map(|k| k.pid_ns))?;
+
+    let (exe_path, exe_deleted) = match &exe_link {
+        Some(target) => {
+            let (path, deleted) = strip_deleted(target);
+            (Some(path.to_vec()), deleted)
+        }
+        None => (None, false),
+    };
+    let remember = exec.map(|exec| Remembered {
+        exec,
+        cmdline: cmdline.clone(),
+        pid_ns: namespaces.pid,
+        cgroup_text,
+        cgroup: cgroup.clone(),
+        container: container.clone(),
+        cgroup_malformed: skipped,
+        mount_root: same.and_then(|k| k.mount_root.clone()),
+    });
+    let container_id = container.as_ref().map(|c| c.cgroup.id.clone());
+    let process = assemble(
+        pid,
+        stat,
+        &status,
+        cmdline,
+        exe_path.as_deref(),
+        exe_deleted,
+        container_id,
+        namespaces,
+    );
+    Ok(RawProcess {
+        start_ticks: remember.as_ref().map(|r| r.exec.start_ticks),
+        process,
+        exe_path,
+        exe_identity: exe_stat,
+        cgroup,
+        container,
+        notes,
+        remember,
+        reused: same.is_some(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    pid: i32,
+    stat: StatFields,
+    status: &StatusFields,
+    cmdline: String,
+    exe_path: Option<&[u8]>,
+    exe_deleted: bool,
+    container_id: Option<String>,
+    namespaces: Namespaces,
+) -> Process {
+    Process {
         pid,
         ppid: stat.ppid,
+        kernel_thread: is_kernel_thread(pid, stat.ppid, stat.flags),
         command: stat.comm,
         cmdline,
-        container_id: container.as_ref().map(|c| c.cgroup.id.clone()),
-        exe: exe_path.as_deref().map(escape_path),
+        container_id,
+        exe: exe_path.map(escape_path),
         exe_deleted,
         exe_layer: None,
         sha256: None,
@@ -546,24 +711,14 @@ pub fn read_process(
         hash_error: None,
         uid: status.uids.effective,
         gid: status.gids.effective,
-        uids: status.uids,
-        gids: status.gids,
-        capabilities: capabilities(&status),
-        capability_masks: capability_masks(&status),
+        uids: status.uids.clone(),
+        gids: status.gids.clone(),
+        capabilities: capabilities(status),
+        capability_masks: capability_masks(status),
         no_new_privs: status.no_new_privs,
         seccomp: status.seccomp,
         namespaces,
-        kernel_thread,
-    };
-    Ok(RawProcess {
-        process,
-        exe_path,
-        exe_identity,
-        cgroup,
-        container,
-        start_ticks: stat.start_ticks,
-        notes,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -231,6 +231,8 @@ mod tests {
             container: cgroup
                 .and_then(|path| crate::cgroup::attribute_text(&format!("0::{path}\n"))),
             notes: Vec::new(),
+            remember: None,
+            reused: false,
         }
     }
 
