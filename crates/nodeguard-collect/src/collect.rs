@@ -15,6 +15,7 @@ use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runt
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `cap_last_cap` when the kernel does not say (Linux 5.9+: CAP_CHECKPOINT_RESTORE).
 pub const DEFAULT_CAP_LAST_CAP: u32 = 40;
@@ -136,7 +137,7 @@ fn read_chunk(
     proc_fd: &OwnedFd,
     pids: &[i32],
     host_namespaces: &Namespaces,
-    known: &HashMap<i32, Remembered>,
+    known: &Known,
 ) -> Chunk {
     let mut chunk = Chunk::default();
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -149,7 +150,7 @@ fn read_chunk(
                 continue;
             }
         };
-        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns, known.get(&pid)) {
+        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns, known.get(pid)) {
             Ok(r) => r,
             Err(f) => {
                 chunk.log.failure(f);
@@ -177,14 +178,14 @@ fn read_chunk(
             // mount table does (`roots_from_host_mounts`).
             // What this process showed before is reused until it execs.
             if seed.root.is_none() {
-                let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.clone());
+                let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.get());
                 match remembered {
-                    Some(root) => seed.root = root,
+                    Some(root) => seed.root = root.clone(),
                     None => match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
                         Ok(()) => {
                             seed.root = container_root(&buf);
-                            if let Some(r) = raw.remember.as_mut() {
-                                r.mount_root = Some(seed.root.clone());
+                            if let Some(r) = &raw.remember {
+                                let _ = r.mount_root.set(seed.root.clone());
                             }
                         }
                         Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
@@ -204,7 +205,7 @@ fn read_all(
     proc_fd: &OwnedFd,
     pids: &[i32],
     host_namespaces: &Namespaces,
-    known: &HashMap<i32, Remembered>,
+    known: &Known,
     log: &mut Log,
     threads: usize,
 ) -> (Vec<RawProcess>, BTreeMap<String, ContainerSeed>) {
@@ -358,14 +359,14 @@ fn roots_from_host_mounts(
 /// The namespaces of pid 1. When they cannot be read (some sandboxes refuse even root),
 /// kthreadd's: kernel threads live in the initial namespaces, which are the host's.
 fn host_namespaces(proc_fd: &OwnedFd, proc_root: &Path, log: &mut Log) -> Namespaces {
-    let why = match PidDir::open(proc_fd, 1).and_then(|d| d.namespaces(None)) {
+    let why = match PidDir::open(proc_fd, 1).and_then(|d| d.namespaces()) {
         Ok(ns) if ns != Namespaces::default() => return ns,
         Ok(_) | Err(Failure::Vanished) => "no pid 1 or no ns links".to_string(),
         Err(Failure::Denied) => "permission denied".to_string(),
         Err(Failure::Error(e)) => e.to_string(),
     };
     if is_kernel_thread_pid(proc_fd, 2) {
-        if let Ok(ns) = PidDir::open(proc_fd, 2).and_then(|d| d.namespaces(None)) {
+        if let Ok(ns) = PidDir::open(proc_fd, 2).and_then(|d| d.namespaces()) {
             if ns != Namespaces::default() {
                 log.warn(format!(
                     "host namespaces: pid 1 under {} unreadable ({why}); using kernel thread pid 2's (the initial namespaces)",
@@ -426,28 +427,61 @@ fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {
     None
 }
 
-/// What one pass keeps for the next: per pid, the exec-stable facts of the process
+/// What one pass keeps for the next: per pid, what the last full read of the process found
 /// ([`Remembered`]); per (container, executable path, running file), where the executable
 /// was found in the container's layers. Only what the last pass saw is kept, so the cache is
 /// bounded by the processes and executables running now, and a gone process's entry is
 /// dropped at the next pass.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Reuse {
-    processes: HashMap<i32, Remembered>,
+    processes: HashMap<i32, Arc<Remembered>>,
     located: HashMap<LocatedKey, Located>,
+    /// Passes made so far.
+    pass: u64,
+    /// Each process is read in full at least once in this many passes.
+    full_read_every: u64,
 }
 
-type LocatedKey = (String, Vec<u8>, FileIdentity);
-
 impl Reuse {
+    pub(crate) fn new(full_read_every: u32) -> Reuse {
+        Reuse {
+            processes: HashMap::new(),
+            located: HashMap::new(),
+            pass: 0,
+            full_read_every: u64::from(full_read_every.max(1)),
+        }
+    }
+
     pub(crate) fn processes(&self) -> usize {
         self.processes.len()
     }
 }
 
+type LocatedKey = (String, Vec<u8>, FileIdentity);
+
+/// The previous pass's entries as one pass may use them: a process whose turn for a full read
+/// has come gets none. Turns go by pid, so about one process in `full_read_every` is read in
+/// full each pass rather than all of them in one.
+struct Known<'a> {
+    processes: &'a HashMap<i32, Arc<Remembered>>,
+    pass: u64,
+    every: u64,
+}
+
+impl Known<'_> {
+    fn get(&self, pid: i32) -> Option<&Arc<Remembered>> {
+        let turn = (self.pass + u64::from(pid.unsigned_abs())).is_multiple_of(self.every);
+        if turn {
+            None
+        } else {
+            self.processes.get(&pid)
+        }
+    }
+}
+
 /// A full read of every process: what [`crate::collect`] does.
 pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
-    collect_with(opts, None, &mut Reuse::default())
+    collect_with(opts, None, &mut Reuse::new(1))
 }
 
 /// One pass: [`collect`] with a fixed number of reader threads (tests), else
@@ -473,14 +507,14 @@ pub(crate) fn collect_with(
     let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
-    let (mut raws, mut seeds) = read_all(
-        &proc_fd,
-        &pids,
-        &host_namespaces,
-        &reuse.processes,
-        &mut log,
-        threads,
-    );
+    reuse.pass += 1;
+    let known = Known {
+        processes: &reuse.processes,
+        pass: reuse.pass,
+        every: reuse.full_read_every,
+    };
+    let (mut raws, mut seeds) =
+        read_all(&proc_fd, &pids, &host_namespaces, &known, &mut log, threads);
     let reused = raws.iter().filter(|r| r.reused).count() as u64;
     reuse.processes = raws
         .iter_mut()
@@ -1079,9 +1113,9 @@ mod tests {
                 HOST_NS.map(|i| if pid % 2 == 0 { i + 1000 } else { i }),
             );
         }
-        let one = collect_with(&fx.opts, Some(1), &mut Reuse::default()).unwrap();
+        let one = collect_with(&fx.opts, Some(1), &mut Reuse::new(1)).unwrap();
         for threads in [2, 3, 7] {
-            let many = collect_with(&fx.opts, Some(threads), &mut Reuse::default()).unwrap();
+            let many = collect_with(&fx.opts, Some(threads), &mut Reuse::new(1)).unwrap();
             assert_eq!(one, many, "{threads} threads");
         }
         assert_eq!(one.processes.len(), 311);

@@ -94,8 +94,8 @@ pub struct Snapshot {
     /// The host's capability bounding set: pid 1's, else the union of the host processes'
     /// (see [`runtime::host_bounding`]); `None` when no host process showed one.
     pub host_bounding: Option<u64>,
-    /// Processes whose exec-stable facts (command line, pid namespace, container root) were
-    /// reused from the previous pass of the same [`Collector`] rather than read again.
+    /// Processes whose command line, namespaces, cgroup attribution and container root were
+    /// taken from an earlier full read by the same [`Collector`] rather than read again.
     pub processes_reused: u64,
 }
 
@@ -116,18 +116,20 @@ pub fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect::collect(opts)
 }
 
-/// Collects again and again, reading in full only what is new.
+/// Collects again and again, reading in full only what is new or due.
 ///
-/// A process is known by its pid and start time (field 22 of `/proc/PID/stat`) and by what
-/// `execve` replaces ([`process::ExecIdentity`]: the `exe` link and the file it points at,
-/// `comm`, the image addresses in `stat`). While those are unchanged, a pass reuses its
-/// command line, pid namespace and container root, and the layer its executable was found
-/// in; it re-reads what can change without an exec: `stat`, `status` (ids, capabilities,
-/// `no_new_privs`, seccomp), the `exe` link (a deleted executable), `cgroup` (a process moved
-/// to another cgroup; parsed only when its text changed), the other namespace links (`setns`,
-/// `unshare`), and each container's limits. A pid reused by another process has another
-/// start time; entries of processes that are gone are dropped at every pass, so memory
-/// follows what runs.
+/// A process is known by its pid and start time (field 22 of `/proc/PID/stat`; a pid reused
+/// by another process has another start time) and by what `execve` replaces
+/// ([`process::ExecIdentity`]: the `exe` link and the file it points at, `comm`, the image
+/// addresses in `stat`; exec keeps pid and start time). While those hold, a pass reads only
+/// `stat`, `status` (ids, capabilities, `no_new_privs`, seccomp: a process changes these on
+/// itself without an exec) and the `exe` link (a deleted executable) with its stat; command
+/// line, namespaces, cgroup attribution, container root and the executable's layer come from
+/// the last full read. What does change without an exec — a process moved to another cgroup,
+/// `setns`/`unshare`, an `argv` rewritten in place — is caught by a full read of every process
+/// at least once in [`Collector::FULL_READ_EVERY`] passes (in turns by pid, so each pass reads
+/// about that fraction in full). Container limits are read once per container each pass.
+/// Entries of processes that are gone are dropped at every pass, so memory follows what runs.
 ///
 /// ```no_run
 /// let mut collector = nodeguard_collect::Collector::new(Default::default());
@@ -142,10 +144,19 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Passes within which every process is read in full at least once.
+    pub const FULL_READ_EVERY: u32 = 6;
+
     pub fn new(options: CollectOptions) -> Collector {
+        Collector::with_full_read_every(options, Collector::FULL_READ_EVERY)
+    }
+
+    /// A collector that reads every process in full at least once in `passes` passes (1:
+    /// always, like [`collect`]).
+    pub fn with_full_read_every(options: CollectOptions, passes: u32) -> Collector {
         Collector {
             options,
-            reuse: Default::default(),
+            reuse: collect::Reuse::new(passes),
         }
     }
 

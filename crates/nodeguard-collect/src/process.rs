@@ -23,6 +23,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
@@ -421,26 +422,22 @@ impl PidDir {
     }
 
     /// The namespace inode numbers. A zombie has none (`None` each); denial is a failure.
-    /// `pid_ns`, when given, is the pid namespace already known (it never changes for a
-    /// process), and its link is not read.
-    pub fn namespaces(&self, pid_ns: Option<Option<u64>>) -> Result<Namespaces, Failure> {
-        let mut ns = Namespaces::default();
+    pub fn namespaces(&self) -> Result<Namespaces, Failure> {
         let read = |file: &'static str| match self.readlink(file) {
             Ok(target) => Ok(parse_ns_link(&target)),
             Err(Failure::Denied) => Err(Failure::Denied),
             Err(_) => Ok(None),
         };
-        ns.pid = match pid_ns {
-            Some(known) => known,
-            None => read("ns/pid")?,
-        };
-        ns.net = read("ns/net")?;
-        ns.ipc = read("ns/ipc")?;
-        ns.uts = read("ns/uts")?;
-        ns.mnt = read("ns/mnt")?;
-        ns.user = read("ns/user")?;
-        ns.cgroup = read("ns/cgroup")?;
-        Ok(ns)
+        Ok(Namespaces {
+            pid: read("ns/pid")?,
+            net: read("ns/net")?,
+            ipc: read("ns/ipc")?,
+            uts: read("ns/uts")?,
+            mnt: read("ns/mnt")?,
+            user: read("ns/user")?,
+            cgroup: read("ns/cgroup")?,
+            ..Namespaces::default()
+        })
     }
 }
 
@@ -452,7 +449,7 @@ pub fn read_namespaces(proc_root: &Path, pid: i32) -> Result<Namespaces, Failure
         Mode::empty(),
     )
     .map_err(|e| classify(pid, "", e.into()))?;
-    PidDir::open(&root, pid)?.namespaces(None)
+    PidDir::open(&root, pid)?.namespaces()
 }
 
 /// What tells one program run apart from the next in the same process. `execve` keeps the
@@ -475,24 +472,21 @@ pub struct ExecIdentity {
     pub exe_stat: Option<FileIdentity>,
 }
 
-/// What a read of one process found that stays true until it execs (or, for the cgroup text,
-/// that lets an unchanged file skip parsing). A [`crate::Collector`] keeps one per pid
-/// between passes and hands it back to [`read_process`].
-#[derive(Debug, Clone)]
+/// What a full read of one process found that does not change while it runs the same
+/// program, or changes only through rare calls that the periodic full read catches (see
+/// [`read_process`]). A [`crate::Collector`] keeps one per pid between passes.
+#[derive(Debug)]
 pub struct Remembered {
     pub exec: ExecIdentity,
     /// As collected (before any redaction by the scan).
     pub cmdline: String,
-    /// `ns/pid`: fixed for a task's life (`setns`/`unshare` of a pid namespace change only
-    /// `pid_for_children`). The other namespaces can change without an exec and are re-read.
-    pub pid_ns: Option<u64>,
-    pub cgroup_text: Vec<u8>,
+    pub namespaces: Namespaces,
     pub cgroup: Option<CgroupFile>,
     pub container: Option<ContainerRef>,
     pub cgroup_malformed: usize,
-    /// The root filesystem this process's `mountinfo` showed (`Some(None)`: none at `/`),
+    /// The root filesystem this process's `mountinfo` showed (`None` inside: none at `/`),
     /// once read.
-    pub mount_root: Option<Option<crate::mountinfo::ContainerRoot>>,
+    pub mount_root: std::sync::OnceLock<Option<crate::mountinfo::ContainerRoot>>,
 }
 
 /// A process as read from procfs, before container-level facts (layers) are added.
@@ -511,8 +505,8 @@ pub struct RawProcess {
     pub notes: Vec<(&'static str, String)>,
     /// What the next pass may reuse (`None` for kernel threads and processes without a start
     /// time).
-    pub remember: Option<Remembered>,
-    /// Whether the exec-stable facts came from the previous pass's [`Remembered`].
+    pub remember: Option<Arc<Remembered>>,
+    /// Whether this read reused the previous pass's [`Remembered`].
     pub reused: bool,
 }
 
@@ -520,17 +514,19 @@ pub struct RawProcess {
 /// the namespaces of the first kernel thread read: every kernel thread is kthreadd's child
 /// and lives in the initial namespaces, so the other kernel threads skip seven readlinks.
 ///
-/// `known` is what the previous pass remembered of this pid. When the process's
-/// [`ExecIdentity`] is unchanged (same start time: not a reused pid; same exe, comm and image:
-/// no exec), the command line and the pid namespace are taken from it; `stat`, `status`
-/// (ids, capabilities, no_new_privs, seccomp), the `exe` link, `cgroup` (a process can be
-/// moved to another cgroup) and the other namespace links (`setns`, `unshare`) are read every
-/// time.
+/// `known` is what an earlier full read remembered of this pid. It is used only while the
+/// process's [`ExecIdentity`] is unchanged — the same start time (not a reused pid) and no
+/// exec since — and then only `stat`, `status` (ids, capabilities, no_new_privs, seccomp)
+/// and the `exe` link and its stat are read; command line, `cgroup` and namespaces come from
+/// `known`. Those three can change without an exec only through calls a process makes
+/// rarely (a write to another cgroup's `cgroup.procs`, `setns`/`unshare`, rewriting its own
+/// `argv`), so the caller passes `None` now and then to read the process in full (see
+/// [`crate::Collector`]).
 pub fn read_process(
     dir: &PidDir,
     buf: &mut Vec<u8>,
     kthread_ns: &mut Option<Namespaces>,
-    known: Option<&Remembered>,
+    known: Option<&Arc<Remembered>>,
 ) -> Result<RawProcess, Failure> {
     let pid = dir.pid;
     let malformed = |file: &'static str, reason: String| {
@@ -551,7 +547,7 @@ pub fn read_process(
         let namespaces = match kthread_ns {
             Some(ns) => ns.clone(),
             None => {
-                let ns = dir.namespaces(None)?;
+                let ns = dir.namespaces()?;
                 if ns.pid.is_some() {
                     *kthread_ns = Some(ns.clone());
                 }
@@ -596,54 +592,6 @@ pub fn read_process(
         Err(Failure::Vanished) if zombie => {}
         Err(f) => return Err(f),
     }
-    let exec = stat.start_ticks.map(|start_ticks| ExecIdentity {
-        start_ticks,
-        comm: stat.comm.clone(),
-        image_marks: stat.image_marks,
-        exe_link: exe_link.clone(),
-        exe_stat,
-    });
-    let same = known.filter(|k| exec.as_ref() == Some(&k.exec));
-
-    let cmdline = match same {
-        Some(k) => k.cmdline.clone(),
-        None => {
-            dir.read("cmdline", buf, CMDLINE_MAX)?;
-            cmdline_text(buf)
-        }
-    };
-
-    // Read every time: writing a pid to another cgroup's `cgroup.procs` moves it without an
-    // exec. An unchanged file (nearly always) skips the parsing.
-    dir.read("cgroup", buf, 64 * 1024)?;
-    let (cgroup, container, skipped) = match known.filter(|k| k.cgroup_text == *buf) {
-        Some(k) => (k.cgroup.clone(), k.container.clone(), k.cgroup_malformed),
-        None => {
-            let text = String::from_utf8_lossy(buf);
-            let skipped = count_malformed_lines(&text);
-            // Host processes (most) skip building the parsed file.
-            let mut cgroup = None;
-            let mut container = None;
-            if may_name_container(&text) {
-                let file = parse_cgroup_file(&text);
-                container = attribute(&file);
-                if container.is_some() {
-                    cgroup = Some(file);
-                }
-            }
-            (cgroup, container, skipped)
-        }
-    };
-    let mut notes = Vec::new();
-    if skipped > 0 {
-        notes.push((
-            "cgroup",
-            format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
-        ));
-    }
-    let cgroup_text = std::mem::take(buf);
-    let namespaces = dir.namespaces(same.map(|k| k.pid_ns))?;
-
     let (exe_path, exe_deleted) = match &exe_link {
         Some(target) => {
             let (path, deleted) = strip_deleted(target);
@@ -651,15 +599,89 @@ pub fn read_process(
         }
         None => (None, false),
     };
-    let remember = exec.map(|exec| Remembered {
-        exec,
-        cmdline: cmdline.clone(),
-        pid_ns: namespaces.pid,
-        cgroup_text,
-        cgroup: cgroup.clone(),
-        container: container.clone(),
-        cgroup_malformed: skipped,
-        mount_root: same.and_then(|k| k.mount_root.clone()),
+    let same = known.filter(|k| {
+        Some(k.exec.start_ticks) == stat.start_ticks
+            && k.exec.comm == stat.comm
+            && k.exec.image_marks == stat.image_marks
+            && k.exec.exe_link == exe_link
+            && k.exec.exe_stat == exe_stat
+    });
+    if let Some(k) = same {
+        let container_id = k.container.as_ref().map(|c| c.cgroup.id.clone());
+        let process = assemble(
+            pid,
+            stat,
+            &status,
+            k.cmdline.clone(),
+            exe_path.as_deref(),
+            exe_deleted,
+            container_id,
+            k.namespaces.clone(),
+        );
+        let mut notes = Vec::new();
+        if k.cgroup_malformed > 0 {
+            notes.push((
+                "cgroup",
+                format!(
+                    "pid {pid}: {} malformed line(s) in cgroup file skipped",
+                    k.cgroup_malformed
+                ),
+            ));
+        }
+        return Ok(RawProcess {
+            process,
+            exe_path,
+            exe_identity: exe_stat,
+            cgroup: k.cgroup.clone(),
+            container: k.container.clone(),
+            start_ticks: Some(k.exec.start_ticks),
+            notes,
+            remember: Some(Arc::clone(k)),
+            reused: true,
+        });
+    }
+
+    dir.read("cmdline", buf, CMDLINE_MAX)?;
+    let cmdline = cmdline_text(buf);
+    dir.read("cgroup", buf, 64 * 1024)?;
+    let text = String::from_utf8_lossy(buf);
+    let skipped = count_malformed_lines(&text);
+    let mut notes = Vec::new();
+    if skipped > 0 {
+        notes.push((
+            "cgroup",
+            format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
+        ));
+    }
+    // Host processes (most) skip building the parsed file.
+    let mut cgroup = None;
+    let mut container = None;
+    if may_name_container(&text) {
+        let file = parse_cgroup_file(&text);
+        container = attribute(&file);
+        if container.is_some() {
+            cgroup = Some(file);
+        }
+    }
+    let namespaces = dir.namespaces()?;
+
+    let exec = stat.start_ticks.map(|start_ticks| ExecIdentity {
+        start_ticks,
+        comm: stat.comm.clone(),
+        image_marks: stat.image_marks,
+        exe_link,
+        exe_stat,
+    });
+    let remember = exec.map(|exec| {
+        Arc::new(Remembered {
+            exec,
+            cmdline: cmdline.clone(),
+            namespaces: namespaces.clone(),
+            cgroup: cgroup.clone(),
+            container: container.clone(),
+            cgroup_malformed: skipped,
+            mount_root: Default::default(),
+        })
     });
     let container_id = container.as_ref().map(|c| c.cgroup.id.clone());
     let process = assemble(
@@ -681,7 +703,7 @@ pub fn read_process(
         container,
         notes,
         remember,
-        reused: same.is_some(),
+        reused: false,
     })
 }
 
@@ -711,8 +733,8 @@ fn assemble(
         hash_error: None,
         uid: status.uids.effective,
         gid: status.gids.effective,
-        uids: status.uids.clone(),
-        gids: status.gids.clone(),
+        uids: status.uids,
+        gids: status.gids,
         capabilities: capabilities(status),
         capability_masks: capability_masks(status),
         no_new_privs: status.no_new_privs,
