@@ -140,7 +140,10 @@ fn read_chunk(
     known: &Known,
 ) -> Chunk {
     let mut chunk = Chunk::default();
-    let mut buf = Vec::with_capacity(16 * 1024);
+    // `stat`, `status`, `cmdline` and `cgroup` fit in a page; each read zero-fills the spare
+    // capacity it reads into, so a buffer grown by a container's `mountinfo` is kept apart.
+    let mut buf = Vec::with_capacity(4096);
+    let mut mountinfo = Vec::new();
     let mut kthread_ns = None;
     for &pid in pids {
         let dir = match PidDir::open(proc_fd, pid) {
@@ -181,9 +184,9 @@ fn read_chunk(
                 let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.get());
                 match remembered {
                     Some(root) => seed.root = root.clone(),
-                    None => match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
+                    None => match dir.read_to_end("mountinfo", &mut mountinfo, MOUNTINFO_MAX) {
                         Ok(()) => {
-                            seed.root = container_root(&buf);
+                            seed.root = container_root(&mountinfo);
                             if let Some(r) = &raw.remember {
                                 let _ = r.mount_root.set(seed.root.clone());
                             }
