@@ -170,7 +170,7 @@ fn read_chunk(
                 .seeds
                 .entry(reference.cgroup.id.clone())
                 .or_insert_with(|| ContainerSeed {
-                    reference: reference.clone(),
+                    reference: ContainerRef::clone(reference),
                     first: chunk.raws.len(),
                     pids: Vec::new(),
                     root: None,

@@ -481,8 +481,8 @@ pub struct Remembered {
     /// As collected (before any redaction by the scan).
     pub cmdline: String,
     pub namespaces: Namespaces,
-    pub cgroup: Option<CgroupFile>,
-    pub container: Option<ContainerRef>,
+    pub cgroup: Option<Arc<CgroupFile>>,
+    pub container: Option<Arc<ContainerRef>>,
     pub cgroup_malformed: usize,
     /// The root filesystem this process's `mountinfo` showed (`None` inside: none at `/`),
     /// once read.
@@ -497,8 +497,9 @@ pub struct RawProcess {
     pub exe_path: Option<Vec<u8>>,
     /// Stat of `/proc/PID/exe` (the running file, through the overlay).
     pub exe_identity: Option<FileIdentity>,
-    pub cgroup: Option<CgroupFile>,
-    pub container: Option<ContainerRef>,
+    /// Shared with the [`Remembered`] entry: a warm read copies nothing.
+    pub cgroup: Option<Arc<CgroupFile>>,
+    pub container: Option<Arc<ContainerRef>>,
     /// When the process started (`starttime` of `/proc/PID/stat`, clock ticks after boot).
     pub start_ticks: Option<u64>,
     /// Things worth a warning that did not stop the read (e.g. garbage cgroup lines).
@@ -658,9 +659,9 @@ pub fn read_process(
     let mut container = None;
     if may_name_container(&text) {
         let file = parse_cgroup_file(&text);
-        container = attribute(&file);
+        container = attribute(&file).map(Arc::new);
         if container.is_some() {
-            cgroup = Some(file);
+            cgroup = Some(Arc::new(file));
         }
     }
     let namespaces = dir.namespaces()?;
