@@ -4,7 +4,9 @@ use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
-use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess, Remembered};
+use crate::process::{
+    read_process, shared_with_host, CgroupMemo, Failure, PidDir, RawProcess, Remembered,
+};
 use crate::runtime::{
     first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
 };
@@ -145,6 +147,7 @@ fn read_chunk(
     let mut buf = Vec::with_capacity(4096);
     let mut mountinfo = Vec::new();
     let mut kthread_ns = None;
+    let mut cgroups = CgroupMemo::default();
     for &pid in pids {
         let dir = match PidDir::open(proc_fd, pid) {
             Ok(d) => d,
@@ -153,7 +156,13 @@ fn read_chunk(
                 continue;
             }
         };
-        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns, known.get(pid)) {
+        let mut raw = match read_process(
+            &dir,
+            &mut buf,
+            &mut kthread_ns,
+            &mut cgroups,
+            known.get(pid),
+        ) {
             Ok(r) => r,
             Err(f) => {
                 chunk.log.failure(f);

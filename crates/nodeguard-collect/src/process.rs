@@ -489,6 +489,52 @@ pub struct Remembered {
     pub mount_root: std::sync::OnceLock<Option<crate::mountinfo::ContainerRoot>>,
 }
 
+/// `/proc/PID/cgroup` files parsed by one reader, by their text: the processes of a container
+/// (and many host processes) have the same file, so it is parsed and kept once.
+#[derive(Debug, Default)]
+pub struct CgroupMemo {
+    parsed: std::collections::HashMap<Vec<u8>, ParsedCgroup>,
+    bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+struct ParsedCgroup {
+    cgroup: Option<Arc<CgroupFile>>,
+    container: Option<Arc<ContainerRef>>,
+    malformed: usize,
+}
+
+impl CgroupMemo {
+    /// Bytes of text kept; past this a text is parsed without being kept.
+    const MAX_BYTES: usize = 1 << 20;
+
+    fn parse(&mut self, bytes: &[u8]) -> ParsedCgroup {
+        if let Some(hit) = self.parsed.get(bytes) {
+            return hit.clone();
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let malformed = count_malformed_lines(&text);
+        // Host processes (most) skip building the parsed file.
+        let mut parsed = ParsedCgroup {
+            cgroup: None,
+            container: None,
+            malformed,
+        };
+        if may_name_container(&text) {
+            let file = parse_cgroup_file(&text);
+            parsed.container = attribute(&file).map(Arc::new);
+            if parsed.container.is_some() {
+                parsed.cgroup = Some(Arc::new(file));
+            }
+        }
+        if self.bytes + bytes.len() <= Self::MAX_BYTES {
+            self.bytes += bytes.len();
+            self.parsed.insert(bytes.to_vec(), parsed.clone());
+        }
+        parsed
+    }
+}
+
 /// A process as read from procfs, before container-level facts (layers) are added.
 #[derive(Debug)]
 pub struct RawProcess {
@@ -513,7 +559,8 @@ pub struct RawProcess {
 
 /// Reads one process. `buf` is a scratch buffer reused across processes; `kthread_ns` keeps
 /// the namespaces of the first kernel thread read: every kernel thread is kthreadd's child
-/// and lives in the initial namespaces, so the other kernel threads skip seven readlinks.
+/// and lives in the initial namespaces, so the other kernel threads skip seven readlinks;
+/// `cgroups` keeps the cgroup files parsed so far.
 ///
 /// `known` is what an earlier full read remembered of this pid. It is used only while the
 /// process's [`ExecIdentity`] is unchanged — the same start time (not a reused pid) and no
@@ -527,6 +574,7 @@ pub fn read_process(
     dir: &PidDir,
     buf: &mut Vec<u8>,
     kthread_ns: &mut Option<Namespaces>,
+    cgroups: &mut CgroupMemo,
     known: Option<&Arc<Remembered>>,
 ) -> Result<RawProcess, Failure> {
     let pid = dir.pid;
@@ -645,24 +693,14 @@ pub fn read_process(
     dir.read("cmdline", buf, CMDLINE_MAX)?;
     let cmdline = cmdline_text(buf);
     dir.read("cgroup", buf, 64 * 1024)?;
-    let text = String::from_utf8_lossy(buf);
-    let skipped = count_malformed_lines(&text);
+    let parsed = cgroups.parse(buf);
+    let (cgroup, container, skipped) = (parsed.cgroup, parsed.container, parsed.malformed);
     let mut notes = Vec::new();
     if skipped > 0 {
         notes.push((
             "cgroup",
             format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
         ));
-    }
-    // Host processes (most) skip building the parsed file.
-    let mut cgroup = None;
-    let mut container = None;
-    if may_name_container(&text) {
-        let file = parse_cgroup_file(&text);
-        container = attribute(&file).map(Arc::new);
-        if container.is_some() {
-            cgroup = Some(Arc::new(file));
-        }
     }
     let namespaces = dir.namespaces()?;
 
