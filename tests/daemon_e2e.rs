@@ -806,6 +806,76 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_is_broken() {
     drop(c);
 }
 
+/// Metrics read the daemon's published state like every sink: a scan that fails and a reload
+/// that is refused must still reach /metrics, with the last report still served.
+#[test]
+fn a_failed_scan_and_a_refused_reload_show_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // The proc root is a symlink the test can point away: the next scan cannot list processes.
+    let proc_link = dir.path().join("proc");
+    std::os::unix::fs::symlink("/proc", &proc_link).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    fs::write(&policy, "version: 1\n").unwrap();
+    let agent = Agent::start(&[
+        "--proc-root",
+        proc_link.to_str().unwrap(),
+        "--config",
+        policy.to_str().unwrap(),
+    ]);
+    agent.wait_ready();
+    let failed = "nodeguard_scans_total{scan_type=\"processes\",result=\"failure\"}";
+    let ok = "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"}";
+    let timed = "nodeguard_scan_duration_seconds_count{scan_type=\"processes\"}";
+    let scan_errors = "nodeguard_errors_total{kind=\"scan\"}";
+    let refused = "nodeguard_policy_reloads_total{result=\"failure\"}";
+    let m = agent.metrics();
+    assert_eq!(metric_value(&m, failed), Some(0.0), "{m}");
+    assert!(metric_value(&m, ok).is_some_and(|n| n >= 1.0), "{m}");
+
+    fs::remove_file(&proc_link).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone"), &proc_link).unwrap();
+    let m = wait_for("a failed process scan in /metrics", SCANS_TIMEOUT, || {
+        let m = agent.metrics();
+        match metric_value(&m, failed) {
+            Some(n) if n >= 1.0 => Ok(m),
+            v => Err(format!("{failed} is {v:?}")),
+        }
+    });
+    assert!(
+        metric_value(&m, scan_errors).is_some_and(|n| n >= 1.0),
+        "a failed scan is an error of kind scan:\n{m}"
+    );
+    assert_eq!(
+        metric_value(&m, timed),
+        Some(metric_value(&m, ok).unwrap() + metric_value(&m, failed).unwrap()),
+        "every scan, failed ones included, is timed:\n{m}"
+    );
+    assert!(
+        agent.log_text().contains("scan failed"),
+        "the log says the scan failed"
+    );
+    // Every scan from now on fails: this report stays the one served.
+    let report_before = agent.get_json("/v1/report")["scanned_at"].clone();
+
+    // While scans fail, a broken policy is refused: counted too.
+    assert_eq!(metric_value(&m, refused), Some(0.0), "{m}");
+    fs::write(&policy, "version: 1\nrequired_limits:\n  cpu: sometimes\n").unwrap();
+    send_signal(agent.pid(), "HUP");
+    wait_for("a refused reload in /metrics", SCANS_TIMEOUT, || {
+        let m = agent.metrics();
+        match metric_value(&m, refused) {
+            Some(1.0) => Ok(()),
+            v => Err(format!("{refused} is {v:?}")),
+        }
+    });
+    agent.assert_running();
+    assert_eq!(
+        agent.get_json("/v1/report")["scanned_at"],
+        report_before,
+        "the last good report is still served"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Lifecycle: probes during a scan, SIGTERM and SIGINT.
 
@@ -995,4 +1065,104 @@ fn findings_keep_first_seen_across_scans_and_resolve_when_the_container_stops() 
     assert_eq!(calm_now.len(), 1, "{calm_now:#?}");
     assert_eq!(calm_now[0]["first_seen"], calm_first[0]["first_seen"]);
     drop(calm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digest bundles are part of the policy: read at every reload, a broken one refused whole.
+
+#[test]
+fn sighup_rereads_digest_bundles_and_refuses_a_broken_one() {
+    require_containers!();
+    let c = ContainerSpec::new(Image::busybox()).start();
+    let dir = tempfile::tempdir().unwrap();
+    // The container runs /bin/sleep, a hard link to busybox: a release of it named `sleep`.
+    let release = dir.path().join("release");
+    fs::create_dir(&release).unwrap();
+    fs::copy(Image::busybox().path("/bin/busybox"), release.join("sleep")).unwrap();
+    let bundle = dir.path().join("bundle.json");
+    let import = |args: &[&str]| {
+        let mut all = vec!["digests", "import"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", bundle.to_str().unwrap()]);
+        let out = support::scan::nodeguard(&all);
+        assert!(out.success(), "{out}");
+    };
+    import(&[release.to_str().unwrap()]);
+    let policy = dir.path().join("policy.yaml");
+    fs::write(&policy, "digest_bundles: [bundle.json]\n").unwrap();
+
+    let agent = Agent::start(&["--config", policy.to_str().unwrap()]);
+    agent.wait_ready();
+    wait_for_container(&agent, &c);
+    let by_container = format!("container={}", c.id);
+    let unexpected = |findings: &[Value]| -> Vec<Value> {
+        findings
+            .iter()
+            .filter(|f| f["kind"] == "unexpected_binary_hash")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        unexpected(&agent.findings(&by_container)),
+        Vec::<Value>::new(),
+        "the release's own binary raises nothing"
+    );
+
+    // A broken bundle refuses the reload whole; the old policy (and bundle) stays.
+    fs::write(&bundle, b"\x7fELF\x02\x01\x01\0not a bundle").unwrap();
+    let failures = "nodeguard_policy_reloads_total{result=\"failure\"}";
+    send_signal(agent.pid(), "HUP");
+    wait_for(
+        "the reload to be refused",
+        SCANS_TIMEOUT,
+        || match metric_value(&agent.metrics(), failures) {
+            Some(1.0) => Ok(()),
+            v => Err(format!("{v:?}")),
+        },
+    );
+    let log = agent.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("policy reload refused")
+            && l.contains("digest_bundles[0]: digest bundle")
+            && l.contains("not a JSON digest bundle")),
+        "the log names the bundle and why"
+    );
+    agent.wait_for_fresh_scan();
+    agent.assert_running();
+    assert_eq!(
+        unexpected(&agent.findings(&by_container)),
+        Vec::<Value>::new()
+    );
+
+    // A bundle of another build of `sleep` (sha256sum of a tampered copy): re-read at the
+    // reload, the container's sleep no longer matches and the finding names the bundle.
+    let other = dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let mut bytes = fs::read(release.join("sleep")).unwrap();
+    bytes.extend_from_slice(b"\0another build");
+    fs::write(other.join("sleep"), bytes).unwrap();
+    let mut sum = Command::new("sha256sum");
+    sum.arg("sleep").current_dir(&other);
+    let sums = support::cmd::run_command(sum, "sha256sum sleep".into(), SCANS_TIMEOUT).ok();
+    let sums_file = dir.path().join("SHA256SUMS");
+    fs::write(&sums_file, &sums.stdout).unwrap();
+    import(&[sums_file.to_str().unwrap()]);
+    send_signal(agent.pid(), "HUP");
+    let found = wait_for(
+        "unexpected_binary_hash after the bundle changed",
+        SCANS_TIMEOUT,
+        || match unexpected(&agent.findings(&by_container)).first() {
+            Some(f) => Ok(f.clone()),
+            None => Err("none yet".into()),
+        },
+    );
+    assert_eq!(found["subject"], "/bin/sleep", "{found}");
+    assert_eq!(found["severity"], "critical", "{found}");
+    let message = found["message"].as_str().unwrap_or_default();
+    let want = format!(
+        "digest bundle bundle.json (from {} line 1)",
+        sums_file.display()
+    );
+    assert!(message.contains(&want), "{message} lacks {want}");
+    drop(c);
 }

@@ -139,6 +139,17 @@ impl Agent {
     /// STATE_DIR --listen 127.0.0.1:PORT --interval 2s --fs-interval 30s --log-format json`,
     /// its log in `log_dir`.
     fn start(kubeconfig: &Path, state_dir: &Path, log_dir: &Path, name: &str) -> Agent {
+        Agent::start_with(kubeconfig, state_dir, log_dir, name, &[])
+    }
+
+    /// [`Agent::start`] with `extra` args after the others.
+    fn start_with(
+        kubeconfig: &Path,
+        state_dir: &Path,
+        log_dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Agent {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = [
@@ -166,6 +177,7 @@ impl Agent {
         if !support::host_pid1_readable() {
             args.extend(["--host-root".to_string(), "/".to_string()]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let log = log_dir.join(format!("{name}.log"));
         let (child, command) = support::spawn_nodeguard_with_kubeconfig(&args, kubeconfig, &log);
         Agent {
@@ -1198,4 +1210,73 @@ fn wait_announced(fake: &FakeApi, w: &Workload, ids: &BTreeMap<String, String>, 
             }
         },
     );
+}
+
+/// `--policy-reports=false` (as an operator without the CRDs, or without the wish, sets it)
+/// turns PolicyReports off: the agent sends no request to `wgpolicyk8s.io` and exports no
+/// `nodeguard_policy_report*` series, while pods are still watched. Without the flag the same
+/// agent lists its reports as soon as it has scanned. Needs no containers: the switch is about
+/// requests, and the host's own processes make the state.
+#[test]
+fn the_policy_reports_switch_turns_them_off() {
+    let clusterrole = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/clusterrole.yaml");
+    let token = support::random_hex(16);
+    let fake = FakeApi::start(
+        NODE,
+        &token,
+        Authorizer::from_cluster_role_file(&clusterrole, USER),
+    );
+    let _dump = DumpOnPanic(&fake);
+    let dir = tempfile::Builder::new()
+        .prefix("nodeguard-kube-e2e-switch-")
+        .tempdir()
+        .expect("create the test's tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let state_dir = dir.path().join("state");
+    fs::create_dir_all(&state_dir).unwrap();
+    let to_reports = |fake: &FakeApi| {
+        fake.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/apis/wgpolicyk8s.io/"))
+            .count()
+    };
+
+    let off = Agent::start_with(
+        &kubeconfig,
+        &state_dir,
+        dir.path(),
+        "reports-off",
+        &["--policy-reports=false"],
+    );
+    off.wait_ready();
+    off.wait_scans(2, "a publisher would have listed its reports by now");
+    let metrics = off.metrics();
+    assert!(
+        !metrics.contains("nodeguard_policy_report"),
+        "{}",
+        excerpt(&metrics)
+    );
+    assert!(
+        fake.requests().iter().any(|r| r.path == "/api/v1/pods"),
+        "the agent did talk to the API server (pods)"
+    );
+    assert_eq!(to_reports(&fake), 0, "{}", fake.dump(20));
+    off.terminate();
+
+    let on = Agent::start_with(&kubeconfig, &state_dir, dir.path(), "reports-on", &[]);
+    on.wait_ready();
+    wait_for("the agent to list its reports", SCANS_TIMEOUT, || {
+        let metrics = on.metrics();
+        if to_reports(&fake) > 0 && metrics.contains("nodeguard_policy_report_crds_installed 1") {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} report requests; metrics: {}",
+                to_reports(&fake),
+                excerpt(&metrics)
+            ))
+        }
+    });
+    on.terminate();
 }

@@ -5,8 +5,9 @@
 //!   into its `k8s-openapi` type with nothing ignored: the typed value, serialized again, must
 //!   equal the YAML (a misspelled field is silently dropped by serde, and shows up here). The
 //!   Prometheus Operator resources (no `k8s-openapi` type) are checked field by field.
-//! - The ClusterRole grants exactly `get/list/watch pods` and `create` core/v1 `events`, and
-//!   the code needs no more: the kube crate's `PodWatch` and `EventPublisher`,
+//! - The ClusterRole grants exactly `get/list/watch pods`, `create` core/v1 `events` and
+//!   `list/create/update/delete` wgpolicyk8s.io reports, and the code needs no more: the kube
+//!   crate's `PodWatch`, `EventPublisher` and `PolicyReportPublisher`,
 //!   configured as `nodeguard run` configures them, talk to a fake API server that authorizes
 //!   every request with the RBAC rules bound to the ServiceAccount in these very manifests, and
 //!   get no 403.
@@ -14,6 +15,9 @@
 //!   Service and ServiceMonitor, the API's paths, the binary's flags (asked of the real binary),
 //!   the volumes its flags point into, the policy in the ConfigMap (loaded with the real policy
 //!   loader), and the least-privilege security context the README promises.
+//!
+//! - The PolicyReport CRDs in `manifests/crds/` parse into `CustomResourceDefinition` with
+//!   nothing ignored, are structural, and name the group, version and resources the role grants.
 //!
 //! Run: `cargo test -p nodeguard --test manifests`.
 
@@ -380,6 +384,95 @@ fn every_manifest_parses_into_its_api_type_with_no_field_ignored() {
     }
 }
 
+/// Every node of a structural schema has a `type` (or preserves unknown fields), and
+/// `required` names only declared properties.
+fn structural_problems(schema: &Value, at: &str, out: &mut Vec<String>) {
+    if schema["type"].as_str().is_none() && schema["x-kubernetes-preserve-unknown-fields"] != true {
+        out.push(format!("{at}: no type"));
+    }
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let name = required.as_str().unwrap_or("");
+        if schema["properties"].get(name).is_none() {
+            out.push(format!("{at}: requires undeclared {name}"));
+        }
+    }
+    for (name, sub) in schema["properties"].as_object().into_iter().flatten() {
+        structural_problems(sub, &format!("{at}.{name}"), out);
+    }
+    for key in ["items", "additionalProperties"] {
+        if schema[key].is_object() {
+            structural_problems(&schema[key], &format!("{at}.{key}"), out);
+        }
+    }
+}
+
+#[test]
+fn the_policy_report_crds_are_structural_v1alpha2_and_what_the_role_grants() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let dir = manifests_dir().join("crds");
+    let kustomization = read_value(&dir.join("kustomization.yaml"));
+    let files = resources(&kustomization);
+    assert_eq!(files, ["policyreports.yaml", "clusterpolicyreports.yaml"]);
+    let m = load();
+    let granted = grants(m.cluster_role.rules.as_deref().unwrap_or_default());
+    for (file, kind, scope) in [
+        ("policyreports.yaml", "PolicyReport", "Namespaced"),
+        (
+            "clusterpolicyreports.yaml",
+            "ClusterPolicyReport",
+            "Cluster",
+        ),
+    ] {
+        let value = read_value(&dir.join(file));
+        let crd: CustomResourceDefinition = typed_round_trip(&value).unwrap_or_else(|d| {
+            panic!("{file} does not match the CRD type:\n  {}", d.join("\n  "))
+        });
+        let spec = &crd.spec;
+        assert_eq!(spec.group, "wgpolicyk8s.io");
+        assert_eq!(spec.names.kind, kind);
+        assert_eq!(spec.scope, scope);
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some(format!("{}.wgpolicyk8s.io", spec.names.plural).as_str())
+        );
+        assert!(crd.metadata.namespace.is_none());
+        // The agent lists, creates, updates and deletes these, and nothing else.
+        for verb in ["list", "create", "update", "delete"] {
+            assert!(
+                granted.contains(&triple("wgpolicyk8s.io", &spec.names.plural, verb)),
+                "the ClusterRole does not grant {verb} on {}",
+                spec.names.plural
+            );
+        }
+        assert_eq!(spec.versions.len(), 1);
+        let version = &spec.versions[0];
+        assert_eq!(version.name, "v1alpha2");
+        assert!(version.served && version.storage);
+        let schema = serde_json::to_value(
+            version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("a schema"),
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        structural_problems(&schema, "", &mut problems);
+        assert!(problems.is_empty(), "{file}: {problems:#?}");
+        let result = &schema["properties"]["results"]["items"];
+        assert_eq!(
+            result["properties"]["severity"]["enum"],
+            json!(["critical", "high", "low", "medium", "info"])
+        );
+        assert_eq!(
+            result["properties"]["result"]["enum"],
+            json!(["pass", "fail", "warn", "error", "skip"])
+        );
+        assert_eq!(result["required"], json!(["policy"]));
+        assert_eq!(result["properties"]["resources"]["type"], "array");
+    }
+}
+
 #[test]
 fn the_round_trip_check_catches_a_misspelled_field() {
     // Without this, "no differences" above could mean the check sees nothing.
@@ -601,7 +694,7 @@ fn triple(group: &str, resource: &str, verb: &str) -> (String, String, String) {
 }
 
 #[test]
-fn the_cluster_role_grants_exactly_pod_reads_and_event_writes() {
+fn the_cluster_role_grants_exactly_pod_reads_event_writes_and_report_writes() {
     let m = load();
     let role = &m.cluster_role;
     assert!(
@@ -620,6 +713,15 @@ fn the_cluster_role_grants_exactly_pod_reads_and_event_writes() {
         triple("", "pods", "list"),
         triple("", "pods", "watch"),
         triple("", "events", "create"),
+        // PolicyReports: one list by label at start, then writes of its own reports.
+        triple("wgpolicyk8s.io", "policyreports", "list"),
+        triple("wgpolicyk8s.io", "policyreports", "create"),
+        triple("wgpolicyk8s.io", "policyreports", "update"),
+        triple("wgpolicyk8s.io", "policyreports", "delete"),
+        triple("wgpolicyk8s.io", "clusterpolicyreports", "list"),
+        triple("wgpolicyk8s.io", "clusterpolicyreports", "create"),
+        triple("wgpolicyk8s.io", "clusterpolicyreports", "update"),
+        triple("wgpolicyk8s.io", "clusterpolicyreports", "delete"),
         // The API's bearer tokens: TokenReview, then SubjectAccessReview.
         triple("authentication.k8s.io", "tokenreviews", "create"),
         triple("authorization.k8s.io", "subjectaccessreviews", "create"),
@@ -906,16 +1008,17 @@ fn node_state(
             })
             .collect(),
         last_scans,
-        findings_detected: BTreeMap::new(),
-        errors_total: BTreeMap::new(),
-        policy_reload_failures: 0,
         policy_loaded_at: now,
+        policy_weakened: vec![],
+        totals: Default::default(),
     })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() {
-    use nodeguard_kube::{EventConfig, EventPublisher, PodWatch};
+    use nodeguard_kube::{
+        EventConfig, EventPublisher, PodWatch, PolicyReportConfig, PolicyReportPublisher,
+    };
     use nodeguard_model::{Finding, FindingKind, Severity};
     let m = load();
     let container_id = "c0ffee00".repeat(8);
@@ -935,7 +1038,8 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
         state_dir: Some(state_dir.path().to_path_buf()),
         ..EventConfig::new(NODE)
     };
-    let publisher = EventPublisher::start(client.clone(), config.clone(), rx);
+    let publisher = EventPublisher::start(client.clone(), config.clone(), rx.clone());
+    let reports = PolicyReportPublisher::start(client.clone(), PolicyReportConfig::new(NODE), rx);
 
     eventually("the pod store synced", || watch.is_synced()).await;
     assert_eq!(watch.pod_count(), 1, "only this node's pods");
@@ -1008,9 +1112,31 @@ async fn the_pod_watch_and_event_publisher_need_no_more_than_the_cluster_role() 
         publisher.stats().sent == 4
     })
     .await;
+    // The reports end as the last state says (the pod's report may have been deleted and
+    // written again meanwhile): one per namespace with findings, one for the host's.
+    let in_shop = |api: &FakeApi| {
+        api.reports().iter().any(|r| {
+            r["metadata"]["namespace"] == "shop"
+                && r["results"][0]["properties"]["finding_id"] == in_pod.id.as_str()
+        })
+    };
+    eventually("the reports caught up", || {
+        reports.stats().reports == 2 && in_shop(&api)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    eventually("the reports stayed caught up", || {
+        reports.stats().reports == 2 && in_shop(&api)
+    })
+    .await;
+    let report_stats = reports.stats();
     let stats = publisher.stats();
     drop(tx);
     publisher.join().await;
+    reports.join().await;
+    assert_eq!(report_stats.failed, 0, "{report_stats:?}");
+    let stored = api.reports();
+    assert_eq!(stored.len(), 2, "{stored:#?}");
 
     let writes = api.accepted_event_writes();
     let summary: Vec<String> = writes

@@ -1541,3 +1541,381 @@ fn a_setuid_file_planted_in_a_running_containers_writable_layer_is_seen_within_a
     });
     agent.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// PolicyReports in the real API server, with the CRDs of manifests/crds/ applied by up.sh.
+
+/// nodeguard's reports of this node as the API server stores them: (namespace or "" for the
+/// ClusterPolicyReport) → the object.
+fn nodeguard_reports(bed: &Bed) -> BTreeMap<String, Value> {
+    let selector = format!(
+        "app.kubernetes.io/managed-by=nodeguard,nodeguard.io/node={}",
+        bed.node()
+    );
+    let mut out = BTreeMap::new();
+    for resource in ["policyreports", "clusterpolicyreports"] {
+        let v = bed.kubectl_json(&["get", resource, "-A", "-l", &selector, "-o", "json"]);
+        for item in v["items"].as_array().cloned().unwrap_or_default() {
+            let ns = item["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            out.insert(ns, item);
+        }
+    }
+    out
+}
+
+fn results_of(report: &Value) -> Vec<Value> {
+    report["results"].as_array().cloned().unwrap_or_default()
+}
+
+/// A metric sample of the agent's `/metrics`, by its full name with labels.
+fn metric(agent: &Agent, sample: &str) -> Result<f64, String> {
+    let (_, body) = agent.get("/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no {sample} in /metrics"))
+}
+
+#[test]
+fn the_agent_keeps_policy_reports_the_real_api_server_stores_and_rewrites_nothing_unchanged() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let mut checks = Checks::default();
+    let ghost = Ghost::start();
+    let ghost_pid = ghost.child.id().to_string();
+    let ghost_dir = ghost._dir.path().display().to_string();
+    let besteffort = bed.pod("besteffort");
+    let besteffort_uid = besteffort["metadata"]["uid"].as_str().unwrap().to_string();
+    let report_name = format!("nodeguard-{}", bed.node());
+    let agent = Agent::start(bed, "reports", None);
+    let first_log = agent.log.clone();
+
+    // 1. The BestEffort pod's missing limits are results of the realnode namespace's report,
+    //    regarding that very pod (uid from kubectl), as `kubectl get policyreports` shows.
+    let reports = checks.wait(
+        "the realnode PolicyReport with the BestEffort pod's missing limits, and the ghost in the ClusterPolicyReport",
+        FIRST_SCAN_TIMEOUT,
+        || {
+            let reports = nodeguard_reports(bed);
+            let ns = reports.get("realnode").map(results_of).unwrap_or_default();
+            let limits: BTreeSet<&str> = ns
+                .iter()
+                .filter(|r| r["resources"][0]["name"] == "besteffort")
+                .filter_map(|r| r["rule"].as_str())
+                .filter(|rule| rule.starts_with("missing_"))
+                .collect();
+            let cluster = reports.get("").map(results_of).unwrap_or_default();
+            let ghost_seen = cluster.iter().any(|r| {
+                r["rule"] == "deleted_executable"
+                    && (r["properties"]["pid"] == ghost_pid.as_str()
+                        || r["properties"]["path"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(&ghost_dir)))
+            });
+            if limits.contains("missing_memory_limit") && limits.contains("missing_pids_limit") && ghost_seen {
+                Ok(reports)
+            } else {
+                Err(format!("missing limits of besteffort: {limits:?}, ghost pid {ghost_pid} seen: {ghost_seen}; reports: {}",
+                    excerpt(&serde_json::to_string(&reports).unwrap_or_default())))
+            }
+        },
+    );
+    if let Some(reports) = &reports {
+        let ns = &reports["realnode"];
+        checks.check(
+            ns["kind"] == "PolicyReport" && ns["metadata"]["name"] == report_name.as_str(),
+            || {
+                format!(
+                    "the namespace report is PolicyReport {report_name}: {}",
+                    ns["metadata"]
+                )
+            },
+        );
+        for r in results_of(ns)
+            .iter()
+            .filter(|r| r["resources"][0]["name"] == "besteffort")
+        {
+            let res = &r["resources"][0];
+            checks.check(
+                res["kind"] == "Pod" && res["namespace"] == "realnode" && res["uid"] == besteffort_uid.as_str()
+                    && r["policy"] == "nodeguard" && r["result"] == "fail"
+                    && ["critical", "high", "medium", "low", "info"].contains(&r["severity"].as_str().unwrap_or(""))
+                    && r["properties"]["node"] == bed.node()
+                    && r["properties"]["container"].is_string()
+                    && r["properties"]["finding_id"].is_string(),
+                || format!("a besteffort result names the pod {besteffort_uid} and carries its properties: {r}"),
+            );
+        }
+        let summary_fail = ns["summary"]["fail"].as_u64().unwrap_or(0) as usize;
+        let fails = results_of(ns)
+            .iter()
+            .filter(|r| r["result"] == "fail")
+            .count();
+        checks.check(summary_fail == fails, || {
+            format!("summary.fail {summary_fail} counts the {fails} fail results")
+        });
+        let cluster = &reports[""];
+        checks.check(
+            cluster["kind"] == "ClusterPolicyReport"
+                && cluster["scope"]["kind"] == "Node"
+                && cluster["scope"]["name"] == bed.node(),
+            || {
+                format!(
+                    "the ClusterPolicyReport is scoped to the node: {}",
+                    cluster["scope"]
+                )
+            },
+        );
+        // kubectl's printer columns come from the CRD.
+        let table = bed
+            .kubectl(&["get", "policyreports", "-n", "realnode"])
+            .ok()
+            .stdout;
+        checks.check(
+            table.contains("FAIL") && table.contains(&report_name),
+            || format!("kubectl get policyreports:\n{table}"),
+        );
+    }
+
+    // 2. A user without RBAC on the reports cannot read them.
+    for resource in ["policyreports", "clusterpolicyreports"] {
+        let out = cmd::run(
+            bed.var("REALNODE_KUBECTL"),
+            &[
+                "--kubeconfig",
+                bed.var("REALNODE_STRANGER_KUBECONFIG"),
+                "get",
+                resource,
+                "-A",
+                "-o",
+                "json",
+            ],
+        );
+        checks.check(!out.success() && out.stderr.contains("forbidden"), || {
+            format!("the stranger must be refused {resource}: {out}")
+        });
+    }
+    checks.check(forbidden_lines(&agent.log_text()).is_empty(), || {
+        format!(
+            "the agent met a 403: {:?}",
+            forbidden_lines(&agent.log_text())
+        )
+    });
+    agent.stop();
+
+    // 3. A second run lists the reports and rewrites nothing unchanged: the realnode
+    //    report keeps its resourceVersion (its pods did not change; the ClusterPolicyReport
+    //    may change with other beds' and tests' containers on this host).
+    let before = nodeguard_reports(bed);
+    let rv_before = before
+        .get("realnode")
+        .map(|r| r["metadata"]["resourceVersion"].clone());
+    let agent = Agent::start(bed, "reports-again", None);
+    checks.wait("the second agent found the CRDs", SCANS_TIMEOUT, || {
+        metric(&agent, "nodeguard_policy_report_crds_installed").and_then(|v| {
+            if v == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("crds_installed {v}"))
+            }
+        })
+    });
+    // Pod metadata may hold writes back for up to a minute after start; wait past it.
+    agent.wait_scans(3);
+    std::thread::sleep(Duration::from_secs(65));
+    agent.wait_scans(1);
+    let after = nodeguard_reports(bed);
+    let rv_after = after
+        .get("realnode")
+        .map(|r| r["metadata"]["resourceVersion"].clone());
+    checks.check(rv_before.is_some() && rv_before == rv_after, || {
+        format!("the unchanged realnode report was rewritten: resourceVersion {rv_before:?} -> {rv_after:?}")
+    });
+    checks.check(
+        metric(&agent, "nodeguard_policy_reports").is_ok_and(|n| n >= 2.0),
+        || {
+            format!(
+                "nodeguard_policy_reports: {:?}",
+                metric(&agent, "nodeguard_policy_reports")
+            )
+        },
+    );
+    say(&format!(
+        "realnode: PolicyReports: realnode report {} bytes with {} results, ClusterPolicyReport {} results; second run: writes {:?}, {:?} reports",
+        after.get("realnode").map_or(0, |r| r.to_string().len()),
+        after.get("realnode").map_or(0, |r| results_of(r).len()),
+        after.get("").map_or(0, |r| results_of(r).len()),
+        metric(&agent, "nodeguard_policy_report_writes_total{result=\"written\"}"),
+        metric(&agent, "nodeguard_policy_reports"),
+    ));
+    let second_log = agent.log.clone();
+    agent.stop();
+    drop(ghost);
+    checks.finish(&[&first_log, &second_log]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Platform binaries against their release's digest bundle.
+
+/// The pid a bed's `start NAME` recorded (`up.sh` execs the program in place, so it is the
+/// program's own pid).
+fn bed_pid(bed: &Bed, name: &str) -> i32 {
+    let path = bed.dir.join(format!("{name}.pid"));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+}
+
+/// The bed's kubelet and kube-apiserver are real host processes. Packed into a release
+/// tarball by the real `tar` and imported, their release bundle raises nothing for them; a
+/// bundle of another kubelet build (`sha512sum` of a tampered copy) raises
+/// `unexpected_binary_hash` for the bed's kubelet alone, naming that bundle and its line.
+/// The scan sees only those two pids (a private proc root), so other beds and containers on
+/// the machine cannot disturb it.
+#[test]
+fn the_beds_kubelet_and_apiserver_are_checked_against_release_digest_bundles() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let kubelet = bed_pid(bed, "kubelet");
+    let apiserver = bed_pid(bed, "apiserver");
+    let exe = |pid: i32| fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let (kubelet_exe, apiserver_exe) = (exe(kubelet), exe(apiserver));
+    assert!(kubelet_exe.ends_with("kubelet"), "{kubelet_exe:?}");
+    assert!(
+        apiserver_exe.ends_with("kube-apiserver"),
+        "{apiserver_exe:?}"
+    );
+
+    let tmp = tempfile::Builder::new()
+        .prefix("nodeguard-rn-digests-")
+        .tempdir()
+        .unwrap();
+    let bin = tmp.path().join("kubernetes/server/bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy(&kubelet_exe, bin.join("kubelet")).unwrap();
+    fs::copy(&apiserver_exe, bin.join("kube-apiserver")).unwrap();
+    let tarball = tmp.path().join("kubernetes-server-linux-amd64.tar.gz");
+    let mut tar = Command::new("tar");
+    tar.args(["-I", "gzip -1", "-cf"])
+        .arg(&tarball)
+        .arg("kubernetes")
+        .current_dir(tmp.path());
+    cmd::run_command(
+        tar,
+        "tar -I 'gzip -1' -cf … kubernetes".into(),
+        BUILD_TIMEOUT,
+    )
+    .ok();
+    let release = tmp.path().join("release.json");
+    let nodeguard = support::nodeguard_bin();
+    cmd::run_ok(
+        nodeguard,
+        &[
+            "digests",
+            "import",
+            tarball.to_str().unwrap(),
+            "-o",
+            release.to_str().unwrap(),
+        ],
+    );
+
+    // Another build of kubelet, known only by its sha512sum line.
+    let other_dir = tmp.path().join("other");
+    fs::create_dir(&other_dir).unwrap();
+    let mut bytes = fs::read(bin.join("kubelet")).unwrap();
+    bytes.extend_from_slice(b"\0another build");
+    fs::write(other_dir.join("kubelet"), bytes).unwrap();
+    let mut sum = Command::new("sha512sum");
+    sum.arg("kubelet").current_dir(&other_dir);
+    let sums = cmd::run_command(sum, "sha512sum kubelet".into(), BUILD_TIMEOUT).ok();
+    let sums_file = tmp.path().join("other.sha512sum");
+    fs::write(&sums_file, &sums.stdout).unwrap();
+    let other = tmp.path().join("other.json");
+    cmd::run_ok(
+        nodeguard,
+        &[
+            "digests",
+            "import",
+            sums_file.to_str().unwrap(),
+            "-o",
+            other.to_str().unwrap(),
+        ],
+    );
+
+    let scan_with = |bundle: &Path| {
+        let policy = tmp.path().join("policy.yaml");
+        fs::write(
+            &policy,
+            format!(
+                "digest_bundles: [{}]\n",
+                bundle.file_name().unwrap().to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let proc_root = support::fakeproc::FakeProc::with_pids(&[kubelet, apiserver]);
+        Scan::run(&[
+            "--no-fs",
+            "--proc-root",
+            proc_root.path_str(),
+            "--config",
+            policy.to_str().unwrap(),
+        ])
+    };
+    let digest_findings = |scan: &Scan, pid: i32| -> Vec<Value> {
+        scan.findings()
+            .iter()
+            .filter(|f| f["pid"] == pid)
+            .filter(|f| f["kind"] == "unexpected_binary_hash" || f["kind"] == "unverifiable_binary")
+            .cloned()
+            .collect()
+    };
+
+    let scan = scan_with(&release);
+    for (pid, path) in [(kubelet, &kubelet_exe), (apiserver, &apiserver_exe)] {
+        let p = scan
+            .processes()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not scanned\n{}", scan.summary()));
+        assert!(p["container_id"].is_null(), "a host process: {p}");
+        assert_eq!(
+            p["sha256"],
+            support::oracle::sha256sum(Path::new(&format!("/proc/{pid}/exe"))).as_str(),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            digest_findings(&scan, pid),
+            Vec::<Value>::new(),
+            "the release's own binary\n{}",
+            scan.summary()
+        );
+    }
+
+    let scan = scan_with(&other);
+    let found = digest_findings(&scan, kubelet);
+    assert_eq!(found.len(), 1, "{found:#?}\n{}", scan.summary());
+    assert_eq!(found[0]["kind"], "unexpected_binary_hash");
+    assert!(found[0]["container_id"].is_null());
+    let message = found[0]["message"].as_str().unwrap_or_default();
+    let want_sha512 = support::oracle::sha512sum(&kubelet_exe);
+    for part in [
+        format!("host: pid {kubelet} (kubelet)"),
+        format!("sha512 {want_sha512}"),
+        format!(
+            "not a digest of kubelet in digest bundle other.json (from {} line 1)",
+            sums_file.display()
+        ),
+    ] {
+        assert!(message.contains(&part), "message lacks {part:?}: {message}");
+    }
+    assert_eq!(
+        digest_findings(&scan, apiserver),
+        Vec::<Value>::new(),
+        "kube-apiserver is not in that bundle"
+    );
+}

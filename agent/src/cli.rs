@@ -46,6 +46,50 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Make digest bundles (release digests of platform binaries) for the policy's
+    /// `digest_bundles`.
+    #[command(subcommand)]
+    Digests(DigestsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DigestsCommand {
+    /// Turn release artifacts into a digest bundle: directories (every regular file hashed,
+    /// symlinks not followed), release tarballs (.tar.gz, .tgz, .tar: every regular member
+    /// hashed, nothing extracted), sha256sum/sha512sum output files, and per-binary
+    /// .sha256/.sha512 files (the binary's name is the file's name without the suffix).
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Artifacts, tarballs, checksum files or directories of them.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Where to write the bundle (JSON); `-` for standard output.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+
+    /// Keep several builds of one binary name (e.g. two releases during a rolling upgrade)
+    /// instead of refusing a name whose sources give different digests.
+    #[arg(long)]
+    pub allow_several: bool,
+
+    /// Record binary OLD under the name NEW (`runc.amd64=runc`: release files are often
+    /// named by architecture but installed without it). May be repeated.
+    #[arg(long, value_name = "OLD=NEW")]
+    pub rename: Vec<String>,
+
+    /// Keep only these binary names (after --rename), e.g. `--only kubelet,kube-apiserver`:
+    /// every process with a bundled name is checked, so leave out what the node does not
+    /// run from this release. A name given here that no input has is an error.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub only: Vec<String>,
+
+    /// Refuse files and tarball members larger than this many bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_size: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +298,19 @@ pub struct RunArgs {
     /// Do not publish Kubernetes Events (pod metadata is still watched).
     #[arg(long, env = "NODEGUARD_NO_EVENTS")]
     pub no_events: bool,
+
+    /// Keep open findings in wgpolicyk8s.io/v1alpha2 PolicyReports (one per namespace and
+    /// node) and a ClusterPolicyReport (host findings), as Kyverno and Trivy Operator do;
+    /// `--policy-reports=false` turns them off. Needs the CRDs (manifests/crds/); without
+    /// them the agent says so once and keeps going.
+    #[arg(
+        long,
+        env = "NODEGUARD_POLICY_REPORTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub policy_reports: bool,
 }
 
 /// A flag value as the command line spells it (`sha256`, `auto`), for logs.

@@ -2,8 +2,10 @@
 
 use crate::cli::KubeArg;
 use anyhow::{Context, Result};
-use nodeguard_kube::{EventConfig, EventPublisher, KubeMode, PodWatch};
-use nodeguard_model::{EventStats, NodeState, PodLookup};
+use nodeguard_kube::{
+    EventConfig, EventPublisher, KubeMode, PodWatch, PolicyReportConfig, PolicyReportPublisher,
+};
+use nodeguard_model::{EventStats, NodeState, PodLookup, PolicyReportStats};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ const SAVE_GRACE: Duration = Duration::from_secs(3);
 pub struct KubeParts {
     pods: PodWatch,
     events: Option<EventPublisher>,
+    reports: Option<PolicyReportPublisher>,
 }
 
 impl KubeParts {
@@ -23,8 +26,16 @@ impl KubeParts {
         self.pods.lookup()
     }
 
-    pub fn event_stats(&self) -> Option<Arc<dyn Fn() -> EventStats + Send + Sync>> {
-        self.events.as_ref().map(EventPublisher::stats_source)
+    /// The Events publisher's counters channel, if Events are published.
+    pub fn event_stats(&self) -> Option<watch::Receiver<EventStats>> {
+        self.events.as_ref().map(EventPublisher::stats_channel)
+    }
+
+    /// The PolicyReport publisher's counters channel, if reports are published.
+    pub fn policy_report_stats(&self) -> Option<watch::Receiver<PolicyReportStats>> {
+        self.reports
+            .as_ref()
+            .map(PolicyReportPublisher::stats_channel)
     }
 
     /// Stops the pod watch and lets the publisher save its announced set. Call after the
@@ -48,6 +59,7 @@ pub async fn start(
     node: &str,
     state_dir: Option<PathBuf>,
     events: bool,
+    policy_reports: bool,
     state: watch::Receiver<Option<Arc<NodeState>>>,
 ) -> Result<Option<KubeParts>> {
     let mode = match mode {
@@ -68,8 +80,19 @@ pub async fn start(
             state_dir,
             ..EventConfig::new(node)
         };
-        EventPublisher::start(client, config, state)
+        EventPublisher::start(client.clone(), config, state.clone())
     });
-    tracing::info!(node, events = events.is_some(), "watching this node's pods");
-    Ok(Some(KubeParts { pods, events }))
+    let reports = policy_reports
+        .then(|| PolicyReportPublisher::start(client, PolicyReportConfig::new(node), state));
+    tracing::info!(
+        node,
+        events = events.is_some(),
+        policy_reports = reports.is_some(),
+        "watching this node's pods"
+    );
+    Ok(Some(KubeParts {
+        pods,
+        events,
+        reports,
+    }))
 }

@@ -2,6 +2,7 @@
 //! data lives in the crates; this file only connects them.
 
 mod cli;
+mod digests;
 mod kube;
 mod output;
 mod query;
@@ -110,6 +111,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Digests(cli::DigestsCommand::Import(args)) => {
+            digests::import(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check { file }) => {
             // A policy file, or the ConfigMap manifest that ships one (each key checked).

@@ -3,9 +3,9 @@
 
 use crate::cli::{AuthArg, RunArgs};
 use anyhow::{Context, Result};
-use nodeguard_daemon::{Control, Daemon, ScanObserver, Schedule};
+use nodeguard_daemon::{Control, Daemon, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
-use nodeguard_model::{NoPods, NodeState, PodLookup, ScanKind};
+use nodeguard_model::{NoPods, NodeState, PodLookup};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -70,6 +70,7 @@ async fn serve(args: RunArgs) -> Result<()> {
             .as_ref()
             .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         events = !args.no_events,
+        policy_reports = args.policy_reports,
         "nodeguard starting with this effective configuration"
     );
 
@@ -79,16 +80,15 @@ async fn serve(args: RunArgs) -> Result<()> {
         );
     }
 
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let weakened = scanner.policy().weakened();
-    for (setting, why) in &weakened {
+    for (setting, why) in &scanner.policy().weakened() {
         tracing::warn!(setting, "policy weakens a check: {why}");
     }
-    metrics.policy_weakened(&weakened.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
+    // Metrics read the daemon's channel like the API and Events do.
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, state_rx.clone());
     let registry = Arc::new(registry);
 
-    let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
     let (control_tx, control_rx) = mpsc::channel(8);
 
     let kube = crate::kube::start(
@@ -96,6 +96,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         &node,
         args.state_dir.clone(),
         !args.no_events,
+        args.policy_reports,
         state_rx.clone(),
     )
     .await?;
@@ -103,8 +104,11 @@ async fn serve(args: RunArgs) -> Result<()> {
         Some(k) => k.pods(),
         None => Arc::new(NoPods),
     };
-    if let Some(source) = kube.as_ref().and_then(|k| k.event_stats()) {
-        metrics.set_event_stats_source(source);
+    if let Some(stats) = kube.as_ref().and_then(|k| k.event_stats()) {
+        metrics.set_event_stats(stats);
+    }
+    if let Some(stats) = kube.as_ref().and_then(|k| k.policy_report_stats()) {
+        metrics.set_policy_report_stats(stats);
     }
 
     let daemon = Daemon {
@@ -116,7 +120,6 @@ async fn serve(args: RunArgs) -> Result<()> {
         },
         policy_path: args.settings.config.clone(),
         pods,
-        observer: Arc::new(MetricsObserver(metrics.clone())),
     };
     let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
 
@@ -346,27 +349,6 @@ struct KubeAuth(nodeguard_kube::KubeAuthorizer);
 impl nodeguard_api::Authorizer for KubeAuth {
     fn authorize<'a>(&'a self, token: &'a str, path: &'a str) -> nodeguard_api::DecisionFuture<'a> {
         Box::pin(self.0.authorize(token, path))
-    }
-}
-
-/// Counts scans into the metrics without the daemon linking a metrics library.
-struct MetricsObserver(Metrics);
-
-impl ScanObserver for MetricsObserver {
-    fn scan_finished(&self, kind: ScanKind, duration: Duration, ok: bool) {
-        self.0.scan_finished(kind, duration, ok);
-    }
-
-    fn state_changed(&self, state: &Arc<NodeState>) {
-        self.0.state_changed(state);
-    }
-
-    fn policy_reload(&self, ok: bool) {
-        self.0.policy_reload(ok);
-    }
-
-    fn policy_weakened(&self, settings: &[&'static str]) {
-        self.0.policy_weakened(settings);
     }
 }
 

@@ -209,6 +209,11 @@ ROLE=$("${KUBECTL[@]}" create --dry-run=client -o jsonpath='{.metadata.name}' \
 "${KUBECTL[@]}" create clusterrolebinding "$PREFIX-agent" --clusterrole "$ROLE" \
   --user "$AGENT_USER" >/dev/null
 echo "REALNODE_AGENT_CLUSTERROLE=$ROLE" >>"$D/env"
+# --- The PolicyReport CRDs the agent writes to (not built into Kubernetes).
+"${KUBECTL[@]}" apply -f "$REPO/manifests/crds/policyreports.yaml" \
+  -f "$REPO/manifests/crds/clusterpolicyreports.yaml" >/dev/null
+"${KUBECTL[@]}" wait --for condition=established --timeout=60s \
+  crd/policyreports.wgpolicyk8s.io crd/clusterpolicyreports.wgpolicyk8s.io >/dev/null
 wait_for 30 "default namespace" "${KUBECTL[@]}" get namespace default
 log "API server ready: $API (env in $D/env)"
 

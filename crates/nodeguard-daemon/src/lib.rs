@@ -5,15 +5,17 @@
 //! the writable layers of containers whose image layers the last filesystem scan cached, so
 //! a file planted in a running container shows within `interval`; the slow walk of image
 //! layers waits for `fs_interval`. It keeps the [`FindingLedger`]
-//! (first/last seen, resolution), and publishes each new [`NodeState`] on a
-//! `tokio::sync::watch` channel that keeps only the newest. Sinks — metrics, the HTTP API,
-//! Kubernetes Events — read that channel at their own pace: a slow sink never delays a
-//! scan, and a scan never holds anything a sink waits for.
+//! (first/last seen, resolution) and every running total ([`Totals`]: scans, policy
+//! reloads, errors, findings detected), and publishes a new [`NodeState`] after each scan,
+//! failed ones included, and each policy reload attempt on a `tokio::sync::watch` channel
+//! that keeps only the newest. Sinks — metrics, the HTTP API, Kubernetes Events — read that
+//! channel at their own pace: a slow sink never delays a scan, and a scan never holds
+//! anything a sink waits for. The daemon knows no sink.
 //!
 //! Scans run on a blocking thread; the caches inside the [`Scanner`] live across scans.
 
 use nodeguard_model::{
-    FindingLedger, NodeState, PodLookup, Report, ScanKind, ScanRun, Severity, Timestamp,
+    FindingLedger, NodeState, PodLookup, Report, ScanKind, ScanRun, Severity, Timestamp, Totals,
 };
 use nodeguard_policy::Policy;
 use nodeguard_scan::{ScanScope, Scanner};
@@ -45,25 +47,6 @@ pub struct Schedule {
     pub jitter: f64,
 }
 
-/// Hooks for whoever counts scans (the metrics crate implements this in the agent).
-pub trait ScanObserver: Send + Sync {
-    fn scan_finished(&self, kind: ScanKind, duration: Duration, ok: bool);
-    fn state_changed(&self, state: &Arc<NodeState>);
-    fn policy_reload(&self, ok: bool);
-    /// The settings of the policy now in force that switch a check off
-    /// (`Policy::weakened`), after each successful reload.
-    fn policy_weakened(&self, _settings: &[&'static str]) {}
-}
-
-/// An observer that does nothing.
-pub struct NoObserver;
-
-impl ScanObserver for NoObserver {
-    fn scan_finished(&self, _: ScanKind, _: Duration, _: bool) {}
-    fn state_changed(&self, _: &Arc<NodeState>) {}
-    fn policy_reload(&self, _: bool) {}
-}
-
 /// Requests to the running loop.
 #[derive(Debug)]
 pub enum Control {
@@ -80,17 +63,56 @@ pub struct Daemon {
     /// The policy file to reload on [`Control::ReloadPolicy`], if any.
     pub policy_path: Option<PathBuf>,
     pub pods: Arc<dyn PodLookup>,
-    pub observer: Arc<dyn ScanObserver>,
 }
 
-/// Counters that outlive single scans.
-struct Totals {
+/// What outlives single scans: the ledger, the running totals, and the last state
+/// published (a failed scan or a policy reload republishes its report).
+struct Book {
     ledger: FindingLedger,
     last_scans: BTreeMap<ScanKind, ScanRun>,
-    findings_detected: BTreeMap<(nodeguard_model::FindingKind, nodeguard_model::Severity), u64>,
-    errors_total: BTreeMap<String, u64>,
-    policy_reload_failures: u64,
+    totals: Totals,
     policy_loaded_at: Timestamp,
+    policy_weakened: Vec<&'static str>,
+    last: Option<Arc<NodeState>>,
+}
+
+impl Book {
+    fn new(policy: &Policy) -> Book {
+        Book {
+            ledger: FindingLedger::default(),
+            last_scans: BTreeMap::new(),
+            totals: Totals::default(),
+            policy_loaded_at: Timestamp::now(),
+            policy_weakened: weakened_settings(policy),
+            last: None,
+        }
+    }
+
+    /// The last report again with the current totals, if a scan has succeeded yet. Before
+    /// the first report there is no state to publish: the counts wait for it (and `/readyz`
+    /// says not ready meanwhile).
+    fn republish(&mut self, state: &StateSender) {
+        let Some(last) = &self.last else {
+            return;
+        };
+        let next = Arc::new(NodeState {
+            report: Arc::clone(&last.report),
+            findings: last.findings.clone(),
+            last_scans: self.last_scans.clone(),
+            policy_loaded_at: self.policy_loaded_at,
+            policy_weakened: self.policy_weakened.clone(),
+            totals: self.totals.clone(),
+        });
+        self.last = Some(Arc::clone(&next));
+        state.send_replace(Some(next));
+    }
+}
+
+fn weakened_settings(policy: &Policy) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = policy.weakened().into_iter().map(|(s, _)| s).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 impl Daemon {
@@ -105,17 +127,9 @@ impl Daemon {
             schedule,
             policy_path,
             pods,
-            observer,
         } = self;
+        let mut book = Book::new(scanner.policy());
         let mut scanner = Some(scanner);
-        let mut totals = Totals {
-            ledger: FindingLedger::default(),
-            last_scans: BTreeMap::new(),
-            findings_detected: BTreeMap::new(),
-            errors_total: BTreeMap::new(),
-            policy_reload_failures: 0,
-            policy_loaded_at: Timestamp::now(),
-        };
         // The first scan is a process scan so the agent is ready quickly; the first
         // filesystem scan follows right after it.
         let mut next_process = Instant::now();
@@ -166,8 +180,8 @@ impl Daemon {
                             }
                         };
                         for kind in kinds {
-                            observer.scan_finished(*kind, elapsed, true);
-                            totals.last_scans.insert(
+                            book.scan_finished(*kind, elapsed, true);
+                            book.last_scans.insert(
                                 *kind,
                                 ScanRun {
                                     finished_at: Timestamp::now(),
@@ -175,8 +189,7 @@ impl Daemon {
                                 },
                             );
                         }
-                        let (next, appeared, resolved) = publish(&mut totals, report);
-                        observer.state_changed(&next);
+                        let (next, appeared, resolved) = publish(&mut book, report);
                         let mut open = [0usize; 4];
                         for t in &next.findings {
                             open[t.finding.severity as usize] += 1;
@@ -200,9 +213,12 @@ impl Daemon {
                         state.send_replace(Some(next));
                     }
                     Err(err) => {
-                        observer.scan_finished(ScanKind::Processes, elapsed, false);
-                        *totals.errors_total.entry("scan".into()).or_insert(0) += 1;
+                        // Counted as a failed process scan (a filesystem scan runs inside
+                        // one), and published so that every sink sees the failure.
+                        book.scan_finished(ScanKind::Processes, elapsed, false);
+                        add(&mut book.totals.errors, "scan", 1);
                         tracing::error!(error = %err, "scan failed");
+                        book.republish(&state);
                     }
                 }
                 let done = Instant::now();
@@ -216,8 +232,8 @@ impl Daemon {
                 next_process = done + jittered(schedule.interval, schedule.jitter);
                 if reload_pending {
                     if let Some(s) = scanner.as_mut() {
-                        reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref())
-                            .await;
+                        reload_policy(s, policy_path.as_ref(), &mut book).await;
+                        book.republish(&state);
                         next_process = Instant::now();
                     }
                 }
@@ -230,7 +246,8 @@ impl Daemon {
                 msg = control.recv() => match msg {
                     Some(Control::ReloadPolicy) => {
                         if let Some(s) = scanner.as_mut() {
-                            reload_policy(s, policy_path.as_ref(), &mut totals, observer.as_ref()).await;
+                            reload_policy(s, policy_path.as_ref(), &mut book).await;
+                            book.republish(&state);
                             // Re-evaluate soon so the new policy shows.
                             next_process = Instant::now();
                         }
@@ -245,12 +262,20 @@ impl Daemon {
     }
 }
 
-async fn reload_policy(
-    scanner: &mut Scanner,
-    path: Option<&PathBuf>,
-    totals: &mut Totals,
-    observer: &dyn ScanObserver,
-) {
+impl Book {
+    fn scan_finished(&mut self, kind: ScanKind, elapsed: Duration, ok: bool) {
+        let scans = self.totals.scans.entry(kind).or_default();
+        scans.outcomes.record(ok);
+        scans.durations.observe(elapsed);
+    }
+}
+
+fn add(totals: &mut BTreeMap<String, u64>, kind: &str, n: u64) {
+    let total = totals.entry(kind.to_string()).or_insert(0);
+    *total = total.saturating_add(n);
+}
+
+async fn reload_policy(scanner: &mut Scanner, path: Option<&PathBuf>, book: &mut Book) {
     let Some(path) = path.cloned() else {
         tracing::warn!("reload requested but no policy file is configured; keeping defaults");
         return;
@@ -262,20 +287,18 @@ async fn reload_policy(
             for (setting, why) in &weakened {
                 tracing::warn!(setting, "policy weakens a check: {why}");
             }
-            observer.policy_weakened(&weakened.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+            book.policy_weakened = weakened_settings(&policy);
             scanner.set_policy(Arc::new(policy));
-            totals.policy_loaded_at = Timestamp::now();
-            observer.policy_reload(true);
+            book.policy_loaded_at = Timestamp::now();
+            book.totals.policy_reloads.record(true);
             tracing::info!("policy reloaded");
         }
         Ok(Err(err)) => {
-            totals.policy_reload_failures += 1;
-            observer.policy_reload(false);
+            book.totals.policy_reloads.record(false);
             tracing::error!(error = %err, "policy reload refused; the previous policy stays in force");
         }
         Err(err) => {
-            totals.policy_reload_failures += 1;
-            observer.policy_reload(false);
+            book.totals.policy_reloads.record(false);
             tracing::error!(error = %err, "policy reload failed");
         }
     }
@@ -291,13 +314,15 @@ fn scope_name(scope: ScanScope) -> &'static str {
 /// The new state, and how many findings appeared and resolved. Only new high and critical
 /// findings are logged one by one (the scan's summary line counts the rest): a first scan of
 /// a busy node has hundreds of findings, and a log line each buries the ones that matter.
-fn publish(totals: &mut Totals, report: Report) -> (Arc<NodeState>, usize, usize) {
-    let changes = totals.ledger.apply(&report.findings, report.scanned_at);
+fn publish(book: &mut Book, report: Report) -> (Arc<NodeState>, usize, usize) {
+    let changes = book.ledger.apply(&report.findings, report.scanned_at);
+    let totals = &mut book.totals;
     for t in &changes.appeared {
-        *totals
+        let n = totals
             .findings_detected
             .entry((t.finding.kind, t.finding.severity))
-            .or_insert(0) += 1;
+            .or_insert(0);
+        *n = n.saturating_add(1);
         if t.finding.severity < Severity::High {
             continue;
         }
@@ -318,18 +343,27 @@ fn publish(totals: &mut Totals, report: Report) -> (Arc<NodeState>, usize, usize
         tracing::info!(id = %t.finding.id, kind = %t.finding.kind, "finding resolved");
     }
     let (appeared, resolved) = (changes.appeared.len(), changes.resolved.len());
-    for (kind, n) in &report.stats.errors {
-        *totals.errors_total.entry(kind.clone()).or_insert(0) += n;
+    let stats = &report.stats;
+    for (kind, n) in &stats.errors {
+        add(&mut totals.errors, kind, *n);
     }
+    totals.bytes_hashed = totals.bytes_hashed.saturating_add(stats.bytes_hashed);
+    totals.hash_cache_hits = totals.hash_cache_hits.saturating_add(stats.hash_cache_hits);
+    totals.hash_cache_misses = totals
+        .hash_cache_misses
+        .saturating_add(stats.hash_cache_misses);
+    totals.processes_vanished = totals
+        .processes_vanished
+        .saturating_add(stats.processes_vanished);
     let state = Arc::new(NodeState {
         report: Arc::new(report),
-        findings: totals.ledger.open().cloned().collect(),
-        last_scans: totals.last_scans.clone(),
-        findings_detected: totals.findings_detected.clone(),
-        errors_total: totals.errors_total.clone(),
-        policy_reload_failures: totals.policy_reload_failures,
-        policy_loaded_at: totals.policy_loaded_at,
+        findings: book.ledger.open().cloned().collect(),
+        last_scans: book.last_scans.clone(),
+        policy_loaded_at: book.policy_loaded_at,
+        policy_weakened: book.policy_weakened.clone(),
+        totals: book.totals.clone(),
     });
+    book.last = Some(Arc::clone(&state));
     (state, appeared, resolved)
 }
 
@@ -357,6 +391,82 @@ fn splitmix(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeguard_model::{Finding, FindingKind, ScanStats, SCHEMA_VERSION};
+
+    fn report(at_secs: u64, findings: Vec<Finding>, bytes_hashed: u64) -> Report {
+        let mut errors = BTreeMap::new();
+        errors.insert("hash".to_string(), 1);
+        Report {
+            schema_version: SCHEMA_VERSION,
+            node: "n".into(),
+            scanned_at: Timestamp(UNIX_EPOCH + Duration::from_secs(at_secs)),
+            duration_ms: 1,
+            containers: vec![],
+            processes: vec![],
+            files: vec![],
+            findings,
+            stats: ScanStats {
+                bytes_hashed,
+                hash_cache_hits: 2,
+                processes_vanished: 1,
+                errors,
+                ..ScanStats::default()
+            },
+            warnings: vec![],
+        }
+    }
+
+    fn root(subject: &str) -> Finding {
+        Finding::new(
+            FindingKind::RunsAsRoot,
+            Severity::Medium,
+            Some("c"),
+            subject,
+            "m",
+        )
+    }
+
+    #[test]
+    fn totals_add_each_scan_once_and_a_failed_scan_or_reload_republishes_them() {
+        let (tx, rx) = watch::channel(None);
+        let mut book = Book::new(&Policy::default());
+        book.republish(&tx);
+        assert!(rx.borrow().is_none(), "no state before the first report");
+
+        let (first, appeared, _) = publish(&mut book, report(10, vec![root("a")], 100));
+        assert_eq!(appeared, 1);
+        let (second, _, _) = publish(&mut book, report(20, vec![root("a"), root("b")], 5));
+        let t = &second.totals;
+        assert_eq!(
+            (t.bytes_hashed, t.hash_cache_hits, t.processes_vanished),
+            (105, 4, 2)
+        );
+        assert_eq!(t.errors.get("hash"), Some(&2));
+        assert_eq!(
+            t.findings_detected
+                .get(&(FindingKind::RunsAsRoot, Severity::Medium)),
+            Some(&2),
+            "a counted when it appeared, b too; a again is not new"
+        );
+        assert_eq!(
+            first.totals.bytes_hashed, 100,
+            "a published state never changes"
+        );
+
+        book.scan_finished(ScanKind::Processes, Duration::from_millis(3), false);
+        add(&mut book.totals.errors, "scan", 1);
+        book.totals.policy_reloads.record(false);
+        book.republish(&tx);
+        let after = rx.borrow().clone().expect("republished");
+        assert!(Arc::ptr_eq(&after.report, &second.report), "same report");
+        assert_eq!(after.findings, second.findings);
+        let scans = &after.totals.scans[&ScanKind::Processes];
+        assert_eq!((scans.outcomes.ok, scans.outcomes.failed), (0, 1));
+        assert_eq!(scans.durations.count, 1);
+        assert_eq!(after.totals.errors.get("scan"), Some(&1));
+        assert_eq!(after.totals.policy_reloads.failed, 1);
+        assert_eq!(after.totals.bytes_hashed, 105, "not added again");
+    }
 
     #[test]
     fn jitter_stays_within_bounds() {

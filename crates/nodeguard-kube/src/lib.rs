@@ -14,6 +14,9 @@
 //!   a `Warning` when a finding appears, a `Normal` `<Reason>Resolved` when it goes,
 //!   rate-limited per object and per node, retried with backoff while the API server is down,
 //!   and not repeated across restarts when a state directory keeps the announced set.
+//! - [`PolicyReportPublisher`] keeps the open findings in `wgpolicyk8s.io/v1alpha2`
+//!   PolicyReports (one per namespace and node) and a ClusterPolicyReport (host findings),
+//!   written only when they change, capped in size, rate-limited and backed off like Events.
 //!
 //! ```no_run
 //! # async fn wire() -> Result<(), nodeguard_kube::Error> {
@@ -32,11 +35,13 @@ mod auth;
 mod error;
 mod events;
 mod pods;
+mod reports;
 
 pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
 pub use pods::{pod_ref_for, PodWatch};
+pub use reports::{PolicyReportConfig, PolicyReportPublisher};
 
 use std::time::Duration;
 

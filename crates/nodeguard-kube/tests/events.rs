@@ -121,10 +121,9 @@ fn state_at(containers: &[&Box_], findings: &[Finding], scanned: Timestamp) -> A
             })
             .collect(),
         last_scans,
-        findings_detected: BTreeMap::new(),
-        errors_total: BTreeMap::new(),
-        policy_reload_failures: 0,
         policy_loaded_at: scanned,
+        policy_weakened: vec![],
+        totals: Default::default(),
     })
 }
 

@@ -1,21 +1,24 @@
-//! The series derived from the daemon's state, computed once per state change and written
-//! at scrape time by a custom collector, so a gone container's series simply are not written.
+//! Every series derived from the daemon's state, computed and written at scrape time by a
+//! custom collector from the latest state on the channel, so a gone container's series
+//! simply are not written and nothing is added up here (the daemon keeps the totals).
 
+use crate::StateReceiver;
 use nodeguard_model::{
-    short_id, Container, EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity,
+    short_id, Container, EventStats, Finding, FindingKind, NodeState, PolicyReportStats, ScanKind,
+    ScanTotals, Severity, Totals, SCAN_DURATION_BUCKETS,
 };
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
+use tokio::sync::watch;
 
-/// Where the Events publisher's counters come from, read at scrape time.
-pub type EventStatsSource = Arc<dyn Fn() -> EventStats + Send + Sync>;
+const SCAN_KINDS: [ScanKind; 2] = [ScanKind::Processes, ScanKind::Filesystems];
 
 /// Number of open findings sharing one label set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,122 +41,7 @@ pub(crate) struct StateGauges {
     pub containers: u64,
     pub errors: Vec<(String, u64)>,
     pub policy_loaded_at: f64,
-}
-
-/// Sums of per-scan report counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct ReportTotals {
-    pub hashed_bytes: u64,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub processes_vanished: u64,
-}
-
-/// Everything the collector writes, immutable once built.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Snapshot {
-    pub gauges: Option<StateGauges>,
-    /// `NodeState::findings_detected`, one value per `(kind, severity)` in the order of
-    /// [`FindingKind::ALL`] x [`Severity::ALL`]; combinations never seen are 0.
-    pub detected: Vec<u64>,
-    pub totals: ReportTotals,
-}
-
-impl Default for Snapshot {
-    fn default() -> Snapshot {
-        Snapshot {
-            gauges: None,
-            detected: vec![0; FindingKind::ALL.len() * Severity::ALL.len()],
-            totals: ReportTotals::default(),
-        }
-    }
-}
-
-/// What only the writer (the daemon's state updates) touches.
-#[derive(Debug, Default)]
-struct Writer {
-    totals: ReportTotals,
-    last_report: Option<Arc<Report>>,
-}
-
-/// State shared between [`crate::Metrics`] handles and the registered collector.
-#[derive(Default)]
-pub(crate) struct Shared {
-    snapshot: RwLock<Arc<Snapshot>>,
-    writer: Mutex<Writer>,
-    events: RwLock<Option<EventStatsSource>>,
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("snapshot", &self.snapshot)
-            .field("events_source_set", &self.events_source().is_some())
-            .finish()
-    }
-}
-
-impl Shared {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub fn set_events_source(&self, source: EventStatsSource) {
-        *self.events.write().unwrap_or_else(PoisonError::into_inner) = Some(source);
-    }
-
-    fn events_source(&self) -> Option<EventStatsSource> {
-        self.events
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Builds the series of `state`. The per-scan counters of a report are added once: a
-    /// state carrying the same report as the previous one (same `Arc`, or the same scan
-    /// time) adds nothing.
-    pub fn update(&self, state: &NodeState) {
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let same_report = writer.last_report.as_ref().is_some_and(|last| {
-            Arc::ptr_eq(last, &state.report) || last.scanned_at == state.report.scanned_at
-        });
-        if !same_report {
-            let stats = &state.report.stats;
-            let t = &mut writer.totals;
-            t.hashed_bytes = t.hashed_bytes.saturating_add(stats.bytes_hashed);
-            t.cache_hits = t.cache_hits.saturating_add(stats.hash_cache_hits);
-            t.cache_misses = t.cache_misses.saturating_add(stats.hash_cache_misses);
-            t.processes_vanished = t
-                .processes_vanished
-                .saturating_add(stats.processes_vanished);
-            writer.last_report = Some(Arc::clone(&state.report));
-        }
-        let snapshot = Arc::new(Snapshot {
-            gauges: Some(state_gauges(state)),
-            detected: detected(state),
-            totals: writer.totals,
-        });
-        // Swapped while the writer lock is held, so two updates land in call order.
-        *self
-            .snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = snapshot;
-    }
-}
-
-fn detected(state: &NodeState) -> Vec<u64> {
-    let mut out = Vec::with_capacity(FindingKind::ALL.len() * Severity::ALL.len());
-    for kind in FindingKind::ALL {
-        for severity in Severity::ALL {
-            let n = state
-                .findings_detected
-                .get(&(*kind, severity))
-                .copied()
-                .unwrap_or(0);
-            out.push(n);
-        }
-    }
-    out
+    pub policy_weakened: Vec<&'static str>,
 }
 
 fn state_gauges(state: &NodeState) -> StateGauges {
@@ -210,11 +98,13 @@ fn state_gauges(state: &NodeState) -> StateGauges {
         host_processes,
         containers: report.containers.len() as u64,
         errors: state
-            .errors_total
+            .totals
+            .errors
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
         policy_loaded_at: state.policy_loaded_at.unix_seconds(),
+        policy_weakened: state.policy_weakened.clone(),
     }
 }
 
@@ -244,18 +134,25 @@ fn finding_place(f: &Finding, containers: &HashMap<&str, &Container>) -> (String
     (namespace, pod, container)
 }
 
-/// Writes the state-derived series at scrape time.
+/// Writes every nodeguard series at scrape time from the latest state on the daemon's
+/// channel and the latest counters on the Events publisher's.
 #[derive(Debug)]
 pub(crate) struct StateCollector {
-    pub shared: Arc<Shared>,
+    pub state: StateReceiver,
+    pub events: Arc<RwLock<Option<watch::Receiver<EventStats>>>>,
+    pub policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
 }
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let snapshot = self.shared.snapshot();
-        if let Some(gauges) = &snapshot.gauges {
-            encode_gauges(&mut encoder, gauges)?;
+        // Clone the Arc out at once: a held borrow would block the daemon's next send.
+        let state = self.state.borrow().clone();
+        let none = Totals::default();
+        let totals = state.as_ref().map_or(&none, |s| &s.totals);
+        if let Some(state) = &state {
+            encode_gauges(&mut encoder, &state_gauges(state))?;
         }
+        encode_scans(&mut encoder, totals)?;
 
         let mut m = encoder.encode_descriptor(
             "findings_detected",
@@ -263,47 +160,54 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
         )?;
-        let mut values = snapshot.detected.iter();
         for kind in FindingKind::ALL {
             for severity in Severity::ALL {
-                let n = values.next().copied().unwrap_or(0);
+                let n = totals
+                    .findings_detected
+                    .get(&(*kind, severity))
+                    .copied()
+                    .unwrap_or(0);
                 let labels = [("kind", kind.as_str()), ("severity", severity.as_str())];
                 ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }
         }
 
-        let t = snapshot.totals;
         counter(
             &mut encoder,
             "hashed",
             "Bytes of executables and files read to compute digests since the agent started.",
             Some(&Unit::Bytes),
-            t.hashed_bytes,
+            totals.bytes_hashed,
         )?;
         counter(
             &mut encoder,
             "hash_cache_hits",
             "Digests served from the file-identity cache since the agent started.",
             None,
-            t.cache_hits,
+            totals.hash_cache_hits,
         )?;
         counter(
             &mut encoder,
             "hash_cache_misses",
             "Digests that had to read the file since the agent started.",
             None,
-            t.cache_misses,
+            totals.hash_cache_misses,
         )?;
         counter(
             &mut encoder,
             "processes_vanished",
             "Processes that exited while being read (expected races, not errors) since the agent started.",
             None,
-            t.processes_vanished,
+            totals.processes_vanished,
         )?;
 
-        if let Some(source) = self.shared.events_source() {
-            let stats = source();
+        let events = self
+            .events
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|rx| *rx.borrow());
+        if let Some(stats) = events {
             let mut m = encoder.encode_descriptor(
                 "events",
                 "Kubernetes Events by outcome since the agent started: sent, failed, rate_limited, queue_overflow (dropped), summary (sent in place of findings over budget).",
@@ -327,8 +231,97 @@ impl Collector for StateCollector {
                 stats.queued,
             )?;
         }
+        let reports = self
+            .policy_reports
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|rx| *rx.borrow());
+        if let Some(stats) = reports {
+            let mut m = encoder.encode_descriptor(
+                "policy_report_writes",
+                "PolicyReport and ClusterPolicyReport writes (create, update, delete) since the agent started: written (accepted), failed (refused, or failed in transit; lists included).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [("written", stats.written), ("failed", stats.failed)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
+            }
+            gauge(
+                &mut encoder,
+                "policy_reports",
+                "PolicyReports and ClusterPolicyReports this node's agent keeps in the cluster.",
+                None,
+                stats.reports,
+            )?;
+            gauge(
+                &mut encoder,
+                "policy_report_results_omitted",
+                "Open findings left out of this node's PolicyReports because a report reached its size cap.",
+                None,
+                stats.results_omitted,
+            )?;
+            if let Some(installed) = stats.crds_installed {
+                gauge(
+                    &mut encoder,
+                    "policy_report_crds_installed",
+                    "1 when the wgpolicyk8s.io/v1alpha2 PolicyReport CRDs are served (and listable), 0 when not: reports are off until they are.",
+                    None,
+                    u64::from(installed),
+                )?;
+            }
+        }
         Ok(())
     }
+}
+
+/// Scan counts and durations, and policy reloads. Every scan type and outcome is written
+/// from the start (at 0), so that `rate()` and `increase()` see the first event.
+fn encode_scans(encoder: &mut DescriptorEncoder, totals: &Totals) -> Result<(), fmt::Error> {
+    let none = ScanTotals::default();
+    let mut m = encoder.encode_descriptor(
+        "scan_duration",
+        "Time taken by each scan, failed scans included",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for kind in SCAN_KINDS {
+        let h = &totals.scans.get(&kind).unwrap_or(&none).durations;
+        let buckets: Vec<(f64, u64)> = SCAN_DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(h.counts.iter().copied())
+            .collect();
+        m.encode_family(&[("scan_type", kind.as_str())])?
+            .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
+    }
+
+    let mut m = encoder.encode_descriptor(
+        "scans",
+        "Scans by type and outcome since the agent started",
+        None,
+        MetricType::Counter,
+    )?;
+    for kind in SCAN_KINDS {
+        let o = totals.scans.get(&kind).unwrap_or(&none).outcomes;
+        for (result, n) in [("success", o.ok), ("failure", o.failed)] {
+            let labels = [("scan_type", kind.as_str()), ("result", result)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+
+    let mut m = encoder.encode_descriptor(
+        "policy_reloads",
+        "Policy reload attempts by outcome since the agent started; on failure the previous policy stays in force",
+        None,
+        MetricType::Counter,
+    )?;
+    let o = totals.policy_reloads;
+    for (result, n) in [("success", o.ok), ("failure", o.failed)] {
+        ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
+    }
+    Ok(())
 }
 
 fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(), fmt::Error> {
@@ -396,7 +389,18 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
         "When the policy in force was loaded, in seconds since the Unix epoch.",
         Some(&Unit::Seconds),
         g.policy_loaded_at,
-    )
+    )?;
+
+    let mut m = encoder.encode_descriptor(
+        "policy_weakened",
+        "1 for each setting of the policy in force that switches a whole check off (see README, Policy)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for setting in &g.policy_weakened {
+        ConstGauge::new(1).encode(m.encode_family(&[("setting", *setting)])?)?;
+    }
+    Ok(())
 }
 
 fn counter(

@@ -7,9 +7,8 @@
 mod common;
 
 use common::*;
-use nodeguard_metrics::{encode_as, Format, Metrics};
+use nodeguard_metrics::{encode_as, Format, Registry};
 use nodeguard_model::{EventStats, ScanKind};
-use prometheus_client::registry::Registry;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -152,12 +151,17 @@ fn prometheus_scrapes_the_openmetrics_exposition_under_the_documented_names() {
     let Some(binary) = tool("prometheus", "prometheus_scrape") else {
         return;
     };
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    metrics.state_changed(&Arc::new(three_containers(1_700_000_000)));
-    metrics.scan_finished(ScanKind::Processes, Duration::from_millis(30), true);
-    metrics.policy_reload(false);
-    metrics.set_event_stats_source(Arc::new(|| EventStats {
+    let (registry, metrics) = setup();
+    let mut state = three_containers(1_700_000_000);
+    scan_finished(
+        &mut state,
+        ScanKind::Processes,
+        Duration::from_millis(30),
+        true,
+    );
+    state.totals.policy_reloads.record(false);
+    metrics.state_changed(&Arc::new(state));
+    metrics.set_event_stats(event_stats(EventStats {
         sent: 4,
         queued: 2,
         ..EventStats::default()

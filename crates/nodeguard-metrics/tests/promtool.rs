@@ -5,9 +5,8 @@
 mod common;
 
 use common::*;
-use nodeguard_metrics::{encode_text, Metrics};
+use nodeguard_metrics::encode_text;
 use nodeguard_model::{EventStats, ScanKind};
-use prometheus_client::registry::Registry;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -43,13 +42,24 @@ fn describe(args: &[&str], out: &Output) -> String {
 
 /// Every series nodeguard can expose, with values.
 fn full_exposition() -> String {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    metrics.state_changed(&Arc::new(three_containers(1_700_000_000)));
-    metrics.scan_finished(ScanKind::Processes, Duration::from_millis(30), true);
-    metrics.scan_finished(ScanKind::Filesystems, Duration::from_secs(4), false);
-    metrics.policy_reload(true);
-    metrics.set_event_stats_source(Arc::new(|| EventStats {
+    let (registry, metrics) = setup();
+    let mut state = three_containers(1_700_000_000);
+    scan_finished(
+        &mut state,
+        ScanKind::Processes,
+        Duration::from_millis(30),
+        true,
+    );
+    scan_finished(
+        &mut state,
+        ScanKind::Filesystems,
+        Duration::from_secs(4),
+        false,
+    );
+    state.totals.policy_reloads.record(true);
+    state.policy_weakened = vec!["exemptions"];
+    metrics.state_changed(&Arc::new(state));
+    metrics.set_event_stats(event_stats(EventStats {
         sent: 3,
         queued: 1,
         ..EventStats::default()

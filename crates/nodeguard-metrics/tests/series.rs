@@ -4,17 +4,10 @@ mod common;
 
 use common::*;
 use nodeguard_metrics::{encode, encode_text, Metrics};
-use nodeguard_model::{EventStats, FindingKind, ScanKind, Severity};
+use nodeguard_model::{EventStats, FindingKind, PolicyReportStats, ScanKind, Severity};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn setup() -> (Registry, Metrics) {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    (registry, metrics)
-}
 
 fn scrape(registry: &Registry) -> String {
     encode(registry).expect("encode")
@@ -60,7 +53,7 @@ fn series_of_a_gone_container_disappear() {
         .findings
         .retain(|f| f.container_id.as_deref() != Some(WEB));
     let mut after = state_of(report);
-    after.findings_detected = before.findings_detected.clone();
+    after.totals = before.totals.clone();
     metrics.state_changed(&Arc::new(after));
 
     let out = scrape(&registry);
@@ -89,7 +82,9 @@ fn series_of_a_gone_container_disappear() {
     let mut empty = (*before.report).clone();
     empty.scanned_at = at(1060);
     empty.findings.clear();
-    metrics.state_changed(&Arc::new(state_of(empty)));
+    let mut empty = state_of(empty);
+    empty.totals = before.totals.clone();
+    metrics.state_changed(&Arc::new(empty));
     let out = scrape(&registry);
     assert!(out.contains("# TYPE nodeguard_findings gauge\n"));
     assert!(samples(&out, "nodeguard_findings{").is_empty(), "{out}");
@@ -119,7 +114,7 @@ fn findings_detected_starts_at_zero_for_every_kind_and_severity() {
 }
 
 #[test]
-fn per_scan_report_counters_add_up_once_per_report() {
+fn report_counters_are_the_daemons_totals_rendered_as_they_are() {
     let (registry, metrics) = setup();
     let out = scrape(&registry);
     for line in [
@@ -134,26 +129,23 @@ fn per_scan_report_counters_add_up_once_per_report() {
         );
     }
 
+    // The same state scraped twice, and a state republished over the same report (after a
+    // policy reload): the totals are the state's, never added up here.
     let first = Arc::new(three_containers(1000));
     metrics.state_changed(&first);
-    metrics.state_changed(&first);
-    // A new state over the same report (e.g. after a policy reload) adds nothing either.
+    assert!(scrape(&registry).contains("nodeguard_hashed_bytes_total 1000\n"));
+    assert!(scrape(&registry).contains("nodeguard_hashed_bytes_total 1000\n"));
     let mut reevaluated = (*first).clone();
     reevaluated.findings.clear();
     metrics.state_changed(&Arc::new(reevaluated));
-    // The same scan delivered as a copy of the report: same scan time, not added again.
-    let mut copied = (*first).clone();
-    copied.report = Arc::new((*first.report).clone());
-    metrics.state_changed(&Arc::new(copied));
     assert!(scrape(&registry).contains("nodeguard_hashed_bytes_total 1000\n"));
 
-    let mut next = (*first.report).clone();
-    next.scanned_at = at(1030);
-    next.stats.bytes_hashed = 24;
-    next.stats.hash_cache_hits = 40;
-    next.stats.hash_cache_misses = 0;
-    next.stats.processes_vanished = 2;
-    metrics.state_changed(&Arc::new(state_of(next)));
+    let mut next = (*first).clone();
+    next.totals.bytes_hashed = 1024;
+    next.totals.hash_cache_hits = 43;
+    next.totals.hash_cache_misses = 2;
+    next.totals.processes_vanished = 3;
+    metrics.state_changed(&Arc::new(next));
     let out = scrape(&registry);
     for line in [
         "nodeguard_hashed_bytes_total 1024",
@@ -215,12 +207,25 @@ fn scans_are_counted_and_timed_with_snake_case_labels() {
     }
 
     // 1/256 s and 1/32 s: exact in binary, so the sum prints exactly.
-    metrics.scan_finished(ScanKind::Processes, Duration::from_nanos(3_906_250), true);
-    metrics.scan_finished(ScanKind::Processes, Duration::from_nanos(31_250_000), true);
-    metrics.scan_finished(ScanKind::Filesystems, Duration::from_secs(90), false);
-    metrics.policy_reload(true);
-    metrics.policy_reload(false);
-    metrics.policy_reload(false);
+    let mut state = three_containers(1000);
+    let s = &mut state;
+    scan_finished(
+        s,
+        ScanKind::Processes,
+        Duration::from_nanos(3_906_250),
+        true,
+    );
+    scan_finished(
+        s,
+        ScanKind::Processes,
+        Duration::from_nanos(31_250_000),
+        true,
+    );
+    scan_finished(s, ScanKind::Filesystems, Duration::from_secs(90), false);
+    state.totals.policy_reloads.record(true);
+    state.totals.policy_reloads.record(false);
+    state.totals.policy_reloads.record(false);
+    metrics.state_changed(&Arc::new(state));
     let out = scrape(&registry);
     for line in [
         "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"} 2",
@@ -248,23 +253,23 @@ fn scans_are_counted_and_timed_with_snake_case_labels() {
 }
 
 #[test]
-fn event_counters_are_read_from_the_source_at_scrape_time() {
+fn event_counters_are_read_from_their_channel_at_scrape_time() {
     let (registry, metrics) = setup();
     assert!(
         !scrape(&registry).contains("nodeguard_events"),
         "absent without Events"
     );
 
-    let sent = Arc::new(AtomicU64::new(5));
-    let source = Arc::clone(&sent);
-    metrics.set_event_stats_source(Arc::new(move || EventStats {
-        sent: source.load(Ordering::Relaxed),
+    let stats = EventStats {
+        sent: 5,
         failed: 1,
         rate_limited: 2,
         queue_overflow: 3,
         summaries: 4,
         queued: 7,
-    }));
+    };
+    let (publisher, counters) = tokio::sync::watch::channel(stats);
+    metrics.set_event_stats(counters);
     let out = scrape(&registry);
     assert_eq!(
         samples(&out, "nodeguard_events"),
@@ -277,8 +282,48 @@ fn event_counters_are_read_from_the_source_at_scrape_time() {
             "nodeguard_events_queued 7",
         ]
     );
-    sent.store(9, Ordering::Relaxed);
+    publisher.send_replace(EventStats { sent: 9, ..stats });
     assert!(scrape(&registry).contains("nodeguard_events_total{result=\"sent\"} 9\n"));
+}
+
+#[test]
+fn policy_report_counters_are_read_from_their_channel_at_scrape_time() {
+    let (registry, metrics) = setup();
+    assert!(
+        !scrape(&registry).contains("nodeguard_policy_report"),
+        "absent without the PolicyReport publisher"
+    );
+    let stats = PolicyReportStats {
+        written: 3,
+        failed: 1,
+        reports: 2,
+        results_omitted: 4,
+        crds_installed: None,
+    };
+    let (publisher, counters) = tokio::sync::watch::channel(stats);
+    metrics.metrics.set_policy_report_stats(counters);
+    let out = scrape(&registry);
+    assert_eq!(
+        samples(&out, "nodeguard_policy_report"),
+        [
+            r#"nodeguard_policy_report_writes_total{result="written"} 3"#,
+            r#"nodeguard_policy_report_writes_total{result="failed"} 1"#,
+            "nodeguard_policy_reports 2",
+            "nodeguard_policy_report_results_omitted 4",
+        ],
+        "no CRD gauge before the first look"
+    );
+    publisher.send_replace(PolicyReportStats {
+        written: 5,
+        crds_installed: Some(false),
+        ..stats
+    });
+    let out = scrape(&registry);
+    assert!(
+        out.contains("nodeguard_policy_report_crds_installed 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("nodeguard_policy_report_writes_total{result=\"written\"} 5\n"));
 }
 
 #[test]
@@ -305,9 +350,23 @@ fn build_info_carries_the_version() {
 #[test]
 fn names_follow_openmetrics_rules() {
     let (registry, metrics) = setup();
-    metrics.state_changed(&Arc::new(three_containers(1000)));
-    metrics.scan_finished(ScanKind::Processes, Duration::from_millis(3), true);
-    metrics.set_event_stats_source(Arc::new(EventStats::default));
+    let mut state = three_containers(1000);
+    scan_finished(
+        &mut state,
+        ScanKind::Processes,
+        Duration::from_millis(3),
+        true,
+    );
+    state.policy_weakened = vec!["exemptions"];
+    metrics.state_changed(&Arc::new(state));
+    metrics.set_event_stats(event_stats(EventStats::default()));
+    metrics.metrics.set_policy_report_stats(
+        tokio::sync::watch::channel(PolicyReportStats {
+            crds_installed: Some(true),
+            ..PolicyReportStats::default()
+        })
+        .1,
+    );
     let out = scrape(&registry);
 
     assert!(out.ends_with("\n# EOF\n"), "{out}");
@@ -358,15 +417,22 @@ fn names_follow_openmetrics_rules() {
             "{kind} {sample} ends in _total"
         );
     }
-    // 17 nodeguard families and the 7 standard process_* ones.
-    assert_eq!(families, 24, "{out}");
+    // The 22 nodeguard families of the crate's table (4 of the PolicyReport publisher) and
+    // the 7 standard process_* ones.
+    assert_eq!(families, 29, "{out}");
 }
 
 #[test]
 fn text_format_carries_the_same_samples() {
     let (registry, metrics) = setup();
-    metrics.state_changed(&Arc::new(three_containers(1000)));
-    metrics.scan_finished(ScanKind::Filesystems, Duration::from_secs(2), true);
+    let mut state = three_containers(1000);
+    scan_finished(
+        &mut state,
+        ScanKind::Filesystems,
+        Duration::from_secs(2),
+        true,
+    );
+    metrics.state_changed(&Arc::new(state));
     let openmetrics = scrape(&registry);
     let text = encode_text(&registry).unwrap();
     let data = |s: &str| -> Vec<String> {
@@ -402,21 +468,52 @@ fn label_values_are_escaped() {
 }
 
 #[test]
-fn metrics_handles_are_shared_across_threads() {
+fn scrapes_from_many_threads_see_whole_states() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Metrics>();
     let (registry, metrics) = setup();
-    let handles: Vec<_> = (0..4)
+    let registry = Arc::new(registry);
+    let scrapers: Vec<_> = (0..4)
         .map(|_| {
-            let m = metrics.clone();
+            let registry = Arc::clone(&registry);
             std::thread::spawn(move || {
                 for _ in 0..25 {
-                    m.scan_finished(ScanKind::Processes, Duration::from_millis(1), true);
+                    let out = scrape(&registry);
+                    // Success and failure counts always come from one state: equal here.
+                    let ok = samples(
+                        &out,
+                        "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"}",
+                    );
+                    let failed = samples(
+                        &out,
+                        "nodeguard_scans_total{scan_type=\"processes\",result=\"failure\"}",
+                    );
+                    assert_eq!(
+                        ok[0].rsplit(' ').next(),
+                        failed[0].rsplit(' ').next(),
+                        "{out}"
+                    );
                 }
             })
         })
         .collect();
-    for h in handles {
+    let mut state = three_containers(1000);
+    for _ in 0..100 {
+        scan_finished(
+            &mut state,
+            ScanKind::Processes,
+            Duration::from_millis(1),
+            true,
+        );
+        scan_finished(
+            &mut state,
+            ScanKind::Processes,
+            Duration::from_millis(1),
+            false,
+        );
+        metrics.state_changed(&Arc::new(state.clone()));
+    }
+    for h in scrapers {
         h.join().unwrap();
     }
     assert!(scrape(&registry)
@@ -427,7 +524,9 @@ fn metrics_handles_are_shared_across_threads() {
 fn weakened_policy_settings_are_one_series_each_and_cleared_on_reload() {
     let (registry, metrics) = setup();
     assert!(!scrape(&registry).contains("nodeguard_policy_weakened{"));
-    metrics.policy_weakened(&["allowed_setuid", "exemptions"]);
+    let mut state = three_containers(1000);
+    state.policy_weakened = vec!["allowed_setuid", "exemptions"];
+    metrics.state_changed(&Arc::new(state.clone()));
     let body = scrape(&registry);
     assert!(
         body.contains("nodeguard_policy_weakened{setting=\"allowed_setuid\"} 1\n"),
@@ -435,7 +534,8 @@ fn weakened_policy_settings_are_one_series_each_and_cleared_on_reload() {
     );
     assert!(body.contains("nodeguard_policy_weakened{setting=\"exemptions\"} 1\n"));
     // A reload that fixes one setting drops its series.
-    metrics.policy_weakened(&["exemptions"]);
+    state.policy_weakened = vec!["exemptions"];
+    metrics.state_changed(&Arc::new(state));
     let body = scrape(&registry);
     assert!(!body.contains("setting=\"allowed_setuid\""), "{body}");
     assert!(body.contains("nodeguard_policy_weakened{setting=\"exemptions\"} 1\n"));

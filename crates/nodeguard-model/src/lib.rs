@@ -28,6 +28,7 @@ pub use report::{
     Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
-    EventStats, FindingChanges, FindingLedger, NoPods, NodeState, PodLookup, ScanKind, ScanRun,
-    TrackedFinding,
+    DurationHistogram, EventStats, FindingChanges, FindingLedger, NoPods, NodeState, Outcomes,
+    PodLookup, PolicyReportStats, ScanKind, ScanRun, ScanTotals, Totals, TrackedFinding,
+    SCAN_DURATION_BUCKETS,
 };

@@ -16,7 +16,12 @@
 //!   secret, unless that word is itself a flag (starts with `-`); single-letter flags are never
 //!   taken as secret flags (`-p` is a port for most programs, a password only for a few);
 //! - the word after `Bearer` or `Basic` (as in `-H "Authorization: Bearer …"`);
-//! - the userinfo of a URL: `postgres://u:pw@db/x` → `postgres://***@db/x`.
+//! - the userinfo of a URL: `postgres://u:pw@db/x` → `postgres://***@db/x`;
+//! - the few one-letter flags that are a password for the program that reads them
+//!   ([`PROGRAM_FLAGS`]): `mysql -pX` (glued only: `mysql -p db` prompts), `sshpass -p X`,
+//!   `redis-cli -a X`, and the password half of `curl -u user:X`. A word naming one of those
+//!   programs (its basename, quotes stripped, so `sh -c "mysql -pX"` counts) opens its
+//!   context; `;`, `&&`, `||`, `|` or another such program ends it.
 //!
 //! Words are separated by spaces (the collected command line joins arguments with one space,
 //! so a secret inside `sh -c "… --password=x …"` is found too).
@@ -122,6 +127,10 @@ pub fn redact_cmdline(cmdline: &str) -> String {
 fn redact_once(cmdline: &str) -> String {
     let mut out = String::with_capacity(cmdline.len());
     let mut value_follows = false;
+    // The program whose own short flags are in force, and whether the next word is the value
+    // of one of them.
+    let mut program: Option<&ProgramFlags> = None;
+    let mut program_value_follows = false;
     for (i, word) in cmdline.split(' ').enumerate() {
         if i > 0 {
             out.push(' ');
@@ -129,16 +138,143 @@ fn redact_once(cmdline: &str) -> String {
         if word.is_empty() {
             continue;
         }
+        if let Some(p) = program_value_follows.then_some(program).flatten() {
+            program_value_follows = false;
+            if !word.starts_with('-') {
+                out.push_str(&p.redact_value(word));
+                continue;
+            }
+        }
         if value_follows && !word.starts_with('-') {
             value_follows = false;
             out.push_str(&redact_value_word(word));
             continue;
+        }
+        if let Some(p) = ProgramFlags::named_by(word) {
+            program = Some(p);
+        } else if matches!(word, ";" | "&&" | "||" | "|") {
+            program = None;
+        } else if let Some(p) = program {
+            if let Some((redacted, next)) = p.redact_flag(word) {
+                program_value_follows = next;
+                if word.ends_with(';') {
+                    program = None;
+                }
+                out.push_str(&redacted);
+                continue;
+            }
+        }
+        if word.ends_with(';') {
+            program = None;
         }
         let (redacted, takes_value) = redact_word(word);
         value_follows = takes_value;
         out.push_str(&redacted);
     }
     out
+}
+
+/// One-letter (and a few long) flags that carry a password for the programs named, which no
+/// rule about names can know: for most programs `-p` is a port and `-a` means "all".
+pub struct ProgramFlags {
+    /// Basenames of the programs.
+    pub programs: &'static [&'static str],
+    /// The flags, as written (`-p`, `--user`).
+    pub flags: &'static [&'static str],
+    /// Whether the value may be the next word (`sshpass -p X`); otherwise only a glued value
+    /// (`mysql -pX`) is one, because `mysql -p db` prompts for the password and `db` is not it.
+    pub value_in_next_word: bool,
+    /// Whether the value is `user:password` and only what follows the first ':' is secret.
+    pub user_colon_password: bool,
+}
+
+/// The programs whose short flags carry a password.
+pub const PROGRAM_FLAGS: &[ProgramFlags] = &[
+    ProgramFlags {
+        programs: &[
+            "mysql",
+            "mysqldump",
+            "mysqladmin",
+            "mysqlimport",
+            "mysqlshow",
+            "mysqlcheck",
+            "mysqlpump",
+            "mysqlbinlog",
+            "mysqlslap",
+            "mariadb",
+            "mariadb-dump",
+            "mariadb-admin",
+            "mariadb-import",
+            "mariadb-show",
+            "mariadb-check",
+            "mariadb-binlog",
+            "mariadb-slap",
+        ],
+        flags: &["-p"],
+        value_in_next_word: false,
+        user_colon_password: false,
+    },
+    ProgramFlags {
+        programs: &["sshpass"],
+        flags: &["-p"],
+        value_in_next_word: true,
+        user_colon_password: false,
+    },
+    ProgramFlags {
+        programs: &["redis-cli", "valkey-cli", "keydb-cli"],
+        flags: &["-a"],
+        value_in_next_word: true,
+        user_colon_password: false,
+    },
+    ProgramFlags {
+        programs: &["curl"],
+        flags: &["-u", "--user", "-U", "--proxy-user"],
+        value_in_next_word: true,
+        user_colon_password: true,
+    },
+];
+
+impl ProgramFlags {
+    /// The entry whose program this word names, if any.
+    fn named_by(word: &str) -> Option<&'static ProgramFlags> {
+        let bare = word.trim_start_matches(['"', '\'', '(']);
+        let base = bare.rsplit('/').next().unwrap_or(bare);
+        PROGRAM_FLAGS.iter().find(|p| p.programs.contains(&base))
+    }
+
+    /// A flag word of this program: its redacted form, and whether the next word is the
+    /// flag's value. `None` when the word is none of this program's secret flags.
+    fn redact_flag(&self, word: &str) -> Option<(String, bool)> {
+        for flag in self.flags {
+            if word == *flag {
+                return Some((word.to_string(), self.value_in_next_word));
+            }
+            let glued = if flag.starts_with("--") {
+                word.strip_prefix(flag).and_then(|v| v.strip_prefix('='))
+            } else if word.starts_with("--") {
+                None
+            } else {
+                word.strip_prefix(flag)
+            };
+            if let Some(value) = glued.filter(|v| !v.is_empty()) {
+                let head = &word[..word.len() - value.len()];
+                return Some((format!("{head}{}", self.redact_value(value)), false));
+            }
+        }
+        None
+    }
+
+    /// The value of one of this program's secret flags, redacted.
+    fn redact_value(&self, value: &str) -> String {
+        if !self.user_colon_password {
+            return redact_value_word(value);
+        }
+        match value.split_once(':') {
+            // `curl -u user` prompts for the password: nothing secret in the word.
+            None => value.to_string(),
+            Some((user, password)) => format!("{user}:{}", redact_value_word(password)),
+        }
+    }
 }
 
 /// A word that is the value of a secret flag: all of it, except quotes around it, so that a
@@ -321,6 +457,45 @@ mod tests {
     }
 
     #[test]
+    fn passwords_in_one_letter_flags_of_the_programs_that_take_them_are_redacted() {
+        for (line, want) in [
+            ("mysql -uroot -pS3cr3t shop", "mysql -uroot -p*** shop"),
+            (
+                "/usr/bin/mysqldump -h db -pS3cr3t shop",
+                "/usr/bin/mysqldump -h db -p*** shop",
+            ),
+            ("mariadb -pS3cr3t", "mariadb -p***"),
+            // `-p` alone prompts: the next word is the database, not a password.
+            ("mysql -p shop", "mysql -p shop"),
+            (
+                r#"sh -c "mysql -pS3cr3t shop""#,
+                r#"sh -c "mysql -p*** shop""#,
+            ),
+            ("sshpass -p S3cr3t ssh host", "sshpass -p *** ssh host"),
+            ("sshpass -pS3cr3t ssh host", "sshpass -p*** ssh host"),
+            ("redis-cli -a S3cr3t ping", "redis-cli -a *** ping"),
+            ("redis-cli -h r -aS3cr3t", "redis-cli -h r -a***"),
+            ("curl -u bob:S3cr3t https://x", "curl -u bob:*** https://x"),
+            (
+                "curl --user=bob:S3cr3t https://x",
+                "curl --user=bob:*** https://x",
+            ),
+            ("curl -ubob:S3cr3t https://x", "curl -ubob:*** https://x"),
+            // curl prompts for a password it was not given.
+            ("curl -u bob https://x", "curl -u bob https://x"),
+            // Outside those programs, -p is a port and -a means all.
+            ("nc -l -p 8080", "nc -l -p 8080"),
+            ("ls -a /tmp", "ls -a /tmp"),
+            ("mysql -pX; nc -p 80 h", "mysql -p***; nc -p 80 h"),
+            ("mysql -pX && nc -p 80 h", "mysql -p*** && nc -p 80 h"),
+            ("psql -p 5432", "psql -p 5432"),
+        ] {
+            assert_eq!(redact_cmdline(line), want, "{line}");
+            assert_eq!(redact_cmdline(want), want, "not idempotent: {line}");
+        }
+    }
+
+    #[test]
     fn url_userinfo_is_redacted_wherever_the_url_is() {
         for (line, want) in [
             ("psql postgres://u:pw@db/x", "psql postgres://***@db/x"),
@@ -469,6 +644,10 @@ mod tests {
             "postgres://app:{secret}@db/x",
             "\"Authorization: Bearer {secret}\"",
             "--opts=a=b,{name}={secret}",
+            "mysql -u{name} -p{secret}",
+            "sshpass -p {secret}",
+            "redis-cli -a {secret}",
+            "curl -u {name}:{secret}",
         ];
         let names: &[&str] = &[
             "password",

@@ -102,19 +102,96 @@ pub struct ScanRun {
 }
 
 /// The daemon's view of the node after its latest scan, shared immutably with every sink.
+///
+/// The daemon publishes one after every scan (a failed scan republishes the previous report
+/// with updated [`Totals`]) and after every policy reload attempt, so a sink that renders
+/// the latest state (metrics at scrape time) sees every count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeState {
     pub report: Arc<Report>,
     /// Open findings, ordered by id, with first/last seen.
     pub findings: Vec<TrackedFinding>,
+    /// When each kind of scan last completed (successfully) and how long it took.
     pub last_scans: BTreeMap<ScanKind, ScanRun>,
-    /// Findings that appeared since the agent started (monotonic, for `_total` counters).
-    pub findings_detected: BTreeMap<(crate::FindingKind, crate::Severity), u64>,
-    /// Errors by kind since the agent started (monotonic).
-    pub errors_total: BTreeMap<String, u64>,
-    /// Policy reloads refused since start (the previous policy stayed in force).
-    pub policy_reload_failures: u64,
     pub policy_loaded_at: Timestamp,
+    /// The settings of the policy in force that switch a whole check off
+    /// (`Policy::weakened`), sorted.
+    pub policy_weakened: Vec<&'static str>,
+    /// Running totals since the agent started.
+    pub totals: Totals,
+}
+
+/// Monotonic counts since the agent started, kept by the daemon (the only place they are
+/// added up: sinks render them as they are).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Scans by kind: outcomes and the distribution of their durations.
+    pub scans: BTreeMap<ScanKind, ScanTotals>,
+    /// Policy reload attempts: `ok` reloaded, `failed` refused (the previous policy stayed).
+    pub policy_reloads: Outcomes,
+    /// Findings that appeared, by kind and severity (one that resolves and comes back counts
+    /// again).
+    pub findings_detected: BTreeMap<(crate::FindingKind, crate::Severity), u64>,
+    /// Errors by kind (`scan` for a scan that failed whole, the report's `stats.errors`
+    /// kinds for errors that did not stop a scan).
+    pub errors: BTreeMap<String, u64>,
+    /// Sums of the successful scans' `ScanStats` counters.
+    pub bytes_hashed: u64,
+    pub hash_cache_hits: u64,
+    pub hash_cache_misses: u64,
+    pub processes_vanished: u64,
+}
+
+/// How many attempts succeeded and failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl Outcomes {
+    pub fn record(&mut self, ok: bool) {
+        let n = if ok { &mut self.ok } else { &mut self.failed };
+        *n = n.saturating_add(1);
+    }
+}
+
+/// One kind of scan since start: outcomes and durations (failed scans included).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanTotals {
+    pub outcomes: Outcomes,
+    pub durations: DurationHistogram,
+}
+
+/// Upper bounds of the scan duration buckets, in seconds: 1 ms to 2 minutes (the buckets of
+/// `nodeguard_scan_duration_seconds`).
+pub const SCAN_DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Durations counted into [`SCAN_DURATION_BUCKETS`] (and one bucket above the last bound),
+/// with their sum: a histogram kept as plain numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurationHistogram {
+    /// Per bucket, not cumulative: `counts[i]` holds durations in
+    /// `(SCAN_DURATION_BUCKETS[i-1], SCAN_DURATION_BUCKETS[i]]`; the last, those above the
+    /// last bound.
+    pub counts: [u64; SCAN_DURATION_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&mut self, duration: std::time::Duration) {
+        let secs = duration.as_secs_f64();
+        let i = SCAN_DURATION_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(SCAN_DURATION_BUCKETS.len());
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.sum_seconds += secs;
+        self.count = self.count.saturating_add(1);
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +235,19 @@ mod tests {
     }
 
     #[test]
+    fn durations_fall_in_the_first_bucket_whose_bound_they_do_not_exceed() {
+        let mut h = DurationHistogram::default();
+        h.observe(Duration::from_millis(1));
+        h.observe(Duration::from_micros(1_001));
+        h.observe(Duration::from_secs(121));
+        assert_eq!(h.counts[0], 1, "1 ms is within the 1 ms bucket");
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[SCAN_DURATION_BUCKETS.len()], 1, "above 2 minutes");
+        assert_eq!(h.count, 3);
+        assert!((h.sum_seconds - 121.002_001).abs() < 1e-9);
+    }
+
+    #[test]
     fn tracked_finding_serializes_flat() {
         let t = TrackedFinding {
             finding: finding("a"),
@@ -198,6 +288,21 @@ impl PodLookup for NoPods {
     fn pod_for(&self, _: Option<&str>, _: &str) -> Option<crate::PodRef> {
         None
     }
+}
+
+/// Counters and state of the PolicyReport publisher since start, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReportStats {
+    /// Report writes (create, update, delete) the API server accepted.
+    pub written: u64,
+    /// Report writes and lists the API server refused or that failed in transit.
+    pub failed: u64,
+    /// Reports this node's agent keeps in the cluster now.
+    pub reports: u64,
+    /// Open findings left out of the reports now because a report reached its cap.
+    pub results_omitted: u64,
+    /// Whether the wgpolicyk8s.io CRDs are served; `None` until the first list answered.
+    pub crds_installed: Option<bool>,
 }
 
 /// Counters of the Kubernetes Events publisher since start, for metrics.

@@ -10,7 +10,7 @@ use nodeguard_model::{
     SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What one scan saw, borrowed from the scan's own collections.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +56,8 @@ const HOST_NAMESPACES: [(&str, FindingKind, Severity); 4] = [
 /// Applies `policy` to `evidence`.
 ///
 /// Container processes get every process rule; host processes only `deleted_executable`,
-/// `denied_binary` and `unexpected_binary_hash` (trusted binaries without an `image`) —
+/// `denied_binary` and `unexpected_binary_hash` (trusted binaries without an `image`, and
+/// digest bundles, which cover host and container processes alike by executable name) —
 /// the host is expected to run as root with full capabilities. There is one finding per
 /// `(container, kind, subject)`, carrying the lowest pid that shows it. Then `checks`
 /// (disabled kinds, severity overrides) and `exemptions` apply. The result is sorted by
@@ -343,6 +344,26 @@ fn binary_rules(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
     }
 
     if let Some(path) = p.exe.as_deref() {
+        if let Verdict::Unexpected(compared) = bundled(policy, path, digests) {
+            let message = format!(
+                "{label}: {} runs {path} with {compared}, not a digest of {} in {}",
+                who(p),
+                exe_name(path),
+                bundle_sources(policy, path),
+            );
+            found.add(with_digest(
+                Finding::new(
+                    FindingKind::UnexpectedBinaryHash,
+                    Severity::Critical,
+                    cid,
+                    path,
+                    message,
+                )
+                .with_pid(p.pid)
+                .with_path(path),
+                p.sha256.as_deref(),
+            ));
+        }
         if let Verdict::Unexpected(compared) = trusted(policy, scope, path, digests) {
             let message = format!(
                 "{label}: {} runs {path} with {compared}, not a digest the policy trusts for it",
@@ -381,17 +402,21 @@ fn unverifiable_process_rule(policy: &Policy, scope: Scope, p: &Process, found: 
         sha256: None,
         sha512: None,
     };
-    let covered = matches!(
-        trusted(policy, scope, path, no_digest),
-        Verdict::Unverifiable
-    );
+    let by_bundle = matches!(bundled(policy, path, no_digest), Verdict::Unverifiable);
+    let covered = by_bundle
+        || matches!(
+            trusted(policy, scope, path, no_digest),
+            Verdict::Unverifiable
+        );
     let severity = match (covered, scope) {
         (true, _) => Severity::Critical,
         (false, Scope::Container(..)) => Severity::Medium,
         (false, Scope::Host) if !policy.denied.is_empty() => Severity::Medium,
         (false, Scope::Host) => return,
     };
-    let why = if covered {
+    let why = if by_bundle {
+        "a binary named in a digest bundle whose digest cannot be checked"
+    } else if covered {
         "a trusted binary whose digest cannot be checked"
     } else {
         "its digest cannot be checked against denied binaries"
@@ -839,6 +864,70 @@ fn trusted(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdi
     }
 }
 
+/// The file name of an executable path: what digest bundles are keyed by.
+fn exe_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Checks an executable against the digest bundles' digests for its file name, pooled over
+/// every bundle and release that lists the name.
+fn bundled(policy: &Policy, path: &str, digests: Digests) -> Verdict {
+    let Some(known) = policy.bundles.by_name.get(exe_name(path)) else {
+        return Verdict::NotCovered;
+    };
+    let mut compared256 = false;
+    let mut compared512 = false;
+    for k in known {
+        if let (Some(want), Some(got)) = (k.sha256.as_deref(), digests.sha256) {
+            compared256 = true;
+            if want.eq_ignore_ascii_case(got) {
+                return Verdict::Allowed;
+            }
+        }
+        if let (Some(want), Some(got)) = (k.sha512.as_deref(), digests.sha512) {
+            compared512 = true;
+            if want.eq_ignore_ascii_case(got) {
+                return Verdict::Allowed;
+            }
+        }
+    }
+    let mut compared = Vec::new();
+    if let Some(d) = digests.sha256.filter(|_| compared256) {
+        compared.push(format!("sha256 {d}"));
+    }
+    if let Some(d) = digests.sha512.filter(|_| compared512) {
+        compared.push(format!("sha512 {d}"));
+    }
+    if compared.is_empty() {
+        Verdict::Unverifiable
+    } else {
+        Verdict::Unexpected(compared.join(", "))
+    }
+}
+
+/// Where the bundles' digests for this executable's name came from, for a message: the
+/// bundle file and the entry's first source, for at most three entries.
+fn bundle_sources(policy: &Policy, path: &str) -> String {
+    let Some(known) = policy.bundles.by_name.get(exe_name(path)) else {
+        return String::new();
+    };
+    let mut parts: Vec<String> = known
+        .iter()
+        .take(3)
+        .map(|k| {
+            format!(
+                "digest bundle {} (from {})",
+                truncate_text(&k.bundle, 200),
+                truncate_text(&k.source, 300)
+            )
+        })
+        .collect();
+    if known.len() > 3 {
+        parts.push(format!("{} more", known.len() - 3));
+    }
+    parts.join("; ")
+}
+
 /// A process's capability set: the hex mask when it parses, else the decoded names.
 fn process_mask(hex: &str, names: &[String]) -> u64 {
     parse_mask(hex).unwrap_or_else(|| {
@@ -941,6 +1030,7 @@ impl<'p> Found<'p> {
         out.sort_by(|a, b| {
             (a.kind, &a.container_id, &a.subject).cmp(&(b.kind, &b.container_id, &b.subject))
         });
+        let out = fold_into_privileged(out);
         let mut out = aggregate_floods(out);
         out.sort_by(|a, b| {
             (Reverse(a.severity), a.kind, &a.container_id, &a.subject).cmp(&(
@@ -952,6 +1042,55 @@ impl<'p> Found<'p> {
         });
         out
     }
+}
+
+/// A privileged container holds every capability, so one `dangerous_capability` per
+/// capability (15 with the default list) only repeats what its `privileged_container` says and
+/// buries the next container's findings. Once exemptions and severities are applied, a
+/// container whose `privileged_container` finding stands keeps no `dangerous_capability`
+/// finding: the capabilities are named in the privileged finding's message instead. Where the
+/// privileged finding is disabled or exempted, the capability findings stay.
+fn fold_into_privileged(findings: Vec<Finding>) -> Vec<Finding> {
+    let privileged: BTreeSet<String> = findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::PrivilegedContainer)
+        .filter_map(|f| f.container_id.clone())
+        .collect();
+    if privileged.is_empty() {
+        return findings;
+    }
+    let mut folded: BTreeMap<String, Vec<(Severity, String)>> = BTreeMap::new();
+    let mut kept: Vec<Finding> = Vec::with_capacity(findings.len());
+    for f in findings {
+        match &f.container_id {
+            Some(id) if f.kind == FindingKind::DangerousCapability && privileged.contains(id) => {
+                folded
+                    .entry(id.clone())
+                    .or_default()
+                    .push((f.severity, f.subject));
+            }
+            _ => kept.push(f),
+        }
+    }
+    for f in kept
+        .iter_mut()
+        .filter(|f| f.kind == FindingKind::PrivilegedContainer)
+    {
+        let Some(caps) = f.container_id.as_ref().and_then(|id| folded.get_mut(id)) else {
+            continue;
+        };
+        caps.sort_by(|a, b| (Reverse(a.0), &a.1).cmp(&(Reverse(b.0), &b.1)));
+        caps.dedup_by(|a, b| a.1 == b.1);
+        let names: Vec<&str> = caps.iter().map(|(_, name)| name.as_str()).collect();
+        let plural = if names.len() == 1 { "y" } else { "ies" };
+        f.message = format!(
+            "{}; among them {} dangerous capabilit{plural}: {}",
+            f.message,
+            names.len(),
+            names.join(", ")
+        );
+    }
+    kept
 }
 
 /// An exemption applies when every selector it gives matches. Without pod metadata (host,

@@ -28,6 +28,7 @@
 //! # Ok::<(), nodeguard_policy::PolicyError>(())
 //! ```
 
+pub mod bundle;
 mod distro_setuid;
 mod error;
 mod evaluate;
@@ -35,6 +36,7 @@ mod policy;
 mod spec;
 mod yaml;
 
+pub use bundle::{BundleDigest, DigestBundle, DigestSource};
 pub use error::PolicyError;
 pub use evaluate::{evaluate, Evidence, FsGap};
 pub use policy::{Policy, MAX_PATTERNS, MAX_PATTERN_BYTES, MAX_POLICY_BYTES, READ_TIMEOUT};

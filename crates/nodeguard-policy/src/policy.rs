@@ -1,10 +1,11 @@
 //! The validated, immutable policy.
 
+use crate::bundle::BundleIndex;
 use crate::error::PolicyError;
-use crate::spec::PatternBudget;
 use crate::spec::{
     AllowedFileCapabilities, DeniedBinary, Exemption, PolicySpec, RequiredLimits, TrustedBinary,
 };
+use crate::spec::{BundleBase, PatternBudget};
 pub use crate::spec::{MAX_PATTERNS, MAX_PATTERN_BYTES};
 use crate::yaml;
 use nodeguard_model::capability::{capability_number, DEFAULT_DANGEROUS_CAPABILITIES};
@@ -32,6 +33,8 @@ pub struct Policy {
     pub(crate) strict_setuid: bool,
     pub(crate) allowed_file_capabilities: Vec<AllowedFileCapabilities>,
     pub(crate) exemptions: Vec<Exemption>,
+    /// `digest_bundles`, merged by binary name.
+    pub(crate) bundles: BundleIndex,
 }
 
 impl Default for Policy {
@@ -49,7 +52,18 @@ impl Policy {
     ///
     /// A text over [`MAX_POLICY_BYTES`], a glob over [`MAX_PATTERN_BYTES`] or more than
     /// [`MAX_PATTERNS`] globs is refused, so no policy can exhaust the agent's memory.
+    ///
+    /// Relative `digest_bundles` paths are read from the current directory here; [`Policy::load`]
+    /// reads them from the policy file's directory.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        Policy::from_yaml_str_in(text, origin, None)
+    }
+
+    fn from_yaml_str_in(
+        text: &str,
+        origin: &str,
+        base: Option<&Path>,
+    ) -> Result<Policy, PolicyError> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(PolicyError::Document {
                 origin: origin.to_string(),
@@ -60,6 +74,7 @@ impl Policy {
             });
         }
         let _budget = PatternBudget::start();
+        let _bundles = BundleBase::start(base.map(Path::to_path_buf));
         let spec: PolicySpec = yaml::from_str(text, origin)?;
         Ok(Policy::from_spec(spec))
     }
@@ -77,7 +92,7 @@ impl Policy {
             origin: origin.clone(),
             source,
         })?;
-        Policy::from_yaml_str(&text, &origin)
+        Policy::from_yaml_str_in(&text, &origin, path.parent())
     }
 
     /// What `nodeguard policy check` reads: a policy file, or a ConfigMap manifest whose every
@@ -94,7 +109,7 @@ impl Policy {
         let Some(data) = yaml::configmap_data(&text) else {
             return Ok(vec![(
                 origin.clone(),
-                Policy::from_yaml_str(&text, &origin)?,
+                Policy::from_yaml_str_in(&text, &origin, path.parent())?,
             )]);
         };
         if data.is_empty() {
@@ -106,7 +121,7 @@ impl Policy {
         data.into_iter()
             .map(|(key, text)| {
                 let name = format!("{origin} data.{key}");
-                Policy::from_yaml_str(&text, &name).map(|p| (name, p))
+                Policy::from_yaml_str_in(&text, &name, path.parent()).map(|p| (name, p))
             })
             .collect()
     }
@@ -119,7 +134,12 @@ impl Policy {
                 .filter_map(|name| capability_number(name))
                 .fold(0u64, |mask, bit| mask | (1u64 << bit)),
         };
+        let mut bundles = BundleIndex::default();
+        for b in &spec.digest_bundles {
+            bundles.add(&b.text, &b.bundle);
+        }
         Policy {
+            bundles,
             dangerous,
             required_limits: spec.required_limits,
             disabled: spec.checks.disabled.into_iter().map(|k| k.0).collect(),
@@ -149,11 +169,13 @@ impl Policy {
         !self.disabled.contains(&kind)
     }
 
-    /// True when a trusted or denied binary lists a SHA-512 digest: the scan must then
-    /// compute `Process.sha512`, or those entries can never match.
+    /// True when a trusted or denied binary lists a SHA-512 digest, or a digest bundle holds
+    /// one without a SHA-256: the scan must then compute `Process.sha512`, or those entries
+    /// can never match.
     pub fn needs_sha512(&self) -> bool {
         self.trusted.iter().any(|t| !t.sha512.is_empty())
             || self.denied.iter().any(|d| d.sha512.is_some())
+            || self.bundles.needs_sha512()
     }
 
     /// Settings of this policy that switch a whole check off, each as
@@ -235,7 +257,8 @@ impl Policy {
         format!(
             "{} dangerous capabilities, {} checks disabled, {} severity overrides, \
              {} trusted binaries, {} denied digests, {} allowed setuid patterns, \
-             {} allowed file-capability patterns, {} exemptions",
+             {} allowed file-capability patterns, {} exemptions, \
+             {} digest bundles ({} binary names)",
             self.dangerous.count_ones(),
             self.disabled.len(),
             self.severity.len(),
@@ -243,7 +266,9 @@ impl Policy {
             self.denied.len(),
             self.allowed_setuid.len(),
             self.allowed_file_capabilities.len(),
-            self.exemptions.len()
+            self.exemptions.len(),
+            self.bundles.bundles,
+            self.bundles.by_name.len()
         )
     }
 }
@@ -280,14 +305,25 @@ pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn read_policy_file(path: &Path) -> io::Result<String> {
+    let bytes = read_bounded_file(path, MAX_POLICY_BYTES, "a policy")?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Reads a regular file of at most `max` bytes (a FIFO, device or socket is refused before a
+/// byte is read), giving up after [`READ_TIMEOUT`]; `what` names it in errors. The read runs
+/// on its own thread so a filesystem that never answers cannot hold the caller (the daemon's
+/// reload) past the timeout; such a thread is left behind.
+pub(crate) fn read_bounded_file(
+    path: &Path,
+    max: usize,
+    what: &'static str,
+) -> io::Result<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let path = path.to_path_buf();
-    // The read runs on its own thread so a filesystem that never answers cannot hold the
-    // caller (the daemon's reload) past the timeout; such a thread is left behind.
     std::thread::Builder::new()
         .name("policy-read".into())
         .spawn(move || {
-            let _ = tx.send(read_regular(&path));
+            let _ = tx.send(read_regular_bytes(&path, max, what));
         })?;
     match rx.recv_timeout(READ_TIMEOUT) {
         Ok(result) => result,
@@ -298,38 +334,34 @@ fn read_policy_file(path: &Path) -> io::Result<String> {
     }
 }
 
-fn read_regular(path: &Path) -> io::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(io::Error::new(
+/// Reads through the agent's one guarded open (`nodeguard_hash::open_regular`: non-blocking,
+/// `fstat` says regular file within the size cap before a byte is read), then at most one
+/// byte past the cap, so a file that grows while read is refused too.
+fn read_regular_bytes(path: &Path, max: usize, what: &'static str) -> io::Result<Vec<u8>> {
+    use nodeguard_hash::Error as OpenError;
+    let (file, meta) = nodeguard_hash::open_regular(path, max as u64).map_err(|e| match e {
+        OpenError::Open { source, .. } | OpenError::Read { source, .. } => source,
+        OpenError::NotRegular { kind, .. } => io::Error::new(
             io::ErrorKind::InvalidInput,
-            "not a regular file (a policy is never read from a FIFO, device or socket)",
-        ));
-    }
-    if meta.len() > MAX_POLICY_BYTES as u64 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
             format!(
-                "the file is {} bytes, more than the {MAX_POLICY_BYTES} a policy may have",
-                meta.len()
+                "not a regular file but a {kind} ({what} is never read from a FIFO, device or socket)"
             ),
-        ));
-    }
+        ),
+        OpenError::TooLarge { size, .. } => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file is {size} bytes, more than the {max} {what} may have"),
+        ),
+        other => io::Error::other(other.to_string()),
+    })?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_POLICY_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() > MAX_POLICY_BYTES {
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the file grew past the {MAX_POLICY_BYTES} bytes a policy may have"),
+            format!("the file grew past the {max} bytes {what} may have"),
         ));
     }
-    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(bytes)
 }
 
 // The agent shares one policy between its scan and sink tasks.

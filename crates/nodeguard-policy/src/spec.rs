@@ -39,6 +39,85 @@ pub(crate) struct PolicySpec {
     pub allowed_file_capabilities: Vec<AllowedFileCapabilities>,
     #[serde(deserialize_with = "null_as_empty")]
     pub exemptions: Vec<Exemption>,
+    /// Digest bundle files (`nodeguard digests import`), each read and checked while the
+    /// policy is parsed.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub digest_bundles: Vec<BundleFile>,
+}
+
+/// A digest bundle named by the policy, read and validated at its own line: a bundle that
+/// cannot be read or is not a bundle refuses the policy, with the bundle's own position.
+#[derive(Debug, Clone)]
+pub(crate) struct BundleFile {
+    /// The path as the policy gives it (messages name it so).
+    pub text: String,
+    pub bundle: crate::bundle::DigestBundle,
+}
+
+impl<'de> Deserialize<'de> for BundleFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar(d, "a digest bundle file path", |text| {
+            if text.trim().is_empty() {
+                return Err("empty path".to_string());
+            }
+            let over = BUNDLE_BASE.with(|b| {
+                let mut b = b.borrow_mut();
+                b.1 += 1;
+                b.1 > crate::bundle::MAX_BUNDLES
+            });
+            if over {
+                return Err(format!(
+                    "more than {} digest bundles in one policy",
+                    crate::bundle::MAX_BUNDLES
+                ));
+            }
+            let path = std::path::Path::new(text);
+            let full = match BUNDLE_BASE.with(|b| b.borrow().0.clone()) {
+                Some(base) if path.is_relative() => base.join(path),
+                _ => path.to_path_buf(),
+            };
+            let bytes = crate::policy::read_bounded_file(
+                &full,
+                crate::bundle::MAX_BUNDLE_BYTES,
+                "a digest bundle",
+            )
+            .map_err(|e| format!("digest bundle {}: cannot read: {e}", full.display()))?;
+            let bundle =
+                crate::bundle::DigestBundle::from_json_slice(&bytes).map_err(|e| match e.line {
+                    0 => format!("digest bundle {}: {}", full.display(), e.message),
+                    _ => format!("digest bundle {}:{e}", full.display()),
+                })?;
+            Ok(BundleFile {
+                text: text.to_string(),
+                bundle,
+            })
+        })
+    }
+}
+
+thread_local! {
+    /// The directory relative bundle paths are read from (the policy file's), and how many
+    /// bundles the policy being parsed on this thread has named so far.
+    static BUNDLE_BASE: std::cell::RefCell<(Option<std::path::PathBuf>, usize)> =
+        const { std::cell::RefCell::new((None, 0)) };
+}
+
+/// Sets where the policy being parsed on this thread reads relative bundle paths from, and
+/// resets its bundle count; the previous setting comes back when the guard drops.
+pub(crate) struct BundleBase(Option<(Option<std::path::PathBuf>, usize)>);
+
+impl BundleBase {
+    pub(crate) fn start(base: Option<std::path::PathBuf>) -> BundleBase {
+        BundleBase(Some(BUNDLE_BASE.with(|b| b.replace((base, 0)))))
+    }
+}
+
+impl Drop for BundleBase {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            BUNDLE_BASE.with(|b| *b.borrow_mut() = old);
+        }
+    }
 }
 
 /// `version: 1`, the only format this crate reads.

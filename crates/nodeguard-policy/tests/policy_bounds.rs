@@ -2,7 +2,10 @@
 //! panic the agent, exhaust its memory or block its reload. Each bound is refused with the
 //! file, `line:column` and field, like every other policy error.
 
-use nodeguard_policy::{Policy, PolicyError, MAX_PATTERNS, MAX_PATTERN_BYTES, MAX_POLICY_BYTES};
+use nodeguard_policy::bundle::{MAX_BUNDLES, MAX_BUNDLE_BYTES};
+use nodeguard_policy::{
+    DigestBundle, Policy, PolicyError, MAX_PATTERNS, MAX_PATTERN_BYTES, MAX_POLICY_BYTES,
+};
 use proptest::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -96,6 +99,74 @@ fn a_fifo_is_refused_at_once_instead_of_blocking_the_reload() {
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }
 
+/// Writes `policy.yaml` naming `bundles` (relative to the policy's directory) and loads it.
+fn load_with_bundles(dir: &Path, bundles: &[&str]) -> Result<Policy, PolicyError> {
+    let list: String = bundles.iter().map(|b| format!("  - {b}\n")).collect();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, format!("digest_bundles:\n{list}")).unwrap();
+    Policy::load(&policy)
+}
+
+#[test]
+fn a_fifo_huge_or_garbage_bundle_refuses_the_policy_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let started = Instant::now();
+    let err = load_with_bundles(dir.path(), &["fifo.json"]).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4), "load blocked");
+    assert!(
+        err.to_string()
+            .contains("digest_bundles[0]: digest bundle ")
+            && err.to_string().contains("not a regular file"),
+        "{err}"
+    );
+    assert_eq!(err.location(), Some((2, 5)));
+
+    // A sparse file far past the bound: refused by its size, not read.
+    let huge = dir.path().join("huge.json");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 * 1024 * 1024 * 1024)
+        .unwrap();
+    let started = Instant::now();
+    let err = load_with_bundles(dir.path(), &["huge.json"]).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "load read the file"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "more than the {MAX_BUNDLE_BYTES} a digest bundle may have"
+        )),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("elf.json"), b"\x7fELF\x02\x01\x01\0\0\xff").unwrap();
+    let err = load_with_bundles(dir.path(), &["elf.json"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("elf.json:1:1: not a JSON digest bundle: expected value"),
+        "{err}"
+    );
+}
+
+#[test]
+fn more_bundles_than_the_bound_are_refused_at_the_first_one_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = DigestBundle::new("2026-11-26T00:00:00Z".into());
+    std::fs::write(dir.path().join("b.json"), bundle.to_json()).unwrap();
+    let names = vec!["b.json"; MAX_BUNDLES + 1];
+    let err = load_with_bundles(dir.path(), &names).unwrap_err();
+    assert_eq!(err.location(), Some((MAX_BUNDLES + 2, 5)), "{err}");
+    assert_eq!(
+        err.field(),
+        Some(format!("digest_bundles[{MAX_BUNDLES}]").as_str())
+    );
+    assert!(load_with_bundles(dir.path(), &names[..MAX_BUNDLES]).is_ok());
+}
+
 #[test]
 fn a_symlinked_policy_like_a_configmap_mount_still_loads() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +240,24 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let text = String::from_utf8_lossy(&bytes);
         let _ = Policy::from_yaml_str(&text, "p.yaml");
+    }
+
+    /// Any bytes as a digest bundle: a bundle or an error, never a panic.
+    #[test]
+    fn random_bundle_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = DigestBundle::from_json_slice(&bytes);
+    }
+
+    /// Bundle-shaped JSON with hostile names, digests and sources.
+    #[test]
+    fn hostile_bundle_values_never_panic(value in "\\PC{0,300}", field in 0usize..3) {
+        let v = serde_json::Value::String(value);
+        let text = match field {
+            0 => format!(r#"{{"nodeguard_digest_bundle":1,"nodeguard_version":"x","imported_at":"t","binaries":{{{v}:[{{"sha256":"{}","sources":[{{"file":"f"}}]}}]}}}}"#, "a".repeat(64)),
+            1 => format!(r#"{{"nodeguard_digest_bundle":1,"nodeguard_version":"x","imported_at":"t","binaries":{{"k":[{{"sha512":{v},"sources":[{{"file":"f"}}]}}]}}}}"#),
+            _ => format!(r#"{{"nodeguard_digest_bundle":1,"nodeguard_version":"x","imported_at":"t","binaries":{{"k":[{{"sha256":{v},"sources":[{{"file":{v},"member":{v}}}]}}]}}}}"#),
+        };
+        let _ = DigestBundle::from_json_slice(text.as_bytes());
     }
 
     /// Policy-shaped text with hostile values in every pattern and digest field.

@@ -126,7 +126,8 @@ fn run_case(dir: &Path) -> Result<usize, String> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{case}/{name}: {e}"))
     };
-    let policy = Policy::from_yaml_str(&read("policy.yaml"), "policy.yaml")
+    // Loaded from its file, so a case's relative `digest_bundles` paths are its own files.
+    let policy = Policy::load(&dir.join("policy.yaml"))
         .map_err(|e| format!("{case}: policy refused: {e}"))?;
     let evidence: Value = serde_json::from_str(&read("evidence.json"))
         .unwrap_or_else(|e| panic!("{case}/evidence.json: {e}"));

@@ -84,7 +84,7 @@ fn the_example_manifest_loads() {
         policy.summary(),
         "14 dangerous capabilities, 1 checks disabled, 1 severity overrides, \
          1 trusted binaries, 1 denied digests, 11 allowed setuid patterns, \
-         1 allowed file-capability patterns, 1 exemptions"
+         1 allowed file-capability patterns, 1 exemptions, 0 digest bundles (0 binary names)"
     );
     assert_eq!(policy.required_limits(), (true, false, true));
 }

@@ -18,11 +18,18 @@
 //!   reporting component `nodeguard`, instance and source host = the node's name, action `Scan`,
 //!   UpperCamelCase reason, a Pod's uid): 422 with the reason otherwise, prefixed
 //!   `nodeguard contract:` where a real server would have taken it;
-//! - the Node (`get`), for configurations whose ClusterRole grants it.
+//! - the Node (`get`), for configurations whose ClusterRole grants it;
+//! - `wgpolicyk8s.io/v1alpha2` PolicyReports and ClusterPolicyReports (list by label, create,
+//!   update, delete), validated as the CRDs in `manifests/crds/` make the real server do, with
+//!   its conflicts and size limits (`fake/reports.rs`); or a 404 for all of them while the
+//!   CRDs are "not installed".
 //!
 //! Event creates and patches can be switched to fail (500) or to hang, pod lists and watches
 //! likewise, or made slow.
 #![allow(dead_code)]
+
+mod reports;
+pub use reports::ReportsMode;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -297,6 +304,9 @@ struct Inner {
     pod_mode: Mode,
     /// How long pod lists and watches wait before they answer.
     pod_delay: Duration,
+    /// Stored reports by (resource, namespace or "", name).
+    reports: BTreeMap<(String, String, String), Value>,
+    reports_mode: ReportsMode,
 }
 
 #[derive(Clone)]
@@ -341,6 +351,8 @@ impl FakeApi {
             event_mode: Mode::Normal,
             pod_mode: Mode::Normal,
             pod_delay: Duration::ZERO,
+            reports: BTreeMap::new(),
+            reports_mode: ReportsMode::Normal,
         }));
         let (pod_watch, _) = broadcast::channel(1024);
         let (release, release_rx) = tokio::sync::watch::channel(0);
@@ -746,6 +758,9 @@ async fn handle(
         ("events.k8s.io", "events", "patch") => {
             let ns = a.namespace.clone().unwrap_or_default();
             event_write(&app, seq, Api::Events, &ns, a.name.clone(), body_json).await
+        }
+        ("wgpolicyk8s.io", "policyreports" | "clusterpolicyreports", _) => {
+            reports::handle(&app, seq, &a, &query, body.len(), body_json).await
         }
         _ => refuse(
             &app,

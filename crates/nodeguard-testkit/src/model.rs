@@ -1,7 +1,9 @@
 //! Builders for the model values tests type again and again: a field added to `Container`
 //! or `PodRef` is then added here once, not in every test that needs a container.
 
-use nodeguard_model::{CgroupDriver, CgroupVersion, Container, Limits, PodRef, Runtime};
+use nodeguard_model::{
+    CgroupDriver, CgroupVersion, Container, Limits, PodRef, QosClass, RootFs, Runtime,
+};
 
 /// A pod's container as the pod watch fills it in: `namespace/name`, container `container`,
 /// no image.
@@ -72,6 +74,35 @@ impl ContainerBuilder {
 
     pub fn pids(mut self, pids: &[i32]) -> Self {
         self.0.pids = pids.to_vec();
+        self
+    }
+
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.0.runtime = runtime;
+        self
+    }
+
+    pub fn qos(mut self, qos: QosClass) -> Self {
+        self.0.qos = Some(qos);
+        self
+    }
+
+    pub fn cgroup_driver(mut self, driver: CgroupDriver) -> Self {
+        self.0.cgroup_driver = driver;
+        self
+    }
+
+    /// The container's own cgroup limits, its pod's (if any), and the effective ones the
+    /// collector derives from both.
+    pub fn limits(mut self, own: Limits, pod: Option<Limits>, effective: Limits) -> Self {
+        self.0.limits = own;
+        self.0.pod_limits = pod;
+        self.0.effective_limits = effective;
+        self
+    }
+
+    pub fn rootfs(mut self, rootfs: RootFs) -> Self {
+        self.0.rootfs = Some(rootfs);
         self
     }
 

@@ -3,11 +3,11 @@
 
 use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
-    Capabilities, CapabilityMasks, CgroupDriver, CgroupVersion, Container, FileEntry, Finding,
-    FindingKind, Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process, QosClass, Report,
-    RootFs, Runtime, ScanKind, ScanRun, ScanStats, SeccompMode, Severity, Timestamp,
-    TrackedFinding, SCHEMA_VERSION,
+    Capabilities, CapabilityMasks, CgroupDriver, CgroupVersion, FileEntry, Finding, FindingKind,
+    Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process, QosClass, Report, RootFs, Runtime,
+    ScanKind, ScanRun, ScanStats, SeccompMode, Severity, Timestamp, TrackedFinding, SCHEMA_VERSION,
 };
+use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,34 +118,38 @@ fn finding(
 /// processes and a kernel thread, files, and findings of every scope. Every optional field
 /// of the model is filled somewhere and left empty somewhere else.
 pub fn node_state(node: &str) -> NodeState {
-    let nginx = Container {
-        id: NGINX_ID.into(),
-        runtime: Runtime::Containerd,
-        pod_uid: Some("6f1c0c3e-2b8a-4b8e-9a57-1a2b3c4d5e6f".into()),
-        qos: Some(QosClass::Burstable),
-        cgroup: format!("/kubepods/burstable/pod6f1c0c3e-2b8a-4b8e-9a57-1a2b3c4d5e6f/{NGINX_ID}"),
-        cgroup_driver: CgroupDriver::Cgroupfs,
-        cgroup_version: CgroupVersion::V1,
-        limits: Limits {
-            memory_bytes: Some(256 << 20),
-            cpu_cores: Some(0.5),
-            pids: None,
-        },
-        pod_limits: Some(Limits {
-            memory_bytes: Some(512 << 20),
-            cpu_cores: None,
-            pids: Some(1024),
-        }),
-        effective_limits: Limits {
-            memory_bytes: Some(256 << 20),
-            cpu_cores: Some(0.5),
-            pids: Some(1024),
-        },
-        unknown_limits: Vec::new(),
-        node_allocatable: None,
-        sandbox: false,
-        pids: vec![4242, 4243],
-        rootfs: Some(RootFs {
+    let nginx = container(NGINX_ID)
+        .in_pod(
+            "6f1c0c3e-2b8a-4b8e-9a57-1a2b3c4d5e6f",
+            Some(PodRef {
+                image: Some("nginx:1.27".into()),
+                image_id: Some(
+                    "docker.io/library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                        .into(),
+                ),
+                ..pod_ref("shop", "web-7d9f8", "nginx")
+            }),
+        )
+        .qos(QosClass::Burstable)
+        .limits(
+            Limits {
+                memory_bytes: Some(256 << 20),
+                cpu_cores: Some(0.5),
+                pids: None,
+            },
+            Some(Limits {
+                memory_bytes: Some(512 << 20),
+                cpu_cores: None,
+                pids: Some(1024),
+            }),
+            Limits {
+                memory_bytes: Some(256 << 20),
+                cpu_cores: Some(0.5),
+                pids: Some(1024),
+            },
+        )
+        .pids(&[4242, 4243])
+        .rootfs(RootFs {
             fstype: "overlay".into(),
             lower_dirs: vec![
                 "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs"
@@ -157,36 +161,15 @@ pub fn node_state(node: &str) -> NodeState {
                 "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs"
                     .into(),
             ),
-        }),
-        pod: Some(PodRef {
-            namespace: "shop".into(),
-            name: "web-7d9f8".into(),
-            container_name: Some("nginx".into()),
-            image: Some("nginx:1.27".into()),
-            image_id: Some(
-                "docker.io/library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-                    .into(),
-            ),
-        }),
-    };
-    let shell = Container {
-        id: SHELL_ID.into(),
-        runtime: Runtime::Crio,
-        pod_uid: None,
-        qos: None,
-        cgroup: format!("/kubepods.slice/crio-{SHELL_ID}.scope"),
-        cgroup_driver: CgroupDriver::Systemd,
-        cgroup_version: CgroupVersion::V2,
-        limits: Limits::default(),
-        pod_limits: None,
-        effective_limits: Limits::default(),
-        unknown_limits: Vec::new(),
-        node_allocatable: None,
-        sandbox: false,
-        pids: vec![5001],
-        rootfs: None,
-        pod: None,
-    };
+        })
+        .build();
+    let shell = container(SHELL_ID)
+        .runtime(Runtime::Crio)
+        .cgroup(&format!("/kubepods.slice/crio-{SHELL_ID}.scope"))
+        .cgroup_driver(CgroupDriver::Systemd)
+        .cgroup_version(CgroupVersion::V2)
+        .pids(&[5001])
+        .build();
 
     let master = process(4242, 4200, "nginx", Some(NGINX_ID), 0);
     let worker = process(4243, 4242, "nginx", Some(NGINX_ID), 101);
@@ -348,10 +331,12 @@ pub fn node_state(node: &str) -> NodeState {
         report: Arc::new(report),
         findings,
         last_scans,
-        findings_detected: BTreeMap::new(),
-        errors_total: errors,
-        policy_reload_failures: 0,
         policy_loaded_at: at("2026-11-22T08:00:00Z"),
+        policy_weakened: vec![],
+        totals: nodeguard_model::Totals {
+            errors,
+            ..Default::default()
+        },
     }
 }
 

@@ -35,10 +35,12 @@
 //! set back from the API server would need `list` on Events cluster-wide, which the shipped
 //! ClusterRole does not grant (it would let the agent read every namespace's Events).
 
-mod ledger;
-mod limits;
+pub(crate) mod ledger;
+// Shared with the PolicyReport publisher (`crate::reports`): the token bucket and backoff,
+// and where a finding belongs (`render::place`).
+pub(crate) mod limits;
 mod planner;
-mod render;
+pub(crate) mod render;
 mod send;
 
 use self::planner::{Planner, Sent};
@@ -46,7 +48,7 @@ use self::send::{EventType, Outgoing, SendError, Sender};
 use futures::future::{BoxFuture, OptionFuture};
 use nodeguard_model::{EventStats, NodeState};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -124,7 +126,7 @@ impl EventConfig {
 /// Publishes findings as Events from its own task. Dropping the state sender ends the task
 /// (after saving the announced set); dropping the publisher does not.
 pub struct EventPublisher {
-    stats: Arc<Mutex<EventStats>>,
+    stats: watch::Receiver<EventStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -135,28 +137,22 @@ impl EventPublisher {
         config: EventConfig,
         state: watch::Receiver<Option<Arc<NodeState>>>,
     ) -> EventPublisher {
-        let stats = Arc::new(Mutex::new(EventStats::default()));
+        let (stats_tx, stats) = watch::channel(EventStats::default());
         let sender = Sender::new(client, &config.node_name, config.request_timeout);
-        let task = tokio::spawn(run(sender, config, stats.clone(), state));
+        let task = tokio::spawn(run(sender, config, stats_tx, state));
         EventPublisher { stats, task }
     }
 
     /// Counters since start; never waits on the API server.
     pub fn stats(&self) -> EventStats {
-        *self
-            .stats
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.stats.borrow()
     }
 
-    /// A reader of the counters that outlives the publisher, for metrics at scrape time.
-    pub fn stats_source(&self) -> Arc<dyn Fn() -> EventStats + Send + Sync> {
-        let stats = Arc::clone(&self.stats);
-        Arc::new(move || {
-            *stats
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        })
+    /// The counters' channel, which the publisher's task updates as they change: a reader
+    /// (metrics, at scrape time) that outlives the publisher, fed the way the daemon feeds
+    /// the sinks.
+    pub fn stats_channel(&self) -> watch::Receiver<EventStats> {
+        self.stats.clone()
     }
 
     /// Waits until the task has ended (the state sender was dropped and the announced set
@@ -179,7 +175,7 @@ struct Attempt {
 async fn run(
     sender: Sender,
     cfg: EventConfig,
-    shared: Arc<Mutex<EventStats>>,
+    shared: watch::Sender<EventStats>,
     mut state: watch::Receiver<Option<Arc<NodeState>>>,
 ) {
     let announced = load(&cfg);
@@ -245,8 +241,12 @@ async fn run(
     tracing::debug!("event publisher stopped: the state sender is gone");
 }
 
-fn publish(shared: &Mutex<EventStats>, stats: EventStats) {
-    *shared.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+fn publish(shared: &watch::Sender<EventStats>, stats: EventStats) {
+    shared.send_if_modified(|current| {
+        let changed = *current != stats;
+        *current = stats;
+        changed
+    });
 }
 
 /// The Event a planned request stands for: the Event-specific wording of a generic job.

@@ -687,10 +687,9 @@ mod tests {
                 })
                 .collect(),
             last_scans: BTreeMap::new(),
-            findings_detected: BTreeMap::new(),
-            errors_total: BTreeMap::new(),
-            policy_reload_failures: 0,
             policy_loaded_at: now,
+            policy_weakened: vec![],
+            totals: Default::default(),
         })
     }
 

@@ -1,6 +1,8 @@
-//! Shared by the integration tests: node states to render, and finding tools on PATH.
+//! Shared by the integration tests: node states to render, the daemon's side of the
+//! channel the metrics read, and finding tools on PATH.
 #![allow(dead_code)]
 
+use nodeguard_metrics::{Metrics, Registry};
 use nodeguard_model::*;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,30 +20,16 @@ pub fn at(secs: u64) -> Timestamp {
 }
 
 pub fn container(id: &str, pod: Option<(&str, &str, &str)>) -> Container {
-    Container {
-        id: id.to_string(),
-        runtime: Runtime::Containerd,
-        pod_uid: None,
-        qos: None,
-        cgroup: format!("/kubepods/cri-containerd-{id}"),
-        cgroup_driver: CgroupDriver::Cgroupfs,
-        cgroup_version: CgroupVersion::V1,
-        limits: Limits::default(),
-        pod_limits: None,
-        effective_limits: Limits::default(),
-        unknown_limits: Vec::new(),
-        node_allocatable: None,
-        sandbox: false,
-        pids: vec![],
-        rootfs: None,
-        pod: pod.map(|(namespace, name, container)| PodRef {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            container_name: Some(container.to_string()),
-            image: None,
-            image_id: None,
-        }),
-    }
+    nodeguard_testkit::model::container(id)
+        .pod(
+            None,
+            pod.map(|(namespace, name, container)| {
+                nodeguard_testkit::model::pod_ref(namespace, name, container)
+            }),
+        )
+        .cgroup(&format!("/kubepods/cri-containerd-{id}"))
+        .pids(&[])
+        .build()
 }
 
 pub fn process(pid: i32, container_id: Option<&str>, kernel_thread: bool) -> Process {
@@ -180,7 +168,46 @@ pub fn three_containers(scanned_at: u64) -> NodeState {
     state_of(r)
 }
 
-/// A state whose open findings are those of `report`, counted as detected once each.
+/// What the daemon holds: the sending side of the state channel that [`Feed::metrics`]
+/// reads at every scrape.
+pub struct Feed {
+    state: tokio::sync::watch::Sender<Option<Arc<NodeState>>>,
+    pub metrics: Metrics,
+}
+
+impl Feed {
+    /// Publishes `state` as the daemon does after a scan.
+    pub fn state_changed(&self, state: &Arc<NodeState>) {
+        self.state.send_replace(Some(Arc::clone(state)));
+    }
+
+    pub fn set_event_stats(&self, stats: tokio::sync::watch::Receiver<EventStats>) {
+        self.metrics.set_event_stats(stats);
+    }
+}
+
+/// A registry with nodeguard's series, reading a fresh state channel (no state yet).
+pub fn setup() -> (Registry, Feed) {
+    let (state, receiver) = tokio::sync::watch::channel(None);
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, receiver);
+    (registry, Feed { state, metrics })
+}
+
+/// Counts a scan into `state`'s totals, as the daemon does.
+pub fn scan_finished(state: &mut NodeState, kind: ScanKind, duration: Duration, ok: bool) {
+    let scans = state.totals.scans.entry(kind).or_default();
+    scans.outcomes.record(ok);
+    scans.durations.observe(duration);
+}
+
+/// An Events counters channel whose value is `stats`.
+pub fn event_stats(stats: EventStats) -> tokio::sync::watch::Receiver<EventStats> {
+    tokio::sync::watch::channel(stats).1
+}
+
+/// A state whose open findings are those of `report`, counted as detected once each, and
+/// whose report counters are the totals (the agent's first scan).
 pub fn state_of(report: Report) -> NodeState {
     let findings: Vec<TrackedFinding> = report.findings.iter().cloned().map(tracked).collect();
     let mut detected = BTreeMap::new();
@@ -197,16 +224,24 @@ pub fn state_of(report: Report) -> NodeState {
             duration_ms: 12,
         },
     );
-    let mut errors_total = BTreeMap::new();
-    errors_total.insert("hash".to_string(), 2);
+    let mut errors = BTreeMap::new();
+    errors.insert("hash".to_string(), 2);
+    let stats = report.stats.clone();
     NodeState {
         report: Arc::new(report),
         findings,
         last_scans,
-        findings_detected: detected,
-        errors_total,
-        policy_reload_failures: 0,
         policy_loaded_at: at(50),
+        policy_weakened: vec![],
+        totals: Totals {
+            findings_detected: detected,
+            errors,
+            bytes_hashed: stats.bytes_hashed,
+            hash_cache_hits: stats.hash_cache_hits,
+            hash_cache_misses: stats.hash_cache_misses,
+            processes_vanished: stats.processes_vanished,
+            ..Default::default()
+        },
     }
 }
 
