@@ -1149,3 +1149,96 @@ fn build_pause() -> Option<std::path::PathBuf> {
     std::fs::rename(&tmp, &bin).ok()?;
     Some(bin)
 }
+
+/// A `Scanner` that scanned before (a daemon's warm state: command lines, namespaces, layers
+/// kept per pid and start time) reports a container as a fresh one does, and sees a process
+/// that execs in place. In the busybox image the shell's `exec sleep` keeps pid, start time
+/// and even the `exe` link (`/bin/sh`: busybox re-executes itself for the applet); only what
+/// the kernel replaces on every exec (the address space, `comm`) tells.
+#[test]
+fn a_warm_scanner_reports_what_a_fresh_one_does_after_an_exec_in_place() {
+    use nodeguard_scan::{NoPods, ScanOptions, ScanScope, Scanner};
+    require_containers!();
+    let c = ContainerSpec::new(Image::busybox())
+        .exec(&[
+            "/bin/sh",
+            "-c",
+            "mkfifo /tmp/go && read x < /tmp/go && exec sleep 3600",
+        ])
+        .start();
+    let shell = c.exec_pids[0];
+    let cmdline = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .trim_end_matches('\0')
+                    .replace('\0', " ")
+            })
+            .unwrap_or_default()
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // Through the container's root: overlayfs gives the fifo an inode (and pipe) of its own.
+    let fifo = format!("/proc/{shell}/root/tmp/go");
+    wait_until("the shell's fifo", &|| Path::new(&fifo).exists());
+
+    let proc_root = FakeProc::with_pids(&c.pids());
+    let mut options = ScanOptions::new(
+        proc_root.path().to_path_buf(),
+        "/sys/fs/cgroup".into(),
+        "reconcile-test".into(),
+    );
+    if !support::host_pid1_readable() {
+        options.collect.host_root = "/".into();
+    }
+    let policy = std::sync::Arc::new(nodeguard_policy::Policy::default());
+    let scan = |scanner: &mut Scanner| {
+        let report = scanner.scan(ScanScope::Processes, &NoPods).expect("a scan");
+        serde_json::to_value(&report).expect("a report is JSON")
+    };
+    let process = |report: &Value, pid: i32| {
+        report["processes"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["pid"] == pid).cloned())
+            .unwrap_or_else(|| panic!("pid {pid} not in the report\n{report:#}"))
+    };
+    let mut warm = Scanner::new(options.clone(), std::sync::Arc::clone(&policy));
+    let before = scan(&mut warm);
+    assert!(
+        process(&before, shell)["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("mkfifo")),
+        "{:#}",
+        process(&before, shell)
+    );
+
+    std::fs::write(&fifo, b"go\n").unwrap();
+    wait_until("the exec of sleep", &|| cmdline(shell) == "sleep 3600");
+    let after = scan(&mut warm);
+    let fresh = scan(&mut Scanner::new(options, policy));
+
+    let p = process(&after, shell);
+    let exe_after = std::fs::read_link(format!("/proc/{shell}/exe")).unwrap();
+    assert_eq!(p["cmdline"], "sleep 3600", "{p:#}");
+    assert_eq!(p["command"], "sleep", "{p:#}");
+    assert_eq!(p["exe"], exe_after.to_str().unwrap(), "{p:#}");
+    assert_eq!(
+        p["sha256"],
+        oracle::sha256sum(Path::new(&format!("/proc/{shell}/exe"))).as_str(),
+        "{p:#}"
+    );
+    for part in ["processes", "containers", "findings"] {
+        assert_eq!(
+            after[part], fresh[part],
+            "{part}: warm scan vs a fresh scanner"
+        );
+    }
+}

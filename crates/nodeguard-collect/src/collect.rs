@@ -4,7 +4,9 @@ use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
-use crate::process::{read_process, shared_with_host, Failure, PidDir, RawProcess};
+use crate::process::{
+    read_process, shared_with_host, CgroupMemo, Failure, PidDir, RawProcess, Remembered,
+};
 use crate::runtime::{
     first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
 };
@@ -15,6 +17,7 @@ use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runt
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `cap_last_cap` when the kernel does not say (Linux 5.9+: CAP_CHECKPOINT_RESTORE).
 pub const DEFAULT_CAP_LAST_CAP: u32 = 40;
@@ -132,10 +135,19 @@ struct Chunk {
     log: Log,
 }
 
-fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> Chunk {
+fn read_chunk(
+    proc_fd: &OwnedFd,
+    pids: &[i32],
+    host_namespaces: &Namespaces,
+    known: &Known,
+) -> Chunk {
     let mut chunk = Chunk::default();
-    let mut buf = Vec::with_capacity(16 * 1024);
+    // `stat`, `status`, `cmdline` and `cgroup` fit in a page; each read zero-fills the spare
+    // capacity it reads into, so a buffer grown by a container's `mountinfo` is kept apart.
+    let mut buf = Vec::with_capacity(4096);
+    let mut mountinfo = Vec::new();
     let mut kthread_ns = None;
+    let mut cgroups = CgroupMemo::default();
     for &pid in pids {
         let dir = match PidDir::open(proc_fd, pid) {
             Ok(d) => d,
@@ -144,7 +156,13 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
                 continue;
             }
         };
-        let mut raw = match read_process(&dir, &mut buf, &mut kthread_ns) {
+        let mut raw = match read_process(
+            &dir,
+            &mut buf,
+            &mut kthread_ns,
+            &mut cgroups,
+            known.get(pid),
+        ) {
             Ok(r) => r,
             Err(f) => {
                 chunk.log.failure(f);
@@ -161,7 +179,7 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
                 .seeds
                 .entry(reference.cgroup.id.clone())
                 .or_insert_with(|| ContainerSeed {
-                    reference: reference.clone(),
+                    reference: ContainerRef::clone(reference),
                     first: chunk.raws.len(),
                     pids: Vec::new(),
                     root: None,
@@ -170,11 +188,21 @@ fn read_chunk(proc_fd: &OwnedFd, pids: &[i32], host_namespaces: &Namespaces) -> 
             // The root filesystem, from the first process that shows a mount at `/`. A
             // chrooted one does not: the next process may, and failing that the host's
             // mount table does (`roots_from_host_mounts`).
+            // What this process showed before is reused until it execs.
             if seed.root.is_none() {
-                match dir.read_to_end("mountinfo", &mut buf, MOUNTINFO_MAX) {
-                    Ok(()) => seed.root = container_root(&buf),
-                    Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
-                    Err(_) => {}
+                let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.get());
+                match remembered {
+                    Some(root) => seed.root = root.clone(),
+                    None => match dir.read_to_end("mountinfo", &mut mountinfo, MOUNTINFO_MAX) {
+                        Ok(()) => {
+                            seed.root = container_root(&mountinfo);
+                            if let Some(r) = &raw.remember {
+                                let _ = r.mount_root.set(seed.root.clone());
+                            }
+                        }
+                        Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
+                        Err(_) => {}
+                    },
                 }
             }
         }
@@ -189,17 +217,18 @@ fn read_all(
     proc_fd: &OwnedFd,
     pids: &[i32],
     host_namespaces: &Namespaces,
+    known: &Known,
     log: &mut Log,
     threads: usize,
 ) -> (Vec<RawProcess>, BTreeMap<String, ContainerSeed>) {
     let chunks: Vec<Chunk> = if threads <= 1 || pids.len() < 2 {
-        vec![read_chunk(proc_fd, pids, host_namespaces)]
+        vec![read_chunk(proc_fd, pids, host_namespaces, known)]
     } else {
         let size = pids.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = pids
                 .chunks(size)
-                .map(|run| scope.spawn(move || read_chunk(proc_fd, run, host_namespaces)))
+                .map(|run| scope.spawn(move || read_chunk(proc_fd, run, host_namespaces, known)))
                 .collect();
             handles
                 .into_iter()
@@ -410,32 +439,91 @@ fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {
     None
 }
 
+/// What one pass keeps for the next: per pid, what the last full read of the process found
+/// ([`Remembered`]); per (container, executable path, running file), where the executable
+/// was found in the container's layers. Only what the last pass saw is kept, so the cache is
+/// bounded by the processes and executables running now, and a gone process's entry is
+/// dropped at the next pass.
+#[derive(Debug)]
+pub(crate) struct Reuse {
+    processes: HashMap<i32, Arc<Remembered>>,
+    located: HashMap<LocatedKey, Located>,
+    /// Passes made so far.
+    pass: u64,
+    /// Each process is read in full at least once in this many passes.
+    full_read_every: u64,
+}
+
+impl Reuse {
+    pub(crate) fn new(full_read_every: u32) -> Reuse {
+        Reuse {
+            processes: HashMap::new(),
+            located: HashMap::new(),
+            pass: 0,
+            full_read_every: u64::from(full_read_every.max(1)),
+        }
+    }
+
+    pub(crate) fn processes(&self) -> usize {
+        self.processes.len()
+    }
+}
+
+type LocatedKey = (String, Vec<u8>, FileIdentity);
+
+/// The previous pass's entries as one pass may use them: a process whose turn for a full read
+/// has come gets none. Turns go by pid, so about one process in `full_read_every` is read in
+/// full each pass rather than all of them in one.
+struct Known<'a> {
+    processes: &'a HashMap<i32, Arc<Remembered>>,
+    pass: u64,
+    every: u64,
+}
+
+impl Known<'_> {
+    fn get(&self, pid: i32) -> Option<&Arc<Remembered>> {
+        let turn = (self.pass + u64::from(pid.unsigned_abs())).is_multiple_of(self.every);
+        if turn {
+            None
+        } else {
+            self.processes.get(&pid)
+        }
+    }
+}
+
+/// A full read of every process: what [`crate::collect`] does.
 pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
-    collect_with(opts, None)
+    collect_with(opts, None, &mut Reuse::new(1))
+}
+
+/// One pass: [`collect`] with a fixed number of reader threads (tests), else
+/// [`reader_threads`], reusing and then replacing what the previous pass kept.
+pub(crate) fn collect_with(
+    opts: &CollectOptions,
+    threads: Option<usize>,
+    reuse: &mut Reuse,
+) -> Result<Snapshot, Error> {
+    collect_from(opts, threads, reuse, None)
 }
 
 /// [`collect`] restricted to `pids` (the exec'd processes of an event-driven pass): the
-/// same reads, attribution and layers, for those processes and the containers they are in.
-/// A pid that is gone is counted as vanished. Everything that needs the whole process table
-/// (a bare-id container's runtime from its monitor, the host's bounding set from host
+/// same full reads, attribution and layers, for those processes and the containers they are
+/// in. A pid that is gone is counted as vanished. Everything that needs the whole process
+/// table (a bare-id container's runtime from its monitor, the host's bounding set from host
 /// processes other than pid 1, the pod's sandbox among several containers) is only as good
 /// as the pids given; the caller keeps what the last full pass said about known containers.
 pub(crate) fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
     let mut pids: Vec<i32> = pids.iter().copied().filter(|p| *p > 0).collect();
     pids.sort_unstable();
     pids.dedup();
-    collect_from(opts, Some(1), Some(pids))
-}
-
-/// [`collect`] with a fixed number of reader threads (tests), else [`reader_threads`].
-fn collect_with(opts: &CollectOptions, threads: Option<usize>) -> Result<Snapshot, Error> {
-    collect_from(opts, threads, None)
+    collect_from(opts, Some(1), &mut Reuse::new(1), Some(pids))
 }
 
 /// One pass over `only` (sorted) or, when `None`, every pid under the proc root.
 fn collect_from(
     opts: &CollectOptions,
     threads: Option<usize>,
+    reuse: &mut Reuse,
     only: Option<Vec<i32>>,
 ) -> Result<Snapshot, Error> {
     let proc_fd: OwnedFd = nix::fcntl::open(
@@ -457,11 +545,23 @@ fn collect_from(
     let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
-    let (raws, mut seeds) = read_all(&proc_fd, &pids, &host_namespaces, &mut log, threads);
+    reuse.pass += 1;
+    let known = Known {
+        processes: &reuse.processes,
+        pass: reuse.pass,
+        every: reuse.full_read_every,
+    };
+    let (mut raws, mut seeds) =
+        read_all(&proc_fd, &pids, &host_namespaces, &known, &mut log, threads);
+    let reused = raws.iter().filter(|r| r.reused).count() as u64;
+    reuse.processes = raws
+        .iter_mut()
+        .filter_map(|r| Some((r.process.pid, r.remember.take()?)))
+        .collect();
     roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
-    let processes = attach_layers(opts, &seeds, raws, &mut log);
+    let processes = attach_layers(opts, &seeds, raws, &mut reuse.located, &mut log);
 
     let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
     let mut stats = log.stats;
@@ -476,6 +576,7 @@ fn collect_from(
         cap_last_cap,
         host_namespaces,
         host_bounding,
+        processes_reused: reused,
     })
 }
 
@@ -625,14 +726,20 @@ fn build_containers(
     containers
 }
 
+/// The layer each container executable comes from. `kept` holds the previous pass's
+/// lookups: an executable already located in a container (same path, same running file)
+/// is not looked up again; entries this pass did not use are dropped.
 fn attach_layers(
     opts: &CollectOptions,
     seeds: &BTreeMap<String, ContainerSeed>,
     raws: Vec<RawProcess>,
+    kept: &mut HashMap<LocatedKey, Located>,
     log: &mut Log,
 ) -> Vec<CollectedProcess> {
     let mut host: Option<Option<HostRoot>> = None;
-    let mut cache: HashMap<(String, Vec<u8>, FileIdentity), Located> = HashMap::new();
+    let mut cache: HashMap<LocatedKey, Located> = HashMap::new();
+    // Lookups that failed are not kept: the next pass tries (and warns) again.
+    let mut failed: HashSet<LocatedKey> = HashSet::new();
     let mut out = Vec::with_capacity(raws.len());
     for raw in raws {
         let mut process = raw.process;
@@ -650,8 +757,12 @@ fn attach_layers(
                 let host = host.get_or_insert_with(|| open_host_root(opts, log));
                 if let Some(host) = host {
                     let key = (seed.reference.cgroup.id.clone(), exe.clone(), running);
-                    located = match cache.get(&key) {
-                        Some(hit) => *hit,
+                    located = match cache.get(&key).or_else(|| kept.get(&key)) {
+                        Some(hit) => {
+                            let hit = *hit;
+                            cache.insert(key, hit);
+                            hit
+                        }
                         None => {
                             let got = match locate(host, layers, exe, &running) {
                                 Ok(got) => got,
@@ -660,6 +771,7 @@ fn attach_layers(
                                         "layer",
                                         format!("container {}: {e}", seed.reference.cgroup.id),
                                     );
+                                    failed.insert(key.clone());
                                     located
                                 }
                             };
@@ -679,6 +791,8 @@ fn attach_layers(
             exe_identity: identity,
         });
     }
+    cache.retain(|key, _| !failed.contains(key));
+    *kept = cache;
     out
 }
 
@@ -1037,9 +1151,9 @@ mod tests {
                 HOST_NS.map(|i| if pid % 2 == 0 { i + 1000 } else { i }),
             );
         }
-        let one = collect_with(&fx.opts, Some(1)).unwrap();
+        let one = collect_with(&fx.opts, Some(1), &mut Reuse::new(1)).unwrap();
         for threads in [2, 3, 7] {
-            let many = collect_with(&fx.opts, Some(threads)).unwrap();
+            let many = collect_with(&fx.opts, Some(threads), &mut Reuse::new(1)).unwrap();
             assert_eq!(one, many, "{threads} threads");
         }
         assert_eq!(one.processes.len(), 311);

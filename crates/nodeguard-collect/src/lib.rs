@@ -94,6 +94,9 @@ pub struct Snapshot {
     /// The host's capability bounding set: pid 1's, else the union of the host processes'
     /// (see [`runtime::host_bounding`]); `None` when no host process showed one.
     pub host_bounding: Option<u64>,
+    /// Processes whose command line, namespaces, cgroup attribution and container root were
+    /// taken from an earlier full read by the same [`Collector`] rather than read again.
+    pub processes_reused: u64,
 }
 
 /// One process and the cache key of its executable.
@@ -107,15 +110,75 @@ pub struct CollectedProcess {
     pub exe_identity: Option<FileIdentity>,
 }
 
-/// Collects processes and containers under `opts`. Fails only when the proc root itself
-/// cannot be opened or listed.
+/// Collects processes and containers under `opts`, reading every process in full. Fails
+/// only when the proc root itself cannot be opened or listed.
 pub fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect::collect(opts)
 }
 
 /// [`collect`] for the given pids only (an exec-driven pass): the processes that still exist
-/// and the containers they belong to, read the same way. Fails only when the proc root
+/// and the containers they belong to, each read in full. Fails only when the proc root
 /// cannot be opened.
 pub fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
     collect::collect_pids(opts, pids)
+}
+
+/// Collects again and again, reading in full only what is new or due.
+///
+/// A process is known by its pid and start time (field 22 of `/proc/PID/stat`; a pid reused
+/// by another process has another start time) and by what `execve` replaces
+/// ([`process::ExecIdentity`]: the `exe` link and the file it points at, `comm`, the image
+/// addresses in `stat`; exec keeps pid and start time). While those hold, a pass reads only
+/// `stat`, `status` (ids, capabilities, `no_new_privs`, seccomp: a process changes these on
+/// itself without an exec) and the `exe` link (a deleted executable) with its stat; command
+/// line, namespaces, cgroup attribution, container root and the executable's layer come from
+/// the last full read. What does change without an exec — a process moved to another cgroup,
+/// `setns`/`unshare`, an `argv` rewritten in place — is caught by a full read of every process
+/// at least once in [`Collector::FULL_READ_EVERY`] passes (in turns by pid, so each pass reads
+/// about that fraction in full). Container limits are read once per container each pass.
+/// Entries of processes that are gone are dropped at every pass, so memory follows what runs.
+///
+/// ```no_run
+/// let mut collector = nodeguard_collect::Collector::new(Default::default());
+/// let cold = collector.collect()?;
+/// let warm = collector.collect()?; // re-reads only what can change
+/// # Ok::<(), nodeguard_collect::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Collector {
+    options: CollectOptions,
+    reuse: collect::Reuse,
+}
+
+impl Collector {
+    /// Passes within which every process is read in full at least once.
+    pub const FULL_READ_EVERY: u32 = 6;
+
+    pub fn new(options: CollectOptions) -> Collector {
+        Collector::with_full_read_every(options, Collector::FULL_READ_EVERY)
+    }
+
+    /// A collector that reads every process in full at least once in `passes` passes (1:
+    /// always, like [`collect`]).
+    pub fn with_full_read_every(options: CollectOptions, passes: u32) -> Collector {
+        Collector {
+            options,
+            reuse: collect::Reuse::new(passes),
+        }
+    }
+
+    pub fn options(&self) -> &CollectOptions {
+        &self.options
+    }
+
+    /// One pass (see [`Collector`]). Fails only when the proc root itself cannot be opened
+    /// or listed; the kept entries are then left as they were.
+    pub fn collect(&mut self) -> Result<Snapshot, Error> {
+        collect::collect_with(&self.options, None, &mut self.reuse)
+    }
+
+    /// Processes kept for the next pass.
+    pub fn remembered(&self) -> usize {
+        self.reuse.processes()
+    }
 }

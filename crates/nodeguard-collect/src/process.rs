@@ -23,6 +23,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
@@ -42,6 +43,12 @@ pub struct StatFields {
     /// `starttime` (field 22): clock ticks after boot at which the process started. `None`
     /// when the line is cut short or the field is not a number.
     pub start_ticks: Option<u64>,
+    /// Addresses of the program image the process runs: `startcode`, `endcode`,
+    /// `startstack` (fields 26-28), `arg_start`, `arg_end` (fields 48-49); 0 where the
+    /// kernel hides them (a reader without ptrace access to the process) or the line is cut
+    /// short. `execve` builds a new address space, so with address-space randomisation these
+    /// change even when the same file is executed again with the same pid and start time.
+    pub image_marks: [u64; 5],
 }
 
 /// Parses `/proc/PID/stat`: `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`.
@@ -73,6 +80,13 @@ pub fn parse_stat(bytes: &[u8]) -> Result<StatFields, String> {
     let flags = fields[6].parse::<u64>().map_err(|_| "bad flags")?;
     // Field 22 overall; `fields` starts at field 3 (state).
     let start_ticks = fields.get(19).and_then(|t| t.parse::<u64>().ok());
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let image_marks = [field(26), field(27), field(28), field(48), field(49)];
     Ok(StatFields {
         pid,
         comm: display_text(&bytes[open + 1..close]),
@@ -80,6 +94,7 @@ pub fn parse_stat(bytes: &[u8]) -> Result<StatFields, String> {
         ppid,
         flags,
         start_ticks,
+        image_marks,
     })
 }
 
@@ -408,23 +423,21 @@ impl PidDir {
 
     /// The namespace inode numbers. A zombie has none (`None` each); denial is a failure.
     pub fn namespaces(&self) -> Result<Namespaces, Failure> {
-        let mut ns = Namespaces::default();
-        for (file, slot) in [
-            ("ns/pid", &mut ns.pid),
-            ("ns/net", &mut ns.net),
-            ("ns/ipc", &mut ns.ipc),
-            ("ns/uts", &mut ns.uts),
-            ("ns/mnt", &mut ns.mnt),
-            ("ns/user", &mut ns.user),
-            ("ns/cgroup", &mut ns.cgroup),
-        ] {
-            *slot = match self.readlink(file) {
-                Ok(target) => parse_ns_link(&target),
-                Err(Failure::Denied) => return Err(Failure::Denied),
-                Err(_) => None,
-            };
-        }
-        Ok(ns)
+        let read = |file: &'static str| match self.readlink(file) {
+            Ok(target) => Ok(parse_ns_link(&target)),
+            Err(Failure::Denied) => Err(Failure::Denied),
+            Err(_) => Ok(None),
+        };
+        Ok(Namespaces {
+            pid: read("ns/pid")?,
+            net: read("ns/net")?,
+            ipc: read("ns/ipc")?,
+            uts: read("ns/uts")?,
+            mnt: read("ns/mnt")?,
+            user: read("ns/user")?,
+            cgroup: read("ns/cgroup")?,
+            ..Namespaces::default()
+        })
     }
 }
 
@@ -439,6 +452,89 @@ pub fn read_namespaces(proc_root: &Path, pid: i32) -> Result<Namespaces, Failure
     PidDir::open(&root, pid)?.namespaces()
 }
 
+/// What tells one program run apart from the next in the same process. `execve` keeps the
+/// pid and the start time (`de_thread` even gives a thread that execs its leader's start
+/// time), and replaces the rest: `/proc/PID/exe` points at the new file
+/// (`set_mm_exe_file`), `comm` becomes the new file name's last component
+/// (`__set_task_comm(kbasename(bprm->filename))`), and the address space is new, so the
+/// image addresses in `/proc/PID/stat` move (with randomisation, even when the same file is
+/// executed again: a busybox shell that execs `sleep` keeps `/bin/busybox` as its exe).
+/// Any difference means the process is read afresh; a false difference (a process renaming
+/// itself with `PR_SET_NAME`) only costs one more full read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecIdentity {
+    pub start_ticks: u64,
+    pub comm: String,
+    pub image_marks: [u64; 5],
+    /// The `exe` link target as read, ` (deleted)` included.
+    pub exe_link: Option<Vec<u8>>,
+    /// Stat of `/proc/PID/exe`: the running file (through the overlay).
+    pub exe_stat: Option<FileIdentity>,
+}
+
+/// What a full read of one process found that does not change while it runs the same
+/// program, or changes only through rare calls that the periodic full read catches (see
+/// [`read_process`]). A [`crate::Collector`] keeps one per pid between passes.
+#[derive(Debug)]
+pub struct Remembered {
+    pub exec: ExecIdentity,
+    /// As collected (before any redaction by the scan).
+    pub cmdline: String,
+    pub namespaces: Namespaces,
+    pub cgroup: Option<Arc<CgroupFile>>,
+    pub container: Option<Arc<ContainerRef>>,
+    pub cgroup_malformed: usize,
+    /// The root filesystem this process's `mountinfo` showed (`None` inside: none at `/`),
+    /// once read.
+    pub mount_root: std::sync::OnceLock<Option<crate::mountinfo::ContainerRoot>>,
+}
+
+/// `/proc/PID/cgroup` files parsed by one reader, by their text: the processes of a container
+/// (and many host processes) have the same file, so it is parsed and kept once.
+#[derive(Debug, Default)]
+pub struct CgroupMemo {
+    parsed: std::collections::HashMap<Vec<u8>, ParsedCgroup>,
+    bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+struct ParsedCgroup {
+    cgroup: Option<Arc<CgroupFile>>,
+    container: Option<Arc<ContainerRef>>,
+    malformed: usize,
+}
+
+impl CgroupMemo {
+    /// Bytes of text kept; past this a text is parsed without being kept.
+    const MAX_BYTES: usize = 1 << 20;
+
+    fn parse(&mut self, bytes: &[u8]) -> ParsedCgroup {
+        if let Some(hit) = self.parsed.get(bytes) {
+            return hit.clone();
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let malformed = count_malformed_lines(&text);
+        // Host processes (most) skip building the parsed file.
+        let mut parsed = ParsedCgroup {
+            cgroup: None,
+            container: None,
+            malformed,
+        };
+        if may_name_container(&text) {
+            let file = parse_cgroup_file(&text);
+            parsed.container = attribute(&file).map(Arc::new);
+            if parsed.container.is_some() {
+                parsed.cgroup = Some(Arc::new(file));
+            }
+        }
+        if self.bytes + bytes.len() <= Self::MAX_BYTES {
+            self.bytes += bytes.len();
+            self.parsed.insert(bytes.to_vec(), parsed.clone());
+        }
+        parsed
+    }
+}
+
 /// A process as read from procfs, before container-level facts (layers) are added.
 #[derive(Debug)]
 pub struct RawProcess {
@@ -447,21 +543,39 @@ pub struct RawProcess {
     pub exe_path: Option<Vec<u8>>,
     /// Stat of `/proc/PID/exe` (the running file, through the overlay).
     pub exe_identity: Option<FileIdentity>,
-    pub cgroup: Option<CgroupFile>,
-    pub container: Option<ContainerRef>,
+    /// Shared with the [`Remembered`] entry: a warm read copies nothing.
+    pub cgroup: Option<Arc<CgroupFile>>,
+    pub container: Option<Arc<ContainerRef>>,
     /// When the process started (`starttime` of `/proc/PID/stat`, clock ticks after boot).
     pub start_ticks: Option<u64>,
     /// Things worth a warning that did not stop the read (e.g. garbage cgroup lines).
     pub notes: Vec<(&'static str, String)>,
+    /// What the next pass may reuse (`None` for kernel threads and processes without a start
+    /// time).
+    pub remember: Option<Arc<Remembered>>,
+    /// Whether this read reused the previous pass's [`Remembered`].
+    pub reused: bool,
 }
 
 /// Reads one process. `buf` is a scratch buffer reused across processes; `kthread_ns` keeps
 /// the namespaces of the first kernel thread read: every kernel thread is kthreadd's child
-/// and lives in the initial namespaces, so the other kernel threads skip seven readlinks.
+/// and lives in the initial namespaces, so the other kernel threads skip seven readlinks;
+/// `cgroups` keeps the cgroup files parsed so far.
+///
+/// `known` is what an earlier full read remembered of this pid. It is used only while the
+/// process's [`ExecIdentity`] is unchanged — the same start time (not a reused pid) and no
+/// exec since — and then only `stat`, `status` (ids, capabilities, no_new_privs, seccomp)
+/// and the `exe` link and its stat are read; command line, `cgroup` and namespaces come from
+/// `known`. Those three can change without an exec only through calls a process makes
+/// rarely (a write to another cgroup's `cgroup.procs`, `setns`/`unshare`, rewriting its own
+/// `argv`), so the caller passes `None` now and then to read the process in full (see
+/// [`crate::Collector`]).
 pub fn read_process(
     dir: &PidDir,
     buf: &mut Vec<u8>,
     kthread_ns: &mut Option<Namespaces>,
+    cgroups: &mut CgroupMemo,
+    known: Option<&Arc<Remembered>>,
 ) -> Result<RawProcess, Failure> {
     let pid = dir.pid;
     let malformed = |file: &'static str, reason: String| {
@@ -478,67 +592,179 @@ pub fn read_process(
     let kernel_thread = is_kernel_thread(pid, stat.ppid, stat.flags);
     let zombie = matches!(stat.state, 'Z' | 'X' | 'x');
 
-    let mut exe_path = None;
-    let mut exe_deleted = false;
-    let mut exe_identity = None;
-    let mut cmdline = String::new();
-    let mut cgroup = None;
-    let mut container = None;
-    let mut notes = Vec::new();
-    if !kernel_thread {
-        match dir.readlink("exe") {
-            Ok(target) => {
-                let (path, deleted) = strip_deleted(&target);
-                exe_deleted = deleted;
-                exe_path = Some(path.to_vec());
-                exe_identity = match dir.stat("exe") {
-                    Ok(id) => Some(id),
-                    Err(Failure::Denied) => return Err(Failure::Denied),
-                    Err(_) => None,
-                };
+    if kernel_thread {
+        let namespaces = match kthread_ns {
+            Some(ns) => ns.clone(),
+            None => {
+                let ns = dir.namespaces()?;
+                if ns.pid.is_some() {
+                    *kthread_ns = Some(ns.clone());
+                }
+                ns
             }
-            // A zombie has no executable any more.
-            Err(Failure::Vanished) if zombie => {}
-            Err(f) => return Err(f),
+        };
+        let process = assemble(
+            pid,
+            stat,
+            &status,
+            String::new(),
+            None,
+            false,
+            None,
+            namespaces,
+        );
+        return Ok(RawProcess {
+            process,
+            exe_path: None,
+            exe_identity: None,
+            cgroup: None,
+            container: None,
+            start_ticks: None,
+            notes: Vec::new(),
+            remember: None,
+            reused: false,
+        });
+    }
+
+    let mut exe_link = None;
+    let mut exe_stat = None;
+    match dir.readlink("exe") {
+        Ok(target) => {
+            exe_stat = match dir.stat("exe") {
+                Ok(id) => Some(id),
+                Err(Failure::Denied) => return Err(Failure::Denied),
+                Err(_) => None,
+            };
+            exe_link = Some(target);
         }
-        dir.read("cmdline", buf, CMDLINE_MAX)?;
-        cmdline = cmdline_text(buf);
-        dir.read("cgroup", buf, 64 * 1024)?;
-        let text = String::from_utf8_lossy(buf);
-        let skipped = count_malformed_lines(&text);
-        if skipped > 0 {
+        // A zombie has no executable any more.
+        Err(Failure::Vanished) if zombie => {}
+        Err(f) => return Err(f),
+    }
+    let (exe_path, exe_deleted) = match &exe_link {
+        Some(target) => {
+            let (path, deleted) = strip_deleted(target);
+            (Some(path.to_vec()), deleted)
+        }
+        None => (None, false),
+    };
+    let same = known.filter(|k| {
+        Some(k.exec.start_ticks) == stat.start_ticks
+            && k.exec.comm == stat.comm
+            && k.exec.image_marks == stat.image_marks
+            && k.exec.exe_link == exe_link
+            && k.exec.exe_stat == exe_stat
+    });
+    if let Some(k) = same {
+        let container_id = k.container.as_ref().map(|c| c.cgroup.id.clone());
+        let process = assemble(
+            pid,
+            stat,
+            &status,
+            k.cmdline.clone(),
+            exe_path.as_deref(),
+            exe_deleted,
+            container_id,
+            k.namespaces.clone(),
+        );
+        let mut notes = Vec::new();
+        if k.cgroup_malformed > 0 {
             notes.push((
                 "cgroup",
-                format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
+                format!(
+                    "pid {pid}: {} malformed line(s) in cgroup file skipped",
+                    k.cgroup_malformed
+                ),
             ));
         }
-        // Host processes (most) skip building the parsed file.
-        if may_name_container(&text) {
-            let file = parse_cgroup_file(&text);
-            container = attribute(&file);
-            if container.is_some() {
-                cgroup = Some(file);
-            }
-        }
+        return Ok(RawProcess {
+            process,
+            exe_path,
+            exe_identity: exe_stat,
+            cgroup: k.cgroup.clone(),
+            container: k.container.clone(),
+            start_ticks: Some(k.exec.start_ticks),
+            notes,
+            remember: Some(Arc::clone(k)),
+            reused: true,
+        });
     }
-    let namespaces = match kthread_ns {
-        Some(ns) if kernel_thread => ns.clone(),
-        _ => {
-            let ns = dir.namespaces()?;
-            if kernel_thread && ns.pid.is_some() {
-                *kthread_ns = Some(ns.clone());
-            }
-            ns
-        }
-    };
 
-    let process = Process {
+    dir.read("cmdline", buf, CMDLINE_MAX)?;
+    let cmdline = cmdline_text(buf);
+    dir.read("cgroup", buf, 64 * 1024)?;
+    let parsed = cgroups.parse(buf);
+    let (cgroup, container, skipped) = (parsed.cgroup, parsed.container, parsed.malformed);
+    let mut notes = Vec::new();
+    if skipped > 0 {
+        notes.push((
+            "cgroup",
+            format!("pid {pid}: {skipped} malformed line(s) in cgroup file skipped"),
+        ));
+    }
+    let namespaces = dir.namespaces()?;
+
+    let exec = stat.start_ticks.map(|start_ticks| ExecIdentity {
+        start_ticks,
+        comm: stat.comm.clone(),
+        image_marks: stat.image_marks,
+        exe_link,
+        exe_stat,
+    });
+    let remember = exec.map(|exec| {
+        Arc::new(Remembered {
+            exec,
+            cmdline: cmdline.clone(),
+            namespaces: namespaces.clone(),
+            cgroup: cgroup.clone(),
+            container: container.clone(),
+            cgroup_malformed: skipped,
+            mount_root: Default::default(),
+        })
+    });
+    let container_id = container.as_ref().map(|c| c.cgroup.id.clone());
+    let process = assemble(
+        pid,
+        stat,
+        &status,
+        cmdline,
+        exe_path.as_deref(),
+        exe_deleted,
+        container_id,
+        namespaces,
+    );
+    Ok(RawProcess {
+        start_ticks: remember.as_ref().map(|r| r.exec.start_ticks),
+        process,
+        exe_path,
+        exe_identity: exe_stat,
+        cgroup,
+        container,
+        notes,
+        remember,
+        reused: false,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    pid: i32,
+    stat: StatFields,
+    status: &StatusFields,
+    cmdline: String,
+    exe_path: Option<&[u8]>,
+    exe_deleted: bool,
+    container_id: Option<String>,
+    namespaces: Namespaces,
+) -> Process {
+    Process {
         pid,
         ppid: stat.ppid,
+        kernel_thread: is_kernel_thread(pid, stat.ppid, stat.flags),
         command: stat.comm,
         cmdline,
-        container_id: container.as_ref().map(|c| c.cgroup.id.clone()),
-        exe: exe_path.as_deref().map(escape_path),
+        container_id,
+        exe: exe_path.map(escape_path),
         exe_deleted,
         exe_layer: None,
         sha256: None,
@@ -548,22 +774,12 @@ pub fn read_process(
         gid: status.gids.effective,
         uids: status.uids,
         gids: status.gids,
-        capabilities: capabilities(&status),
-        capability_masks: capability_masks(&status),
+        capabilities: capabilities(status),
+        capability_masks: capability_masks(status),
         no_new_privs: status.no_new_privs,
         seccomp: status.seccomp,
         namespaces,
-        kernel_thread,
-    };
-    Ok(RawProcess {
-        process,
-        exe_path,
-        exe_identity,
-        cgroup,
-        container,
-        start_ticks: stat.start_ticks,
-        notes,
-    })
+    }
 }
 
 #[cfg(test)]

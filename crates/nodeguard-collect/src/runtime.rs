@@ -229,8 +229,11 @@ mod tests {
             exe_identity: None,
             cgroup: None,
             container: cgroup
-                .and_then(|path| crate::cgroup::attribute_text(&format!("0::{path}\n"))),
+                .and_then(|path| crate::cgroup::attribute_text(&format!("0::{path}\n")))
+                .map(std::sync::Arc::new),
             notes: Vec::new(),
+            remember: None,
+            reused: false,
         }
     }
 

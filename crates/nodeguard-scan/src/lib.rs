@@ -9,7 +9,7 @@
 //! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
 //! Events) receive the finished report.
 
-use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
+use nodeguard_collect::{CollectOptions, CollectedProcess, Collector, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_all, Algorithms, DigestCache, HashJob};
 use nodeguard_model::{
@@ -107,6 +107,8 @@ pub enum ScanScope {
 /// Scans a node, keeping caches between scans.
 pub struct Scanner {
     options: ScanOptions,
+    /// Keeps what does not change without an exec between scans (see [`Collector`]).
+    collector: Collector,
     policy: Arc<Policy>,
     /// The one digest cache: executables and setuid/capability files alike.
     digests: Arc<DigestCache>,
@@ -175,6 +177,7 @@ impl Scanner {
             algorithms_for(&options, &policy),
         );
         Scanner {
+            collector: Collector::new(options.collect.clone()),
             options,
             policy,
             digests,
@@ -224,7 +227,13 @@ impl Scanner {
             cap_last_cap,
             host_namespaces: _,
             host_bounding,
-        } = nodeguard_collect::collect(&self.options.collect)?;
+            processes_reused,
+        } = self.collector.collect()?;
+        tracing::debug!(
+            processes = processes.len(),
+            reused = processes_reused,
+            "processes collected"
+        );
         let mut processes = processes;
         if !self.options.show_secrets {
             for collected in &mut processes {

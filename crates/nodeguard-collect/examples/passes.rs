@@ -1,0 +1,54 @@
+//! Times collection passes on this node: one cold pass, then warm passes of one `Collector`,
+//! then cold passes (`collect`) for comparison. A measurement aid, not a test.
+//!
+//! ```text
+//! cargo run --release -p nodeguard-collect --example passes -- [PASSES] [COLD_PASSES] [PROC_ROOT]
+//! ```
+
+use nodeguard_collect::{CollectOptions, Collector};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), nodeguard_collect::Error> {
+    let mut args = std::env::args().skip(1);
+    let passes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let cold_passes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(passes);
+    let proc_root = args.next().unwrap_or_else(|| "/proc".into());
+    let opts = CollectOptions {
+        host_root: PathBuf::from("/"),
+        ..CollectOptions::with_proc_root(proc_root)
+    };
+    let mut collector = Collector::new(opts.clone());
+    let t = Instant::now();
+    let first = collector.collect()?;
+    println!(
+        "first pass: {:.1} ms, {} processes, {} containers",
+        t.elapsed().as_secs_f64() * 1e3,
+        first.processes.len(),
+        first.containers.len()
+    );
+    let (mut warm, mut reused) = (Vec::new(), 0);
+    for _ in 0..passes {
+        let t = Instant::now();
+        let s = collector.collect()?;
+        warm.push(t.elapsed().as_secs_f64() * 1e3);
+        reused = s.processes_reused;
+    }
+    let mut cold = Vec::new();
+    for _ in 0..cold_passes.max(1) {
+        let t = Instant::now();
+        nodeguard_collect::collect(&opts)?;
+        cold.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (w, c) = (median(warm), median(cold));
+    println!(
+        "warm pass: {w:.2} ms median ({reused} processes reused); cold pass: {c:.2} ms median; {:.1}x",
+        c / w
+    );
+    Ok(())
+}
