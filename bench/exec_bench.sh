@@ -20,8 +20,10 @@
 #     container of its own, 0.5 s apart), then 2 s (netlink) or the next completed scan
 #     (polling); caught = containers with the finding.
 #   - 50 execs/s: RATE_CONTAINERS (10) shells each start busybox-evil (living 0.2 s) 5 times a
-#     second for RATE_SECONDS (10), writing each pid; caught = those pids in
-#     /v1/processes?sha256=<evil> after 2 s (netlink) or the next scan (polling).
+#     second for RATE_SECONDS (10); caught = processes of busybox-evil per container in
+#     /v1/processes?sha256=<evil> after a scan brought forward by SIGHUP (exec reads that
+#     raise no new finding are published with the next scan; exited ones stay reported for
+#     the retention window).
 #   - steady CPU and RSS over WINDOW (default 60) seconds at a 10 s interval (the node's own
 #     execs, from whatever else runs here, included: that is the exec mode's real cost).
 #   - an exec storm: STORM_LOOPS (default 8) shells running `/bin/busybox-evil true` in a
@@ -234,7 +236,12 @@ rate_phase() { # rate_phase FIRST MODE: echoes "caught started rate"
     sleep 0.1
   done
   t1=$(now_ns)
-  if [[ $mode == netlink ]]; then sleep 2; else wait_next_scan; fi
+  # Reads that raise no new finding (the container's denied_binary is already open) are
+  # published with the next scan: bring one forward (SIGHUP reloads the policy and scans) so
+  # that /v1/processes lists every process the agent read, in both modes alike.
+  sleep 1
+  kill -HUP "$AGENT_PID"
+  wait_next_scan
   local seen started caught
   curl -sf "$URL/v1/processes?sha256=$EVIL_SHA" | jq -r '.processes[] | "\(.container_id) \(.pid)"' | sort -u >"$WORK/rate-seen"
   : >"$WORK/rate-started"
