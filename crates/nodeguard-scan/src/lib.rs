@@ -698,7 +698,10 @@ impl Scanner {
     /// A full scan's processes and containers, plus each exec-read process that is no
     /// longer running (no process with its pid, executable and container) and was read
     /// within the retention window, with its container when that is gone too. Entries past
-    /// the window are dropped here.
+    /// the window are dropped here, and so are entries this scan sees running: a process a
+    /// full scan has seen is reported like any other from then on, so when it (or its whole
+    /// pod) goes, its findings resolve at the next scan rather than a retention window later.
+    /// Retention is for what only an exec read ever saw.
     fn keep_recent_execs(&mut self, processes: &mut Vec<Process>, containers: &mut Vec<Container>) {
         let retention = self.options.exec_retention;
         self.recent_execs
@@ -710,12 +713,12 @@ impl Scanner {
             .iter()
             .map(|p| (p.pid, p.exe.as_deref(), p.container_id.as_deref()))
             .collect();
+        self.recent_execs.retain(|_, r| {
+            let p = &r.process;
+            !running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref()))
+        });
         let mut gone = Vec::new();
         for r in self.recent_execs.values() {
-            let p = &r.process;
-            if running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref())) {
-                continue;
-            }
             gone.push(r.clone());
         }
         for r in gone {
@@ -925,7 +928,8 @@ mod tests {
 
     /// A process read at exec that exited comes back into a full scan's report with its
     /// container (gone too) while the retention window lasts; one still running is not
-    /// doubled; after the window it is dropped.
+    /// doubled, and from then on is reported like any process (so a deleted pod's findings
+    /// resolve at the next scan); after the window it is dropped.
     #[test]
     fn exec_read_processes_outlive_their_exit_for_the_retention_window() {
         let mut s = scanner();
@@ -950,11 +954,21 @@ mod tests {
         assert_eq!(containers.len(), 1);
         assert_eq!(containers[0].id, c.id);
 
-        // The pid now runs something else: both are reported.
+        // The pid now runs something else: both are reported. 43, which the last scan saw
+        // running, has exited: it is not brought back, a scan has reported it already.
         let mut processes = vec![process(42, "/bin/other", None)];
         let mut containers = vec![];
         s.keep_recent_execs(&mut processes, &mut containers);
-        assert_eq!(processes.len(), 3, "{processes:?}");
+        let seen: Vec<(i32, Option<&str>)> = processes
+            .iter()
+            .map(|p| (p.pid, p.exe.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(42, Some("/bin/other")), (42, Some("/bin/evil"))],
+            "{processes:?}"
+        );
+        assert_eq!(s.retained_execs(), 1);
 
         // Past the window: nothing comes back, and the entries are gone.
         s.set_exec_retention(Duration::ZERO);
