@@ -946,28 +946,41 @@ impl Agent {
         Ok(v["findings"].as_array().cloned().unwrap_or_default())
     }
 
-    fn scanned_at(&self) -> Result<String, String> {
-        let (_, body) = self.get("/v1/report")?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        v["scanned_at"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or("no scanned_at".into())
+    /// Full process scans completed, from `nodeguard_scans_total`. Not the report's
+    /// `scanned_at`: exec-driven passes publish new reports between scans too.
+    fn full_scans(&self) -> Result<u64, String> {
+        let (_, body) = self.get("/metrics")?;
+        let sample = "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"} ";
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .ok_or_else(|| format!("no {sample}in /metrics"))
     }
 
-    /// Waits for `n` more scans.
+    /// Waits for `n` more full process scans.
     fn wait_scans(&self, n: usize) {
-        let mut seen = self.scanned_at().unwrap_or_default();
-        for round in 1..=n {
-            seen = wait_for(&format!("scan {round} of {n}"), SCANS_TIMEOUT, || {
-                let now = self.scanned_at()?;
-                if now != seen {
-                    Ok(now)
-                } else {
-                    Err(format!("still {now}"))
-                }
-            });
+        let start = self.full_scans().unwrap_or(0);
+        wait_for(&format!("{n} more full scans"), SCANS_TIMEOUT, || {
+            let now = self.full_scans()?;
+            if now >= start + n as u64 {
+                Ok(now)
+            } else {
+                Err(format!("{} of {n} so far", now.saturating_sub(start)))
+            }
+        });
+    }
+
+    /// Waits (up to [`SCANS_TIMEOUT`]) until the agent's Event queue is empty; whether it was.
+    fn drain_events(&self) -> bool {
+        let deadline = Instant::now() + SCANS_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.events_queued() == Ok(0) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
+        false
     }
 
     /// Events the agent has queued, from its `nodeguard_events_queued` gauge.
@@ -1349,7 +1362,17 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     );
 
     // 4. A deleted pod's findings resolve (kubelet stops its containers; the Resolved Event
-    //    does not wait for the API object to go).
+    //    does not wait for the API object to go). Its processes were read at exec; a process
+    //    no full scan saw running stays reported for --exec-retention after it exits (a pod
+    //    that lived a second between two scans is what a responder must still see), so let
+    //    one full scan see the pod first: from then on it resolves at the next scan.
+    // The start-up backlog (every workload pod's and the node's findings, sent at the
+    // node-wide 1/s) is let drain too, so that what is timed is the resolution, not the
+    // queue: step 3 showed a new pod's Events do not wait behind it.
+    agent.wait_scans(1);
+    if !agent.drain_events() {
+        say("realnode: the first agent's Event queue did not drain before the pod was deleted");
+    }
     bed.kubectl(&["delete", "pod", "-n", "realnode", "late", "--wait=false"])
         .ok();
     wait_events(
@@ -1378,17 +1401,7 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     //    had not announced yet (its queue drains at the node-wide 1/s; other beds on this
     //    machine add findings regarding the Node) are owed, not repeats: let the queue drain
     //    first, and judge repeats by finding id.
-    let drained = (|| {
-        let deadline = Instant::now() + SCANS_TIMEOUT;
-        while Instant::now() < deadline {
-            if agent.events_queued() == Ok(0) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        false
-    })();
-    if !drained {
+    if !agent.drain_events() {
         say("realnode: the first agent's Event queue did not drain; the restart check counts only repeats");
     }
     agent.stop();
@@ -1454,6 +1467,12 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
                 .any(|e| e.regarding == "late2" && e.type_ == "Warning")
         },
     );
+    // As in step 4: a full scan has seen it, and this agent's start-up backlog (it has no
+    // state, so it announces everything again) has drained.
+    agent.wait_scans(1);
+    if !agent.drain_events() {
+        say("realnode: the stateless agent's Event queue did not drain before late2 was deleted");
+    }
     bed.kubectl(&["delete", "pod", "-n", "realnode", "late2", "--wait=false"])
         .ok();
     wait_events(
