@@ -408,6 +408,9 @@ fn a_warm_pass_equals_a_cold_pass_on_this_node() {
         host_root: PathBuf::from("/"),
         ..CollectOptions::default()
     };
+    // A fresh CI machine runs few processes that hold still between passes: start some
+    // that do, so the comparison below always has something to compare.
+    let sleepers = Sleepers::start(12);
     let mut collector = Collector::new(opts.clone());
     collector.collect().unwrap();
     // Other work runs on this node: compare what did not change from a cold pass before the
@@ -436,7 +439,16 @@ fn a_warm_pass_equals_a_cold_pass_on_this_node() {
         assert_eq!(seen, cold, "pid {pid}: warm vs cold");
         compared += 1;
     }
-    assert!(compared > 10, "only {compared} processes held still");
+    for pid in sleepers.pids() {
+        assert!(
+            before.contains_key(&pid) && before.get(&pid) == after.get(&pid),
+            "our sleeping process {pid} held still and was compared"
+        );
+    }
+    assert!(
+        compared >= sleepers.pids().len(),
+        "only {compared} processes held still"
+    );
     let containers = |s: &Snapshot| {
         s.containers
             .iter()
@@ -454,6 +466,37 @@ fn a_warm_pass_equals_a_cold_pass_on_this_node() {
         }
     }
     assert_eq!(warm_host(&cold_before), warm_host(&cold_after));
+}
+
+/// Idle children on the host, killed and reaped when dropped.
+struct Sleepers(Vec<Child>);
+
+impl Sleepers {
+    fn start(n: usize) -> Sleepers {
+        Sleepers(
+            (0..n)
+                .map(|_| {
+                    Command::new("sleep")
+                        .arg("600")
+                        .spawn()
+                        .expect("sleep runs")
+                })
+                .collect(),
+        )
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.0.iter().map(|c| c.id() as i32).collect()
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn warm_host(s: &Snapshot) -> (u32, Option<u64>) {
