@@ -626,6 +626,80 @@ mod tests {
         assert!(err.to_string().contains("refusing"), "{err}");
     }
 
+    fn tls_of(flags: &[&str]) -> Result<Option<TlsSettings>> {
+        let args = run_args(flags);
+        let listen = args
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:9717".parse().unwrap());
+        tls_settings(&args, listen, "node-1")
+    }
+
+    #[test]
+    fn tls_is_served_beyond_loopback_or_when_asked_and_plain_http_stays_on_loopback() {
+        // Loopback without certificate files: plain HTTP (only this namespace connects).
+        assert_eq!(tls_of(&[]).unwrap(), None);
+        // Beyond loopback: a self-signed certificate for the node's names and loopback.
+        let settings = tls_of(&["--listen", "0.0.0.0:9717"]).unwrap().unwrap();
+        let CertSource::SelfSigned { dns_names, ips } = &settings.source else {
+            panic!("{settings:?}");
+        };
+        assert!(
+            dns_names.contains(&"localhost".to_string()),
+            "{dns_names:?}"
+        );
+        assert!(dns_names.contains(&"node-1".to_string()), "{dns_names:?}");
+        assert!(ips.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{ips:?}");
+        assert_eq!(settings.min_version, TlsVersion::Tls12);
+        assert_eq!(settings.reload_interval, Duration::from_secs(60));
+        // A specific address goes into the certificate.
+        let settings = tls_of(&["--listen", "10.1.2.3:9717"]).unwrap().unwrap();
+        let CertSource::SelfSigned { ips, .. } = &settings.source else {
+            panic!("{settings:?}");
+        };
+        assert!(ips.contains(&"10.1.2.3".parse().unwrap()), "{ips:?}");
+        // Certificate files mean TLS, on loopback too.
+        let settings = tls_of(&[
+            "--tls-cert-file",
+            "/c.crt",
+            "--tls-key-file",
+            "/c.key",
+            "--tls-min-version",
+            "1.3",
+            "--tls-served-cert-file",
+            "/run/x.crt",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            settings.source,
+            CertSource::Files {
+                cert: "/c.crt".into(),
+                key: "/c.key".into()
+            }
+        );
+        assert_eq!(settings.min_version, TlsVersion::Tls13);
+        assert_eq!(settings.served_cert_file, Some("/run/x.crt".into()));
+        assert!(tls_of(&["--tls", "on"]).unwrap().is_some());
+        // Off is off, even beyond loopback (warned), and contradicts certificate files.
+        assert_eq!(
+            tls_of(&["--tls", "off", "--listen", "0.0.0.0:9717"]).unwrap(),
+            None
+        );
+        let err = tls_of(&[
+            "--tls",
+            "off",
+            "--tls-cert-file",
+            "/c",
+            "--tls-key-file",
+            "/k",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--tls off"), "{err}");
+        // A certificate without its key (or the reverse) is a usage error.
+        let cli = Cli::try_parse_from(["nodeguard", "run", "--tls-cert-file", "/c"]);
+        assert!(cli.is_err());
+    }
+
     /// A proc root whose pid 1 and `self` are in the network namespaces given (`None`: the
     /// link is missing).
     fn proc_root(own: Option<&str>, host: Option<&str>) -> tempfile::TempDir {
