@@ -5,11 +5,13 @@
 //!   over TLS 1.3 and 1.2 (1.1 refused; `--tls-min-version 1.3` refuses 1.2), and curl
 //!   verifies it; plain HTTP to the TLS port is answered 400 and nothing else, while the
 //!   probe port stays plain HTTP;
-//! - certificate files renewed on disk reach new connections without a restart; a broken or
-//!   mismatched pair is refused with a logged reason and the old one stays served;
+//! - certificate files renewed on disk reach new connections without a restart (and at once
+//!   on SIGHUP); a broken or mismatched pair is refused with a logged reason and the old one
+//!   stays served;
 //! - a peer that stalls its handshakes holds at most its per-peer share of connections, and
 //!   only until the handshake timeout: `/metrics` over TLS from another address and
-//!   `/healthz` answer meanwhile;
+//!   `/healthz` answer meanwhile; a connection idle after its handshake is closed like a
+//!   plain one;
 //! - `nodeguard query` verifies with `--ca-file`, and without it (or with another CA) fails
 //!   saying why; `--insecure-skip-tls-verify` works and warns;
 //! - listening beyond loopback (in a network namespace of the test's own), the agent serves
@@ -726,4 +728,67 @@ fn beyond_loopback_the_api_serves_tls_without_being_told() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("self-signed"), "{text}");
     assert!(text.contains(&file_fingerprint(&served)), "{text}");
+}
+
+#[test]
+fn sighup_reads_the_certificate_files_at_once_and_idle_tls_connections_are_closed() {
+    if !tools(&["openssl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = openssl_pair(dir.path(), "a");
+    let (cert_b, key_b) = openssl_pair(dir.path(), "b");
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    replace(&cert_a, &crt);
+    replace(&key_a, &key);
+    // An interval far longer than the test: only SIGHUP can bring B in.
+    let tls = TlsAgent::start(&[
+        "--tls-cert-file",
+        crt.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-reload-interval",
+        "24h",
+    ]);
+    assert_eq!(
+        served_fingerprint(&tls.addr(), dir.path()).unwrap(),
+        file_fingerprint(&cert_a)
+    );
+    replace(&key_b, &key);
+    replace(&cert_b, &crt);
+    run_ok("kill", &["-HUP", &tls.agent.pid().to_string()]);
+    let want = file_fingerprint(&cert_b);
+    wait_for("B served after SIGHUP", Duration::from_secs(30), || {
+        let got = served_fingerprint(&tls.addr(), dir.path())?;
+        (got == want).then_some(()).ok_or(got)
+    });
+
+    // A client that completes its handshake and then sends nothing is closed like an idle
+    // plain connection (5 s to send a request head): s_client, given no input, exits when
+    // the server closes.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut idle = KillOnDrop(
+        Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &tls.addr()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openssl s_client"),
+    );
+    wait_for(
+        "the server to close an idle TLS connection",
+        Duration::from_secs(60),
+        || match idle.0.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still open".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
 }
