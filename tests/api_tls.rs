@@ -598,6 +598,12 @@ fn query_verifies_https_with_a_ca_file_and_says_why_without_one() {
             .contains("warning: --insecure-skip-tls-verify"),
         "{insecure}"
     );
+    // In the DaemonSet's container NODEGUARD_CA_FILE is set: the flag still wins.
+    let insecure = query(
+        &["--url", &url, "--insecure-skip-tls-verify", "findings"],
+        &[("NODEGUARD_CA_FILE", other.to_str().unwrap())],
+    );
+    assert!(insecure.success(), "{insecure}");
 
     let plain = query(
         &[

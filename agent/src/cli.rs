@@ -531,8 +531,9 @@ pub struct QueryArgs {
     pub ca_file: Option<PathBuf>,
 
     /// Do not check the agent's certificate (warned): anyone on the path can pose as the
-    /// agent and read the token sent.
-    #[arg(long, global = true, conflicts_with = "ca_file")]
+    /// agent and read the token sent. Overrides --ca-file (and NODEGUARD_CA_FILE, which the
+    /// DaemonSet sets).
+    #[arg(long, global = true)]
     pub insecure_skip_tls_verify: bool,
 
     /// Output format.
