@@ -15,9 +15,13 @@
 //! - `nodeguard query` verifies with `--ca-file`, and without it (or with another CA) fails
 //!   saying why; `--insecure-skip-tls-verify` works and warns;
 //! - listening beyond loopback (in a network namespace of the test's own), the agent serves
-//!   https without being told.
+//!   https without being told;
+//! - a real Prometheus scrapes it with the README's scrape job (`scheme: https`,
+//!   `insecure_skip_verify`), verifies it when given the served certificate as CA, and fails
+//!   the scrape with another CA.
 //!
-//! Needs curl and openssl (and unshare, nsenter, ip for the last test): without them each
+//! Needs curl and openssl (unshare, nsenter and ip for the namespace test, prometheus for
+//! the scrape): without them each
 //! test says why it skipped; with `CI` set it fails instead. Only loopback addresses are
 //! ever connected to. Run: `cargo test -p nodeguard --test api_tls`.
 
@@ -796,5 +800,120 @@ fn sighup_reads_the_certificate_files_at_once_and_idle_tls_connections_are_close
             Ok(None) => Err("still open".to_string()),
             Err(e) => Err(e.to_string()),
         },
+    );
+}
+
+/// The README's Prometheus scrape job (the YAML block that starts with `scrape_configs:` in
+/// "Query API"), as a value.
+fn readme_scrape_job() -> serde_json::Value {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("read README.md");
+    let start = readme
+        .find("```yaml\nscrape_configs:")
+        .expect("README has a Prometheus scrape example")
+        + "```yaml\n".len();
+    let end = readme[start..].find("```").expect("the example ends") + start;
+    let config: serde_json::Value =
+        serde_yaml::from_str(&readme[start..end]).expect("the README's example is YAML");
+    config["scrape_configs"][0].clone()
+}
+
+#[test]
+fn prometheus_scrapes_over_https_as_the_readme_shows_and_verifies_when_given_the_certificate() {
+    if !tools(&["openssl"]) {
+        return;
+    }
+    let Some(binary) = support::prometheus::require_prometheus() else {
+        return;
+    };
+    let tls = TlsAgent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "not-checked-without-a-cluster\n").unwrap();
+    let (other, _) = openssl_pair(dir.path(), "other");
+    let readme = readme_scrape_job();
+    assert_eq!(readme["scheme"], "https", "{readme}");
+    assert_eq!(
+        readme["tls_config"]["insecure_skip_verify"], true,
+        "{readme}"
+    );
+    // The README's job as it is (service discovery aside: this agent is a static target),
+    // then with the agent's certificate as CA (verifying), then with another CA.
+    let mut jobs = String::new();
+    for (name, tls_config) in [
+        ("readme", readme["tls_config"].clone()),
+        (
+            "verified",
+            serde_json::json!({"ca_file": tls.served.to_str().unwrap()}),
+        ),
+        (
+            "wrong_ca",
+            serde_json::json!({"ca_file": other.to_str().unwrap()}),
+        ),
+    ] {
+        let mut job = readme.clone();
+        let object = job.as_object_mut().unwrap();
+        object.remove("kubernetes_sd_configs");
+        object.remove("relabel_configs");
+        object.insert("job_name".into(), name.into());
+        object.insert("tls_config".into(), tls_config);
+        object.insert(
+            "authorization".into(),
+            serde_json::json!({"credentials_file": token.to_str().unwrap()}),
+        );
+        object.insert(
+            "static_configs".into(),
+            serde_json::json!([{"targets": [tls.addr()]}]),
+        );
+        let yaml = serde_yaml::to_string(&serde_json::Value::Array(vec![job])).unwrap();
+        for line in yaml.lines() {
+            jobs.push_str("  ");
+            jobs.push_str(line);
+            jobs.push('\n');
+        }
+    }
+    let prometheus = support::prometheus::Prometheus::start_with_scrape_configs(&binary, &jobs);
+    let up = |job: &str| -> Result<f64, String> {
+        let result = prometheus.query(&format!("up{{job=\"{job}\"}}"))?;
+        result
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no up series for {job} yet"))
+    };
+    for job in ["readme", "verified"] {
+        wait_for(
+            &format!("{job} scraped over https"),
+            Duration::from_secs(60),
+            || {
+                let value = up(job)?;
+                let scans = prometheus.query(&format!("nodeguard_scans_total{{job=\"{job}\"}}"))?;
+                (value == 1.0 && !scans.is_empty())
+                    .then_some(())
+                    .ok_or(format!("up={value}, {} scan series", scans.len()))
+            },
+        );
+    }
+    // Prometheus verifies what it is told to: another CA fails the scrape.
+    let value = wait_for(
+        "the wrong-CA job's first scrape",
+        Duration::from_secs(60),
+        || up("wrong_ca"),
+    );
+    assert_eq!(value, 0.0, "a scrape with another CA succeeded");
+    let targets = prometheus.api("targets", "targets").unwrap();
+    let wrong = targets["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["labels"]["job"] == "wrong_ca")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        wrong["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("x509"),
+        "{wrong}"
     );
 }
