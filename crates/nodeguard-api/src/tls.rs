@@ -90,8 +90,9 @@ pub struct ServerTls {
     resolver: Arc<CurrentCert>,
     settings: TlsSettings,
     provider: Arc<CryptoProvider>,
-    /// The bytes of the last pair refused, so a broken pair is logged once, not every poll.
-    last_refused: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    /// The last refusal (the pair's bytes and the reason), so a broken pair is logged once,
+    /// not at every poll.
+    last_refused: Mutex<Option<(Vec<u8>, String)>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -258,7 +259,11 @@ impl ServerTls {
             .last_refused
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let key = pair.unwrap_or_default();
+        let key = (
+            pair.map(|(cert, key)| [cert, key].concat())
+                .unwrap_or_default(),
+            error.to_string(),
+        );
         if last.as_ref() == Some(&key) {
             return;
         }
