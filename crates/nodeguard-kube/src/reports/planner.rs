@@ -7,12 +7,13 @@
 //! content ([`render::content`]: labels, scope, summary, results without timestamps) did
 //! not change is never written. No I/O and no clock: every method takes `now`, and the task
 //! in `mod.rs` hands the [`Op`]s to the sender and reports each answer with
-//! [`Planner::on_done`]. The token bucket and the backoff are the Event publisher's.
+//! [`Planner::on_done`]. The pace (token bucket and backoff) is the Event publisher's.
 
 use super::render::{self, Desired, Key};
-use super::send::{Outcome, SendError};
+use super::send::Outcome;
 use super::PolicyReportConfig;
-use crate::events::limits::{Backoff, TokenBucket};
+use crate::publish::limits::Pace;
+use crate::publish::send::SendError;
 use nodeguard_model::{NodeState, PolicyReportStats};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -59,9 +60,8 @@ pub(crate) struct Planner {
     /// Reports the API server refused for good, with the content refused: not asked again
     /// until the content changes.
     rejected: HashMap<Key, Value>,
-    bucket: TokenBucket,
-    backoff: Backoff,
-    next_attempt: Instant,
+    /// The node-wide bucket and the backoff.
+    pace: Pace,
     /// The CRDs were found missing (or the list forbidden): said once, until it changes.
     unavailable_said: bool,
 }
@@ -74,9 +74,14 @@ impl Planner {
             desired: BTreeMap::new(),
             waiting: false,
             rejected: HashMap::new(),
-            bucket: TokenBucket::per_second(cfg.writes_per_sec, cfg.write_burst, now),
-            backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed),
-            next_attempt: now,
+            pace: Pace::new(
+                cfg.writes_per_sec,
+                cfg.write_burst,
+                cfg.backoff_initial,
+                cfg.backoff_max,
+                seed,
+                now,
+            ),
             unavailable_said: false,
             cfg,
         }
@@ -99,11 +104,11 @@ impl Planner {
 
     /// The next write (or the list), if the backoff and the bucket allow one now.
     pub(crate) fn next_request(&mut self, now: Instant) -> Option<Op> {
-        if now < self.next_attempt {
+        if self.pace.held(now) {
             return None;
         }
         let op = self.wanted()?;
-        if !self.bucket.try_take(now) {
+        if !self.pace.try_take(now) {
             return None;
         }
         Some(op)
@@ -114,7 +119,7 @@ impl Planner {
         if busy || self.wanted().is_none() {
             return None;
         }
-        Some(self.next_attempt.max(self.bucket.ready_at(now)))
+        Some(self.pace.ready_at(now))
     }
 
     /// The request that would bring the stored reports closer to the wanted ones.
@@ -203,7 +208,7 @@ impl Planner {
                     );
                     self.unavailable_said = true;
                 }
-                self.next_attempt = now + self.cfg.unavailable_retry;
+                self.pace.hold_until(now + self.cfg.unavailable_retry);
             }
             (op, Err(SendError::NotFound(why) | SendError::Conflict(why))) => {
                 // Someone else deleted or changed the report, or the CRDs went away: read
@@ -252,11 +257,11 @@ impl Planner {
     }
 
     fn ok(&mut self) {
-        self.backoff.reset();
+        self.pace.succeeded();
     }
 
     fn back_off(&mut self, now: Instant) {
-        self.next_attempt = now + self.backoff.next_delay();
+        self.pace.failed(now);
     }
 
     /// This node's stored reports by key. Objects of another name (a label collision) are
