@@ -609,7 +609,7 @@ fn scans_ran_since(st: &NodeState, kind: FindingKind, since: SystemTime) -> bool
 mod tests {
     use super::super::ledger::TargetKind;
     use super::*;
-    use nodeguard_model::{CgroupVersion, Finding, Report, ScanStats, Severity};
+    use nodeguard_model::{CgroupVersion, Finding, Severity};
     use std::time::Duration;
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
@@ -646,13 +646,10 @@ mod tests {
     }
 
     fn state(findings: &[&Finding]) -> Arc<NodeState> {
-        let now = Timestamp::now();
-        let report = Report {
-            schema_version: 1,
-            node: "node-a".into(),
-            scanned_at: now,
-            duration_ms: 1,
-            containers: vec![nodeguard_testkit::model::container(CID)
+        let findings: Vec<Finding> = findings.iter().map(|f| (*f).clone()).collect();
+        Arc::new(nodeguard_testkit::model::state(
+            "node-a",
+            vec![nodeguard_testkit::model::container(CID)
                 .cgroup("/kubepods/x")
                 .cgroup_version(CgroupVersion::V2)
                 .pod(
@@ -660,28 +657,9 @@ mod tests {
                     Some(nodeguard_testkit::model::pod_ref("shop", "web-0", "app")),
                 )
                 .build()],
-            processes: vec![],
-            files: vec![],
-            findings: findings.iter().map(|f| (*f).clone()).collect(),
-            stats: ScanStats::default(),
-            warnings: vec![],
-        };
-        Arc::new(NodeState {
-            report: Arc::new(report),
-            findings: findings
-                .iter()
-                .map(|f| TrackedFinding {
-                    finding: (*f).clone(),
-                    first_seen: now,
-                    last_seen: now,
-                })
-                .collect(),
-            last_scans: BTreeMap::new(),
-            policy_loaded_at: now,
-            policy_weakened: vec![],
-            totals: Default::default(),
-            exec_events: Default::default(),
-        })
+            &findings,
+            Timestamp::now(),
+        ))
     }
 
     /// What the queue holds, as `A:<path>`, `R:<id>`, `S`.
