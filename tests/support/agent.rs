@@ -1,17 +1,23 @@
-//! `nodeguard run` as a child process, for tests that watch the daemon: its own loopback
-//! port, its log in a temp dir (printed on a failing test), killed on drop.
+//! `nodeguard run` as a child process, for the integration tests that watch the daemon
+//! without a cluster (`daemon_e2e`, `exec_runc`): its own loopback port, its log in a temp
+//! dir (the last 60 lines printed on a failing test), killed on drop; [`Agent::wait_ready`]
+//! is the one readiness wait (`/readyz` 200: the first scan completed).
 //!
 //! [`Agent::start_in`] can start it under a wrapper (e.g. `unshare -n` for a network
 //! namespace of its own); [`Agent::get`] then reaches its loopback from inside that
-//! namespace.
+//! namespace. The tests against a cluster start theirs with
+//! [`super::spawn_nodeguard_with_kubeconfig`].
 
 use super::http::{free_port, HttpResponse};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a request to the agent may take to answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     child: RefCell<Child>,
@@ -26,13 +32,22 @@ pub struct Agent {
 impl Agent {
     /// `nodeguard run --listen 127.0.0.1:PORT --kube off --log-format json ARGS...`.
     pub fn start(args: &[&str]) -> Agent {
-        Agent::start_in(&[], args)
+        Agent::launch(&[], args, false)
+    }
+
+    /// The same with `--state-dir` a directory of its own (in the agent's temp dir).
+    pub fn start_with_state(args: &[&str]) -> Agent {
+        Agent::launch(&[], args, true)
     }
 
     /// The same, run by `wrapper` (a command whose last word execs the rest, e.g.
     /// `["unshare", "-n", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]`).
     /// A wrapper that makes a network namespace must keep the agent's pid (exec, no fork).
     pub fn start_in(wrapper: &[&str], args: &[&str]) -> Agent {
+        Agent::launch(wrapper, args, false)
+    }
+
+    fn launch(wrapper: &[&str], args: &[&str], state_dir: bool) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("nodeguard-agent-")
             .tempdir()
@@ -51,7 +66,14 @@ impl Agent {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if state_dir {
+            let state = dir.path().join("state");
+            std::fs::create_dir_all(&state).expect("create the agent's state dir");
+            full.extend(["--state-dir".to_string(), state.display().to_string()]);
+        }
         full.extend(args.iter().map(|s| s.to_string()));
+        // As for `nodeguard scan` in the harness: where pid 1 cannot be looked into, host
+        // paths are reached through this (the host's) mount namespace.
         if !args.contains(&"--host-root") && !super::host_pid1_readable() {
             full.extend(["--host-root".to_string(), "/".to_string()]);
         }
@@ -98,17 +120,51 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `http://127.0.0.1:PORT`, the agent's API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Fails at once, with the agent's log, if the agent is no longer running.
+    pub fn assert_running(&self) {
+        if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
+            panic!(
+                "the agent exited ({status}) while it should run\n  command: {}",
+                self.command
+            );
+        }
+    }
+
+    /// Waits at most `timeout` for the agent to exit; `None` when it is still running.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `GET PATH` on the agent's loopback (from inside its network namespace when it has
     /// one of its own). Fails at once if the agent exited.
     pub fn get(&self, path: &str) -> Result<HttpResponse, String> {
-        if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
-            panic!("the agent exited ({status})\n  command: {}", self.command);
-        }
+        self.get_accept(path, None)
+    }
+
+    /// [`Agent::get`] with an `Accept` header.
+    pub fn get_accept(&self, path: &str, accept: Option<&str>) -> Result<HttpResponse, String> {
+        self.assert_running();
         let port = self.port;
         let path_owned = path.to_string();
+        let accept = accept.map(str::to_string);
+        let url = self.url();
         let fetch = move || {
-            super::http::get(port, &path_owned, None, Duration::from_secs(30))
-                .map_err(|e| format!("GET {path_owned}: {e}"))
+            super::http::get(port, &path_owned, accept.as_deref(), HTTP_TIMEOUT)
+                .map_err(|e| format!("GET {url}{path_owned}: {e}"))
         };
         if !self.netns {
             return fetch();
@@ -131,27 +187,47 @@ impl Agent {
     pub fn get_json(&self, path: &str) -> Value {
         let r = self.get(path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            r.status, 200,
+            r.status,
+            200,
             "GET {path} answered {}: {}",
-            r.status, r.body
+            r.status,
+            super::excerpt(&r.body, 3000)
         );
         r.json(path)
     }
 
-    /// `/v1/findings?QUERY` → the findings array.
+    /// `/v1/findings?QUERY` → the findings array (whose length must be the answer's
+    /// `count`).
     pub fn findings(&self, query: &str) -> Vec<Value> {
         let answer = self.get_json(&format!("/v1/findings?{query}"));
-        answer["findings"]
+        let findings = answer["findings"]
             .as_array()
             .cloned()
-            .unwrap_or_else(|| panic!("/v1/findings?{query} has no findings array: {answer}"))
+            .unwrap_or_else(|| panic!("/v1/findings?{query} has no findings array: {answer}"));
+        assert_eq!(
+            answer["count"].as_u64(),
+            Some(findings.len() as u64),
+            "count must equal the number of findings: {answer}"
+        );
+        findings
     }
 
-    /// The `/metrics` text (0.0.4 format).
+    /// The `/metrics` text in its default form (the 0.0.4 text format without an Accept
+    /// header).
     pub fn metrics(&self) -> String {
         let r = self.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.status, 200, "/metrics: {}", r.body);
+        assert_eq!(r.status, 200, "/metrics: {}", super::excerpt(&r.body, 3000));
         r.body
+    }
+
+    /// `nodeguard query ARGS... --url URL -o json`, which must exit 0 and print JSON.
+    pub fn query_cli(&self, args: &[&str]) -> Value {
+        let url = self.url();
+        let mut full = vec!["query", "--url", url.as_str(), "-o", "json"];
+        full.extend_from_slice(args);
+        let out = super::scan::nodeguard(&full).ok();
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("nodeguard query did not print JSON ({e})\n{out}"))
     }
 
     /// The value of one series of `/metrics` (e.g. `nodeguard_exec_events_total` or
@@ -160,14 +236,18 @@ impl Agent {
         metric_value(&self.metrics(), series)
     }
 
-    /// Waits until `/readyz` answers 200 (the first scan completed).
-    pub fn wait_ready(&self, timeout: Duration) {
+    /// Waits until `/readyz` answers 200 (the first scan completed); returns its body.
+    pub fn wait_ready(&self, timeout: Duration) -> Value {
         super::wait_for("the agent's /readyz to answer 200", timeout, || {
             let r = self.get("/readyz")?;
             if r.status == 200 {
-                Ok(())
+                Ok(r.json("/readyz"))
             } else {
-                Err(format!("status {}: {}", r.status, r.body))
+                Err(format!(
+                    "status {}: {}",
+                    r.status,
+                    super::excerpt(&r.body, 3000)
+                ))
             }
         })
     }
