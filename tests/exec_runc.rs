@@ -164,7 +164,7 @@ fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour
     let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
     let (agent, scans_before) = hourly_agent(&planted);
     assert!(
-        denied(&agent, &container.id, &digest).is_empty(),
+        denied(&agent, &container.id, digest).is_empty(),
         "nothing denied runs yet"
     );
 
@@ -261,7 +261,7 @@ fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
             Err(format!("process scans still {now}"))
         }
     });
-    let still = denied(&agent, &container.id, &digest);
+    let still = denied(&agent, &container.id, digest);
     assert_eq!(
         still.first().map(|f| f["id"].clone()),
         Some(found["id"].clone()),

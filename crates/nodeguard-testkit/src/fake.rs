@@ -325,6 +325,12 @@ struct App {
     started: Instant,
 }
 
+impl App {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The running fake. Its server stops when this is dropped.
 pub struct FakeApi {
     pub addr: SocketAddr,
@@ -610,14 +616,14 @@ fn percent_decode(text: &str) -> String {
 
 /// Records a request; returns its sequence number.
 fn record(app: &App, request: Request) -> usize {
-    let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inner = app.lock();
     let seq = inner.requests.len();
     inner.requests.push(Request { seq, ..request });
     seq
 }
 
 fn set_status(app: &App, seq: usize, code: u16, why: &str, body: Option<Value>) {
-    let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inner = app.lock();
     if let Some(r) = inner.requests.get_mut(seq) {
         r.status = code;
         r.why = why.to_string();
@@ -821,12 +827,7 @@ async fn handle(
             why: String::new(),
         },
     );
-    let token = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .token
-        .clone();
+    let token = app.lock().token.clone();
     let presented = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -868,20 +869,16 @@ async fn handle(
     }
     match (a.group.as_str(), a.resource.as_str(), a.verb.as_str()) {
         ("", "pods", "list" | "watch") if a.namespace.is_none() && a.name.is_none() => {
-            let delay = app
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pod_delay;
+            let delay = app.lock().pod_delay;
             tokio::time::sleep(delay).await;
-            let mode = app.inner.lock().unwrap_or_else(|e| e.into_inner()).pod_mode;
+            let mode = app.lock().pod_mode;
             match fault(&app, seq, mode).await {
                 Some(faulted) => faulted,
                 None => pods(&app, seq, &a.verb, &query),
             }
         }
         ("", "nodes", "get") => {
-            let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let inner = app.lock();
             let outcome = if a.name.as_deref() != Some(inner.node.as_str()) {
                 let name = a.name.clone().unwrap_or_default();
                 Err(Refusal::not_found(format!("nodes \"{name}\" not found")))
@@ -923,12 +920,7 @@ async fn handle(
 }
 
 fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> Response {
-    let node = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .node
-        .clone();
+    let node = app.lock().node.clone();
     let want = format!("spec.nodeName={node}");
     if query.get("fieldSelector") != Some(&want) {
         return refuse(
@@ -950,9 +942,7 @@ fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> 
         // Subscribe before reading the history: no change falls between the two.
         let rx = app.pod_watch.subscribe();
         let backlog: Vec<(u64, String)> = app
-            .inner
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .history
             .iter()
             .filter(|(rv, _)| *rv > from)
@@ -1002,7 +992,7 @@ fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> 
             .body(Body::from_stream(backlog.chain(live)))
             .unwrap();
     }
-    let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let inner = app.lock();
     let items: Vec<Value> = inner
         .pods
         .values()
@@ -1036,11 +1026,7 @@ async fn event_write(
     name: Option<String>,
     body: Value,
 ) -> Response {
-    let mode = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .event_mode;
+    let mode = app.lock().event_mode;
     if let Some(faulted) = fault(app, seq, mode).await {
         return faulted;
     }
@@ -1057,7 +1043,7 @@ fn write_event(
     if body.is_null() {
         return Err(Refusal::bad_request("the body is not JSON"));
     }
-    let mut guard = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = app.lock();
     let inner = &mut *guard;
     let node = inner.node.clone();
     let refused = |why: String| {

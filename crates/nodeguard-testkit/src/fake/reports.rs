@@ -143,11 +143,7 @@ pub(super) async fn handle(
     body_len: usize,
     body: Value,
 ) -> Response {
-    let mode = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .reports_mode;
+    let mode = app.lock().reports_mode;
     let outcome = match mode {
         ReportsMode::Normal => serve(app, a, query, body_len, body),
         ReportsMode::NotInstalled => Err(Refusal::not_found(NOT_INSTALLED)),
@@ -178,7 +174,7 @@ fn serve(
     let ns = a.namespace.clone().unwrap_or_default();
     match a.verb.as_str() {
         "list" => {
-            let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let inner = app.lock();
             let items: Vec<Value> = inner
                 .reports
                 .0
@@ -243,7 +239,7 @@ fn serve(
                 if cluster { String::new() } else { ns.clone() },
                 name.clone(),
             );
-            let mut guard = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = app.lock();
             let inner = &mut *guard;
             if a.verb == "create" {
                 object["metadata"]["creationTimestamp"] = json!("2026-11-26T00:00:00Z");
@@ -280,7 +276,7 @@ fn serve(
                 if cluster { String::new() } else { ns },
                 name.clone(),
             );
-            let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inner = app.lock();
             let object = inner.reports.remove(&key, &qualified, &name)?;
             Ok(Reply::Served(StatusCode::OK, object))
         }
