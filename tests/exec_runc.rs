@@ -335,3 +335,68 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
     let found = wait_denied(&agent, &planted, Some(pid), FIRST_SCAN_TIMEOUT);
     assert_eq!(found["severity"], "critical");
 }
+
+/// `nodeguard_findings_detected_total` summed over severities, for one kind.
+fn detected(agent: &Agent, kind: &str) -> f64 {
+    let prefix = format!("nodeguard_findings_detected_total{{kind=\"{kind}\"");
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn containers_started_while_execs_are_read_get_no_findings_from_runcs_own_set_up() {
+    require_containers!();
+    // runc runs `runc init` in the new container's cgroup with runc's own capabilities and
+    // the host's pid namespace before it execs the entrypoint. An exec read of that moment
+    // made a new pod's sandbox look like a privileged container sharing the host's pid
+    // namespace on the real node. These containers are neither (runc's config: the runtime
+    // default capabilities, a pid namespace of their own), so no such finding may appear,
+    // not even for a moment (the detected counters count every appearance).
+    let image = Image::busybox_owned("execinit");
+    let agent = Agent::start(&["--interval", "1h", "--fs-interval", "1h"]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+    let kinds = ["privileged_container", "host_pid_namespace"];
+    let before: Vec<f64> = kinds.iter().map(|k| detected(&agent, k)).collect();
+
+    let containers: Vec<_> = (0..10)
+        .map(|_| ContainerSpec::new(&image).start())
+        .collect();
+    for c in &containers {
+        let config: Value =
+            serde_json::from_slice(&fs::read(c.bundle.join("config.json")).unwrap()).unwrap();
+        let namespaces = config["linux"]["namespaces"].to_string();
+        assert!(namespaces.contains("\"pid\""), "{}: {namespaces}", c.id);
+    }
+    // Every container is known from the exec of its entrypoint, and whatever runc's set-up
+    // left held back has been read.
+    wait_for(
+        "the new containers on /v1/containers",
+        EXEC_TO_FINDING * 5,
+        || {
+            let listed = agent.get_json("/v1/containers").to_string();
+            match containers.iter().find(|c| !listed.contains(&c.id)) {
+                None => Ok(()),
+                Some(c) => Err(format!("{} not listed", c.id)),
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "a process scan ran; the containers must come from exec reads"
+    );
+    let after: Vec<f64> = kinds.iter().map(|k| detected(&agent, k)).collect();
+    assert_eq!(after, before, "{kinds:?} detected while containers started");
+    for c in &containers {
+        for kind in kinds {
+            let found = agent.findings(&format!("kind={kind}&container={}", c.id));
+            assert!(found.is_empty(), "{}: {found:?}", c.id);
+        }
+    }
+}

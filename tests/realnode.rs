@@ -888,14 +888,6 @@ impl Agent {
             &interval,
             "--fs-interval",
             "10m",
-            // Exec-time detection is off for these agents: on this node an exec pass reads a
-            // new pod's containers before the pod's status names its sandbox, so a pause
-            // container got findings for one interval and a deleted pod's Resolved Events
-            // came late in 2 of 5 runs (README "Exec-time detection", known limits). These
-            // tests are about what scans and the Events publisher do on a real node; exec
-            // detection is tested in tests/exec_runc.rs.
-            "--exec-events",
-            "off",
         ];
         let agent = Agent(support::agent::Agent::launch(
             &args,
