@@ -141,7 +141,7 @@ impl Publisher<EventStats> {
             SendContext::new(client, config.request_timeout),
             &config.node_name,
         );
-        publish::spawn(EventTask::new(sender, config), state)
+        publish::spawn(move || EventTask::new(sender, config), state)
     }
 }
 

@@ -81,13 +81,14 @@ pub(crate) trait Task: Send + 'static {
     fn stop(&mut self) {}
 }
 
-/// Spawns `task` on the current tokio runtime, fed by `state`; returns at once.
+/// Spawns the task `make` builds (in the task, so what it reads, such as a state file,
+/// never holds up the caller) on the current tokio runtime, fed by `state`; returns at once.
 pub(crate) fn spawn<T: Task>(
-    task: T,
+    make: impl FnOnce() -> T + Send + 'static,
     state: watch::Receiver<Option<Arc<NodeState>>>,
 ) -> Publisher<T::Stats> {
     let (shared, stats) = watch::channel(T::Stats::default());
-    let task = tokio::spawn(drive(task, shared, state));
+    let task = tokio::spawn(async move { drive(make(), shared, state).await });
     Publisher {
         stats,
         task,
