@@ -19,7 +19,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 use support::agent::Agent;
-use support::container::ContainerSpec;
+use support::container::{Container, ContainerSpec};
 use support::image::Image;
 use support::{wait_for, wait_for_every};
 
@@ -90,6 +90,64 @@ fn denied(agent: &Agent, id: &str, digest: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Waits at most `timeout` for a `denied_binary` finding of `planted`'s binary in its
+/// container (of process `pid` when given), polling every 50 ms.
+fn wait_denied(agent: &Agent, planted: &Planted, pid: Option<i32>, timeout: Duration) -> Value {
+    let what = match pid {
+        Some(pid) => format!("denied_binary for pid {pid} on /v1/findings"),
+        None => "denied_binary on /v1/findings".to_string(),
+    };
+    wait_for_every(Duration::from_millis(50), &what, timeout, || {
+        let found = denied(agent, &planted.container.id, &planted.digest);
+        found
+            .iter()
+            .find(|f| pid.is_none_or(|pid| f["pid"].as_i64() == Some(i64::from(pid))))
+            .cloned()
+            .ok_or_else(|| format!("findings of the container: {found:?}"))
+    })
+}
+
+/// What each test starts from: a runc container of [`image_with_denied_binary`] and a
+/// policy denying that binary. Fields drop in order: the container before its image.
+struct Planted {
+    container: Container,
+    _image: Image,
+    _policy_dir: tempfile::TempDir,
+    policy: PathBuf,
+    /// The binary's path in the container.
+    evil: String,
+    digest: String,
+}
+
+fn planted() -> Planted {
+    let (image, evil, digest) = image_with_denied_binary();
+    let (policy_dir, policy) = denying_policy(&digest);
+    Planted {
+        container: ContainerSpec::new(&image).start(),
+        _image: image,
+        _policy_dir: policy_dir,
+        policy,
+        evil,
+        digest,
+    }
+}
+
+/// An agent with `planted`'s policy and an hour's intervals, after its first scans and
+/// hearing execs over the connector; the process scans it had run then.
+fn hourly_agent(planted: &Planted) -> (Agent, f64) {
+    let agent = Agent::start(&[
+        "--interval",
+        "1h",
+        "--fs-interval",
+        "1h",
+        "--config",
+        planted.policy.to_str().unwrap(),
+    ]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+    (agent, scans_before)
+}
+
 fn require_netlink(agent: &Agent) {
     let source = "nodeguard_exec_events_source{source=\"netlink\"}";
     assert_eq!(
@@ -102,40 +160,16 @@ fn require_netlink(agent: &Agent) {
 #[test]
 fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour_interval() {
     require_containers!();
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let agent = Agent::start(&[
-        "--interval",
-        "1h",
-        "--fs-interval",
-        "1h",
-        "--config",
-        policy.to_str().unwrap(),
-    ]);
-    let scans_before = wait_first_scans(&agent);
-    require_netlink(&agent);
+    let planted = planted();
+    let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
+    let (agent, scans_before) = hourly_agent(&planted);
     assert!(
-        denied(&agent, &container.id, &digest).is_empty(),
+        denied(&agent, &container.id, digest).is_empty(),
         "nothing denied runs yet"
     );
 
-    let pid = container.exec_detached(&[&evil, "sleep", "600"]);
-    let found = wait_for_every(
-        Duration::from_millis(50),
-        &format!("denied_binary for pid {pid} on /v1/findings"),
-        EXEC_TO_FINDING,
-        || {
-            let found = denied(&agent, &container.id, &digest);
-            match found
-                .iter()
-                .find(|f| f["pid"].as_i64() == Some(i64::from(pid)))
-            {
-                Some(f) => Ok(f.clone()),
-                None => Err(format!("findings of the container: {found:?}")),
-            }
-        },
-    );
+    let pid = container.exec_detached(&[evil, "sleep", "600"]);
+    let found = wait_denied(&agent, &planted, Some(pid), EXEC_TO_FINDING);
     assert_eq!(found["severity"], "critical");
     assert_eq!(found["path"].as_str(), Some(evil.as_str()), "{found}");
     // No scan ran meanwhile: the exec itself brought the finding.
@@ -188,32 +222,14 @@ fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour
 #[test]
 fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
     require_containers!();
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let agent = Agent::start(&[
-        "--interval",
-        "1h",
-        "--fs-interval",
-        "1h",
-        "--config",
-        policy.to_str().unwrap(),
-    ]);
-    let scans_before = wait_first_scans(&agent);
-    require_netlink(&agent);
+    let planted = planted();
+    let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
+    let (agent, scans_before) = hourly_agent(&planted);
 
     // `runc exec` without -d returns when the process has exited.
-    let out = container.runc(&["exec", &container.id, &evil, "sleep", "0.2"]);
+    let out = container.runc(&["exec", &container.id, evil, "sleep", "0.2"]);
     assert!(out.success(), "runc exec failed\n{out}");
-    let found = wait_for_every(
-        Duration::from_millis(50),
-        "denied_binary of the 200 ms process",
-        EXEC_TO_FINDING,
-        || {
-            let found = denied(&agent, &container.id, &digest);
-            found.first().cloned().ok_or_else(|| "none yet".to_string())
-        },
-    );
+    let found = wait_denied(&agent, &planted, None, EXEC_TO_FINDING);
     let pid = found["pid"].as_i64().expect("the finding names the pid");
     // It is gone (or its pid was reused by something else).
     let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
@@ -245,7 +261,7 @@ fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
             Err(format!("process scans still {now}"))
         }
     });
-    let still = denied(&agent, &container.id, &digest);
+    let still = denied(&agent, &container.id, digest);
     assert_eq!(
         still.first().map(|f| f["id"].clone()),
         Some(found["id"].clone()),
@@ -266,10 +282,10 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
             return;
         }
     }
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let pid = container.exec_detached(&[&evil, "sleep", "600"]);
+    let planted = planted();
+    let pid = planted
+        .container
+        .exec_detached(&[&planted.evil, "sleep", "600"]);
     let agent = Agent::start_in(
         &[
             "unshare",
@@ -279,7 +295,12 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
             "-c",
             "ip link set lo up && exec \"$0\" \"$@\"",
         ],
-        &["--interval", "2s", "--config", policy.to_str().unwrap()],
+        &[
+            "--interval",
+            "2s",
+            "--config",
+            planted.policy.to_str().unwrap(),
+        ],
     );
     agent.wait_ready(FIRST_SCAN_TIMEOUT);
     // The agent really is in a namespace of its own.
@@ -310,17 +331,8 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
         "the reason names the refused subscribe: {}",
         said[0]
     );
-    let found = wait_for(
-        "the scan to find the denied binary",
-        FIRST_SCAN_TIMEOUT,
-        || {
-            let found = denied(&agent, &container.id, &digest);
-            found
-                .into_iter()
-                .find(|f| f["pid"].as_i64() == Some(i64::from(pid)))
-                .ok_or_else(|| "not yet".to_string())
-        },
-    );
+    // By a scan: no exec event reaches this agent.
+    let found = wait_denied(&agent, &planted, Some(pid), FIRST_SCAN_TIMEOUT);
     assert_eq!(found["severity"], "critical");
 }
 

@@ -344,43 +344,33 @@ fn binary_rules(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
     }
 
     if let Some(path) = p.exe.as_deref() {
+        let unexpected = |message: String| {
+            with_digest(
+                Finding::new(
+                    FindingKind::UnexpectedBinaryHash,
+                    Severity::Critical,
+                    cid,
+                    path,
+                    message,
+                )
+                .with_pid(p.pid)
+                .with_path(path),
+                p.sha256.as_deref(),
+            )
+        };
         if let Verdict::Unexpected(compared) = bundled(policy, path, digests) {
-            let message = format!(
+            found.add(unexpected(format!(
                 "{label}: {} runs {path} with {compared}, not a digest of {} in {}",
                 who(p),
                 exe_name(path),
                 bundle_sources(policy, path),
-            );
-            found.add(with_digest(
-                Finding::new(
-                    FindingKind::UnexpectedBinaryHash,
-                    Severity::Critical,
-                    cid,
-                    path,
-                    message,
-                )
-                .with_pid(p.pid)
-                .with_path(path),
-                p.sha256.as_deref(),
-            ));
+            )));
         }
         if let Verdict::Unexpected(compared) = trusted(policy, scope, path, digests) {
-            let message = format!(
+            found.add(unexpected(format!(
                 "{label}: {} runs {path} with {compared}, not a digest the policy trusts for it",
                 who(p),
-            );
-            found.add(with_digest(
-                Finding::new(
-                    FindingKind::UnexpectedBinaryHash,
-                    Severity::Critical,
-                    cid,
-                    path,
-                    message,
-                )
-                .with_pid(p.pid)
-                .with_path(path),
-                p.sha256.as_deref(),
-            ));
+            )));
         }
     }
 }
