@@ -267,6 +267,27 @@ fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
         Some(found["id"].clone()),
         "the exited process's finding must stay open within the retention window"
     );
+    // ... and the process is listed as exited, so nobody takes it for what runs now; its
+    // container still runs, so it is not marked.
+    let listed = agent.get_json(&format!("/v1/processes?container={}", container.id));
+    let gone = listed["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pid"] == found["pid"])
+        .unwrap_or_else(|| panic!("pid {pid} is not in /v1/processes: {listed}"));
+    assert_eq!(gone["exited"], true, "{gone}");
+    let containers = agent.get_json("/v1/containers");
+    let ours = containers["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["id"] == container.id.as_str())
+        .unwrap_or_else(|| panic!("{} is not in /v1/containers: {containers}", container.id));
+    assert!(
+        ours.get("exited").is_none(),
+        "a running container is not exited: {ours}"
+    );
 }
 
 #[test]

@@ -238,6 +238,7 @@ mod tests {
             seccomp: None,
             namespaces: Default::default(),
             kernel_thread: false,
+            exited: false,
         }
     }
 

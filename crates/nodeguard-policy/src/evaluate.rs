@@ -101,7 +101,12 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             *pid = (*pid).min(process.pid);
         }
     }
-    for container in evidence.containers.iter().filter(|c| !c.sandbox) {
+    // A container kept only for its exited processes' sake limits nothing any more.
+    for container in evidence
+        .containers
+        .iter()
+        .filter(|c| !c.sandbox && !c.exited)
+    {
         let pid = container
             .pids
             .iter()

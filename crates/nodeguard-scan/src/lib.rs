@@ -796,13 +796,17 @@ impl Scanner {
         for r in self.recent_execs.values() {
             gone.push(r.clone());
         }
+        // Marked exited, so that nobody takes them for what runs now.
         for r in gone {
-            if let Some(c) = r.container {
+            if let Some(mut c) = r.container {
                 if !containers.iter().any(|known| known.id == c.id) {
+                    c.exited = true;
                     containers.push(c);
                 }
             }
-            processes.push(r.process);
+            let mut process = r.process;
+            process.exited = true;
+            processes.push(process);
         }
         processes.sort_by_key(|p| p.pid);
         containers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -949,6 +953,7 @@ mod tests {
             unknown_limits: Vec::new(),
             node_allocatable: None,
             sandbox: false,
+            exited: false,
             pids: vec![42, 43],
             rootfs,
             pod: None,
@@ -978,6 +983,7 @@ mod tests {
             seccomp: None,
             namespaces: Default::default(),
             kernel_thread: false,
+            exited: false,
         }
     }
 
@@ -1024,10 +1030,11 @@ mod tests {
         let mut processes = vec![process(43, "/bin/sleep", Some(&c.id))];
         let mut containers = vec![];
         s.keep_recent_execs(&mut processes, &mut containers);
-        let pids: Vec<i32> = processes.iter().map(|p| p.pid).collect();
-        assert_eq!(pids, [42, 43]);
+        let pids: Vec<(i32, bool)> = processes.iter().map(|p| (p.pid, p.exited)).collect();
+        assert_eq!(pids, [(42, true), (43, false)], "the exited one says so");
         assert_eq!(containers.len(), 1);
         assert_eq!(containers[0].id, c.id);
+        assert!(containers[0].exited, "kept only for its exited process");
 
         // The pid now runs something else: both are reported. 43, which the last scan saw
         // running, has exited: it is not brought back, a scan has reported it already.

@@ -82,6 +82,7 @@ pub fn container(id: &str) -> ContainerBuilder {
         unknown_limits: Vec::new(),
         node_allocatable: None,
         sandbox: false,
+        exited: false,
         pids: vec![1],
         rootfs: None,
         pod: None,
