@@ -880,7 +880,12 @@ fn sighup_rereads_digest_bundles_and_refuses_a_broken_one() {
     };
     import(&[release.to_str().unwrap()]);
     let policy = dir.path().join("policy.yaml");
-    fs::write(&policy, "digest_bundles: [bundle.json]\n").unwrap();
+    // The container has no pod: bundles compare it only when told to apply to all.
+    fs::write(
+        &policy,
+        "digest_bundles: [bundle.json]\ndigest_bundles_apply_to: all\n",
+    )
+    .unwrap();
 
     let agent = start_agent(&["--config", policy.to_str().unwrap()]);
     agent.wait_ready(FIRST_SCAN_TIMEOUT);
