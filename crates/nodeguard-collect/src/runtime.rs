@@ -234,6 +234,7 @@ mod tests {
             notes: Vec::new(),
             remember: None,
             reused: false,
+            watched: false,
         }
     }
 

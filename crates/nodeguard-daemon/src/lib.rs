@@ -245,6 +245,10 @@ impl Daemon {
         };
         let feed_stats = exec_feed.as_ref().map(|f| Arc::clone(&f.stats));
         let mut lost_seen = 0u64;
+        let mut scanner = scanner;
+        // Every exec reaches the scanner (read, or noted before the first scan) and every
+        // loss is passed on, so its scans may skip re-checking what only an exec changes.
+        scanner.watch_execs(exec_feed.is_some());
         // When the exec reads waiting in the scanner are looked at (and merged if they
         // matter).
         let mut merge_at: Option<Instant> = None;
@@ -266,6 +270,13 @@ impl Daemon {
                 let Some(mut owned) = scanner.take() else {
                     return Err(Error::ScanThread("scanner lost".into()));
                 };
+                // Losses no event announced yet (the reader's channel was full).
+                if let Some(lost_now) = feed_stats.as_ref().map(|s| s.lost()) {
+                    if lost_now > lost_seen {
+                        lost_seen = lost_now;
+                        owned.exec_events_lost();
+                    }
+                }
                 let pods = Arc::clone(&pods);
                 let started = Instant::now();
                 let mut joined = tokio::task::spawn_blocking(move || {
@@ -371,6 +382,9 @@ impl Daemon {
                         tracing::warn!("exec events stopped; processes are now seen by the scans on the interval only");
                         exec_feed = None;
                         book.exec.source = ExecEventSource::Polling;
+                        if let Some(s) = scanner.as_mut() {
+                            s.watch_execs(false);
+                        }
                         continue;
                     };
                     let Some(feed) = exec_feed.as_mut() else { continue };
@@ -378,14 +392,21 @@ impl Daemon {
                     let lost_now = feed.stats.lost();
                     if lost || lost_now > lost_seen {
                         lost_seen = lost_now;
+                        if let Some(s) = scanner.as_mut() {
+                            s.exec_events_lost();
+                        }
                         let soon = Instant::now() + RECONCILE_AFTER_LOSS;
                         if soon < next_process {
                             tracing::warn!(lost = lost_now, "exec events were lost; a full scan follows in {RECONCILE_AFTER_LOSS:?}");
                             next_process = soon;
                         }
                     }
-                    // Before the first scan there is nothing to add to; that scan is due.
+                    // Before the first scan there is nothing to add to; that scan is due,
+                    // and told of these execs in case it already read those processes.
                     if book.last.is_none() || pids.is_empty() {
+                        if let Some(s) = scanner.as_mut() {
+                            s.execs_seen(&pids);
+                        }
                         continue;
                     }
                     // Read at once (a process may live milliseconds); merge and publish
