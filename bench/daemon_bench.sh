@@ -57,48 +57,15 @@ need_nodeguard
 
 bench_workdir nodeguard-daemon-bench
 mkdir -p "$WORK/state"
-AGENT_PID=""
-
-cleanup() {
-  local status=$?
-  set +e
-  echo
-  stop_agent
-  teardown_containers
-  exit "$status"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
-# Images (bench/lib.sh)
+# Images and containers (bench/lib.sh)
 
 make_base_images
-
 IMAGES=("$BUSYBOX_IMG" "$DEBIAN_IMG")
-
-# init|exec'd process|shell, per image.
-image_processes() {
-  case $1 in
-    "$BUSYBOX_IMG") echo '["/bin/sleep","3600"]|["/bin/tail","-f","/dev/null"]|/bin/sh' ;;
-    *) echo '["/usr/bin/sleep","3600"]|["/usr/bin/tail","-f","/dev/null"]|/usr/bin/dash' ;;
-  esac
-}
-
-# ---------------------------------------------------------------------------------------------
-# Containers
-
-# A container from lib.sh's start_container, plus a shell that starts EXTRA_PER_CONTAINER
-# sleeps and waits for them.
-start_loaded_container() {
-  local n=$1 img=$2 shell
-  start_container "$n" "$img"
-  IFS='|' read -r _ _ shell <<<"$(image_processes "$img")"
-  runc --root "$RUNC_ROOT" exec -d "$CONTAINER_ID" "$shell" -c \
-    "i=0; while [ \$i -lt $EXTRA_PER_CONTAINER ]; do sleep 3600 & i=\$((i + 1)); done; wait" \
-    </dev/null >>"$CONTAINER_DIR/log" 2>&1 ||
-    { cat "$CONTAINER_DIR/log" >&2; die "exec of the sleeps in container $n failed"; }
-}
+image_processes() { base_image_processes "$@"; }
 
 echo "starting $CONTAINERS containers from ${#IMAGES[@]} images, $((EXTRA_PER_CONTAINER + 3)) processes each"
 t0=$(date +%s%N)
@@ -111,42 +78,16 @@ echo "started in $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(ls /proc | grep -c 
 # ---------------------------------------------------------------------------------------------
 # The agent
 
-port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
-metric() { # metric SERIES: its value in /metrics (0.0.4 text), empty when absent
-  # awk reads to the end: exiting early would fail curl's write (23) and, under pipefail, this.
-  curl -sf --max-time 10 "$URL/metrics" | awk -v s="$1" '$1 == s && !found { print $2; found = 1 }'
-}
-scans_done() { grep -c '"message":"scan complete"' "$AGENT_LOG" || true; }
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$AGENT_PID/stat"; }
-status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$AGENT_PID/status"; }
 hist_sum='nodeguard_scan_duration_seconds_sum{scan_type="processes"}'
 hist_count='nodeguard_scan_duration_seconds_count{scan_type="processes"}'
-
-stop_agent() {
-  [[ -n $AGENT_PID ]] || return 0
-  if kill -0 "$AGENT_PID" 2>/dev/null; then
-    kill -TERM "$AGENT_PID"
-    for _ in $(seq 100); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$AGENT_PID" 2>/dev/null && { echo "warning: agent ignored SIGTERM; killing it" >&2; kill -KILL "$AGENT_PID"; }
-    wait "$AGENT_PID" 2>/dev/null || true
-  fi
-  AGENT_PID=""
-}
 
 # measure_agent BINARY LABEL: starts BINARY as the agent, waits out the cold scan and the first
 # filesystem scan, then measures the steady state over WINDOW seconds into cpu_pct, hwm_mib,
 # rss_mib, warm_median, warm_max, warm_n, warm_procs, hist_mean_ms, cold_ms. The agent keeps
 # running (AGENT_PID, URL).
 measure_agent() {
-  local bin=$1 label=$2 candidate
-  PORT=""
-  for _ in $(seq 50); do
-    candidate=$((20000 + RANDOM % 20000))
-    if port_free "$candidate"; then PORT=$candidate; break; fi
-  done
-  [[ -n $PORT ]] || die "no free loopback port found"
-  URL=http://127.0.0.1:$PORT
+  local bin=$1 label=$2
+  pick_port
   rm -rf "$WORK/state" && mkdir -p "$WORK/state"
   AGENT_ARGS=(run --listen "127.0.0.1:$PORT" --interval "$INTERVAL" --kube off --log-format json
     --state-dir "$WORK/state")
