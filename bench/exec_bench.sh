@@ -284,19 +284,23 @@ $(jq -r .duration_ms <<<"$last") $(jq -r .processes <<<"$last") $procs $(( $(sca
 $sleepers $listed"
 }
 
-steady_phase() { # steady_phase: echoes "cpu_pct rss_median_mib hwm_mib warm_scan_median_ms"
-  local ticks0 ticks1 t0 t1 lines
+steady_phase() { # steady_phase: echoes "cpu_pct rss_median_mib hwm_mib warm_scan_median_ms load_start-load_end warm_scan_cpu_ms"
+  local ticks0 ticks1 t0 t1 lines load0
+  load0=$(cut -d' ' -f1 /proc/loadavg)
   lines=$(wc -l <"$AGENT_LOG")
   ticks0=$(cpu_ticks); t0=$(now_ns)
   : >"$WORK/rss"
   for ((s = 0; s < WINDOW; s++)); do sleep 1; status_kib VmRSS >>"$WORK/rss"; done
   ticks1=$(cpu_ticks); t1=$(now_ns)
-  tail -n +"$((lines + 1))" "$AGENT_LOG" | grep '"message":"scan complete"' | grep '"scope":"processes"' |
-    jq -r .duration_ms | sort -n >"$WORK/warm" || true
+  tail -n +"$((lines + 1))" "$AGENT_LOG" | grep '"message":"scan complete"' | grep '"scope":"processes"' \
+    >"$WORK/warm-scans" || true
+  jq -r .duration_ms "$WORK/warm-scans" | sort -n >"$WORK/warm"
+  jq -r '.cpu_ms // empty' "$WORK/warm-scans" | sort -n >"$WORK/warm-cpu"
   echo "$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
     'BEGIN { printf "%.2f", 100 * (b - a) / hz / ((t1 - t0) / 1e9) }') \
 $(sort -n "$WORK/rss" | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1024 }') \
-$(mib "$(status_kib VmHWM)") $( [[ -s $WORK/warm ]] && pct "$WORK/warm" 0.5 || echo n/a)"
+$(mib "$(status_kib VmHWM)") $( [[ -s $WORK/warm ]] && pct "$WORK/warm" 0.5 || echo n/a) \
+$load0-$(cut -d' ' -f1 /proc/loadavg) $( [[ -s $WORK/warm-cpu ]] && pct "$WORK/warm-cpu" 0.5 || echo n/a)"
 }
 
 summarize_latency() { # summarize_latency FILE: "worst p50 caught/TRIALS"
@@ -357,7 +361,7 @@ read -r n_rc n_rs n_rr <<<"$N_RATE"; read -r p_rc p_rs p_rr <<<"$P_RATE"
 read -r n_sx n_srate n_sh0 n_sh1 n_srss n_slost n_sms n_sprocs n_sproc n_sscans n_sleep n_listed <<<"$N_STORM"
 read -r b_sx b_srate b_sh0 b_sh1 b_srss b_slost b_sms b_sprocs b_sproc b_sscans b_sleep b_listed <<<"$B_STORM"
 read -r p_sx p_srate p_sh0 p_sh1 p_srss p_slost p_sms p_sprocs p_sproc p_sscans p_sleep p_listed <<<"$P_STORM"
-read -r n_cpu n_rss n_hwm n_warm <<<"$N_STEADY"; read -r p_cpu p_rss p_hwm p_warm <<<"$P_STEADY"
+read -r n_cpu n_rss n_hwm n_warm n_load n_wcpu <<<"$N_STEADY"; read -r p_cpu p_rss p_hwm p_warm p_load p_wcpu <<<"$P_STEADY"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", 100 * a / b; else print "n/a" }'; }
 verdict() { if [[ $1 == 1 ]]; then echo "ok"; else echo "MISS"; fi; }
 misses=0
@@ -375,8 +379,10 @@ printf '%-34s %-26s %-26s %s %s\n' "200 ms processes caught" "$N_SHORT" "$P_SHOR
 printf '%-34s %-26s %-26s %s %s\n' "caught at ~50 execs/s (achieved)" "$n_rc/$n_rs $(ratio "$n_rc" "$n_rs") % (${n_rr}/s)" \
   "$p_rc/$p_rs $(ratio "$p_rc" "$p_rs") % (${p_rr}/s)" ">= 99 %" "$(check "$n_rs > 0 && $n_rc / $n_rs >= 0.99")"
 printf '%-34s %-26s %-26s %s %s\n' "steady CPU at 10 s (% of a core)" "$n_cpu" "$p_cpu" "<= 0.5" "$(check "$n_cpu <= 0.5")"
+printf '%-34s %-26s %-26s\n' "  load average over that window" "$n_load" "$p_load"
 printf '%-34s %-26s %-26s %s %s\n' "RSS median / peak (MiB)" "$n_rss / $n_hwm" "$p_rss / $p_hwm" "<= 25" "$(check "$n_hwm <= 25")"
-printf '%-34s %-26s %-26s %s\n' "warm process scan p50 (ms)" "$n_warm" "$p_warm" "<= 20 (reconcile branch)"
+printf '%-34s %-26s %-26s %s\n' "warm process scan p50 (ms)" "$n_warm" "$p_warm" "<= 20"
+printf '%-34s %-26s %-26s\n' "  its CPU time p50 (ms)" "$n_wcpu" "$p_wcpu"
 printf '%-34s %-26s %-26s\n' "storm: execs (per s)" "$n_sx ($n_srate/s)" "$p_sx ($p_srate/s)"
 printf '%-34s %-26s %-26s %s %s\n' "storm: peak RSS before -> after" "$n_sh0 -> $n_sh1 MiB" "$p_sh0 -> $p_sh1 MiB" "bounded" \
   "$(check "$n_sh1 <= 64")"

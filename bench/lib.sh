@@ -227,10 +227,12 @@ stop_agent() {
 }
 
 # The EXIT trap of an agent bench: `trap bench_cleanup EXIT`.
+# A caller with several agents defines bench_cleanup_hook to stop the others.
 bench_cleanup() {
   local status=$?
   set +e
   echo
+  if declare -F bench_cleanup_hook >/dev/null; then bench_cleanup_hook; fi
   stop_agent
   teardown_containers
   exit "$status"
