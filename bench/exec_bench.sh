@@ -267,8 +267,8 @@ storm_phase() { # storm_phase FIRST MODE: echoes "execs rate hwm_before hwm_afte
   : >"$WORK/storm-sleepers"
   for ((i = 0; i < STORM_LOOPS; i++)); do
     for pid in $(runc --root "$RUNC_ROOT" ps --format json "${CID[$((first + i))]}" | jq -r '.[]'); do
-      # $(...) drops the space the last NUL became.
-      if [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == "$EVIL sleep 600" ]]; then
+      # The last NUL becomes a trailing space ($(...) drops newlines only).
+      if [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == "$EVIL sleep 600 " ]]; then
         echo "$pid" >>"$WORK/storm-sleepers"
       fi
     done
@@ -397,7 +397,7 @@ printf '%-34s %-26s\n' "  execs (per s)" "$b_sx ($b_srate/s)"
 printf '%-34s %-26s %s %s\n' "  exec events lost (counted)" "$b_slost" "> 0" "$(check "$b_slost > 0")"
 printf '%-34s %-26s %s %s\n' "  full scans during + after" "$b_sscans" ">= 1" "$(check "$b_sscans >= 1")"
 printf '%-34s %-26s %s %s\n' "  still running, listed" "$b_listed of $b_sleep" "all" \
-  "$(check "$b_sleep > 0 && $b_listed == $b_sleep")"
+  "$(check "${b_sleep:-0} > 0 && ${b_listed:-0} == ${b_sleep:-0}")"
 printf '%-34s %-26s %s %s\n' "  peak RSS before -> after" "$b_sh0 -> $b_sh1 MiB" "bounded" "$(check "$b_sh1 <= 64")"
 printf '%-34s %-26s\n' "  last scan after (ms, procs)" "$b_sms ms, $b_sprocs of $b_sproc"
 echo "  netlink run: $N_EVENTS exec events, $N_UNREAD exec'd processes gone before they could be read"
