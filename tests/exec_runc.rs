@@ -60,6 +60,21 @@ fn denying_policy(digest: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// An agent with `policy` whose scans (process and filesystem) come an hour apart: what it
+/// finds sooner, an exec brought (or a loss brought forward).
+fn hour_interval_agent(policy: &std::path::Path, extra: &[&str]) -> Agent {
+    let mut args = vec![
+        "--interval",
+        "1h",
+        "--fs-interval",
+        "1h",
+        "--config",
+        policy.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
 /// Waits until the agent finished its first process scan and the filesystem scan that
 /// follows it; returns how many process scans it has run then.
 fn wait_first_scans(agent: &Agent) -> f64 {
@@ -106,14 +121,7 @@ fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour
     let (image, evil, digest) = image_with_denied_binary();
     let (_policy_dir, policy) = denying_policy(&digest);
     let container = ContainerSpec::new(&image).start();
-    let agent = Agent::start(&[
-        "--interval",
-        "1h",
-        "--fs-interval",
-        "1h",
-        "--config",
-        policy.to_str().unwrap(),
-    ]);
+    let agent = hour_interval_agent(&policy, &[]);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
     assert!(
@@ -192,14 +200,7 @@ fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
     let (image, evil, digest) = image_with_denied_binary();
     let (_policy_dir, policy) = denying_policy(&digest);
     let container = ContainerSpec::new(&image).start();
-    let agent = Agent::start(&[
-        "--interval",
-        "1h",
-        "--fs-interval",
-        "1h",
-        "--config",
-        policy.to_str().unwrap(),
-    ]);
+    let agent = hour_interval_agent(&policy, &[]);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
 
@@ -277,16 +278,7 @@ fn an_exec_storm_that_overruns_the_buffer_is_counted_and_a_full_scan_reports_wha
     let (image, evil, digest) = image_with_denied_binary();
     let (_policy_dir, policy) = denying_policy(&digest);
     let container = ContainerSpec::new(&image).start();
-    let agent = Agent::start(&[
-        "--interval",
-        "1h",
-        "--fs-interval",
-        "1h",
-        "--exec-buffer",
-        "4096",
-        "--config",
-        policy.to_str().unwrap(),
-    ]);
+    let agent = hour_interval_agent(&policy, &["--exec-buffer", "4096"]);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
     let lost_before = agent

@@ -679,39 +679,8 @@ pub fn read_process(
             && k.exec.exe_stat == exe_stat
     });
     if let Some(k) = same {
-        let container_id = k.container.as_ref().map(|c| c.cgroup.id.clone());
-        let process = assemble(
-            pid,
-            stat,
-            &status,
-            k.cmdline.clone(),
-            exe_path.as_deref(),
-            exe_deleted,
-            container_id,
-            k.namespaces.clone(),
-        );
-        let mut notes = Vec::new();
-        if k.cgroup_malformed > 0 {
-            notes.push((
-                "cgroup",
-                format!(
-                    "pid {pid}: {} malformed line(s) in cgroup file skipped",
-                    k.cgroup_malformed
-                ),
-            ));
-        }
-        return Ok(RawProcess {
-            process,
-            exe_path,
-            exe_identity: exe_stat,
-            cgroup: k.cgroup.clone(),
-            container: k.container.clone(),
-            start_ticks: Some(k.exec.start_ticks),
-            notes,
-            remember: Some(Arc::clone(k)),
-            reused: true,
-            watched: false,
-        });
+        let exe = exe_path.map(|path| (path, exe_deleted));
+        return Ok(reuse(pid, k, stat, &status, exe, exe_stat, false));
     }
 
     // `buf` still holds `status`.
@@ -811,7 +780,7 @@ fn read_watched(
     if known.exec.exe_link.as_deref() != Some(exe_link.as_slice()) {
         return Ok(None);
     }
-    let (path, exe_deleted) = strip_deleted(&exe_link);
+    let (path, deleted) = strip_deleted(&exe_link);
     let stat = StatFields {
         pid,
         comm: known.exec.comm.clone(),
@@ -821,13 +790,39 @@ fn read_watched(
         start_ticks: Some(known.exec.start_ticks),
         image_marks: known.exec.image_marks,
     };
+    Ok(Some(reuse(
+        pid,
+        known,
+        stat,
+        &status,
+        Some((path.to_vec(), deleted)),
+        known.exec.exe_stat,
+        true,
+    )))
+}
+
+/// Process `pid` built from what `known` remembers and what this pass read: `stat` (or what
+/// stands for it), `status`, the `exe` link (path, deleted) and the running file's identity.
+fn reuse(
+    pid: i32,
+    known: &Arc<Remembered>,
+    stat: StatFields,
+    status: &StatusFields,
+    exe: Option<(Vec<u8>, bool)>,
+    exe_identity: Option<FileIdentity>,
+    watched: bool,
+) -> RawProcess {
     let container_id = known.container.as_ref().map(|c| c.cgroup.id.clone());
+    let (exe_path, exe_deleted) = match exe {
+        Some((path, deleted)) => (Some(path), deleted),
+        None => (None, false),
+    };
     let process = assemble(
         pid,
         stat,
-        &status,
+        status,
         known.cmdline.clone(),
-        Some(path),
+        exe_path.as_deref(),
         exe_deleted,
         container_id,
         known.namespaces.clone(),
@@ -842,18 +837,18 @@ fn read_watched(
             ),
         ));
     }
-    Ok(Some(RawProcess {
+    RawProcess {
         process,
-        exe_path: Some(path.to_vec()),
-        exe_identity: known.exec.exe_stat,
+        exe_path,
+        exe_identity,
         cgroup: known.cgroup.clone(),
         container: known.container.clone(),
         start_ticks: Some(known.exec.start_ticks),
         notes,
         remember: Some(Arc::clone(known)),
         reused: true,
-        watched: true,
-    }))
+        watched,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
