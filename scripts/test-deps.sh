@@ -6,7 +6,8 @@
 #   libcap2-bin                 capsh/getcap/setcap: capability ground truth
 #   prometheus                  prometheus + promtool: scrape and rule tests
 #   debootstrap                 a realistic Debian root for filesystem benchmarks
-#   jq, attr, time, openssl     JSON, xattrs, peak RSS, hashing baseline
+#   jq, attr, time, openssl     JSON, xattrs, peak RSS, hashing baseline, TLS ground truth
+#   curl, iproute2              a verifying HTTPS client; network namespaces (ip)
 #   util-linux, findutils, procps, coreutils   mount/umount, find, ps, sha256sum
 #   ca-certificates             cargo fetching crates over HTTPS
 #   tests/realnode/build.sh     the real-node tier: containerd, podman, etcd from Debian, and
@@ -15,7 +16,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
-  runc busybox-static libcap2-bin prometheus debootstrap jq attr time openssl
+  runc busybox-static libcap2-bin prometheus debootstrap jq attr time openssl curl iproute2
   util-linux findutils procps coreutils ca-certificates
 )
 if [[ $(id -u) -ne 0 ]]; then

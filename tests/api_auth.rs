@@ -1,7 +1,8 @@
 //! `nodeguard run` authenticates its API against a real kube-apiserver (v1.20.2, static
 //! tokens, RBAC) from the real-node test bed (`tests/realnode/README.md`): TokenReview and
 //! SubjectAccessReview as the shipped ClusterRoles grant them, for an admin, the agent's own
-//! identity and a stranger; and secrets in command lines never reach the API.
+//! identity and a stranger, over plain HTTP on loopback and over TLS (`nodeguard query
+//! --ca-file`); and secrets in command lines never reach the API.
 //!
 //! The bed is found through `REALNODE_ENV` (the `env` file `tests/realnode/up.sh DIR`
 //! writes); without it, the test brings up an API-server-only bed itself (`up.sh
@@ -176,11 +177,12 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(bed: &Bed) -> Agent {
+fn start_agent(bed: &Bed, extra: &[&str]) -> Agent {
     let port = free_port();
     let probes = free_port();
     let child = Command::new(BIN)
         .args(["run", "--kube", "on", "--auth", "on", "--no-events"])
+        .args(extra)
         .args([
             "--interval",
             "2s",
@@ -243,7 +245,7 @@ fn the_api_asks_the_real_api_server_who_may_read_it() {
         .spawn()
         .unwrap();
 
-    let agent = start_agent(&bed);
+    let agent = start_agent(&bed, &[]);
     let admin = bed.var("REALNODE_ADMIN_TOKEN").to_string();
     let agent_token = bed.var("REALNODE_AGENT_TOKEN").to_string();
     let stranger = bed.var("REALNODE_STRANGER_TOKEN").to_string();
@@ -364,6 +366,58 @@ fn the_api_asks_the_real_api_server_who_may_read_it() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&via_kubeconfig.stderr);
     assert!(stderr.contains("stranger may not get"), "{stderr}");
+
+    // Over TLS (what the DaemonSet serves beyond loopback) the same tokens get the same
+    // answers, and `nodeguard query` verifies the agent with the certificate it serves.
+    let served = dir.path().join("serving.crt");
+    let tls_agent = start_agent(
+        &bed,
+        &[
+            "--tls",
+            "on",
+            "--tls-served-cert-file",
+            served.to_str().unwrap(),
+        ],
+    );
+    let https = format!("https://127.0.0.1:{}", tls_agent.port);
+    let query = |token: &str| {
+        Command::new(BIN)
+            .args(["query", "--url", &https, "--ca-file"])
+            .arg(&served)
+            .args(["--token", token, "-o", "json", "findings"])
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    };
+    let ok = query(&admin);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("\"findings\""));
+    let refused = query(&stranger);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("403") && stderr.contains("stranger"),
+        "{stderr}"
+    );
+    let no_token = Command::new(BIN)
+        .args(["query", "--url", &https, "--ca-file"])
+        .arg(&served)
+        .arg("findings")
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&no_token.stderr);
+    assert!(
+        !no_token.status.success() && stderr.contains("401"),
+        "{stderr}"
+    );
+    // Plain HTTP to the TLS port is answered 400 whatever token it carries: no data.
+    let (status, body) = get(tls_agent.port, "/v1/findings", Some(&admin)).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains("findings\""), "{body}");
 
     let _ = secretive.kill();
     let _ = secretive.wait();

@@ -18,30 +18,17 @@
 mod support;
 
 use serde_json::Value;
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::agent::{metric_value, Agent};
 use support::container::{Container, ContainerSpec};
-use support::http::{free_port, HttpResponse};
 use support::image::Image;
 use support::oracle;
 use support::prometheus::{require_prometheus, Prometheus, JOB};
 use support::{wait_for, wait_for_every};
-
-/// How long a request to the agent or Prometheus may take to answer.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<HttpResponse> {
-    support::http::get(port, path, accept, HTTP_TIMEOUT)
-}
-
-fn excerpt(text: &str) -> String {
-    support::excerpt(text, 3000)
-}
 
 const MIB: i64 = 1024 * 1024;
 
@@ -56,243 +43,49 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
     application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
-/// The last `n` lines of a log file.
-fn log_tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Sends a signal with `kill -s SIG PID`.
 fn send_signal(pid: u32, signal: &str) {
     let out = support::cmd::run("kill", &["-s", signal, &pid.to_string()]);
     assert!(out.success(), "kill -s {signal} {pid} failed\n{out}");
 }
 
-/// The value of one exact series (`name{labels}` as the agent writes it) in a metrics text.
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
-// The agent under test.
+// The agent under test: tests/support/agent.rs runs it (killed on drop, its log printed when
+// the test failed).
 
-/// A running `nodeguard run`. Killed on drop; its log is printed when the test failed.
-struct Agent {
-    child: RefCell<Child>,
-    port: u16,
-    log: PathBuf,
-    command: String,
-    _dir: tempfile::TempDir,
+/// `nodeguard run` with `--interval 2s --fs-interval 30s` and a state directory of its own,
+/// then `extra`.
+fn start_agent(extra: &[&str]) -> Agent {
+    let mut args = vec!["--interval", "2s", "--fs-interval", "30s"];
+    args.extend_from_slice(extra);
+    Agent::start_with_state(&args)
 }
 
-impl Agent {
-    /// Starts `nodeguard run --listen 127.0.0.1:PORT --interval 2s --fs-interval 30s --kube off
-    /// --log-format json EXTRA...`, with a state directory of its own.
-    fn start(extra: &[&str]) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("nodeguard-e2e-agent-")
-            .tempdir()
-            .expect("create agent tempdir");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let state_dir = dir.path().join("state");
-        fs::create_dir_all(&state_dir).unwrap();
-        let mut args: Vec<String> = [
-            "run",
-            "--listen",
-            &listen,
-            "--interval",
-            "2s",
-            "--fs-interval",
-            "30s",
-            "--kube",
-            "off",
-            "--log-format",
-            "json",
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        // As for `nodeguard scan` in the harness: where pid 1 cannot be looked into, host paths
-        // are reached through this (the host's) mount namespace.
-        if !extra.contains(&"--host-root") && !support::host_pid1_readable() {
-            args.extend(["--host-root".to_string(), "/".to_string()]);
-        }
-        let log = dir.path().join("agent.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let command = support::cmd::display(support::nodeguard_bin(), &args);
-        let child = Command::new(support::nodeguard_bin())
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
-        Agent {
-            child: RefCell::new(child),
-            port,
-            log,
-            command,
-            _dir: dir,
-        }
-    }
+/// `last_scan` of `/readyz`: when the report being served was made.
+fn last_scan(agent: &Agent) -> String {
+    agent.get_json("/readyz")["last_scan"]
+        .as_str()
+        .expect("/readyz has last_scan")
+        .to_string()
+}
 
-    fn pid(&self) -> u32 {
-        self.child.borrow().id()
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Fails at once, with the agent's log, if the agent is no longer running.
-    fn assert_running(&self) {
-        if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
-            panic!(
-                "the agent exited ({status}) while it should run\n  command: {}",
-                self.command
-            );
-        }
-    }
-
-    fn try_get(&self, path: &str, accept: Option<&str>) -> Result<HttpResponse, String> {
-        self.assert_running();
-        http_get(self.port, path, accept).map_err(|e| format!("GET {}{path}: {e}", self.url()))
-    }
-
-    /// `GET PATH`, which must answer 200 with JSON.
-    fn get_json(&self, path: &str) -> Value {
-        let response = self.try_get(path, None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            response.status,
-            200,
-            "GET {path} answered {}: {}",
-            response.status,
-            excerpt(&response.body)
-        );
-        response.json(path)
-    }
-
-    /// Waits until `/readyz` answers 200 (the first scan completed) and returns its body.
-    fn wait_ready(&self) -> Value {
-        wait_for(
-            "the agent's /readyz to answer 200",
-            FIRST_SCAN_TIMEOUT,
+/// Waits until the agent has published two more reports than it had when called: the
+/// second of them was made by a scan that started after this call.
+fn wait_for_fresh_scan(agent: &Agent) {
+    let mut seen = last_scan(agent);
+    for round in 1..=2 {
+        seen = wait_for(
+            &format!("scan {round} of 2 after {seen}"),
+            SCANS_TIMEOUT,
             || {
-                let r = self.try_get("/readyz", None)?;
-                if r.status == 200 {
-                    Ok(r.json("/readyz"))
+                let now = last_scan(agent);
+                if now != seen {
+                    Ok(now)
                 } else {
-                    Err(format!("status {}: {}", r.status, excerpt(&r.body)))
+                    Err(format!("last_scan still {now}"))
                 }
             },
-        )
-    }
-
-    /// `last_scan` of `/readyz`: when the report being served was made.
-    fn last_scan(&self) -> String {
-        self.get_json("/readyz")["last_scan"]
-            .as_str()
-            .expect("/readyz has last_scan")
-            .to_string()
-    }
-
-    /// Waits until the agent has published two more reports than it had when called: the
-    /// second of them was made by a scan that started after this call.
-    fn wait_for_fresh_scan(&self) {
-        let mut seen = self.last_scan();
-        for round in 1..=2 {
-            seen = wait_for(
-                &format!("scan {round} of 2 after {seen}"),
-                SCANS_TIMEOUT,
-                || {
-                    let now = self.last_scan();
-                    if now != seen {
-                        Ok(now)
-                    } else {
-                        Err(format!("last_scan still {now}"))
-                    }
-                },
-            );
-        }
-    }
-
-    /// `/v1/findings?QUERY` → the findings array.
-    fn findings(&self, query: &str) -> Vec<Value> {
-        let answer = self.get_json(&format!("/v1/findings?{query}"));
-        let findings = answer["findings"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("/v1/findings?{query} has no findings array: {answer}"));
-        assert_eq!(
-            answer["count"].as_u64(),
-            Some(findings.len() as u64),
-            "count must equal the number of findings: {answer}"
         );
-        findings
-    }
-
-    /// The `/metrics` text in its default form (the 0.0.4 text format without an Accept header).
-    fn metrics(&self) -> String {
-        let r = self
-            .try_get("/metrics", None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.status, 200, "/metrics: {}", excerpt(&r.body));
-        r.body
-    }
-
-    /// `nodeguard query ARGS... --url URL -o json`, which must exit 0 and print JSON.
-    fn query_cli(&self, args: &[&str]) -> Value {
-        let url = self.url();
-        let mut full = vec!["query", "--url", url.as_str(), "-o", "json"];
-        full.extend_from_slice(args);
-        let out = support::scan::nodeguard(&full).ok();
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("nodeguard query did not print JSON ({e})\n{out}"))
-    }
-
-    /// Waits at most `timeout` for the agent to exit; `None` when it is still running.
-    fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-        if std::thread::panicking() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "--- agent: {}\n--- agent log (last 60 lines):\n{}\n--- end of agent log",
-                self.command,
-                log_tail(&self.log, 60)
-            );
-        }
     }
 }
 
@@ -399,9 +192,9 @@ fn prometheus_scrapes_findings_of_real_containers_and_drops_a_stopped_one() {
     let image = Image::busybox();
     let admin = unlimited_admin(image).start();
     let calm = limited(image).start();
-    let agent = Agent::start(&[]);
+    let agent = start_agent(&[]);
     let prometheus = Prometheus::start(&prometheus_bin, agent.port, &[]);
-    agent.wait_ready();
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
 
     // The admin container's findings, with the severities the policy documents.
     let admin_query = format!("nodeguard_findings{{container=\"{}\"}}", short(&admin));
@@ -555,9 +348,9 @@ fn api_and_query_cli_answer_about_real_containers() {
         .exec(&[&tagged_exe, "sleep", "3601"])
         .start();
     let calm = limited(Image::busybox()).start();
-    let agent = Agent::start(&[]);
+    let agent = start_agent(&[]);
 
-    let ready = agent.wait_ready();
+    let ready = agent.wait_ready(FIRST_SCAN_TIMEOUT);
     assert_eq!(ready["status"], "ready", "{ready}");
 
     // "Where does this binary run?": exactly the tagged container's processes.
@@ -660,7 +453,7 @@ fn api_and_query_cli_answer_about_real_containers() {
 
     // A bad filter is a 400 with a JSON error that names the problem.
     let bad = agent
-        .try_get("/v1/findings?kind=nonsense", None)
+        .get("/v1/findings?kind=nonsense")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.content_type.starts_with("application/json"), "{bad:?}");
@@ -675,7 +468,7 @@ fn api_and_query_cli_answer_about_real_containers() {
 
     // /metrics: OpenMetrics when asked the way Prometheus asks, else the 0.0.4 text format.
     let open = agent
-        .try_get("/metrics", Some(PROMETHEUS_ACCEPT))
+        .get_accept("/metrics", Some(PROMETHEUS_ACCEPT))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         open.content_type
@@ -687,16 +480,14 @@ fn api_and_query_cli_answer_about_real_containers() {
         open.body.ends_with("# EOF\n"),
         "OpenMetrics ends with # EOF"
     );
-    let plain = agent
-        .try_get("/metrics", None)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let plain = agent.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
     assert!(
         plain.content_type.starts_with("text/plain"),
         "no Accept header: the 0.0.4 text format, as client_golang does; got {}",
         plain.content_type
     );
     let text = agent
-        .try_get("/metrics", Some("text/plain"))
+        .get_accept("/metrics", Some("text/plain"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         text.content_type.starts_with("text/plain") && text.content_type.contains("0.0.4"),
@@ -738,8 +529,8 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_is_broken() {
         "policy check accepted {broken:?}\n{check}"
     );
 
-    let agent = Agent::start(&["--config", policy.to_str().unwrap()]);
-    agent.wait_ready();
+    let agent = start_agent(&["--config", policy.to_str().unwrap()]);
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
     wait_for_container(&agent, &c);
     let by_container = format!("container={}", c.id);
     let before = agent.findings(&by_container);
@@ -770,7 +561,7 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_is_broken() {
         },
     );
     assert_eq!(metric_value(&agent.metrics(), successes), Some(0.0));
-    agent.wait_for_fresh_scan();
+    wait_for_fresh_scan(&agent);
     agent.assert_running();
     let after = agent.findings(&by_container);
     assert_eq!(
@@ -816,13 +607,13 @@ fn a_failed_scan_and_a_refused_reload_show_in_metrics() {
     std::os::unix::fs::symlink("/proc", &proc_link).unwrap();
     let policy = dir.path().join("policy.yaml");
     fs::write(&policy, "version: 1\n").unwrap();
-    let agent = Agent::start(&[
+    let agent = start_agent(&[
         "--proc-root",
         proc_link.to_str().unwrap(),
         "--config",
         policy.to_str().unwrap(),
     ]);
-    agent.wait_ready();
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
     let failed = "nodeguard_scans_total{scan_type=\"processes\",result=\"failure\"}";
     let ok = "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"}";
     let timed = "nodeguard_scan_duration_seconds_count{scan_type=\"processes\"}";
@@ -898,7 +689,7 @@ fn healthz_answers_during_a_scan_and_sigterm_exits_zero() {
     let c = ContainerSpec::new(&image)
         .args(&[&exe, "sleep", "3600"])
         .start();
-    let agent = Agent::start(&["--max-hash-size", BIG_HASH_LIMIT]);
+    let agent = start_agent(&["--max-hash-size", BIG_HASH_LIMIT]);
 
     // /healthz answers while /readyz still says the first scan has not finished.
     let mut healthy_during_scan = 0;
@@ -907,8 +698,8 @@ fn healthz_answers_during_a_scan_and_sigterm_exits_zero() {
         "the first scan to complete",
         FIRST_SCAN_TIMEOUT,
         || {
-            let health = agent.try_get("/healthz", None)?;
-            let ready = agent.try_get("/readyz", None)?;
+            let health = agent.get("/healthz")?;
+            let ready = agent.get("/readyz")?;
             if health.status == 200 && ready.status == 503 {
                 let body = health.json("/healthz");
                 assert_eq!(body["status"], "ok", "{body}");
@@ -958,14 +749,14 @@ fn sigint_during_the_first_scan_exits_zero() {
     let c = ContainerSpec::new(&image)
         .args(&[&exe, "sleep", "3600"])
         .start();
-    let agent = Agent::start(&["--max-hash-size", BIG_HASH_LIMIT]);
+    let agent = start_agent(&["--max-hash-size", BIG_HASH_LIMIT]);
     wait_for_every(
         FAST_POLL,
         "the API to answer during the first scan",
         SCANS_TIMEOUT,
         || {
-            let health = agent.try_get("/healthz", None)?;
-            let ready = agent.try_get("/readyz", None)?;
+            let health = agent.get("/healthz")?;
+            let ready = agent.get("/readyz")?;
             match (health.status, ready.status) {
                 (200, 503) => Ok(()),
                 (_, 200) => panic!(
@@ -998,8 +789,8 @@ fn findings_keep_first_seen_across_scans_and_resolve_when_the_container_stops() 
     let image = Image::busybox();
     let admin = unlimited_admin(image).start();
     let calm = limited(image).start();
-    let agent = Agent::start(&[]);
-    agent.wait_ready();
+    let agent = start_agent(&[]);
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
     wait_for_container(&agent, &admin);
     wait_for_container(&agent, &calm);
 
@@ -1091,8 +882,8 @@ fn sighup_rereads_digest_bundles_and_refuses_a_broken_one() {
     let policy = dir.path().join("policy.yaml");
     fs::write(&policy, "digest_bundles: [bundle.json]\n").unwrap();
 
-    let agent = Agent::start(&["--config", policy.to_str().unwrap()]);
-    agent.wait_ready();
+    let agent = start_agent(&["--config", policy.to_str().unwrap()]);
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
     wait_for_container(&agent, &c);
     let by_container = format!("container={}", c.id);
     let unexpected = |findings: &[Value]| -> Vec<Value> {
@@ -1127,7 +918,7 @@ fn sighup_rereads_digest_bundles_and_refuses_a_broken_one() {
             && l.contains("not a JSON digest bundle")),
         "the log names the bundle and why"
     );
-    agent.wait_for_fresh_scan();
+    wait_for_fresh_scan(&agent);
     agent.assert_running();
     assert_eq!(
         unexpected(&agent.findings(&by_container)),

@@ -27,10 +27,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
+use support::agent::{Agent, Launch, StateDir};
 use support::container::ContainerSpec;
-use support::http::free_port;
 use support::image::Image;
 use support::prometheus::{require_prometheus, Prometheus};
 use support::wait_for;
@@ -43,8 +43,6 @@ const NAMESPACE: &str = "dashboard-test";
 const FIRST_SCAN_TIMEOUT: Duration = Duration::from_secs(240);
 /// Longest wait for anything that needs a few more scans or scrapes.
 const SCANS_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long one HTTP request may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What Grafana puts for `$__rate_interval` with a 1 s scrape interval is 4 s at least; a
 /// minute keeps `rate()` and `histogram_quantile()` well fed.
 const RATE_INTERVAL: &str = "1m";
@@ -885,88 +883,37 @@ fn the_configmap_generator_carries_the_dashboard_with_the_sidecar_label() {
 // ---------------------------------------------------------------------------------------------
 // The real agent.
 
-/// A running `nodeguard run` against the fake API server. Killed on drop; its log is printed
-/// when the test failed.
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    command: String,
-}
-
-impl Agent {
-    fn start(kubeconfig: &Path, dir: &Path) -> Agent {
-        let port = free_port();
-        let state_dir = dir.join("state");
-        fs::create_dir_all(&state_dir).unwrap();
-        let mut args: Vec<String> = [
-            "run",
-            "--kube",
-            "on",
+/// `nodeguard run --kube on` against the fake API server, with a state directory of its
+/// own (support::agent runs it: killed on drop, its log printed when the test failed).
+fn start_agent(kubeconfig: &Path) -> Agent {
+    Agent::launch(
+        &[
             "--node-name",
             NODE,
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
             "--interval",
             "2s",
             "--fs-interval",
             "30s",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if !support::host_pid1_readable() {
-            args.extend(["--host-root".to_string(), "/".to_string()]);
-        }
-        let log = dir.join("agent.log");
-        let (child, command) = support::spawn_nodeguard_with_kubeconfig(&args, kubeconfig, &log);
-        Agent {
-            child,
-            port,
-            log,
-            command,
-        }
-    }
-
-    /// `/metrics` in the 0.0.4 text format.
-    fn scrape(&mut self) -> Result<String, String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("the agent exited ({status})\n  command: {}", self.command);
-        }
-        let r = support::http::get(self.port, "/metrics", None, HTTP_TIMEOUT)
-            .map_err(|e| format!("GET /metrics: {e}"))?;
-        if r.status != 200 {
-            return Err(format!(
-                "/metrics answered {}: {}",
-                r.status,
-                excerpt(&r.body)
-            ));
-        }
-        Ok(r.body)
-    }
+        ],
+        Launch {
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            state_dir: StateDir::Own,
+            ..Launch::default()
+        },
+    )
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let _ = writeln!(
-                std::io::stderr(),
-                "--- agent: {}\n--- agent log (last 60 lines):\n{}\n--- end of agent log",
-                self.command,
-                lines[lines.len().saturating_sub(60)..].join("\n")
-            );
-        }
+/// `/metrics` in the 0.0.4 text format.
+fn scrape(agent: &Agent) -> Result<String, String> {
+    let r = agent.get("/metrics")?;
+    if r.status != 200 {
+        return Err(format!(
+            "/metrics answered {}: {}",
+            r.status,
+            excerpt(&r.body)
+        ));
     }
+    Ok(r.body)
 }
 
 /// The pod the kubelet would report for the test's container.
@@ -1045,14 +992,14 @@ fn every_dashboard_query_names_metrics_and_labels_of_a_real_scrape_and_returns_d
     let spec = ContainerSpec::new(Image::busybox()).add_capability("CAP_SYS_ADMIN");
     fake.put_pod(pod_json(&spec.id, &spec.pod_uid));
     let _container = spec.start();
-    let mut agent = Agent::start(&kubeconfig, dir.path());
+    let agent = start_agent(&kubeconfig);
 
     let namespace_series = "nodeguard_findings{kind=\"dangerous_capability\"";
     let scrape = wait_for(
         "a scrape with the pod's findings in its namespace and Events sent",
         FIRST_SCAN_TIMEOUT,
         || {
-            let text = agent.scrape()?;
+            let text = scrape(&agent)?;
             let enriched = text.lines().any(|l| {
                 l.starts_with(namespace_series) && l.contains(&format!("namespace=\"{NAMESPACE}\""))
             });
@@ -1128,14 +1075,7 @@ fn every_dashboard_query_names_metrics_and_labels_of_a_real_scrape_and_returns_d
         );
     }
     // The namespace panel shows the test pod's findings: as many as the agent reports.
-    let findings = support::http::get(
-        agent.port,
-        &format!("/v1/findings?namespace={NAMESPACE}"),
-        None,
-        HTTP_TIMEOUT,
-    )
-    .expect("GET /v1/findings")
-    .json("/v1/findings");
+    let findings = agent.get_json(&format!("/v1/findings?namespace={NAMESPACE}"));
     let open = findings["findings"].as_array().map_or(0, Vec::len);
     assert!(open > 0, "{findings}");
     let by_namespace = all

@@ -138,6 +138,11 @@ fn heavy_dependencies_stay_in_their_one_crate() {
         // never open an archive.
         ("tar", "nodeguard"),
         ("flate2", "nodeguard"),
+        // TLS of the API port and of `nodeguard query`: one crate holds the server's
+        // certificate handling and the client's trust (kube brings its own rustls).
+        ("rustls", "nodeguard-api"),
+        ("tokio-rustls", "nodeguard-api"),
+        ("rcgen", "nodeguard-api"),
     ];
     for (dependency, owner) in expect {
         let users = users_of(&deps, dependency);
@@ -182,4 +187,35 @@ fn testkit_is_only_a_dev_dependency() {
         users.is_empty(),
         "{users:?} link {TESTKIT} outside their tests"
     );
+}
+
+/// One TLS stack and one crypto provider: rustls with `ring`, which kube links anyway.
+/// aws-lc (rustls's default provider) would add a C/assembly build and a second provider
+/// that `CryptoProvider::get_default` could pick at random; OpenSSL would add a system
+/// library the static image does not have.
+#[test]
+fn tls_uses_ring_only_no_aws_lc_and_no_openssl() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .expect("read Cargo.lock");
+    let packages: BTreeSet<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .collect();
+    for present in ["rustls", "ring", "rcgen"] {
+        assert!(packages.contains(present), "{present} is not in Cargo.lock");
+    }
+    for absent in [
+        "aws-lc-rs",
+        "aws-lc-sys",
+        "aws-lc-fips-sys",
+        "openssl",
+        "openssl-sys",
+        "native-tls",
+    ] {
+        assert!(
+            !packages.contains(absent),
+            "{absent} is in Cargo.lock: a second TLS or crypto stack (check rustls/tokio-rustls/rcgen default features)"
+        );
+    }
 }

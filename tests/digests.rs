@@ -567,11 +567,14 @@ fn host_processes_are_checked_against_the_bundle_by_name() {
     }
 }
 
-/// The same in runc containers: a container running the released busybox (as `/bin/sleep`)
-/// raises nothing, one whose image carries a tampered busybox raises `unexpected_binary_hash`
-/// for its container.
+/// The same in runc containers with `digest_bundles_apply_to: all`: a container running the
+/// released busybox (as `/bin/sleep`) raises nothing, one whose image carries a tampered
+/// busybox raises `unexpected_binary_hash` for its container. By default bundles check host
+/// processes and the containers of `kube-system` pods only, so the tampered container (no
+/// pod at all here) raises nothing: a workload's own copy of a bundled name is not the
+/// node's platform binary.
 #[test]
-fn container_processes_are_checked_against_the_bundle_by_name() {
+fn container_processes_are_checked_against_the_bundle_by_name_when_asked() {
     require_containers!();
     let dir = tempfile::tempdir().unwrap();
     let genuine_image = Image::busybox();
@@ -586,8 +589,21 @@ fn container_processes_are_checked_against_the_bundle_by_name() {
     let bundle = dir.path().join("bundle.json");
     let out = import(&[s(&release), "-o", s(&bundle)]);
     assert!(out.success(), "{out}");
+    let by_default_policy = dir.path().join("default-scope.yaml");
+    fs::write(
+        &by_default_policy,
+        format!("digest_bundles: [{}]\n", s(&bundle)),
+    )
+    .unwrap();
     let policy = dir.path().join("policy.yaml");
-    fs::write(&policy, format!("digest_bundles: [{}]\n", s(&bundle))).unwrap();
+    fs::write(
+        &policy,
+        format!(
+            "digest_bundles: [{}]\ndigest_bundles_apply_to: all\n",
+            s(&bundle)
+        ),
+    )
+    .unwrap();
 
     let tampered_image = Image::busybox_owned("digests-tampered");
     let mut bytes = fs::read(tampered_image.path("/bin/busybox")).unwrap();
@@ -598,6 +614,14 @@ fn container_processes_are_checked_against_the_bundle_by_name() {
 
     let good = ContainerSpec::new(genuine_image).start();
     let bad = ContainerSpec::new(&tampered_image).start();
+    let by_default = scan_pids(&[good.init_pid, bad.init_pid], &by_default_policy);
+    let sha = by_default.process(&bad, bad.init_pid)["sha256"].clone();
+    assert_eq!(sha, tampered_digest.as_str(), "{}", by_default.seen(&bad));
+    assert!(
+        !by_default.has_finding(&bad, "unexpected_binary_hash", None),
+        "by default bundles check the host and kube-system's pods only: {}",
+        by_default.seen(&bad)
+    );
     let scan = scan_pids(&[good.init_pid, bad.init_pid], &policy);
     assert!(
         !scan.has_finding(&good, "unexpected_binary_hash", None),

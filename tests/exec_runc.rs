@@ -20,7 +20,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 use support::agent::Agent;
-use support::container::ContainerSpec;
+use support::container::{Container, ContainerSpec};
 use support::image::Image;
 use support::{wait_for, wait_for_every};
 
@@ -60,21 +60,6 @@ fn denying_policy(digest: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// An agent with `policy` whose scans (process and filesystem) come an hour apart: what it
-/// finds sooner, an exec brought (or a loss brought forward).
-fn hour_interval_agent(policy: &std::path::Path, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "--interval",
-        "1h",
-        "--fs-interval",
-        "1h",
-        "--config",
-        policy.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Agent::start(&args)
-}
-
 /// Waits until the agent finished its first process scan and the filesystem scan that
 /// follows it; returns how many process scans it has run then.
 fn wait_first_scans(agent: &Agent) -> f64 {
@@ -106,6 +91,71 @@ fn denied(agent: &Agent, id: &str, digest: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Waits at most `timeout` for a `denied_binary` finding of `planted`'s binary in its
+/// container (of process `pid` when given), polling every 50 ms.
+fn wait_denied(agent: &Agent, planted: &Planted, pid: Option<i32>, timeout: Duration) -> Value {
+    let what = match pid {
+        Some(pid) => format!("denied_binary for pid {pid} on /v1/findings"),
+        None => "denied_binary on /v1/findings".to_string(),
+    };
+    wait_for_every(Duration::from_millis(50), &what, timeout, || {
+        let found = denied(agent, &planted.container.id, &planted.digest);
+        found
+            .iter()
+            .find(|f| pid.is_none_or(|pid| f["pid"].as_i64() == Some(i64::from(pid))))
+            .cloned()
+            .ok_or_else(|| format!("findings of the container: {found:?}"))
+    })
+}
+
+/// What each test starts from: a runc container of [`image_with_denied_binary`] and a
+/// policy denying that binary. Fields drop in order: the container before its image.
+struct Planted {
+    container: Container,
+    _image: Image,
+    _policy_dir: tempfile::TempDir,
+    policy: PathBuf,
+    /// The binary's path in the container.
+    evil: String,
+    digest: String,
+}
+
+fn planted() -> Planted {
+    let (image, evil, digest) = image_with_denied_binary();
+    let (policy_dir, policy) = denying_policy(&digest);
+    Planted {
+        container: ContainerSpec::new(&image).start(),
+        _image: image,
+        _policy_dir: policy_dir,
+        policy,
+        evil,
+        digest,
+    }
+}
+
+/// An agent with `planted`'s policy and an hour's intervals, after its first scans and
+/// hearing execs over the connector; the process scans it had run then.
+fn hourly_agent(planted: &Planted) -> (Agent, f64) {
+    hourly_agent_with(planted, &[])
+}
+
+/// [`hourly_agent`] with more arguments.
+fn hourly_agent_with(planted: &Planted, extra: &[&str]) -> (Agent, f64) {
+    let mut args = vec![
+        "--interval",
+        "1h",
+        "--fs-interval",
+        "1h",
+        "--config",
+        planted.policy.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+    (agent, scans_before)
+}
+
 fn require_netlink(agent: &Agent) {
     let source = "nodeguard_exec_events_source{source=\"netlink\"}";
     assert_eq!(
@@ -118,33 +168,16 @@ fn require_netlink(agent: &Agent) {
 #[test]
 fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour_interval() {
     require_containers!();
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let agent = hour_interval_agent(&policy, &[]);
-    let scans_before = wait_first_scans(&agent);
-    require_netlink(&agent);
+    let planted = planted();
+    let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
+    let (agent, scans_before) = hourly_agent(&planted);
     assert!(
-        denied(&agent, &container.id, &digest).is_empty(),
+        denied(&agent, &container.id, digest).is_empty(),
         "nothing denied runs yet"
     );
 
-    let pid = container.exec_detached(&[&evil, "sleep", "600"]);
-    let found = wait_for_every(
-        Duration::from_millis(50),
-        &format!("denied_binary for pid {pid} on /v1/findings"),
-        EXEC_TO_FINDING,
-        || {
-            let found = denied(&agent, &container.id, &digest);
-            match found
-                .iter()
-                .find(|f| f["pid"].as_i64() == Some(i64::from(pid)))
-            {
-                Some(f) => Ok(f.clone()),
-                None => Err(format!("findings of the container: {found:?}")),
-            }
-        },
-    );
+    let pid = container.exec_detached(&[evil, "sleep", "600"]);
+    let found = wait_denied(&agent, &planted, Some(pid), EXEC_TO_FINDING);
     assert_eq!(found["severity"], "critical");
     assert_eq!(found["path"].as_str(), Some(evil.as_str()), "{found}");
     // No scan ran meanwhile: the exec itself brought the finding.
@@ -197,25 +230,14 @@ fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour
 #[test]
 fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
     require_containers!();
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let agent = hour_interval_agent(&policy, &[]);
-    let scans_before = wait_first_scans(&agent);
-    require_netlink(&agent);
+    let planted = planted();
+    let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
+    let (agent, scans_before) = hourly_agent(&planted);
 
     // `runc exec` without -d returns when the process has exited.
-    let out = container.runc(&["exec", &container.id, &evil, "sleep", "0.2"]);
+    let out = container.runc(&["exec", &container.id, evil, "sleep", "0.2"]);
     assert!(out.success(), "runc exec failed\n{out}");
-    let found = wait_for_every(
-        Duration::from_millis(50),
-        "denied_binary of the 200 ms process",
-        EXEC_TO_FINDING,
-        || {
-            let found = denied(&agent, &container.id, &digest);
-            found.first().cloned().ok_or_else(|| "none yet".to_string())
-        },
-    );
+    let found = wait_denied(&agent, &planted, None, EXEC_TO_FINDING);
     let pid = found["pid"].as_i64().expect("the finding names the pid");
     // It is gone (or its pid was reused by something else).
     let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
@@ -247,11 +269,32 @@ fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
             Err(format!("process scans still {now}"))
         }
     });
-    let still = denied(&agent, &container.id, &digest);
+    let still = denied(&agent, &container.id, digest);
     assert_eq!(
         still.first().map(|f| f["id"].clone()),
         Some(found["id"].clone()),
         "the exited process's finding must stay open within the retention window"
+    );
+    // ... and the process is listed as exited, so nobody takes it for what runs now; its
+    // container still runs, so it is not marked.
+    let listed = agent.get_json(&format!("/v1/processes?container={}", container.id));
+    let gone = listed["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pid"] == found["pid"])
+        .unwrap_or_else(|| panic!("pid {pid} is not in /v1/processes: {listed}"));
+    assert_eq!(gone["exited"], true, "{gone}");
+    let containers = agent.get_json("/v1/containers");
+    let ours = containers["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["id"] == container.id.as_str())
+        .unwrap_or_else(|| panic!("{} is not in /v1/containers: {containers}", container.id));
+    assert!(
+        ours.get("exited").is_none(),
+        "a running container is not exited: {ours}"
     );
 }
 
@@ -275,12 +318,9 @@ fn cmdline(pid: i32) -> Option<String> {
 fn an_exec_storm_that_overruns_the_buffer_is_counted_and_a_full_scan_reports_what_it_left_running()
 {
     require_containers!();
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let agent = hour_interval_agent(&policy, &["--exec-buffer", "4096"]);
-    let scans_before = wait_first_scans(&agent);
-    require_netlink(&agent);
+    let planted = planted();
+    let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
+    let (agent, scans_before) = hourly_agent_with(&planted, &["--exec-buffer", "4096"]);
     let lost_before = agent
         .metric("nodeguard_exec_events_lost_total")
         .unwrap_or(0.0);
@@ -337,7 +377,7 @@ fn an_exec_storm_that_overruns_the_buffer_is_counted_and_a_full_scan_reports_wha
         "every sleeper the storm left reported with the denied digest",
         Duration::from_secs(10),
         || {
-            if denied(&agent, &container.id, &digest).is_empty() {
+            if denied(&agent, &container.id, digest).is_empty() {
                 return Err("no denied_binary finding".into());
             }
             let listed = agent.get_json(&format!("/v1/processes?container={}", container.id));
@@ -373,10 +413,10 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
             return;
         }
     }
-    let (image, evil, digest) = image_with_denied_binary();
-    let (_policy_dir, policy) = denying_policy(&digest);
-    let container = ContainerSpec::new(&image).start();
-    let pid = container.exec_detached(&[&evil, "sleep", "600"]);
+    let planted = planted();
+    let pid = planted
+        .container
+        .exec_detached(&[&planted.evil, "sleep", "600"]);
     let agent = Agent::start_in(
         &[
             "unshare",
@@ -386,7 +426,12 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
             "-c",
             "ip link set lo up && exec \"$0\" \"$@\"",
         ],
-        &["--interval", "2s", "--config", policy.to_str().unwrap()],
+        &[
+            "--interval",
+            "2s",
+            "--config",
+            planted.policy.to_str().unwrap(),
+        ],
     );
     agent.wait_ready(FIRST_SCAN_TIMEOUT);
     // The agent really is in a namespace of its own.
@@ -417,16 +462,72 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
         "the reason names the refused subscribe: {}",
         said[0]
     );
-    let found = wait_for(
-        "the scan to find the denied binary",
-        FIRST_SCAN_TIMEOUT,
+    // By a scan: no exec event reaches this agent.
+    let found = wait_denied(&agent, &planted, Some(pid), FIRST_SCAN_TIMEOUT);
+    assert_eq!(found["severity"], "critical");
+}
+
+/// `nodeguard_findings_detected_total` summed over severities, for one kind.
+fn detected(agent: &Agent, kind: &str) -> f64 {
+    let prefix = format!("nodeguard_findings_detected_total{{kind=\"{kind}\"");
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn containers_started_while_execs_are_read_get_no_findings_from_runcs_own_set_up() {
+    require_containers!();
+    // runc runs `runc init` in the new container's cgroup with runc's own capabilities and
+    // the host's pid namespace before it execs the entrypoint. An exec read of that moment
+    // made a new pod's sandbox look like a privileged container sharing the host's pid
+    // namespace on the real node. These containers are neither (runc's config: the runtime
+    // default capabilities, a pid namespace of their own), so no such finding may appear,
+    // not even for a moment (the detected counters count every appearance).
+    let image = Image::busybox_owned("execinit");
+    let agent = Agent::start(&["--interval", "1h", "--fs-interval", "1h"]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+    let kinds = ["privileged_container", "host_pid_namespace"];
+    let before: Vec<f64> = kinds.iter().map(|k| detected(&agent, k)).collect();
+
+    let containers: Vec<_> = (0..10)
+        .map(|_| ContainerSpec::new(&image).start())
+        .collect();
+    for c in &containers {
+        let config: Value =
+            serde_json::from_slice(&fs::read(c.bundle.join("config.json")).unwrap()).unwrap();
+        let namespaces = config["linux"]["namespaces"].to_string();
+        assert!(namespaces.contains("\"pid\""), "{}: {namespaces}", c.id);
+    }
+    // Every container is known from the exec of its entrypoint, and whatever runc's set-up
+    // left held back has been read.
+    wait_for(
+        "the new containers on /v1/containers",
+        EXEC_TO_FINDING * 5,
         || {
-            let found = denied(&agent, &container.id, &digest);
-            found
-                .into_iter()
-                .find(|f| f["pid"].as_i64() == Some(i64::from(pid)))
-                .ok_or_else(|| "not yet".to_string())
+            let listed = agent.get_json("/v1/containers").to_string();
+            match containers.iter().find(|c| !listed.contains(&c.id)) {
+                None => Ok(()),
+                Some(c) => Err(format!("{} not listed", c.id)),
+            }
         },
     );
-    assert_eq!(found["severity"], "critical");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "a process scan ran; the containers must come from exec reads"
+    );
+    let after: Vec<f64> = kinds.iter().map(|k| detected(&agent, k)).collect();
+    assert_eq!(after, before, "{kinds:?} detected while containers started");
+    for c in &containers {
+        for kind in kinds {
+            let found = agent.findings(&format!("kind={kind}&container={}", c.id));
+            assert!(found.is_empty(), "{}: {found:?}", c.id);
+        }
+    }
 }

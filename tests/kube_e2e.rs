@@ -30,14 +30,13 @@
 mod support;
 
 use nodeguard_testkit::fake::{Authorizer, FakeApi, Mode, Request};
-use support::http::{free_port, HttpResponse};
+use support::agent::{Launch, StateDir};
 use support::wait_for;
 
 fn excerpt(text: &str) -> String {
     support::excerpt(text, 2000)
 }
 use serde_json::{json, Value};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
@@ -125,13 +124,15 @@ fn events_total(metrics: &str, result: &str) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // The agent under test.
 
-/// A running `nodeguard run --kube on` pointed at the fake. Killed on drop; its log is printed
-/// when the test failed.
-struct Agent {
-    child: RefCell<Child>,
-    port: u16,
-    log: PathBuf,
-    command: String,
+/// A running `nodeguard run --kube on` pointed at the fake (support::agent runs it: killed
+/// on drop, its log printed when the test failed), with this test's bounds and questions.
+struct Agent(support::agent::Agent);
+
+impl std::ops::Deref for Agent {
+    type Target = support::agent::Agent;
+    fn deref(&self) -> &support::agent::Agent {
+        &self.0
+    }
 }
 
 impl Agent {
@@ -150,113 +151,38 @@ impl Agent {
         name: &str,
         extra: &[&str],
     ) -> Agent {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args: Vec<String> = [
-            "run",
-            "--kube",
-            "on",
+        let mut args = vec![
             "--node-name",
             NODE,
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-            "--listen",
-            &listen,
             "--interval",
             "2s",
             "--fs-interval",
             "30s",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        // As in the harness: where pid 1 cannot be looked into, host paths are reached through
-        // this (the host's) mount namespace.
-        if !support::host_pid1_readable() {
-            args.extend(["--host-root".to_string(), "/".to_string()]);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let log = log_dir.join(format!("{name}.log"));
-        let (child, command) = support::spawn_nodeguard_with_kubeconfig(&args, kubeconfig, &log);
-        Agent {
-            child: RefCell::new(child),
-            port,
-            log,
-            command,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Fails at once if the agent is no longer running.
-    fn assert_running(&self) {
-        if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
-            panic!(
-                "the agent exited ({status}) while it should run\n  command: {}",
-                self.command
-            );
-        }
-    }
-
-    fn try_get(&self, path: &str) -> Result<HttpResponse, String> {
-        self.try_get_within(path, AGENT_HTTP_TIMEOUT)
-    }
-
-    fn try_get_within(&self, path: &str, timeout: Duration) -> Result<HttpResponse, String> {
-        self.assert_running();
-        support::http::get(self.port, path, None, timeout).map_err(|e| {
-            format!(
-                "GET 127.0.0.1:{}{path} (within {timeout:?}): {e}",
-                self.port
-            )
-        })
-    }
-
-    /// `GET PATH`, which must answer 200 with JSON (within [`AGENT_HTTP_TIMEOUT`]).
-    fn get_json(&self, path: &str) -> Value {
-        let r = self.try_get(path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            r.status,
-            200,
-            "GET {path} answered {}: {}",
-            r.status,
-            excerpt(&r.body)
-        );
-        serde_json::from_str(&r.body)
-            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", excerpt(&r.body)))
-    }
-
-    /// `/metrics` (the 0.0.4 text format), which must answer 200 within
-    /// [`AGENT_HTTP_TIMEOUT`].
-    fn metrics(&self) -> String {
-        self.metrics_within(AGENT_HTTP_TIMEOUT)
-    }
-
-    fn metrics_within(&self, timeout: Duration) -> String {
-        let r = self
-            .try_get_within("/metrics", timeout)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.status, 200, "/metrics: {}", excerpt(&r.body));
-        r.body
+        ];
+        args.extend_from_slice(extra);
+        Agent(support::agent::Agent::launch(
+            &args,
+            Launch {
+                kubeconfig: Some(kubeconfig.to_path_buf()),
+                state_dir: StateDir::At(state_dir.to_path_buf()),
+                log: Some(log_dir.join(format!("{name}.log"))),
+                http_timeout: Some(AGENT_HTTP_TIMEOUT),
+                ..Launch::default()
+            },
+        ))
     }
 
     fn wait_ready(&self) {
-        wait_for(
-            "the agent's first scan (/readyz 200)",
-            FIRST_SCAN_TIMEOUT,
-            || {
-                let r = self.try_get("/readyz")?;
-                if r.status == 200 {
-                    Ok(())
-                } else {
-                    Err(format!("status {}: {}", r.status, excerpt(&r.body)))
-                }
-            },
-        )
+        self.0.wait_ready(FIRST_SCAN_TIMEOUT);
+    }
+
+    /// `/metrics`, which must answer 200 within `timeout`.
+    fn metrics_within(&self, timeout: Duration) -> String {
+        let r = self
+            .get_within("/metrics", timeout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 200, "/metrics: {}", excerpt(&r.body));
+        r.body
     }
 
     /// `scanned_at` of the report the agent serves.
@@ -295,48 +221,47 @@ impl Agent {
 
     /// Every open finding (`/v1/findings`).
     fn findings(&self) -> Vec<Value> {
-        let answer = self.get_json("/v1/findings");
-        answer["findings"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("/v1/findings has no findings array: {answer}"))
+        self.0.findings("")
     }
 
     /// Sends SIGTERM and waits for the exit.
     fn terminate(&self) -> ExitStatus {
-        let pid = self.child.borrow().id();
-        let out = support::cmd::run("kill", &["-s", "TERM", &pid.to_string()]);
-        assert!(out.success(), "kill -s TERM {pid} failed\n{out}");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.borrow_mut().try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not stop within {STOP_TIMEOUT:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.terminate(STOP_TIMEOUT)
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let _ = writeln!(
-                std::io::stderr(),
-                "--- agent: {}\n--- agent log (last 80 lines):\n{}\n--- end of agent log",
-                self.command,
-                lines[lines.len().saturating_sub(80)..].join("\n")
-            );
+/// What each test's agents run against: the fake API server granting the shipped ClusterRole
+/// to a fresh token, and a temp dir holding a kubeconfig for it and an empty state directory.
+struct Cluster {
+    fake: FakeApi,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Cluster {
+    fn new(prefix: &str) -> Cluster {
+        let clusterrole =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/clusterrole.yaml");
+        let token = support::random_hex(16);
+        let fake = FakeApi::start(
+            NODE,
+            &token,
+            Authorizer::from_cluster_role_file(&clusterrole, USER),
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("create the test's tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+        let state_dir = dir.path().join("state");
+        fs::create_dir_all(&state_dir).unwrap();
+        Cluster {
+            fake,
+            dir,
+            kubeconfig,
+            state_dir,
         }
     }
 }
@@ -716,23 +641,13 @@ fn assert_event_invariants(fake: &FakeApi) {
 fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_outages() {
     require_containers!();
     let started = Instant::now();
-    let clusterrole = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/clusterrole.yaml");
-    let token = support::random_hex(16);
-    let fake = FakeApi::start(
-        NODE,
-        &token,
-        Authorizer::from_cluster_role_file(&clusterrole, USER),
-    );
+    let Cluster {
+        fake,
+        dir,
+        kubeconfig,
+        state_dir,
+    } = Cluster::new("nodeguard-kube-e2e-");
     let _dump = DumpOnPanic(&fake);
-
-    let dir = tempfile::Builder::new()
-        .prefix("nodeguard-kube-e2e-")
-        .tempdir()
-        .expect("create the test's tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
-    let state_dir = dir.path().join("state");
-    fs::create_dir_all(&state_dir).unwrap();
 
     let image = Image::busybox();
     // CAP_SYS_ADMIN on top of the runtime's defaults: a finding whose subject is a capability.
@@ -1219,22 +1134,13 @@ fn wait_announced(fake: &FakeApi, w: &Workload, ids: &BTreeMap<String, String>, 
 /// requests, and the host's own processes make the state.
 #[test]
 fn the_policy_reports_switch_turns_them_off() {
-    let clusterrole = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/clusterrole.yaml");
-    let token = support::random_hex(16);
-    let fake = FakeApi::start(
-        NODE,
-        &token,
-        Authorizer::from_cluster_role_file(&clusterrole, USER),
-    );
+    let Cluster {
+        fake,
+        dir,
+        kubeconfig,
+        state_dir,
+    } = Cluster::new("nodeguard-kube-e2e-switch-");
     let _dump = DumpOnPanic(&fake);
-    let dir = tempfile::Builder::new()
-        .prefix("nodeguard-kube-e2e-switch-")
-        .tempdir()
-        .expect("create the test's tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
-    let state_dir = dir.path().join("state");
-    fs::create_dir_all(&state_dir).unwrap();
     let to_reports = |fake: &FakeApi| {
         fake.requests()
             .into_iter()

@@ -503,6 +503,8 @@ const SERVICE_MONITOR_SPEC: &str = "selector namespaceSelector endpoints jobLabe
 const ENDPOINT_FIELDS: &str = "port targetPort path scheme params interval scrapeTimeout \
     tlsConfig authorization bearerTokenFile honorLabels honorTimestamps metricRelabelings relabelings \
     followRedirects enableHttp2 filterRunning";
+const TLS_CONFIG_FIELDS: &str = "ca cert keySecret serverName insecureSkipVerify caFile certFile \
+    keyFile minVersion maxVersion";
 const RELABELING_FIELDS: &str =
     "sourceLabels separator targetLabel regex modulus replacement action";
 const RULE_GROUP_FIELDS: &str = "name interval rules limit partial_response_strategy query_offset";
@@ -549,6 +551,11 @@ fn the_prometheus_operator_resources_have_their_required_fields() {
     for (i, endpoint) in items(endpoints) {
         let at = format!(".spec.endpoints[{i}]");
         unknown.extend(unknown_fields(endpoint, ENDPOINT_FIELDS, &at));
+        unknown.extend(unknown_fields(
+            &endpoint["tlsConfig"],
+            TLS_CONFIG_FIELDS,
+            &format!("{at}.tlsConfig"),
+        ));
         for (j, relabeling) in items(&endpoint["relabelings"]) {
             let at = format!("{at}.relabelings[{j}]");
             unknown.extend(unknown_fields(relabeling, RELABELING_FIELDS, &at));
@@ -1388,7 +1395,7 @@ fn the_probes_ask_paths_the_agent_serves() {
         assert_ne!(
             get.scheme.as_deref(),
             Some("HTTPS"),
-            "the agent serves plain HTTP"
+            "the probe listener stays plain HTTP (only the API port serves TLS)"
         );
     }
 }
@@ -1629,6 +1636,11 @@ fn the_daemonset_runs_with_least_privilege() {
         Some("off"),
         "hostNetwork without exec events grants the node's network for nothing"
     );
+    assert_ne!(
+        m.arg("--tls").as_deref(),
+        Some("off"),
+        "with hostNetwork the API is on the node's addresses: tokens must not cross the network in clear"
+    );
     for insecure in ["--insecure-unauthenticated", "--unauthenticated-metrics"] {
         assert!(
             !m.container()
@@ -1683,6 +1695,68 @@ fn the_daemonset_runs_with_least_privilege() {
         for name in ["cpu", "memory"] {
             assert!(set.contains_key(name), "resources.{which}.{name} is set");
         }
+    }
+}
+
+#[test]
+fn the_api_serves_tls_and_kubectl_exec_queries_trust_exactly_its_certificate() {
+    let m = load();
+    // --listen is beyond loopback (another test), so `--tls auto` serves https.
+    assert!(matches!(
+        m.arg("--tls").as_deref(),
+        None | Some("auto") | Some("on")
+    ));
+    let served = m
+        .arg("--tls-served-cert-file")
+        .expect("the DaemonSet writes the served certificate for local queries");
+    let dir = Path::new(&served)
+        .parent()
+        .expect("a directory")
+        .to_str()
+        .unwrap();
+    let mount = m.mount_at(dir);
+    assert_ne!(mount.read_only, Some(true), "the agent writes {served}");
+    let volume = m.volume(&mount.name);
+    assert!(
+        volume.empty_dir.is_some(),
+        "{served} lives in an emptyDir private to the pod: {volume:?}"
+    );
+    // `kubectl exec ds/nodeguard -- /nodeguard query` asks this agent over TLS and trusts
+    // that file: the container's environment says so.
+    let env: BTreeMap<String, String> = m
+        .container()
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    let (_, port) = m.metrics_port();
+    assert_eq!(
+        env.get("NODEGUARD_URL").map(String::as_str),
+        Some(format!("https://127.0.0.1:{port}").as_str())
+    );
+    assert_eq!(env.get("NODEGUARD_CA_FILE"), Some(&served));
+    // The query flags these variables set are the binary's.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
+        .args(["query", "--help"])
+        .env_clear()
+        .output()
+        .expect("nodeguard query --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for var in ["NODEGUARD_URL", "NODEGUARD_CA_FILE"] {
+        assert!(
+            help.contains(&format!("env: {var}=")),
+            "query --help:\n{help}"
+        );
+    }
+    // Prometheus scrapes over TLS too.
+    for (i, endpoint) in items(&m.service_monitor["spec"]["endpoints"]) {
+        assert_eq!(endpoint["scheme"], "https", "endpoint {i}");
+        let tls = &endpoint["tlsConfig"];
+        assert!(
+            tls["insecureSkipVerify"] == true || tls["ca"].is_object(),
+            "endpoint {i}: a self-signed agent needs insecureSkipVerify, a CA-issued one a ca: {tls}"
+        );
     }
 }
 

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+use support::agent::{Launch, StateDir};
 use support::cmd::{self, Output};
-use support::http::free_port;
 use support::scan::Scan;
 use support::wait_for;
 
@@ -866,83 +866,45 @@ fn a_cgroup_root_pointing_at_nothing_raises_no_missing_limit_findings() {
 // ---------------------------------------------------------------------------------------------
 // The agent against the real API server.
 
-/// `KUBECONFIG=<agent kubeconfig> nodeguard run --kube on ...`, killed on drop.
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    command: String,
+/// `KUBECONFIG=<agent kubeconfig> nodeguard run --kube on ...` (support::agent runs it:
+/// killed on drop, its log printed when the test failed), with this test's questions.
+struct Agent(support::agent::Agent);
+
+impl std::ops::Deref for Agent {
+    type Target = support::agent::Agent;
+    fn deref(&self) -> &support::agent::Agent {
+        &self.0
+    }
 }
 
 impl Agent {
+    /// Started, and its first scan done.
     fn start(bed: &Bed, name: &str, state_dir: Option<&Path>) -> Agent {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
         let interval = format!("{INTERVAL_SECS}s");
-        let mut args: Vec<String> = [
-            "run",
-            "--kube",
-            "on",
+        let args = [
             "--node-name",
             bed.node(),
-            "--listen",
-            &listen,
             "--interval",
             &interval,
             "--fs-interval",
             "10m",
-            "--log-format",
-            "json",
-            // Exec-time detection is off for these agents: on this node an exec pass reads a
-            // new pod's containers before the pod's status names its sandbox, so a pause
-            // container got findings for one interval and a deleted pod's Resolved Events
-            // came late in 2 of 5 runs (README "Exec-time detection", known limits). These
-            // tests are about what scans and the Events publisher do on a real node; exec
-            // detection is tested in tests/exec_runc.rs.
-            "--exec-events",
-            "off",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(dir) = state_dir {
-            args.extend(["--state-dir".to_string(), dir.display().to_string()]);
-        }
-        if !support::host_pid1_readable() {
-            args.extend(["--host-root".to_string(), "/".to_string()]);
-        }
-        let log = bed.dir.join(format!("agent-{name}.log"));
-        let (child, command) = support::spawn_nodeguard_with_kubeconfig(
+        ];
+        let agent = Agent(support::agent::Agent::launch(
             &args,
-            bed.var("REALNODE_AGENT_KUBECONFIG"),
-            &log,
-        );
-        let agent = Agent {
-            child,
-            port,
-            log,
-            command,
-        };
-        wait_for(
-            "the agent's first scan (/readyz 200)",
-            FIRST_SCAN_TIMEOUT,
-            || {
-                agent.get("/readyz").and_then(|(status, body)| {
-                    if status == 200 {
-                        Ok(())
-                    } else {
-                        Err(format!("{status}: {body}"))
-                    }
-                })
+            Launch {
+                kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
+                state_dir: state_dir.map_or(StateDir::None, |d| StateDir::At(d.to_path_buf())),
+                log: Some(bed.dir.join(format!("agent-{name}.log"))),
+                http_timeout: Some(Duration::from_secs(10)),
+                ..Launch::default()
             },
-        );
+        ));
+        agent.wait_ready(FIRST_SCAN_TIMEOUT);
         agent
     }
 
     fn get(&self, path: &str) -> Result<(u16, String), String> {
-        support::http::get(self.port, path, None, Duration::from_secs(10))
-            .map(|r| (r.status, r.body))
-            .map_err(|e| format!("GET {path}: {e}"))
+        self.0.get(path).map(|r| (r.status, r.body))
     }
 
     fn findings(&self) -> Result<Vec<Value>, String> {
@@ -1000,42 +962,8 @@ impl Agent {
             .ok_or_else(|| "no nodeguard_events_queued".to_string())
     }
 
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = cmd::run("kill", &["-s", "TERM", &pid]);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "the agent did not stop within 15 s of SIGTERM: {}",
-            self.command
-        );
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            say(&format!(
-                "--- agent: {}\n--- agent log (last 60 lines):\n{}\n--- end of agent log",
-                self.command,
-                lines[lines.len().saturating_sub(60)..].join("\n")
-            ));
-        }
+    fn stop(self) {
+        self.0.terminate(Duration::from_secs(15));
     }
 }
 
@@ -1251,7 +1179,7 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     let mut checks = Checks::default();
     let ghost = Ghost::start();
     let agent = Agent::start(bed, "first", Some(&state));
-    let first_log = agent.log.clone();
+    let first_log = agent.log_path().to_path_buf();
     let privileged = bed.pod("privileged");
     let privileged_uid = privileged["metadata"]["uid"].as_str().unwrap().to_string();
 
@@ -1415,7 +1343,7 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     agent.stop();
     let before = nodeguard_events(bed);
     let agent = Agent::start(bed, "restarted", Some(&state));
-    let restarted_log = agent.log.clone();
+    let restarted_log = agent.log_path().to_path_buf();
     agent.wait_scans(3);
     std::thread::sleep(Duration::from_secs(2));
     let after = nodeguard_events(bed);
@@ -1462,7 +1390,7 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     // 7. Without --state-dir: no 403 either (no cluster-wide Event list), also while it
     //    announces a new pod's findings and their resolution.
     let agent = Agent::start(bed, "stateless", None);
-    let stateless_log = agent.log.clone();
+    let stateless_log = agent.log_path().to_path_buf();
     bed.kubectl_apply(&pod_manifest(bed, "late2"));
     bed.remember_pod_uid("late2");
     wait_events(
@@ -1618,7 +1546,7 @@ fn the_agent_keeps_policy_reports_the_real_api_server_stores_and_rewrites_nothin
     let besteffort_uid = besteffort["metadata"]["uid"].as_str().unwrap().to_string();
     let report_name = format!("nodeguard-{}", bed.node());
     let agent = Agent::start(bed, "reports", None);
-    let first_log = agent.log.clone();
+    let first_log = agent.log_path().to_path_buf();
 
     // 1. The BestEffort pod's missing limits are results of the realnode namespace's report,
     //    regarding that very pod (uid from kubectl), as `kubectl get policyreports` shows.
@@ -1778,7 +1706,7 @@ fn the_agent_keeps_policy_reports_the_real_api_server_stores_and_rewrites_nothin
         metric(&agent, "nodeguard_policy_report_writes_total{result=\"written\"}"),
         metric(&agent, "nodeguard_policy_reports"),
     ));
-    let second_log = agent.log.clone();
+    let second_log = agent.log_path().to_path_buf();
     agent.stop();
     drop(ghost);
     checks.finish(&[&first_log, &second_log]);

@@ -258,6 +258,26 @@ pub enum AuthArg {
     Off,
 }
 
+/// Whether the API port speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    /// https when listening beyond loopback or given --tls-cert-file; plain HTTP on loopback.
+    Auto,
+    /// Always https (a self-signed certificate without --tls-cert-file).
+    On,
+    /// Plain HTTP: tokens and findings cross the network in clear (warned beyond loopback).
+    Off,
+}
+
+/// The oldest TLS version the API port accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsMinVersionArg {
+    #[value(name = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    Tls13,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -288,6 +308,42 @@ pub struct RunArgs {
     /// the agent logs a loud warning.
     #[arg(long, env = "NODEGUARD_INSECURE_UNAUTHENTICATED")]
     pub insecure_unauthenticated: bool,
+
+    /// TLS on the API port (/metrics and /v1/*; the probe listener stays plain HTTP for the
+    /// kubelet): `auto` serves https when listening beyond loopback or given
+    /// --tls-cert-file, with a self-signed certificate (its SHA-256 fingerprint logged) when
+    /// no file is given, and plain HTTP on loopback.
+    #[arg(long, value_enum, default_value = "auto", env = "NODEGUARD_TLS")]
+    pub tls: TlsArg,
+
+    /// PEM certificate chain (leaf first) to serve, e.g. a cert-manager Secret's tls.crt.
+    /// Re-read every --tls-reload-interval and on SIGHUP; a broken new pair is refused (and
+    /// logged) and the old one stays.
+    #[arg(long, env = "NODEGUARD_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "NODEGUARD_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Oldest TLS version accepted (only AEAD cipher suites with ECDHE are ever offered).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "1.2",
+        env = "NODEGUARD_TLS_MIN_VERSION"
+    )]
+    pub tls_min_version: TlsMinVersionArg,
+
+    /// How often the certificate files are read again.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, env = "NODEGUARD_TLS_RELOAD_INTERVAL")]
+    pub tls_reload_interval: std::time::Duration,
+
+    /// Write the certificate the API serves (PEM, no key) to this file whenever it changes,
+    /// so `nodeguard query --ca-file FILE` on the node trusts exactly it (the DaemonSet:
+    /// /run/nodeguard/tls/serving.crt, an emptyDir).
+    #[arg(long, env = "NODEGUARD_TLS_SERVED_CERT_FILE")]
+    pub tls_served_cert_file: Option<PathBuf>,
 
     /// Time between process scans (e.g. 30s, 1m), with ±10% jitter.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "NODEGUARD_INTERVAL")]
@@ -452,8 +508,10 @@ mod tests {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The agent's address (inside the agent's pod: the default). Accepted before or after
-    /// the subcommand.
+    /// The agent's address: https://HOST:PORT, or http:// for an agent on loopback without
+    /// TLS (the default). The DaemonSet sets NODEGUARD_URL=https://127.0.0.1:9717 in the
+    /// agent's container, so `kubectl exec ds/nodeguard -- /nodeguard query` asks its own
+    /// agent over TLS. Accepted before or after the subcommand.
     #[arg(
         long,
         default_value = "http://127.0.0.1:9717",
@@ -476,6 +534,18 @@ pub struct QueryArgs {
     /// File holding the bearer token to send.
     #[arg(long, env = "NODEGUARD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+
+    /// PEM certificates an https agent's certificate must chain to: the CA that signed it,
+    /// or the agent's own certificate (the DaemonSet's agent writes it to
+    /// /run/nodeguard/tls/serving.crt and sets NODEGUARD_CA_FILE to it).
+    #[arg(long, env = "NODEGUARD_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+
+    /// Do not check the agent's certificate (warned): anyone on the path can pose as the
+    /// agent and read the token sent. Overrides --ca-file (and NODEGUARD_CA_FILE, which the
+    /// DaemonSet sets).
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
 
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]

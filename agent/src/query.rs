@@ -30,8 +30,50 @@ fn token(args: &QueryArgs) -> Result<Option<String>> {
     Ok(nodeguard_kube::kubeconfig_token())
 }
 
+/// How to check an https agent: `--insecure-skip-tls-verify` (warned), else `--ca-file`.
+fn client_tls(args: &QueryArgs) -> Result<client::ClientTls> {
+    if args.insecure_skip_tls_verify {
+        eprintln!(
+            "nodeguard: warning: --insecure-skip-tls-verify: the agent's certificate is not checked; anyone on the path can pose as the agent and read the token sent"
+        );
+        return Ok(client::ClientTls::InsecureSkipVerify);
+    }
+    match &args.ca_file {
+        Some(path) => Ok(client::ClientTls::from_ca_file(path).context("--ca-file")?),
+        None => Ok(client::ClientTls::NoCa),
+    }
+}
+
+/// Warns when a token would cross the network in clear: plain http to an address that is
+/// not loopback.
+fn warn_if_token_in_clear(url: &str, token: Option<&str>) {
+    let Some(rest) = url.trim().strip_prefix("http://") else {
+        return;
+    };
+    if token.is_none() {
+        return;
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        eprintln!(
+            "nodeguard: warning: sending a bearer token over plain http to {authority}: anyone on the path can read it (use https://)"
+        );
+    }
+}
+
 pub fn run(args: QueryArgs) -> Result<()> {
-    let endpoint = client::Endpoint::new(args.url.clone(), token(&args)?);
+    let token = token(&args)?;
+    warn_if_token_in_clear(&args.url, token.as_deref());
+    let endpoint = client::Endpoint::new(args.url.clone(), token).with_tls(client_tls(&args)?);
     let base = &endpoint;
     let width = crate::output::width();
     match args.what {

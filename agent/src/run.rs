@@ -1,12 +1,13 @@
 //! `nodeguard run`: wires the daemon, metrics, the HTTP API and (when in a cluster) pod
 //! metadata and Events, then waits for a signal.
 
-use crate::cli::{AuthArg, ExecEventsArg, RunArgs};
+use crate::cli::{AuthArg, ExecEventsArg, RunArgs, TlsArg, TlsMinVersionArg};
 use anyhow::{Context, Result};
+use nodeguard_api::{CertSource, ServerTls, TlsSettings, TlsVersion};
 use nodeguard_daemon::{Control, Daemon, ExecFeed, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
 use nodeguard_model::{NoPods, NodeState, PodLookup};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +197,12 @@ async fn serve(args: RunArgs) -> Result<()> {
     } else {
         None
     };
+    let tls = match tls_settings(&args, listen, &node)? {
+        Some(settings) => Some(Arc::new(
+            ServerTls::new(settings).context("cannot set up TLS for the API port")?,
+        )),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -244,12 +251,31 @@ async fn serve(args: RunArgs) -> Result<()> {
         ),
         freshness,
     );
-    let api_task = tokio::spawn(nodeguard_api::serve(listener, router, async move {
-        let mut rx = stop_api_rx;
-        let _ = rx.wait_for(|stop| *stop).await;
-    }));
+    let stop_api = {
+        let mut rx = stop_api_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let api_task = match &tls {
+        Some(tls) => {
+            let mut stop = stop_api_rx;
+            tokio::spawn(Arc::clone(tls).watch(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }));
+            tokio::spawn(nodeguard_api::serve_tls(
+                listener,
+                router,
+                stop_api,
+                nodeguard_api::ServeLimits::default(),
+                tls,
+            ))
+        }
+        None => tokio::spawn(nodeguard_api::serve(listener, router, stop_api)),
+    };
     tracing::info!(
         listen = %listen,
+        scheme = if tls.is_some() { "https" } else { "http" },
         authenticated = access.authenticate,
         metrics_authenticated = access.authenticate && !args.unauthenticated_metrics,
         "serving /metrics, /healthz, /readyz and /v1/"
@@ -263,8 +289,13 @@ async fn serve(args: RunArgs) -> Result<()> {
             _ = terminate.recv() => break Ok("SIGTERM"),
             _ = interrupt.recv() => break Ok("SIGINT"),
             _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy");
+                tracing::info!("SIGHUP: reloading the policy (and the TLS certificate files)");
                 let _ = control_tx.send(Control::ReloadPolicy).await;
+                if let Some(tls) = &tls {
+                    let tls = Arc::clone(tls);
+                    // Errors are logged by `reload`; a refused pair keeps the old one.
+                    tokio::task::spawn_blocking(move || tls.reload());
+                }
             }
             ended = &mut daemon_task => {
                 break match ended {
@@ -345,6 +376,128 @@ impl Access {
             authenticate,
         })
     }
+}
+
+/// Whether and how the API port serves TLS (`None`: plain HTTP), from the flags and the
+/// address it listens on. Logs the decision.
+fn tls_settings(args: &RunArgs, listen: SocketAddr, node: &str) -> Result<Option<TlsSettings>> {
+    let files = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    let beyond_loopback = !listen.ip().is_loopback();
+    let serve_tls = match args.tls {
+        TlsArg::On => true,
+        TlsArg::Auto => files.is_some() || beyond_loopback,
+        TlsArg::Off => {
+            if files.is_some() {
+                anyhow::bail!("--tls off contradicts --tls-cert-file/--tls-key-file");
+            }
+            false
+        }
+    };
+    if !serve_tls {
+        if beyond_loopback {
+            tracing::warn!(
+                %listen,
+                "INSECURE: --tls off: the API is served as plain HTTP beyond loopback; bearer tokens (Prometheus's, responders') and findings cross the network in clear"
+            );
+        } else {
+            tracing::info!(
+                %listen,
+                "plain HTTP on loopback (no --tls-cert-file): only processes of this network namespace can connect; --tls on serves https here too"
+            );
+        }
+        return Ok(None);
+    }
+    let source = match files {
+        Some((cert, key)) => CertSource::Files { cert, key },
+        None => {
+            let (dns_names, ips) = self_signed_names(listen, node);
+            tracing::info!(
+                ?dns_names,
+                ips = ips.len(),
+                "no --tls-cert-file: serving a self-signed certificate made now (clients pin it by its fingerprint, or trust --tls-served-cert-file)"
+            );
+            CertSource::SelfSigned { dns_names, ips }
+        }
+    };
+    Ok(Some(TlsSettings {
+        source,
+        min_version: match args.tls_min_version {
+            TlsMinVersionArg::Tls12 => TlsVersion::Tls12,
+            TlsMinVersionArg::Tls13 => TlsVersion::Tls13,
+        },
+        reload_interval: args.tls_reload_interval,
+        served_cert_file: args.tls_served_cert_file.clone(),
+    }))
+}
+
+/// The names a self-signed certificate holds: `localhost`, the node's and the host's
+/// names, loopback, the listen address and (when listening on every address) the
+/// addresses of this network namespace's interfaces, so `curl --cacert` works by any of
+/// them.
+fn self_signed_names(listen: SocketAddr, node: &str) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns_names = vec!["localhost".to_string()];
+    if !node.is_empty() {
+        dns_names.push(node.to_string());
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && host != node {
+            dns_names.push(host.to_string());
+        }
+    }
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    if listen.ip().is_unspecified() {
+        ips.extend(interface_addresses());
+    } else {
+        ips.push(listen.ip());
+    }
+    ips.sort();
+    ips.dedup();
+    (dns_names, ips)
+}
+
+/// The addresses of this network namespace's interfaces (at most 64; IPv6 link-local ones
+/// left out: they need a scope to be reached).
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that is freed below, once.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut node = head;
+    while !node.is_null() && out.len() < 64 {
+        // SAFETY: `node` is a live element of the list getifaddrs returned.
+        let entry = unsafe { &*node };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: `ifa_addr` points at a sockaddr whose family field says its type.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                    out.push(IpAddr::V6(ip));
+                }
+            }
+        }
+        node = entry.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once; no reference outlives it.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// Whether loopback is private to the agent's pod: only when the agent's network namespace
@@ -473,6 +626,80 @@ mod tests {
             .err()
             .expect("--auth off beyond loopback needs the insecure flag");
         assert!(err.to_string().contains("refusing"), "{err}");
+    }
+
+    fn tls_of(flags: &[&str]) -> Result<Option<TlsSettings>> {
+        let args = run_args(flags);
+        let listen = args
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:9717".parse().unwrap());
+        tls_settings(&args, listen, "node-1")
+    }
+
+    #[test]
+    fn tls_is_served_beyond_loopback_or_when_asked_and_plain_http_stays_on_loopback() {
+        // Loopback without certificate files: plain HTTP (only this namespace connects).
+        assert_eq!(tls_of(&[]).unwrap(), None);
+        // Beyond loopback: a self-signed certificate for the node's names and loopback.
+        let settings = tls_of(&["--listen", "0.0.0.0:9717"]).unwrap().unwrap();
+        let CertSource::SelfSigned { dns_names, ips } = &settings.source else {
+            panic!("{settings:?}");
+        };
+        assert!(
+            dns_names.contains(&"localhost".to_string()),
+            "{dns_names:?}"
+        );
+        assert!(dns_names.contains(&"node-1".to_string()), "{dns_names:?}");
+        assert!(ips.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{ips:?}");
+        assert_eq!(settings.min_version, TlsVersion::Tls12);
+        assert_eq!(settings.reload_interval, Duration::from_secs(60));
+        // A specific address goes into the certificate.
+        let settings = tls_of(&["--listen", "10.1.2.3:9717"]).unwrap().unwrap();
+        let CertSource::SelfSigned { ips, .. } = &settings.source else {
+            panic!("{settings:?}");
+        };
+        assert!(ips.contains(&"10.1.2.3".parse().unwrap()), "{ips:?}");
+        // Certificate files mean TLS, on loopback too.
+        let settings = tls_of(&[
+            "--tls-cert-file",
+            "/c.crt",
+            "--tls-key-file",
+            "/c.key",
+            "--tls-min-version",
+            "1.3",
+            "--tls-served-cert-file",
+            "/run/x.crt",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            settings.source,
+            CertSource::Files {
+                cert: "/c.crt".into(),
+                key: "/c.key".into()
+            }
+        );
+        assert_eq!(settings.min_version, TlsVersion::Tls13);
+        assert_eq!(settings.served_cert_file, Some("/run/x.crt".into()));
+        assert!(tls_of(&["--tls", "on"]).unwrap().is_some());
+        // Off is off, even beyond loopback (warned), and contradicts certificate files.
+        assert_eq!(
+            tls_of(&["--tls", "off", "--listen", "0.0.0.0:9717"]).unwrap(),
+            None
+        );
+        let err = tls_of(&[
+            "--tls",
+            "off",
+            "--tls-cert-file",
+            "/c",
+            "--tls-key-file",
+            "/k",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--tls off"), "{err}");
+        // A certificate without its key (or the reverse) is a usage error.
+        let cli = Cli::try_parse_from(["nodeguard", "run", "--tls-cert-file", "/c"]);
+        assert!(cli.is_err());
     }
 
     /// A proc root whose pid 1 and `self` are in the network namespaces given (`None`: the

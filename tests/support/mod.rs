@@ -214,33 +214,3 @@ pub fn artifacts_dir() -> PathBuf {
 pub fn nodeguard_bin() -> &'static str {
     env!("CARGO_BIN_EXE_nodeguard")
 }
-
-/// Starts `KUBECONFIG=KUBECONFIG nodeguard ARGS` with its stdout and stderr in `log`, at info
-/// level, without the test environment's `NODE_NAME` or in-cluster variables. Returns the child
-/// and the command as a person would type it, for failure messages.
-pub fn spawn_nodeguard_with_kubeconfig(
-    args: &[String],
-    kubeconfig: impl AsRef<Path>,
-    log: &Path,
-) -> (std::process::Child, String) {
-    let kubeconfig = kubeconfig.as_ref();
-    let log_file = std::fs::File::create(log)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-    let command = format!(
-        "KUBECONFIG={} {}",
-        kubeconfig.display(),
-        cmd::display(nodeguard_bin(), args)
-    );
-    let child = std::process::Command::new(nodeguard_bin())
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .env_remove("NODE_NAME")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdin(std::process::Stdio::null())
-        .stdout(log_file.try_clone().expect("clone the log file"))
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
-    (child, command)
-}

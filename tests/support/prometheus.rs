@@ -45,14 +45,8 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(binary: &Path, agent_port: u16, target_labels: &[(&str, &str)]) -> Prometheus {
-        let dir = tempfile::Builder::new()
-            .prefix("nodeguard-test-prometheus-")
-            .tempdir()
-            .expect("create Prometheus tempdir");
-        let config = dir.path().join("prometheus.yml");
         let mut scrape = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: {JOB}\n    honor_labels: true\n    \
+            "  - job_name: {JOB}\n    honor_labels: true\n    \
              static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
         );
         if !target_labels.is_empty() {
@@ -61,6 +55,21 @@ impl Prometheus {
                 scrape.push_str(&format!("          {name}: {value}\n"));
             }
         }
+        Prometheus::start_with_scrape_configs(binary, &scrape)
+    }
+
+    /// A Prometheus server scraping every second with the `scrape_configs` entries given
+    /// (YAML list items, indented two spaces).
+    pub fn start_with_scrape_configs(binary: &Path, scrape_configs: &str) -> Prometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("nodeguard-test-prometheus-")
+            .tempdir()
+            .expect("create Prometheus tempdir");
+        let config = dir.path().join("prometheus.yml");
+        let scrape = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n{scrape_configs}"
+        );
         fs::write(&config, scrape).unwrap();
         let port = super::http::free_port();
         let log = dir.path().join("prometheus.log");

@@ -33,6 +33,16 @@ pub enum Error {
         status: u16,
         message: String,
     },
+    /// A TLS certificate, key or CA file that cannot be used, or TLS set-up that failed.
+    #[error("TLS: {what}: {reason}")]
+    Tls { what: String, reason: String },
+    /// The agent's certificate is not one the client trusts (no `--ca-file`, another CA, a
+    /// name the certificate does not hold, expired).
+    #[error("GET {url}: the agent's certificate is not trusted ({reason}). Give --ca-file the CA that signed it or the agent's own certificate (the DaemonSet's agent writes it to /run/nodeguard/tls/serving.crt), or skip the check with --insecure-skip-tls-verify")]
+    Untrusted { url: String, reason: String },
+    /// One side speaks TLS and the other plain HTTP.
+    #[error("GET {url}: {hint}")]
+    WrongScheme { url: String, hint: &'static str },
     /// The server answered 200 with a body that is not the documented JSON.
     #[error("GET {url}: the answer is not the expected JSON")]
     Decode {

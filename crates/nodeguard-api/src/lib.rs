@@ -49,16 +49,18 @@ mod error;
 pub mod query;
 mod serve;
 mod server;
+pub mod tls;
 pub mod types;
 
 pub use auth::{AuthOptions, Authorizer, Decision, DecisionFuture};
 pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
-pub use serve::{serve, serve_with_limits, ServeLimits};
+pub use serve::{serve, serve_tls, serve_with_limits, ServeLimits, PLAIN_HTTP_TO_TLS_ANSWER};
 pub use server::{
     paths, probe_router, router, router_with_auth, router_with_freshness, router_with_limits,
     with_freshness, ApiContext, Freshness, MetricsBody, MetricsRenderer, RequestLimits,
 };
+pub use tls::{CertSource, ServedCert, ServerTls, TlsSettings, TlsVersion};
 
 /// The port the agent serves `/metrics` and the API on by default.
 pub const DEFAULT_PORT: u16 = 9717;

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 server loop: bounded connections, header read timeout, connection age, and
-//! a shutdown that does not wait on stuck clients.
+//! a shutdown that does not wait on stuck clients; over TLS ([`serve_tls`]) the handshake
+//! happens inside the connection's slot, bounded by [`ServeLimits::handshake_timeout`].
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -33,6 +34,10 @@ pub struct ServeLimits {
     /// A connection older than this is closed after its current request, so a client that
     /// never reads its answer cannot hold a slot for ever.
     pub max_connection_age: Duration,
+    /// A TLS client must finish its handshake within this time. The handshake runs in the
+    /// connection's own task and slot, so a peer that stalls it holds at most its per-peer
+    /// share of connections, and only this long.
+    pub handshake_timeout: Duration,
     /// How long a closing connection may take to finish its request in flight, at shutdown
     /// or past its age, before it is dropped.
     pub shutdown_grace: Duration,
@@ -45,6 +50,7 @@ impl ServeLimits {
             max_connections: 64,
             max_connections_per_peer: 16,
             header_read_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(2),
             max_connection_age: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(1),
         }
@@ -59,6 +65,7 @@ impl Default for ServeLimits {
             // Silent and idle connections are closed quickly; a scraper or a client sends its
             // request head in milliseconds.
             header_read_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
             max_connection_age: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -84,6 +91,37 @@ pub async fn serve_with_limits(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
+) -> io::Result<()> {
+    serve_inner(listener, router, shutdown, limits, None).await
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes, as
+/// [`serve_with_limits`] does over plain HTTP.
+///
+/// Each connection's handshake runs in its own task, holding its connection slot and its
+/// peer's, and must finish within [`ServeLimits::handshake_timeout`]. A client that sends
+/// plain HTTP gets `400` with a one-line text body saying the port speaks TLS (as Go's
+/// servers answer), never an API answer. The certificate is the one `tls` serves when the
+/// handshake starts, so a renewed one reaches every new connection.
+pub fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+    tls: &crate::tls::ServerTls,
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    serve_inner(listener, router, shutdown, limits, Some(tls.acceptor()))
+}
+
+/// What a client that sends plain HTTP to the TLS port reads.
+pub const PLAIN_HTTP_TO_TLS_ANSWER: &str = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+async fn serve_inner(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -129,28 +167,23 @@ pub async fn serve_with_limits(
             peer,
         };
         let mut stop = stop_rx.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
             let _peer_slot = peer_slot;
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true);
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(%err, %peer, "API connection ended with an error");
-                    }
-                    return;
-                }
-                () = sleep(limits.max_connection_age) => {}
-                _ = stop.wait_for(|stopping| *stopping) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            if timeout(limits.shutdown_grace, conn).await.is_err() {
-                tracing::debug!(%peer, "dropped an API connection that did not finish in time");
+            let Some(acceptor) = tls else {
+                serve_connection(stream, service, limits, peer, stop).await;
+                return;
+            };
+            let handshake = tokio::select! {
+                _ = stop.wait_for(|stopping| *stopping) => return,
+                done = timeout(limits.handshake_timeout, tls_handshake(&acceptor, stream)) => done,
+            };
+            match handshake {
+                Ok(Ok(Some(stream))) => serve_connection(stream, service, limits, peer, stop).await,
+                Ok(Ok(None)) => tracing::debug!(%peer, "answered plain HTTP on the TLS port with 400"),
+                Ok(Err(err)) => tracing::debug!(%err, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "closed a connection that did not finish its TLS handshake in time"),
             }
         });
     }
@@ -167,6 +200,73 @@ pub async fn serve_with_limits(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends, ages out or the server
+/// stops.
+async fn serve_connection<I>(
+    io: I,
+    service: WithPeer<TowerToHyperService<Router>>,
+    limits: ServeLimits,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%err, %peer, "API connection ended with an error");
+            }
+            return;
+        }
+        () = sleep(limits.max_connection_age) => {}
+        _ = stop.wait_for(|stopping| *stopping) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if timeout(limits.shutdown_grace, conn).await.is_err() {
+        tracing::debug!(%peer, "dropped an API connection that did not finish in time");
+    }
+}
+
+/// The TLS handshake of one connection; `None` when the client spoke plain HTTP (answered
+/// with [`PLAIN_HTTP_TO_TLS_ANSWER`] and closed).
+async fn tls_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> io::Result<Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    // A TLS connection starts with a handshake record (22); an HTTP request with a method.
+    if n == 1 && first[0].is_ascii_uppercase() {
+        let mut stream = stream;
+        stream
+            .write_all(PLAIN_HTTP_TO_TLS_ANSWER.as_bytes())
+            .await?;
+        let _ = stream.shutdown().await;
+        // Read what the client sent before closing: closing with unread bytes resets the
+        // connection, and the client could lose the answer. Bounded in bytes and time.
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut total = 0usize;
+            while total < 64 * 1024 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = timeout(Duration::from_secs(1), drain).await;
+        return Ok(None);
+    }
+    acceptor.accept(stream).await.map(Some)
 }
 
 type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;

@@ -232,6 +232,15 @@ async fn tables_of_real_answers_escape_hostile_process_names() {
     let kthreadd = table.lines().find(|l| l.contains("kthreadd")).unwrap();
     assert!(kthreadd.contains("host"));
 
+    // A process kept after its exit says so.
+    let b = server.base.clone();
+    let answer = blocking(move || client::processes(&b, None, None).unwrap()).await;
+    let table = client::processes_table(&answer.processes);
+    let dropper = table.lines().find(|l| l.starts_with("5001 ")).unwrap();
+    assert!(dropper.contains("sh (exited)"), "{table}");
+    let nginx = table.lines().find(|l| l.starts_with("4242 ")).unwrap();
+    assert!(!nginx.contains("exited"), "{table}");
+
     let b = server.base.clone();
     let findings = blocking(move || client::findings(&b, &FindingsQuery::default()).unwrap()).await;
     let table = client::findings_table(&findings.findings);

@@ -769,6 +769,7 @@ fn build_containers(
             unknown_limits: Vec::new(),
             node_allocatable: None,
             sandbox: false,
+            exited: false,
             pids: seed.pids.clone(),
             rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
             pod: None,

@@ -866,6 +866,7 @@ fn assemble(
         pid,
         ppid: stat.ppid,
         kernel_thread: is_kernel_thread(pid, stat.ppid, stat.flags),
+        exited: false,
         command: stat.comm,
         cmdline,
         container_id,

@@ -117,6 +117,28 @@ pub fn looks_like_sandbox(processes: &[&Process]) -> bool {
         && p.cmdline.split_whitespace().count() == 1
 }
 
+/// A process inside runc's own set-up of a container, not yet the container's process: runc
+/// runs `runc init` in the container's cgroup, names its stages `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]` and `runc:[2:INIT]`, and execs the container's entrypoint in the same
+/// pid when the set-up is done (observed with runc 1.1.5 and kubelet's containerd:
+/// comm `runc:[2:INIT]`, cmdline `runc init`). What such a process shows (the runtime's
+/// capabilities and namespaces before they are dropped or entered, runc's own executable)
+/// is not the container's. Both signs are the process's own to set, so this only says the
+/// process may be worth reading again once it execs, never that it can be ignored.
+pub fn in_runtime_init(p: &Process) -> bool {
+    if p.kernel_thread {
+        return false;
+    }
+    if p.command.starts_with("runc:[") {
+        return true;
+    }
+    let mut argv = p.cmdline.split_whitespace();
+    let runc = argv
+        .next()
+        .is_some_and(|argv0| argv0.rsplit('/').next() == Some("runc"));
+    runc && argv.next() == Some("init") && argv.next().is_none()
+}
+
 /// A pod has one sandbox, and kubelet starts it before any of the pod's containers. When
 /// several containers of one pod [look like a sandbox](looks_like_sandbox) (an app container
 /// may run the pause image itself: a placeholder, an overprovisioning pod), the one whose
@@ -216,6 +238,7 @@ mod tests {
             seccomp: None,
             namespaces: Default::default(),
             kernel_thread: false,
+            exited: false,
         }
     }
 
@@ -286,6 +309,50 @@ mod tests {
         // A shell renamed pause is still a shell.
         let fake = process(12, "pause", "/pause -c id", Some("/bin/sh"));
         assert!(!looks_like_sandbox(&[&fake]));
+    }
+
+    #[test]
+    fn runc_set_up_stages_are_runtime_init() {
+        // Observed on this machine (runc 1.1.5): a created, not yet started container's
+        // process has comm `runc:[2:INIT]`, cmdline `runc init`; the real node's log showed
+        // an exec read of `runc:[0:PARENT]` in a new pod's sandbox cgroup.
+        for comm in ["runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]"] {
+            assert!(
+                in_runtime_init(&process(7, comm, "runc init", None)),
+                "{comm}"
+            );
+        }
+        // Right after the exec of `runc init`, before runc names its stage.
+        assert!(in_runtime_init(&process(
+            7,
+            "exe",
+            "/usr/bin/runc init",
+            None
+        )));
+        assert!(in_runtime_init(&process(7, "3", "runc init", Some("/"))));
+        // The runtime's other commands and the entrypoint are not.
+        assert!(!in_runtime_init(&process(
+            7,
+            "runc",
+            "runc --root /x state c",
+            None
+        )));
+        assert!(!in_runtime_init(&process(
+            7,
+            "runc",
+            "/usr/bin/runc init now",
+            None
+        )));
+        assert!(!in_runtime_init(&process(
+            7,
+            "pause",
+            "/pause",
+            Some("/pause")
+        )));
+        assert!(!in_runtime_init(&process(7, "sh", "sh -c runc init", None)));
+        let mut kthread = process(2, "runc:[9]", "", None);
+        kthread.kernel_thread = true;
+        assert!(!in_runtime_init(&kthread));
     }
 
     #[test]

@@ -189,10 +189,32 @@ async fn wait_blocking<T>(
 }
 
 /// The next exec event, or never when there is no feed.
-async fn next_exec(feed: &mut Option<ExecFeed>) -> Option<ExecEvent> {
-    match feed {
-        Some(feed) => feed.receiver.recv().await,
-        None => std::future::pending().await,
+/// What wakes the exec side of the loop.
+enum ExecWake {
+    /// An exec event (or a loss) from the feed.
+    Event(ExecEvent),
+    /// The feed's reader stopped.
+    Closed,
+    /// Processes held back in the runtime's set-up are due ([`Scanner::held_back_until`]).
+    Reread,
+}
+
+async fn next_exec(feed: &mut Option<ExecFeed>, reread_at: Option<Instant>) -> ExecWake {
+    let event = async {
+        match feed {
+            Some(feed) => feed.receiver.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let reread = async {
+        match reread_at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        event = event => event.map_or(ExecWake::Closed, ExecWake::Event),
+        _ = reread => ExecWake::Reread,
     }
 }
 
@@ -398,40 +420,49 @@ impl Daemon {
             }
 
             let wake = next_process.min(next_fs);
+            let reread_at = scanner.as_ref().and_then(Scanner::held_back_until);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                event = next_exec(&mut exec_feed) => {
-                    let Some(first) = event else {
-                        tracing::warn!("exec events stopped; processes are now seen by the scans on the interval only");
-                        exec_feed = None;
-                        book.exec.source = ExecEventSource::Polling;
-                        if let Some(s) = scanner.as_mut() {
-                            s.watch_execs(false);
+                woken = next_exec(&mut exec_feed, reread_at) => {
+                    let pids = match woken {
+                        ExecWake::Closed => {
+                            tracing::warn!("exec events stopped; processes are now seen by the scans on the interval only");
+                            exec_feed = None;
+                            book.exec.source = ExecEventSource::Polling;
+                            if let Some(s) = scanner.as_mut() {
+                                s.watch_execs(false);
+                            }
+                            continue;
                         }
-                        continue;
+                        // Nothing new: the held-back processes are read with an empty batch.
+                        ExecWake::Reread => Vec::new(),
+                        ExecWake::Event(first) => {
+                            let Some(feed) = exec_feed.as_mut() else { continue };
+                            let (pids, lost) = gather(first, &mut feed.receiver).await;
+                            let lost_now = feed.stats.lost();
+                            if lost || lost_now > lost_seen {
+                                lost_seen = lost_now;
+                                if let Some(s) = scanner.as_mut() {
+                                    s.exec_events_lost();
+                                }
+                                let soon = Instant::now() + RECONCILE_AFTER_LOSS;
+                                if soon < next_process {
+                                    tracing::warn!(lost = lost_now, "exec events were lost; a full scan follows in {RECONCILE_AFTER_LOSS:?}");
+                                    next_process = soon;
+                                }
+                            }
+                            // Before the first scan there is nothing to add to; that scan
+                            // is due, and told of these execs in case it already read those
+                            // processes.
+                            if book.last.is_none() || pids.is_empty() {
+                                if let Some(s) = scanner.as_mut() {
+                                    s.execs_seen(&pids);
+                                }
+                                continue;
+                            }
+                            pids
+                        }
                     };
-                    let Some(feed) = exec_feed.as_mut() else { continue };
-                    let (pids, lost) = gather(first, &mut feed.receiver).await;
-                    let lost_now = feed.stats.lost();
-                    if lost || lost_now > lost_seen {
-                        lost_seen = lost_now;
-                        if let Some(s) = scanner.as_mut() {
-                            s.exec_events_lost();
-                        }
-                        let soon = Instant::now() + RECONCILE_AFTER_LOSS;
-                        if soon < next_process {
-                            tracing::warn!(lost = lost_now, "exec events were lost; a full scan follows in {RECONCILE_AFTER_LOSS:?}");
-                            next_process = soon;
-                        }
-                    }
-                    // Before the first scan there is nothing to add to; that scan is due,
-                    // and told of these execs in case it already read those processes.
-                    if book.last.is_none() || pids.is_empty() {
-                        if let Some(s) = scanner.as_mut() {
-                            s.execs_seen(&pids);
-                        }
-                        continue;
-                    }
                     // Read at once (a process may live milliseconds); merge and publish
                     // later, at most every EXEC_PUBLISH_GAP, each merge covering every read
                     // since.

@@ -35,12 +35,14 @@ mod auth;
 mod error;
 mod events;
 mod pods;
+mod publish;
 mod reports;
 
 pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
 pub use pods::{pod_ref_for, PodWatch};
+pub use publish::Publisher;
 pub use reports::{PolicyReportConfig, PolicyReportPublisher};
 
 use std::time::Duration;

@@ -3,14 +3,13 @@
 
 use nodeguard_kube::{EventConfig, EventPublisher};
 use nodeguard_model::{
-    Finding, FindingKind, NodeState, PodRef, Report, ScanKind, ScanRun, ScanStats, Severity,
-    Timestamp, TrackedFinding,
+    Finding, FindingKind, NodeState, PodRef, ScanKind, ScanRun, Severity, Timestamp,
 };
 use nodeguard_testkit::fake::{
     eventually, Authorizer, FakeApi, Mode, Request as Recorded, SHIPPED_USER,
 };
-use nodeguard_testkit::model::{container, pod_ref};
-use std::collections::{BTreeMap, HashMap};
+use nodeguard_testkit::model::{self, container, pod_ref};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -81,28 +80,17 @@ fn state(containers: &[&Box_], findings: &[Finding]) -> Arc<NodeState> {
 }
 
 fn state_at(containers: &[&Box_], findings: &[Finding], scanned: Timestamp) -> Arc<NodeState> {
-    let report = Report {
-        schema_version: 1,
-        node: NODE.into(),
-        scanned_at: scanned,
-        duration_ms: 1,
-        containers: containers
-            .iter()
-            .map(|b| {
-                container(&b.id)
-                    .pod(b.pod_uid.as_deref(), b.pod.clone())
-                    .build()
-            })
-            .collect(),
-        processes: vec![],
-        files: vec![],
-        findings: findings.to_vec(),
-        stats: ScanStats::default(),
-        warnings: vec![],
-    };
-    let mut last_scans = BTreeMap::new();
+    let containers = containers
+        .iter()
+        .map(|b| {
+            container(&b.id)
+                .pod(b.pod_uid.as_deref(), b.pod.clone())
+                .build()
+        })
+        .collect();
+    let mut st = model::state(NODE, containers, findings, scanned);
     for kind in [ScanKind::Processes, ScanKind::Filesystems] {
-        last_scans.insert(
+        st.last_scans.insert(
             kind,
             ScanRun {
                 finished_at: scanned,
@@ -110,22 +98,7 @@ fn state_at(containers: &[&Box_], findings: &[Finding], scanned: Timestamp) -> A
             },
         );
     }
-    Arc::new(NodeState {
-        report: Arc::new(report),
-        findings: findings
-            .iter()
-            .map(|f| TrackedFinding {
-                finding: f.clone(),
-                first_seen: scanned,
-                last_seen: scanned,
-            })
-            .collect(),
-        last_scans,
-        policy_loaded_at: scanned,
-        policy_weakened: vec![],
-        totals: Default::default(),
-        exec_events: Default::default(),
-    })
+    Arc::new(st)
 }
 
 fn config() -> EventConfig {

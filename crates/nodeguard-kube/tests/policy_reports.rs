@@ -3,13 +3,10 @@
 //! real API server is hard to drive into. What real reports look like is tests/realnode.rs's.
 
 use nodeguard_kube::{PolicyReportConfig, PolicyReportPublisher};
-use nodeguard_model::{
-    Finding, FindingKind, NodeState, Report, ScanStats, Severity, Timestamp, TrackedFinding,
-};
+use nodeguard_model::{Finding, FindingKind, NodeState, Severity, Timestamp};
 use nodeguard_testkit::fake::{eventually, FakeApi, Mode, ReportsMode};
-use nodeguard_testkit::model::{container, pod_ref};
+use nodeguard_testkit::model::{self, container, pod_ref};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,37 +16,10 @@ const WAIT: Duration = Duration::from_secs(30);
 const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
 
 fn state(findings: &[Finding]) -> Arc<NodeState> {
-    let now = Timestamp::now();
-    let report = Report {
-        schema_version: 1,
-        node: NODE.into(),
-        scanned_at: now,
-        duration_ms: 1,
-        containers: vec![container(CID)
-            .pod(Some("uid-web-0"), Some(pod_ref("shop", "web-0", "app")))
-            .build()],
-        processes: vec![],
-        files: vec![],
-        findings: findings.to_vec(),
-        stats: ScanStats::default(),
-        warnings: vec![],
-    };
-    Arc::new(NodeState {
-        report: Arc::new(report),
-        findings: findings
-            .iter()
-            .map(|f| TrackedFinding {
-                finding: f.clone(),
-                first_seen: now,
-                last_seen: now,
-            })
-            .collect(),
-        last_scans: BTreeMap::new(),
-        policy_loaded_at: now,
-        policy_weakened: Vec::new(),
-        totals: Default::default(),
-        exec_events: Default::default(),
-    })
+    let containers = vec![container(CID)
+        .pod(Some("uid-web-0"), Some(pod_ref("shop", "web-0", "app")))
+        .build()];
+    Arc::new(model::state(NODE, containers, findings, Timestamp::now()))
 }
 
 fn in_pod(path: &str) -> Finding {

@@ -229,6 +229,11 @@ pub struct Container {
     /// containers' findings under a name no pod spec has).
     #[serde(default)]
     pub sandbox: bool,
+    /// No longer running: the container is reported only because a process read at its exec
+    /// is kept for the exec retention window after it exited (README "Exec-time
+    /// detection"). Its limits are not evaluated (they bound nothing any more).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
     /// Processes of the container, ascending.
     pub pids: Vec<i32>,
     pub rootfs: Option<RootFs>,
@@ -337,6 +342,10 @@ pub struct Process {
     pub seccomp: Option<SeccompMode>,
     pub namespaces: Namespaces,
     pub kernel_thread: bool,
+    /// Read at its exec and no longer running: reported as it was read, with its findings,
+    /// for the exec retention window (README "Exec-time detection").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
 }
 
 /// How many characters of a container id name a container that has no Kubernetes name.

@@ -1,7 +1,7 @@
 //! The rules: evidence in, findings out.
 
 use crate::policy::Policy;
-use crate::spec::Exemption;
+use crate::spec::{BundlesApplyTo, Exemption};
 use nodeguard_model::capability::{
     capability_name, capability_number, full_capability_mask, CAPABILITY_NAMES,
 };
@@ -57,7 +57,8 @@ const HOST_NAMESPACES: [(&str, FindingKind, Severity); 4] = [
 ///
 /// Container processes get every process rule; host processes only `deleted_executable`,
 /// `denied_binary` and `unexpected_binary_hash` (trusted binaries without an `image`, and
-/// digest bundles, which cover host and container processes alike by executable name) —
+/// digest bundles, which cover host processes and, by default, the containers of
+/// `kube-system` pods by executable name: `digest_bundles_apply_to`) —
 /// the host is expected to run as root with full capabilities. There is one finding per
 /// `(container, kind, subject)`, carrying the lowest pid that shows it. Then `checks`
 /// (disabled kinds, severity overrides) and `exemptions` apply. The result is sorted by
@@ -85,9 +86,11 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
                 continue;
             }
             container_process_rules(policy, privileged_mask, id, process, &mut found);
-            let image = container.and_then(|c| c.pod.as_ref()?.image.as_deref());
-            binary_rules(policy, Scope::Container(id, image), process, &mut found);
-            unverifiable_process_rule(policy, Scope::Container(id, image), process, &mut found);
+            let pod = container.and_then(|c| c.pod.as_ref());
+            let image = pod.and_then(|p| p.image.as_deref());
+            let scope = Scope::Container(id, image, pod.map(|p| p.namespace.as_str()));
+            binary_rules(policy, scope, process, &mut found);
+            unverifiable_process_rule(policy, scope, process, &mut found);
         } else {
             binary_rules(policy, Scope::Host, process, &mut found);
             unverifiable_process_rule(policy, Scope::Host, process, &mut found);
@@ -101,7 +104,12 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             *pid = (*pid).min(process.pid);
         }
     }
-    for container in evidence.containers.iter().filter(|c| !c.sandbox) {
+    // A container kept only for its exited processes' sake limits nothing any more.
+    for container in evidence
+        .containers
+        .iter()
+        .filter(|c| !c.sandbox && !c.exited)
+    {
         let pid = container
             .pids
             .iter()
@@ -134,22 +142,22 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
 #[derive(Debug, Clone, Copy)]
 enum Scope<'a> {
     Host,
-    /// A container id and its image, when pod metadata is known.
-    Container(&'a str, Option<&'a str>),
+    /// A container id, and its image and pod namespace when pod metadata is known.
+    Container(&'a str, Option<&'a str>, Option<&'a str>),
 }
 
 impl<'a> Scope<'a> {
     fn container_id(self) -> Option<&'a str> {
         match self {
             Scope::Host => None,
-            Scope::Container(id, _) => Some(id),
+            Scope::Container(id, ..) => Some(id),
         }
     }
 
     fn label(self) -> String {
         match self {
             Scope::Host => "host".to_string(),
-            Scope::Container(id, _) => format!("container {}", short_id(id)),
+            Scope::Container(id, ..) => format!("container {}", short_id(id)),
         }
     }
 }
@@ -182,7 +190,7 @@ fn container_process_rules(
     p: &Process,
     found: &mut Found,
 ) {
-    let label = Scope::Container(id, None).label();
+    let label = Scope::Container(id, None, None).label();
     let cid = Some(id);
 
     let effective = process_mask(&p.capability_masks.effective, &p.capabilities.effective);
@@ -344,43 +352,33 @@ fn binary_rules(policy: &Policy, scope: Scope, p: &Process, found: &mut Found) {
     }
 
     if let Some(path) = p.exe.as_deref() {
-        if let Verdict::Unexpected(compared) = bundled(policy, path, digests) {
-            let message = format!(
+        let unexpected = |message: String| {
+            with_digest(
+                Finding::new(
+                    FindingKind::UnexpectedBinaryHash,
+                    Severity::Critical,
+                    cid,
+                    path,
+                    message,
+                )
+                .with_pid(p.pid)
+                .with_path(path),
+                p.sha256.as_deref(),
+            )
+        };
+        if let Verdict::Unexpected(compared) = bundled(policy, scope, path, digests) {
+            found.add(unexpected(format!(
                 "{label}: {} runs {path} with {compared}, not a digest of {} in {}",
                 who(p),
                 exe_name(path),
                 bundle_sources(policy, path),
-            );
-            found.add(with_digest(
-                Finding::new(
-                    FindingKind::UnexpectedBinaryHash,
-                    Severity::Critical,
-                    cid,
-                    path,
-                    message,
-                )
-                .with_pid(p.pid)
-                .with_path(path),
-                p.sha256.as_deref(),
-            ));
+            )));
         }
         if let Verdict::Unexpected(compared) = trusted(policy, scope, path, digests) {
-            let message = format!(
+            found.add(unexpected(format!(
                 "{label}: {} runs {path} with {compared}, not a digest the policy trusts for it",
                 who(p),
-            );
-            found.add(with_digest(
-                Finding::new(
-                    FindingKind::UnexpectedBinaryHash,
-                    Severity::Critical,
-                    cid,
-                    path,
-                    message,
-                )
-                .with_pid(p.pid)
-                .with_path(path),
-                p.sha256.as_deref(),
-            ));
+            )));
         }
     }
 }
@@ -402,7 +400,10 @@ fn unverifiable_process_rule(policy: &Policy, scope: Scope, p: &Process, found: 
         sha256: None,
         sha512: None,
     };
-    let by_bundle = matches!(bundled(policy, path, no_digest), Verdict::Unverifiable);
+    let by_bundle = matches!(
+        bundled(policy, scope, path, no_digest),
+        Verdict::Unverifiable
+    );
     let covered = by_bundle
         || matches!(
             trusted(policy, scope, path, no_digest),
@@ -446,7 +447,7 @@ fn unverifiable_file_rule(policy: &Policy, image: Option<&str>, f: &FileEntry, f
     if f.sha256.is_some() || f.sha512.is_some() {
         return;
     }
-    let scope = Scope::Container(&f.container_id, image);
+    let scope = Scope::Container(&f.container_id, image, None);
     let no_digest = Digests {
         sha256: None,
         sha512: None,
@@ -645,7 +646,7 @@ fn limit_rules(policy: &Policy, c: &Container, pid: Option<i32>, found: &mut Fou
 }
 
 fn file_rules(policy: &Policy, image: Option<&str>, f: &FileEntry, found: &mut Found) {
-    let scope = Scope::Container(&f.container_id, image);
+    let scope = Scope::Container(&f.container_id, image, None);
     let label = scope.label();
     let cid = Some(f.container_id.as_str());
     let upper = f.layer == Layer::Upper;
@@ -830,8 +831,8 @@ fn trusted(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdi
         let image_ok = match (&entry.image, scope) {
             (None, _) => true,
             (Some(_), Scope::Host) => false,
-            (Some(_), Scope::Container(_, None)) => true,
-            (Some(glob), Scope::Container(_, Some(image))) => glob.is_match(image),
+            (Some(_), Scope::Container(_, None, _)) => true,
+            (Some(glob), Scope::Container(_, Some(image), _)) => glob.is_match(image),
         };
         if !image_ok || !entry.path.is_match(path) {
             continue;
@@ -870,8 +871,19 @@ fn exe_name(path: &str) -> &str {
 }
 
 /// Checks an executable against the digest bundles' digests for its file name, pooled over
-/// every bundle and release that lists the name.
-fn bundled(policy: &Policy, path: &str, digests: Digests) -> Verdict {
+/// every bundle and release that lists the name, for the processes
+/// `digest_bundles_apply_to` covers.
+fn bundled(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdict {
+    let covered = match (policy.bundles_apply_to, scope) {
+        (_, Scope::Host) | (BundlesApplyTo::All, _) => true,
+        (BundlesApplyTo::HostAndKubeSystem, Scope::Container(_, _, namespace)) => {
+            namespace == Some("kube-system")
+        }
+        (BundlesApplyTo::Host, Scope::Container(..)) => false,
+    };
+    if !covered {
+        return Verdict::NotCovered;
+    }
     let Some(known) = policy.bundles.by_name.get(exe_name(path)) else {
         return Verdict::NotCovered;
     };

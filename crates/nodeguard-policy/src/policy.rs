@@ -35,6 +35,8 @@ pub struct Policy {
     pub(crate) exemptions: Vec<Exemption>,
     /// `digest_bundles`, merged by binary name.
     pub(crate) bundles: BundleIndex,
+    /// Which processes the bundles check.
+    pub(crate) bundles_apply_to: crate::spec::BundlesApplyTo,
 }
 
 impl Default for Policy {
@@ -140,6 +142,7 @@ impl Policy {
         }
         Policy {
             bundles,
+            bundles_apply_to: spec.digest_bundles_apply_to,
             dangerous,
             required_limits: spec.required_limits,
             disabled: spec.checks.disabled.into_iter().map(|k| k.0).collect(),

@@ -43,6 +43,38 @@ pub(crate) struct PolicySpec {
     /// policy is parsed.
     #[serde(deserialize_with = "null_as_empty")]
     pub digest_bundles: Vec<BundleFile>,
+    /// Which processes the digest bundles check: `host`, `host_and_kube_system` (the
+    /// default) or `all`.
+    pub digest_bundles_apply_to: BundlesApplyTo,
+}
+
+/// Which processes the digest bundles check by executable name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum BundlesApplyTo {
+    /// Host processes only: the node's platform binaries (kubelet, containerd, runc).
+    Host,
+    /// Host processes and the containers of pods in `kube-system` (static pods'
+    /// kube-apiserver, etcd, kube-proxy): the platform, not a workload image that ships its
+    /// own `kubectl` of another version. Containers without pod metadata are not covered.
+    #[default]
+    HostAndKubeSystem,
+    /// Every process, host or container.
+    All,
+}
+
+impl<'de> Deserialize<'de> for BundlesApplyTo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar(d, "host, host_and_kube_system or all", |text| {
+            match text.trim() {
+                "host" => Ok(BundlesApplyTo::Host),
+                "host_and_kube_system" => Ok(BundlesApplyTo::HostAndKubeSystem),
+                "all" => Ok(BundlesApplyTo::All),
+                other => Err(format!(
+                "digest_bundles_apply_to must be host, host_and_kube_system or all, not {other:?}"
+            )),
+            }
+        })
+    }
 }
 
 /// A digest bundle named by the policy, read and validated at its own line: a bundle that

@@ -66,6 +66,14 @@ pub const EXEC_PENDING_MAX: usize = 1024;
 /// (counted as the `exec_retention_overflow` error, with a warning).
 pub const EXEC_RETAINED_MAX: usize = 4096;
 
+/// How long an exec'd process caught inside the container runtime's own set-up
+/// ([`nodeguard_collect::runtime::in_runtime_init`]) is held back, waiting for the exec of the
+/// container's entrypoint in the same pid. Past it the process is read as it is.
+pub const EXEC_INIT_GRACE: Duration = Duration::from_secs(1);
+
+/// At most this many processes are held back at once; beyond it they are read as they are.
+pub const EXEC_HELD_MAX: usize = 512;
+
 impl ScanOptions {
     /// Defaults for a node whose `/proc` and cgroup fs are at the usual places.
     pub fn new(proc_root: PathBuf, cgroup_root: PathBuf, node_name: String) -> ScanOptions {
@@ -123,6 +131,10 @@ pub struct Scanner {
     recent_execs: BTreeMap<i32, Retained>,
     /// Exec reads not yet merged into a report.
     pending_execs: Option<PendingExecs>,
+    /// Exec'd processes read inside the runtime's set-up (`runc init`), by pid, with when
+    /// they were first held back: read again with every exec pass until they exec the
+    /// container's entrypoint, vanish, or [`EXEC_INIT_GRACE`] passes.
+    held_back: BTreeMap<i32, Instant>,
     /// From the last full scan, for the evaluation of exec-driven passes.
     last_cap_last_cap: u32,
     last_host_bounding: Option<u64>,
@@ -187,6 +199,7 @@ impl Scanner {
             last_fs_stats: FsCounters::default(),
             recent_execs: BTreeMap::new(),
             pending_execs: None,
+            held_back: BTreeMap::new(),
             last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
             last_host_bounding: None,
         }
@@ -476,6 +489,8 @@ pub struct ExecPassStats {
     pub read: usize,
     /// Exec'd processes gone before they could be read (nothing is known of them).
     pub vanished: usize,
+    /// Processes held back because they were still in the container runtime's set-up.
+    pub held: usize,
 }
 
 impl Scanner {
@@ -497,27 +512,44 @@ impl Scanner {
     /// live milliseconds); merging and evaluating, which cost as much as the node is big, can
     /// wait and cover several reads.
     ///
+    /// A process still inside the container runtime's set-up (runc's `runc init` stages, in
+    /// the new container's cgroup but with the runtime's capabilities, namespaces and
+    /// executable) is not the container's process yet: it is held back and read again with
+    /// each pass (`pids` may then be empty) until it execs the entrypoint, vanishes or has
+    /// waited [`EXEC_INIT_GRACE`] ([`Scanner::held_back_until`] says when that is). Read at
+    /// once, a new pod's sandbox looked like a privileged container of its own, with the
+    /// host's pid namespace, until the next full scan.
+    ///
     /// Each process read is retained for [`ScanOptions::exec_retention`]: when it exits, later
     /// reports (full scans included) still carry it as it was read, so a process that lived
     /// for milliseconds keeps its findings open long enough for every sink to see them.
     pub fn read_execs(&mut self, pids: &[i32]) -> Result<ExecPassStats, Error> {
         self.collector.execs_seen(pids);
+        let wanted: Vec<i32> = pids.iter().chain(self.held_back.keys()).copied().collect();
         let Snapshot {
             processes: mut collected,
-            containers: fresh,
+            containers: mut fresh,
             stats: mut pass_stats,
             mut warnings,
             ..
-        } = nodeguard_collect::collect_pids(&self.options.collect, pids)?;
+        } = nodeguard_collect::collect_pids(&self.options.collect, &wanted)?;
+        let held = self.hold_back_runtime_init(&mut collected, &mut fresh);
         if !self.options.show_secrets {
             for cp in &mut collected {
                 cp.process.cmdline = nodeguard_model::redact_cmdline(&cp.process.cmdline);
             }
         }
         let read = self.hash_executables(collected, &mut pass_stats, &mut warnings);
+        let requested: BTreeSet<i32> = pids.iter().copied().collect();
         let pass = ExecPassStats {
             read: read.len(),
-            vanished: pids.len().saturating_sub(read.len()),
+            held,
+            vanished: requested
+                .iter()
+                .filter(|pid| {
+                    !read.iter().any(|p| p.pid == **pid) && !self.held_back.contains_key(pid)
+                })
+                .count(),
         };
         let now = Instant::now();
         for p in &read {
@@ -567,6 +599,49 @@ impl Scanner {
     /// Exec events were lost: the next scan re-checks every process as without events.
     pub fn exec_events_lost(&mut self) {
         self.collector.execs_lost();
+    }
+
+    /// Takes out of `collected` (and their containers out of `fresh`) the processes still in
+    /// the runtime's set-up, holding them back within [`EXEC_INIT_GRACE`] and
+    /// [`EXEC_HELD_MAX`]; forgets held-back pids that were not read (gone) or no longer are
+    /// in the set-up. Returns how many are held back now.
+    fn hold_back_runtime_init(
+        &mut self,
+        collected: &mut Vec<CollectedProcess>,
+        fresh: &mut Vec<Container>,
+    ) -> usize {
+        let now = Instant::now();
+        let held_before = std::mem::take(&mut self.held_back);
+        collected.retain(|cp| {
+            let pid = cp.process.pid;
+            if !nodeguard_collect::runtime::in_runtime_init(&cp.process) {
+                return true;
+            }
+            let since = held_before.get(&pid).copied().unwrap_or(now);
+            if now.duration_since(since) >= EXEC_INIT_GRACE || self.held_back.len() >= EXEC_HELD_MAX
+            {
+                return true;
+            }
+            self.held_back.insert(pid, since);
+            false
+        });
+        if !self.held_back.is_empty() {
+            for c in fresh.iter_mut() {
+                c.pids.retain(|pid| !self.held_back.contains_key(pid));
+            }
+            fresh.retain(|c| !c.pids.is_empty());
+        }
+        self.held_back.len()
+    }
+
+    /// When the processes held back in the runtime's set-up are due to be read as they are,
+    /// if any are: the caller runs [`Scanner::read_execs`] then, with no new pids, unless an
+    /// exec pass came first.
+    pub fn held_back_until(&self) -> Option<Instant> {
+        self.held_back
+            .values()
+            .min()
+            .map(|since| *since + EXEC_INIT_GRACE)
     }
 
     /// Whether reads wait for [`Scanner::merge_execs`].
@@ -742,13 +817,17 @@ impl Scanner {
         for r in self.recent_execs.values() {
             gone.push(r.clone());
         }
+        // Marked exited, so that nobody takes them for what runs now.
         for r in gone {
-            if let Some(c) = r.container {
+            if let Some(mut c) = r.container {
                 if !containers.iter().any(|known| known.id == c.id) {
+                    c.exited = true;
                     containers.push(c);
                 }
             }
-            processes.push(r.process);
+            let mut process = r.process;
+            process.exited = true;
+            processes.push(process);
         }
         processes.sort_by_key(|p| p.pid);
         containers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -895,6 +974,7 @@ mod tests {
             unknown_limits: Vec::new(),
             node_allocatable: None,
             sandbox: false,
+            exited: false,
             pids: vec![42, 43],
             rootfs,
             pod: None,
@@ -924,6 +1004,7 @@ mod tests {
             seccomp: None,
             namespaces: Default::default(),
             kernel_thread: false,
+            exited: false,
         }
     }
 
@@ -970,10 +1051,11 @@ mod tests {
         let mut processes = vec![process(43, "/bin/sleep", Some(&c.id))];
         let mut containers = vec![];
         s.keep_recent_execs(&mut processes, &mut containers);
-        let pids: Vec<i32> = processes.iter().map(|p| p.pid).collect();
-        assert_eq!(pids, [42, 43]);
+        let pids: Vec<(i32, bool)> = processes.iter().map(|p| (p.pid, p.exited)).collect();
+        assert_eq!(pids, [(42, true), (43, false)], "the exited one says so");
         assert_eq!(containers.len(), 1);
         assert_eq!(containers[0].id, c.id);
+        assert!(containers[0].exited, "kept only for its exited process");
 
         // The pid now runs something else: both are reported. 43, which the last scan saw
         // running, has exited: it is not brought back, a scan has reported it already.
@@ -999,6 +1081,66 @@ mod tests {
         s.keep_recent_execs(&mut processes, &mut containers);
         assert!(processes.is_empty() && containers.is_empty());
         assert_eq!(s.retained_execs(), 0);
+    }
+
+    /// A process that looks like runc's set-up (`runc init`, here perl renaming itself) is
+    /// held back, not read; past the grace it is read as it is; one that vanishes while
+    /// held back is forgotten. Real processes under the real /proc.
+    #[test]
+    fn processes_in_the_runtimes_set_up_are_held_back_then_read_or_forgotten() {
+        let spawn = || {
+            std::process::Command::new("perl")
+                .args(["-e", "$0 = 'runc init'; sleep 60"])
+                .spawn()
+                .expect("perl runs")
+        };
+        let cmdline_is_set = |pid: u32| {
+            for _ in 0..500 {
+                if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"runc init\0")
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("perl did not rename itself");
+        };
+        let options = ScanOptions::new("/proc".into(), "/sys/fs/cgroup".into(), "n".into());
+        let mut s = Scanner::new(options, Arc::new(Policy::default()));
+        let (mut waiting, mut dying) = (spawn(), spawn());
+        cmdline_is_set(waiting.id());
+        cmdline_is_set(dying.id());
+        let (w, d) = (waiting.id() as i32, dying.id() as i32);
+        let me = std::process::id() as i32;
+
+        let pass = s.read_execs(&[w, d, me]).unwrap();
+        assert_eq!((pass.read, pass.held, pass.vanished), (1, 2, 0), "{pass:?}");
+        let due = s.held_back_until().expect("held back until the grace ends");
+        assert!(due > Instant::now() && due <= Instant::now() + EXEC_INIT_GRACE);
+
+        dying.kill().unwrap();
+        dying.wait().unwrap();
+        let pass = s.read_execs(&[]).unwrap();
+        assert_eq!(
+            (pass.read, pass.held),
+            (0, 1),
+            "the gone one is forgotten: {pass:?}"
+        );
+
+        std::thread::sleep(EXEC_INIT_GRACE);
+        let pass = s.read_execs(&[]).unwrap();
+        assert_eq!(
+            (pass.read, pass.held),
+            (1, 0),
+            "read as it is after the grace: {pass:?}"
+        );
+        assert_eq!(s.held_back_until(), None);
+        let pending = s.pending_execs.as_ref().expect("reads wait to be merged");
+        assert!(pending
+            .processes
+            .iter()
+            .any(|p| p.pid == w && p.cmdline == "runc init"));
+        waiting.kill().unwrap();
+        waiting.wait().unwrap();
     }
 
     fn empty_report() -> Report {

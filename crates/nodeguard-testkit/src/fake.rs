@@ -26,6 +26,12 @@
 //!
 //! Event creates and patches can be switched to fail (500) or to hang, pod lists and watches
 //! likewise, or made slow.
+//!
+//! Every handler has one shape: a fault mode first ([`Mode`], through `fault`), then a
+//! decision `Result<Reply, Refusal>` (refusals worded as the real server words them), with
+//! stored objects (Events, reports) kept in a `Store` that answers conflicts, missing
+//! objects, etcd's size limit and resourceVersions as the real storage does; `answer`
+//! records the outcome on the request, which tests read back ([`FakeApi::requests`]).
 #![allow(dead_code)]
 
 mod reports;
@@ -298,14 +304,15 @@ struct Inner {
     pods: BTreeMap<String, Value>,
     /// (resourceVersion, watch line) of every pod change, for watches that start behind.
     history: Vec<(u64, String)>,
-    events: BTreeMap<(String, String), Value>,
+    /// Events (both APIs) by (namespace, name).
+    events: Store<(String, String)>,
     requests: Vec<Request>,
     event_mode: Mode,
     pod_mode: Mode,
     /// How long pod lists and watches wait before they answer.
     pod_delay: Duration,
     /// Stored reports by (resource, namespace or "", name).
-    reports: BTreeMap<(String, String, String), Value>,
+    reports: Store<(String, String, String)>,
     reports_mode: ReportsMode,
 }
 
@@ -316,6 +323,12 @@ struct App {
     pod_watch: broadcast::Sender<(u64, String)>,
     release: tokio::sync::watch::Receiver<u64>,
     started: Instant,
+}
+
+impl App {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The running fake. Its server stops when this is dropped.
@@ -346,12 +359,12 @@ impl FakeApi {
             rv: 100,
             pods: BTreeMap::new(),
             history: Vec::new(),
-            events: BTreeMap::new(),
+            events: Store::new(),
             requests: Vec::new(),
             event_mode: Mode::Normal,
             pod_mode: Mode::Normal,
             pod_delay: Duration::ZERO,
-            reports: BTreeMap::new(),
+            reports: Store::new(),
             reports_mode: ReportsMode::Normal,
         }));
         let (pod_watch, _) = broadcast::channel(1024);
@@ -603,14 +616,14 @@ fn percent_decode(text: &str) -> String {
 
 /// Records a request; returns its sequence number.
 fn record(app: &App, request: Request) -> usize {
-    let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inner = app.lock();
     let seq = inner.requests.len();
     inner.requests.push(Request { seq, ..request });
     seq
 }
 
 fn set_status(app: &App, seq: usize, code: u16, why: &str, body: Option<Value>) {
-    let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inner = app.lock();
     if let Some(r) = inner.requests.get_mut(seq) {
         r.status = code;
         r.why = why.to_string();
@@ -639,6 +652,157 @@ fn refuse(app: &App, seq: usize, code: StatusCode, reason: &str, why: &str) -> R
     status(code, reason, why)
 }
 
+// One shape for every handler that stores objects (Events, PolicyReports): it decides with
+// `Result<Reply, Refusal>` (a refusal worded as kube-apiserver v1.20.2 words it), the
+// objects live in a `Store` that answers as the real storage does, and `answer` records the
+// outcome on the request and renders it. Faults come first, from `fault`.
+
+/// A request refused: status code, `reason` and message of the real server's `Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    why: String,
+}
+
+impl Refusal {
+    fn new(code: StatusCode, reason: &'static str, why: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason,
+            why: why.into(),
+        }
+    }
+
+    fn bad_request(why: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, "BadRequest", why)
+    }
+
+    fn invalid(why: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", why)
+    }
+
+    fn not_found(why: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::NOT_FOUND, "NotFound", why)
+    }
+}
+
+/// What a request that was not refused gets.
+enum Reply {
+    /// An object written: recorded as the request's body (what the store holds now).
+    Stored(StatusCode, Value),
+    /// An object read or removed: the request keeps the body it was sent with.
+    Served(StatusCode, Value),
+}
+
+/// Records the outcome on request `seq` and renders it.
+fn answer(app: &App, seq: usize, outcome: Result<Reply, Refusal>) -> Response {
+    match outcome {
+        Ok(Reply::Stored(code, object)) => {
+            set_status(app, seq, code.as_u16(), "", Some(object.clone()));
+            (code, axum::Json(object)).into_response()
+        }
+        Ok(Reply::Served(code, object)) => {
+            set_status(app, seq, code.as_u16(), "", None);
+            (code, axum::Json(object)).into_response()
+        }
+        Err(r) => refuse(app, seq, r.code, r.reason, &r.why),
+    }
+}
+
+/// The answer of a fault mode: `None` in [`Mode::Normal`], else a 500 without looking, or
+/// nothing until the mode changes.
+async fn fault(app: &App, seq: usize, mode: Mode) -> Option<Response> {
+    match mode {
+        Mode::Normal => None,
+        Mode::Fail500 => Some(fail500(app, seq)),
+        Mode::Hang => Some(hang(app, seq).await),
+    }
+}
+
+/// A 500 without looking at the request.
+fn fail500(app: &App, seq: usize) -> Response {
+    set_status(app, seq, 500, "", None);
+    status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "down")
+}
+
+/// Stored objects of one kind by key, answering as the API server's storage does: a create
+/// of a name it holds is `409 AlreadyExists`, a read, update or delete of one it lacks is
+/// `404 NotFound` (both named `RESOURCE "NAME"`, the resource group-qualified as the real
+/// one words it), an object over etcd's default request limit (1.5 MiB) is a `500
+/// etcdserver: request is too large`, and every write takes the next resourceVersion of the
+/// whole server.
+struct Store<K>(BTreeMap<K, Value>);
+
+/// etcd's default request limit: the largest object the API server can store.
+const MAX_STORED: usize = 1024 * 1024 * 3 / 2;
+
+fn too_large(object: &Value) -> Result<(), Refusal> {
+    if object.to_string().len() > MAX_STORED {
+        return Err(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcdserver: request is too large",
+        ));
+    }
+    Ok(())
+}
+
+impl<K: Ord> Store<K> {
+    fn new() -> Store<K> {
+        Store(BTreeMap::new())
+    }
+
+    /// Stores a new object under `key` with the next resourceVersion and a uid
+    /// `<uid_prefix>-uid-<rv>`; returns it as stored.
+    fn create(
+        &mut self,
+        rv: &mut u64,
+        key: K,
+        resource: &str,
+        name: &str,
+        uid_prefix: &str,
+        mut object: Value,
+    ) -> Result<Value, Refusal> {
+        if self.0.contains_key(&key) {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{resource} \"{name}\" already exists"),
+            ));
+        }
+        too_large(&object)?;
+        *rv += 1;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        object["metadata"]["uid"] = json!(format!("{uid_prefix}-uid-{rv}"));
+        self.0.insert(key, object.clone());
+        Ok(object)
+    }
+
+    /// The stored object under `key`.
+    fn get(&self, key: &K, resource: &str, name: &str) -> Result<&Value, Refusal> {
+        self.0
+            .get(key)
+            .ok_or_else(|| Refusal::not_found(format!("{resource} \"{name}\" not found")))
+    }
+
+    /// Replaces the object under `key` (which [`Store::get`] found) with the next
+    /// resourceVersion; returns it as stored.
+    fn replace(&mut self, rv: &mut u64, key: K, mut object: Value) -> Result<Value, Refusal> {
+        too_large(&object)?;
+        *rv += 1;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.0.insert(key, object.clone());
+        Ok(object)
+    }
+
+    fn remove(&mut self, key: &K, resource: &str, name: &str) -> Result<Value, Refusal> {
+        self.0
+            .remove(key)
+            .ok_or_else(|| Refusal::not_found(format!("{resource} \"{name}\" not found")))
+    }
+}
+
 async fn handle(
     State(app): State<App>,
     method: Method,
@@ -663,12 +827,7 @@ async fn handle(
             why: String::new(),
         },
     );
-    let token = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .token
-        .clone();
+    let token = app.lock().token.clone();
     let presented = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -710,42 +869,30 @@ async fn handle(
     }
     match (a.group.as_str(), a.resource.as_str(), a.verb.as_str()) {
         ("", "pods", "list" | "watch") if a.namespace.is_none() && a.name.is_none() => {
-            let delay = app
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pod_delay;
+            let delay = app.lock().pod_delay;
             tokio::time::sleep(delay).await;
-            let mode = app.inner.lock().unwrap_or_else(|e| e.into_inner()).pod_mode;
-            match mode {
-                Mode::Normal => pods(&app, seq, &a.verb, &query),
-                Mode::Fail500 => {
-                    set_status(&app, seq, 500, "", None);
-                    status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "down")
-                }
-                Mode::Hang => hang(&app, seq).await,
+            let mode = app.lock().pod_mode;
+            match fault(&app, seq, mode).await {
+                Some(faulted) => faulted,
+                None => pods(&app, seq, &a.verb, &query),
             }
         }
         ("", "nodes", "get") => {
-            let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if a.name.as_deref() != Some(inner.node.as_str()) {
+            let inner = app.lock();
+            let outcome = if a.name.as_deref() != Some(inner.node.as_str()) {
                 let name = a.name.clone().unwrap_or_default();
-                drop(inner);
-                return refuse(
-                    &app,
-                    seq,
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("nodes \"{name}\" not found"),
-                );
-            }
-            let node = json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": inner.node, "uid": inner.node_uid, "resourceVersion": "1"},
-            });
+                Err(Refusal::not_found(format!("nodes \"{name}\" not found")))
+            } else {
+                Ok(Reply::Served(
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": inner.node, "uid": inner.node_uid, "resourceVersion": "1"},
+                    }),
+                ))
+            };
             drop(inner);
-            set_status(&app, seq, 200, "", None);
-            axum::Json(node).into_response()
+            answer(&app, seq, outcome)
         }
         ("", "events", "create") if a.name.is_none() => {
             let ns = a.namespace.clone().unwrap_or_default();
@@ -773,12 +920,7 @@ async fn handle(
 }
 
 fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> Response {
-    let node = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .node
-        .clone();
+    let node = app.lock().node.clone();
     let want = format!("spec.nodeName={node}");
     if query.get("fieldSelector") != Some(&want) {
         return refuse(
@@ -800,9 +942,7 @@ fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> 
         // Subscribe before reading the history: no change falls between the two.
         let rx = app.pod_watch.subscribe();
         let backlog: Vec<(u64, String)> = app
-            .inner
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .history
             .iter()
             .filter(|(rv, _)| *rv > from)
@@ -852,22 +992,20 @@ fn pods(app: &App, seq: usize, verb: &str, query: &BTreeMap<String, String>) -> 
             .body(Body::from_stream(backlog.chain(live)))
             .unwrap();
     }
-    let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let inner = app.lock();
     let items: Vec<Value> = inner
         .pods
         .values()
         .filter(|p| p["spec"]["nodeName"] == inner.node.as_str())
         .cloned()
         .collect();
-    let rv = inner.rv;
-    drop(inner);
-    set_status(app, seq, 200, "", None);
-    axum::Json(json!({
+    let list = json!({
         "apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": rv.to_string()},
+        "metadata": {"resourceVersion": inner.rv.to_string()},
         "items": items,
-    }))
-    .into_response()
+    });
+    drop(inner);
+    answer(app, seq, Ok(Reply::Served(StatusCode::OK, list)))
 }
 
 /// Which Event API a request went to.
@@ -888,74 +1026,47 @@ async fn event_write(
     name: Option<String>,
     body: Value,
 ) -> Response {
-    let mode = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .event_mode;
-    match mode {
-        Mode::Normal => {}
-        Mode::Fail500 => {
-            set_status(app, seq, 500, "", None);
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "down");
-        }
-        Mode::Hang => return hang(app, seq).await,
+    let mode = app.lock().event_mode;
+    if let Some(faulted) = fault(app, seq, mode).await {
+        return faulted;
     }
+    answer(app, seq, write_event(app, api, ns, name, body))
+}
+
+fn write_event(
+    app: &App,
+    api: Api,
+    ns: &str,
+    name: Option<String>,
+    body: Value,
+) -> Result<Reply, Refusal> {
     if body.is_null() {
-        return refuse(
-            app,
-            seq,
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the body is not JSON",
-        );
+        return Err(Refusal::bad_request("the body is not JSON"));
     }
-    let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = app.lock();
+    let inner = &mut *guard;
     let node = inner.node.clone();
+    let refused = |why: String| {
+        if why == NAMESPACE_MISMATCH {
+            Refusal::bad_request(why)
+        } else {
+            Refusal::invalid(why)
+        }
+    };
     match name {
         None => {
             let mut event = body;
-            if let Err(why) = validate(api, ns, &node, &mut event) {
-                drop(inner);
-                if why == NAMESPACE_MISMATCH {
-                    return refuse(app, seq, StatusCode::BAD_REQUEST, "BadRequest", &why);
-                }
-                return refuse(app, seq, StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
-            }
-            let key = (
-                ns.to_string(),
-                event["metadata"]["name"].as_str().unwrap_or("").to_string(),
-            );
-            if inner.events.contains_key(&key) {
-                drop(inner);
-                return refuse(
-                    app,
-                    seq,
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
-                    &format!("events \"{}\" already exists", key.1),
-                );
-            }
-            inner.rv += 1;
-            event["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-            event["metadata"]["uid"] = json!(format!("event-uid-{}", inner.rv));
-            inner.events.insert(key, event.clone());
-            drop(inner);
-            set_status(app, seq, 201, "", Some(event.clone()));
-            (StatusCode::CREATED, axum::Json(event)).into_response()
+            validate(api, ns, &node, &mut event).map_err(refused)?;
+            let name = event["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let key = (ns.to_string(), name.clone());
+            let event = inner
+                .events
+                .create(&mut inner.rv, key, "events", &name, "event", event)?;
+            Ok(Reply::Stored(StatusCode::CREATED, event))
         }
         Some(name) => {
             let key = (ns.to_string(), name.clone());
-            let Some(old) = inner.events.get(&key).cloned() else {
-                drop(inner);
-                return refuse(
-                    app,
-                    seq,
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("events \"{name}\" not found"),
-                );
-            };
+            let old = inner.events.get(&key, "events", &name)?.clone();
             let mut merged = old.clone();
             merge_patch(&mut merged, &body);
             let invalid = validate(api, ns, &node, &mut merged).err().or_else(|| {
@@ -975,15 +1086,10 @@ async fn event_write(
                 .map(|field| format!("{field}: field is immutable"))
             });
             if let Some(why) = invalid {
-                drop(inner);
-                return refuse(app, seq, StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
+                return Err(Refusal::invalid(why));
             }
-            inner.rv += 1;
-            merged["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-            inner.events.insert(key, merged.clone());
-            drop(inner);
-            set_status(app, seq, 200, "", Some(merged.clone()));
-            axum::Json(merged).into_response()
+            let merged = inner.events.replace(&mut inner.rv, key, merged)?;
+            Ok(Reply::Stored(StatusCode::OK, merged))
         }
     }
 }

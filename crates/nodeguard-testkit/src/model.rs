@@ -1,9 +1,52 @@
-//! Builders for the model values tests type again and again: a field added to `Container`
-//! or `PodRef` is then added here once, not in every test that needs a container.
+//! Builders for the model values tests type again and again: a field added to `Container`,
+//! `PodRef`, `Report` or `NodeState` is then added here once, not in every test that needs
+//! one.
 
 use nodeguard_model::{
-    CgroupDriver, CgroupVersion, Container, Limits, PodRef, QosClass, RootFs, Runtime,
+    CgroupDriver, CgroupVersion, Container, Finding, Limits, NodeState, PodRef, QosClass, Report,
+    RootFs, Runtime, ScanStats, Timestamp, TrackedFinding,
 };
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The daemon's state after one scan of `node` at `seen` that saw `containers` (no
+/// processes, no files) and `findings`, all open since `seen`; no scan runs recorded, no
+/// totals.
+pub fn state(
+    node: &str,
+    containers: Vec<Container>,
+    findings: &[Finding],
+    seen: Timestamp,
+) -> NodeState {
+    let report = Report {
+        schema_version: 1,
+        node: node.into(),
+        scanned_at: seen,
+        duration_ms: 1,
+        containers,
+        processes: vec![],
+        files: vec![],
+        findings: findings.to_vec(),
+        stats: ScanStats::default(),
+        warnings: vec![],
+    };
+    NodeState {
+        report: Arc::new(report),
+        findings: findings
+            .iter()
+            .map(|f| TrackedFinding {
+                finding: f.clone(),
+                first_seen: seen,
+                last_seen: seen,
+            })
+            .collect(),
+        last_scans: BTreeMap::new(),
+        policy_loaded_at: seen,
+        policy_weakened: vec![],
+        totals: Default::default(),
+        exec_events: Default::default(),
+    }
+}
 
 /// A pod's container as the pod watch fills it in: `namespace/name`, container `container`,
 /// no image.
@@ -39,6 +82,7 @@ pub fn container(id: &str) -> ContainerBuilder {
         unknown_limits: Vec::new(),
         node_allocatable: None,
         sandbox: false,
+        exited: false,
         pids: vec![1],
         rootfs: None,
         pod: None,

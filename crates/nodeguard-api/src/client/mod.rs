@@ -31,6 +31,7 @@ use crate::types::{ContainersResponse, ErrorBody, FindingsResponse, ProcessesRes
 use crate::Error;
 use nodeguard_model::Report;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the agent serves the API when nothing else is said.
@@ -49,6 +50,44 @@ pub struct Endpoint {
     pub base: String,
     /// Sent as `Authorization: Bearer TOKEN` (never printed).
     pub token: Option<String>,
+    /// How an `https://` agent is verified.
+    pub tls: ClientTls,
+}
+
+/// How the client checks an `https://` agent's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ClientTls {
+    /// Only certificates that chain to one of these (DER) certificates, for the URL's host
+    /// name or address. A self-signed certificate given here trusts exactly itself. Empty:
+    /// nothing is trusted, and the error says to give a CA file.
+    #[default]
+    NoCa,
+    Trust(Vec<Vec<u8>>),
+    /// No check at all (`--insecure-skip-tls-verify`): the connection is encrypted, but
+    /// anyone on the path can pose as the agent and read the token sent.
+    InsecureSkipVerify,
+}
+
+impl ClientTls {
+    /// Trusts the PEM certificates of `path` (a CA bundle, or the agent's own certificate).
+    pub fn from_ca_file(path: &std::path::Path) -> Result<ClientTls, Error> {
+        use rustls_pki_types::pem::PemObject;
+        let bytes = crate::tls::read_pem_file(path)?;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Tls {
+                what: path.display().to_string(),
+                reason: format!("not PEM certificates: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(Error::Tls {
+                what: path.display().to_string(),
+                reason: "holds no PEM certificate".into(),
+            });
+        }
+        Ok(ClientTls::Trust(certs))
+    }
 }
 
 impl Endpoint {
@@ -56,7 +95,14 @@ impl Endpoint {
         Endpoint {
             base: base.into(),
             token,
+            tls: ClientTls::default(),
         }
+    }
+
+    /// The same endpoint, checking an `https://` agent as `tls` says.
+    pub fn with_tls(mut self, tls: ClientTls) -> Endpoint {
+        self.tls = tls;
+        self
     }
 }
 
@@ -144,17 +190,13 @@ pub fn endpoint_url(base: &str, path: &str, query: &str) -> Result<String, Error
     };
     let trimmed = base.trim();
     let Some(scheme_end) = trimmed.find("://") else {
-        return Err(invalid("expected http://HOST:PORT"));
+        return Err(invalid("expected https://HOST:PORT or http://HOST:PORT"));
     };
-    match trimmed[..scheme_end].to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(invalid(
-                "https is not supported: the agent serves plain HTTP (use http://)",
-            ))
-        }
-        _ => return Err(invalid("expected http://HOST:PORT")),
-    }
+    let scheme = match trimmed[..scheme_end].to_ascii_lowercase().as_str() {
+        "http" => "http",
+        "https" => "https",
+        _ => return Err(invalid("expected https://HOST:PORT or http://HOST:PORT")),
+    };
     let rest = &trimmed[scheme_end + 3..];
     if rest.is_empty() || rest.starts_with('/') {
         return Err(invalid("no host"));
@@ -164,7 +206,14 @@ pub fn endpoint_url(base: &str, path: &str, query: &str) -> Result<String, Error
             "must not contain a query, a fragment, spaces or control characters",
         ));
     }
-    let mut url = format!("http://{}{path}", rest.trim_end_matches('/'));
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(invalid("must not contain a user or password"));
+    }
+    let mut url = format!("{scheme}://{}{path}", rest.trim_end_matches('/'));
     if !query.is_empty() {
         url.push('?');
         url.push_str(query);
@@ -183,7 +232,24 @@ fn get<T: DeserializeOwned>(
         url: url.clone(),
         source: Box::new(source),
     };
+    let tls = match &endpoint.tls {
+        ClientTls::InsecureSkipVerify => ureq::tls::TlsConfig::builder().disable_verification(true),
+        ClientTls::NoCa => ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(Vec::new()))),
+        ClientTls::Trust(certs) => {
+            let certs: Vec<ureq::tls::Certificate<'static>> = certs
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                .collect();
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
+        }
+    }
+    .provider(ureq::tls::TlsProvider::Rustls)
+    .unversioned_rustls_crypto_provider(crate::tls::provider())
+    .build();
     let config = ureq::Agent::config_builder()
+        .tls_config(tls)
         .http_status_as_error(false)
         // A proxy from the environment would send node-local queries elsewhere.
         .proxy(None)
@@ -195,7 +261,9 @@ fn get<T: DeserializeOwned>(
     if let Some(token) = endpoint.token.as_deref() {
         request = request.header("Authorization", &format!("Bearer {}", token.trim()));
     }
-    let mut response = request.call().map_err(transport)?;
+    let mut response = request
+        .call()
+        .map_err(|e| classify(&url, &endpoint.tls, e))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()
@@ -203,6 +271,12 @@ fn get<T: DeserializeOwned>(
         .limit(MAX_BODY_BYTES)
         .read_to_vec()
         .map_err(transport)?;
+    if status == 400 && body.starts_with(PLAIN_HTTP_BODY.as_bytes()) {
+        return Err(Error::WrongScheme {
+            url,
+            hint: "the agent serves https on this port: use --url https://…",
+        });
+    }
     if status != 200 {
         let message = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(err) => err.error,
@@ -215,6 +289,48 @@ fn get<T: DeserializeOwned>(
         });
     }
     serde_json::from_slice(&body).map_err(|source| Error::Decode { url, source })
+}
+
+/// What the TLS port answers to plain HTTP (the body of [`crate::PLAIN_HTTP_TO_TLS_ANSWER`]).
+const PLAIN_HTTP_BODY: &str = "Client sent an HTTP request to an HTTPS server.";
+
+/// A transport error, with the TLS failures a user can fix said plainly.
+fn classify(url: &str, tls: &ClientTls, error: ureq::Error) -> Error {
+    let tls_error = match &error {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    if let Some(tls_error) = tls_error {
+        match tls_error {
+            rustls::Error::InvalidCertificate(reason) => {
+                let reason = match (reason, tls) {
+                    (rustls::CertificateError::UnknownIssuer, ClientTls::NoCa) => {
+                        "no --ca-file given".to_string()
+                    }
+                    (rustls::CertificateError::UnknownIssuer, _) => {
+                        "not signed by a certificate of --ca-file".to_string()
+                    }
+                    (other, _) => format!("{other:?}"),
+                };
+                return Error::Untrusted {
+                    url: url.to_string(),
+                    reason,
+                };
+            }
+            rustls::Error::InvalidMessage(_) => {
+                return Error::WrongScheme {
+                    url: url.to_string(),
+                    hint: "the agent did not answer TLS: it may serve plain HTTP (an agent on loopback without --tls-cert-file does): use --url http://…",
+                };
+            }
+            _ => {}
+        }
+    }
+    Error::Transport {
+        url: url.to_string(),
+        source: Box::new(error),
+    }
 }
 
 /// The start of a body that is not the API's JSON (a proxy's error page), printable.
@@ -253,9 +369,13 @@ mod tests {
             .unwrap(),
             "http://127.0.0.1:8001/api/v1/namespaces/ng/pods/ng-x:9717/proxy/v1/report"
         );
+        assert_eq!(
+            endpoint_url("https://[::1]:9717", "/metrics", "").unwrap(),
+            "https://[::1]:9717/metrics"
+        );
         for bad in [
             "127.0.0.1:9717",
-            "https://node:9717",
+            "https://user:pw@node:9717",
             "ftp://node",
             "http://",
             "http://node:9717/?x=1",

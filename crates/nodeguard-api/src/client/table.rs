@@ -461,7 +461,11 @@ pub fn processes_table_width(processes: &[ProcessEntry], width: usize) -> String
             opt(pod.map(|p| p.namespace.as_str())),
             opt(pod.map(|p| p.name.as_str())),
             p.uid.to_string(),
-            p.command.clone(),
+            if p.exited {
+                format!("{} (exited)", p.command)
+            } else {
+                p.command.clone()
+            },
             opt(p.sha256.as_deref().map(short_id)),
             exe,
         ]);

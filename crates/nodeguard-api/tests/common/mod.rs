@@ -85,6 +85,7 @@ fn process(pid: i32, ppid: i32, command: &str, container: Option<&str>, uid: u32
         seccomp: Some(SeccompMode::Filter),
         namespaces: namespaces(4026532200, &["user"]),
         kernel_thread: false,
+        exited: false,
     }
 }
 
@@ -163,13 +164,16 @@ pub fn node_state(node: &str) -> NodeState {
             ),
         })
         .build();
-    let shell = container(SHELL_ID)
+    let mut shell = container(SHELL_ID)
         .runtime(Runtime::Crio)
         .cgroup(&format!("/kubepods.slice/crio-{SHELL_ID}.scope"))
         .cgroup_driver(CgroupDriver::Systemd)
         .cgroup_version(CgroupVersion::V2)
         .pids(&[5001])
         .build();
+    // The dropper was read at its exec and is gone, and so is its container: both are kept
+    // for the exec retention window.
+    shell.exited = true;
 
     let master = process(4242, 4200, "nginx", Some(NGINX_ID), 0);
     let worker = process(4243, 4242, "nginx", Some(NGINX_ID), 101);
@@ -184,6 +188,7 @@ pub fn node_state(node: &str) -> NodeState {
     dropper.capability_masks.bounding = None;
     dropper.capability_masks.ambient = None;
     dropper.namespaces = namespaces(4026531830, &["net", "pid"]);
+    dropper.exited = true;
     let mut systemd = process(1, 0, "systemd", None, 0);
     systemd.cmdline = "/sbin/init".into();
     systemd.exe = Some("/usr/lib/systemd/systemd".into());

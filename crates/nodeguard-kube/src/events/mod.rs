@@ -26,8 +26,9 @@
 //! the API server meets `409 AlreadyExists` on retry, which counts as sent, not a duplicate.
 //!
 //! The code is split in three: `planner.rs` decides (pure: state and time in, requests out),
-//! `send.rs` talks to the API server (the client, nothing else), and this file's task joins
-//! them and persists the announced set.
+//! `send.rs` talks to the API server (the client, nothing else), and this file's
+//! `EventTask` joins them in `crate::publish`'s loop (the one the PolicyReport publisher
+//! runs too) and persists the announced set.
 //!
 //! Restarts: the announced set is written atomically to `state_dir` and read at start, so a
 //! restart announces nothing twice. Without a state directory (or with an unreadable file)
@@ -36,16 +37,17 @@
 //! ClusterRole does not grant (it would let the agent read every namespace's Events).
 
 pub(crate) mod ledger;
-// Shared with the PolicyReport publisher (`crate::reports`): the token bucket and backoff,
-// and where a finding belongs (`render::place`).
-pub(crate) mod limits;
 mod planner;
+// Shared with the PolicyReport publisher (`crate::reports`): where a finding belongs
+// (`render::place`, `render::waits_for_pod`) and how text is clipped.
 pub(crate) mod render;
 mod send;
 
 use self::planner::{Planner, Sent};
-use self::send::{EventType, Outgoing, SendError, Sender};
-use futures::future::{BoxFuture, OptionFuture};
+use self::send::{EventType, Outgoing, Sender};
+use crate::publish::send::{SendContext, SendError};
+use crate::publish::{self, Publisher, Task};
+use futures::future::BoxFuture;
 use nodeguard_model::{EventStats, NodeState};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,130 +125,114 @@ impl EventConfig {
     }
 }
 
-/// Publishes findings as Events from its own task. Dropping the state sender ends the task
-/// (after saving the announced set); dropping the publisher does not.
-pub struct EventPublisher {
-    stats: watch::Receiver<EventStats>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// Publishes findings as Events from its own task ([`crate::publish::Publisher`]; its
+/// counters are [`EventStats`]). Dropping the state sender ends the task (after saving the
+/// announced set); dropping the publisher does not.
+pub type EventPublisher = Publisher<EventStats>;
 
-impl EventPublisher {
-    /// Spawns the publisher on the current tokio runtime; returns at once.
+impl Publisher<EventStats> {
+    /// Spawns the Event publisher on the current tokio runtime; returns at once.
     pub fn start(
         client: kube::Client,
         config: EventConfig,
         state: watch::Receiver<Option<Arc<NodeState>>>,
     ) -> EventPublisher {
-        let (stats_tx, stats) = watch::channel(EventStats::default());
-        let sender = Sender::new(client, &config.node_name, config.request_timeout);
-        let task = tokio::spawn(run(sender, config, stats_tx, state));
-        EventPublisher { stats, task }
-    }
-
-    /// Counters since start; never waits on the API server.
-    pub fn stats(&self) -> EventStats {
-        *self.stats.borrow()
-    }
-
-    /// The counters' channel, which the publisher's task updates as they change: a reader
-    /// (metrics, at scrape time) that outlives the publisher, fed the way the daemon feeds
-    /// the sinks.
-    pub fn stats_channel(&self) -> watch::Receiver<EventStats> {
-        self.stats.clone()
-    }
-
-    /// Waits until the task has ended (the state sender was dropped and the announced set
-    /// saved).
-    pub async fn join(self) {
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "event publisher task failed");
-        }
+        let sender = Sender::new(
+            SendContext::new(client, config.request_timeout),
+            &config.node_name,
+        );
+        publish::spawn(move || EventTask::new(sender, config), state)
     }
 }
 
-/// What a request in flight brings back.
-struct Attempt {
-    sent: Sent,
-    result: Result<(), SendError>,
-}
-
-/// The publisher's task: feeds states to the planner, runs one request at a time beside it,
-/// and saves the announced set.
-async fn run(
+/// The Event side of the publisher's loop: the planner, the sender, and saving the
+/// announced set.
+struct EventTask {
+    planner: Planner,
     sender: Sender,
-    cfg: EventConfig,
-    shared: watch::Sender<EventStats>,
-    mut state: watch::Receiver<Option<Arc<NodeState>>>,
-) {
-    let announced = load(&cfg);
-    let mut persist = Persist::new(cfg.state_dir.clone(), &cfg.node_name);
-    let seed = cfg
-        .node_name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-        ^ SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    let burst = cfg.per_object_burst;
-    let node_uid = Some(
-        cfg.node_uid
-            .clone()
-            .unwrap_or_else(|| cfg.node_name.clone()),
-    );
-    let mut planner = Planner::new(cfg, announced, Instant::now(), SystemTime::now(), seed);
-    let first = state.borrow_and_update().clone();
-    if let Some(st) = first {
-        planner.on_state(st, Instant::now(), SystemTime::now());
-    }
-    let mut inflight: Option<BoxFuture<'static, Attempt>> = None;
-    loop {
-        let now = Instant::now();
-        planner.schedule_summaries(now);
-        if inflight.is_none() {
-            inflight = planner
-                .next_request(now)
-                .map(|sent| attempt(sender.clone(), sent, burst, node_uid.clone()));
+    persist: Persist,
+    per_object_burst: u32,
+    node_uid: Option<String>,
+}
+
+impl EventTask {
+    fn new(sender: Sender, cfg: EventConfig) -> EventTask {
+        let announced = load(&cfg);
+        let persist = Persist::new(cfg.state_dir.clone(), &cfg.node_name);
+        let seed = publish::jitter_seed(&cfg.node_name, publish::FNV_BASIS);
+        let per_object_burst = cfg.per_object_burst;
+        let node_uid = Some(
+            cfg.node_uid
+                .clone()
+                .unwrap_or_else(|| cfg.node_name.clone()),
+        );
+        let planner = Planner::new(cfg, announced, Instant::now(), SystemTime::now(), seed);
+        EventTask {
+            planner,
+            sender,
+            persist,
+            per_object_burst,
+            node_uid,
         }
-        persist.maybe_save(&mut planner, now, false);
-        publish(&shared, planner.stats());
-        let wake = [
-            planner.next_wake(now, inflight.is_some()),
-            persist.wake(&planner),
+    }
+}
+
+impl Task for EventTask {
+    type Stats = EventStats;
+    type Request = Sent;
+    type Answer = Result<(), SendError>;
+    const NAME: &'static str = "event publisher";
+
+    fn on_state(&mut self, st: Arc<NodeState>) {
+        self.planner.on_state(st, Instant::now(), SystemTime::now());
+    }
+
+    fn prepare(&mut self, now: Instant) {
+        self.planner.schedule_summaries(now);
+    }
+
+    fn next_request(&mut self, now: Instant) -> Option<Sent> {
+        self.planner.next_request(now)
+    }
+
+    /// Sends the Event a planned request stands for.
+    fn send(&self, sent: Sent) -> BoxFuture<'static, (Sent, Result<(), SendError>)> {
+        let sender = self.sender.clone();
+        let out = outgoing(&sent, self.per_object_burst);
+        let node_uid = self.node_uid.clone();
+        Box::pin(async move {
+            let result = sender.create(&out, node_uid.as_deref()).await;
+            (sent, result)
+        })
+    }
+
+    fn settle(&mut self, now: Instant) {
+        self.persist.maybe_save(&mut self.planner, now, false);
+    }
+
+    fn next_wake(&mut self, now: Instant, busy: bool) -> Option<Instant> {
+        [
+            self.planner.next_wake(now, busy),
+            self.persist.wake(&self.planner),
         ]
         .into_iter()
         .flatten()
-        .min();
-        tokio::select! {
-            changed = state.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                // Clone the Arc out at once: a held borrow would block the sender.
-                let st = state.borrow_and_update().clone();
-                if let Some(st) = st {
-                    planner.on_state(st, Instant::now(), SystemTime::now());
-                }
-            }
-            Some(done) = OptionFuture::from(inflight.as_mut()) => {
-                inflight = None;
-                planner.on_done(done.sent, done.result, Instant::now(), SystemTime::now());
-            }
-            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
-        }
+        .min()
     }
-    persist.maybe_save(&mut planner, Instant::now(), true);
-    publish(&shared, planner.stats());
-    tracing::debug!("event publisher stopped: the state sender is gone");
-}
 
-fn publish(shared: &watch::Sender<EventStats>, stats: EventStats) {
-    shared.send_if_modified(|current| {
-        let changed = *current != stats;
-        *current = stats;
-        changed
-    });
+    fn on_done(&mut self, sent: Sent, result: Result<(), SendError>) {
+        self.planner
+            .on_done(sent, result, Instant::now(), SystemTime::now());
+    }
+
+    fn stats(&self) -> EventStats {
+        self.planner.stats()
+    }
+
+    fn stop(&mut self) {
+        self.persist
+            .maybe_save(&mut self.planner, Instant::now(), true);
+    }
 }
 
 /// The Event a planned request stands for: the Event-specific wording of a generic job.
@@ -286,21 +272,6 @@ fn outgoing(sent: &Sent, per_object_burst: u32) -> Outgoing {
             }
         }
     }
-}
-
-/// Sends the Event a planned request stands for.
-fn attempt(
-    sender: Sender,
-    sent: Sent,
-    burst: u32,
-    node_uid: Option<String>,
-) -> BoxFuture<'static, Attempt> {
-    Box::pin(async move {
-        let result = sender
-            .create(&outgoing(&sent, burst), node_uid.as_deref())
-            .await;
-        Attempt { sent, result }
-    })
 }
 
 /// Reads the announced set from `state_dir`. Without a state directory, or with a file that

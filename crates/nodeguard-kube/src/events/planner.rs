@@ -12,19 +12,18 @@
 //! object", "say it is gone", or "summarize what was over this object's budget"; how that is
 //! worded and sent (an Event today) lives in `render.rs` and `send.rs`.
 
-use super::ledger::{self, Announced, Target, TargetKind};
-use super::limits::{Backoff, TokenBucket};
+use super::ledger::{self, Announced, Target};
 use super::render;
-use super::send::SendError;
 use super::EventConfig;
+use crate::publish::limits::{Pace, TokenBucket};
+use crate::publish::send::SendError;
 use nodeguard_model::{
-    EventStats, Finding, FindingKind, NodeState, Report, ScanKind, Severity, Timestamp,
-    TrackedFinding,
+    EventStats, FindingKind, NodeState, ScanKind, Severity, Timestamp, TrackedFinding,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 /// Work waiting for the API server.
@@ -91,9 +90,8 @@ pub(crate) struct Planner {
     /// findings): the next request goes to the object with the fewest, so a new pod's first
     /// Event does not wait behind another object's backlog under the node-wide cap.
     given: HashMap<Target, u64>,
-    node_bucket: TokenBucket,
-    backoff: Backoff,
-    next_attempt: Instant,
+    /// The node-wide bucket and the backoff.
+    pace: Pace,
     /// The announced set changed since it was last saved.
     dirty: bool,
 }
@@ -124,9 +122,14 @@ impl Planner {
             overflowed: HashSet::new(),
             buckets: HashMap::new(),
             given: HashMap::new(),
-            node_bucket: TokenBucket::per_second(cfg.node_rate_per_sec, cfg.node_burst, now),
-            backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed),
-            next_attempt: now,
+            pace: Pace::new(
+                cfg.node_rate_per_sec,
+                cfg.node_burst,
+                cfg.backoff_initial,
+                cfg.backoff_max,
+                seed,
+                now,
+            ),
             dirty: false,
             cfg,
         }
@@ -274,13 +277,7 @@ impl Planner {
                 continue;
             }
             let placement = render::place(f, &st.report, &self.cfg.node_name);
-            if placement.target.kind == TargetKind::Node
-                && awaits_pod_metadata(f, &st.report)
-                && wall
-                    .duration_since(t.first_seen.0)
-                    .unwrap_or(Duration::ZERO)
-                    < self.cfg.pod_metadata_wait
-            {
+            if render::waits_for_pod(t, &placement, &st.report, self.cfg.pod_metadata_wait, wall) {
                 // Offered again with the next state, which may know the pod.
                 continue;
             }
@@ -359,7 +356,7 @@ impl Planner {
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         if !busy && !self.queue.is_empty() {
-            at(self.next_attempt.max(self.node_bucket.ready_at(now)));
+            at(self.pace.ready_at(now));
         }
         if self.queue.len() < self.cfg.queue_capacity {
             for target in self.pending_summaries.keys() {
@@ -378,12 +375,12 @@ impl Planner {
     /// the oldest job. Under the node-wide cap this keeps a new object's first Event (and a
     /// resolution) from waiting behind the backlog of objects that already have many.
     pub(crate) fn next_request(&mut self, now: Instant) -> Option<Sent> {
-        if now < self.next_attempt {
+        if self.pace.held(now) {
             return None;
         }
         self.drop_moot();
         let index = self.pick()?;
-        if !self.node_bucket.try_take(now) {
+        if !self.pace.try_take(now) {
             return None;
         }
         let sent = match self.queue.remove(index)? {
@@ -462,20 +459,21 @@ impl Planner {
     ) {
         match result {
             Ok(()) => {
-                self.backoff.reset();
+                self.pace.succeeded();
                 self.succeeded(sent, now, wall);
             }
-            Err(SendError::Retryable(why)) => {
+            // A conflict other than `AlreadyExists` (which the sender takes as sent) is
+            // retried; a 404 is refused for good.
+            Err(SendError::Retryable(why) | SendError::Conflict(why)) => {
                 self.stats.failed += 1;
                 if let Some(given) = self.given.get_mut(sent_target(&sent)) {
                     *given = given.saturating_sub(1);
                 }
-                let delay = self.backoff.next_delay();
-                self.next_attempt = now + delay;
-                tracing::warn!(%why, retry_in = ?delay, failures = self.backoff.failures(), "the API server did not take an Event; backing off");
+                let delay = self.pace.failed(now);
+                tracing::warn!(%why, retry_in = ?delay, failures = self.pace.failures(), "the API server did not take an Event; backing off");
                 self.retry(sent);
             }
-            Err(SendError::Permanent(why)) => {
+            Err(SendError::Permanent(why) | SendError::NotFound(why)) => {
                 self.stats.failed += 1;
                 tracing::warn!(%why, "the API server refused an Event; not retrying it");
                 self.give_up(sent, now);
@@ -587,16 +585,6 @@ fn sent_target(sent: &Sent) -> &Target {
     }
 }
 
-/// Whether the finding's container belongs to a pod (the cgroup path names a pod uid), so
-/// its Event should regard that Pod once the pod watch knows it.
-fn awaits_pod_metadata(finding: &Finding, report: &Report) -> bool {
-    finding
-        .container_id
-        .as_deref()
-        .and_then(|id| report.container(id))
-        .is_some_and(|c| c.pod_uid.is_some())
-}
-
 /// Which scans report a kind of finding: a finding from before a restart is resolved only
 /// after those have run in this process.
 fn scan_kinds(kind: FindingKind) -> &'static [ScanKind] {
@@ -619,8 +607,10 @@ fn scans_ran_since(st: &NodeState, kind: FindingKind, since: SystemTime) -> bool
 
 #[cfg(test)]
 mod tests {
+    use super::super::ledger::TargetKind;
     use super::*;
-    use nodeguard_model::{CgroupVersion, ScanStats, Severity};
+    use nodeguard_model::{CgroupVersion, Finding, Severity};
+    use std::time::Duration;
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
     const CID2: &str = "c0ffee0000000000000000000000000000000000000000000000000000000002";
@@ -656,13 +646,10 @@ mod tests {
     }
 
     fn state(findings: &[&Finding]) -> Arc<NodeState> {
-        let now = Timestamp::now();
-        let report = Report {
-            schema_version: 1,
-            node: "node-a".into(),
-            scanned_at: now,
-            duration_ms: 1,
-            containers: vec![nodeguard_testkit::model::container(CID)
+        let findings: Vec<Finding> = findings.iter().map(|f| (*f).clone()).collect();
+        Arc::new(nodeguard_testkit::model::state(
+            "node-a",
+            vec![nodeguard_testkit::model::container(CID)
                 .cgroup("/kubepods/x")
                 .cgroup_version(CgroupVersion::V2)
                 .pod(
@@ -670,28 +657,9 @@ mod tests {
                     Some(nodeguard_testkit::model::pod_ref("shop", "web-0", "app")),
                 )
                 .build()],
-            processes: vec![],
-            files: vec![],
-            findings: findings.iter().map(|f| (*f).clone()).collect(),
-            stats: ScanStats::default(),
-            warnings: vec![],
-        };
-        Arc::new(NodeState {
-            report: Arc::new(report),
-            findings: findings
-                .iter()
-                .map(|f| TrackedFinding {
-                    finding: (*f).clone(),
-                    first_seen: now,
-                    last_seen: now,
-                })
-                .collect(),
-            last_scans: BTreeMap::new(),
-            policy_loaded_at: now,
-            policy_weakened: vec![],
-            totals: Default::default(),
-            exec_events: Default::default(),
-        })
+            &findings,
+            Timestamp::now(),
+        ))
     }
 
     /// What the queue holds, as `A:<path>`, `R:<id>`, `S`.
@@ -853,12 +821,12 @@ mod tests {
         );
         assert_eq!(queue(&w), ["A:/a"], "kept for a retry");
         let now = clock.now;
-        assert!(w.next_attempt > now, "backing off");
+        assert!(w.pace.next_attempt() > now, "backing off");
         assert!(
             w.next_request(now).is_none(),
             "no request during the backoff"
         );
-        assert_eq!(w.next_wake(now, false), Some(w.next_attempt));
+        assert_eq!(w.next_wake(now, false), Some(w.pace.next_attempt()));
         clock.advance(Duration::from_secs(1));
         assert!(w.next_request(clock.now).is_some(), "retried after it");
 

@@ -2,8 +2,9 @@
 
 use super::ledger::{Announced, Target, TargetKind};
 use k8s_openapi::api::core::v1::ObjectReference;
-use nodeguard_model::{short_id, Finding, FindingKind, Report};
+use nodeguard_model::{short_id, Finding, FindingKind, Report, TrackedFinding};
 use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
 
 /// The API server rejects notes over 1 KiB (counted in bytes); stay below it.
 pub(crate) const MAX_NOTE_BYTES: usize = 1000;
@@ -75,6 +76,30 @@ pub(crate) fn place(finding: &Finding, report: &Report, node_name: &str) -> Plac
         container,
         image,
     }
+}
+
+/// Whether a finding [`place`]d on the Node waits for its pod's metadata instead: its
+/// container belongs to a pod (the cgroup path names a pod uid) that the pod watch does not
+/// know yet (agent start, kubelet status lag), and it was first seen less than `wait` ago.
+/// Sent to the Node now, it would never move to the Pod; after `wait` it goes to the Node.
+pub(crate) fn waits_for_pod(
+    tracked: &TrackedFinding,
+    placement: &Placement,
+    report: &Report,
+    wait: Duration,
+    wall: SystemTime,
+) -> bool {
+    placement.target.kind == TargetKind::Node
+        && tracked
+            .finding
+            .container_id
+            .as_deref()
+            .and_then(|id| report.container(id))
+            .is_some_and(|c| c.pod_uid.is_some())
+        && wall
+            .duration_since(tracked.first_seen.0)
+            .unwrap_or(Duration::ZERO)
+            < wait
 }
 
 /// `spec.containers{NAME}.findings{ID}` for a pod's container (the first half is the
@@ -191,16 +216,20 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
         return s.to_string();
     }
     let ellipsis = '…';
-    let budget = max.saturating_sub(ellipsis.len_utf8());
-    let mut end = budget.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = s[..end].to_string();
+    let mut out = cut(s, max.saturating_sub(ellipsis.len_utf8())).to_string();
     if max >= ellipsis.len_utf8() {
         out.push(ellipsis);
     }
     out
+}
+
+/// At most `max` bytes of `s`, cut on a char boundary (nothing added).
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 pub(crate) fn truncate_note(s: &str) -> String {

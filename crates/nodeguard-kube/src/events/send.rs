@@ -25,12 +25,14 @@
 
 use super::ledger::{Target, TargetKind};
 use super::render;
+use crate::publish::send::{classify, SendContext, SendError};
+use crate::publish::{fnv1a, FNV_BASIS};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;
 use kube::api::PostParams;
 use kube::Api;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// The `reportingComponent` and `source.component` of every Event.
 pub const REPORTING_CONTROLLER: &str = "nodeguard";
@@ -70,16 +72,6 @@ pub(crate) struct Outgoing {
     pub planned: SystemTime,
     /// What it announces about its object (`warning/<id>`, `resolved/<id>`, `summary`).
     pub key: String,
-}
-
-/// How a request ended, as far as the planner cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SendError {
-    /// 5xx, 429, a 409 other than `AlreadyExists`, timeouts, transport: try again after a
-    /// backoff.
-    Retryable(String),
-    /// The API server refused it for good (403, 404, 422, ...).
-    Permanent(String),
 }
 
 /// The namespace an Event about `target` is created in.
@@ -142,61 +134,39 @@ fn name_suffix(out: &Outgoing, instance: &str) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let t = &out.target;
-    let hash = [
+    let parts = [
         instance,
         t.namespace.as_deref().unwrap_or(""),
         &t.name,
         t.uid.as_deref().unwrap_or(""),
         &out.key,
-    ]
-    .iter()
-    .flat_map(|part| part.bytes().chain([0u8]))
-    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    ];
+    let hash = fnv1a(
+        FNV_BASIS,
+        parts.iter().flat_map(|part| part.bytes().chain([0u8])),
+    );
     format!(".{planned:x}.{hash:016x}")
 }
 
 /// At most `max` bytes of an object's name (a DNS subdomain, so ASCII; anything else is cut
 /// at a char boundary), without a trailing `-` or `.` that would spoil the Event's name.
 fn name_stem(name: &str, max: usize) -> &str {
-    let mut end = name.len().min(max);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].trim_end_matches(['-', '.'])
-}
-
-/// Sorts a client error into retry or give up.
-pub(crate) fn classify(e: &kube::Error) -> SendError {
-    match e {
-        kube::Error::Api(status)
-            if status.code >= 500 || status.code == 429 || status.code == 409 =>
-        {
-            SendError::Retryable(e.to_string())
-        }
-        kube::Error::Api(_) | kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => {
-            SendError::Permanent(e.to_string())
-        }
-        _ => SendError::Retryable(e.to_string()),
-    }
+    render::cut(name, max).trim_end_matches(['-', '.'])
 }
 
 /// The client and the little it needs to address requests. Cloned into each request's future.
 #[derive(Clone)]
 pub(crate) struct Sender {
-    client: kube::Client,
+    ctx: SendContext,
     /// `reportingInstance` and `source.host`: the node's name, clipped to the API's 128.
     instance: String,
-    timeout: Duration,
 }
 
 impl Sender {
-    pub(crate) fn new(client: kube::Client, node_name: &str, timeout: Duration) -> Sender {
+    pub(crate) fn new(ctx: SendContext, node_name: &str) -> Sender {
         Sender {
-            client,
+            ctx,
             instance: render::clip(node_name, 128),
-            timeout,
         }
     }
 
@@ -209,30 +179,34 @@ impl Sender {
     ) -> Result<(), SendError> {
         let event = core_event(out, &self.instance, node_uid, JiffTimestamp::now());
         let api: Api<CoreEvent> =
-            Api::namespaced(self.client.clone(), event_namespace(&out.target));
-        match tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &event)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(kube::Error::Api(status)))
-                if status.code == 409 && status.reason == "AlreadyExists" =>
-            {
-                tracing::debug!(
-                    name = event.metadata.name.as_deref().unwrap_or(""),
-                    "the Event exists already: an earlier attempt reached the API server"
-                );
-                Ok(())
-            }
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(SendError::Retryable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        }
+            Api::namespaced(self.ctx.client.clone(), event_namespace(&out.target));
+        self.ctx
+            .within(async {
+                match api.create(&PostParams::default(), &event).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status))
+                        if status.code == 409 && status.reason == "AlreadyExists" =>
+                    {
+                        tracing::debug!(
+                            name = event.metadata.name.as_deref().unwrap_or(""),
+                            "the Event exists already: an earlier attempt reached the API server"
+                        );
+                        Ok(())
+                    }
+                    // Any other 409 (a conflict) is retried, a 404 refused for good: the
+                    // planner reads `Conflict` as `Retryable` and `NotFound` as `Permanent`.
+                    Err(e) => Err(classify(&e)),
+                }
+            })
+            .await
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::publish::send::tests::{mock_context, status, Handle};
+    use std::time::Duration;
 
     fn outgoing(target: Target) -> Outgoing {
         Outgoing {
@@ -244,18 +218,6 @@ pub(crate) mod tests {
             planned: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
             key: "warning/00ff".into(),
         }
-    }
-
-    /// A Status answer as the API server writes it.
-    fn status(code: u16, reason: &str) -> http::Response<kube::client::Body> {
-        let body = serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": format!("{reason} for the test"), "reason": reason, "code": code,
-        });
-        http::Response::builder()
-            .status(code)
-            .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap()
     }
 
     #[test]
@@ -386,30 +348,13 @@ pub(crate) mod tests {
     /// returns the stored Events' names and every requested name.
     /// A sender for node `node-a` over a mocked API server: the test answers its requests
     /// through the returned handle.
-    pub(crate) fn mock_sender(
-        timeout: Duration,
-    ) -> (
-        Sender,
-        tower_test::mock::Handle<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >,
-    ) {
-        let (service, handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        (
-            Sender::new(kube::Client::new(service, "default"), "node-a", timeout),
-            handle,
-        )
+    pub(crate) fn mock_sender(timeout: Duration) -> (Sender, Handle) {
+        let (ctx, handle) = mock_context(timeout);
+        (Sender::new(ctx, "node-a"), handle)
     }
 
     pub(crate) fn storing_server(
-        mut handle: tower_test::mock::Handle<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >,
+        mut handle: Handle,
         n: usize,
     ) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
         tokio::spawn(async move {

@@ -9,9 +9,10 @@
 //! `fail`, the Pod (or the Node) in `resources`, properties `finding_id`, `node`,
 //! `container`, `container_id`, `image`, `path`, `subject`, `digest`, `pid` where known.
 //!
-//! Like the Event publisher, one task owns everything: it keeps only the newest state (a
-//! `watch` channel, so scans never wait for it) and runs one request at a time beside the
-//! planning. `planner.rs` decides (pure), `render.rs` says what a report holds (pure),
+//! Like the Event publisher, one task owns everything (the loop, the handle and the counters'
+//! channel are `crate::publish`'s): it keeps only the newest state (a `watch` channel, so
+//! scans never wait for it) and runs one request at a time beside the planning. `planner.rs`
+//! decides (pure), `render.rs` says what a report holds (pure),
 //! `send.rs` talks to the API server. Guards: a report is written only when its content
 //! changed (results compared without timestamps, so a restart rewrites nothing), a node-wide
 //! token bucket, exponential backoff with jitter after errors, a per-request timeout, at most
@@ -25,8 +26,10 @@ mod render;
 mod send;
 
 use self::planner::{Op, Planner};
-use self::send::{Outcome, SendError, Sender};
-use futures::future::{BoxFuture, OptionFuture};
+use self::send::{Outcome, Sender};
+use crate::publish::send::{SendContext, SendError};
+use crate::publish::{self, Publisher, Task};
+use futures::future::BoxFuture;
 use nodeguard_model::{NodeState, PolicyReportStats};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -75,116 +78,83 @@ impl PolicyReportConfig {
     }
 }
 
-/// Publishes PolicyReports from its own task. Dropping the state sender ends the task.
-pub struct PolicyReportPublisher {
-    stats: watch::Receiver<PolicyReportStats>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// Publishes PolicyReports from its own task ([`crate::publish::Publisher`]; its counters
+/// are [`PolicyReportStats`]). Dropping the state sender ends the task.
+pub type PolicyReportPublisher = Publisher<PolicyReportStats>;
 
-impl PolicyReportPublisher {
-    /// Spawns the publisher on the current tokio runtime; returns at once.
+impl Publisher<PolicyReportStats> {
+    /// Spawns the PolicyReport publisher on the current tokio runtime; returns at once.
     pub fn start(
         client: kube::Client,
         config: PolicyReportConfig,
         state: watch::Receiver<Option<Arc<NodeState>>>,
     ) -> PolicyReportPublisher {
-        let (stats_tx, stats) = watch::channel(PolicyReportStats::default());
-        let sender = Sender::new(client, &config.node_name, config.request_timeout);
-        let task = tokio::spawn(run(sender, config, stats_tx, state));
-        PolicyReportPublisher { stats, task }
-    }
-
-    /// Counters since start; never waits on the API server.
-    pub fn stats(&self) -> PolicyReportStats {
-        *self.stats.borrow()
-    }
-
-    /// The counters' channel (as for Events), for metrics at scrape time; it outlives the
-    /// publisher.
-    pub fn stats_channel(&self) -> watch::Receiver<PolicyReportStats> {
-        self.stats.clone()
-    }
-
-    /// Waits until the task has ended (the state sender was dropped).
-    pub async fn join(self) {
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "PolicyReport publisher task failed");
-        }
+        let sender = Sender::new(
+            SendContext::new(client, config.request_timeout),
+            &config.node_name,
+        );
+        publish::spawn(
+            move || {
+                // Another basis than the Events': one node's two publishers jitter apart.
+                let seed = publish::jitter_seed(&config.node_name, 0x9e37_79b9_7f4a_7c15);
+                ReportTask {
+                    planner: Planner::new(config, Instant::now(), seed),
+                    sender,
+                    have_state: false,
+                }
+            },
+            state,
+        )
     }
 }
 
-struct Attempt {
-    op: Op,
-    result: Result<Outcome, SendError>,
-}
-
-async fn run(
+/// The PolicyReport side of the publisher's loop.
+struct ReportTask {
+    planner: Planner,
     sender: Sender,
-    cfg: PolicyReportConfig,
-    shared: watch::Sender<PolicyReportStats>,
-    mut state: watch::Receiver<Option<Arc<NodeState>>>,
-) {
-    let seed = cfg
-        .node_name
-        .bytes()
-        .fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-        ^ SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    let mut planner = Planner::new(cfg, Instant::now(), seed);
-    let mut have_state = false;
-    if let Some(st) = state.borrow_and_update().clone() {
-        planner.on_state(&st, SystemTime::now());
-        have_state = true;
-    }
-    let mut inflight: Option<BoxFuture<'static, Attempt>> = None;
-    loop {
-        let now = Instant::now();
-        // Nothing is listed or written before the first scan: an empty state would delete
-        // the reports a restarted agent is about to find again.
-        if inflight.is_none() && have_state {
-            inflight = planner.next_request(now).map(|op| {
-                let sender = sender.clone();
-                Box::pin(async move {
-                    let result = sender.execute(&op).await;
-                    Attempt { op, result }
-                }) as BoxFuture<'static, Attempt>
-            });
-        }
-        publish(&shared, planner.stats());
-        let wake = if have_state {
-            planner.next_wake(now, inflight.is_some())
-        } else {
-            None
-        };
-        tokio::select! {
-            changed = state.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let st = state.borrow_and_update().clone();
-                if let Some(st) = st {
-                    planner.on_state(&st, SystemTime::now());
-                    have_state = true;
-                }
-            }
-            Some(done) = OptionFuture::from(inflight.as_mut()) => {
-                inflight = None;
-                planner.on_done(done.op, done.result, Instant::now());
-            }
-            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
-        }
-    }
-    publish(&shared, planner.stats());
-    tracing::debug!("PolicyReport publisher stopped: the state sender is gone");
+    /// Nothing is listed or written before the first scan: an empty state would delete the
+    /// reports a restarted agent is about to find again.
+    have_state: bool,
 }
 
-fn publish(shared: &watch::Sender<PolicyReportStats>, stats: PolicyReportStats) {
-    shared.send_if_modified(|current| {
-        let changed = *current != stats;
-        *current = stats;
-        changed
-    });
+impl Task for ReportTask {
+    type Stats = PolicyReportStats;
+    type Request = Op;
+    type Answer = Result<Outcome, SendError>;
+    const NAME: &'static str = "PolicyReport publisher";
+
+    fn on_state(&mut self, st: Arc<NodeState>) {
+        self.planner.on_state(&st, SystemTime::now());
+        self.have_state = true;
+    }
+
+    fn next_request(&mut self, now: Instant) -> Option<Op> {
+        if !self.have_state {
+            return None;
+        }
+        self.planner.next_request(now)
+    }
+
+    fn send(&self, op: Op) -> BoxFuture<'static, (Op, Result<Outcome, SendError>)> {
+        let sender = self.sender.clone();
+        Box::pin(async move {
+            let result = sender.execute(&op).await;
+            (op, result)
+        })
+    }
+
+    fn next_wake(&mut self, now: Instant, busy: bool) -> Option<Instant> {
+        if !self.have_state {
+            return None;
+        }
+        self.planner.next_wake(now, busy)
+    }
+
+    fn on_done(&mut self, op: Op, result: Result<Outcome, SendError>) {
+        self.planner.on_done(op, result, Instant::now());
+    }
+
+    fn stats(&self) -> PolicyReportStats {
+        self.planner.stats()
+    }
 }

@@ -7,12 +7,13 @@
 //! content ([`render::content`]: labels, scope, summary, results without timestamps) did
 //! not change is never written. No I/O and no clock: every method takes `now`, and the task
 //! in `mod.rs` hands the [`Op`]s to the sender and reports each answer with
-//! [`Planner::on_done`]. The token bucket and the backoff are the Event publisher's.
+//! [`Planner::on_done`]. The pace (token bucket and backoff) is the Event publisher's.
 
 use super::render::{self, Desired, Key};
-use super::send::{Outcome, SendError};
+use super::send::Outcome;
 use super::PolicyReportConfig;
-use crate::events::limits::{Backoff, TokenBucket};
+use crate::publish::limits::Pace;
+use crate::publish::send::SendError;
 use nodeguard_model::{NodeState, PolicyReportStats};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -59,9 +60,8 @@ pub(crate) struct Planner {
     /// Reports the API server refused for good, with the content refused: not asked again
     /// until the content changes.
     rejected: HashMap<Key, Value>,
-    bucket: TokenBucket,
-    backoff: Backoff,
-    next_attempt: Instant,
+    /// The node-wide bucket and the backoff.
+    pace: Pace,
     /// The CRDs were found missing (or the list forbidden): said once, until it changes.
     unavailable_said: bool,
 }
@@ -74,9 +74,14 @@ impl Planner {
             desired: BTreeMap::new(),
             waiting: false,
             rejected: HashMap::new(),
-            bucket: TokenBucket::per_second(cfg.writes_per_sec, cfg.write_burst, now),
-            backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed),
-            next_attempt: now,
+            pace: Pace::new(
+                cfg.writes_per_sec,
+                cfg.write_burst,
+                cfg.backoff_initial,
+                cfg.backoff_max,
+                seed,
+                now,
+            ),
             unavailable_said: false,
             cfg,
         }
@@ -99,11 +104,11 @@ impl Planner {
 
     /// The next write (or the list), if the backoff and the bucket allow one now.
     pub(crate) fn next_request(&mut self, now: Instant) -> Option<Op> {
-        if now < self.next_attempt {
+        if self.pace.held(now) {
             return None;
         }
         let op = self.wanted()?;
-        if !self.bucket.try_take(now) {
+        if !self.pace.try_take(now) {
             return None;
         }
         Some(op)
@@ -114,7 +119,7 @@ impl Planner {
         if busy || self.wanted().is_none() {
             return None;
         }
-        Some(self.next_attempt.max(self.bucket.ready_at(now)))
+        Some(self.pace.ready_at(now))
     }
 
     /// The request that would bring the stored reports closer to the wanted ones.
@@ -203,7 +208,7 @@ impl Planner {
                     );
                     self.unavailable_said = true;
                 }
-                self.next_attempt = now + self.cfg.unavailable_retry;
+                self.pace.hold_until(now + self.cfg.unavailable_retry);
             }
             (op, Err(SendError::NotFound(why) | SendError::Conflict(why))) => {
                 // Someone else deleted or changed the report, or the CRDs went away: read
@@ -252,11 +257,11 @@ impl Planner {
     }
 
     fn ok(&mut self) {
-        self.backoff.reset();
+        self.pace.succeeded();
     }
 
     fn back_off(&mut self, now: Instant) {
-        self.next_attempt = now + self.backoff.next_delay();
+        self.pace.failed(now);
     }
 
     /// This node's stored reports by key. Objects of another name (a label collision) are
@@ -293,9 +298,7 @@ fn unreachable_list() -> (Key, Option<Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeguard_model::{
-        CgroupVersion, Finding, FindingKind, Report, ScanStats, Severity, Timestamp, TrackedFinding,
-    };
+    use nodeguard_model::{CgroupVersion, Finding, FindingKind, Severity, Timestamp};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -308,12 +311,9 @@ mod tests {
 
     /// A state with one pod container (shop/web-0) and one podman container (no pod).
     fn state(findings: &[Finding], seen: SystemTime) -> NodeState {
-        let report = Report {
-            schema_version: 1,
-            node: "node-a".into(),
-            scanned_at: Timestamp(seen),
-            duration_ms: 1,
-            containers: vec![
+        nodeguard_testkit::model::state(
+            "node-a",
+            vec![
                 nodeguard_testkit::model::container(CID)
                     .cgroup("/kubepods/x")
                     .cgroup_version(CgroupVersion::V2)
@@ -327,28 +327,9 @@ mod tests {
                     .cgroup_version(CgroupVersion::V2)
                     .build(),
             ],
-            processes: vec![],
-            files: vec![],
-            findings: findings.to_vec(),
-            stats: ScanStats::default(),
-            warnings: vec![],
-        };
-        NodeState {
-            report: Arc::new(report),
-            findings: findings
-                .iter()
-                .map(|f| TrackedFinding {
-                    finding: f.clone(),
-                    first_seen: Timestamp(seen),
-                    last_seen: Timestamp(seen),
-                })
-                .collect(),
-            last_scans: BTreeMap::new(),
-            policy_loaded_at: Timestamp(seen),
-            policy_weakened: Vec::new(),
-            totals: Default::default(),
-            exec_events: Default::default(),
-        }
+            findings,
+            Timestamp(seen),
+        )
     }
 
     fn in_pod(kind: FindingKind, severity: Severity, path: &str) -> Finding {
@@ -356,6 +337,35 @@ mod tests {
         f.path = Some(path.to_string());
         f.sha256 = Some("ab".repeat(32));
         f
+    }
+
+    /// The pod's container has no memory limit.
+    fn memory_limit() -> Finding {
+        in_pod(
+            FindingKind::MissingMemoryLimit,
+            Severity::Medium,
+            "/kubepods/x",
+        )
+    }
+
+    /// The pod's [`memory_limit`] and a host process's deleted executable, and the two
+    /// reports an agent wrote for them at `wall`, as the API server holds them
+    /// (`resourceVersion` 5): what a restarted agent finds.
+    fn stored_by_a_first_agent(wall: SystemTime, now: Instant) -> (Finding, Finding, Vec<Value>) {
+        let (mem, ghost) = (memory_limit(), on_host("/tmp/ghost (deleted)"));
+        let mut first = Planner::new(cfg(), now, 1);
+        first.on_state(&state(&[mem.clone(), ghost.clone()], wall), wall);
+        let stored = drain(&mut first, now)
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Create { mut body, .. } => {
+                    body["metadata"]["resourceVersion"] = "5".into();
+                    Some(body)
+                }
+                _ => None,
+            })
+            .collect();
+        (mem, ghost, stored)
     }
 
     fn on_host(path: &str) -> Finding {
@@ -423,11 +433,7 @@ mod tests {
         let wall = SystemTime::now();
         let now = Instant::now();
         let mut w = Planner::new(cfg(), now, 1);
-        let mem = in_pod(
-            FindingKind::MissingMemoryLimit,
-            Severity::Medium,
-            "/kubepods/x",
-        );
+        let mem = memory_limit();
         let suid = in_pod(FindingKind::SetuidFile, Severity::High, "/usr/bin/su");
         let ghost = on_host("/tmp/ghost (deleted)");
         let pm = in_podman("/bin/mount");
@@ -516,11 +522,7 @@ mod tests {
         let wall = SystemTime::now();
         let now = Instant::now();
         let mut w = Planner::new(cfg(), now, 1);
-        let mem = in_pod(
-            FindingKind::MissingMemoryLimit,
-            Severity::Medium,
-            "/kubepods/x",
-        );
+        let mem = memory_limit();
         let ghost = on_host("/tmp/ghost (deleted)");
         w.on_state(&state(&[mem.clone(), ghost.clone()], wall), wall);
         assert_eq!(drain(&mut w, now).len(), 3);
@@ -571,24 +573,7 @@ mod tests {
     fn a_restarted_agent_lists_what_is_stored_and_rewrites_nothing_unchanged() {
         let wall = SystemTime::now();
         let now = Instant::now();
-        let mem = in_pod(
-            FindingKind::MissingMemoryLimit,
-            Severity::Medium,
-            "/kubepods/x",
-        );
-        let ghost = on_host("/tmp/ghost (deleted)");
-        let mut first = Planner::new(cfg(), now, 1);
-        first.on_state(&state(&[mem.clone(), ghost.clone()], wall), wall);
-        let stored: Vec<Value> = drain(&mut first, now)
-            .into_iter()
-            .filter_map(|op| match op {
-                Op::Create { mut body, .. } => {
-                    body["metadata"]["resourceVersion"] = "5".into();
-                    Some(body)
-                }
-                _ => None,
-            })
-            .collect();
+        let (mem, ghost, stored) = stored_by_a_first_agent(wall, now);
         assert_eq!(stored.len(), 2);
 
         // Restart: the pod's finding and the host's are still there, first seen again now;
@@ -614,24 +599,7 @@ mod tests {
     fn while_a_pods_findings_wait_for_its_metadata_no_report_is_written() {
         let wall = SystemTime::now();
         let now = Instant::now();
-        let mem = in_pod(
-            FindingKind::MissingMemoryLimit,
-            Severity::Medium,
-            "/kubepods/x",
-        );
-        let ghost = on_host("/tmp/ghost (deleted)");
-        let mut first = Planner::new(cfg(), now, 1);
-        first.on_state(&state(&[mem.clone(), ghost.clone()], wall), wall);
-        let stored: Vec<Value> = drain(&mut first, now)
-            .into_iter()
-            .filter_map(|op| match op {
-                Op::Create { mut body, .. } => {
-                    body["metadata"]["resourceVersion"] = "5".into();
-                    Some(body)
-                }
-                _ => None,
-            })
-            .collect();
+        let (mem, ghost, stored) = stored_by_a_first_agent(wall, now);
 
         let mut w = Planner::new(cfg(), now, 2);
         let mut unknown = state(&[mem.clone(), ghost.clone()], wall);

@@ -3,7 +3,8 @@
 
 use super::PolicyReportConfig;
 use crate::events::ledger::TargetKind;
-use crate::events::render::{clip, one_line, place};
+use crate::events::render::{clip, cut, one_line, place, waits_for_pod};
+use crate::publish::{fnv1a, FNV_BASIS};
 use nodeguard_model::{short_id, Finding, NodeState, Severity, Timestamp, TrackedFinding};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -58,7 +59,7 @@ pub(crate) fn report_name(node: &str) -> String {
         return full;
     }
     let hash = format!("{:016x}", fnv(node));
-    let stem = clip_ascii(&full, 253 - 1 - hash.len());
+    let stem = cut(&full, 253 - 1 - hash.len());
     format!("{}-{hash}", stem.trim_end_matches(['-', '.']))
 }
 
@@ -80,7 +81,7 @@ pub(crate) fn node_label(node: &str) -> String {
         return trimmed.to_string();
     }
     let hash = format!("{:016x}", fnv(node));
-    let stem = clip_ascii(trimmed, 63 - 1 - hash.len());
+    let stem = cut(trimmed, 63 - 1 - hash.len());
     let stem = stem.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     if stem.is_empty() {
         hash
@@ -97,18 +98,8 @@ pub(crate) fn selector(node: &str) -> String {
     )
 }
 
-fn clip_ascii(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    fnv1a(FNV_BASIS, s.bytes())
 }
 
 /// The CRD's severity enum (`critical`, `high`, `medium`, `low`, `info`).
@@ -126,22 +117,6 @@ fn timestamp(t: Timestamp) -> Value {
         t.0.duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
     json!({"seconds": d.as_secs(), "nanos": d.subsec_nanos()})
-}
-
-/// Whether a pod's container still waits for its pod's metadata (the pod watch may not have
-/// seen it yet): its result would go to the ClusterPolicyReport and move a scan later.
-fn awaits_pod(t: &TrackedFinding, st: &NodeState, wait: Duration, wall: SystemTime) -> bool {
-    let has_pod_uid = t
-        .finding
-        .container_id
-        .as_deref()
-        .and_then(|id| st.report.container(id))
-        .is_some_and(|c| c.pod_uid.is_some());
-    has_pod_uid
-        && wall
-            .duration_since(t.first_seen.0)
-            .unwrap_or(Duration::ZERO)
-            < wait
 }
 
 /// One result for one finding, and the report it belongs to. `None` while a pod's container
@@ -164,7 +139,7 @@ fn result_of(
             )
         }
         TargetKind::Node => {
-            if awaits_pod(t, st, cfg.pod_metadata_wait, wall) {
+            if waits_for_pod(t, &placement, &st.report, cfg.pod_metadata_wait, wall) {
                 return None;
             }
             (

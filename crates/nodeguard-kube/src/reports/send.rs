@@ -9,10 +9,10 @@
 
 use super::planner::Op;
 use super::render::{self, Key};
+use crate::publish::send::{classify, SendContext, SendError};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
-use std::time::Duration;
 
 /// How a request ended, as far as the planner cares.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,32 +25,6 @@ pub(crate) enum Outcome {
     Deleted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SendError {
-    /// 5xx, 429, timeouts, transport: again after a backoff.
-    Retryable(String),
-    /// 404: the CRDs are not installed, or the report is gone.
-    NotFound(String),
-    /// 409: the report exists already or changed since it was read.
-    Conflict(String),
-    /// Refused for good (400, 403, 413, 422, ...).
-    Permanent(String),
-}
-
-pub(crate) fn classify(e: &kube::Error) -> SendError {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => SendError::NotFound(e.to_string()),
-        kube::Error::Api(s) if s.code == 409 => SendError::Conflict(e.to_string()),
-        kube::Error::Api(s) if s.code >= 500 || s.code == 429 => {
-            SendError::Retryable(e.to_string())
-        }
-        kube::Error::Api(_) | kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => {
-            SendError::Permanent(e.to_string())
-        }
-        _ => SendError::Retryable(e.to_string()),
-    }
-}
-
 fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", kind),
@@ -60,19 +34,17 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
 
 #[derive(Clone)]
 pub(crate) struct Sender {
-    client: kube::Client,
+    ctx: SendContext,
     node: String,
-    timeout: Duration,
     namespaced: ApiResource,
     cluster: ApiResource,
 }
 
 impl Sender {
-    pub(crate) fn new(client: kube::Client, node: &str, timeout: Duration) -> Sender {
+    pub(crate) fn new(ctx: SendContext, node: &str) -> Sender {
         Sender {
-            client,
+            ctx,
             node: node.to_string(),
-            timeout,
             namespaced: resource("PolicyReport", "policyreports"),
             cluster: resource("ClusterPolicyReport", "clusterpolicyreports"),
         }
@@ -80,19 +52,15 @@ impl Sender {
 
     fn api(&self, key: &Key) -> Api<DynamicObject> {
         match key {
-            Key::Cluster => Api::all_with(self.client.clone(), &self.cluster),
-            Key::Namespace(ns) => Api::namespaced_with(self.client.clone(), ns, &self.namespaced),
+            Key::Cluster => Api::all_with(self.ctx.client.clone(), &self.cluster),
+            Key::Namespace(ns) => {
+                Api::namespaced_with(self.ctx.client.clone(), ns, &self.namespaced)
+            }
         }
     }
 
     pub(crate) async fn execute(&self, op: &Op) -> Result<Outcome, SendError> {
-        match tokio::time::timeout(self.timeout, self.request(op)).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Retryable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        }
+        self.ctx.within(self.request(op)).await
     }
 
     async fn request(&self, op: &Op) -> Result<Outcome, SendError> {
@@ -102,7 +70,7 @@ impl Sender {
                 let lp = ListParams::default().labels(&render::selector(&self.node));
                 let mut items = Vec::new();
                 for ar in [&self.cluster, &self.namespaced] {
-                    let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+                    let api: Api<DynamicObject> = Api::all_with(self.ctx.client.clone(), ar);
                     let list = api.list(&lp).await.map_err(|e| classify(&e))?;
                     for item in list.items {
                         items.push(
@@ -162,34 +130,13 @@ fn written(stored: DynamicObject) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publish::send::tests::{mock_context, respond, status, Handle};
     use serde_json::json;
-
-    type Handle = tower_test::mock::Handle<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >;
+    use std::time::Duration;
 
     fn mock(timeout: Duration) -> (Sender, Handle) {
-        let (service, handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        (
-            Sender::new(kube::Client::new(service, "default"), "node-a", timeout),
-            handle,
-        )
-    }
-
-    fn respond(code: u16, body: Value) -> http::Response<kube::client::Body> {
-        http::Response::builder()
-            .status(code)
-            .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap()
-    }
-
-    fn status(code: u16, reason: &str) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-               "message": reason, "reason": reason, "code": code})
+        let (ctx, handle) = mock_context(timeout);
+        (Sender::new(ctx, "node-a"), handle)
     }
 
     /// What the sender asks (method, path, query, body) and how it sorts the answers; a
@@ -215,9 +162,9 @@ mod tests {
                     json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
                      "metadata": {"name": "nodeguard-node-a", "namespace": "shop", "resourceVersion": "10"}}),
                 ),
-                respond(409, status(409, "Conflict")),
-                respond(404, status(404, "NotFound")),
-                respond(413, status(413, "RequestEntityTooLarge")),
+                status(409, "Conflict"),
+                status(404, "NotFound"),
+                status(413, "RequestEntityTooLarge"),
             ];
             for answer in answers {
                 let (request, send) = handle.next_request().await.expect("a request");

@@ -55,6 +55,7 @@ pub fn process(pid: i32, container_id: Option<&str>, kernel_thread: bool) -> Pro
         seccomp: None,
         namespaces: Namespaces::default(),
         kernel_thread,
+        exited: false,
     }
 }
 

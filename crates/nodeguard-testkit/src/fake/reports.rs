@@ -15,9 +15,9 @@
 //! [`ReportsMode::NotInstalled`] answers every request as a server without the CRDs does:
 //! 404 with `the server could not find the requested resource`.
 
-use super::{refuse, set_status, status, App, Attributes, FakeApi, Mode};
+use super::{answer, App, Attributes, FakeApi, Mode, Refusal, Reply};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -32,7 +32,6 @@ pub enum ReportsMode {
 }
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
-const MAX_STORED: usize = 1024 * 1024 * 3 / 2;
 
 fn crd_schema(resource: &str) -> Value {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -134,6 +133,8 @@ fn label_matches(object: &Value, selector: Option<&String>) -> bool {
     })
 }
 
+const NOT_INSTALLED: &str = "the server could not find the requested resource";
+
 pub(super) async fn handle(
     app: &App,
     seq: usize,
@@ -142,99 +143,74 @@ pub(super) async fn handle(
     body_len: usize,
     body: Value,
 ) -> Response {
-    let mode = app
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .reports_mode;
-    match mode {
-        ReportsMode::Normal => {}
-        ReportsMode::NotInstalled => {
-            return refuse(
-                app,
-                seq,
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "the server could not find the requested resource",
-            )
-        }
+    let mode = app.lock().reports_mode;
+    let outcome = match mode {
+        ReportsMode::Normal => serve(app, a, query, body_len, body),
+        ReportsMode::NotInstalled => Err(Refusal::not_found(NOT_INSTALLED)),
         ReportsMode::Fail(Mode::Hang) => return super::hang(app, seq).await,
-        ReportsMode::Fail(_) => {
-            set_status(app, seq, 500, "", None);
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "down");
-        }
-    }
+        ReportsMode::Fail(_) => return super::fail500(app, seq),
+    };
+    answer(app, seq, outcome)
+}
+
+fn serve(
+    app: &App,
+    a: &Attributes,
+    query: &BTreeMap<String, String>,
+    body_len: usize,
+    body: Value,
+) -> Result<Reply, Refusal> {
     let resource = a.resource.clone();
     let cluster = resource == "clusterpolicyreports";
     if cluster && a.namespace.is_some() {
-        return refuse(
-            app,
-            seq,
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+        return Err(Refusal::not_found(NOT_INSTALLED));
     }
     let kind = if cluster {
         "ClusterPolicyReport"
     } else {
         "PolicyReport"
     };
+    let qualified = format!("{resource}.wgpolicyk8s.io");
     let ns = a.namespace.clone().unwrap_or_default();
     match a.verb.as_str() {
         "list" => {
-            let inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let inner = app.lock();
             let items: Vec<Value> = inner
                 .reports
+                .0
                 .iter()
                 .filter(|((r, n, _), _)| *r == resource && (a.namespace.is_none() || *n == ns))
                 .map(|(_, v)| v.clone())
                 .filter(|v| label_matches(v, query.get("labelSelector")))
                 .collect();
-            let rv = inner.rv;
-            drop(inner);
-            set_status(app, seq, 200, "", None);
-            axum::Json(json!({
-                "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": format!("{kind}List"),
-                "metadata": {"resourceVersion": rv.to_string()}, "items": items,
-            }))
-            .into_response()
+            Ok(Reply::Served(
+                StatusCode::OK,
+                json!({
+                    "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": format!("{kind}List"),
+                    "metadata": {"resourceVersion": inner.rv.to_string()}, "items": items,
+                }),
+            ))
         }
         "create" | "update" => {
             if body_len > MAX_BODY {
-                return refuse(
-                    app,
-                    seq,
+                return Err(Refusal::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
-                    &format!("Request entity too large: limit is {MAX_BODY}"),
-                );
+                    format!("Request entity too large: limit is {MAX_BODY}"),
+                ));
             }
             if body.is_null() {
-                return refuse(
-                    app,
-                    seq,
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "the body is not JSON",
-                );
+                return Err(Refusal::bad_request("the body is not JSON"));
             }
             if body["apiVersion"] != "wgpolicyk8s.io/v1alpha2" || body["kind"] != kind {
-                return refuse(
-                    app,
-                    seq,
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!(
-                        "the API version or kind in the body ({}, {}) does not match the request",
-                        body["apiVersion"], body["kind"]
-                    ),
-                );
+                return Err(Refusal::bad_request(format!(
+                    "the API version or kind in the body ({}, {}) does not match the request",
+                    body["apiVersion"], body["kind"]
+                )));
             }
             let body_ns = body["metadata"]["namespace"].as_str().unwrap_or("");
             if !cluster && !body_ns.is_empty() && body_ns != ns {
-                return refuse(app, seq, StatusCode::BAD_REQUEST, "BadRequest",
-                    "the namespace of the provided object does not match the namespace sent on the request");
+                return Err(Refusal::bad_request(super::NAMESPACE_MISMATCH));
             }
             let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
             let mut errors = Vec::new();
@@ -244,101 +220,54 @@ pub(super) async fn handle(
                 ));
             }
             if a.verb == "update" && a.name.as_deref() != Some(name.as_str()) {
-                return refuse(
-                    app,
-                    seq,
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
+                return Err(Refusal::bad_request(
                     "the name of the object does not match the name on the URL",
-                );
+                ));
             }
             let mut object = check(&crd_schema(&resource), &body, "", &mut errors);
             if !errors.is_empty() {
-                return refuse(
-                    app,
-                    seq,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    &format!(
-                        "{kind}.wgpolicyk8s.io \"{name}\" is invalid: {}",
-                        errors.join(", ")
-                    ),
-                );
+                return Err(Refusal::invalid(format!(
+                    "{kind}.wgpolicyk8s.io \"{name}\" is invalid: {}",
+                    errors.join(", ")
+                )));
+            }
+            if !cluster {
+                object["metadata"]["namespace"] = json!(ns);
             }
             let key = (
                 resource.clone(),
                 if cluster { String::new() } else { ns.clone() },
                 name.clone(),
             );
-            let mut inner = app.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let existing = inner.reports.get(&key).cloned();
-            match (a.verb.as_str(), &existing) {
-                ("create", Some(_)) => {
-                    drop(inner);
-                    return refuse(
-                        app,
-                        seq,
-                        StatusCode::CONFLICT,
-                        "AlreadyExists",
-                        &format!("{resource}.wgpolicyk8s.io \"{name}\" already exists"),
-                    );
-                }
-                ("update", None) => {
-                    drop(inner);
-                    return refuse(
-                        app,
-                        seq,
-                        StatusCode::NOT_FOUND,
-                        "NotFound",
-                        &format!("{resource}.wgpolicyk8s.io \"{name}\" not found"),
-                    );
-                }
-                ("update", Some(old)) => {
-                    let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
-                    if sent.is_empty() {
-                        drop(inner);
-                        return refuse(app, seq, StatusCode::UNPROCESSABLE_ENTITY, "Invalid",
-                            "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update");
-                    }
-                    if old["metadata"]["resourceVersion"] != sent {
-                        drop(inner);
-                        return refuse(app, seq, StatusCode::CONFLICT, "Conflict",
-                            &format!("Operation cannot be fulfilled on {resource}.wgpolicyk8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
-                    }
-                    object["metadata"]["uid"] = old["metadata"]["uid"].clone();
-                    object["metadata"]["creationTimestamp"] =
-                        old["metadata"]["creationTimestamp"].clone();
-                }
-                _ => {}
-            }
-            if object.to_string().len() > MAX_STORED {
-                drop(inner);
-                set_status(app, seq, 500, "etcdserver: request is too large", None);
-                return status(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "etcdserver: request is too large",
-                );
-            }
-            inner.rv += 1;
-            let rv = inner.rv;
-            object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            if !cluster {
-                object["metadata"]["namespace"] = json!(ns);
-            }
-            if existing.is_none() {
-                object["metadata"]["uid"] = json!(format!("report-uid-{rv}"));
+            let mut guard = app.lock();
+            let inner = &mut *guard;
+            if a.verb == "create" {
                 object["metadata"]["creationTimestamp"] = json!("2026-11-26T00:00:00Z");
+                let object = inner.reports.create(
+                    &mut inner.rv,
+                    key,
+                    &qualified,
+                    &name,
+                    "report",
+                    object,
+                )?;
+                return Ok(Reply::Stored(StatusCode::CREATED, object));
             }
-            inner.reports.insert(key, object.clone());
-            drop(inner);
-            let code = if existing.is_some() { 200 } else { 201 };
-            set_status(app, seq, code, "", Some(object.clone()));
-            (
-                StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
-                axum::Json(object),
-            )
-                .into_response()
+            let old = inner.reports.get(&key, &qualified, &name)?;
+            let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            if sent.is_empty() {
+                return Err(Refusal::invalid(
+                    "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                ));
+            }
+            if old["metadata"]["resourceVersion"] != sent {
+                return Err(Refusal::new(StatusCode::CONFLICT, "Conflict",
+                    format!("Operation cannot be fulfilled on {qualified} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")));
+            }
+            object["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            object["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+            let object = inner.reports.replace(&mut inner.rv, key, object)?;
+            Ok(Reply::Stored(StatusCode::OK, object))
         }
         "delete" => {
             let name = a.name.clone().unwrap_or_default();
@@ -347,33 +276,15 @@ pub(super) async fn handle(
                 if cluster { String::new() } else { ns },
                 name.clone(),
             );
-            let removed = app
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .reports
-                .remove(&key);
-            match removed {
-                Some(object) => {
-                    set_status(app, seq, 200, "", None);
-                    axum::Json(object).into_response()
-                }
-                None => refuse(
-                    app,
-                    seq,
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("{resource}.wgpolicyk8s.io \"{name}\" not found"),
-                ),
-            }
+            let mut inner = app.lock();
+            let object = inner.reports.remove(&key, &qualified, &name)?;
+            Ok(Reply::Served(StatusCode::OK, object))
         }
-        other => refuse(
-            app,
-            seq,
+        other => Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            &format!("the fake does not serve {other} on reports"),
-        ),
+            format!("the fake does not serve {other} on reports"),
+        )),
     }
 }
 
@@ -385,7 +296,7 @@ impl FakeApi {
 
     /// Stored reports (both kinds), ordered by resource, namespace, name.
     pub fn reports(&self) -> Vec<Value> {
-        self.lock().reports.values().cloned().collect()
+        self.lock().reports.0.values().cloned().collect()
     }
 
     /// Someone else changes a stored report (a new `resourceVersion`), as another controller
@@ -409,7 +320,7 @@ impl FakeApi {
         );
         inner.rv += 1;
         let rv = inner.rv;
-        if let Some(object) = inner.reports.get_mut(&key) {
+        if let Some(object) = inner.reports.0.get_mut(&key) {
             change(object);
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
         }

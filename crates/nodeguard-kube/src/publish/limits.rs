@@ -1,4 +1,5 @@
-//! Token buckets and retry backoff for the Event publisher. Pure: time comes in as arguments.
+//! Token buckets and retry backoff for the publishers, and [`Pace`], the node-wide pace of
+//! one publisher's requests built from them. Pure: time comes in as arguments.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -117,6 +118,76 @@ impl Backoff {
         x ^= x << 17;
         self.rng = x;
         (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The node-wide pace of one publisher's requests: a token bucket, and exponential backoff
+/// after failures (no request before `next_attempt`).
+#[derive(Debug, Clone)]
+pub(crate) struct Pace {
+    bucket: TokenBucket,
+    backoff: Backoff,
+    next_attempt: Instant,
+}
+
+impl Pace {
+    /// `per_second` requests a second, `burst` at once; retries from `backoff_initial`
+    /// doubling up to `backoff_max`, jittered from `seed`.
+    pub(crate) fn new(
+        per_second: f64,
+        burst: u32,
+        backoff_initial: Duration,
+        backoff_max: Duration,
+        seed: u64,
+        now: Instant,
+    ) -> Pace {
+        Pace {
+            bucket: TokenBucket::per_second(per_second, burst, now),
+            backoff: Backoff::new(backoff_initial, backoff_max, seed),
+            next_attempt: now,
+        }
+    }
+
+    /// Whether a backoff (or a hold) keeps requests back at `now`.
+    pub(crate) fn held(&self, now: Instant) -> bool {
+        now < self.next_attempt
+    }
+
+    /// Takes a token of the node-wide bucket if there is one.
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
+        self.bucket.try_take(now)
+    }
+
+    /// When the next request may go: after the backoff, with a token.
+    pub(crate) fn ready_at(&mut self, now: Instant) -> Instant {
+        self.next_attempt.max(self.bucket.ready_at(now))
+    }
+
+    /// A request succeeded: the next failure backs off from the start.
+    pub(crate) fn succeeded(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// A request failed: no request for the next backoff delay, which is returned.
+    pub(crate) fn failed(&mut self, now: Instant) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.next_attempt = now + delay;
+        delay
+    }
+
+    /// No request before `until`, whatever the backoff says.
+    pub(crate) fn hold_until(&mut self, until: Instant) {
+        self.next_attempt = until;
+    }
+
+    /// Failures since the last success.
+    pub(crate) fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn next_attempt(&self) -> Instant {
+        self.next_attempt
     }
 }
 
