@@ -22,8 +22,9 @@
 #
 # Targets (issue 12, warm reconciliation): <= 0.5 % of one core, steady RSS <= 25 MiB (peak
 # <= 40 MiB), warm process scan <= 20 ms; /metrics p99 < 10 ms. Each figure is printed with its
-# ratio to the old one: BASELINE=/path/to/an/older/nodeguard measures that binary first, on the
-# same containers in the same run (the fair comparison on a machine with other load);
+# ratio to the old one: BASELINE=/path/to/an/older/nodeguard runs that binary beside the one
+# under test, on the same containers and over the same window (the fair comparison on a
+# machine with other load); the 1-minute load average over the window is printed with them;
 # without it, the figures README recorded for full re-reads.
 # This is a measurement, not a test: it reports MISS and exits 0 unless STRICT=1.
 # Everything it starts is torn down at exit. Loopback only.
@@ -56,49 +57,15 @@ curl --help all 2>/dev/null | grep -q -- '--parallel-max' || die "curl lacks --p
 need_nodeguard
 
 bench_workdir nodeguard-daemon-bench
-mkdir -p "$WORK/state"
-AGENT_PID=""
-
-cleanup() {
-  local status=$?
-  set +e
-  echo
-  stop_agent
-  teardown_containers
-  exit "$status"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
-# Images (bench/lib.sh)
+# Images and containers (bench/lib.sh)
 
 make_base_images
-
 IMAGES=("$BUSYBOX_IMG" "$DEBIAN_IMG")
-
-# init|exec'd process|shell, per image.
-image_processes() {
-  case $1 in
-    "$BUSYBOX_IMG") echo '["/bin/sleep","3600"]|["/bin/tail","-f","/dev/null"]|/bin/sh' ;;
-    *) echo '["/usr/bin/sleep","3600"]|["/usr/bin/tail","-f","/dev/null"]|/usr/bin/dash' ;;
-  esac
-}
-
-# ---------------------------------------------------------------------------------------------
-# Containers
-
-# A container from lib.sh's start_container, plus a shell that starts EXTRA_PER_CONTAINER
-# sleeps and waits for them.
-start_loaded_container() {
-  local n=$1 img=$2 shell
-  start_container "$n" "$img"
-  IFS='|' read -r _ _ shell <<<"$(image_processes "$img")"
-  runc --root "$RUNC_ROOT" exec -d "$CONTAINER_ID" "$shell" -c \
-    "i=0; while [ \$i -lt $EXTRA_PER_CONTAINER ]; do sleep 3600 & i=\$((i + 1)); done; wait" \
-    </dev/null >>"$CONTAINER_DIR/log" 2>&1 ||
-    { cat "$CONTAINER_DIR/log" >&2; die "exec of the sleeps in container $n failed"; }
-}
+image_processes() { base_image_processes "$@"; }
 
 echo "starting $CONTAINERS containers from ${#IMAGES[@]} images, $((EXTRA_PER_CONTAINER + 3)) processes each"
 t0=$(date +%s%N)
@@ -111,53 +78,34 @@ echo "started in $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(ls /proc | grep -c 
 # ---------------------------------------------------------------------------------------------
 # The agent
 
-port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
-metric() { # metric SERIES: its value in /metrics (0.0.4 text), empty when absent
-  # awk reads to the end: exiting early would fail curl's write (23) and, under pipefail, this.
-  curl -sf --max-time 10 "$URL/metrics" | awk -v s="$1" '$1 == s && !found { print $2; found = 1 }'
-}
-scans_done() { grep -c '"message":"scan complete"' "$AGENT_LOG" || true; }
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$AGENT_PID/stat"; }
-status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$AGENT_PID/status"; }
 hist_sum='nodeguard_scan_duration_seconds_sum{scan_type="processes"}'
 hist_count='nodeguard_scan_duration_seconds_count{scan_type="processes"}'
 
-stop_agent() {
-  [[ -n $AGENT_PID ]] || return 0
-  if kill -0 "$AGENT_PID" 2>/dev/null; then
-    kill -TERM "$AGENT_PID"
-    for _ in $(seq 100); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$AGENT_PID" 2>/dev/null && { echo "warning: agent ignored SIGTERM; killing it" >&2; kill -KILL "$AGENT_PID"; }
-    wait "$AGENT_PID" 2>/dev/null || true
-  fi
-  AGENT_PID=""
+# Agents by label ("agent", and "baseline" with BASELINE): pid, URL, log.
+declare -A A_PID A_URL A_LOG
+use_agent() { AGENT_PID=${A_PID[$1]}; URL=${A_URL[$1]}; AGENT_LOG=${A_LOG[$1]}; }
+# bench_cleanup (lib.sh) stops the current agent; this stops the others.
+bench_cleanup_hook() {
+  local label
+  for label in "${!A_PID[@]}"; do use_agent "$label"; stop_agent; done
 }
 
-# measure_agent BINARY LABEL: starts BINARY as the agent, waits out the cold scan and the first
-# filesystem scan, then measures the steady state over WINDOW seconds into cpu_pct, hwm_mib,
-# rss_mib, warm_median, warm_max, warm_n, warm_procs, hist_mean_ms, cold_ms. The agent keeps
-# running (AGENT_PID, URL).
-measure_agent() {
-  local bin=$1 label=$2 candidate
-  PORT=""
-  for _ in $(seq 50); do
-    candidate=$((20000 + RANDOM % 20000))
-    if port_free "$candidate"; then PORT=$candidate; break; fi
-  done
-  [[ -n $PORT ]] || die "no free loopback port found"
-  URL=http://127.0.0.1:$PORT
-  rm -rf "$WORK/state" && mkdir -p "$WORK/state"
-  AGENT_ARGS=(run --listen "127.0.0.1:$PORT" --interval "$INTERVAL" --kube off --log-format json
-    --state-dir "$WORK/state")
+# start_measured BINARY LABEL: starts BINARY as an agent (its own port and state dir) and waits
+# out its cold scan and first filesystem scan; prints the cold scan.
+start_measured() {
+  local bin=$1 label=$2 cold ours seen
+  pick_port
+  rm -rf "$WORK/state-$label" && mkdir -p "$WORK/state-$label"
+  local args=(run --listen "127.0.0.1:$PORT" --interval "$INTERVAL" --kube off --log-format json
+    --state-dir "$WORK/state-$label")
   # Where pid 1's root cannot be read (a root session with fewer capabilities than pid 1), host
   # paths are reached through this mount namespace, as the integration tests do.
-  readlink /proc/1/root >/dev/null 2>&1 || AGENT_ARGS+=(--host-root /)
+  readlink /proc/1/root >/dev/null 2>&1 || args+=(--host-root /)
   AGENT_LOG=$WORK/agent-$label.log
-  echo "agent ($label): $bin ${AGENT_ARGS[*]}"
-  "$bin" "${AGENT_ARGS[@]}" 2>"$AGENT_LOG" >/dev/null &
+  echo "agent ($label): $bin ${args[*]}"
+  "$bin" "${args[@]}" 2>"$AGENT_LOG" >/dev/null &
   AGENT_PID=$!
-
+  A_PID[$label]=$AGENT_PID A_URL[$label]=$URL A_LOG[$label]=$AGENT_LOG
   # Warm-up: the cold first scan (hashes every executable once) and the first filesystem scan.
   for _ in $(seq 600); do
     kill -0 "$AGENT_PID" 2>/dev/null || { cat "$AGENT_LOG" >&2; die "the agent exited"; }
@@ -165,59 +113,91 @@ measure_agent() {
     sleep 0.5
   done
   (($(scans_done) >= 3)) || { tail -20 "$AGENT_LOG" >&2; die "no 3 scans within 300 s"; }
-  local cold ours seen
   cold=$(grep '"message":"scan complete"' "$AGENT_LOG" | head -1)
-  cold_ms=$(jq -r .duration_ms <<<"$cold")
-  echo "cold first scan: $(jq -r '"\(.duration_ms) ms, \(.processes) processes, \(.containers) containers"' <<<"$cold")"
+  echo "cold first scan ($label): $(jq -r '"\(.duration_ms) ms, \(.processes) processes, \(.containers) containers"' <<<"$cold")"
   ours=$(awk '{print $1}' "$WORK/containers" | jq -R . | jq -s .)
   seen=$(curl -sf "$URL/v1/containers" | jq --argjson ours "$ours" '[.containers[] | select(.id as $i | $ours | index($i))] | length')
-  echo "the agent reports $seen of the $CONTAINERS benchmark containers"
-
-  # Steady state: CPU, RSS, warm scans over WINDOW seconds
-  echo "measuring for ${WINDOW} s (scan interval $INTERVAL); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  local log_lines_before sum0 count0 ticks0 t0 ticks1 t1 sum1 count1 hwm_kib
-  log_lines_before=$(wc -l <"$AGENT_LOG")
-  sum0=$(metric "$hist_sum"); count0=$(metric "$hist_count")
-  ticks0=$(cpu_ticks); t0=$(date +%s%N)
-  : >"$WORK/rss"
-  for ((s = 0; s < WINDOW; s++)); do
-    sleep 1
-    status_kib VmRSS >>"$WORK/rss"
-  done
-  ticks1=$(cpu_ticks); t1=$(date +%s%N)
-  sum1=$(metric "$hist_sum"); count1=$(metric "$hist_count")
-  hwm_kib=$(status_kib VmHWM)
-
-  cpu_pct=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
-    'BEGIN { printf "%.2f", 100 * (b - a) / hz / ((t1 - t0) / 1e9) }')
-  rss_mib=$(sort -n "$WORK/rss" | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1024 }')
-  hwm_mib=$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", k / 1024 }')
-  # The daemon logs the scope in snake_case ("processes"); "Processes" is what older builds
-  # wrote. Either is a process-only scan.
-  tail -n +"$((log_lines_before + 1))" "$AGENT_LOG" |
-    grep '"message":"scan complete"' | grep -i '"scope":"processes"' >"$WORK/window-scans" || true
-  warm_n=$(wc -l <"$WORK/window-scans")
-  ((warm_n > 0)) || die "no process scan completed in the window"
-  jq -r '.duration_ms' "$WORK/window-scans" | sort -n >"$WORK/warm-ms"
-  warm_median=$(awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }' "$WORK/warm-ms")
-  warm_max=$(tail -1 "$WORK/warm-ms")
-  warm_procs=$(jq -r '.processes' "$WORK/window-scans" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  hist_mean_ms=$(awk -v s0="$sum0" -v s1="$sum1" -v c0="$count0" -v c1="$count1" \
-    'BEGIN { if (c1 > c0) printf "%.1f", 1000 * (s1 - s0) / (c1 - c0); else print "n/a" }')
+  echo "the agent ($label) reports $seen of the $CONTAINERS benchmark containers"
 }
 
-# The baseline first (when given), on the same containers and in the same minutes as the agent
-# under test, so the ratios compare like with like on a machine with other load.
+# measure_window LABEL...: the steady state of those agents over the same WINDOW seconds (the
+# same node, the same other load): for each, into <what>_<label> variables, cpu_pct, hwm_mib,
+# rss_mib, warm_median, warm_max, warm_n, warm_procs, hist_mean_ms, cold_ms, load.
+measure_window() {
+  local label s t0 t1 load_start load_end
+  declare -A lines sum0 count0 ticks0
+  load_start=$(cut -d' ' -f1 /proc/loadavg)
+  echo "measuring $* for ${WINDOW} s (scan interval $INTERVAL); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  for label in "$@"; do
+    use_agent "$label"
+    lines[$label]=$(wc -l <"$AGENT_LOG")
+    sum0[$label]=$(metric "$hist_sum"); count0[$label]=$(metric "$hist_count")
+    ticks0[$label]=$(cpu_ticks)
+    : >"$WORK/rss-$label"
+  done
+  t0=$(date +%s%N)
+  for ((s = 0; s < WINDOW; s++)); do
+    sleep 1
+    for label in "$@"; do use_agent "$label"; status_kib VmRSS >>"$WORK/rss-$label"; done
+  done
+  t1=$(date +%s%N)
+  load_end=$(cut -d' ' -f1 /proc/loadavg)
+  for label in "$@"; do
+    use_agent "$label"
+    local ticks1 sum1 count1 hwm_kib
+    ticks1=$(cpu_ticks)
+    sum1=$(metric "$hist_sum"); count1=$(metric "$hist_count")
+    hwm_kib=$(status_kib VmHWM)
+    printf -v "load_$label" '%s' "$load_start-$load_end"
+    printf -v "cpu_pct_$label" '%s' "$(awk -v a="${ticks0[$label]}" -v b="$ticks1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+      'BEGIN { printf "%.2f", 100 * (b - a) / hz / ((t1 - t0) / 1e9) }')"
+    printf -v "rss_mib_$label" '%s' "$(sort -n "$WORK/rss-$label" | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1024 }')"
+    printf -v "hwm_mib_$label" '%s' "$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", k / 1024 }')"
+    # The daemon logs the scope in snake_case ("processes"); "Processes" is what older builds
+    # wrote. Either is a process-only scan.
+    tail -n +"$((lines[$label] + 1))" "$AGENT_LOG" |
+      grep '"message":"scan complete"' | grep -i '"scope":"processes"' >"$WORK/window-scans" || true
+    local n
+    n=$(wc -l <"$WORK/window-scans")
+    ((n > 0)) || die "no process scan of the $label agent completed in the window"
+    printf -v "warm_n_$label" '%s' "$n"
+    jq -r '.duration_ms' "$WORK/window-scans" | sort -n >"$WORK/warm-ms"
+    printf -v "warm_median_$label" '%s' "$(awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }' "$WORK/warm-ms")"
+    printf -v "warm_max_$label" '%s' "$(tail -1 "$WORK/warm-ms")"
+    # The agent's CPU time during each scan (logged as cpu_ms since the warm path work; n/a for
+    # builds before): what the scan costs, whatever else competes for the cores.
+    printf -v "warm_cpu_$label" '%s' "$(jq -r '.cpu_ms // empty' "$WORK/window-scans" | sort -n |
+      awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "n/a" }')"
+    printf -v "warm_procs_$label" '%s' "$(jq -r '.processes' "$WORK/window-scans" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
+    printf -v "hist_mean_ms_$label" '%s' "$(awk -v s0="${sum0[$label]}" -v s1="$sum1" -v c0="${count0[$label]}" -v c1="$count1" \
+      'BEGIN { if (c1 > c0) printf "%.1f", 1000 * (s1 - s0) / (c1 - c0); else print "n/a" }')"
+    printf -v "cold_ms_$label" '%s' "$(grep '"message":"scan complete"' "$AGENT_LOG" | head -1 | jq -r .duration_ms)"
+  done
+}
+
+# With BASELINE, both agents run at once and are measured over the same window: on a machine
+# shared with other work, windows taken one after the other see different load (other
+# people's execs, each read and hashed by the agent, dominate a quiet agent's CPU), and the
+# comparison would say more about them than about the agents.
 if [[ -n $BASELINE ]]; then
   [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
-  measure_agent "$BASELINE" baseline
-  base_cpu=$cpu_pct base_hwm=$hwm_mib base_rss=$rss_mib base_warm=$warm_median
-  base_warm_max=$warm_max base_cold=$cold_ms
+  start_measured "$BASELINE" baseline
+  start_measured "$NODEGUARD" agent
+  measure_window baseline agent
+  base_cpu=$cpu_pct_baseline base_hwm=$hwm_mib_baseline base_rss=$rss_mib_baseline
+  base_warm=$warm_median_baseline base_warm_max=$warm_max_baseline base_cold=$cold_ms_baseline
+  base_load=$load_baseline base_warm_cpu=$warm_cpu_baseline
   echo "baseline: CPU $base_cpu %, warm scan $base_warm ms median ($base_warm_max max), RSS $base_rss MiB steady, $base_hwm MiB peak"
+  use_agent baseline
   stop_agent
+else
+  start_measured "$NODEGUARD" agent
+  measure_window agent
 fi
-measure_agent "$NODEGUARD" agent
-AGENT_LOG=$WORK/agent-agent.log
+use_agent agent
+cpu_pct=$cpu_pct_agent hwm_mib=$hwm_mib_agent rss_mib=$rss_mib_agent warm_median=$warm_median_agent
+warm_max=$warm_max_agent warm_n=$warm_n_agent warm_procs=$warm_procs_agent warm_cpu=$warm_cpu_agent
+hist_mean_ms=$hist_mean_ms_agent cold_ms=$cold_ms_agent load_start=${load_agent%-*} load_end=${load_agent#*-}
 
 # ---------------------------------------------------------------------------------------------
 # /metrics under SCRAPERS concurrent scrapers
@@ -271,11 +251,13 @@ for ok in "$cpu_ok" "$rss_ok" "$hwm_ok" "$scan_ok" "$lat_ok"; do ((ok)) || misse
 echo
 echo "==== nodeguard run: $CONTAINERS containers, ~$warm_procs processes per scan, interval $INTERVAL ===="
 echo "  (old: $old_what)"
+echo "  1-minute load average over the window: $load_start-$load_end (old: ${base_load:-n/a}) on $(nproc) cores"
 printf '  CPU (%ss window)        %8s %% of one core   (target <= 0.5 %%)  %s   old %s %%: %s\n' "$WINDOW" "$cpu_pct" "$(verdict "$cpu_ok")" "$base_cpu" "$(ratio "$base_cpu" "$cpu_pct")"
 printf '  RSS steady (median)     %8s MiB              (target <= 25 MiB) %s   old %s MiB: %s\n' "$rss_mib" "$(verdict "$rss_ok")" "$base_rss" "$(ratio "$base_rss" "$rss_mib")"
 printf '  RSS peak (VmHWM)        %8s MiB              (target <= 40 MiB) %s   old %s MiB\n' "$hwm_mib" "$(verdict "$hwm_ok")" "${base_hwm:-n/a}"
 printf '  warm process scan       %8s ms median, %s ms max over %s scans; histogram mean %s ms  (target <= 20 ms) %s   old %s ms: %s\n' \
   "$warm_median" "$warm_max" "$warm_n" "$hist_mean_ms" "$(verdict "$scan_ok")" "$base_warm" "$(ratio "$base_warm" "$warm_median")"
+printf '  warm scan CPU time      %8s ms median (the agent'"'"'s user+system time during a scan)   old %s ms\n' "$warm_cpu" "${base_warm_cpu:-n/a}"
 printf '  cold first scan         %8s ms   old %s ms\n' "$cold_ms" "${base_cold:-n/a}"
 printf '  /metrics x%s concurrent  p50 %s ms, p99 %s ms, max %s ms over %s scrapes, %s failed  (target p99 < 10 ms) %s\n' \
   "$SCRAPERS" "$p50" "$p99" "$pmax" "$lat_n" "$failed" "$(verdict "$lat_ok")"

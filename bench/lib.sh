@@ -1,10 +1,13 @@
-# Shared by bench/scan_vs_shell.sh and bench/daemon_bench.sh (sourced, not run): the release
-# binary, runc containers under kubepods cgroup paths like containerd's, and their teardown.
+# Shared by the bench scripts (sourced, not run): the release binary, runc containers under
+# kubepods cgroup paths like containerd's, and their teardown; for the agent benches
+# (daemon_bench.sh, exec_bench.sh) also the loaded containers, the agent's start on a free
+# loopback port, its metrics and its stop.
 #
 # The caller sets `set -euo pipefail`, calls bench_workdir, installs a cleanup trap that calls
-# teardown_containers, builds its images, defines image_processes IMAGE (echoing "INIT|EXEC" or
-# "INIT|EXEC|SHELL": JSON argv lists, and a shell path the caller may use itself) and calls
-# start_container N IMAGE for each container.
+# teardown_containers (bench_cleanup does that and stop_agent), builds its images, defines
+# image_processes IMAGE (echoing "INIT|EXEC" or "INIT|EXEC|SHELL": JSON argv lists, and a shell
+# path the caller may use itself; base_image_processes serves make_base_images' images) and
+# calls start_container N IMAGE (or start_loaded_container) for each container.
 
 die() { echo "$(basename "$0" .sh): $*" >&2; exit 1; }
 
@@ -162,4 +165,75 @@ start_container() {
     { cat "$dir/log" >&2; die "exec in container $n failed"; }
   CONTAINER_ID=$id
   CONTAINER_DIR=$dir
+}
+
+# base_image_processes IMAGE: image_processes for make_base_images' two images.
+base_image_processes() {
+  case $1 in
+    "$BUSYBOX_IMG") echo '["/bin/sleep","3600"]|["/bin/tail","-f","/dev/null"]|/bin/sh' ;;
+    *) echo '["/usr/bin/sleep","3600"]|["/usr/bin/tail","-f","/dev/null"]|/usr/bin/dash' ;;
+  esac
+}
+
+# start_loaded_container N IMAGE: start_container, plus a shell (image_processes' third field)
+# that starts EXTRA_PER_CONTAINER sleeps and waits for them.
+start_loaded_container() {
+  local n=$1 img=$2 shell
+  start_container "$n" "$img"
+  IFS='|' read -r _ _ shell <<<"$(image_processes "$img")"
+  runc --root "$RUNC_ROOT" exec -d "$CONTAINER_ID" "$shell" -c \
+    "i=0; while [ \$i -lt $EXTRA_PER_CONTAINER ]; do sleep 3600 & i=\$((i + 1)); done; wait" \
+    </dev/null >>"$CONTAINER_DIR/log" 2>&1 ||
+    { cat "$CONTAINER_DIR/log" >&2; die "exec of the sleeps in container $n failed"; }
+}
+
+# ---------------------------------------------------------------------------------------------
+# The agent (AGENT_PID, AGENT_LOG, URL)
+
+AGENT_PID=""
+CLK_TCK=$(getconf CLK_TCK)
+
+port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
+
+# pick_port: PORT, a free loopback port, and URL.
+pick_port() {
+  local candidate
+  PORT=""
+  for _ in $(seq 50); do
+    candidate=$((20000 + RANDOM % 20000))
+    if port_free "$candidate"; then PORT=$candidate; break; fi
+  done
+  [[ -n $PORT ]] || die "no free loopback port found"
+  URL=http://127.0.0.1:$PORT
+}
+
+metric() { # metric SERIES: its value in /metrics (0.0.4 text), empty when absent
+  # awk reads to the end: exiting early would fail curl's write (23) and, under pipefail, this.
+  curl -sf --max-time 10 "$URL/metrics" | awk -v s="$1" '$1 == s && !found { print $2; found = 1 }'
+}
+scans_done() { grep -c '"message":"scan complete"' "$AGENT_LOG" || true; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$AGENT_PID/stat"; }
+status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$AGENT_PID/status"; }
+
+stop_agent() {
+  [[ -n $AGENT_PID ]] || return 0
+  if kill -0 "$AGENT_PID" 2>/dev/null; then
+    kill -TERM "$AGENT_PID"
+    for _ in $(seq 100); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$AGENT_PID" 2>/dev/null && { echo "warning: agent ignored SIGTERM; killing it" >&2; kill -KILL "$AGENT_PID"; }
+    wait "$AGENT_PID" 2>/dev/null || true
+  fi
+  AGENT_PID=""
+}
+
+# The EXIT trap of an agent bench: `trap bench_cleanup EXIT`.
+# A caller with several agents defines bench_cleanup_hook to stop the others.
+bench_cleanup() {
+  local status=$?
+  set +e
+  echo
+  if declare -F bench_cleanup_hook >/dev/null; then bench_cleanup_hook; fi
+  stop_agent
+  teardown_containers
+  exit "$status"
 }

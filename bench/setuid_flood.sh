@@ -89,13 +89,7 @@ echo "  planted $(find "$CONTAINER_DIR/upper" -xdev -perm -4000 -type f | wc -l)
 measure_scan flood
 scan_rss=$SCAN_RSS_MIB
 
-port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
-PORT=""
-for _ in $(seq 50); do
-  candidate=$((20000 + RANDOM % 20000))
-  if port_free "$candidate"; then PORT=$candidate; break; fi
-done
-[[ -n $PORT ]] || die "no free loopback port"
+pick_port # bench/lib.sh: PORT and URL
 mkdir -p "$WORK/state"
 AGENT_LOG=$WORK/agent.log
 "$NODEGUARD" run --listen "127.0.0.1:$PORT" --interval 5s --fs-interval 5s --kube off \

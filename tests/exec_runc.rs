@@ -3,7 +3,8 @@
 //! that lives 200 ms is caught and stays reported after it exits, and when the kernel's
 //! process-events connector refuses the agent (a network namespace of its own) the agent says
 //! so once, exports `nodeguard_exec_events_source{source="polling"} 1`, and its scans still
-//! find things.
+//! find things. An exec storm against a small socket buffer loses events: they are counted,
+//! a full scan follows, and what the storm left running is reported.
 //!
 //! Ground truth comes from outside nodeguard: `sha256sum` of the binary in the image, the pid
 //! `runc exec --pid-file` wrote, `/proc` after the process exited.
@@ -135,14 +136,21 @@ fn planted() -> Planted {
 /// An agent with `planted`'s policy and an hour's intervals, after its first scans and
 /// hearing execs over the connector; the process scans it had run then.
 fn hourly_agent(planted: &Planted) -> (Agent, f64) {
-    let agent = Agent::start(&[
+    hourly_agent_with(planted, &[])
+}
+
+/// [`hourly_agent`] with more arguments.
+fn hourly_agent_with(planted: &Planted, extra: &[&str]) -> (Agent, f64) {
+    let mut args = vec![
         "--interval",
         "1h",
         "--fs-interval",
         "1h",
         "--config",
         planted.policy.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
     (agent, scans_before)
@@ -287,6 +295,108 @@ fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
     assert!(
         ours.get("exited").is_none(),
         "a running container is not exited: {ours}"
+    );
+}
+
+/// The command line of host process `pid` as a user reads it, `None` when it is gone.
+fn cmdline(pid: i32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&raw)
+            .trim_end_matches('\0')
+            .replace('\0', " "),
+    )
+}
+
+/// The storm: execs faster than a small socket buffer (`--exec-buffer 4096`, the
+/// smallest the agent accepts) can hold. The kernel drops events; the agent counts them in
+/// `nodeguard_exec_events_lost_total`, says so, and brings a full scan forward (the interval
+/// is an hour, so any scan after the first ones is that); and every denied process started
+/// during the storm that still runs after it is reported, whether its own event arrived or
+/// was lost.
+#[test]
+fn an_exec_storm_that_overruns_the_buffer_is_counted_and_a_full_scan_reports_what_it_left_running()
+{
+    require_containers!();
+    let planted = planted();
+    let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
+    let (agent, scans_before) = hourly_agent_with(&planted, &["--exec-buffer", "4096"]);
+    let lost_before = agent
+        .metric("nodeguard_exec_events_lost_total")
+        .unwrap_or(0.0);
+
+    // Four shells exec `true` 3,000 times each; each also starts three long-lived denied
+    // processes early on (`exec` of busybox-evil from a subshell: no shell left above it),
+    // while the storm still has most of its way to go.
+    const LOOPS: usize = 4;
+    const EXECS: usize = 3000;
+    let storm = format!(
+        "i=0; while [ $i -lt {EXECS} ]; do /bin/true; case $i in 200|400|600) (exec {evil} sleep 600) & ;; esac; i=$((i+1)); done"
+    );
+    let shells: Vec<i32> = (0..LOOPS)
+        .map(|_| container.exec_detached(&["/bin/sh", "-c", &storm]))
+        .collect();
+    wait_for_every(
+        Duration::from_millis(100),
+        "the storm shells to finish",
+        Duration::from_secs(180),
+        || match shells.iter().filter(|p| cmdline(**p).is_some()).count() {
+            0 => Ok(()),
+            n => Err(format!("{n} storm shells still run")),
+        },
+    );
+    let lost = agent
+        .metric("nodeguard_exec_events_lost_total")
+        .unwrap_or(0.0)
+        - lost_before;
+    assert!(
+        lost >= 1.0,
+        "{} execs against an 8 KiB socket buffer lost no event: the storm did not overrun it",
+        LOOPS * EXECS
+    );
+    assert!(
+        agent.log_text().contains("exec events were lost"),
+        "the agent must say that events were lost"
+    );
+    // What the storm left running, by the kernel's word.
+    let want = format!("{evil} sleep 600");
+    let running: Vec<i32> = container
+        .pids()
+        .into_iter()
+        .filter(|p| cmdline(*p).as_deref() == Some(want.as_str()))
+        .collect();
+    assert_eq!(running.len(), LOOPS * 3, "sleepers by runc ps: {running:?}");
+    assert!(
+        process_scans(&agent) > scans_before,
+        "no full scan followed the lost events (interval 1h)"
+    );
+    // One denied_binary finding per container and digest; the processes behind it are on
+    // /v1/processes, each with its digest.
+    wait_for_every(
+        Duration::from_millis(100),
+        "every sleeper the storm left reported with the denied digest",
+        Duration::from_secs(10),
+        || {
+            if denied(&agent, &container.id, digest).is_empty() {
+                return Err("no denied_binary finding".into());
+            }
+            let listed = agent.get_json(&format!("/v1/processes?container={}", container.id));
+            let listed = listed["processes"].as_array().cloned().unwrap_or_default();
+            let missing: Vec<&i32> = running
+                .iter()
+                .filter(|pid| {
+                    !listed.iter().any(|p| {
+                        p["pid"].as_i64() == Some(i64::from(**pid))
+                            && p["sha256"] == digest.as_str()
+                    })
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not on /v1/processes with the digest: {missing:?}"))
+            }
+        },
     );
 }
 

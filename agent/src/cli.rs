@@ -381,6 +381,17 @@ pub struct RunArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration, env = "NODEGUARD_EXEC_RETENTION")]
     pub exec_retention: std::time::Duration,
 
+    /// Receive buffer of the exec event socket, in bytes (the kernel doubles it and drops
+    /// events when it is full: counted, and a full scan follows). The default rides out
+    /// storms of thousands of execs a second; a smaller one costs less kernel memory.
+    #[arg(
+        long,
+        default_value_t = nodeguard_procevents::RECV_BUFFER_DEFAULT,
+        value_parser = clap::value_parser!(u32).range(4096..=(256 << 20)),
+        env = "NODEGUARD_EXEC_BUFFER"
+    )]
+    pub exec_buffer: u32,
+
     /// Keep open findings in wgpolicyk8s.io/v1alpha2 PolicyReports (one per namespace and
     /// node) and a ClusterPolicyReport (host findings), as Kyverno and Trivy Operator do;
     /// `--policy-reports=false` turns them off. Needs the CRDs (manifests/crds/); without

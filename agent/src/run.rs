@@ -47,7 +47,7 @@ const EXEC_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The exec event source for `--exec-events`: the process-events connector, proved with a
 /// probe (this binary with `--version`); when it cannot be had, why, logged once, and `None`
 /// (polling, as `nodeguard_exec_events_source` then says).
-async fn exec_feed(choice: ExecEventsArg) -> Option<ExecFeed> {
+async fn exec_feed(choice: ExecEventsArg, recv_buffer: u32) -> Option<ExecFeed> {
     if choice == ExecEventsArg::Off {
         tracing::info!("--exec-events off: processes are seen by the scans on the interval only");
         return None;
@@ -55,6 +55,7 @@ async fn exec_feed(choice: ExecEventsArg) -> Option<ExecFeed> {
     let program = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let options = nodeguard_procevents::Options {
         capacity: EXEC_QUEUE,
+        recv_buffer,
         probe: Some(nodeguard_procevents::Probe {
             program,
             args: vec!["--version".into()],
@@ -123,6 +124,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         events = !args.no_events,
         exec_events = %crate::cli::value_name(args.exec_events),
         exec_retention = %crate::cli::format_duration(args.exec_retention),
+        exec_buffer = args.exec_buffer,
         policy_reports = args.policy_reports,
         "nodeguard starting with this effective configuration"
     );
@@ -173,7 +175,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         },
         policy_path: args.settings.config.clone(),
         pods,
-        exec_feed: exec_feed(args.exec_events).await,
+        exec_feed: exec_feed(args.exec_events, args.exec_buffer).await,
     };
     let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
 

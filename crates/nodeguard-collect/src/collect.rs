@@ -133,6 +133,10 @@ struct Chunk {
     raws: Vec<RawProcess>,
     seeds: BTreeMap<String, ContainerSeed>,
     log: Log,
+    /// Handles opened by this pass on processes it read, to keep for the next one.
+    opened: Vec<PidDir>,
+    /// Pids read through the handle kept from an earlier pass (kept on).
+    held_read: Vec<i32>,
 }
 
 fn read_chunk(
@@ -140,6 +144,7 @@ fn read_chunk(
     pids: &[i32],
     host_namespaces: &Namespaces,
     known: &Known,
+    budget: usize,
 ) -> Chunk {
     let mut chunk = Chunk::default();
     // `stat`, `status`, `cmdline` and `cgroup` fit in a page; each read zero-fills the spare
@@ -148,26 +153,54 @@ fn read_chunk(
     let mut mountinfo = Vec::new();
     let mut kthread_ns = None;
     let mut cgroups = CgroupMemo::default();
+    let mut room = budget;
     for &pid in pids {
-        let dir = match PidDir::open(proc_fd, pid) {
-            Ok(d) => d,
-            Err(f) => {
+        // A handle kept from an earlier pass reaches only the process it was opened on: when
+        // that one is gone the pid may be another process's already, so it is opened afresh.
+        let held = known.dir(pid);
+        let mut fresh = None;
+        let mut result = held.map(|dir| {
+            read_process(
+                dir,
+                &mut buf,
+                &mut kthread_ns,
+                &mut cgroups,
+                known.get(pid),
+                known.execs_watched,
+            )
+        });
+        if held.is_none() || matches!(result, Some(Err(Failure::Vanished))) {
+            let dir = match PidDir::open(proc_fd, pid) {
+                Ok(d) => d,
+                Err(f) => {
+                    chunk.log.failure(f);
+                    continue;
+                }
+            };
+            // Not the handle the known entry was read through: its start time decides.
+            let known_here = if held.is_none() { known.get(pid) } else { None };
+            result = Some(read_process(
+                &dir,
+                &mut buf,
+                &mut kthread_ns,
+                &mut cgroups,
+                known_here,
+                false,
+            ));
+            fresh = Some(dir);
+        }
+        let mut raw = match result {
+            Some(Ok(r)) => r,
+            Some(Err(f)) => {
                 chunk.log.failure(f);
                 continue;
             }
+            None => continue,
         };
-        let mut raw = match read_process(
-            &dir,
-            &mut buf,
-            &mut kthread_ns,
-            &mut cgroups,
-            known.get(pid),
-        ) {
-            Ok(r) => r,
-            Err(f) => {
-                chunk.log.failure(f);
-                continue;
-            }
+        let dir = match (&fresh, held) {
+            (Some(d), _) => d,
+            (None, Some(d)) => d,
+            (None, None) => continue,
         };
         for (kind, note) in raw.notes.drain(..) {
             chunk.log.error(kind, note);
@@ -207,6 +240,15 @@ fn read_chunk(
             }
         }
         chunk.raws.push(raw);
+        if held.is_some() && fresh.is_none() {
+            chunk.held_read.push(pid);
+        }
+        if let Some(dir) = fresh {
+            if room > 0 {
+                room -= 1;
+                chunk.opened.push(dir);
+            }
+        }
     }
     chunk
 }
@@ -220,15 +262,19 @@ fn read_all(
     known: &Known,
     log: &mut Log,
     threads: usize,
-) -> (Vec<RawProcess>, BTreeMap<String, ContainerSeed>) {
+    budget: usize,
+) -> (Vec<RawProcess>, BTreeMap<String, ContainerSeed>, Chunk) {
     let chunks: Vec<Chunk> = if threads <= 1 || pids.len() < 2 {
-        vec![read_chunk(proc_fd, pids, host_namespaces, known)]
+        vec![read_chunk(proc_fd, pids, host_namespaces, known, budget)]
     } else {
         let size = pids.len().div_ceil(threads);
+        let share = budget / threads;
         std::thread::scope(|scope| {
             let handles: Vec<_> = pids
                 .chunks(size)
-                .map(|run| scope.spawn(move || read_chunk(proc_fd, run, host_namespaces, known)))
+                .map(|run| {
+                    scope.spawn(move || read_chunk(proc_fd, run, host_namespaces, known, share))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -241,9 +287,13 @@ fn read_all(
     };
     let mut raws = Vec::with_capacity(pids.len());
     let mut seeds: BTreeMap<String, ContainerSeed> = BTreeMap::new();
-    for chunk in chunks {
+    // Only the handles of the pass (`opened`, `held_read`) are gathered here.
+    let mut handles = Chunk::default();
+    for mut chunk in chunks {
         let offset = raws.len();
         raws.extend(chunk.raws);
+        handles.opened.append(&mut chunk.opened);
+        handles.held_read.append(&mut chunk.held_read);
         for (id, mut seed) in chunk.seeds {
             match seeds.get_mut(&id) {
                 Some(existing) => {
@@ -260,7 +310,7 @@ fn read_all(
         }
         log.absorb(chunk.log);
     }
-    (raws, seeds)
+    (raws, seeds, handles)
 }
 
 /// Reader threads for `pids` processes: one per core, none for a few hundred.
@@ -452,7 +502,19 @@ pub(crate) struct Reuse {
     pass: u64,
     /// Each process is read in full at least once in this many passes.
     full_read_every: u64,
+    /// An open `/proc/PID` per process the last pass read, at most `dir_budget` of them.
+    dirs: HashMap<i32, PidDir>,
+    dir_budget: usize,
+    /// Whether an exec event source reports every exec to [`Reuse::execd`].
+    execs_watched: bool,
+    /// Events may have been lost (or were not watched) since the last pass began.
+    execs_lost: bool,
+    /// Pids that exec'd since the last pass began.
+    execd: HashSet<i32>,
 }
+
+/// Pids remembered as exec'd between passes; past this many the next pass re-checks all.
+const EXECD_MAX: usize = 1 << 16;
 
 impl Reuse {
     pub(crate) fn new(full_read_every: u32) -> Reuse {
@@ -461,11 +523,47 @@ impl Reuse {
             located: HashMap::new(),
             pass: 0,
             full_read_every: u64::from(full_read_every.max(1)),
+            dirs: HashMap::new(),
+            dir_budget: 0,
+            execs_watched: false,
+            execs_lost: true,
+            execd: HashSet::new(),
         }
     }
 
     pub(crate) fn processes(&self) -> usize {
         self.processes.len()
+    }
+
+    pub(crate) fn held_dirs(&self) -> usize {
+        self.dirs.len()
+    }
+
+    pub(crate) fn set_dir_budget(&mut self, budget: usize) {
+        self.dir_budget = budget;
+        if self.dirs.len() > budget {
+            self.dirs.clear();
+        }
+    }
+
+    pub(crate) fn watch_execs(&mut self, on: bool) {
+        if on != self.execs_watched {
+            self.execs_watched = on;
+            self.execs_lost = true;
+        }
+    }
+
+    pub(crate) fn execs_seen(&mut self, pids: &[i32]) {
+        if self.execd.len() + pids.len() > EXECD_MAX {
+            self.execs_lost = true;
+            self.execd.clear();
+        } else {
+            self.execd.extend(pids);
+        }
+    }
+
+    pub(crate) fn execs_lost(&mut self) {
+        self.execs_lost = true;
     }
 }
 
@@ -478,16 +576,25 @@ struct Known<'a> {
     processes: &'a HashMap<i32, Arc<Remembered>>,
     pass: u64,
     every: u64,
+    dirs: &'a HashMap<i32, PidDir>,
+    /// Exec events were watched and complete since the last pass began: a known process
+    /// read through its kept handle has not exec'd unless it is in `execd`.
+    execs_watched: bool,
+    execd: &'a HashSet<i32>,
 }
 
 impl Known<'_> {
     fn get(&self, pid: i32) -> Option<&Arc<Remembered>> {
         let turn = (self.pass + u64::from(pid.unsigned_abs())).is_multiple_of(self.every);
-        if turn {
+        if turn || self.execd.contains(&pid) {
             None
         } else {
             self.processes.get(&pid)
         }
+    }
+
+    fn dir(&self, pid: i32) -> Option<&PidDir> {
+        self.dirs.get(&pid)
     }
 }
 
@@ -546,18 +653,42 @@ fn collect_from(
 
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
     reuse.pass += 1;
+    // What the event source says about the time since the last pass began; from now on
+    // it speaks about the time since this one began.
+    let execs_watched = reuse.execs_watched && !reuse.execs_lost;
+    reuse.execs_lost = false;
+    let execd = std::mem::take(&mut reuse.execd);
+    let budget = reuse.dir_budget.saturating_sub(reuse.dirs.len());
     let known = Known {
         processes: &reuse.processes,
         pass: reuse.pass,
         every: reuse.full_read_every,
+        dirs: &reuse.dirs,
+        execs_watched,
+        execd: &execd,
     };
-    let (mut raws, mut seeds) =
-        read_all(&proc_fd, &pids, &host_namespaces, &known, &mut log, threads);
+    let (mut raws, mut seeds, handles) = read_all(
+        &proc_fd,
+        &pids,
+        &host_namespaces,
+        &known,
+        &mut log,
+        threads,
+        budget,
+    );
     let reused = raws.iter().filter(|r| r.reused).count() as u64;
+    let watched = raws.iter().filter(|r| r.watched).count() as u64;
     reuse.processes = raws
         .iter_mut()
         .filter_map(|r| Some((r.process.pid, r.remember.take()?)))
         .collect();
+    let mut dirs: HashMap<i32, PidDir> = handles
+        .held_read
+        .iter()
+        .filter_map(|pid| Some((*pid, reuse.dirs.remove(pid)?)))
+        .collect();
+    dirs.extend(handles.opened.into_iter().map(|d| (d.pid, d)));
+    reuse.dirs = dirs;
     roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
     let containers = build_containers(opts, &seeds, &raws, &mut log);
@@ -577,6 +708,7 @@ fn collect_from(
         host_namespaces,
         host_bounding,
         processes_reused: reused,
+        processes_watched: watched,
     })
 }
 

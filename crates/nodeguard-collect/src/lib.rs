@@ -97,6 +97,9 @@ pub struct Snapshot {
     /// Processes whose command line, namespaces, cgroup attribution and container root were
     /// taken from an earlier full read by the same [`Collector`] rather than read again.
     pub processes_reused: u64,
+    /// Of those, the processes read the short way because exec events were watched and
+    /// complete (`status` and the `exe` link only; see [`Collector::watch_execs`]).
+    pub processes_watched: u64,
 }
 
 /// One process and the cache key of its executable.
@@ -153,6 +156,8 @@ pub struct Collector {
 impl Collector {
     /// Passes within which every process is read in full at least once.
     pub const FULL_READ_EVERY: u32 = 6;
+    /// The most `/proc/PID` handles kept open between passes.
+    pub const DIR_BUDGET_MAX: usize = 8192;
 
     pub fn new(options: CollectOptions) -> Collector {
         Collector::with_full_read_every(options, Collector::FULL_READ_EVERY)
@@ -161,10 +166,40 @@ impl Collector {
     /// A collector that reads every process in full at least once in `passes` passes (1:
     /// always, like [`collect`]).
     pub fn with_full_read_every(options: CollectOptions, passes: u32) -> Collector {
-        Collector {
-            options,
-            reuse: collect::Reuse::new(passes),
-        }
+        let mut reuse = collect::Reuse::new(passes);
+        reuse.set_dir_budget(default_dir_budget());
+        Collector { options, reuse }
+    }
+
+    /// Keeps at most `handles` `/proc/PID` directories open between passes (default: half
+    /// of the open-file limit above a reserve, at most [`Collector::DIR_BUDGET_MAX`]).
+    /// Processes beyond it are opened by path each pass and never read the short way.
+    pub fn set_dir_budget(&mut self, handles: usize) {
+        self.reuse.set_dir_budget(handles);
+    }
+
+    /// `/proc/PID` handles kept open now.
+    pub fn held_dirs(&self) -> usize {
+        self.reuse.held_dirs()
+    }
+
+    /// Whether an exec event source will tell [`Collector::execs_seen`] of every exec (and
+    /// [`Collector::execs_lost`] of every loss). While it does, a known process read through
+    /// its kept handle is read the short way: `status` and the `exe` link only. Turning it
+    /// on counts as a loss: the first pass after it re-checks every process.
+    pub fn watch_execs(&mut self, on: bool) {
+        self.reuse.watch_execs(on);
+    }
+
+    /// These processes exec'd: the next pass reads them in full.
+    pub fn execs_seen(&mut self, pids: &[i32]) {
+        self.reuse.execs_seen(pids);
+    }
+
+    /// Exec events were lost: the next pass re-checks every process's exec identity
+    /// (`stat`, the `exe` link and its stat) as if no events were watched.
+    pub fn execs_lost(&mut self) {
+        self.reuse.execs_lost();
     }
 
     pub fn options(&self) -> &CollectOptions {
@@ -181,4 +216,22 @@ impl Collector {
     pub fn remembered(&self) -> usize {
         self.reuse.processes()
     }
+}
+
+/// Half the open-file limit left after a reserve for everything else (sockets, files
+/// hashed, walks), at most [`Collector::DIR_BUDGET_MAX`]; 0 when the limit is unknown.
+fn default_dir_budget() -> usize {
+    const RESERVE: u64 = 512;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    let spare = limit.rlim_cur.saturating_sub(RESERVE) / 2;
+    usize::try_from(spare).map_or(Collector::DIR_BUDGET_MAX, |n| {
+        n.min(Collector::DIR_BUDGET_MAX)
+    })
 }

@@ -113,6 +113,15 @@ pub struct StatusFields {
     /// Absent before Linux 4.10.
     pub no_new_privs: Option<bool>,
     pub seccomp: Option<SeccompMode>,
+    /// `PPid`; `None` when the line is missing (the parent comes from `stat` then).
+    pub ppid: Option<i32>,
+}
+
+/// The raw value of the `Name:` line of `/proc/PID/status` (`comm`, escaped by the kernel).
+pub fn status_name(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(b"Name:")?;
+    let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 fn ids(value: &str) -> Option<Ids> {
@@ -143,6 +152,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
     let text = String::from_utf8_lossy(bytes);
     let (mut uids, mut gids, mut inh, mut prm, mut eff) = (None, None, None, None, None);
     let (mut bnd, mut amb, mut nnp, mut seccomp) = (None, None, None, None);
+    let mut ppid = None;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
@@ -151,6 +161,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
         match key {
             "Uid" => uids = Some(ids(value).ok_or_else(|| bad("Uid"))?),
             "Gid" => gids = Some(ids(value).ok_or_else(|| bad("Gid"))?),
+            "PPid" => ppid = Some(value.trim().parse::<i32>().map_err(|_| bad("PPid"))?),
             "CapInh" => inh = Some(mask(value).ok_or_else(|| bad("CapInh"))?),
             "CapPrm" => prm = Some(mask(value).ok_or_else(|| bad("CapPrm"))?),
             "CapEff" => eff = Some(mask(value).ok_or_else(|| bad("CapEff"))?),
@@ -185,6 +196,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
         cap_amb: amb,
         no_new_privs: nnp,
         seccomp,
+        ppid,
     })
 }
 
@@ -487,6 +499,8 @@ pub struct Remembered {
     /// The root filesystem this process's `mountinfo` showed (`None` inside: none at `/`),
     /// once read.
     pub mount_root: std::sync::OnceLock<Option<crate::mountinfo::ContainerRoot>>,
+    /// The `Name:` value of `status` as read then (the kernel's escaping of `comm`).
+    pub status_name: Vec<u8>,
 }
 
 /// `/proc/PID/cgroup` files parsed by one reader, by their text: the processes of a container
@@ -555,6 +569,8 @@ pub struct RawProcess {
     pub remember: Option<Arc<Remembered>>,
     /// Whether this read reused the previous pass's [`Remembered`].
     pub reused: bool,
+    /// Whether it was the short read of a process whose exec events are watched.
+    pub watched: bool,
 }
 
 /// Reads one process. `buf` is a scratch buffer reused across processes; `kthread_ns` keeps
@@ -576,6 +592,7 @@ pub fn read_process(
     kthread_ns: &mut Option<Namespaces>,
     cgroups: &mut CgroupMemo,
     known: Option<&Arc<Remembered>>,
+    execs_watched: bool,
 ) -> Result<RawProcess, Failure> {
     let pid = dir.pid;
     let malformed = |file: &'static str, reason: String| {
@@ -585,6 +602,11 @@ pub fn read_process(
             Failure::Vanished
         }
     };
+    if let (Some(k), true) = (known, execs_watched) {
+        if let Some(raw) = read_watched(dir, buf, k)? {
+            return Ok(raw);
+        }
+    }
     dir.read("stat", buf, 4096)?;
     let stat = parse_stat(buf).map_err(|r| malformed("stat", r))?;
     dir.read("status", buf, 64 * 1024)?;
@@ -623,6 +645,7 @@ pub fn read_process(
             notes: Vec::new(),
             remember: None,
             reused: false,
+            watched: false,
         });
     }
 
@@ -656,40 +679,12 @@ pub fn read_process(
             && k.exec.exe_stat == exe_stat
     });
     if let Some(k) = same {
-        let container_id = k.container.as_ref().map(|c| c.cgroup.id.clone());
-        let process = assemble(
-            pid,
-            stat,
-            &status,
-            k.cmdline.clone(),
-            exe_path.as_deref(),
-            exe_deleted,
-            container_id,
-            k.namespaces.clone(),
-        );
-        let mut notes = Vec::new();
-        if k.cgroup_malformed > 0 {
-            notes.push((
-                "cgroup",
-                format!(
-                    "pid {pid}: {} malformed line(s) in cgroup file skipped",
-                    k.cgroup_malformed
-                ),
-            ));
-        }
-        return Ok(RawProcess {
-            process,
-            exe_path,
-            exe_identity: exe_stat,
-            cgroup: k.cgroup.clone(),
-            container: k.container.clone(),
-            start_ticks: Some(k.exec.start_ticks),
-            notes,
-            remember: Some(Arc::clone(k)),
-            reused: true,
-        });
+        let exe = exe_path.map(|path| (path, exe_deleted));
+        return Ok(reuse(pid, k, stat, &status, exe, exe_stat, false));
     }
 
+    // `buf` still holds `status`.
+    let name = status_name(buf).unwrap_or_default().to_vec();
     dir.read("cmdline", buf, CMDLINE_MAX)?;
     let cmdline = cmdline_text(buf);
     dir.read("cgroup", buf, 64 * 1024)?;
@@ -720,6 +715,7 @@ pub fn read_process(
             container: container.clone(),
             cgroup_malformed: skipped,
             mount_root: Default::default(),
+            status_name: name,
         })
     });
     let container_id = container.as_ref().map(|c| c.cgroup.id.clone());
@@ -743,7 +739,116 @@ pub fn read_process(
         notes,
         remember,
         reused: false,
+        watched: false,
     })
+}
+
+/// The read of a known process while exec events are watched and none was lost (see
+/// [`read_process`]): `status`, then the `exe` link, nothing else. `Ok(None)` when what they
+/// show is not what `known` remembers (a renamed or re-executed process: read it in full).
+///
+/// Sound only when `dir` was opened on an earlier pass and `known` describes the process
+/// that pass read through it: a `/proc/PID` handle stays bound to the process it was opened
+/// for (a reused pid is another process whose files the old handle does not reach: the
+/// reads fail as vanished), so no start time is needed to tell a reused pid apart, and an
+/// exec in between would have come as an event, which makes the caller drop `known`.
+fn read_watched(
+    dir: &PidDir,
+    buf: &mut Vec<u8>,
+    known: &Arc<Remembered>,
+) -> Result<Option<RawProcess>, Failure> {
+    let pid = dir.pid;
+    dir.read("status", buf, 64 * 1024)?;
+    let Ok(status) = parse_status(buf) else {
+        return Ok(None);
+    };
+    // comm is rewritten by every exec; a status cut short says no name.
+    let (Some(ppid), Some(name)) = (status.ppid, status_name(buf)) else {
+        return Ok(None);
+    };
+    if name != known.status_name.as_slice() {
+        return Ok(None);
+    }
+    // The link, not its stat: it says whether the file was deleted since, and it is the
+    // cheapest second witness of an exec whose event is still on its way.
+    let exe_link = match dir.readlink("exe") {
+        Ok(target) => target,
+        Err(Failure::Denied) => return Err(Failure::Denied),
+        // A zombie (no exe any more), or gone: the full read sorts it out.
+        Err(_) => return Ok(None),
+    };
+    if known.exec.exe_link.as_deref() != Some(exe_link.as_slice()) {
+        return Ok(None);
+    }
+    let (path, deleted) = strip_deleted(&exe_link);
+    let stat = StatFields {
+        pid,
+        comm: known.exec.comm.clone(),
+        state: 'S',
+        ppid,
+        flags: 0,
+        start_ticks: Some(known.exec.start_ticks),
+        image_marks: known.exec.image_marks,
+    };
+    Ok(Some(reuse(
+        pid,
+        known,
+        stat,
+        &status,
+        Some((path.to_vec(), deleted)),
+        known.exec.exe_stat,
+        true,
+    )))
+}
+
+/// Process `pid` built from what `known` remembers and what this pass read: `stat` (or what
+/// stands for it), `status`, the `exe` link (path, deleted) and the running file's identity.
+fn reuse(
+    pid: i32,
+    known: &Arc<Remembered>,
+    stat: StatFields,
+    status: &StatusFields,
+    exe: Option<(Vec<u8>, bool)>,
+    exe_identity: Option<FileIdentity>,
+    watched: bool,
+) -> RawProcess {
+    let container_id = known.container.as_ref().map(|c| c.cgroup.id.clone());
+    let (exe_path, exe_deleted) = match exe {
+        Some((path, deleted)) => (Some(path), deleted),
+        None => (None, false),
+    };
+    let process = assemble(
+        pid,
+        stat,
+        status,
+        known.cmdline.clone(),
+        exe_path.as_deref(),
+        exe_deleted,
+        container_id,
+        known.namespaces.clone(),
+    );
+    let mut notes = Vec::new();
+    if known.cgroup_malformed > 0 {
+        notes.push((
+            "cgroup",
+            format!(
+                "pid {pid}: {} malformed line(s) in cgroup file skipped",
+                known.cgroup_malformed
+            ),
+        ));
+    }
+    RawProcess {
+        process,
+        exe_path,
+        exe_identity,
+        cgroup: known.cgroup.clone(),
+        container: known.container.clone(),
+        start_ticks: Some(known.exec.start_ticks),
+        notes,
+        remember: Some(Arc::clone(known)),
+        reused: true,
+        watched,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

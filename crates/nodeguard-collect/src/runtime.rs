@@ -257,6 +257,7 @@ mod tests {
             notes: Vec::new(),
             remember: None,
             reused: false,
+            watched: false,
         }
     }
 

@@ -276,8 +276,134 @@ fn exec_in_place_is_read_again() {
     assert_eq!(after.processes_reused, 1, "{:?}", after.processes);
 }
 
+/// With exec events watched, a pass trusts them: an exec reported (`execs_seen`) is read
+/// afresh, one into another program is seen by its `exe` link and name anyway, and after a
+/// loss (`execs_lost`) every process is re-checked as without events — which catches the
+/// exec that changes neither (a shell exec'ing itself), as the pass before, trusting the
+/// events, could not.
+#[test]
+fn with_exec_events_watched_reported_execs_are_read_afresh_and_a_loss_rechecks_all() {
+    if missing_prerequisite() {
+        return;
+    }
+    let mut ns = PidNs::start();
+    let fifos = [ns.fifo("reported"), ns.fifo("unreported"), ns.fifo("other")];
+    let itself = |fifo: &Path, n: u32| {
+        format!(
+            "sh -c 'read x < {}; exec sh -c \"sleep {n}; :\"'",
+            fifo.display()
+        )
+    };
+    let reported = ns.spawn("reported", &itself(&fifos[0], 1001));
+    let unreported = ns.spawn("unreported", &itself(&fifos[1], 1002));
+    let other = ns.spawn(
+        "other",
+        &format!("sh -c 'read x < {}; exec sleep 1003'", fifos[2].display()),
+    );
+    wait_until("the shells to read", || {
+        [reported, unreported, other]
+            .iter()
+            .all(|p| ns.cmdline(*p).starts_with("sh -c read"))
+            .then_some(())
+    });
+    let mut collector = ns.collector();
+    collector.watch_execs(true);
+    // The first pass after watching starts re-checks everything (and keeps the handles).
+    let first = collector.collect().unwrap();
+    assert_eq!(first.processes_watched, 0);
+    assert!(collector.held_dirs() >= 5, "{}", collector.held_dirs());
+    let quiet = collector.collect().unwrap();
+    assert_eq!(
+        quiet.processes_watched,
+        user_processes(&quiet),
+        "nothing exec'd: every process read the short way"
+    );
+
+    for fifo in &fifos {
+        release(fifo);
+    }
+    wait_until("the execs", || {
+        (ns.cmdline(reported).starts_with("sh -c sleep 1001")
+            && ns.cmdline(unreported).starts_with("sh -c sleep 1002")
+            && ns.cmdline(other) == "sleep 1003")
+            .then_some(())
+    });
+    collector.execs_seen(&[reported]);
+    let trusted = collector.collect().unwrap();
+    assert_eq!(
+        process(&trusted, reported).process.cmdline,
+        ns.cmdline(reported)
+    );
+    let slept = &process(&trusted, other).process;
+    assert_eq!(
+        (slept.cmdline.as_str(), slept.command.as_str()),
+        ("sleep 1003", "sleep")
+    );
+    assert_eq!(slept.exe.as_deref(), ns.exe(other).unwrap().to_str());
+    // Same executable, same name, no event: the pass took the events' word for it.
+    assert!(
+        process(&trusted, unreported)
+            .process
+            .cmdline
+            .contains("read x"),
+        "without an event or a loss the short read cannot tell this exec: {:?}",
+        process(&trusted, unreported).process
+    );
+
+    collector.execs_lost();
+    let rechecked = collector.collect().unwrap();
+    assert_eq!(
+        rechecked.processes_watched, 0,
+        "a loss: nothing read the short way"
+    );
+    assert_eq!(
+        process(&rechecked, unreported).process.cmdline,
+        ns.cmdline(unreported)
+    );
+    assert_eq!(
+        process(&rechecked, unreported).process.cmdline,
+        "sh -c sleep 1002; :"
+    );
+    // And the pass after that trusts the events again.
+    let again = collector.collect().unwrap();
+    assert_eq!(again.processes_watched, user_processes(&again));
+    assert_eq!(
+        process(&again, unreported).process.cmdline,
+        "sh -c sleep 1002; :"
+    );
+
+    // Without handles to keep (no budget), nothing is read the short way.
+    let mut unheld = ns.collector();
+    unheld.set_dir_budget(0);
+    unheld.watch_execs(true);
+    unheld.collect().unwrap();
+    let pass = unheld.collect().unwrap();
+    assert_eq!((pass.processes_watched, unheld.held_dirs()), (0, 0));
+    assert_eq!(pass.processes_reused, user_processes(&pass));
+}
+
+/// Processes other than the one at pid 2, which the collector takes for kthreadd.
+fn user_processes(s: &Snapshot) -> u64 {
+    s.processes
+        .iter()
+        .filter(|p| !p.process.kernel_thread)
+        .count() as u64
+}
+
 #[test]
 fn ids_capabilities_nnp_and_seccomp_changed_without_exec_are_seen() {
+    privileges_dropped_without_exec_are_seen(false);
+}
+
+/// With exec events watched a known process is read the short way (`status` and the `exe`
+/// link): what it changes on itself without an exec is still seen, because `status` is
+/// still read every pass.
+#[test]
+fn with_exec_events_watched_a_setuid_without_exec_is_still_seen() {
+    privileges_dropped_without_exec_are_seen(true);
+}
+
+fn privileges_dropped_without_exec_are_seen(watched: bool) {
     if missing_prerequisite() {
         return;
     }
@@ -318,6 +444,7 @@ sleep 1000;
             .then_some(())
     });
     let mut collector = ns.collector();
+    collector.watch_execs(watched);
     let before = collector.collect().unwrap();
     let p = &process(&before, pid).process;
     assert_eq!(p.uid, 0);
@@ -354,18 +481,33 @@ sleep 1000;
     assert_eq!(p.no_new_privs, Some(true));
     assert_eq!(ns.status(pid, "Seccomp"), "2");
     assert_eq!(p.seccomp, Some(SeccompMode::Filter));
-    // And it was a warm pass: both processes (init and perl) reused, not read afresh.
+    // And it was a warm pass: both processes (init and perl) reused, not read afresh; with
+    // events watched, both the short way.
     assert_eq!(after.processes_reused, 2);
+    assert_eq!(after.processes_watched, if watched { 2 } else { 0 });
 }
 
 #[test]
 fn a_reused_pid_is_a_new_process_and_gone_ones_are_forgotten() {
+    reused_pid(false);
+}
+
+/// With exec events watched and the new process's exec not reported: the `/proc/PID`
+/// handle kept from the first pass reaches only the first process, so the second one at
+/// the same pid is still read as new.
+#[test]
+fn with_exec_events_watched_a_reused_pid_is_still_a_new_process() {
+    reused_pid(true);
+}
+
+fn reused_pid(watched: bool) {
     if missing_prerequisite() {
         return;
     }
     let mut ns = PidNs::start();
     let first = ns.spawn("first", "sleep 1000");
     let mut collector = ns.collector();
+    collector.watch_execs(watched);
     let one = collector.collect().unwrap();
     assert_eq!(process(&one, first).process.cmdline, "sleep 1000");
     assert_eq!(collector.remembered(), 2, "init and the sleep");
@@ -400,6 +542,18 @@ fn by_pid(s: &Snapshot) -> BTreeMap<i32, &CollectedProcess> {
 
 #[test]
 fn a_warm_pass_equals_a_cold_pass_on_this_node() {
+    warm_equals_cold(false);
+}
+
+/// The short read (exec events watched) gives the same processes as a full one. Nothing
+/// reports this node's execs to the collector here, but a process that exec'd between the
+/// passes differs between the two cold ones and is not compared.
+#[test]
+fn with_exec_events_watched_a_warm_pass_equals_a_cold_pass_on_this_node() {
+    warm_equals_cold(true);
+}
+
+fn warm_equals_cold(watched: bool) {
     if !nix::unistd::geteuid().is_root() {
         skip("needs root to read every process");
         return;
@@ -412,11 +566,20 @@ fn a_warm_pass_equals_a_cold_pass_on_this_node() {
     // that do, so the comparison below always has something to compare.
     let sleepers = Sleepers::start(12);
     let mut collector = Collector::new(opts.clone());
+    collector.watch_execs(watched);
     collector.collect().unwrap();
     // Other work runs on this node: compare what did not change from a cold pass before the
     // warm one to a cold pass after it.
     let cold_before = nodeguard_collect::collect(&opts).unwrap();
     let warm = collector.collect().unwrap();
+    if watched {
+        assert!(
+            warm.processes_watched * 2 > warm.processes_reused,
+            "most reused processes read the short way: {} of {}",
+            warm.processes_watched,
+            warm.processes_reused
+        );
+    }
     let cold_after = nodeguard_collect::collect(&opts).unwrap();
     let user_processes = warm.processes.len() as u64 - warm.stats.kernel_threads;
     assert!(

@@ -151,6 +151,22 @@ enum Waited<T> {
 /// Waits for a pass on a blocking thread while answering control messages: a reload waits
 /// for the pass (`reload_pending`), a shutdown leaves it behind (the runtime's shutdown
 /// timeout bounds that).
+/// CPU time (user and system) of this process so far, `None` when the kernel does not say.
+fn process_cpu() -> Option<Duration> {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the struct it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let micros = |t: libc::timeval| {
+        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+    };
+    Some(Duration::from_micros(
+        micros(usage.ru_utime) + micros(usage.ru_stime),
+    ))
+}
+
 async fn wait_blocking<T>(
     mut joined: tokio::task::JoinHandle<T>,
     control: &mut mpsc::Receiver<Control>,
@@ -267,6 +283,10 @@ impl Daemon {
         };
         let feed_stats = exec_feed.as_ref().map(|f| Arc::clone(&f.stats));
         let mut lost_seen = 0u64;
+        let mut scanner = scanner;
+        // Every exec reaches the scanner (read, or noted before the first scan) and every
+        // loss is passed on, so its scans may skip re-checking what only an exec changes.
+        scanner.watch_execs(exec_feed.is_some());
         // When the exec reads waiting in the scanner are looked at (and merged if they
         // matter).
         let mut merge_at: Option<Instant> = None;
@@ -288,8 +308,16 @@ impl Daemon {
                 let Some(mut owned) = scanner.take() else {
                     return Err(Error::ScanThread("scanner lost".into()));
                 };
+                // Losses no event announced yet (the reader's channel was full).
+                if let Some(lost_now) = feed_stats.as_ref().map(|s| s.lost()) {
+                    if lost_now > lost_seen {
+                        lost_seen = lost_now;
+                        owned.exec_events_lost();
+                    }
+                }
                 let pods = Arc::clone(&pods);
                 let started = Instant::now();
+                let cpu_before = process_cpu();
                 let mut joined = tokio::task::spawn_blocking(move || {
                     let result = owned.scan(scope, pods.as_ref());
                     (owned, result)
@@ -313,6 +341,11 @@ impl Daemon {
                 };
                 scanner = Some(owned);
                 let elapsed = started.elapsed();
+                // The whole agent's CPU meanwhile (the scan's reader threads included): on a
+                // busy machine the wall time says more about the others than about the scan.
+                let cpu_ms = process_cpu().zip(cpu_before).map(|(after, before)| {
+                    (after.saturating_sub(before).as_secs_f64() * 1e4).round() / 10.0
+                });
                 match result {
                     Ok(report) => {
                         let kinds: &[ScanKind] = match scope {
@@ -341,6 +374,7 @@ impl Daemon {
                         tracing::info!(
                             scope = scope_name(scope),
                             duration_ms = elapsed.as_millis() as u64,
+                            cpu_ms,
                             processes = next.report.processes.len(),
                             containers = next.report.containers.len(),
                             findings = next.findings.len(),
@@ -395,6 +429,9 @@ impl Daemon {
                             tracing::warn!("exec events stopped; processes are now seen by the scans on the interval only");
                             exec_feed = None;
                             book.exec.source = ExecEventSource::Polling;
+                            if let Some(s) = scanner.as_mut() {
+                                s.watch_execs(false);
+                            }
                             continue;
                         }
                         // Nothing new: the held-back processes are read with an empty batch.
@@ -405,6 +442,9 @@ impl Daemon {
                             let lost_now = feed.stats.lost();
                             if lost || lost_now > lost_seen {
                                 lost_seen = lost_now;
+                                if let Some(s) = scanner.as_mut() {
+                                    s.exec_events_lost();
+                                }
                                 let soon = Instant::now() + RECONCILE_AFTER_LOSS;
                                 if soon < next_process {
                                     tracing::warn!(lost = lost_now, "exec events were lost; a full scan follows in {RECONCILE_AFTER_LOSS:?}");
@@ -412,8 +452,12 @@ impl Daemon {
                                 }
                             }
                             // Before the first scan there is nothing to add to; that scan
-                            // is due.
+                            // is due, and told of these execs in case it already read those
+                            // processes.
                             if book.last.is_none() || pids.is_empty() {
+                                if let Some(s) = scanner.as_mut() {
+                                    s.execs_seen(&pids);
+                                }
                                 continue;
                             }
                             pids

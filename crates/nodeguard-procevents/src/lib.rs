@@ -33,8 +33,9 @@ use parse::{parse_datagram, subscribe_request, Message, CN_IDX_PROC, PROC_EVENT_
 
 /// `PROC_CN_MCAST_LISTEN`.
 const MCAST_LISTEN: u32 = 1;
-/// What the reader asks the socket for: a few MiB ride out bursts of thousands of execs.
-const RECV_BUFFER_BYTES: libc::c_int = 4 << 20;
+/// What the reader asks the socket for by default: a few MiB ride out bursts of thousands
+/// of execs.
+pub const RECV_BUFFER_DEFAULT: u32 = 4 << 20;
 /// How often the reader wakes up to notice a closed channel.
 const RECV_TIMEOUT: Duration = Duration::from_millis(250);
 /// The largest datagram read at once; a longer one is counted as malformed.
@@ -90,6 +91,9 @@ pub struct Probe {
 pub struct Options {
     /// Events the channel holds before the reader drops (and counts) them.
     pub capacity: usize,
+    /// The socket's receive buffer in bytes (`SO_RCVBUF`; the kernel doubles it). When it
+    /// is full the kernel drops messages: counted in [`Stats::lost`].
+    pub recv_buffer: u32,
     /// `None`: trust the subscription without proof (tests of the parser only).
     pub probe: Option<Probe>,
 }
@@ -136,7 +140,7 @@ pub struct ExecEvents {
 /// Subscribes, proves it with the probe, and starts the reader thread. Blocks for up to
 /// twice the probe's timeout.
 pub fn start(options: Options) -> Result<ExecEvents, Error> {
-    let socket = Socket::open()?;
+    let socket = Socket::open(options.recv_buffer)?;
     let (sender, receiver) = mpsc::channel(options.capacity.max(1));
     let stats = Arc::new(Stats::default());
     let mut reader = Reader {
@@ -178,7 +182,7 @@ pub fn start(options: Options) -> Result<ExecEvents, Error> {
 struct Socket(OwnedFd);
 
 impl Socket {
-    fn open() -> Result<Socket, Error> {
+    fn open(recv_buffer: u32) -> Result<Socket, Error> {
         // SAFETY: plain socket(2); the result is checked before it is owned.
         let fd = unsafe {
             libc::socket(
@@ -193,11 +197,12 @@ impl Socket {
         // SAFETY: fd is a fresh, valid descriptor nobody else owns.
         let socket = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
         // Best effort: FORCE passes rmem_max with CAP_NET_ADMIN, the plain one is capped.
+        let bytes = libc::c_int::try_from(recv_buffer).unwrap_or(libc::c_int::MAX);
         if socket
-            .set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECV_BUFFER_BYTES)
+            .set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
             .is_err()
         {
-            let _ = socket.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER_BYTES);
+            let _ = socket.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
         }
         let timeout = libc::timeval {
             tv_sec: 0,
@@ -465,6 +470,7 @@ mod tests {
         }
         let mut events = start(Options {
             capacity: 1024,
+            recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
         })
         .expect("the connector works as root in the initial namespaces");
@@ -495,6 +501,7 @@ mod tests {
         }
         let events = start(Options {
             capacity: 1,
+            recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
         })
         .expect("the connector works as root");
@@ -522,6 +529,7 @@ mod tests {
             }
             match start(Options {
                 capacity: 8,
+                recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
             }) {
                 Ok(_) => Ok(None),

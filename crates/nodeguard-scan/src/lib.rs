@@ -241,10 +241,12 @@ impl Scanner {
             host_namespaces: _,
             host_bounding,
             processes_reused,
+            processes_watched,
         } = self.collector.collect()?;
         tracing::debug!(
             processes = processes.len(),
             reused = processes_reused,
+            watched = processes_watched,
             "processes collected"
         );
         let mut processes = processes;
@@ -522,6 +524,7 @@ impl Scanner {
     /// reports (full scans included) still carry it as it was read, so a process that lived
     /// for milliseconds keeps its findings open long enough for every sink to see them.
     pub fn read_execs(&mut self, pids: &[i32]) -> Result<ExecPassStats, Error> {
+        self.collector.execs_seen(pids);
         let wanted: Vec<i32> = pids.iter().chain(self.held_back.keys()).copied().collect();
         let Snapshot {
             processes: mut collected,
@@ -578,6 +581,24 @@ impl Scanner {
         pending.stats = merge_stats(std::mem::take(&mut pending.stats), pass_stats);
         pending.warnings.extend(warnings);
         Ok(pass)
+    }
+
+    /// Whether an exec event source reports every exec to [`Scanner::read_execs`] or
+    /// [`Scanner::execs_seen`] and every loss to [`Scanner::exec_events_lost`]. While it
+    /// does, a scan re-reads only what changes without an exec of the processes it knows
+    /// (see [`Collector::watch_execs`]).
+    pub fn watch_execs(&mut self, on: bool) {
+        self.collector.watch_execs(on);
+    }
+
+    /// These processes exec'd but are not read now: the next scan reads them in full.
+    pub fn execs_seen(&mut self, pids: &[i32]) {
+        self.collector.execs_seen(pids);
+    }
+
+    /// Exec events were lost: the next scan re-checks every process as without events.
+    pub fn exec_events_lost(&mut self) {
+        self.collector.execs_lost();
     }
 
     /// Takes out of `collected` (and their containers out of `fresh`) the processes still in
