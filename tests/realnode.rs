@@ -880,12 +880,16 @@ impl std::ops::Deref for Agent {
 impl Agent {
     /// Started, and its first scan done.
     fn start(bed: &Bed, name: &str, state_dir: Option<&Path>) -> Agent {
-        let interval = format!("{INTERVAL_SECS}s");
+        Agent::start_every(bed, name, state_dir, &format!("{INTERVAL_SECS}s"))
+    }
+
+    /// [`Agent::start`] with a process scan every `interval`.
+    fn start_every(bed: &Bed, name: &str, state_dir: Option<&Path>, interval: &str) -> Agent {
         let args = [
             "--node-name",
             bed.node(),
             "--interval",
-            &interval,
+            interval,
             "--fs-interval",
             "10m",
         ];
@@ -1494,6 +1498,93 @@ fn a_setuid_file_planted_in_a_running_containers_writable_layer_is_seen_within_a
             Ok(())
         }
     });
+    agent.stop();
+}
+
+/// Exec-time detection on the real node: with process scans an hour apart, a binary copied
+/// into a pod's writable layer and run there (through containerd, as `kubectl exec` does) is
+/// `binary_drift` on `/v1/findings` within seconds, named by the pod kubelet runs it in, and
+/// stays reported after it exits. Ground truth: the container id and pod names from
+/// `kubectl get pod -o json`, the path the test chose.
+#[test]
+fn a_binary_dropped_and_run_in_a_pod_is_drift_at_its_exec_named_by_its_pod() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let pod = bed.pod("burstable");
+    let id = only_container_id(&pod);
+    let agent = Agent::start_every(bed, "exec", None, "1h");
+    let exec_source = "nodeguard_exec_events_source{source=\"netlink\"}";
+    assert_eq!(agent.metric(exec_source), Some(1.0), "exec events on");
+    let scans_before = agent.full_scans().expect("scans counted");
+    // busybox runs the applet named by argv[1] when its own name starts with `busybox`.
+    let dropped = format!("/tmp/busybox-dropped-{}", support::random_hex(3));
+    let exec_id = format!("drop-{}", support::random_hex(3));
+    let script = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 1");
+    // The exec returns when the process exits: run it beside the polling.
+    let runner = {
+        let (bed_args, id) = (exec_id.clone(), id.clone());
+        let ctr = move || {
+            bed.ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                &bed_args,
+                &id,
+                "sh",
+                "-c",
+                &script,
+            ])
+        };
+        std::thread::spawn(ctr)
+    };
+    let drift = |f: &Value| {
+        f["kind"] == "binary_drift"
+            && f["container_id"] == id.as_str()
+            && f["path"] == dropped.as_str()
+    };
+    let found = wait_for(
+        &format!("binary_drift of {dropped} in {id}"),
+        Duration::from_secs(10),
+        || {
+            let all = agent.findings()?;
+            all.iter().find(|f| drift(f)).cloned().ok_or_else(|| {
+                format!(
+                    "{:?}",
+                    all.iter()
+                        .filter(|f| f["container_id"] == id.as_str())
+                        .map(|f| format!("{}:{}", f["kind"], f["subject"]))
+                        .collect::<Vec<_>>()
+                )
+            })
+        },
+    );
+    assert_eq!(found["namespace"], pod["metadata"]["namespace"], "{found}");
+    assert_eq!(found["pod"], pod["metadata"]["name"], "{found}");
+    assert_eq!(
+        found["container_name"], pod["spec"]["containers"][0]["name"],
+        "{found}"
+    );
+    assert_eq!(
+        agent.full_scans().expect("scans counted"),
+        scans_before,
+        "no full scan ran: the exec itself brought the finding"
+    );
+    let out = runner.join().expect("the exec thread");
+    assert!(out.success(), "ctr tasks exec failed\n{out}");
+    // Gone now, still reported as it was read (exec retention).
+    let still = agent.findings().expect("findings");
+    assert!(still.iter().any(|f| drift(f)), "{still:?}");
+    bed.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        &format!("{exec_id}-rm"),
+        &id,
+        "rm",
+        "-f",
+        &dropped,
+    ])
+    .ok();
     agent.stop();
 }
 
