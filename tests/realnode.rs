@@ -1573,7 +1573,7 @@ fn a_binary_dropped_and_run_in_a_pod_is_drift_at_its_exec_named_by_its_pod() {
     assert!(out.success(), "ctr tasks exec failed\n{out}");
     // Gone now, still reported as it was read (exec retention).
     let still = agent.findings().expect("findings");
-    assert!(still.iter().any(|f| drift(f)), "{still:?}");
+    assert!(still.iter().any(drift), "{still:?}");
     bed.ctr(&[
         "tasks",
         "exec",
