@@ -1522,13 +1522,13 @@ fn a_binary_dropped_and_run_in_a_pod_is_drift_at_its_exec_named_by_its_pod() {
     let script = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 1");
     // The exec returns when the process exits: run it beside the polling.
     let runner = {
-        let (bed_args, id) = (exec_id.clone(), id.clone());
+        let (exec_id, id) = (exec_id.clone(), id.clone());
         let ctr = move || {
             bed.ctr(&[
                 "tasks",
                 "exec",
                 "--exec-id",
-                &bed_args,
+                &exec_id,
                 &id,
                 "sh",
                 "-c",

@@ -540,15 +540,15 @@ impl Scanner {
             }
         }
         let read = self.hash_executables(collected, &mut pass_stats, &mut warnings);
+        // A batch holds up to 512 pids: a set, not a scan of the reads per pid.
+        let read_pids: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
         let requested: BTreeSet<i32> = pids.iter().copied().collect();
         let pass = ExecPassStats {
             read: read.len(),
             held,
             vanished: requested
                 .iter()
-                .filter(|pid| {
-                    !read.iter().any(|p| p.pid == **pid) && !self.held_back.contains_key(pid)
-                })
+                .filter(|pid| !read_pids.contains(pid) && !self.held_back.contains_key(pid))
                 .count(),
         };
         let now = Instant::now();
