@@ -18,11 +18,25 @@ mod support;
 use serde_json::Value;
 use std::fs;
 use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use support::agent::Agent;
 use support::container::{Container, ContainerSpec};
 use support::image::Image;
 use support::{wait_for, wait_for_every};
+
+/// The storm floods every subscriber of the kernel's connector on the machine, not only its
+/// own agent: the other tests' agents would lose events (and bring full scans forward) or
+/// fall behind their own execs. It runs alone; the others may run together.
+static HOST_EXECS: RwLock<()> = RwLock::new(());
+
+fn calm() -> RwLockReadGuard<'static, ()> {
+    HOST_EXECS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn storming() -> RwLockWriteGuard<'static, ()> {
+    HOST_EXECS.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The promise for an exec while the interval is an hour.
 const EXEC_TO_FINDING: Duration = Duration::from_secs(2);
@@ -168,6 +182,7 @@ fn require_netlink(agent: &Agent) {
 #[test]
 fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour_interval() {
     require_containers!();
+    let _host_execs = calm();
     let planted = planted();
     let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
     let (agent, scans_before) = hourly_agent(&planted);
@@ -230,6 +245,7 @@ fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour
 #[test]
 fn a_process_living_200ms_is_caught_and_stays_reported_after_it_exits() {
     require_containers!();
+    let _host_execs = calm();
     let planted = planted();
     let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
     let (agent, scans_before) = hourly_agent(&planted);
@@ -318,6 +334,7 @@ fn cmdline(pid: i32) -> Option<String> {
 fn an_exec_storm_that_overruns_the_buffer_is_counted_and_a_full_scan_reports_what_it_left_running()
 {
     require_containers!();
+    let _host_execs = storming();
     let planted = planted();
     let (container, evil, digest) = (&planted.container, &planted.evil, &planted.digest);
     let (agent, scans_before) = hourly_agent_with(&planted, &["--exec-buffer", "4096"]);
@@ -403,6 +420,7 @@ fn an_exec_storm_that_overruns_the_buffer_is_counted_and_a_full_scan_reports_wha
 #[test]
 fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_scanning() {
     require_containers!();
+    let _host_execs = calm();
     for tool in ["unshare", "ip"] {
         if support::which(tool).is_none() {
             assert!(
@@ -481,6 +499,7 @@ fn detected(agent: &Agent, kind: &str) -> f64 {
 #[test]
 fn containers_started_while_execs_are_read_get_no_findings_from_runcs_own_set_up() {
     require_containers!();
+    let _host_execs = calm();
     // runc runs `runc init` in the new container's cgroup with runc's own capabilities and
     // the host's pid namespace before it execs the entrypoint. An exec read of that moment
     // made a new pod's sandbox look like a privileged container sharing the host's pid
