@@ -134,6 +134,13 @@ async fn drive<T: Task>(
             _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
         }
     }
+    // A request already sent may have been taken by the API server: its answer decides what
+    // is saved (an Event created but not recorded would be announced again after a restart).
+    // The send's own timeout bounds this wait.
+    if let Some(pending) = inflight.take() {
+        let (request, answer) = pending.await;
+        task.on_done(request, answer);
+    }
     task.stop();
     publish(&shared, task.stats());
     tracing::debug!("{} stopped: the state sender is gone", T::NAME);
