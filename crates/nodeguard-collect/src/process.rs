@@ -22,8 +22,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
@@ -149,32 +150,52 @@ fn mask(value: &str) -> Option<u64> {
 /// status without them is truncated); the others are optional, but present and garbled is
 /// an error too.
 pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
-    let text = String::from_utf8_lossy(bytes);
     let (mut uids, mut gids, mut inh, mut prm, mut eff) = (None, None, None, None, None);
     let (mut bnd, mut amb, mut nnp, mut seccomp) = (None, None, None, None);
     let mut ppid = None;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
+    // Only the keys below are looked at, and their values are ASCII when well formed: lines
+    // are split as bytes, and a value is text only when it is read (`Name`, which may hold
+    // any byte, is read by `status_name`).
+    for line in bytes.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
+        let (key, value) = (&line[..colon], &line[colon + 1..]);
+        if !matches!(
+            key,
+            b"Uid"
+                | b"Gid"
+                | b"PPid"
+                | b"CapInh"
+                | b"CapPrm"
+                | b"CapEff"
+                | b"CapBnd"
+                | b"CapAmb"
+                | b"NoNewPrivs"
+                | b"Seccomp"
+        ) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value);
+        let value = value.as_ref();
         let bad = |what: &str| format!("bad {what} value {:?}", value.trim());
         match key {
-            "Uid" => uids = Some(ids(value).ok_or_else(|| bad("Uid"))?),
-            "Gid" => gids = Some(ids(value).ok_or_else(|| bad("Gid"))?),
-            "PPid" => ppid = Some(value.trim().parse::<i32>().map_err(|_| bad("PPid"))?),
-            "CapInh" => inh = Some(mask(value).ok_or_else(|| bad("CapInh"))?),
-            "CapPrm" => prm = Some(mask(value).ok_or_else(|| bad("CapPrm"))?),
-            "CapEff" => eff = Some(mask(value).ok_or_else(|| bad("CapEff"))?),
-            "CapBnd" => bnd = Some(mask(value).ok_or_else(|| bad("CapBnd"))?),
-            "CapAmb" => amb = Some(mask(value).ok_or_else(|| bad("CapAmb"))?),
-            "NoNewPrivs" => {
+            b"Uid" => uids = Some(ids(value).ok_or_else(|| bad("Uid"))?),
+            b"Gid" => gids = Some(ids(value).ok_or_else(|| bad("Gid"))?),
+            b"PPid" => ppid = Some(value.trim().parse::<i32>().map_err(|_| bad("PPid"))?),
+            b"CapInh" => inh = Some(mask(value).ok_or_else(|| bad("CapInh"))?),
+            b"CapPrm" => prm = Some(mask(value).ok_or_else(|| bad("CapPrm"))?),
+            b"CapEff" => eff = Some(mask(value).ok_or_else(|| bad("CapEff"))?),
+            b"CapBnd" => bnd = Some(mask(value).ok_or_else(|| bad("CapBnd"))?),
+            b"CapAmb" => amb = Some(mask(value).ok_or_else(|| bad("CapAmb"))?),
+            b"NoNewPrivs" => {
                 nnp = Some(match value.trim() {
                     "0" => false,
                     "1" => true,
                     _ => return Err(bad("NoNewPrivs")),
                 })
             }
-            "Seccomp" => {
+            b"Seccomp" => {
                 seccomp = Some(match value.trim() {
                     "0" => SeccompMode::Disabled,
                     "1" => SeccompMode::Strict,
@@ -334,6 +355,11 @@ fn classify(pid: i32, file: &'static str, e: io::Error) -> Failure {
 pub struct PidDir {
     pub pid: i32,
     fd: OwnedFd,
+    /// `status`, kept open after its first [`PidDir::read_status_kept`]: procfs regenerates
+    /// it on every read from offset 0, so a warm pass reads it with one `pread` instead of
+    /// `openat`, `read` and `close`. Like the directory, it stays bound to the process it
+    /// was opened on: once that one is gone, reads fail with ESRCH whoever has the pid now.
+    status: OnceLock<File>,
 }
 
 impl PidDir {
@@ -346,7 +372,11 @@ impl PidDir {
             flags,
             Mode::empty(),
         )
-        .map(|fd| PidDir { pid, fd })
+        .map(|fd| PidDir {
+            pid,
+            fd,
+            status: OnceLock::new(),
+        })
         .map_err(|e| classify(pid, "", e.into()))
     }
 
@@ -410,6 +440,51 @@ impl PidDir {
                 Err(e) => {
                     buf.truncate(start);
                     return Err(classify(self.pid, file, e));
+                }
+            }
+        }
+    }
+
+    /// `status` (at most `limit` bytes) through the handle kept on it, opened on first use:
+    /// for processes read again and again through a handle kept between passes.
+    pub fn read_status_kept(&self, buf: &mut Vec<u8>, limit: usize) -> Result<(), Failure> {
+        let file = match self.status.get() {
+            Some(file) => file,
+            None => {
+                let fd = openat(
+                    self.fd.as_fd(),
+                    "status",
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+                    Mode::empty(),
+                )
+                .map_err(|e| classify(self.pid, "status", e.into()))?;
+                self.status.get_or_init(|| File::from(fd))
+            }
+        };
+        buf.clear();
+        loop {
+            if buf.len() >= limit {
+                buf.truncate(limit);
+                return Ok(());
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8192);
+            }
+            let start = buf.len();
+            let want = (buf.capacity() - start).min(limit - start);
+            buf.resize(start + want, 0);
+            // `status` is generated whole (`single_open`): a short read ends it.
+            match file.read_at(&mut buf[start..], start as u64) {
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    if n < want {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(classify(self.pid, "status", e));
                 }
             }
         }
@@ -758,7 +833,7 @@ fn read_watched(
     known: &Arc<Remembered>,
 ) -> Result<Option<RawProcess>, Failure> {
     let pid = dir.pid;
-    dir.read("status", buf, 64 * 1024)?;
+    dir.read_status_kept(buf, 64 * 1024)?;
     let Ok(status) = parse_status(buf) else {
         return Ok(None);
     };
@@ -918,7 +993,7 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
         assert_eq!(masks.effective, "00000000a80425fb");
         assert_eq!(masks.bounding.as_deref(), Some("000001ffffffffff"));
         let caps = capabilities(&s);
-        assert!(caps.effective.contains(&"CAP_NET_RAW".to_string()));
+        assert!(caps.effective.contains(&"CAP_NET_RAW".into()));
         assert_eq!(caps.bounding.len(), 41);
     }
 

@@ -1,5 +1,7 @@
 //! Linux capability numbers and their names, as `capsh --decode` and `getcap` know them.
 
+use crate::report::CapabilityName;
+
 /// Capability names indexed by capability number (`include/uapi/linux/capability.h`).
 pub const CAPABILITY_NAMES: [&str; 41] = [
     "CAP_CHOWN",
@@ -47,10 +49,10 @@ pub const CAPABILITY_NAMES: [&str; 41] = [
 
 /// The name of capability `bit`: `CAP_SYS_ADMIN` for 21, `CAP_41` for a number this table
 /// does not know yet (a newer kernel).
-pub fn capability_name(bit: u32) -> String {
+pub fn capability_name(bit: u32) -> CapabilityName {
     match CAPABILITY_NAMES.get(bit as usize) {
-        Some(name) => (*name).to_string(),
-        None => format!("CAP_{bit}"),
+        Some(name) => CapabilityName::Borrowed(name),
+        None => CapabilityName::Owned(format!("CAP_{bit}")),
     }
 }
 
@@ -72,7 +74,7 @@ pub fn capability_number(name: &str) -> Option<u32> {
 
 /// Decodes a capability bit mask (as in `CapEff:` of `/proc/PID/status`) into names, lowest
 /// bit first — the same set `capsh --decode=HEX` prints.
-pub fn decode_capabilities(mask: u64) -> Vec<String> {
+pub fn decode_capabilities(mask: u64) -> Vec<CapabilityName> {
     (0..64u32)
         .filter(|bit| mask & (1u64 << bit) != 0)
         .map(capability_name)

@@ -6,8 +6,9 @@ use nodeguard_model::capability::{
     capability_name, capability_number, full_capability_mask, CAPABILITY_NAMES,
 };
 use nodeguard_model::{
-    short_id, Aggregate, Container, FileEntry, Finding, FindingKind, Layer, PodRef, Process,
-    SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
+    short_id, Aggregate, CapabilityName, Container, FileEntry, Finding, FindingKind, Layer, PodRef,
+    Process, SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT,
+    MAX_FINDINGS_PER_CONTAINER_KIND,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -196,7 +197,7 @@ fn container_process_rules(
     let effective = process_mask(&p.capability_masks.effective, &p.capabilities.effective);
     for bit in (0..64u32).filter(|bit| effective & policy.dangerous & (1u64 << bit) != 0) {
         let name = capability_name(bit);
-        let severity = if CRITICAL_CAPABILITIES.contains(&name.as_str()) {
+        let severity = if CRITICAL_CAPABILITIES.contains(&name.as_ref()) {
             Severity::Critical
         } else {
             Severity::High
@@ -941,7 +942,7 @@ fn bundle_sources(policy: &Policy, path: &str) -> String {
 }
 
 /// A process's capability set: the hex mask when it parses, else the decoded names.
-fn process_mask(hex: &str, names: &[String]) -> u64 {
+fn process_mask(hex: &str, names: &[CapabilityName]) -> u64 {
     parse_mask(hex).unwrap_or_else(|| {
         names
             .iter()

@@ -159,6 +159,9 @@ impl Policy {
     /// The capabilities this policy calls dangerous, lowest number first.
     pub fn dangerous_capabilities(&self) -> Vec<String> {
         decode_capabilities(self.dangerous)
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     /// Which cgroup limits must be set: `(memory, cpu, pids)`.

@@ -3,9 +3,10 @@
 
 use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
-    Capabilities, CapabilityMasks, CgroupDriver, CgroupVersion, FileEntry, Finding, FindingKind,
-    Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process, QosClass, Report, RootFs, Runtime,
-    ScanKind, ScanRun, ScanStats, SeccompMode, Severity, Timestamp, TrackedFinding, SCHEMA_VERSION,
+    Capabilities, CapabilityMasks, CapabilityName, CgroupDriver, CgroupVersion, FileEntry, Finding,
+    FindingKind, Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process, QosClass, Report,
+    RootFs, Runtime, ScanKind, ScanRun, ScanStats, SeccompMode, Severity, Timestamp,
+    TrackedFinding, SCHEMA_VERSION,
 };
 use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::BTreeMap;
@@ -24,8 +25,11 @@ pub fn at(text: &str) -> Timestamp {
     Timestamp::parse(text).unwrap()
 }
 
-fn caps(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| n.to_string()).collect()
+fn caps(names: &[&str]) -> Vec<CapabilityName> {
+    names
+        .iter()
+        .map(|n| CapabilityName::from(n.to_string()))
+        .collect()
 }
 
 fn namespaces(base: u64, shared: &[&str]) -> Namespaces {
@@ -37,7 +41,7 @@ fn namespaces(base: u64, shared: &[&str]) -> Namespaces {
         mnt: Some(base + 5),
         user: Some(4026531837),
         cgroup: None,
-        shared_with_host: caps(shared),
+        shared_with_host: shared.iter().map(|n| n.to_string()).collect(),
     }
 }
 
