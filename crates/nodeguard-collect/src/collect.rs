@@ -2,7 +2,7 @@
 
 use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
-use crate::limits::{container_paths, CgroupLayout, LimitsReader};
+use crate::limits::{container_paths, CgroupLayout, KeptFiles, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::process::{
     read_process, shared_with_host, CgroupMemo, Failure, PidDir, RawProcess, Remembered,
@@ -502,7 +502,11 @@ pub(crate) struct Reuse {
     pass: u64,
     /// Each process is read in full at least once in this many passes.
     full_read_every: u64,
-    /// An open `/proc/PID` per process the last pass read, at most `dir_budget` of them.
+    /// The same while exec events are watched and complete (see
+    /// [`crate::Collector::set_full_read_every_watched`]).
+    full_read_every_watched: u64,
+    /// An open `/proc/PID` (and, once read through it, its `status`: two descriptors) per
+    /// process the last pass read, at most `dir_budget` of them.
     dirs: HashMap<i32, PidDir>,
     dir_budget: usize,
     /// Whether an exec event source reports every exec to [`Reuse::execd`].
@@ -511,7 +515,12 @@ pub(crate) struct Reuse {
     execs_lost: bool,
     /// Pids that exec'd since the last pass began.
     execd: HashSet<i32>,
+    /// Cgroup limit files the last pass read, open.
+    limit_files: KeptFiles,
 }
+
+/// The most cgroup limit files kept open between passes (about four per container).
+const LIMIT_FILES_MAX: usize = 1024;
 
 /// Pids remembered as exec'd between passes; past this many the next pass re-checks all.
 const EXECD_MAX: usize = 1 << 16;
@@ -523,11 +532,13 @@ impl Reuse {
             located: HashMap::new(),
             pass: 0,
             full_read_every: u64::from(full_read_every.max(1)),
+            full_read_every_watched: u64::from(full_read_every.max(1)),
             dirs: HashMap::new(),
             dir_budget: 0,
             execs_watched: false,
             execs_lost: true,
             execd: HashSet::new(),
+            limit_files: KeptFiles::new(),
         }
     }
 
@@ -544,6 +555,15 @@ impl Reuse {
         if self.dirs.len() > budget {
             self.dirs.clear();
         }
+        if self.limit_files.len() > self.limit_files_max() {
+            self.limit_files.clear();
+        }
+    }
+
+    /// Cgroup limit files kept open between passes: an eighth of the descriptors the
+    /// process handles may take, at most [`LIMIT_FILES_MAX`].
+    fn limit_files_max(&self) -> usize {
+        (self.dir_budget / 4).min(LIMIT_FILES_MAX)
     }
 
     pub(crate) fn watch_execs(&mut self, on: bool) {
@@ -564,6 +584,10 @@ impl Reuse {
 
     pub(crate) fn execs_lost(&mut self) {
         self.execs_lost = true;
+    }
+
+    pub(crate) fn set_full_read_every_watched(&mut self, passes: u32) {
+        self.full_read_every_watched = u64::from(passes.max(1));
     }
 }
 
@@ -662,7 +686,11 @@ fn collect_from(
     let known = Known {
         processes: &reuse.processes,
         pass: reuse.pass,
-        every: reuse.full_read_every,
+        every: if execs_watched {
+            reuse.full_read_every_watched
+        } else {
+            reuse.full_read_every
+        },
         dirs: &reuse.dirs,
         execs_watched,
         execd: &execd,
@@ -691,7 +719,15 @@ fn collect_from(
     reuse.dirs = dirs;
     roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
-    let containers = build_containers(opts, &seeds, &raws, &mut log);
+    let keep_max = reuse.limit_files_max();
+    let containers = build_containers(
+        opts,
+        &seeds,
+        &raws,
+        &mut reuse.limit_files,
+        keep_max,
+        &mut log,
+    );
     let processes = attach_layers(opts, &seeds, raws, &mut reuse.located, &mut log);
 
     let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
@@ -716,9 +752,11 @@ fn build_containers(
     opts: &CollectOptions,
     seeds: &BTreeMap<String, ContainerSeed>,
     raws: &[RawProcess],
+    kept: &mut KeptFiles,
+    keep_max: usize,
     log: &mut Log,
 ) -> Vec<Container> {
-    let mut reader = LimitsReader::new(&opts.cgroup_root);
+    let mut reader = LimitsReader::with_kept(&opts.cgroup_root, std::mem::take(kept), keep_max);
     let layout_known = *reader.layout() != CgroupLayout::Unknown;
     if !layout_known && !seeds.is_empty() {
         log.error(
@@ -856,6 +894,7 @@ fn build_containers(
             container.sandbox = true;
         }
     }
+    *kept = reader.into_kept();
     containers
 }
 
@@ -1140,10 +1179,7 @@ mod tests {
         assert_eq!(nginx.container_id.as_deref(), Some(ID_A));
         assert_eq!((nginx.uid, nginx.gid, nginx.uids.saved), (101, 101, 101));
         assert_eq!(nginx.capability_masks.effective, "00000000a80425fb");
-        assert!(nginx
-            .capabilities
-            .effective
-            .contains(&"CAP_NET_RAW".to_string()));
+        assert!(nginx.capabilities.effective.contains(&"CAP_NET_RAW".into()));
         assert_eq!(nginx.capabilities.effective.len(), 14);
         assert_eq!(nginx.no_new_privs, Some(true));
         assert_eq!(nginx.seccomp, Some(SeccompMode::Filter));

@@ -171,9 +171,11 @@ impl Collector {
         Collector { options, reuse }
     }
 
-    /// Keeps at most `handles` `/proc/PID` directories open between passes (default: half
-    /// of the open-file limit above a reserve, at most [`Collector::DIR_BUDGET_MAX`]).
-    /// Processes beyond it are opened by path each pass and never read the short way.
+    /// Keeps the handles of at most `handles` processes open between passes (a `/proc/PID`
+    /// directory and its `status`: two descriptors each), and cgroup limit files for at most
+    /// a quarter as many (default: half of the open-file limit above a reserve, at most
+    /// [`Collector::DIR_BUDGET_MAX`] processes). Processes beyond it are opened by path each
+    /// pass and never read the short way.
     pub fn set_dir_budget(&mut self, handles: usize) {
         self.reuse.set_dir_budget(handles);
     }
@@ -189,6 +191,16 @@ impl Collector {
     /// on counts as a loss: the first pass after it re-checks every process.
     pub fn watch_execs(&mut self, on: bool) {
         self.reuse.watch_execs(on);
+    }
+
+    /// While exec events are watched and none was lost, each process is read in full at
+    /// least once in `passes` passes instead of the number given at construction. A full read
+    /// is what sees the changes no exec announces and `status` does not show: a move to
+    /// another cgroup, `setns`/`unshare`, a rewritten `argv`. The daemon stretches it to a
+    /// fixed time (see `nodeguard_daemon`), so at short intervals those show later than the
+    /// next few passes, and exec-driven changes still show at once.
+    pub fn set_full_read_every_watched(&mut self, passes: u32) {
+        self.reuse.set_full_read_every_watched(passes);
     }
 
     /// These processes exec'd: the next pass reads them in full.
@@ -218,8 +230,10 @@ impl Collector {
     }
 }
 
-/// Half the open-file limit left after a reserve for everything else (sockets, files
-/// hashed, walks), at most [`Collector::DIR_BUDGET_MAX`]; 0 when the limit is unknown.
+/// Processes whose handles fit in half the open-file limit left after a reserve for
+/// everything else (sockets, files hashed, walks): two descriptors each, and the limit files
+/// kept beside them (an eighth more); at most [`Collector::DIR_BUDGET_MAX`]; 0 when the
+/// limit is unknown.
 fn default_dir_budget() -> usize {
     const RESERVE: u64 = 512;
     let mut limit = libc::rlimit {
@@ -230,7 +244,7 @@ fn default_dir_budget() -> usize {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return 0;
     }
-    let spare = limit.rlim_cur.saturating_sub(RESERVE) / 2;
+    let spare = limit.rlim_cur.saturating_sub(RESERVE) / 2 / 2;
     usize::try_from(spare).map_or(Collector::DIR_BUDGET_MAX, |n| {
         n.min(Collector::DIR_BUDGET_MAX)
     })

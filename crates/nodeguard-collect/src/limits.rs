@@ -11,8 +11,16 @@ use nodeguard_model::Limits;
 #[cfg(test)]
 use nodeguard_model::QosClass;
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// Limit files kept open from one pass to the next, by path (see [`LimitsReader::with_kept`]).
+pub type KeptFiles = HashMap<PathBuf, File>;
+
+/// A limit file holds one short line; reading stops here.
+const LIMIT_FILE_MAX: usize = 4096;
 
 /// v1 memory limits at or above this are the kernel's "unlimited" (PAGE_COUNTER_MAX pages,
 /// e.g. 9223372036854771712).
@@ -33,6 +41,21 @@ pub enum CgroupLayout {
     },
     /// Neither: limits cannot be read.
     Unknown,
+}
+
+/// A cgroup file from offset 0, at most [`LIMIT_FILE_MAX`] bytes, as UTF-8. cgroupfs
+/// generates such a file whole on each read from 0, so a short read is its end.
+fn read_from_start(file: &File) -> io::Result<String> {
+    let mut buf = vec![0u8; LIMIT_FILE_MAX];
+    let n = loop {
+        match file.read_at(&mut buf, 0) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Looks at the cgroup root to tell v2 from v1/hybrid.
@@ -212,15 +235,54 @@ pub struct LimitsReader {
     layout: CgroupLayout,
     /// Ancestor files: contents, or `None` when absent.
     cache: HashMap<PathBuf, Option<String>>,
+    /// Files the previous pass kept open, and those this one read (kept for the next).
+    kept: KeptFiles,
+    read_now: KeptFiles,
+    /// The most files [`Self::into_kept`] hands on.
+    keep_max: usize,
 }
 
 impl LimitsReader {
     pub fn new(cgroup_root: &Path) -> LimitsReader {
+        LimitsReader::with_kept(cgroup_root, KeptFiles::new(), 0)
+    }
+
+    /// A reader that reads the files in `kept` (what [`Self::into_kept`] gave after the
+    /// previous pass) through their open handles: cgroupfs generates a limit file afresh on
+    /// every read from offset 0, so one `pread` replaces a path walk, `openat`, `read` and
+    /// `close`. A handle whose cgroup was removed fails (ENODEV) and the path is opened again.
+    /// At most `keep_max` files are handed on; beyond that they are opened by path each pass.
+    pub fn with_kept(cgroup_root: &Path, kept: KeptFiles, keep_max: usize) -> LimitsReader {
         LimitsReader {
             root: cgroup_root.to_path_buf(),
             layout: detect_layout(cgroup_root),
             cache: HashMap::new(),
+            kept,
+            read_now: KeptFiles::new(),
+            keep_max,
         }
+    }
+
+    /// The files this reader read, open, for the next pass's reader.
+    pub fn into_kept(self) -> KeptFiles {
+        self.read_now
+    }
+
+    /// A limit file's text: through the handle kept from the previous pass when it still
+    /// reads, else opened by path (and kept, up to `keep_max`).
+    fn read_text(&mut self, path: &Path) -> io::Result<String> {
+        if let Some(file) = self.kept.remove(path) {
+            if let Ok(text) = read_from_start(&file) {
+                self.read_now.insert(path.to_path_buf(), file);
+                return Ok(text);
+            }
+        }
+        let file = File::open(path)?;
+        let text = read_from_start(&file)?;
+        if self.read_now.len() < self.keep_max {
+            self.read_now.insert(path.to_path_buf(), file);
+        }
+        Ok(text)
     }
 
     pub fn layout(&self) -> &CgroupLayout {
@@ -252,7 +314,7 @@ impl LimitsReader {
                 return Ok(hit.clone());
             }
         }
-        match std::fs::read_to_string(&path) {
+        match self.read_text(&path) {
             Ok(text) => {
                 if lenient {
                     self.cache.insert(path, Some(text.clone()));
@@ -485,6 +547,7 @@ fn ancestors(path: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::cgroup::parse_cgroup_file;
+    use std::os::unix::fs::MetadataExt;
 
     fn testdata(case: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -495,6 +558,79 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const UID: &str = "1234abcd-5678-90ef-1234-567890abcdef";
+
+    /// Against the real cgroup filesystem (the kernel is the ground truth): a limit changed
+    /// in place (as kubelet resizes a pod) is read through the handle the last pass kept, and
+    /// a cgroup removed and made again is read afresh, not through the dead handle.
+    #[test]
+    fn kept_limit_files_read_what_the_kernel_says_now() {
+        let root = Path::new("/sys/fs/cgroup");
+        let why = if !nix::unistd::geteuid().is_root() {
+            Some("needs root to make a cgroup")
+        } else {
+            None
+        };
+        let layout = detect_layout(root);
+        let (dir, file) = match &layout {
+            CgroupLayout::V1 {
+                memory: Some(memory),
+                ..
+            } => (memory.clone(), "memory.limit_in_bytes"),
+            CgroupLayout::V2 => (root.to_path_buf(), "memory.max"),
+            _ => (PathBuf::new(), ""),
+        };
+        let name = format!("nodeguard-kept-{}", std::process::id());
+        let cgroup = dir.join(&name);
+        let why = why.or_else(|| {
+            (file.is_empty() || std::fs::create_dir(&cgroup).is_err())
+                .then_some("no memory controller to make a cgroup in")
+        });
+        if let Some(why) = why {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set, so this test may not skip: {why}"
+            );
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let limit_file = cgroup.join(file);
+        if !limit_file.exists() {
+            let _ = std::fs::remove_dir(&cgroup);
+            panic!("{} not made by the kernel", limit_file.display());
+        }
+        let paths = ControllerPaths {
+            memory: Some(format!("/{name}")),
+            cpu: None,
+            pids: None,
+        };
+        let pass = |kept: KeptFiles, bytes: u64| -> (Option<u64>, u64, KeptFiles) {
+            std::fs::write(&limit_file, bytes.to_string()).expect("write the limit");
+            let kernel: u64 = std::fs::read_to_string(&limit_file)
+                .expect("read the limit back")
+                .trim()
+                .parse()
+                .expect("a number");
+            let mut reader = LimitsReader::with_kept(root, kept, 16);
+            let memory = reader.own(&paths, 1).limits.memory_bytes;
+            (memory, kernel, reader.into_kept())
+        };
+        let (first, kernel, kept) = pass(KeptFiles::new(), 64 << 20);
+        assert_eq!(first, Some(kernel));
+        assert!(kept.contains_key(&limit_file), "{kept:?}");
+        let held = kept[&limit_file].metadata().map(|m| m.ino()).ok();
+        let (resized, kernel, kept) = pass(kept, 32 << 20);
+        assert_eq!((resized, kernel), (Some(32 << 20), 32 << 20));
+        assert_eq!(kept[&limit_file].metadata().map(|m| m.ino()).ok(), held);
+        std::fs::remove_dir(&cgroup).expect("remove the cgroup");
+        std::fs::create_dir(&cgroup).expect("make the cgroup again");
+        let (again, kernel, kept) = pass(kept, 16 << 20);
+        let _ = std::fs::remove_dir(&cgroup);
+        assert_eq!((again, kernel), (Some(16 << 20), 16 << 20));
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let mut unkept = LimitsReader::with_kept(root, KeptFiles::new(), 0);
+        let _ = unkept.own(&paths, 1);
+        assert!(unkept.into_kept().is_empty());
+    }
 
     #[test]
     fn value_parsers() {

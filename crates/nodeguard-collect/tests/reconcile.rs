@@ -383,6 +383,41 @@ fn with_exec_events_watched_reported_execs_are_read_afresh_and_a_loss_rechecks_a
 }
 
 /// Processes other than the one at pid 2, which the collector takes for kthreadd.
+/// While exec events are watched the full reads follow their own period (the daemon
+/// stretches it to about three minutes): between them every known process is read the short
+/// way; a loss brings back the re-check of every process at once.
+#[test]
+fn with_exec_events_watched_full_reads_follow_their_own_period() {
+    if missing_prerequisite() {
+        return;
+    }
+    let mut ns = PidNs::start();
+    for i in 0..8 {
+        ns.spawn(&format!("sleeper{i}"), &format!("sleep {}", 2000 + i));
+    }
+    let mut collector = Collector::with_full_read_every(ns.options(), 2);
+    collector.watch_execs(true);
+    collector.collect().unwrap();
+    // At the period given at construction (2), about half are read in full each pass.
+    let halved = collector.collect().unwrap();
+    let all = user_processes(&halved);
+    assert!(all >= 9, "{all} processes in the namespace");
+    assert!(
+        halved.processes_watched > 0 && halved.processes_watched < all,
+        "{} of {all} read the short way",
+        halved.processes_watched
+    );
+    collector.set_full_read_every_watched(u32::MAX);
+    for _ in 0..3 {
+        let pass = collector.collect().unwrap();
+        assert_eq!(pass.processes_watched, user_processes(&pass));
+    }
+    collector.execs_lost();
+    assert_eq!(collector.collect().unwrap().processes_watched, 0);
+    let resumed = collector.collect().unwrap();
+    assert_eq!(resumed.processes_watched, user_processes(&resumed));
+}
+
 fn user_processes(s: &Snapshot) -> u64 {
     s.processes
         .iter()
