@@ -95,6 +95,32 @@ pub const EXEC_BATCH_MAX: usize = 512;
 pub const EXEC_PUBLISH_GAP: Duration = Duration::from_millis(250);
 /// After lost exec events, the next full scan starts this soon (unless one is due sooner).
 pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(1);
+/// While exec events are watched, every process is still read in full about this often (at
+/// least every [`Scanner::FULL_READ_EVERY`] scans, at most every 60): what only a full
+/// read sees (a process moved to another cgroup, `setns`, a rewritten `argv`) shows within
+/// it. Without events the full read stays every [`Scanner::FULL_READ_EVERY`] scans.
+pub const FULL_READ_PERIOD_WATCHED: Duration = Duration::from_secs(180);
+
+/// Returns to the kernel the memory a scan freed. glibc keeps what a thread freed in that
+/// thread's arena, mapped: the scan's reader threads and the blocking pool left the agent's
+/// resident memory well above what it uses. musl (the image's build) returns freed memory
+/// by itself.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Scans per full read of each process while exec events are watched, at `interval`.
+pub fn full_read_passes_watched(interval: Duration) -> u32 {
+    let passes = FULL_READ_PERIOD_WATCHED.as_secs_f64() / interval.as_secs_f64().max(0.001);
+    // Clamped, then converted: within 6..=60 the cast is exact.
+    passes
+        .ceil()
+        .clamp(f64::from(Scanner::FULL_READ_EVERY), 60.0) as u32
+}
 
 /// What outlives single scans: the ledger, the running totals, and the last state
 /// published (a failed scan or a policy reload republishes its report).
@@ -287,6 +313,7 @@ impl Daemon {
         // Every exec reaches the scanner (read, or noted before the first scan) and every
         // loss is passed on, so its scans may skip re-checking what only an exec changes.
         scanner.watch_execs(exec_feed.is_some());
+        scanner.set_full_read_every_watched(full_read_passes_watched(schedule.interval));
         // When the exec reads waiting in the scanner are looked at (and merged if they
         // matter).
         let mut merge_at: Option<Instant> = None;
@@ -366,6 +393,7 @@ impl Daemon {
                         }
                         refresh_exec(&mut book.exec, feed_stats.as_deref(), &exec_feed);
                         let (next, appeared, resolved) = publish(&mut book, report);
+                        release_freed_memory();
                         let mut open = [0usize; 4];
                         for t in &next.findings {
                             open[t.finding.severity as usize] += 1;
@@ -698,6 +726,19 @@ fn splitmix(mut x: u64) -> u64 {
 mod tests {
     use super::*;
     use nodeguard_model::{Finding, FindingKind, ScanStats, SCHEMA_VERSION};
+
+    /// With exec events, a process is read in full about every three minutes: more scans
+    /// apart at short intervals, never fewer than without events, never over 60 apart.
+    #[test]
+    fn full_reads_while_watched_come_about_every_three_minutes() {
+        let at = |secs: f64| full_read_passes_watched(Duration::from_secs_f64(secs));
+        assert_eq!(at(10.0), 18);
+        assert_eq!(at(7.0), 26);
+        assert_eq!(at(30.0), Scanner::FULL_READ_EVERY);
+        assert_eq!(at(3600.0), Scanner::FULL_READ_EVERY);
+        assert_eq!(at(1.0), 60);
+        assert_eq!(at(0.0), 60);
+    }
 
     fn report(at_secs: u64, findings: Vec<Finding>, bytes_hashed: u64) -> Report {
         let mut errors = BTreeMap::new();

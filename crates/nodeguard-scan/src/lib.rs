@@ -591,6 +591,14 @@ impl Scanner {
         self.collector.watch_execs(on);
     }
 
+    /// Scans within which each process is read in full at least once (without exec events).
+    pub const FULL_READ_EVERY: u32 = Collector::FULL_READ_EVERY;
+
+    /// See [`Collector::set_full_read_every_watched`].
+    pub fn set_full_read_every_watched(&mut self, passes: u32) {
+        self.collector.set_full_read_every_watched(passes);
+    }
+
     /// These processes exec'd but are not read now: the next scan reads them in full.
     pub fn execs_seen(&mut self, pids: &[i32]) {
         self.collector.execs_seen(pids);
