@@ -5,7 +5,7 @@ use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, CgroupLayout, KeptFiles, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::process::{
-    read_process, shared_with_host, CgroupMemo, Failure, PidDir, RawProcess, Remembered,
+    read_process, shared_with_host, CgroupMemo, ExeLinks, Failure, PidDir, RawProcess, Remembered,
 };
 use crate::runtime::{
     first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
@@ -153,6 +153,7 @@ fn read_chunk(
     let mut mountinfo = Vec::new();
     let mut kthread_ns = None;
     let mut cgroups = CgroupMemo::default();
+    let mut exe_links = ExeLinks::default();
     let mut room = budget;
     for &pid in pids {
         // A handle kept from an earlier pass reaches only the process it was opened on: when
@@ -165,6 +166,7 @@ fn read_chunk(
                 &mut buf,
                 &mut kthread_ns,
                 &mut cgroups,
+                &mut exe_links,
                 known.get(pid),
                 known.execs_watched,
             )
@@ -184,6 +186,7 @@ fn read_chunk(
                 &mut buf,
                 &mut kthread_ns,
                 &mut cgroups,
+                &mut exe_links,
                 known_here,
                 false,
             ));

@@ -578,6 +578,31 @@ pub struct Remembered {
     pub status_name: Vec<u8>,
 }
 
+/// What the `exe` links of processes running the same file showed in one pass (see
+/// [`read_watched`]): per running file, the link text last remembered and whether a process
+/// with that link still shows it now.
+#[derive(Debug, Default)]
+pub struct ExeLinks {
+    seen: std::collections::HashMap<FileIdentity, Vec<(Vec<u8>, bool)>>,
+}
+
+impl ExeLinks {
+    fn get(&self, file: &FileIdentity, link: &[u8]) -> Option<bool> {
+        self.seen
+            .get(file)?
+            .iter()
+            .find(|(l, _)| l.as_slice() == link)
+            .map(|(_, same)| *same)
+    }
+
+    fn insert(&mut self, file: FileIdentity, link: &[u8], same: bool) {
+        self.seen
+            .entry(file)
+            .or_default()
+            .push((link.to_vec(), same));
+    }
+}
+
 /// `/proc/PID/cgroup` files parsed by one reader, by their text: the processes of a container
 /// (and many host processes) have the same file, so it is parsed and kept once.
 #[derive(Debug, Default)]
@@ -666,6 +691,7 @@ pub fn read_process(
     buf: &mut Vec<u8>,
     kthread_ns: &mut Option<Namespaces>,
     cgroups: &mut CgroupMemo,
+    exe_links: &mut ExeLinks,
     known: Option<&Arc<Remembered>>,
     execs_watched: bool,
 ) -> Result<RawProcess, Failure> {
@@ -678,7 +704,7 @@ pub fn read_process(
         }
     };
     if let (Some(k), true) = (known, execs_watched) {
-        if let Some(raw) = read_watched(dir, buf, k)? {
+        if let Some(raw) = read_watched(dir, buf, exe_links, k)? {
             return Ok(raw);
         }
     }
@@ -830,6 +856,7 @@ pub fn read_process(
 fn read_watched(
     dir: &PidDir,
     buf: &mut Vec<u8>,
+    exe_links: &mut ExeLinks,
     known: &Arc<Remembered>,
 ) -> Result<Option<RawProcess>, Failure> {
     let pid = dir.pid;
@@ -844,18 +871,37 @@ fn read_watched(
     if name != known.status_name.as_slice() {
         return Ok(None);
     }
-    // The link, not its stat: it says whether the file was deleted since, and it is the
-    // cheapest second witness of an exec whose event is still on its way.
-    let exe_link = match dir.readlink("exe") {
-        Ok(target) => target,
-        Err(Failure::Denied) => return Err(Failure::Denied),
-        // A zombie (no exe any more), or gone: the full read sorts it out.
-        Err(_) => return Ok(None),
-    };
-    if known.exec.exe_link.as_deref() != Some(exe_link.as_slice()) {
+    // The link, not its stat: it says whether the file was deleted since. Processes running
+    // the same file under the same link share its dentry, and a deletion shows in every
+    // one of their links: one of them is read per pass, the others only when its link
+    // changed. (An exec is told by its event and, mostly, by the new `Name`.)
+    let Some(remembered) = known.exec.exe_link.as_deref() else {
         return Ok(None);
+    };
+    let shared = known
+        .exec
+        .exe_stat
+        .and_then(|file| Some((file, exe_links.get(&file, remembered)?)));
+    match shared {
+        Some((_, true)) => {}
+        Some((_, false)) | None => {
+            let same = match dir.readlink("exe") {
+                Ok(target) => target == remembered,
+                Err(Failure::Denied) => return Err(Failure::Denied),
+                // A zombie (no exe any more), or gone: the full read sorts it out.
+                Err(_) => false,
+            };
+            if shared.is_none() {
+                if let Some(file) = known.exec.exe_stat {
+                    exe_links.insert(file, remembered, same);
+                }
+            }
+            if !same {
+                return Ok(None);
+            }
+        }
     }
-    let (path, deleted) = strip_deleted(&exe_link);
+    let (path, deleted) = strip_deleted(remembered);
     let stat = StatFields {
         pid,
         comm: known.exec.comm.clone(),

@@ -418,6 +418,57 @@ fn with_exec_events_watched_full_reads_follow_their_own_period() {
     assert_eq!(resumed.processes_watched, user_processes(&resumed));
 }
 
+/// With exec events watched, processes running the same file share one `exe` link read per
+/// pass: deleting the file must still show on every one of them in the next pass, and not
+/// on a process running another copy. Ground truth: each process's `exe` link as the
+/// kernel shows it.
+#[test]
+fn with_exec_events_watched_a_deleted_executable_shows_on_every_process_running_it() {
+    if missing_prerequisite() {
+        return;
+    }
+    let mut ns = PidNs::start();
+    let sleep = Command::new("sh")
+        .args(["-c", "command -v sleep"])
+        .output()
+        .unwrap();
+    let sleep = PathBuf::from(String::from_utf8(sleep.stdout).unwrap().trim());
+    let (doomed, kept) = (ns.path("doomed-sleep"), ns.path("kept-sleep"));
+    fs::copy(&sleep, &doomed).unwrap();
+    fs::copy(&sleep, &kept).unwrap();
+    let runners: Vec<i32> = (0..3)
+        .map(|i| {
+            ns.spawn(
+                &format!("doomed{i}"),
+                &format!("{} {}", doomed.display(), 3000 + i),
+            )
+        })
+        .collect();
+    let other = ns.spawn("kept", &format!("{} 3100", kept.display()));
+    let mut collector = ns.collector();
+    collector.watch_execs(true);
+    collector.collect().unwrap();
+    let before = collector.collect().unwrap();
+    assert_eq!(before.processes_watched, user_processes(&before));
+    for pid in runners.iter().chain([&other]) {
+        assert!(!process(&before, *pid).process.exe_deleted);
+    }
+    fs::remove_file(&doomed).unwrap();
+    let after = collector.collect().unwrap();
+    for pid in &runners {
+        let link = ns.exe(*pid).unwrap();
+        assert!(link.to_string_lossy().ends_with(" (deleted)"), "{link:?}");
+        let seen = &process(&after, *pid).process;
+        assert!(seen.exe_deleted, "pid {pid}: {seen:?}");
+        assert_eq!(seen.exe.as_deref(), doomed.to_str());
+    }
+    assert!(!process(&after, other).process.exe_deleted);
+    assert_eq!(
+        process(&after, other).process.exe.as_deref(),
+        ns.exe(other).unwrap().to_str()
+    );
+}
+
 fn user_processes(s: &Snapshot) -> u64 {
     s.processes
         .iter()
