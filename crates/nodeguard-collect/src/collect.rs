@@ -17,6 +17,7 @@ use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runt
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// `cap_last_cap` when the kernel does not say (Linux 5.9+: CAP_CHECKPOINT_RESTORE).
@@ -122,6 +123,9 @@ struct ContainerSeed {
     pids: Vec<i32>,
     root: Option<ContainerRoot>,
 }
+
+/// Runs of pids per reader thread (see [`read_all`]).
+const RUNS_PER_THREAD: usize = 4;
 
 /// Reading processes is syscall-bound (about 20 per process); above this many pids the work
 /// is split over threads, one per core.
@@ -270,23 +274,38 @@ fn read_all(
     let chunks: Vec<Chunk> = if threads <= 1 || pids.len() < 2 {
         vec![read_chunk(proc_fd, pids, host_namespaces, known, budget)]
     } else {
-        let size = pids.len().div_ceil(threads);
-        let share = budget / threads;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = pids
-                .chunks(size)
-                .map(|run| {
-                    scope.spawn(move || read_chunk(proc_fd, run, host_namespaces, known, share))
+        // Runs of pids are not equal work (kernel threads sit at the low pids, a full read's
+        // turn costs a warm read's several times): each thread takes the next of several
+        // runs per thread until none is left, and the runs are merged back in pid order.
+        let runs: Vec<&[i32]> = pids
+            .chunks(pids.len().div_ceil(threads * RUNS_PER_THREAD))
+            .collect();
+        let share = budget / runs.len();
+        let next = AtomicUsize::new(0);
+        let mut done: Vec<(usize, Chunk)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(run) = runs.get(i) else { break };
+                            mine.push((i, read_chunk(proc_fd, run, host_namespaces, known, share)));
+                        }
+                        mine
+                    })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .flat_map(|h| {
                     h.join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
                 .collect()
-        })
+        });
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, chunk)| chunk).collect()
     };
     let mut raws = Vec::with_capacity(pids.len());
     let mut seeds: BTreeMap<String, ContainerSeed> = BTreeMap::new();
