@@ -191,18 +191,23 @@ fn container_process_rules(
     p: &Process,
     found: &mut Found,
 ) {
-    let label = Scope::Container(id, None, None).label();
+    // Most of a container's processes repeat the findings of its first one: a rule asks
+    // `found.keeps` before it formats a message that would be thrown away.
+    let label = || Scope::Container(id, None, None).label();
     let cid = Some(id);
 
     let effective = process_mask(&p.capability_masks.effective, &p.capabilities.effective);
     for bit in (0..64u32).filter(|bit| effective & policy.dangerous & (1u64 << bit) != 0) {
         let name = capability_name(bit);
+        if !found.keeps(FindingKind::DangerousCapability, cid, &name, p.pid) {
+            continue;
+        }
         let severity = if CRITICAL_CAPABILITIES.contains(&name.as_ref()) {
             Severity::Critical
         } else {
             Severity::High
         };
-        let message = format!("{label}: {} has {name} in its effective set", who(p));
+        let message = format!("{}: {} has {name} in its effective set", label(), who(p));
         found.add(
             Finding::new(
                 FindingKind::DangerousCapability,
@@ -216,9 +221,12 @@ fn container_process_rules(
     }
 
     let bounding = p.capability_masks.bounding.as_deref().and_then(parse_mask);
-    if bounding.is_some_and(|mask| mask & privileged == privileged) {
+    if bounding.is_some_and(|mask| mask & privileged == privileged)
+        && found.keeps(FindingKind::PrivilegedContainer, cid, "privileged", p.pid)
+    {
         let message = format!(
-            "{label} is privileged: {} has every capability of the host's bounding set in its own",
+            "{} is privileged: {} has every capability of the host's bounding set in its own",
+            label(),
             who(p)
         );
         found.add(
@@ -233,8 +241,8 @@ fn container_process_rules(
         );
     }
 
-    if p.uid == 0 {
-        let message = format!("{label}: {} runs as uid 0", who(p));
+    if p.uid == 0 && found.keeps(FindingKind::RunsAsRoot, cid, "uid 0", p.pid) {
+        let message = format!("{}: {} runs as uid 0", label(), who(p));
         found.add(
             Finding::new(
                 FindingKind::RunsAsRoot,
@@ -247,9 +255,12 @@ fn container_process_rules(
         );
     }
 
-    if p.no_new_privs == Some(false) {
+    if p.no_new_privs == Some(false)
+        && found.keeps(FindingKind::NoNewPrivsDisabled, cid, "no_new_privs", p.pid)
+    {
         let message = format!(
-            "{label}: {} runs without no_new_privs and may gain privileges through setuid files",
+            "{}: {} runs without no_new_privs and may gain privileges through setuid files",
+            label(),
             who(p)
         );
         found.add(
@@ -264,8 +275,10 @@ fn container_process_rules(
         );
     }
 
-    if p.seccomp == Some(SeccompMode::Disabled) {
-        let message = format!("{label}: {} runs without a seccomp filter", who(p));
+    if p.seccomp == Some(SeccompMode::Disabled)
+        && found.keeps(FindingKind::SeccompDisabled, cid, "seccomp", p.pid)
+    {
+        let message = format!("{}: {} runs without a seccomp filter", label(), who(p));
         found.add(
             Finding::new(
                 FindingKind::SeccompDisabled,
@@ -279,8 +292,10 @@ fn container_process_rules(
     }
 
     for (ns, kind, severity) in HOST_NAMESPACES {
-        if p.namespaces.shared_with_host.iter().any(|s| s == ns) {
-            let message = format!("{label}: {} shares the host's {ns} namespace", who(p));
+        if p.namespaces.shared_with_host.iter().any(|s| s == ns)
+            && found.keeps(kind, cid, ns, p.pid)
+        {
+            let message = format!("{}: {} shares the host's {ns} namespace", label(), who(p));
             found.add(Finding::new(kind, severity, cid, ns, message).with_pid(p.pid));
         }
     }
@@ -288,8 +303,9 @@ fn container_process_rules(
     if p.exe_layer == Some(Layer::Upper) {
         if let Some(exe) = p.exe.as_deref() {
             let message = format!(
-                "{label}: {} runs {exe} from the container's writable layer, not the image \
+                "{}: {} runs {exe} from the container's writable layer, not the image \
                  (sha256 {})",
+                label(),
                 who(p),
                 p.sha256.as_deref().unwrap_or("unknown")
             );
@@ -993,6 +1009,19 @@ impl<'p> Found<'p> {
             policy,
             by_key: BTreeMap::new(),
         }
+    }
+
+    /// Whether a finding of `kind` on (`container`, `subject`) from process `pid` would be
+    /// kept by [`Found::add`]: its kind is enabled and no finding with that key from a lower
+    /// pid is in yet.
+    fn keeps(&self, kind: FindingKind, container: Option<&str>, subject: &str, pid: i32) -> bool {
+        if !self.policy.is_enabled(kind) {
+            return false;
+        }
+        let key = (kind, container.map(str::to_string), subject.to_string());
+        self.by_key
+            .get(&key)
+            .is_none_or(|existing| existing.pid.is_none_or(|p| p > pid))
     }
 
     fn add(&mut self, finding: Finding) {
