@@ -11,13 +11,16 @@ use nodeguard_model::Limits;
 #[cfg(test)]
 use nodeguard_model::QosClass;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Limit files kept open from one pass to the next, by path (see [`LimitsReader::with_kept`]).
-pub type KeptFiles = HashMap<PathBuf, File>;
+/// Keyed by the path's bytes: hashing a `Path` walks its components, which showed in a warm
+/// pass's profile.
+pub type KeptFiles = HashMap<OsString, File>;
 
 /// A limit file holds one short line; reading stops here.
 const LIMIT_FILE_MAX: usize = 4096;
@@ -234,7 +237,7 @@ pub struct LimitsReader {
     root: PathBuf,
     layout: CgroupLayout,
     /// Ancestor files: contents, or `None` when absent.
-    cache: HashMap<PathBuf, Option<String>>,
+    cache: HashMap<OsString, Option<String>>,
     /// Files the previous pass kept open, and those this one read (kept for the next).
     kept: KeptFiles,
     read_now: KeptFiles,
@@ -271,16 +274,16 @@ impl LimitsReader {
     /// A limit file's text: through the handle kept from the previous pass when it still
     /// reads, else opened by path (and kept, up to `keep_max`).
     fn read_text(&mut self, path: &Path) -> io::Result<String> {
-        if let Some(file) = self.kept.remove(path) {
+        if let Some(file) = self.kept.remove(path.as_os_str()) {
             if let Ok(text) = read_from_start(&file) {
-                self.read_now.insert(path.to_path_buf(), file);
+                self.read_now.insert(path.as_os_str().to_owned(), file);
                 return Ok(text);
             }
         }
         let file = File::open(path)?;
         let text = read_from_start(&file)?;
         if self.read_now.len() < self.keep_max {
-            self.read_now.insert(path.to_path_buf(), file);
+            self.read_now.insert(path.as_os_str().to_owned(), file);
         }
         Ok(text)
     }
@@ -310,19 +313,19 @@ impl LimitsReader {
     /// controller may simply not be enabled, or the root, which has no limit files).
     fn read(&mut self, path: PathBuf, lenient: bool) -> Result<Option<String>, Error> {
         if lenient {
-            if let Some(hit) = self.cache.get(&path) {
+            if let Some(hit) = self.cache.get(path.as_os_str()) {
                 return Ok(hit.clone());
             }
         }
         match self.read_text(&path) {
             Ok(text) => {
                 if lenient {
-                    self.cache.insert(path, Some(text.clone()));
+                    self.cache.insert(path.into_os_string(), Some(text.clone()));
                 }
                 Ok(Some(text))
             }
             Err(e) if lenient && e.kind() == io::ErrorKind::NotFound => {
-                self.cache.insert(path, None);
+                self.cache.insert(path.into_os_string(), None);
                 Ok(None)
             }
             Err(source) => Err(Error::CgroupRead { path, source }),
@@ -616,11 +619,20 @@ mod tests {
         };
         let (first, kernel, kept) = pass(KeptFiles::new(), 64 << 20);
         assert_eq!(first, Some(kernel));
-        assert!(kept.contains_key(&limit_file), "{kept:?}");
-        let held = kept[&limit_file].metadata().map(|m| m.ino()).ok();
+        assert!(kept.contains_key(limit_file.as_os_str()), "{kept:?}");
+        let held = kept[limit_file.as_os_str()]
+            .metadata()
+            .map(|m| m.ino())
+            .ok();
         let (resized, kernel, kept) = pass(kept, 32 << 20);
         assert_eq!((resized, kernel), (Some(32 << 20), 32 << 20));
-        assert_eq!(kept[&limit_file].metadata().map(|m| m.ino()).ok(), held);
+        assert_eq!(
+            kept[limit_file.as_os_str()]
+                .metadata()
+                .map(|m| m.ino())
+                .ok(),
+            held
+        );
         std::fs::remove_dir(&cgroup).expect("remove the cgroup");
         std::fs::create_dir(&cgroup).expect("make the cgroup again");
         let (again, kernel, kept) = pass(kept, 16 << 20);
