@@ -576,6 +576,9 @@ pub struct Remembered {
     pub mount_root: std::sync::OnceLock<Option<crate::mountinfo::ContainerRoot>>,
     /// The `Name:` value of `status` as read then (the kernel's escaping of `comm`).
     pub status_name: Vec<u8>,
+    /// A kernel thread: no executable, no command line, never exec'd. With exec events
+    /// watched only its `status` is read (it says the thread is still the one remembered).
+    pub kernel_thread: bool,
 }
 
 /// What the `exe` links of processes running the same file showed in one pass (see
@@ -726,6 +729,27 @@ pub fn read_process(
                 ns
             }
         };
+        // Remembered only for the short read of a watched pass (`read_watched`): a kernel
+        // thread never execs, so its identity is its start time and name.
+        let remember = stat.start_ticks.map(|start_ticks| {
+            Arc::new(Remembered {
+                exec: ExecIdentity {
+                    start_ticks,
+                    comm: stat.comm.clone(),
+                    image_marks: stat.image_marks,
+                    exe_link: None,
+                    exe_stat: None,
+                },
+                cmdline: String::new(),
+                namespaces: namespaces.clone(),
+                cgroup: None,
+                container: None,
+                cgroup_malformed: 0,
+                mount_root: Default::default(),
+                status_name: status_name(buf).unwrap_or_default().to_vec(),
+                kernel_thread: true,
+            })
+        });
         let process = assemble(
             pid,
             stat,
@@ -744,7 +768,7 @@ pub fn read_process(
             container: None,
             start_ticks: None,
             notes: Vec::new(),
-            remember: None,
+            remember,
             reused: false,
             watched: false,
         });
@@ -817,6 +841,7 @@ pub fn read_process(
             cgroup_malformed: skipped,
             mount_root: Default::default(),
             status_name: name,
+            kernel_thread: false,
         })
     });
     let container_id = container.as_ref().map(|c| c.cgroup.id.clone());
@@ -870,6 +895,22 @@ fn read_watched(
     };
     if name != known.status_name.as_slice() {
         return Ok(None);
+    }
+    if known.kernel_thread {
+        let stat = StatFields {
+            pid,
+            comm: known.exec.comm.clone(),
+            state: 'S',
+            ppid,
+            flags: PF_KTHREAD,
+            start_ticks: Some(known.exec.start_ticks),
+            image_marks: known.exec.image_marks,
+        };
+        // Counted neither as reused nor as read the short way: those count processes that
+        // could exec.
+        let mut raw = reuse(pid, known, stat, &status, None, None, false);
+        (raw.start_ticks, raw.reused) = (None, false);
+        return Ok(Some(raw));
     }
     // The link, not its stat: it says whether the file was deleted since. Processes running
     // the same file under the same link share its dentry, and a deletion shows in every
