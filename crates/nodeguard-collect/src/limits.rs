@@ -274,6 +274,13 @@ impl LimitsReader {
     /// A limit file's text: through the handle kept from the previous pass when it still
     /// reads, else opened by path (and kept, up to `keep_max`).
     fn read_text(&mut self, path: &Path) -> io::Result<String> {
+        // Read already in this pass (a pod's files serve as its own limits and as an
+        // ancestor's): the same handle again.
+        if let Some(file) = self.read_now.get(path.as_os_str()) {
+            if let Ok(text) = read_from_start(file) {
+                return Ok(text);
+            }
+        }
         if let Some(file) = self.kept.remove(path.as_os_str()) {
             if let Ok(text) = read_from_start(&file) {
                 self.read_now.insert(path.as_os_str().to_owned(), file);
