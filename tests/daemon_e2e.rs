@@ -962,3 +962,32 @@ fn sighup_rereads_digest_bundles_and_refuses_a_broken_one() {
     assert!(message.contains(&want), "{message} lacks {want}");
     drop(c);
 }
+
+/// A container runtime may start the agent at a soft open-file limit of 1,024 under a far
+/// higher hard one; the agent raises its soft limit to the hard one (the handles it keeps
+/// between scans are sized from it). Ground truth: the kernel's `/proc/PID/limits`.
+#[test]
+fn the_agent_raises_its_soft_open_file_limit_to_the_hard_one() {
+    let agent = Agent::start_in(&["prlimit", "--nofile=1024:8192"], &[]);
+    let limits = format!("/proc/{}/limits", agent.pid());
+    let line = support::wait_for(
+        "the agent's open-file limit to be raised",
+        Duration::from_secs(30),
+        || {
+            let text = fs::read_to_string(&limits).map_err(|e| format!("{limits}: {e}"))?;
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .ok_or_else(|| format!("no open-file line in {text}"))?
+                .to_string();
+            let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+            if numbers == ["8192", "8192"] {
+                Ok(line)
+            } else {
+                Err(line)
+            }
+        },
+    );
+    assert!(line.contains("files"), "{line}");
+    agent.terminate(STOP_TIMEOUT);
+}

@@ -29,12 +29,44 @@ const EXIT_FINDINGS: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    raise_open_file_limit();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("nodeguard: error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (at most 1,048,576), as the Go runtime
+/// does for every program: a scan keeps a few handles per process open between scans (see
+/// `nodeguard_collect::Collector::set_dir_budget`, sized from this limit), and container
+/// runtimes often start containers at a soft 1,024 under a far higher hard limit. A failure
+/// leaves the limit as it was.
+fn raise_open_file_limit() {
+    const CAP: libc::rlim_t = 1 << 20;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(CAP);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let before = limit.rlim_cur;
+    limit.rlim_cur = wanted;
+    // SAFETY: setrlimit reads one rlimit from the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(
+            from = before,
+            to = wanted,
+            "raised the soft open-file limit"
+        );
     }
 }
 
