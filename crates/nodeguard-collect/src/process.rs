@@ -156,8 +156,18 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
     // Only the keys below are looked at, and their values are ASCII when well formed: lines
     // are split as bytes, and a value is text only when it is read (`Name`, which may hold
     // any byte, is read by `status_name`).
+    let mut wanted = 10;
     for line in bytes.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        // Most lines are of no interest (`Vm*`, `Rss*`, `Threads`, `Cpus_allowed`, ...): the
+        // first letter rules them out before the colon is looked for. All ten found, the rest
+        // of the file (a third of it) is not looked at.
+        if wanted == 0 {
+            break;
+        }
+        if !matches!(line.first(), Some(b'U' | b'G' | b'P' | b'C' | b'N' | b'S')) {
+            continue;
+        }
+        let Some(colon) = line.iter().take(12).position(|b| *b == b':') else {
             continue;
         };
         let (key, value) = (&line[..colon], &line[colon + 1..]);
@@ -176,6 +186,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
         ) {
             continue;
         }
+        wanted -= 1;
         let value = String::from_utf8_lossy(value);
         let value = value.as_ref();
         let bad = |what: &str| format!("bad {what} value {:?}", value.trim());
