@@ -118,6 +118,17 @@ pub struct StatusFields {
     pub ppid: Option<i32>,
 }
 
+/// Whether `/proc/PID/status` says the process is a zombie or dead (`State:\tZ`, `X`): it
+/// has no executable or memory any more. `false` when there is no `State` line.
+pub fn status_zombie(bytes: &[u8]) -> bool {
+    bytes
+        .split(|b| *b == b'\n')
+        .take(8)
+        .find_map(|line| line.strip_prefix(b"State:"))
+        .and_then(|value| value.iter().find(|b| !b.is_ascii_whitespace()))
+        .is_some_and(|state| matches!(state, b'Z' | b'X' | b'x'))
+}
+
 /// The raw value of the `Name:` line of `/proc/PID/status` (`comm`, escaped by the kernel).
 pub fn status_name(bytes: &[u8]) -> Option<&[u8]> {
     let rest = bytes.strip_prefix(b"Name:")?;
@@ -904,7 +915,9 @@ fn read_watched(
     let (Some(ppid), Some(name)) = (status.ppid, status_name(buf)) else {
         return Ok(None);
     };
-    if name != known.status_name.as_slice() {
+    // A zombie keeps its name and, for a while, the link of the file it ran in its group's
+    // shared read; it has no executable any more: the full read says so.
+    if name != known.status_name.as_slice() || status_zombie(buf) {
         return Ok(None);
     }
     if known.kernel_thread {

@@ -469,6 +469,59 @@ fn with_exec_events_watched_a_deleted_executable_shows_on_every_process_running_
     );
 }
 
+/// With exec events watched, a process that becomes a zombie is reported without an
+/// executable at the next pass, although its parent runs the same file under the same link
+/// (their `exe` links share one read). Ground truth: the kernel's `stat` state and `exe` link.
+#[test]
+fn with_exec_events_watched_a_zombie_is_reported_without_its_executable() {
+    if missing_prerequisite() {
+        return;
+    }
+    let mut ns = PidNs::start();
+    // The parent execs `sleep`, which never reaps its child: the child stays a zombie.
+    let parent = ns.spawn("parent", "sh -c 'sleep 1001 & exec sleep 1002'");
+    let children = ns
+        .proc_root
+        .join(format!("{parent}/task/{parent}/children"));
+    let child: i32 = wait_until("the child sleep and the parent's exec", || {
+        if ns.cmdline(parent) != "sleep 1002" {
+            return None;
+        }
+        let child: i32 = fs::read_to_string(&children)
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        (ns.cmdline(child) == "sleep 1001").then_some(child)
+    });
+    let mut collector = ns.collector();
+    collector.watch_execs(true);
+    collector.collect().unwrap();
+    let before = collector.collect().unwrap();
+    assert_eq!(before.processes_watched, user_processes(&before));
+    assert_eq!(
+        process(&before, child).process.exe,
+        process(&before, parent).process.exe
+    );
+    ns.run(&format!("kill {child}"));
+    let state = |pid: i32| {
+        let stat = String::from_utf8(ns.proc_file(pid, "stat")).unwrap();
+        let after_comm = stat.rsplit_once(") ").unwrap().1.to_string();
+        after_comm.chars().next().unwrap()
+    };
+    wait_until("the child to be a zombie", || {
+        (state(child) == 'Z').then_some(())
+    });
+    assert!(ns.exe(child).is_none(), "a zombie has no exe link");
+    let after = collector.collect().unwrap();
+    assert_eq!(process(&after, child).process.exe, None);
+    assert_eq!(
+        process(&after, parent).process.exe.as_deref(),
+        ns.exe(parent).unwrap().to_str()
+    );
+}
+
 fn user_processes(s: &Snapshot) -> u64 {
     s.processes
         .iter()
