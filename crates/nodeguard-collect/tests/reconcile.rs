@@ -382,7 +382,6 @@ fn with_exec_events_watched_reported_execs_are_read_afresh_and_a_loss_rechecks_a
     assert_eq!(pass.processes_reused, user_processes(&pass));
 }
 
-/// Processes other than the one at pid 2, which the collector takes for kthreadd.
 /// While exec events are watched the full reads follow their own period (the daemon
 /// stretches it to about three minutes): between them every known process is read the short
 /// way; a loss brings back the re-check of every process at once.
@@ -522,6 +521,7 @@ fn with_exec_events_watched_a_zombie_is_reported_without_its_executable() {
     );
 }
 
+/// Processes other than the one at pid 2, which the collector takes for kthreadd.
 fn user_processes(s: &Snapshot) -> u64 {
     s.processes
         .iter()
