@@ -49,15 +49,10 @@ pub enum CgroupLayout {
 /// A cgroup file from offset 0, at most [`LIMIT_FILE_MAX`] bytes, as UTF-8. cgroupfs
 /// generates such a file whole on each read from 0, so a short read is its end.
 fn read_from_start(file: &File) -> io::Result<String> {
-    let mut buf = vec![0u8; LIMIT_FILE_MAX];
-    let n = loop {
-        match file.read_at(&mut buf, 0) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    buf.truncate(n);
+    let mut buf = Vec::with_capacity(LIMIT_FILE_MAX);
+    crate::process::read_into(&mut buf, LIMIT_FILE_MAX, true, |chunk, offset| {
+        file.read_at(chunk, offset)
+    })?;
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

@@ -372,6 +372,43 @@ fn classify(pid: i32, file: &'static str, e: io::Error) -> Failure {
     }
 }
 
+/// Reads at most `limit` bytes into `buf` (cleared first) with `read(chunk, offset)` calls
+/// (`offset`: bytes read so far), until one returns 0 or, with `short_read_ends`, fewer bytes
+/// than asked. An interrupted read is retried; on an error `buf` keeps what was read before.
+pub(crate) fn read_into(
+    buf: &mut Vec<u8>,
+    limit: usize,
+    short_read_ends: bool,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<()> {
+    buf.clear();
+    loop {
+        if buf.len() >= limit {
+            buf.truncate(limit);
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        let start = buf.len();
+        let want = (buf.capacity() - start).min(limit - start);
+        buf.resize(start + want, 0);
+        match read(&mut buf[start..], start as u64) {
+            Ok(n) => {
+                buf.truncate(start + n);
+                if n == 0 || (short_read_ends && n < want) {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// A handle on `/proc/PID`.
 #[derive(Debug)]
 pub struct PidDir {
@@ -424,6 +461,17 @@ impl PidDir {
         self.read_impl(file, buf, limit, false)
     }
 
+    fn open_file(&self, file: &'static str) -> Result<File, Failure> {
+        openat(
+            self.fd.as_fd(),
+            file,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| classify(self.pid, file, e.into()))
+    }
+
     fn read_impl(
         &self,
         file: &'static str,
@@ -431,85 +479,27 @@ impl PidDir {
         limit: usize,
         short_read_ends: bool,
     ) -> Result<(), Failure> {
-        buf.clear();
-        let fd = openat(
-            self.fd.as_fd(),
-            file,
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-            Mode::empty(),
-        )
-        .map_err(|e| classify(self.pid, file, e.into()))?;
-        let mut file_handle = File::from(fd);
-        loop {
-            if buf.len() >= limit {
-                buf.truncate(limit);
-                return Ok(());
-            }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(8192);
-            }
-            let start = buf.len();
-            let want = (buf.capacity() - start).min(limit - start);
-            buf.resize(start + want, 0);
-            match file_handle.read(&mut buf[start..]) {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    if n == 0 || (short_read_ends && n < want) {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(classify(self.pid, file, e));
-                }
-            }
-        }
+        let mut handle = self.open_file(file)?;
+        read_into(buf, limit, short_read_ends, |chunk, _| handle.read(chunk))
+            .map_err(|e| classify(self.pid, file, e))
     }
 
     /// `status` (at most `limit` bytes) through the handle kept on it, opened on first use:
-    /// for processes read again and again through a handle kept between passes.
+    /// for processes read again and again through a handle kept between passes. Read from
+    /// offset 0 each time (procfs generates it afresh); generated whole (`single_open`), so a
+    /// short read ends it.
     pub fn read_status_kept(&self, buf: &mut Vec<u8>, limit: usize) -> Result<(), Failure> {
         let file = match self.status.get() {
             Some(file) => file,
             None => {
-                let fd = openat(
-                    self.fd.as_fd(),
-                    "status",
-                    OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-                    Mode::empty(),
-                )
-                .map_err(|e| classify(self.pid, "status", e.into()))?;
-                self.status.get_or_init(|| File::from(fd))
+                let file = self.open_file("status")?;
+                self.status.get_or_init(|| file)
             }
         };
-        buf.clear();
-        loop {
-            if buf.len() >= limit {
-                buf.truncate(limit);
-                return Ok(());
-            }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(8192);
-            }
-            let start = buf.len();
-            let want = (buf.capacity() - start).min(limit - start);
-            buf.resize(start + want, 0);
-            // `status` is generated whole (`single_open`): a short read ends it.
-            match file.read_at(&mut buf[start..], start as u64) {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    if n < want {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(classify(self.pid, "status", e));
-                }
-            }
-        }
+        read_into(buf, limit, true, |chunk, offset| {
+            file.read_at(chunk, offset)
+        })
+        .map_err(|e| classify(self.pid, "status", e))
     }
 
     pub fn readlink(&self, file: &'static str) -> Result<Vec<u8>, Failure> {
