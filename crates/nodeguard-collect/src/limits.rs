@@ -231,7 +231,7 @@ impl Controller {
 pub struct LimitsReader {
     root: PathBuf,
     layout: CgroupLayout,
-    /// Ancestor files: contents, or `None` when absent.
+    /// Files read in this pass: contents, or `None` when absent.
     cache: HashMap<OsString, Option<String>>,
     /// Files the previous pass kept open, and those this one read (kept for the next).
     kept: KeptFiles,
@@ -269,13 +269,6 @@ impl LimitsReader {
     /// A limit file's text: through the handle kept from the previous pass when it still
     /// reads, else opened by path (and kept, up to `keep_max`).
     fn read_text(&mut self, path: &Path) -> io::Result<String> {
-        // Read already in this pass (a pod's files serve as its own limits and as an
-        // ancestor's): the same handle again.
-        if let Some(file) = self.read_now.get(path.as_os_str()) {
-            if let Ok(text) = read_from_start(file) {
-                return Ok(text);
-            }
-        }
         if let Some(file) = self.kept.remove(path.as_os_str()) {
             if let Ok(text) = read_from_start(&file) {
                 self.read_now.insert(path.as_os_str().to_owned(), file);
@@ -312,18 +305,18 @@ impl LimitsReader {
     }
 
     /// Reads a file; `Ok(None)` when it is absent and `lenient` (an ancestor level, where a
-    /// controller may simply not be enabled, or the root, which has no limit files).
+    /// controller may simply not be enabled, or the root, which has no limit files). A file
+    /// is read once per pass: a pod's files serve as its own limits and as its containers'
+    /// ancestor level. Only a lenient read takes a remembered absence for an answer.
     fn read(&mut self, path: PathBuf, lenient: bool) -> Result<Option<String>, Error> {
-        if lenient {
-            if let Some(hit) = self.cache.get(path.as_os_str()) {
-                return Ok(hit.clone());
-            }
+        match self.cache.get(path.as_os_str()) {
+            Some(Some(text)) => return Ok(Some(text.clone())),
+            Some(None) if lenient => return Ok(None),
+            _ => {}
         }
         match self.read_text(&path) {
             Ok(text) => {
-                if lenient {
-                    self.cache.insert(path.into_os_string(), Some(text.clone()));
-                }
+                self.cache.insert(path.into_os_string(), Some(text.clone()));
                 Ok(Some(text))
             }
             Err(e) if lenient && e.kind() == io::ErrorKind::NotFound => {
