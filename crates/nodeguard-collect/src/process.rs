@@ -116,17 +116,9 @@ pub struct StatusFields {
     pub seccomp: Option<SeccompMode>,
     /// `PPid`; `None` when the line is missing (the parent comes from `stat` then).
     pub ppid: Option<i32>,
-}
-
-/// Whether `/proc/PID/status` says the process is a zombie or dead (`State:\tZ`, `X`): it
-/// has no executable or memory any more. `false` when there is no `State` line.
-pub fn status_zombie(bytes: &[u8]) -> bool {
-    bytes
-        .split(|b| *b == b'\n')
-        .take(8)
-        .find_map(|line| line.strip_prefix(b"State:"))
-        .and_then(|value| value.iter().find(|b| !b.is_ascii_whitespace()))
-        .is_some_and(|state| matches!(state, b'Z' | b'X' | b'x'))
+    /// A zombie or dead process (`State:` `Z`, `X`): no executable or memory any more.
+    /// `false` when there is no `State` line (`stat` says then).
+    pub zombie: bool,
 }
 
 /// The raw value of the `Name:` line of `/proc/PID/status` (`comm`, escaped by the kernel).
@@ -163,14 +155,14 @@ fn mask(value: &str) -> Option<u64> {
 pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
     let (mut uids, mut gids, mut inh, mut prm, mut eff) = (None, None, None, None, None);
     let (mut bnd, mut amb, mut nnp, mut seccomp) = (None, None, None, None);
-    let mut ppid = None;
+    let (mut ppid, mut zombie) = (None, false);
     // Only the keys below are looked at, and their values are ASCII when well formed: lines
     // are split as bytes, and a value is text only when it is read (`Name`, which may hold
     // any byte, is read by `status_name`).
-    let mut wanted = 10;
+    let mut wanted = 11;
     for line in bytes.split(|b| *b == b'\n') {
         // Most lines are of no interest (`Vm*`, `Rss*`, `Threads`, `Cpus_allowed`, ...): the
-        // first letter rules them out before the colon is looked for. All ten found, the rest
+        // first letter rules them out before the colon is looked for. All eleven found, the rest
         // of the file (a third of it) is not looked at.
         if wanted == 0 {
             break;
@@ -194,6 +186,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
                 | b"CapAmb"
                 | b"NoNewPrivs"
                 | b"Seccomp"
+                | b"State"
         ) {
             continue;
         }
@@ -216,6 +209,12 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
                     "1" => true,
                     _ => return Err(bad("NoNewPrivs")),
                 })
+            }
+            b"State" => {
+                zombie = matches!(
+                    value.trim_start().as_bytes().first(),
+                    Some(b'Z' | b'X' | b'x')
+                );
             }
             b"Seccomp" => {
                 seccomp = Some(match value.trim() {
@@ -240,6 +239,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<StatusFields, String> {
         no_new_privs: nnp,
         seccomp,
         ppid,
+        zombie,
     })
 }
 
@@ -907,7 +907,7 @@ fn read_watched(
     };
     // A zombie keeps its name and, for a while, the link of the file it ran in its group's
     // shared read; it has no executable any more: the full read says so.
-    if name != known.status_name.as_slice() || status_zombie(buf) {
+    if name != known.status_name.as_slice() || status.zombie {
         return Ok(None);
     }
     if known.kernel_thread {
@@ -1096,6 +1096,9 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
         let caps = capabilities(&s);
         assert!(caps.effective.contains(&"CAP_NET_RAW".into()));
         assert_eq!(caps.bounding.len(), 41);
+        assert!(!s.zombie);
+        let zombie = STATUS.replace("State:\tS (sleeping)", "State:\tZ (zombie)");
+        assert!(parse_status(zombie.as_bytes()).unwrap().zombie);
     }
 
     #[test]
