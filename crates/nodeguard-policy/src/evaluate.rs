@@ -998,6 +998,12 @@ fn file_capability_mask(text: &str) -> Option<u64> {
 type Key = (FindingKind, Option<String>, String);
 
 /// The findings so far, one per `(kind, container, subject)`, keeping the lowest pid.
+/// Of two findings with the same key, the one of lower rank is kept: a pid beats none, a
+/// lower pid beats a higher one.
+fn rank(pid: Option<i32>) -> (u8, i32) {
+    pid.map_or((1, 0), |p| (0, p))
+}
+
 struct Found<'p> {
     policy: &'p Policy,
     by_key: BTreeMap<Key, Finding>,
@@ -1021,7 +1027,7 @@ impl<'p> Found<'p> {
         let key = (kind, container.map(str::to_string), subject.to_string());
         self.by_key
             .get(&key)
-            .is_none_or(|existing| existing.pid.is_none_or(|p| p > pid))
+            .is_none_or(|existing| rank(existing.pid) > rank(Some(pid)))
     }
 
     fn add(&mut self, finding: Finding) {
@@ -1033,10 +1039,8 @@ impl<'p> Found<'p> {
             finding.container_id.clone(),
             finding.subject.clone(),
         );
-        // A pid beats none, a lower pid beats a higher one.
-        let rank = |f: &Finding| f.pid.map_or((1, 0), |p| (0, p));
         match self.by_key.get(&key) {
-            Some(existing) if rank(existing) <= rank(&finding) => {}
+            Some(existing) if rank(existing.pid) <= rank(finding.pid) => {}
             _ => {
                 self.by_key.insert(key, finding);
             }

@@ -9,7 +9,7 @@ use crate::spec::{BundleBase, PatternBudget};
 pub use crate::spec::{MAX_PATTERNS, MAX_PATTERN_BYTES};
 use crate::yaml;
 use nodeguard_model::capability::{capability_number, DEFAULT_DANGEROUS_CAPABILITIES};
-use nodeguard_model::{decode_capabilities, FindingKind, Severity};
+use nodeguard_model::{decode_capabilities, CapabilityName, FindingKind, Severity};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 use std::path::Path;
@@ -157,11 +157,8 @@ impl Policy {
     }
 
     /// The capabilities this policy calls dangerous, lowest number first.
-    pub fn dangerous_capabilities(&self) -> Vec<String> {
+    pub fn dangerous_capabilities(&self) -> Vec<CapabilityName> {
         decode_capabilities(self.dangerous)
-            .into_iter()
-            .map(String::from)
-            .collect()
     }
 
     /// Which cgroup limits must be set: `(memory, cpu, pids)`.
