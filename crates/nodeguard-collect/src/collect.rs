@@ -19,6 +19,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `cap_last_cap` when the kernel does not say (Linux 5.9+: CAP_CHECKPOINT_RESTORE).
 pub const DEFAULT_CAP_LAST_CAP: u32 = 40;
@@ -539,6 +540,22 @@ pub(crate) struct Reuse {
     execd: HashSet<i32>,
     /// Cgroup limit files the last pass read, open.
     limit_files: KeptFiles,
+    /// Where the last pass's time went.
+    pub(crate) phases: PassPhases,
+}
+
+/// How long the parts of one pass took, wall time: to see where a slow pass spends it (the
+/// scan logs them at debug level). Not part of any report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassPhases {
+    /// Listing the proc root and reading what every pass reads once (pid 1's namespaces).
+    pub list: Duration,
+    /// Reading the processes, on the reader threads.
+    pub read: Duration,
+    /// Attributing containers and reading their cgroup limits.
+    pub containers: Duration,
+    /// Finding the layer each container executable comes from.
+    pub layers: Duration,
 }
 
 /// The most cgroup limit files kept open between passes (about four per container).
@@ -561,6 +578,7 @@ impl Reuse {
             execs_lost: true,
             execd: HashSet::new(),
             limit_files: KeptFiles::new(),
+            phases: PassPhases::default(),
         }
     }
 
@@ -688,6 +706,7 @@ fn collect_from(
         path: opts.proc_root.clone(),
         source: e.into(),
     })?;
+    let started = Instant::now();
     let pids = match only {
         Some(pids) => pids,
         None => list_pids(&opts.proc_root)?,
@@ -697,6 +716,7 @@ fn collect_from(
 
     let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
 
+    let listed = Instant::now();
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
     reuse.pass += 1;
     // What the event source says about the time since the last pass began; from now on
@@ -726,6 +746,7 @@ fn collect_from(
         threads,
         budget,
     );
+    let read = Instant::now();
     let reused = raws.iter().filter(|r| r.reused).count() as u64;
     let watched = raws.iter().filter(|r| r.watched).count() as u64;
     reuse.processes = raws
@@ -750,7 +771,14 @@ fn collect_from(
         keep_max,
         &mut log,
     );
+    let attributed = Instant::now();
     let processes = attach_layers(opts, &seeds, raws, &mut reuse.located, &mut log);
+    reuse.phases = PassPhases {
+        list: listed - started,
+        read: read - listed,
+        containers: attributed - read,
+        layers: attributed.elapsed(),
+    };
 
     let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
     let mut stats = log.stats;

@@ -34,7 +34,7 @@ pub mod process;
 pub mod runtime;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
-pub use collect::{resolve_host_root, DEFAULT_CAP_LAST_CAP};
+pub use collect::{resolve_host_root, PassPhases, DEFAULT_CAP_LAST_CAP};
 pub use error::Error;
 pub use layer::FileIdentity;
 pub use limits::{detect_layout, CgroupLayout, LimitsReader};
@@ -222,6 +222,11 @@ impl Collector {
     /// or listed; the kept entries are then left as they were.
     pub fn collect(&mut self) -> Result<Snapshot, Error> {
         collect::collect_with(&self.options, None, &mut self.reuse)
+    }
+
+    /// Where the last pass's time went.
+    pub fn last_phases(&self) -> PassPhases {
+        self.reuse.phases
     }
 
     /// Processes kept for the next pass.

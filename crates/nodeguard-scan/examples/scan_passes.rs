@@ -1,23 +1,29 @@
 //! Times warm process scans of one `Scanner` on this node, as the daemon runs them with exec
 //! events watched at a 10 s interval (full reads every 18 scans): the whole scan, from
-//! `/proc` to `Report`, which is what the daemon's `duration_ms` logs. A measurement aid, not
-//! a test; compare with `nodeguard-collect`'s `passes` example for the collection's share.
+//! `/proc` to `Report`, which is what the daemon's `duration_ms` logs, and the median of each
+//! of its phases (`Scanner::last_phases`). A measurement aid, not a test; compare with
+//! `nodeguard-collect`'s `passes` example for the collection alone.
 //!
 //! ```text
-//! cargo run --release -p nodeguard-scan --example scan_passes -- [SCANS]
+//! cargo run --release -p nodeguard-scan --example scan_passes -- [SCANS] [PAUSE_SECONDS]
 //! ```
+//!
+//! With a pause, the scans are that far apart as the daemon's are (caches cool meanwhile);
+//! without one, back to back.
 
 use nodeguard_policy::Policy;
-use nodeguard_scan::{NoPods, ScanOptions, ScanScope, Scanner};
+use nodeguard_scan::{NoPods, ScanOptions, ScanPhases, ScanScope, Scanner};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() -> Result<(), nodeguard_scan::Error> {
-    let scans: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(30);
+    let mut args = std::env::args().skip(1);
+    let scans: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
+    let pause = args
+        .next()
+        .and_then(|a| a.parse::<f64>().ok())
+        .map(Duration::from_secs_f64);
     let mut options = ScanOptions::new("/proc".into(), "/sys/fs/cgroup".into(), "bench".into());
     options.collect.host_root = PathBuf::from("/");
     let mut scanner = Scanner::new(options, Arc::new(Policy::default()));
@@ -31,17 +37,44 @@ fn main() -> Result<(), nodeguard_scan::Error> {
         first.processes.len(),
         first.findings.len()
     );
+    drop(first);
+    let scans = scans.max(1);
     let mut times = Vec::with_capacity(scans);
+    let mut phases: Vec<ScanPhases> = Vec::with_capacity(scans);
     for _ in 0..scans {
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
         let t = Instant::now();
-        scanner.scan(ScanScope::Processes, &NoPods)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let report = scanner.scan(ScanScope::Processes, &NoPods)?;
+        times.push(t.elapsed());
+        phases.push(scanner.last_phases());
+        drop(report);
     }
-    times.sort_by(|a, b| a.total_cmp(b));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    times.sort();
     println!(
         "warm process scan, events watched: {:.2} ms median, {:.2} ms max over {scans}",
-        times[times.len() / 2],
-        times[times.len() - 1]
+        ms(times[scans / 2]),
+        ms(times[scans - 1])
+    );
+    let median = |f: fn(&ScanPhases) -> Duration| {
+        let mut v: Vec<Duration> = phases.iter().map(f).collect();
+        v.sort();
+        ms(v[v.len() / 2])
+    };
+    println!(
+        "  phases (median ms): list {:.2}, read {:.2}, containers {:.2}, layers {:.2} \
+         (collection {:.2}); redact {:.2}, hash {:.2}, filesystems {:.2}, evaluate {:.2}",
+        median(|p| p.collect.list),
+        median(|p| p.collect.read),
+        median(|p| p.collect.containers),
+        median(|p| p.collect.layers),
+        median(|p| p.collected),
+        median(|p| p.redact),
+        median(|p| p.hash),
+        median(|p| p.filesystems),
+        median(|p| p.evaluate),
     );
     Ok(())
 }

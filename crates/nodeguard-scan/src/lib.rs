@@ -138,6 +138,27 @@ pub struct Scanner {
     /// From the last full scan, for the evaluation of exec-driven passes.
     last_cap_last_cap: u32,
     last_host_bounding: Option<u64>,
+    /// Where the last scan's time went.
+    last_phases: ScanPhases,
+}
+
+/// How long the parts of one scan took, wall time (logged at debug level as "scan phases";
+/// not part of the report): to see where a slow scan spends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanPhases {
+    /// The collection pass, in its parts.
+    pub collect: nodeguard_collect::PassPhases,
+    /// Collection as a whole.
+    pub collected: Duration,
+    /// Redacting command lines.
+    pub redact: Duration,
+    /// Hashing executables (cache lookups, mostly).
+    pub hash: Duration,
+    /// Merging exec reads and walking container filesystems (writable layers only, in a
+    /// process scan).
+    pub filesystems: Duration,
+    /// Evaluating the policy.
+    pub evaluate: Duration,
 }
 
 /// What exec reads gathered for the next merge.
@@ -202,6 +223,7 @@ impl Scanner {
             held_back: BTreeMap::new(),
             last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
             last_host_bounding: None,
+            last_phases: ScanPhases::default(),
         }
     }
 
@@ -224,6 +246,11 @@ impl Scanner {
         &self.policy
     }
 
+    /// Where the last scan's time went (see [`ScanPhases`]).
+    pub fn last_phases(&self) -> ScanPhases {
+        self.last_phases
+    }
+
     /// Runs one scan.
     pub fn scan(&mut self, scope: ScanScope, pods: &dyn PodLookup) -> Result<Report, Error> {
         let started = Instant::now();
@@ -243,6 +270,16 @@ impl Scanner {
             processes_reused,
             processes_watched,
         } = self.collector.collect()?;
+        let mut phases = ScanPhases {
+            collect: self.collector.last_phases(),
+            collected: started.elapsed(),
+            ..ScanPhases::default()
+        };
+        let mut mark = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            std::mem::replace(&mut mark, now).elapsed()
+        };
         tracing::debug!(
             processes = processes.len(),
             reused = processes_reused,
@@ -256,8 +293,10 @@ impl Scanner {
                 *cmdline = nodeguard_model::redact_cmdline(cmdline);
             }
         }
+        phases.redact = lap();
 
         let processes = self.hash_executables(processes, &mut stats, &mut warnings);
+        phases.hash = lap();
 
         for container in &mut containers {
             enrich(container, pods);
@@ -283,6 +322,7 @@ impl Scanner {
                 .retain(|g| alive.contains(g.container_id.as_str()));
             self.scan_writable_layers(&containers, &mut stats, &mut warnings);
         }
+        phases.filesystems = lap();
         let files = self.last_files.clone();
         stats.files_walked = self.last_fs_stats.files_walked;
         stats.layers_walked = self.last_fs_stats.layers_walked;
@@ -300,6 +340,20 @@ impl Scanner {
                 host_bounding,
             },
         );
+        phases.evaluate = lap();
+        tracing::debug!(
+            list_us = phases.collect.list.as_micros() as u64,
+            read_us = phases.collect.read.as_micros() as u64,
+            containers_us = phases.collect.containers.as_micros() as u64,
+            layers_us = phases.collect.layers.as_micros() as u64,
+            collect_us = phases.collected.as_micros() as u64,
+            redact_us = phases.redact.as_micros() as u64,
+            hash_us = phases.hash.as_micros() as u64,
+            filesystems_us = phases.filesystems.as_micros() as u64,
+            evaluate_us = phases.evaluate.as_micros() as u64,
+            "scan phases"
+        );
+        self.last_phases = phases;
 
         stats.containers_seen = containers.len() as u64;
         Ok(Report {
