@@ -155,10 +155,21 @@ impl<'a> Scope<'a> {
         }
     }
 
-    fn label(self) -> String {
-        match self {
-            Scope::Host => "host".to_string(),
-            Scope::Container(id, ..) => format!("container {}", short_id(id)),
+    /// How messages name it ("host", "container 0123456789ab"), written only when a message
+    /// is.
+    fn label(self) -> ScopeLabel<'a> {
+        ScopeLabel(self)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ScopeLabel<'a>(Scope<'a>);
+
+impl std::fmt::Display for ScopeLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Scope::Host => f.write_str("host"),
+            Scope::Container(id, ..) => write!(f, "container {}", short_id(id)),
         }
     }
 }
@@ -997,6 +1008,52 @@ fn file_capability_mask(text: &str) -> Option<u64> {
 
 type Key = (FindingKind, Option<String>, String);
 
+/// A finding's identity as [`Found`] looks it up: a [`Key`] in the map, borrowed parts for a
+/// lookup, so that asking whether a finding would be kept allocates nothing (it is asked for
+/// every process and rule, and mostly answered no).
+trait KeyView {
+    fn view(&self) -> (FindingKind, Option<&str>, &str);
+}
+
+impl KeyView for Key {
+    fn view(&self) -> (FindingKind, Option<&str>, &str) {
+        (self.0, self.1.as_deref(), &self.2)
+    }
+}
+
+impl KeyView for (FindingKind, Option<&str>, &str) {
+    fn view(&self) -> (FindingKind, Option<&str>, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+// Ordered as `Key` is (a tuple orders field by field; `Option<String>` as `Option<&str>`).
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl PartialOrd for dyn KeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn KeyView + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.view().cmp(&other.view())
+    }
+}
+
 /// The findings so far, one per `(kind, container, subject)`, keeping the lowest pid.
 /// Of two findings with the same key, the one of lower rank is kept: a pid beats none, a
 /// lower pid beats a higher one.
@@ -1024,9 +1081,9 @@ impl<'p> Found<'p> {
         if !self.policy.is_enabled(kind) {
             return false;
         }
-        let key = (kind, container.map(str::to_string), subject.to_string());
+        let key: &dyn KeyView = &(kind, container, subject);
         self.by_key
-            .get(&key)
+            .get(key)
             .is_none_or(|existing| rank(existing.pid) > rank(Some(pid)))
     }
 
@@ -1034,14 +1091,19 @@ impl<'p> Found<'p> {
         if !self.policy.is_enabled(finding.kind) {
             return;
         }
-        let key = (
+        let key: &dyn KeyView = &(
             finding.kind,
-            finding.container_id.clone(),
-            finding.subject.clone(),
+            finding.container_id.as_deref(),
+            finding.subject.as_str(),
         );
-        match self.by_key.get(&key) {
+        match self.by_key.get(key) {
             Some(existing) if rank(existing.pid) <= rank(finding.pid) => {}
             _ => {
+                let key = (
+                    finding.kind,
+                    finding.container_id.clone(),
+                    finding.subject.clone(),
+                );
                 self.by_key.insert(key, finding);
             }
         }
