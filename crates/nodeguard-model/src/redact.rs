@@ -26,6 +26,8 @@
 //! Words are separated by spaces (the collected command line joins arguments with one space,
 //! so a secret inside `sh -c "… --password=x …"` is found too).
 
+use std::borrow::Cow;
+
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "***";
 
@@ -109,45 +111,93 @@ fn words(name: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// The command line with secrets replaced by [`REDACTED`] (see the module documentation).
-/// Text without secrets comes back unchanged, and redacting twice changes nothing more.
-pub fn redact_cmdline(cmdline: &str) -> String {
+/// Text without secrets comes back unchanged (borrowed, nothing allocated: most command
+/// lines have none), and redacting twice changes nothing more.
+pub fn redact_cmdline(cmdline: &str) -> Cow<'_, str> {
     // One pass can expose a new match to the next one only in contrived text (a URL whose
-    // password contains "://"); a few passes reach the fixed point.
-    let mut current = redact_once(cmdline);
+    // password contains "://"); a few passes reach the fixed point. A pass that changes
+    // nothing is the fixed point.
+    let Cow::Owned(mut current) = redact_once(cmdline) else {
+        return Cow::Borrowed(cmdline);
+    };
     for _ in 0..3 {
-        let next = redact_once(&current);
-        if next == current {
-            break;
+        match redact_once(&current) {
+            Cow::Borrowed(_) => break,
+            Cow::Owned(next) => current = next,
         }
-        current = next;
     }
-    current
+    Cow::Owned(current)
 }
 
-fn redact_once(cmdline: &str) -> String {
-    let mut out = String::with_capacity(cmdline.len());
+/// A text rewritten word by word: borrowed until the first word that changes, then copied
+/// from there on.
+struct Rewrite<'a> {
+    text: &'a str,
+    out: Option<String>,
+    /// Where the next word starts in `text`.
+    pos: usize,
+}
+
+impl<'a> Rewrite<'a> {
+    fn new(text: &'a str) -> Rewrite<'a> {
+        Rewrite {
+            text,
+            out: None,
+            pos: 0,
+        }
+    }
+
+    /// Word `i` of the text, `word`, is written as `new`.
+    fn put(&mut self, i: usize, word: &str, new: &str) {
+        match &mut self.out {
+            Some(out) => {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(new);
+            }
+            None if new != word => {
+                let mut out = String::with_capacity(self.text.len() + REDACTED.len());
+                out.push_str(&self.text[..self.pos]);
+                out.push_str(new);
+                self.out = Some(out);
+            }
+            None => {}
+        }
+        self.pos += word.len() + 1;
+    }
+
+    /// The text, changed or not: `Owned` only when a word changed.
+    fn finish(self) -> Cow<'a, str> {
+        match self.out {
+            Some(out) => Cow::Owned(out),
+            None => Cow::Borrowed(self.text),
+        }
+    }
+}
+
+fn redact_once(cmdline: &str) -> Cow<'_, str> {
+    let mut out = Rewrite::new(cmdline);
     let mut value_follows = false;
     // The program whose own short flags are in force, and whether the next word is the value
     // of one of them.
     let mut program: Option<&ProgramFlags> = None;
     let mut program_value_follows = false;
     for (i, word) in cmdline.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
         if word.is_empty() {
+            out.put(i, word, word);
             continue;
         }
         if let Some(p) = program_value_follows.then_some(program).flatten() {
             program_value_follows = false;
             if !word.starts_with('-') {
-                out.push_str(&p.redact_value(word));
+                out.put(i, word, &p.redact_value(word));
                 continue;
             }
         }
         if value_follows && !word.starts_with('-') {
             value_follows = false;
-            out.push_str(&redact_value_word(word));
+            out.put(i, word, &redact_value_word(word));
             continue;
         }
         if let Some(p) = ProgramFlags::named_by(word) {
@@ -160,7 +210,7 @@ fn redact_once(cmdline: &str) -> String {
                 if word.ends_with(';') {
                     program = None;
                 }
-                out.push_str(&redacted);
+                out.put(i, word, &redacted);
                 continue;
             }
         }
@@ -169,9 +219,9 @@ fn redact_once(cmdline: &str) -> String {
         }
         let (redacted, takes_value) = redact_word(word);
         value_follows = takes_value;
-        out.push_str(&redacted);
+        out.put(i, word, &redacted);
     }
-    out
+    out.finish()
 }
 
 /// One-letter (and a few long) flags that carry a password for the programs named, which no
@@ -302,7 +352,7 @@ fn redact_value_word(word: &str) -> String {
 }
 
 /// One word: its redacted form, and whether the next word is a secret flag's value.
-fn redact_word(word: &str) -> (String, bool) {
+fn redact_word(word: &str) -> (Cow<'_, str>, bool) {
     // NAME=VALUE anywhere in the word.
     for (eq, _) in word.match_indices('=') {
         let before = &word[..eq];
@@ -315,10 +365,10 @@ fn redact_word(word: &str) -> (String, bool) {
         if !name.is_empty() && is_secret_name(name) {
             let value = &word[eq + 1..];
             if value.is_empty() || value == REDACTED {
-                return (word.to_string(), false);
+                return (Cow::Borrowed(word), false);
             }
             return (
-                format!("{}={}", &word[..eq], redact_value_word(value)),
+                Cow::Owned(format!("{}={}", &word[..eq], redact_value_word(value))),
                 false,
             );
         }
@@ -338,7 +388,10 @@ fn redact_word(word: &str) -> (String, bool) {
 /// Replaces the userinfo of every `scheme://userinfo@host` in a word. A URL without a ':' in
 /// front of its first '/' is taken to have no userinfo unless the '@' comes before that '/'
 /// (`https://host/@user` keeps its path).
-fn redact_userinfo(word: &str) -> String {
+fn redact_userinfo(word: &str) -> Cow<'_, str> {
+    if !word.contains("://") {
+        return Cow::Borrowed(word);
+    }
     let mut out = String::with_capacity(word.len());
     let mut rest = word;
     while let Some(pos) = rest.find("://") {
@@ -373,7 +426,11 @@ fn redact_userinfo(word: &str) -> String {
         rest = &tail[authority_end..];
     }
     out.push_str(rest);
-    out
+    if out == word {
+        Cow::Borrowed(word)
+    } else {
+        Cow::Owned(out)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use nodeguard_collect::{CollectOptions, CollectedProcess, Collector, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
-use nodeguard_hash::{hash_all, Algorithms, DigestCache, HashJob};
+use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
 use nodeguard_model::{
     Container, FileEntry, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
 };
@@ -288,10 +288,7 @@ impl Scanner {
         );
         let mut processes = processes;
         if !self.options.show_secrets {
-            for collected in &mut processes {
-                let cmdline = &mut collected.process.cmdline;
-                *cmdline = nodeguard_model::redact_cmdline(cmdline);
-            }
+            redact_cmdlines(&mut processes);
         }
         phases.redact = lap();
 
@@ -377,24 +374,25 @@ impl Scanner {
         warnings: &mut Vec<String>,
     ) -> Vec<Process> {
         let proc_root = &self.options.collect.proc_root;
-        let mut jobs = Vec::new();
+        // Jobs by index: the identity to look up, the pid whose `exe` is read on a miss.
+        let mut keys = Vec::new();
+        let mut pids = Vec::new();
         let mut job_of = Vec::with_capacity(collected.len());
         for cp in &collected {
             if cp.process.kernel_thread || cp.process.exe.is_none() {
                 job_of.push(None);
                 continue;
             }
-            job_of.push(Some(jobs.len()));
-            jobs.push(HashJob {
-                key: cp.exe_identity,
-                path: exe_path(proc_root, cp.process.pid),
-            });
+            job_of.push(Some(keys.len()));
+            keys.push(cp.exe_identity);
+            pids.push(cp.process.pid);
         }
         let before = self.digests.stats();
         let algorithms = algorithms_for(&self.options, &self.policy);
-        let results = hash_all(
+        let results = hash_keyed(
             &self.digests,
-            &jobs,
+            &keys,
+            |i| exe_path(proc_root, pids[i]),
             algorithms,
             self.options.max_hash_size,
             self.options.threads,
@@ -589,9 +587,7 @@ impl Scanner {
         } = nodeguard_collect::collect_pids(&self.options.collect, &wanted)?;
         let held = self.hold_back_runtime_init(&mut collected, &mut fresh);
         if !self.options.show_secrets {
-            for cp in &mut collected {
-                cp.process.cmdline = nodeguard_model::redact_cmdline(&cp.process.cmdline);
-            }
+            redact_cmdlines(&mut collected);
         }
         let read = self.hash_executables(collected, &mut pass_stats, &mut warnings);
         // A batch holds up to 512 pids: a set, not a scan of the reads per pid.
@@ -987,6 +983,17 @@ fn under(host_root: &Path, host_path: &str) -> PathBuf {
         .position(|b| *b != b'/')
         .map_or(&raw[..0], |start| &raw[start..]);
     host_root.join(std::ffi::OsStr::from_bytes(relative))
+}
+
+/// Secrets in the processes' command lines replaced (see [`nodeguard_model::redact_cmdline`]);
+/// a command line without any is left as it is.
+fn redact_cmdlines(processes: &mut [CollectedProcess]) {
+    for collected in processes {
+        let cmdline = &mut collected.process.cmdline;
+        if let std::borrow::Cow::Owned(redacted) = nodeguard_model::redact_cmdline(cmdline) {
+            *cmdline = redacted;
+        }
+    }
 }
 
 fn exe_path(proc_root: &Path, pid: i32) -> PathBuf {
