@@ -392,11 +392,33 @@ pub fn hash_all(
     max_size: u64,
     threads: usize,
 ) -> Vec<Result<Digests, Error>> {
+    let keys: Vec<Option<FileIdentity>> = jobs.iter().map(|j| j.key).collect();
+    hash_keyed(
+        cache,
+        &keys,
+        |i| jobs[i].path.clone(),
+        algs,
+        max_size,
+        threads,
+    )
+}
+
+/// [`hash_all`] for files named by their index: `path_of(i)` is asked only for the files
+/// actually read, so a pass whose identities are all cached builds no path.
+pub fn hash_keyed(
+    cache: &DigestCache,
+    keys: &[Option<FileIdentity>],
+    path_of: impl Fn(usize) -> PathBuf + Sync,
+    algs: Algorithms,
+    max_size: u64,
+    threads: usize,
+) -> Vec<Result<Digests, Error>> {
+    let path_of = &path_of;
     // Group jobs that share a key; jobs without a key each form their own group.
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut by_key: HashMap<FileIdentity, usize> = HashMap::new();
-    for (i, job) in jobs.iter().enumerate() {
-        match job.key {
+    for (i, key) in keys.iter().enumerate() {
+        match *key {
             Some(key) => {
                 let g = *by_key.entry(key).or_insert_with(|| {
                     groups.push(Vec::new());
@@ -408,10 +430,10 @@ pub fn hash_all(
         }
     }
 
-    let mut results: Vec<Option<Result<Digests, Error>>> = (0..jobs.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<Digests, Error>>> = (0..keys.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = Vec::new();
     for (g, members) in groups.iter().enumerate() {
-        let key = jobs[members[0]].key;
+        let key = keys[members[0]];
         match key.and_then(|k| cache.lookup(&k, algs)) {
             Some(digests) => {
                 cache
@@ -428,7 +450,12 @@ pub fn hash_all(
     let next = AtomicUsize::new(0);
     type GroupOutcome = (usize, Result<Digests, Vec<(usize, Error)>>);
     let done: Mutex<Vec<GroupOutcome>> = Mutex::new(Vec::new());
-    let workers = threads.clamp(1, pending.len().max(1));
+    // Nothing to read (every identity cached, the steady state): no threads, no buffers.
+    let workers = if pending.is_empty() {
+        0
+    } else {
+        threads.clamp(1, pending.len())
+    };
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
@@ -436,7 +463,8 @@ pub fn hash_all(
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&g) = pending.get(n) else { break };
-                    let outcome = hash_group(cache, jobs, &groups[g], algs, max_size, &mut buf);
+                    let outcome =
+                        hash_group(cache, keys, path_of, &groups[g], algs, max_size, &mut buf);
                     done.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push((g, outcome));
@@ -482,7 +510,8 @@ pub fn hash_all(
 /// file), so it is reported for every member without reading again.
 fn hash_group(
     cache: &DigestCache,
-    jobs: &[HashJob],
+    keys: &[Option<FileIdentity>],
+    path_of: &(impl Fn(usize) -> PathBuf + Sync),
     members: &[usize],
     algs: Algorithms,
     max_size: u64,
@@ -490,14 +519,13 @@ fn hash_group(
 ) -> Result<Digests, Vec<(usize, Error)>> {
     let mut failures = Vec::new();
     for (n, &i) in members.iter().enumerate() {
-        let job = &jobs[i];
-        match digest_path(&job.path, algs, max_size, buf) {
+        match digest_path(&path_of(i), algs, max_size, buf) {
             Ok(digests) => {
                 cache
                     .bytes_hashed
                     .fetch_add(digests.bytes, Ordering::Relaxed);
                 cache.files_hashed.fetch_add(1, Ordering::Relaxed);
-                if let Some(key) = job.key {
+                if let Some(key) = keys[i] {
                     cache.store(key, digests.clone());
                 }
                 return Ok(digests);
@@ -510,7 +538,7 @@ fn hash_group(
                     failures.push((
                         j,
                         Error::Read {
-                            path: jobs[j].path.clone(),
+                            path: path_of(j),
                             source: io::Error::other(message.clone()),
                         },
                     ));
