@@ -32,6 +32,9 @@ use std::time::Instant;
 pub(crate) const MAX_DIR_FDS: usize = 24;
 /// Warnings kept per scan; the rest are counted.
 const MAX_WARNINGS: usize = 100;
+
+/// The read buffer of a worker that hashes a file.
+const HASH_BUFFER_SIZE: usize = 128 * 1024;
 /// Entries between two checks of the time budget.
 const TIME_CHECK_EVERY: u64 = 64;
 
@@ -246,7 +249,9 @@ impl Worker {
             warnings: Vec::new(),
             suppressed: 0,
             xattr_buf: [0u8; 64],
-            hash_buf: vec![0u8; 128 * 1024],
+            // Made on the first file hashed: most walks (a writable layer each process scan)
+            // hash nothing.
+            hash_buf: Vec::new(),
         }
     }
 
@@ -794,6 +799,9 @@ impl Worker {
         }
         // Read from the fd opened above (no path is resolved again), at most `max` bytes.
         let mut file = std::fs::File::from(fd);
+        if self.hash_buf.is_empty() {
+            self.hash_buf = vec![0u8; HASH_BUFFER_SIZE];
+        }
         match nodeguard_hash::digest_reader(&mut file, sh.cfg.algorithms, &mut self.hash_buf, max) {
             Ok(digests) => {
                 self.stats.files_hashed += 1;
