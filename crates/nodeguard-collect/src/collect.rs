@@ -75,13 +75,20 @@ fn list_pids(proc_root: &Path) -> Result<Vec<i32>, Error> {
         path: proc_root.to_path_buf(),
         source,
     };
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(proc_root).map_err(proc_error)? {
-        // An entry that vanishes during the listing is just a process that exited.
-        let Ok(entry) = entry else { continue };
-        if let Some(pid) = entry
-            .file_name()
-            .to_str()
+    // Read with `getdents64` into one buffer: no allocation per entry (std's `read_dir`
+    // makes two), which counts with a thousand processes listed every pass.
+    let mut dir = nix::dir::Dir::open(
+        proc_root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| proc_error(e.into()))?;
+    let mut pids = Vec::with_capacity(1024);
+    for entry in dir.iter() {
+        // A listing cut short would hide processes: the pass fails (and says so).
+        let entry = entry.map_err(|e| proc_error(e.into()))?;
+        if let Some(pid) = std::str::from_utf8(entry.file_name().to_bytes())
+            .ok()
             .and_then(|n| n.parse::<i32>().ok())
             .filter(|p| *p > 0)
         {
@@ -520,7 +527,7 @@ fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {
 #[derive(Debug)]
 pub(crate) struct Reuse {
     processes: HashMap<i32, Arc<Remembered>>,
-    located: HashMap<LocatedKey, Located>,
+    located: LocatedCache,
     /// Passes made so far.
     pass: u64,
     /// Each process is read in full at least once in this many passes.
@@ -552,10 +559,15 @@ pub struct PassPhases {
     pub list: Duration,
     /// Reading the processes, on the reader threads.
     pub read: Duration,
-    /// Attributing containers and reading their cgroup limits.
+    /// Attributing containers and reading their cgroup limits, and finding the layer each
+    /// container executable comes from (beside it, on another thread, with reader threads
+    /// to spare).
     pub containers: Duration,
-    /// Finding the layer each container executable comes from.
+    /// Of that, the layers.
     pub layers: Duration,
+    /// Processes read in full, kernel threads aside (the others reused an earlier full
+    /// read).
+    pub read_in_full: usize,
 }
 
 /// The most cgroup limit files kept open between passes (about four per container).
@@ -631,7 +643,20 @@ impl Reuse {
     }
 }
 
-type LocatedKey = (String, Vec<u8>, FileIdentity);
+/// Where executables were found in their containers' layers, by the running file's identity
+/// (a `Copy` key: a lookup allocates nothing), then container and path.
+pub(crate) type LocatedCache = HashMap<FileIdentity, Vec<LocatedEntry>>;
+
+#[derive(Debug)]
+pub(crate) struct LocatedEntry {
+    container: String,
+    exe: Vec<u8>,
+    located: Located,
+    /// Looked up or used by the pass under way.
+    used: bool,
+    /// The lookup failed: not kept for the next pass.
+    failed: bool,
+}
 
 /// The previous pass's entries as one pass may use them: a process whose turn for a full read
 /// has come gets none. Turns go by pid, so about one process in `full_read_every` is read in
@@ -762,22 +787,44 @@ fn collect_from(
     reuse.dirs = dirs;
     roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
+    // Containers (their cgroup limits) and the executables' layers are independent: with
+    // reader threads to spare, the layers are looked up beside the containers.
     let keep_max = reuse.limit_files_max();
-    let containers = build_containers(
-        opts,
-        &seeds,
-        &raws,
-        &mut reuse.limit_files,
-        keep_max,
-        &mut log,
-    );
-    let attributed = Instant::now();
-    let processes = attach_layers(opts, &seeds, raws, &mut reuse.located, &mut log);
+    let (limit_files, located) = (&mut reuse.limit_files, &mut reuse.located);
+    let mut layer_log = Log::default();
+    let mut layers_took = Duration::ZERO;
+    let mut locate = || {
+        let t = Instant::now();
+        let found = locate_layers(opts, &seeds, &raws, located, &mut layer_log);
+        layers_took = t.elapsed();
+        found
+    };
+    let (containers, found) = if threads > 1 {
+        std::thread::scope(|scope| {
+            let layers = scope.spawn(locate);
+            let containers = build_containers(opts, &seeds, &raws, limit_files, keep_max, &mut log);
+            let found = layers
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (containers, found)
+        })
+    } else {
+        let found = locate();
+        let containers = build_containers(opts, &seeds, &raws, limit_files, keep_max, &mut log);
+        (containers, found)
+    };
+    log.absorb(layer_log);
+    let processes = attach_layers(raws, found);
     reuse.phases = PassPhases {
         list: listed - started,
         read: read - listed,
-        containers: attributed - read,
-        layers: attributed.elapsed(),
+        containers: read.elapsed(),
+        layers: layers_took,
+        read_in_full: processes
+            .iter()
+            .filter(|p| !p.process.kernel_thread)
+            .count()
+            .saturating_sub(reused as usize),
     };
 
     let host_bounding = host_bounding(&processes.iter().map(|p| &p.process).collect::<Vec<_>>());
@@ -948,74 +995,97 @@ fn build_containers(
     containers
 }
 
-/// The layer each container executable comes from. `kept` holds the previous pass's
-/// lookups: an executable already located in a container (same path, same running file)
-/// is not looked up again; entries this pass did not use are dropped.
-fn attach_layers(
+/// The layer (and, through the layer, the identity) of each container process's
+/// executable, by index into `raws`: `None` for processes with no container root to look in.
+/// `kept` holds the previous pass's lookups: an executable already located in a container
+/// (same path, same running file) is not looked up again, and asking costs no allocation;
+/// entries this pass did not use are dropped, and so are failed lookups (the next pass tries,
+/// and warns, again; within a pass one failure is told once).
+fn locate_layers(
     opts: &CollectOptions,
     seeds: &BTreeMap<String, ContainerSeed>,
-    raws: Vec<RawProcess>,
-    kept: &mut HashMap<LocatedKey, Located>,
+    raws: &[RawProcess],
+    kept: &mut LocatedCache,
     log: &mut Log,
-) -> Vec<CollectedProcess> {
+) -> Vec<Option<Located>> {
     let mut host: Option<Option<HostRoot>> = None;
-    let mut cache: HashMap<LocatedKey, Located> = HashMap::new();
-    // Lookups that failed are not kept: the next pass tries (and warns) again.
-    let mut failed: HashSet<LocatedKey> = HashSet::new();
     let mut out = Vec::with_capacity(raws.len());
     for raw in raws {
-        let mut process = raw.process;
-        let mut identity = raw.exe_identity;
         let seed = raw.container.as_ref().and_then(|c| seeds.get(&c.cgroup.id));
-        if let (Some(seed), Some(exe)) = (seed, raw.exe_path.as_ref()) {
-            let layers = seed.root.as_ref().and_then(|r| r.layers.as_ref());
-            let mut located = Located {
-                layer: Layer::Unknown,
-                identity: None,
-            };
-            if let (Some(layers), Some(running), false) =
-                (layers, raw.exe_identity, process.exe_deleted)
-            {
-                let host = host.get_or_insert_with(|| open_host_root(opts, log));
-                if let Some(host) = host {
-                    let key = (seed.reference.cgroup.id.clone(), exe.clone(), running);
-                    located = match cache.get(&key).or_else(|| kept.get(&key)) {
-                        Some(hit) => {
-                            let hit = *hit;
-                            cache.insert(key, hit);
-                            hit
-                        }
-                        None => {
-                            let got = match locate(host, layers, exe, &running) {
-                                Ok(got) => got,
-                                Err(e) => {
-                                    log.error(
-                                        "layer",
-                                        format!("container {}: {e}", seed.reference.cgroup.id),
-                                    );
-                                    failed.insert(key.clone());
-                                    located
-                                }
-                            };
-                            cache.insert(key, got);
-                            got
-                        }
-                    };
+        let (Some(seed), Some(exe)) = (seed, raw.exe_path.as_ref()) else {
+            out.push(None);
+            continue;
+        };
+        let layers = seed.root.as_ref().and_then(|r| r.layers.as_ref());
+        let mut located = Located {
+            layer: Layer::Unknown,
+            identity: None,
+        };
+        if let (Some(layers), Some(running), false) =
+            (layers, raw.exe_identity, raw.process.exe_deleted)
+        {
+            let host = host.get_or_insert_with(|| open_host_root(opts, log));
+            if let Some(host) = host {
+                let id = seed.reference.cgroup.id.as_str();
+                let entries = kept.entry(running).or_default();
+                match entries
+                    .iter_mut()
+                    .find(|e| e.container == id && e.exe == *exe)
+                {
+                    Some(entry) => {
+                        entry.used = true;
+                        located = entry.located;
+                    }
+                    None => {
+                        let failed = match locate(host, layers, exe, &running) {
+                            Ok(got) => {
+                                located = got;
+                                false
+                            }
+                            Err(e) => {
+                                log.error("layer", format!("container {id}: {e}"));
+                                true
+                            }
+                        };
+                        entries.push(LocatedEntry {
+                            container: id.to_string(),
+                            exe: exe.clone(),
+                            located,
+                            used: true,
+                            failed,
+                        });
+                    }
                 }
             }
-            process.exe_layer = Some(located.layer);
-            if located.identity.is_some() {
-                identity = located.identity;
-            }
         }
-        out.push(CollectedProcess {
-            process,
-            exe_identity: identity,
-        });
+        out.push(Some(located));
     }
-    cache.retain(|key, _| !failed.contains(key));
-    *kept = cache;
+    kept.retain(|_, entries| {
+        entries.retain_mut(|e| std::mem::take(&mut e.used) && !e.failed);
+        !entries.is_empty()
+    });
     out
+}
+
+/// The processes with their executables' layers (from [`locate_layers`]) filled in.
+fn attach_layers(raws: Vec<RawProcess>, located: Vec<Option<Located>>) -> Vec<CollectedProcess> {
+    raws.into_iter()
+        .zip(located)
+        .map(|(raw, located)| {
+            let mut process = raw.process;
+            let mut identity = raw.exe_identity;
+            if let Some(located) = located {
+                process.exe_layer = Some(located.layer);
+                if located.identity.is_some() {
+                    identity = located.identity;
+                }
+            }
+            CollectedProcess {
+                process,
+                exe_identity: identity,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

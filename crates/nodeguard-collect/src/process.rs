@@ -18,6 +18,7 @@ use nodeguard_model::{
     decode_capabilities, escape_path, Capabilities, CapabilityMasks, Ids, Namespaces, Process,
     SeccompMode,
 };
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -332,7 +333,7 @@ pub fn capabilities(s: &StatusFields) -> Capabilities {
 }
 
 /// Names of the namespaces `ns` shares with `host` (both known and equal).
-pub fn shared_with_host(ns: &Namespaces, host: &Namespaces) -> Vec<String> {
+pub fn shared_with_host(ns: &Namespaces, host: &Namespaces) -> Vec<Cow<'static, str>> {
     let pairs = [
         ("pid", ns.pid, host.pid),
         ("net", ns.net, host.net),
@@ -345,7 +346,7 @@ pub fn shared_with_host(ns: &Namespaces, host: &Namespaces) -> Vec<String> {
     pairs
         .iter()
         .filter(|(_, a, b)| a.is_some() && a == b)
-        .map(|(n, _, _)| n.to_string())
+        .map(|(n, _, _)| Cow::Borrowed(*n))
         .collect()
 }
 

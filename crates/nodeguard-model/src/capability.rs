@@ -75,10 +75,14 @@ pub fn capability_number(name: &str) -> Option<u32> {
 /// Decodes a capability bit mask (as in `CapEff:` of `/proc/PID/status`) into names, lowest
 /// bit first — the same set `capsh --decode=HEX` prints.
 pub fn decode_capabilities(mask: u64) -> Vec<CapabilityName> {
-    (0..64u32)
-        .filter(|bit| mask & (1u64 << bit) != 0)
-        .map(capability_name)
-        .collect()
+    // Sized up front: collecting from a filter would grow it several times.
+    let mut names = Vec::with_capacity(mask.count_ones() as usize);
+    names.extend(
+        (0..64u32)
+            .filter(|bit| mask & (1u64 << bit) != 0)
+            .map(capability_name),
+    );
+    names
 }
 
 /// A mask with every capability up to and including `last_cap` set

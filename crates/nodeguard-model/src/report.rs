@@ -2,6 +2,7 @@
 
 use crate::finding::{Finding, Severity};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -294,7 +295,7 @@ pub struct Namespaces {
     pub user: Option<u64>,
     pub cgroup: Option<u64>,
     /// Names of the namespaces equal to pid 1's, e.g. `["net", "user"]`.
-    pub shared_with_host: Vec<String>,
+    pub shared_with_host: Vec<Cow<'static, str>>,
 }
 
 /// Which layer of a container's filesystem a file lives in.

@@ -14,8 +14,35 @@
 use nodeguard_policy::Policy;
 use nodeguard_scan::{NoPods, ScanOptions, ScanPhases, ScanScope, Scanner};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Counts allocations, to see how much a scan churns the allocator.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on unchanged to the system allocator.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn main() -> Result<(), nodeguard_scan::Error> {
     let mut args = std::env::args().skip(1);
@@ -40,14 +67,17 @@ fn main() -> Result<(), nodeguard_scan::Error> {
     drop(first);
     let scans = scans.max(1);
     let mut times = Vec::with_capacity(scans);
+    let mut allocations = Vec::with_capacity(scans);
     let mut phases: Vec<ScanPhases> = Vec::with_capacity(scans);
     for _ in 0..scans {
         if let Some(pause) = pause {
             std::thread::sleep(pause);
         }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
         let t = Instant::now();
         let report = scanner.scan(ScanScope::Processes, &NoPods)?;
         times.push(t.elapsed());
+        allocations.push(ALLOCATIONS.load(Ordering::Relaxed) - before);
         phases.push(scanner.last_phases());
         drop(report);
     }
@@ -75,6 +105,14 @@ fn main() -> Result<(), nodeguard_scan::Error> {
         median(|p| p.hash),
         median(|p| p.filesystems),
         median(|p| p.evaluate),
+    );
+    let mut full: Vec<usize> = phases.iter().map(|p| p.collect.read_in_full).collect();
+    full.sort();
+    allocations.sort();
+    println!(
+        "  processes read in full: {} median per scan; allocations: {} median per scan",
+        full[full.len() / 2],
+        allocations[allocations.len() / 2]
     );
     Ok(())
 }

@@ -41,7 +41,7 @@ fn namespaces(base: u64, shared: &[&str]) -> Namespaces {
         mnt: Some(base + 5),
         user: Some(4026531837),
         cgroup: None,
-        shared_with_host: shared.iter().map(|n| n.to_string()).collect(),
+        shared_with_host: shared.iter().map(|n| n.to_string().into()).collect(),
     }
 }
 
