@@ -774,17 +774,20 @@ fn collect_from(
     let read = Instant::now();
     let reused = raws.iter().filter(|r| r.reused).count() as u64;
     let watched = raws.iter().filter(|r| r.watched).count() as u64;
-    reuse.processes = raws
-        .iter_mut()
-        .filter_map(|r| Some((r.process.pid, r.remember.take()?)))
-        .collect();
-    let mut dirs: HashMap<i32, PidDir> = handles
-        .held_read
-        .iter()
-        .filter_map(|pid| Some((*pid, reuse.dirs.remove(pid)?)))
-        .collect();
-    dirs.extend(handles.opened.into_iter().map(|d| (d.pid, d)));
-    reuse.dirs = dirs;
+    let mut remembered = HashMap::with_capacity(raws.len());
+    remembered.extend(
+        raws.iter_mut()
+            .filter_map(|r| Some((r.process.pid, r.remember.take()?))),
+    );
+    reuse.processes = remembered;
+    // The handles this pass read through stay (the runs were merged in pid order, so
+    // `held_read` is sorted), the others are closed; the new ones join them.
+    reuse
+        .dirs
+        .retain(|pid, _| handles.held_read.binary_search(pid).is_ok());
+    reuse
+        .dirs
+        .extend(handles.opened.into_iter().map(|d| (d.pid, d)));
     roots_from_host_mounts(&proc_fd, &opts.proc_root, &raws, &mut seeds, &mut log);
 
     // Containers (their cgroup limits) and the executables' layers are independent: with

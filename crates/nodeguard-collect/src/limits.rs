@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Limit files kept open from one pass to the next, by path (see [`LimitsReader::with_kept`]).
 /// Keyed by the path's bytes: hashing a `Path` walks its components, which showed in a warm
@@ -232,7 +233,7 @@ pub struct LimitsReader {
     root: PathBuf,
     layout: CgroupLayout,
     /// Files read in this pass: contents, or `None` when absent.
-    cache: HashMap<OsString, Option<String>>,
+    cache: HashMap<OsString, Option<Arc<str>>>,
     /// Files the previous pass kept open, and those this one read (kept for the next).
     kept: KeptFiles,
     read_now: KeptFiles,
@@ -269,9 +270,9 @@ impl LimitsReader {
     /// A limit file's text: through the handle kept from the previous pass when it still
     /// reads, else opened by path (and kept, up to `keep_max`).
     fn read_text(&mut self, path: &Path) -> io::Result<String> {
-        if let Some(file) = self.kept.remove(path.as_os_str()) {
+        if let Some((name, file)) = self.kept.remove_entry(path.as_os_str()) {
             if let Ok(text) = read_from_start(&file) {
-                self.read_now.insert(path.as_os_str().to_owned(), file);
+                self.read_now.insert(name, file);
                 return Ok(text);
             }
         }
@@ -308,22 +309,27 @@ impl LimitsReader {
     /// controller may simply not be enabled, or the root, which has no limit files). A file
     /// is read once per pass: a pod's files serve as its own limits and as its containers'
     /// ancestor level. Only a lenient read takes a remembered absence for an answer.
-    fn read(&mut self, path: PathBuf, lenient: bool) -> Result<Option<String>, Error> {
+    fn read(&mut self, path: &Path, lenient: bool) -> Result<Option<Arc<str>>, Error> {
         match self.cache.get(path.as_os_str()) {
-            Some(Some(text)) => return Ok(Some(text.clone())),
+            Some(Some(text)) => return Ok(Some(Arc::clone(text))),
             Some(None) if lenient => return Ok(None),
             _ => {}
         }
-        match self.read_text(&path) {
+        match self.read_text(path) {
             Ok(text) => {
-                self.cache.insert(path.into_os_string(), Some(text.clone()));
+                let text: Arc<str> = text.into();
+                self.cache
+                    .insert(path.as_os_str().to_owned(), Some(Arc::clone(&text)));
                 Ok(Some(text))
             }
             Err(e) if lenient && e.kind() == io::ErrorKind::NotFound => {
-                self.cache.insert(path.into_os_string(), None);
+                self.cache.insert(path.as_os_str().to_owned(), None);
                 Ok(None)
             }
-            Err(source) => Err(Error::CgroupRead { path, source }),
+            Err(source) => Err(Error::CgroupRead {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -333,7 +339,7 @@ impl LimitsReader {
         lenient: bool,
         parse: impl Fn(&str) -> Option<T>,
     ) -> Result<Option<T>, Error> {
-        let Some(text) = self.read(path.clone(), lenient)? else {
+        let Some(text) = self.read(&path, lenient)? else {
             return Ok(None);
         };
         match parse(&text) {
@@ -398,7 +404,7 @@ impl LimitsReader {
     /// per host). `pid` names the process the paths came from.
     pub fn own(&mut self, paths: &ControllerPaths, pid: i32) -> LimitsReading {
         let mut reading = LimitsReading::default();
-        for (controller, path) in self.controllers(paths) {
+        for (controller, path) in Self::controllers(paths) {
             if self.dir(controller, "/").is_none() {
                 reading.mark_unknown(controller);
                 continue;
@@ -411,7 +417,7 @@ impl LimitsReader {
                 reading.mark_unknown(controller);
                 continue;
             };
-            match self.level(controller, &path, false) {
+            match self.level(controller, path, false) {
                 Ok(l) => reading.limits = reading.limits.tightest(l),
                 Err(e) => {
                     reading.problems.push(e);
@@ -440,11 +446,11 @@ impl LimitsReader {
             unknown: own.unknown.clone(),
             problems: Vec::new(),
         };
-        let floors = floor.map(|f| self.controllers(f));
-        for (i, (controller, path)) in self.controllers(paths).into_iter().enumerate() {
+        let floors = floor.map(Self::controllers);
+        for (i, (controller, path)) in Self::controllers(paths).into_iter().enumerate() {
             let Some(path) = path else { continue };
-            let floor_path = floors.as_ref().map(|f| f[i].1.clone());
-            for ancestor in ancestors(&path) {
+            let floor_path = floors.as_ref().map(|f| f[i].1);
+            for ancestor in ancestors(path) {
                 match &floor_path {
                     // No floor for this controller: the container's own level only.
                     Some(None) => break,
@@ -478,13 +484,13 @@ impl LimitsReader {
     pub fn node_allocatable(&mut self, pod: &ControllerPaths) -> Option<Limits> {
         let mut limits = Limits::default();
         let mut any = false;
-        for (controller, path) in self.controllers(pod) {
+        for (controller, path) in Self::controllers(pod) {
             let Some(path) = path else { continue };
-            let Some(depth) = kubepods_depth(&path) else {
+            let Some(depth) = kubepods_depth(path) else {
                 continue;
             };
             any = true;
-            for ancestor in ancestors(&path) {
+            for ancestor in ancestors(path) {
                 if ancestor.split('/').filter(|s| !s.is_empty()).count() < depth + 1 {
                     break;
                 }
@@ -497,11 +503,11 @@ impl LimitsReader {
         any.then_some(limits)
     }
 
-    fn controllers(&self, paths: &ControllerPaths) -> [(Controller, Option<String>); 3] {
+    fn controllers(paths: &ControllerPaths) -> [(Controller, Option<&str>); 3] {
         [
-            (Controller::Memory, paths.memory.clone()),
-            (Controller::Cpu, paths.cpu.clone()),
-            (Controller::Pids, paths.pids.clone()),
+            (Controller::Memory, paths.memory.as_deref()),
+            (Controller::Cpu, paths.cpu.as_deref()),
+            (Controller::Pids, paths.pids.as_deref()),
         ]
     }
 }

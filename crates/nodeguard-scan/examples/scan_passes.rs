@@ -41,6 +41,18 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
     }
 }
 
+/// User and system time of the whole process so far.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid rusage.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
@@ -68,16 +80,19 @@ fn main() -> Result<(), nodeguard_scan::Error> {
     let scans = scans.max(1);
     let mut times = Vec::with_capacity(scans);
     let mut allocations = Vec::with_capacity(scans);
+    let mut cpu = Vec::with_capacity(scans);
     let mut phases: Vec<ScanPhases> = Vec::with_capacity(scans);
     for _ in 0..scans {
         if let Some(pause) = pause {
             std::thread::sleep(pause);
         }
         let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let cpu_before = cpu_time();
         let t = Instant::now();
         let report = scanner.scan(ScanScope::Processes, &NoPods)?;
         times.push(t.elapsed());
         allocations.push(ALLOCATIONS.load(Ordering::Relaxed) - before);
+        cpu.push(cpu_time() - cpu_before);
         phases.push(scanner.last_phases());
         drop(report);
     }
@@ -109,10 +124,13 @@ fn main() -> Result<(), nodeguard_scan::Error> {
     let mut full: Vec<usize> = phases.iter().map(|p| p.collect.read_in_full).collect();
     full.sort();
     allocations.sort();
+    cpu.sort();
     println!(
-        "  processes read in full: {} median per scan; allocations: {} median per scan",
+        "  processes read in full: {} median per scan; allocations: {} median per scan; CPU \
+         time (all threads): {:.2} ms median per scan",
         full[full.len() / 2],
-        allocations[allocations.len() / 2]
+        allocations[allocations.len() / 2],
+        ms(cpu[cpu.len() / 2])
     );
     Ok(())
 }

@@ -154,8 +154,8 @@ pub struct ScanPhases {
     pub redact: Duration,
     /// Hashing executables (cache lookups, mostly).
     pub hash: Duration,
-    /// Merging exec reads and walking container filesystems (writable layers only, in a
-    /// process scan).
+    /// Walking container filesystems: the whole walk in a filesystem scan; in a process
+    /// scan the writable layers only, on a thread of its own beside redaction and hashing.
     pub filesystems: Duration,
     /// Evaluating the policy.
     pub evaluate: Duration,
@@ -286,19 +286,50 @@ impl Scanner {
             watched = processes_watched,
             "processes collected"
         );
-        let mut processes = processes;
-        if !self.options.show_secrets {
-            redact_cmdlines(&mut processes);
-        }
-        phases.redact = lap();
-
-        let processes = self.hash_executables(processes, &mut stats, &mut warnings);
-        phases.hash = lap();
-
         for container in &mut containers {
             enrich(container, pods);
         }
+        // A process scan walks the containers' writable layers on a thread of its own while
+        // the command lines are redacted and the executables hashed (independent work).
+        let writable = match scope {
+            ScanScope::Processes => self.writable_roots(&containers),
+            ScanScope::ProcessesAndFilesystems => None,
+        };
         let mut processes = processes;
+        let Scanner {
+            options,
+            policy,
+            digests,
+            filesystems,
+            ..
+        } = self;
+        let (mut processes, walked) = std::thread::scope(|scope| {
+            let walker = writable.map(|roots| {
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let walked = filesystems.scan_writable(&roots);
+                    (walked, t.elapsed())
+                })
+            });
+            if !options.show_secrets {
+                redact_cmdlines(&mut processes);
+            }
+            phases.redact = lap();
+            let processes = hash_executables(
+                options,
+                policy,
+                digests,
+                processes,
+                &mut stats,
+                &mut warnings,
+            );
+            phases.hash = lap();
+            let walked = walker.map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+            (processes, walked)
+        });
         self.last_cap_last_cap = cap_last_cap;
         self.last_host_bounding = host_bounding;
         // A full scan re-reads every process: exec reads not yet merged are in it, or
@@ -308,6 +339,7 @@ impl Scanner {
         }
         self.keep_recent_execs(&mut processes, &mut containers);
 
+        let mut walk_took = None;
         if scope == ScanScope::ProcessesAndFilesystems {
             self.scan_filesystems(&containers, &mut stats, &mut warnings);
         } else {
@@ -317,9 +349,12 @@ impl Scanner {
                 .retain(|f| alive.contains(f.container_id.as_str()));
             self.last_gaps
                 .retain(|g| alive.contains(g.container_id.as_str()));
-            self.scan_writable_layers(&containers, &mut stats, &mut warnings);
+            if let Some(((output, covered), took)) = walked {
+                self.keep_writable_walk(output, covered, &mut stats, &mut warnings);
+                walk_took = Some(took);
+            }
         }
-        phases.filesystems = lap();
+        phases.filesystems = walk_took.unwrap_or(lap());
         let files = self.last_files.clone();
         stats.files_walked = self.last_fs_stats.files_walked;
         stats.layers_walked = self.last_fs_stats.layers_walked;
@@ -373,69 +408,14 @@ impl Scanner {
         stats: &mut ScanStats,
         warnings: &mut Vec<String>,
     ) -> Vec<Process> {
-        let proc_root = &self.options.collect.proc_root;
-        // Jobs by index: the identity to look up, the pid whose `exe` is read on a miss.
-        let mut keys = Vec::new();
-        let mut pids = Vec::new();
-        let mut job_of = Vec::with_capacity(collected.len());
-        for cp in &collected {
-            if cp.process.kernel_thread || cp.process.exe.is_none() {
-                job_of.push(None);
-                continue;
-            }
-            job_of.push(Some(keys.len()));
-            keys.push(cp.exe_identity);
-            pids.push(cp.process.pid);
-        }
-        let before = self.digests.stats();
-        let algorithms = algorithms_for(&self.options, &self.policy);
-        let results = hash_keyed(
+        hash_executables(
+            &self.options,
+            &self.policy,
             &self.digests,
-            &keys,
-            |i| exe_path(proc_root, pids[i]),
-            algorithms,
-            self.options.max_hash_size,
-            self.options.threads,
-        );
-        let after = self.digests.stats();
-        stats.hash_cache_hits += after.hits - before.hits;
-        stats.hash_cache_misses += after.misses - before.misses;
-        stats.bytes_hashed += after.bytes_hashed - before.bytes_hashed;
-        stats.files_hashed += after.files_hashed - before.files_hashed;
-
-        let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
-        collected
-            .into_iter()
-            .zip(job_of)
-            .filter_map(|(cp, job)| {
-                let mut process = cp.process;
-                let Some(job) = job else {
-                    return Some(process);
-                };
-                match results[job].take() {
-                    Some(Ok(digests)) => {
-                        process.sha256 = digests.sha256_hex();
-                        process.sha512 = digests.sha512_hex();
-                        Some(process)
-                    }
-                    // Exited between being listed and being hashed: it is not running.
-                    Some(Err(e)) if e.is_vanished() => {
-                        stats.processes_vanished += 1;
-                        stats.processes_seen = stats.processes_seen.saturating_sub(1);
-                        None
-                    }
-                    Some(Err(e)) => {
-                        stats.count_error("hash");
-                        process.hash_error = Some(e.to_string());
-                        if !matches!(e, nodeguard_hash::Error::TooLarge { .. }) {
-                            warnings.push(format!("pid {}: {e}", process.pid));
-                        }
-                        Some(process)
-                    }
-                    None => Some(process),
-                }
-            })
-            .collect()
+            collected,
+            stats,
+            warnings,
+        )
     }
 
     fn scan_filesystems(
@@ -477,24 +457,33 @@ impl Scanner {
     /// running container's writable layer shows within a process-scan interval. Image
     /// layers (slow, and unchanging) wait for the filesystem interval; a container not yet
     /// covered keeps what the last filesystem scan found.
-    fn scan_writable_layers(
+    /// The containers' roots for a walk of their writable layers, once a filesystem scan
+    /// has cached their image layers (`None` before: nothing to compare against).
+    fn writable_roots(&self, containers: &[Container]) -> Option<Vec<ContainerRoot>> {
+        if self.filesystems.cached_layers() == 0 {
+            return None;
+        }
+        let host_root = nodeguard_collect::resolve_host_root(&self.options.collect);
+        Some(
+            containers
+                .iter()
+                .filter(|c| !c.sandbox)
+                .filter_map(|c| {
+                    container_root(&self.options.collect.proc_root, host_root.as_deref(), c)
+                })
+                .collect(),
+        )
+    }
+
+    /// What a walk of writable layers found replaces what the last walks found for the
+    /// containers it covered.
+    fn keep_writable_walk(
         &mut self,
-        containers: &[Container],
+        output: nodeguard_fscan::FsScanOutput,
+        covered: Vec<String>,
         stats: &mut ScanStats,
         warnings: &mut Vec<String>,
     ) {
-        if self.filesystems.cached_layers() == 0 {
-            return;
-        }
-        let host_root = nodeguard_collect::resolve_host_root(&self.options.collect);
-        let roots: Vec<ContainerRoot> = containers
-            .iter()
-            .filter(|c| !c.sandbox)
-            .filter_map(|c| {
-                container_root(&self.options.collect.proc_root, host_root.as_deref(), c)
-            })
-            .collect();
-        let (output, covered) = self.filesystems.scan_writable(&roots);
         if covered.is_empty() {
             return;
         }
@@ -983,6 +972,82 @@ fn under(host_root: &Path, host_path: &str) -> PathBuf {
         .position(|b| *b != b'/')
         .map_or(&raw[..0], |start| &raw[start..]);
     host_root.join(std::ffi::OsStr::from_bytes(relative))
+}
+
+/// The executables' digests (from the cache, or read through `/proc/PID/exe` on a miss),
+/// filled into the processes; a process that exited before its executable could be read is
+/// dropped and counted as vanished.
+fn hash_executables(
+    options: &ScanOptions,
+    policy: &Policy,
+    digests: &DigestCache,
+    collected: Vec<CollectedProcess>,
+    stats: &mut ScanStats,
+    warnings: &mut Vec<String>,
+) -> Vec<Process> {
+    let proc_root = &options.collect.proc_root;
+    // Jobs by index: the identity to look up, the pid whose `exe` is read on a miss.
+    let mut keys = Vec::new();
+    let mut pids = Vec::new();
+    let mut job_of = Vec::with_capacity(collected.len());
+    for cp in &collected {
+        if cp.process.kernel_thread || cp.process.exe.is_none() {
+            job_of.push(None);
+            continue;
+        }
+        job_of.push(Some(keys.len()));
+        keys.push(cp.exe_identity);
+        pids.push(cp.process.pid);
+    }
+    let before = digests.stats();
+    let algorithms = algorithms_for(options, policy);
+    let results = hash_keyed(
+        digests,
+        &keys,
+        |i| exe_path(proc_root, pids[i]),
+        algorithms,
+        options.max_hash_size,
+        options.threads,
+    );
+    let after = digests.stats();
+    stats.hash_cache_hits += after.hits - before.hits;
+    stats.hash_cache_misses += after.misses - before.misses;
+    stats.bytes_hashed += after.bytes_hashed - before.bytes_hashed;
+    stats.files_hashed += after.files_hashed - before.files_hashed;
+
+    let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
+    collected
+        .into_iter()
+        .zip(job_of)
+        .filter_map(|(cp, job)| {
+            let mut process = cp.process;
+            let Some(job) = job else {
+                return Some(process);
+            };
+            match results[job].take() {
+                Some(Ok(digests)) => {
+                    process.sha256 = digests.sha256_hex();
+                    process.sha512 = digests.sha512_hex();
+                    Some(process)
+                }
+                // Exited between being listed and being hashed: it is not running.
+                Some(Err(e)) if e.is_vanished() => {
+                    stats.processes_vanished += 1;
+                    stats.processes_seen = stats.processes_seen.saturating_sub(1);
+                    None
+                }
+                Some(Err(e)) => {
+                    stats.count_error("hash");
+                    process.hash_error = Some(e.to_string());
+                    if !matches!(e, nodeguard_hash::Error::TooLarge { .. }) {
+                        warnings.push(format!("pid {}: {e}", process.pid));
+                    }
+                    Some(process)
+                }
+                None => Some(process),
+            }
+        })
+        .collect()
 }
 
 /// Secrets in the processes' command lines replaced (see [`nodeguard_model::redact_cmdline`]);
