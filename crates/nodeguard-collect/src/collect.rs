@@ -1301,7 +1301,7 @@ mod tests {
         let nginx = &process(&snap, 200).process;
         assert_eq!(nginx.container_id.as_deref(), Some(ID_A));
         assert_eq!((nginx.uid, nginx.gid, nginx.uids.saved), (101, 101, 101));
-        assert_eq!(nginx.capability_masks.effective, "00000000a80425fb");
+        assert_eq!(&*nginx.capability_masks.effective, "00000000a80425fb");
         assert!(nginx.capabilities.effective.contains(&"CAP_NET_RAW".into()));
         assert_eq!(nginx.capabilities.effective.len(), 14);
         assert_eq!(nginx.no_new_privs, Some(true));
@@ -1591,7 +1591,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(p.process.uid, euid);
-        assert_eq!(p.process.capability_masks.effective, field("CapEff:"));
+        assert_eq!(&*p.process.capability_masks.effective, field("CapEff:"));
         assert_eq!(
             p.process.exe.as_deref(),
             std::env::current_exe().unwrap().to_str()

@@ -15,10 +15,11 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstatat, Mode};
 use nodeguard_model::{
-    decode_capabilities, escape_path, Capabilities, CapabilityMasks, Ids, Namespaces, Process,
-    SeccompMode,
+    decode_capabilities, escape_path, Capabilities, CapabilityMasks, CapabilitySet, Ids,
+    Namespaces, Process, SeccompMode,
 };
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -311,7 +312,7 @@ pub fn is_kernel_thread(pid: i32, ppid: i32, flags: u64) -> bool {
 
 /// The capability masks as `/proc/PID/status` prints them.
 pub fn capability_masks(s: &StatusFields) -> CapabilityMasks {
-    let hex = |m: u64| format!("{m:016x}");
+    let hex = |m: u64| Arc::<str>::from(format!("{m:016x}"));
     CapabilityMasks {
         effective: hex(s.cap_eff),
         permitted: hex(s.cap_prm),
@@ -323,14 +324,44 @@ pub fn capability_masks(s: &StatusFields) -> CapabilityMasks {
 
 /// The capability sets by name.
 pub fn capabilities(s: &StatusFields) -> Capabilities {
+    let set = |mask: u64| CapabilitySet::from(decode_capabilities(mask));
     Capabilities {
-        effective: decode_capabilities(s.cap_eff),
-        permitted: decode_capabilities(s.cap_prm),
-        inheritable: decode_capabilities(s.cap_inh),
-        bounding: s.cap_bnd.map(decode_capabilities).unwrap_or_default(),
-        ambient: s.cap_amb.map(decode_capabilities).unwrap_or_default(),
+        effective: set(s.cap_eff),
+        permitted: set(s.cap_prm),
+        inheritable: set(s.cap_inh),
+        bounding: s.cap_bnd.map(set).unwrap_or_default(),
+        ambient: s.cap_amb.map(set).unwrap_or_default(),
     }
 }
+
+/// [`capabilities`] and [`capability_masks`] of `s`, shared with the processes this thread
+/// read before with the same five sets: a node runs a few dozen distinct sets over a thousand
+/// processes, so each set is decoded and written once and every process holds references.
+/// At most [`SHARED_CAPABILITIES_MAX`] are remembered per thread (then it starts over).
+pub fn shared_capabilities(s: &StatusFields) -> (Capabilities, CapabilityMasks) {
+    type Raw = (u64, u64, u64, Option<u64>, Option<u64>);
+    thread_local! {
+        static SEEN: std::cell::RefCell<HashMap<Raw, (Capabilities, CapabilityMasks)>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    let raw = (s.cap_eff, s.cap_prm, s.cap_inh, s.cap_bnd, s.cap_amb);
+    SEEN.with(|seen| {
+        // Only this function borrows it, and it does not call itself: never borrowed twice.
+        let mut seen = seen.borrow_mut();
+        if let Some(known) = seen.get(&raw) {
+            return known.clone();
+        }
+        if seen.len() >= SHARED_CAPABILITIES_MAX {
+            seen.clear();
+        }
+        let made = (capabilities(s), capability_masks(s));
+        seen.insert(raw, made.clone());
+        made
+    })
+}
+
+/// The most distinct capability readings [`shared_capabilities`] keeps per thread.
+pub const SHARED_CAPABILITIES_MAX: usize = 256;
 
 /// Names of the namespaces `ns` shares with `host` (both known and equal).
 pub fn shared_with_host(ns: &Namespaces, host: &Namespaces) -> Vec<Cow<'static, str>> {
@@ -1039,6 +1070,7 @@ fn assemble(
     container_id: Option<String>,
     namespaces: Namespaces,
 ) -> Process {
+    let (capabilities, capability_masks) = shared_capabilities(status);
     Process {
         pid,
         ppid: stat.ppid,
@@ -1057,8 +1089,8 @@ fn assemble(
         gid: status.gids.effective,
         uids: status.uids,
         gids: status.gids,
-        capabilities: capabilities(status),
-        capability_masks: capability_masks(status),
+        capabilities,
+        capability_masks,
         no_new_privs: status.no_new_privs,
         seccomp: status.seccomp,
         namespaces,
@@ -1092,7 +1124,7 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
         assert_eq!(s.no_new_privs, Some(true));
         assert_eq!(s.seccomp, Some(SeccompMode::Filter));
         let masks = capability_masks(&s);
-        assert_eq!(masks.effective, "00000000a80425fb");
+        assert_eq!(&*masks.effective, "00000000a80425fb");
         assert_eq!(masks.bounding.as_deref(), Some("000001ffffffffff"));
         let caps = capabilities(&s);
         assert!(caps.effective.contains(&"CAP_NET_RAW".into()));
@@ -1100,6 +1132,39 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
         assert!(!s.zombie);
         let zombie = STATUS.replace("State:\tS (sleeping)", "State:\tZ (zombie)");
         assert!(parse_status(zombie.as_bytes()).unwrap().zombie);
+    }
+
+    #[test]
+    fn processes_with_the_same_capabilities_share_them_and_others_do_not() {
+        let s = parse_status(STATUS.as_bytes()).unwrap();
+        let (caps, masks) = shared_capabilities(&s);
+        assert_eq!((&caps, &masks), (&capabilities(&s), &capability_masks(&s)));
+        let (again, again_masks) = shared_capabilities(&s);
+        assert!(Arc::ptr_eq(&caps.effective, &again.effective));
+        assert!(Arc::ptr_eq(
+            &masks.bounding.unwrap(),
+            &again_masks.bounding.unwrap()
+        ));
+        // One bit of one set differs: its own sets, decoded from its own masks.
+        let other = parse_status(
+            STATUS
+                .replace("CapEff:\t00000000a80425fb", "CapEff:\t00000000a80425fa")
+                .as_bytes(),
+        )
+        .unwrap();
+        let (theirs, their_masks) = shared_capabilities(&other);
+        assert_eq!(&*their_masks.effective, "00000000a80425fa");
+        assert!(!theirs.effective.contains(&"CAP_CHOWN".into()));
+        assert!(caps.effective.contains(&"CAP_CHOWN".into()));
+        // Past the bound it starts over, and still answers rightly.
+        for bit in 0..SHARED_CAPABILITIES_MAX as u64 + 2 {
+            let mut many = other.clone();
+            many.cap_inh = bit;
+            assert_eq!(
+                shared_capabilities(&many).1.inheritable.as_ref(),
+                format!("{bit:016x}")
+            );
+        }
     }
 
     #[test]

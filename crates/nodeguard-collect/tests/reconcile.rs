@@ -587,8 +587,8 @@ sleep 1000;
     let before = collector.collect().unwrap();
     let p = &process(&before, pid).process;
     assert_eq!(p.uid, 0);
-    assert_eq!(p.capability_masks.effective, ns.status(pid, "CapEff"));
-    assert_ne!(p.capability_masks.effective, "0000000000000000");
+    assert_eq!(&*p.capability_masks.effective, ns.status(pid, "CapEff"));
+    assert_ne!(&*p.capability_masks.effective, "0000000000000000");
     assert_eq!(p.no_new_privs, Some(false));
     assert_eq!(p.seccomp, Some(SeccompMode::Disabled));
 
@@ -614,9 +614,9 @@ sleep 1000;
         ],
         uids[..]
     );
-    assert_eq!(p.capability_masks.effective, ns.status(pid, "CapEff"));
-    assert_eq!(p.capability_masks.effective, "0000000000000000");
-    assert_eq!(p.capability_masks.permitted, ns.status(pid, "CapPrm"));
+    assert_eq!(&*p.capability_masks.effective, ns.status(pid, "CapEff"));
+    assert_eq!(&*p.capability_masks.effective, "0000000000000000");
+    assert_eq!(&*p.capability_masks.permitted, ns.status(pid, "CapPrm"));
     assert_eq!(p.no_new_privs, Some(true));
     assert_eq!(ns.status(pid, "Seccomp"), "2");
     assert_eq!(p.seccomp, Some(SeccompMode::Filter));

@@ -251,28 +251,32 @@ pub struct Ids {
 }
 
 /// Capability sets of a process, as `CAP_*` names. A name the kernel's table knows is
-/// borrowed from it: a scan decodes five sets for every process, and allocating each name
-/// was a measurable share of a warm scan.
+/// borrowed from it, and a set is shared ([`CapabilitySet`]): most of a node's processes
+/// have one of a few sets, and a scan builds five for every process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
-    pub effective: Vec<CapabilityName>,
-    pub permitted: Vec<CapabilityName>,
-    pub inheritable: Vec<CapabilityName>,
-    pub bounding: Vec<CapabilityName>,
-    pub ambient: Vec<CapabilityName>,
+    pub effective: CapabilitySet,
+    pub permitted: CapabilitySet,
+    pub inheritable: CapabilitySet,
+    pub bounding: CapabilitySet,
+    pub ambient: CapabilitySet,
 }
 
 /// A capability's name: `CAP_SYS_ADMIN`, or `CAP_41` for a bit newer than the table.
 pub type CapabilityName = std::borrow::Cow<'static, str>;
 
-/// The raw masks behind [`Capabilities`], as 16 hex digits like `/proc/PID/status` prints.
+/// One capability set by name, shared between the processes that have it (a JSON array).
+pub type CapabilitySet = std::sync::Arc<[CapabilityName]>;
+
+/// The raw masks behind [`Capabilities`], as 16 hex digits like `/proc/PID/status` prints
+/// (shared like the sets; JSON strings).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapabilityMasks {
-    pub effective: String,
-    pub permitted: String,
-    pub inheritable: String,
-    pub bounding: Option<String>,
-    pub ambient: Option<String>,
+    pub effective: std::sync::Arc<str>,
+    pub permitted: std::sync::Arc<str>,
+    pub inheritable: std::sync::Arc<str>,
+    pub bounding: Option<std::sync::Arc<str>>,
+    pub ambient: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -3,10 +3,10 @@
 
 use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
-    Capabilities, CapabilityMasks, CapabilityName, CgroupDriver, CgroupVersion, FileEntry, Finding,
-    FindingKind, Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process, QosClass, Report,
-    RootFs, Runtime, ScanKind, ScanRun, ScanStats, SeccompMode, Severity, Timestamp,
-    TrackedFinding, SCHEMA_VERSION,
+    Capabilities, CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion,
+    FileEntry, Finding, FindingKind, Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process,
+    QosClass, Report, RootFs, Runtime, ScanKind, ScanRun, ScanStats, SeccompMode, Severity,
+    Timestamp, TrackedFinding, SCHEMA_VERSION,
 };
 use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ pub fn at(text: &str) -> Timestamp {
     Timestamp::parse(text).unwrap()
 }
 
-fn caps(names: &[&str]) -> Vec<CapabilityName> {
+fn caps(names: &[&str]) -> CapabilitySet {
     names
         .iter()
         .map(|n| CapabilityName::from(n.to_string()))
@@ -74,9 +74,9 @@ fn process(pid: i32, ppid: i32, command: &str, container: Option<&str>, uid: u32
         capabilities: Capabilities {
             effective: caps(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
             permitted: caps(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
-            inheritable: vec![],
+            inheritable: caps(&[]),
             bounding: caps(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE", "CAP_SYS_ADMIN"]),
-            ambient: vec![],
+            ambient: caps(&[]),
         },
         capability_masks: CapabilityMasks {
             effective: "0000000000000401".into(),
