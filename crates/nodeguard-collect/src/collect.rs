@@ -545,8 +545,8 @@ pub(crate) struct Reuse {
     execs_lost: bool,
     /// Pids that exec'd since the last pass began.
     execd: HashSet<i32>,
-    /// Cgroup limit files the last pass read, open.
-    limit_files: KeptFiles,
+    /// Cgroup limit files the last pass read, open, per reader slot.
+    limit_files: [KeptFiles; LIMIT_READERS],
     /// Where the last pass's time went.
     pub(crate) phases: PassPhases,
 }
@@ -589,7 +589,7 @@ impl Reuse {
             execs_watched: false,
             execs_lost: true,
             execd: HashSet::new(),
-            limit_files: KeptFiles::new(),
+            limit_files: Default::default(),
             phases: PassPhases::default(),
         }
     }
@@ -607,15 +607,18 @@ impl Reuse {
         if self.dirs.len() > budget {
             self.dirs.clear();
         }
-        if self.limit_files.len() > self.limit_files_max() {
-            self.limit_files.clear();
+        let max = self.limit_files_max();
+        for kept in &mut self.limit_files {
+            if kept.len() > max {
+                kept.clear();
+            }
         }
     }
 
-    /// Cgroup limit files kept open between passes: an eighth of the descriptors the
-    /// process handles may take, at most [`LIMIT_FILES_MAX`].
+    /// Cgroup limit files kept open between passes by each reader slot: together an eighth
+    /// of the descriptors the process handles may take, at most [`LIMIT_FILES_MAX`].
     fn limit_files_max(&self) -> usize {
-        (self.dir_budget / 4).min(LIMIT_FILES_MAX)
+        (self.dir_budget / 4).min(LIMIT_FILES_MAX) / LIMIT_READERS
     }
 
     pub(crate) fn watch_execs(&mut self, on: bool) {
@@ -805,7 +808,8 @@ fn collect_from(
     let (containers, found) = if threads > 1 {
         std::thread::scope(|scope| {
             let layers = scope.spawn(locate);
-            let containers = build_containers(opts, &seeds, &raws, limit_files, keep_max, &mut log);
+            let containers =
+                build_containers(opts, &seeds, &raws, limit_files, keep_max, true, &mut log);
             let found = layers
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -813,7 +817,8 @@ fn collect_from(
         })
     } else {
         let found = locate();
-        let containers = build_containers(opts, &seeds, &raws, limit_files, keep_max, &mut log);
+        let containers =
+            build_containers(opts, &seeds, &raws, limit_files, keep_max, false, &mut log);
         (containers, found)
     };
     log.absorb(layer_log);
@@ -848,16 +853,102 @@ fn collect_from(
     })
 }
 
+/// Readers of cgroup limit files, each on its own thread when reader threads are used: a
+/// container goes to a slot by its id (a fixed hash), so each slot's reader finds the
+/// handles it kept for the same containers last pass.
+const LIMIT_READERS: usize = 2;
+
+/// The slot of a container's limit reads (see [`LIMIT_READERS`]).
+fn limit_slot(id: &str) -> usize {
+    id.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % LIMIT_READERS
+}
+
+/// What was read of one container's cgroup limits.
+struct ContainerLimits {
+    limits: nodeguard_model::Limits,
+    pod_limits: Option<nodeguard_model::Limits>,
+    node_allocatable: Option<nodeguard_model::Limits>,
+    effective: nodeguard_model::Limits,
+    unknown: Vec<String>,
+    /// Messages for the log, in the order found.
+    problems: Vec<String>,
+}
+
+/// The limits of the container `id` whose first process read `file` as its cgroup file: its
+/// own, its pod's and the node allocatable above them, and the effective ones.
+fn read_container_limits(
+    reader: &mut LimitsReader,
+    id: &str,
+    seed: &ContainerSeed,
+    first: &RawProcess,
+    file: &crate::cgroup::CgroupFile,
+) -> ContainerLimits {
+    let reference = &seed.reference;
+    let pid = first.process.pid;
+    let (own_paths, pod_paths) = container_paths(file, reader.layout(), id);
+    let mut problems = Vec::new();
+    let mut own = reader.own(&own_paths, pid);
+    problems.append(&mut own.problems);
+    let mut read = ContainerLimits {
+        limits: Default::default(),
+        pod_limits: None,
+        node_allocatable: None,
+        effective: Default::default(),
+        unknown: Vec::new(),
+        problems: Vec::new(),
+    };
+    // A pod container is bounded by its own cgroup and its pod's; the levels above
+    // (kubepods: node allocatable; the QoS class) are reported apart.
+    let pod_uid = reference.cgroup.pod_uid.as_ref();
+    let floor = match (pod_uid, &pod_paths) {
+        (None, _) => None,
+        (Some(_), Some(pod_paths)) => Some(pod_paths.clone()),
+        (Some(_), None) => Some(own_paths.clone()),
+    };
+    if pod_uid.is_some() {
+        if let Some(pod_paths) = &pod_paths {
+            let pod = reader.own(pod_paths, pid);
+            problems.extend(pod.problems);
+            read.pod_limits = Some(pod.limits);
+            read.node_allocatable = reader.node_allocatable(pod_paths);
+        }
+    }
+    let effective = reader.effective(&own_paths, &own, floor.as_ref());
+    read.limits = own.limits;
+    read.effective = effective.limits;
+    read.unknown = effective.unknown.iter().map(|s| s.to_string()).collect();
+    problems.extend(effective.problems);
+    let hint = if reference.cgroup.relative_to_namespace {
+        " (cgroup paths were relative to the agent's cgroup namespace; run it in the host cgroup namespace)"
+    } else {
+        ""
+    };
+    read.problems = problems
+        .into_iter()
+        .map(|problem| format!("container {id}: {problem}{hint}"))
+        .collect();
+    read
+}
+
+/// The containers of `seeds`, their cgroup limits read through `kept` (one map of handles
+/// per [`LIMIT_READERS`] slot, each read on a thread of its own when `parallel`).
 fn build_containers(
     opts: &CollectOptions,
     seeds: &BTreeMap<String, ContainerSeed>,
     raws: &[RawProcess],
-    kept: &mut KeptFiles,
+    kept: &mut [KeptFiles; LIMIT_READERS],
     keep_max: usize,
+    parallel: bool,
     log: &mut Log,
 ) -> Vec<Container> {
-    let mut reader = LimitsReader::with_kept(&opts.cgroup_root, std::mem::take(kept), keep_max);
-    let layout_known = *reader.layout() != CgroupLayout::Unknown;
+    let mut readers: Vec<LimitsReader> = kept
+        .iter_mut()
+        .map(|k| LimitsReader::with_kept(&opts.cgroup_root, std::mem::take(k), keep_max))
+        .collect();
+    let layout = readers[0].layout().clone();
+    let layout_known = layout != CgroupLayout::Unknown;
     if !layout_known && !seeds.is_empty() {
         log.error(
             "cgroup",
@@ -869,7 +960,7 @@ fn build_containers(
     }
     if let CgroupLayout::V1 {
         memory, cpu, pids, ..
-    } = reader.layout()
+    } = &layout
     {
         for (name, dir) in [("memory", memory), ("cpu", cpu), ("pids", pids)] {
             if dir.is_none() && !seeds.is_empty() {
@@ -882,16 +973,57 @@ fn build_containers(
     }
     // The version users must look at for the limits: on a hybrid host runc also names the
     // container in the controller-less v2 tree, but the limits live in v1.
-    let limits_version = match reader.layout() {
+    let limits_version = match layout {
         CgroupLayout::V2 => Some(CgroupVersion::V2),
         CgroupLayout::V1 { .. } => Some(CgroupVersion::V1),
         CgroupLayout::Unknown => None,
     };
+
+    // The limit reads, by slot; nothing is read for a container without a cgroup file.
+    let read_slot = |reader: &mut LimitsReader, slot: usize| -> Vec<(&str, ContainerLimits)> {
+        seeds
+            .iter()
+            .filter(|(id, _)| limit_slot(id) == slot)
+            .filter_map(|(id, seed)| {
+                let first = &raws[seed.first];
+                let file = first.cgroup.as_ref().filter(|_| layout_known)?;
+                Some((
+                    id.as_str(),
+                    read_container_limits(reader, id, seed, first, file),
+                ))
+            })
+            .collect()
+    };
+    let mut read: HashMap<&str, ContainerLimits> = HashMap::with_capacity(seeds.len());
+    if parallel && seeds.len() > 1 {
+        let slots: Vec<Vec<(&str, ContainerLimits)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = readers
+                .iter_mut()
+                .enumerate()
+                .map(|(slot, reader)| scope.spawn(move || read_slot(reader, slot)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        read.extend(slots.into_iter().flatten());
+    } else {
+        for (slot, reader) in readers.iter_mut().enumerate() {
+            read.extend(read_slot(reader, slot));
+        }
+    }
+    for (k, reader) in kept.iter_mut().zip(readers) {
+        *k = reader.into_kept();
+    }
+
     let mut containers = Vec::with_capacity(seeds.len());
     // Containers that look like their pod's sandbox: (pod uid, start ticks, pid, index).
     let mut sandbox_candidates: Vec<(String, Option<u64>, i32, usize)> = Vec::new();
     for (id, seed) in seeds {
-        let first = &raws[seed.first];
         let reference = &seed.reference;
         let mut container = Container {
             id: id.clone(),
@@ -939,47 +1071,20 @@ fn build_containers(
                 }
             }
         }
-        let cgroup_file = first.cgroup.as_ref().filter(|_| layout_known);
-        match cgroup_file {
+        match read.remove(id.as_str()) {
             None => {
                 // Nothing could be read: unknown, not unlimited (the cgroup root's warning, or
                 // the process's unreadable cgroup file, says why once).
                 container.unknown_limits = ["memory", "cpu", "pids"].map(String::from).to_vec();
             }
-            Some(file) => {
-                let pid = first.process.pid;
-                let (own_paths, pod_paths) = container_paths(file, reader.layout(), id);
-                let mut problems = Vec::new();
-                let mut own = reader.own(&own_paths, pid);
-                problems.append(&mut own.problems);
-                // A pod container is bounded by its own cgroup and its pod's; the levels
-                // above (kubepods: node allocatable; the QoS class) are reported apart.
-                let floor = match (&container.pod_uid, &pod_paths) {
-                    (None, _) => None,
-                    (Some(_), Some(pod_paths)) => Some(pod_paths.clone()),
-                    (Some(_), None) => Some(own_paths.clone()),
-                };
-                if container.pod_uid.is_some() {
-                    if let Some(pod_paths) = &pod_paths {
-                        let pod = reader.own(pod_paths, pid);
-                        problems.extend(pod.problems);
-                        container.pod_limits = Some(pod.limits);
-                        container.node_allocatable = reader.node_allocatable(pod_paths);
-                    }
-                }
-                let effective = reader.effective(&own_paths, &own, floor.as_ref());
-                container.limits = own.limits;
-                container.effective_limits = effective.limits;
-                container.unknown_limits =
-                    effective.unknown.iter().map(|s| s.to_string()).collect();
-                problems.extend(effective.problems);
-                let hint = if reference.cgroup.relative_to_namespace {
-                    " (cgroup paths were relative to the agent's cgroup namespace; run it in the host cgroup namespace)"
-                } else {
-                    ""
-                };
-                for problem in problems {
-                    log.error("cgroup", format!("container {id}: {problem}{hint}"));
+            Some(limits) => {
+                container.limits = limits.limits;
+                container.pod_limits = limits.pod_limits;
+                container.node_allocatable = limits.node_allocatable;
+                container.effective_limits = limits.effective;
+                container.unknown_limits = limits.unknown;
+                for problem in limits.problems {
+                    log.error("cgroup", problem);
                 }
             }
         }
@@ -994,7 +1099,6 @@ fn build_containers(
             container.sandbox = true;
         }
     }
-    *kept = reader.into_kept();
     containers
 }
 
