@@ -128,11 +128,54 @@ impl PidNs {
             text.strip_suffix('\n')?.parse().ok()
         });
         // `$!` is known at the fork, before the child execs: until then it is a copy of init.
+        // Mid-exec the command line already reads empty (the new address space has no
+        // arguments yet) and the image addresses in `stat` are still being set: a pass then
+        // remembers an identity the finished exec no longer has, and the next pass rightly
+        // reads the process afresh. Wait for the exec to be complete.
         let init = self.cmdline(1);
         wait_until(&format!("{name} to exec"), || {
-            (self.cmdline(pid) != init).then_some(())
+            let cmdline = self.cmdline(pid);
+            (!cmdline.is_empty() && cmdline != init && self.exec_complete(pid)).then_some(())
         });
         pid
+    }
+
+    /// The pid of the process running `cmdline` in the namespace, once its exec is complete
+    /// (a child a shell forks for a command line, which no `spawn` waited for).
+    fn wait_for_command(&self, cmdline: &str) -> i32 {
+        wait_until(&format!("`{cmdline}` to run"), || {
+            fs::read_dir(&self.proc_root)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .find(|pid| {
+                    fs::read(self.proc_root.join(pid.to_string()).join("cmdline")).is_ok_and(
+                        |raw| {
+                            String::from_utf8_lossy(&raw)
+                                .trim_end_matches('\0')
+                                .replace('\0', " ")
+                                == cmdline
+                        },
+                    ) && self.exec_complete(*pid)
+                })
+        })
+    }
+
+    /// Whether the image addresses `stat` shows for `pid` (start and end of code, start of
+    /// stack, start and end of arguments: what the collector tells one exec from the next
+    /// by) are all set, as they are once `execve` has returned.
+    fn exec_complete(&self, pid: i32) -> bool {
+        let Ok(raw) = fs::read(self.proc_root.join(pid.to_string()).join("stat")) else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let Some((_, rest)) = text.rsplit_once(')') else {
+            return false;
+        };
+        // `rest` starts at field 3 (state).
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        [26, 27, 28, 48, 49]
+            .iter()
+            .all(|n| fields.get(n - 3).is_some_and(|v| *v != "0"))
     }
 
     fn fifo(&self, name: &str) -> PathBuf {
@@ -328,6 +371,10 @@ fn with_exec_events_watched_reported_execs_are_read_afresh_and_a_loss_rechecks_a
             && ns.cmdline(other) == "sleep 1003")
             .then_some(())
     });
+    // The shells fork their sleeps: a pass that caught one between fork and exec would
+    // rightly read it afresh the next time, which the counts below do not expect.
+    ns.wait_for_command("sleep 1001");
+    ns.wait_for_command("sleep 1002");
     collector.execs_seen(&[reported]);
     let trusted = collector.collect().unwrap();
     assert_eq!(
