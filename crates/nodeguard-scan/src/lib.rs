@@ -402,22 +402,6 @@ impl Scanner {
         })
     }
 
-    fn hash_executables(
-        &self,
-        collected: Vec<CollectedProcess>,
-        stats: &mut ScanStats,
-        warnings: &mut Vec<String>,
-    ) -> Vec<Process> {
-        hash_executables(
-            &self.options,
-            &self.policy,
-            &self.digests,
-            collected,
-            stats,
-            warnings,
-        )
-    }
-
     fn scan_filesystems(
         &mut self,
         containers: &[Container],
@@ -452,13 +436,14 @@ impl Scanner {
 }
 
 impl Scanner {
-    /// Between filesystem scans: a fresh walk of the writable layers of the containers whose
-    /// image layers the last filesystem scan cached, so a file planted in (or removed from) a
-    /// running container's writable layer shows within a process-scan interval. Image
-    /// layers (slow, and unchanging) wait for the filesystem interval; a container not yet
-    /// covered keeps what the last filesystem scan found.
     /// The containers' roots for a walk of their writable layers, once a filesystem scan
     /// has cached their image layers (`None` before: nothing to compare against).
+    ///
+    /// Between filesystem scans each process scan walks the writable layers of the containers
+    /// whose image layers the last filesystem scan cached, so a file planted in (or removed
+    /// from) a running container's writable layer shows within a process-scan interval. Image
+    /// layers (slow, and unchanging) wait for the filesystem interval; a container not yet
+    /// covered keeps what the last filesystem scan found.
     fn writable_roots(&self, containers: &[Container]) -> Option<Vec<ContainerRoot>> {
         if self.filesystems.cached_layers() == 0 {
             return None;
@@ -578,7 +563,14 @@ impl Scanner {
         if !self.options.show_secrets {
             redact_cmdlines(&mut collected);
         }
-        let read = self.hash_executables(collected, &mut pass_stats, &mut warnings);
+        let read = hash_executables(
+            &self.options,
+            &self.policy,
+            &self.digests,
+            collected,
+            &mut pass_stats,
+            &mut warnings,
+        );
         // A batch holds up to 512 pids: a set, not a scan of the reads per pid.
         let read_pids: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
         let requested: BTreeSet<i32> = pids.iter().copied().collect();
