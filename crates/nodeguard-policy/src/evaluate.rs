@@ -1078,34 +1078,40 @@ impl<'p> Found<'p> {
     /// kept by [`Found::add`]: its kind is enabled and no finding with that key from a lower
     /// pid is in yet.
     fn keeps(&self, kind: FindingKind, container: Option<&str>, subject: &str, pid: i32) -> bool {
+        self.would_keep(kind, container, subject, Some(pid))
+    }
+
+    /// [`Found::keeps`] for a finding that may have no pid (a pid beats none).
+    fn would_keep(
+        &self,
+        kind: FindingKind,
+        container: Option<&str>,
+        subject: &str,
+        pid: Option<i32>,
+    ) -> bool {
         if !self.policy.is_enabled(kind) {
             return false;
         }
         let key: &dyn KeyView = &(kind, container, subject);
         self.by_key
             .get(key)
-            .is_none_or(|existing| rank(existing.pid) > rank(Some(pid)))
+            .is_none_or(|existing| rank(existing.pid) > rank(pid))
     }
 
     fn add(&mut self, finding: Finding) {
-        if !self.policy.is_enabled(finding.kind) {
-            return;
-        }
-        let key: &dyn KeyView = &(
+        let kept = self.would_keep(
             finding.kind,
             finding.container_id.as_deref(),
-            finding.subject.as_str(),
+            &finding.subject,
+            finding.pid,
         );
-        match self.by_key.get(key) {
-            Some(existing) if rank(existing.pid) <= rank(finding.pid) => {}
-            _ => {
-                let key = (
-                    finding.kind,
-                    finding.container_id.clone(),
-                    finding.subject.clone(),
-                );
-                self.by_key.insert(key, finding);
-            }
+        if kept {
+            let key = (
+                finding.kind,
+                finding.container_id.clone(),
+                finding.subject.clone(),
+            );
+            self.by_key.insert(key, finding);
         }
     }
 
