@@ -2,7 +2,7 @@
 
 use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
-use crate::limits::{container_paths, CgroupLayout, KeptFiles, LimitsReader};
+use crate::limits::{container_paths, detect_layout, CgroupLayout, KeptFiles, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::process::{
     read_process, shared_with_host, CgroupMemo, ExeLinks, Failure, PidDir, RawProcess, Remembered,
@@ -943,11 +943,18 @@ fn build_containers(
     parallel: bool,
     log: &mut Log,
 ) -> Vec<Container> {
+    let layout = detect_layout(&opts.cgroup_root);
     let mut readers: Vec<LimitsReader> = kept
         .iter_mut()
-        .map(|k| LimitsReader::with_kept(&opts.cgroup_root, std::mem::take(k), keep_max))
+        .map(|k| {
+            LimitsReader::with_layout(
+                &opts.cgroup_root,
+                layout.clone(),
+                std::mem::take(k),
+                keep_max,
+            )
+        })
         .collect();
-    let layout = readers[0].layout().clone();
     let layout_known = layout != CgroupLayout::Unknown;
     if !layout_known && !seeds.is_empty() {
         log.error(

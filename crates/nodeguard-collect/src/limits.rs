@@ -252,9 +252,20 @@ impl LimitsReader {
     /// `close`. A handle whose cgroup was removed fails (ENODEV) and the path is opened again.
     /// At most `keep_max` files are handed on; beyond that they are opened by path each pass.
     pub fn with_kept(cgroup_root: &Path, kept: KeptFiles, keep_max: usize) -> LimitsReader {
+        LimitsReader::with_layout(cgroup_root, detect_layout(cgroup_root), kept, keep_max)
+    }
+
+    /// [`Self::with_kept`] for a root whose layout is known already ([`detect_layout`]):
+    /// readers of one pass share one look at the root.
+    pub fn with_layout(
+        cgroup_root: &Path,
+        layout: CgroupLayout,
+        kept: KeptFiles,
+        keep_max: usize,
+    ) -> LimitsReader {
         LimitsReader {
             root: cgroup_root.to_path_buf(),
-            layout: detect_layout(cgroup_root),
+            layout,
             cache: HashMap::new(),
             kept,
             read_now: KeptFiles::new(),
