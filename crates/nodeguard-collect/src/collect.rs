@@ -304,13 +304,7 @@ fn read_all(
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+            handles.into_iter().flat_map(joined).collect()
         });
         done.sort_by_key(|(i, _)| *i);
         done.into_iter().map(|(_, chunk)| chunk).collect()
@@ -341,6 +335,13 @@ fn read_all(
         log.absorb(chunk.log);
     }
     (raws, seeds, handles)
+}
+
+/// The result of a scoped thread; its panic, if it panicked, goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Reader threads for `pids` processes: one per core, none for a few hundred.
@@ -810,9 +811,7 @@ fn collect_from(
             let layers = scope.spawn(locate);
             let containers =
                 build_containers(opts, &seeds, &raws, limit_files, keep_max, true, &mut log);
-            let found = layers
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let found = joined(layers);
             (containers, found)
         })
     } else {
@@ -891,14 +890,6 @@ fn read_container_limits(
     let mut problems = Vec::new();
     let mut own = reader.own(&own_paths, pid);
     problems.append(&mut own.problems);
-    let mut read = ContainerLimits {
-        limits: Default::default(),
-        pod_limits: None,
-        node_allocatable: None,
-        effective: Default::default(),
-        unknown: Vec::new(),
-        problems: Vec::new(),
-    };
     // A pod container is bounded by its own cgroup and its pod's; the levels above
     // (kubepods: node allocatable; the QoS class) are reported apart.
     let pod_uid = reference.cgroup.pod_uid.as_ref();
@@ -907,29 +898,33 @@ fn read_container_limits(
         (Some(_), Some(pod_paths)) => Some(pod_paths.clone()),
         (Some(_), None) => Some(own_paths.clone()),
     };
+    let (mut pod_limits, mut node_allocatable) = (None, None);
     if pod_uid.is_some() {
         if let Some(pod_paths) = &pod_paths {
             let pod = reader.own(pod_paths, pid);
             problems.extend(pod.problems);
-            read.pod_limits = Some(pod.limits);
-            read.node_allocatable = reader.node_allocatable(pod_paths);
+            pod_limits = Some(pod.limits);
+            node_allocatable = reader.node_allocatable(pod_paths);
         }
     }
     let effective = reader.effective(&own_paths, &own, floor.as_ref());
-    read.limits = own.limits;
-    read.effective = effective.limits;
-    read.unknown = effective.unknown.iter().map(|s| s.to_string()).collect();
     problems.extend(effective.problems);
     let hint = if reference.cgroup.relative_to_namespace {
         " (cgroup paths were relative to the agent's cgroup namespace; run it in the host cgroup namespace)"
     } else {
         ""
     };
-    read.problems = problems
-        .into_iter()
-        .map(|problem| format!("container {id}: {problem}{hint}"))
-        .collect();
-    read
+    ContainerLimits {
+        limits: own.limits,
+        pod_limits,
+        node_allocatable,
+        effective: effective.limits,
+        unknown: effective.unknown.iter().map(|s| s.to_string()).collect(),
+        problems: problems
+            .into_iter()
+            .map(|problem| format!("container {id}: {problem}{hint}"))
+            .collect(),
+    }
 }
 
 /// The containers of `seeds`, their cgroup limits read through `kept` (one map of handles
@@ -1009,13 +1004,7 @@ fn build_containers(
                 .enumerate()
                 .map(|(slot, reader)| scope.spawn(move || read_slot(reader, slot)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+            handles.into_iter().map(joined).collect()
         });
         read.extend(slots.into_iter().flatten());
     } else {
