@@ -30,6 +30,7 @@ mod error;
 pub mod layer;
 pub mod limits;
 pub mod mountinfo;
+pub mod script;
 pub mod process;
 pub mod runtime;
 
@@ -111,6 +112,9 @@ pub struct CollectedProcess {
     /// container's overlay layers (shared by every container of the image), else the stat of
     /// `/proc/PID/exe`. `None` for kernel threads, zombies and races.
     pub exe_identity: Option<FileIdentity>,
+    /// The file of `process.script`, as the process sees it (to hash it through
+    /// [`script::open_script`]).
+    pub script_identity: Option<FileIdentity>,
 }
 
 /// Collects processes and containers under `opts`, reading every process in full. Fails

@@ -348,7 +348,10 @@ fn findings_list(findings: &[FindingLine], listing: Listing, width: usize) -> St
         header.push("FIRST SEEN");
     }
     header.push("DETAIL");
-    let mut table = Table::new(&header);
+    // Rows first without their detail, so a folded line's capabilities can be split over as
+    // many lines as it takes to show every one within the width.
+    let mut pending: Vec<(Vec<String>, Detail)> = Vec::new();
+    let mut group_at: Vec<(usize, String)> = Vec::new();
     let mut not_listed = [0usize; 4];
     for ((pod, container), lines) in &groups {
         let shown: Vec<&FindingLine> = lines.iter().filter(listed).collect();
@@ -358,13 +361,12 @@ fn findings_list(findings: &[FindingLine], listing: Listing, width: usize) -> St
         if shown.is_empty() {
             continue;
         }
-        table.text(format!(
-            "{pod}{container}: {}",
-            severity_counts(&group_counts(lines))
+        group_at.push((
+            pending.len(),
+            format!("{pod}{container}: {}", severity_counts(&group_counts(lines))),
         ));
         for run in folded(&shown) {
-            let line = run[0];
-            let f = line.finding;
+            let f = run[0].finding;
             let mut cells = vec![
                 format!("  {}", f.severity.as_str().to_uppercase()),
                 f.kind.to_string(),
@@ -375,8 +377,31 @@ fn findings_list(findings: &[FindingLine], listing: Listing, width: usize) -> St
                 let first = run.iter().filter_map(|l| l.first_seen).min();
                 cells.push(first.map_or("-".to_string(), |t| t.to_string()));
             }
-            cells.push(folded_detail(&run));
-            table.row(cells);
+            pending.push((cells, folded_detail(&run)));
+        }
+    }
+    // What is left of the width for the detail column.
+    let mut used = 0usize;
+    for col in 0..header.len() - 1 {
+        let widest = pending
+            .iter()
+            .map(|(cells, _)| cells[col].chars().count())
+            .chain(std::iter::once(header[col].chars().count()))
+            .max()
+            .unwrap_or(0);
+        used = used.saturating_add(widest + 2);
+    }
+    let room = width.saturating_sub(used);
+    let mut table = Table::new(&header);
+    let mut groups_left = group_at.into_iter().peekable();
+    for (i, (cells, detail)) in pending.into_iter().enumerate() {
+        while let Some((_, text)) = groups_left.next_if(|(at, _)| *at == i) {
+            table.text(text);
+        }
+        for text in detail.lines(room) {
+            let mut row = cells.clone();
+            row.push(text);
+            table.row(row);
         }
     }
     if table.lines.is_empty() {
@@ -425,20 +450,61 @@ fn folded<'a>(lines: &[&'a FindingLine<'a>]) -> Vec<Vec<&'a FindingLine<'a>>> {
     runs
 }
 
-/// A run's detail: the one finding's, or for folded capabilities the first one's message with
-/// every capability named where its own was.
-fn folded_detail(run: &[&FindingLine]) -> String {
-    let first = run[0].finding;
-    let text = detail(first);
-    if run.len() == 1 {
-        return text;
+/// The detail of a listed line: one finding's text, or the text of folded findings whose
+/// subjects (capability names) stand where the first one's stood.
+enum Detail {
+    Plain(String),
+    Folded {
+        before: String,
+        names: Vec<String>,
+        after: String,
+    },
+}
+
+impl Detail {
+    /// The lines it takes within `room` characters: one, or for folded names as many as it
+    /// takes to show every name (each line a whole sentence naming some of them).
+    fn lines(self, room: usize) -> Vec<String> {
+        match self {
+            Detail::Plain(text) => vec![text],
+            Detail::Folded {
+                before,
+                names,
+                after,
+            } => {
+                let frame = before.chars().count() + after.chars().count();
+                let mut out = Vec::new();
+                let mut chunk: Vec<&str> = Vec::new();
+                let mut len = frame;
+                for name in &names {
+                    let sep = if chunk.is_empty() { 0 } else { 2 };
+                    if !chunk.is_empty() && len + sep + name.chars().count() > room {
+                        out.push(format!("{before}{}{after}", chunk.join(", ")));
+                        chunk.clear();
+                        len = frame;
+                    }
+                    len += name.chars().count() + if chunk.is_empty() { 0 } else { 2 };
+                    chunk.push(name);
+                }
+                if !chunk.is_empty() {
+                    out.push(format!("{before}{}{after}", chunk.join(", ")));
+                }
+                out
+            }
+        }
     }
-    let names: Vec<&str> = run.iter().map(|l| l.finding.subject.as_str()).collect();
-    let joined = names.join(", ");
-    if !first.subject.is_empty() && text.contains(first.subject.as_str()) {
-        text.replacen(first.subject.as_str(), &joined, 1)
-    } else {
-        format!("{text} (also {})", names[1..].join(", "))
+}
+
+/// A run's detail: the one finding's message, or for a process's folded capabilities their
+/// names (the PID column says whose), as few per line as the width needs.
+fn folded_detail(run: &[&FindingLine]) -> Detail {
+    if run.len() == 1 {
+        return Detail::Plain(detail(run[0].finding));
+    }
+    Detail::Folded {
+        before: String::new(),
+        names: run.iter().map(|l| l.finding.subject.clone()).collect(),
+        after: " in its effective set".to_string(),
     }
 }
 
@@ -972,14 +1038,11 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].contains("CRITICAL"), "{text}");
         assert!(
-            lines[0]
-                .ends_with("pid 7 (app) has CAP_SYS_ADMIN, CAP_SYS_MODULE in its effective set"),
+            lines[0].ends_with("  CAP_SYS_ADMIN, CAP_SYS_MODULE in its effective set"),
             "{text}"
         );
         assert!(
-            lines[1].ends_with(
-                "pid 7 (app) has CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE in its effective set"
-            ),
+            lines[1].ends_with("  CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE in its effective set"),
             "{text}"
         );
         assert!(
@@ -988,6 +1051,43 @@ mod tests {
         );
         // The summary still counts each finding.
         assert!(text.starts_with("FINDINGS 6: critical 2, high 4"), "{text}");
+    }
+
+    #[test]
+    fn folded_capabilities_take_more_lines_rather_than_be_cut() {
+        let names = [
+            "CAP_BPF",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_LINUX_IMMUTABLE",
+            "CAP_MAC_ADMIN",
+            "CAP_MAC_OVERRIDE",
+            "CAP_NET_ADMIN",
+            "CAP_PERFMON",
+            "CAP_SYSLOG",
+            "CAP_SYS_BOOT",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_RAWIO",
+            "CAP_SYS_TIME",
+        ];
+        let rows: Vec<TrackedFinding> = names
+            .iter()
+            .map(|n| capability(n, Severity::High, 4242))
+            .collect();
+        let text = findings_report(&rows, DEFAULT_WIDTH);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("dangerous_capability") && l.starts_with("  "))
+            .collect();
+        assert!(lines.len() > 1 && lines.len() < names.len(), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= DEFAULT_WIDTH), "{text}");
+        assert!(lines.iter().all(|l| !l.ends_with('…')), "{text}");
+        for name in names {
+            assert_eq!(
+                lines.iter().filter(|l| l.contains(&format!("{name},")) || l.contains(&format!("{name} "))).count(),
+                1,
+                "{name} on exactly one line\n{text}"
+            );
+        }
     }
 
     #[test]

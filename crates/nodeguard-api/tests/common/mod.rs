@@ -64,6 +64,8 @@ fn process(pid: i32, ppid: i32, command: &str, container: Option<&str>, uid: u32
         exe: Some(format!("/usr/sbin/{command}")),
         exe_deleted: false,
         exe_layer: Some(Layer::Image),
+        exe_mount: None,
+        script: None,
         sha256: Some(NGINX_SHA.to_string()),
         sha512: None,
         hash_error: None,
