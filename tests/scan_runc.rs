@@ -1387,17 +1387,31 @@ fn tmpfs_executables_and_dropped_scripts_are_drift() {
 
     // The process entries say where each came from.
     let p = scan.process(&c, tmpfs_exe);
-    assert_eq!(p["exe_mount"]["mount_point"], "/scratch", "{}", scan.seen(&c));
+    assert_eq!(
+        p["exe_mount"]["mount_point"],
+        "/scratch",
+        "{}",
+        scan.seen(&c)
+    );
     assert_eq!(p["exe_mount"]["fstype"], "tmpfs", "{}", scan.seen(&c));
     let p = scan.process(&c, shebang);
     assert_eq!(p["script"]["path"], "/opt/run/y.sh", "{}", scan.seen(&c));
     assert!(p["script"].get("mount").is_none(), "{}", scan.seen(&c));
     let p = scan.process(&c, tmpfs_script);
-    assert_eq!(p["script"]["mount"]["mount_point"], "/scratch", "{}", scan.seen(&c));
+    assert_eq!(
+        p["script"]["mount"]["mount_point"],
+        "/scratch",
+        "{}",
+        scan.seen(&c)
+    );
     for quiet in [image_script, inline] {
         let p = scan.process(&c, quiet);
         assert!(p.get("script").is_none(), "pid {quiet}\n{}", scan.seen(&c));
-        assert!(p.get("exe_mount").is_none(), "pid {quiet}\n{}", scan.seen(&c));
+        assert!(
+            p.get("exe_mount").is_none(),
+            "pid {quiet}\n{}",
+            scan.seen(&c)
+        );
     }
     drop(c);
     drop(image);

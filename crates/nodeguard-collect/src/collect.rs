@@ -4,13 +4,13 @@ use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, detect_layout, CgroupLayout, KeptFiles, LimitsReader};
 use crate::mountinfo::{container_root, ContainerRoot, WritableMount};
-use crate::script::{locate_script, FoundScript};
 use crate::process::{
     read_process, shared_with_host, CgroupMemo, ExeLinks, Failure, PidDir, RawProcess, Remembered,
 };
 use crate::runtime::{
     first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
 };
+use crate::script::{locate_script, FoundScript};
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -1223,12 +1223,9 @@ fn outside_image(
                     let host = host
                         .get_or_insert_with(|| open_host_root(opts, log))
                         .as_ref();
-                    let found =
-                        match locate_script(&opts.proc_root, raw.process.pid, path, root, host) {
-                            Ok(found) => found,
-                            // Gone, not a regular file, not there: nothing runs from it.
-                            Err(_) => None,
-                        };
+                    // Gone, not a regular file, not there: nothing runs from it.
+                    let found = locate_script(&opts.proc_root, raw.process.pid, path, root, host)
+                        .unwrap_or_default();
                     scripts.insert(key, found.clone());
                     found
                 }

@@ -30,9 +30,9 @@ mod error;
 pub mod layer;
 pub mod limits;
 pub mod mountinfo;
-pub mod script;
 pub mod process;
 pub mod runtime;
+pub mod script;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
 pub use collect::{resolve_host_root, PassPhases, DEFAULT_CAP_LAST_CAP};

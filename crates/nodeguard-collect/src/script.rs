@@ -72,7 +72,10 @@ pub fn script_argument<'a>(exe: &[u8], argv: &[&'a [u8]]) -> Option<&'a [u8]> {
     while let Some(word) = words.next() {
         let w: &[u8] = word;
         if w == b"--" {
-            return words.next().copied().filter(|w| !w.is_empty() && *w != b"-");
+            return words
+                .next()
+                .copied()
+                .filter(|w| !w.is_empty() && *w != b"-");
         }
         if w == b"-" {
             return None;
@@ -158,10 +161,16 @@ fn option(fam: Family, w: &[u8]) -> Opt {
         },
         Family::Node => match w {
             b"-e" | b"--eval" | b"-p" | b"--print" | b"-i" | b"--interactive" => Opt::Inline,
-            b"-r" | b"--require" | b"--import" | b"--loader" | b"--experimental-loader"
-            | b"--env-file" | b"--inspect-port" | b"--title" | b"-C" | b"--conditions" => {
-                Opt::TakesValue
-            }
+            b"-r"
+            | b"--require"
+            | b"--import"
+            | b"--loader"
+            | b"--experimental-loader"
+            | b"--env-file"
+            | b"--inspect-port"
+            | b"--title"
+            | b"-C"
+            | b"--conditions" => Opt::TakesValue,
             _ => Opt::Plain,
         },
         Family::Php => match w {
@@ -312,10 +321,9 @@ pub fn locate_script(
                 identity,
             }));
         }
-        let (Some(host), Some(upper)) = (
-            host,
-            root.layers.as_ref().and_then(|l| l.upper.as_deref()),
-        ) else {
+        let (Some(host), Some(upper)) =
+            (host, root.layers.as_ref().and_then(|l| l.upper.as_deref()))
+        else {
             continue;
         };
         let upper = host.open_dir(upper)?;
@@ -344,19 +352,43 @@ mod tests {
     #[test]
     fn the_script_argument_of_each_interpreter() {
         assert_eq!(arg("/bin/sh", &["sh", "/tmp/x.sh"]), Some("/tmp/x.sh"));
-        assert_eq!(arg("/usr/bin/bash", &["bash", "-e", "-x", "run.sh", "a"]), Some("run.sh"));
-        assert_eq!(arg("/bin/dash", &["/bin/sh", "-e", "./x.sh"]), Some("./x.sh"));
-        assert_eq!(arg("/bin/bash", &["bash", "-o", "pipefail", "x.sh"]), Some("x.sh"));
-        assert_eq!(arg("/bin/bash", &["bash", "--norc", "--", "x.sh"]), Some("x.sh"));
+        assert_eq!(
+            arg("/usr/bin/bash", &["bash", "-e", "-x", "run.sh", "a"]),
+            Some("run.sh")
+        );
+        assert_eq!(
+            arg("/bin/dash", &["/bin/sh", "-e", "./x.sh"]),
+            Some("./x.sh")
+        );
+        assert_eq!(
+            arg("/bin/bash", &["bash", "-o", "pipefail", "x.sh"]),
+            Some("x.sh")
+        );
+        assert_eq!(
+            arg("/bin/bash", &["bash", "--norc", "--", "x.sh"]),
+            Some("x.sh")
+        );
         assert_eq!(arg("/bin/busybox", &["sh", "/tmp/x.sh"]), Some("/tmp/x.sh"));
         assert_eq!(
-            arg("/usr/bin/python3.11", &["python3", "-u", "-W", "ignore", "/app/x.py"]),
+            arg(
+                "/usr/bin/python3.11",
+                &["python3", "-u", "-W", "ignore", "/app/x.py"]
+            ),
             Some("/app/x.py")
         );
         assert_eq!(arg("/usr/bin/perl", &["perl", "-w", "x.pl"]), Some("x.pl"));
-        assert_eq!(arg("/usr/bin/ruby", &["ruby", "-I", "lib", "x.rb"]), Some("x.rb"));
-        assert_eq!(arg("/usr/bin/node", &["node", "--require", "m", "srv.js"]), Some("srv.js"));
-        assert_eq!(arg("/usr/bin/php", &["php", "-d", "a=b", "-f", "x.php"]), Some("x.php"));
+        assert_eq!(
+            arg("/usr/bin/ruby", &["ruby", "-I", "lib", "x.rb"]),
+            Some("x.rb")
+        );
+        assert_eq!(
+            arg("/usr/bin/node", &["node", "--require", "m", "srv.js"]),
+            Some("srv.js")
+        );
+        assert_eq!(
+            arg("/usr/bin/php", &["php", "-d", "a=b", "-f", "x.php"]),
+            Some("x.php")
+        );
     }
 
     #[test]
@@ -366,8 +398,14 @@ mod tests {
         assert_eq!(arg("/bin/sh", &["sh"]), None);
         assert_eq!(arg("/bin/sh", &["sh", "-s", "x"]), None);
         assert_eq!(arg("/bin/sh", &["sh", "-"]), None);
-        assert_eq!(arg("/usr/bin/python3", &["python3", "-c", "print(1)"]), None);
-        assert_eq!(arg("/usr/bin/python3", &["python3", "-m", "http.server"]), None);
+        assert_eq!(
+            arg("/usr/bin/python3", &["python3", "-c", "print(1)"]),
+            None
+        );
+        assert_eq!(
+            arg("/usr/bin/python3", &["python3", "-m", "http.server"]),
+            None
+        );
         assert_eq!(arg("/usr/bin/perl", &["perl", "-e", "print 1"]), None);
         assert_eq!(arg("/usr/bin/node", &["node", "-e", "1"]), None);
         assert_eq!(arg("/usr/bin/php", &["php", "-r", "echo 1;"]), None);

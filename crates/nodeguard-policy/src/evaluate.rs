@@ -365,10 +365,9 @@ fn outside_image_rules(id: &str, p: &Process, found: &mut Found) {
         let path = script.path.as_str();
         if found.keeps(FindingKind::BinaryDrift, cid, path, p.pid) {
             let place = match &script.mount {
-                Some(mount) => format!(
-                    "a writable {} mount at {}",
-                    mount.fstype, mount.mount_point
-                ),
+                Some(mount) => {
+                    format!("a writable {} mount at {}", mount.fstype, mount.mount_point)
+                }
                 None => "the container's writable layer".to_string(),
             };
             let message = format!(

@@ -1013,8 +1013,7 @@ fn hash_executables(
         .zip(job_of)
         .filter_map(|(cp, job)| {
             let mut process = cp.process;
-            if let (Some(script), Some(identity)) = (process.script.as_mut(), cp.script_identity)
-            {
+            if let (Some(script), Some(identity)) = (process.script.as_mut(), cp.script_identity) {
                 hash_script(
                     proc_root,
                     process.pid,
@@ -1077,8 +1076,8 @@ fn hash_script(
     let Some(path) = nodeguard_model::unescape_path(&script.path) else {
         return;
     };
-    let read = nodeguard_collect::script::open_script(proc_root, pid, &path, identity)
-        .and_then(|mut file| {
+    let read = nodeguard_collect::script::open_script(proc_root, pid, &path, identity).and_then(
+        |mut file| {
             if identity.size > max_size {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::FileTooLarge,
@@ -1087,7 +1086,8 @@ fn hash_script(
             }
             let mut buf = vec![0u8; 64 * 1024];
             nodeguard_hash::digest_reader(&mut file, Algorithms::SHA256, &mut buf, max_size)
-        });
+        },
+    );
     match read {
         Ok(got) => {
             stats.bytes_hashed += got.bytes;

@@ -363,7 +363,10 @@ fn findings_list(findings: &[FindingLine], listing: Listing, width: usize) -> St
         }
         group_at.push((
             pending.len(),
-            format!("{pod}{container}: {}", severity_counts(&group_counts(lines))),
+            format!(
+                "{pod}{container}: {}",
+                severity_counts(&group_counts(lines))
+            ),
         ));
         for run in folded(&shown) {
             let f = run[0].finding;
@@ -1079,11 +1082,17 @@ mod tests {
             .filter(|l| l.contains("dangerous_capability") && l.starts_with("  "))
             .collect();
         assert!(lines.len() > 1 && lines.len() < names.len(), "{text}");
-        assert!(text.lines().all(|l| l.chars().count() <= DEFAULT_WIDTH), "{text}");
+        assert!(
+            text.lines().all(|l| l.chars().count() <= DEFAULT_WIDTH),
+            "{text}"
+        );
         assert!(lines.iter().all(|l| !l.ends_with('…')), "{text}");
         for name in names {
             assert_eq!(
-                lines.iter().filter(|l| l.contains(&format!("{name},")) || l.contains(&format!("{name} "))).count(),
+                lines
+                    .iter()
+                    .filter(|l| l.contains(&format!("{name},")) || l.contains(&format!("{name} ")))
+                    .count(),
                 1,
                 "{name} on exactly one line\n{text}"
             );
