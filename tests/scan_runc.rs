@@ -1413,6 +1413,41 @@ fn tmpfs_executables_and_dropped_scripts_are_drift() {
             scan.seen(&c)
         );
     }
+
+    // With only the DaemonSet's capabilities (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH: the
+    // bounding set of its pod), the same files and digests are found.
+    let mut args = vec![
+        "--bounding-set=-all,+sys_ptrace,+dac_read_search",
+        "--inh-caps=-all",
+        "--",
+        support::nodeguard_bin(),
+        "scan",
+        "-o",
+        "json",
+        "--no-fs",
+        "--proc-root",
+        proc_root.path_str(),
+    ];
+    if !support::host_pid1_readable() {
+        args.extend_from_slice(&["--host-root", "/"]);
+    }
+    let narrow = support::cmd::run("setpriv", &args);
+    assert!(matches!(narrow.code, Some(0 | 3)), "{narrow}");
+    let report: Value = serde_json::from_str(&narrow.stdout).unwrap();
+    let mut got: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "binary_drift" && f["container_id"] == c.id.as_str())
+        .map(|f| (f["path"].to_string(), f["sha256"].to_string()))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, _, d)| (format!("{p:?}"), format!("{d:?}")))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{narrow}");
     drop(c);
     drop(image);
 }
