@@ -207,7 +207,7 @@ fn scan_table_lists_medium_and_up_counts_low_and_folds_capabilities() {
     );
     assert!(
         table.stdout.contains(&format!(
-            "not listed: {lows} low (counted above; --show-low lists them"
+            "not listed: {lows} low (counted above; scan --show-low lists them"
         )),
         "the footer counts the low findings and names the flag\n{}",
         table.stdout

@@ -809,7 +809,7 @@ fn collect_from(
     let mut locate = || {
         let t = Instant::now();
         let found = locate_layers(opts, &seeds, &raws, located, &mut layer_log);
-        let outside = outside_image(opts, &seeds, &raws, &found, &mut layer_log);
+        let outside = outside_image(opts, &seeds, &raws, &found);
         layers_took = t.elapsed();
         (found, outside)
     };
@@ -1194,7 +1194,6 @@ fn outside_image(
     seeds: &BTreeMap<String, ContainerSeed>,
     raws: &[RawProcess],
     located: &[Option<Located>],
-    log: &mut Log,
 ) -> Vec<Outside> {
     let mut host: Option<Option<HostRoot>> = None;
     let mut scripts: HashMap<(&str, &[u8]), Option<FoundScript>> = HashMap::new();
@@ -1220,8 +1219,9 @@ fn outside_image(
             outside.script = match scripts.get(&key) {
                 Some(found) => found.clone(),
                 None => {
+                    // An unreachable host root was already told by `locate_layers`.
                     let host = host
-                        .get_or_insert_with(|| open_host_root(opts, log))
+                        .get_or_insert_with(|| open_host_root(opts, &mut Log::default()))
                         .as_ref();
                     // Gone, not a regular file, not there: nothing runs from it.
                     let found = locate_script(&opts.proc_root, raw.process.pid, path, root, host)

@@ -49,7 +49,7 @@ impl Inventory {
 pub struct Listing {
     /// The least severity listed one per line.
     pub min_severity: Severity,
-    /// What lists the rest, for the footer (`--show-low`).
+    /// What lists the rest, for the footer (`scan --show-low`).
     pub hint: &'static str,
 }
 
@@ -57,12 +57,12 @@ impl Listing {
     /// `nodeguard scan`'s default: medium and up, low counted.
     pub const SCAN: Listing = Listing {
         min_severity: Severity::Medium,
-        hint: "--show-low",
+        hint: "scan --show-low",
     };
     /// `nodeguard query findings`' default: medium and up, low counted.
     pub const QUERY: Listing = Listing {
         min_severity: Severity::Medium,
-        hint: "--severity low",
+        hint: "query findings --severity low",
     };
     /// Every finding.
     pub const ALL: Listing = Listing {
@@ -1009,7 +1009,7 @@ mod tests {
         let last = text.lines().last().unwrap();
         assert_eq!(
             last,
-            "not listed: 31 low (counted above; --severity low lists them, -o json has everything)"
+            "not listed: 31 low (counted above; query findings --severity low lists them, -o json has everything)"
         );
         // Asked for, every one is listed and nothing is said to be missing.
         let all = findings_report_with(&rows, Listing::ALL, DEFAULT_WIDTH);
