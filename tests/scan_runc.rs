@@ -1451,3 +1451,52 @@ fn tmpfs_executables_and_dropped_scripts_are_drift() {
     drop(c);
     drop(image);
 }
+
+/// A hostile container cannot point the script lookup outside itself or make it block: a
+/// script reached through a symlink to an absolute path is the container's file at that path
+/// (not the host's file of the same name, whose digest differs), and a shell reading a FIFO
+/// named as its script neither hangs the scan nor is reported.
+#[test]
+fn script_lookup_stays_in_the_container_and_never_opens_a_fifo() {
+    require_containers!();
+    let host_dir = tempfile::Builder::new()
+        .prefix("nodeguard-hostscript-")
+        .tempdir()
+        .unwrap();
+    let host_file = host_dir.path().join("x.sh");
+    std::fs::write(&host_file, "echo host file, not the container's\n").unwrap();
+    let target = host_file.to_str().unwrap().to_string();
+
+    let image = Image::busybox_owned("hostile-scripts");
+    let c = ContainerSpec::new(&image).start();
+    let linked = c.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        &format!(
+            "mkdir -p {dir} && printf 'sleep 3600\\necho container\\n' > {target} \
+             && ln -s {target} /tmp/link.sh && exec sh /tmp/link.sh",
+            dir = host_dir.path().display()
+        ),
+    ]);
+    wait_for_cmdline(linked, "sh /tmp/link.sh");
+    let fifo = c.exec_detached(&["/bin/sh", "-c", "mkfifo /tmp/f.sh && exec sh /tmp/f.sh"]);
+    wait_for_cmdline(fifo, "sh /tmp/f.sh");
+
+    let proc_root = FakeProc::with_pids(&c.pids());
+    let scan = Scan::run(&["--no-fs", "--proc-root", proc_root.path_str()]);
+    let in_layer = c.upper_dir.join(target.trim_start_matches('/'));
+    let want = oracle::sha256sum(&in_layer);
+    assert_ne!(want, oracle::sha256sum(&host_file));
+    let drift = scan.findings_of(&c.id, "binary_drift", None);
+    assert_eq!(drift.len(), 1, "only the linked script\n{}", scan.seen(&c));
+    assert_eq!(drift[0]["path"], target.as_str(), "{}", scan.seen(&c));
+    assert_eq!(drift[0]["sha256"], want.as_str(), "{}", scan.seen(&c));
+    assert_eq!(drift[0]["pid"], linked, "{}", scan.seen(&c));
+    assert!(
+        scan.process(&c, fifo).get("script").is_none(),
+        "{}",
+        scan.seen(&c)
+    );
+    drop(c);
+    drop(image);
+}
