@@ -41,7 +41,19 @@ pub struct ServeLimits {
     /// How long a closing connection may take to finish its request in flight, at shutdown
     /// or past its age, before it is dropped.
     pub shutdown_grace: Duration,
+    /// Most bytes of a request head (request line and headers) a connection may buffer; a
+    /// longer head is answered `431` and the connection closed. This bounds what a peer that
+    /// never finishes its head holds: `max_connections` times this, at most. (hyper's own
+    /// default is about 400 KiB; values under 8 KiB are raised to 8 KiB, hyper's minimum.)
+    pub max_head_bytes: usize,
 }
+
+/// The request-head bound of the API port: a 56 KB query string or a service-account token
+/// (about 1 KB; [`crate::auth::MAX_TOKEN_BYTES`] at most) fits many times over.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// hyper refuses a smaller read buffer.
+const MIN_HEAD_BYTES: usize = 8 * 1024;
 
 impl ServeLimits {
     /// Limits for the probe listener (`/healthz`, `/readyz`): few, short connections.
@@ -53,6 +65,7 @@ impl ServeLimits {
             handshake_timeout: Duration::from_secs(2),
             max_connection_age: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(1),
+            max_head_bytes: MIN_HEAD_BYTES,
         }
     }
 }
@@ -68,6 +81,7 @@ impl Default for ServeLimits {
             handshake_timeout: Duration::from_secs(5),
             max_connection_age: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(5),
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
         }
     }
 }
@@ -217,6 +231,7 @@ async fn serve_connection<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes.max(MIN_HEAD_BYTES))
         .keep_alive(true);
     let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     tokio::select! {
