@@ -73,7 +73,11 @@ impl ServeLimits {
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
-            max_connections: 512,
+            // Each connection may hold a head of up to `max_head_bytes` plus its TLS state
+            // (~100 KiB in all, measured): 256 of them stay near 25 MiB, so half-sent heads
+            // from many addresses fit the DaemonSet's 160 MiB with room (512 reached ~55 MiB).
+            // Clients over it wait in the listen backlog.
+            max_connections: 256,
             max_connections_per_peer: 32,
             // Silent and idle connections are closed quickly; a scraper or a client sends its
             // request head in milliseconds.
