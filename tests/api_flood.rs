@@ -288,8 +288,24 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
             procs.display()
         ))
         .arg(BIN)
-        .args(["run", "--kube", "on", "--auth", "on", "--no-events", "--tls", "on"])
-        .args(["--interval", "30s", "--fs-interval", "10m", "--log-format", "json"])
+        .args([
+            "run",
+            "--kube",
+            "on",
+            "--auth",
+            "on",
+            "--no-events",
+            "--tls",
+            "on",
+        ])
+        .args([
+            "--interval",
+            "30s",
+            "--fs-interval",
+            "10m",
+            "--log-format",
+            "json",
+        ])
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--probe-listen")
@@ -354,8 +370,14 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
 
     // Oversized tokens: refused before any review.
     let reviews_before = bed.token_reviews();
-    let huge = flood(agent.port, &["tokens", "--size", "400000", "--count", "200"]);
-    let big = flood(agent.port, &["tokens", "--size", "60000", "--count", "1000"]);
+    let huge = flood(
+        agent.port,
+        &["tokens", "--size", "400000", "--count", "200"],
+    );
+    let big = flood(
+        agent.port,
+        &["tokens", "--size", "60000", "--count", "1000"],
+    );
     let reviews_after = bed.token_reviews();
     for (what, result) in [("400 KB", &huge), ("60 KB", &big)] {
         let statuses = result["statuses"].as_object().expect("statuses");
@@ -377,15 +399,30 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
     let long_path = format!("/v1/{}", "p".repeat(40_000));
     let reviewed = flood(
         agent.port,
-        &["tokens", "--size", "8000", "--count", "300", "--path", &long_path],
+        &[
+            "tokens", "--size", "8000", "--count", "300", "--path", &long_path,
+        ],
     );
     assert_eq!(reviewed["statuses"]["401"], 300, "{reviewed}");
-    assert!(bed.token_reviews() > reviews_after, "made-up tokens are reviewed");
+    assert!(
+        bed.token_reviews() > reviews_after,
+        "made-up tokens are reviewed"
+    );
     // Half-sent heads from 16 addresses.
     for bytes in ["380000", "60000"] {
         let heads = flood(
             agent.port,
-            &["heads", "--addrs", "16", "--per-addr", "32", "--bytes", bytes, "--hold", "7"],
+            &[
+                "heads",
+                "--addrs",
+                "16",
+                "--per-addr",
+                "32",
+                "--bytes",
+                bytes,
+                "--hold",
+                "7",
+            ],
         );
         assert!(
             heads["outcomes"].get("held").is_none(),
