@@ -30,7 +30,6 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::Api;
 use nodeguard_model::MAX_TOKEN_BYTES;
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -83,11 +82,7 @@ pub struct KubeAuthorizer {
 type Key = [u8; 32];
 
 fn cache_key(token: &str, path: &str) -> Key {
-    let mut hasher = Sha256::new();
-    hasher.update(token.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(path.as_bytes());
-    hasher.finalize().into()
+    nodeguard_hash::sha256_of(&[token.as_bytes(), &[0], path.as_bytes()])
 }
 
 struct Cached {
