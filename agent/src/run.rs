@@ -577,6 +577,7 @@ impl nodeguard_api::Authorizer for KubeAuth {
 }
 
 /// How often freed heap memory is handed back to the kernel ([`trim_heap`]).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Hands freed heap memory back to the kernel every [`HEAP_TRIM_INTERVAL`]. glibc keeps
