@@ -198,6 +198,15 @@ async fn serve(args: RunArgs) -> Result<()> {
         options.protect_metrics = !args.unauthenticated_metrics;
         options.loopback_is_pod_private = pod_private_loopback;
         metrics.set_api_denials(Arc::clone(&options.denials));
+        // Sums up a flood of refusals that stopped, without waiting for the next one.
+        let denial_log = Arc::clone(&options.denial_log);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(nodeguard_api::DenialLog::DEFAULT_INTERVAL);
+            loop {
+                tick.tick().await;
+                denial_log.flush();
+            }
+        });
         Some(options)
     } else {
         None

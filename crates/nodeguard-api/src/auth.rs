@@ -141,6 +141,45 @@ impl DenialLog {
         }
     }
 
+    /// Writes the summary of the refusals counted but not logged, once their interval is
+    /// over, so a flood that stops is still summed up without waiting for the next refusal.
+    /// Call it every interval or so (the agent does).
+    pub fn flush(&self) {
+        let now = Instant::now();
+        let suppressed = {
+            let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+            let over = window
+                .started
+                .is_some_and(|started| now.duration_since(started) >= self.interval);
+            if !over || window.suppressed.iter().all(|n| *n == 0) {
+                return;
+            }
+            // The next refusal opens a new interval and is logged in full.
+            window.started = None;
+            std::mem::take(&mut window.suppressed)
+        };
+        self.summarize(suppressed);
+    }
+
+    fn summarize(&self, suppressed: [u64; 5]) {
+        let total: u64 = suppressed.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let by_reason: Vec<String> = DenialReason::ALL
+            .iter()
+            .zip(suppressed)
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| format!("{}={n}", reason.as_str()))
+            .collect();
+        tracing::warn!(
+            denied = total,
+            by_reason = %by_reason.join(","),
+            interval = ?self.interval,
+            "API requests refused without a log line each (the first of each interval is logged in full; totals in nodeguard_api_denials_total)"
+        );
+    }
+
     /// Logs `denial`, or only counts it when a line was written within the interval.
     pub fn record(&self, denial: &Denial<'_>) {
         let now = Instant::now();
@@ -156,21 +195,7 @@ impl DenialLog {
             window.started = Some(now);
             std::mem::take(&mut window.suppressed)
         };
-        let total: u64 = suppressed.iter().sum();
-        if total > 0 {
-            let by_reason: Vec<String> = DenialReason::ALL
-                .iter()
-                .zip(suppressed)
-                .filter(|(_, n)| *n > 0)
-                .map(|(reason, n)| format!("{}={n}", reason.as_str()))
-                .collect();
-            tracing::warn!(
-                denied = total,
-                by_reason = %by_reason.join(","),
-                interval = ?self.interval,
-                "API requests refused without a log line each (the first of each interval is logged in full; totals in nodeguard_api_denials_total)"
-            );
-        }
+        self.summarize(suppressed);
         let path = clip(denial.path);
         let detail = clip(denial.detail);
         let peer = denial.peer.map(|p| p.to_string()).unwrap_or_default();

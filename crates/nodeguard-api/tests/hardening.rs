@@ -591,4 +591,29 @@ fn a_quiet_interval_ends_with_a_summary_of_what_was_not_logged() {
         summary.contains("missing_token=1,invalid_token=49"),
         "{summary}"
     );
+
+    // A flood that stops is summed up by the next flush after its interval, not only by a
+    // later refusal; a flush with nothing to say writes nothing.
+    for _ in 0..20 {
+        log.record(&denial(nodeguard_api::DenialReason::OversizedToken));
+    }
+    log.flush();
+    assert_eq!(
+        lines.text().lines().count(),
+        3,
+        "not before the interval ends"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    log.flush();
+    log.flush();
+    let text = lines.text();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("denied=20") && last.contains("oversized_token=20"),
+        "{last}"
+    );
+    // The next refusal opens a new interval and is logged in full.
+    log.record(&denial(nodeguard_api::DenialReason::Forbidden));
+    assert_eq!(lines.text().lines().count(), 5);
 }
