@@ -13,7 +13,7 @@ pub mod redact;
 pub mod report;
 pub mod state;
 
-pub use access::AccessDecision;
+pub use access::{AccessDecision, DenialCounters, DenialReason, MAX_TOKEN_BYTES};
 pub use capability::{capability_name, capability_number, decode_capabilities};
 pub use finding::{
     finding_id, Aggregate, Finding, FindingKind, Severity, UnknownName, AGGREGATE_SAMPLES,
