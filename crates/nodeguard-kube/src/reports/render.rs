@@ -361,7 +361,7 @@ mod tests {
             FindingKind::SetuidFile,
             Severity::High,
             Some(CID),
-            &format!("CAP_X{forged}"),
+            format!("CAP_X{forged}"),
             format!("msg{forged}"),
         );
         f.path = Some(path);
