@@ -358,14 +358,20 @@ fn the_api_asks_the_real_api_server_who_may_read_it() {
         stderr.contains("403") && stderr.contains("stranger"),
         "{stderr}"
     );
-    // With only a kubeconfig, its user's token is sent.
+    // With only a kubeconfig, its user's token is not sent over plain http (anything
+    // holding the port would collect it): the agent answers 401 and the CLI says why.
     let via_kubeconfig = Command::new(BIN)
         .args(["query", "--url", &url, "findings"])
         .env("KUBECONFIG", bed.var("REALNODE_STRANGER_KUBECONFIG"))
+        .env_remove("NODEGUARD_TOKEN")
+        .env_remove("NODEGUARD_TOKEN_FILE")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&via_kubeconfig.stderr);
-    assert!(stderr.contains("stranger may not get"), "{stderr}");
+    assert!(
+        stderr.contains("not sending the kubeconfig user's token") && stderr.contains("401"),
+        "{stderr}"
+    );
 
     // Over TLS (what the DaemonSet serves beyond loopback) the same tokens get the same
     // answers, and `nodeguard query` verifies the agent with the certificate it serves.
@@ -402,6 +408,18 @@ fn the_api_asks_the_real_api_server_who_may_read_it() {
         !refused.status.success() && stderr.contains("403") && stderr.contains("stranger"),
         "{stderr}"
     );
+    // To an agent it verifies, the kubeconfig user's token is sent.
+    let via_kubeconfig = Command::new(BIN)
+        .args(["query", "--url", &https, "--ca-file"])
+        .arg(&served)
+        .arg("findings")
+        .env("KUBECONFIG", bed.var("REALNODE_STRANGER_KUBECONFIG"))
+        .env_remove("NODEGUARD_TOKEN")
+        .env_remove("NODEGUARD_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&via_kubeconfig.stderr);
+    assert!(stderr.contains("stranger may not get"), "{stderr}");
     let no_token = Command::new(BIN)
         .args(["query", "--url", &https, "--ca-file"])
         .arg(&served)

@@ -1,7 +1,8 @@
 //! What a user sees of the CLI: `nodeguard scan`'s table leads with the summary and the worst
 //! findings and fits the terminal, `| head` ends quietly, errors say their cause once, logs off
-//! a terminal carry no colour codes, `query` takes its flags after the subcommand, and
-//! `policy check` reads the ConfigMap the DaemonSet ships.
+//! a terminal carry no colour codes, `query` takes its flags after the subcommand and keeps a
+//! kubeconfig's token from a plain-http listener, and `policy check` reads the ConfigMap the
+//! DaemonSet ships.
 
 mod support;
 
@@ -325,6 +326,122 @@ fn query_takes_url_and_output_after_the_subcommand() {
             "the error names the URL\n{out}"
         );
     }
+}
+
+/// A plain-HTTP listener on loopback standing where the agent would (say, while it
+/// restarts): it records the `Authorization` header of each request and answers 401.
+struct Impostor {
+    url: String,
+    seen: std::sync::mpsc::Receiver<Option<String>>,
+}
+
+impl Impostor {
+    fn start() -> Impostor {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, seen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let auth = head
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, value)| value.trim().to_string());
+                let body = r#"{"error":"who are you"}"#;
+                let _ = std::io::Write::write_all(
+                    &mut stream,
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                if tx.send(auth).is_err() {
+                    return;
+                }
+            }
+        });
+        Impostor { url, seen }
+    }
+
+    /// The `Authorization` header values of the requests since the last call.
+    fn headers(&self) -> Vec<Option<String>> {
+        self.seen.try_iter().collect()
+    }
+}
+
+#[test]
+fn query_sends_a_kubeconfig_token_over_plain_http_only_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: admin\n\
+         clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: admin, user: {token: admin-token-do-not-leak}}]\n\
+         contexts: [{name: admin, context: {cluster: c, user: admin}}]\n",
+    )
+    .unwrap();
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, "file-token\n").unwrap();
+    let impostor = Impostor::start();
+    let query = |extra: &[&str]| {
+        let mut c = Command::new(support::nodeguard_bin());
+        c.args(["query", "--url", &impostor.url])
+            .args(extra)
+            .arg("findings")
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("NODEGUARD_TOKEN")
+            .env_remove("NODEGUARD_TOKEN_FILE")
+            .env_remove("NODEGUARD_CA_FILE");
+        cmd::run_command(
+            c,
+            format!("nodeguard query {extra:?}"),
+            cmd::DEFAULT_TIMEOUT,
+        )
+    };
+
+    // Only a kubeconfig: its (admin's) token stays home, and the user is told why.
+    let out = query(&[]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let headers = impostor.headers();
+    assert!(!headers.is_empty(), "the query reached the listener\n{out}");
+    assert!(
+        headers.iter().all(Option::is_none),
+        "a kubeconfig token went over plain http: {headers:?}\n{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("not sending the kubeconfig user's token")
+            && out.stderr.contains("--token"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("401"), "{out}");
+
+    // Told explicitly: sent.
+    let out = query(&["--token", "flag-token"]);
+    assert_eq!(
+        impostor.headers(),
+        vec![Some("Bearer flag-token".to_string())],
+        "{out}"
+    );
+    assert!(!out.stderr.contains("not sending"), "{out}");
+    let out = query(&["--token-file", token_file.to_str().unwrap()]);
+    assert_eq!(
+        impostor.headers(),
+        vec![Some("Bearer file-token".to_string())],
+        "{out}"
+    );
 }
 
 #[test]

@@ -1186,3 +1186,100 @@ fn the_policy_reports_switch_turns_them_off() {
     });
     on.terminate();
 }
+
+/// Peak resident memory of a process (`VmHWM` of its status), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Issue 19, items 5 and 6: what is planted in `--state-dir` neither redirects the agent's
+/// writes nor bloats it. A symlink at the ledger's temporary name points at a file root
+/// would overwrite, and the ledger itself is a 512 MiB sparse file: the agent refuses the
+/// ledger with a line saying why (and starts with an empty announced set), stays small,
+/// announces the host's deleted-executable finding and saves its ledger around the link,
+/// whose target is untouched.
+#[test]
+fn a_planted_state_dir_neither_redirects_the_ledger_nor_bloats_the_agent() {
+    require_containers!();
+    let Cluster {
+        fake,
+        dir,
+        kubeconfig,
+        state_dir,
+    } = Cluster::new("nodeguard-kube-e2e-statedir-");
+    let _dump = DumpOnPanic(&fake);
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    let tmp = state_dir.join(".announced-events.json.tmp");
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let ledger = state_dir.join("announced-events.json");
+    fs::File::create(&ledger)
+        .and_then(|f| f.set_len(512 << 20))
+        .unwrap();
+
+    let ghost = Ghost::start();
+    let agent = Agent::start(&kubeconfig, &state_dir, dir.path(), "agent-statedir");
+    agent.wait_ready();
+    let id = wait_for("the ghost's finding", EVENTS_TIMEOUT, || {
+        ghost
+            .finding_in(&agent.findings())
+            .and_then(|f| f["id"].as_str().map(str::to_string))
+            .ok_or_else(|| "not open yet".to_string())
+    });
+    let saved = wait_for(
+        "the announced set saved with the ghost's finding",
+        EVENTS_TIMEOUT,
+        || {
+            let meta = fs::symlink_metadata(&ledger).map_err(|e| e.to_string())?;
+            if !meta.is_file() || meta.len() > 1 << 20 {
+                return Err(format!("still {} bytes", meta.len()));
+            }
+            let text = fs::read_to_string(&ledger).map_err(|e| e.to_string())?;
+            if text.contains(&id) {
+                Ok(text)
+            } else {
+                Err(format!("no {id} in {}", excerpt(&text)))
+            }
+        },
+    );
+    assert!(saved.contains("\"announced\""), "{}", excerpt(&saved));
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the agent wrote through the planted link"
+    );
+    assert!(
+        fs::symlink_metadata(&tmp).is_err(),
+        "the planted link (or a temporary file) is left at {}",
+        tmp.display()
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("ignoring the announced-findings file")
+            && log.contains("536870912 bytes, more than the"),
+        "the refusal is not logged with its reason:\n{}",
+        excerpt(&log)
+    );
+    assert!(
+        log.contains("removed a symlink planted"),
+        "{}",
+        excerpt(&log)
+    );
+    // Reading the ledger whole took the agent to 530 MiB; refused, it never gets near.
+    let peak = peak_rss_kib(agent.pid());
+    eprintln!(
+        "agent peak RSS with a 512 MiB sparse ledger planted: {} MiB",
+        peak / 1024
+    );
+    assert!(
+        peak < 200 * 1024,
+        "peak RSS {} MiB: the planted ledger was read",
+        peak / 1024
+    );
+    agent.terminate();
+}

@@ -10,24 +10,89 @@ use serde::Serialize;
 /// Where the in-cluster service-account token is mounted.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-/// The token to send: `--token`, else `--token-file`, else the in-cluster service-account
+/// Where a token came from: given on purpose (`--token`, `--token-file`, or their
+/// `NODEGUARD_TOKEN*` variables), or found lying around (the pod's service-account token,
+/// the kubeconfig user's, often an admin's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenSource {
+    Flag,
+    File,
+    ServiceAccount,
+    Kubeconfig,
+}
+
+impl TokenSource {
+    fn explicit(self) -> bool {
+        matches!(self, TokenSource::Flag | TokenSource::File)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            TokenSource::Flag => "the --token",
+            TokenSource::File => "the --token-file token",
+            TokenSource::ServiceAccount => "the pod's service-account token",
+            TokenSource::Kubeconfig => "the kubeconfig user's token",
+        }
+    }
+}
+
+/// The token found: `--token`, else `--token-file`, else the in-cluster service-account
 /// token, else the current kubeconfig user's token; `None` when there is none (an agent on
-/// loopback without a cluster asks for none).
-fn token(args: &QueryArgs) -> Result<Option<String>> {
+/// loopback without a cluster asks for none). Whether it is sent is [`token_to_send`]'s call.
+fn token(args: &QueryArgs) -> Result<Option<(String, TokenSource)>> {
     if let Some(token) = &args.token {
-        return Ok(Some(token.trim().to_string()));
+        return Ok(Some((token.trim().to_string(), TokenSource::Flag)));
     }
     if let Some(path) = &args.token_file {
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-        return Ok(Some(token.trim().to_string()));
+        return Ok(Some((token.trim().to_string(), TokenSource::File)));
     }
     if let Ok(token) = std::fs::read_to_string(SERVICE_ACCOUNT_TOKEN) {
         if !token.trim().is_empty() {
-            return Ok(Some(token.trim().to_string()));
+            return Ok(Some((
+                token.trim().to_string(),
+                TokenSource::ServiceAccount,
+            )));
         }
     }
-    Ok(nodeguard_kube::kubeconfig_token())
+    Ok(nodeguard_kube::kubeconfig_token().map(|t| (t, TokenSource::Kubeconfig)))
+}
+
+/// The token to send, or why the one found is kept back. A token given on purpose is sent
+/// as asked (plain http beyond loopback is warned about). One found lying around goes only
+/// to an agent the client verifies: `https://` checked against `--ca-file`. Over plain http
+/// (loopback included) anything that holds the port, say while the agent restarts, would
+/// collect an admin's token; with `--insecure-skip-tls-verify` anyone on the path could.
+fn token_to_send(
+    found: Option<(String, TokenSource)>,
+    url: &str,
+    tls: &client::ClientTls,
+) -> (Option<String>, Option<String>) {
+    let Some((token, source)) = found else {
+        return (None, None);
+    };
+    let https = url
+        .trim()
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    let verified = https && matches!(tls, client::ClientTls::Trust(_));
+    if source.explicit() || verified {
+        return (Some(token), None);
+    }
+    let why = if https {
+        "the agent's certificate is not checked (--insecure-skip-tls-verify)"
+    } else {
+        "plain http cannot tell the agent from anything else that listens on that port"
+    };
+    (
+        None,
+        Some(format!(
+            "nodeguard: not sending {} to {}: {why}; give --token or --token-file to send a token anyway, or ask https:// with --ca-file",
+            source.describe(),
+            url.trim()
+        )),
+    )
 }
 
 /// How to check an https agent: `--insecure-skip-tls-verify` (warned), else `--ca-file`.
@@ -71,9 +136,13 @@ fn warn_if_token_in_clear(url: &str, token: Option<&str>) {
 }
 
 pub fn run(args: QueryArgs) -> Result<()> {
-    let token = token(&args)?;
+    let tls = client_tls(&args)?;
+    let (token, kept_back) = token_to_send(token(&args)?, &args.url, &tls);
+    if let Some(why) = kept_back {
+        eprintln!("{why}");
+    }
     warn_if_token_in_clear(&args.url, token.as_deref());
-    let endpoint = client::Endpoint::new(args.url.clone(), token).with_tls(client_tls(&args)?);
+    let endpoint = client::Endpoint::new(args.url.clone(), token).with_tls(tls);
     let base = &endpoint;
     let width = crate::output::width();
     match args.what {
@@ -154,4 +223,49 @@ fn print<T: Serialize>(
     };
     crate::output::print(&text).context("cannot write the answer")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use client::ClientTls;
+
+    fn found(source: TokenSource) -> Option<(String, TokenSource)> {
+        Some(("secret".to_string(), source))
+    }
+
+    #[test]
+    fn a_found_token_goes_only_to_an_agent_verified_over_https() {
+        let plain = "http://127.0.0.1:9717";
+        let https = "https://127.0.0.1:9717";
+        let trust = ClientTls::Trust(vec![vec![1]]);
+        for source in [TokenSource::Kubeconfig, TokenSource::ServiceAccount] {
+            for (url, tls) in [
+                (plain, &ClientTls::NoCa),
+                (plain, &trust),
+                (https, &ClientTls::InsecureSkipVerify),
+            ] {
+                let (sent, why) = token_to_send(found(source), url, tls);
+                assert_eq!(sent, None, "{source:?} to {url} with {tls:?}");
+                let why = why.unwrap();
+                assert!(
+                    why.contains(source.describe()) && why.contains("--token"),
+                    "{why}"
+                );
+            }
+            let (sent, why) = token_to_send(found(source), "HTTPS://node:9717", &trust);
+            assert_eq!((sent.as_deref(), why), (Some("secret"), None));
+        }
+        // Given on purpose: sent as asked, plain http included.
+        for source in [TokenSource::Flag, TokenSource::File] {
+            for (url, tls) in [
+                (plain, &ClientTls::NoCa),
+                (https, &ClientTls::InsecureSkipVerify),
+            ] {
+                let (sent, why) = token_to_send(found(source), url, tls);
+                assert_eq!((sent.as_deref(), why), (Some("secret"), None));
+            }
+        }
+        assert_eq!(token_to_send(None, plain, &ClientTls::NoCa), (None, None));
+    }
 }

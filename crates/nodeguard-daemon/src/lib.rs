@@ -647,6 +647,9 @@ fn scope_name(scope: ScanScope) -> &'static str {
 /// The new state, and how many findings appeared and resolved. Only new high and critical
 /// findings are logged one by one (the scan's summary line counts the rest): a first scan of
 /// a busy node has hundreds of findings, and a log line each buries the ones that matter.
+/// Longest finding message in a "new finding" log line; the sinks carry it whole.
+const MAX_LOG_DETAIL_BYTES: usize = 1024;
+
 fn publish(book: &mut Book, report: Report) -> (Arc<NodeState>, usize, usize) {
     let changes = book.ledger.apply(&report.findings, report.scanned_at);
     let totals = &mut book.totals;
@@ -663,8 +666,8 @@ fn publish(book: &mut Book, report: Report) -> (Arc<NodeState>, usize, usize) {
             id = %t.finding.id,
             kind = %t.finding.kind,
             severity = %t.finding.severity,
-            container = t.finding.container_id.as_deref().unwrap_or("host"),
-            detail = %t.finding.message,
+            container = %nodeguard_model::clean(t.finding.container_id.as_deref().unwrap_or("host"), 64),
+            detail = %nodeguard_model::clean(&t.finding.message, MAX_LOG_DETAIL_BYTES),
             "new finding"
         );
     }

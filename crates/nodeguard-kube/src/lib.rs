@@ -37,6 +37,7 @@ mod events;
 mod pods;
 mod publish;
 mod reports;
+mod state_file;
 
 pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
 pub use error::Error;

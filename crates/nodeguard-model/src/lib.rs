@@ -12,6 +12,7 @@ pub mod identity;
 pub mod redact;
 pub mod report;
 pub mod state;
+pub mod text;
 
 pub use access::{AccessDecision, DenialCounters, DenialReason, MAX_TOKEN_BYTES};
 pub use capability::{capability_name, capability_number, decode_capabilities};
@@ -22,13 +23,14 @@ pub use finding::{
 pub use identity::FileIdentity;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
-    escape_controls, escape_path, is_bidi_or_invisible, short_id, unescape_path, Capabilities,
-    CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion, Container,
-    FileEntry, Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, RootFs,
-    Runtime, ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
+    escape_path, short_id, unescape_path, Capabilities, CapabilityMasks, CapabilityName,
+    CapabilitySet, CgroupDriver, CgroupVersion, Container, FileEntry, Ids, Layer, Limits,
+    MountRef, Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime, ScanStats, Script,
+    SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
     DurationHistogram, EventStats, ExecEventSource, ExecEventStats, FindingChanges, FindingLedger,
     NoPods, NodeState, Outcomes, PodLookup, PolicyReportStats, ScanKind, ScanRun, ScanTotals,
     Totals, TrackedFinding, SCAN_DURATION_BUCKETS,
 };
+pub use text::{clean, escape_controls, is_bidi_or_invisible};

@@ -479,7 +479,7 @@ pub fn escape_path(bytes: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\t' => out.push_str("\\t"),
                 '\r' => out.push_str("\\r"),
-                c if c.is_control() || is_bidi_or_invisible(c) => {
+                c if c.is_control() || crate::text::is_bidi_or_invisible(c) => {
                     let mut buf = [0u8; 4];
                     for b in c.encode_utf8(&mut buf).bytes() {
                         out.push_str(&format!("\\x{b:02x}"));
@@ -493,44 +493,6 @@ pub fn escape_path(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// Text kept on one line for terminals and messages: `\n`, `\t`, `\r` and other control
-/// characters written as escapes (`\u{1b}`), everything else as it is. Unlike
-/// [`escape_path`] a backslash stays single, so already-escaped paths are not escaped twice.
-pub fn escape_controls(text: &str) -> String {
-    let needs = |c: char| c.is_control() || is_bidi_or_invisible(c);
-    if !text.chars().any(needs) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Characters that reorder or hide text on a terminal or in a browser without being
-/// control characters: bidi embeddings, overrides and isolates (`evil\u{202e}txt.exe`
-/// shows as `evilexe.txt`), directional marks, zero-width characters and the line and
-/// paragraph separators. [`escape_path`] and [`escape_controls`] escape them like
-/// control characters.
-pub fn is_bidi_or_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061c}'
-            | '\u{180e}'
-            | '\u{200b}'..='\u{200f}'
-            | '\u{2028}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{feff}'
-    )
 }
 
 /// The inverse of [`escape_path`].
@@ -611,28 +573,6 @@ mod tests {
         let bidi = "/tmp/evil\u{202e}txt.exe".as_bytes();
         assert_eq!(escape_path(bidi), "/tmp/evil\\xe2\\x80\\xaetxt.exe");
         assert_eq!(unescape_path(&escape_path(bidi)).as_deref(), Some(bidi));
-    }
-
-    #[test]
-    fn controls_are_escaped_once_and_backslashes_kept() {
-        assert_eq!(escape_controls("plain/path"), "plain/path");
-        assert_eq!(escape_controls("a\nb\tc\rd"), "a\\nb\\tc\\rd");
-        assert_eq!(escape_controls("x\u{1b}[31m"), "x\\u{1b}[31m");
-        assert_eq!(escape_controls("/tmp/a\\nb"), "/tmp/a\\nb");
-        assert_eq!(escape_controls("container's"), "container's");
-        // Bidi overrides, isolates, marks and zero-width characters: escaped too.
-        assert_eq!(
-            escape_controls("evil\u{202e}txt.exe"),
-            "evil\\u{202e}txt.exe"
-        );
-        for c in [
-            '\u{202a}', '\u{2066}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{200b}', '\u{feff}',
-        ] {
-            let escaped = escape_controls(&format!("a{c}b"));
-            assert_eq!(escaped, format!("a\\u{{{:x}}}b", c as u32));
-            assert!(!escaped.contains(c));
-        }
-        assert_eq!(escape_controls("naïve 日本"), "naïve 日本");
     }
 
     #[test]

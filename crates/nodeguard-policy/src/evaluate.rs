@@ -592,15 +592,9 @@ fn gap_rule(gap: &FsGap, pid: Option<i32>, found: &mut Found) {
     found.add(finding);
 }
 
+/// At most `max` bytes of `text`, on a char boundary (the one cut, `nodeguard_model::text`).
 fn truncate_text(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    nodeguard_model::text::cut(text, max)
 }
 
 /// Folds the findings of one kind in one container past [`MAX_FINDINGS_PER_CONTAINER_KIND`]
@@ -1288,7 +1282,8 @@ fn exempts(e: &Exemption, kind: FindingKind, pod: Option<&PodRef>) -> bool {
         && any(&e.containers, pod.container_name.as_deref())
 }
 
-/// Keeps a message on one line: control characters (from a hostile `comm` or path) escaped.
+/// Keeps a message on one line: control and bidi characters (from a hostile `comm`, path or
+/// image) escaped, by the one cleaning every sink uses (`nodeguard_model::text`).
 fn one_line(text: &str) -> String {
     nodeguard_model::escape_controls(text)
 }

@@ -1,16 +1,24 @@
 //! The set of findings already announced as Events, persisted so a restart does not repeat
-//! them: one JSON file written to a temporary name and renamed over the old one.
+//! them: one JSON file under the state directory, read and written through
+//! [`crate::state_file`] (never through a symlink, regular file only, at most
+//! [`MAX_STATE_BYTES`], atomic replace).
 
 use crate::Error;
 use nodeguard_model::{FindingKind, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// File name under `EventConfig::state_dir`.
 pub(crate) const STATE_FILE: &str = "announced-events.json";
 const VERSION: u32 = 1;
+/// The largest announced-findings file read or written. An entry is about 500 bytes (its
+/// subject is kept to [`MAX_SUBJECT_BYTES`]), so this holds some 15,000 announced findings;
+/// a larger file is refused and the agent starts with an empty set (it announces what is
+/// open again) rather than reading it whole.
+pub(crate) const MAX_STATE_BYTES: u64 = 8 << 20;
+/// Longest subject or container kept per entry: the Resolved note shows no more.
+const MAX_SUBJECT_BYTES: usize = 240;
 
 /// What an Event is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,9 +94,9 @@ pub(crate) fn load(
     now: SystemTime,
 ) -> Result<Option<Vec<Announced>>, Error> {
     let path = state_path(dir);
-    let text = match std::fs::read(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let text = match crate::state_file::read(dir, STATE_FILE, MAX_STATE_BYTES) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(None),
         Err(source) => return Err(Error::StateRead { path, source }),
     };
     let file: StateFile =
@@ -109,8 +117,9 @@ pub(crate) fn expired(at: Timestamp, ttl: Duration, now: SystemTime) -> bool {
     now.duration_since(at.0).is_ok_and(|age| age > ttl)
 }
 
-/// Writes the announced set atomically: a temporary file in the same directory, flushed to
-/// disk, renamed over the old one.
+/// Writes the announced set atomically through [`crate::state_file::write`]. Subjects and
+/// containers are kept cleaned and short, so the file stays far below [`MAX_STATE_BYTES`];
+/// a set that would not fit is not written (a restart then announces again).
 pub(crate) fn save<'a>(
     dir: &Path,
     node: &str,
@@ -121,26 +130,34 @@ pub(crate) fn save<'a>(
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(write_err)?;
-    let mut entries: Vec<&Announced> = announced.collect();
+    let mut entries: Vec<Announced> = announced
+        .map(|a| Announced {
+            subject: nodeguard_model::clean(&a.subject, MAX_SUBJECT_BYTES),
+            container: a
+                .container
+                .as_deref()
+                .map(|c| nodeguard_model::clean(c, MAX_SUBJECT_BYTES)),
+            ..a.clone()
+        })
+        .collect();
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     let file = StateFileRef {
         version: VERSION,
         node,
-        announced: entries,
+        announced: entries.iter().collect(),
     };
     let bytes = serde_json::to_vec(&file).map_err(|e| write_err(std::io::Error::other(e)))?;
-    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let mut out = std::fs::File::create(&tmp).map_err(write_err)?;
-    out.write_all(&bytes).map_err(write_err)?;
-    out.sync_all().map_err(write_err)?;
-    drop(out);
-    std::fs::rename(&tmp, &path).map_err(write_err)?;
-    // Make the rename itself durable; not every filesystem allows syncing a directory.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(write_err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "{} announced findings make {} bytes, more than the {MAX_STATE_BYTES} a state file may have",
+                entries.len(),
+                bytes.len()
+            ),
+        )));
     }
-    Ok(())
+    crate::state_file::write(dir, STATE_FILE, &bytes).map_err(write_err)
 }
 
 #[derive(Serialize)]
@@ -201,5 +218,37 @@ mod tests {
         std::fs::write(state_path(dir.path()), b"{not json").unwrap();
         let err = load(dir.path(), Duration::from_secs(1), SystemTime::now()).unwrap_err();
         assert!(err.to_string().contains(STATE_FILE), "{err}");
+    }
+
+    #[test]
+    fn a_huge_or_symlinked_file_is_refused_saying_why_and_a_planted_temp_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let huge = std::fs::File::create(state_path(&state)).unwrap();
+        huge.set_len(512 << 20).unwrap();
+        let err = load(&state, Duration::from_secs(1), SystemTime::now()).unwrap_err();
+        assert!(err.to_string().contains("more than the"), "{err}");
+        assert!(err.to_string().contains(STATE_FILE), "{err}");
+
+        // The temporary name links to a file root would overwrite; the save goes around it.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(format!(".{STATE_FILE}.tmp"))).unwrap();
+        let now = SystemTime::now();
+        let mut e = entry("aaaa", now);
+        e.subject = format!("/tmp/{}\u{1b}", "x".repeat(10_000));
+        save(&state, "node-a", [&e].into_iter()).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let loaded = load(&state, Duration::from_secs(60), now).unwrap().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert!(loaded[0].subject.len() <= MAX_SUBJECT_BYTES);
+        assert!(!loaded[0].subject.chars().any(char::is_control));
+
+        // The file itself a symlink: refused, not read.
+        std::fs::remove_file(state_path(&state)).unwrap();
+        std::os::unix::fs::symlink(&victim, state_path(&state)).unwrap();
+        let err = load(&state, Duration::from_secs(1), now).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
     }
 }

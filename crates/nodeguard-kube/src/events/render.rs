@@ -2,6 +2,7 @@
 
 use super::ledger::{Announced, Target, TargetKind};
 use k8s_openapi::api::core::v1::ObjectReference;
+pub(crate) use nodeguard_model::text::{clean, clip, cut};
 use nodeguard_model::{short_id, Finding, FindingKind, Report, TrackedFinding};
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -109,7 +110,10 @@ pub(crate) fn waits_for_pod(
 /// `Resolved` Event to its Warning.
 pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
     match container_name {
-        Some(name) => format!("spec.containers{{{name}}}.findings{{{id}}}"),
+        Some(name) => format!(
+            "spec.containers{{{}}}.findings{{{id}}}",
+            clean(name, MAX_FIELD_BYTES)
+        ),
         None => format!("findings{{{id}}}"),
     }
 }
@@ -141,22 +145,22 @@ pub(crate) fn reference(
 pub(crate) fn warning_note(finding: &Finding, placement: &Placement) -> String {
     let mut fields = Vec::new();
     if let Some(c) = &placement.container {
-        fields.push(format!("container={}", clip(c, MAX_FIELD_BYTES)));
+        fields.push(format!("container={}", clean(c, MAX_FIELD_BYTES)));
     }
     if let Some(image) = &placement.image {
-        fields.push(format!("image={}", clip(image, MAX_FIELD_BYTES)));
+        fields.push(format!("image={}", clean(image, MAX_FIELD_BYTES)));
     }
     if !finding.subject.is_empty() && Some(&finding.subject) != finding.path.as_ref() {
         fields.push(format!(
             "subject={}",
-            clip(&finding.subject, MAX_FIELD_BYTES)
+            clean(&finding.subject, MAX_FIELD_BYTES)
         ));
     }
     if let Some(path) = &finding.path {
-        fields.push(format!("path={}", clip(path, MAX_FIELD_BYTES)));
+        fields.push(format!("path={}", clean(path, MAX_FIELD_BYTES)));
     }
     if let Some(digest) = &finding.sha256 {
-        fields.push(format!("sha256={}", clip(digest, 128)));
+        fields.push(format!("sha256={}", clean(digest, 128)));
     }
     if let Some(pid) = finding.pid {
         fields.push(format!("pid={pid}"));
@@ -165,20 +169,17 @@ pub(crate) fn warning_note(finding: &Finding, placement: &Placement) -> String {
     let trailer = format!(" ({})", fields.join("; "));
     let head = format!("[{}] ", finding.severity);
     let room = MAX_NOTE_BYTES.saturating_sub(head.len() + trailer.len());
-    truncate_note(&format!(
-        "{head}{}{trailer}",
-        clip(one_line(&finding.message).as_str(), room)
-    ))
+    truncate_note(&format!("{head}{}{trailer}", clean(&finding.message, room)))
 }
 
 /// The note of a `<Reason>Resolved` Event.
 pub(crate) fn resolved_note(entry: &Announced) -> String {
     let mut note = format!("{} is no longer present", entry.kind.reason());
     if !entry.subject.is_empty() {
-        note.push_str(&format!(": {}", clip(&entry.subject, MAX_FIELD_BYTES)));
+        note.push_str(&format!(": {}", clean(&entry.subject, MAX_FIELD_BYTES)));
     }
     if let Some(c) = &entry.container {
-        note.push_str(&format!(" in container {}", clip(c, MAX_FIELD_BYTES)));
+        note.push_str(&format!(" in container {}", clean(c, MAX_FIELD_BYTES)));
     }
     note.push_str(&format!(" (finding={}; announced {})", entry.id, entry.at));
     truncate_note(&note)
@@ -194,7 +195,11 @@ pub(crate) fn summary_note(
     let kinds: Vec<&str> = kinds.iter().map(|k| k.reason()).collect();
     let query = match (&target.kind, &target.namespace) {
         (TargetKind::Pod, Some(ns)) => {
-            format!("nodeguard query findings --pod {ns}/{}", target.name)
+            format!(
+                "nodeguard query findings --pod {}/{}",
+                clean(ns, MAX_FIELD_BYTES),
+                clean(&target.name, MAX_FIELD_BYTES)
+            )
         }
         _ => "nodeguard query findings".to_string(),
     };
@@ -202,34 +207,6 @@ pub(crate) fn summary_note(
         "{count} more findings of kinds {} not announced one by one (over the budget of {burst} Events per object); see `{query}`",
         kinds.join(", ")
     ))
-}
-
-pub(crate) fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// At most `max` bytes of `s`, cut on a char boundary, with `…` when cut.
-pub(crate) fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let ellipsis = '…';
-    let mut out = cut(s, max.saturating_sub(ellipsis.len_utf8())).to_string();
-    if max >= ellipsis.len_utf8() {
-        out.push(ellipsis);
-    }
-    out
-}
-
-/// At most `max` bytes of `s`, cut on a char boundary (nothing added).
-pub(crate) fn cut(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 pub(crate) fn truncate_note(s: &str) -> String {
@@ -340,12 +317,49 @@ mod tests {
     }
 
     #[test]
-    fn clip_cuts_on_char_boundaries() {
-        assert_eq!(clip("abc", 3), "abc");
-        assert_eq!(clip("abcdef", 5), "ab…");
-        let s = "ééééé"; // 10 bytes
-        let c = clip(s, 6);
-        assert!(c.len() <= 6 && c.ends_with('…'), "{c}");
-        assert_eq!(clip("ab", 0), "");
+    fn hostile_image_container_subject_and_path_reach_notes_escaped() {
+        // The API server takes an image name with ESC and a newline; `kubectl describe`
+        // would clear the screen and print a forged line if the note carried them raw.
+        let forged = "\u{1b}[2J\u{1b}[H\nNormal  Resolved  nodeguard  all clear\u{202e}";
+        let pod = PodRef {
+            image: Some(format!("nginx{forged}")),
+            ..nodeguard_testkit::model::pod_ref("shop", "web-0", &format!("app{forged}"))
+        };
+        let mut f = setuid(&format!("/tmp/x{forged}"));
+        f.subject = format!("CAP_X{forged}");
+        f.message = format!("msg{forged}");
+        let p = place(&f, &report(Some(pod), Some("u1")), "node-a");
+        let entry = Announced {
+            id: f.id.clone(),
+            kind: f.kind,
+            at: Timestamp::now(),
+            target: p.target.clone(),
+            field_path: Some(p.field_path.clone()),
+            subject: f.subject.clone(),
+            container: p.container.clone(),
+            summarized: false,
+            unconfirmed: false,
+        };
+        for text in [
+            warning_note(&f, &p),
+            resolved_note(&entry),
+            p.field_path.clone(),
+        ] {
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| c.is_control() || nodeguard_model::is_bidi_or_invisible(c)),
+                "raw control in {text:?}"
+            );
+            assert!(text.contains("\\u{1b}[2J\\u{1b}[H\\n"), "{text}");
+        }
+        let note = warning_note(&f, &p);
+        for part in [
+            "image=nginx\\u{1b}",
+            "container=app\\u{1b}",
+            "subject=CAP_X\\u{1b}",
+        ] {
+            assert!(note.contains(part), "{part} missing from {note}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::PolicyReportConfig;
 use crate::events::ledger::TargetKind;
-use crate::events::render::{clip, cut, one_line, place, waits_for_pod};
+use crate::events::render::{clean, cut, place, waits_for_pod};
 use crate::publish::{fnv1a, FNV_BASIS};
 use nodeguard_model::{short_id, Finding, NodeState, Severity, Timestamp, TrackedFinding};
 use serde_json::{json, Map, Value};
@@ -152,24 +152,24 @@ fn result_of(
     props.insert("finding_id".into(), json!(f.id));
     props.insert("node".into(), json!(cfg.node_name));
     if let Some(c) = &placement.container {
-        props.insert("container".into(), json!(clip(c, 253)));
+        props.insert("container".into(), json!(clean(c, 253)));
     }
     if let Some(id) = &f.container_id {
         props.insert("container_id".into(), json!(short_id(id)));
     }
     if let Some(image) = &placement.image {
-        props.insert("image".into(), json!(clip(image, MAX_FIELD_BYTES)));
+        props.insert("image".into(), json!(clean(image, MAX_FIELD_BYTES)));
     }
     if let Some(path) = &f.path {
-        props.insert("path".into(), json!(clip(path, MAX_FIELD_BYTES)));
+        props.insert("path".into(), json!(clean(path, MAX_FIELD_BYTES)));
     }
     if !f.subject.is_empty() && Some(&f.subject) != f.path.as_ref() {
-        props.insert("subject".into(), json!(clip(&f.subject, MAX_FIELD_BYTES)));
+        props.insert("subject".into(), json!(clean(&f.subject, MAX_FIELD_BYTES)));
     }
     if let Some(digest) = &f.sha256 {
         props.insert(
             "digest".into(),
-            json!(format!("sha256:{}", clip(digest, 128))),
+            json!(format!("sha256:{}", clean(digest, 128))),
         );
     }
     if let Some(pid) = f.pid {
@@ -186,7 +186,7 @@ fn result_of(
             "result": "fail",
             "scored": true,
             "timestamp": timestamp(t.first_seen),
-            "message": clip(&one_line(&f.message), MAX_FIELD_BYTES),
+            "message": clean(&f.message, MAX_FIELD_BYTES),
             "resources": [resource],
             "properties": props,
         }),
@@ -340,4 +340,62 @@ pub(crate) fn keep_timestamps(mut body: Value, stored: &BTreeMap<String, Value>)
         }
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeguard_model::{FindingKind, PodRef};
+
+    const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
+
+    #[test]
+    fn hostile_image_container_path_and_message_reach_results_escaped() {
+        let forged = "\u{1b}[2J\n\u{9b}31m\u{7f}\u{202e}";
+        let pod = PodRef {
+            image: Some(format!("nginx{forged}")),
+            ..nodeguard_testkit::model::pod_ref("shop", "web-0", &format!("app{forged}"))
+        };
+        let path = format!("/tmp/x{forged}");
+        let mut f = Finding::new(
+            FindingKind::SetuidFile,
+            Severity::High,
+            Some(CID),
+            format!("CAP_X{forged}"),
+            format!("msg{forged}"),
+        );
+        f.path = Some(path);
+        let st = nodeguard_testkit::model::state(
+            "node-a",
+            vec![nodeguard_testkit::model::container(CID)
+                .cgroup("/kubepods/x")
+                .pod(Some("uid-1"), Some(pod))
+                .build()],
+            &[f],
+            Timestamp::now(),
+        );
+        let cfg = PolicyReportConfig::new("node-a");
+        let (reports, _) = desired(&st, &cfg, SystemTime::now());
+        let body = &reports[&Key::Namespace("shop".into())].body;
+        let result = &body["results"][0];
+        for field in [
+            &result["message"],
+            &result["properties"]["image"],
+            &result["properties"]["container"],
+            &result["properties"]["path"],
+            &result["properties"]["subject"],
+        ] {
+            let text = field.as_str().unwrap_or_else(|| panic!("{result}"));
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| c.is_control() || nodeguard_model::is_bidi_or_invisible(c)),
+                "raw control in {text:?}"
+            );
+            assert!(
+                text.ends_with("\\u{1b}[2J\\n\\u{9b}31m\\u{7f}\\u{202e}"),
+                "{text}"
+            );
+        }
+    }
 }
