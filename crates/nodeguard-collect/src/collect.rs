@@ -13,7 +13,10 @@ use crate::runtime::{
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runtime, ScanStats};
+use nodeguard_model::{
+    CgroupVersion, Confinement, Container, DeviceAccess, Layer, Namespaces, Process, Runtime,
+    ScanStats,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -436,6 +439,8 @@ fn roots_from_host_mounts(
             seed.root = Some(ContainerRoot {
                 fstype: mount.fstype.clone(),
                 layers: Some(crate::mountinfo::overlay_layers(&mount.super_options)),
+                // The host's table, not the container's: it says nothing of its masks.
+                masked_paths: None,
             });
         } else {
             log.error(
@@ -548,6 +553,8 @@ pub(crate) struct Reuse {
     execd: HashSet<i32>,
     /// Cgroup limit files the last pass read, open, per reader slot.
     limit_files: [KeptFiles; LIMIT_READERS],
+    /// What each container's devices cgroup allowed when last read (see [`read_devices`]).
+    devices: HashMap<String, DeviceAccess>,
     /// Where the last pass's time went.
     pub(crate) phases: PassPhases,
 }
@@ -591,6 +598,7 @@ impl Reuse {
             execs_lost: true,
             execd: HashSet::new(),
             limit_files: Default::default(),
+            devices: HashMap::new(),
             phases: PassPhases::default(),
         }
     }
@@ -821,6 +829,21 @@ fn collect_from(
         (containers, found)
     };
     log.absorb(layer_log);
+    let mut containers = containers;
+    let every = if execs_watched {
+        reuse.full_read_every_watched
+    } else {
+        reuse.full_read_every
+    };
+    read_devices(
+        opts,
+        &seeds,
+        &raws,
+        &mut containers,
+        &mut reuse.devices,
+        (reuse.pass, every),
+        &mut log,
+    );
     let processes = attach_layers(raws, found);
     reuse.phases = PassPhases {
         list: listed - started,
@@ -1039,6 +1062,10 @@ fn build_containers(
             pids: seed.pids.clone(),
             rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
             pod: None,
+            confinement: Confinement {
+                devices: DeviceAccess::Unknown,
+                masked_paths: seed.root.as_ref().and_then(|r| r.masked_paths.clone()),
+            },
         };
         if container.runtime == Runtime::Unknown {
             // A bare id under kubepods (containerd's CRI with the cgroupfs driver): the
@@ -1096,6 +1123,55 @@ fn build_containers(
         }
     }
     containers
+}
+
+/// Fills in each container's device access (`devices.list` on cgroup v1, see
+/// [`crate::confinement`]). A container's devices cgroup is set when it starts and no
+/// runtime changes it afterwards, so an answer is kept in `known` and read again only at
+/// the container's turn, once in `every` passes (`turn` is this pass and `every`) — one
+/// file per new container per pass, not one per container. Entries of gone containers are
+/// dropped.
+fn read_devices(
+    opts: &CollectOptions,
+    seeds: &BTreeMap<String, ContainerSeed>,
+    raws: &[RawProcess],
+    containers: &mut [Container],
+    known: &mut HashMap<String, DeviceAccess>,
+    turn: (u64, u64),
+    log: &mut Log,
+) {
+    let (pass, every) = turn;
+    known.retain(|id, _| seeds.contains_key(id));
+    for container in containers.iter_mut() {
+        let Some(seed) = seeds.get(&container.id) else {
+            continue;
+        };
+        let due = (pass + limit_slot(&container.id) as u64).is_multiple_of(every.max(1));
+        if let Some(access) = known.get(&container.id).filter(|_| !due) {
+            container.confinement.devices = *access;
+            continue;
+        }
+        let Some(file) = raws[seed.first].cgroup.as_ref() else {
+            continue;
+        };
+        match crate::confinement::read_device_access(&opts.cgroup_root, file, &container.id) {
+            Ok(access) => {
+                container.confinement.devices = access;
+                if access != DeviceAccess::Unknown {
+                    known.insert(container.id.clone(), access);
+                }
+            }
+            // Removed between the process read and now: the container is going.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log.error(
+                "cgroup",
+                format!(
+                    "container {}: devices.list: {e}: device access unknown",
+                    container.id
+                ),
+            ),
+        }
+    }
 }
 
 /// The layer (and, through the layer, the identity) of each container process's

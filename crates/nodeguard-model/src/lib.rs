@@ -23,9 +23,9 @@ pub use identity::FileIdentity;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_controls, escape_path, is_bidi_or_invisible, short_id, unescape_path, Capabilities,
-    CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion, Container,
-    FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime,
-    ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
+    CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion, Confinement,
+    Container, DeviceAccess, FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass,
+    Report, RootFs, Runtime, ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
     DurationHistogram, EventStats, ExecEventSource, ExecEventStats, FindingChanges, FindingLedger,

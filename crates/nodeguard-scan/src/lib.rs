@@ -1104,6 +1104,7 @@ mod tests {
             pids: vec![42, 43],
             rootfs,
             pod: None,
+            confinement: Default::default(),
         }
     }
 
