@@ -102,6 +102,9 @@ pub struct ContainerSpec {
     pub seccomp_filter: bool,
     /// More processes to start with `runc exec -d` once the container runs.
     pub exec: Vec<Vec<String>>,
+    /// What `privileged: true` does besides capabilities (containerd's `WithPrivileged`): no
+    /// masked or read-only paths, `/sys` writable, every device allowed.
+    pub unconfined: bool,
 }
 
 impl ContainerSpec {
@@ -129,6 +132,7 @@ impl ContainerSpec {
             readonly_root: false,
             seccomp_filter: false,
             exec: Vec::new(),
+            unconfined: false,
         }
     }
 
@@ -179,7 +183,14 @@ impl ContainerSpec {
     /// node that is every capability the kernel knows; where the runtime itself runs with a
     /// smaller bounding set (this test machine lacks CAP_SYS_RESOURCE), runc cannot grant more
     /// ("unable to apply caps: operation not permitted"), so it is this process's `CapBnd`.
+    /// Besides, nothing is masked, `/sys` is writable and every device is allowed.
     pub fn privileged(mut self) -> Self {
+        self.unconfined = true;
+        self.all_capabilities()
+    }
+    /// Every capability the runtime holds (`capabilities: add: [ALL]`), and the runtime's
+    /// masks and device list kept: not privileged.
+    pub fn all_capabilities(mut self) -> Self {
         self.capabilities = oracle::capabilities(std::process::id() as i32, "CapBnd");
         self
     }
@@ -295,6 +306,19 @@ impl ContainerSpec {
                 namespaces.retain(|ns| ns["type"] != "network");
             }
         }
+        if self.unconfined {
+            linux["maskedPaths"] = json!([]);
+            linux["readonlyPaths"] = json!([]);
+            linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+            if let Some(mounts) = config["mounts"].as_array_mut() {
+                for m in mounts.iter_mut().filter(|m| m["destination"] == "/sys") {
+                    if let Some(options) = m["options"].as_array_mut() {
+                        options.retain(|o| o != "ro");
+                    }
+                }
+            }
+        }
+        let linux = &mut config["linux"];
         if self.seccomp_filter {
             linux["seccomp"] = json!({
                 "defaultAction": "SCMP_ACT_ALLOW",
