@@ -265,8 +265,8 @@ fn privileged_rule(
     } else {
         let names: Vec<CapabilityName> = decode_capabilities(missing);
         format!(
-            "every capability of the host's bounding set a runtime older than the kernel can \
-             grant (all up to CAP_AUDIT_READ; not {})",
+            "every capability of the host's bounding set that a runtime older than the kernel \
+             grants (all up to CAP_AUDIT_READ; not {})",
             names.join(", ")
         )
     };
@@ -279,7 +279,7 @@ fn privileged_rule(
         None => "masked paths unknown (no mount table of its own was read)",
     };
     let message = format!(
-        "{} is privileged: {} has {caps} in its bounding set ({bounding:016x}); {devices}; \
+        "{} is privileged: the bounding set of {} ({bounding:016x}) holds {caps}; {devices}; \
          {masks}",
         Scope::Container(id, None, None).label(),
         who(p)
