@@ -1575,7 +1575,27 @@ mod tests {
         assert_eq!(rootfs.upper_dir.as_deref(), Some("/layers/upper"));
         assert_eq!(a.pod, None);
 
+        // Pure v2: device access is a BPF program's, unknown (never "restricted"); A's own
+        // mount table masks nothing, B's masks what runtimes mask.
+        assert_eq!(
+            a.confinement,
+            nodeguard_model::Confinement {
+                devices: nodeguard_model::DeviceAccess::Unknown,
+                masked_paths: Some(vec![]),
+            }
+        );
         let b = &snap.containers[1];
+        assert_eq!(
+            b.confinement,
+            nodeguard_model::Confinement {
+                devices: nodeguard_model::DeviceAccess::Unknown,
+                masked_paths: Some(
+                    ["/proc/keys", "/sys", "/sys/firmware"]
+                        .map(String::from)
+                        .to_vec()
+                ),
+            }
+        );
         assert_eq!(b.pids, [300]);
         assert_eq!(b.runtime, Runtime::Crio);
         assert_eq!(b.pod_uid.as_deref(), Some(UID_B));
@@ -1632,6 +1652,53 @@ mod tests {
             .iter()
             .filter(|p| p.process.pid >= 1000 && p.process.pid % 2 == 0)
             .all(|p| p.process.exe_layer == Some(Layer::Image)));
+    }
+
+    /// A v1 devices cgroup is read for a new container, its answer kept, and read again at
+    /// the container's turn (once in `every` passes): a change shows within that many.
+    #[test]
+    fn device_access_is_kept_and_read_again_at_its_turn() {
+        let fx = fixture();
+        let cgroup_root = fx._tmp.path().join("cgroup");
+        let path = format!("kubepods/burstable/pod{UID_A}/{ID_A}");
+        let list = cgroup_root.join("devices").join(&path).join("devices.list");
+        write(&cgroup_root.join("devices/devices.list"), b"a *:* rwm\n");
+        write(&list, b"a *:* rwm\n");
+        let cgroup = format!("5:devices:/{path}\n0::/{path}\n");
+        for pid in [200, 201, 202, 203] {
+            write(
+                &fx.opts.proc_root.join(format!("{pid}/cgroup")),
+                cgroup.as_bytes(),
+            );
+        }
+        let opts = CollectOptions {
+            cgroup_root,
+            ..fx.opts.clone()
+        };
+        let devices = |snap: &Snapshot| {
+            snap.containers
+                .iter()
+                .find(|c| c.id == ID_A)
+                .map(|c| c.confinement.devices)
+        };
+        let every = 3;
+        let mut reuse = Reuse::new(every);
+        let first = collect_with(&opts, Some(1), &mut reuse).unwrap();
+        assert_eq!(devices(&first), Some(nodeguard_model::DeviceAccess::All));
+        fs::write(&list, b"c 1:3 rwm\n").unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..every {
+            seen.push(devices(&collect_with(&opts, Some(1), &mut reuse).unwrap()));
+        }
+        assert_eq!(
+            seen.last().copied().flatten(),
+            Some(nodeguard_model::DeviceAccess::Restricted),
+            "the change shows within {every} passes: {seen:?}"
+        );
+        assert!(
+            seen.contains(&Some(nodeguard_model::DeviceAccess::All)),
+            "kept between turns, not read every pass: {seen:?}"
+        );
     }
 
     /// The exec-driven pass reads exactly the pids asked for, each as the full pass reads

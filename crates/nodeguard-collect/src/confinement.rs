@@ -232,4 +232,55 @@ mod tests {
             DeviceAccess::Unknown
         );
     }
+
+    const ID: &str = "66990560a238cc1248910adabec2ce18231007aa2b797f479aa9120aa3f04cb0";
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn device_access_from_a_v1_tree_unknown_on_v2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("v1");
+        let devices = root.join("devices");
+        write(&devices.join("devices.list"), "a *:* rwm\n");
+        // Docker's cgroupfs layout; the process sits in a sub-cgroup of the container's.
+        let dir = devices.join(format!("ng/docker/{ID}"));
+        write(&dir.join("devices.list"), "a *:* rwm\n");
+        let file = crate::parse_cgroup_file(&format!(
+            "5:devices:/ng/docker/{ID}/sub\n0::/ng/docker/{ID}\n"
+        ));
+        assert_eq!(
+            read_device_access(&root, &file, ID).unwrap(),
+            DeviceAccess::All
+        );
+        write(&dir.join("devices.list"), "c 1:3 rwm\nc 136:* rwm\n");
+        assert_eq!(
+            read_device_access(&root, &file, ID).unwrap(),
+            DeviceAccess::Restricted
+        );
+        // The container's cgroup gone: an error the caller tells from a read failure.
+        let other = "1".repeat(64);
+        let gone = crate::parse_cgroup_file(&format!("5:devices:/ng/docker/{other}\n"));
+        assert_eq!(
+            read_device_access(&root, &gone, &other).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        // No devices line in the process's cgroup file: unknown.
+        let no_line = crate::parse_cgroup_file(&format!("0::/ng/docker/{ID}\n"));
+        assert_eq!(
+            read_device_access(&root, &no_line, ID).unwrap(),
+            DeviceAccess::Unknown
+        );
+        // Pure v2 (no devices hierarchy; a BPF program decides): unknown, never restricted.
+        let v2 = tmp.path().join("v2");
+        write(&v2.join("cgroup.controllers"), "cpu memory pids\n");
+        write(&v2.join(format!("ng/docker/{ID}/cgroup.procs")), "42\n");
+        assert_eq!(
+            read_device_access(&v2, &no_line, ID).unwrap(),
+            DeviceAccess::Unknown
+        );
+    }
 }
