@@ -1126,10 +1126,12 @@ fn build_containers(
 }
 
 /// Fills in each container's device access (`devices.list` on cgroup v1, see
-/// [`crate::confinement`]). A container's devices cgroup is set when it starts and no
-/// runtime changes it afterwards, so an answer is kept in `known` and read again only at
-/// the container's turn, once in `every` passes (`turn` is this pass and `every`) — one
-/// file per new container per pass, not one per container. Entries of gone containers are
+/// [`crate::confinement`]). A runtime writes a container's device list once, while it sets
+/// the container up, and never widens it, so a restricted answer is kept in `known` and
+/// read again only at the container's turn, once in `every` passes (`turn` is this pass and
+/// `every`): one file per new or privileged container per pass, not one per container.
+/// "Every device" is read again each pass: before the runtime writes the list, a new
+/// cgroup shows its parent's, which is every device. Entries of gone containers are
 /// dropped.
 fn read_devices(
     opts: &CollectOptions,
@@ -1157,8 +1159,10 @@ fn read_devices(
         match crate::confinement::read_device_access(&opts.cgroup_root, file, &container.id) {
             Ok(access) => {
                 container.confinement.devices = access;
-                if access != DeviceAccess::Unknown {
+                if access == DeviceAccess::Restricted {
                     known.insert(container.id.clone(), access);
+                } else {
+                    known.remove(&container.id);
                 }
             }
             // Removed between the process read and now: the container is going.
@@ -1654,10 +1658,12 @@ mod tests {
             .all(|p| p.process.exe_layer == Some(Layer::Image)));
     }
 
-    /// A v1 devices cgroup is read for a new container, its answer kept, and read again at
-    /// the container's turn (once in `every` passes): a change shows within that many.
+    /// A v1 devices cgroup is read for a new container, a restricted answer kept and read
+    /// again at the container's turn (once in `every` passes); "every device" is read each
+    /// pass (a new cgroup shows its parent's until the runtime writes its list).
     #[test]
     fn device_access_is_kept_and_read_again_at_its_turn() {
+        use nodeguard_model::DeviceAccess::{All, Restricted};
         let fx = fixture();
         let cgroup_root = fx._tmp.path().join("cgroup");
         let path = format!("kubepods/burstable/pod{UID_A}/{ID_A}");
@@ -1675,30 +1681,38 @@ mod tests {
             cgroup_root,
             ..fx.opts.clone()
         };
-        let devices = |snap: &Snapshot| {
-            snap.containers
-                .iter()
-                .find(|c| c.id == ID_A)
-                .map(|c| c.confinement.devices)
-        };
         let every = 3;
-        let mut reuse = Reuse::new(every);
-        let first = collect_with(&opts, Some(1), &mut reuse).unwrap();
-        assert_eq!(devices(&first), Some(nodeguard_model::DeviceAccess::All));
-        fs::write(&list, b"c 1:3 rwm\n").unwrap();
-        let mut seen = Vec::new();
-        for _ in 0..every {
-            seen.push(devices(&collect_with(&opts, Some(1), &mut reuse).unwrap()));
+        let mut kept_once = false;
+        // Each shift starts the change at another phase of the container's turn.
+        for shift in 0..every {
+            let mut reuse = Reuse::new(every);
+            let mut pass = || {
+                collect_with(&opts, Some(1), &mut reuse)
+                    .unwrap()
+                    .containers
+                    .iter()
+                    .find(|c| c.id == ID_A)
+                    .map(|c| c.confinement.devices)
+            };
+            // Every device (the parent's list, before the runtime writes one): read each pass.
+            fs::write(&list, b"a *:* rwm\n").unwrap();
+            assert_eq!(pass(), Some(All));
+            fs::write(&list, b"c 1:3 rwm\n").unwrap();
+            assert_eq!(pass(), Some(Restricted));
+            for _ in 0..shift {
+                assert_eq!(pass(), Some(Restricted));
+            }
+            // Restricted is kept: a change (no runtime makes one) shows at the turn.
+            fs::write(&list, b"a *:* rwm\n").unwrap();
+            let seen: Vec<_> = (0..every).map(|_| pass()).collect();
+            assert_eq!(
+                seen.last().copied().flatten(),
+                Some(All),
+                "read again within {every} passes: {seen:?}"
+            );
+            kept_once |= seen[0] == Some(Restricted);
         }
-        assert_eq!(
-            seen.last().copied().flatten(),
-            Some(nodeguard_model::DeviceAccess::Restricted),
-            "the change shows within {every} passes: {seen:?}"
-        );
-        assert!(
-            seen.contains(&Some(nodeguard_model::DeviceAccess::All)),
-            "kept between turns, not read every pass: {seen:?}"
-        );
+        assert!(kept_once, "a restricted answer is kept between turns");
     }
 
     /// The exec-driven pass reads exactly the pids asked for, each as the full pass reads
