@@ -1144,6 +1144,10 @@ fn read_devices(
 ) {
     let (pass, every) = turn;
     known.retain(|id, _| seeds.contains_key(id));
+    if seeds.is_empty() {
+        return;
+    }
+    let hierarchy = crate::confinement::devices_hierarchy(&opts.cgroup_root);
     for container in containers.iter_mut() {
         let Some(seed) = seeds.get(&container.id) else {
             continue;
@@ -1156,7 +1160,7 @@ fn read_devices(
         let Some(file) = raws[seed.first].cgroup.as_ref() else {
             continue;
         };
-        match crate::confinement::read_device_access(&opts.cgroup_root, file, &container.id) {
+        match crate::confinement::read_device_access(hierarchy.as_deref(), file, &container.id) {
             Ok(access) => {
                 container.confinement.devices = access;
                 if access == DeviceAccess::Restricted {

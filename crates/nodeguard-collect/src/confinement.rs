@@ -20,7 +20,7 @@ use crate::limits::split_container_path;
 use crate::mountinfo::MountInfo;
 use nodeguard_model::DeviceAccess;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Paths runtimes mask (runc's, crun's and containerd's/CRI-O's/Docker's default
 /// `maskedPaths`): any mount on one of them is a mask.
@@ -109,19 +109,25 @@ pub fn parse_devices_list(text: &str) -> DeviceAccess {
 /// `devices.list` is a line per rule; a list longer than this is not a runtime's.
 const DEVICES_LIST_MAX: u64 = 64 * 1024;
 
+/// The v1 devices hierarchy under a cgroup root, when there is one: looked up once per pass.
+pub fn devices_hierarchy(cgroup_root: &Path) -> Option<PathBuf> {
+    let hierarchy = cgroup_root.join("devices");
+    hierarchy
+        .join("devices.list")
+        .is_file()
+        .then_some(hierarchy)
+}
+
 /// The devices a container's cgroup allows, from the cgroup file of one of its processes.
-/// `Ok(Unknown)` on a host without a v1 devices hierarchy (pure v2: see the module docs) or
-/// when the process shows no devices cgroup; `Err` when the file could not be read.
+/// `Ok(Unknown)` on a host without a v1 devices hierarchy (`hierarchy` is `None`: pure v2,
+/// see the module docs) or when the process shows no devices cgroup; `Err` when the file
+/// could not be read.
 pub fn read_device_access(
-    cgroup_root: &Path,
+    hierarchy: Option<&Path>,
     file: &CgroupFile,
     container_id: &str,
 ) -> std::io::Result<DeviceAccess> {
-    let hierarchy = cgroup_root.join("devices");
-    if !hierarchy.join("devices.list").is_file() {
-        return Ok(DeviceAccess::Unknown);
-    }
-    let Some(entry) = file.v1_entry("devices") else {
+    let (Some(hierarchy), Some(entry)) = (hierarchy, file.v1_entry("devices")) else {
         return Ok(DeviceAccess::Unknown);
     };
     let (own, _) = split_container_path(&entry.path, container_id);
@@ -253,25 +259,27 @@ mod tests {
             "5:devices:/ng/docker/{ID}/sub\n0::/ng/docker/{ID}\n"
         ));
         assert_eq!(
-            read_device_access(&root, &file, ID).unwrap(),
+            read_device_access(devices_hierarchy(&root).as_deref(), &file, ID).unwrap(),
             DeviceAccess::All
         );
         write(&dir.join("devices.list"), "c 1:3 rwm\nc 136:* rwm\n");
         assert_eq!(
-            read_device_access(&root, &file, ID).unwrap(),
+            read_device_access(devices_hierarchy(&root).as_deref(), &file, ID).unwrap(),
             DeviceAccess::Restricted
         );
         // The container's cgroup gone: an error the caller tells from a read failure.
         let other = "1".repeat(64);
         let gone = crate::parse_cgroup_file(&format!("5:devices:/ng/docker/{other}\n"));
         assert_eq!(
-            read_device_access(&root, &gone, &other).unwrap_err().kind(),
+            read_device_access(devices_hierarchy(&root).as_deref(), &gone, &other)
+                .unwrap_err()
+                .kind(),
             std::io::ErrorKind::NotFound
         );
         // No devices line in the process's cgroup file: unknown.
         let no_line = crate::parse_cgroup_file(&format!("0::/ng/docker/{ID}\n"));
         assert_eq!(
-            read_device_access(&root, &no_line, ID).unwrap(),
+            read_device_access(devices_hierarchy(&root).as_deref(), &no_line, ID).unwrap(),
             DeviceAccess::Unknown
         );
         // Pure v2 (no devices hierarchy; a BPF program decides): unknown, never restricted.
@@ -279,7 +287,7 @@ mod tests {
         write(&v2.join("cgroup.controllers"), "cpu memory pids\n");
         write(&v2.join(format!("ng/docker/{ID}/cgroup.procs")), "42\n");
         assert_eq!(
-            read_device_access(&v2, &no_line, ID).unwrap(),
+            read_device_access(devices_hierarchy(&v2).as_deref(), &no_line, ID).unwrap(),
             DeviceAccess::Unknown
         );
     }
