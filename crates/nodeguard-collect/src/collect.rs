@@ -15,8 +15,8 @@ use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nodeguard_model::{
-    escape_path, CgroupVersion, Container, Layer, MountRef, Namespaces, Process, Runtime,
-    ScanStats, Script,
+    escape_path, CgroupVersion, Confinement, Container, DeviceAccess, Layer, MountRef, Namespaces,
+    Process, Runtime, ScanStats, Script,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -442,6 +442,8 @@ fn roots_from_host_mounts(
                 layers: Some(crate::mountinfo::overlay_layers(&mount.super_options)),
                 // Chrooted processes see their mounts apart from the host's: none known.
                 writable_mounts: Vec::new(),
+                // The host's table, not the container's: it says nothing of its masks.
+                masked_paths: None,
             });
         } else {
             log.error(
@@ -554,6 +556,8 @@ pub(crate) struct Reuse {
     execd: HashSet<i32>,
     /// Cgroup limit files the last pass read, open, per reader slot.
     limit_files: [KeptFiles; LIMIT_READERS],
+    /// What each container's devices cgroup allowed when last read (see [`read_devices`]).
+    devices: HashMap<String, DeviceAccess>,
     /// Where the last pass's time went.
     pub(crate) phases: PassPhases,
 }
@@ -597,6 +601,7 @@ impl Reuse {
             execs_lost: true,
             execd: HashSet::new(),
             limit_files: Default::default(),
+            devices: HashMap::new(),
             phases: PassPhases::default(),
         }
     }
@@ -828,6 +833,21 @@ fn collect_from(
         (containers, found)
     };
     log.absorb(layer_log);
+    let mut containers = containers;
+    let every = if execs_watched {
+        reuse.full_read_every_watched
+    } else {
+        reuse.full_read_every
+    };
+    read_devices(
+        opts,
+        &seeds,
+        &raws,
+        &mut containers,
+        &mut reuse.devices,
+        (reuse.pass, every),
+        &mut log,
+    );
     let processes = attach_layers(raws, found);
     reuse.phases = PassPhases {
         list: listed - started,
@@ -1046,6 +1066,10 @@ fn build_containers(
             pids: seed.pids.clone(),
             rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
             pod: None,
+            confinement: Confinement {
+                devices: DeviceAccess::Unknown,
+                masked_paths: seed.root.as_ref().and_then(|r| r.masked_paths.clone()),
+            },
         };
         if container.runtime == Runtime::Unknown {
             // A bare id under kubepods (containerd's CRI with the cgroupfs driver): the
@@ -1103,6 +1127,63 @@ fn build_containers(
         }
     }
     containers
+}
+
+/// Fills in each container's device access (`devices.list` on cgroup v1, see
+/// [`crate::confinement`]). A runtime writes a container's device list once, while it sets
+/// the container up, and never widens it, so a restricted answer is kept in `known` and
+/// read again only at the container's turn, once in `every` passes (`turn` is this pass and
+/// `every`): one file per new or privileged container per pass, not one per container.
+/// "Every device" is read again each pass: before the runtime writes the list, a new
+/// cgroup shows its parent's, which is every device. Entries of gone containers are
+/// dropped.
+fn read_devices(
+    opts: &CollectOptions,
+    seeds: &BTreeMap<String, ContainerSeed>,
+    raws: &[RawProcess],
+    containers: &mut [Container],
+    known: &mut HashMap<String, DeviceAccess>,
+    turn: (u64, u64),
+    log: &mut Log,
+) {
+    let (pass, every) = turn;
+    known.retain(|id, _| seeds.contains_key(id));
+    if seeds.is_empty() {
+        return;
+    }
+    let hierarchy = crate::confinement::devices_hierarchy(&opts.cgroup_root);
+    for container in containers.iter_mut() {
+        let Some(seed) = seeds.get(&container.id) else {
+            continue;
+        };
+        let due = (pass + limit_slot(&container.id) as u64).is_multiple_of(every.max(1));
+        if let Some(access) = known.get(&container.id).filter(|_| !due) {
+            container.confinement.devices = *access;
+            continue;
+        }
+        let Some(file) = raws[seed.first].cgroup.as_ref() else {
+            continue;
+        };
+        match crate::confinement::read_device_access(hierarchy.as_deref(), file, &container.id) {
+            Ok(access) => {
+                container.confinement.devices = access;
+                if access == DeviceAccess::Restricted {
+                    known.insert(container.id.clone(), access);
+                } else {
+                    known.remove(&container.id);
+                }
+            }
+            // Removed between the process read and now: the container is going.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log.error(
+                "cgroup",
+                format!(
+                    "container {}: devices.list: {e}: device access unknown",
+                    container.id
+                ),
+            ),
+        }
+    }
 }
 
 /// The layer (and, through the layer, the identity) of each container process's
@@ -1586,7 +1667,27 @@ mod tests {
         assert_eq!(rootfs.upper_dir.as_deref(), Some("/layers/upper"));
         assert_eq!(a.pod, None);
 
+        // Pure v2: device access is a BPF program's, unknown (never "restricted"); A's own
+        // mount table masks nothing, B's masks what runtimes mask.
+        assert_eq!(
+            a.confinement,
+            nodeguard_model::Confinement {
+                devices: nodeguard_model::DeviceAccess::Unknown,
+                masked_paths: Some(vec![]),
+            }
+        );
         let b = &snap.containers[1];
+        assert_eq!(
+            b.confinement,
+            nodeguard_model::Confinement {
+                devices: nodeguard_model::DeviceAccess::Unknown,
+                masked_paths: Some(
+                    ["/proc/keys", "/sys", "/sys/firmware"]
+                        .map(String::from)
+                        .to_vec()
+                ),
+            }
+        );
         assert_eq!(b.pids, [300]);
         assert_eq!(b.runtime, Runtime::Crio);
         assert_eq!(b.pod_uid.as_deref(), Some(UID_B));
@@ -1643,6 +1744,63 @@ mod tests {
             .iter()
             .filter(|p| p.process.pid >= 1000 && p.process.pid % 2 == 0)
             .all(|p| p.process.exe_layer == Some(Layer::Image)));
+    }
+
+    /// A v1 devices cgroup is read for a new container, a restricted answer kept and read
+    /// again at the container's turn (once in `every` passes); "every device" is read each
+    /// pass (a new cgroup shows its parent's until the runtime writes its list).
+    #[test]
+    fn device_access_is_kept_and_read_again_at_its_turn() {
+        use nodeguard_model::DeviceAccess::{All, Restricted};
+        let fx = fixture();
+        let cgroup_root = fx._tmp.path().join("cgroup");
+        let path = format!("kubepods/burstable/pod{UID_A}/{ID_A}");
+        let list = cgroup_root.join("devices").join(&path).join("devices.list");
+        write(&cgroup_root.join("devices/devices.list"), b"a *:* rwm\n");
+        write(&list, b"a *:* rwm\n");
+        let cgroup = format!("5:devices:/{path}\n0::/{path}\n");
+        for pid in [200, 201, 202, 203] {
+            write(
+                &fx.opts.proc_root.join(format!("{pid}/cgroup")),
+                cgroup.as_bytes(),
+            );
+        }
+        let opts = CollectOptions {
+            cgroup_root,
+            ..fx.opts.clone()
+        };
+        let every = 3;
+        let mut kept_once = false;
+        // Each shift starts the change at another phase of the container's turn.
+        for shift in 0..every {
+            let mut reuse = Reuse::new(every);
+            let mut pass = || {
+                collect_with(&opts, Some(1), &mut reuse)
+                    .unwrap()
+                    .containers
+                    .iter()
+                    .find(|c| c.id == ID_A)
+                    .map(|c| c.confinement.devices)
+            };
+            // Every device (the parent's list, before the runtime writes one): read each pass.
+            fs::write(&list, b"a *:* rwm\n").unwrap();
+            assert_eq!(pass(), Some(All));
+            fs::write(&list, b"c 1:3 rwm\n").unwrap();
+            assert_eq!(pass(), Some(Restricted));
+            for _ in 0..shift {
+                assert_eq!(pass(), Some(Restricted));
+            }
+            // Restricted is kept: a change (no runtime makes one) shows at the turn.
+            fs::write(&list, b"a *:* rwm\n").unwrap();
+            let seen: Vec<_> = (0..every).map(|_| pass()).collect();
+            assert_eq!(
+                seen.last().copied().flatten(),
+                Some(All),
+                "read again within {every} passes: {seen:?}"
+            );
+            kept_once |= seen[0] == Some(Restricted);
+        }
+        assert!(kept_once, "a restricted answer is kept between turns");
     }
 
     /// The exec-driven pass reads exactly the pids asked for, each as the full pass reads

@@ -26,6 +26,7 @@
 
 pub mod cgroup;
 mod collect;
+pub mod confinement;
 mod error;
 pub mod layer;
 pub mod limits;

@@ -144,6 +144,19 @@ impl ControllerPaths {
     }
 }
 
+/// The cgroup path of container `container_id` and of its pod, from one line of a cgroup
+/// file: cut at the container's segment when the line names it (the process may sit in a
+/// sub-cgroup), else the line's path as it is.
+pub fn split_container_path(path: &str, container_id: &str) -> (String, Option<String>) {
+    match attribute_path(path) {
+        Some(c) if c.id == container_id => (c.container_path, c.pod_path),
+        _ => {
+            let segs = normalize_path(path).map(|(s, _)| s).unwrap_or_default();
+            (format!("/{}", segs.join("/")), None)
+        }
+    }
+}
+
 /// The container's and its pod's cgroup paths per controller, from the cgroup file of one of
 /// its processes. A line that names the container is cut at the container's segment (the
 /// process may sit in a sub-cgroup); a line that does not is used as it is.
@@ -152,15 +165,7 @@ pub fn container_paths(
     layout: &CgroupLayout,
     container_id: &str,
 ) -> (ControllerPaths, Option<ControllerPaths>) {
-    let split = |path: &str| -> (String, Option<String>) {
-        match attribute_path(path) {
-            Some(c) if c.id == container_id => (c.container_path, c.pod_path),
-            _ => {
-                let segs = normalize_path(path).map(|(s, _)| s).unwrap_or_default();
-                (format!("/{}", segs.join("/")), None)
-            }
-        }
-    };
+    let split = |path: &str| split_container_path(path, container_id);
     match layout {
         CgroupLayout::V2 | CgroupLayout::Unknown => match file.v2_path().map(split) {
             Some((own, pod)) => (

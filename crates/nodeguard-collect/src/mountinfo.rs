@@ -20,6 +20,8 @@ pub struct MountInfo {
     pub mount_point: Vec<u8>,
     /// Per-mount options (`rw,nosuid,nodev,noexec,relatime`).
     pub options: String,
+    /// The mount's own options (field 6) say `ro`.
+    pub read_only: bool,
     pub fstype: String,
     pub source: Vec<u8>,
     /// Super block options, still escaped (split them with [`super_options`]).
@@ -92,6 +94,7 @@ fn parse_line(line: &[u8]) -> Option<MountInfo> {
         root: unescape_octal(fields[3]),
         mount_point: unescape_octal(fields[4]),
         options: String::from_utf8_lossy(fields[5]).into_owned(),
+        read_only: fields[5].split(|b| *b == b',').any(|o| o == b"ro"),
         fstype: String::from_utf8_lossy(fields[sep + 1]).into_owned(),
         source: unescape_octal(fields[sep + 2]),
         super_options: fields
@@ -181,13 +184,17 @@ pub fn root_mount(mounts: &[MountInfo]) -> Option<&MountInfo> {
     mounts.iter().rev().find(|m| m.mount_point == b"/")
 }
 
-/// A container's root filesystem with its raw layer paths (for lookups) and the report form.
+/// A container's root filesystem with its raw layer paths (for lookups) and the report form,
+/// and what the same mount table says of the runtime's masks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRoot {
     pub fstype: String,
     pub layers: Option<OverlayLayers>,
     /// The mounts besides `/` the container may write (see [`writable_mounts`]).
     pub writable_mounts: Vec<WritableMount>,
+    /// [`crate::confinement::masked_paths`] of the mount table the root was found in;
+    /// `None` when it was not the container's own (found in the host's mounts).
+    pub masked_paths: Option<Vec<String>>,
 }
 
 /// A mount a container may write that is not its root filesystem: a tmpfs (`/dev/shm`, an
@@ -286,6 +293,7 @@ pub fn container_root(mountinfo: &[u8]) -> Option<ContainerRoot> {
         fstype: root.fstype.clone(),
         layers,
         writable_mounts: writable_mounts(&mounts),
+        masked_paths: crate::confinement::masked_paths(&mounts),
     })
 }
 

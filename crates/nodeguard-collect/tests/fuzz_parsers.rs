@@ -128,6 +128,9 @@ const MOUNT_TOKENS: &[&str] = &[
     "datadir+=",
     ":",
     "::",
+    "23 22 0:5 / /proc rw - proc proc rw\n",
+    "24 22 0:6 /null /proc/keys rw - tmpfs tmpfs rw\n",
+    "25 22 0:7 / /sys ro - sysfs sysfs ro\n",
     "\\:",
     "\\\\",
     "\\040",
@@ -193,6 +196,20 @@ proptest! {
         let text = String::from_utf8_lossy(&b);
         let _ = super_options(&text);
         let _ = overlay_layers(&text);
+        // Masks are named only from the fixed lists, whatever the table says.
+        if let Some(masked) = nodeguard_collect::confinement::masked_paths(&mounts) {
+            assert!(masked.len() <= 18, "{masked:?}");
+        }
+    }
+
+    #[test]
+    fn devices_lists_never_panic(
+        text in prop_oneof![
+            "([abc] (\\*|[0-9]{1,4}):(\\*|[0-9]{1,4}) [rwm]{0,4}\\n|a \\*:\\* rwm\\n|[\\PC]){0,6}",
+            bytes(256).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    ) {
+        let _ = nodeguard_collect::confinement::parse_devices_list(&text);
     }
 
     #[test]

@@ -95,6 +95,14 @@ pub fn full_capability_mask(last_cap: u32) -> u64 {
     }
 }
 
+/// `CAP_AUDIT_READ`, the last capability Linux had before 5.8 (5.8 added `CAP_PERFMON` and
+/// `CAP_BPF`, 5.9 `CAP_CHECKPOINT_RESTORE`). A runtime whose capability list is older than
+/// the kernel grants a privileged container only what it knows: Docker 20.10 with runc 1.1
+/// gives 0–37 (`0000003ffeffffff`) on a 6.x kernel whose own set goes up to 40. Every
+/// runtime in use knows 0–37, so a bounding set holding all of those (that the host has)
+/// holds every capability some runtime could grant.
+pub const CAP_LAST_OLDEST_RUNTIME: u32 = 37;
+
 /// The capabilities a container runtime grants by default (Docker/containerd/CRI-O's
 /// default set). Anything beyond these in a container's effective set was asked for.
 pub const RUNTIME_DEFAULT_CAPABILITIES: [&str; 14] = [

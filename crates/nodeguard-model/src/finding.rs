@@ -106,12 +106,16 @@ finding_kinds! {
     /// [`Process::capabilities`](crate::Process::capabilities)), from `CapEff` of
     /// `/proc/PID/status`, `crates/nodeguard-collect/src/process.rs`.
     DangerousCapability => "dangerous_capability", "DangerousCapability";
-    /// A container's bounding set holds every capability the kernel knows: it is privileged.
+    /// A container is privileged (`docker run --privileged`, `privileged: true`): its
+    /// bounding set holds every capability its runtime could grant, every device is allowed
+    /// and nothing of `/proc` or `/sys` is masked or read-only.
     ///
-    /// Rule: `container_process_rules` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
+    /// Rule: `privileged_rule` in `crates/nodeguard-policy/src/evaluate.rs`. Evidence:
     /// [`Process::capability_masks`](crate::Process::capability_masks)`.bounding` against the
     /// host's bounding set, from `CapBnd` of `/proc/PID/status` (and of pid 1),
-    /// `crates/nodeguard-collect/src/process.rs`.
+    /// `crates/nodeguard-collect/src/process.rs`; [`Container::confinement`](crate::Container::confinement)
+    /// from the devices cgroup and the container's mount table,
+    /// `crates/nodeguard-collect/src/confinement.rs`.
     PrivilegedContainer => "privileged_container", "PrivilegedContainer";
     /// A container has no memory limit anywhere up its cgroup hierarchy.
     ///

@@ -239,6 +239,50 @@ pub struct Container {
     pub pids: Vec<i32>,
     pub rootfs: Option<RootFs>,
     pub pod: Option<PodRef>,
+    /// What confines the container besides its capabilities: the devices it may use and
+    /// the paths its runtime masked. With a full bounding set, their absence is what makes a
+    /// container privileged (`privileged_container`).
+    #[serde(default)]
+    pub confinement: Confinement,
+}
+
+/// Which devices a container's cgroup lets it open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceAccess {
+    /// Every device (cgroup v1 `devices.list` is `a *:* rwm`): what a privileged container
+    /// gets.
+    All,
+    /// Some devices only (any other `devices.list`).
+    Restricted,
+    /// Not known: on cgroup v2 a BPF program attached to the cgroup decides, and runtimes
+    /// attach one for privileged containers too (an allow-all one), which only
+    /// CAP_SYS_ADMIN could read back; or the devices controller or file was not readable.
+    #[default]
+    Unknown,
+}
+
+impl DeviceAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceAccess::All => "all",
+            DeviceAccess::Restricted => "restricted",
+            DeviceAccess::Unknown => "unknown",
+        }
+    }
+}
+
+/// What confines a container apart from its capabilities, as the host shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// Devices the container's cgroup allows.
+    pub devices: DeviceAccess,
+    /// The paths runtimes mask or make read-only that the container's own mount table shows
+    /// masked (`/proc/kcore` covered by `/dev/null`, `/sys/firmware` by an empty tmpfs) or
+    /// read-only (`/proc/sys`, `/sys`), sorted. Empty: none is, as in a privileged container.
+    /// Null when unknown (no process of the container showed its mount table with a
+    /// `/proc`, e.g. all chrooted).
+    pub masked_paths: Option<Vec<String>>,
 }
 
 /// Effective/real ids of a process.

@@ -3,11 +3,12 @@
 use crate::policy::Policy;
 use crate::spec::{BundlesApplyTo, Exemption};
 use nodeguard_model::capability::{
-    capability_name, capability_number, full_capability_mask, CAPABILITY_NAMES,
+    capability_name, capability_number, decode_capabilities, full_capability_mask,
+    CAPABILITY_NAMES, CAP_LAST_OLDEST_RUNTIME,
 };
 use nodeguard_model::{
-    short_id, Aggregate, CapabilityName, Container, FileEntry, Finding, FindingKind, Layer, PodRef,
-    Process, SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT,
+    short_id, Aggregate, CapabilityName, Container, DeviceAccess, FileEntry, Finding, FindingKind,
+    Layer, PodRef, Process, SeccompMode, Severity, AGGREGATE_SAMPLES, AGGREGATE_SUBJECT,
     MAX_FINDINGS_PER_CONTAINER_KIND,
 };
 use std::cmp::Reverse;
@@ -76,7 +77,7 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
     // A pod's sandbox (pause) shares the pod's namespaces and runs nothing of the pod's: its
     // findings would repeat the real containers' under a name no pod spec has.
     let sandbox = |id: &str| containers.get(id).is_some_and(|c| c.sandbox);
-    let privileged_mask = privileged_mask(evidence);
+    let privileged = PrivilegedCapabilities::of(evidence);
     for process in evidence.processes.iter().filter(|p| !p.kernel_thread) {
         let container = process
             .container_id
@@ -86,7 +87,8 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             if sandbox(id) {
                 continue;
             }
-            container_process_rules(policy, privileged_mask, id, process, &mut found);
+            container_process_rules(policy, id, process, &mut found);
+            privileged_rule(privileged, id, container, process, &mut found);
             let pod = container.and_then(|c| c.pod.as_ref());
             let image = pod.and_then(|p| p.image.as_deref());
             let scope = Scope::Container(id, image, pod.map(|p| p.namespace.as_str()));
@@ -178,30 +180,123 @@ fn who(process: &Process) -> String {
     format!("pid {} ({})", process.pid, process.command)
 }
 
-/// The bounding set that makes a container privileged: the host's (a privileged container
-/// gets everything its runtime has, which is the host's bounding set), else every capability
-/// up to `cap_last_cap`. Capabilities beyond `cap_last_cap` are ignored either way.
-fn privileged_mask(evidence: &Evidence) -> u64 {
-    let last_cap = if evidence.cap_last_cap == 0 {
-        CAPABILITY_NAMES.len() as u32 - 1
-    } else {
-        evidence.cap_last_cap
-    };
-    let full = full_capability_mask(last_cap);
-    match evidence.host_bounding.map(|host| host & full) {
-        // An empty host set would make every container privileged: not a host's.
-        Some(host) if host != 0 => host,
-        _ => full,
+/// The bounding sets that make a container privileged (see [`privileged_rule`]).
+#[derive(Debug, Clone, Copy)]
+struct PrivilegedCapabilities {
+    /// The host's bounding set (a privileged container gets everything its runtime has,
+    /// which is the host's bounding set), else every capability up to `cap_last_cap`.
+    /// Capabilities beyond `cap_last_cap` are ignored either way.
+    host: u64,
+    /// Of those, the ones every runtime in use knows (up to
+    /// [`CAP_LAST_OLDEST_RUNTIME`], `CAP_AUDIT_READ`): what a runtime older than the kernel
+    /// grants a privileged container.
+    oldest_runtime: u64,
+}
+
+impl PrivilegedCapabilities {
+    fn of(evidence: &Evidence) -> PrivilegedCapabilities {
+        let last_cap = if evidence.cap_last_cap == 0 {
+            CAPABILITY_NAMES.len() as u32 - 1
+        } else {
+            evidence.cap_last_cap
+        };
+        let full = full_capability_mask(last_cap);
+        let host = match evidence.host_bounding.map(|host| host & full) {
+            // An empty host set would make every container privileged: not a host's.
+            Some(host) if host != 0 => host,
+            _ => full,
+        };
+        PrivilegedCapabilities {
+            host,
+            oldest_runtime: host & full_capability_mask(CAP_LAST_OLDEST_RUNTIME),
+        }
     }
 }
 
-fn container_process_rules(
-    policy: &Policy,
-    privileged: u64,
+/// `privileged_container`: a container its runtime made privileged (`docker run
+/// --privileged`, `privileged: true`), decided from what privileged means rather than from
+/// one number:
+///
+/// - its bounding set holds every capability its runtime could grant: all of the host's
+///   up to `CAP_AUDIT_READ` (37). A runtime older than the kernel grants no more (Docker
+///   20.10 gives 0–37 on a 6.x kernel that has 0–40), so asking for the host's whole set
+///   missed it;
+/// - every device is allowed (cgroup v1 `devices.list` `a *:* rwm`);
+/// - nothing of `/proc` or `/sys` is masked or read-only in its mount table.
+///
+/// A restricted device list or any mask means a runtime confined the container: it is not
+/// privileged, whatever its capabilities (`capabilities: add: [ALL]` gets its
+/// `dangerous_capability` findings instead). Unknown is not confined (on cgroup v2 the
+/// device list cannot be read back; a chrooted container hides its mount table). When
+/// neither says anything, the capabilities alone decide and must then be the host's whole
+/// bounding set, as before masks and devices were looked at.
+fn privileged_rule(
+    capabilities: PrivilegedCapabilities,
     id: &str,
+    container: Option<&Container>,
     p: &Process,
     found: &mut Found,
 ) {
+    let cid = Some(id);
+    let Some(bounding) = p.capability_masks.bounding.as_deref().and_then(parse_mask) else {
+        return;
+    };
+    let (devices, masked) = match container {
+        Some(c) => (c.confinement.devices, c.confinement.masked_paths.as_deref()),
+        None => (DeviceAccess::Unknown, None),
+    };
+    if devices == DeviceAccess::Restricted || masked.is_some_and(|m| !m.is_empty()) {
+        return;
+    }
+    let unconfined_seen = devices == DeviceAccess::All || masked.is_some();
+    let needed = if unconfined_seen {
+        capabilities.oldest_runtime
+    } else {
+        capabilities.host
+    };
+    if bounding & needed != needed
+        || !found.keeps(FindingKind::PrivilegedContainer, cid, "privileged", p.pid)
+    {
+        return;
+    }
+    let missing = capabilities.host & !bounding;
+    let caps = if missing == 0 {
+        "every capability of the host's bounding set".to_string()
+    } else {
+        let names: Vec<CapabilityName> = decode_capabilities(missing);
+        format!(
+            "every capability of the host's bounding set that a runtime older than the kernel \
+             grants (all up to CAP_AUDIT_READ; not {})",
+            names.join(", ")
+        )
+    };
+    let devices = match devices {
+        DeviceAccess::All => "every device is allowed (devices cgroup `a *:* rwm`)",
+        _ => "device access unknown (no v1 devices cgroup to read)",
+    };
+    let masks = match masked {
+        Some(_) => "nothing of /proc or /sys is masked or read-only",
+        None => "masked paths unknown (no mount table of its own was read)",
+    };
+    let message = format!(
+        "{} is privileged: the bounding set of {} ({bounding:016x}) holds {caps}; {devices}; \
+         {masks}",
+        Scope::Container(id, None, None).label(),
+        who(p)
+    );
+    found.add(
+        Finding::new(
+            FindingKind::PrivilegedContainer,
+            Severity::Critical,
+            cid,
+            "privileged",
+            message,
+        )
+        .with_pid(p.pid),
+    );
+}
+
+fn container_process_rules(policy: &Policy, id: &str, p: &Process, found: &mut Found) {
     // Most of a container's processes repeat the findings of its first one: a rule asks
     // `found.keeps` before it formats a message that would be thrown away.
     let label = || Scope::Container(id, None, None).label();
@@ -225,27 +320,6 @@ fn container_process_rules(
                 severity,
                 cid,
                 name,
-                message,
-            )
-            .with_pid(p.pid),
-        );
-    }
-
-    let bounding = p.capability_masks.bounding.as_deref().and_then(parse_mask);
-    if bounding.is_some_and(|mask| mask & privileged == privileged)
-        && found.keeps(FindingKind::PrivilegedContainer, cid, "privileged", p.pid)
-    {
-        let message = format!(
-            "{} is privileged: {} has every capability of the host's bounding set in its own",
-            label(),
-            who(p)
-        );
-        found.add(
-            Finding::new(
-                FindingKind::PrivilegedContainer,
-                Severity::Critical,
-                cid,
-                "privileged",
                 message,
             )
             .with_pid(p.pid),
@@ -1209,12 +1283,13 @@ impl<'p> Found<'p> {
     }
 }
 
-/// A privileged container holds every capability, so one `dangerous_capability` per
-/// capability (15 with the default list) only repeats what its `privileged_container` says and
-/// buries the next container's findings. Once exemptions and severities are applied, a
-/// container whose `privileged_container` finding stands keeps no `dangerous_capability`
-/// finding: the capabilities are named in the privileged finding's message instead. Where the
-/// privileged finding is disabled or exempted, the capability findings stay.
+/// A privileged container holds every capability and runs unconfined, so one
+/// `dangerous_capability` per capability (15 with the default list) and its
+/// `seccomp_disabled` only repeat what its `privileged_container` says and bury the next
+/// container's findings. Once exemptions and severities are applied, a container whose
+/// `privileged_container` finding stands keeps no `dangerous_capability` or
+/// `seccomp_disabled` finding: they are named in the privileged finding's message instead.
+/// Where the privileged finding is disabled or exempted, they stay.
 fn fold_into_privileged(findings: Vec<Finding>) -> Vec<Finding> {
     let privileged: BTreeSet<String> = findings
         .iter()
@@ -1225,6 +1300,7 @@ fn fold_into_privileged(findings: Vec<Finding>) -> Vec<Finding> {
         return findings;
     }
     let mut folded: BTreeMap<String, Vec<(Severity, String)>> = BTreeMap::new();
+    let mut no_seccomp: BTreeSet<String> = BTreeSet::new();
     let mut kept: Vec<Finding> = Vec::with_capacity(findings.len());
     for f in findings {
         match &f.container_id {
@@ -1234,6 +1310,9 @@ fn fold_into_privileged(findings: Vec<Finding>) -> Vec<Finding> {
                     .or_default()
                     .push((f.severity, f.subject));
             }
+            Some(id) if f.kind == FindingKind::SeccompDisabled && privileged.contains(id) => {
+                no_seccomp.insert(id.clone());
+            }
             _ => kept.push(f),
         }
     }
@@ -1241,19 +1320,24 @@ fn fold_into_privileged(findings: Vec<Finding>) -> Vec<Finding> {
         .iter_mut()
         .filter(|f| f.kind == FindingKind::PrivilegedContainer)
     {
-        let Some(caps) = f.container_id.as_ref().and_then(|id| folded.get_mut(id)) else {
+        let Some(id) = f.container_id.as_ref() else {
             continue;
         };
-        caps.sort_by(|a, b| (Reverse(a.0), &a.1).cmp(&(Reverse(b.0), &b.1)));
-        caps.dedup_by(|a, b| a.1 == b.1);
-        let names: Vec<&str> = caps.iter().map(|(_, name)| name.as_str()).collect();
-        let plural = if names.len() == 1 { "y" } else { "ies" };
-        f.message = format!(
-            "{}; among them {} dangerous capabilit{plural}: {}",
-            f.message,
-            names.len(),
-            names.join(", ")
-        );
+        if let Some(caps) = folded.get_mut(id) {
+            caps.sort_by(|a, b| (Reverse(a.0), &a.1).cmp(&(Reverse(b.0), &b.1)));
+            caps.dedup_by(|a, b| a.1 == b.1);
+            let names: Vec<&str> = caps.iter().map(|(_, name)| name.as_str()).collect();
+            let plural = if names.len() == 1 { "y" } else { "ies" };
+            f.message = format!(
+                "{}; among them {} dangerous capabilit{plural}: {}",
+                f.message,
+                names.len(),
+                names.join(", ")
+            );
+        }
+        if no_seccomp.contains(id) {
+            f.message = format!("{}; it runs without a seccomp filter", f.message);
+        }
     }
     kept
 }

@@ -1164,6 +1164,7 @@ mod tests {
             pids: vec![42, 43],
             rootfs,
             pod: None,
+            confinement: Default::default(),
         }
     }
 

@@ -3,8 +3,8 @@
 //! one.
 
 use nodeguard_model::{
-    CgroupDriver, CgroupVersion, Container, Finding, Limits, NodeState, PodRef, QosClass, Report,
-    RootFs, Runtime, ScanStats, Timestamp, TrackedFinding,
+    CgroupDriver, CgroupVersion, Confinement, Container, DeviceAccess, Finding, Limits, NodeState,
+    PodRef, QosClass, Report, RootFs, Runtime, ScanStats, Timestamp, TrackedFinding,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -86,6 +86,7 @@ pub fn container(id: &str) -> ContainerBuilder {
         pids: vec![1],
         rootfs: None,
         pod: None,
+        confinement: Default::default(),
     })
 }
 
@@ -147,6 +148,15 @@ impl ContainerBuilder {
 
     pub fn rootfs(mut self, rootfs: RootFs) -> Self {
         self.0.rootfs = Some(rootfs);
+        self
+    }
+
+    /// What confines the container besides its capabilities (default: nothing known).
+    pub fn confinement(mut self, devices: DeviceAccess, masked_paths: Option<&[&str]>) -> Self {
+        self.0.confinement = Confinement {
+            devices,
+            masked_paths: masked_paths.map(|p| p.iter().map(|s| s.to_string()).collect()),
+        };
         self
     }
 
