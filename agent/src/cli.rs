@@ -366,6 +366,16 @@ pub struct RunArgs {
     #[arg(long, env = "NODEGUARD_NO_EVENTS")]
     pub no_events: bool,
 
+    /// Findings below this severity get no Event: they stay in PolicyReports, metrics and
+    /// the query API. Events are for what someone should act on.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "medium",
+        env = "NODEGUARD_EVENT_MIN_SEVERITY"
+    )]
+    pub event_min_severity: SeverityArg,
+
     /// Exec-time detection: read and evaluate each process as it execs (`auto`), or only
     /// on the scan interval (`off`).
     #[arg(

@@ -150,7 +150,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         args.kube,
         &node,
         args.state_dir.clone(),
-        !args.no_events,
+        (!args.no_events).then(|| crate::severity(args.event_min_severity)),
         args.policy_reports,
         state_rx.clone(),
     )
