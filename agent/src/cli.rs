@@ -603,6 +603,20 @@ pub enum QueryWhat {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// What exec-time reads saw (short-lived processes included, after they and their pods
+    /// are gone), oldest first.
+    Execs {
+        /// How far back: `10m`, `1h`, or an RFC 3339 time [default: the whole history].
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+        /// Container id (or 12+ hex prefix), container name, or `host`.
+        #[arg(long)]
+        container: Option<String>,
+    },
     /// The whole last report.
     Report,
 }
