@@ -792,7 +792,10 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
         .filter(|f| f["severity"] == "low")
         .filter_map(|f| f["id"].as_str())
         .collect();
-    assert!(!lows.is_empty(), "containers without limits have low findings");
+    assert!(
+        !lows.is_empty(),
+        "containers without limits have low findings"
+    );
     let writes = fake.accepted_event_writes();
     for id in &lows {
         assert!(

@@ -1275,6 +1275,14 @@ mod tests {
 
         let pass = s.read_execs(&[w, d, me], &NoPods).unwrap();
         assert_eq!((pass.read, pass.held, pass.vanished), (1, 2, 0), "{pass:?}");
+        // The history records what was read, not what waits in the runtime's set-up.
+        let history = s.exec_history();
+        let recorded: Vec<i32> = history
+            .since(Timestamp(std::time::UNIX_EPOCH), Timestamp::now(), |_| true)
+            .iter()
+            .map(|o| o.process.pid)
+            .collect();
+        assert_eq!(recorded, [me]);
         let due = s.held_back_until().expect("held back until the grace ends");
         assert!(due > Instant::now() && due <= Instant::now() + EXEC_INIT_GRACE);
 
@@ -1295,6 +1303,7 @@ mod tests {
             "read as it is after the grace: {pass:?}"
         );
         assert_eq!(s.held_back_until(), None);
+        assert_eq!(history.stats().entries, 2, "the held-back one once read");
         let pending = s.pending_execs.as_ref().expect("reads wait to be merged");
         assert!(pending
             .processes
