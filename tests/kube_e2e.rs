@@ -473,9 +473,12 @@ impl Workload {
     }
 }
 
+/// The findings the agent sends Events for by default (`--event-min-severity medium`), by id
+/// → kind: low ones stay in the API, metrics and PolicyReports.
 fn ids_of(findings: &[Value]) -> BTreeMap<String, String> {
     findings
         .iter()
+        .filter(|f| f["severity"] != "low")
         .map(|f| {
             (
                 f["id"].as_str().unwrap_or("?").to_string(),
@@ -781,6 +784,25 @@ fn pods_enrich_findings_and_each_finding_is_announced_once_through_restarts_and_
             }
         },
     );
+    // Low findings (no CPU or pids limit, no_new_privs) get no Event by default.
+    let lows: Vec<&str> = web_findings
+        .iter()
+        .chain(&ledger_findings)
+        .chain(&batch_findings)
+        .filter(|f| f["severity"] == "low")
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert!(
+        !lows.is_empty(),
+        "containers without limits have low findings"
+    );
+    let writes = fake.accepted_event_writes();
+    for id in &lows {
+        assert!(
+            writes_for(&writes, id).is_empty(),
+            "low finding {id} got an Event"
+        );
+    }
     let ghost_id = {
         let g = ghost.as_ref().unwrap();
         let finding = wait_for(

@@ -1302,10 +1302,8 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
     );
 
     // 4. A deleted pod's findings resolve (kubelet stops its containers; the Resolved Event
-    //    does not wait for the API object to go). Its processes were read at exec; a process
-    //    no full scan saw running stays reported for --exec-retention after it exits (a pod
-    //    that lived a second between two scans is what a responder must still see), so let
-    //    one full scan see the pod first: from then on it resolves at the next scan.
+    //    does not wait for the API object to go): once its container is gone, at the next
+    //    full scan, exec-read processes included (their history stays in /v1/execs).
     // The start-up backlog (every workload pod's and the node's findings, sent at the
     // node-wide 1/s) is let drain too, so that what is timed is the resolution, not the
     // queue: step 3 showed a new pod's Events do not wait behind it.
@@ -1586,6 +1584,303 @@ fn a_binary_dropped_and_run_in_a_pod_is_drift_at_its_exec_named_by_its_pod() {
     ])
     .ok();
     agent.stop();
+}
+
+/// A pod created and deleted while the agent runs: a short-lived binary dropped and run in it
+/// (drift, read at its exec) keeps its finding open while the pod runs, and once `kubectl`
+/// says the pod is gone, every finding of its container leaves `/v1/findings` at the next
+/// full scan, not `--exec-retention` (5 minutes) later. What the process was and raised is
+/// still answered by the exec history (`/v1/execs?since=10m`), named by the pod kubelet ran
+/// it in. Ground truth: the container id and names from `kubectl get pod -o json`, the path
+/// the test chose, and kubectl saying the pod is gone.
+#[test]
+fn a_deleted_pods_findings_resolve_at_the_next_scan_and_its_execs_stay_in_the_history() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let agent = Agent::start(bed, "fleeting", None);
+    let name = format!("fleeting-{}", support::random_hex(3));
+    bed.kubectl_apply(&pod_manifest(bed, &name));
+    bed.remember_pod_uid(&name);
+    wait_for(
+        &format!("pod {name} Running"),
+        Duration::from_secs(90),
+        || {
+            let pod = bed.pod(&name);
+            pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                .as_str()
+                .map(|_| ())
+                .ok_or_else(|| format!("{}", pod["status"]))
+        },
+    );
+    let pod = bed.pod(&name);
+    let id = only_container_id(&pod);
+    let dropped = format!("/tmp/busybox-brief-{}", support::random_hex(3));
+    let script = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 1");
+    let out = bed.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        &format!("brief-{}", support::random_hex(3)),
+        &id,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.success(), "ctr tasks exec failed\n{out}");
+    let drift = |f: &Value| {
+        f["kind"] == "binary_drift" && f["container_id"] == id.as_str() && f["path"] == dropped
+    };
+    // The process has exited; a full scan later its finding is still open (the pod runs).
+    agent.wait_scans(1);
+    let open = agent.findings().expect("findings");
+    assert!(
+        open.iter().any(drift),
+        "the exited process's drift while its pod runs: {open:?}"
+    );
+
+    bed.kubectl(&["delete", "pod", "-n", "realnode", &name, "--wait=false"])
+        .ok();
+    wait_for(
+        &format!("kubectl to say pod {name} is gone"),
+        Duration::from_secs(90),
+        || {
+            let out = bed.kubectl(&["get", "pod", "-n", "realnode", &name, "-o", "name"]);
+            if !out.success() && out.stderr.contains("NotFound") {
+                Ok(())
+            } else {
+                Err(format!("{out}"))
+            }
+        },
+    );
+    // The next full scan (one that started after the pod went: the second to complete).
+    agent.wait_scans(2);
+    let left: Vec<Value> = agent
+        .findings()
+        .expect("findings")
+        .into_iter()
+        .filter(|f| f["container_id"] == id.as_str())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "findings of the deleted pod's container are still open: {left:?}"
+    );
+
+    let history = agent.get_json("/v1/execs?since=10m");
+    let execs = history["execs"].as_array().cloned().unwrap_or_default();
+    let seen = execs
+        .iter()
+        .find(|o| o["exe"] == dropped.as_str() && o["container_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no observation of {dropped} in /v1/execs: {history}"));
+    assert_eq!(seen["pod"]["name"], pod["metadata"]["name"], "{seen}");
+    assert_eq!(
+        seen["pod"]["namespace"], pod["metadata"]["namespace"],
+        "{seen}"
+    );
+    assert!(
+        seen["findings"]
+            .as_array()
+            .is_some_and(|fs| fs.iter().any(|f| f["kind"] == "binary_drift")),
+        "the history says what it raised: {seen}"
+    );
+    assert_eq!(
+        history["count"].as_u64(),
+        Some(execs.len() as u64),
+        "{history}"
+    );
+    // The same through the CLI, filtered by the pod.
+    let cli = agent.query_cli(&["execs", "--since", "10m", "--pod", &name]);
+    let cli_execs = cli["execs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        cli_execs.iter().any(|o| o["exe"] == dropped.as_str()),
+        "nodeguard query execs --pod {name}: {cli}"
+    );
+    assert!(
+        cli_execs.iter().all(|o| o["pod"]["name"] == name.as_str()),
+        "only the pod's: {cli}"
+    );
+    agent.stop();
+}
+
+/// The operator's node: hundreds of open low findings waiting for the node-wide Event budget
+/// (one a second) when a high one appears. Twelve pods each with 20 setuid files planted in
+/// their writable layers (a policy makes every kind low but `binary_drift`, and the agent
+/// sends Events for low findings too, `--event-min-severity low`), so their Events queue up;
+/// then a binary dropped and run in the first pod, whose 25 Events of budget the lows took,
+/// is `binary_drift` (high). Its Event is stored by the real API server within an interval
+/// or two, while hundreds still wait. Ground truth: the Events the API server stored
+/// (`kubectl get events`), the pod names kubectl gave, the agent's own queue gauge only to
+/// show how much was waiting.
+#[test]
+fn a_new_high_finding_reaches_the_api_server_before_hundreds_of_waiting_low_ones() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let mut checks = Checks::default();
+    let crowd: Vec<String> = (0..12)
+        .map(|i| format!("crowd-{i:02}-{}", support::random_hex(2)))
+        .collect();
+    for name in &crowd {
+        bed.kubectl_apply(&pod_manifest(bed, name));
+        bed.remember_pod_uid(name);
+    }
+    let mut ids = BTreeMap::new();
+    for name in &crowd {
+        let pod = wait_for(
+            &format!("pod {name} Running"),
+            Duration::from_secs(120),
+            || {
+                let pod = bed.pod(name);
+                pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                    .as_str()
+                    .map(|_| pod.clone())
+                    .ok_or_else(|| format!("{}", pod["status"]))
+            },
+        );
+        let id = only_container_id(&pod);
+        let plant = "for i in $(seq 1 20); do cp /bin/busybox /tmp/suid-$i && chmod 4755 /tmp/suid-$i; done";
+        let out = bed.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("plant-{}", support::random_hex(3)),
+            &id,
+            "sh",
+            "-c",
+            plant,
+        ]);
+        assert!(out.success(), "planting in {name} failed\n{out}");
+        ids.insert(name.clone(), id);
+    }
+    let kinds = [
+        "dangerous_capability",
+        "privileged_container",
+        "missing_memory_limit",
+        "missing_cpu_limit",
+        "missing_pids_limit",
+        "runs_as_root",
+        "no_new_privs_disabled",
+        "seccomp_disabled",
+        "host_pid_namespace",
+        "host_network_namespace",
+        "host_ipc_namespace",
+        "host_uts_namespace",
+        "deleted_executable",
+        "setuid_file",
+        "setgid_file",
+        "file_capability",
+        "unexpected_binary_hash",
+        "denied_binary",
+        "unverifiable_binary",
+        "filesystem_scan_incomplete",
+    ];
+    let policy = bed
+        .dir
+        .join(format!("policy-crowd-{}.yaml", support::random_hex(3)));
+    let overrides: String = kinds.iter().map(|k| format!("    {k}: low\n")).collect();
+    fs::write(
+        &policy,
+        format!("version: 1\nchecks:\n  severity:\n{overrides}"),
+    )
+    .unwrap();
+    let args = [
+        "--node-name",
+        bed.node(),
+        "--interval",
+        "5s",
+        "--fs-interval",
+        "10m",
+        "--event-min-severity",
+        "low",
+        "--config",
+        policy.to_str().unwrap(),
+    ];
+    let agent = Agent(support::agent::Agent::launch(
+        &args,
+        Launch {
+            kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
+            log: Some(bed.dir.join("agent-crowd.log")),
+            http_timeout: Some(Duration::from_secs(10)),
+            ..Launch::default()
+        },
+    ));
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
+
+    // The backlog: every crowd pod's setuid files open, hundreds of Events queued.
+    let queued = checks.wait("hundreds of Events queued", SCANS_TIMEOUT, || {
+        let open = agent.findings()?;
+        let planted = open
+            .iter()
+            .filter(|f| f["kind"] == "setuid_file" && f["severity"] == "low")
+            .filter(|f| ids.values().any(|id| f["container_id"] == id.as_str()))
+            .count();
+        let queued = agent.events_queued()?;
+        if planted >= 12 * 20 && queued >= 200 {
+            Ok(queued)
+        } else {
+            Err(format!(
+                "{planted} planted setuid findings open, {queued} Events queued"
+            ))
+        }
+    });
+    say(&format!(
+        "realnode: {queued:?} Events queued before the high finding"
+    ));
+
+    // A binary dropped and run in the first crowd pod: high, on a pod whose budget is spent.
+    let first = &crowd[0];
+    let id = ids[first].clone();
+    let dropped = format!("/tmp/busybox-crowd-{}", support::random_hex(3));
+    let script = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 60");
+    let runner = {
+        let (id, exec_id) = (id.clone(), format!("drift-{}", support::random_hex(3)));
+        std::thread::spawn(move || {
+            bed.ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                &exec_id,
+                &id,
+                "sh",
+                "-c",
+                &script,
+            ])
+        })
+    };
+    let planted_at = Instant::now();
+    let bound = Duration::from_secs(INTERVAL_SECS * 2 + 5);
+    let seen = wait_events(
+        &mut checks,
+        bed,
+        &format!("a BinaryDrift Event regarding pod {first}"),
+        bound,
+        |evs| {
+            evs.iter()
+                .any(|e| e.reason == "BinaryDrift" && e.regarding == *first && e.type_ == "Warning")
+        },
+    );
+    if let Some(events) = seen {
+        let waited = planted_at.elapsed();
+        let still = agent.events_queued().unwrap_or(0);
+        say(&format!(
+            "realnode: BinaryDrift stored {waited:?} after the exec, {} of nodeguard's Events stored, {still} still queued",
+            events.len()
+        ));
+        checks.check(still >= 100, || {
+            format!("the backlog should still wait behind the high finding: {still} queued")
+        });
+        checks.check(
+            events
+                .iter()
+                .all(|e| e.reason != "SetuidFile" || e.type_ == "Warning"),
+            || "no setuid file resolved meanwhile".into(),
+        );
+    }
+    for name in &crowd {
+        bed.kubectl(&["delete", "pod", "-n", "realnode", name, "--wait=false"])
+            .ok();
+    }
+    let _ = runner.join();
+    agent.stop();
+    checks.finish(&[&bed.dir.join("agent-crowd.log")]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -371,6 +371,16 @@ pub struct RunArgs {
     #[arg(long, env = "NODEGUARD_NO_EVENTS")]
     pub no_events: bool,
 
+    /// Findings below this severity get no Event: they stay in PolicyReports, metrics and
+    /// the query API. Events are for what someone should act on.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "medium",
+        env = "NODEGUARD_EVENT_MIN_SEVERITY"
+    )]
+    pub event_min_severity: SeverityArg,
+
     /// Exec-time detection: read and evaluate each process as it execs (`auto`), or only
     /// on the scan interval (`off`).
     #[arg(
@@ -597,6 +607,20 @@ pub enum QueryWhat {
         sha256: Option<String>,
         #[arg(long)]
         pid: Option<i32>,
+    },
+    /// What exec-time reads saw (short-lived processes included, after they and their pods
+    /// are gone), oldest first.
+    Execs {
+        /// How far back: `10m`, `1h`, or an RFC 3339 time [default: the whole history].
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+        /// Container id (or 12+ hex prefix), container name, or `host`.
+        #[arg(long)]
+        container: Option<String>,
     },
     /// The whole last report.
     Report,

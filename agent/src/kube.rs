@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use nodeguard_kube::{
     EventConfig, EventPublisher, KubeMode, PodWatch, PolicyReportConfig, PolicyReportPublisher,
 };
-use nodeguard_model::{EventStats, NodeState, PodLookup, PolicyReportStats};
+use nodeguard_model::{EventStats, NodeState, PodLookup, PolicyReportStats, Severity};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,8 @@ pub async fn start(
     mode: KubeArg,
     node: &str,
     state_dir: Option<PathBuf>,
-    events: bool,
+    // The Events' threshold; `None`: no Events.
+    events: Option<Severity>,
     policy_reports: bool,
     state: watch::Receiver<Option<Arc<NodeState>>>,
 ) -> Result<Option<KubeParts>> {
@@ -75,9 +76,10 @@ pub async fn start(
         return Ok(None);
     };
     let pods = PodWatch::start(client.clone(), node);
-    let events = events.then(|| {
+    let events = events.map(|min_severity| {
         let config = EventConfig {
             state_dir,
+            min_severity,
             ..EventConfig::new(node)
         };
         EventPublisher::start(client.clone(), config, state.clone())

@@ -3,7 +3,7 @@
 use crate::cli::{OutputFormat, QueryArgs, QueryWhat};
 use anyhow::{Context, Result};
 use nodeguard_api::client;
-use nodeguard_api::{FindingsQuery, ProcessesQuery};
+use nodeguard_api::{ExecsQuery, FindingsQuery, ProcessesQuery, Since};
 use nodeguard_model::{FindingKind, Timestamp};
 use serde::Serialize;
 
@@ -203,6 +203,25 @@ pub fn run(args: QueryArgs) -> Result<()> {
                 client::processes_table_width(&answer.processes, width)
             })
         }
+        QueryWhat::Execs {
+            since,
+            namespace,
+            pod,
+            container,
+        } => {
+            let query = ExecsQuery {
+                since: since
+                    .map(|s| Since::parse(&s))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)
+                    .context("--since")?,
+                namespace,
+                pod,
+                container,
+            };
+            let answer = client::execs(base, &query)?;
+            print(args.output, &answer, || execs_table(&answer, width))
+        }
         QueryWhat::Report => {
             let report = client::report(base)?;
             print(args.output, &report, || {
@@ -223,6 +242,51 @@ fn print<T: Serialize>(
     };
     crate::output::print(&text).context("cannot write the answer")?;
     Ok(())
+}
+
+/// One line per observation: when, pid, where, the executable and what it raised.
+fn execs_table(answer: &nodeguard_api::types::ExecsResponse, width: usize) -> String {
+    let mut out = format!(
+        "{:<24} {:>7} {:<32} {:<28} FINDINGS\n",
+        "OBSERVED", "PID", "POD/CONTAINER", "EXE"
+    );
+    for o in &answer.execs {
+        let place = match (&o.pod, &o.process.container_id) {
+            (Some(pod), _) => format!(
+                "{}/{}/{}",
+                pod.namespace,
+                pod.name,
+                pod.container_name.as_deref().unwrap_or("?")
+            ),
+            (None, Some(id)) => nodeguard_model::short_id(id).to_string(),
+            (None, None) => "host".to_string(),
+        };
+        let findings: Vec<String> = o
+            .findings
+            .iter()
+            .map(|f| format!("{}:{}", f.severity, f.kind))
+            .collect();
+        let line = format!(
+            "{:<24} {:>7} {:<32} {:<28} {}",
+            o.observed_at.to_string(),
+            o.process.pid,
+            place,
+            o.process.exe.as_deref().unwrap_or("-"),
+            if findings.is_empty() {
+                "-".to_string()
+            } else {
+                findings.join(",")
+            }
+        );
+        out.push_str(&client::fit(&line, width));
+        out.push('\n');
+    }
+    let h = &answer.history;
+    out.push_str(&format!(
+        "{} shown; history holds {} of at most {} ({} of {} bytes, {} s), {} dropped by its caps\n",
+        answer.count, h.entries, h.max_entries, h.bytes, h.max_bytes, h.max_age_secs, h.dropped
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ async fn serve(args: RunArgs) -> Result<()> {
     let mut scanner = crate::build_scanner(&args.settings)?;
     scanner.set_exec_retention(args.exec_retention);
     let node = scanner.options().node_name.clone();
+    let exec_history = scanner.exec_history();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %node,
@@ -150,7 +151,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         args.kube,
         &node,
         args.state_dir.clone(),
-        !args.no_events,
+        (!args.no_events).then(|| crate::severity(args.event_min_severity)),
         args.policy_reports,
         state_rx.clone(),
     )
@@ -251,6 +252,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         nodeguard_api::router_with_auth(
             nodeguard_api::ApiContext {
                 state: state_rx,
+                exec_history: Some(exec_history),
                 metrics: Arc::new(move |accept| {
                     let format = nodeguard_metrics::Format::negotiate(accept);
                     let text = encoder.render(format).map_err(|e| e.to_string())?;

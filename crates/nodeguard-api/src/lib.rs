@@ -13,6 +13,7 @@
 //! | `GET /v1/findings` | open findings with first/last seen, filtered by namespace, pod, container, kind, minimum severity, since |
 //! | `GET /v1/containers` | containers with their pod metadata, filtered by namespace, pod, container |
 //! | `GET /v1/processes` | processes with their pod metadata, filtered by container (or `host`), sha256, pid, namespace, pod |
+//! | `GET /v1/execs` | the history of exec-time observations (each process as read at its exec, its pod, the findings it raised), filtered by since (`10m` or a time), namespace, pod, container; bounded, with what was dropped |
 //!
 //! `docs/openapi.json` documents every path, parameter and response; the tests validate real
 //! responses against it. Errors are JSON `{"error": "...", "status": N}`.
@@ -36,6 +37,7 @@
 //!             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
 //!         })
 //!     }),
+//!     exec_history: None,
 //! };
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:9717").await?;
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
@@ -57,7 +59,7 @@ pub use auth::{
     DenialReason, MAX_TOKEN_BYTES,
 };
 pub use error::Error;
-pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
+pub use query::{ContainersQuery, ExecsQuery, FindingsQuery, ProcessesQuery, Since};
 pub use serve::{
     serve, serve_tls, serve_with_limits, ServeLimits, DEFAULT_MAX_HEAD_BYTES,
     PLAIN_HTTP_TO_TLS_ANSWER,

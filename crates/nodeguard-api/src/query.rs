@@ -3,7 +3,9 @@
 //! is what the server understands.
 
 use crate::Error;
-use nodeguard_model::{Container, FindingKind, Process, Severity, Timestamp, TrackedFinding};
+use nodeguard_model::{
+    Container, ExecObservation, FindingKind, Process, Severity, Timestamp, TrackedFinding,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -43,6 +45,118 @@ pub struct ProcessesQuery {
     pub pid: Option<i32>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
+}
+
+/// Filters of `GET /v1/execs`, the history of exec-time observations, all optional and
+/// AND-ed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecsQuery {
+    /// Observations made at or after this: a time, or how long ago.
+    pub since: Option<Since>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// As in [`FindingsQuery::container`]; `host` selects processes outside containers.
+    pub container: Option<String>,
+}
+
+/// The start of a history query: a time (RFC 3339), or an age the agent subtracts from its
+/// own clock (`10m`), so a client's clock skew does not shift the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    At(Timestamp),
+    Ago(Duration),
+}
+
+impl Since {
+    /// `10m`, `90s`, `2h`, `1d`, or an RFC 3339 time.
+    pub fn parse(text: &str) -> Result<Since, String> {
+        let text = text.trim();
+        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+        let unit = match &text[digits..] {
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
+            _ => None,
+        };
+        if let (true, Some(unit)) = (digits > 0, unit) {
+            let n: u64 = text[..digits]
+                .parse()
+                .map_err(|_| format!("{text:?} is too large"))?;
+            return n
+                .checked_mul(unit)
+                .map(|secs| Since::Ago(Duration::from_secs(secs)))
+                .ok_or_else(|| format!("{text:?} is too large"));
+        }
+        parse_time(text)
+            .map(Since::At)
+            .map_err(|_| format!("{text:?} is neither a duration like 10m nor an RFC 3339 time"))
+    }
+
+    /// The time it stands for, seen from `now`.
+    pub fn resolve(self, now: Timestamp) -> Timestamp {
+        match self {
+            Since::At(t) => t,
+            Since::Ago(d) => Timestamp(
+                now.0
+                    .checked_sub(d)
+                    .filter(|t| *t >= std::time::UNIX_EPOCH)
+                    .unwrap_or(std::time::UNIX_EPOCH),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Since {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Since::At(t) => write!(f, "{t}"),
+            Since::Ago(d) => write!(f, "{}s", d.as_secs()),
+        }
+    }
+}
+
+impl ExecsQuery {
+    /// The parameter names `GET /v1/execs` accepts.
+    pub const PARAMETERS: &'static [&'static str] = &["since", "namespace", "pod", "container"];
+
+    /// Parses a raw (percent-encoded) query string, without the `?`.
+    pub fn parse(raw: Option<&str>) -> Result<ExecsQuery, Error> {
+        let mut params = Params::parse(raw, Self::PARAMETERS)?;
+        Ok(ExecsQuery {
+            since: params
+                .take("since")
+                .map(|v| Since::parse(&v).map_err(|e| invalid("since", e)))
+                .transpose()?,
+            namespace: params.take("namespace"),
+            pod: params.take("pod"),
+            container: params.take("container"),
+        })
+    }
+
+    /// The query string (without `?`) that [`ExecsQuery::parse`] reads back.
+    pub fn to_query_string(&self) -> String {
+        encode(&[
+            ("since", self.since.map(|s| s.to_string())),
+            ("namespace", self.namespace.clone()),
+            ("pod", self.pod.clone()),
+            ("container", self.container.clone()),
+        ])
+    }
+
+    /// Whether an observation passes the filters other than `since`.
+    pub fn matches(&self, o: &ExecObservation) -> bool {
+        let pod = o.pod.as_ref();
+        equal(&self.namespace, pod.map(|p| p.namespace.as_str()))
+            && equal(&self.pod, pod.map(|p| p.name.as_str()))
+            && self.container.as_deref().is_none_or(|sel| {
+                container_matches(
+                    sel,
+                    o.process.container_id.as_deref(),
+                    pod.and_then(|p| p.container_name.as_deref()),
+                )
+            })
+    }
 }
 
 impl FindingsQuery {
@@ -414,6 +528,34 @@ mod tests {
         assert!(container_matches("host", None, None));
         assert!(!container_matches("host", Some(ID), None));
         assert!(!container_matches(&ID[..12], None, None));
+    }
+
+    #[test]
+    fn exec_history_since_takes_an_age_or_a_time_and_round_trips() {
+        let q =
+            ExecsQuery::parse(Some("since=10m&namespace=shop&pod=web-0&container=host")).unwrap();
+        assert_eq!(q.since, Some(Since::Ago(Duration::from_secs(600))));
+        assert_eq!(ExecsQuery::parse(Some(&q.to_query_string())).unwrap(), q);
+        let at = ExecsQuery::parse(Some("since=2026-11-22T10:00:00Z")).unwrap();
+        assert_eq!(
+            at.since,
+            Some(Since::At(Timestamp::parse("2026-11-22T10:00:00Z").unwrap()))
+        );
+        assert_eq!(ExecsQuery::parse(Some(&at.to_query_string())).unwrap(), at);
+        for bad in [
+            "since=yesterday",
+            "since=10y",
+            "since=99999999999999999999d",
+            "since=m",
+        ] {
+            let err = ExecsQuery::parse(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("since"), "{bad}: {err}");
+        }
+        let now = Timestamp::now();
+        assert_eq!(
+            Since::Ago(Duration::from_secs(u64::MAX / 2)).resolve(now),
+            Timestamp(std::time::UNIX_EPOCH)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! bounds.
 
 use crate::auth::{bearer_token, AuthOptions, Decision, Denial, DenialReason, MAX_TOKEN_BYTES};
-use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};
+use crate::query::{ContainersQuery, ExecsQuery, FindingsQuery, ProcessesQuery};
 use crate::types::{ErrorBody, Health};
 use crate::Error;
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
@@ -11,8 +11,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
-use nodeguard_model::TrackedFinding;
 use nodeguard_model::{Container, NodeState, PodRef, Process, ScanKind, ScanRun, Timestamp};
+use nodeguard_model::{ExecHistory, ExecHistoryStats, ExecObservation, TrackedFinding};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -39,6 +39,8 @@ pub struct ApiContext {
     pub state: watch::Receiver<Option<Arc<NodeState>>>,
     /// Renders the `/metrics` text. Called on a blocking thread, once per scrape.
     pub metrics: MetricsRenderer,
+    /// What exec-time reads saw (`/v1/execs`); `None`: an empty history.
+    pub exec_history: Option<Arc<ExecHistory>>,
 }
 
 /// Bounds on each request, so a burst of slow requests cannot pile up in the agent.
@@ -160,6 +162,7 @@ pub fn probe_router(state: watch::Receiver<Option<Arc<NodeState>>>) -> Router {
     let ctx = ApiContext {
         state,
         metrics: Arc::new(|_| Err("not served on the probe port".to_string())),
+        exec_history: None,
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -283,6 +286,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Shared>)> {
         ("/v1/findings", get(findings)),
         ("/v1/containers", get(containers)),
         ("/v1/processes", get(processes)),
+        ("/v1/execs", get(execs)),
     ]
 }
 
@@ -633,5 +637,44 @@ async fn processes(
         scanned_at: state.report.scanned_at,
         count: processes.len(),
         processes,
+    }))
+}
+
+#[derive(Serialize)]
+struct ExecsOut<'a> {
+    node: &'a str,
+    since: Option<Timestamp>,
+    count: usize,
+    history: ExecHistoryStats,
+    execs: Vec<ExecObservation>,
+}
+
+/// The history of exec-time observations: what short-lived processes were and raised,
+/// after they (and their pods) are gone from the open findings.
+async fn execs(
+    State(shared): State<Shared>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ExecsQuery::parse(raw.as_deref())?;
+    let state = shared.snapshot()?;
+    let now = Timestamp::now();
+    let since = query.since.map(|s| s.resolve(now));
+    let (history, execs) = match &shared.0.exec_history {
+        Some(h) => (
+            h.stats(),
+            h.since(
+                since.unwrap_or(Timestamp(std::time::UNIX_EPOCH)),
+                now,
+                |o| query.matches(o),
+            ),
+        ),
+        None => (ExecHistoryStats::default(), Vec::new()),
+    };
+    Ok(json_response(&ExecsOut {
+        node: &state.report.node,
+        since,
+        count: execs.len(),
+        history,
+        execs,
     }))
 }

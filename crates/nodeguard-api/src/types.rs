@@ -1,7 +1,10 @@
 //! The JSON bodies the API answers with, as the client reads them. The server writes the
 //! same shapes from borrowed data; `docs/openapi.json` documents them.
 
-use nodeguard_model::{Container, PodRef, Process, ScanKind, ScanRun, Timestamp, TrackedFinding};
+use nodeguard_model::{
+    Container, ExecHistoryStats, ExecObservation, PodRef, Process, ScanKind, ScanRun, Timestamp,
+    TrackedFinding,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -61,6 +64,19 @@ pub struct ProcessesResponse {
     pub scanned_at: Timestamp,
     pub count: usize,
     pub processes: Vec<ProcessEntry>,
+}
+
+/// `GET /v1/execs`: what exec-time reads saw, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecsResponse {
+    pub node: String,
+    /// The start of the window asked for (the agent's clock).
+    pub since: Option<Timestamp>,
+    /// Number of observations that passed the filters.
+    pub count: usize,
+    /// What the history holds and what its caps dropped since the agent started.
+    pub history: ExecHistoryStats,
+    pub execs: Vec<ExecObservation>,
 }
 
 /// A process and the pod of its container, when known.

@@ -139,6 +139,7 @@ fn gated_context(state: NodeState, gate: &Arc<Gate>) -> ApiContext {
                 content_type: METRICS_TYPE,
             })
         }),
+        exec_history: None,
     }
 }
 
@@ -227,6 +228,7 @@ async fn new_states_publish_while_requests_run_and_answers_are_never_torn() {
                 content_type: METRICS_TYPE,
             })
         }),
+        exec_history: None,
     };
     let server = Server::start(ctx).await;
 

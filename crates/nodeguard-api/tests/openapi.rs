@@ -5,7 +5,7 @@
 mod common;
 
 use common::{context, node_state, raw_get, Server, DROPPER_SHA, NGINX_ID};
-use nodeguard_api::{ContainersQuery, FindingsQuery, ProcessesQuery};
+use nodeguard_api::{ContainersQuery, ExecsQuery, FindingsQuery, ProcessesQuery};
 use nodeguard_model::{FindingKind, Severity, Timestamp};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -347,6 +347,10 @@ fn documented_parameters_are_exactly_the_ones_each_endpoint_accepts() {
         documented_parameters(&spec, "/v1/processes"),
         ProcessesQuery::PARAMETERS
     );
+    assert_eq!(
+        documented_parameters(&spec, "/v1/execs"),
+        ExecsQuery::PARAMETERS
+    );
     for path in ["/healthz", "/readyz", "/metrics", "/v1/report"] {
         assert!(documented_parameters(&spec, path).is_empty(), "{path}");
     }
@@ -418,6 +422,16 @@ async fn every_answer_over_http_validates_against_the_spec() {
         ("/v1/processes", "pid=4242".into(), 200),
         ("/v1/processes", "sha256=abc".into(), 400),
         ("/v1/processes", "pid=abc".into(), 400),
+        ("/v1/execs", String::new(), 200),
+        ("/v1/execs", "since=10m".into(), 200),
+        (
+            "/v1/execs",
+            "since=2026-11-22T09:30:00Z&namespace=shop".into(),
+            200,
+        ),
+        ("/v1/execs", "container=host".into(), 200),
+        ("/v1/execs", "since=yesterday".into(), 400),
+        ("/v1/execs", "sha256=abc".into(), 400),
     ];
     for (path, query, want) in &cases {
         let target = if query.is_empty() {
@@ -463,6 +477,7 @@ async fn every_answer_over_http_validates_against_the_spec() {
         ("/v1/findings", 503),
         ("/v1/containers", 503),
         ("/v1/processes", 503),
+        ("/v1/execs", 503),
         ("/metrics", 200),
     ] {
         let (status, head, body) = raw_get(not_ready.addr, "GET", path).await;
@@ -517,6 +532,7 @@ async fn every_answer_over_http_validates_against_the_spec() {
         "/v1/findings",
         "/v1/containers",
         "/v1/processes",
+        "/v1/execs",
     ] {
         let (status, head, body) = raw_get(addr, "GET", path).await;
         assert_eq!(status, 401, "GET {path} without a token");

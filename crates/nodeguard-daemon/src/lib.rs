@@ -497,9 +497,10 @@ impl Daemon {
                     let Some(owned) = scanner.take() else {
                         return Err(Error::ScanThread("scanner lost".into()));
                     };
+                    let pods = Arc::clone(&pods);
                     let joined = tokio::task::spawn_blocking(move || {
                         let mut owned = owned;
-                        let result = owned.read_execs(&pids);
+                        let result = owned.read_execs(&pids, pods.as_ref());
                         (owned, result)
                     });
                     let mut reload_pending = false;

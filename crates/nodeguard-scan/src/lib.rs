@@ -13,7 +13,8 @@ use nodeguard_collect::{CollectOptions, CollectedProcess, Collector, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
 use nodeguard_model::{
-    Container, FileEntry, Process, Report, Runtime, ScanStats, Timestamp, SCHEMA_VERSION,
+    Container, ExecHistory, ExecObservation, FileEntry, Process, Report, Runtime, ScanStats,
+    Timestamp, SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
@@ -129,6 +130,9 @@ pub struct Scanner {
     /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
     /// its entry), with their container as read then.
     recent_execs: BTreeMap<i32, Retained>,
+    /// Every exec-read process as it was read, for `--since` queries (bounded; shared with
+    /// the API).
+    exec_history: Arc<ExecHistory>,
     /// Exec reads not yet merged into a report.
     pending_execs: Option<PendingExecs>,
     /// Exec'd processes read inside the runtime's set-up (`runc init`), by pid, with when
@@ -184,11 +188,11 @@ fn merge_stats(mut a: ScanStats, b: ScanStats) -> ScanStats {
     a
 }
 
-/// A process an exec-driven pass read, kept so that its findings outlive it.
+/// A process an exec-driven pass read, kept so that its findings outlive it (while its
+/// container runs).
 #[derive(Debug, Clone)]
 struct Retained {
     process: Process,
-    container: Option<Container>,
     read_at: Instant,
 }
 
@@ -219,12 +223,19 @@ impl Scanner {
             last_gaps: Vec::new(),
             last_fs_stats: FsCounters::default(),
             recent_execs: BTreeMap::new(),
+            exec_history: Arc::new(ExecHistory::default()),
             pending_execs: None,
             held_back: BTreeMap::new(),
             last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
             last_host_bounding: None,
             last_phases: ScanPhases::default(),
         }
+    }
+
+    /// The log of exec-time observations this scanner records into (for the API's
+    /// `/v1/execs`).
+    pub fn exec_history(&self) -> Arc<ExecHistory> {
+        Arc::clone(&self.exec_history)
     }
 
     pub fn options(&self) -> &ScanOptions {
@@ -337,7 +348,7 @@ impl Scanner {
         if let Some(pending) = self.pending_execs.take() {
             stats = merge_stats(stats, pending.stats);
         }
-        self.keep_recent_execs(&mut processes, &mut containers);
+        self.keep_recent_execs(&mut processes, &containers);
 
         let mut walk_took = None;
         if scope == ScanScope::ProcessesAndFilesystems {
@@ -528,7 +539,7 @@ impl Scanner {
         base: &Report,
         pods: &dyn PodLookup,
     ) -> Result<(Report, ExecPassStats), Error> {
-        let pass = self.read_execs(pids)?;
+        let pass = self.read_execs(pids, pods)?;
         Ok((self.merge_execs(base, pods), pass))
     }
 
@@ -546,10 +557,17 @@ impl Scanner {
     /// once, a new pod's sandbox looked like a privileged container of its own, with the
     /// host's pid namespace, until the next full scan.
     ///
-    /// Each process read is retained for [`ScanOptions::exec_retention`]: when it exits, later
-    /// reports (full scans included) still carry it as it was read, so a process that lived
-    /// for milliseconds keeps its findings open long enough for every sink to see them.
-    pub fn read_execs(&mut self, pids: &[i32]) -> Result<ExecPassStats, Error> {
+    /// Each process read is retained for [`ScanOptions::exec_retention`] while its container
+    /// runs: when it exits, later reports (full scans included) still carry it as it was
+    /// read, so a process that lived for milliseconds keeps its findings open long enough
+    /// for every sink to see them. Once its container is gone, the next full scan drops it
+    /// (open findings describe the node as it is now); what it was and what it raised stay
+    /// in [`Scanner::exec_history`], which `pods` names the pods of.
+    pub fn read_execs(
+        &mut self,
+        pids: &[i32],
+        pods: &dyn PodLookup,
+    ) -> Result<ExecPassStats, Error> {
         self.collector.execs_seen(pids);
         let wanted: Vec<i32> = pids.iter().chain(self.held_back.keys()).copied().collect();
         let Snapshot {
@@ -582,18 +600,16 @@ impl Scanner {
                 .filter(|pid| !read_pids.contains(pid) && !self.held_back.contains_key(pid))
                 .count(),
         };
+        for c in &mut fresh {
+            enrich(c, pods);
+        }
+        self.record_history(&read, &fresh);
         let now = Instant::now();
         for p in &read {
-            let container = p
-                .container_id
-                .as_deref()
-                .and_then(|id| fresh.iter().find(|c| c.id == id))
-                .cloned();
             self.recent_execs.insert(
                 p.pid,
                 Retained {
                     process: p.clone(),
-                    container,
                     read_at: now,
                 },
             );
@@ -765,14 +781,6 @@ impl Scanner {
             }
         }
         containers.sort_by(|a, b| a.id.cmp(&b.id));
-        // What is retained is the container as the report has it (pod names included).
-        for p in &read {
-            if let (Some(r), Some(id)) = (self.recent_execs.get_mut(&p.pid), &p.container_id) {
-                if let Some(c) = containers.iter().find(|c| &c.id == id) {
-                    r.container = Some(c.clone());
-                }
-            }
-        }
 
         let replaced: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
         let mut processes: Vec<Process> = base
@@ -825,22 +833,67 @@ impl Scanner {
         }
     }
 
+    /// Records each process read into the history, with the findings it raises by itself
+    /// (those naming its pid) with its container as read.
+    fn record_history(&self, read: &[Process], fresh: &[Container]) {
+        if read.is_empty() {
+            return;
+        }
+        let findings = evaluate(
+            &self.policy,
+            &Evidence {
+                processes: read,
+                containers: fresh,
+                files: &[],
+                cap_last_cap: self.last_cap_last_cap,
+                gaps: &[],
+                host_bounding: self.last_host_bounding,
+            },
+        );
+        let observed_at = Timestamp::now();
+        for p in read {
+            let pod = p
+                .container_id
+                .as_deref()
+                .and_then(|id| fresh.iter().find(|c| c.id == id))
+                .and_then(|c| c.pod.clone());
+            self.exec_history.record(ExecObservation {
+                observed_at,
+                process: p.clone(),
+                pod,
+                findings: findings
+                    .iter()
+                    .filter(|f| f.pid == Some(p.pid))
+                    .cloned()
+                    .collect(),
+            });
+        }
+    }
+
     /// Processes read by exec passes since at most the retention window: how many.
     pub fn retained_execs(&self) -> usize {
         self.recent_execs.len()
     }
 
     /// A full scan's processes and containers, plus each exec-read process that is no
-    /// longer running (no process with its pid, executable and container) and was read
-    /// within the retention window, with its container when that is gone too. Entries past
-    /// the window are dropped here, and so are entries this scan sees running: a process a
-    /// full scan has seen is reported like any other from then on, so when it (or its whole
-    /// pod) goes, its findings resolve at the next scan rather than a retention window later.
-    /// Retention is for what only an exec read ever saw.
-    fn keep_recent_execs(&mut self, processes: &mut Vec<Process>, containers: &mut Vec<Container>) {
+    /// longer running (no process with its pid, executable and container), was read within
+    /// the retention window, and whose container (if it had one) still runs. Entries past
+    /// the window are dropped here, and so are entries this scan sees running (a process a
+    /// full scan has seen is reported like any other from then on) and entries whose
+    /// container is gone: open findings describe the node as it is now, so when a pod goes,
+    /// its findings resolve at this scan, not a retention window later. What such a process
+    /// did stays in [`Scanner::exec_history`]. Retention is for what only an exec read ever
+    /// saw, in a container that still runs (or on the host).
+    fn keep_recent_execs(&mut self, processes: &mut Vec<Process>, containers: &[Container]) {
         let retention = self.options.exec_retention;
-        self.recent_execs
-            .retain(|_, r| r.read_at.elapsed() <= retention);
+        let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        self.recent_execs.retain(|_, r| {
+            r.read_at.elapsed() <= retention
+                && r.process
+                    .container_id
+                    .as_deref()
+                    .is_none_or(|id| alive.contains(id))
+        });
         if self.recent_execs.is_empty() {
             return;
         }
@@ -852,24 +905,13 @@ impl Scanner {
             let p = &r.process;
             !running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref()))
         });
-        let mut gone = Vec::new();
-        for r in self.recent_execs.values() {
-            gone.push(r.clone());
-        }
         // Marked exited, so that nobody takes them for what runs now.
-        for r in gone {
-            if let Some(mut c) = r.container {
-                if !containers.iter().any(|known| known.id == c.id) {
-                    c.exited = true;
-                    containers.push(c);
-                }
-            }
-            let mut process = r.process;
+        for r in self.recent_execs.values() {
+            let mut process = r.process.clone();
             process.exited = true;
             processes.push(process);
         }
         processes.sort_by_key(|p| p.pid);
-        containers.sort_by(|a, b| a.id.cmp(&b.id));
     }
 
     /// Keeps at most [`EXEC_RETAINED_MAX`] retained reads, dropping the oldest — counted
@@ -1206,58 +1248,52 @@ mod tests {
         Scanner::new(options, Arc::new(Policy::default()))
     }
 
-    fn retain(s: &mut Scanner, p: Process, c: Option<Container>) {
+    fn retain(s: &mut Scanner, p: Process) {
         s.recent_execs.insert(
             p.pid,
             Retained {
                 process: p,
-                container: c,
                 read_at: Instant::now(),
             },
         );
     }
 
-    /// A process read at exec that exited comes back into a full scan's report with its
-    /// container (gone too) while the retention window lasts; one still running is not
-    /// doubled, and from then on is reported like any process (so a deleted pod's findings
-    /// resolve at the next scan); after the window it is dropped.
+    /// A process read at exec that exited comes back into a full scan's report while the
+    /// retention window lasts and its container still runs; one still running is not
+    /// doubled, and from then on is reported like any process; once its container is gone
+    /// (the pod was deleted) it is dropped at once, so the pod's findings resolve at this
+    /// scan; after the window it is dropped too.
     #[test]
-    fn exec_read_processes_outlive_their_exit_for_the_retention_window() {
+    fn exec_read_processes_outlive_their_exit_while_their_container_runs() {
         let mut s = scanner();
         let c = container(None);
-        retain(
-            &mut s,
-            process(42, "/bin/evil", Some(&c.id)),
-            Some(c.clone()),
-        );
-        retain(
-            &mut s,
-            process(43, "/bin/sleep", Some(&c.id)),
-            Some(c.clone()),
-        );
+        retain(&mut s, process(42, "/bin/evil", Some(&c.id)));
+        retain(&mut s, process(43, "/bin/sleep", Some(&c.id)));
+        retain(&mut s, process(44, "/bin/hostprobe", None));
 
-        // 43 still runs (same pid, executable and container); 42 and its container are gone.
+        // 43 still runs (same pid, executable and container); 42 has exited, its container
+        // runs on.
         let mut processes = vec![process(43, "/bin/sleep", Some(&c.id))];
-        let mut containers = vec![];
-        s.keep_recent_execs(&mut processes, &mut containers);
+        let containers = vec![c.clone()];
+        s.keep_recent_execs(&mut processes, &containers);
         let pids: Vec<(i32, bool)> = processes.iter().map(|p| (p.pid, p.exited)).collect();
-        assert_eq!(pids, [(42, true), (43, false)], "the exited one says so");
-        assert_eq!(containers.len(), 1);
-        assert_eq!(containers[0].id, c.id);
-        assert!(containers[0].exited, "kept only for its exited process");
+        assert_eq!(
+            pids,
+            [(42, true), (43, false), (44, true)],
+            "the exited ones say so"
+        );
 
-        // The pid now runs something else: both are reported. 43, which the last scan saw
-        // running, has exited: it is not brought back, a scan has reported it already.
+        // The container is gone: its process is not brought back (nor is 43, which a scan
+        // reported already); the host's short-lived process stays for the window.
         let mut processes = vec![process(42, "/bin/other", None)];
-        let mut containers = vec![];
-        s.keep_recent_execs(&mut processes, &mut containers);
+        s.keep_recent_execs(&mut processes, &[]);
         let seen: Vec<(i32, Option<&str>)> = processes
             .iter()
             .map(|p| (p.pid, p.exe.as_deref()))
             .collect();
         assert_eq!(
             seen,
-            [(42, Some("/bin/other")), (42, Some("/bin/evil"))],
+            [(42, Some("/bin/other")), (44, Some("/bin/hostprobe"))],
             "{processes:?}"
         );
         assert_eq!(s.retained_execs(), 1);
@@ -1266,9 +1302,8 @@ mod tests {
         s.set_exec_retention(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         let mut processes = vec![];
-        let mut containers = vec![];
-        s.keep_recent_execs(&mut processes, &mut containers);
-        assert!(processes.is_empty() && containers.is_empty());
+        s.keep_recent_execs(&mut processes, &[]);
+        assert!(processes.is_empty());
         assert_eq!(s.retained_execs(), 0);
     }
 
@@ -1301,14 +1336,22 @@ mod tests {
         let (w, d) = (waiting.id() as i32, dying.id() as i32);
         let me = std::process::id() as i32;
 
-        let pass = s.read_execs(&[w, d, me]).unwrap();
+        let pass = s.read_execs(&[w, d, me], &NoPods).unwrap();
         assert_eq!((pass.read, pass.held, pass.vanished), (1, 2, 0), "{pass:?}");
+        // The history records what was read, not what waits in the runtime's set-up.
+        let history = s.exec_history();
+        let recorded: Vec<i32> = history
+            .since(Timestamp(std::time::UNIX_EPOCH), Timestamp::now(), |_| true)
+            .iter()
+            .map(|o| o.process.pid)
+            .collect();
+        assert_eq!(recorded, [me]);
         let due = s.held_back_until().expect("held back until the grace ends");
         assert!(due > Instant::now() && due <= Instant::now() + EXEC_INIT_GRACE);
 
         dying.kill().unwrap();
         dying.wait().unwrap();
-        let pass = s.read_execs(&[]).unwrap();
+        let pass = s.read_execs(&[], &NoPods).unwrap();
         assert_eq!(
             (pass.read, pass.held),
             (0, 1),
@@ -1316,13 +1359,14 @@ mod tests {
         );
 
         std::thread::sleep(EXEC_INIT_GRACE);
-        let pass = s.read_execs(&[]).unwrap();
+        let pass = s.read_execs(&[], &NoPods).unwrap();
         assert_eq!(
             (pass.read, pass.held),
             (1, 0),
             "read as it is after the grace: {pass:?}"
         );
         assert_eq!(s.held_back_until(), None);
+        assert_eq!(history.stats().entries, 2, "the held-back one once read");
         let pending = s.pending_execs.as_ref().expect("reads wait to be merged");
         assert!(pending
             .processes
@@ -1392,7 +1436,7 @@ mod tests {
     fn retained_exec_reads_are_bounded_and_overflow_is_counted() {
         let mut s = scanner();
         for pid in 1..=(EXEC_RETAINED_MAX as i32 + 3) {
-            retain(&mut s, process(pid, "/bin/x", None), None);
+            retain(&mut s, process(pid, "/bin/x", None));
         }
         let mut stats = ScanStats::default();
         let mut warnings = Vec::new();

@@ -26,8 +26,10 @@ pub use table::{
     report_table_with, summary, FindingLine, Inventory, Listing, DEFAULT_WIDTH,
 };
 
-use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};
-use crate::types::{ContainersResponse, ErrorBody, FindingsResponse, ProcessesResponse};
+use crate::query::{ContainersQuery, ExecsQuery, FindingsQuery, ProcessesQuery};
+use crate::types::{
+    ContainersResponse, ErrorBody, ExecsResponse, FindingsResponse, ProcessesResponse,
+};
 use crate::Error;
 use nodeguard_model::Report;
 use serde::de::DeserializeOwned;
@@ -175,6 +177,11 @@ pub fn processes_matching(
     query: &ProcessesQuery,
 ) -> Result<ProcessesResponse, Error> {
     get(base, "/v1/processes", &query.to_query_string())
+}
+
+/// `GET /v1/execs`: what exec-time reads saw, oldest first.
+pub fn execs(base: impl Into<Endpoint>, query: &ExecsQuery) -> Result<ExecsResponse, Error> {
+    get(base, "/v1/execs", &query.to_query_string())
 }
 
 /// `GET /v1/report`: the last full report.

@@ -372,8 +372,36 @@ pub type StateSender = watch::Sender<Option<Arc<NodeState>>>;
 
 pub const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A context over a fresh watch channel and a metrics renderer that prints one line.
+/// An exec history holding each process of `state`'s report as if read at its exec, with
+/// its pod and the findings naming its pid.
+pub fn exec_history_of(state: &NodeState) -> Arc<nodeguard_model::ExecHistory> {
+    let history = Arc::new(nodeguard_model::ExecHistory::default());
+    let report = &state.report;
+    for p in &report.processes {
+        let pod = p
+            .container_id
+            .as_deref()
+            .and_then(|id| report.containers.iter().find(|c| c.id == id))
+            .and_then(|c| c.pod.clone());
+        history.record(nodeguard_model::ExecObservation {
+            observed_at: Timestamp::now(),
+            process: p.clone(),
+            pod,
+            findings: report
+                .findings
+                .iter()
+                .filter(|f| f.pid == Some(p.pid))
+                .cloned()
+                .collect(),
+        });
+    }
+    history
+}
+
+/// A context over a fresh watch channel and a metrics renderer that prints one line; the
+/// exec history holds the state's processes.
 pub fn context(state: Option<NodeState>) -> (ApiContext, StateSender) {
+    let exec_history = state.as_ref().map(exec_history_of);
     let (tx, rx) = watch::channel(state.map(Arc::new));
     let ctx = ApiContext {
         state: rx,
@@ -383,6 +411,7 @@ pub fn context(state: Option<NodeState>) -> (ApiContext, StateSender) {
                 content_type: METRICS_TYPE,
             })
         }),
+        exec_history,
     };
     (ctx, tx)
 }

@@ -4,7 +4,8 @@
 //! the scanner never waits for it) and diffs its open findings against the set it has
 //! announced:
 //!
-//! - a new finding → a `Warning` Event, reason [`nodeguard_model::FindingKind::reason`] (`SetuidFile`), action
+//! - a new finding of at least [`EventConfig::min_severity`] (medium by default; lower ones
+//!   stay in PolicyReports, metrics and the API) → a `Warning` Event, reason [`nodeguard_model::FindingKind::reason`] (`SetuidFile`), action
 //!   `Scan`, regarding the Pod (or the Node for host findings, containers outside pods, and
 //!   pods' containers whose metadata has not arrived within
 //!   [`EventConfig::pod_metadata_wait`]; until then such a finding waits), field path
@@ -15,11 +16,13 @@
 //!   Event for that object (at most one per [`EventConfig::summary_interval`]).
 //!
 //! Protection of the API server: a token bucket per regarded object (burst 25, one more per
-//! 5 minutes, like client-go's spam filter), a node-wide bucket (1/s, burst 20) served to
-//! the object given the fewest requests so far first (then the worst finding; so a new pod
-//! is not stuck behind the start-up backlog of the others), a bounded
+//! 5 minutes, like client-go's spam filter; high and critical findings have a bucket of
+//! their own, so medium ones never spend what a new high one needs), a node-wide bucket
+//! (1/s, burst 20) spent on the worst finding first (a new high or critical finding goes
+//! next whatever waits), then on the object given the fewest requests so far (so among
+//! equals a new pod is not stuck behind the start-up backlog of the others), a bounded
 //! queue (findings that do not fit are counted in `queue_overflow` and offered again on the
-//! next state), exponential backoff with jitter after 5xx, 429, timeouts and transport errors,
+//! next state; a full queue drops its least severe announcement for a worse finding), exponential backoff with jitter after 5xx, 429, timeouts and transport errors,
 //! a per-request timeout. Requests run beside the diffing, so a hanging API server delays
 //! Events but never state updates. Work that failed is retried while it still applies, under
 //! the same Event name (planning time and finding id): a create that timed out but reached
@@ -48,7 +51,7 @@ use self::send::{EventType, Outgoing, Sender};
 use crate::publish::send::{SendContext, SendError};
 use crate::publish::{self, Publisher, Task};
 use futures::future::BoxFuture;
-use nodeguard_model::{EventStats, NodeState};
+use nodeguard_model::{EventStats, NodeState, Severity};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -102,6 +105,9 @@ pub struct EventConfig {
     /// have listed yet (agent start, slow API server) or seen the container yet (kubelet
     /// status lag); an Event sent to the Node then would never move to the Pod.
     pub pod_metadata_wait: Duration,
+    /// Findings below this severity get no Event (medium): they stay in PolicyReports,
+    /// metrics and the query API. Events are for what someone should act on.
+    pub min_severity: Severity,
 }
 
 impl EventConfig {
@@ -121,6 +127,7 @@ impl EventConfig {
             backoff_max: Duration::from_secs(300),
             summary_interval: Duration::from_secs(420),
             pod_metadata_wait: Duration::from_secs(60),
+            min_severity: Severity::Medium,
         }
     }
 }

@@ -49,6 +49,8 @@ pub(crate) struct Pending {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct SummaryAcc {
     pub ids: BTreeMap<String, FindingKind>,
+    /// The worst finding it covers: orders the summary among other work.
+    pub worst: Option<Severity>,
     /// When the summary was first planned (names its Event, kept across retries).
     pub planned: Option<SystemTime>,
 }
@@ -85,7 +87,9 @@ pub(crate) struct Planner {
     rejected: HashSet<String>,
     /// Ids already counted in `queue_overflow`.
     overflowed: HashSet<String>,
-    buckets: HashMap<Target, TokenBucket>,
+    /// Per-object buckets, one for high and critical findings and one for the rest, so
+    /// that medium findings never spend what a new high one needs.
+    buckets: HashMap<(Target, bool), TokenBucket>,
     /// Requests given out per object (kept while the object has work queued or announced
     /// findings): the next request goes to the object with the fewest, so a new pod's first
     /// Event does not wait behind another object's backlog under the node-wide cap.
@@ -254,7 +258,9 @@ impl Planner {
             .iter()
             .filter(|t| {
                 let id = &t.finding.id;
-                !self.announced.contains_key(id)
+                // Below the Event threshold: PolicyReports, metrics and the API carry it.
+                t.finding.severity >= self.cfg.min_severity
+                    && !self.announced.contains_key(id)
                     && !self.queued.contains(id)
                     && !self.summarizing.contains_key(id)
                     && !self.rejected.contains(id)
@@ -272,18 +278,26 @@ impl Planner {
         let mut rate_limited = 0u64;
         for t in new {
             let f = &t.finding;
-            if self.queue.len() >= self.cfg.queue_capacity {
-                overflow.push(f.id.clone());
-                continue;
-            }
             let placement = render::place(f, &st.report, &self.cfg.node_name);
             if render::waits_for_pod(t, &placement, &st.report, self.cfg.pod_metadata_wait, wall) {
                 // Offered again with the next state, which may know the pod.
                 continue;
             }
+            if self.queue.len() >= self.cfg.queue_capacity {
+                // A full queue makes room for a worse finding: its least severe
+                // announcement leaves (offered again with a later state).
+                match self.evict_below(f.severity) {
+                    Some(evicted) => overflow.push(evicted),
+                    None => {
+                        overflow.push(f.id.clone());
+                        continue;
+                    }
+                }
+            }
+            let urgent = f.severity >= Severity::High;
             let bucket = self
                 .buckets
-                .entry(placement.target.clone())
+                .entry((placement.target.clone(), urgent))
                 .or_insert_with(|| {
                     TokenBucket::new(self.cfg.per_object_burst, self.cfg.per_object_refill, now)
                 });
@@ -313,6 +327,7 @@ impl Planner {
                     .insert(f.id.clone(), placement.target.clone());
                 let acc = self.pending_summaries.entry(placement.target).or_default();
                 acc.planned.get_or_insert(wall);
+                acc.worst = acc.worst.max(Some(f.severity));
                 acc.ids.insert(f.id.clone(), f.kind);
             }
         }
@@ -320,6 +335,26 @@ impl Planner {
         for id in overflow {
             self.count_overflow(&id);
         }
+    }
+
+    /// Drops the queued announcement of lowest severity below `severity` (the newest of
+    /// those), and returns its finding id.
+    fn evict_below(&mut self, severity: Severity) -> Option<String> {
+        let index = self
+            .queue
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| match job {
+                Job::Announce(p) if p.severity < severity => Some((p.severity, Reverse(i))),
+                _ => None,
+            })
+            .min()
+            .map(|(_, Reverse(i))| i)?;
+        let Some(Job::Announce(p)) = self.queue.remove(index) else {
+            return None;
+        };
+        self.queued.remove(&p.entry.id);
+        Some(p.entry.id)
     }
 
     fn count_overflow(&mut self, id: &str) {
@@ -370,10 +405,11 @@ impl Planner {
         wake
     }
 
-    /// The next request, if backoff and the node-wide bucket allow one now: the queued job
-    /// of the object that was given the fewest requests so far, then the worst finding, then
-    /// the oldest job. Under the node-wide cap this keeps a new object's first Event (and a
-    /// resolution) from waiting behind the backlog of objects that already have many.
+    /// The next request, if backoff and the node-wide bucket allow one now: the worst
+    /// finding first, then the job of the object that was given the fewest requests so far,
+    /// then the oldest job. Under the node-wide cap a new high or critical finding goes next
+    /// whatever waits, and among equals a new object's first Event (and a resolution) does
+    /// not wait behind the backlog of objects that already have many.
     pub(crate) fn next_request(&mut self, now: Instant) -> Option<Sent> {
         if self.pace.held(now) {
             return None;
@@ -428,7 +464,8 @@ impl Planner {
     }
 
     /// Where in the queue the next request comes from (see [`Planner::next_request`]). A
-    /// summary counts as a high finding, a resolution as a low one.
+    /// summary counts as the worst finding it covers, a resolution as a medium one (after
+    /// new high and critical findings, before a backlog of low ones).
     fn pick(&self) -> Option<usize> {
         self.queue
             .iter()
@@ -436,15 +473,19 @@ impl Planner {
             .min_by_key(|(index, job)| {
                 let severity = match job {
                     Job::Announce(p) => p.severity,
-                    Job::Summary(_) => Severity::High,
-                    Job::Resolve(_) => Severity::Low,
+                    Job::Summary(target) => self
+                        .pending_summaries
+                        .get(target)
+                        .and_then(|acc| acc.worst)
+                        .unwrap_or(Severity::High),
+                    Job::Resolve(_) => Severity::Medium,
                 };
                 let given = self
                     .job_target(job)
                     .and_then(|t| self.given.get(t))
                     .copied()
                     .unwrap_or(0);
-                (given, Reverse(severity), *index)
+                (Reverse(severity), given, *index)
             })
             .map(|(index, _)| index)
     }
@@ -546,6 +587,7 @@ impl Planner {
                     .retain(|id, _| self.summarizing.get(id) == Some(&target));
                 let pending = self.pending_summaries.entry(target.clone()).or_default();
                 pending.ids.append(&mut acc.ids);
+                pending.worst = pending.worst.max(acc.worst);
                 // The retry keeps the name of the request that may have reached the server.
                 pending.planned = acc.planned.or(pending.planned);
                 self.queue.push_front(Job::Summary(target));
@@ -698,23 +740,27 @@ mod tests {
         cfg.queue_capacity = 3;
         let mut clock = Clock::new();
         let mut w = planner(cfg, &clock);
+        // All high or critical: one bucket of the object's.
         let (a, b, c, d, e) = (
-            finding("/a", Severity::Low),
+            finding("/a", Severity::High),
             finding("/b", Severity::Critical),
-            finding("/c", Severity::High),
-            finding("/d", Severity::Low),
-            finding("/e", Severity::Low),
+            finding("/c", Severity::Critical),
+            finding("/d", Severity::High),
+            finding("/e", Severity::High),
         );
         w.on_state(state(&[&a, &b, &c]), clock.now, clock.wall);
         // The budget goes to the worst two; the third waits for a summary.
-        assert_eq!(queue(&w), ["A:/b", "A:/c", "S"]);
+        let mut q = queue(&w);
+        q[..2].sort();
+        assert_eq!(q, ["A:/b", "A:/c", "S"]);
         assert_eq!(stats(&w).rate_limited, 1);
 
         // The queue is full: d does not fit, counted once however often it is offered.
         for _ in 0..3 {
             w.on_state(state(&[&a, &b, &c, &d]), clock.now, clock.wall);
         }
-        assert_eq!(queue(&w), ["A:/b", "A:/c", "S"]);
+        assert_eq!(queue(&w).len(), 3);
+        assert!(!queue(&w).contains(&"A:/d".to_string()));
         assert_eq!(stats(&w).queue_overflow, 1);
 
         for _ in 0..3 {
@@ -895,7 +941,9 @@ mod tests {
     #[test]
     fn a_new_objects_first_event_and_its_resolution_go_before_anothers_backlog() {
         let mut clock = Clock::new();
-        let mut w = planner(EventConfig::new("node-a"), &clock);
+        let mut cfg = EventConfig::new("node-a");
+        cfg.min_severity = Severity::Low;
+        let mut w = planner(cfg, &clock);
         let backlog: Vec<Finding> = (0..15)
             .map(|i| finding(&format!("/old{i}"), Severity::Low))
             .collect();
@@ -947,5 +995,117 @@ mod tests {
         assert_eq!(entry.id, late.id);
         // The backlog resumes after it.
         assert!(matches!(w.next_request(clock.now), Some(Sent::Announce(_))));
+    }
+
+    fn on_host(path: &str, severity: Severity) -> Finding {
+        let mut f = Finding::new(FindingKind::SetuidFile, severity, None, path, "m");
+        f.path = Some(path.to_string());
+        f
+    }
+
+    /// Sends what the node-wide bucket allows at `clock` and says which subjects went.
+    fn send_ready(w: &mut Planner, clock: &Clock) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(sent) = w.next_request(clock.now) {
+            if let Sent::Announce(p) = &sent {
+                out.push(p.entry.subject.clone());
+            }
+            w.on_done(sent, Ok(()), clock.now, clock.wall);
+        }
+        out
+    }
+
+    /// The operator's node: hundreds of open low findings still draining at one Event a
+    /// second, the Node given more Events than the pod. A new high finding on the Node goes
+    /// out with the next token, not after the backlog.
+    #[test]
+    fn a_new_high_finding_goes_before_hundreds_of_waiting_low_ones() {
+        let mut cfg = EventConfig::new("node-a");
+        cfg.min_severity = Severity::Low;
+        cfg.per_object_burst = 1000;
+        let mut clock = Clock::new();
+        let mut w = planner(cfg, &clock);
+        let host: Vec<Finding> = (0..300)
+            .map(|i| on_host(&format!("/host{i}"), Severity::Low))
+            .collect();
+        let pod: Vec<Finding> = (0..300)
+            .map(|i| finding(&format!("/pod{i}"), Severity::Low))
+            .collect();
+        let host_refs: Vec<&Finding> = host.iter().collect();
+        w.on_state(state(&host_refs), clock.now, clock.wall);
+        assert_eq!(send_ready(&mut w, &clock).len(), 20, "the node's burst");
+        let mut all: Vec<&Finding> = host.iter().chain(&pod).collect();
+        w.on_state(state(&all), clock.now, clock.wall);
+        for _ in 0..10 {
+            clock.advance(Duration::from_secs(1));
+            assert_eq!(send_ready(&mut w, &clock).len(), 1, "one a second");
+        }
+        assert!(stats(&w).queued > 500, "{:?}", stats(&w));
+
+        let planted = on_host("/usr/local/bin/planted", Severity::High);
+        all.push(&planted);
+        w.on_state(state(&all), clock.now, clock.wall);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            send_ready(&mut w, &clock),
+            ["/usr/local/bin/planted"],
+            "the high one with the next token"
+        );
+        assert!(stats(&w).queued > 500);
+
+        // With a full queue of lower findings, a new critical one still gets in: the least
+        // severe announcement makes room (counted, offered again later).
+        let mut cfg = EventConfig::new("node-a");
+        cfg.min_severity = Severity::Low;
+        cfg.queue_capacity = 10;
+        cfg.per_object_burst = 1000;
+        let mut w = planner(cfg, &clock);
+        let mediums: Vec<Finding> = (0..10)
+            .map(|i| on_host(&format!("/m{i}"), Severity::Medium))
+            .collect();
+        let mut refs: Vec<&Finding> = mediums.iter().collect();
+        w.on_state(state(&refs), clock.now, clock.wall);
+        assert_eq!(stats(&w).queued, 10);
+        let critical = on_host("/c", Severity::Critical);
+        refs.push(&critical);
+        w.on_state(state(&refs), clock.now, clock.wall);
+        assert_eq!(stats(&w).queued, 10);
+        assert_eq!(stats(&w).queue_overflow, 1);
+        assert_eq!(send_ready(&mut w, &clock)[0], "/c");
+    }
+
+    /// By default only what someone should act on (medium and up) becomes an Event; the
+    /// threshold is a setting.
+    #[test]
+    fn low_findings_get_no_event_by_default_and_the_threshold_is_configurable() {
+        let clock = Clock::new();
+        let (low, medium, high) = (
+            on_host("/low", Severity::Low),
+            on_host("/medium", Severity::Medium),
+            on_host("/high", Severity::High),
+        );
+        let st = state(&[&low, &medium, &high]);
+
+        let mut w = planner(EventConfig::new("node-a"), &clock);
+        w.on_state(st.clone(), clock.now, clock.wall);
+        let mut sent = send_ready(&mut w, &clock);
+        sent.sort();
+        assert_eq!(sent, ["/high", "/medium"]);
+        // Never later either, and never counted as rate limited or overflowing.
+        w.on_state(st.clone(), clock.now, clock.wall);
+        assert!(send_ready(&mut w, &clock).is_empty());
+        assert_eq!((stats(&w).rate_limited, stats(&w).queue_overflow), (0, 0));
+
+        let mut cfg = EventConfig::new("node-a");
+        cfg.min_severity = Severity::High;
+        let mut w = planner(cfg, &clock);
+        w.on_state(st.clone(), clock.now, clock.wall);
+        assert_eq!(send_ready(&mut w, &clock), ["/high"]);
+
+        let mut cfg = EventConfig::new("node-a");
+        cfg.min_severity = Severity::Low;
+        let mut w = planner(cfg, &clock);
+        w.on_state(st, clock.now, clock.wall);
+        assert_eq!(send_ready(&mut w, &clock), ["/high", "/medium", "/low"]);
     }
 }

@@ -12,11 +12,12 @@
 use super::render::{self, Desired, Key};
 use super::send::Outcome;
 use super::PolicyReportConfig;
+use crate::events::render::{place, waits_for_pod};
 use crate::publish::limits::Pace;
 use crate::publish::send::SendError;
 use nodeguard_model::{NodeState, PolicyReportStats};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 use tokio::time::Instant;
 
@@ -54,9 +55,14 @@ pub(crate) struct Planner {
     /// a list.
     known: Option<BTreeMap<Key, Known>>,
     desired: BTreeMap<Key, Desired>,
-    /// A pod's finding waits for its pod's metadata (the pod watch has not caught up, as at
-    /// start): its report is incomplete, so nothing is written (or deleted) until it is not.
-    waiting: bool,
+    /// Findings of pods' containers that wait for their pod's metadata (the pod watch has
+    /// not caught up, as at start, or the container is newer than the last pod update), by
+    /// id. Only they wait: every report is written without them, except a stored report
+    /// that already holds one of them (an agent restarted before the pod watch listed),
+    /// which is left as it is, rather than dropping the result and writing it back moments
+    /// later. The wait is bounded per finding ([`PolicyReportConfig::pod_metadata_wait`]),
+    /// so no report waits for ever however many such containers keep appearing.
+    waiting: HashSet<String>,
     /// Reports the API server refused for good, with the content refused: not asked again
     /// until the content changes.
     rejected: HashMap<Key, Value>,
@@ -72,7 +78,7 @@ impl Planner {
             stats: PolicyReportStats::default(),
             known: None,
             desired: BTreeMap::new(),
-            waiting: false,
+            waiting: HashSet::new(),
             rejected: HashMap::new(),
             pace: Pace::new(
                 cfg.writes_per_sec,
@@ -96,7 +102,8 @@ impl Planner {
 
     /// What the reports should say now.
     pub(crate) fn on_state(&mut self, st: &NodeState, wall: SystemTime) {
-        (self.desired, self.waiting) = render::desired(st, &self.cfg, wall);
+        (self.desired, _) = render::desired(st, &self.cfg, wall);
+        self.waiting = waiting_ids(st, &self.cfg, wall);
         let desired = &self.desired;
         self.rejected
             .retain(|key, refused| desired.get(key).is_some_and(|d| d.content == *refused));
@@ -127,12 +134,12 @@ impl Planner {
         let Some(known) = &self.known else {
             return Some(Op::List);
         };
-        if self.waiting {
-            return None;
-        }
+        let held = |key: &Key| {
+            !self.waiting.is_empty() && known.get(key).is_some_and(|k| holds_any(k, &self.waiting))
+        };
         for (key, d) in &self.desired {
             let content = &d.content;
-            if self.rejected.get(key) == Some(content) {
+            if self.rejected.get(key) == Some(content) || held(key) {
                 continue;
             }
             match known.get(key) {
@@ -154,7 +161,7 @@ impl Planner {
         }
         known
             .keys()
-            .find(|key| !self.desired.contains_key(*key))
+            .find(|key| !self.desired.contains_key(*key) && !held(key))
             .map(|key| Op::Delete { key: key.clone() })
     }
 
@@ -288,6 +295,30 @@ impl Planner {
             })
             .collect()
     }
+}
+
+/// The ids of the findings whose pod's metadata has not arrived yet, within the wait: the
+/// results [`render::desired`] leaves out for now.
+fn waiting_ids(st: &NodeState, cfg: &PolicyReportConfig, wall: SystemTime) -> HashSet<String> {
+    st.findings
+        .iter()
+        .filter(|t| {
+            let placement = place(&t.finding, &st.report, &cfg.node_name);
+            waits_for_pod(t, &placement, &st.report, cfg.pod_metadata_wait, wall)
+        })
+        .map(|t| t.finding.id.clone())
+        .collect()
+}
+
+/// Whether a stored report has a result for one of `ids`.
+fn holds_any(known: &Known, ids: &HashSet<String>) -> bool {
+    known.content["results"].as_array().is_some_and(|results| {
+        results.iter().any(|r| {
+            r["properties"]["finding_id"]
+                .as_str()
+                .is_some_and(|id| ids.contains(id))
+        })
+    })
 }
 
 /// A list is never refused "for good" past the arm above that handles it.
@@ -594,7 +625,7 @@ mod tests {
     }
 
     /// At start the pod watch may not know a pod yet: its findings wait (up to a minute) and
-    /// its namespace's stored report is neither deleted nor rewritten meanwhile.
+    /// the stored report that holds them is neither deleted nor rewritten meanwhile.
     #[test]
     fn while_a_pods_findings_wait_for_its_metadata_no_report_is_written() {
         let wall = SystemTime::now();
@@ -627,6 +658,63 @@ mod tests {
             kinds(&drain(&mut w, now)),
             ["replace ClusterPolicyReport", "delete PolicyReport in shop"]
         );
+    }
+
+    /// A node where a container of an unknown pod just appeared: only its result waits;
+    /// every other namespace's report, and the node's, is written at once.
+    #[test]
+    fn one_unknown_pods_results_wait_but_every_other_report_is_written_at_once() {
+        const UNKNOWN: &str = "c0ffee0000000000000000000000000000000000000000000000000000000003";
+        let wall = SystemTime::now();
+        let now = Instant::now();
+        let mem = memory_limit();
+        let ghost = on_host("/tmp/ghost (deleted)");
+        let mut waits = Finding::new(
+            FindingKind::MissingMemoryLimit,
+            Severity::Medium,
+            Some(UNKNOWN),
+            "/kubepods/z",
+            "in a pod not known yet",
+        );
+        waits.path = None;
+        let mut st = state(&[mem.clone(), ghost.clone(), waits.clone()], wall);
+        let mut report = (*st.report).clone();
+        report.containers.push(
+            nodeguard_testkit::model::container(UNKNOWN)
+                .cgroup("/kubepods/z")
+                .cgroup_version(CgroupVersion::V2)
+                .pod(Some("uid-3"), None)
+                .build(),
+        );
+        st.report = Arc::new(report);
+
+        let mut w = Planner::new(cfg(), now, 3);
+        w.on_state(&st, wall + Duration::from_secs(5));
+        let ops = drain(&mut w, now);
+        assert_eq!(
+            kinds(&ops),
+            [
+                "list",
+                "create ClusterPolicyReport",
+                "create PolicyReport in shop"
+            ]
+        );
+        let written: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Create { body, .. } => Some(body.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert!(written.iter().any(|b| b.contains(&mem.id)));
+        assert!(written.iter().any(|b| b.contains(&ghost.id)));
+        assert!(
+            !written.iter().any(|b| b.contains(&waits.id)),
+            "the waiting result is in no report yet"
+        );
+        // Past the wait it goes to the node's report; nothing else is written.
+        w.on_state(&st, wall + Duration::from_secs(61));
+        assert_eq!(kinds(&drain(&mut w, now)), ["replace ClusterPolicyReport"]);
     }
 
     #[test]
