@@ -894,19 +894,17 @@ impl Agent {
             "--fs-interval",
             "10m",
         ];
-        let agent = Agent(support::agent::Agent::launch(
-            &args,
-            Launch {
-                // Root with only the capabilities the DaemonSet grants, no_new_privs: what
-                // these tests claim is what the shipped pod does.
-                wrapper: support::deployment::as_deployed(),
-                kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
-                state_dir: state_dir.map_or(StateDir::None, |d| StateDir::At(d.to_path_buf())),
-                log: Some(bed.dir.join(format!("agent-{name}.log"))),
-                http_timeout: Some(Duration::from_secs(10)),
-                ..Launch::default()
-            },
-        ));
+        let mut how = Launch {
+            kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
+            state_dir: state_dir.map_or(StateDir::None, |d| StateDir::At(d.to_path_buf())),
+            log: Some(bed.dir.join(format!("agent-{name}.log"))),
+            http_timeout: Some(Duration::from_secs(10)),
+            ..Launch::default()
+        };
+        // Root with only the capabilities the DaemonSet grants, no_new_privs: what these
+        // tests claim is what the shipped pod does.
+        how.wrapper = support::deployment::as_deployed();
+        let agent = Agent(support::agent::Agent::launch(&args, how));
         agent.wait_ready(FIRST_SCAN_TIMEOUT);
         agent
     }
