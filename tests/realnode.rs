@@ -457,8 +457,28 @@ static SCAN: OnceLock<Scan> = OnceLock::new();
 fn scan(bed: &Bed) -> &'static Scan {
     SCAN.get_or_init(|| {
         let _ = bed;
-        Scan::run(&["--no-fs"])
+        deployed_scan(&["--no-fs"])
     })
+}
+
+/// `nodeguard scan --output json EXTRA...` run as the DaemonSet runs the agent (root with only
+/// the manifest's capabilities, no_new_privs: `support::deployment::as_deployed`), so what
+/// these tests see is what the shipped pod can see. Panics unless it exits 0 or 3 with a report.
+fn deployed_scan(extra: &[&str]) -> Scan {
+    let mut args = support::deployment::as_deployed();
+    args.push(support::nodeguard_bin().to_string());
+    args.extend(["scan", "--output", "json"].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    if !extra.contains(&"--host-root") && !support::host_pid1_readable() {
+        args.extend(["--host-root", "/"].map(String::from));
+    }
+    let output = cmd::run(&args[0], &args[1..]);
+    if !matches!(output.code, Some(0) | Some(3)) {
+        panic!("nodeguard scan failed\n{output}");
+    }
+    let report: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("nodeguard scan did not print a JSON report: {e}\n{output}"));
+    Scan { output, report }
 }
 
 /// The report's entry for container `id`; panics with the bed's containers seen.
@@ -834,7 +854,7 @@ fn a_cgroup_root_pointing_at_nothing_raises_no_missing_limit_findings() {
     let bed = require_bed!();
     let _shared = looking();
     let nothing = bed.dir.join("no-cgroups-here");
-    let scan = Scan::run(&["--no-fs", "--cgroup-root", nothing.to_str().unwrap()]);
+    let scan = deployed_scan(&["--no-fs", "--cgroup-root", nothing.to_str().unwrap()]);
     let ours: BTreeSet<String> = bed
         .pods()
         .iter()
@@ -2356,7 +2376,7 @@ fn the_beds_kubelet_and_apiserver_are_checked_against_release_digest_bundles() {
         )
         .unwrap();
         let proc_root = support::fakeproc::FakeProc::with_pids(&[kubelet, apiserver]);
-        Scan::run(&[
+        deployed_scan(&[
             "--no-fs",
             "--proc-root",
             proc_root.path_str(),
