@@ -10,7 +10,10 @@
 //! One bed serves the whole test binary: the first test that needs it builds it
 //! (`tests/realnode/build.sh`, cached) and brings it up; it is torn down (`down.sh`) when the
 //! test binary exits. The scan tests share one `nodeguard scan -o json`; the agent test runs
-//! `nodeguard run` with the agent's token, bound only to `manifests/clusterrole.yaml`.
+//! `nodeguard run` with the agent's token, bound only to `manifests/clusterrole.yaml`. Both run
+//! as the DaemonSet runs the agent: root with only the capabilities `manifests/daemonset.yaml`
+//! adds, and no_new_privs (`support::deployment::as_deployed`). One test runs the DaemonSet's
+//! own pod on the kubelet, from the static binary as a one-file image.
 //!
 //! Needs root and what `build.sh` installs; otherwise each test says why it skipped, and with
 //! `CI` set it fails instead. Run: `cargo test -p nodeguard --test realnode`.
