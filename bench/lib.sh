@@ -127,7 +127,8 @@ DEFAULT_CAPS='["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FSETID","CAP_FOWNER","CAP_MKN
 
 # start_container N IMAGE: an overlay rootfs on IMAGE, runc run of image_processes' init (even
 # N: memory/CPU/pids limits), then runc exec of its second process. Sets CONTAINER_ID and
-# CONTAINER_DIR (its log is CONTAINER_DIR/log).
+# CONTAINER_DIR (its log is CONTAINER_DIR/log). CONTAINER_CAPS (a JSON list) replaces the
+# default capabilities.
 start_container() {
   local n=$1 img=$2
   local id pod dir init exec_args resources
@@ -145,7 +146,7 @@ start_container() {
   else
     resources='{}'
   fi
-  jq --argjson args "$init" --argjson caps "$DEFAULT_CAPS" --argjson res "$resources" \
+  jq --argjson args "$init" --argjson caps "${CONTAINER_CAPS:-$DEFAULT_CAPS}" --argjson res "$resources" \
     --arg cg "/kubepods/burstable/pod$pod/cri-containerd-$id" '
       .process.terminal = false | .process.args = $args | .process.noNewPrivileges = false
       | .process.capabilities = {bounding: $caps, effective: $caps, permitted: $caps,

@@ -104,7 +104,7 @@ fn scan_table_leads_with_the_summary_worst_first_and_fits_120_columns() {
     );
 
     // Finding lines (indented, SEVERITY first) are worst first within the container's group,
-    // and the high one comes before any medium or low one.
+    // and the high one comes before any medium one; low ones are counted, not listed.
     let ranks: Vec<u8> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("  "))
@@ -112,7 +112,12 @@ fn scan_table_leads_with_the_summary_worst_first_and_fits_120_columns() {
         .filter(|w| ["CRITICAL", "HIGH", "MEDIUM", "LOW"].contains(w))
         .map(|w| severity_rank(&w.to_lowercase()))
         .collect();
-    assert_eq!(ranks.len(), findings.len(), "{}", table.stdout);
+    assert_eq!(
+        ranks.len(),
+        findings.len() - count("low"),
+        "{}",
+        table.stdout
+    );
     assert!(
         ranks.windows(2).all(|w| w[0] >= w[1]),
         "worst first: {ranks:?}\n{}",
@@ -136,6 +141,127 @@ fn scan_table_leads_with_the_summary_worst_first_and_fits_120_columns() {
     );
     // The memory limit reads in Kubernetes units, as `query containers` prints it.
     assert!(!full.stdout.contains(" MiB"), "{full}");
+    drop(c);
+}
+
+/// Lines of a table that list one finding (indented, SEVERITY first).
+fn finding_lines(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("  ")
+                .and_then(|l| l.split_whitespace().next())
+                .is_some_and(|w| ["CRITICAL", "HIGH", "MEDIUM", "LOW"].contains(&w))
+        })
+        .collect()
+}
+
+#[test]
+fn scan_table_lists_medium_and_up_counts_low_and_folds_capabilities() {
+    require_containers!();
+    // A container whose one process holds five dangerous capabilities (two critical, three
+    // high), runs without no_new_privs and limits (low findings), and has a setuid file in
+    // its writable layer (high).
+    let c = {
+        let mut spec = ContainerSpec::new(Image::busybox());
+        for cap in [
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_MODULE",
+            "CAP_NET_ADMIN",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_TIME",
+        ] {
+            spec = spec.add_capability(cap);
+        }
+        let c = spec.no_new_privs(false).start();
+        let planted = c.upper_dir.join("tmp/rootshell");
+        fs::create_dir_all(planted.parent().unwrap()).unwrap();
+        fs::copy(support::image::busybox_binary().unwrap(), &planted).unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o4755)).unwrap();
+        c
+    };
+    let proc_root = FakeProc::with_pids(&c.pids());
+
+    let json = nodeguard(&scan_args(&proc_root, &["-o", "json"]));
+    assert_eq!(json.code, Some(0), "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let of = |s: &str| -> Vec<&serde_json::Value> {
+        findings.iter().filter(|f| f["severity"] == s).collect()
+    };
+    let lows = of("low").len();
+    assert!(lows >= 2, "low findings to hide\n{json}");
+    let caps: Vec<&serde_json::Value> = findings
+        .iter()
+        .filter(|f| f["kind"] == "dangerous_capability")
+        .collect();
+    assert_eq!(caps.len(), 5, "{json}");
+
+    let table = nodeguard(&scan_args(&proc_root, &[]));
+    assert_eq!(table.code, Some(0), "{table}");
+    let listed = finding_lines(&table.stdout);
+    assert!(
+        listed.iter().all(|l| !l.trim_start().starts_with("LOW")),
+        "no low finding listed by default\n{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains(&format!(
+            "not listed: {lows} low (counted above; scan --show-low lists them"
+        )),
+        "the footer counts the low findings and names the flag\n{}",
+        table.stdout
+    );
+    // Every critical and high finding is in the table: its subject (a capability, the planted
+    // file's path) is on a listed line.
+    for f in of("critical").into_iter().chain(of("high")) {
+        let subject = f["subject"].as_str().unwrap();
+        assert!(
+            listed.iter().any(|l| l.contains(subject)),
+            "{subject} is hidden\n{}",
+            table.stdout
+        );
+    }
+    // The five capabilities take one line per severity: one critical, one high.
+    let cap_lines: Vec<&&str> = listed
+        .iter()
+        .filter(|l| l.contains("dangerous_capability"))
+        .collect();
+    assert_eq!(cap_lines.len(), 2, "{}", table.stdout);
+    assert!(
+        cap_lines[0].contains("CAP_SYS_ADMIN") && cap_lines[0].contains("CAP_SYS_MODULE"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        ["CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_TIME"]
+            .iter()
+            .all(|cap| cap_lines[1].contains(cap)),
+        "{}",
+        table.stdout
+    );
+    // The summary still counts every finding.
+    assert!(
+        table
+            .stdout
+            .contains(&format!("FINDINGS {}: ", findings.len())),
+        "{}",
+        table.stdout
+    );
+
+    // --show-low lists them, with no footer.
+    let all = nodeguard(&scan_args(&proc_root, &["--show-low"]));
+    let all_listed = finding_lines(&all.stdout);
+    assert_eq!(
+        all_listed
+            .iter()
+            .filter(|l| l.trim_start().starts_with("LOW"))
+            .count(),
+        lows,
+        "{}",
+        all.stdout
+    );
+    assert!(!all.stdout.contains("not listed:"), "{}", all.stdout);
     drop(c);
 }
 

@@ -640,3 +640,50 @@ fn without_net_admin_the_agent_polls_and_names_it_and_with_it_drops_it_once_subs
         assert_ne!(field("CapBnd") & net_admin, 0, "{}", status.display());
     }
 }
+
+/// A script dropped in the writable layer and run through the image's shell for a third of a
+/// second is drift as it execs, with the script's digest (`sha256sum` of the writable layer's
+/// file), before any scan.
+#[test]
+fn a_dropped_script_run_briefly_is_drift_within_two_seconds() {
+    require_containers!();
+    let _host_execs = calm();
+    let image = Image::busybox_owned("execscript");
+    let container = ContainerSpec::new(&image).start();
+    let script = container.upper_dir.join("tmp/quick.sh");
+    fs::create_dir_all(script.parent().unwrap()).unwrap();
+    fs::write(
+        &script,
+        format!("sleep 0.3; echo {}\n", support::random_hex(8)),
+    )
+    .unwrap();
+    let digest = support::oracle::sha256sum(&script);
+    let agent = as_deployed(&["--interval", "1h", "--fs-interval", "1h"]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+
+    // `runc exec` without -d returns when the shell has exited.
+    let out = container.runc(&["exec", &container.id, "/bin/sh", "/tmp/quick.sh"]);
+    assert!(out.success(), "runc exec failed\n{out}");
+    let found = wait_for_every(
+        Duration::from_millis(50),
+        "binary_drift of /tmp/quick.sh on /v1/findings",
+        EXEC_TO_FINDING,
+        || {
+            let all = agent.findings(&format!("kind=binary_drift&container={}", container.id));
+            all.into_iter()
+                .find(|f| f["path"] == "/tmp/quick.sh")
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
+    assert_eq!(found["sha256"], digest.as_str(), "{found}");
+    assert_eq!(found["severity"], "high", "{found}");
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "no scan may have helped"
+    );
+    drop(agent);
+    drop(container);
+    drop(image);
+}

@@ -1242,3 +1242,261 @@ fn a_warm_scanner_reports_what_a_fresh_one_does_after_an_exec_in_place() {
         );
     }
 }
+
+/// Waits until `pid`'s command line (NUL-separated words joined by spaces) is `want`: a shell
+/// that execs again keeps its executable, so `wait_for_exe` cannot tell.
+fn wait_for_cmdline(pid: i32, want: &str) {
+    support::wait_for(
+        &format!("pid {pid} to run `{want}`"),
+        std::time::Duration::from_secs(15),
+        || {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\0')
+                .replace('\0', " ");
+            if text == want {
+                Ok(())
+            } else {
+                Err(format!("cmdline is {text:?}"))
+            }
+        },
+    )
+}
+
+/// The fstype and per-mount options of the mount at `point` in `pid`'s mountinfo (the
+/// kernel's word on it, not nodeguard's).
+fn mount_at(pid: i32, point: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    text.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (fields.get(4) == Some(&point))
+            .then(|| (fields[sep + 1].to_string(), fields[5].to_string()))
+    })
+}
+
+/// What runs from outside the image besides the writable layer's executables is drift too:
+/// a binary copied to a writable tmpfs (exec allowed) and run from there, and scripts dropped
+/// in the writable layer or on the tmpfs and run through the image's shell (`sh PATH`, and
+/// `./x.sh` with a shebang). Each is one `binary_drift` naming the file, with the digest
+/// `sha256sum` gives for it. A script of the image run through sh, and `sh -c` (inline code,
+/// no file), raise nothing.
+#[test]
+fn tmpfs_executables_and_dropped_scripts_are_drift() {
+    require_containers!();
+    let image = Image::busybox_owned("scripts");
+    image.add_file(
+        "/usr/local/bin/image.sh",
+        b"#!/bin/sh\nsleep 3600\necho done\n",
+        0o755,
+    );
+    let c = ContainerSpec::new(&image).tmpfs("/scratch").start();
+
+    let tmpfs_exe = c.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        "cp /bin/busybox /scratch/busybox && exec /scratch/busybox sleep 3600",
+    ]);
+    c.wait_for_exact_exe(tmpfs_exe, "/scratch/busybox");
+    let layer_script = c.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        "printf 'sleep 3600\\necho done\\n' > /tmp/x.sh && exec sh /tmp/x.sh",
+    ]);
+    wait_for_cmdline(layer_script, "sh /tmp/x.sh");
+    let shebang = c.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        "mkdir -p /opt/run && printf '#!/bin/sh\\nsleep 3600\\necho done\\n' > /opt/run/y.sh \
+         && chmod 755 /opt/run/y.sh && cd /opt/run && exec ./y.sh",
+    ]);
+    wait_for_cmdline(shebang, "/bin/sh ./y.sh");
+    let tmpfs_script = c.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        "printf 'sleep 3600\\necho done\\n' > /scratch/z.sh && exec sh -e /scratch/z.sh",
+    ]);
+    wait_for_cmdline(tmpfs_script, "sh -e /scratch/z.sh");
+    let image_script = c.exec_detached(&["/bin/sh", "/usr/local/bin/image.sh"]);
+    wait_for_cmdline(image_script, "/bin/sh /usr/local/bin/image.sh");
+    let inline = c.exec_detached(&["/bin/sh", "-c", "sleep 3600; echo done"]);
+    wait_for_cmdline(inline, "/bin/sh -c sleep 3600; echo done");
+
+    // The kernel's view: /scratch is a writable tmpfs in the container, not noexec.
+    let (fstype, options) = mount_at(tmpfs_exe, "/scratch").expect("/scratch is mounted");
+    assert_eq!(fstype, "tmpfs");
+    assert!(
+        options.split(',').any(|o| o == "rw") && !options.contains("noexec"),
+        "{options}"
+    );
+
+    let proc_root = FakeProc::with_pids(&c.pids());
+    let scan = Scan::run(&["--no-fs", "--proc-root", proc_root.path_str()]);
+    let root_of = |pid: i32, path: &str| format!("/proc/{pid}/root{path}");
+    // Ground truth digests: the files as the container sees them, and the writable layer's
+    // copies as the host sees them.
+    let expected = [
+        (
+            "/scratch/busybox",
+            tmpfs_exe,
+            oracle::sha256sum(Path::new(&format!("/proc/{tmpfs_exe}/exe"))),
+        ),
+        (
+            "/tmp/x.sh",
+            layer_script,
+            oracle::sha256sum(&c.upper_dir.join("tmp/x.sh")),
+        ),
+        (
+            "/opt/run/y.sh",
+            shebang,
+            oracle::sha256sum(&c.upper_dir.join("opt/run/y.sh")),
+        ),
+        (
+            "/scratch/z.sh",
+            tmpfs_script,
+            oracle::sha256sum(Path::new(&root_of(tmpfs_script, "/scratch/z.sh"))),
+        ),
+    ];
+    let drift = scan.findings_of(&c.id, "binary_drift", None);
+    let mut paths: Vec<&str> = drift.iter().filter_map(|f| f["path"].as_str()).collect();
+    paths.sort_unstable();
+    let mut want: Vec<&str> = expected.iter().map(|(p, ..)| *p).collect();
+    want.sort_unstable();
+    assert_eq!(
+        paths,
+        want,
+        "one drift per file run from outside the image, none for the image's script or \
+         `sh -c`\n{}",
+        scan.seen(&c)
+    );
+    for (path, pid, digest) in &expected {
+        let f = drift.iter().find(|f| f["path"] == *path).unwrap();
+        assert_eq!(f["pid"], *pid, "{path}\n{}", scan.seen(&c));
+        assert_eq!(f["severity"], "high", "{path}\n{}", scan.seen(&c));
+        assert_eq!(f["sha256"], digest.as_str(), "{path}\n{}", scan.seen(&c));
+    }
+    let message = |path: &str| {
+        drift.iter().find(|f| f["path"] == path).unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(message("/scratch/busybox").contains("writable tmpfs mount at /scratch"));
+    assert!(message("/tmp/x.sh").contains("script /tmp/x.sh from the container's writable layer"));
+    assert!(message("/scratch/z.sh").contains("writable tmpfs mount at /scratch"));
+
+    // The process entries say where each came from.
+    let p = scan.process(&c, tmpfs_exe);
+    assert_eq!(
+        p["exe_mount"]["mount_point"],
+        "/scratch",
+        "{}",
+        scan.seen(&c)
+    );
+    assert_eq!(p["exe_mount"]["fstype"], "tmpfs", "{}", scan.seen(&c));
+    let p = scan.process(&c, shebang);
+    assert_eq!(p["script"]["path"], "/opt/run/y.sh", "{}", scan.seen(&c));
+    assert!(p["script"].get("mount").is_none(), "{}", scan.seen(&c));
+    let p = scan.process(&c, tmpfs_script);
+    assert_eq!(
+        p["script"]["mount"]["mount_point"],
+        "/scratch",
+        "{}",
+        scan.seen(&c)
+    );
+    for quiet in [image_script, inline] {
+        let p = scan.process(&c, quiet);
+        assert!(p.get("script").is_none(), "pid {quiet}\n{}", scan.seen(&c));
+        assert!(
+            p.get("exe_mount").is_none(),
+            "pid {quiet}\n{}",
+            scan.seen(&c)
+        );
+    }
+
+    // With only the DaemonSet's capabilities (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH: the
+    // bounding set of its pod), the same files and digests are found.
+    let mut args = vec![
+        "--bounding-set=-all,+sys_ptrace,+dac_read_search",
+        "--inh-caps=-all",
+        "--",
+        support::nodeguard_bin(),
+        "scan",
+        "-o",
+        "json",
+        "--no-fs",
+        "--proc-root",
+        proc_root.path_str(),
+    ];
+    if !support::host_pid1_readable() {
+        args.extend_from_slice(&["--host-root", "/"]);
+    }
+    let narrow = support::cmd::run("setpriv", &args);
+    assert!(matches!(narrow.code, Some(0 | 3)), "{narrow}");
+    let report: Value = serde_json::from_str(&narrow.stdout).unwrap();
+    let mut got: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "binary_drift" && f["container_id"] == c.id.as_str())
+        .map(|f| (f["path"].to_string(), f["sha256"].to_string()))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, _, d)| (format!("{p:?}"), format!("{d:?}")))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{narrow}");
+    drop(c);
+    drop(image);
+}
+
+/// A hostile container cannot point the script lookup outside itself or make it block: a
+/// script reached through a symlink to an absolute path is the container's file at that path
+/// (not the host's file of the same name, whose digest differs), and a shell reading a FIFO
+/// named as its script neither hangs the scan nor is reported.
+#[test]
+fn script_lookup_stays_in_the_container_and_never_opens_a_fifo() {
+    require_containers!();
+    let host_dir = tempfile::Builder::new()
+        .prefix("nodeguard-hostscript-")
+        .tempdir()
+        .unwrap();
+    let host_file = host_dir.path().join("x.sh");
+    std::fs::write(&host_file, "echo host file, not the container's\n").unwrap();
+    let target = host_file.to_str().unwrap().to_string();
+
+    let image = Image::busybox_owned("hostile-scripts");
+    let c = ContainerSpec::new(&image).start();
+    let linked = c.exec_detached(&[
+        "/bin/sh",
+        "-c",
+        &format!(
+            "mkdir -p {dir} && printf 'sleep 3600\\necho container\\n' > {target} \
+             && ln -s {target} /tmp/link.sh && exec sh /tmp/link.sh",
+            dir = host_dir.path().display()
+        ),
+    ]);
+    wait_for_cmdline(linked, "sh /tmp/link.sh");
+    let fifo = c.exec_detached(&["/bin/sh", "-c", "mkfifo /tmp/f.sh && exec sh /tmp/f.sh"]);
+    wait_for_cmdline(fifo, "sh /tmp/f.sh");
+
+    let proc_root = FakeProc::with_pids(&c.pids());
+    let scan = Scan::run(&["--no-fs", "--proc-root", proc_root.path_str()]);
+    let in_layer = c.upper_dir.join(target.trim_start_matches('/'));
+    let want = oracle::sha256sum(&in_layer);
+    assert_ne!(want, oracle::sha256sum(&host_file));
+    let drift = scan.findings_of(&c.id, "binary_drift", None);
+    assert_eq!(drift.len(), 1, "only the linked script\n{}", scan.seen(&c));
+    assert_eq!(drift[0]["path"], target.as_str(), "{}", scan.seen(&c));
+    assert_eq!(drift[0]["sha256"], want.as_str(), "{}", scan.seen(&c));
+    assert_eq!(drift[0]["pid"], linked, "{}", scan.seen(&c));
+    assert!(
+        scan.process(&c, fifo).get("script").is_none(),
+        "{}",
+        scan.seen(&c)
+    );
+    drop(c);
+    drop(image);
+}

@@ -201,6 +201,11 @@ pub struct ScanArgs {
     /// Print every inventory table (containers, processes, files): `--show all`.
     #[arg(long)]
     pub inventory: bool,
+
+    /// List low findings too (by default the table counts them and lists medium and up;
+    /// `-o json` and `--fail-on` always take every finding).
+    #[arg(long)]
+    pub show_low: bool,
 }
 
 /// An inventory table of `scan` (the findings and their summary are always printed).

@@ -104,7 +104,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let text = match args.output {
                 OutputFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
                 OutputFormat::Table => {
-                    client::report_table(&report, inventory(&args), output::width())
+                    let listing = if args.show_low {
+                        client::Listing::ALL
+                    } else {
+                        client::Listing::SCAN
+                    };
+                    client::report_table_with(&report, inventory(&args), listing, output::width())
                 }
             };
             output::print(&text).context("cannot write the report")?;

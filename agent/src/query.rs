@@ -101,8 +101,14 @@ pub fn run(args: QueryArgs) -> Result<()> {
                     .context("--since")?,
             };
             let answer = client::findings(base, &query)?;
+            // Asked for low findings: list them; otherwise they are counted (the table's
+            // default).
+            let listing = match query.min_severity {
+                Some(nodeguard_model::Severity::Low) => client::Listing::ALL,
+                _ => client::Listing::QUERY,
+            };
             print(args.output, &answer, || {
-                client::findings_report(&answer.findings, width)
+                client::findings_report_with(&answer.findings, listing, width)
             })
         }
         QueryWhat::Containers { namespace, pod } => {

@@ -196,8 +196,15 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
         exec_feed,
     };
     let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
+    let trim_task = tokio::spawn(trim_heap());
 
-    let access = Access::decide(&args, kube.is_some())?;
+    // Only asked with a cluster: without one no token can be checked anyway.
+    let pod_private_loopback = kube.is_some()
+        && loopback_is_pod_private(
+            Path::new("/proc/self/ns/net"),
+            &args.settings.proc_root.join("1/ns/net"),
+        );
+    let access = Access::decide(&args, kube.is_some(), pod_private_loopback)?;
     let listen = access.listen;
     let auth = if access.authenticate {
         let client = nodeguard_kube::connect(nodeguard_kube::KubeMode::On)
@@ -207,10 +214,17 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
         let authorizer = nodeguard_kube::KubeAuthorizer::new(client, Default::default());
         let mut options = nodeguard_api::AuthOptions::new(Arc::new(KubeAuth(authorizer)));
         options.protect_metrics = !args.unauthenticated_metrics;
-        options.loopback_is_pod_private = loopback_is_pod_private(
-            Path::new("/proc/self/ns/net"),
-            &args.settings.proc_root.join("1/ns/net"),
-        );
+        options.loopback_is_pod_private = pod_private_loopback;
+        metrics.set_api_denials(Arc::clone(&options.denials));
+        // Sums up a flood of refusals that stopped, without waiting for the next one.
+        let denial_log = Arc::clone(&options.denial_log);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(nodeguard_api::DenialLog::DEFAULT_INTERVAL);
+            loop {
+                tick.tick().await;
+                denial_log.flush();
+            }
+        });
         Some(options)
     } else {
         None
@@ -337,6 +351,7 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
         Ok(_) => {}
         Err(_) => tracing::warn!("the API server did not stop in time"),
     }
+    trim_task.abort();
     if let Some(kube) = kube {
         kube.shutdown().await;
     }
@@ -344,15 +359,19 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
     Ok(())
 }
 
-/// Where the API listens and whether it authenticates, from the flags and whether a cluster
-/// is configured.
+/// Where the API listens and whether it authenticates, from the flags, whether a cluster
+/// is configured and whether loopback is private to the agent's pod.
 struct Access {
     listen: SocketAddr,
     authenticate: bool,
 }
 
 impl Access {
-    fn decide(args: &RunArgs, cluster: bool) -> Result<Access> {
+    /// With a cluster, tokens are checked on every address (loopback included) unless the
+    /// agent listens on loopback only and has a network namespace of its own
+    /// (`pod_private_loopback`): with the host's network every hostNetwork pod and node
+    /// process reaches its loopback.
+    fn decide(args: &RunArgs, cluster: bool, pod_private_loopback: bool) -> Result<Access> {
         let port = nodeguard_api::DEFAULT_PORT;
         let listen = args.listen.unwrap_or_else(|| {
             if cluster {
@@ -365,7 +384,7 @@ impl Access {
         let authenticate = match args.auth {
             AuthArg::On => true,
             AuthArg::Off => false,
-            AuthArg::Auto => cluster && beyond_loopback,
+            AuthArg::Auto => cluster && (beyond_loopback || !pod_private_loopback),
         };
         if authenticate && !cluster {
             anyhow::bail!(
@@ -376,6 +395,12 @@ impl Access {
             tracing::info!(
                 %listen,
                 "no Kubernetes cluster: the API listens on loopback only and asks for no token (--listen to change)"
+            );
+        }
+        if cluster && !authenticate && !beyond_loopback && !pod_private_loopback {
+            tracing::warn!(
+                %listen,
+                "--auth off on loopback shared with the host's network: every process of the node and every hostNetwork pod reads /v1/ without a token"
             );
         }
         if !authenticate && beyond_loopback {
@@ -578,6 +603,24 @@ impl nodeguard_api::Authorizer for KubeAuth {
     }
 }
 
+/// How often freed heap memory is handed back to the kernel ([`trim_heap`]).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Hands freed heap memory back to the kernel every [`HEAP_TRIM_INTERVAL`]. glibc keeps
+/// what a burst freed (hundreds of half-sent request heads, each in buffers below the mmap
+/// threshold) in its arenas: without this the agent's RSS stayed at the burst's peak for
+/// good. `malloc_trim` costs well under a millisecond when there is little to give back.
+async fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    loop {
+        tokio::time::sleep(HEAP_TRIM_INTERVAL).await;
+        // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the
+        // kernel; it is thread-safe.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
+}
+
 /// glibc gives threads their own malloc arenas (up to 8 per core), each holding freed memory:
 /// after a burst of scrapes the agent's RSS stayed tens of MiB higher. Two arenas are plenty
 /// for an agent that is idle most of the time. (A static musl build has no arenas.)
@@ -606,11 +649,11 @@ mod tests {
 
     #[test]
     fn without_a_cluster_the_api_stays_on_loopback_unless_told_loudly() {
-        let access = Access::decide(&run_args(&[]), false).unwrap();
+        let access = Access::decide(&run_args(&[]), false, false).unwrap();
         assert_eq!(access.listen, "127.0.0.1:9717".parse().unwrap());
         assert!(!access.authenticate);
 
-        let err = Access::decide(&run_args(&["--listen", "0.0.0.0:9717"]), false)
+        let err = Access::decide(&run_args(&["--listen", "0.0.0.0:9717"]), false, false)
             .err()
             .expect("no unauthenticated API beyond loopback by accident");
         assert!(
@@ -620,11 +663,12 @@ mod tests {
         let access = Access::decide(
             &run_args(&["--listen", "0.0.0.0:9717", "--insecure-unauthenticated"]),
             false,
+            false,
         )
         .unwrap();
         assert!(!access.authenticate);
 
-        let err = Access::decide(&run_args(&["--auth", "on"]), false)
+        let err = Access::decide(&run_args(&["--auth", "on"]), false, false)
             .err()
             .expect("tokens cannot be checked without a cluster");
         assert!(err.to_string().contains("cluster"), "{err}");
@@ -632,18 +676,46 @@ mod tests {
 
     #[test]
     fn with_a_cluster_the_api_listens_for_the_cluster_and_checks_tokens() {
-        let access = Access::decide(&run_args(&[]), true).unwrap();
-        assert_eq!(access.listen, "0.0.0.0:9717".parse().unwrap());
-        assert!(access.authenticate);
-        // On loopback (kubectl exec into the pod) no token is needed, unless asked for.
+        for pod_private in [true, false] {
+            let access = Access::decide(&run_args(&[]), true, pod_private).unwrap();
+            assert_eq!(access.listen, "0.0.0.0:9717".parse().unwrap());
+            assert!(access.authenticate);
+            let forced = run_args(&["--listen", "127.0.0.1:9717", "--auth", "on"]);
+            assert!(
+                Access::decide(&forced, true, pod_private)
+                    .unwrap()
+                    .authenticate
+            );
+            let err = Access::decide(&run_args(&["--auth", "off"]), true, pod_private)
+                .err()
+                .expect("--auth off beyond loopback needs the insecure flag");
+            assert!(err.to_string().contains("refusing"), "{err}");
+        }
+        // On loopback in a network namespace of its own (kubectl exec into the pod) no
+        // token is needed.
         let loopback = run_args(&["--listen", "127.0.0.1:9717"]);
-        assert!(!Access::decide(&loopback, true).unwrap().authenticate);
-        let forced = run_args(&["--listen", "127.0.0.1:9717", "--auth", "on"]);
-        assert!(Access::decide(&forced, true).unwrap().authenticate);
-        let err = Access::decide(&run_args(&["--auth", "off"]), true)
-            .err()
-            .expect("--auth off beyond loopback needs the insecure flag");
-        assert!(err.to_string().contains("refusing"), "{err}");
+        assert!(!Access::decide(&loopback, true, true).unwrap().authenticate);
+    }
+
+    #[test]
+    fn loopback_shared_with_the_host_is_authenticated_whatever_the_listen_address() {
+        // hostNetwork (or not known): every node process and hostNetwork pod reaches
+        // loopback, so 127.0.0.1 and ::1 are no different from 0.0.0.0.
+        for listen in [
+            "127.0.0.1:9717",
+            "127.0.0.2:9717",
+            "[::1]:9717",
+            "0.0.0.0:9717",
+        ] {
+            let args = run_args(&["--listen", listen]);
+            assert!(
+                Access::decide(&args, true, false).unwrap().authenticate,
+                "{listen} served without a token on the host's network"
+            );
+        }
+        // Told explicitly, loopback can still be served without (warned).
+        let off = run_args(&["--listen", "127.0.0.1:9717", "--auth", "off"]);
+        assert!(!Access::decide(&off, true, false).unwrap().authenticate);
     }
 
     fn tls_of(flags: &[&str]) -> Result<Option<TlsSettings>> {

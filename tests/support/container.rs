@@ -102,6 +102,8 @@ pub struct ContainerSpec {
     pub seccomp_filter: bool,
     /// More processes to start with `runc exec -d` once the container runs.
     pub exec: Vec<Vec<String>>,
+    /// Writable tmpfs mounts that allow exec (no `noexec`), by mount point.
+    pub tmpfs: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -129,6 +131,7 @@ impl ContainerSpec {
             readonly_root: false,
             seccomp_filter: false,
             exec: Vec::new(),
+            tmpfs: Vec::new(),
         }
     }
 
@@ -205,6 +208,12 @@ impl ContainerSpec {
     }
     pub fn seccomp_filter(mut self) -> Self {
         self.seccomp_filter = true;
+        self
+    }
+    /// Mounts a writable tmpfs at `mount_point` that allows exec (an `emptyDir` with
+    /// `medium: Memory`, or a `/dev/shm` without `noexec`).
+    pub fn tmpfs(mut self, mount_point: &str) -> Self {
+        self.tmpfs.push(mount_point.to_string());
         self
     }
     /// Starts one more process in the container after it runs (`runc exec -d`).
@@ -295,6 +304,17 @@ impl ContainerSpec {
                 namespaces.retain(|ns| ns["type"] != "network");
             }
         }
+        if let Some(mounts) = config["mounts"].as_array_mut() {
+            for point in &self.tmpfs {
+                mounts.push(json!({
+                    "destination": point,
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "mode=1777", "size=16m"],
+                }));
+            }
+        }
+        let linux = &mut config["linux"];
         if self.seccomp_filter {
             linux["seccomp"] = json!({
                 "defaultAction": "SCMP_ACT_ALLOW",

@@ -52,10 +52,16 @@ mod server;
 pub mod tls;
 pub mod types;
 
-pub use auth::{AuthOptions, Authorizer, Decision, DecisionFuture};
+pub use auth::{
+    AuthOptions, Authorizer, Decision, DecisionFuture, Denial, DenialCounters, DenialLog,
+    DenialReason, MAX_TOKEN_BYTES,
+};
 pub use error::Error;
 pub use query::{ContainersQuery, FindingsQuery, ProcessesQuery};
-pub use serve::{serve, serve_tls, serve_with_limits, ServeLimits, PLAIN_HTTP_TO_TLS_ANSWER};
+pub use serve::{
+    serve, serve_tls, serve_with_limits, ServeLimits, DEFAULT_MAX_HEAD_BYTES,
+    PLAIN_HTTP_TO_TLS_ANSWER,
+};
 pub use server::{
     paths, probe_router, router, router_with_auth, router_with_freshness, router_with_limits,
     with_freshness, ApiContext, Freshness, MetricsBody, MetricsRenderer, RequestLimits,

@@ -41,7 +41,19 @@ pub struct ServeLimits {
     /// How long a closing connection may take to finish its request in flight, at shutdown
     /// or past its age, before it is dropped.
     pub shutdown_grace: Duration,
+    /// Most bytes of a request head (request line and headers) a connection may buffer; a
+    /// longer head is answered `431` and the connection closed. This bounds what a peer that
+    /// never finishes its head holds: `max_connections` times this, at most. (hyper's own
+    /// default is about 400 KiB; values under 8 KiB are raised to 8 KiB, hyper's minimum.)
+    pub max_head_bytes: usize,
 }
+
+/// The request-head bound of the API port: a 56 KB query string or a service-account token
+/// (about 1 KB; [`crate::auth::MAX_TOKEN_BYTES`] at most) fits many times over.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// hyper refuses a smaller read buffer.
+const MIN_HEAD_BYTES: usize = 8 * 1024;
 
 impl ServeLimits {
     /// Limits for the probe listener (`/healthz`, `/readyz`): few, short connections.
@@ -53,6 +65,7 @@ impl ServeLimits {
             handshake_timeout: Duration::from_secs(2),
             max_connection_age: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(1),
+            max_head_bytes: MIN_HEAD_BYTES,
         }
     }
 }
@@ -60,7 +73,11 @@ impl ServeLimits {
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
-            max_connections: 512,
+            // Each connection may hold a head of up to `max_head_bytes` plus its TLS state
+            // (~100 KiB in all, measured): 256 of them stay near 25 MiB, so half-sent heads
+            // from many addresses fit the DaemonSet's 160 MiB with room (512 reached ~55 MiB).
+            // Clients over it wait in the listen backlog.
+            max_connections: 256,
             max_connections_per_peer: 32,
             // Silent and idle connections are closed quickly; a scraper or a client sends its
             // request head in milliseconds.
@@ -68,6 +85,7 @@ impl Default for ServeLimits {
             handshake_timeout: Duration::from_secs(5),
             max_connection_age: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(5),
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
         }
     }
 }
@@ -217,6 +235,7 @@ async fn serve_connection<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes.max(MIN_HEAD_BYTES))
         .keep_alive(true);
     let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     tokio::select! {

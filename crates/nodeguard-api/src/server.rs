@@ -1,7 +1,7 @@
 //! The router: endpoints, filters, JSON errors, and the per-request time and concurrency
 //! bounds.
 
-use crate::auth::{bearer_token, AuthOptions, Decision};
+use crate::auth::{bearer_token, AuthOptions, Decision, Denial, DenialReason, MAX_TOKEN_BYTES};
 use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};
 use crate::types::{ErrorBody, Health};
 use crate::Error;
@@ -193,13 +193,32 @@ async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let denial = |reason, user, detail| Denial {
+        reason,
+        path: &path,
+        peer,
+        user,
+        detail,
+    };
     let Some(token) = header.and_then(bearer_token) else {
-        return unauthorized(if header.is_some() {
+        let message = if header.is_some() {
             "the Authorization header is not \"Bearer TOKEN\""
         } else {
             "authentication required: send \"Authorization: Bearer TOKEN\" (a Kubernetes service-account or user token)"
-        });
+        };
+        auth.deny(denial(DenialReason::MissingToken, None, message));
+        return unauthorized(message);
     };
+    if token.len() > MAX_TOKEN_BYTES {
+        // Refused before any review: a made-up token this long costs no TokenReview and no
+        // cache entry.
+        let message = format!(
+            "the bearer token is {} bytes, more than any Kubernetes token ({MAX_TOKEN_BYTES} at most)",
+            token.len()
+        );
+        auth.deny(denial(DenialReason::OversizedToken, None, &message));
+        return unauthorized(&message);
+    }
     let decision =
         tokio::time::timeout(auth.timeout, auth.authorizer.authorize(token, &path)).await;
     match decision {
@@ -208,11 +227,11 @@ async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: N
             next.run(request).await
         }
         Ok(Decision::Unauthenticated { reason }) => {
-            tracing::info!(%path, %reason, "API request with a token that is not valid");
+            auth.deny(denial(DenialReason::InvalidToken, None, &reason));
             unauthorized(&format!("the token is not valid: {reason}"))
         }
         Ok(Decision::Forbidden { user, reason }) => {
-            tracing::info!(%user, %path, %reason, "API request forbidden");
+            auth.deny(denial(DenialReason::Forbidden, Some(&user), &reason));
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("{user} may not get {path}: {reason}"),
@@ -220,7 +239,7 @@ async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: N
             .into_response()
         }
         Ok(Decision::Unavailable { reason }) => {
-            tracing::warn!(%path, %reason, "cannot authorize an API request");
+            auth.deny(denial(DenialReason::Unavailable, None, &reason));
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot check the token now: {reason}; try again"),
@@ -228,15 +247,12 @@ async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: N
             .into_response()
         }
         Err(_) => {
-            tracing::warn!(%path, timeout = ?auth.timeout, "authorizing an API request timed out");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "cannot check the token now: no decision within {:?}; try again",
-                    auth.timeout
-                ),
-            )
-            .into_response()
+            let message = format!(
+                "cannot check the token now: no decision within {:?}; try again",
+                auth.timeout
+            );
+            auth.deny(denial(DenialReason::Unavailable, None, &message));
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response()
         }
     }
 }

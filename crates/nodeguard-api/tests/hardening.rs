@@ -419,3 +419,201 @@ async fn a_peer_beyond_loopback_always_needs_a_token() {
     let (status, _, body) = request(real, "/v1/findings", None).await;
     assert_eq!(status, 401, "{ip}: {body}");
 }
+
+/// Log lines written while the guard lives, on this thread (a current-thread runtime runs
+/// the server's tasks on it too).
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let lines = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || lines.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).to_string()
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_token_is_refused_before_any_review() {
+    let fake = Arc::new(FakeAuthorizer::default());
+    let options = auth_options(&fake);
+    let denials = Arc::clone(&options.denials);
+    let router = nodeguard_api::router_with_auth(
+        context(Some(node_state("node-a"))).0,
+        RequestLimits::default(),
+        Some(options),
+    );
+    let addr = spawn(router, ServeLimits::default()).await;
+    // Over the bound: 401 with the challenge, no review, counted.
+    let token = "a".repeat(nodeguard_api::MAX_TOKEN_BYTES + 1);
+    let (status, head, body) =
+        request(addr, "/v1/processes", Some(&format!("Bearer {token}"))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("bytes"), "{body}");
+    assert!(!body.contains("aaaa"), "the token is not echoed: {body}");
+    assert!(fake.asked.lock().unwrap().is_empty(), "no review");
+    assert_eq!(denials.get(nodeguard_api::DenialReason::OversizedToken), 1);
+    // At the bound a token is reviewed like any other (and this one is made up).
+    let token = "a".repeat(nodeguard_api::MAX_TOKEN_BYTES);
+    let (status, _, _) = request(addr, "/v1/processes", Some(&format!("Bearer {token}"))).await;
+    assert_eq!(status, 401);
+    assert_eq!(fake.asked.lock().unwrap().len(), 1);
+    assert_eq!(denials.get(nodeguard_api::DenialReason::InvalidToken), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_bound_is_answered_431_and_closed() {
+    let addr = spawn(
+        nodeguard_api::router(context(Some(node_state("node-a"))).0),
+        ServeLimits::default(),
+    )
+    .await;
+    let bound = nodeguard_api::DEFAULT_MAX_HEAD_BYTES;
+    // Under the bound: answered.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let pad = "p".repeat(bound - 1024);
+    let head =
+        format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    timeout(GENEROUS, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Over it (hyper's own default would buffer ~400 KiB): 431, and the connection closes
+    // although the head never ends.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let pad = "p".repeat(4 * bound);
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}");
+    // The server may close before it read everything: a failed write is fine.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = timeout(GENEROUS, stream.read_to_end(&mut answer))
+        .await
+        .expect("a connection over the head bound stayed open");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}
+
+#[tokio::test]
+async fn a_flood_of_refusals_is_counted_and_logged_in_a_few_lines_not_one_each() {
+    let lines = Lines::default();
+    let _guard = lines.capture();
+    let fake = Arc::new(FakeAuthorizer::default());
+    let mut options = auth_options(&fake);
+    options.denial_log = Arc::new(nodeguard_api::DenialLog::new(Duration::from_secs(3600)));
+    let denials = Arc::clone(&options.denials);
+    let router = nodeguard_api::router_with_auth(
+        context(Some(node_state("node-a"))).0,
+        RequestLimits::default(),
+        Some(options),
+    );
+    let addr = spawn(router, ServeLimits::default()).await;
+    let oversized = format!("Bearer {}", "o".repeat(nodeguard_api::MAX_TOKEN_BYTES + 1));
+    for i in 0..100 {
+        assert_eq!(request(addr, "/v1/report", None).await.0, 401);
+        let made_up = format!("Bearer made-up-{i}");
+        assert_eq!(request(addr, "/v1/report", Some(&made_up)).await.0, 401);
+        assert_eq!(request(addr, "/v1/report", Some(&oversized)).await.0, 401);
+        let stranger = "Bearer stranger-token";
+        assert_eq!(request(addr, "/v1/report", Some(stranger)).await.0, 403);
+    }
+    use nodeguard_api::DenialReason::*;
+    for reason in [MissingToken, InvalidToken, OversizedToken, Forbidden] {
+        assert_eq!(denials.get(reason), 100, "{reason:?}");
+    }
+    let text = lines.text();
+    // Every line counts, whatever it says: the router logs nothing else here.
+    let refusal_lines = text.lines().count();
+    assert!(
+        refusal_lines <= 2,
+        "400 refusals wrote {refusal_lines} lines:\n{}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(
+        text.lines().any(|l| l.contains("refused")),
+        "the first refusal is logged: {text}"
+    );
+    assert!(!text.contains("oooooooo"), "no token in the log");
+}
+
+#[test]
+fn a_quiet_interval_ends_with_a_summary_of_what_was_not_logged() {
+    let lines = Lines::default();
+    let _guard = lines.capture();
+    let log = nodeguard_api::DenialLog::new(Duration::from_millis(300));
+    let denial = |reason| nodeguard_api::Denial {
+        reason,
+        path: "/v1/report",
+        peer: None,
+        user: None,
+        detail: "unknown token",
+    };
+    for _ in 0..50 {
+        log.record(&denial(nodeguard_api::DenialReason::InvalidToken));
+    }
+    log.record(&denial(nodeguard_api::DenialReason::MissingToken));
+    std::thread::sleep(Duration::from_millis(400));
+    log.record(&denial(nodeguard_api::DenialReason::Forbidden));
+    let text = lines.text();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    let summary = text
+        .lines()
+        .find(|l| l.contains("without a log line each"))
+        .unwrap_or_else(|| panic!("no summary: {text}"));
+    assert!(summary.contains("denied=50"), "{summary}");
+    assert!(
+        summary.contains("missing_token=1,invalid_token=49"),
+        "{summary}"
+    );
+
+    // A flood that stops is summed up by the next flush after its interval, not only by a
+    // later refusal; a flush with nothing to say writes nothing.
+    for _ in 0..20 {
+        log.record(&denial(nodeguard_api::DenialReason::OversizedToken));
+    }
+    log.flush();
+    assert_eq!(
+        lines.text().lines().count(),
+        3,
+        "not before the interval ends"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    log.flush();
+    log.flush();
+    let text = lines.text();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("denied=20") && last.contains("oversized_token=20"),
+        "{last}"
+    );
+    // The next refusal opens a new interval and is logged in full.
+    log.record(&denial(nodeguard_api::DenialReason::Forbidden));
+    assert_eq!(lines.text().lines().count(), 5);
+}

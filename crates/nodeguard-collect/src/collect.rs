@@ -3,17 +3,21 @@
 use crate::cgroup::ContainerRef;
 use crate::layer::{locate, FileIdentity, HostRoot, Located};
 use crate::limits::{container_paths, detect_layout, CgroupLayout, KeptFiles, LimitsReader};
-use crate::mountinfo::{container_root, ContainerRoot};
+use crate::mountinfo::{container_root, ContainerRoot, WritableMount};
 use crate::process::{
     read_process, shared_with_host, CgroupMemo, ExeLinks, Failure, PidDir, RawProcess, Remembered,
 };
 use crate::runtime::{
     first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
 };
+use crate::script::{locate_script, FoundScript};
 use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::{CgroupVersion, Container, Layer, Namespaces, Process, Runtime, ScanStats};
+use nodeguard_model::{
+    escape_path, CgroupVersion, Container, Layer, MountRef, Namespaces, Process, Runtime,
+    ScanStats, Script,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -436,6 +440,8 @@ fn roots_from_host_mounts(
             seed.root = Some(ContainerRoot {
                 fstype: mount.fstype.clone(),
                 layers: Some(crate::mountinfo::overlay_layers(&mount.super_options)),
+                // Chrooted processes see their mounts apart from the host's: none known.
+                writable_mounts: Vec::new(),
             });
         } else {
             log.error(
@@ -803,8 +809,9 @@ fn collect_from(
     let mut locate = || {
         let t = Instant::now();
         let found = locate_layers(opts, &seeds, &raws, located, &mut layer_log);
+        let outside = outside_image(opts, &seeds, &raws, &found);
         layers_took = t.elapsed();
-        found
+        (found, outside)
     };
     let (containers, found) = if threads > 1 {
         std::thread::scope(|scope| {
@@ -1170,11 +1177,75 @@ fn locate_layers(
     out
 }
 
-/// The processes with their executables' layers (from [`locate_layers`]) filled in.
-fn attach_layers(raws: Vec<RawProcess>, located: Vec<Option<Located>>) -> Vec<CollectedProcess> {
+/// What runs from outside the image for one process: the writable mount its executable is
+/// on, and the script it runs from the writable layer or a writable mount.
+#[derive(Debug, Default)]
+struct Outside {
+    exe_mount: Option<WritableMount>,
+    script: Option<FoundScript>,
+}
+
+/// For each process of `raws` (by index, beside `located`): whether its executable, not found
+/// in the layers, is on a writable mount of its container ([`ContainerRoot::writable_mount_of`]
+/// by path and device), and whether the script it runs as an interpreter is outside the image
+/// ([`locate_script`]). Scripts are looked up once per (container, path) in a pass.
+fn outside_image(
+    opts: &CollectOptions,
+    seeds: &BTreeMap<String, ContainerSeed>,
+    raws: &[RawProcess],
+    located: &[Option<Located>],
+) -> Vec<Outside> {
+    let mut host: Option<Option<HostRoot>> = None;
+    let mut scripts: HashMap<(&str, &[u8]), Option<FoundScript>> = HashMap::new();
+    let mut out = Vec::with_capacity(raws.len());
+    for (raw, located) in raws.iter().zip(located) {
+        let mut outside = Outside::default();
+        let seed = raw.container.as_ref().and_then(|c| seeds.get(&c.cgroup.id));
+        let root = seed.and_then(|s| s.root.as_ref());
+        let (Some(root), Some(located)) = (root, located) else {
+            out.push(outside);
+            continue;
+        };
+        if let (Layer::Unknown, Some(exe), Some(running), false) = (
+            located.layer,
+            raw.exe_path.as_deref(),
+            raw.exe_identity,
+            raw.process.exe_deleted,
+        ) {
+            outside.exe_mount = root.writable_mount_of(exe, running.dev).cloned();
+        }
+        if let (Some(path), Some(container)) = (raw.script.as_deref(), raw.container.as_ref()) {
+            let key = (container.cgroup.id.as_str(), path);
+            outside.script = match scripts.get(&key) {
+                Some(found) => found.clone(),
+                None => {
+                    // An unreachable host root was already told by `locate_layers`.
+                    let host = host
+                        .get_or_insert_with(|| open_host_root(opts, &mut Log::default()))
+                        .as_ref();
+                    // Gone, not a regular file, not there: nothing runs from it.
+                    let found = locate_script(&opts.proc_root, raw.process.pid, path, root, host)
+                        .unwrap_or_default();
+                    scripts.insert(key, found.clone());
+                    found
+                }
+            };
+        }
+        out.push(outside);
+    }
+    out
+}
+
+/// The processes with their executables' layers (from [`locate_layers`]) filled in, and what
+/// they run from outside the image ([`outside_image`]).
+fn attach_layers(
+    raws: Vec<RawProcess>,
+    (located, outside): (Vec<Option<Located>>, Vec<Outside>),
+) -> Vec<CollectedProcess> {
     raws.into_iter()
         .zip(located)
-        .map(|(raw, located)| {
+        .zip(outside)
+        .map(|((raw, located), outside)| {
             let mut process = raw.process;
             let mut identity = raw.exe_identity;
             if let Some(located) = located {
@@ -1183,12 +1254,28 @@ fn attach_layers(raws: Vec<RawProcess>, located: Vec<Option<Located>>) -> Vec<Co
                     identity = located.identity;
                 }
             }
+            process.exe_mount = outside.exe_mount.map(|m| mount_ref(&m));
+            let script_identity = outside.script.as_ref().map(|s| s.identity);
+            process.script = outside.script.map(|s| Script {
+                path: escape_path(&s.path),
+                mount: s.mount.as_ref().map(mount_ref),
+                sha256: None,
+                hash_error: None,
+            });
             CollectedProcess {
                 process,
                 exe_identity: identity,
+                script_identity,
             }
         })
         .collect()
+}
+
+fn mount_ref(m: &WritableMount) -> MountRef {
+    MountRef {
+        mount_point: escape_path(&m.mount_point),
+        fstype: m.fstype.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod limits;
 pub mod mountinfo;
 pub mod process;
 pub mod runtime;
+pub mod script;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
 pub use collect::{resolve_host_root, PassPhases, DEFAULT_CAP_LAST_CAP};
@@ -111,6 +112,9 @@ pub struct CollectedProcess {
     /// container's overlay layers (shared by every container of the image), else the stat of
     /// `/proc/PID/exe`. `None` for kernel threads, zombies and races.
     pub exe_identity: Option<FileIdentity>,
+    /// The file of `process.script`, as the process sees it (to hash it through
+    /// [`script::open_script`]).
+    pub script_identity: Option<FileIdentity>,
 }
 
 /// Collects processes and containers under `opts`, reading every process in full. Fails

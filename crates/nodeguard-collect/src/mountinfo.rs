@@ -18,6 +18,8 @@ pub struct MountInfo {
     /// The directory of the filesystem mounted here.
     pub root: Vec<u8>,
     pub mount_point: Vec<u8>,
+    /// Per-mount options (`rw,nosuid,nodev,noexec,relatime`).
+    pub options: String,
     pub fstype: String,
     pub source: Vec<u8>,
     /// Super block options, still escaped (split them with [`super_options`]).
@@ -89,6 +91,7 @@ fn parse_line(line: &[u8]) -> Option<MountInfo> {
         minor,
         root: unescape_octal(fields[3]),
         mount_point: unescape_octal(fields[4]),
+        options: String::from_utf8_lossy(fields[5]).into_owned(),
         fstype: String::from_utf8_lossy(fields[sep + 1]).into_owned(),
         source: unescape_octal(fields[sep + 2]),
         super_options: fields
@@ -183,9 +186,85 @@ pub fn root_mount(mounts: &[MountInfo]) -> Option<&MountInfo> {
 pub struct ContainerRoot {
     pub fstype: String,
     pub layers: Option<OverlayLayers>,
+    /// The mounts besides `/` the container may write (see [`writable_mounts`]).
+    pub writable_mounts: Vec<WritableMount>,
+}
+
+/// A mount a container may write that is not its root filesystem: a tmpfs (`/dev/shm`, an
+/// `emptyDir` with `medium: Memory`), an `emptyDir` or `hostPath` on the node's disk, a
+/// persistent volume. Whatever runs from one is neither the image nor the writable layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritableMount {
+    pub mount_point: Vec<u8>,
+    pub fstype: String,
+    /// `st_dev` of its files (`major:minor` of mountinfo).
+    pub dev: u64,
+}
+
+/// Kernel filesystems nothing is run from (and whose files are not a container's own).
+const PSEUDO_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "pstore",
+    "binfmt_misc",
+    "autofs",
+    "nsfs",
+    "hugetlbfs",
+    "efivarfs",
+];
+
+/// The mounts of `mounts` other than `/` that are mounted read-write and are no kernel
+/// pseudo-filesystem; the last one mounted at a point hides those before it.
+pub fn writable_mounts(mounts: &[MountInfo]) -> Vec<WritableMount> {
+    let mut out: Vec<WritableMount> = Vec::new();
+    for m in mounts {
+        if m.mount_point == b"/" {
+            continue;
+        }
+        out.retain(|w| w.mount_point != m.mount_point);
+        let rw = m.options.split(',').any(|o| o == "rw");
+        if rw && !PSEUDO_FILESYSTEMS.contains(&m.fstype.as_str()) {
+            out.push(WritableMount {
+                mount_point: m.mount_point.clone(),
+                fstype: m.fstype.clone(),
+                dev: nix::sys::stat::makedev(u64::from(m.major), u64::from(m.minor)),
+            });
+        }
+    }
+    out
+}
+
+/// Whether `path` is `dir` or below it.
+fn is_under(path: &[u8], dir: &[u8]) -> bool {
+    let dir = if dir.len() > 1 {
+        dir.strip_suffix(b"/").unwrap_or(dir)
+    } else {
+        dir
+    };
+    path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/' || dir == b"/")
 }
 
 impl ContainerRoot {
+    /// The writable mount a file at `path` (as the container sees it) with `st_dev` `dev`
+    /// lives on: the deepest one above the path whose device is the file's (a path that
+    /// crosses another mount, or a process in a mount namespace of its own, matches none).
+    pub fn writable_mount_of(&self, path: &[u8], dev: u64) -> Option<&WritableMount> {
+        self.writable_mounts
+            .iter()
+            .filter(|m| m.dev == dev && is_under(path, &m.mount_point))
+            .max_by_key(|m| m.mount_point.len())
+    }
+
     /// The report form: layer paths rendered with [`escape_path`] (unchanged for ordinary
     /// paths; `unescape_path` gives the bytes back).
     pub fn to_rootfs(&self) -> RootFs {
@@ -206,6 +285,7 @@ pub fn container_root(mountinfo: &[u8]) -> Option<ContainerRoot> {
     Some(ContainerRoot {
         fstype: root.fstype.clone(),
         layers,
+        writable_mounts: writable_mounts(&mounts),
     })
 }
 
@@ -239,6 +319,46 @@ mod tests {
         let (mounts, skipped) = parse_mountinfo(CONTAINERD.as_bytes());
         assert_eq!((mounts.len(), skipped), (4, 0));
         assert_eq!((mounts[0].major, mounts[0].minor), (0, 120));
+    }
+
+    #[test]
+    fn writable_mounts_besides_the_root() {
+        let text = format!(
+            "{CONTAINERD}\
+1131 1122 0:130 / /dev/shm rw,nosuid,nodev,relatime - tmpfs shm rw,size=65536k
+1132 1120 0:131 / /run/secrets ro,relatime - tmpfs tmpfs rw
+1133 1120 0:132 / /scratch rw,relatime - tmpfs tmpfs rw
+1134 1120 0:133 / /scratch ro,relatime - tmpfs tmpfs rw
+1135 1120 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw
+"
+        );
+        let root = container_root(text.as_bytes()).unwrap();
+        let points: Vec<&[u8]> = root
+            .writable_mounts
+            .iter()
+            .map(|m| m.mount_point.as_slice())
+            .collect();
+        // /proc is a pseudo filesystem, /run/secrets is read-only, the read-only /scratch
+        // hides the writable one under it, cgroup2 is not the container's.
+        assert_eq!(points, [&b"/dev"[..], b"/data", b"/dev/shm"]);
+        let shm = nix::sys::stat::makedev(0, 130);
+        assert_eq!(
+            root.writable_mount_of(b"/dev/shm/x", shm).unwrap().fstype,
+            "tmpfs"
+        );
+        // The device decides between nested mounts: a file of /dev's tmpfs is on /dev.
+        assert_eq!(
+            root.writable_mount_of(b"/dev/shm/x", nix::sys::stat::makedev(0, 123))
+                .unwrap()
+                .mount_point,
+            b"/dev"
+        );
+        assert_eq!(root.writable_mount_of(b"/data/x", shm), None);
+        assert!(root
+            .writable_mount_of(b"/dev/x", nix::sys::stat::makedev(0, 123))
+            .is_some());
+        assert_eq!(root.writable_mount_of(b"/dev/shmx", shm), None);
+        assert_eq!(root.writable_mount_of(b"/usr/bin/x", shm), None);
     }
 
     #[test]

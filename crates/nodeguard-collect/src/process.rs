@@ -623,6 +623,9 @@ pub struct Remembered {
     /// A kernel thread: no executable, no command line, never exec'd. With exec events
     /// watched only its `status` is read (it says the thread is still the one remembered).
     pub kernel_thread: bool,
+    /// The script an interpreter runs, absolute as the process saw it when read in full
+    /// ([`crate::script::script_argument`]).
+    pub script: Option<Vec<u8>>,
 }
 
 /// What the `exe` links of processes running the same file showed in one pass (see
@@ -718,6 +721,8 @@ pub struct RawProcess {
     pub reused: bool,
     /// Whether it was the short read of a process whose exec events are watched.
     pub watched: bool,
+    /// The script an interpreter process runs (absolute, in the process's view), if any.
+    pub script: Option<Vec<u8>>,
 }
 
 /// Reads one process. `buf` is a scratch buffer reused across processes; `kthread_ns` keeps
@@ -792,6 +797,7 @@ pub fn read_process(
                 mount_root: Default::default(),
                 status_name: status_name(buf).unwrap_or_default().to_vec(),
                 kernel_thread: true,
+                script: None,
             })
         });
         let process = assemble(
@@ -815,6 +821,7 @@ pub fn read_process(
             remember,
             reused: false,
             watched: false,
+            script: None,
         });
     }
 
@@ -856,6 +863,10 @@ pub fn read_process(
     let name = status_name(buf).unwrap_or_default().to_vec();
     dir.read("cmdline", buf, CMDLINE_MAX)?;
     let cmdline = cmdline_text(buf);
+    let script = exe_path
+        .as_deref()
+        .filter(|_| !exe_deleted)
+        .and_then(|exe| script_of(dir, exe, buf));
     dir.read("cgroup", buf, 64 * 1024)?;
     let parsed = cgroups.parse(buf);
     let (cgroup, container, skipped) = (parsed.cgroup, parsed.container, parsed.malformed);
@@ -886,6 +897,7 @@ pub fn read_process(
             mount_root: Default::default(),
             status_name: name,
             kernel_thread: false,
+            script: script.clone(),
         })
     });
     let container_id = container.as_ref().map(|c| c.cgroup.id.clone());
@@ -910,7 +922,25 @@ pub fn read_process(
         remember,
         reused: false,
         watched: false,
+        script,
     })
+}
+
+/// The script an interpreter process runs, from its command line (`cmdline`: NUL-separated
+/// words), made absolute with its working directory when relative. Only for executables that
+/// are interpreters, so other processes cost nothing more.
+fn script_of(dir: &PidDir, exe: &[u8], cmdline: &[u8]) -> Option<Vec<u8>> {
+    let argv: Vec<&[u8]> = cmdline
+        .strip_suffix(b"\0")
+        .unwrap_or(cmdline)
+        .split(|b| *b == 0)
+        .collect();
+    let arg = crate::script::script_argument(exe, &argv)?;
+    if arg.starts_with(b"/") {
+        return crate::script::absolute(arg, None);
+    }
+    let cwd = dir.readlink("cwd").ok()?;
+    crate::script::absolute(arg, Some(&cwd))
 }
 
 /// The read of a known process while exec events are watched and none was lost (see
@@ -1056,6 +1086,7 @@ fn reuse(
         remember: Some(Arc::clone(known)),
         reused: true,
         watched,
+        script: known.script.clone(),
     }
 }
 
@@ -1082,6 +1113,8 @@ fn assemble(
         exe: exe_path.map(escape_path),
         exe_deleted,
         exe_layer: None,
+        exe_mount: None,
+        script: None,
         sha256: None,
         sha512: None,
         hash_error: None,

@@ -225,6 +225,8 @@ mod tests {
             exe: exe.map(str::to_string),
             exe_deleted: false,
             exe_layer: None,
+            exe_mount: None,
+            script: None,
             sha256: None,
             sha512: None,
             hash_error: None,
@@ -258,6 +260,7 @@ mod tests {
             remember: None,
             reused: false,
             watched: false,
+            script: None,
         }
     }
 

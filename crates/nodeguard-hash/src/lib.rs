@@ -197,6 +197,16 @@ pub fn open_regular(path: &Path, max_size: u64) -> Result<(File, Metadata), Erro
     Ok((file, meta))
 }
 
+/// SHA-256 of `parts` fed one after the other, for keys of in-memory data (the API's
+/// decision cache keys a token by it); files go through [`digest_file`].
+pub fn sha256_of(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
 /// Streams `reader` through the requested digests with `buf`, reading at most `limit` bytes
 /// (one more byte than `limit` is an error: the file grew past its cap while we read it).
 pub fn digest_reader<R: Read>(
@@ -555,6 +565,20 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::process::Command;
+
+    #[test]
+    fn sha256_of_parts_is_the_digest_of_their_concatenation() {
+        // FIPS 180-2's "abc" example.
+        assert_eq!(
+            hex(&sha256_of(&[b"abc"])),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(sha256_of(&[b"a", b"", b"bc"]), sha256_of(&[b"abc"]));
+        assert_ne!(
+            sha256_of(&[b"ab", b"\0", b"c"]),
+            sha256_of(&[b"a", b"\0", b"bc"])
+        );
+    }
 
     fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
         let path = dir.join(name);

@@ -12,7 +12,11 @@
 //! Decisions are cached per (token, path) in a bounded map: allowed for
 //! [`AuthConfig::allowed_ttl`] (1 min), denied and invalid for [`AuthConfig::denied_ttl`]
 //! (10 s), like the API server's own webhook caches but shorter. Failures (API server down,
-//! slow, 5xx) are never cached. Each review has a timeout ([`AuthConfig::review_timeout`]),
+//! slow, 5xx) are never cached. The cache holds no token: its key is the SHA-256 of the
+//! token and path (32 bytes whatever their length), and it is bounded in entries
+//! ([`AuthConfig::max_cache_entries`]) and in bytes ([`AuthConfig::max_cache_bytes`]),
+//! evicting the oldest entries first, so made-up tokens cannot grow it. A token longer than
+//! [`MAX_TOKEN_BYTES`] is refused without a review. Each review has a timeout ([`AuthConfig::review_timeout`]),
 //! and at most [`AuthConfig::max_concurrent_reviews`] run at once, so a flood of made-up
 //! tokens cannot turn the agent into an amplifier against the API server.
 //!
@@ -25,7 +29,8 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::PostParams;
 use kube::Api;
-use std::collections::HashMap;
+use nodeguard_model::MAX_TOKEN_BYTES;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -43,6 +48,9 @@ pub struct AuthConfig {
     pub denied_ttl: Duration,
     /// Most (token, path) decisions remembered; the oldest go first when full.
     pub max_cache_entries: usize,
+    /// Most bytes the remembered decisions take (key, bookkeeping and the decision's
+    /// texts); the oldest go first when full.
+    pub max_cache_bytes: usize,
     /// Longest one TokenReview or SubjectAccessReview may take.
     pub review_timeout: Duration,
     /// Reviews sent at once; further requests wait (within the API's request timeout).
@@ -55,6 +63,7 @@ impl Default for AuthConfig {
             allowed_ttl: Duration::from_secs(60),
             denied_ttl: Duration::from_secs(10),
             max_cache_entries: 1024,
+            max_cache_bytes: 256 * 1024,
             review_timeout: Duration::from_secs(3),
             max_concurrent_reviews: 8,
         }
@@ -65,8 +74,118 @@ impl Default for AuthConfig {
 pub struct KubeAuthorizer {
     client: kube::Client,
     config: AuthConfig,
-    cache: Mutex<HashMap<(String, String), (Decision, Instant)>>,
+    cache: Mutex<DecisionCache>,
     reviews: Arc<Semaphore>,
+}
+
+/// The cache key: SHA-256 of the token, a separator and the path.
+type Key = [u8; 32];
+
+fn cache_key(token: &str, path: &str) -> Key {
+    nodeguard_hash::sha256_of(&[token.as_bytes(), &[0], path.as_bytes()])
+}
+
+struct Cached {
+    decision: Decision,
+    expires: Instant,
+    /// Insertion number: matches the `order` entry that is this one's.
+    seq: u64,
+    bytes: usize,
+}
+
+/// Decisions by key, bounded in entries and bytes; `order` lists keys oldest first (with
+/// stale items for keys since removed or replaced, skipped when met).
+#[derive(Default)]
+struct DecisionCache {
+    map: HashMap<Key, Cached>,
+    order: VecDeque<(u64, Key)>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+/// What one entry costs: its key and bookkeeping in the map and the queue, and its texts.
+fn entry_bytes(decision: &Decision) -> usize {
+    let texts = match decision {
+        Decision::Allowed { user } => user.len(),
+        Decision::Unauthenticated { reason } | Decision::Unavailable { reason } => reason.len(),
+        Decision::Forbidden { user, reason } => user.len() + reason.len(),
+    };
+    std::mem::size_of::<(Key, Cached)>() + std::mem::size_of::<(u64, Key)>() + texts
+}
+
+impl DecisionCache {
+    fn get(&mut self, key: &Key, now: Instant) -> Option<Decision> {
+        match self.map.get(key) {
+            Some(entry) if entry.expires > now => Some(entry.decision.clone()),
+            Some(_) => {
+                self.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(entry) = self.map.remove(key) {
+            self.bytes -= entry.bytes;
+        }
+    }
+
+    /// Drops the oldest entry (and stale queue items before it); `false` when empty.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((seq, key)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|e| e.seq == seq) {
+                self.remove(&key);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn insert(&mut self, key: Key, decision: Decision, expires: Instant, config: &AuthConfig) {
+        let now = Instant::now();
+        let bytes = entry_bytes(&decision);
+        self.remove(&key);
+        if bytes > config.max_cache_bytes || config.max_cache_entries == 0 {
+            return;
+        }
+        // The oldest first: expired ones at the front go whatever the fill.
+        while let Some((seq, front)) = self.order.front().copied() {
+            match self.map.get(&front) {
+                Some(e) if e.seq == seq && e.expires > now => break,
+                Some(e) if e.seq == seq => self.remove(&front),
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+        while self.map.len() >= config.max_cache_entries
+            || self.bytes + bytes > config.max_cache_bytes
+        {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        // Stale queue items left between live ones: rebuild before the queue outgrows the
+        // map by much.
+        if self.order.len() >= 2 * config.max_cache_entries.max(16) {
+            let mut live: Vec<(u64, Key)> = self.map.iter().map(|(k, e)| (e.seq, *k)).collect();
+            live.sort_unstable();
+            self.order = live.into();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((seq, key));
+        self.bytes += bytes;
+        self.map.insert(
+            key,
+            Cached {
+                decision,
+                expires,
+                seq,
+                bytes,
+            },
+        );
+    }
 }
 
 impl KubeAuthorizer {
@@ -75,40 +194,24 @@ impl KubeAuthorizer {
             client,
             reviews: Arc::new(Semaphore::new(config.max_concurrent_reviews.max(1))),
             config,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(DecisionCache::default()),
         }
     }
 
-    fn cached(&self, key: &(String, String)) -> Option<Decision> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        match cache.get(key) {
-            Some((decision, expires)) if *expires > Instant::now() => Some(decision.clone()),
-            _ => None,
-        }
+    fn cached(&self, key: &Key) -> Option<Decision> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(key, Instant::now())
     }
 
-    fn remember(&self, key: (String, String), decision: &Decision) {
+    fn remember(&self, key: Key, decision: &Decision) {
         let ttl = match decision {
             Decision::Allowed { .. } => self.config.allowed_ttl,
             Decision::Unauthenticated { .. } | Decision::Forbidden { .. } => self.config.denied_ttl,
             Decision::Unavailable { .. } => return,
         };
-        let now = Instant::now();
+        let expires = Instant::now() + ttl;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= self.config.max_cache_entries {
-            cache.retain(|_, (_, expires)| *expires > now);
-        }
-        while cache.len() >= self.config.max_cache_entries.max(1) {
-            let Some(oldest) = cache
-                .iter()
-                .min_by_key(|(_, (_, expires))| *expires)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            cache.remove(&oldest);
-        }
-        cache.insert(key, (decision.clone(), now + ttl));
+        cache.insert(key, decision.clone(), expires, &self.config);
     }
 
     /// Reviews one request without the cache.
@@ -214,7 +317,15 @@ impl KubeAuthorizer {
     /// Whether the bearer `token` may `get` `path`: from the cache, else a TokenReview and a
     /// SubjectAccessReview.
     pub async fn authorize(&self, token: &str, path: &str) -> Decision {
-        let key = (token.to_string(), path.to_string());
+        if token.len() > MAX_TOKEN_BYTES {
+            return Decision::Unauthenticated {
+                reason: format!(
+                    "the bearer token is {} bytes, more than any Kubernetes token ({MAX_TOKEN_BYTES} at most)",
+                    token.len()
+                ),
+            };
+        }
+        let key = cache_key(token, path);
         if let Some(decision) = self.cached(&key) {
             return decision;
         }
@@ -492,7 +603,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_is_bounded() {
+    async fn the_cache_is_bounded_in_entries_and_bytes_and_holds_no_token() {
         let (_fake, url) = fake_server().await;
         let auth = authorizer(
             &url,
@@ -504,7 +615,92 @@ mod tests {
         for i in 0..50 {
             auth.authorize(&format!("made-up-{i}"), "/v1/report").await;
         }
-        assert!(auth.cache.lock().unwrap().len() <= 8);
+        assert!(auth.cache.lock().unwrap().map.len() <= 8);
+
+        // Tokens just under the size bound, on long paths: the keys stay 32 bytes and the
+        // bytes bound holds, however many distinct ones come.
+        let config = AuthConfig {
+            max_cache_bytes: 16 * 1024,
+            ..quick()
+        };
+        let auth = authorizer(&url, config.clone());
+        let long_path = format!("/v1/{}", "p".repeat(4000));
+        for i in 0..200 {
+            let token = format!("{i:04}{}", "t".repeat(MAX_TOKEN_BYTES - 4));
+            assert!(matches!(
+                auth.authorize(&token, &long_path).await,
+                Decision::Unauthenticated { .. }
+            ));
+            let cache = auth.cache.lock().unwrap();
+            assert!(
+                cache.bytes <= config.max_cache_bytes,
+                "{} bytes cached",
+                cache.bytes
+            );
+            let counted: usize = cache.map.values().map(|e| e.bytes).sum();
+            assert_eq!(counted, cache.bytes);
+            assert!(cache.order.len() <= 2 * config.max_cache_entries);
+        }
+        let cache = auth.cache.lock().unwrap();
+        assert!(!cache.map.is_empty(), "small decisions are still cached");
+        for entry in cache.map.values() {
+            if let Decision::Unauthenticated { reason } = &entry.decision {
+                assert!(!reason.contains("tttt"), "the token is not kept: {reason}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_oldest_decisions_are_evicted_first() {
+        let (fake, url) = fake_server().await;
+        let auth = authorizer(
+            &url,
+            AuthConfig {
+                max_cache_entries: 4,
+                denied_ttl: Duration::from_secs(60),
+                ..quick()
+            },
+        );
+        for i in 0..4 {
+            auth.authorize(&format!("made-up-{i}"), "/v1/report").await;
+        }
+        // A fifth pushes out the first, and only it.
+        auth.authorize("made-up-4", "/v1/report").await;
+        let before = fake.calls.load(Ordering::SeqCst);
+        for i in 1..5 {
+            auth.authorize(&format!("made-up-{i}"), "/v1/report").await;
+        }
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            before,
+            "the four newest are cached"
+        );
+        auth.authorize("made-up-0", "/v1/report").await;
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            before + 1,
+            "the oldest was evicted"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_token_is_refused_without_a_review() {
+        let (fake, url) = fake_server().await;
+        let auth = authorizer(&url, quick());
+        let token = "x".repeat(MAX_TOKEN_BYTES + 1);
+        match auth.authorize(&token, "/v1/report").await {
+            Decision::Unauthenticated { reason } => {
+                assert!(reason.contains("bytes"), "{reason}");
+                assert!(!reason.contains("xxxx"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        assert!(auth.cache.lock().unwrap().map.is_empty());
+        // At the bound it is reviewed as any other.
+        auth.authorize(&"x".repeat(MAX_TOKEN_BYTES), "/v1/report")
+            .await;
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -56,6 +56,7 @@
 //! | `nodeguard_policy_reports` | gauge | |
 //! | `nodeguard_policy_report_results_omitted` | gauge | |
 //! | `nodeguard_policy_report_crds_installed` | gauge | |
+//! | `nodeguard_api_denials_total` | counter | reason |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |
 //!
 //! `container` on `nodeguard_findings` is the Kubernetes container name when known, else the
@@ -69,7 +70,9 @@
 //! first event. Gauges that mirror the state (and `nodeguard_errors_total`, whose kinds are
 //! not known in advance) are absent until the daemon publishes its first state;
 //! `nodeguard_events_*` are absent unless an Events channel is set, `nodeguard_policy_report*`
-//! unless a PolicyReport channel is set (`..._crds_installed` also until the first look).
+//! unless a PolicyReport channel is set (`..._crds_installed` also until the first look),
+//! `nodeguard_api_denials_total` unless the API's counters are set
+//! ([`Metrics::set_api_denials`]; every reason from 0 then).
 //!
 //! `namespace`, `pod` and `container` are also the target labels a PodMonitor or
 //! ServiceMonitor attaches: scrape nodeguard with `honorLabels: true` (`honor_labels`), as
@@ -89,7 +92,7 @@ pub use nodeguard_model::SCAN_DURATION_BUCKETS;
 /// it without linking prometheus-client itself.
 pub use prometheus_client::registry::Registry;
 
-use nodeguard_model::{EventStats, NodeState, PolicyReportStats};
+use nodeguard_model::{DenialCounters, EventStats, NodeState, PolicyReportStats};
 use prometheus_client::metrics::info::Info;
 use series::StateCollector;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -103,6 +106,7 @@ pub type StateReceiver = watch::Receiver<Option<Arc<NodeState>>>;
 pub struct Metrics {
     events: Arc<RwLock<Option<watch::Receiver<EventStats>>>>,
     policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
+    denials: Arc<RwLock<Option<Arc<DenialCounters>>>>,
 }
 
 impl Metrics {
@@ -120,14 +124,17 @@ impl Metrics {
         );
         let events = Arc::new(RwLock::new(None));
         let policy_reports = Arc::new(RwLock::new(None));
+        let denials = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(StateCollector {
             state,
             events: Arc::clone(&events),
             policy_reports: Arc::clone(&policy_reports),
+            denials: Arc::clone(&denials),
         }));
         Metrics {
             events,
             policy_reports,
+            denials,
         }
     }
 
@@ -146,5 +153,11 @@ impl Metrics {
             .policy_reports
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(stats);
+    }
+
+    /// Adds `nodeguard_api_denials_total{reason}`: requests the API refused, counted by its
+    /// auth layer. Without it the series is absent.
+    pub fn set_api_denials(&self, denials: Arc<DenialCounters>) {
+        *self.denials.write().unwrap_or_else(PoisonError::into_inner) = Some(denials);
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::StateReceiver;
 use nodeguard_model::{
-    short_id, Container, EventStats, ExecEventSource, ExecEventStats, Finding, FindingKind,
-    NodeState, PolicyReportStats, ScanKind, ScanTotals, Severity, Totals, SCAN_DURATION_BUCKETS,
+    short_id, Container, DenialCounters, DenialReason, EventStats, ExecEventSource, ExecEventStats,
+    Finding, FindingKind, NodeState, PolicyReportStats, ScanKind, ScanTotals, Severity, Totals,
+    SCAN_DURATION_BUCKETS,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -143,6 +144,7 @@ pub(crate) struct StateCollector {
     pub state: StateReceiver,
     pub events: Arc<RwLock<Option<watch::Receiver<EventStats>>>>,
     pub policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
+    pub denials: Arc<RwLock<Option<Arc<DenialCounters>>>>,
 }
 
 impl Collector for StateCollector {
@@ -232,6 +234,22 @@ impl Collector for StateCollector {
                 None,
                 stats.queued,
             )?;
+        }
+        let denials = self
+            .denials
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(denials) = denials {
+            let mut m = encoder.encode_descriptor(
+                "api_denials",
+                "Requests the API refused since the agent started, by reason: missing_token, oversized_token (over 8 KiB, refused before any review), invalid_token (401), forbidden (403), unavailable (no decision: 503). Logged once per interval with a summary, not per request.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in DenialReason::ALL.iter().zip(denials.snapshot()) {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason.as_str())])?)?;
+            }
         }
         let reports = self
             .policy_reports

@@ -64,6 +64,9 @@ fn full_exposition() -> String {
         queued: 1,
         ..EventStats::default()
     }));
+    let denials = Arc::new(nodeguard_model::DenialCounters::default());
+    denials.add(nodeguard_model::DenialReason::InvalidToken);
+    metrics.metrics.set_api_denials(denials);
     encode_text(&registry).unwrap()
 }
 

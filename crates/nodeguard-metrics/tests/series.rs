@@ -287,6 +287,31 @@ fn event_counters_are_read_from_their_channel_at_scrape_time() {
 }
 
 #[test]
+fn api_denials_are_counted_by_reason_at_scrape_time() {
+    let (registry, metrics) = setup();
+    assert!(
+        !scrape(&registry).contains("nodeguard_api_denials"),
+        "absent without the API's counters"
+    );
+    let denials = Arc::new(nodeguard_model::DenialCounters::default());
+    metrics.metrics.set_api_denials(Arc::clone(&denials));
+    for _ in 0..3 {
+        denials.add(nodeguard_model::DenialReason::OversizedToken);
+    }
+    denials.add(nodeguard_model::DenialReason::Forbidden);
+    assert_eq!(
+        samples(&scrape(&registry), "nodeguard_api_denials"),
+        [
+            r#"nodeguard_api_denials_total{reason="missing_token"} 0"#,
+            r#"nodeguard_api_denials_total{reason="oversized_token"} 3"#,
+            r#"nodeguard_api_denials_total{reason="invalid_token"} 0"#,
+            r#"nodeguard_api_denials_total{reason="forbidden"} 1"#,
+            r#"nodeguard_api_denials_total{reason="unavailable"} 0"#,
+        ]
+    );
+}
+
+#[test]
 fn policy_report_counters_are_read_from_their_channel_at_scrape_time() {
     let (registry, metrics) = setup();
     assert!(

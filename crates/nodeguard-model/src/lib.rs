@@ -13,7 +13,7 @@ pub mod redact;
 pub mod report;
 pub mod state;
 
-pub use access::AccessDecision;
+pub use access::{AccessDecision, DenialCounters, DenialReason, MAX_TOKEN_BYTES};
 pub use capability::{capability_name, capability_number, decode_capabilities};
 pub use finding::{
     finding_id, Aggregate, Finding, FindingKind, Severity, UnknownName, AGGREGATE_SAMPLES,
@@ -24,8 +24,8 @@ pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_controls, escape_path, is_bidi_or_invisible, short_id, unescape_path, Capabilities,
     CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion, Container,
-    FileEntry, Ids, Layer, Limits, Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime,
-    ScanStats, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
+    FileEntry, Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, RootFs,
+    Runtime, ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use state::{
     DurationHistogram, EventStats, ExecEventSource, ExecEventStats, FindingChanges, FindingLedger,

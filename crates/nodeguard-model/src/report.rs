@@ -356,6 +356,39 @@ pub struct Process {
     /// for the exec retention window (README "Exec-time detection").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exited: bool,
+    /// The writable mount other than the container's root the executable lives on (a tmpfs,
+    /// an `emptyDir`, a `hostPath`): neither the image nor the writable layer. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_mount: Option<MountRef>,
+    /// The script an interpreter process (`sh`, `python3`, …) runs, when it is not in the
+    /// image: in the writable layer or on a writable mount. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<Script>,
+}
+
+/// A writable mount of a container other than its root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRef {
+    /// Where it is mounted, as the container sees it (escaped like paths).
+    pub mount_point: String,
+    /// `tmpfs`, `ext4`, `xfs`, `nfs`, …
+    pub fstype: String,
+}
+
+/// A script an interpreter process runs from outside its container's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    /// As the container sees it (escaped like paths).
+    pub path: String,
+    /// The writable mount it is on; absent: the container's writable layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<MountRef>,
+    /// SHA-256 of the script, lowercase hex.
+    pub sha256: Option<String>,
+    /// Why it was not hashed, if it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_error: Option<String>,
 }
 
 /// How many characters of a container id name a container that has no Kubernetes name.

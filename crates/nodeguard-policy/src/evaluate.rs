@@ -330,6 +330,63 @@ fn container_process_rules(
             found.add(finding);
         }
     }
+    outside_image_rules(id, p, found);
+}
+
+/// `binary_drift` for what runs from outside the image other than the writable layer's
+/// executables: an executable on a writable mount of the container (a tmpfs, an `emptyDir`, a
+/// `hostPath`), and a script an interpreter runs from the writable layer or such a mount
+/// (`Process.script`: the finding's path and digest are the script's). The subject is the
+/// file's path, as for the writable layer's executables, so those findings keep their ids.
+fn outside_image_rules(id: &str, p: &Process, found: &mut Found) {
+    let label = || Scope::Container(id, None, None).label();
+    let cid = Some(id);
+    if let (Some(mount), Some(exe)) = (&p.exe_mount, p.exe.as_deref()) {
+        if found.keeps(FindingKind::BinaryDrift, cid, exe, p.pid) {
+            let message = format!(
+                "{}: {} runs {exe} from a writable {} mount at {}, not the image (sha256 {})",
+                label(),
+                who(p),
+                mount.fstype,
+                mount.mount_point,
+                p.sha256.as_deref().unwrap_or("unknown")
+            );
+            let mut finding =
+                Finding::new(FindingKind::BinaryDrift, Severity::High, cid, exe, message)
+                    .with_pid(p.pid)
+                    .with_path(exe);
+            if let Some(digest) = p.sha256.as_deref() {
+                finding = finding.with_sha256(digest);
+            }
+            found.add(finding);
+        }
+    }
+    if let Some(script) = &p.script {
+        let path = script.path.as_str();
+        if found.keeps(FindingKind::BinaryDrift, cid, path, p.pid) {
+            let place = match &script.mount {
+                Some(mount) => {
+                    format!("a writable {} mount at {}", mount.fstype, mount.mount_point)
+                }
+                None => "the container's writable layer".to_string(),
+            };
+            let message = format!(
+                "{}: {} runs script {path} from {place}, not the image, with {} (sha256 {})",
+                label(),
+                who(p),
+                p.exe.as_deref().unwrap_or("an interpreter"),
+                script.sha256.as_deref().unwrap_or("unknown")
+            );
+            let mut finding =
+                Finding::new(FindingKind::BinaryDrift, Severity::High, cid, path, message)
+                    .with_pid(p.pid)
+                    .with_path(path);
+            if let Some(digest) = script.sha256.as_deref() {
+                finding = finding.with_sha256(digest);
+            }
+            found.add(finding);
+        }
+    }
 }
 
 /// Rules on the executable itself, for host and container processes alike.

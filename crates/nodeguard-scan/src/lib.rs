@@ -1013,6 +1013,17 @@ fn hash_executables(
         .zip(job_of)
         .filter_map(|(cp, job)| {
             let mut process = cp.process;
+            if let (Some(script), Some(identity)) = (process.script.as_mut(), cp.script_identity) {
+                hash_script(
+                    proc_root,
+                    process.pid,
+                    script,
+                    &identity,
+                    digests,
+                    options.max_hash_size,
+                    stats,
+                );
+            }
             let Some(job) = job else {
                 return Some(process);
             };
@@ -1040,6 +1051,55 @@ fn hash_executables(
             }
         })
         .collect()
+}
+
+/// The SHA-256 of a script an interpreter runs from outside the image, through the digest
+/// cache (keyed by the file as the process sees it): opened inside the process's root as it
+/// was located (`nodeguard_collect::script::open_script`: no symlink out of the container, no
+/// FIFO), and only while it is still that file. Bounded like executables: one file per
+/// interpreter process, each distinct file read once while cached, at most `max_size` bytes.
+fn hash_script(
+    proc_root: &Path,
+    pid: i32,
+    script: &mut nodeguard_model::Script,
+    identity: &nodeguard_model::FileIdentity,
+    digests: &DigestCache,
+    max_size: u64,
+    stats: &mut ScanStats,
+) {
+    if let Some(cached) = digests.lookup(identity, Algorithms::SHA256) {
+        stats.hash_cache_hits += 1;
+        script.sha256 = cached.sha256_hex();
+        return;
+    }
+    stats.hash_cache_misses += 1;
+    let Some(path) = nodeguard_model::unescape_path(&script.path) else {
+        return;
+    };
+    let read = nodeguard_collect::script::open_script(proc_root, pid, &path, identity).and_then(
+        |mut file| {
+            if identity.size > max_size {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("{} bytes, over the {max_size}-byte limit", identity.size),
+                ));
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            nodeguard_hash::digest_reader(&mut file, Algorithms::SHA256, &mut buf, max_size)
+        },
+    );
+    match read {
+        Ok(got) => {
+            stats.bytes_hashed += got.bytes;
+            stats.files_hashed += 1;
+            script.sha256 = got.sha256_hex();
+            digests.store(*identity, got);
+        }
+        Err(e) => {
+            stats.count_error("hash");
+            script.hash_error = Some(format!("cannot hash script {}: {e}", script.path));
+        }
+    }
 }
 
 /// Secrets in the processes' command lines replaced (see [`nodeguard_model::redact_cmdline`]);
@@ -1117,6 +1177,8 @@ mod tests {
             exe: Some(exe.into()),
             exe_deleted: false,
             exe_layer: None,
+            exe_mount: None,
+            script: None,
             sha256: Some("ab".repeat(32)),
             sha512: None,
             hash_error: None,

@@ -21,9 +21,9 @@
 mod table;
 
 pub use table::{
-    bytes, containers_table, containers_table_width, cores, findings_report, findings_table, fit,
-    processes_table, processes_table_width, report_summary, report_table, summary, FindingLine,
-    Inventory, DEFAULT_WIDTH,
+    bytes, containers_table, containers_table_width, cores, findings_report, findings_report_with,
+    findings_table, fit, processes_table, processes_table_width, report_summary, report_table,
+    report_table_with, summary, FindingLine, Inventory, Listing, DEFAULT_WIDTH,
 };
 
 use crate::query::{ContainersQuery, FindingsQuery, ProcessesQuery};

@@ -10,7 +10,7 @@
 
 use crate::types::ProcessEntry;
 use nodeguard_model::{
-    escape_path, short_id, Container, FileEntry, Finding, Report, Severity, Timestamp,
+    escape_path, short_id, Container, FileEntry, Finding, FindingKind, Report, Severity, Timestamp,
     TrackedFinding,
 };
 use std::cmp::Reverse;
@@ -43,6 +43,34 @@ impl Inventory {
     };
 }
 
+/// Which findings the list shows. The summary above it always counts every finding, and a
+/// footer line counts the ones left out and names `hint`, the flag that lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listing {
+    /// The least severity listed one per line.
+    pub min_severity: Severity,
+    /// What lists the rest, for the footer (`scan --show-low`).
+    pub hint: &'static str,
+}
+
+impl Listing {
+    /// `nodeguard scan`'s default: medium and up, low counted.
+    pub const SCAN: Listing = Listing {
+        min_severity: Severity::Medium,
+        hint: "scan --show-low",
+    };
+    /// `nodeguard query findings`' default: medium and up, low counted.
+    pub const QUERY: Listing = Listing {
+        min_severity: Severity::Medium,
+        hint: "query findings --severity low",
+    };
+    /// Every finding.
+    pub const ALL: Listing = Listing {
+        min_severity: Severity::Low,
+        hint: "",
+    };
+}
+
 /// One finding to show, with when it was first seen when the agent tracks that.
 #[derive(Debug, Clone, Copy)]
 pub struct FindingLine<'a> {
@@ -52,8 +80,19 @@ pub struct FindingLine<'a> {
 
 /// A whole report, as `nodeguard scan` and `nodeguard query report` print it: a header line,
 /// the summary, the findings worst first, the inventories asked for, the warnings and a
-/// footer of scan statistics. Lines are at most `width` characters.
+/// footer of scan statistics. Lines are at most `width` characters. Low findings are counted,
+/// not listed ([`Listing::SCAN`]; [`report_table_with`] chooses).
 pub fn report_table(report: &Report, inventory: Inventory, width: usize) -> String {
+    report_table_with(report, inventory, Listing::SCAN, width)
+}
+
+/// [`report_table`] listing the findings `listing` says.
+pub fn report_table_with(
+    report: &Report,
+    inventory: Inventory,
+    listing: Listing,
+    width: usize,
+) -> String {
     let mut out = String::new();
     let in_containers = report
         .processes
@@ -86,7 +125,7 @@ pub fn report_table(report: &Report, inventory: Inventory, width: usize) -> Stri
     out.push('\n');
     out.push_str(&summary(&lines, report.warnings.len(), width));
     out.push('\n');
-    out.push_str(&findings_list(&lines, width));
+    out.push_str(&findings_list(&lines, listing, width));
 
     if inventory.containers {
         out.push_str("\nCONTAINERS\n");
@@ -180,19 +219,25 @@ pub fn report_table(report: &Report, inventory: Inventory, width: usize) -> Stri
     out
 }
 
-/// Open findings as `nodeguard query findings` prints them: the summary, then the list.
+/// Open findings as `nodeguard query findings` prints them: the summary, then the list
+/// (low findings counted, not listed: [`Listing::QUERY`]).
 pub fn findings_report(findings: &[TrackedFinding], width: usize) -> String {
+    findings_report_with(findings, Listing::QUERY, width)
+}
+
+/// [`findings_report`] listing the findings `listing` says.
+pub fn findings_report_with(findings: &[TrackedFinding], listing: Listing, width: usize) -> String {
     let lines = tracked_lines(findings);
     let mut out = summary(&lines, 0, width);
     out.push('\n');
-    out.push_str(&findings_list(&lines, width));
+    out.push_str(&findings_list(&lines, listing, width));
     out
 }
 
 /// Findings worst first, grouped by pod and container, without the summary and unlimited in
 /// width (for library users; the CLI uses [`findings_report`]).
 pub fn findings_table(findings: &[TrackedFinding]) -> String {
-    findings_list(&tracked_lines(findings), usize::MAX)
+    findings_list(&tracked_lines(findings), Listing::ALL, usize::MAX)
 }
 
 fn tracked_lines(findings: &[TrackedFinding]) -> Vec<FindingLine<'_>> {
@@ -264,8 +309,10 @@ pub fn summary(findings: &[FindingLine], warnings: usize, width: usize) -> Strin
 }
 
 /// Findings worst first: one header line per pod and container (worst group first), then one
-/// line per finding.
-fn findings_list(findings: &[FindingLine], width: usize) -> String {
+/// line per finding at or above `listing.min_severity`, one process's `dangerous_capability`
+/// findings of one severity folded into one line. A group with nothing listed is left out;
+/// the last line counts what was not listed. The group headers count every finding.
+fn findings_list(findings: &[FindingLine], listing: Listing, width: usize) -> String {
     let mut groups: BTreeMap<(String, String), Vec<FindingLine>> = BTreeMap::new();
     for line in findings {
         let f = line.finding;
@@ -281,6 +328,7 @@ fn findings_list(findings: &[FindingLine], width: usize) -> String {
                 (
                     Reverse(l.finding.severity),
                     l.finding.kind,
+                    l.finding.pid,
                     l.finding.subject.clone(),
                 )
             };
@@ -293,36 +341,174 @@ fn findings_list(findings: &[FindingLine], width: usize) -> String {
             .cmp(&(Reverse(worst_first(&group_counts(b))), kb))
     });
 
+    let listed = |l: &&FindingLine| l.finding.severity >= listing.min_severity;
     let with_seen = findings.iter().any(|l| l.first_seen.is_some());
     let mut header = vec!["  SEVERITY", "KIND", "PID"];
     if with_seen {
         header.push("FIRST SEEN");
     }
     header.push("DETAIL");
-    let mut table = Table::new(&header);
+    // Rows first without their detail, so a folded line's capabilities can be split over as
+    // many lines as it takes to show every one within the width.
+    let mut pending: Vec<(Vec<String>, Detail)> = Vec::new();
+    let mut group_at: Vec<(usize, String)> = Vec::new();
+    let mut not_listed = [0usize; 4];
     for ((pod, container), lines) in &groups {
-        table.text(format!(
-            "{pod}{container}: {}",
-            severity_counts(&group_counts(lines))
+        let shown: Vec<&FindingLine> = lines.iter().filter(listed).collect();
+        for l in lines.iter().filter(|l| !listed(l)) {
+            not_listed[l.finding.severity as usize] += 1;
+        }
+        if shown.is_empty() {
+            continue;
+        }
+        group_at.push((
+            pending.len(),
+            format!(
+                "{pod}{container}: {}",
+                severity_counts(&group_counts(lines))
+            ),
         ));
-        for line in lines {
-            let f = line.finding;
+        for run in folded(&shown) {
+            let f = run[0].finding;
             let mut cells = vec![
                 format!("  {}", f.severity.as_str().to_uppercase()),
                 f.kind.to_string(),
                 f.pid.map_or("-".to_string(), |p| p.to_string()),
             ];
             if with_seen {
-                cells.push(line.first_seen.map_or("-".to_string(), |t| t.to_string()));
+                // The earliest of the folded findings.
+                let first = run.iter().filter_map(|l| l.first_seen).min();
+                cells.push(first.map_or("-".to_string(), |t| t.to_string()));
             }
-            cells.push(detail(f));
-            table.row(cells);
+            pending.push((cells, folded_detail(&run)));
         }
     }
-    if groups.is_empty() {
+    // What is left of the width for the detail column.
+    let mut used = 0usize;
+    for col in 0..header.len() - 1 {
+        let widest = pending
+            .iter()
+            .map(|(cells, _)| cells[col].chars().count())
+            .chain(std::iter::once(header[col].chars().count()))
+            .max()
+            .unwrap_or(0);
+        used = used.saturating_add(widest + 2);
+    }
+    let room = width.saturating_sub(used);
+    let mut table = Table::new(&header);
+    let mut groups_left = group_at.into_iter().peekable();
+    for (i, (cells, detail)) in pending.into_iter().enumerate() {
+        while let Some((_, text)) = groups_left.next_if(|(at, _)| *at == i) {
+            table.text(text);
+        }
+        for text in detail.lines(room) {
+            let mut row = cells.clone();
+            row.push(text);
+            table.row(row);
+        }
+    }
+    if table.lines.is_empty() {
         table.text("(none)".to_string());
     }
-    table.render(width)
+    let mut out = table.render(width);
+    let hidden: usize = not_listed.iter().sum();
+    if hidden > 0 {
+        let names: Vec<String> = Severity::ALL
+            .iter()
+            .rev()
+            .filter(|s| not_listed[**s as usize] > 0)
+            .map(|s| format!("{} {s}", not_listed[*s as usize]))
+            .collect();
+        push_line(
+            &mut out,
+            &format!(
+                "not listed: {} (counted above; {} lists them, -o json has everything)",
+                names.join(", "),
+                listing.hint
+            ),
+            width,
+        );
+    }
+    out
+}
+
+/// Runs of `lines` (sorted by severity, kind, pid) that print as one line: one process's
+/// `dangerous_capability` findings of one severity; every other finding alone.
+fn folded<'a>(lines: &[&'a FindingLine<'a>]) -> Vec<Vec<&'a FindingLine<'a>>> {
+    let foldable = |f: &Finding| {
+        f.kind == FindingKind::DangerousCapability && f.pid.is_some() && f.aggregate.is_none()
+    };
+    let mut runs: Vec<Vec<&FindingLine>> = Vec::new();
+    for line in lines {
+        let f = line.finding;
+        if let Some(run) = runs.last_mut() {
+            let head = run[0].finding;
+            if foldable(f) && foldable(head) && (head.severity, head.pid) == (f.severity, f.pid) {
+                run.push(line);
+                continue;
+            }
+        }
+        runs.push(vec![line]);
+    }
+    runs
+}
+
+/// The detail of a listed line: one finding's text, or the text of folded findings whose
+/// subjects (capability names) stand where the first one's stood.
+enum Detail {
+    Plain(String),
+    Folded {
+        before: String,
+        names: Vec<String>,
+        after: String,
+    },
+}
+
+impl Detail {
+    /// The lines it takes within `room` characters: one, or for folded names as many as it
+    /// takes to show every name (each line a whole sentence naming some of them).
+    fn lines(self, room: usize) -> Vec<String> {
+        match self {
+            Detail::Plain(text) => vec![text],
+            Detail::Folded {
+                before,
+                names,
+                after,
+            } => {
+                let frame = before.chars().count() + after.chars().count();
+                let mut out = Vec::new();
+                let mut chunk: Vec<&str> = Vec::new();
+                let mut len = frame;
+                for name in &names {
+                    let sep = if chunk.is_empty() { 0 } else { 2 };
+                    if !chunk.is_empty() && len + sep + name.chars().count() > room {
+                        out.push(format!("{before}{}{after}", chunk.join(", ")));
+                        chunk.clear();
+                        len = frame;
+                    }
+                    len += name.chars().count() + if chunk.is_empty() { 0 } else { 2 };
+                    chunk.push(name);
+                }
+                if !chunk.is_empty() {
+                    out.push(format!("{before}{}{after}", chunk.join(", ")));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A run's detail: the one finding's message, or for a process's folded capabilities their
+/// names (the PID column says whose), as few per line as the width needs.
+fn folded_detail(run: &[&FindingLine]) -> Detail {
+    if run.len() == 1 {
+        return Detail::Plain(detail(run[0].finding));
+    }
+    Detail::Folded {
+        before: String::new(),
+        names: run.iter().map(|l| l.finding.subject.clone()).collect(),
+        after: " in its effective set".to_string(),
+    }
 }
 
 /// The finding's message without the `container 4f3c1a2b3c4d: ` / `host: ` prefix its group
@@ -771,6 +957,146 @@ mod tests {
             .unwrap();
         assert!(first_kind < root_kind, "{text}");
         assert!(text.contains("shop/web-1"), "{text}");
+    }
+
+    fn capability(name: &str, severity: Severity, pid: i32) -> TrackedFinding {
+        let mut t = tracked(
+            FindingKind::DangerousCapability,
+            severity,
+            name,
+            "2026-01-01T00:00:00Z",
+        );
+        t.finding.message = format!(
+            "container {}: pid {pid} (app) has {name} in its effective set",
+            "abababababab"
+        );
+        t.finding.pid = Some(pid);
+        t
+    }
+
+    #[test]
+    fn low_findings_are_counted_not_listed_unless_asked() {
+        let mut rows = vec![tracked(
+            FindingKind::BinaryDrift,
+            Severity::High,
+            "/tmp/miner",
+            "2026-01-01T00:00:00Z",
+        )];
+        for i in 0..30 {
+            rows.push(tracked(
+                FindingKind::SetuidFile,
+                Severity::Low,
+                &format!("/usr/bin/tool{i}"),
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+        // A container with nothing but low findings gets no group header either.
+        let mut only_low = tracked(
+            FindingKind::MissingCpuLimit,
+            Severity::Low,
+            "cpu",
+            "2026-01-01T00:00:00Z",
+        );
+        only_low.finding.container_id = Some("cd".repeat(32));
+        rows.push(only_low);
+
+        let text = findings_report(&rows, DEFAULT_WIDTH);
+        assert!(text.starts_with("FINDINGS 32: critical 0, high 1, medium 0, low 31"));
+        assert!(text.contains("/tmp/miner"), "{text}");
+        assert!(!text.contains("/usr/bin/tool"), "{text}");
+        // (The summary's table by pod still counts it.)
+        assert!(!text.contains("cdcdcdcdcdcd (no pod metadata)"), "{text}");
+        let last = text.lines().last().unwrap();
+        assert_eq!(
+            last,
+            "not listed: 31 low (counted above; query findings --severity low lists them, -o json has everything)"
+        );
+        // Asked for, every one is listed and nothing is said to be missing.
+        let all = findings_report_with(&rows, Listing::ALL, DEFAULT_WIDTH);
+        assert_eq!(all.matches("/usr/bin/tool").count(), 30, "{all}");
+        assert!(all.contains("cdcdcdcdcdcd (no pod metadata)"), "{all}");
+        assert!(!all.contains("not listed"), "{all}");
+        // Nothing at medium or above is ever left out, and without low findings there is no
+        // footer.
+        let text = findings_report(&rows[..1], DEFAULT_WIDTH);
+        assert!(!text.contains("not listed"), "{text}");
+    }
+
+    #[test]
+    fn one_process_capabilities_fold_into_one_line_per_severity() {
+        let rows = [
+            capability("CAP_SYS_ADMIN", Severity::Critical, 7),
+            capability("CAP_SYS_MODULE", Severity::Critical, 7),
+            capability("CAP_NET_ADMIN", Severity::High, 7),
+            capability("CAP_SYS_PTRACE", Severity::High, 7),
+            capability("CAP_BPF", Severity::High, 7),
+            // Another process's capability stays on a line of its own.
+            capability("CAP_SYSLOG", Severity::High, 9),
+        ];
+        let text = findings_report(&rows, usize::MAX);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("dangerous_capability") && l.starts_with("  "))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("CRITICAL"), "{text}");
+        assert!(
+            lines[0].ends_with("  CAP_SYS_ADMIN, CAP_SYS_MODULE in its effective set"),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with("  CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE in its effective set"),
+            "{text}"
+        );
+        assert!(
+            lines[2].ends_with("pid 9 (app) has CAP_SYSLOG in its effective set"),
+            "{text}"
+        );
+        // The summary still counts each finding.
+        assert!(text.starts_with("FINDINGS 6: critical 2, high 4"), "{text}");
+    }
+
+    #[test]
+    fn folded_capabilities_take_more_lines_rather_than_be_cut() {
+        let names = [
+            "CAP_BPF",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_LINUX_IMMUTABLE",
+            "CAP_MAC_ADMIN",
+            "CAP_MAC_OVERRIDE",
+            "CAP_NET_ADMIN",
+            "CAP_PERFMON",
+            "CAP_SYSLOG",
+            "CAP_SYS_BOOT",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_RAWIO",
+            "CAP_SYS_TIME",
+        ];
+        let rows: Vec<TrackedFinding> = names
+            .iter()
+            .map(|n| capability(n, Severity::High, 4242))
+            .collect();
+        let text = findings_report(&rows, DEFAULT_WIDTH);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("dangerous_capability") && l.starts_with("  "))
+            .collect();
+        assert!(lines.len() > 1 && lines.len() < names.len(), "{text}");
+        assert!(
+            text.lines().all(|l| l.chars().count() <= DEFAULT_WIDTH),
+            "{text}"
+        );
+        assert!(lines.iter().all(|l| !l.ends_with('…')), "{text}");
+        for name in names {
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.contains(&format!("{name},")) || l.contains(&format!("{name} ")))
+                    .count(),
+                1,
+                "{name} on exactly one line\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
     Capabilities, CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion,
-    FileEntry, Finding, FindingKind, Ids, Layer, Limits, Namespaces, NodeState, PodRef, Process,
-    QosClass, Report, RootFs, Runtime, ScanKind, ScanRun, ScanStats, SeccompMode, Severity,
-    Timestamp, TrackedFinding, SCHEMA_VERSION,
+    FileEntry, Finding, FindingKind, Ids, Layer, Limits, MountRef, Namespaces, NodeState, PodRef,
+    Process, QosClass, Report, RootFs, Runtime, ScanKind, ScanRun, ScanStats, Script, SeccompMode,
+    Severity, Timestamp, TrackedFinding, SCHEMA_VERSION,
 };
 use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::BTreeMap;
@@ -64,6 +64,8 @@ fn process(pid: i32, ppid: i32, command: &str, container: Option<&str>, uid: u32
         exe: Some(format!("/usr/sbin/{command}")),
         exe_deleted: false,
         exe_layer: Some(Layer::Image),
+        exe_mount: None,
+        script: None,
         sha256: Some(NGINX_SHA.to_string()),
         sha512: None,
         hash_error: None,
@@ -193,6 +195,22 @@ pub fn node_state(node: &str) -> NodeState {
     dropper.capability_masks.ambient = None;
     dropper.namespaces = namespaces(4026531830, &["net", "pid"]);
     dropper.exited = true;
+    // A worker that runs a script dropped on a tmpfs through the image's shell, and a
+    // binary from that tmpfs.
+    let mut worker = worker;
+    worker.script = Some(Script {
+        path: "/dev/shm/run.sh".into(),
+        mount: Some(MountRef {
+            mount_point: "/dev/shm".into(),
+            fstype: "tmpfs".into(),
+        }),
+        sha256: None,
+        hash_error: Some("cannot hash script /dev/shm/run.sh: changed since it was located".into()),
+    });
+    worker.exe_mount = Some(MountRef {
+        mount_point: "/dev/shm".into(),
+        fstype: "tmpfs".into(),
+    });
     let mut systemd = process(1, 0, "systemd", None, 0);
     systemd.cmdline = "/sbin/init".into();
     systemd.exe = Some("/usr/lib/systemd/systemd".into());

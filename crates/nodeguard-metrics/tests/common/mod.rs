@@ -42,6 +42,8 @@ pub fn process(pid: i32, container_id: Option<&str>, kernel_thread: bool) -> Pro
         exe: Some("/bin/sh".to_string()),
         exe_deleted: false,
         exe_layer: None,
+        exe_mount: None,
+        script: None,
         sha256: None,
         sha512: None,
         hash_error: None,
