@@ -33,7 +33,7 @@ LABEL org.opencontainers.image.title="nodeguard" \
       org.opencontainers.image.source="https://example.invalid/nodeguard" \
       org.opencontainers.image.base.name="gcr.io/distroless/static-debian12"
 COPY --from=builder /out/nodeguard /nodeguard
-# Root in the host user namespace with two added capabilities is what the DaemonSet grants;
+# Root in the host user namespace with three added capabilities is what the DaemonSet grants;
 # see README "Privileges".
 USER 0:0
 EXPOSE 9717

@@ -164,10 +164,18 @@ fn hourly_agent_with(planted: &Planted, extra: &[&str]) -> (Agent, f64) {
         planted.policy.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let agent = Agent::start(&args);
+    let agent = as_deployed(&args);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
     (agent, scans_before)
+}
+
+/// The agent as the DaemonSet runs it: root with only the manifest's capabilities and
+/// no_new_privs (`support::deployment::as_deployed`), in the host's namespaces.
+fn as_deployed(args: &[&str]) -> Agent {
+    let wrapper = support::deployment::as_deployed();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    Agent::start_in(&wrapper, args)
 }
 
 fn require_netlink(agent: &Agent) {
@@ -175,7 +183,7 @@ fn require_netlink(agent: &Agent) {
     assert_eq!(
         agent.metric(source),
         Some(1.0),
-        "the connector must work for a root agent in the host's namespaces"
+        "the connector must work for the agent with the DaemonSet's capabilities in the host's namespaces"
     );
 }
 
@@ -435,15 +443,20 @@ fn in_a_network_namespace_of_its_own_the_agent_says_polling_and_still_finds_by_s
     let pid = planted
         .container
         .exec_detached(&[&planted.evil, "sleep", "600"]);
+    // A pod without hostNetwork: a network namespace of its own, then the DaemonSet's
+    // capabilities (unshare needs CAP_SYS_ADMIN, so it comes first; setpriv execs the agent).
+    let mut wrapper = vec![
+        "unshare".to_string(),
+        "--net".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        "ip link set lo up && exec \"$0\" \"$@\"".into(),
+    ];
+    wrapper.extend(support::deployment::as_deployed());
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = Agent::start_in(
-        &[
-            "unshare",
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ],
+        &wrapper,
         &[
             "--interval",
             "2s",
@@ -507,7 +520,7 @@ fn containers_started_while_execs_are_read_get_no_findings_from_runcs_own_set_up
     // default capabilities, a pid namespace of their own), so no such finding may appear,
     // not even for a moment (the detected counters count every appearance).
     let image = Image::busybox_owned("execinit");
-    let agent = Agent::start(&["--interval", "1h", "--fs-interval", "1h"]);
+    let agent = as_deployed(&["--interval", "1h", "--fs-interval", "1h"]);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
     let kinds = ["privileged_container", "host_pid_namespace"];
@@ -551,6 +564,83 @@ fn containers_started_while_execs_are_read_get_no_findings_from_runcs_own_set_up
     }
 }
 
+/// The tester's finding: the DaemonSet's pod without CAP_NET_ADMIN could not join the
+/// connector and polled. Granted everything the manifest grants but NET_ADMIN, the agent says
+/// polling, once, naming the missing capability, and the metric agrees; with the manifest's
+/// set it reads execs and then holds no CAP_NET_ADMIN in any thread (the kernel's view:
+/// `/proc/PID/task/TID/status`), bounding set aside.
+#[test]
+fn without_net_admin_the_agent_polls_and_names_it_and_with_it_drops_it_once_subscribed() {
+    require_containers!();
+    let _host_execs = calm();
+    let added = support::deployment::added_capabilities();
+    assert!(
+        added.iter().any(|c| c == "NET_ADMIN"),
+        "the DaemonSet grants NET_ADMIN: {added:?}"
+    );
+    let net_admin = 1u64 << support::deployment::capability_number("NET_ADMIN");
+    let caps: Vec<String> = added
+        .iter()
+        .filter(|c| *c != "NET_ADMIN")
+        .map(|c| format!("+{}", c.to_ascii_lowercase()))
+        .collect();
+    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+    let without = Agent::start_in(
+        &[
+            "setpriv",
+            &bounding,
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--no-new-privs",
+            "--",
+        ],
+        &["--interval", "1h", "--fs-interval", "1h"],
+    );
+    without.wait_ready(FIRST_SCAN_TIMEOUT);
+    assert_eq!(
+        without.metric("nodeguard_exec_events_source{source=\"polling\"}"),
+        Some(1.0)
+    );
+    let log = without.log_text();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("exec events unavailable"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once, not {}:\n{log}", said.len());
+    assert!(
+        said[0].contains("\"source\":\"polling\"") && said[0].contains("CAP_NET_ADMIN"),
+        "the start-up line names the source and the missing capability: {}",
+        said[0]
+    );
+    drop(without);
+
+    let with = as_deployed(&["--interval", "1h", "--fs-interval", "1h"]);
+    with.wait_ready(FIRST_SCAN_TIMEOUT);
+    require_netlink(&with);
+    let log = with.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("exec events") && l.contains("\"source\":\"netlink\"")),
+        "the start-up log names netlink:\n{log}"
+    );
+    let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{}/task", with.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert!(tasks.len() > 1, "{tasks:?}");
+    for task in tasks {
+        let status = task.join("status");
+        let field = |name: &str| {
+            let hex = support::oracle::status_field(&status, name).unwrap();
+            u64::from_str_radix(hex.trim(), 16).unwrap()
+        };
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            assert_eq!(field(set) & net_admin, 0, "{set} of {}", status.display());
+        }
+        assert_ne!(field("CapBnd") & net_admin, 0, "{}", status.display());
+    }
+}
+
 /// A script dropped in the writable layer and run through the image's shell for a third of a
 /// second is drift as it execs, with the script's digest (`sha256sum` of the writable layer's
 /// file), before any scan.
@@ -568,7 +658,7 @@ fn a_dropped_script_run_briefly_is_drift_within_two_seconds() {
     )
     .unwrap();
     let digest = support::oracle::sha256sum(&script);
-    let agent = Agent::start(&["--interval", "1h", "--fs-interval", "1h"]);
+    let agent = as_deployed(&["--interval", "1h", "--fs-interval", "1h"]);
     let scans_before = wait_first_scans(&agent);
     require_netlink(&agent);
 

@@ -11,7 +11,7 @@
 //!   x86_64-unknown-linux-gnu, the builder stage uses musl), checked for the absence of a
 //!   `PT_INTERP` program header, and run as the *only* file of a runc root filesystem (what a
 //!   scratch or distroless/static image gives it) with the DaemonSet's privileges: host pid
-//!   namespace, read-only root, only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, no_new_privs.
+//!   namespace, read-only root, only the capabilities the DaemonSet adds, no_new_privs.
 //!
 //! The static binary comes from `NODEGUARD_STATIC_BIN` when set (CI builds it once in its own
 //! step), else it is built here once per test run into `target/static` (its own target dir, so

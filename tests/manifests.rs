@@ -1680,7 +1680,25 @@ fn the_daemonset_runs_with_least_privilege() {
     let caps = sc.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
-    assert_eq!(added, BTreeSet::from(["SYS_PTRACE", "DAC_READ_SEARCH"]));
+    // NET_ADMIN: only to join the process-events connector; the agent drops it right after
+    // (tests/realnode_daemonset.rs reads the running agent's /proc/PID/status).
+    assert_eq!(
+        added,
+        BTreeSet::from(["SYS_PTRACE", "DAC_READ_SEARCH", "NET_ADMIN"])
+    );
+    // Each grant says why, in a comment right above it.
+    let text = std::fs::read_to_string(manifests_dir().join("daemonset.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for cap in &added {
+        let at = lines
+            .iter()
+            .position(|l| l.trim() == format!("- {cap}"))
+            .unwrap_or_else(|| panic!("{cap} is not listed as `- {cap}` in daemonset.yaml"));
+        assert!(
+            at > 0 && lines[at - 1].trim_start().starts_with('#'),
+            "the capability {cap} in daemonset.yaml has no comment giving its reason"
+        );
+    }
     assert_eq!(
         sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
         Some("RuntimeDefault")

@@ -10,7 +10,10 @@
 //! One bed serves the whole test binary: the first test that needs it builds it
 //! (`tests/realnode/build.sh`, cached) and brings it up; it is torn down (`down.sh`) when the
 //! test binary exits. The scan tests share one `nodeguard scan -o json`; the agent test runs
-//! `nodeguard run` with the agent's token, bound only to `manifests/clusterrole.yaml`.
+//! `nodeguard run` with the agent's token, bound only to `manifests/clusterrole.yaml`. Both run
+//! as the DaemonSet runs the agent: root with only the capabilities `manifests/daemonset.yaml`
+//! adds, and no_new_privs (`support::deployment::as_deployed`). One test runs the DaemonSet's
+//! own pod on the kubelet, from the static binary as a one-file image.
 //!
 //! Needs root and what `build.sh` installs; otherwise each test says why it skipped, and with
 //! `CI` set it fails instead. Run: `cargo test -p nodeguard --test realnode`.
@@ -457,8 +460,28 @@ static SCAN: OnceLock<Scan> = OnceLock::new();
 fn scan(bed: &Bed) -> &'static Scan {
     SCAN.get_or_init(|| {
         let _ = bed;
-        Scan::run(&["--no-fs"])
+        deployed_scan(&["--no-fs"])
     })
+}
+
+/// `nodeguard scan --output json EXTRA...` run as the DaemonSet runs the agent (root with only
+/// the manifest's capabilities, no_new_privs: `support::deployment::as_deployed`), so what
+/// these tests see is what the shipped pod can see. Panics unless it exits 0 or 3 with a report.
+fn deployed_scan(extra: &[&str]) -> Scan {
+    let mut args = support::deployment::as_deployed();
+    args.push(support::nodeguard_bin().to_string());
+    args.extend(["scan", "--output", "json"].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    if !extra.contains(&"--host-root") && !support::host_pid1_readable() {
+        args.extend(["--host-root", "/"].map(String::from));
+    }
+    let output = cmd::run(&args[0], &args[1..]);
+    if !matches!(output.code, Some(0) | Some(3)) {
+        panic!("nodeguard scan failed\n{output}");
+    }
+    let report: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("nodeguard scan did not print a JSON report: {e}\n{output}"));
+    Scan { output, report }
 }
 
 /// The report's entry for container `id`; panics with the bed's containers seen.
@@ -834,7 +857,7 @@ fn a_cgroup_root_pointing_at_nothing_raises_no_missing_limit_findings() {
     let bed = require_bed!();
     let _shared = looking();
     let nothing = bed.dir.join("no-cgroups-here");
-    let scan = Scan::run(&["--no-fs", "--cgroup-root", nothing.to_str().unwrap()]);
+    let scan = deployed_scan(&["--no-fs", "--cgroup-root", nothing.to_str().unwrap()]);
     let ours: BTreeSet<String> = bed
         .pods()
         .iter()
@@ -866,8 +889,9 @@ fn a_cgroup_root_pointing_at_nothing_raises_no_missing_limit_findings() {
 // ---------------------------------------------------------------------------------------------
 // The agent against the real API server.
 
-/// `KUBECONFIG=<agent kubeconfig> nodeguard run --kube on ...` (support::agent runs it:
-/// killed on drop, its log printed when the test failed), with this test's questions.
+/// `KUBECONFIG=<agent kubeconfig> setpriv <the DaemonSet's capabilities> nodeguard run --kube
+/// on ...` (support::agent runs it: killed on drop, its log printed when the test failed), with
+/// this test's questions.
 struct Agent(support::agent::Agent);
 
 impl std::ops::Deref for Agent {
@@ -893,16 +917,17 @@ impl Agent {
             "--fs-interval",
             "10m",
         ];
-        let agent = Agent(support::agent::Agent::launch(
-            &args,
-            Launch {
-                kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
-                state_dir: state_dir.map_or(StateDir::None, |d| StateDir::At(d.to_path_buf())),
-                log: Some(bed.dir.join(format!("agent-{name}.log"))),
-                http_timeout: Some(Duration::from_secs(10)),
-                ..Launch::default()
-            },
-        ));
+        let mut how = Launch {
+            kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
+            state_dir: state_dir.map_or(StateDir::None, |d| StateDir::At(d.to_path_buf())),
+            log: Some(bed.dir.join(format!("agent-{name}.log"))),
+            http_timeout: Some(Duration::from_secs(10)),
+            ..Launch::default()
+        };
+        // Root with only the capabilities the DaemonSet grants, no_new_privs: what these
+        // tests claim is what the shipped pod does.
+        how.wrapper = support::deployment::as_deployed();
+        let agent = Agent(support::agent::Agent::launch(&args, how));
         agent.wait_ready(FIRST_SCAN_TIMEOUT);
         agent
     }
@@ -1884,6 +1909,457 @@ fn a_new_high_finding_reaches_the_api_server_before_hundreds_of_waiting_low_ones
 }
 
 // ---------------------------------------------------------------------------------------------
+// The DaemonSet's own pod on the real kubelet.
+
+/// A Pod made from the DaemonSet's pod template in `manifests/daemonset.yaml`, changed only where
+/// this bed forces it: the node (no scheduler), the image (imported, never pulled), the two
+/// ports (hostNetwork shares the machine's ports with concurrent beds and tests), the
+/// service-account token by hostPath and the API server's address (no token controller), the
+/// state hostPath (a temp dir), and the AppArmor setting as the annotation v1.20 reads (it
+/// predates `securityContext.appArmorProfile`; this kernel has no AppArmor anyway).
+/// securityContext, capabilities, hostPID, hostNetwork, probes, resources and args are the
+/// template's.
+fn daemonset_pod(
+    bed: &Bed,
+    name: &str,
+    image: &str,
+    ports: [u16; 2],
+    token_dir: &Path,
+    state_dir: &Path,
+) -> Value {
+    let ds = support::deployment::daemonset();
+    let template = &ds["spec"]["template"];
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": template["metadata"].clone(),
+        "spec": template["spec"].clone(),
+    });
+    pod["metadata"]["name"] = json!(name);
+    pod["metadata"]["namespace"] = ds["metadata"]["namespace"].clone();
+    let spec = &mut pod["spec"];
+    spec["nodeName"] = json!(bed.node());
+    let container = &mut spec["containers"][0];
+    let container_name = container["name"].as_str().unwrap().to_string();
+    container["image"] = json!(image);
+    container["imagePullPolicy"] = json!("Never");
+    let shipped: Vec<u64> = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shipped.len(), 2, "the API and probe ports: {shipped:?}");
+    let moved = |text: &str| {
+        let mut text = text.to_string();
+        for (old, new) in shipped.iter().zip(ports) {
+            text = text.replace(&format!(":{old}"), &format!(":{new}"));
+        }
+        text
+    };
+    for (port, new) in container["ports"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(ports)
+    {
+        port["containerPort"] = json!(new);
+    }
+    for arg in container["args"].as_array_mut().expect("args") {
+        *arg = json!(moved(arg.as_str().unwrap()));
+    }
+    let api = bed.var("REALNODE_APISERVER");
+    let api_port = api.rsplit(':').next().unwrap().to_string();
+    let env = container["env"].as_array_mut().expect("env");
+    for var in env.iter_mut() {
+        if let Some(value) = var["value"].as_str() {
+            var["value"] = json!(moved(value));
+        }
+    }
+    env.push(json!({"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}));
+    env.push(json!({"name": "KUBERNETES_SERVICE_PORT", "value": api_port}));
+    container["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "bed-token", "readOnly": true,
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+        }));
+    let sc = &mut container["securityContext"];
+    let apparmor = sc["appArmorProfile"]["type"].as_str().map(str::to_string);
+    sc.as_object_mut().unwrap().remove("appArmorProfile");
+    if let Some(profile) = apparmor {
+        assert_eq!(
+            profile, "Unconfined",
+            "teach this test the annotation for {profile}"
+        );
+        pod["metadata"]["annotations"] = json!({
+            format!("container.apparmor.security.beta.kubernetes.io/{container_name}"): "unconfined"
+        });
+    }
+    let volumes = pod["spec"]["volumes"].as_array_mut().expect("volumes");
+    for volume in volumes.iter_mut() {
+        if volume["name"] == "state" {
+            volume["hostPath"]["path"] = json!(state_dir);
+        }
+    }
+    volumes.push(json!({
+        "name": "bed-token",
+        "hostPath": {"path": token_dir, "type": "Directory"},
+    }));
+    pod
+}
+
+/// `curl` as a client the agent has never seen: TLS verified against the certificate the
+/// agent serves, the bed's admin token. Returns the body of a 200.
+fn curl_agent(port: u16, cert: &Path, token: &str, path: &str) -> Result<String, String> {
+    let url = format!("https://127.0.0.1:{port}{path}");
+    let header = format!("Authorization: Bearer {token}");
+    let out = cmd::run(
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            "--cacert",
+            cert.to_str().unwrap(),
+            "-H",
+            &header,
+            &url,
+        ],
+    );
+    if out.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("curl {url}: {}", out.stderr.trim()))
+    }
+}
+
+/// Deletes the DaemonSet pod (and what its agent published about its own namespace) when
+/// the test ends, failed or not.
+struct DaemonSetPod<'a> {
+    bed: &'a Bed,
+    namespace: String,
+    name: String,
+}
+
+impl Drop for DaemonSetPod<'_> {
+    fn drop(&mut self) {
+        let ns = self.namespace.as_str();
+        let _ = self.bed.kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            ns,
+            &self.name,
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        let _ = self.bed.kubectl(&[
+            "delete",
+            "policyreports.wgpolicyk8s.io",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/managed-by=nodeguard",
+        ]);
+    }
+}
+
+/// The shipped DaemonSet's pod on the real kubelet, with the capabilities its manifest grants
+/// and nothing else changed that the bed does not force: it is Ready, its start-up log (the
+/// file kubelet wrote) and `nodeguard_exec_events_source` (over TLS, as a client with the
+/// admin token) both say netlink, the kernel's own view of the agent process
+/// (`/proc/PID/status` of every thread) shows CAP_NET_ADMIN only in the bounding set, and a
+/// binary dropped and run in another pod is `binary_drift` on its `/v1/findings` with no
+/// process scan between the exec and the finding. Ground truth: `kubectl get pod -o json`,
+/// `ctr tasks ls` (the pid), `/proc`, `/var/log/pods`, the path the test chose.
+#[test]
+fn the_daemonsets_own_pod_reads_execs_as_they_happen_holding_only_what_it_needs() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let dir = bed
+        .dir
+        .join(format!("daemonset-{}", support::random_hex(3)));
+    fs::create_dir_all(&dir).unwrap();
+
+    // The image: the static binary as its only file, as the Dockerfile's final stage has it.
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(&rootfs).unwrap();
+    let binary = support::deployment::static_binary();
+    fs::copy(binary, rootfs.join("nodeguard")).expect("copy the static binary");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(rootfs.join("nodeguard"), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let image = format!("localhost/{}/nodeguard:test", bed.var("REALNODE_PREFIX"));
+    let tarball = dir.join("nodeguard-image.tar");
+    cmd::run(
+        "python3",
+        &[
+            script("oci-image.py").to_str().unwrap(),
+            rootfs.to_str().unwrap(),
+            &image,
+            tarball.to_str().unwrap(),
+            "/nodeguard",
+        ],
+    )
+    .ok();
+    bed.ctr(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "overlayfs",
+        tarball.to_str().unwrap(),
+    ])
+    .ok();
+
+    // What the pod mounts: the ConfigMap (applied as shipped), a token dir, a state dir.
+    let namespace = support::deployment::daemonset()["metadata"]["namespace"]
+        .as_str()
+        .expect("the DaemonSet's namespace")
+        .to_string();
+    if !bed.kubectl(&["get", "namespace", &namespace]).success() {
+        bed.kubectl(&["create", "namespace", &namespace]).ok();
+    }
+    let configmap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/configmap.yaml");
+    bed.kubectl(&["apply", "-f", configmap.to_str().unwrap()])
+        .ok();
+    let token_dir = dir.join("serviceaccount");
+    fs::create_dir_all(&token_dir).unwrap();
+    fs::write(token_dir.join("token"), bed.var("REALNODE_AGENT_TOKEN")).unwrap();
+    fs::copy(bed.var("REALNODE_CA"), token_dir.join("ca.crt")).unwrap();
+    fs::write(token_dir.join("namespace"), &namespace).unwrap();
+    let state_dir = dir.join("state");
+    let ports = [support::http::free_port(), support::http::free_port()];
+    let name = format!("nodeguard-{}", support::random_hex(3));
+    let manifest = daemonset_pod(bed, &name, &image, ports, &token_dir, &state_dir);
+    bed.kubectl_apply(&manifest);
+    let _pod = DaemonSetPod {
+        bed,
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+
+    // 1. Running and Ready, as the API server has it, never restarted.
+    let pod = wait_for(
+        &format!("pod {namespace}/{name} Ready"),
+        Duration::from_secs(180),
+        || {
+            let pod = bed.kubectl_json(&["get", "pod", "-n", &namespace, &name, "-o", "json"]);
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                Ok(pod)
+            } else {
+                Err(format!("{}", pod["status"]))
+            }
+        },
+    );
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    {
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bed.dir.join("pod-uids"))
+            .expect("open pod-uids");
+        let _ = writeln!(file, "{uid}");
+    }
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(pod["status"]["phase"], "Running", "{}", pod["status"]);
+    assert_eq!(status["restartCount"], 0, "{status}");
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostPID"], true, "{spec}");
+    assert_eq!(spec["hostNetwork"], true, "{spec}");
+    let template = &support::deployment::daemonset()["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"],
+        template["containers"][0]["securityContext"]["capabilities"],
+        "the pod's capabilities are the manifest's"
+    );
+    let id = status["containerID"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("containerd://"))
+        .unwrap_or_else(|| panic!("no containerd id: {status}"))
+        .to_string();
+    let pid = *bed
+        .ctr_tasks()
+        .get(&id)
+        .unwrap_or_else(|| panic!("containerd runs no task {id}"));
+
+    // 2. The kernel's view of every thread of the agent: the manifest's capabilities bound it,
+    //    and CAP_NET_ADMIN, used to subscribe, is gone from every set it could act with.
+    let added = support::deployment::added_capabilities();
+    let bounding = support::deployment::capability_mask(&added);
+    let kept: Vec<&String> = added.iter().filter(|c| *c != "NET_ADMIN").collect();
+    let running = support::deployment::capability_mask(&kept);
+    assert_ne!(
+        bounding, running,
+        "the manifest grants NET_ADMIN: {added:?}"
+    );
+    let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the agent's threads")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert!(tasks.len() > 1, "a running agent has threads: {tasks:?}");
+    for task in &tasks {
+        let status = task.join("status");
+        let field = |name: &str| {
+            let hex = support::oracle::status_field(&status, name)
+                .unwrap_or_else(|| panic!("no {name} in {}", status.display()));
+            u64::from_str_radix(hex.trim(), 16).unwrap()
+        };
+        let shown = || fs::read_to_string(&status).unwrap_or_default();
+        assert_eq!(
+            field("CapBnd"),
+            bounding,
+            "{}\n{}",
+            status.display(),
+            shown()
+        );
+        assert_eq!(
+            field("CapPrm"),
+            running,
+            "{}\n{}",
+            status.display(),
+            shown()
+        );
+        assert_eq!(
+            field("CapEff"),
+            running,
+            "{}\n{}",
+            status.display(),
+            shown()
+        );
+        assert_eq!(field("CapInh"), 0, "{}\n{}", status.display(), shown());
+        assert_eq!(field("CapAmb"), 0, "{}\n{}", status.display(), shown());
+        assert_eq!(field("NoNewPrivs"), 1, "{}\n{}", status.display(), shown());
+    }
+
+    // 3. The start-up log kubelet keeps names the source.
+    let container_name = spec["containers"][0]["name"].as_str().unwrap();
+    let log_path = PathBuf::from(format!(
+        "/var/log/pods/{namespace}_{name}_{uid}/{container_name}/0.log"
+    ));
+    let log =
+        fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
+    let source_line = log
+        .lines()
+        .find(|l| l.contains("exec events"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no exec-events line in {}:\n{}",
+                log_path.display(),
+                excerpt(&log)
+            )
+        });
+    assert!(
+        source_line.contains(r#""source":"netlink""#),
+        "the agent in the DaemonSet's pod does not read execs from netlink:\n{source_line}"
+    );
+
+    // 4. Its /metrics over TLS, as a client that trusts exactly the certificate it serves.
+    let cert = PathBuf::from(format!("/proc/{pid}/root/run/nodeguard/tls/serving.crt"));
+    let admin = bed.var("REALNODE_ADMIN_TOKEN");
+    let metrics = || curl_agent(ports[0], &cert, admin, "/metrics");
+    let text = metrics().unwrap_or_else(|e| panic!("{e}"));
+    let value = |text: &str, series: &str| support::agent::metric_value(text, series);
+    assert_eq!(
+        value(&text, r#"nodeguard_exec_events_source{source="netlink"}"#),
+        Some(1.0),
+        "{}",
+        excerpt(&text)
+    );
+    assert_eq!(
+        value(&text, r#"nodeguard_exec_events_source{source="polling"}"#),
+        Some(0.0)
+    );
+    let scans_series = r#"nodeguard_scans_total{scan_type="processes",result="success"}"#;
+    let scans = || -> Result<f64, String> {
+        let text = metrics()?;
+        value(&text, scans_series).ok_or_else(|| format!("no {scans_series}"))
+    };
+
+    // 5. A binary dropped into another pod and run there: binary_drift at its exec. The
+    //    DaemonSet's --interval is kept: the drop follows a scan just finished, so the next one
+    //    is an interval away, and the finding must come before it.
+    let other = bed.pod("burstable");
+    let other_id = only_container_id(&other);
+    let seen = scans().unwrap_or_else(|e| panic!("{e}"));
+    let after = wait_for("a process scan to finish", Duration::from_secs(120), || {
+        let now = scans()?;
+        if now > seen {
+            Ok(now)
+        } else {
+            Err(format!("{now} scans"))
+        }
+    });
+    let dropped = format!("/tmp/busybox-ds-{}", support::random_hex(3));
+    let exec_id = format!("ds-drop-{}", support::random_hex(3));
+    let script_text = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 2");
+    let runner = {
+        let (exec_id, other_id) = (exec_id.clone(), other_id.clone());
+        std::thread::spawn(move || {
+            bed.ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                &exec_id,
+                &other_id,
+                "sh",
+                "-c",
+                &script_text,
+            ])
+        })
+    };
+    let found = wait_for(
+        &format!("binary_drift of {dropped} in {other_id}"),
+        Duration::from_secs(10),
+        || {
+            let body = curl_agent(ports[0], &cert, admin, "/v1/findings")?;
+            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            v["findings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|f| {
+                    f["kind"] == "binary_drift"
+                        && f["container_id"] == other_id.as_str()
+                        && f["path"] == dropped.as_str()
+                })
+                .cloned()
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
+    assert_eq!(found["pod"], other["metadata"]["name"], "{found}");
+    assert_eq!(
+        found["namespace"], other["metadata"]["namespace"],
+        "{found}"
+    );
+    assert_eq!(
+        scans().unwrap_or_else(|e| panic!("{e}")),
+        after,
+        "a process scan ran before the finding showed: it does not prove exec-time detection"
+    );
+    let out = runner.join().expect("the exec thread");
+    assert!(out.success(), "ctr tasks exec failed\n{out}");
+    bed.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        &format!("{exec_id}-rm"),
+        &other_id,
+        "rm",
+        "-f",
+        &dropped,
+    ])
+    .ok();
+}
+
+// ---------------------------------------------------------------------------------------------
 // PolicyReports in the real API server, with the CRDs of manifests/crds/ applied by up.sh.
 
 /// nodeguard's reports of this node as the API server stores them: (namespace or "" for the
@@ -2198,7 +2674,7 @@ fn the_beds_kubelet_and_apiserver_are_checked_against_release_digest_bundles() {
         )
         .unwrap();
         let proc_root = support::fakeproc::FakeProc::with_pids(&[kubelet, apiserver]);
-        Scan::run(&[
+        deployed_scan(&[
             "--no-fs",
             "--proc-root",
             proc_root.path_str(),

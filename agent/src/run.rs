@@ -22,6 +22,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub fn run(args: RunArgs) -> Result<()> {
     limit_malloc_arenas();
+    // Before any other thread exists: the subscription then drops CAP_NET_ADMIN for the whole
+    // process (capabilities are per thread, later threads inherit the main thread's).
+    let exec_feed = exec_feed(args.exec_events, args.exec_buffer);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Scans, /metrics renderings and report serialisation run here; few threads keep
@@ -31,7 +34,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .thread_name("nodeguard")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(args));
+    let result = runtime.block_on(serve(args, exec_feed));
     // A filesystem walk may still be running on a blocking thread: do not wait for it.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
@@ -46,10 +49,15 @@ const EXEC_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The exec event source for `--exec-events`: the process-events connector, proved with a
 /// probe (this binary with `--version`); when it cannot be had, why, logged once, and `None`
-/// (polling, as `nodeguard_exec_events_source` then says).
-async fn exec_feed(choice: ExecEventsArg, recv_buffer: u32) -> Option<ExecFeed> {
+/// (polling, as `nodeguard_exec_events_source` then says). Either way `CAP_NET_ADMIN`, needed
+/// only to subscribe, is dropped before this returns. Call it before any other thread starts.
+fn exec_feed(choice: ExecEventsArg, recv_buffer: u32) -> Option<ExecFeed> {
     if choice == ExecEventsArg::Off {
-        tracing::info!("--exec-events off: processes are seen by the scans on the interval only");
+        log_net_admin_dropped(nodeguard_procevents::drop_net_admin());
+        tracing::info!(
+            source = "polling",
+            "--exec-events off: processes are seen by the scans on the interval only"
+        );
         return None;
     }
     let program = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
@@ -61,33 +69,43 @@ async fn exec_feed(choice: ExecEventsArg, recv_buffer: u32) -> Option<ExecFeed> 
             args: vec!["--version".into()],
             timeout: EXEC_PROBE_TIMEOUT,
         }),
+        drop_net_admin: true,
     };
-    match tokio::task::spawn_blocking(move || nodeguard_procevents::start(options)).await {
-        Ok(Ok(events)) => {
+    match nodeguard_procevents::start(options) {
+        Ok(events) => {
             tracing::info!(
+                source = "netlink",
                 kernel_filter = events.filtered,
-                "exec events from the kernel's process-events connector: each exec is read and evaluated at once"
+                "exec events from the kernel's process-events connector (netlink): each exec is read and evaluated at once; CAP_NET_ADMIN, needed only to subscribe, dropped"
             );
             Some(ExecFeed {
                 receiver: events.receiver,
                 stats: events.stats,
             })
         }
-        Ok(Err(e)) => {
+        Err(e) => {
+            if matches!(e, nodeguard_procevents::Error::DropNetAdmin(_)) {
+                tracing::error!(reason = %e, "CAP_NET_ADMIN stays in the agent's capability sets");
+            }
             tracing::warn!(
+                source = "polling",
                 reason = %e,
                 "exec events unavailable; falling back to polling: processes are seen by the scans on the interval only"
             );
             None
         }
-        Err(e) => {
-            tracing::warn!(reason = %e, "exec events unavailable; falling back to polling");
-            None
-        }
     }
 }
 
-async fn serve(args: RunArgs) -> Result<()> {
+/// A failure to drop `CAP_NET_ADMIN` is logged (the agent goes on with polling, but says it
+/// holds more than it needs).
+fn log_net_admin_dropped(dropped: std::io::Result<bool>) {
+    if let Err(e) = dropped {
+        tracing::error!(error = %e, "cannot drop CAP_NET_ADMIN; it stays in the agent's capability sets");
+    }
+}
+
+async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
     let mut scanner = crate::build_scanner(&args.settings)?;
     scanner.set_exec_retention(args.exec_retention);
     let node = scanner.options().node_name.clone();
@@ -176,7 +194,7 @@ async fn serve(args: RunArgs) -> Result<()> {
         },
         policy_path: args.settings.config.clone(),
         pods,
-        exec_feed: exec_feed(args.exec_events, args.exec_buffer).await,
+        exec_feed,
     };
     let mut daemon_task = tokio::spawn(daemon.run(state_tx, control_rx));
     let trim_task = tokio::spawn(trim_heap());

@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod container;
+pub mod deployment;
 pub mod fakeproc;
 pub mod http;
 pub mod image;

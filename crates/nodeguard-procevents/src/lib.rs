@@ -9,6 +9,13 @@
 //! the initial pid and user namespaces (the kernel silently ignores other subscribers, which
 //! the probe detects).
 //!
+//! Joining the group takes `CAP_NET_ADMIN` (the kernel checks it at `bind` and again when
+//! the subscribe request arrives); receiving afterwards does not. With
+//! [`Options::drop_net_admin`], [`start`] removes `CAP_NET_ADMIN` from the calling thread's
+//! effective, permitted and inheritable sets once the subscription is made (or has failed),
+//! before its reader thread exists: called before the process has any other thread, the
+//! whole process is left without it ([`drop_net_admin`]).
+//!
 //! Events can be lost: the kernel drops messages when the socket's buffer is full (`recv`
 //! fails with `ENOBUFS`), and the reader drops events when the channel is full. Both are
 //! counted in [`Stats::lost`] and announced with [`ExecEvent::Lost`] when the channel has
@@ -49,6 +56,10 @@ pub enum Error {
     #[error("cannot bind to the process-events group (CN_IDX_PROC): {0}")]
     Bind(#[source] io::Error),
     #[error(
+        "cannot bind to the process-events group (CN_IDX_PROC): {0}: joining it needs CAP_NET_ADMIN, which this process does not hold (the DaemonSet grants NET_ADMIN for this; README, \"Privileges\")"
+    )]
+    BindNeedsNetAdmin(#[source] io::Error),
+    #[error(
         "the kernel refused the process-events subscription ({0}); the connector only answers in the initial network namespace (hostNetwork)"
     )]
     Subscribe(#[source] io::Error),
@@ -66,6 +77,8 @@ pub enum Error {
     Receive(#[source] io::Error),
     #[error("cannot start the process-events reader thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("cannot drop CAP_NET_ADMIN after subscribing: {0}")]
+    DropNetAdmin(#[source] io::Error),
 }
 
 /// What the consumer receives.
@@ -96,6 +109,9 @@ pub struct Options {
     pub recv_buffer: u32,
     /// `None`: trust the subscription without proof (tests of the parser only).
     pub probe: Option<Probe>,
+    /// Drop `CAP_NET_ADMIN` ([`drop_net_admin`]) once subscribed (or failed to), before
+    /// the reader thread starts.
+    pub drop_net_admin: bool,
 }
 
 /// Counters shared with the reader thread; read them any time.
@@ -137,9 +153,29 @@ pub struct ExecEvents {
     pub filtered: bool,
 }
 
-/// Subscribes, proves it with the probe, and starts the reader thread. Blocks for up to
-/// twice the probe's timeout.
+/// Subscribes, proves it with the probe, drops `CAP_NET_ADMIN` when asked to (also when the
+/// subscription failed), and starts the reader thread. Blocks for up to twice the probe's
+/// timeout.
 pub fn start(options: Options) -> Result<ExecEvents, Error> {
+    let subscribed = subscribe(&options);
+    if options.drop_net_admin {
+        drop_net_admin().map_err(Error::DropNetAdmin)?;
+    }
+    let (reader, receiver, stats, filtered) = subscribed?;
+    std::thread::Builder::new()
+        .name("nodeguard-procevents".into())
+        .spawn(move || reader.run())
+        .map_err(Error::Thread)?;
+    Ok(ExecEvents {
+        receiver,
+        stats,
+        filtered,
+    })
+}
+
+type Subscribed = (Reader, mpsc::Receiver<ExecEvent>, Arc<Stats>, bool);
+
+fn subscribe(options: &Options) -> Result<Subscribed, Error> {
     let socket = Socket::open(options.recv_buffer)?;
     let (sender, receiver) = mpsc::channel(options.capacity.max(1));
     let stats = Arc::new(Stats::default());
@@ -168,15 +204,71 @@ pub fn start(options: Options) -> Result<ExecEvents, Error> {
             }
         }
     }
-    std::thread::Builder::new()
-        .name("nodeguard-procevents".into())
-        .spawn(move || reader.run())
-        .map_err(Error::Thread)?;
-    Ok(ExecEvents {
-        receiver,
-        stats,
-        filtered,
-    })
+    Ok((reader, receiver, stats, filtered))
+}
+
+/// `CAP_NET_ADMIN`'s number.
+const CAP_NET_ADMIN: u32 = 12;
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Removes `CAP_NET_ADMIN` from the calling thread's effective, permitted and inheritable
+/// sets (the kernel then clears it from the ambient set too); `Ok(true)` when it was held.
+/// Capabilities are per thread: threads started afterwards inherit the reduced sets, threads
+/// that already exist keep theirs, so call this before the process starts any. Without
+/// `CAP_NET_ADMIN` in the permitted set nothing but an `execve` can bring it back, and under
+/// `no_new_privs` (the DaemonSet's `allowPrivilegeEscalation: false`) not even that.
+pub fn drop_net_admin() -> io::Result<bool> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData words for version 3 into `data`, which has two.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bit = 1u32 << CAP_NET_ADMIN;
+    let held = (data[0].effective | data[0].permitted | data[0].inheritable) & bit != 0;
+    if !held {
+        return Ok(false);
+    }
+    data[0].effective &= !bit;
+    data[0].permitted &= !bit;
+    data[0].inheritable &= !bit;
+    // SAFETY: capset reads the header and two CapData words, both valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
 }
 
 struct Socket(OwnedFd);
@@ -232,7 +324,12 @@ impl Socket {
             )
         };
         if rc < 0 {
-            return Err(Error::Bind(io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EPERM) {
+                Error::BindNeedsNetAdmin(e)
+            } else {
+                Error::Bind(e)
+            });
         }
         Ok(socket)
     }
@@ -468,10 +565,12 @@ mod tests {
         if !root() {
             return;
         }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
         let mut events = start(Options {
             capacity: 1024,
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
+            drop_net_admin: false,
         })
         .expect("the connector works as root in the initial namespaces");
         let mut child = std::process::Command::new("/bin/sleep")
@@ -499,10 +598,12 @@ mod tests {
         if !root() {
             return;
         }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
         let events = start(Options {
             capacity: 1,
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
+            drop_net_admin: false,
         })
         .expect("the connector works as root");
         for _ in 0..5 {
@@ -531,6 +632,7 @@ mod tests {
                 capacity: 8,
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
+                drop_net_admin: false,
             }) {
                 Ok(_) => Ok(None),
                 Err(e) => Ok(Some(e)),
@@ -545,5 +647,125 @@ mod tests {
             Ok(other) => panic!("expected a refused subscribe, got {other:?}"),
             Err(why) => panic!("cannot unshare the network namespace: {why}"),
         }
+    }
+
+    /// `CAP_NET_ADMIN` in the `Cap*` line `field` of a status file.
+    fn holds_net_admin(status: &str, field: &str) -> bool {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {field} in {status}"));
+        let bits = u64::from_str_radix(hex.trim(), 16).unwrap();
+        bits & (1 << CAP_NET_ADMIN) != 0
+    }
+
+    /// Tests that start a reader hold this, so a test can tell its reader thread apart.
+    static READERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// The ids of this process's reader threads (the name is cut to 15 bytes).
+    fn reader_threads() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|tid| {
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == "nodeguard-proce")
+            })
+            .collect()
+    }
+
+    fn thread_status(tid: &str) -> String {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap()
+    }
+
+    /// Without CAP_NET_ADMIN the bind is refused, and the error names the capability.
+    #[test]
+    fn without_net_admin_the_bind_is_refused_and_the_error_names_the_capability() {
+        if !root() {
+            return;
+        }
+        // Capabilities are per thread: only this one loses it.
+        let outcome = std::thread::spawn(|| {
+            drop_net_admin().expect("capset");
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            assert!(!holds_net_admin(&status, "CapEff"), "{status}");
+            start(Options {
+                capacity: 8,
+                recv_buffer: RECV_BUFFER_DEFAULT,
+                probe: Some(probe()),
+                drop_net_admin: false,
+            })
+            .map(|_| ())
+        })
+        .join()
+        .unwrap();
+        let error = outcome.expect_err("a bind without CAP_NET_ADMIN must fail");
+        assert!(
+            matches!(&error, Error::BindNeedsNetAdmin(e) if e.raw_os_error() == Some(libc::EPERM)),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("CAP_NET_ADMIN"), "{error}");
+    }
+
+    /// Subscribed, then without CAP_NET_ADMIN in the starting thread and in the reader
+    /// thread (the kernel's own view, /proc/self/task/TID/status): exec events still come.
+    #[test]
+    fn events_keep_coming_after_net_admin_is_dropped() {
+        if !root() {
+            return;
+        }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        let before = reader_threads();
+        let (mut events, starter) = std::thread::spawn(|| {
+            let events = start(Options {
+                capacity: 1024,
+                recv_buffer: RECV_BUFFER_DEFAULT,
+                probe: Some(probe()),
+                drop_net_admin: true,
+            })
+            .expect("the connector works as root");
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) }.to_string();
+            (events, thread_status(&tid))
+        })
+        .join()
+        .unwrap();
+        for field in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            assert!(!holds_net_admin(&starter, field), "{field}: {starter}");
+        }
+        // The thread names itself once running: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let new = loop {
+            let mut new = reader_threads();
+            new.retain(|tid| !before.contains(tid));
+            if !new.is_empty() || Instant::now() >= deadline {
+                break new;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(new.len(), 1, "one new reader thread: {new:?}");
+        let reader = thread_status(&new[0]);
+        for field in ["CapEff", "CapPrm"] {
+            assert!(!holds_net_admin(&reader, field), "reader {field}: {reader}");
+        }
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let want = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = false;
+        while !seen && Instant::now() < deadline {
+            match events.receiver.try_recv() {
+                Ok(ExecEvent::Exec { pid }) => seen = pid == want,
+                Ok(ExecEvent::Lost) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let _ = child.wait();
+        assert!(
+            seen,
+            "no exec event for pid {want} after CAP_NET_ADMIN was dropped"
+        );
     }
 }
