@@ -8,6 +8,7 @@
 pub mod access;
 pub mod capability;
 pub mod finding;
+pub mod fnv;
 pub mod history;
 pub mod identity;
 pub mod redact;
@@ -21,6 +22,7 @@ pub use finding::{
     finding_id, Aggregate, Finding, FindingKind, Severity, UnknownName, AGGREGATE_SAMPLES,
     AGGREGATE_SUBJECT, MAX_FINDINGS_PER_CONTAINER_KIND,
 };
+pub use fnv::{fnv1a, FNV_BASIS};
 pub use history::{ExecHistory, ExecHistoryStats, ExecObservation};
 pub use identity::FileIdentity;
 pub use redact::{redact_cmdline, REDACTED};

@@ -166,7 +166,7 @@ impl EventTask {
     fn new(sender: Sender, cfg: EventConfig) -> EventTask {
         let announced = load(&cfg);
         let persist = Persist::new(cfg.state_dir.clone(), &cfg.node_name);
-        let seed = publish::jitter_seed(&cfg.node_name, publish::FNV_BASIS);
+        let seed = publish::jitter_seed(&cfg.node_name, nodeguard_model::FNV_BASIS);
         let per_object_burst = cfg.per_object_burst;
         let node_uid = Some(
             cfg.node_uid

@@ -26,12 +26,12 @@
 use super::ledger::{Target, TargetKind};
 use super::render;
 use crate::publish::send::{classify, SendContext, SendError};
-use crate::publish::{fnv1a, FNV_BASIS};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;
 use kube::api::PostParams;
 use kube::Api;
+use nodeguard_model::{fnv1a, FNV_BASIS};
 use std::time::SystemTime;
 
 /// The `reportingComponent` and `source.component` of every Event.

@@ -14,7 +14,7 @@ pub(crate) mod limits;
 pub(crate) mod send;
 
 use futures::future::{BoxFuture, OptionFuture};
-use nodeguard_model::NodeState;
+use nodeguard_model::{fnv1a, NodeState};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
@@ -153,16 +153,6 @@ fn publish<S: Copy + PartialEq>(shared: &watch::Sender<S>, stats: S) {
         changed
     });
 }
-
-/// FNV-1a over `bytes` from `basis`: names that must not collide, and jitter seeds.
-pub(crate) fn fnv1a(basis: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(basis, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// The FNV-1a offset basis.
-pub(crate) const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// A seed for a publisher's backoff jitter: the node's name from `basis` and the time, so a
 /// fleet of agents does not retry in step.

@@ -4,7 +4,7 @@
 use super::PolicyReportConfig;
 use crate::events::ledger::TargetKind;
 use crate::events::render::{clean, cut, place, waits_for_pod};
-use crate::publish::{fnv1a, FNV_BASIS};
+use nodeguard_model::{fnv1a, FNV_BASIS};
 use nodeguard_model::{short_id, Finding, NodeState, Severity, Timestamp, TrackedFinding};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -345,6 +345,13 @@ pub(crate) fn keep_timestamps(mut body: Value, stored: &BTreeMap<String, Value>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Report names and labels are read back by name: the hash in a cut name was computed
+    /// before FNV-1a moved to `nodeguard_model` and must not change.
+    #[test]
+    fn hashed_node_label_is_pinned() {
+        assert_eq!(node_label("node_a!"), "node_a-263095df5bd8509c");
+    }
     use nodeguard_model::{FindingKind, PodRef};
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";
