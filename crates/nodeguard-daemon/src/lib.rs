@@ -713,17 +713,10 @@ pub fn jittered(base: Duration, fraction: f64) -> Duration {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     // A cheap spread in [-1, 1): enough to de-synchronise agents, not cryptography.
-    let unit = (splitmix(u64::from(nanos) ^ u64::from(std::process::id())) % 2_000_000) as f64
-        / 1_000_000.0
-        - 1.0;
+    let seed = u64::from(nanos) ^ u64::from(std::process::id());
+    let unit =
+        (nodeguard_model::SplitMix64::new(seed).next_u64() % 2_000_000) as f64 / 1_000_000.0 - 1.0;
     base.mul_f64(1.0 + fraction * unit)
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod finding;
 pub mod fnv;
 pub mod history;
 pub mod identity;
+pub mod random;
 pub mod redact;
 pub mod report;
 pub mod state;
@@ -25,6 +26,7 @@ pub use finding::{
 pub use fnv::{fnv1a, FNV_BASIS};
 pub use history::{ExecHistory, ExecHistoryStats, ExecObservation};
 pub use identity::FileIdentity;
+pub use random::SplitMix64;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_path, short_id, unescape_path, Capabilities, CapabilityMasks, CapabilityName,

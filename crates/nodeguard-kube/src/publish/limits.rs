@@ -1,6 +1,7 @@
 //! Token buckets and retry backoff for the publishers, and [`Pace`], the node-wide pace of
 //! one publisher's requests built from them. Pure: time comes in as arguments.
 
+use nodeguard_model::SplitMix64;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -76,7 +77,7 @@ pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     failures: u32,
-    rng: u64,
+    rng: SplitMix64,
 }
 
 impl Backoff {
@@ -85,7 +86,7 @@ impl Backoff {
             initial: initial.max(Duration::from_millis(1)),
             max: max.max(initial),
             failures: 0,
-            rng: seed | 1,
+            rng: SplitMix64::new(seed),
         }
     }
 
@@ -99,7 +100,7 @@ impl Backoff {
             .unwrap_or(self.max)
             .min(self.max);
         let half = full / 2;
-        half + half.mul_f64(self.random_unit())
+        half + half.mul_f64(self.rng.next_unit())
     }
 
     pub(crate) fn reset(&mut self) {
@@ -108,16 +109,6 @@ impl Backoff {
 
     pub(crate) fn failures(&self) -> u32 {
         self.failures
-    }
-
-    /// xorshift64: enough to spread retries, no crate needed.
-    fn random_unit(&mut self) -> f64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -244,5 +235,19 @@ mod tests {
         assert_eq!(b.failures(), 12);
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    /// A fleet seeded apart spreads its first retry over the whole jitter window, so agents
+    /// do not retry in step.
+    #[test]
+    fn backoff_jitter_spreads_across_seeds() {
+        let first: Vec<Duration> = (0..1000u64)
+            .map(|seed| {
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed).next_delay()
+            })
+            .collect();
+        let (min, max) = (first.iter().min(), first.iter().max());
+        assert!(min < Some(&Duration::from_millis(550)), "{min:?}");
+        assert!(max > Some(&Duration::from_millis(950)), "{max:?}");
     }
 }
