@@ -3,6 +3,7 @@
 //! [`crate::state_file`] (never through a symlink, regular file only, at most
 //! [`MAX_STATE_BYTES`], atomic replace).
 
+use crate::publish::placement::Target;
 use crate::Error;
 use nodeguard_model::{FindingKind, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -19,37 +20,6 @@ const VERSION: u32 = 1;
 pub(crate) const MAX_STATE_BYTES: u64 = 8 << 20;
 /// Longest subject or container kept per entry: the Resolved note shows no more.
 const MAX_SUBJECT_BYTES: usize = 240;
-
-/// What an Event is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum TargetKind {
-    Pod,
-    Node,
-}
-
-/// The object an Event regards (the `regarding` reference, without the field path). For the
-/// node the uid is filled in when the Event is sent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) struct Target {
-    pub kind: TargetKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-}
-
-impl Target {
-    pub(crate) fn node(name: &str) -> Target {
-        Target {
-            kind: TargetKind::Node,
-            namespace: None,
-            name: name.to_string(),
-            uid: None,
-        }
-    }
-}
 
 /// One finding the cluster has been told about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +140,7 @@ struct StateFileRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publish::placement::TargetKind;
 
     fn entry(id: &str, at: SystemTime) -> Announced {
         Announced {

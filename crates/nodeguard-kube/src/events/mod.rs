@@ -41,9 +41,7 @@
 
 pub(crate) mod ledger;
 mod planner;
-// Shared with the PolicyReport publisher (`crate::reports`): where a finding belongs
-// (`render::place`, `render::waits_for_pod`) and how text is clipped.
-pub(crate) mod render;
+mod render;
 mod send;
 
 use self::planner::{Planner, Sent};

@@ -12,10 +12,11 @@
 //! object", "say it is gone", or "summarize what was over this object's budget"; how that is
 //! worded and sent (an Event today) lives in `render.rs` and `send.rs`.
 
-use super::ledger::{self, Announced, Target};
+use super::ledger::{self, Announced};
 use super::render;
 use super::EventConfig;
 use crate::publish::limits::{Pace, TokenBucket};
+use crate::publish::placement::{self, Target};
 use crate::publish::send::SendError;
 use nodeguard_model::{
     EventStats, FindingKind, NodeState, ScanKind, Severity, Timestamp, TrackedFinding,
@@ -278,8 +279,9 @@ impl Planner {
         let mut rate_limited = 0u64;
         for t in new {
             let f = &t.finding;
-            let placement = render::place(f, &st.report, &self.cfg.node_name);
-            if render::waits_for_pod(t, &placement, &st.report, self.cfg.pod_metadata_wait, wall) {
+            let placement = placement::place(f, &st.report, &self.cfg.node_name);
+            if placement::waits_for_pod(t, &placement, &st.report, self.cfg.pod_metadata_wait, wall)
+            {
                 // Offered again with the next state, which may know the pod.
                 continue;
             }
@@ -649,8 +651,8 @@ fn scans_ran_since(st: &NodeState, kind: FindingKind, since: SystemTime) -> bool
 
 #[cfg(test)]
 mod tests {
-    use super::super::ledger::TargetKind;
     use super::*;
+    use crate::publish::placement::TargetKind;
     use nodeguard_model::{CgroupVersion, Finding, Severity};
     use std::time::Duration;
 

@@ -1,122 +1,16 @@
 //! What an Event says: which object it regards, its field path, and its note.
 
-use super::ledger::{Announced, Target, TargetKind};
+use super::ledger::Announced;
+use crate::publish::placement::{Placement, Target, TargetKind};
 use k8s_openapi::api::core::v1::ObjectReference;
 pub(crate) use nodeguard_model::text::{clean, clip, cut};
-use nodeguard_model::{short_id, Finding, FindingKind, Report, TrackedFinding};
+use nodeguard_model::{Finding, FindingKind};
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
 
 /// The API server rejects notes over 1 KiB (counted in bytes); stay below it.
 pub(crate) const MAX_NOTE_BYTES: usize = 1000;
 /// Longest path or subject quoted in a note, so the identifying fields still fit.
 const MAX_FIELD_BYTES: usize = 240;
-
-/// Where a finding's Event goes.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Placement {
-    pub target: Target,
-    pub field_path: String,
-    /// Container name, else a short container id, for notes.
-    pub container: Option<String>,
-    pub image: Option<String>,
-}
-
-/// The Pod the finding's container belongs to when its namespace, name and uid are known;
-/// otherwise (host findings, containers outside pods, pods the watch has not seen) the Node.
-pub(crate) fn place(finding: &Finding, report: &Report, node_name: &str) -> Placement {
-    let container = finding
-        .container_id
-        .as_deref()
-        .and_then(|id| report.container(id));
-    let pod = container.and_then(|c| c.pod.as_ref());
-    let namespace = finding
-        .namespace
-        .clone()
-        .or_else(|| pod.map(|p| p.namespace.clone()))
-        .filter(|s| !s.is_empty());
-    let name = finding
-        .pod
-        .clone()
-        .or_else(|| pod.map(|p| p.name.clone()))
-        .filter(|s| !s.is_empty());
-    let uid = container
-        .and_then(|c| c.pod_uid.as_deref())
-        .map(|u| u.replace('_', "-"));
-    let container_name = finding
-        .container_name
-        .clone()
-        .or_else(|| pod.and_then(|p| p.container_name.clone()))
-        .filter(|s| !s.is_empty());
-    let image = pod.and_then(|p| p.image.clone());
-    let (target, in_pod) = match (namespace, name, uid) {
-        (Some(namespace), Some(name), Some(uid)) => (
-            Target {
-                kind: TargetKind::Pod,
-                namespace: Some(namespace),
-                name,
-                uid: Some(uid),
-            },
-            true,
-        ),
-        _ => (Target::node(node_name), false),
-    };
-    let field_path = field_path(
-        in_pod.then_some(container_name.as_deref()).flatten(),
-        &finding.id,
-    );
-    let container = container_name.or_else(|| {
-        finding
-            .container_id
-            .as_deref()
-            .map(|id| short_id(id).to_string())
-    });
-    Placement {
-        target,
-        field_path,
-        container,
-        image,
-    }
-}
-
-/// Whether a finding [`place`]d on the Node waits for its pod's metadata instead: its
-/// container belongs to a pod (the cgroup path names a pod uid) that the pod watch does not
-/// know yet (agent start, kubelet status lag), and it was first seen less than `wait` ago.
-/// Sent to the Node now, it would never move to the Pod; after `wait` it goes to the Node.
-pub(crate) fn waits_for_pod(
-    tracked: &TrackedFinding,
-    placement: &Placement,
-    report: &Report,
-    wait: Duration,
-    wall: SystemTime,
-) -> bool {
-    placement.target.kind == TargetKind::Node
-        && tracked
-            .finding
-            .container_id
-            .as_deref()
-            .and_then(|id| report.container(id))
-            .is_some_and(|c| c.pod_uid.is_some())
-        && wall
-            .duration_since(tracked.first_seen.0)
-            .unwrap_or(Duration::ZERO)
-            < wait
-}
-
-/// `spec.containers{NAME}.findings{ID}` for a pod's container (the first half is the
-/// kubelet's convention for container Events), `findings{ID}` otherwise. The finding id
-/// tells Events of one kind on one container apart (`kubectl get events` and tools that
-/// aggregate by involved object and reason would otherwise fold them into one), and ties a
-/// `Resolved` Event to its Warning.
-pub(crate) fn field_path(container_name: Option<&str>, id: &str) -> String {
-    match container_name {
-        Some(name) => format!(
-            "spec.containers{{{}}}.findings{{{id}}}",
-            clean(name, MAX_FIELD_BYTES)
-        ),
-        None => format!("findings{{{id}}}"),
-    }
-}
 
 /// The object an Event is about (`involvedObject` of a core/v1 Event).
 pub(crate) fn reference(
@@ -216,6 +110,8 @@ pub(crate) fn truncate_note(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publish::placement::place;
+    use nodeguard_model::Report;
     use nodeguard_model::{PodRef, ScanStats, Severity, Timestamp};
 
     const CID: &str = "c0ffee0000000000000000000000000000000000000000000000000000000001";

@@ -23,8 +23,8 @@
 //! after the API server stored it) asks for the same name and gets `409 AlreadyExists`, which
 //! is taken as success instead of leaving two Events for one finding.
 
-use super::ledger::{Target, TargetKind};
 use super::render;
+use crate::publish::placement::{Target, TargetKind};
 use crate::publish::send::{classify, SendContext, SendError};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};

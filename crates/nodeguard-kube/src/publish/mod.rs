@@ -1,7 +1,8 @@
 //! What the Event and PolicyReport publishers share: the handle ([`Publisher`]), the task
 //! that feeds a planner states and runs its requests ([`Task`], [`spawn`]), the node-wide
 //! pace of requests (`limits.rs`: token bucket, backoff) and the send context (`send.rs`:
-//! the client, the per-request timeout, how API errors are sorted).
+//! the client, the per-request timeout, how API errors are sorted) and where a finding belongs
+//! (`placement.rs`: the Pod or the Node).
 //!
 //! Each publisher is one task that owns everything. It keeps only the newest
 //! [`NodeState`] (a `watch` channel, so the scanner never waits for it), runs one request at
@@ -11,6 +12,7 @@
 //! writer never waits on a reader).
 
 pub(crate) mod limits;
+pub(crate) mod placement;
 pub(crate) mod send;
 
 use futures::future::{BoxFuture, OptionFuture};

@@ -2,8 +2,8 @@
 //! as plain JSON. Pure: state in, objects out.
 
 use super::PolicyReportConfig;
-use crate::events::ledger::TargetKind;
-use crate::events::render::{clean, cut, place, waits_for_pod};
+use crate::publish::placement::{place, waits_for_pod, TargetKind};
+use nodeguard_model::text::{clean, cut};
 use nodeguard_model::{fnv1a, FNV_BASIS};
 use nodeguard_model::{short_id, Finding, NodeState, Severity, Timestamp, TrackedFinding};
 use serde_json::{json, Map, Value};
