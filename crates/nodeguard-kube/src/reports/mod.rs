@@ -25,8 +25,8 @@ mod planner;
 mod render;
 mod send;
 
-use self::planner::{Op, Planner};
-use self::send::{Outcome, Sender};
+use self::planner::{Op, Outcome, Planner};
+use self::send::Sender;
 use crate::publish::send::{SendContext, SendError};
 use crate::publish::{self, Publisher, Task};
 use futures::future::BoxFuture;

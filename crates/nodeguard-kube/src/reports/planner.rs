@@ -10,7 +10,6 @@
 //! [`Planner::on_done`]. The pace (token bucket and backoff) is the Event publisher's.
 
 use super::render::{self, Desired, Key};
-use super::send::Outcome;
 use super::PolicyReportConfig;
 use crate::publish::limits::Pace;
 use crate::publish::placement::{place, waits_for_pod};
@@ -38,6 +37,17 @@ pub(crate) enum Op {
     Delete {
         key: Key,
     },
+}
+
+/// How a request ended, as far as the planner cares.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    /// The reports of this node, both kinds, as stored.
+    Listed(Vec<Value>),
+    Written {
+        resource_version: String,
+    },
+    Deleted,
 }
 
 /// A report as the API server holds it.

@@ -7,23 +7,12 @@
 //! stored `resourceVersion`, so a report someone else changed meanwhile is a `409`, not
 //! overwritten unseen) and `delete`. No `get`, `watch` or `patch`.
 
-use super::planner::Op;
+use super::planner::{Op, Outcome};
 use super::render::{self, Key};
 use crate::publish::send::{classify, SendContext, SendError};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
-
-/// How a request ended, as far as the planner cares.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome {
-    /// The reports of this node, both kinds, as stored.
-    Listed(Vec<Value>),
-    Written {
-        resource_version: String,
-    },
-    Deleted,
-}
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
