@@ -1,11 +1,12 @@
 //! The validated, immutable policy.
 
-use crate::bundle::BundleIndex;
+use crate::bundle::{BundleIndex, DigestBundle, MAX_BUNDLES, MAX_BUNDLE_BYTES};
 use crate::error::PolicyError;
+use crate::spec::PatternBudget;
 use crate::spec::{
-    AllowedFileCapabilities, DeniedBinary, Exemption, PolicySpec, RequiredLimits, TrustedBinary,
+    AllowedFileCapabilities, BundlePath, DeniedBinary, Exemption, FailBundleEntry, PolicySpec,
+    RequiredLimits, TrustedBinary,
 };
-use crate::spec::{BundleBase, PatternBudget};
 pub use crate::spec::{MAX_PATTERNS, MAX_PATTERN_BYTES};
 use crate::yaml;
 use nodeguard_model::capability::{capability_number, DEFAULT_DANGEROUS_CAPABILITIES};
@@ -44,7 +45,7 @@ impl Default for Policy {
     /// memory, CPU and pids limits required, every check on at its own severity, no trusted
     /// or denied digests, no allow-lists, no exemptions.
     fn default() -> Self {
-        Policy::from_spec(PolicySpec::default())
+        Policy::from_spec(PolicySpec::default(), &[])
     }
 }
 
@@ -75,10 +76,23 @@ impl Policy {
                 ),
             });
         }
-        let _budget = PatternBudget::start();
-        let _bundles = BundleBase::start(base.map(Path::to_path_buf));
-        let spec: PolicySpec = yaml::from_str(text, origin)?;
-        Ok(Policy::from_spec(spec))
+        let spec: PolicySpec = {
+            let _budget = PatternBudget::start();
+            yaml::from_str(text, origin)?
+        };
+        // Parsing read nothing but `text`; the bundle files are read now, and a failure is
+        // reported at its entry's line, as a bad value would be.
+        let bundles = read_bundles(&spec.digest_bundles, base).map_err(|(index, message)| {
+            let seed = FailBundleEntry {
+                index,
+                message: &message,
+            };
+            yaml::locate(text, origin, seed).unwrap_or_else(|| PolicyError::Document {
+                origin: origin.to_string(),
+                message: format!("digest_bundles[{index}]: {message}"),
+            })
+        })?;
+        Ok(Policy::from_spec(spec, &bundles))
     }
 
     /// Reads and validates a policy file; errors name the file as given.
@@ -128,7 +142,7 @@ impl Policy {
             .collect()
     }
 
-    fn from_spec(spec: PolicySpec) -> Policy {
+    fn from_spec(spec: PolicySpec, digest_bundles: &[(String, DigestBundle)]) -> Policy {
         let dangerous = match spec.dangerous_capabilities {
             Some(caps) => caps.iter().fold(0u64, |mask, cap| mask | (1u64 << cap.0)),
             None => DEFAULT_DANGEROUS_CAPABILITIES
@@ -137,8 +151,8 @@ impl Policy {
                 .fold(0u64, |mask, bit| mask | (1u64 << bit)),
         };
         let mut bundles = BundleIndex::default();
-        for b in &spec.digest_bundles {
-            bundles.add(&b.text, &b.bundle);
+        for (text, bundle) in digest_bundles {
+            bundles.add(text, bundle);
         }
         Policy {
             bundles,
@@ -310,6 +324,45 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 fn read_policy_file(path: &Path) -> io::Result<String> {
     let bytes = read_bounded_file(path, MAX_POLICY_BYTES, "a policy")?;
     String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The bundle files a policy names, each as (the path as written, the bundle), read from
+/// `base` (the policy file's directory) when relative. A failure is `(entry index, message)`:
+/// more than [`MAX_BUNDLES`] (at the first one past it, before any is read), a file that
+/// cannot be read, or one that is not a bundle.
+fn read_bundles(
+    paths: &[BundlePath],
+    base: Option<&Path>,
+) -> Result<Vec<(String, DigestBundle)>, (usize, String)> {
+    if paths.len() > MAX_BUNDLES {
+        return Err((
+            MAX_BUNDLES,
+            format!("more than {MAX_BUNDLES} digest bundles in one policy"),
+        ));
+    }
+    paths
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            read_bundle(&p.text, base)
+                .map(|bundle| (p.text.clone(), bundle))
+                .map_err(|message| (index, message))
+        })
+        .collect()
+}
+
+fn read_bundle(text: &str, base: Option<&Path>) -> Result<DigestBundle, String> {
+    let path = Path::new(text);
+    let full = match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path.to_path_buf(),
+    };
+    let bytes = read_bounded_file(&full, MAX_BUNDLE_BYTES, "a digest bundle")
+        .map_err(|e| format!("digest bundle {}: cannot read: {e}", full.display()))?;
+    DigestBundle::from_json_slice(&bytes).map_err(|e| match e.line {
+        0 => format!("digest bundle {}: {}", full.display(), e.message),
+        _ => format!("digest bundle {}:{e}", full.display()),
+    })
 }
 
 /// Reads a regular file of at most `max` bytes (a FIFO, device or socket is refused before a

@@ -8,7 +8,7 @@
 use globset::{GlobBuilder, GlobMatcher};
 use nodeguard_model::capability::capability_number;
 use nodeguard_model::{FindingKind, Severity};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,10 +39,10 @@ pub(crate) struct PolicySpec {
     pub allowed_file_capabilities: Vec<AllowedFileCapabilities>,
     #[serde(deserialize_with = "null_as_empty")]
     pub exemptions: Vec<Exemption>,
-    /// Digest bundle files (`nodeguard digests import`), each read and checked while the
-    /// policy is parsed.
+    /// Digest bundle files (`nodeguard digests import`), read and checked once the policy
+    /// is parsed.
     #[serde(deserialize_with = "null_as_empty")]
-    pub digest_bundles: Vec<BundleFile>,
+    pub digest_bundles: Vec<BundlePath>,
     /// Which processes the digest bundles check: `host`, `host_and_kube_system` (the
     /// default) or `all`.
     pub digest_bundles_apply_to: BundlesApplyTo,
@@ -77,78 +77,101 @@ impl<'de> Deserialize<'de> for BundlesApplyTo {
     }
 }
 
-/// A digest bundle named by the policy, read and validated at its own line: a bundle that
-/// cannot be read or is not a bundle refuses the policy, with the bundle's own position.
+/// A digest bundle file named by the policy, as written. Parsing does no I/O: the policy
+/// reads the files after parsing, and a bundle that cannot be read or is not a bundle is
+/// reported at this entry's line through [`FailBundleEntry`].
 #[derive(Debug, Clone)]
-pub(crate) struct BundleFile {
+pub(crate) struct BundlePath {
     /// The path as the policy gives it (messages name it so).
     pub text: String,
-    pub bundle: crate::bundle::DigestBundle,
 }
 
-impl<'de> Deserialize<'de> for BundleFile {
+impl<'de> Deserialize<'de> for BundlePath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         scalar(d, "a digest bundle file path", |text| {
             if text.trim().is_empty() {
                 return Err("empty path".to_string());
             }
-            let over = BUNDLE_BASE.with(|b| {
-                let mut b = b.borrow_mut();
-                b.1 += 1;
-                b.1 > crate::bundle::MAX_BUNDLES
-            });
-            if over {
-                return Err(format!(
-                    "more than {} digest bundles in one policy",
-                    crate::bundle::MAX_BUNDLES
-                ));
-            }
-            let path = std::path::Path::new(text);
-            let full = match BUNDLE_BASE.with(|b| b.borrow().0.clone()) {
-                Some(base) if path.is_relative() => base.join(path),
-                _ => path.to_path_buf(),
-            };
-            let bytes = crate::policy::read_bounded_file(
-                &full,
-                crate::bundle::MAX_BUNDLE_BYTES,
-                "a digest bundle",
-            )
-            .map_err(|e| format!("digest bundle {}: cannot read: {e}", full.display()))?;
-            let bundle =
-                crate::bundle::DigestBundle::from_json_slice(&bytes).map_err(|e| match e.line {
-                    0 => format!("digest bundle {}: {}", full.display(), e.message),
-                    _ => format!("digest bundle {}:{e}", full.display()),
-                })?;
-            Ok(BundleFile {
+            Ok(BundlePath {
                 text: text.to_string(),
-                bundle,
             })
         })
     }
 }
 
-thread_local! {
-    /// The directory relative bundle paths are read from (the policy file's), and how many
-    /// bundles the policy being parsed on this thread has named so far.
-    static BUNDLE_BASE: std::cell::RefCell<(Option<std::path::PathBuf>, usize)> =
-        const { std::cell::RefCell::new((None, 0)) };
+/// Raises `message` at the `index`-th entry of `digest_bundles`, where that entry's own
+/// visitor would have raised it: a second pass over an already parsed policy that reads
+/// nothing but the text, so a check that runs after parsing (reading the bundle files) still
+/// names the policy's line, column and field.
+pub(crate) struct FailBundleEntry<'a> {
+    pub index: usize,
+    pub message: &'a str,
 }
 
-/// Sets where the policy being parsed on this thread reads relative bundle paths from, and
-/// resets its bundle count; the previous setting comes back when the guard drops.
-pub(crate) struct BundleBase(Option<(Option<std::path::PathBuf>, usize)>);
-
-impl BundleBase {
-    pub(crate) fn start(base: Option<std::path::PathBuf>) -> BundleBase {
-        BundleBase(Some(BUNDLE_BASE.with(|b| b.replace((base, 0)))))
+impl<'de> DeserializeSeed<'de> for FailBundleEntry<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
     }
 }
 
-impl Drop for BundleBase {
-    fn drop(&mut self) {
-        if let Some(old) = self.0.take() {
-            BUNDLE_BASE.with(|b| *b.borrow_mut() = old);
+impl<'de> Visitor<'de> for FailBundleEntry<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a policy: a mapping of policy fields")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "digest_bundles" {
+                return map.next_value_seed(BundleEntries(self));
+            }
+            map.next_value::<de::IgnoredAny>()?;
         }
+        Ok(())
+    }
+}
+
+struct BundleEntries<'a>(FailBundleEntry<'a>);
+
+impl<'de> DeserializeSeed<'de> for BundleEntries<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BundleEntries<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of digest bundle file paths")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for _ in 0..self.0.index {
+            if seq.next_element::<de::IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        seq.next_element_seed(FailEntry(self.0.message))?;
+        Ok(())
+    }
+}
+
+struct FailEntry<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for FailEntry<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FailEntry<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a digest bundle file path")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(self.0))
     }
 }
 

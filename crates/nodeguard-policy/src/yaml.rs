@@ -8,7 +8,7 @@
 //! `path: message` rendering.
 
 use crate::error::PolicyError;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 
 /// What a policy shows where the problem is at the top of the document.
 const TOP_LEVEL: &str = "(top level)";
@@ -31,6 +31,18 @@ pub(crate) fn from_str<T: DeserializeOwned + Default>(
     }
     // Pass two: the policy's shape and values.
     serde_yaml::from_str(text).map_err(|err| invalid_error(&err, origin))
+}
+
+/// The located error `seed` raises over `text` (a policy [`from_str`] already accepted), or
+/// `None` when it raises none: for checks that run after parsing but belong to a node.
+pub(crate) fn locate<'de, S: DeserializeSeed<'de, Value = ()>>(
+    text: &'de str,
+    origin: &str,
+    seed: S,
+) -> Option<PolicyError> {
+    seed.deserialize(serde_yaml::Deserializer::from_str(text))
+        .err()
+        .map(|err| invalid_error(&err, origin))
 }
 
 /// When `text` is a Kubernetes ConfigMap manifest, its `data` entries as (key, text), sorted by

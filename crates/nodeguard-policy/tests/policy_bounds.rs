@@ -167,6 +167,47 @@ fn more_bundles_than_the_bound_are_refused_at_the_first_one_past_it() {
     assert!(load_with_bundles(dir.path(), &names[..MAX_BUNDLES]).is_ok());
 }
 
+/// Parsing reads no file: a policy whose text is wrong is refused for its text, before any
+/// bundle it names is opened (here a FIFO nobody writes, which a read would wait on until
+/// its timeout, and a missing file).
+#[test]
+fn a_bad_policy_text_is_refused_before_any_bundle_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "digest_bundles:\n  - fifo.json\n  - missing.json\nstrict_setuid: maybe\n",
+    )
+    .unwrap();
+    let err = Policy::load(&policy).unwrap_err();
+    assert_eq!(err.field(), Some("strict_setuid"), "{err}");
+    assert_eq!(err.location().map(|l| l.0), Some(4), "{err}");
+}
+
+/// A bundle that fails after parsing is still reported at its own entry, in flow style too.
+#[test]
+fn a_missing_bundle_in_a_flow_list_is_named_at_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = DigestBundle::new("2026-11-26T00:00:00Z".into());
+    std::fs::write(dir.path().join("b.json"), bundle.to_json()).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "strict_setuid: true\ndigest_bundles: [b.json,\n    missing.json]\n",
+    )
+    .unwrap();
+    let err = Policy::load(&policy).unwrap_err();
+    assert_eq!(err.field(), Some("digest_bundles[1]"), "{err}");
+    assert_eq!(err.location(), Some((3, 5)), "{err}");
+    assert!(
+        err.to_string().contains("missing.json: cannot read"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_symlinked_policy_like_a_configmap_mount_still_loads() {
     let dir = tempfile::tempdir().unwrap();
