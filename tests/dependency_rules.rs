@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Normal (non-dev, non-build) dependencies of each workspace package, by package name.
@@ -218,4 +219,375 @@ fn tls_uses_ring_only_no_aws_lc_and_no_openssl() {
             "{absent} is in Cargo.lock: a second TLS or crypto stack (check rustls/tokio-rustls/rcgen default features)"
         );
     }
+}
+
+// ---- Source files: no two import each other, directly or around a loop ----
+
+/// Rust source with comments, string and char literals blanked out (so braces and paths in
+/// them do not count), and every `#[cfg(test)]` item dropped (tests may reach anywhere).
+fn product_code(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len());
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &src[i..];
+        if rest.starts_with("//") {
+            i += rest.find('\n').unwrap_or(rest.len());
+        } else if rest.starts_with("/*") {
+            i += rest.find("*/").map_or(rest.len(), |e| e + 2);
+        } else if let Some((body, hashes)) = raw_string_start(rest) {
+            let close = format!("\"{}", "#".repeat(hashes));
+            i += body
+                + rest[body..]
+                    .find(&close)
+                    .map_or(rest.len() - body, |e| e + close.len());
+            out.push_str("\"\"");
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if let Some(len) = char_literal_len(rest) {
+            i += len;
+            out.push_str("' '");
+        } else {
+            let c = rest.chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    drop_test_items(&out)
+}
+
+/// `r"…"`, `r#"…"#`, `br"…"`: (the length of the opening, the number of `#`).
+fn raw_string_start(s: &str) -> Option<(usize, usize)> {
+    let t = s.strip_prefix("br").or_else(|| s.strip_prefix('r'))?;
+    let hashes = t.len() - t.trim_start_matches('#').len();
+    t[hashes..]
+        .starts_with('"')
+        .then_some((s.len() - t.len() + hashes + 1, hashes))
+}
+
+/// `'x'`, `'\n'`, `'\''`, `'\u{1b}'`: the length of a char literal at the start of `s` (a
+/// lifetime such as `'a` is none).
+fn char_literal_len(s: &str) -> Option<usize> {
+    let t = s.strip_prefix('\'')?;
+    if let Some(esc) = t.strip_prefix('\\') {
+        return esc.get(1..)?.find('\'').map(|e| e + 4);
+    }
+    let c = t.chars().next()?;
+    t[c.len_utf8()..]
+        .starts_with('\'')
+        .then_some(c.len_utf8() + 2)
+}
+
+fn drop_test_items(code: &str) -> String {
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        // The item ends at the `;` or the `}` that closes its first `{`.
+        let (mut depth, mut end) = (0usize, after.len());
+        for (k, c) in after.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = k + 1;
+                        break;
+                    }
+                }
+                ';' if depth == 0 => {
+                    end = k + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every path in `code` that starts with `crate`, `self` or `super`, `use` groups expanded
+/// (`use super::{a, b::C}` gives `super::a` and `super::b::C`), as segments.
+fn module_paths(code: &str) -> Vec<Vec<String>> {
+    let toks = tokens(code);
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let starts = matches!(toks[i].as_str(), "crate" | "self" | "super")
+            && toks.get(i + 1).is_some_and(|t| t == "::")
+            && (i == 0 || toks[i - 1] != "::");
+        if starts {
+            i = path_at(&toks, i, Vec::new(), &mut found);
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// Reads the path starting at `toks[i]` (after `prefix`), pushes its expansions; returns
+/// the index after it.
+fn path_at(
+    toks: &[String],
+    mut i: usize,
+    mut prefix: Vec<String>,
+    found: &mut Vec<Vec<String>>,
+) -> usize {
+    loop {
+        match toks.get(i).map(String::as_str) {
+            Some("{") => {
+                i += 1;
+                while let Some(t) = toks.get(i) {
+                    match t.as_str() {
+                        "}" => return i + 1,
+                        "," => i += 1,
+                        _ => i = path_at(toks, i, prefix.clone(), found),
+                    }
+                }
+                return i;
+            }
+            Some(t) if t.chars().all(|c| c.is_alphanumeric() || c == '_') => {
+                prefix.push(t.to_string());
+                i += 1;
+                if toks.get(i).is_some_and(|t| t == "::") {
+                    i += 1;
+                    continue;
+                }
+                found.push(prefix);
+                return i;
+            }
+            _ => {
+                if !prefix.is_empty() {
+                    found.push(prefix);
+                }
+                return i + 1;
+            }
+        }
+    }
+}
+
+fn tokens(code: &str) -> Vec<String> {
+    let mut toks = Vec::new();
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            let mut word = c.to_string();
+            while let Some(&n) = chars.peek().filter(|n| n.is_alphanumeric() || **n == '_') {
+                word.push(n);
+                chars.next();
+            }
+            toks.push(word);
+        } else if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            toks.push("::".into());
+        } else if !c.is_whitespace() {
+            toks.push(c.to_string());
+        }
+    }
+    toks
+}
+
+/// The module path of a source file under `src`: `lib.rs`/`main.rs` is the root, `a.rs` and
+/// `a/mod.rs` are `a`, `a/b.rs` is `a::b`.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap_or(file).with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Within each crate (`agent/src`, `crates/*/src` under `root`), file → the files it
+/// imports. An import resolves to the longest module path with a file of its own
+/// (`crate::a::b::Item` → `a/b.rs`, else `a.rs`). A file naming its own module or an
+/// ancestor's (`super::Config` in a child, `crate::Error`) is no edge: a module's root file
+/// is the face its children share, and a parent declares its children.
+fn import_graph(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut srcs = vec![root.join("agent/src")];
+    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
+        srcs.extend(crates.flatten().map(|c| c.path().join("src")));
+    }
+    let mut graph = BTreeMap::new();
+    for src in srcs {
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let modules: BTreeMap<Vec<String>, String> = files
+            .iter()
+            .map(|f| {
+                let name = f.strip_prefix(root).unwrap_or(f).display().to_string();
+                (module_of(&src, f), name)
+            })
+            .collect();
+        for file in &files {
+            let here = module_of(&src, file);
+            let code = product_code(&std::fs::read_to_string(file).expect("read source"));
+            let edges: &mut BTreeSet<String> = graph.entry(modules[&here].clone()).or_default();
+            for path in module_paths(&code) {
+                let mut target: Vec<String> = match path[0].as_str() {
+                    "crate" => Vec::new(),
+                    "self" => here.clone(),
+                    _ => here[..here.len().saturating_sub(1)].to_vec(),
+                };
+                let mut rest = path[1..].iter().peekable();
+                while rest.peek().is_some_and(|s| *s == "super") {
+                    target.pop();
+                    rest.next();
+                }
+                let mut best = target.clone();
+                for seg in rest {
+                    target.push(seg.clone());
+                    if modules.contains_key(&target) {
+                        best = target.clone();
+                    }
+                }
+                if here.starts_with(&best) {
+                    continue;
+                }
+                if let Some(to) = modules.get(&best) {
+                    edges.insert(to.clone());
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// Files that import each other, directly or around a loop (strongly connected components
+/// of more than one file), each as a sorted list.
+fn import_cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    let reach = |from: &String| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.clone()];
+        while let Some(f) = todo.pop() {
+            for to in graph.get(&f).into_iter().flatten() {
+                if seen.insert(to.clone()) {
+                    todo.push(to.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reachable: BTreeMap<&String, BTreeSet<String>> =
+        graph.keys().map(|f| (f, reach(f))).collect();
+    let mut cycles = BTreeSet::new();
+    for (f, r) in &reachable {
+        if !r.contains(*f) {
+            continue;
+        }
+        let mut scc: Vec<String> = r
+            .iter()
+            .filter(|g| reachable.get(g).is_some_and(|back| back.contains(*f)))
+            .cloned()
+            .collect();
+        scc.sort();
+        cycles.insert(scc);
+    }
+    cycles.into_iter().collect()
+}
+
+/// Loops that were there before this check and belong to other work (issue 21 lists the
+/// ones it breaks). A loop inside one of these sets is tolerated until it is broken; any
+/// other loop fails. Shrink this list, never grow it.
+const KNOWN_CYCLES: &[&[&str]] = &[&[
+    "crates/nodeguard-collect/src/confinement.rs",
+    "crates/nodeguard-collect/src/layer.rs",
+    "crates/nodeguard-collect/src/limits.rs",
+    "crates/nodeguard-collect/src/mountinfo.rs",
+    "crates/nodeguard-collect/src/process.rs",
+    "crates/nodeguard-collect/src/script.rs",
+]];
+
+#[test]
+fn no_two_source_files_import_each_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cycles: Vec<Vec<String>> = import_cycles(&import_graph(&root))
+        .into_iter()
+        .filter(|c| {
+            !KNOWN_CYCLES
+                .iter()
+                .any(|known| c.iter().all(|f| known.contains(&f.as_str())))
+        })
+        .collect();
+    assert!(
+        cycles.is_empty(),
+        "source files that import each other (directly or around a loop); move what they \
+         share into a module both import one way: {cycles:#?}"
+    );
+}
+
+/// The check finds a loop through `use` groups, `super::` and inline paths, and ignores
+/// test modules, comments, strings and imports of a file's own ancestors.
+#[test]
+fn the_import_loop_check_sees_loops_and_only_loops() {
+    let dir = std::env::temp_dir().join(format!("ng-import-loops-{}", std::process::id()));
+    let src = dir.join("crates/demo/src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    let files = [
+        (
+            "lib.rs",
+            "pub mod a; pub mod c; pub mod d;\npub struct Error;\n",
+        ),
+        ("a/mod.rs", "pub mod b;\npub struct Config;\n"),
+        // b -> c (in a group) and b -> its parent and the root (no edges).
+        (
+            "a/b.rs",
+            "use super::Config;\nuse crate::{c::Item, Error};\n",
+        ),
+        // c -> a::b (an inline path): a loop b <-> c.
+        (
+            "c.rs",
+            "pub struct Item;\nfn f() { let _ = crate::a::b::helper(); }\n",
+        ),
+        // d names c only in a comment, strings and a test module: no edge.
+        (
+            "d.rs",
+            "// use crate::c;\nconst S: &str = \"crate::c::Item\";\n\
+             const R: &str = r#\"crate::c::{\"#; const Q: char = '\\'';\n\
+             #[cfg(test)]\nmod tests { use crate::c::Item; fn g() { let _ = '{'; } }\n",
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(src.join(name), text).unwrap();
+    }
+    let graph = import_graph(&dir);
+    let cycles = import_cycles(&graph);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        cycles,
+        [vec![
+            "crates/demo/src/a/b.rs".to_string(),
+            "crates/demo/src/c.rs".to_string()
+        ]],
+        "{graph:#?}"
+    );
+    assert!(graph["crates/demo/src/d.rs"].is_empty(), "{graph:#?}");
 }
