@@ -280,13 +280,8 @@ pub fn cmdline_text(bytes: &[u8]) -> String {
         .map(|b| if *b == 0 { b' ' } else { *b })
         .collect();
     let mut text = display_text(&joined);
-    if text.len() > CMDLINE_MAX {
-        let mut cut = CMDLINE_MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
+    let keep = nodeguard_model::text::cut(&text, CMDLINE_MAX).len();
+    text.truncate(keep);
     text
 }
 
