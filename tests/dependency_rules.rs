@@ -68,6 +68,7 @@ fn workspace_has_the_documented_crates() {
         "nodeguard-daemon",
         "nodeguard-metrics",
         "nodeguard-api",
+        "nodeguard-table",
         "nodeguard-kube",
         "nodeguard-procevents",
     ] {
@@ -173,6 +174,62 @@ fn the_exec_event_source_only_feeds_the_daemon() {
         users_of(&deps, "nodeguard-procevents"),
         BTreeSet::from(["nodeguard".to_string(), "nodeguard-daemon".to_string()]),
         "only the daemon and the agent may link nodeguard-procevents"
+    );
+}
+
+/// The table renderer prints the offline `nodeguard scan` as well as `nodeguard query`: it
+/// reads the model and nothing else, so printing a scan links no HTTP client or server and
+/// no Kubernetes client.
+#[test]
+fn the_table_renderer_links_no_http_and_no_kubernetes() {
+    let deps = workspace_dependencies();
+    let table = &deps["nodeguard-table"];
+    for bad in [
+        "nodeguard-api",
+        "nodeguard-kube",
+        "nodeguard-metrics",
+        "nodeguard-daemon",
+        "hyper",
+        "hyper-util",
+        "http",
+        "axum",
+        "tower",
+        "ureq",
+        "reqwest",
+        "rustls",
+        "tokio",
+        "tokio-rustls",
+        "kube",
+        "k8s-openapi",
+    ] {
+        assert!(
+            !table.contains(bad),
+            "nodeguard-table must not depend on {bad}"
+        );
+    }
+    let inner: Vec<_> = table
+        .iter()
+        .filter(|d| d.starts_with("nodeguard") && d.as_str() != "nodeguard-model")
+        .collect();
+    assert!(
+        inner.is_empty(),
+        "nodeguard-table depends on {inner:?}; it reads nodeguard-model only"
+    );
+}
+
+/// The offline `scan`'s output reaches the renderer directly, not through the HTTP crate.
+#[test]
+fn scan_output_takes_the_table_from_nodeguard_table_not_the_api() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/output.rs");
+    let src = std::fs::read_to_string(path).expect("read agent/src/output.rs");
+    let toks = tokens(&product_code(&src));
+    assert!(
+        !toks.iter().any(|t| t == "nodeguard_api"),
+        "agent/src/output.rs names nodeguard_api; take the table from nodeguard_table"
+    );
+    assert!(
+        toks.iter().any(|t| t == "nodeguard_table"),
+        "agent/src/output.rs no longer uses nodeguard_table"
     );
 }
 

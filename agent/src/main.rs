@@ -13,11 +13,11 @@ use clap::Parser;
 use cli::{
     Cli, Command, HashChoice, InventoryArg, LogFormat, OutputFormat, PolicyCommand, ScanSettings,
 };
-use nodeguard_api::client;
 use nodeguard_hash::Algorithms;
 use nodeguard_model::Severity;
 use nodeguard_policy::Policy;
 use nodeguard_scan::{NoPods, ScanOptions, ScanScope, Scanner};
+use nodeguard_table as table;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -105,11 +105,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 OutputFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
                 OutputFormat::Table => {
                     let listing = if args.show_low {
-                        client::Listing::ALL
+                        table::Listing::ALL
                     } else {
-                        client::Listing::SCAN
+                        table::Listing::SCAN
                     };
-                    client::report_table_with(&report, inventory(&args), listing, output::width())
+                    table::report_table_with(&report, inventory(&args), listing, output::width())
                 }
             };
             output::print(&text).context("cannot write the report")?;
@@ -166,9 +166,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn inventory(args: &cli::ScanArgs) -> client::Inventory {
+fn inventory(args: &cli::ScanArgs) -> table::Inventory {
     let all = args.inventory || args.show.contains(&InventoryArg::All);
-    client::Inventory {
+    table::Inventory {
         containers: all || args.show.contains(&InventoryArg::Containers),
         processes: all || args.show.contains(&InventoryArg::Processes),
         files: all || args.show.contains(&InventoryArg::Files),

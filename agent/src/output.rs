@@ -1,8 +1,7 @@
 //! Where the CLI's text goes: the width of a line and writing that survives a closed pipe.
-//! The tables themselves come from `nodeguard_api::client` (one renderer for `scan` and
-//! `query`).
+//! The tables themselves come from `nodeguard_table` (one renderer for `scan` and `query`).
 
-use nodeguard_api::client::DEFAULT_WIDTH;
+use nodeguard_table::DEFAULT_WIDTH;
 use std::io::{self, IsTerminal, Write};
 
 /// The width lines are cut at: `COLUMNS`, else the terminal's width when stdout is one, else

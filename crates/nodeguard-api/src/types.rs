@@ -2,8 +2,7 @@
 //! same shapes from borrowed data; `docs/openapi.json` documents them.
 
 use nodeguard_model::{
-    Container, ExecHistoryStats, ExecObservation, PodRef, Process, ScanKind, ScanRun, Timestamp,
-    TrackedFinding,
+    Container, ExecHistoryStats, ExecObservation, ScanKind, ScanRun, Timestamp, TrackedFinding,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -79,12 +78,5 @@ pub struct ExecsResponse {
     pub execs: Vec<ExecObservation>,
 }
 
-/// A process and the pod of its container, when known.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProcessEntry {
-    #[serde(flatten)]
-    pub process: Process,
-    /// The Kubernetes identity of the process's container; null for host processes and
-    /// containers the agent has no pod metadata for.
-    pub pod: Option<PodRef>,
-}
+/// A process and the pod of its container (plain data the table renderer prints too).
+pub use nodeguard_model::ProcessEntry;

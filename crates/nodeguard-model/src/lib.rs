@@ -11,6 +11,7 @@ pub mod finding;
 pub mod fnv;
 pub mod history;
 pub mod identity;
+pub mod listing;
 pub mod random;
 pub mod redact;
 pub mod report;
@@ -26,6 +27,7 @@ pub use finding::{
 pub use fnv::{fnv1a, FNV_BASIS};
 pub use history::{ExecHistory, ExecHistoryStats, ExecObservation};
 pub use identity::FileIdentity;
+pub use listing::ProcessEntry;
 pub use random::SplitMix64;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{

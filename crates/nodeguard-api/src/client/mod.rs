@@ -1,6 +1,6 @@
-//! A small blocking client of the API, for `nodeguard query`, and the one table renderer
-//! that `nodeguard query` and `nodeguard scan` both print through ([`report_table`],
-//! [`findings_report`], …).
+//! A small blocking client of the API, for `nodeguard query`. It re-exports the table
+//! renderer of `nodeguard-table` ([`report_table`], [`findings_report`], …), which
+//! `nodeguard scan` uses directly.
 //!
 //! Each function takes the API's base URL (default [`DEFAULT_BASE_URL`]; a path prefix such
 //! as a `kubectl proxy` URL works too), asks one endpoint, and returns typed values. Errors
@@ -18,9 +18,7 @@
 //!
 //! The functions block; call them from async code through `spawn_blocking`.
 
-mod table;
-
-pub use table::{
+pub use nodeguard_table::{
     bytes, containers_table, containers_table_width, cores, findings_report, findings_report_with,
     findings_table, fit, processes_table, processes_table_width, report_summary, report_table,
     report_table_with, summary, FindingLine, Inventory, Listing, DEFAULT_WIDTH,

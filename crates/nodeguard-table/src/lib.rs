@@ -8,10 +8,9 @@
 //! so a process name or path with control characters (`\n`, ANSI escapes) cannot forge lines
 //! or colours.
 
-use crate::types::ProcessEntry;
 use nodeguard_model::{
-    escape_path, short_id, Container, FileEntry, Finding, FindingKind, Report, Severity, Timestamp,
-    TrackedFinding,
+    escape_path, short_id, Container, FileEntry, Finding, FindingKind, ProcessEntry, Report,
+    Severity, Timestamp, TrackedFinding,
 };
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
