@@ -9,12 +9,15 @@
 //! --no-kubelet`) when the bed's binaries are built, and takes it down afterwards. Without
 //! either it is skipped loudly — and fails when `CI` is set.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::api_bed::ApiBed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodeguard");
 
@@ -33,102 +36,6 @@ fn skip(reason: &str) {
         std::io::stderr(),
         "\n!!! SKIPPED api_auth: {reason}\n!!! (with CI set this is a failure)\n"
     );
-}
-
-/// A bed's variables, and the bed to take down when this test brought it up.
-struct Bed {
-    env: BTreeMap<String, String>,
-    own_dir: Option<PathBuf>,
-}
-
-impl Bed {
-    fn find() -> Result<Bed, String> {
-        if let Some(file) = std::env::var_os("REALNODE_ENV") {
-            return Ok(Bed {
-                env: read_env(Path::new(&file))?,
-                own_dir: None,
-            });
-        }
-        let up = repo().join("tests/realnode/up.sh");
-        if !up.exists() {
-            return Err(format!(
-                "no REALNODE_ENV and no {} to bring a bed up",
-                up.display()
-            ));
-        }
-        let dir = std::env::temp_dir().join(format!("ng-apiauth-{}", std::process::id()));
-        let out = Command::new(&up)
-            .arg("--no-kubelet")
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", up.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} --no-kubelet failed (build the bed with tests/realnode/build.sh): {}",
-                up.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Bed {
-            env: read_env(&dir.join("env"))?,
-            own_dir: Some(dir),
-        })
-    }
-
-    fn var(&self, name: &str) -> &str {
-        self.env
-            .get(name)
-            .unwrap_or_else(|| panic!("the bed's env has no {name}"))
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new(self.var("REALNODE_KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(self.var("REALNODE_ADMIN_KUBECONFIG"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.own_dir {
-            let _ = Command::new(repo().join("tests/realnode/down.sh"))
-                .arg(dir)
-                .output();
-        }
-    }
-}
-
-fn read_env(file: &Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the bed's env {}: {e}", file.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-        .collect())
 }
 
 fn free_port() -> u16 {
@@ -177,7 +84,7 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(bed: &Bed, extra: &[&str]) -> Agent {
+fn start_agent(bed: &ApiBed, extra: &[&str]) -> Agent {
     let port = free_port();
     let probes = free_port();
     let child = Command::new(BIN)
@@ -218,7 +125,7 @@ fn start_agent(bed: &Bed, extra: &[&str]) -> Agent {
 
 #[test]
 fn the_api_asks_the_real_api_server_who_may_read_it() {
-    let bed = match Bed::find() {
+    let bed = match ApiBed::find("apiauth") {
         Ok(bed) => bed,
         Err(reason) => return skip(&reason),
     };

@@ -21,7 +21,6 @@
 //! without them the test says why it skipped; with `CI` set it fails instead. Only loopback
 //! is flooded; every flood is bounded in count and time.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -29,6 +28,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::api_bed::ApiBed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodeguard");
 const MIB: u64 = 1024 * 1024;
@@ -54,100 +57,14 @@ fn skip(reason: &str) {
     );
 }
 
-/// The real-node bed's variables, and the bed to take down when this test brought it up.
-struct Bed {
-    env: BTreeMap<String, String>,
-    own_dir: Option<PathBuf>,
-}
-
-impl Bed {
-    fn find() -> Result<Bed, String> {
-        if let Some(file) = std::env::var_os("REALNODE_ENV") {
-            return Ok(Bed {
-                env: read_env(Path::new(&file))?,
-                own_dir: None,
-            });
-        }
-        let up = repo().join("tests/realnode/up.sh");
-        let dir = std::env::temp_dir().join(format!("ng-apiflood-{}", std::process::id()));
-        let out = Command::new(&up)
-            .arg("--no-kubelet")
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", up.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} --no-kubelet failed (build the bed with tests/realnode/build.sh): {}",
-                up.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Bed {
-            env: read_env(&dir.join("env"))?,
-            own_dir: Some(dir),
-        })
-    }
-
-    fn var(&self, name: &str) -> &str {
-        self.env
-            .get(name)
-            .unwrap_or_else(|| panic!("the bed's env has no {name}"))
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new(self.var("REALNODE_KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(self.var("REALNODE_ADMIN_KUBECONFIG"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(text) = stdin {
-            let mut input = child.stdin.take().expect("piped stdin");
-            input.write_all(text.as_bytes()).expect("write to kubectl");
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("kubectl ran");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    /// TokenReviews the API server has answered, by its own metrics.
-    fn token_reviews(&self) -> u64 {
-        self.kubectl(&["get", "--raw", "/metrics"], None)
-            .lines()
-            .filter(|l| l.starts_with("apiserver_request_total{"))
-            .filter(|l| l.contains("resource=\"tokenreviews\"") && l.contains("verb=\"POST\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.own_dir {
-            let _ = Command::new(repo().join("tests/realnode/down.sh"))
-                .arg(dir)
-                .output();
-        }
-    }
-}
-
-fn read_env(file: &Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the bed's env {}: {e}", file.display()))?;
-    Ok(text
+/// TokenReviews the API server has answered, by its own metrics.
+fn token_reviews(bed: &ApiBed) -> u64 {
+    bed.kubectl(&["get", "--raw", "/metrics"], None)
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-        .collect())
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("resource=\"tokenreviews\"") && l.contains("verb=\"POST\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn free_port() -> u16 {
@@ -264,7 +181,7 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
         Ok(cgroup) => cgroup,
         Err(reason) => return skip(&reason),
     };
-    let bed = match Bed::find() {
+    let bed = match ApiBed::find("apiflood") {
         Ok(bed) => bed,
         Err(reason) => return skip(&reason),
     };
@@ -369,7 +286,7 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
     let baseline = rss_anon(pid).expect("the agent's RssAnon");
 
     // Oversized tokens: refused before any review.
-    let reviews_before = bed.token_reviews();
+    let reviews_before = token_reviews(&bed);
     let huge = flood(
         agent.port,
         &["tokens", "--size", "400000", "--count", "200"],
@@ -378,7 +295,7 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
         agent.port,
         &["tokens", "--size", "60000", "--count", "1000"],
     );
-    let reviews_after = bed.token_reviews();
+    let reviews_after = token_reviews(&bed);
     for (what, result) in [("400 KB", &huge), ("60 KB", &big)] {
         let statuses = result["statuses"].as_object().expect("statuses");
         assert!(
@@ -405,7 +322,7 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
     );
     assert_eq!(reviewed["statuses"]["401"], 300, "{reviewed}");
     assert!(
-        bed.token_reviews() > reviews_after,
+        token_reviews(&bed) > reviews_after,
         "made-up tokens are reviewed"
     );
     // Half-sent heads from 16 addresses.

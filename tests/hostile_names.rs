@@ -16,12 +16,12 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use support::agent::{Agent, Launch, StateDir};
+use support::api_bed::ApiBed;
 use support::container::ContainerSpec;
 use support::image::Image;
 use support::wait_for;
@@ -50,127 +50,32 @@ fn skip(reason: &str) {
     );
 }
 
-/// A bed's variables, and the bed to take down when this test brought it up.
-struct Bed {
-    env: BTreeMap<String, String>,
-    own_dir: Option<PathBuf>,
-}
-
-impl Bed {
-    fn find() -> Result<Bed, String> {
-        if let Some(file) = std::env::var_os("REALNODE_ENV") {
-            return Ok(Bed {
-                env: read_env(Path::new(&file))?,
-                own_dir: None,
-            });
-        }
-        let up = repo().join("tests/realnode/up.sh");
-        let dir = std::env::temp_dir().join(format!("ng-hostile-{}", std::process::id()));
-        let out = Command::new(&up)
-            .arg("--no-kubelet")
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", up.display()))?;
-        if !out.status.success() {
-            let _ = Command::new(repo().join("tests/realnode/down.sh"))
-                .arg(&dir)
-                .output();
-            return Err(format!(
-                "{} --no-kubelet failed (build the bed with tests/realnode/build.sh): {}",
-                up.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Bed {
-            env: read_env(&dir.join("env"))?,
-            own_dir: Some(dir),
-        })
-    }
-
-    fn var(&self, name: &str) -> &str {
-        self.env
-            .get(name)
-            .unwrap_or_else(|| panic!("the bed's env has no {name}"))
-    }
-
-    /// `kubectl --kubeconfig ADMIN ARGS` with `stdin`; its stdout, or a panic with stderr.
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new(self.var("REALNODE_KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(self.var("REALNODE_ADMIN_KUBECONFIG"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(text) = stdin {
-            let _ = child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("kubectl output");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn kubectl_json(&self, args: &[&str]) -> Value {
-        let text = self.kubectl(args, None);
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("kubectl {args:?} is not JSON ({e}): {text}"))
-    }
-
-    /// A merge patch of the pod's `status` subresource (kubectl 1.20 has no
-    /// `--subresource`), as the kubelet would write it.
-    fn patch_pod_status(&self, namespace: &str, pod: &str, status: &Value) {
-        let url = format!(
-            "{}/api/v1/namespaces/{namespace}/pods/{pod}/status",
-            self.var("REALNODE_APISERVER")
-        );
-        let out = Command::new("curl")
-            .args(["-sS", "--fail-with-body", "-X", "PATCH", "--cacert"])
-            .arg(self.var("REALNODE_CA"))
-            .arg("-H")
-            .arg(format!(
-                "Authorization: Bearer {}",
-                self.var("REALNODE_ADMIN_TOKEN")
-            ))
-            .args(["-H", "Content-Type: application/merge-patch+json", "--data"])
-            .arg(json!({ "status": status }).to_string())
-            .arg(&url)
-            .output()
-            .expect("run curl");
-        assert!(
-            out.status.success(),
-            "PATCH {url}: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.own_dir {
-            let _ = Command::new(repo().join("tests/realnode/down.sh"))
-                .arg(dir)
-                .output();
-        }
-    }
-}
-
-fn read_env(file: &Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the bed's env {}: {e}", file.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-        .collect())
+/// A merge patch of the pod's `status` subresource (kubectl 1.20 has no
+/// `--subresource`), as the kubelet would write it.
+fn patch_pod_status(bed: &ApiBed, namespace: &str, pod: &str, status: &Value) {
+    let url = format!(
+        "{}/api/v1/namespaces/{namespace}/pods/{pod}/status",
+        bed.var("REALNODE_APISERVER")
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-X", "PATCH", "--cacert"])
+        .arg(bed.var("REALNODE_CA"))
+        .arg("-H")
+        .arg(format!(
+            "Authorization: Bearer {}",
+            bed.var("REALNODE_ADMIN_TOKEN")
+        ))
+        .args(["-H", "Content-Type: application/merge-patch+json", "--data"])
+        .arg(json!({ "status": status }).to_string())
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "PATCH {url}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every string in `value` (keys included) holding a character a terminal acts on: C0 and
@@ -203,7 +108,7 @@ fn raw_controls(value: &Value) -> Vec<String> {
 #[test]
 fn a_pod_whose_image_name_holds_esc_and_a_newline_gets_clean_events_and_reports() {
     require_containers!();
-    let bed = match Bed::find() {
+    let bed = match ApiBed::find("hostile") {
         Ok(bed) => bed,
         Err(reason) => return skip(&reason),
     };
@@ -237,7 +142,8 @@ fn a_pod_whose_image_name_holds_esc_and_a_newline_gets_clean_events_and_reports(
 
     let image = Image::busybox();
     let container = ContainerSpec::new(image).pod_uid(&uid).start();
-    bed.patch_pod_status(
+    patch_pod_status(
+        &bed,
         namespace,
         &pod,
         &json!({

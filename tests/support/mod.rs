@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod api_bed;
 pub mod cmd;
 pub mod container;
 pub mod deployment;
