@@ -25,8 +25,7 @@ mod support;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::cmd;
 
 fn repo_root() -> PathBuf {
@@ -648,70 +647,6 @@ fn static_elf(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Where the static build goes: beside the test build's own target dir.
-fn static_target_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
-        .join("static")
-}
-
-/// The static `nodeguard`: `NODEGUARD_STATIC_BIN`, else built once per test process.
-fn static_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("NODEGUARD_STATIC_BIN") {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "NODEGUARD_STATIC_BIN={} is not a file",
-                path.display()
-            );
-            return path;
-        }
-        let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-        let target_dir = static_target_dir();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let args = [
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            &triple,
-            "-p",
-            "nodeguard",
-            "--bin",
-            "nodeguard",
-        ];
-        let mut command = std::process::Command::new(&cargo);
-        command
-            .args(args)
-            .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET");
-        let shown = format!(
-            "RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR={} {}",
-            target_dir.display(),
-            cmd::display(&cargo, &args)
-        );
-        let started = Instant::now();
-        cmd::run_command(command, shown, Duration::from_secs(60 * 60)).ok();
-        note(&format!(
-            "static nodeguard built (or found up to date) in {:.1?}",
-            started.elapsed()
-        ));
-        target_dir.join(&triple).join("release/nodeguard")
-    })
-}
-
-/// Straight to the stderr handle, which libtest does not capture.
-fn note(text: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "note: {text}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // The binary as the only file of a container
 
@@ -831,7 +766,7 @@ impl Drop for ScratchBundle {
 
 #[test]
 fn the_static_binary_has_no_program_interpreter() {
-    let bin = static_binary();
+    let bin = support::deployment::static_binary();
     let bytes = std::fs::read(bin).expect("read the static binary");
     if let Err(why) = static_elf(&bytes) {
         panic!("{} is not static: {why}", bin.display());
@@ -847,7 +782,7 @@ fn the_binary_alone_in_a_container_prints_its_version() {
     if !support::require_containers() {
         return;
     }
-    let bundle = ScratchBundle::new(static_binary());
+    let bundle = ScratchBundle::new(support::deployment::static_binary());
     assert_eq!(
         bundle.files(),
         ["nodeguard"],
@@ -866,7 +801,7 @@ fn the_binary_alone_in_a_container_scans_the_node_with_the_daemonsets_privileges
     if !support::require_containers() {
         return;
     }
-    let bin = static_binary();
+    let bin = support::deployment::static_binary();
     let bundle = ScratchBundle::new(bin);
     assert_eq!(
         bundle.files(),

@@ -115,9 +115,10 @@ pub fn as_deployed() -> Vec<String> {
 }
 
 /// The static `nodeguard` the image ships: `NODEGUARD_STATIC_BIN` when set (CI builds it once),
-/// else built here as `tests/image.rs` builds it (`+crt-static`, release, into
-/// `<target>/static`, a target dir of its own). Once per test process.
+/// else built here (`+crt-static`, release, into `<target>/static`, a target dir of its own,
+/// beside the test build's) and its build time noted on stderr. Once per test process.
 pub fn static_binary() -> &'static Path {
+    use std::io::Write;
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(path) = std::env::var_os("NODEGUARD_STATIC_BIN") {
@@ -159,7 +160,13 @@ pub fn static_binary() -> &'static Path {
             target_dir.display(),
             super::cmd::display(&cargo, &args)
         );
+        let started = std::time::Instant::now();
         super::cmd::run_command(command, shown, std::time::Duration::from_secs(60 * 60)).ok();
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: static nodeguard built (or found up to date) in {:.1?}",
+            started.elapsed()
+        );
         target_dir.join(&triple).join("release/nodeguard")
     })
 }
