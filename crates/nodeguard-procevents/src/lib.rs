@@ -559,20 +559,8 @@ mod tests {
         }
     }
 
-    /// The real connector: a process we start is announced with its pid.
-    #[test]
-    fn an_exec_on_this_host_arrives_with_its_pid() {
-        if !root() {
-            return;
-        }
-        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut events = start(Options {
-            capacity: 1024,
-            recv_buffer: RECV_BUFFER_DEFAULT,
-            probe: Some(probe()),
-            drop_net_admin: false,
-        })
-        .expect("the connector works as root in the initial namespaces");
+    /// Starts a short `sleep` and waits up to 5 s for the exec event of its pid: (pid, seen).
+    fn exec_of_a_child_arrives(events: &mut ExecEvents) -> (i32, bool) {
         let mut child = std::process::Command::new("/bin/sleep")
             .arg("0.2")
             .spawn()
@@ -588,6 +576,24 @@ mod tests {
             }
         }
         let _ = child.wait();
+        (want, seen)
+    }
+
+    /// The real connector: a process we start is announced with its pid.
+    #[test]
+    fn an_exec_on_this_host_arrives_with_its_pid() {
+        if !root() {
+            return;
+        }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = start(Options {
+            capacity: 1024,
+            recv_buffer: RECV_BUFFER_DEFAULT,
+            probe: Some(probe()),
+            drop_net_admin: false,
+        })
+        .expect("the connector works as root in the initial namespaces");
+        let (want, seen) = exec_of_a_child_arrives(&mut events);
         assert!(seen, "no exec event for pid {want}");
         assert!(events.stats.events() >= 1);
     }
@@ -748,21 +754,7 @@ mod tests {
         for field in ["CapEff", "CapPrm"] {
             assert!(!holds_net_admin(&reader, field), "reader {field}: {reader}");
         }
-        let mut child = std::process::Command::new("/bin/sleep")
-            .arg("0.2")
-            .spawn()
-            .unwrap();
-        let want = child.id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut seen = false;
-        while !seen && Instant::now() < deadline {
-            match events.receiver.try_recv() {
-                Ok(ExecEvent::Exec { pid }) => seen = pid == want,
-                Ok(ExecEvent::Lost) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        let _ = child.wait();
+        let (want, seen) = exec_of_a_child_arrives(&mut events);
         assert!(
             seen,
             "no exec event for pid {want} after CAP_NET_ADMIN was dropped"
