@@ -394,14 +394,7 @@ fn container_process_rules(policy: &Policy, id: &str, p: &Process, found: &mut F
                 who(p),
                 p.sha256.as_deref().unwrap_or("unknown")
             );
-            let mut finding =
-                Finding::new(FindingKind::BinaryDrift, Severity::High, cid, exe, message)
-                    .with_pid(p.pid)
-                    .with_path(exe);
-            if let Some(digest) = p.sha256.as_deref() {
-                finding = finding.with_sha256(digest);
-            }
-            found.add(finding);
+            found.add(drift(cid, p.pid, exe, p.sha256.as_deref(), message));
         }
     }
     outside_image_rules(id, p, found);
@@ -425,14 +418,7 @@ fn outside_image_rules(id: &str, p: &Process, found: &mut Found) {
                 mount.mount_point,
                 p.sha256.as_deref().unwrap_or("unknown")
             );
-            let mut finding =
-                Finding::new(FindingKind::BinaryDrift, Severity::High, cid, exe, message)
-                    .with_pid(p.pid)
-                    .with_path(exe);
-            if let Some(digest) = p.sha256.as_deref() {
-                finding = finding.with_sha256(digest);
-            }
-            found.add(finding);
+            found.add(drift(cid, p.pid, exe, p.sha256.as_deref(), message));
         }
     }
     if let Some(script) = &p.script {
@@ -451,15 +437,26 @@ fn outside_image_rules(id: &str, p: &Process, found: &mut Found) {
                 p.exe.as_deref().unwrap_or("an interpreter"),
                 script.sha256.as_deref().unwrap_or("unknown")
             );
-            let mut finding =
-                Finding::new(FindingKind::BinaryDrift, Severity::High, cid, path, message)
-                    .with_pid(p.pid)
-                    .with_path(path);
-            if let Some(digest) = script.sha256.as_deref() {
-                finding = finding.with_sha256(digest);
-            }
-            found.add(finding);
+            found.add(drift(cid, p.pid, path, script.sha256.as_deref(), message));
         }
+    }
+}
+
+/// A high `binary_drift` finding about the file at `path` that `pid` runs, with its digest
+/// when it has one.
+fn drift(
+    cid: Option<&str>,
+    pid: i32,
+    path: &str,
+    sha256: Option<&str>,
+    message: String,
+) -> Finding {
+    let finding = Finding::new(FindingKind::BinaryDrift, Severity::High, cid, path, message)
+        .with_pid(pid)
+        .with_path(path);
+    match sha256 {
+        Some(digest) => finding.with_sha256(digest),
+        None => finding,
     }
 }
 
