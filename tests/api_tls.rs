@@ -16,7 +16,7 @@
 //!   saying why; `--insecure-skip-tls-verify` works and warns;
 //! - listening beyond loopback (in a network namespace of the test's own), the agent serves
 //!   https without being told;
-//! - a real Prometheus scrapes it with the README's scrape job (`scheme: https`,
+//! - a real Prometheus scrapes it with the scrape job of docs/api.md (`scheme: https`,
 //!   `insecure_skip_verify`), verifies it when given the served certificate as CA, and fails
 //!   the scrape with another CA.
 //!
@@ -803,23 +803,23 @@ fn sighup_reads_the_certificate_files_at_once_and_idle_tls_connections_are_close
     );
 }
 
-/// The README's Prometheus scrape job (the YAML block that starts with `scrape_configs:` in
-/// "Query API"), as a value.
-fn readme_scrape_job() -> serde_json::Value {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("read README.md");
-    let start = readme
+/// The documented Prometheus scrape job (the YAML block that starts with `scrape_configs:` in
+/// docs/api.md, "TLS"), as a value.
+fn documented_scrape_job() -> serde_json::Value {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md"))
+        .expect("read docs/api.md");
+    let start = doc
         .find("```yaml\nscrape_configs:")
-        .expect("README has a Prometheus scrape example")
+        .expect("docs/api.md has a Prometheus scrape example")
         + "```yaml\n".len();
-    let end = readme[start..].find("```").expect("the example ends") + start;
+    let end = doc[start..].find("```").expect("the example ends") + start;
     let config: serde_json::Value =
-        serde_yaml::from_str(&readme[start..end]).expect("the README's example is YAML");
+        serde_yaml::from_str(&doc[start..end]).expect("the documented example is YAML");
     config["scrape_configs"][0].clone()
 }
 
 #[test]
-fn prometheus_scrapes_over_https_as_the_readme_shows_and_verifies_when_given_the_certificate() {
+fn prometheus_scrapes_over_https_as_the_docs_show_and_verifies_when_given_the_certificate() {
     if !tools(&["openssl"]) {
         return;
     }
@@ -831,17 +831,17 @@ fn prometheus_scrapes_over_https_as_the_readme_shows_and_verifies_when_given_the
     let token = dir.path().join("token");
     std::fs::write(&token, "not-checked-without-a-cluster\n").unwrap();
     let (other, _) = openssl_pair(dir.path(), "other");
-    let readme = readme_scrape_job();
-    assert_eq!(readme["scheme"], "https", "{readme}");
+    let documented = documented_scrape_job();
+    assert_eq!(documented["scheme"], "https", "{documented}");
     assert_eq!(
-        readme["tls_config"]["insecure_skip_verify"], true,
-        "{readme}"
+        documented["tls_config"]["insecure_skip_verify"], true,
+        "{documented}"
     );
-    // The README's job as it is (service discovery aside: this agent is a static target),
+    // The documented job as it is (service discovery aside: this agent is a static target),
     // then with the agent's certificate as CA (verifying), then with another CA.
     let mut jobs = String::new();
     for (name, tls_config) in [
-        ("readme", readme["tls_config"].clone()),
+        ("documented", documented["tls_config"].clone()),
         (
             "verified",
             serde_json::json!({"ca_file": tls.served.to_str().unwrap()}),
@@ -851,7 +851,7 @@ fn prometheus_scrapes_over_https_as_the_readme_shows_and_verifies_when_given_the
             serde_json::json!({"ca_file": other.to_str().unwrap()}),
         ),
     ] {
-        let mut job = readme.clone();
+        let mut job = documented.clone();
         let object = job.as_object_mut().unwrap();
         object.remove("kubernetes_sd_configs");
         object.remove("relabel_configs");
@@ -881,7 +881,7 @@ fn prometheus_scrapes_over_https_as_the_readme_shows_and_verifies_when_given_the
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("no up series for {job} yet"))
     };
-    for job in ["readme", "verified"] {
+    for job in ["documented", "verified"] {
         wait_for(
             &format!("{job} scraped over https"),
             Duration::from_secs(60),

@@ -209,7 +209,7 @@ fn a_denied_binary_execd_in_a_container_is_found_within_two_seconds_with_an_hour
         scans_before,
         "a process scan ran; the finding must come from the exec"
     );
-    // /metrics renders at most once a second (README, Metrics): the series follows within
+    // /metrics renders at most once a second (docs/metrics.md): the series follows within
     // that second.
     let short = &container.id[..12];
     let open = format!(

@@ -843,7 +843,7 @@ async fn announcements_older_than_the_event_ttl_are_repeated() {
 async fn without_a_state_dir_a_restart_announces_again_and_asks_nothing_rbac_forbids() {
     // Reading the announced set back would need `list` on Events cluster-wide, which the
     // shipped ClusterRole does not grant: without a state dir, open findings are announced
-    // again after a restart (README "Kubernetes"), and no request is refused.
+    // again after a restart (docs/kubernetes.md), and no request is refused.
     let api = FakeApi::shipped(NODE);
     let web = pod_container(1, "shop", "web-0");
     let f1 = setuid(&web.id, "/bin/one");

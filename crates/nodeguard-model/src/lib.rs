@@ -3,7 +3,7 @@
 //! One scan yields one immutable [`Report`]: the containers and processes seen on the node,
 //! files of interest in container filesystems, and [`Finding`]s. Collectors fill it in,
 //! the policy adds findings, and sinks (CLI output, metrics, HTTP API, Kubernetes Events)
-//! only read it. Field names here are the JSON contract documented in README.md.
+//! only read it. Field names here are the JSON contract documented in docs/json-report.md.
 
 pub mod access;
 pub mod capability;

@@ -1,4 +1,4 @@
-//! The report of one scan: the JSON contract documented in README.md.
+//! The report of one scan: the JSON contract documented in docs/json-report.md.
 
 use crate::finding::{Finding, Severity};
 use serde::{Deserialize, Serialize};
@@ -231,7 +231,7 @@ pub struct Container {
     #[serde(default)]
     pub sandbox: bool,
     /// No longer running: the container is reported only because a process read at its exec
-    /// is kept for the exec retention window after it exited (README "Exec-time
+    /// is kept for the exec retention window after it exited (docs/exec-detection.md, "Exec-time
     /// detection"). Its limits are not evaluated (they bound nothing any more).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exited: bool,
@@ -397,7 +397,7 @@ pub struct Process {
     pub namespaces: Namespaces,
     pub kernel_thread: bool,
     /// Read at its exec and no longer running: reported as it was read, with its findings,
-    /// for the exec retention window (README "Exec-time detection").
+    /// for the exec retention window (docs/exec-detection.md).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exited: bool,
     /// The writable mount other than the container's root the executable lives on (a tmpfs,
