@@ -20,32 +20,54 @@ pub(super) struct Digests<'a> {
     pub(super) sha512: Option<&'a str>,
 }
 
+/// One digest the policy names, by algorithm: a trusted entry's, a bundle's or a denied one.
+#[derive(Debug, Clone, Copy)]
+enum Wanted<'w> {
+    Sha256(&'w str),
+    Sha512(&'w str),
+}
+
+impl<'a> Digests<'a> {
+    /// The computed digest `want` can be compared with, if that algorithm was computed.
+    fn comparable(self, want: Wanted) -> Option<&'a str> {
+        match want {
+            Wanted::Sha256(_) => self.sha256,
+            Wanted::Sha512(_) => self.sha512,
+        }
+    }
+
+    /// Whether the computed digest of `want`'s algorithm is `want` (hex in either case).
+    fn matches(self, want: Wanted) -> bool {
+        let wanted = match want {
+            Wanted::Sha256(w) | Wanted::Sha512(w) => w,
+        };
+        self.comparable(want)
+            .is_some_and(|got| wanted.eq_ignore_ascii_case(got))
+    }
+}
+
 /// The first denied entry either digest matches: `(algorithm, digest, reason)`.
 pub(super) fn denied<'p>(
     policy: &'p Policy,
     digests: Digests,
 ) -> Option<(&'static str, String, &'p str)> {
     policy.denied.iter().find_map(|d| {
-        let by256 = d
-            .sha256
-            .as_ref()
-            .zip(digests.sha256)
-            .filter(|(want, got)| want.0.eq_ignore_ascii_case(got))
-            .map(|(want, _)| ("sha256", want.0.clone()));
-        let by512 = d
-            .sha512
-            .as_ref()
-            .zip(digests.sha512)
-            .filter(|(want, got)| want.0.eq_ignore_ascii_case(got))
-            .map(|(want, _)| ("sha512", want.0.clone()));
+        let by256 = d.sha256.as_ref().map(|w| Wanted::Sha256(&w.0));
+        let by512 = d.sha512.as_ref().map(|w| Wanted::Sha512(&w.0));
         by256
-            .or(by512)
-            .map(|(algo, digest)| (algo, digest, d.reason.as_str()))
+            .into_iter()
+            .chain(by512)
+            .find(|want| digests.matches(*want))
+            .map(|want| match want {
+                Wanted::Sha256(w) => ("sha256", w.to_string(), d.reason.as_str()),
+                Wanted::Sha512(w) => ("sha512", w.to_string(), d.reason.as_str()),
+            })
     })
 }
 
 pub(super) enum Verdict {
-    /// No trusted entry covers this path (in this scope).
+    /// Nothing covers this path in this scope: no trusted entry, or no bundle entry for its
+    /// name.
     NotCovered,
     Allowed,
     /// Covered, but no digest was computed that an entry lists (e.g. hashing failed, or
@@ -62,45 +84,27 @@ pub(super) enum Verdict {
 /// matches — or is unknown (no pod metadata), so a missing API server never switches the
 /// check off.
 pub(super) fn trusted(policy: &Policy, scope: Scope, path: &str, digests: Digests) -> Verdict {
-    let mut covered = false;
-    let mut compared256 = false;
-    let mut compared512 = false;
-    for entry in &policy.trusted {
-        let image_ok = match (&entry.image, scope) {
-            (None, _) => true,
-            (Some(_), Scope::Host) => false,
-            (Some(_), Scope::Container(_, None, _)) => true,
-            (Some(glob), Scope::Container(_, Some(image), _)) => glob.is_match(image),
-        };
-        if !image_ok || !entry.path.is_match(path) {
-            continue;
-        }
-        covered = true;
-        if let Some(got) = digests.sha256.filter(|_| !entry.sha256.is_empty()) {
-            compared256 = true;
-            if entry.sha256.iter().any(|d| d.0.eq_ignore_ascii_case(got)) {
-                return Verdict::Allowed;
-            }
-        }
-        if let Some(got) = digests.sha512.filter(|_| !entry.sha512.is_empty()) {
-            compared512 = true;
-            if entry.sha512.iter().any(|d| d.0.eq_ignore_ascii_case(got)) {
-                return Verdict::Allowed;
-            }
-        }
+    let mut covering = policy
+        .trusted
+        .iter()
+        .filter(|entry| {
+            let image_ok = match (&entry.image, scope) {
+                (None, _) => true,
+                (Some(_), Scope::Host) => false,
+                (Some(_), Scope::Container(_, None, _)) => true,
+                (Some(glob), Scope::Container(_, Some(image), _)) => glob.is_match(image),
+            };
+            image_ok && entry.path.is_match(path)
+        })
+        .peekable();
+    if covering.peek().is_none() {
+        return Verdict::NotCovered;
     }
-    let mut compared = Vec::new();
-    if let Some(d) = digests.sha256.filter(|_| compared256) {
-        compared.push(format!("sha256 {d}"));
-    }
-    if let Some(d) = digests.sha512.filter(|_| compared512) {
-        compared.push(format!("sha512 {d}"));
-    }
-    match (covered, compared.is_empty()) {
-        (false, _) => Verdict::NotCovered,
-        (true, true) => Verdict::Unverifiable,
-        (true, false) => Verdict::Unexpected(compared.join(", ")),
-    }
+    let wanted = covering.flat_map(|entry| {
+        let sha256 = entry.sha256.iter().map(|d| Wanted::Sha256(&d.0));
+        sha256.chain(entry.sha512.iter().map(|d| Wanted::Sha512(&d.0)))
+    });
+    compare(wanted, digests)
 }
 
 /// The file name of an executable path: what digest bundles are keyed by.
@@ -125,20 +129,32 @@ pub(super) fn bundled(policy: &Policy, scope: Scope, path: &str, digests: Digest
     let Some(known) = policy.bundles.by_name.get(exe_name(path)) else {
         return Verdict::NotCovered;
     };
+    let wanted = known.iter().flat_map(|k| {
+        let sha256 = k.sha256.as_deref().map(Wanted::Sha256);
+        sha256
+            .into_iter()
+            .chain(k.sha512.as_deref().map(Wanted::Sha512))
+    });
+    compare(wanted, digests)
+}
+
+/// Compares the computed digests with a pool of wanted ones (a path's trusted entries, or
+/// a name's bundle entries): `Allowed` at the first match; else `Unexpected`, naming the
+/// computed digests that had a wanted one of their algorithm to meet, or `Unverifiable`
+/// when none had (hashing failed, or only SHA-512 is wanted and was not computed).
+fn compare<'w>(wanted: impl Iterator<Item = Wanted<'w>>, digests: Digests) -> Verdict {
     let mut compared256 = false;
     let mut compared512 = false;
-    for k in known {
-        if let (Some(want), Some(got)) = (k.sha256.as_deref(), digests.sha256) {
-            compared256 = true;
-            if want.eq_ignore_ascii_case(got) {
-                return Verdict::Allowed;
-            }
+    for want in wanted {
+        if digests.comparable(want).is_none() {
+            continue;
         }
-        if let (Some(want), Some(got)) = (k.sha512.as_deref(), digests.sha512) {
-            compared512 = true;
-            if want.eq_ignore_ascii_case(got) {
-                return Verdict::Allowed;
-            }
+        match want {
+            Wanted::Sha256(_) => compared256 = true,
+            Wanted::Sha512(_) => compared512 = true,
+        }
+        if digests.matches(want) {
+            return Verdict::Allowed;
         }
     }
     let mut compared = Vec::new();
