@@ -1,20 +1,27 @@
 //! The exec-driven pass: reading just the exec'd processes, holding back what is still in the
 //! container runtime's set-up, retaining what was read past its exit, and merging the reads
-//! into the latest report.
+//! into the latest report when they raise something new.
+//!
+//! Its cost follows the execs, not the node: each read process is evaluated once, with its
+//! container as the last report knows it ([`crate::LastScan`]), and the findings it raises
+//! are checked once against the open ones ([`Scanner::pending_execs_matter`]). Only a read
+//! that raises a finding not yet open, or brings a container the last report does not know,
+//! costs a merge into the latest report ([`Scanner::merge_execs`]).
 
 use crate::{enrich, hash_executables, redact_cmdlines, Error, Scanner};
-use nodeguard_collect::Collector;
 use nodeguard_collect::{CollectedProcess, Snapshot};
-use nodeguard_model::PodLookup;
 use nodeguard_model::{
-    Container, ExecObservation, Process, Report, ScanStats, Timestamp, SCHEMA_VERSION,
+    Container, ExecHistory, ExecObservation, Finding, PodLookup, Process, Report, ScanStats,
+    Timestamp, SCHEMA_VERSION,
 };
 use nodeguard_policy::{evaluate, Evidence};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Exec reads that raise nothing new wait for a later merge; past this many, they are merged
-/// anyway (the wait is bounded in memory).
+/// Exec reads that raise nothing new wait for a later merge or the next full scan; past this
+/// many waiting, the oldest are left to the next full scan (they are retained, so it reports
+/// them even when they exited): the wait is bounded in memory and never costs a merge.
 pub const EXEC_PENDING_MAX: usize = 1024;
 
 /// At most this many exec-read processes are retained; beyond it the oldest reads go first
@@ -29,11 +36,71 @@ pub const EXEC_INIT_GRACE: Duration = Duration::from_secs(1);
 /// At most this many processes are held back at once; beyond it they are read as they are.
 pub const EXEC_HELD_MAX: usize = 512;
 
+/// Findings raised by reads and not yet checked against the open ones, at most: past it the
+/// reads are merged (checked by the evaluation of the merge instead).
+const UNCHECKED_MAX: usize = 4 * EXEC_PENDING_MAX;
+
+/// What an exec-driven pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecPassStats {
+    /// Exec'd processes read and evaluated.
+    pub read: usize,
+    /// Exec'd processes gone before they could be read (nothing is known of them).
+    pub vanished: usize,
+    /// Processes held back because they were still in the container runtime's set-up.
+    pub held: usize,
+}
+
+/// The state of the exec passes between full scans: reads waiting to be merged, reads
+/// retained past their exit, processes held back in the runtime's set-up, and the history.
+#[derive(Debug)]
+pub(crate) struct ExecPasses {
+    /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
+    /// its entry), with their container as read then.
+    retained: BTreeMap<i32, Retained>,
+    /// Every exec-read process as it was read, for `--since` queries (bounded; shared with
+    /// the API).
+    history: Arc<ExecHistory>,
+    /// Exec reads not yet merged into a report.
+    pending: Option<PendingExecs>,
+    /// Exec'd processes read inside the runtime's set-up (`runc init`), by pid, with when
+    /// they were first held back: read again with every exec pass until they exec the
+    /// container's entrypoint, vanish, or [`EXEC_INIT_GRACE`] passes.
+    held_back: BTreeMap<i32, Instant>,
+}
+
 /// What exec reads gathered for the next merge.
 #[derive(Debug, Default)]
 pub(crate) struct PendingExecs {
+    /// The latest read of each pid.
+    pub(crate) processes: BTreeMap<i32, Process>,
+    /// Their containers as read, by id.
+    pub(crate) containers: BTreeMap<String, Container>,
+    pub(crate) stats: ScanStats,
+    pub(crate) warnings: Vec<String>,
+    /// Findings the reads raised, not yet checked against the open ones.
+    unchecked: Vec<Finding>,
+    /// Something in these reads is new to the sinks: they must be merged.
+    must_merge: bool,
+}
+
+/// A process an exec-driven pass read, kept so that its findings outlive it (while its
+/// container runs).
+#[derive(Debug, Clone)]
+pub(crate) struct Retained {
+    pub(crate) process: Process,
+    pub(crate) read_at: Instant,
+}
+
+/// One exec pass's reads, evaluated, for [`ExecPasses::record`].
+pub(crate) struct Reads {
     pub(crate) processes: Vec<Process>,
-    pub(crate) containers: Vec<Container>,
+    /// Their containers as read (pod metadata added).
+    pub(crate) fresh: Vec<Container>,
+    /// What the processes raise (with their containers as the last report knows them).
+    pub(crate) findings: Vec<Finding>,
+    /// A container of these reads is not in the last report.
+    pub(crate) new_container: bool,
     pub(crate) stats: ScanStats,
     pub(crate) warnings: Vec<String>,
 }
@@ -52,102 +119,66 @@ pub(crate) fn merge_stats(mut a: ScanStats, b: ScanStats) -> ScanStats {
     a
 }
 
-/// A process an exec-driven pass read, kept so that its findings outlive it (while its
-/// container runs).
-#[derive(Debug, Clone)]
-pub(crate) struct Retained {
-    pub(crate) process: Process,
-    pub(crate) read_at: Instant,
+impl Default for ExecPasses {
+    fn default() -> ExecPasses {
+        ExecPasses {
+            retained: BTreeMap::new(),
+            history: Arc::new(ExecHistory::default()),
+            pending: None,
+            held_back: BTreeMap::new(),
+        }
+    }
 }
 
-/// What an exec-driven pass did, beside its report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExecPassStats {
-    /// Exec'd processes read and evaluated.
-    pub read: usize,
-    /// Exec'd processes gone before they could be read (nothing is known of them).
-    pub vanished: usize,
-    /// Processes held back because they were still in the container runtime's set-up.
-    pub held: usize,
-}
-
-impl Scanner {
-    /// An exec-driven pass in one call: [`Scanner::read_execs`] then
-    /// [`Scanner::merge_execs`].
-    pub fn scan_execs(
-        &mut self,
-        pids: &[i32],
-        base: &Report,
-        pods: &dyn PodLookup,
-    ) -> Result<(Report, ExecPassStats), Error> {
-        let pass = self.read_execs(pids, pods)?;
-        Ok((self.merge_execs(base, pods), pass))
+impl ExecPasses {
+    pub(crate) fn history(&self) -> &Arc<ExecHistory> {
+        &self.history
     }
 
-    /// Reads the processes `pids` (just exec'd) the way a scan does — attribution to a
-    /// container, executable layer, hash through the one digest cache — and keeps them for
-    /// the next [`Scanner::merge_execs`]. Reading is what must happen at once (a process may
-    /// live milliseconds); merging and evaluating, which cost as much as the node is big, can
-    /// wait and cover several reads.
-    ///
-    /// A process still inside the container runtime's set-up (runc's `runc init` stages, in
-    /// the new container's cgroup but with the runtime's capabilities, namespaces and
-    /// executable) is not the container's process yet: it is held back and read again with
-    /// each pass (`pids` may then be empty) until it execs the entrypoint, vanishes or has
-    /// waited [`EXEC_INIT_GRACE`] ([`Scanner::held_back_until`] says when that is). Read at
-    /// once, a new pod's sandbox looked like a privileged container of its own, with the
-    /// host's pid namespace, until the next full scan.
-    ///
-    /// Each process read is retained for [`ScanOptions::exec_retention`] while its container
-    /// runs: when it exits, later reports (full scans included) still carry it as it was
-    /// read, so a process that lived for milliseconds keeps its findings open long enough
-    /// for every sink to see them. Once its container is gone, the next full scan drops it
-    /// (open findings describe the node as it is now); what it was and what it raised stay
-    /// in [`Scanner::exec_history`], which `pods` names the pods of.
-    pub fn read_execs(
-        &mut self,
-        pids: &[i32],
-        pods: &dyn PodLookup,
-    ) -> Result<ExecPassStats, Error> {
-        self.collector.execs_seen(pids);
-        let wanted: Vec<i32> = pids.iter().chain(self.held_back.keys()).copied().collect();
-        let Snapshot {
-            processes: mut collected,
-            containers: mut fresh,
-            stats: mut pass_stats,
+    /// The reads not yet merged, taken (a full scan re-reads every process: they are in it,
+    /// or retained).
+    pub(crate) fn take_pending(&mut self) -> Option<PendingExecs> {
+        self.pending.take()
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub(crate) fn retained_len(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Records one pass's reads: into the history (each with the findings naming its pid),
+    /// the retained set, and the reads waiting for a merge (bounded by
+    /// [`EXEC_PENDING_MAX`]). Nothing here grows with the node: each step is per read.
+    pub(crate) fn record(&mut self, reads: Reads, now: Instant) {
+        let Reads {
+            processes,
+            fresh,
+            findings,
+            new_container,
+            mut stats,
             mut warnings,
-            ..
-        } = nodeguard_collect::collect_pids(&self.options.collect, &wanted)?;
-        let held = self.hold_back_runtime_init(&mut collected, &mut fresh);
-        if !self.options.show_secrets {
-            redact_cmdlines(&mut collected);
-        }
-        let read = hash_executables(
-            &self.options,
-            &self.policy,
-            &self.digests,
-            collected,
-            &mut pass_stats,
-            &mut warnings,
-        );
-        // A batch holds up to 512 pids: a set, not a scan of the reads per pid.
-        let read_pids: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
-        let requested: BTreeSet<i32> = pids.iter().copied().collect();
-        let pass = ExecPassStats {
-            read: read.len(),
-            held,
-            vanished: requested
-                .iter()
-                .filter(|pid| !read_pids.contains(pid) && !self.held_back.contains_key(pid))
-                .count(),
-        };
-        for c in &mut fresh {
-            enrich(c, pods);
-        }
-        self.record_history(&read, &fresh);
-        let now = Instant::now();
-        for p in &read {
-            self.recent_execs.insert(
+        } = reads;
+        let observed_at = Timestamp::now();
+        for p in &processes {
+            let pod = p
+                .container_id
+                .as_deref()
+                .and_then(|id| fresh.iter().find(|c| c.id == id))
+                .and_then(|c| c.pod.clone());
+            self.history.record(ExecObservation {
+                observed_at,
+                process: p.clone(),
+                pod,
+                findings: findings
+                    .iter()
+                    .filter(|f| f.pid == Some(p.pid))
+                    .cloned()
+                    .collect(),
+            });
+            self.retained.insert(
                 p.pid,
                 Retained {
                     process: p.clone(),
@@ -155,53 +186,48 @@ impl Scanner {
                 },
             );
         }
-        self.bound_recent_execs(&mut pass_stats, &mut warnings);
-        let pending = self.pending_execs.get_or_insert_with(PendingExecs::default);
-        pending
-            .processes
-            .retain(|p| !read.iter().any(|r| r.pid == p.pid));
-        pending.processes.extend(read);
-        for c in fresh {
-            if !pending.containers.iter().any(|known| known.id == c.id) {
-                pending.containers.push(c);
-            }
+        self.bound_retained(&mut stats, &mut warnings);
+        let pending = self.pending.get_or_insert_with(PendingExecs::default);
+        for p in processes {
+            pending.processes.insert(p.pid, p);
         }
-        pending.stats = merge_stats(std::mem::take(&mut pending.stats), pass_stats);
+        // Beyond the bound the lowest pids wait for the next full scan (retained, so it
+        // reports them even if they exited meanwhile); their findings were checked or are.
+        while pending.processes.len() > EXEC_PENDING_MAX {
+            pending.processes.pop_first();
+        }
+        for c in fresh {
+            pending.containers.entry(c.id.clone()).or_insert(c);
+        }
+        pending.must_merge |= new_container;
+        if pending.unchecked.len() + findings.len() > UNCHECKED_MAX {
+            pending.must_merge = true;
+            pending.unchecked.clear();
+        } else if !pending.must_merge {
+            pending.unchecked.extend(findings);
+        }
+        pending.stats = merge_stats(std::mem::take(&mut pending.stats), stats);
         pending.warnings.extend(warnings);
-        Ok(pass)
     }
 
-    /// Whether an exec event source reports every exec to [`Scanner::read_execs`] or
-    /// [`Scanner::execs_seen`] and every loss to [`Scanner::exec_events_lost`]. While it
-    /// does, a scan re-reads only what changes without an exec of the processes it knows
-    /// (see [`Collector::watch_execs`]).
-    pub fn watch_execs(&mut self, on: bool) {
-        self.collector.watch_execs(on);
-    }
-
-    /// Scans within which each process is read in full at least once (without exec events).
-    pub const FULL_READ_EVERY: u32 = Collector::FULL_READ_EVERY;
-
-    /// See [`Collector::set_full_read_every_watched`].
-    pub fn set_full_read_every_watched(&mut self, passes: u32) {
-        self.collector.set_full_read_every_watched(passes);
-    }
-
-    /// These processes exec'd but are not read now: the next scan reads them in full.
-    pub fn execs_seen(&mut self, pids: &[i32]) {
-        self.collector.execs_seen(pids);
-    }
-
-    /// Exec events were lost: the next scan re-checks every process as without events.
-    pub fn exec_events_lost(&mut self) {
-        self.collector.execs_lost();
+    /// Whether the reads waiting change what sinks act on (see
+    /// [`Scanner::pending_execs_matter`]). Each finding is checked once.
+    pub(crate) fn pending_matter(&mut self, is_open: impl Fn(&str) -> bool) -> bool {
+        let Some(pending) = self.pending.as_mut() else {
+            return false;
+        };
+        if !pending.must_merge {
+            pending.must_merge = pending.unchecked.iter().any(|f| !is_open(&f.id));
+        }
+        pending.unchecked.clear();
+        pending.must_merge
     }
 
     /// Takes out of `collected` (and their containers out of `fresh`) the processes still in
     /// the runtime's set-up, holding them back within [`EXEC_INIT_GRACE`] and
     /// [`EXEC_HELD_MAX`]; forgets held-back pids that were not read (gone) or no longer are
     /// in the set-up. Returns how many are held back now.
-    fn hold_back_runtime_init(
+    pub(crate) fn hold_back_runtime_init(
         &mut self,
         collected: &mut Vec<CollectedProcess>,
         fresh: &mut Vec<Container>,
@@ -230,70 +256,239 @@ impl Scanner {
         self.held_back.len()
     }
 
-    /// When the processes held back in the runtime's set-up are due to be read as they are,
-    /// if any are: the caller runs [`Scanner::read_execs`] then, with no new pids, unless an
-    /// exec pass came first.
-    pub fn held_back_until(&self) -> Option<Instant> {
+    pub(crate) fn held_back_pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.held_back.keys().copied()
+    }
+
+    pub(crate) fn is_held_back(&self, pid: i32) -> bool {
+        self.held_back.contains_key(&pid)
+    }
+
+    /// See [`Scanner::held_back_until`].
+    pub(crate) fn held_back_until(&self) -> Option<Instant> {
         self.held_back
             .values()
             .min()
             .map(|since| *since + EXEC_INIT_GRACE)
     }
 
-    /// Whether reads wait for [`Scanner::merge_execs`].
-    pub fn has_pending_execs(&self) -> bool {
-        self.pending_execs.is_some()
+    /// A full scan's processes and containers, plus each exec-read process that is no
+    /// longer running (no process with its pid, executable and container), was read within
+    /// the retention window, and whose container (if it had one) still runs. Entries past
+    /// the window are dropped here, and so are entries this scan sees running (a process a
+    /// full scan has seen is reported like any other from then on) and entries whose
+    /// container is gone: open findings describe the node as it is now, so when a pod goes,
+    /// its findings resolve at this scan, not a retention window later. What such a process
+    /// did stays in [`Scanner::exec_history`]. Retention is for what only an exec read ever
+    /// saw, in a container that still runs (or on the host).
+    pub(crate) fn keep_retained(
+        &mut self,
+        processes: &mut Vec<Process>,
+        containers: &[Container],
+        retention: Duration,
+    ) {
+        let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        self.retained.retain(|_, r| {
+            r.read_at.elapsed() <= retention
+                && r.process
+                    .container_id
+                    .as_deref()
+                    .is_none_or(|id| alive.contains(id))
+        });
+        if self.retained.is_empty() {
+            return;
+        }
+        let running: BTreeSet<(i32, Option<&str>, Option<&str>)> = processes
+            .iter()
+            .map(|p| (p.pid, p.exe.as_deref(), p.container_id.as_deref()))
+            .collect();
+        self.retained.retain(|_, r| {
+            let p = &r.process;
+            !running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref()))
+        });
+        // Marked exited, so that nobody takes them for what runs now.
+        for r in self.retained.values() {
+            let mut process = r.process.clone();
+            process.exited = true;
+            processes.push(process);
+        }
+        processes.sort_by_key(|p| p.pid);
     }
 
-    /// Whether the reads waiting to be merged change what sinks act on: a container `base`
-    /// does not know, a finding (of those processes with their containers, by the policy in
-    /// force) that `is_open` does not know, or more than [`EXEC_PENDING_MAX`] reads waiting.
-    /// Most execs on a node raise nothing new; their reads wait for a later merge or the
-    /// next full scan instead of costing a merge of the whole report each.
-    pub fn pending_execs_matter(&self, base: &Report, is_open: impl Fn(&str) -> bool) -> bool {
-        let Some(pending) = &self.pending_execs else {
-            return false;
-        };
-        if pending.processes.len() > EXEC_PENDING_MAX
-            || pending
-                .containers
-                .iter()
-                .any(|c| !base.containers.iter().any(|known| known.id == c.id))
-        {
-            return true;
+    /// Keeps at most [`EXEC_RETAINED_MAX`] retained reads, dropping the oldest — counted
+    /// and warned about, never silently.
+    fn bound_retained(&mut self, stats: &mut ScanStats, warnings: &mut Vec<String>) {
+        let excess = self.retained.len().saturating_sub(EXEC_RETAINED_MAX);
+        if excess == 0 {
+            return;
         }
-        let ids: BTreeSet<&str> = pending
-            .processes
+        let mut by_age: Vec<(Instant, i32)> = self
+            .retained
+            .iter()
+            .map(|(pid, r)| (r.read_at, *pid))
+            .collect();
+        by_age.sort_unstable();
+        for (_, pid) in by_age.into_iter().take(excess) {
+            self.retained.remove(&pid);
+        }
+        *stats
+            .errors
+            .entry("exec_retention_overflow".to_string())
+            .or_insert(0) += excess as u64;
+        warnings.push(format!(
+            "more than {EXEC_RETAINED_MAX} exec-read processes within the retention window: the {excess} oldest are no longer retained after they exit"
+        ));
+    }
+}
+
+impl Scanner {
+    /// Reads the processes `pids` (just exec'd) the way a scan does — attribution to a
+    /// container, executable layer, hash through the one digest cache — evaluates each once,
+    /// and keeps them for the next [`Scanner::merge_execs`]. Reading is what must happen at
+    /// once (a process may live milliseconds); merging, which costs as much as the node is
+    /// big, happens only when [`Scanner::pending_execs_matter`], and covers every read since.
+    ///
+    /// A process still inside the container runtime's set-up (runc's `runc init` stages, in
+    /// the new container's cgroup but with the runtime's capabilities, namespaces and
+    /// executable) is not the container's process yet: it is held back and read again with
+    /// each pass (`pids` may then be empty) until it execs the entrypoint, vanishes or has
+    /// waited [`EXEC_INIT_GRACE`] ([`Scanner::held_back_until`] says when that is). Read at
+    /// once, a new pod's sandbox looked like a privileged container of its own, with the
+    /// host's pid namespace, until the next full scan.
+    ///
+    /// Each process read is retained for [`crate::ScanOptions::exec_retention`] while its
+    /// container runs: when it exits, later reports (full scans included) still carry it as
+    /// it was read, so a process that lived for milliseconds keeps its findings open long
+    /// enough for every sink to see them. Once its container is gone, the next full scan
+    /// drops it (open findings describe the node as it is now); what it was and what it
+    /// raised stay in [`Scanner::exec_history`], which `pods` names the pods of.
+    pub fn read_execs(
+        &mut self,
+        pids: &[i32],
+        pods: &dyn PodLookup,
+    ) -> Result<ExecPassStats, Error> {
+        self.collector.execs_seen(pids);
+        let wanted: Vec<i32> = pids
+            .iter()
+            .copied()
+            .chain(self.execs.held_back_pids())
+            .collect();
+        let Snapshot {
+            processes: mut collected,
+            containers: mut fresh,
+            mut stats,
+            mut warnings,
+            ..
+        } = nodeguard_collect::collect_pids(&self.options.collect, &wanted)?;
+        let held = self
+            .execs
+            .hold_back_runtime_init(&mut collected, &mut fresh);
+        if !self.options.show_secrets {
+            redact_cmdlines(&mut collected);
+        }
+        let read = hash_executables(
+            &self.options,
+            &self.policy,
+            &self.digests,
+            collected,
+            &mut stats,
+            &mut warnings,
+        );
+        // A batch holds up to 512 pids: a set, not a scan of the reads per pid.
+        let read_pids: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
+        let requested: BTreeSet<i32> = pids.iter().copied().collect();
+        let pass = ExecPassStats {
+            read: read.len(),
+            held,
+            vanished: requested
+                .iter()
+                .filter(|pid| !read_pids.contains(pid) && !self.execs.is_held_back(**pid))
+                .count(),
+        };
+        for c in &mut fresh {
+            enrich(c, pods);
+        }
+        let (findings, new_container) = self.evaluate_reads(&read, &fresh);
+        self.execs.record(
+            Reads {
+                processes: read,
+                fresh,
+                findings,
+                new_container,
+                stats,
+                warnings,
+            },
+            Instant::now(),
+        );
+        Ok(pass)
+    }
+
+    /// What the processes just read raise, with their containers as the last report knows
+    /// them (limits, sandbox, pod) or, for a container it does not know, as read; and
+    /// whether such a container was among them. Costs as much as the reads, not the node.
+    fn evaluate_reads(&self, read: &[Process], fresh: &[Container]) -> (Vec<Finding>, bool) {
+        let ids: BTreeSet<&str> = read
             .iter()
             .filter_map(|p| p.container_id.as_deref())
             .collect();
-        let containers: Vec<Container> = base
-            .containers
+        let mut new_container = false;
+        let containers: Vec<Container> = ids
             .iter()
-            .filter(|c| ids.contains(c.id.as_str()))
-            .cloned()
+            .filter_map(|id| match self.last.container(id) {
+                Some(known) => Some(known.clone()),
+                None => {
+                    new_container = true;
+                    fresh.iter().find(|c| c.id == *id).cloned()
+                }
+            })
             .collect();
+        if read.is_empty() {
+            return (Vec::new(), new_container);
+        }
         let findings = evaluate(
             &self.policy,
             &Evidence {
-                processes: &pending.processes,
+                processes: read,
                 containers: &containers,
                 files: &[],
-                cap_last_cap: self.last_cap_last_cap,
+                cap_last_cap: self.last.cap_last_cap,
                 gaps: &[],
-                host_bounding: self.last_host_bounding,
+                host_bounding: self.last.host_bounding,
             },
         );
-        findings.iter().any(|f| !is_open(&f.id))
+        (findings, new_container)
+    }
+
+    /// When the processes held back in the runtime's set-up are due to be read as they are,
+    /// if any are: the caller runs [`Scanner::read_execs`] then, with no new pids, unless an
+    /// exec pass came first.
+    pub fn held_back_until(&self) -> Option<Instant> {
+        self.execs.held_back_until()
+    }
+
+    /// Whether reads wait for [`Scanner::merge_execs`].
+    pub fn has_pending_execs(&self) -> bool {
+        self.execs.has_pending()
+    }
+
+    /// Whether the reads waiting to be merged change what sinks act on: a container the last
+    /// report does not know, or a finding (of those processes, by the policy in force when
+    /// they were read) that `is_open` does not know. Each read's findings are checked once,
+    /// by the first call after the read; once the reads matter they matter until merged.
+    /// Most execs on a node raise nothing new; their reads wait for a later merge or the next
+    /// full scan instead of costing a merge of the whole report each.
+    pub fn pending_execs_matter(&mut self, is_open: impl Fn(&str) -> bool) -> bool {
+        self.execs.pending_matter(is_open)
     }
 
     /// Puts the processes read since the last merge into `base` (the latest report) in place
     /// of what it said about those pids, and evaluates the whole with the policy in force.
-    /// Containers `base` knows keep what the full scan said of them (runtime, sandbox,
-    /// limits), with the new pids added; a container first seen in these reads is taken from
-    /// them alone until the next full scan. Files, filesystem gaps, `cap_last_cap` and the
-    /// host's bounding set are the last full scan's. The report's stats count the reads
-    /// merged (hashes, errors, vanished processes), so totals summed over reports stay right.
+    /// Containers the last report knows keep what the full scan said of them (runtime,
+    /// sandbox, limits), with the new pids added; a container first seen in these reads is
+    /// taken from them alone until the next full scan. Files, filesystem gaps,
+    /// `cap_last_cap` and the host's bounding set are the last full scan's. The report's
+    /// stats count the reads merged (hashes, errors, vanished processes), so totals summed
+    /// over reports stay right.
     pub fn merge_execs(&mut self, base: &Report, pods: &dyn PodLookup) -> Report {
         let started = Instant::now();
         let scanned_at = Timestamp::now();
@@ -302,10 +497,11 @@ impl Scanner {
             containers: fresh,
             stats: pass_stats,
             warnings,
-        } = self.pending_execs.take().unwrap_or_default();
+            ..
+        } = self.execs.take_pending().unwrap_or_default();
 
         let mut containers = base.containers.clone();
-        for mut container in fresh {
+        for (_, mut container) in fresh {
             match containers.iter_mut().find(|c| c.id == container.id) {
                 Some(known) => {
                     for pid in container.pids {
@@ -323,25 +519,25 @@ impl Scanner {
         }
         containers.sort_by(|a, b| a.id.cmp(&b.id));
 
-        let replaced: BTreeSet<i32> = read.iter().map(|p| p.pid).collect();
         let mut processes: Vec<Process> = base
             .processes
             .iter()
-            .filter(|p| !replaced.contains(&p.pid))
+            .filter(|p| !read.contains_key(&p.pid))
             .cloned()
-            .chain(read)
             .collect();
+        processes.extend(read.into_values());
         processes.sort_by_key(|p| p.pid);
 
+        let files = self.last_files.clone();
         let findings = evaluate(
             &self.policy,
             &Evidence {
                 processes: &processes,
                 containers: &containers,
-                files: &base.files,
-                cap_last_cap: self.last_cap_last_cap,
+                files: &files,
+                cap_last_cap: self.last.cap_last_cap,
                 gaps: &self.last_gaps,
-                host_bounding: self.last_host_bounding,
+                host_bounding: self.last.host_bounding,
             },
         );
         let stats = ScanStats {
@@ -360,6 +556,7 @@ impl Scanner {
                 all_warnings.push(w);
             }
         }
+        self.last.containers.clone_from(&containers);
         Report {
             schema_version: SCHEMA_VERSION,
             node: self.options.node_name.clone(),
@@ -367,135 +564,30 @@ impl Scanner {
             duration_ms: started.elapsed().as_millis() as u64,
             containers,
             processes,
-            files: base.files.clone(),
+            files,
             findings,
             stats,
             warnings: all_warnings,
         }
     }
 
-    /// Records each process read into the history, with the findings it raises by itself
-    /// (those naming its pid) with its container as read.
-    fn record_history(&self, read: &[Process], fresh: &[Container]) {
-        if read.is_empty() {
-            return;
-        }
-        let findings = evaluate(
-            &self.policy,
-            &Evidence {
-                processes: read,
-                containers: fresh,
-                files: &[],
-                cap_last_cap: self.last_cap_last_cap,
-                gaps: &[],
-                host_bounding: self.last_host_bounding,
-            },
-        );
-        let observed_at = Timestamp::now();
-        for p in read {
-            let pod = p
-                .container_id
-                .as_deref()
-                .and_then(|id| fresh.iter().find(|c| c.id == id))
-                .and_then(|c| c.pod.clone());
-            self.exec_history.record(ExecObservation {
-                observed_at,
-                process: p.clone(),
-                pod,
-                findings: findings
-                    .iter()
-                    .filter(|f| f.pid == Some(p.pid))
-                    .cloned()
-                    .collect(),
-            });
-        }
-    }
-
     /// Processes read by exec passes since at most the retention window: how many.
     pub fn retained_execs(&self) -> usize {
-        self.recent_execs.len()
-    }
-
-    /// A full scan's processes and containers, plus each exec-read process that is no
-    /// longer running (no process with its pid, executable and container), was read within
-    /// the retention window, and whose container (if it had one) still runs. Entries past
-    /// the window are dropped here, and so are entries this scan sees running (a process a
-    /// full scan has seen is reported like any other from then on) and entries whose
-    /// container is gone: open findings describe the node as it is now, so when a pod goes,
-    /// its findings resolve at this scan, not a retention window later. What such a process
-    /// did stays in [`Scanner::exec_history`]. Retention is for what only an exec read ever
-    /// saw, in a container that still runs (or on the host).
-    pub(crate) fn keep_recent_execs(
-        &mut self,
-        processes: &mut Vec<Process>,
-        containers: &[Container],
-    ) {
-        let retention = self.options.exec_retention;
-        let alive: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-        self.recent_execs.retain(|_, r| {
-            r.read_at.elapsed() <= retention
-                && r.process
-                    .container_id
-                    .as_deref()
-                    .is_none_or(|id| alive.contains(id))
-        });
-        if self.recent_execs.is_empty() {
-            return;
-        }
-        let running: BTreeSet<(i32, Option<&str>, Option<&str>)> = processes
-            .iter()
-            .map(|p| (p.pid, p.exe.as_deref(), p.container_id.as_deref()))
-            .collect();
-        self.recent_execs.retain(|_, r| {
-            let p = &r.process;
-            !running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref()))
-        });
-        // Marked exited, so that nobody takes them for what runs now.
-        for r in self.recent_execs.values() {
-            let mut process = r.process.clone();
-            process.exited = true;
-            processes.push(process);
-        }
-        processes.sort_by_key(|p| p.pid);
-    }
-
-    /// Keeps at most [`EXEC_RETAINED_MAX`] retained reads, dropping the oldest — counted
-    /// and warned about, never silently.
-    pub(crate) fn bound_recent_execs(&mut self, stats: &mut ScanStats, warnings: &mut Vec<String>) {
-        let excess = self.recent_execs.len().saturating_sub(EXEC_RETAINED_MAX);
-        if excess == 0 {
-            return;
-        }
-        let mut by_age: Vec<(Instant, i32)> = self
-            .recent_execs
-            .iter()
-            .map(|(pid, r)| (r.read_at, *pid))
-            .collect();
-        by_age.sort_unstable();
-        for (_, pid) in by_age.into_iter().take(excess) {
-            self.recent_execs.remove(&pid);
-        }
-        *stats
-            .errors
-            .entry("exec_retention_overflow".to_string())
-            .or_insert(0) += excess as u64;
-        warnings.push(format!(
-            "more than {EXEC_RETAINED_MAX} exec-read processes within the retention window: the {excess} oldest are no longer retained after they exit"
-        ));
+        self.execs.retained_len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::{container, process, scanner};
-    use crate::{ScanOptions, EXEC_INIT_GRACE};
+    use crate::tests::{container, process};
+    use crate::ScanOptions;
     use nodeguard_model::NoPods;
     use nodeguard_policy::Policy;
     use std::sync::Arc;
 
-    fn retain(s: &mut Scanner, p: Process) {
-        s.recent_execs.insert(
+    fn retain(s: &mut ExecPasses, p: Process) {
+        s.retained.insert(
             p.pid,
             Retained {
                 process: p,
@@ -511,7 +603,8 @@ mod tests {
     /// scan; after the window it is dropped too.
     #[test]
     fn exec_read_processes_outlive_their_exit_while_their_container_runs() {
-        let mut s = scanner();
+        let mut s = ExecPasses::default();
+        let retention = Duration::from_secs(300);
         let c = container(None);
         retain(&mut s, process(42, "/bin/evil", Some(&c.id)));
         retain(&mut s, process(43, "/bin/sleep", Some(&c.id)));
@@ -521,7 +614,7 @@ mod tests {
         // runs on.
         let mut processes = vec![process(43, "/bin/sleep", Some(&c.id))];
         let containers = vec![c.clone()];
-        s.keep_recent_execs(&mut processes, &containers);
+        s.keep_retained(&mut processes, &containers, retention);
         let pids: Vec<(i32, bool)> = processes.iter().map(|p| (p.pid, p.exited)).collect();
         assert_eq!(
             pids,
@@ -532,7 +625,7 @@ mod tests {
         // The container is gone: its process is not brought back (nor is 43, which a scan
         // reported already); the host's short-lived process stays for the window.
         let mut processes = vec![process(42, "/bin/other", None)];
-        s.keep_recent_execs(&mut processes, &[]);
+        s.keep_retained(&mut processes, &[], retention);
         let seen: Vec<(i32, Option<&str>)> = processes
             .iter()
             .map(|p| (p.pid, p.exe.as_deref()))
@@ -542,15 +635,14 @@ mod tests {
             [(42, Some("/bin/other")), (44, Some("/bin/hostprobe"))],
             "{processes:?}"
         );
-        assert_eq!(s.retained_execs(), 1);
+        assert_eq!(s.retained_len(), 1);
 
         // Past the window: nothing comes back, and the entries are gone.
-        s.set_exec_retention(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         let mut processes = vec![];
-        s.keep_recent_execs(&mut processes, &[]);
+        s.keep_retained(&mut processes, &[], Duration::ZERO);
         assert!(processes.is_empty());
-        assert_eq!(s.retained_execs(), 0);
+        assert_eq!(s.retained_len(), 0);
     }
 
     /// A process that looks like runc's set-up (`runc init`, here perl renaming itself) is
@@ -613,85 +705,138 @@ mod tests {
         );
         assert_eq!(s.held_back_until(), None);
         assert_eq!(history.stats().entries, 2, "the held-back one once read");
-        let pending = s.pending_execs.as_ref().expect("reads wait to be merged");
+        let pending = s.execs.pending.as_ref().expect("reads wait to be merged");
         assert!(pending
             .processes
-            .iter()
-            .any(|p| p.pid == w && p.cmdline == "runc init"));
+            .get(&w)
+            .is_some_and(|p| p.cmdline == "runc init"));
         waiting.kill().unwrap();
         waiting.wait().unwrap();
     }
 
-    fn empty_report() -> Report {
-        Report {
-            schema_version: SCHEMA_VERSION,
-            node: "n".into(),
-            scanned_at: Timestamp::now(),
-            duration_ms: 0,
-            containers: vec![],
-            processes: vec![],
-            files: vec![],
-            findings: vec![],
+    fn reads(processes: Vec<Process>, findings: Vec<Finding>, new_container: bool) -> Reads {
+        Reads {
+            processes,
+            fresh: vec![],
+            findings,
+            new_container,
             stats: ScanStats::default(),
             warnings: vec![],
         }
     }
 
-    /// Only reads that raise a finding not yet open (or bring a new container, or pile up)
-    /// are worth a merge of the whole report.
+    /// Only reads that raise a finding not yet open, or bring a container the last report
+    /// does not know, are worth a merge of the whole report; each finding is checked once,
+    /// and reads that matter keep mattering until merged.
     #[test]
     fn pending_exec_reads_matter_only_when_they_raise_something_new() {
-        let digest = "ab".repeat(32);
-        let policy = Policy::from_yaml_str(
-            &format!("version: 1\ndenied_binaries:\n  - sha256: {digest}\n    reason: test\n"),
-            "test.yaml",
-        )
-        .unwrap();
-        let mut s = scanner();
-        s.set_policy(Arc::new(policy));
-        let base = empty_report();
-        assert!(!s.pending_execs_matter(&base, |_| false), "nothing pending");
+        let mut s = ExecPasses::default();
+        assert!(!s.pending_matter(|_| false), "nothing pending");
 
-        s.pending_execs = Some(PendingExecs {
-            processes: vec![process(42, "/tmp/evil", None)],
-            ..PendingExecs::default()
-        });
-        assert!(
-            s.pending_execs_matter(&base, |_| false),
-            "a new denied_binary"
+        let raised = Finding::new(
+            nodeguard_model::FindingKind::DeniedBinary,
+            nodeguard_model::Severity::Critical,
+            None,
+            "/tmp/evil",
+            "m",
         );
-        assert!(!s.pending_execs_matter(&base, |_| true), "already open");
+        s.record(
+            reads(
+                vec![process(42, "/tmp/evil", None)],
+                vec![raised.clone()],
+                false,
+            ),
+            Instant::now(),
+        );
+        assert!(!s.pending_matter(|_| true), "already open");
+        let checked = std::cell::Cell::new(0);
+        assert!(
+            !s.pending_matter(|_| {
+                checked.set(checked.get() + 1);
+                false
+            }),
+            "checked once: not again"
+        );
+        assert_eq!(checked.get(), 0);
+        s.record(
+            reads(vec![process(43, "/tmp/evil", None)], vec![raised], false),
+            Instant::now(),
+        );
+        assert!(s.pending_matter(|_| false), "a new finding");
+        assert!(s.pending_matter(|_| true), "matters until merged");
+        assert!(s.take_pending().is_some());
+        assert!(!s.pending_matter(|_| false), "merged");
 
-        let mut benign = process(43, "/bin/sh", None);
-        benign.sha256 = Some("cd".repeat(32));
-        s.pending_execs = Some(PendingExecs {
-            processes: vec![benign.clone(); EXEC_PENDING_MAX + 1],
-            ..PendingExecs::default()
-        });
-        assert!(s.pending_execs_matter(&base, |_| true), "too many waiting");
-        s.pending_execs = Some(PendingExecs {
-            processes: vec![benign],
-            containers: vec![container(None)],
-            ..PendingExecs::default()
-        });
-        assert!(s.pending_execs_matter(&base, |_| true), "a new container");
+        s.record(
+            reads(vec![process(44, "/bin/sh", None)], vec![], true),
+            Instant::now(),
+        );
+        assert!(s.pending_matter(|_| true), "a new container");
+    }
+
+    /// Reads that raise nothing new wait in bounded memory and never cost a merge: past
+    /// the bound the lowest pids are left to the next full scan, which still reports them
+    /// (they are retained).
+    #[test]
+    fn pending_exec_reads_are_bounded_without_a_merge() {
+        let mut s = ExecPasses::default();
+        for pid in 1..=(EXEC_PENDING_MAX as i32 + 5) {
+            s.record(
+                reads(vec![process(pid, "/bin/true", None)], vec![], false),
+                Instant::now(),
+            );
+        }
+        assert!(!s.pending_matter(|_| true));
+        let pending = s.take_pending().expect("pending");
+        assert_eq!(pending.processes.len(), EXEC_PENDING_MAX);
+        assert_eq!(pending.processes.keys().next(), Some(&6));
+        let mut processes = vec![];
+        s.keep_retained(&mut processes, &[], Duration::from_secs(300));
+        assert_eq!(processes.len(), EXEC_PENDING_MAX + 5, "all retained");
+    }
+
+    /// A read is evaluated with its container as the last report knows it (here a pod's
+    /// sandbox: nothing of the pod's runs in it, so it raises nothing), and a container the
+    /// last report does not know is evaluated as read and makes the reads matter.
+    #[test]
+    fn reads_are_evaluated_with_their_container_as_the_last_report_knows_it() {
+        let mut s = crate::tests::scanner();
+        let mut known = container(None);
+        known.sandbox = true;
+        s.last.containers = vec![known.clone()];
+        let root = process(42, "/pause", Some(&known.id));
+        let (findings, new_container) = s.evaluate_reads(std::slice::from_ref(&root), &[]);
+        assert!(findings.is_empty(), "{findings:?}");
+        assert!(!new_container);
+
+        let mut fresh = container(None);
+        fresh.id = "b".repeat(64);
+        let other = process(43, "/bin/sh", Some(&fresh.id));
+        let (findings, new_container) = s.evaluate_reads(&[other], &[fresh]);
+        assert!(new_container);
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.kind == nodeguard_model::FindingKind::RunsAsRoot),
+            "{findings:?}"
+        );
     }
 
     /// Beyond the bound the oldest reads are dropped, counted and warned about.
     #[test]
     fn retained_exec_reads_are_bounded_and_overflow_is_counted() {
-        let mut s = scanner();
+        let mut s = ExecPasses::default();
         for pid in 1..=(EXEC_RETAINED_MAX as i32 + 3) {
             retain(&mut s, process(pid, "/bin/x", None));
         }
         let mut stats = ScanStats::default();
         let mut warnings = Vec::new();
-        s.bound_recent_execs(&mut stats, &mut warnings);
-        assert_eq!(s.retained_execs(), EXEC_RETAINED_MAX);
+        s.bound_retained(&mut stats, &mut warnings);
+        assert_eq!(s.retained_len(), EXEC_RETAINED_MAX);
         assert_eq!(stats.errors.get("exec_retention_overflow"), Some(&3));
         assert_eq!(warnings.len(), 1);
         // The first three (oldest) went.
-        assert!(!s.recent_execs.contains_key(&1) && !s.recent_execs.contains_key(&3));
-        assert!(s.recent_execs.contains_key(&4));
+        assert!(!s.retained.contains_key(&1) && !s.retained.contains_key(&3));
+        assert!(s.retained.contains_key(&4));
     }
 }

@@ -9,7 +9,7 @@
 //! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
 //! Events) receive the finished report.
 
-use nodeguard_collect::{CollectOptions, CollectedProcess, Collector, Snapshot};
+use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
 use nodeguard_model::{
@@ -19,12 +19,13 @@ use nodeguard_model::{
 pub use nodeguard_model::{NoPods, PodLookup};
 
 mod exec_pass;
-use exec_pass::{merge_stats, PendingExecs, Retained};
+use exec_pass::{merge_stats, ExecPasses};
 pub use exec_pass::{
     ExecPassStats, EXEC_HELD_MAX, EXEC_INIT_GRACE, EXEC_PENDING_MAX, EXEC_RETAINED_MAX,
 };
+pub use nodeguard_collect::Collector;
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +56,7 @@ pub struct ScanOptions {
     /// soon as they are collected ([`nodeguard_model::redact_cmdline`]), so they never enter
     /// the report, the state, the API, Events or logs.
     pub show_secrets: bool,
-    /// How long a process read by an exec-driven pass ([`Scanner::scan_execs`]) stays in
+    /// How long a process read by an exec-driven pass ([`Scanner::read_execs`]) stays in
     /// reports after it is gone: its findings stay open at least this long after the read,
     /// and until the first full scan after that no longer sees it running.
     pub exec_retention: Duration,
@@ -117,21 +118,10 @@ pub struct Scanner {
     /// Containers whose last filesystem inventory was incomplete.
     last_gaps: Vec<FsGap>,
     last_fs_stats: FsCounters,
-    /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
-    /// its entry), with their container as read then.
-    recent_execs: BTreeMap<i32, Retained>,
-    /// Every exec-read process as it was read, for `--since` queries (bounded; shared with
-    /// the API).
-    exec_history: Arc<ExecHistory>,
-    /// Exec reads not yet merged into a report.
-    pending_execs: Option<PendingExecs>,
-    /// Exec'd processes read inside the runtime's set-up (`runc init`), by pid, with when
-    /// they were first held back: read again with every exec pass until they exec the
-    /// container's entrypoint, vanish, or [`EXEC_INIT_GRACE`] passes.
-    held_back: BTreeMap<i32, Instant>,
-    /// From the last full scan, for the evaluation of exec-driven passes.
-    last_cap_last_cap: u32,
-    last_host_bounding: Option<u64>,
+    /// The exec-driven passes' state (see [`exec_pass`]).
+    execs: ExecPasses,
+    /// What the last report said of the node beyond processes and files.
+    last: LastScan,
     /// Where the last scan's time went.
     last_phases: ScanPhases,
 }
@@ -153,6 +143,26 @@ pub struct ScanPhases {
     pub filesystems: Duration,
     /// Evaluating the policy.
     pub evaluate: Duration,
+}
+
+/// What the last report said of the node beyond its processes and files, for the exec passes
+/// between full scans: set by each full scan, its containers updated by each merge.
+#[derive(Debug)]
+struct LastScan {
+    cap_last_cap: u32,
+    host_bounding: Option<u64>,
+    /// The last report's containers, sorted by id.
+    containers: Vec<Container>,
+}
+
+impl LastScan {
+    /// The last report's container `id`, found without a scan of them all.
+    fn container(&self, id: &str) -> Option<&Container> {
+        self.containers
+            .binary_search_by(|c| c.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.containers[i])
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -181,12 +191,12 @@ impl Scanner {
             last_files: Vec::new(),
             last_gaps: Vec::new(),
             last_fs_stats: FsCounters::default(),
-            recent_execs: BTreeMap::new(),
-            exec_history: Arc::new(ExecHistory::default()),
-            pending_execs: None,
-            held_back: BTreeMap::new(),
-            last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
-            last_host_bounding: None,
+            execs: ExecPasses::default(),
+            last: LastScan {
+                cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
+                host_bounding: None,
+                containers: Vec::new(),
+            },
             last_phases: ScanPhases::default(),
         }
     }
@@ -194,7 +204,7 @@ impl Scanner {
     /// The log of exec-time observations this scanner records into (for the API's
     /// `/v1/execs`).
     pub fn exec_history(&self) -> Arc<ExecHistory> {
-        Arc::clone(&self.exec_history)
+        Arc::clone(self.execs.history())
     }
 
     pub fn options(&self) -> &ScanOptions {
@@ -214,6 +224,13 @@ impl Scanner {
 
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
+    }
+
+    /// The collector, to tell it of exec events ([`Collector::watch_execs`],
+    /// [`Collector::execs_seen`], [`Collector::execs_lost`]) and how often to read each
+    /// process in full while they are watched.
+    pub fn collector(&mut self) -> &mut Collector {
+        &mut self.collector
     }
 
     /// Where the last scan's time went (see [`ScanPhases`]).
@@ -300,14 +317,13 @@ impl Scanner {
             });
             (processes, walked)
         });
-        self.last_cap_last_cap = cap_last_cap;
-        self.last_host_bounding = host_bounding;
         // A full scan re-reads every process: exec reads not yet merged are in it, or
         // retained; what those reads cost is counted with this scan.
-        if let Some(pending) = self.pending_execs.take() {
+        if let Some(pending) = self.execs.take_pending() {
             stats = merge_stats(stats, pending.stats);
         }
-        self.keep_recent_execs(&mut processes, &containers);
+        self.execs
+            .keep_retained(&mut processes, &containers, self.options.exec_retention);
 
         let mut walk_took = None;
         if scope == ScanScope::ProcessesAndFilesystems {
@@ -358,6 +374,11 @@ impl Scanner {
         self.last_phases = phases;
 
         stats.containers_seen = containers.len() as u64;
+        self.last = LastScan {
+            cap_last_cap,
+            host_bounding,
+            containers: sorted_by_id(&containers),
+        };
         Ok(Report {
             schema_version: SCHEMA_VERSION,
             node: self.options.node_name.clone(),
@@ -703,6 +724,13 @@ fn algorithms_for(options: &ScanOptions, policy: &Policy) -> Algorithms {
     let mut algorithms = options.algorithms;
     algorithms.sha512 |= policy.needs_sha512();
     algorithms
+}
+
+/// A copy of `containers` sorted by id (for [`LastScan::container`]).
+fn sorted_by_id(containers: &[Container]) -> Vec<Container> {
+    let mut sorted = containers.to_vec();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted
 }
 
 /// The node's name: `NODE_NAME` (the downward API sets it in the DaemonSet), else the
