@@ -154,9 +154,7 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
         );
     }
 
-    for (setting, why) in &scanner.policy().weakened() {
-        tracing::warn!(setting, "policy weakens a check: {why}");
-    }
+    // What the policy weakens is said by the daemon, which owns the policy from here on.
     let (state_tx, state_rx) = watch::channel::<Option<Arc<NodeState>>>(None);
     // Metrics read the daemon's channel like the API and Events do.
     let mut registry = Registry::default();

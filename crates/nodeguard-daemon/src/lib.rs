@@ -29,12 +29,18 @@ use nodeguard_model::{
 };
 use nodeguard_policy::Policy;
 pub use nodeguard_procevents::{ExecEvent, Stats as ExecFeedStats};
-use nodeguard_scan::{ScanScope, Scanner};
-use std::collections::{BTreeMap, BTreeSet};
+use nodeguard_scan::{Collector, ScanScope, Scanner};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
+
+mod running;
+mod timetable;
+use running::Running;
+use timetable::Timetable;
+pub use timetable::{EXEC_PUBLISH_GAP, RECONCILE_AFTER_LOSS};
 
 /// The latest state, `None` until the first scan completes.
 pub type StateSender = watch::Sender<Option<Arc<NodeState>>>;
@@ -89,16 +95,10 @@ pub struct ExecFeed {
 pub const EXEC_COALESCE: Duration = Duration::from_millis(5);
 /// The most pids one exec-driven read covers; the rest wait for the next.
 pub const EXEC_BATCH_MAX: usize = 512;
-/// Exec reads are merged into the report and published at most this often (a burst of execs
-/// makes one new state per gap, not one per exec: each merge costs as much as the node is
-/// big). The first exec after a quiet spell is published at once.
-pub const EXEC_PUBLISH_GAP: Duration = Duration::from_millis(250);
-/// After lost exec events, the next full scan starts this soon (unless one is due sooner).
-pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(1);
 /// While exec events are watched, every process is still read in full about this often (at
-/// least every [`Scanner::FULL_READ_EVERY`] scans, at most every 60): what only a full
+/// least every [`Collector::FULL_READ_EVERY`] scans, at most every 60): what only a full
 /// read sees (a process moved to another cgroup, `setns`, a rewritten `argv`) shows within
-/// it. Without events the full read stays every [`Scanner::FULL_READ_EVERY`] scans.
+/// it. Without events the full read stays every [`Collector::FULL_READ_EVERY`] scans.
 pub const FULL_READ_PERIOD_WATCHED: Duration = Duration::from_secs(180);
 
 /// Returns to the kernel the memory a scan freed. glibc keeps what a thread freed in that
@@ -119,7 +119,7 @@ pub fn full_read_passes_watched(interval: Duration) -> u32 {
     // Clamped, then converted: within 6..=60 the cast is exact.
     passes
         .ceil()
-        .clamp(f64::from(Scanner::FULL_READ_EVERY), 60.0) as u32
+        .clamp(f64::from(Collector::FULL_READ_EVERY), 60.0) as u32
 }
 
 /// What outlives single scans: the ledger, the running totals, and the last state
@@ -168,15 +168,6 @@ impl Book {
     }
 }
 
-/// What waiting for a pass on a blocking thread ended with.
-enum Waited<T> {
-    Done(T),
-    Shutdown,
-}
-
-/// Waits for a pass on a blocking thread while answering control messages: a reload waits
-/// for the pass (`reload_pending`), a shutdown leaves it behind (the runtime's shutdown
-/// timeout bounds that).
 /// CPU time (user and system) of this process so far, `None` when the kernel does not say.
 fn process_cpu() -> Option<Duration> {
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
@@ -191,27 +182,6 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_micros(
         micros(usage.ru_utime) + micros(usage.ru_stime),
     ))
-}
-
-async fn wait_blocking<T>(
-    mut joined: tokio::task::JoinHandle<T>,
-    control: &mut mpsc::Receiver<Control>,
-    reload_pending: &mut bool,
-) -> Result<Waited<T>, Error> {
-    loop {
-        tokio::select! {
-            joined = &mut joined => {
-                return joined.map(Waited::Done).map_err(|e| Error::ScanThread(e.to_string()));
-            }
-            msg = control.recv() => match msg {
-                Some(Control::ReloadPolicy) => *reload_pending = true,
-                Some(Control::Shutdown) | None => {
-                    tracing::info!("shutting down during an exec pass");
-                    return Ok(Waited::Shutdown);
-                }
-            },
-        }
-    }
 }
 
 /// The next exec event, or never when there is no feed.
@@ -279,6 +249,14 @@ fn refresh_exec(exec: &mut ExecEventStats, stats: Option<&ExecFeedStats>, feed: 
     }
 }
 
+/// Says which checks `policy` weakens, one warning each: for the policy the agent starts with
+/// and for each reload, from here only.
+fn warn_weakened(policy: &Policy) {
+    for (setting, why) in &policy.weakened() {
+        tracing::warn!(setting, "policy weakens a check: {why}");
+    }
+}
+
 fn weakened_settings(policy: &Policy) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = policy.weakened().into_iter().map(|(s, _)| s).collect();
     out.sort_unstable();
@@ -291,308 +269,43 @@ impl Daemon {
     pub async fn run(
         self,
         state: StateSender,
-        mut control: mpsc::Receiver<Control>,
+        control: mpsc::Receiver<Control>,
     ) -> Result<(), Error> {
         let Daemon {
-            scanner,
+            mut scanner,
             schedule,
             policy_path,
             pods,
             exec_feed,
         } = self;
-        let mut exec_feed = exec_feed;
+        warn_weakened(scanner.policy());
         let mut book = Book::new(scanner.policy());
         book.exec.source = if exec_feed.is_some() {
             ExecEventSource::Netlink
         } else {
             ExecEventSource::Polling
         };
-        let feed_stats = exec_feed.as_ref().map(|f| Arc::clone(&f.stats));
-        let mut lost_seen = 0u64;
-        let mut scanner = scanner;
         // Every exec reaches the scanner (read, or noted before the first scan) and every
         // loss is passed on, so its scans may skip re-checking what only an exec changes.
-        scanner.watch_execs(exec_feed.is_some());
-        scanner.set_full_read_every_watched(full_read_passes_watched(schedule.interval));
-        // When the exec reads waiting in the scanner are looked at (and merged if they
-        // matter).
-        let mut merge_at: Option<Instant> = None;
-        let mut last_merge = Instant::now();
-        let mut scanner = Some(scanner);
-        // The first scan is a process scan so the agent is ready quickly; the first
-        // filesystem scan follows right after it.
-        let mut next_process = Instant::now();
-        let mut next_fs = Instant::now();
-        let mut first = true;
-        loop {
-            let now = Instant::now();
-            if now >= next_process || now >= next_fs {
-                let scope = if now >= next_fs && !first {
-                    ScanScope::ProcessesAndFilesystems
-                } else {
-                    ScanScope::Processes
-                };
-                let Some(mut owned) = scanner.take() else {
-                    return Err(Error::ScanThread("scanner lost".into()));
-                };
-                // Losses no event announced yet (the reader's channel was full).
-                if let Some(lost_now) = feed_stats.as_ref().map(|s| s.lost()) {
-                    if lost_now > lost_seen {
-                        lost_seen = lost_now;
-                        owned.exec_events_lost();
-                    }
-                }
-                let pods = Arc::clone(&pods);
-                let started = Instant::now();
-                let cpu_before = process_cpu();
-                let mut joined = tokio::task::spawn_blocking(move || {
-                    let result = owned.scan(scope, pods.as_ref());
-                    (owned, result)
-                });
-                // The blocking scan cannot be interrupted: a shutdown leaves it behind (the
-                // runtime's shutdown timeout bounds that), a reload waits for it to finish.
-                let mut reload_pending = false;
-                let (owned, result) = loop {
-                    tokio::select! {
-                        joined = &mut joined => {
-                            break joined.map_err(|e| Error::ScanThread(e.to_string()))?;
-                        }
-                        msg = control.recv() => match msg {
-                            Some(Control::ReloadPolicy) => reload_pending = true,
-                            Some(Control::Shutdown) | None => {
-                                tracing::info!("shutting down during a scan");
-                                return Ok(());
-                            }
-                        },
-                    }
-                };
-                scanner = Some(owned);
-                let elapsed = started.elapsed();
-                // The whole agent's CPU meanwhile (the scan's reader threads included): on a
-                // busy machine the wall time says more about the others than about the scan.
-                let cpu_ms = process_cpu().zip(cpu_before).map(|(after, before)| {
-                    (after.saturating_sub(before).as_secs_f64() * 1e4).round() / 10.0
-                });
-                match result {
-                    Ok(report) => {
-                        let kinds: &[ScanKind] = match scope {
-                            ScanScope::Processes => &[ScanKind::Processes],
-                            ScanScope::ProcessesAndFilesystems => {
-                                &[ScanKind::Processes, ScanKind::Filesystems]
-                            }
-                        };
-                        for kind in kinds {
-                            book.scan_finished(*kind, elapsed, true);
-                            book.last_scans.insert(
-                                *kind,
-                                ScanRun {
-                                    finished_at: Timestamp::now(),
-                                    duration_ms: elapsed.as_millis() as u64,
-                                },
-                            );
-                        }
-                        refresh_exec(&mut book.exec, feed_stats.as_deref(), &exec_feed);
-                        let (next, appeared, resolved) = publish(&mut book, report);
-                        release_freed_memory();
-                        let mut open = [0usize; 4];
-                        for t in &next.findings {
-                            open[t.finding.severity as usize] += 1;
-                        }
-                        // One line per scan; only new high/critical findings get their own.
-                        tracing::info!(
-                            scope = scope_name(scope),
-                            duration_ms = elapsed.as_millis() as u64,
-                            cpu_ms,
-                            processes = next.report.processes.len(),
-                            containers = next.report.containers.len(),
-                            findings = next.findings.len(),
-                            critical = open[Severity::Critical as usize],
-                            high = open[Severity::High as usize],
-                            medium = open[Severity::Medium as usize],
-                            low = open[Severity::Low as usize],
-                            new = appeared,
-                            resolved,
-                            warnings = next.report.warnings.len(),
-                            "scan complete"
-                        );
-                        state.send_replace(Some(next));
-                        // The scan read every process: nothing waits to be merged.
-                        merge_at = None;
-                    }
-                    Err(err) => {
-                        // Counted as a failed process scan (a filesystem scan runs inside
-                        // one), and published so that every sink sees the failure.
-                        book.scan_finished(ScanKind::Processes, elapsed, false);
-                        add(&mut book.totals.errors, "scan", 1);
-                        tracing::error!(error = %err, "scan failed");
-                        book.republish(&state);
-                    }
-                }
-                let done = Instant::now();
-                if scope == ScanScope::ProcessesAndFilesystems {
-                    next_fs = done + jittered(schedule.fs_interval, schedule.jitter);
-                }
-                if first {
-                    first = false;
-                    next_fs = done;
-                }
-                next_process = done + jittered(schedule.interval, schedule.jitter);
-                if reload_pending {
-                    if let Some(s) = scanner.as_mut() {
-                        reload_policy(s, policy_path.as_ref(), &mut book).await;
-                        book.republish(&state);
-                        next_process = Instant::now();
-                    }
-                }
-                continue;
-            }
-
-            let wake = next_process.min(next_fs);
-            let reread_at = scanner.as_ref().and_then(Scanner::held_back_until);
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                woken = next_exec(&mut exec_feed, reread_at) => {
-                    let pids = match woken {
-                        ExecWake::Closed => {
-                            tracing::warn!("exec events stopped; processes are now seen by the scans on the interval only");
-                            exec_feed = None;
-                            book.exec.source = ExecEventSource::Polling;
-                            if let Some(s) = scanner.as_mut() {
-                                s.watch_execs(false);
-                            }
-                            continue;
-                        }
-                        // Nothing new: the held-back processes are read with an empty batch.
-                        ExecWake::Reread => Vec::new(),
-                        ExecWake::Event(first) => {
-                            let Some(feed) = exec_feed.as_mut() else { continue };
-                            let (pids, lost) = gather(first, &mut feed.receiver).await;
-                            let lost_now = feed.stats.lost();
-                            if lost || lost_now > lost_seen {
-                                lost_seen = lost_now;
-                                if let Some(s) = scanner.as_mut() {
-                                    s.exec_events_lost();
-                                }
-                                let soon = Instant::now() + RECONCILE_AFTER_LOSS;
-                                if soon < next_process {
-                                    tracing::warn!(lost = lost_now, "exec events were lost; a full scan follows in {RECONCILE_AFTER_LOSS:?}");
-                                    next_process = soon;
-                                }
-                            }
-                            // Before the first scan there is nothing to add to; that scan
-                            // is due, and told of these execs in case it already read those
-                            // processes.
-                            if book.last.is_none() || pids.is_empty() {
-                                if let Some(s) = scanner.as_mut() {
-                                    s.execs_seen(&pids);
-                                }
-                                continue;
-                            }
-                            pids
-                        }
-                    };
-                    // Read at once (a process may live milliseconds); merge and publish
-                    // later, at most every EXEC_PUBLISH_GAP, each merge covering every read
-                    // since.
-                    let Some(owned) = scanner.take() else {
-                        return Err(Error::ScanThread("scanner lost".into()));
-                    };
-                    let pods = Arc::clone(&pods);
-                    let joined = tokio::task::spawn_blocking(move || {
-                        let mut owned = owned;
-                        let result = owned.read_execs(&pids, pods.as_ref());
-                        (owned, result)
-                    });
-                    let mut reload_pending = false;
-                    let (owned, result) =
-                        match wait_blocking(joined, &mut control, &mut reload_pending).await? {
-                            Waited::Done(done) => done,
-                            Waited::Shutdown => return Ok(()),
-                        };
-                    match result {
-                        Ok(pass) => {
-                            book.exec.unread = book.exec.unread.saturating_add(pass.vanished as u64);
-                        }
-                        Err(err) => {
-                            add(&mut book.totals.errors, "exec_pass", 1);
-                            tracing::error!(error = %err, "reading exec'd processes failed");
-                        }
-                    }
-                    if owned.has_pending_execs() && merge_at.is_none() {
-                        merge_at = Some(Instant::now().max(last_merge + EXEC_PUBLISH_GAP));
-                    }
-                    scanner = Some(owned);
-                    if reload_pending {
-                        if let Some(s) = scanner.as_mut() {
-                            reload_policy(s, policy_path.as_ref(), &mut book).await;
-                            book.republish(&state);
-                            next_process = Instant::now();
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(merge_at.unwrap_or(wake).into()), if merge_at.is_some() => {
-                    merge_at = None;
-                    let Some(base) = book.last.clone() else { continue };
-                    let Some(owned) = scanner.take() else {
-                        return Err(Error::ScanThread("scanner lost".into()));
-                    };
-                    let pods = Arc::clone(&pods);
-                    let started = Instant::now();
-                    let joined = tokio::task::spawn_blocking(move || {
-                        let mut owned = owned;
-                        // Reads that raise nothing new wait (bounded) for a later merge or
-                        // the next scan: most execs on a node are of that kind.
-                        let open: BTreeSet<&str> =
-                            base.findings.iter().map(|t| t.finding.id.as_str()).collect();
-                        let report = owned
-                            .pending_execs_matter(&base.report, |id| open.contains(id))
-                            .then(|| owned.merge_execs(&base.report, pods.as_ref()));
-                        (owned, report)
-                    });
-                    let mut reload_pending = false;
-                    let (owned, report) =
-                        match wait_blocking(joined, &mut control, &mut reload_pending).await? {
-                            Waited::Done(done) => done,
-                            Waited::Shutdown => return Ok(()),
-                        };
-                    scanner = Some(owned);
-                    if let Some(report) = report {
-                        last_merge = Instant::now();
-                        book.exec.passes = book.exec.passes.saturating_add(1);
-                        refresh_exec(&mut book.exec, feed_stats.as_deref(), &exec_feed);
-                        let (next, appeared, resolved) = publish(&mut book, report);
-                        tracing::debug!(
-                            duration_ms = started.elapsed().as_millis() as u64,
-                            new = appeared,
-                            resolved,
-                            "exec pass published"
-                        );
-                        state.send_replace(Some(next));
-                    }
-                    if reload_pending {
-                        if let Some(s) = scanner.as_mut() {
-                            reload_policy(s, policy_path.as_ref(), &mut book).await;
-                            book.republish(&state);
-                            next_process = Instant::now();
-                        }
-                    }
-                }
-                msg = control.recv() => match msg {
-                    Some(Control::ReloadPolicy) => {
-                        if let Some(s) = scanner.as_mut() {
-                            reload_policy(s, policy_path.as_ref(), &mut book).await;
-                            book.republish(&state);
-                            // Re-evaluate soon so the new policy shows.
-                            next_process = Instant::now();
-                        }
-                    }
-                    Some(Control::Shutdown) | None => {
-                        tracing::info!("shutting down");
-                        return Ok(());
-                    }
-                },
-            }
+        let collector = scanner.collector();
+        collector.watch_execs(exec_feed.is_some());
+        collector.set_full_read_every_watched(full_read_passes_watched(schedule.interval));
+        Running {
+            scanner: Some(scanner),
+            book,
+            timetable: Timetable::new(Instant::now()),
+            schedule,
+            policy_path,
+            pods,
+            feed_stats: exec_feed.as_ref().map(|f| Arc::clone(&f.stats)),
+            exec_feed,
+            lost_seen: 0,
+            state,
+            control,
+            reload_pending: false,
         }
+        .run()
+        .await
     }
 }
 
@@ -617,10 +330,7 @@ async fn reload_policy(scanner: &mut Scanner, path: Option<&PathBuf>, book: &mut
     let loaded = tokio::task::spawn_blocking(move || Policy::load(&path)).await;
     match loaded {
         Ok(Ok(policy)) => {
-            let weakened = policy.weakened();
-            for (setting, why) in &weakened {
-                tracing::warn!(setting, "policy weakens a check: {why}");
-            }
+            warn_weakened(&policy);
             book.policy_weakened = weakened_settings(&policy);
             scanner.set_policy(Arc::new(policy));
             book.policy_loaded_at = Timestamp::now();
@@ -731,8 +441,8 @@ mod tests {
         let at = |secs: f64| full_read_passes_watched(Duration::from_secs_f64(secs));
         assert_eq!(at(10.0), 18);
         assert_eq!(at(7.0), 26);
-        assert_eq!(at(30.0), Scanner::FULL_READ_EVERY);
-        assert_eq!(at(3600.0), Scanner::FULL_READ_EVERY);
+        assert_eq!(at(30.0), Collector::FULL_READ_EVERY);
+        assert_eq!(at(3600.0), Collector::FULL_READ_EVERY);
         assert_eq!(at(1.0), 60);
         assert_eq!(at(0.0), 60);
     }

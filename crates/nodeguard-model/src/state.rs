@@ -66,6 +66,11 @@ impl FindingLedger {
         self.open.values()
     }
 
+    /// Whether the finding with this id is open (without a pass over the open ones).
+    pub fn is_open(&self, id: &str) -> bool {
+        self.open.contains_key(id)
+    }
+
     pub fn len(&self) -> usize {
         self.open.len()
     }

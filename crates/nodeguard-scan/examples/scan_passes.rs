@@ -66,8 +66,8 @@ fn main() -> Result<(), nodeguard_scan::Error> {
     let mut options = ScanOptions::new("/proc".into(), "/sys/fs/cgroup".into(), "bench".into());
     options.collect.host_root = PathBuf::from("/");
     let mut scanner = Scanner::new(options, Arc::new(Policy::default()));
-    scanner.watch_execs(true);
-    scanner.set_full_read_every_watched(18);
+    scanner.collector().watch_execs(true);
+    scanner.collector().set_full_read_every_watched(18);
     let t = Instant::now();
     let first = scanner.scan(ScanScope::ProcessesAndFilesystems, &NoPods)?;
     println!(
