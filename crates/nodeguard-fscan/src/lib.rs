@@ -11,8 +11,10 @@
 //!   vanishing mid-walk, and stops a root at a file-count or time budget.
 //!
 //! For overlay containers it walks each image layer (lower dir) once however many containers
-//! share it, caches that result while the layer directory is unchanged, walks each container's
-//! writable (upper) layer every scan, and applies overlayfs' rules (shadowing, whiteouts,
+//! share it, caches that result while the layer directory is unchanged, checks each
+//! container's writable (upper) layer every scan — listing only the directories whose times
+//! changed since the last scan, and re-checking the rest within a budget on full scans
+//! (`incremental.rs`; [`FsScanner::set_incremental`]) — and applies overlayfs' rules (shadowing, whiteouts,
 //! opaque directories) so the result equals what `find MERGED/. -xdev -perm /6000 -type f`
 //! plus `getcap` report on the container's merged root.
 //!
@@ -41,10 +43,11 @@
 //! - Capabilities are rendered like `getcap -n`: libcap 2.66's text, plus ` [rootid=N]` for a
 //!   v3 (namespaced) capability.
 //! - Lower layers are cached by (path, dev, inode, mtime of the layer root): a layer changed
-//!   in place below its root is not seen until [`FsScanner::clear_cache`]. Upper layers and
-//!   merged roots are walked every scan (their digests are reused while dev, inode, size,
-//!   mtime and ctime are unchanged: the bounded `nodeguard_hash::DigestCache`, keyed by
-//!   [`nodeguard_model::FileIdentity`]).
+//!   in place below its root is not seen until [`FsScanner::clear_cache`]. Merged roots are
+//!   walked every scan, upper layers checked every scan (new, removed and renamed entries;
+//!   a `chmod`/xattr change on an existing file at the re-check of a full scan). Digests are
+//!   reused while dev, inode, size, mtime and ctime are unchanged: the bounded
+//!   `nodeguard_hash::DigestCache`, keyed by [`nodeguard_model::FileIdentity`].
 //! - Files are hashed with `nodeguard_hash::digest_reader` from the fd the walk opened, with
 //!   the digests [`FsScanner::set_algorithms`] asks for (SHA-256 by default).
 //!
@@ -57,13 +60,15 @@
 //! could set it to hide image files.
 
 mod caps;
+mod examine;
+mod incremental;
 mod overlay;
 mod scanner;
 mod sys;
 mod walk;
 
 pub use caps::{decode_file_capability, CapRevision, FileCaps};
-pub use scanner::FsScanner;
+pub use scanner::{FsScanner, DEFAULT_RECHECK_FILES};
 pub use walk::MAX_CANDIDATES_PER_ROOT;
 
 use nodeguard_model::ScanStats;
@@ -138,6 +143,21 @@ pub struct FsStats {
     pub dirs_reopened: u64,
     /// Subtrees handed from a busy thread to an idle one.
     pub subtrees_shared: u64,
+    /// Writable layers brought up to date from their directory cache instead of walked.
+    #[serde(default)]
+    pub layers_incremental: u64,
+    /// Directories of those layers found unchanged (stat'ed, not listed).
+    #[serde(default)]
+    pub dirs_unchanged: u64,
+    /// Writable layers walked in full because their directory cache would pass its bound
+    /// (too many directories, too deep).
+    #[serde(default)]
+    pub incremental_fallbacks: u64,
+    /// How long ago every entry of the writable layers walked this scan was last looked at,
+    /// at the latest (the oldest layer's): a `chmod` or an xattr change on an existing file
+    /// shows within this age. 0 for layers walked in full.
+    #[serde(default)]
+    pub recheck_age_seconds: u64,
     /// Errors by kind: `walk_permission`, `walk_loop`, `walk_changed`, `walk_io`,
     /// `root_open`, `xattr_invalid`, `xattr_io`, `hash_too_large`, `hash_io`,
     /// `metacopy_unhashed`, `overlay_redirect`, `overlay_lookup`.
@@ -167,6 +187,10 @@ impl FsStats {
         self.mounts_skipped += other.mounts_skipped;
         self.dirs_reopened += other.dirs_reopened;
         self.subtrees_shared += other.subtrees_shared;
+        self.layers_incremental += other.layers_incremental;
+        self.dirs_unchanged += other.dirs_unchanged;
+        self.incremental_fallbacks += other.incremental_fallbacks;
+        self.recheck_age_seconds = self.recheck_age_seconds.max(other.recheck_age_seconds);
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_insert(0) += n;
         }

@@ -1,6 +1,7 @@
 //! [`FsScanner`]: plans which roots to walk (each distinct image layer once, cached layers not
 //! at all), walks them in parallel, and composes each container's view.
 
+use crate::incremental::{self, LayerJob, LayerTree, Pass, Refreshed};
 use crate::overlay;
 use crate::sys;
 use crate::walk::MAX_CANDIDATES_PER_ROOT;
@@ -11,6 +12,7 @@ use nodeguard_model::{escape_path, FileEntry, Layer};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Identity of a lower layer directory: an unchanged layer keeps all four.
@@ -38,7 +40,20 @@ pub struct FsScanner {
     /// ([`FsScanner::with_digest_cache`]) so a setuid binary that also runs is read once.
     digests: Arc<DigestCache>,
     algorithms: Algorithms,
+    /// Writable layers kept as directory trees between scans (`incremental.rs`), by path.
+    uppers: HashMap<PathBuf, LayerTree>,
+    /// Directories all `uppers` hold.
+    upper_dirs: AtomicUsize,
+    /// Writable layers whose tree passed a bound: walked in full until the next full scan.
+    uppers_too_big: HashSet<PathBuf>,
+    incremental: bool,
+    /// Entries per writable layer a full scan lists again although unchanged.
+    recheck_files: u64,
 }
+
+/// Entries per writable layer a filesystem scan re-checks by default: a layer of up to this
+/// many files is re-checked in full on every filesystem scan.
+pub const DEFAULT_RECHECK_FILES: u64 = 250_000;
 
 /// Entries of the digest cache an [`FsScanner::new`] makes for itself.
 const OWN_DIGEST_CACHE_ENTRIES: usize = 65_536;
@@ -75,7 +90,55 @@ impl FsScanner {
             layers: HashMap::new(),
             digests,
             algorithms,
+            uppers: HashMap::new(),
+            upper_dirs: AtomicUsize::new(0),
+            uppers_too_big: HashSet::new(),
+            incremental: true,
+            recheck_files: DEFAULT_RECHECK_FILES,
         }
+    }
+
+    /// Whether writable layers are kept as directory trees between scans (on by default):
+    /// a process scan then lists only directories whose times changed, and a filesystem scan
+    /// re-checks up to [`Self::set_recheck_files`] entries per layer. Off: every scan walks
+    /// every writable layer in full.
+    pub fn set_incremental(&mut self, on: bool) {
+        if on != self.incremental {
+            self.incremental = on;
+            self.forget_uppers();
+        }
+    }
+
+    /// Entries per writable layer a filesystem scan lists again although their directories
+    /// did not change (what finds a `chmod u+s` on an existing file); a bigger layer is
+    /// re-checked over several filesystem scans. At least 1.
+    pub fn set_recheck_files(&mut self, files: u64) {
+        self.recheck_files = files.max(1);
+    }
+
+    fn forget_uppers(&mut self) {
+        self.uppers.clear();
+        self.uppers_too_big.clear();
+        self.upper_dirs.store(0, Ordering::Relaxed);
+    }
+
+    /// Directories the writable-layer trees hold, over all layers.
+    pub fn cached_upper_dirs(&self) -> usize {
+        self.upper_dirs.load(Ordering::Relaxed)
+    }
+
+    /// Drops the trees of writable layers not in `keep`.
+    fn prune_uppers(&mut self, keep: &HashSet<&Path>) {
+        let total = &self.upper_dirs;
+        self.uppers.retain(|path, tree| {
+            let kept = keep.contains(path.as_path());
+            if !kept {
+                total.fetch_sub(tree.dirs(), Ordering::Relaxed);
+            }
+            kept
+        });
+        self.uppers_too_big
+            .retain(|path| keep.contains(path.as_path()));
     }
 
     /// Digests to compute from the next scan on. Cached layers hashed with other digests are
@@ -84,12 +147,14 @@ impl FsScanner {
         if algorithms != self.algorithms {
             self.algorithms = algorithms;
             self.layers.clear();
+            self.forget_uppers();
         }
     }
 
     /// Forgets every cached layer and digest: the next scan walks and hashes everything.
     pub fn clear_cache(&mut self) {
         self.layers.clear();
+        self.forget_uppers();
         self.digests.clear();
     }
 
@@ -110,6 +175,7 @@ impl FsScanner {
     /// [`Self::scan`]. Returns the output and the ids of the containers it covers (the
     /// others' files are whatever the last full scan found). The layer cache is not pruned.
     pub fn scan_writable(&mut self, roots: &[ContainerRoot]) -> (FsScanOutput, Vec<String>) {
+        self.prune_uppers(&upper_dirs(roots));
         let covered: Vec<ContainerRoot> = roots
             .iter()
             .filter(|root| match &root.spec {
@@ -126,7 +192,15 @@ impl FsScanner {
     }
 
     fn scan_roots(&mut self, roots: &[ContainerRoot], full: bool) -> FsScanOutput {
+        if full {
+            self.prune_uppers(&upper_dirs(roots));
+            // A layer that outgrew its tree gets another chance once per full scan.
+            self.uppers_too_big.clear();
+        }
         let mut stats = FsStats::default();
+        // Writable layers brought up to date from their trees: (container index, path).
+        let mut incremental_roots: Vec<(usize, PathBuf)> = Vec::new();
+        let mut incremental_jobs: Vec<LayerJob> = Vec::new();
         let mut warnings = Vec::new();
         let mut walk_roots: Vec<WalkRoot> = Vec::new();
         let mut lower_sources: HashMap<PathBuf, Source> = HashMap::new();
@@ -200,17 +274,28 @@ impl FsScanner {
                         }
                     }
                     if let Some(upper) = upper_dir {
-                        other_sources.insert((ci, true), walk_roots.len());
-                        walk_roots.push(WalkRoot {
-                            path: upper.clone(),
-                            label: format!(
-                                "upper layer {} of container {}",
-                                upper.display(),
-                                root.container_id
-                            ),
-                            expect: None,
-                            upper: true,
-                        });
+                        let label = format!(
+                            "upper layer {} of container {}",
+                            upper.display(),
+                            root.container_id
+                        );
+                        let shared = incremental_roots.iter().any(|(_, p)| p == upper);
+                        if self.incremental && !shared && !self.uppers_too_big.contains(upper) {
+                            incremental_roots.push((ci, upper.clone()));
+                            incremental_jobs.push(LayerJob {
+                                path: upper.clone(),
+                                label,
+                                tree: self.uppers.remove(upper),
+                            });
+                        } else {
+                            other_sources.insert((ci, true), walk_roots.len());
+                            walk_roots.push(WalkRoot {
+                                path: upper.clone(),
+                                label,
+                                expect: None,
+                                upper: true,
+                            });
+                        }
                     }
                 }
             }
@@ -222,10 +307,80 @@ impl FsScanner {
             algorithms: self.algorithms,
             digests: &self.digests,
         };
+        // Writable layers from their trees first: one that outgrows its tree joins the walk.
+        let mut refreshed: Vec<(usize, walk::RootResult)> = Vec::new();
+        let mut suppressed_warnings = 0u64;
+        if !incremental_jobs.is_empty() {
+            let pass = if full {
+                Pass::Recheck {
+                    files: self.recheck_files,
+                }
+            } else {
+                Pass::Changes
+            };
+            let (outcomes, workers) =
+                incremental::refresh_all(incremental_jobs, &cfg, pass, &self.upper_dirs);
+            for w in workers {
+                stats.add(&w.stats);
+                for warning in w.warnings {
+                    if warnings.len() < walk::MAX_WARNINGS {
+                        warnings.push(warning);
+                    } else {
+                        suppressed_warnings += 1;
+                    }
+                }
+                suppressed_warnings += w.suppressed;
+            }
+            for ((ci, path), outcome) in incremental_roots.into_iter().zip(outcomes) {
+                match outcome {
+                    Refreshed::Done(done) => {
+                        let incremental::Done {
+                            result,
+                            tree,
+                            counts,
+                        } = *done;
+                        if !result.failed {
+                            stats.layers_walked += 1;
+                            stats.layers_incremental += 1;
+                        }
+                        stats.dirs_unchanged += counts.unchanged;
+                        if let Some(tree) = tree {
+                            let age = tree.recheck_age().as_secs();
+                            stats.recheck_age_seconds = stats.recheck_age_seconds.max(age);
+                            self.uppers.insert(path, tree);
+                        }
+                        refreshed.push((ci, result));
+                    }
+                    Refreshed::Fallback(why) => {
+                        stats.incremental_fallbacks += 1;
+                        let label = format!(
+                            "upper layer {} of container {}",
+                            path.display(),
+                            roots[ci].container_id
+                        );
+                        if warnings.len() < walk::MAX_WARNINGS {
+                            warnings.push(format!("{label}: walked in full: {}", why.reason()));
+                        }
+                        other_sources.insert((ci, true), walk_roots.len());
+                        walk_roots.push(WalkRoot {
+                            label,
+                            path: path.clone(),
+                            expect: None,
+                            upper: true,
+                        });
+                        self.uppers_too_big.insert(path);
+                    }
+                }
+            }
+        }
         let walked = walk::walk_roots(&walk_roots, &cfg);
         stats.add(&walked.stats);
         warnings.extend(walked.warnings);
         let mut results: Vec<RootResult> = walked.results;
+        for (ci, result) in refreshed {
+            other_sources.insert((ci, true), results.len());
+            results.push(result);
+        }
 
         // Freshly walked lower layers go into the cache unless their walk was cut short.
         let mut lower_candidates: HashMap<PathBuf, Arc<Vec<Candidate>>> = HashMap::new();
@@ -314,11 +469,9 @@ impl FsScanner {
         }
         files.sort_by(|a, b| (&a.container_id, &a.path).cmp(&(&b.container_id, &b.path)));
 
-        if walked.suppressed_warnings > 0 {
-            warnings.push(format!(
-                "{} more warnings not shown",
-                walked.suppressed_warnings
-            ));
+        let suppressed_warnings = suppressed_warnings + walked.suppressed_warnings;
+        if suppressed_warnings > 0 {
+            warnings.push(format!("{suppressed_warnings} more warnings not shown"));
         }
         FsScanOutput {
             incomplete,
@@ -377,6 +530,20 @@ fn incomplete_roots(
         }
     }
     out
+}
+
+/// The writable layers of `roots`.
+fn upper_dirs(roots: &[ContainerRoot]) -> HashSet<&Path> {
+    roots
+        .iter()
+        .filter_map(|root| match &root.spec {
+            RootSpec::Overlay {
+                upper_dir: Some(upper),
+                ..
+            } => Some(upper.as_path()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn lower_label(dir: &Path, users: Option<&Vec<&str>>) -> String {

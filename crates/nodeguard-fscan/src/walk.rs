@@ -15,10 +15,10 @@
 //!   and, when interesting, are opened — with `O_NONBLOCK|O_NOCTTY|O_NOFOLLOW` and a re-check
 //!   that the opened inode is the regular file that was stat'ed.
 
-use crate::caps::decode_file_capability;
+use crate::examine::FileSink;
 use crate::sys::{self, DirReader, EntryType, Stat};
 use crate::{FsStats, WalkBudget};
-use nodeguard_hash::{Algorithms, DigestCache, Digests, FileIdentity};
+use nodeguard_hash::{Algorithms, DigestCache, FileIdentity};
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::io;
@@ -31,19 +31,17 @@ use std::time::Instant;
 /// Directory fds one thread keeps open at most; deeper ancestors are closed and re-opened.
 pub(crate) const MAX_DIR_FDS: usize = 24;
 /// Warnings kept per scan; the rest are counted.
-const MAX_WARNINGS: usize = 100;
+pub(crate) const MAX_WARNINGS: usize = 100;
 
 /// The read buffer of a worker that hashes a file.
-const HASH_BUFFER_SIZE: usize = 128 * 1024;
+pub(crate) const HASH_BUFFER_SIZE: usize = 128 * 1024;
 /// Entries between two checks of the time budget.
 const TIME_CHECK_EVERY: u64 = 64;
 
-const CAPABILITY_XATTR: &CStr = c"security.capability";
-const METACOPY_XATTR: &CStr = c"trusted.overlay.metacopy";
-const REDIRECT_XATTR: &CStr = c"trusted.overlay.redirect";
+pub(crate) const REDIRECT_XATTR: &CStr = c"trusted.overlay.redirect";
 
 /// The identity the digest cache knows this file by.
-fn identity(st: &Stat) -> FileIdentity {
+pub(crate) fn identity(st: &Stat) -> FileIdentity {
     FileIdentity::new(st.dev, st.ino, st.size, st.mtime, st.ctime)
 }
 
@@ -227,13 +225,47 @@ struct Frame {
     pending: Vec<CString>,
 }
 
-struct Worker {
-    reader: DirReader,
-    stats: FsStats,
-    warnings: Vec<String>,
-    suppressed: u64,
-    xattr_buf: [u8; 64],
-    hash_buf: Vec<u8>,
+/// One walking thread's buffers, counters and warnings.
+pub(crate) struct Worker {
+    pub(crate) reader: DirReader,
+    pub(crate) stats: FsStats,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) suppressed: u64,
+    pub(crate) xattr_buf: [u8; 64],
+    pub(crate) hash_buf: Vec<u8>,
+}
+
+/// A root of the full walk as a [`FileSink`]: candidates go to its result, at most
+/// [`MAX_CANDIDATES_PER_ROOT`] across all threads.
+struct RootSink<'s, 'a, 'b> {
+    sh: &'s Shared<'a>,
+    root: &'s RootState<'b>,
+}
+
+impl FileSink for RootSink<'_, '_, '_> {
+    fn label(&self) -> &str {
+        &self.root.root.label
+    }
+
+    fn upper(&self) -> bool {
+        self.root.root.upper
+    }
+
+    fn reserve(&self) -> bool {
+        // Reserved before the (unlocked) hashing, so parallel walkers of one root never keep
+        // more than the bound.
+        if self.root.kept.fetch_add(1, Ordering::Relaxed) >= MAX_CANDIDATES_PER_ROOT {
+            lock(&self.sh.results[self.root.idx]).omitted += 1;
+            return false;
+        }
+        true
+    }
+
+    fn push(&self, candidate: Candidate) {
+        lock(&self.sh.results[self.root.idx])
+            .candidates
+            .push(candidate);
+    }
 }
 
 /// Why the walk of a job stopped early.
@@ -242,7 +274,7 @@ enum Stop {
 }
 
 impl Worker {
-    fn new() -> Worker {
+    pub(crate) fn new() -> Worker {
         Worker {
             reader: DirReader::default(),
             stats: FsStats::default(),
@@ -255,7 +287,7 @@ impl Worker {
         }
     }
 
-    fn warn(&mut self, msg: String) {
+    pub(crate) fn warn(&mut self, msg: String) {
         if self.warnings.len() < MAX_WARNINGS {
             self.warnings.push(msg);
         } else {
@@ -463,7 +495,7 @@ impl Worker {
         None
     }
 
-    fn count_io(&mut self, kind: &str, e: &io::Error) {
+    pub(crate) fn count_io(&mut self, kind: &str, e: &io::Error) {
         match e.raw_os_error() {
             Some(libc::ENOENT) => self.stats.vanished += 1,
             Some(libc::EACCES) | Some(libc::EPERM) => self.stats.count_error("walk_permission"),
@@ -471,7 +503,7 @@ impl Worker {
         }
     }
 
-    fn count_open_dir_error(&mut self, e: &io::Error) {
+    pub(crate) fn count_open_dir_error(&mut self, e: &io::Error) {
         match e.raw_os_error() {
             // Replaced by a symlink or a non-directory between readdir and open.
             Some(libc::ELOOP) | Some(libc::ENOTDIR) => self.stats.count_error("walk_changed"),
@@ -625,6 +657,10 @@ impl Worker {
             return Err(Stop::Budget);
         }
         let dir = fd.as_fd();
+        let sink = RootSink {
+            sh,
+            root: root.as_ref(),
+        };
         let mut reader = std::mem::take(&mut self.reader);
         let mut stopped = false;
         let res = reader.for_each(dir, |name, kind| {
@@ -635,10 +671,10 @@ impl Worker {
             }
             match kind {
                 EntryType::Dir => frame.pending.push(name.to_owned()),
-                EntryType::Regular => self.examine(sh, root, dir, name, None, path),
+                EntryType::Regular => self.examine(sh.cfg, &sink, dir, name, None, path),
                 EntryType::Unknown => match sys::stat_at(dir, name) {
                     Ok(st) if st.is_dir() => frame.pending.push(name.to_owned()),
-                    Ok(st) if st.is_reg() => self.examine(sh, root, dir, name, Some(st), path),
+                    Ok(st) if st.is_reg() => self.examine(sh.cfg, &sink, dir, name, Some(st), path),
                     Ok(_) => {}
                     Err(e) => self.count_io("walk_io", &e),
                 },
@@ -654,171 +690,6 @@ impl Worker {
             return Err(Stop::Budget);
         }
         Ok(())
-    }
-
-    /// Looks at one regular file: mode bits, capability xattr, and a hash when it matters.
-    fn examine(
-        &mut self,
-        sh: &Shared<'_>,
-        root: &RootState<'_>,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        st: Option<Stat>,
-        dir_path: &[u8],
-    ) {
-        let st = match st {
-            Some(st) => st,
-            None => match sys::stat_at(dir, name) {
-                Ok(st) => st,
-                Err(e) => {
-                    self.count_io("walk_io", &e);
-                    return;
-                }
-            },
-        };
-        if !st.is_reg() {
-            return;
-        }
-        let special = st.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
-        let rel = || {
-            let mut rel = dir_path.to_vec();
-            push_component(&mut rel, name.to_bytes());
-            rel
-        };
-        let caps = match sys::get_xattr_at(dir, name, CAPABILITY_XATTR, &mut self.xattr_buf) {
-            Ok(None) => None,
-            Ok(Some(n)) => match decode_file_capability(&self.xattr_buf[..n.min(64)]) {
-                Ok(caps) => Some(caps.to_string()),
-                Err(e) => {
-                    self.invalid_caps(root, &rel(), &e.to_string());
-                    None
-                }
-            },
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
-                self.invalid_caps(root, &rel(), "value larger than 64 bytes");
-                None
-            }
-            Err(e) => {
-                self.count_io("xattr_io", &e);
-                None
-            }
-        };
-        if !special && caps.is_none() {
-            return;
-        }
-        // Reserve a place before the (unlocked) hashing, so parallel walkers of one root
-        // never keep more than the bound.
-        if root.kept.fetch_add(1, Ordering::Relaxed) >= MAX_CANDIDATES_PER_ROOT {
-            lock(&sh.results[root.idx]).omitted += 1;
-            return;
-        }
-        let rel = rel();
-        let mut metacopy = false;
-        if root.root.upper {
-            if let Ok(Some(_)) = sys::get_xattr_at(dir, name, METACOPY_XATTR, &mut self.xattr_buf) {
-                metacopy = true;
-                self.stats.count_error("metacopy_unhashed");
-                self.warn(format!(
-                    "{}: /{} is a metadata-only copy-up (overlay metacopy); its data lives in a \
-                     lower layer and is not hashed",
-                    root.root.label,
-                    nodeguard_model::escape_path(&rel)
-                ));
-            }
-        }
-        let digests = if metacopy {
-            None
-        } else {
-            self.hash(sh, root, dir, name, &st, &rel)
-        };
-        let (sha256, sha512) = match digests {
-            Some(d) => (d.sha256_hex(), d.sha512_hex()),
-            None => (None, None),
-        };
-        lock(&sh.results[root.idx]).candidates.push(Candidate {
-            rel,
-            stat: st,
-            caps,
-            sha256,
-            sha512,
-        });
-    }
-
-    fn invalid_caps(&mut self, root: &RootState<'_>, rel: &[u8], why: &str) {
-        self.stats.count_error("xattr_invalid");
-        self.warn(format!(
-            "{}: /{} has an unreadable security.capability ({why})",
-            root.root.label,
-            nodeguard_model::escape_path(rel)
-        ));
-    }
-
-    fn hash(
-        &mut self,
-        sh: &Shared<'_>,
-        root: &RootState<'_>,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        st: &Stat,
-        rel: &[u8],
-    ) -> Option<Digests> {
-        let max = sh.cfg.budget.max_hash_bytes;
-        if st.size > max {
-            self.stats.count_error("hash_too_large");
-            self.warn(format!(
-                "{}: /{} is {} bytes, over the {} byte hash cap: not hashed",
-                root.root.label,
-                nodeguard_model::escape_path(rel),
-                st.size,
-                max
-            ));
-            return None;
-        }
-        let key = identity(st);
-        if let Some(hit) = sh.cfg.digests.lookup(&key, sh.cfg.algorithms) {
-            self.stats.hash_cache_hits += 1;
-            return Some(hit);
-        }
-        let fd = match sys::open_file_at(dir, name) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.count_io("hash_io", &e);
-                return None;
-            }
-        };
-        match sys::fstat(fd.as_fd()) {
-            Ok(now) if now.is_reg() && now.dev == st.dev && now.ino == st.ino => {}
-            Ok(_) => {
-                self.stats.count_error("walk_changed");
-                return None;
-            }
-            Err(e) => {
-                self.count_io("hash_io", &e);
-                return None;
-            }
-        }
-        // Read from the fd opened above (no path is resolved again), at most `max` bytes.
-        let mut file = std::fs::File::from(fd);
-        if self.hash_buf.is_empty() {
-            self.hash_buf = vec![0u8; HASH_BUFFER_SIZE];
-        }
-        match nodeguard_hash::digest_reader(&mut file, sh.cfg.algorithms, &mut self.hash_buf, max) {
-            Ok(digests) => {
-                self.stats.files_hashed += 1;
-                self.stats.bytes_hashed += digests.bytes;
-                sh.cfg.digests.store(key, digests.clone());
-                Some(digests)
-            }
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-                // Grew past the cap while being read.
-                self.stats.count_error("hash_too_large");
-                None
-            }
-            Err(e) => {
-                self.count_io("hash_io", &e);
-                None
-            }
-        }
     }
 
     /// Re-opens the top frame's directory from the nearest ancestor that still has an fd
@@ -923,7 +794,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-fn push_component(path: &mut Vec<u8>, name: &[u8]) {
+pub(crate) fn push_component(path: &mut Vec<u8>, name: &[u8]) {
     if !path.is_empty() {
         path.push(b'/');
     }
