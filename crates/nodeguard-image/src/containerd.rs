@@ -25,6 +25,9 @@ const MAX_BLOBS_SCANNED: usize = 200_000;
 
 #[derive(Deserialize)]
 struct Descriptor {
+    /// Empty when absent: a config's own `config` object (the runtime settings) parses as a
+    /// descriptor without one, and an empty digest never parses.
+    #[serde(default)]
     digest: String,
     #[serde(default)]
     platform: Option<Platform>,

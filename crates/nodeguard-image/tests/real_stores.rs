@@ -176,9 +176,16 @@ fn podman_imported_image_verifies_and_an_edit_of_its_unpacked_layer_is_caught() 
     assert_eq!((hex(sha256), *mode), (su_want, 0o4755));
 
     // Rewrite the binary in the unpacked layer (same size), as an attacker on the node would.
-    let layer_id = podman.run(&format!(
-        "image inspect --format '{{{{.TopLayer}}}}' {image_id}"
-    ));
+    // podman does not print its layer ids: layers.json maps the diff digest to one.
+    let layers_json: Vec<serde_json::Value> =
+        serde_json::from_slice(&fs::read(podman.root.join("overlay-layers/layers.json")).unwrap())
+            .unwrap();
+    let layer_id = layers_json
+        .iter()
+        .find(|l| l["diff-digest"] == layers[0].as_str())
+        .and_then(|l| l["id"].as_str())
+        .expect("the image's layer is in layers.json")
+        .to_string();
     let file = podman
         .root
         .join(format!("overlay/{}/diff/bin/busybox", layer_id.trim()));
@@ -226,7 +233,8 @@ impl Containerd {
                  \"io.containerd.snapshotter.v1.aufs\"]\n\
                  [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
                  [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n\
-                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
+                 [plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n",
                 r = root.display(),
                 s = dir.join("ctrd-state").display(),
                 sock = sock.display(),
@@ -348,6 +356,20 @@ fn ctr_imported_image_verifies_by_manifest_and_config_digest_and_a_removed_blob_
     drop(ix);
 
     containerd.ctr(&format!("content rm {layer_blob}"));
+    let blob = containerd
+        .root
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(layer_blob.trim_start_matches("sha256:"));
+    // The blob file goes at containerd's next garbage collection (one per deletion here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blob.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "containerd's GC left {}",
+            blob.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let why = settle(&indexer(stores), &ImageRef::Digest(manifest.clone())).unwrap_err();
     assert_eq!(why.code(), "blobs_discarded", "{why}");
 }
