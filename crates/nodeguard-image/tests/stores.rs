@@ -479,3 +479,46 @@ fn a_symlink_planted_in_an_unpacked_layer_is_not_followed() {
     let why = settle(&indexer, &ImageRef::ContainersStorage { image_id }).unwrap_err();
     assert_eq!(why.code(), "diff_id_mismatch", "{why}");
 }
+
+#[test]
+fn a_hostile_layer_is_refused_with_its_reason_and_the_indexer_serves_the_next_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = containerd_store(tmp.path());
+    let blobs = store
+        .root
+        .join("io.containerd.content.v1.content/blobs/sha256");
+    // An image whose only layer climbs out of its root, its diff_id honest about its bytes.
+    let mut evil = Vec::new();
+    member(
+        &mut evil,
+        header(b"../../etc/cron.d/evil", b'0', 2, 0o755),
+        b"x\n",
+    );
+    end(&mut evil);
+    let diff_id = format!("sha256:{}", hex(&sha256(&evil)));
+    let layer = write_blob(&blobs, &evil);
+    let config = write_blob(
+        &blobs,
+        serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [diff_id]}})
+            .to_string()
+            .as_bytes(),
+    );
+    let manifest = write_blob(
+        &blobs,
+        serde_json::json!({"schemaVersion": 2, "config": {"digest": config}, "layers": [{"digest": layer}]})
+            .to_string()
+            .as_bytes(),
+    );
+    let indexer = Indexer::start(options(
+        Stores {
+            containerd: vec![store.root.clone()],
+            ..Stores::default()
+        },
+        None,
+    ));
+    let why = settle(&indexer, &ImageRef::Digest(manifest)).unwrap_err();
+    assert_eq!(why.code(), "layer_refused", "{why}");
+    assert!(why.to_string().contains("climbs out"), "{why}");
+    assert_eq!(indexer.progress().layers_refused, 1);
+    assert!(settle(&indexer, &ImageRef::Digest(store.index.clone())).is_ok());
+}
