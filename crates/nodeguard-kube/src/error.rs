@@ -31,4 +31,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot list {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("too many {what} to list (over a million)")]
+    TooMany { what: &'static str },
+    #[error("cannot use the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: Box<kube::config::KubeconfigError>,
+    },
 }

@@ -34,6 +34,8 @@
 mod auth;
 mod error;
 mod events;
+pub mod fleet;
+mod lease;
 mod pods;
 mod publish;
 mod reports;
@@ -42,6 +44,9 @@ mod state_file;
 pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
+/// The client type [`connect`] gives, so the binary can keep one without linking kube.
+pub use kube::Client;
+pub use lease::{CertFingerprint, LeaseConfig, LeaseWriter};
 pub use pods::{pod_ref_for, PodWatch};
 pub use publish::Publisher;
 pub use reports::{PolicyReportConfig, PolicyReportPublisher};

@@ -56,6 +56,7 @@
 //! | `nodeguard_policy_reports` | gauge | |
 //! | `nodeguard_policy_report_results_omitted` | gauge | |
 //! | `nodeguard_policy_report_crds_installed` | gauge | |
+//! | `nodeguard_lease_writes_total` | counter | result |
 //! | `nodeguard_api_denials_total` | counter | reason |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |
 //!
@@ -92,6 +93,7 @@ pub use nodeguard_model::SCAN_DURATION_BUCKETS;
 /// it without linking prometheus-client itself.
 pub use prometheus_client::registry::Registry;
 
+use nodeguard_model::fleet::LeaseStats;
 use nodeguard_model::{DenialCounters, EventStats, NodeState, PolicyReportStats};
 use prometheus_client::metrics::info::Info;
 use series::StateCollector;
@@ -107,6 +109,7 @@ pub struct Metrics {
     events: Arc<RwLock<Option<watch::Receiver<EventStats>>>>,
     policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
     denials: Arc<RwLock<Option<Arc<DenialCounters>>>>,
+    lease: Arc<RwLock<Option<watch::Receiver<LeaseStats>>>>,
 }
 
 impl Metrics {
@@ -125,16 +128,19 @@ impl Metrics {
         let events = Arc::new(RwLock::new(None));
         let policy_reports = Arc::new(RwLock::new(None));
         let denials = Arc::new(RwLock::new(None));
+        let lease = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(StateCollector {
             state,
             events: Arc::clone(&events),
             policy_reports: Arc::clone(&policy_reports),
             denials: Arc::clone(&denials),
+            lease: Arc::clone(&lease),
         }));
         Metrics {
             events,
             policy_reports,
             denials,
+            lease,
         }
     }
 
@@ -159,5 +165,12 @@ impl Metrics {
     /// auth layer. Without it the series is absent.
     pub fn set_api_denials(&self, denials: Arc<DenialCounters>) {
         *self.denials.write().unwrap_or_else(PoisonError::into_inner) = Some(denials);
+    }
+
+    /// Adds `nodeguard_lease_writes_total{result}` (created, renewed, failed): the
+    /// heartbeat Lease's writes, read from its writer's counters channel at each scrape.
+    /// Without it the series is absent.
+    pub fn set_lease_stats(&self, stats: watch::Receiver<LeaseStats>) {
+        *self.lease.write().unwrap_or_else(PoisonError::into_inner) = Some(stats);
     }
 }

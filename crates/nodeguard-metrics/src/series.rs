@@ -145,6 +145,7 @@ pub(crate) struct StateCollector {
     pub events: Arc<RwLock<Option<watch::Receiver<EventStats>>>>,
     pub policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
     pub denials: Arc<RwLock<Option<Arc<DenialCounters>>>>,
+    pub lease: Arc<RwLock<Option<watch::Receiver<nodeguard_model::fleet::LeaseStats>>>>,
 }
 
 impl Collector for StateCollector {
@@ -249,6 +250,27 @@ impl Collector for StateCollector {
             )?;
             for (reason, n) in DenialReason::ALL.iter().zip(denials.snapshot()) {
                 ConstCounter::new(n).encode(m.encode_family(&[("reason", reason.as_str())])?)?;
+            }
+        }
+        let lease = self
+            .lease
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|rx| *rx.borrow());
+        if let Some(stats) = lease {
+            let mut m = encoder.encode_descriptor(
+                "lease_writes",
+                "Writes of this node's heartbeat Lease since the agent started: created (at start or after a deletion), renewed (one per interval at most), failed (refused or failed in transit).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [
+                ("created", stats.created),
+                ("renewed", stats.renewed),
+                ("failed", stats.failed),
+            ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
             }
         }
         let reports = self

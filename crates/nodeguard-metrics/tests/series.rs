@@ -352,6 +352,35 @@ fn policy_report_counters_are_read_from_their_channel_at_scrape_time() {
 }
 
 #[test]
+fn lease_writes_are_read_from_their_channel_at_scrape_time() {
+    let (registry, metrics) = setup();
+    assert!(
+        !scrape(&registry).contains("nodeguard_lease"),
+        "absent without the Lease writer"
+    );
+    let stats = nodeguard_model::fleet::LeaseStats {
+        created: 1,
+        renewed: 7,
+        failed: 2,
+    };
+    let (writer, counters) = tokio::sync::watch::channel(stats);
+    metrics.metrics.set_lease_stats(counters);
+    assert_eq!(
+        samples(&scrape(&registry), "nodeguard_lease"),
+        [
+            r#"nodeguard_lease_writes_total{result="created"} 1"#,
+            r#"nodeguard_lease_writes_total{result="renewed"} 7"#,
+            r#"nodeguard_lease_writes_total{result="failed"} 2"#,
+        ]
+    );
+    writer.send_replace(nodeguard_model::fleet::LeaseStats {
+        renewed: 8,
+        ..stats
+    });
+    assert!(scrape(&registry).contains("nodeguard_lease_writes_total{result=\"renewed\"} 8\n"));
+}
+
+#[test]
 fn build_info_carries_the_version() {
     let (registry, _metrics) = setup();
     let out = scrape(&registry);

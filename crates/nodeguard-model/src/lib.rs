@@ -8,6 +8,7 @@
 pub mod access;
 pub mod capability;
 pub mod finding;
+pub mod fleet;
 pub mod fnv;
 pub mod history;
 pub mod identity;
