@@ -23,6 +23,11 @@
 # nothing changed (the old way: ~755 ms). A measurement: prints MISS and exits 0 unless
 # STRICT=1. Everything it starts is torn down at exit. Loopback only.
 #
+# Measured (2026-12-07, 2 cores at load average ~16; the walk alone, fscan example built
+# release, 200,000 files in 2,082 directories, 10 passes): old way 1,128 ms of CPU per pass,
+# new way 7.2 ms. Creating the files through the overlay with xargs takes long on a loaded
+# machine (the agent part was not run to the end here: see docs/writable-layers.md).
+#
 # Usage (root): bench/writable_layer_bench.sh
 #   FILES=20000 DIRS=400 SCANS=10 bench/writable_layer_bench.sh
 #   NODEGUARD=target/debug/nodeguard FSCAN=target/release/examples/fscan bench/writable_layer_bench.sh
