@@ -166,6 +166,23 @@ pub struct ScanSettings {
     #[arg(long, default_value_t = 60, env = "NODEGUARD_WALK_MAX_SECONDS")]
     pub walk_max_seconds: u64,
 
+    /// Keep each writable layer's directories between scans and list again only those whose
+    /// times changed (`on`); `off` walks every writable layer in full on every scan
+    /// (docs/writable-layers.md).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "on",
+        env = "NODEGUARD_FS_INCREMENTAL"
+    )]
+    pub fs_incremental: SwitchArg,
+
+    /// Entries per writable layer a filesystem scan lists again although their directories
+    /// did not change (what finds a `chmod u+s` on an existing file); a bigger layer is
+    /// re-checked over several filesystem scans.
+    #[arg(long, default_value_t = 250_000, env = "NODEGUARD_FS_RECHECK_FILES")]
+    pub fs_recheck_files: u64,
+
     /// The node's name [default: NODE_NAME, else the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -239,6 +256,13 @@ pub enum KubeArg {
     /// Require a cluster; fail at start-up without one.
     On,
     /// No cluster at all.
+    Off,
+}
+
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SwitchArg {
+    On,
     Off,
 }
 

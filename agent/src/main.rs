@@ -198,6 +198,8 @@ pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
     options.walk_budget.max_hash_bytes = settings.max_hash_size;
     options.walk_budget.max_files = settings.walk_max_files;
     options.walk_budget.max_duration = Duration::from_secs(settings.walk_max_seconds);
+    options.fs_incremental = settings.fs_incremental == crate::cli::SwitchArg::On;
+    options.fs_recheck_files = settings.fs_recheck_files;
     if let Some(threads) = settings.threads {
         // Each is a real thread of the walk: an absurd count would fail to spawn (a panic).
         options.threads = threads.clamp(1, 64);

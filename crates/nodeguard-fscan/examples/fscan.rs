@@ -1,9 +1,14 @@
 //! Scans container roots and prints what it found as JSON (used by bench/fscan_vs_find.sh).
 //!
 //! ```text
-//! fscan [--threads N] [--max-files N] [--max-secs S] [--repeat N] [--quiet] SPEC...
+//! fscan [--threads N] [--max-files N] [--max-secs S] [--repeat N] [--quiet]
+//!       [--writable] [--incremental on|off] SPEC...
 //!   SPEC = merged:ID=PATH | overlay:ID=LOWER1,LOWER2[+UPPER]
 //! ```
+//!
+//! `--writable`: runs after the first are `scan_writable` (what a process scan does);
+//! `--incremental off` walks writable layers in full (the old way). Each run reports its
+//! wall time and the process's CPU time (`getrusage`) in `cpu_ms`.
 
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use std::path::PathBuf;
@@ -15,6 +20,8 @@ fn main() {
     let mut budget = WalkBudget::default();
     let mut repeat = 1usize;
     let mut quiet = false;
+    let mut writable = false;
+    let mut incremental = true;
     let mut roots = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> String {
@@ -30,17 +37,26 @@ fn main() {
             }
             "--repeat" => repeat = value("--repeat").parse().expect("N"),
             "--quiet" => quiet = true,
+            "--writable" => writable = true,
+            "--incremental" => incremental = value("--incremental") != "off",
             spec => roots.push(parse_spec(spec)),
         }
     }
     let mut scanner = FsScanner::new(budget, threads);
+    scanner.set_incremental(incremental);
     let mut runs = Vec::new();
     let mut last = None;
-    for _ in 0..repeat.max(1) {
+    for run in 0..repeat.max(1) {
         let start = Instant::now();
-        let out = scanner.scan(&roots);
+        let cpu = cpu_time();
+        let out = if writable && run > 0 {
+            scanner.scan_writable(&roots).0
+        } else {
+            scanner.scan(&roots)
+        };
         runs.push(serde_json::json!({
             "elapsed_ms": start.elapsed().as_secs_f64() * 1000.0,
+            "cpu_ms": (cpu_time() - cpu).as_secs_f64() * 1000.0,
             "stats": out.stats,
         }));
         last = Some(out);
@@ -84,4 +100,21 @@ fn parse_spec(spec: &str) -> ContainerRoot {
         container_id: id.to_string(),
         spec,
     }
+}
+
+/// User and system CPU time of this process (all threads).
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: a valid out-pointer for one `struct rusage`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    // SAFETY: getrusage succeeded, so the struct is initialised.
+    let usage = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

@@ -37,6 +37,7 @@
 //! | `nodeguard_last_scan_timestamp_seconds` | gauge | scan_type |
 //! | `nodeguard_processes` | gauge | scope |
 //! | `nodeguard_containers` | gauge | |
+//! | `nodeguard_fs_recheck_age_seconds` | gauge | |
 //! | `nodeguard_hashed_bytes_total` | counter | |
 //! | `nodeguard_hash_cache_hits_total` | counter | |
 //! | `nodeguard_hash_cache_misses_total` | counter | |

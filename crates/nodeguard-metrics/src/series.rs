@@ -44,6 +44,7 @@ pub(crate) struct StateGauges {
     pub policy_loaded_at: f64,
     pub policy_weakened: Vec<&'static str>,
     pub exec: ExecEventStats,
+    pub fs_recheck_age: u64,
 }
 
 fn state_gauges(state: &NodeState) -> StateGauges {
@@ -108,6 +109,7 @@ fn state_gauges(state: &NodeState) -> StateGauges {
         policy_loaded_at: state.policy_loaded_at.unix_seconds(),
         policy_weakened: state.policy_weakened.clone(),
         exec: state.exec_events,
+        fs_recheck_age: report.stats.fs_recheck_age_seconds,
     }
 }
 
@@ -413,6 +415,14 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
         "Containers seen by the last scan.",
         None,
         g.containers,
+    )?;
+
+    gauge(
+        encoder,
+        "fs_recheck_age",
+        "How long ago every entry of the containers' writable layers was last looked at, at the latest: a chmod or xattr change on an existing file there shows within this age (new, removed and renamed files within a process interval).",
+        Some(&Unit::Seconds),
+        g.fs_recheck_age,
     )?;
 
     let mut m = encoder.encode_descriptor(

@@ -175,9 +175,14 @@ fn state_gauges_are_absent_until_the_first_state() {
         );
     }
 
-    metrics.state_changed(&Arc::new(three_containers(1_700_000_000)));
+    let mut state = three_containers(1_700_000_000);
+    Arc::make_mut(&mut state.report)
+        .stats
+        .fs_recheck_age_seconds = 42;
+    metrics.state_changed(&Arc::new(state));
     let out = scrape(&registry);
     for line in [
+        "nodeguard_fs_recheck_age_seconds 42",
         "nodeguard_containers 3",
         "nodeguard_processes{scope=\"container\"} 3",
         "nodeguard_processes{scope=\"host\"} 1",
@@ -471,9 +476,9 @@ fn names_follow_openmetrics_rules() {
             "{kind} {sample} ends in _total"
         );
     }
-    // The 27 nodeguard families of the crate's table (4 of the PolicyReport publisher, 5
+    // The 28 nodeguard families of the crate's table (4 of the PolicyReport publisher, 5
     // exec_*) and the 7 standard process_* ones.
-    assert_eq!(families, 34, "{out}");
+    assert_eq!(families, 35, "{out}");
 }
 
 #[test]

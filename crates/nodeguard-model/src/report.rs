@@ -502,6 +502,14 @@ pub struct ScanStats {
     pub layers_cached: u64,
     /// Roots whose walk a file or time budget cut short.
     pub walks_truncated: u64,
+    /// How long ago every entry of the containers' writable layers was last looked at, at
+    /// the latest (the oldest layer's re-check): a `chmod` or an xattr change on an existing
+    /// file there shows within this age (docs/writable-layers.md).
+    #[serde(default)]
+    pub fs_recheck_age_seconds: u64,
+    /// Writable layers walked in full because their directory cache would pass its bound.
+    #[serde(default)]
+    pub fs_incremental_fallbacks: u64,
     /// Errors by kind (`hash`, `cgroup`, `mountinfo`, `walk`, ...).
     pub errors: BTreeMap<String, u64>,
 }

@@ -548,6 +548,8 @@ impl Scanner {
             layers_walked: base.stats.layers_walked,
             layers_cached: base.stats.layers_cached,
             walks_truncated: base.stats.walks_truncated,
+            fs_recheck_age_seconds: base.stats.fs_recheck_age_seconds,
+            fs_incremental_fallbacks: base.stats.fs_incremental_fallbacks,
             ..pass_stats
         };
         let mut all_warnings = base.warnings.clone();

@@ -52,6 +52,12 @@ pub struct ScanOptions {
     pub hash_cache_entries: usize,
     /// Budget per container root for the filesystem walk.
     pub walk_budget: WalkBudget,
+    /// Keep writable layers as directory trees between scans
+    /// ([`FsScanner::set_incremental`]).
+    pub fs_incremental: bool,
+    /// Entries per writable layer a filesystem scan re-checks
+    /// ([`FsScanner::set_recheck_files`]).
+    pub fs_recheck_files: u64,
     /// Keep command lines verbatim. By default (`false`) secrets in them are redacted as
     /// soon as they are collected ([`nodeguard_model::redact_cmdline`]), so they never enter
     /// the report, the state, the API, Events or logs.
@@ -88,6 +94,8 @@ impl ScanOptions {
                 max_duration: Duration::from_secs(60),
                 max_hash_bytes: 512 * 1024 * 1024,
             },
+            fs_incremental: true,
+            fs_recheck_files: nodeguard_fscan::DEFAULT_RECHECK_FILES,
             show_secrets: false,
             exec_retention: DEFAULT_EXEC_RETENTION,
         }
@@ -171,17 +179,22 @@ struct FsCounters {
     layers_walked: u64,
     layers_cached: u64,
     walks_truncated: u64,
+    /// From the latest walk of writable layers (either scope).
+    recheck_age_seconds: u64,
+    incremental_fallbacks: u64,
 }
 
 impl Scanner {
     pub fn new(options: ScanOptions, policy: Arc<Policy>) -> Scanner {
         let digests = Arc::new(DigestCache::new(options.hash_cache_entries));
-        let filesystems = FsScanner::with_digest_cache(
+        let mut filesystems = FsScanner::with_digest_cache(
             options.walk_budget.clone(),
             options.threads,
             Arc::clone(&digests),
             algorithms_for(&options, &policy),
         );
+        filesystems.set_incremental(options.fs_incremental);
+        filesystems.set_recheck_files(options.fs_recheck_files);
         Scanner {
             collector: Collector::new(options.collect.clone()),
             options,
@@ -346,6 +359,8 @@ impl Scanner {
         stats.layers_walked = self.last_fs_stats.layers_walked;
         stats.layers_cached = self.last_fs_stats.layers_cached;
         stats.walks_truncated = self.last_fs_stats.walks_truncated;
+        stats.fs_recheck_age_seconds = self.last_fs_stats.recheck_age_seconds;
+        stats.fs_incremental_fallbacks = self.last_fs_stats.incremental_fallbacks;
 
         let findings = evaluate(
             &self.policy,
@@ -420,6 +435,8 @@ impl Scanner {
             layers_walked: output.stats.layers_walked,
             layers_cached: output.stats.layers_cached,
             walks_truncated: output.stats.walks_truncated,
+            recheck_age_seconds: output.stats.recheck_age_seconds,
+            incremental_fallbacks: output.stats.incremental_fallbacks,
         };
         self.last_gaps = gaps(output.incomplete, warnings);
         self.last_files = output.files;
@@ -463,6 +480,8 @@ impl Scanner {
         if covered.is_empty() {
             return;
         }
+        self.last_fs_stats.recheck_age_seconds = output.stats.recheck_age_seconds;
+        self.last_fs_stats.incremental_fallbacks = output.stats.incremental_fallbacks;
         for (kind, count) in &output.stats.errors {
             *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
         }

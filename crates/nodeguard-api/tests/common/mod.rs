@@ -335,6 +335,8 @@ pub fn node_state(node: &str) -> NodeState {
             layers_walked: 3,
             layers_cached: 1,
             walks_truncated: 0,
+            fs_recheck_age_seconds: 0,
+            fs_incremental_fallbacks: 0,
             errors: errors.clone(),
         },
         warnings: vec!["pid 5001: executable vanished while hashing".into()],
