@@ -12,7 +12,9 @@
 #     --watch-only`: each is a write the API server stored);
 #   - agent: nodeguard_lease_writes_total{result=created|renewed} and {result=failed};
 #   - the old way: states the daemon published (scans + exec passes): what a writer that
-#     wrote on every state change would have sent.
+#     wrote on every state change would have sent. (Exec reads that raise nothing new are
+#     not published on their own, so with `/bin/true` this stays near one per interval too;
+#     an exec load that raises findings would make it grow, the Lease writes would not.)
 # and prints writes per interval (target <= 1). A measurement, not a test: exit 0 unless
 # STRICT=1 and a target is missed.
 #
