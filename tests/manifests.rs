@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -368,6 +368,8 @@ fn every_manifest_parses_into_its_api_type_with_no_field_ignored() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "ConfigMap",
         "DaemonSet",
         "Service",
@@ -772,6 +774,93 @@ fn the_binding_gives_the_role_to_the_service_account() {
         "the agent needs its token to reach the API server"
     );
     assert_ne!(m.pod_spec().automount_service_account_token, Some(false));
+}
+
+/// The Role called `name` among the listed resources.
+fn named_role(raw: &BTreeMap<String, Value>, name: &str) -> Role {
+    let found: Vec<(&String, &Value)> = raw
+        .iter()
+        .filter(|(_, v)| v["kind"] == "Role" && v["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one Role {name:?}");
+    typed_round_trip::<Role>(found[0].1)
+        .unwrap_or_else(|d| panic!("{}: Role {name}: {}", found[0].0, d.join("; ")))
+}
+
+/// The heartbeat Lease (docs/fleet.md): the agent may get, create and update Leases in its
+/// own namespace and nothing else there; the binding gives that to the DaemonSet's
+/// ServiceAccount; the DaemonSet tells the agent its namespace and pod name through the
+/// downward API, as `--lease-namespace` and `--lease-holder` read them.
+#[test]
+fn the_lease_role_grants_get_create_update_on_leases_in_the_agents_namespace_only() {
+    let m = load();
+    let ns = m.kustomize_namespace();
+    let role = named_role(&m.raw, "nodeguard-lease");
+    assert_eq!(role.metadata.namespace.as_deref(), Some(ns));
+    let expected: BTreeSet<_> = ["get", "create", "update"]
+        .into_iter()
+        .map(|verb| triple("coordination.k8s.io", "leases", verb))
+        .collect();
+    assert_eq!(grants(&role.rules.clone().unwrap_or_default()), expected);
+
+    let (file, value) = only_of_kind(&m.raw, "RoleBinding");
+    let binding: RoleBinding =
+        typed_round_trip(value).unwrap_or_else(|d| panic!("{file}: {}", d.join("; ")));
+    assert_eq!(binding.metadata.namespace.as_deref(), Some(ns));
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, "nodeguard-lease");
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(
+        Some(&subjects[0].name),
+        m.service_account.metadata.name.as_ref()
+    );
+    assert_eq!(subjects[0].namespace.as_deref(), Some(ns));
+
+    // The responders' example roles: list nodes cluster-wide, list leases in the namespace.
+    let reader = named_cluster_role(&m.raw, "nodeguard-fleet-reader");
+    assert_eq!(
+        grants(&reader.rules.unwrap_or_default()),
+        [triple("", "nodes", "list")].into_iter().collect()
+    );
+    let leases = named_role(&m.raw, "nodeguard-fleet-reader");
+    assert_eq!(leases.metadata.namespace.as_deref(), Some(ns));
+    assert_eq!(
+        grants(&leases.rules.unwrap_or_default()),
+        [triple("coordination.k8s.io", "leases", "list")]
+            .into_iter()
+            .collect()
+    );
+
+    let env: BTreeMap<&str, &str> = m
+        .container()
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let path = e
+                .value_from
+                .as_ref()?
+                .field_ref
+                .as_ref()?
+                .field_path
+                .as_str();
+            Some((e.name.as_str(), path))
+        })
+        .collect();
+    assert_eq!(env.get("POD_NAMESPACE"), Some(&"metadata.namespace"));
+    assert_eq!(env.get("POD_NAME"), Some(&"metadata.name"));
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_nodeguard"))
+        .args(["run", "--help"])
+        .env_clear()
+        .output()
+        .expect("run nodeguard run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("POD_NAMESPACE") && help.contains("POD_NAME"),
+        "{help}"
+    );
 }
 
 /// The RBAC rules a ServiceAccount holds through ClusterRoleBindings (the whole authorizer for

@@ -33,6 +33,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of `run`'s flags costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Scan this node once and print the report.
@@ -41,6 +43,9 @@ pub enum Command {
     Run(RunArgs),
     /// Ask a running agent about the node's current state.
     Query(QueryArgs),
+    /// Questions about every node of the cluster (docs/fleet.md).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Print the digest of files, read exactly as the scan reads executables.
     Hash(HashArgs),
     /// Work with policy files.
@@ -90,6 +95,38 @@ pub struct ImportArgs {
     /// Refuse files and tarball members larger than this many bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_size: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Every Node next to its agent's heartbeat Lease: covered, stale (not renewed for 3
+    /// intervals), missing (no agent), orphaned Leases, version skew, open findings per
+    /// severity. Uses your kubeconfig: list nodes, list leases in the agents' namespace.
+    Status(FleetStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    /// The agents' namespace (where their Leases are).
+    #[arg(long, short = 'n', default_value = nodeguard_model::fleet::DEFAULT_NAMESPACE, env = "NODEGUARD_NAMESPACE")]
+    pub namespace: String,
+
+    /// Kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else in-cluster].
+    #[arg(long, env = "NODEGUARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    /// Exit with status 3 when a node is not covered (stale or missing).
+    #[arg(long, value_enum)]
+    pub fail_on: Option<FleetFailOn>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FleetFailOn {
+    /// A node whose agent's Lease is stale or absent.
+    Uncovered,
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +480,27 @@ pub struct RunArgs {
         value_name = "BOOL"
     )]
     pub policy_reports: bool,
+
+    /// Keep a heartbeat Lease `nodeguard-<node>` in --lease-namespace, renewed every
+    /// --interval, for `nodeguard fleet status` (docs/fleet.md); needs the Role of
+    /// manifests/role-lease.yaml. `--lease=false` turns it off.
+    #[arg(
+        long,
+        env = "NODEGUARD_LEASE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub lease: bool,
+
+    /// The agent's own namespace, where its Lease lives [default: POD_NAMESPACE, else the
+    /// service account's or the kubeconfig context's namespace].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// The Lease's holderIdentity [default: POD_NAME, else the hostname].
+    #[arg(long, env = "POD_NAME")]
+    pub lease_holder: Option<String>,
 }
 
 /// A flag value as the command line spells it (`sha256`, `auto`), for logs.

@@ -3,7 +3,8 @@
 use crate::cli::KubeArg;
 use anyhow::{Context, Result};
 use nodeguard_kube::{
-    EventConfig, EventPublisher, KubeMode, PodWatch, PolicyReportConfig, PolicyReportPublisher,
+    CertFingerprint, EventConfig, EventPublisher, KubeMode, LeaseConfig, LeaseWriter, PodWatch,
+    PolicyReportConfig, PolicyReportPublisher,
 };
 use nodeguard_model::{EventStats, NodeState, PodLookup, PolicyReportStats, Severity};
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ const SAVE_GRACE: Duration = Duration::from_secs(3);
 
 /// The running Kubernetes parts.
 pub struct KubeParts {
+    client: nodeguard_kube::Client,
     pods: PodWatch,
     events: Option<EventPublisher>,
     reports: Option<PolicyReportPublisher>,
@@ -24,6 +26,27 @@ pub struct KubeParts {
 impl KubeParts {
     pub fn pods(&self) -> Arc<dyn PodLookup> {
         self.pods.lookup()
+    }
+
+    /// Starts the heartbeat Lease writer (`nodeguard-<node>` in `namespace`, else the
+    /// client's default namespace: the service account's in a pod).
+    pub fn start_lease(
+        &self,
+        mut config: LeaseConfig,
+        namespace: Option<String>,
+        cert: CertFingerprint,
+        state: watch::Receiver<Option<Arc<NodeState>>>,
+    ) -> LeaseWriter {
+        config.namespace = namespace
+            .filter(|ns| !ns.trim().is_empty())
+            .unwrap_or_else(|| self.client.default_namespace().to_string());
+        tracing::info!(
+            namespace = %config.namespace,
+            lease = %nodeguard_model::fleet::lease_name(&config.node_name),
+            holder = %config.holder_identity,
+            "keeping the heartbeat Lease"
+        );
+        LeaseWriter::start(self.client.clone(), config, cert, state)
     }
 
     /// The Events publisher's counters channel, if Events are published.
@@ -76,6 +99,7 @@ pub async fn start(
         return Ok(None);
     };
     let pods = PodWatch::start(client.clone(), node);
+    let lease_client = client.clone();
     let events = events.map(|min_severity| {
         let config = EventConfig {
             state_dir,
@@ -93,6 +117,7 @@ pub async fn start(
         "watching this node's pods"
     );
     Ok(Some(KubeParts {
+        client: lease_client,
         pods,
         events,
         reports,

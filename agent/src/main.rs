@@ -3,6 +3,7 @@
 
 mod cli;
 mod digests;
+mod fleet;
 mod kube;
 mod output;
 mod query;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit status when `--fail-on` finds a finding at or above its severity.
-const EXIT_FINDINGS: u8 = 3;
+pub(crate) const EXIT_FINDINGS: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -127,6 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             query::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fleet(command) => fleet::run(command),
         Command::Hash(args) => {
             let algs = algorithms(args.hash);
             let mut failed = false;

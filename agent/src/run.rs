@@ -264,6 +264,33 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
         }
         None => None,
     };
+    // The heartbeat Lease: what the API listens on is known now (a port 0 resolved).
+    let lease = match (&kube, args.lease) {
+        (Some(kube), true) => {
+            let endpoint = listener.local_addr().unwrap_or(listen);
+            let holder = args
+                .lease_holder
+                .clone()
+                .filter(|h| !h.trim().is_empty())
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                })
+                .unwrap_or_else(|| node.clone());
+            let config =
+                nodeguard_kube::LeaseConfig::new(&node, "", holder, args.interval, endpoint);
+            let served = tls.clone();
+            let cert: nodeguard_kube::CertFingerprint =
+                Arc::new(move || served.as_ref().map(|t| t.served().fingerprint));
+            Some(kube.start_lease(config, args.lease_namespace.clone(), cert, state_rx.clone()))
+        }
+        _ => None,
+    };
+    if let Some(lease) = &lease {
+        metrics.set_lease_stats(lease.stats_channel());
+    }
     let router = nodeguard_api::with_freshness(
         nodeguard_api::router_with_auth(
             nodeguard_api::ApiContext {
