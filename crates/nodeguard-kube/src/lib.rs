@@ -39,7 +39,7 @@ mod publish;
 mod reports;
 mod state_file;
 
-pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
+pub use auth::{kubeconfig_token, AccessDecision, AuthConfig, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
 pub use pods::{pod_ref_for, PodWatch};
