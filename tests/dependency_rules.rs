@@ -673,3 +673,170 @@ fn the_image_indexer_knows_only_the_model_and_the_hasher() {
         "only nodeguard-image may decode zstd"
     );
 }
+
+// ---- Purity: the model does no I/O, the daemon links no sink, the planners no client ----
+
+/// `crate::`-free paths a file names: `std::fs::File` gives `["std", "fs", "File"]`.
+fn external_paths(code: &str) -> Vec<Vec<String>> {
+    let toks = tokens(code);
+    let mut paths = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        let starts = toks.get(i + 1).is_some_and(|n| n == "::")
+            && (i == 0 || toks[i - 1] != "::")
+            && !matches!(t.as_str(), "crate" | "self" | "super");
+        if starts {
+            let mut found = Vec::new();
+            path_at(&toks, i, Vec::new(), &mut found);
+            paths.extend(found);
+        }
+    }
+    paths
+}
+
+/// Paths in `code` that reach the operating system: files, sockets, processes, the
+/// environment, raw descriptors, or a crate that does any of these.
+fn io_paths(code: &str) -> Vec<String> {
+    const STD_IO: [&str; 6] = ["fs", "net", "io", "process", "os", "env"];
+    const IO_CRATES: [&str; 8] = [
+        "tokio", "libc", "nix", "rustix", "procfs", "xattr", "mio", "socket2",
+    ];
+    external_paths(code)
+        .into_iter()
+        .filter(|p| match p.first().map(String::as_str) {
+            Some("std" | "core") => p.get(1).is_some_and(|m| STD_IO.contains(&m.as_str())),
+            Some(name) => IO_CRATES.contains(&name),
+            None => false,
+        })
+        .map(|p| p.join("::"))
+        .collect()
+}
+
+/// The report and everything in it are plain values: the model reads no file, socket or
+/// environment, so every sink and test can build and render one without a node.
+#[test]
+fn the_model_does_no_io() {
+    let deps = workspace_dependencies();
+    for bad in ["tokio", "libc", "nix", "rustix", "procfs", "xattr"] {
+        assert!(
+            !deps["nodeguard-model"].contains(bad),
+            "nodeguard-model must not depend on {bad}: it does no I/O"
+        );
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/nodeguard-model/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(!files.is_empty(), "no sources under {}", src.display());
+    for file in files {
+        let code = product_code(&std::fs::read_to_string(&file).expect("read source"));
+        let io = io_paths(&code);
+        assert!(
+            io.is_empty(),
+            "{} does I/O ({io:?}); the model holds values only",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn the_io_check_sees_io_and_only_io() {
+    let code = "use std::fs::File;\nuse std::{fmt, io::Read};\nfn f() { let _ = tokio::spawn(x); }\n\
+                use std::collections::BTreeMap;\n// std::net::TcpStream\nconst S: &str = \"libc::open\";\n\
+                #[cfg(test)]\nmod tests { use std::env; }\n";
+    assert_eq!(
+        io_paths(&product_code(code)),
+        ["std::fs::File", "std::io::Read", "tokio::spawn"]
+    );
+}
+
+/// Every workspace crate `name` depends on, directly or through other workspace crates.
+fn workspace_closure(deps: &BTreeMap<String, BTreeSet<String>>, name: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![name.to_string()];
+    while let Some(n) = todo.pop() {
+        for d in deps.get(&n).into_iter().flatten() {
+            if deps.contains_key(d) && seen.insert(d.clone()) {
+                todo.push(d.clone());
+            }
+        }
+    }
+    seen
+}
+
+/// The daemon publishes a state and knows no sink: neither the sink crates nor what they
+/// talk through is linked by it or by any workspace crate it links.
+#[test]
+fn the_daemon_links_no_sink() {
+    let deps = workspace_dependencies();
+    let closure = workspace_closure(&deps, "nodeguard-daemon");
+    for sink in [
+        "nodeguard-metrics",
+        "nodeguard-api",
+        "nodeguard-kube",
+        "nodeguard-table",
+    ] {
+        assert!(
+            !closure.contains(sink),
+            "nodeguard-daemon links {sink} (through {closure:?}); sinks read its channel"
+        );
+    }
+    let linked = std::iter::once("nodeguard-daemon".to_string()).chain(closure);
+    for krate in linked {
+        for bad in [
+            "kube",
+            "k8s-openapi",
+            "prometheus-client",
+            "axum",
+            "hyper",
+            "rustls",
+        ] {
+            assert!(
+                !deps[&krate].contains(bad),
+                "{krate} links {bad}, so nodeguard-daemon does; only sinks may"
+            );
+        }
+    }
+}
+
+/// The Events and PolicyReport planners decide with plain values (state and time in,
+/// requests out): no file they import, directly or not, names the kube client crate.
+#[test]
+fn the_planners_link_no_client() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let graph = import_graph(&root);
+    let names_kube = |file: &str| {
+        let code = product_code(&std::fs::read_to_string(root.join(file)).expect("read source"));
+        external_paths(&code)
+            .into_iter()
+            .find(|p| p[0] == "kube")
+            .map(|p| p.join("::"))
+    };
+    // The check can fail: the senders do name the client.
+    for sender in [
+        "crates/nodeguard-kube/src/events/send.rs",
+        "crates/nodeguard-kube/src/reports/send.rs",
+    ] {
+        assert!(
+            names_kube(sender).is_some(),
+            "{sender} no longer names kube"
+        );
+    }
+    for planner in [
+        "crates/nodeguard-kube/src/events/planner.rs",
+        "crates/nodeguard-kube/src/reports/planner.rs",
+    ] {
+        let mut files = BTreeSet::from([planner.to_string()]);
+        let mut todo = vec![planner.to_string()];
+        while let Some(f) = todo.pop() {
+            for to in graph.get(&f).into_iter().flatten() {
+                if files.insert(to.clone()) {
+                    todo.push(to.clone());
+                }
+            }
+        }
+        for file in &files {
+            if let Some(path) = names_kube(file) {
+                panic!("{planner} imports {file}, which names {path}; the planner must decide without a client ({files:?})");
+            }
+        }
+    }
+}

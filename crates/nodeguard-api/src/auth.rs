@@ -34,10 +34,10 @@ pub use nodeguard_model::{DenialCounters, DenialReason, MAX_TOKEN_BYTES};
 
 /// What an [`Authorizer`] decided: the model's type, which the kube crate's authorizer
 /// answers with too.
-pub use nodeguard_model::AccessDecision as Decision;
+pub use nodeguard_model::AccessDecision;
 
 /// A boxed future, so the trait stays object-safe without extra crates.
-pub type DecisionFuture<'a> = Pin<Box<dyn Future<Output = Decision> + Send + 'a>>;
+pub type DecisionFuture<'a> = Pin<Box<dyn Future<Output = AccessDecision> + Send + 'a>>;
 
 /// Decides whether a bearer token may `GET` a path.
 pub trait Authorizer: Send + Sync {

@@ -55,7 +55,7 @@ pub mod tls;
 pub mod types;
 
 pub use auth::{
-    AuthOptions, Authorizer, Decision, DecisionFuture, Denial, DenialCounters, DenialLog,
+    AccessDecision, AuthOptions, Authorizer, DecisionFuture, Denial, DenialCounters, DenialLog,
     DenialReason, MAX_TOKEN_BYTES,
 };
 pub use error::Error;

@@ -1,7 +1,9 @@
 //! The router: endpoints, filters, JSON errors, and the per-request time and concurrency
 //! bounds.
 
-use crate::auth::{bearer_token, AuthOptions, Decision, Denial, DenialReason, MAX_TOKEN_BYTES};
+use crate::auth::{
+    bearer_token, AccessDecision, AuthOptions, Denial, DenialReason, MAX_TOKEN_BYTES,
+};
 use crate::query::{ContainersQuery, ExecsQuery, FindingsQuery, ProcessesQuery};
 use crate::types::{ErrorBody, Health};
 use crate::Error;
@@ -225,15 +227,15 @@ async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: N
     let decision =
         tokio::time::timeout(auth.timeout, auth.authorizer.authorize(token, &path)).await;
     match decision {
-        Ok(Decision::Allowed { user }) => {
+        Ok(AccessDecision::Allowed { user }) => {
             tracing::debug!(%user, %path, "API request authorized");
             next.run(request).await
         }
-        Ok(Decision::Unauthenticated { reason }) => {
+        Ok(AccessDecision::Unauthenticated { reason }) => {
             auth.deny(denial(DenialReason::InvalidToken, None, &reason));
             unauthorized(&format!("the token is not valid: {reason}"))
         }
-        Ok(Decision::Forbidden { user, reason }) => {
+        Ok(AccessDecision::Forbidden { user, reason }) => {
             auth.deny(denial(DenialReason::Forbidden, Some(&user), &reason));
             ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -241,7 +243,7 @@ async fn authenticate(State(auth): State<AuthOptions>, request: Request, next: N
             )
             .into_response()
         }
-        Ok(Decision::Unavailable { reason }) => {
+        Ok(AccessDecision::Unavailable { reason }) => {
             auth.deny(denial(DenialReason::Unavailable, None, &reason));
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -6,7 +6,7 @@ mod common;
 
 use common::{context, node_state};
 use nodeguard_api::{
-    AuthOptions, Authorizer, Decision, DecisionFuture, RequestLimits, ServeLimits,
+    AccessDecision, AuthOptions, Authorizer, DecisionFuture, RequestLimits, ServeLimits,
 };
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -66,21 +66,21 @@ impl Authorizer for FakeAuthorizer {
             .push((token.to_string(), path.to_string()));
         Box::pin(async move {
             match token {
-                "admin-token" => Decision::Allowed {
+                "admin-token" => AccessDecision::Allowed {
                     user: "admin".into(),
                 },
-                "prometheus-token" if path == "/metrics" => Decision::Allowed {
+                "prometheus-token" if path == "/metrics" => AccessDecision::Allowed {
                     user: "prometheus".into(),
                 },
-                "prometheus-token" | "stranger-token" => Decision::Forbidden {
+                "prometheus-token" | "stranger-token" => AccessDecision::Forbidden {
                     user: "stranger".into(),
                     reason: "no RBAC grant".into(),
                 },
                 "slow-token" => std::future::pending().await,
-                "down-token" => Decision::Unavailable {
+                "down-token" => AccessDecision::Unavailable {
                     reason: "connection refused".into(),
                 },
-                _ => Decision::Unauthenticated {
+                _ => AccessDecision::Unauthenticated {
                     reason: "unknown token".into(),
                 },
             }

@@ -505,9 +505,9 @@ async fn every_answer_over_http_validates_against_the_spec() {
         ) -> nodeguard_api::DecisionFuture<'a> {
             Box::pin(async move {
                 if token == "ok" {
-                    nodeguard_api::Decision::Allowed { user: "ok".into() }
+                    nodeguard_api::AccessDecision::Allowed { user: "ok".into() }
                 } else {
-                    nodeguard_api::Decision::Forbidden {
+                    nodeguard_api::AccessDecision::Forbidden {
                         user: "someone".into(),
                         reason: "no grant".into(),
                     }

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 
 /// What the API server said about one request (the model's type, so the API crate's router
 /// takes it as it is).
-pub use nodeguard_model::AccessDecision as Decision;
+pub use nodeguard_model::AccessDecision;
 
 /// Tuning of [`KubeAuthorizer`].
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ fn cache_key(token: &str, path: &str) -> Key {
 }
 
 struct Cached {
-    decision: Decision,
+    decision: AccessDecision,
     expires: Instant,
     /// Insertion number: matches the `order` entry that is this one's.
     seq: u64,
@@ -104,17 +104,19 @@ struct DecisionCache {
 }
 
 /// What one entry costs: its key and bookkeeping in the map and the queue, and its texts.
-fn entry_bytes(decision: &Decision) -> usize {
+fn entry_bytes(decision: &AccessDecision) -> usize {
     let texts = match decision {
-        Decision::Allowed { user } => user.len(),
-        Decision::Unauthenticated { reason } | Decision::Unavailable { reason } => reason.len(),
-        Decision::Forbidden { user, reason } => user.len() + reason.len(),
+        AccessDecision::Allowed { user } => user.len(),
+        AccessDecision::Unauthenticated { reason } | AccessDecision::Unavailable { reason } => {
+            reason.len()
+        }
+        AccessDecision::Forbidden { user, reason } => user.len() + reason.len(),
     };
     std::mem::size_of::<(Key, Cached)>() + std::mem::size_of::<(u64, Key)>() + texts
 }
 
 impl DecisionCache {
-    fn get(&mut self, key: &Key, now: Instant) -> Option<Decision> {
+    fn get(&mut self, key: &Key, now: Instant) -> Option<AccessDecision> {
         match self.map.get(key) {
             Some(entry) if entry.expires > now => Some(entry.decision.clone()),
             Some(_) => {
@@ -142,7 +144,13 @@ impl DecisionCache {
         false
     }
 
-    fn insert(&mut self, key: Key, decision: Decision, expires: Instant, config: &AuthConfig) {
+    fn insert(
+        &mut self,
+        key: Key,
+        decision: AccessDecision,
+        expires: Instant,
+        config: &AuthConfig,
+    ) {
         let now = Instant::now();
         let bytes = entry_bytes(&decision);
         self.remove(&key);
@@ -198,16 +206,18 @@ impl KubeAuthorizer {
         }
     }
 
-    fn cached(&self, key: &Key) -> Option<Decision> {
+    fn cached(&self, key: &Key) -> Option<AccessDecision> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.get(key, Instant::now())
     }
 
-    fn remember(&self, key: Key, decision: &Decision) {
+    fn remember(&self, key: Key, decision: &AccessDecision) {
         let ttl = match decision {
-            Decision::Allowed { .. } => self.config.allowed_ttl,
-            Decision::Unauthenticated { .. } | Decision::Forbidden { .. } => self.config.denied_ttl,
-            Decision::Unavailable { .. } => return,
+            AccessDecision::Allowed { .. } => self.config.allowed_ttl,
+            AccessDecision::Unauthenticated { .. } | AccessDecision::Forbidden { .. } => {
+                self.config.denied_ttl
+            }
+            AccessDecision::Unavailable { .. } => return,
         };
         let expires = Instant::now() + ttl;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -215,7 +225,7 @@ impl KubeAuthorizer {
     }
 
     /// Reviews one request without the cache.
-    async fn review(&self, token: &str, path: &str) -> Decision {
+    async fn review(&self, token: &str, path: &str) -> AccessDecision {
         let Ok(_permit) = self.reviews.acquire().await else {
             return unavailable("the review queue is closed");
         };
@@ -226,7 +236,7 @@ impl KubeAuthorizer {
         self.access_review(user, path).await
     }
 
-    async fn token_review(&self, token: &str) -> Result<UserInfo, Decision> {
+    async fn token_review(&self, token: &str) -> Result<UserInfo, AccessDecision> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
@@ -244,14 +254,14 @@ impl KubeAuthorizer {
                 .error
                 .filter(|e| !e.is_empty())
                 .unwrap_or_else(|| "the API server does not know this token".to_string());
-            return Err(Decision::Unauthenticated { reason });
+            return Err(AccessDecision::Unauthenticated { reason });
         }
-        status.user.ok_or_else(|| Decision::Unauthenticated {
+        status.user.ok_or_else(|| AccessDecision::Unauthenticated {
             reason: "the TokenReview named no user".to_string(),
         })
     }
 
-    async fn access_review(&self, user: UserInfo, path: &str) -> Decision {
+    async fn access_review(&self, user: UserInfo, path: &str) -> AccessDecision {
         let name = user.username.clone().unwrap_or_default();
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -280,14 +290,14 @@ impl KubeAuthorizer {
         };
         let status = answer.status.unwrap_or_default();
         if status.allowed {
-            return Decision::Allowed { user: name };
+            return AccessDecision::Allowed { user: name };
         }
         let reason = status
             .reason
             .filter(|r| !r.is_empty())
             .or(status.evaluation_error.filter(|e| !e.is_empty()))
             .unwrap_or_else(|| format!("RBAC grants no get on the non-resource URL {path}"));
-        Decision::Forbidden { user: name, reason }
+        AccessDecision::Forbidden { user: name, reason }
     }
 
     /// Runs one review call within the review timeout; failures become `Unavailable`.
@@ -295,7 +305,7 @@ impl KubeAuthorizer {
         &self,
         what: &str,
         call: impl std::future::Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T, Decision> {
+    ) -> Result<T, AccessDecision> {
         match tokio::time::timeout(self.config.review_timeout, call).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(err)) => Err(unavailable(&format!("the {what} failed: {err}"))),
@@ -307,8 +317,8 @@ impl KubeAuthorizer {
     }
 }
 
-fn unavailable(reason: &str) -> Decision {
-    Decision::Unavailable {
+fn unavailable(reason: &str) -> AccessDecision {
+    AccessDecision::Unavailable {
         reason: reason.to_string(),
     }
 }
@@ -316,9 +326,9 @@ fn unavailable(reason: &str) -> Decision {
 impl KubeAuthorizer {
     /// Whether the bearer `token` may `get` `path`: from the cache, else a TokenReview and a
     /// SubjectAccessReview.
-    pub async fn authorize(&self, token: &str, path: &str) -> Decision {
+    pub async fn authorize(&self, token: &str, path: &str) -> AccessDecision {
         if token.len() > MAX_TOKEN_BYTES {
-            return Decision::Unauthenticated {
+            return AccessDecision::Unauthenticated {
                 reason: format!(
                     "the bearer token is {} bytes, more than any Kubernetes token ({MAX_TOKEN_BYTES} at most)",
                     token.len()
@@ -528,25 +538,25 @@ mod tests {
         let auth = authorizer(&url, quick());
         assert_eq!(
             auth.authorize("admin-token", "/v1/report").await,
-            Decision::Allowed {
+            AccessDecision::Allowed {
                 user: "admin".into()
             }
         );
         assert_eq!(
             auth.authorize("prom-token", "/metrics").await,
-            Decision::Allowed {
+            AccessDecision::Allowed {
                 user: "prom".into()
             }
         );
         match auth.authorize("prom-token", "/v1/processes").await {
-            Decision::Forbidden { user, reason } => {
+            AccessDecision::Forbidden { user, reason } => {
                 assert_eq!(user, "prom");
                 assert!(reason.contains("/v1/processes"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
         match auth.authorize("stolen", "/v1/report").await {
-            Decision::Unauthenticated { reason } => {
+            AccessDecision::Unauthenticated { reason } => {
                 assert!(reason.contains("invalid bearer token"), "{reason}")
             }
             other => panic!("{other:?}"),
@@ -590,12 +600,12 @@ mod tests {
         *fake.mode.lock().unwrap() = Mode::Failing;
         assert!(matches!(
             auth.authorize("prom-token", "/metrics").await,
-            Decision::Unavailable { .. }
+            AccessDecision::Unavailable { .. }
         ));
         *fake.mode.lock().unwrap() = Mode::Normal;
         assert_eq!(
             auth.authorize("prom-token", "/metrics").await,
-            Decision::Allowed {
+            AccessDecision::Allowed {
                 user: "prom".into()
             },
             "a failure is not remembered"
@@ -629,7 +639,7 @@ mod tests {
             let token = format!("{i:04}{}", "t".repeat(MAX_TOKEN_BYTES - 4));
             assert!(matches!(
                 auth.authorize(&token, &long_path).await,
-                Decision::Unauthenticated { .. }
+                AccessDecision::Unauthenticated { .. }
             ));
             let cache = auth.cache.lock().unwrap();
             assert!(
@@ -644,7 +654,7 @@ mod tests {
         let cache = auth.cache.lock().unwrap();
         assert!(!cache.map.is_empty(), "small decisions are still cached");
         for entry in cache.map.values() {
-            if let Decision::Unauthenticated { reason } = &entry.decision {
+            if let AccessDecision::Unauthenticated { reason } = &entry.decision {
                 assert!(!reason.contains("tttt"), "the token is not kept: {reason}");
             }
         }
@@ -689,7 +699,7 @@ mod tests {
         let auth = authorizer(&url, quick());
         let token = "x".repeat(MAX_TOKEN_BYTES + 1);
         match auth.authorize(&token, "/v1/report").await {
-            Decision::Unauthenticated { reason } => {
+            AccessDecision::Unauthenticated { reason } => {
                 assert!(reason.contains("bytes"), "{reason}");
                 assert!(!reason.contains("xxxx"), "{reason}");
             }
@@ -713,7 +723,9 @@ mod tests {
             .authorize("admin-token", "/v1/report")
             .await
         {
-            Decision::Unavailable { reason } => assert!(reason.contains("TokenReview"), "{reason}"),
+            AccessDecision::Unavailable { reason } => {
+                assert!(reason.contains("TokenReview"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
         let (fake, url) = fake_server().await;
@@ -725,12 +737,16 @@ mod tests {
         )
         .await
         {
-            Ok(Decision::Unavailable { reason }) => assert!(reason.contains("within"), "{reason}"),
+            Ok(AccessDecision::Unavailable { reason }) => {
+                assert!(reason.contains("within"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
         *fake.mode.lock().unwrap() = Mode::Failing;
         match auth.authorize("admin-token", "/v1/report").await {
-            Decision::Unavailable { reason } => assert!(reason.contains("etcd down"), "{reason}"),
+            AccessDecision::Unavailable { reason } => {
+                assert!(reason.contains("etcd down"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -41,7 +41,7 @@ mod publish;
 mod reports;
 mod state_file;
 
-pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
+pub use auth::{kubeconfig_token, AccessDecision, AuthConfig, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
 /// The client type [`connect`] gives, so the binary can keep one without linking kube.

@@ -46,7 +46,8 @@ mod send;
 
 use self::planner::{Planner, Sent};
 use self::send::{EventType, Outgoing, Sender};
-use crate::publish::send::{SendContext, SendError};
+use crate::publish::outcome::SendError;
+use crate::publish::send::SendContext;
 use crate::publish::{self, Publisher, Task};
 use futures::future::BoxFuture;
 use nodeguard_model::{EventStats, NodeState, Severity};

@@ -16,8 +16,8 @@ use super::ledger::{self, Announced};
 use super::render;
 use super::EventConfig;
 use crate::publish::limits::{Pace, TokenBucket};
+use crate::publish::outcome::SendError;
 use crate::publish::placement::{self, Target};
-use crate::publish::send::SendError;
 use nodeguard_model::{
     EventStats, FindingKind, NodeState, ScanKind, Severity, Timestamp, TrackedFinding,
 };

@@ -24,8 +24,9 @@
 //! is taken as success instead of leaving two Events for one finding.
 
 use super::render;
+use crate::publish::outcome::SendError;
 use crate::publish::placement::{Target, TargetKind};
-use crate::publish::send::{classify, SendContext, SendError};
+use crate::publish::send::{classify, SendContext};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;

@@ -12,6 +12,7 @@
 //! writer never waits on a reader).
 
 pub(crate) mod limits;
+pub(crate) mod outcome;
 pub(crate) mod placement;
 pub(crate) mod send;
 

@@ -2,21 +2,9 @@
 //! and one way to sort what the API server answered. A test swaps the client
 //! (`tower_test::mock`, through `tests::mock_context`, or the testkit's fake API server).
 
+use super::outcome::SendError;
 use std::future::Future;
 use std::time::Duration;
-
-/// How a request ended, as far as a planner cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SendError {
-    /// 5xx, 429, timeouts, transport: again after a backoff.
-    Retryable(String),
-    /// 404: the object (or the resource: CRDs not installed) is not there.
-    NotFound(String),
-    /// 409: the object exists already or changed since it was read.
-    Conflict(String),
-    /// Refused for good (400, 403, 413, 422, ...).
-    Permanent(String),
-}
 
 /// Sorts a client error.
 pub(crate) fn classify(e: &kube::Error) -> SendError {

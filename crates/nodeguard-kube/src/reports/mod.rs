@@ -27,7 +27,8 @@ mod send;
 
 use self::planner::{Op, Outcome, Planner};
 use self::send::Sender;
-use crate::publish::send::{SendContext, SendError};
+use crate::publish::outcome::SendError;
+use crate::publish::send::SendContext;
 use crate::publish::{self, Publisher, Task};
 use futures::future::BoxFuture;
 use nodeguard_model::{NodeState, PolicyReportStats};

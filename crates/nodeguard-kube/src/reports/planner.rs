@@ -12,8 +12,8 @@
 use super::render::{self, Desired, Key};
 use super::PolicyReportConfig;
 use crate::publish::limits::Pace;
+use crate::publish::outcome::SendError;
 use crate::publish::placement::{place, waits_for_pod};
-use crate::publish::send::SendError;
 use nodeguard_model::{NodeState, PolicyReportStats};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};

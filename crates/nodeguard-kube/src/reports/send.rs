@@ -9,7 +9,8 @@
 
 use super::planner::{Op, Outcome};
 use super::render::{self, Key};
-use crate::publish::send::{classify, SendContext, SendError};
+use crate::publish::outcome::SendError;
+use crate::publish::send::{classify, SendContext};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;

@@ -15,7 +15,9 @@
 //! [`ReportsMode::NotInstalled`] answers every request as a server without the CRDs does:
 //! 404 with `the server could not find the requested resource`.
 
-use super::{answer, App, Attributes, FakeApi, Mode, Refusal, Reply};
+use super::answer::{answer, fail500, hang, Refusal, Reply, NAMESPACE_MISMATCH};
+use super::names::is_dns_subdomain;
+use super::{App, Attributes, FakeApi, Mode};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
@@ -119,10 +121,6 @@ fn check(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) -> V
     }
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
-    super::is_dns_subdomain(s)
-}
-
 fn label_matches(object: &Value, selector: Option<&String>) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
         return true;
@@ -147,8 +145,8 @@ pub(super) async fn handle(
     let outcome = match mode {
         ReportsMode::Normal => serve(app, a, query, body_len, body),
         ReportsMode::NotInstalled => Err(Refusal::not_found(NOT_INSTALLED)),
-        ReportsMode::Fail(Mode::Hang) => return super::hang(app, seq).await,
-        ReportsMode::Fail(_) => return super::fail500(app, seq),
+        ReportsMode::Fail(Mode::Hang) => return hang(app, seq).await,
+        ReportsMode::Fail(_) => return fail500(app, seq),
     };
     answer(app, seq, outcome)
 }
@@ -210,7 +208,7 @@ fn serve(
             }
             let body_ns = body["metadata"]["namespace"].as_str().unwrap_or("");
             if !cluster && !body_ns.is_empty() && body_ns != ns {
-                return Err(Refusal::bad_request(super::NAMESPACE_MISMATCH));
+                return Err(Refusal::bad_request(NAMESPACE_MISMATCH));
             }
             let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
             let mut errors = Vec::new();
