@@ -8,7 +8,7 @@
 //! create) reads it again and retries once at once, then backs off.
 
 use crate::publish::limits::Backoff;
-use crate::publish::send::SendError;
+use crate::publish::outcome::SendError;
 use nodeguard_model::fleet::LeaseStats;
 use std::time::Duration;
 use tokio::time::Instant;

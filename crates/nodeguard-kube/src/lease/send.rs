@@ -1,7 +1,8 @@
 //! The client side of the heartbeat Lease: read, create, replace, each within the request
 //! timeout and sorted into `SendError`.
 
-use crate::publish::send::{classify, SendContext, SendError};
+use crate::publish::outcome::SendError;
+use crate::publish::send::{classify, SendContext};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::PostParams;
 use kube::Api;
