@@ -9,6 +9,12 @@
 //! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
 //! Events) receive the finished report.
 
+pub mod image_verdicts;
+pub mod runtime_images;
+
+pub use image_verdicts::{
+    Expected, ImageContents, ImageIndexes, ImageJudge, ImageName, ImageStatus,
+};
 use nodeguard_collect::{CollectOptions, CollectedProcess, Collector, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
@@ -144,6 +150,8 @@ pub struct Scanner {
     last_host_bounding: Option<u64>,
     /// Where the last scan's time went.
     last_phases: ScanPhases,
+    /// Image verification, when on ([`Scanner::set_image_judge`]).
+    images: Option<ImageJudge>,
 }
 
 /// How long the parts of one scan took, wall time (logged at debug level as "scan phases";
@@ -229,7 +237,20 @@ impl Scanner {
             last_cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
             last_host_bounding: None,
             last_phases: ScanPhases::default(),
+            images: None,
         }
+    }
+
+    /// Turns image verification on: from the next scan, containers get their `image` and
+    /// container processes (and image-layer files) their `image_verdict`
+    /// (see [`image_verdicts`]).
+    pub fn set_image_judge(&mut self, judge: ImageJudge) {
+        self.images = Some(judge);
+    }
+
+    /// The image indexer's progress, when image verification is on.
+    pub fn image_index_progress(&self) -> Option<nodeguard_model::ImageIndexProgress> {
+        self.images.as_ref().map(ImageJudge::progress)
     }
 
     /// The log of exec-time observations this scanner records into (for the API's
@@ -366,7 +387,12 @@ impl Scanner {
             }
         }
         phases.filesystems = walk_took.unwrap_or(lap());
-        let files = self.last_files.clone();
+        let mut files = self.last_files.clone();
+        if let Some(images) = &mut self.images {
+            // A lookup per container and per process: the digests are the ones just computed.
+            images.judge(&mut containers, &mut processes, true);
+            images.judge_files(&mut files);
+        }
         stats.files_walked = self.last_fs_stats.files_walked;
         stats.layers_walked = self.last_fs_stats.layers_walked;
         stats.layers_cached = self.last_fs_stats.layers_cached;
@@ -791,6 +817,9 @@ impl Scanner {
             .chain(read)
             .collect();
         processes.sort_by_key(|p| p.pid);
+        if let Some(images) = &mut self.images {
+            images.judge(&mut containers, &mut processes, false);
+        }
 
         let findings = evaluate(
             &self.policy,
@@ -1189,6 +1218,7 @@ mod tests {
 
     fn container(rootfs: Option<RootFs>) -> Container {
         Container {
+            image: None,
             id: "a".repeat(64),
             runtime: Runtime::Containerd,
             pod_uid: None,
@@ -1212,6 +1242,7 @@ mod tests {
 
     fn process(pid: i32, exe: &str, container_id: Option<&str>) -> Process {
         Process {
+            image_verdict: None,
             pid,
             ppid: 1,
             command: "x".into(),
