@@ -71,6 +71,7 @@ fn workspace_has_the_documented_crates() {
         "nodeguard-table",
         "nodeguard-kube",
         "nodeguard-procevents",
+        "nodeguard-image",
     ] {
         assert!(
             deps.contains_key(name),
@@ -130,28 +131,28 @@ fn sinks_do_not_depend_on_each_other() {
 fn heavy_dependencies_stay_in_their_one_crate() {
     let deps = workspace_dependencies();
     let expect = [
-        ("kube", "nodeguard-kube"),
-        ("k8s-openapi", "nodeguard-kube"),
-        ("prometheus-client", "nodeguard-metrics"),
-        ("serde_yaml", "nodeguard-policy"),
+        ("kube", &["nodeguard-kube"][..]),
+        ("k8s-openapi", &["nodeguard-kube"][..]),
+        ("prometheus-client", &["nodeguard-metrics"][..]),
+        ("serde_yaml", &["nodeguard-policy"][..]),
         // One hasher: executables and setuid/capability files are hashed by the same code.
-        ("sha2", "nodeguard-hash"),
-        // Release tarballs are read by `nodeguard digests import` only: the agent's scans
-        // never open an archive.
-        ("tar", "nodeguard"),
-        ("flate2", "nodeguard"),
+        ("sha2", &["nodeguard-hash"][..]),
+        // Release tarballs are read by `nodeguard digests import`; image layers (gzip'd blobs,
+        // gzip'd tar-split) only by nodeguard-image's bounded reader, never by a scan.
+        ("tar", &["nodeguard"][..]),
+        ("flate2", &["nodeguard", "nodeguard-image"][..]),
         // TLS of the API port and of `nodeguard query`: one crate holds the server's
         // certificate handling and the client's trust (kube brings its own rustls).
-        ("rustls", "nodeguard-api"),
-        ("tokio-rustls", "nodeguard-api"),
-        ("rcgen", "nodeguard-api"),
+        ("rustls", &["nodeguard-api"][..]),
+        ("tokio-rustls", &["nodeguard-api"][..]),
+        ("rcgen", &["nodeguard-api"][..]),
     ];
-    for (dependency, owner) in expect {
+    for (dependency, owners) in expect {
         let users = users_of(&deps, dependency);
         assert_eq!(
             users,
-            BTreeSet::from([owner.to_string()]),
-            "only {owner} may link {dependency}"
+            owners.iter().map(|o| o.to_string()).collect::<BTreeSet<_>>(),
+            "only {owners:?} may link {dependency}"
         );
     }
 }
@@ -647,4 +648,28 @@ fn the_import_loop_check_sees_loops_and_only_loops() {
         "{graph:#?}"
     );
     assert!(graph["crates/demo/src/d.rs"].is_empty(), "{graph:#?}");
+}
+
+/// The image indexer reads the runtimes' stores and judges nothing: it may hash (through the
+/// one hasher) but knows no collector, policy, scan or sink; only it decodes zstd layers.
+#[test]
+fn the_image_indexer_knows_only_the_model_and_the_hasher() {
+    let deps = workspace_dependencies();
+    let inner: BTreeSet<_> = deps["nodeguard-image"]
+        .iter()
+        .filter(|d| d.starts_with("nodeguard"))
+        .cloned()
+        .collect();
+    assert!(
+        inner.is_subset(&BTreeSet::from([
+            "nodeguard-model".to_string(),
+            "nodeguard-hash".to_string()
+        ])),
+        "nodeguard-image depends on {inner:?}"
+    );
+    assert_eq!(
+        users_of(&deps, "ruzstd"),
+        BTreeSet::from(["nodeguard-image".to_string()]),
+        "only nodeguard-image may decode zstd"
+    );
 }

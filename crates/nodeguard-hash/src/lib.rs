@@ -18,6 +18,8 @@
 //! println!("{}", results[0].as_ref().unwrap().sha256_hex().unwrap());
 //! ```
 
+mod stream;
+
 pub use nodeguard_model::FileIdentity;
 use sha2::{Digest, Sha256, Sha512};
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+pub use stream::DigestStream;
 
 /// Read buffer per hashing thread. Large enough to amortize syscalls, small enough to be
 /// irrelevant to the agent's memory.
