@@ -419,6 +419,9 @@ pub struct RunArgs {
         value_name = "BOOL"
     )]
     pub policy_reports: bool,
+
+    #[command(flatten)]
+    pub images: crate::images::ImageArgs,
 }
 
 /// A flag value as the command line spells it (`sha256`, `auto`), for logs.

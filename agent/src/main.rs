@@ -3,6 +3,7 @@
 
 mod cli;
 mod digests;
+mod images;
 mod kube;
 mod output;
 mod query;
