@@ -33,6 +33,9 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of `run`'s flags (image verification added some) costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Scan this node once and print the report.

@@ -227,7 +227,6 @@ pub fn node_state(node: &str) -> NodeState {
     dropper.exited = true;
     // A worker that runs a script dropped on a tmpfs through the image's shell, and a
     // binary from that tmpfs.
-    let mut worker = worker;
     worker.script = Some(Script {
         path: "/dev/shm/run.sh".into(),
         mount: Some(MountRef {
