@@ -62,7 +62,7 @@
 //! | `nodeguard_image_layers_from_disk_total` | counter | |
 //! | `nodeguard_image_layers_refused_total` | counter | |
 //! | `nodeguard_image_layer_read_bytes_total` | counter | |
-//! | `nodeguard_image_images` | gauge | state |
+//! | `nodeguard_images` | gauge | state |
 //! | `nodeguard_image_index_disk_bytes` | gauge | |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |
 //!
@@ -83,7 +83,7 @@
 //! (current container processes by image verdict: `verified`, `mismatch`,
 //! `not_from_image`, `unverifiable`) is written once a container of the report has an image
 //! identity, i.e. with image verification on; `nodeguard_image_layer*`,
-//! `nodeguard_image_images` and `nodeguard_image_index_disk_bytes` only when the indexer's progress channel is set
+//! `nodeguard_images` and `nodeguard_image_index_disk_bytes` only when the indexer's progress channel is set
 //! ([`Metrics::set_image_index_progress`]).
 //!
 //! `namespace`, `pod` and `container` are also the target labels a PodMonitor or
@@ -181,7 +181,7 @@ impl Metrics {
 
     /// Adds the image indexer's progress (`nodeguard_image_layers_indexed_total`,
     /// `..._from_disk_total`, `..._refused_total`, `nodeguard_image_layer_read_bytes_total`,
-    /// `nodeguard_image_images{state}`, `nodeguard_image_index_disk_bytes`), read from its
+    /// `nodeguard_images{state}`, `nodeguard_image_index_disk_bytes`), read from its
     /// channel at each scrape.
     pub fn set_image_index_progress(&self, progress: watch::Receiver<ImageIndexProgress>) {
         *self

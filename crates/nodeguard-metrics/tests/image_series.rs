@@ -87,9 +87,9 @@ fn the_indexers_progress_is_read_at_scrape_time() {
         "nodeguard_image_layers_from_disk_total 7",
         "nodeguard_image_layers_refused_total 1",
         "nodeguard_image_layer_read_bytes_total 4096",
-        r#"nodeguard_image_images{state="queued"} 2"#,
-        r#"nodeguard_image_images{state="ready"} 5"#,
-        r#"nodeguard_image_images{state="unverifiable"} 1"#,
+        r#"nodeguard_images{state="queued"} 2"#,
+        r#"nodeguard_images{state="ready"} 5"#,
+        r#"nodeguard_images{state="unverifiable"} 1"#,
         "nodeguard_image_index_disk_bytes 512",
     ] {
         assert!(out.lines().any(|l| l == sample), "{sample} missing:\n{out}");
