@@ -33,6 +33,11 @@
 #   bench/daemon_bench.sh
 #   CONTAINERS=60 WINDOW=120 NODEGUARD=/path/to/nodeguard bench/daemon_bench.sh
 #   BASELINE=/tmp/nodeguard-main NODEGUARD=target/release/nodeguard bench/daemon_bench.sh
+#   # One binary, a feature off beside it on (image verification, issue 22):
+#   BASELINE=target/release/nodeguard BASELINE_ARGS=--image-verify=false \
+#     NODEGUARD=target/release/nodeguard bench/daemon_bench.sh
+# BASELINE_ARGS and AGENT_ARGS (space-separated) are added to the baseline's and the agent's
+# command lines.
 set -euo pipefail
 
 CONTAINERS=${CONTAINERS:-40}
@@ -43,6 +48,8 @@ SCRAPERS=${SCRAPERS:-32}
 ROUNDS=${ROUNDS:-40}
 STRICT=${STRICT:-0}
 BASELINE=${BASELINE:-}
+BASELINE_ARGS=${BASELINE_ARGS:-}
+AGENT_ARGS=${AGENT_ARGS:-}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -101,6 +108,10 @@ start_measured() {
   # Where pid 1's root cannot be read (a root session with fewer capabilities than pid 1), host
   # paths are reached through this mount namespace, as the integration tests do.
   readlink /proc/1/root >/dev/null 2>&1 || args+=(--host-root /)
+  local extra
+  if [[ $label == baseline ]]; then extra=$BASELINE_ARGS; else extra=$AGENT_ARGS; fi
+  # shellcheck disable=SC2206 # split on spaces: several flags
+  [[ -n $extra ]] && args+=($extra)
   AGENT_LOG=$WORK/agent-$label.log
   echo "agent ($label): $bin ${args[*]}"
   "$bin" "${args[@]}" 2>"$AGENT_LOG" >/dev/null &

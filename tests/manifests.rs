@@ -1686,6 +1686,47 @@ fn the_host_paths_are_mounted_where_the_flags_point() {
         .expect("--state-dir is a hostPath volume (it must outlive the pod)");
     assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
 
+    // The image stores, read-only, where --image-stores-at puts the default store roots,
+    // each with a comment saying why (image verification reads them, never writes).
+    let stores_at = m
+        .arg("--image-stores-at")
+        .expect("the DaemonSet passes --image-stores-at");
+    let text = std::fs::read_to_string(manifests_dir().join("daemonset.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let stores = [
+        "/var/lib/containerd",
+        "/var/lib/containers/storage",
+        "/var/lib/docker",
+    ];
+    for store in stores {
+        let at = format!("{stores_at}{store}");
+        let mount = m.mount_at(&at);
+        assert_eq!(mount.read_only, Some(true), "{store} is mounted read-only");
+        let host = m
+            .volume(&mount.name)
+            .host_path
+            .as_ref()
+            .unwrap_or_else(|| panic!("{at} is a hostPath volume"));
+        assert_eq!(host.path, store);
+        let first = lines
+            .iter()
+            .position(|l| l.trim() == format!("mountPath: {at}"))
+            .expect("mountPath line");
+        // The nearest comment block above the mount gives the reason.
+        let comment: Vec<&str> = lines[..first]
+            .iter()
+            .rev()
+            .skip_while(|l| !l.trim_start().starts_with('#'))
+            .take_while(|l| l.trim_start().starts_with('#'))
+            .copied()
+            .collect();
+        let comment = comment.join(" ");
+        assert!(
+            comment.contains("read-only") && comment.contains("image"),
+            "the mount of {store} has no comment giving its reason: {comment:?}"
+        );
+    }
+
     // Nothing else of the host is mounted: /proc comes with hostPID.
     let host_paths: Vec<&str> = m
         .pod_spec()
@@ -1694,7 +1735,11 @@ fn the_host_paths_are_mounted_where_the_flags_point() {
         .flatten()
         .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
         .collect();
-    assert_eq!(host_paths.len(), 2, "hostPath volumes: {host_paths:?}");
+    assert_eq!(
+        host_paths.len(),
+        2 + stores.len(),
+        "hostPath volumes: {host_paths:?}"
+    );
 }
 
 #[test]

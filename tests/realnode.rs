@@ -2736,3 +2736,7 @@ fn the_beds_kubelet_and_apiserver_are_checked_against_release_digest_bundles() {
         "kube-apiserver is not in that bundle"
     );
 }
+
+// Image verification (docs/image-verification.md): in a file of its own.
+#[path = "realnode/image_verification.rs"]
+mod image_verification;

@@ -501,6 +501,8 @@ pub struct RunArgs {
     /// The Lease's holderIdentity [default: POD_NAME, else the hostname].
     #[arg(long, env = "POD_NAME")]
     pub lease_holder: Option<String>,
+    #[command(flatten)]
+    pub images: crate::images::ImageArgs,
 }
 
 /// A flag value as the command line spells it (`sha256`, `auto`), for logs.

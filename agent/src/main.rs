@@ -4,6 +4,7 @@
 mod cli;
 mod digests;
 mod fleet;
+mod images;
 mod kube;
 mod output;
 mod query;

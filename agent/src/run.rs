@@ -108,6 +108,19 @@ fn log_net_admin_dropped(dropped: std::io::Result<bool>) {
 async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
     let mut scanner = crate::build_scanner(&args.settings)?;
     scanner.set_exec_retention(args.exec_retention);
+    let image_progress = crate::images::start(
+        &args.images,
+        &scanner.options().collect.host_root,
+        args.state_dir.as_deref(),
+        matches!(
+            args.settings.hash,
+            crate::cli::HashChoice::Sha512 | crate::cli::HashChoice::Both
+        ),
+    )
+    .map(|(judge, progress)| {
+        scanner.set_image_judge(judge);
+        progress
+    });
     let node = scanner.options().node_name.clone();
     let exec_history = scanner.exec_history();
     tracing::info!(
@@ -159,6 +172,9 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
     // Metrics read the daemon's channel like the API and Events do.
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, state_rx.clone());
+    if let Some(progress) = image_progress {
+        metrics.set_image_index_progress(progress);
+    }
     let registry = Arc::new(registry);
 
     let (control_tx, control_rx) = mpsc::channel(8);

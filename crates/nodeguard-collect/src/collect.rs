@@ -1049,6 +1049,7 @@ fn build_containers(
     for (id, seed) in seeds {
         let reference = &seed.reference;
         let mut container = Container {
+            image: None,
             id: id.clone(),
             runtime: reference.cgroup.runtime,
             pod_uid: reference.cgroup.pod_uid.clone(),

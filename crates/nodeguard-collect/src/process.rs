@@ -1098,6 +1098,7 @@ fn assemble(
 ) -> Process {
     let (capabilities, capability_masks) = shared_capabilities(status);
     Process {
+        image_verdict: None,
         pid,
         ppid: stat.ppid,
         kernel_thread: is_kernel_thread(pid, stat.ppid, stat.flags),

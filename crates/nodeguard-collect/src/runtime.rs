@@ -217,6 +217,7 @@ mod tests {
 
     fn process(pid: i32, command: &str, cmdline: &str, exe: Option<&str>) -> Process {
         Process {
+            image_verdict: None,
             pid,
             ppid: 1,
             command: command.into(),

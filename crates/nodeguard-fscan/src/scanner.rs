@@ -583,6 +583,7 @@ fn entry(container_id: &str, c: &Candidate, layer: Layer) -> FileEntry {
     path.push(b'/');
     path.extend_from_slice(&c.rel);
     FileEntry {
+        image_verdict: None,
         container_id: container_id.to_string(),
         path: escape_path(&path),
         setuid: c.stat.mode & libc::S_ISUID != 0,

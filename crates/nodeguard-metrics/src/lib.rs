@@ -59,6 +59,13 @@
 //! | `nodeguard_policy_report_crds_installed` | gauge | |
 //! | `nodeguard_lease_writes_total` | counter | result |
 //! | `nodeguard_api_denials_total` | counter | reason |
+//! | `nodeguard_image_verdicts` | gauge | verdict |
+//! | `nodeguard_image_layers_indexed_total` | counter | |
+//! | `nodeguard_image_layers_from_disk_total` | counter | |
+//! | `nodeguard_image_layers_refused_total` | counter | |
+//! | `nodeguard_image_layer_read_bytes_total` | counter | |
+//! | `nodeguard_images` | gauge | state |
+//! | `nodeguard_image_index_disk_bytes` | gauge | |
 //! | `nodeguard_build_info` | info (gauge in 0.0.4) | version |
 //!
 //! `container` on `nodeguard_findings` is the Kubernetes container name when known, else the
@@ -74,7 +81,12 @@
 //! `nodeguard_events_*` are absent unless an Events channel is set, `nodeguard_policy_report*`
 //! unless a PolicyReport channel is set (`..._crds_installed` also until the first look),
 //! `nodeguard_api_denials_total` unless the API's counters are set
-//! ([`Metrics::set_api_denials`]; every reason from 0 then).
+//! ([`Metrics::set_api_denials`]; every reason from 0 then). `nodeguard_image_verdicts`
+//! (current container processes by image verdict: `verified`, `mismatch`,
+//! `not_from_image`, `unverifiable`) is written once a container of the report has an image
+//! identity, i.e. with image verification on; `nodeguard_image_layer*`,
+//! `nodeguard_images` and `nodeguard_image_index_disk_bytes` only when the indexer's progress channel is set
+//! ([`Metrics::set_image_index_progress`]).
 //!
 //! `namespace`, `pod` and `container` are also the target labels a PodMonitor or
 //! ServiceMonitor attaches: scrape nodeguard with `honorLabels: true` (`honor_labels`), as
@@ -95,7 +107,9 @@ pub use nodeguard_model::SCAN_DURATION_BUCKETS;
 pub use prometheus_client::registry::Registry;
 
 use nodeguard_model::fleet::LeaseStats;
-use nodeguard_model::{DenialCounters, EventStats, NodeState, PolicyReportStats};
+use nodeguard_model::{
+    DenialCounters, EventStats, ImageIndexProgress, NodeState, PolicyReportStats,
+};
 use prometheus_client::metrics::info::Info;
 use series::StateCollector;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -111,6 +125,7 @@ pub struct Metrics {
     policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
     denials: Arc<RwLock<Option<Arc<DenialCounters>>>>,
     lease: Arc<RwLock<Option<watch::Receiver<LeaseStats>>>>,
+    image_index: Arc<RwLock<Option<watch::Receiver<ImageIndexProgress>>>>,
 }
 
 impl Metrics {
@@ -130,18 +145,21 @@ impl Metrics {
         let policy_reports = Arc::new(RwLock::new(None));
         let denials = Arc::new(RwLock::new(None));
         let lease = Arc::new(RwLock::new(None));
+        let image_index = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(StateCollector {
             state,
             events: Arc::clone(&events),
             policy_reports: Arc::clone(&policy_reports),
             denials: Arc::clone(&denials),
             lease: Arc::clone(&lease),
+            image_index: Arc::clone(&image_index),
         }));
         Metrics {
             events,
             policy_reports,
             denials,
             lease,
+            image_index,
         }
     }
 
@@ -173,5 +191,16 @@ impl Metrics {
     /// Without it the series is absent.
     pub fn set_lease_stats(&self, stats: watch::Receiver<LeaseStats>) {
         *self.lease.write().unwrap_or_else(PoisonError::into_inner) = Some(stats);
+    }
+
+    /// Adds the image indexer's progress (`nodeguard_image_layers_indexed_total`,
+    /// `..._from_disk_total`, `..._refused_total`, `nodeguard_image_layer_read_bytes_total`,
+    /// `nodeguard_images{state}`, `nodeguard_image_index_disk_bytes`), read from its
+    /// channel at each scrape.
+    pub fn set_image_index_progress(&self, progress: watch::Receiver<ImageIndexProgress>) {
+        *self
+            .image_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(progress);
     }
 }

@@ -5,8 +5,8 @@
 use crate::StateReceiver;
 use nodeguard_model::{
     short_id, Container, DenialCounters, DenialReason, EventStats, ExecEventSource, ExecEventStats,
-    Finding, FindingKind, NodeState, PolicyReportStats, ScanKind, ScanTotals, Severity, Totals,
-    SCAN_DURATION_BUCKETS,
+    Finding, FindingKind, ImageIndexProgress, ImageVerdict, NodeState, PolicyReportStats, ScanKind,
+    ScanTotals, Severity, Totals, SCAN_DURATION_BUCKETS,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -45,6 +45,9 @@ pub(crate) struct StateGauges {
     pub policy_weakened: Vec<&'static str>,
     pub exec: ExecEventStats,
     pub fs_recheck_age: u64,
+    /// Container processes by image verdict (in `ImageVerdict::NAMES` order), when image
+    /// verification is on.
+    pub image_verdicts: Option<[u64; 4]>,
 }
 
 fn state_gauges(state: &NodeState) -> StateGauges {
@@ -110,7 +113,28 @@ fn state_gauges(state: &NodeState) -> StateGauges {
         policy_weakened: state.policy_weakened.clone(),
         exec: state.exec_events,
         fs_recheck_age: report.stats.fs_recheck_age_seconds,
+        image_verdicts: image_verdicts(report),
     }
+}
+
+/// Current container processes by image verdict, when any container has an image identity
+/// (image verification on).
+fn image_verdicts(report: &nodeguard_model::Report) -> Option<[u64; 4]> {
+    if report.containers.iter().all(|c| c.image.is_none()) {
+        return None;
+    }
+    let mut counts = [0u64; 4];
+    for verdict in report
+        .processes
+        .iter()
+        .filter_map(|p| p.image_verdict.as_ref())
+    {
+        let name = verdict.name();
+        if let Some(i) = ImageVerdict::NAMES.iter().position(|n| *n == name) {
+            counts[i] += 1;
+        }
+    }
+    Some(counts)
 }
 
 /// `(namespace, pod, container)` labels of a finding: Kubernetes names from the finding, else
@@ -148,6 +172,7 @@ pub(crate) struct StateCollector {
     pub policy_reports: Arc<RwLock<Option<watch::Receiver<PolicyReportStats>>>>,
     pub denials: Arc<RwLock<Option<Arc<DenialCounters>>>>,
     pub lease: Arc<RwLock<Option<watch::Receiver<nodeguard_model::fleet::LeaseStats>>>>,
+    pub image_index: Arc<RwLock<Option<watch::Receiver<ImageIndexProgress>>>>,
 }
 
 impl Collector for StateCollector {
@@ -260,6 +285,12 @@ impl Collector for StateCollector {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(|rx| *rx.borrow());
+        let image_index = self
+            .image_index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|rx| *rx.borrow());
         if let Some(stats) = lease {
             let mut m = encoder.encode_descriptor(
                 "lease_writes",
@@ -274,6 +305,9 @@ impl Collector for StateCollector {
             ] {
                 ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
             }
+        }
+        if let Some(progress) = image_index {
+            encode_image_index(&mut encoder, &progress)?;
         }
         let reports = self
             .policy_reports
@@ -491,7 +525,74 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
     for setting in &g.policy_weakened {
         ConstGauge::new(1).encode(m.encode_family(&[("setting", *setting)])?)?;
     }
+
+    if let Some(counts) = &g.image_verdicts {
+        let mut m = encoder.encode_descriptor(
+            "image_verdicts",
+            "Container processes of the last scan by image verdict: verified (bytes equal the image's file), mismatch (they differ: image_content_mismatch), not_from_image (writable layer or a volume), unverifiable (image unknown, store not mounted, blobs discarded, still indexing).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (verdict, n) in ImageVerdict::NAMES.iter().zip(counts) {
+            ConstGauge::new(*n).encode(m.encode_family(&[("verdict", *verdict)])?)?;
+        }
+    }
     Ok(())
+}
+
+/// The background image indexer's progress.
+fn encode_image_index(
+    encoder: &mut DescriptorEncoder,
+    p: &ImageIndexProgress,
+) -> Result<(), fmt::Error> {
+    counter(
+        encoder,
+        "image_layers_indexed",
+        "Image layers read from the runtime's store, checked against their diff_id and indexed, since the agent started.",
+        None,
+        p.layers_indexed,
+    )?;
+    counter(
+        encoder,
+        "image_layers_from_disk",
+        "Image layer indexes taken from the on-disk cache under --state-dir (no layer read) since the agent started.",
+        None,
+        p.layers_from_disk,
+    )?;
+    counter(
+        encoder,
+        "image_layers_refused",
+        "Image layers refused (a bound broken, not a tar), found altered (diff_id mismatch) or missing, since the agent started.",
+        None,
+        p.layers_refused,
+    )?;
+    counter(
+        encoder,
+        "image_layer_read",
+        "Uncompressed image layer bytes read by the indexer since the agent started.",
+        Some(&Unit::Bytes),
+        p.bytes_read,
+    )?;
+    let mut m = encoder.encode_descriptor(
+        "images",
+        "Images the indexer knows, by state: queued (waiting to be indexed), ready, unverifiable.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (state, n) in [
+        ("queued", p.images_queued),
+        ("ready", p.images_ready),
+        ("unverifiable", p.images_unverifiable),
+    ] {
+        ConstGauge::new(n).encode(m.encode_family(&[("state", state)])?)?;
+    }
+    gauge(
+        encoder,
+        "image_index_disk",
+        "Bytes of image layer indexes on disk under --state-dir.",
+        Some(&Unit::Bytes),
+        p.disk_bytes,
+    )
 }
 
 fn counter(

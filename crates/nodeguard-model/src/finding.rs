@@ -248,6 +248,15 @@ finding_kinds! {
     /// (`nodeguard_policy::Evidence::gaps`), from `Incomplete` of
     /// `crates/nodeguard-fscan/src/scanner.rs`.
     FilesystemScanIncomplete => "filesystem_scan_incomplete", "FilesystemScanIncomplete";
+    /// A container process runs (or an image layer holds a setuid/setgid/capability file
+    /// whose) bytes differ from the file its image has at that path: the image's layer was
+    /// altered on the node after it was pulled.
+    ///
+    /// Rule: `image_content_rules` in `crates/nodeguard-policy/src/image_content.rs`.
+    /// Evidence: [`Process::image_verdict`](crate::Process::image_verdict) and
+    /// [`FileEntry::image_verdict`](crate::FileEntry::image_verdict), from the image indexes
+    /// of `crates/nodeguard-image`, judged in `crates/nodeguard-scan/src/image_verdicts.rs`.
+    ImageContentMismatch => "image_content_mismatch", "ImageContentMismatch";
 }
 
 impl fmt::Display for FindingKind {

@@ -217,6 +217,7 @@ mod tests {
 
     fn observation(pid: i32, at: SystemTime, cmdline_len: usize) -> ExecObservation {
         let process = Process {
+            image_verdict: None,
             pid,
             ppid: 1,
             command: "sh".into(),

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod fnv;
 pub mod history;
 pub mod identity;
+pub mod image;
 pub mod listing;
 pub mod random;
 pub mod redact;
@@ -28,6 +29,7 @@ pub use finding::{
 pub use fnv::{fnv1a, FNV_BASIS};
 pub use history::{ExecHistory, ExecHistoryStats, ExecObservation};
 pub use identity::FileIdentity;
+pub use image::{ContainerImage, ImageIndexProgress, ImageSource, ImageVerdict};
 pub use listing::ProcessEntry;
 pub use random::SplitMix64;
 pub use redact::{redact_cmdline, REDACTED};

@@ -244,6 +244,10 @@ pub struct Container {
     /// container privileged (`privileged_container`).
     #[serde(default)]
     pub confinement: Confinement,
+    /// The image the container runs and how far its verification is (README "Image
+    /// verification"); absent when image verification is off or the image is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::ContainerImage>,
 }
 
 /// Which devices a container's cgroup lets it open.
@@ -409,6 +413,11 @@ pub struct Process {
     /// image: in the writable layer or on a writable mount. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<Script>,
+    /// Whether the executable's bytes are the image's file at that path (README "Image
+    /// verification"). Absent for host processes, kernel threads, and when image
+    /// verification is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_verdict: Option<crate::ImageVerdict>,
 }
 
 /// A writable mount of a container other than its root filesystem.
@@ -481,6 +490,9 @@ pub struct FileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha512: Option<String>,
     pub layer: Layer,
+    /// For a file in an image layer: whether its bytes are the image's file at that path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_verdict: Option<crate::ImageVerdict>,
 }
 
 /// Counters of one scan.

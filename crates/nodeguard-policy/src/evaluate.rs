@@ -92,6 +92,9 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             let scope = Scope::Container(id, image, pod.map(|p| p.namespace.as_str()));
             binary_rules(policy, scope, process, &mut found);
             unverifiable_process_rule(policy, scope, process, &mut found);
+            if let Some(f) = crate::image_content::process_mismatch(id, container, process) {
+                found.add(f);
+            }
         } else {
             binary_rules(policy, Scope::Host, process, &mut found);
             unverifiable_process_rule(policy, Scope::Host, process, &mut found);
@@ -118,6 +121,9 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             .chain(lowest_pid.get(container.id.as_str()).copied())
             .min();
         limit_rules(policy, container, pid, &mut found);
+        if let Some(f) = crate::image_content::altered_layer(container, pid) {
+            found.add(f);
+        }
     }
 
     for file in evidence.files.iter().filter(|f| !sandbox(&f.container_id)) {
@@ -126,6 +132,10 @@ pub fn evaluate(policy: &Policy, evidence: &Evidence) -> Vec<Finding> {
             .and_then(|c| c.pod.as_ref()?.image.as_deref());
         file_rules(policy, image, file, &mut found);
         unverifiable_file_rule(policy, image, file, &mut found);
+        let container = containers.get(file.container_id.as_str()).copied();
+        if let Some(f) = crate::image_content::file_mismatch(container, file) {
+            found.add(f);
+        }
     }
 
     for gap in evidence.gaps {

@@ -32,6 +32,7 @@ pub mod bundle;
 mod distro_setuid;
 mod error;
 mod evaluate;
+mod image_content;
 mod policy;
 mod spec;
 mod yaml;

@@ -527,6 +527,9 @@ impl Scanner {
             .collect();
         processes.extend(read.into_values());
         processes.sort_by_key(|p| p.pid);
+        if let Some(images) = &mut self.images {
+            images.judge(&mut containers, &mut processes, false);
+        }
 
         let files = self.last_files.clone();
         let findings = evaluate(

@@ -9,6 +9,12 @@
 //! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
 //! Events) receive the finished report.
 
+pub mod image_verdicts;
+pub mod runtime_images;
+
+pub use image_verdicts::{
+    Expected, ImageContents, ImageIndexes, ImageJudge, ImageName, ImageStatus,
+};
 use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
@@ -132,6 +138,8 @@ pub struct Scanner {
     last: LastScan,
     /// Where the last scan's time went.
     last_phases: ScanPhases,
+    /// Image verification, when on ([`Scanner::set_image_judge`]).
+    images: Option<ImageJudge>,
 }
 
 /// How long the parts of one scan took, wall time (logged at debug level as "scan phases";
@@ -211,7 +219,20 @@ impl Scanner {
                 containers: Vec::new(),
             },
             last_phases: ScanPhases::default(),
+            images: None,
         }
+    }
+
+    /// Turns image verification on: from the next scan, containers get their `image` and
+    /// container processes (and image-layer files) their `image_verdict`
+    /// (see [`image_verdicts`]).
+    pub fn set_image_judge(&mut self, judge: ImageJudge) {
+        self.images = Some(judge);
+    }
+
+    /// The image indexer's progress, when image verification is on.
+    pub fn image_index_progress(&self) -> Option<nodeguard_model::ImageIndexProgress> {
+        self.images.as_ref().map(ImageJudge::progress)
     }
 
     /// The log of exec-time observations this scanner records into (for the API's
@@ -354,7 +375,12 @@ impl Scanner {
             }
         }
         phases.filesystems = walk_took.unwrap_or(lap());
-        let files = self.last_files.clone();
+        let mut files = self.last_files.clone();
+        if let Some(images) = &mut self.images {
+            // A lookup per container and per process: the digests are the ones just computed.
+            images.judge(&mut containers, &mut processes, true);
+            images.judge_files(&mut files);
+        }
         stats.files_walked = self.last_fs_stats.files_walked;
         stats.layers_walked = self.last_fs_stats.layers_walked;
         stats.layers_cached = self.last_fs_stats.layers_cached;
@@ -774,6 +800,7 @@ pub(crate) mod tests {
 
     pub(crate) fn container(rootfs: Option<RootFs>) -> Container {
         Container {
+            image: None,
             id: "a".repeat(64),
             runtime: Runtime::Containerd,
             pod_uid: None,
@@ -797,6 +824,7 @@ pub(crate) mod tests {
 
     pub(crate) fn process(pid: i32, exe: &str, container_id: Option<&str>) -> Process {
         Process {
+            image_verdict: None,
             pid,
             ppid: 1,
             command: "x".into(),

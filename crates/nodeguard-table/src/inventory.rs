@@ -60,6 +60,7 @@ pub fn processes_table_width(processes: &[ProcessEntry], width: usize) -> String
         "UID",
         "COMMAND",
         "SHA256",
+        "IMAGE",
         "EXE",
     ]);
     for entry in processes {
@@ -86,6 +87,7 @@ pub fn processes_table_width(processes: &[ProcessEntry], width: usize) -> String
                 p.command.clone()
             },
             opt(p.sha256.as_deref().map(short_id)),
+            image_cell(p.image_verdict.as_ref()),
             exe,
         ]);
     }
@@ -117,3 +119,18 @@ pub(crate) fn files_table(files: &[FileEntry], containers: &[Container], width: 
     }
     table.render(width)
 }
+
+/// The IMAGE cell of a process: its image verdict in a word (`MISMATCH` shouts: it is a
+/// critical finding), `-` when not judged (host processes, verification off).
+fn image_cell(verdict: Option<&nodeguard_model::ImageVerdict>) -> String {
+    use nodeguard_model::ImageVerdict;
+    match verdict {
+        None => "-",
+        Some(ImageVerdict::Verified { .. }) => "verified",
+        Some(ImageVerdict::Mismatch { .. }) => "MISMATCH",
+        Some(ImageVerdict::NotFromImage) => "not-image",
+        Some(ImageVerdict::Unverifiable { .. }) => "unverifiable",
+    }
+    .to_string()
+}
+

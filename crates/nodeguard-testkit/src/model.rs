@@ -69,6 +69,7 @@ pub struct ContainerBuilder(Container);
 /// Starts a [`ContainerBuilder`] for container `id`.
 pub fn container(id: &str) -> ContainerBuilder {
     ContainerBuilder(Container {
+        image: None,
         id: id.into(),
         runtime: Runtime::Containerd,
         pod_uid: None,

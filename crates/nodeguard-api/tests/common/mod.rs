@@ -4,9 +4,9 @@
 use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
     Capabilities, CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion,
-    FileEntry, Finding, FindingKind, Ids, Layer, Limits, MountRef, Namespaces, NodeState, PodRef,
-    Process, QosClass, Report, RootFs, Runtime, ScanKind, ScanRun, ScanStats, Script, SeccompMode,
-    Severity, Timestamp, TrackedFinding, SCHEMA_VERSION,
+    ContainerImage, FileEntry, Finding, FindingKind, Ids, ImageSource, ImageVerdict, Layer, Limits,
+    MountRef, Namespaces, NodeState, PodRef, Process, QosClass, Report, RootFs, Runtime, ScanKind,
+    ScanRun, ScanStats, Script, SeccompMode, Severity, Timestamp, TrackedFinding, SCHEMA_VERSION,
 };
 use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::BTreeMap;
@@ -56,6 +56,7 @@ fn ids(n: u32) -> Ids {
 
 fn process(pid: i32, ppid: i32, command: &str, container: Option<&str>, uid: u32) -> Process {
     Process {
+        image_verdict: None,
         pid,
         ppid,
         command: command.to_string(),
@@ -181,8 +182,37 @@ pub fn node_state(node: &str) -> NodeState {
     // for the exec retention window.
     shell.exited = true;
 
-    let master = process(4242, 4200, "nginx", Some(NGINX_ID), 0);
-    let worker = process(4243, 4242, "nginx", Some(NGINX_ID), 101);
+    // Image verification: the nginx image is indexed; the shell's is not known.
+    let mut nginx = nginx;
+    nginx.image = Some(ContainerImage {
+        reference: Some(
+            "docker.io/library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                .into(),
+        ),
+        source: Some(ImageSource::PodStatus),
+        config_digest: Some(format!("sha256:{}", "c".repeat(64))),
+        layers: vec![format!("sha256:{}", "1".repeat(64))],
+        unverifiable: None,
+        altered_layer: Some(format!("sha256:{}", "1".repeat(64))),
+    });
+    shell.image = Some(ContainerImage {
+        reference: None,
+        source: None,
+        config_digest: None,
+        layers: vec![],
+        unverifiable: Some("image unknown".into()),
+        altered_layer: None,
+    });
+    let mut master = process(4242, 4200, "nginx", Some(NGINX_ID), 0);
+    master.image_verdict = Some(ImageVerdict::Verified {
+        layer: format!("sha256:{}", "1".repeat(64)),
+    });
+    let mut worker = process(4243, 4242, "nginx", Some(NGINX_ID), 101);
+    worker.image_verdict = Some(ImageVerdict::Mismatch {
+        layer: Some(format!("sha256:{}", "1".repeat(64))),
+        expected_sha256: Some("e".repeat(64)),
+        actual_sha256: "a".repeat(64),
+    });
     let mut dropper = process(5001, 4990, "sh", Some(SHELL_ID), 0);
     dropper.exe = Some("/tmp/.x/dropper".into());
     dropper.exe_deleted = true;
@@ -197,7 +227,6 @@ pub fn node_state(node: &str) -> NodeState {
     dropper.exited = true;
     // A worker that runs a script dropped on a tmpfs through the image's shell, and a
     // binary from that tmpfs.
-    let mut worker = worker;
     worker.script = Some(Script {
         path: "/dev/shm/run.sh".into(),
         mount: Some(MountRef {
@@ -228,6 +257,7 @@ pub fn node_state(node: &str) -> NodeState {
     evil_host.sha256 = Some(DROPPER_SHA.into());
 
     let passwd = FileEntry {
+        image_verdict: Some(ImageVerdict::unverifiable("indexing")),
         container_id: NGINX_ID.into(),
         path: "/usr/bin/passwd".into(),
         setuid: true,
@@ -242,6 +272,7 @@ pub fn node_state(node: &str) -> NodeState {
         layer: Layer::Image,
     };
     let ping = FileEntry {
+        image_verdict: None,
         path: "/usr/bin/ping".into(),
         setuid: false,
         capabilities: Some("cap_net_raw=ep".into()),

@@ -7,7 +7,9 @@
 //! nodeguard` and `nodeguard.io/node: <node>`, so nodes never write each other's reports.
 //! One result per open finding: policy `nodeguard`, rule the finding kind, severity, result
 //! `fail`, the Pod (or the Node) in `resources`, properties `finding_id`, `node`,
-//! `container`, `container_id`, `image`, `path`, `subject`, `digest`, `pid` where known.
+//! `container`, `container_id`, `image`, `path`, `subject`, `digest`, `pid` where known,
+//! and the image verdict of that pid's executable (`image_verdict`, `image_layer`,
+//! `expected_digest`, `image_digest`, `image_verdict_reason`) when image verification is on.
 //!
 //! Like the Event publisher, one task owns everything (the loop, the handle and the counters'
 //! channel are `crate::publish`'s): it keeps only the newest state (a `watch` channel, so
@@ -21,6 +23,7 @@
 //! `results_omitted`). Without the CRDs the publisher says so once, exports
 //! `crds_installed = false` and lists again every [`PolicyReportConfig::unavailable_retry`].
 
+mod image_properties;
 mod planner;
 mod render;
 mod send;

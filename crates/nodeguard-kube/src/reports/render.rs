@@ -126,6 +126,7 @@ fn result_of(
     st: &NodeState,
     cfg: &PolicyReportConfig,
     wall: SystemTime,
+    verdicts: &super::image_properties::VerdictsByPid,
 ) -> Option<(Key, Value)> {
     let f: &Finding = &t.finding;
     let placement = place(f, &st.report, &cfg.node_name);
@@ -174,6 +175,7 @@ fn result_of(
     }
     if let Some(pid) = f.pid {
         props.insert("pid".into(), json!(pid.to_string()));
+        super::image_properties::insert(&mut props, verdicts, pid);
     }
     Some((
         key,
@@ -206,8 +208,9 @@ pub(crate) fn desired(
 ) -> (BTreeMap<Key, Desired>, bool) {
     let mut by_key: BTreeMap<Key, Vec<(&TrackedFinding, Value)>> = BTreeMap::new();
     let mut waiting = false;
+    let verdicts = super::image_properties::verdicts_by_pid(&st.report);
     for t in &st.findings {
-        match result_of(t, st, cfg, wall) {
+        match result_of(t, st, cfg, wall, &verdicts) {
             Some((key, result)) => by_key.entry(key).or_default().push((t, result)),
             None => waiting = true,
         }

@@ -34,6 +34,7 @@ pub fn container(id: &str, pod: Option<(&str, &str, &str)>) -> Container {
 
 pub fn process(pid: i32, container_id: Option<&str>, kernel_thread: bool) -> Process {
     Process {
+        image_verdict: None,
         pid,
         ppid: 1,
         command: "sh".to_string(),

@@ -1,0 +1,467 @@
+//! Image verification on the real node (docs/image-verification.md): the agent's verdicts
+//! against what containerd, podman, `tar` and `sha256sum` say.
+//!
+//! Ground truth: the pod's `imageID` from `kubectl`, the image config's `diff_ids` from
+//! `ctr content get`, the layer blob in containerd's content store read by `tar -xO … |
+//! sha256sum`, the overlay's `lowerdir` from the container's `/proc/PID/mountinfo` (what the
+//! kernel mounted), `podman inspect`/`podman image inspect` and `podman image mount`. The
+//! images altered here are dedicated ones imported by the test, never the bed's shared ones.
+
+use super::*;
+
+/// The agent with image verification reading the bed's own stores (containerd's root and
+/// podman's graph root live under the bed's directory), through the host root as the
+/// DaemonSet's `--image-stores-at` would.
+fn image_agent(bed: &Bed, name: &str, state_dir: &Path) -> Agent {
+    let containerd_root = bed.dir.join("containerd/root");
+    let podman_root = bed.dir.join("podman/root");
+    let (containerd_root, podman_root) = (
+        containerd_root.display().to_string(),
+        podman_root.display().to_string(),
+    );
+    let interval = format!("{INTERVAL_SECS}s");
+    let args = [
+        "--node-name",
+        bed.node(),
+        "--interval",
+        &interval,
+        "--fs-interval",
+        "10m",
+        "--containerd-root",
+        &containerd_root,
+        "--containers-storage-root",
+        &podman_root,
+        "--image-index-cpu",
+        "1",
+    ];
+    let mut how = Launch {
+        kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
+        state_dir: StateDir::At(state_dir.to_path_buf()),
+        log: Some(bed.dir.join(format!("agent-{name}.log"))),
+        http_timeout: Some(Duration::from_secs(10)),
+        ..Launch::default()
+    };
+    how.wrapper = support::deployment::as_deployed();
+    let agent = Agent(support::agent::Agent::launch(&args, how));
+    agent.wait_ready(FIRST_SCAN_TIMEOUT);
+    agent
+}
+
+fn report(agent: &Agent) -> Result<Value, String> {
+    let (status, body) = agent.get("/v1/report")?;
+    if status != 200 {
+        return Err(format!("/v1/report: {status}"));
+    }
+    serde_json::from_str(&body).map_err(|e| e.to_string())
+}
+
+/// The report's processes of container `id` (kernel threads aside).
+fn processes_of(report: &Value, id: &str) -> Vec<Value> {
+    report["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["container_id"] == id && p["kernel_thread"] != true)
+        .cloned()
+        .collect()
+}
+
+/// Waits until every process of container `id` has verdict `want` (a container first seen
+/// before its pod's metadata, or before its image is indexed, is `unverifiable` until a
+/// later scan), and returns them.
+fn judged(agent: &Agent, id: &str, want: &str) -> Vec<Value> {
+    wait_for(
+        &format!("image verdicts {want} of container {id}"),
+        SCANS_TIMEOUT,
+        || {
+            let report = report(agent)?;
+            let ps = processes_of(&report, id);
+            let settled = |p: &Value| {
+                let reason = p["image_verdict"]["reason"].as_str().unwrap_or_default();
+                p["image_verdict"]["verdict"] == want
+                    && !reason.starts_with("indexing")
+                    && !reason.starts_with("image unknown")
+            };
+            let pending = !ps.iter().all(settled);
+            if ps.is_empty() || pending {
+                Err(format!(
+                    "{:?}",
+                    ps.iter().map(|p| &p["image_verdict"]).collect::<Vec<_>>()
+                ))
+            } else {
+                Ok(ps)
+            }
+        },
+    )
+}
+
+/// `ctr content get DIGEST` as JSON.
+fn content_json(bed: &Bed, digest: &str) -> Value {
+    let out = bed.ctr(&["content", "get", digest]).ok();
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("ctr content get {digest} printed no JSON ({e})\n{out}"))
+}
+
+/// The pod's `imageID` (imported images: `sha256:<config digest>`) and the config's only
+/// `diff_id`, as containerd holds them.
+fn image_of(bed: &Bed, pod: &Value) -> (String, String) {
+    let image_id = pod["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .expect("imageID")
+        .to_string();
+    let config = content_json(bed, &image_id);
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
+    assert_eq!(diff_ids.len(), 1, "one-layer images here: {config}");
+    (image_id, diff_ids[0].as_str().unwrap().to_string())
+}
+
+/// The layer blob of an uncompressed layer (its digest is its diff_id) in containerd's
+/// content store.
+fn layer_blob(bed: &Bed, diff_id: &str) -> PathBuf {
+    let hex = diff_id.strip_prefix("sha256:").expect("sha256 diff_id");
+    bed.dir
+        .join("containerd/root/io.containerd.content.v1.content/blobs/sha256")
+        .join(hex)
+}
+
+/// `tar -xOf BLOB MEMBER | sha256sum`.
+fn member_sha256(blob: &Path, member: &str) -> String {
+    let script = format!("tar -xOf '{}' '{member}' | sha256sum", blob.display());
+    let out = cmd::run("bash", &["-c", &script]).ok();
+    out.stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = cmd::run("sha256sum", &[path]).ok();
+    out.stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A one-layer image of the bed's busybox root with a marker file of its own (so its layer,
+/// snapshot and diff_id are its alone), imported into containerd as `NAME:1`.
+fn dedicated_image(bed: &Bed, name: &str) -> String {
+    let root = bed.dir.join(format!("images/{name}"));
+    let out = cmd::run(
+        "cp",
+        &[
+            "-a",
+            bed.dir.join("images/busybox").to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+    );
+    assert!(out.success(), "{out}");
+    fs::write(root.join("etc/marker"), format!("{name}\n")).unwrap();
+    let reference = format!("localhost/{}/{name}:1", bed.var("REALNODE_PREFIX"));
+    let tar = bed.dir.join(format!("images/{name}.tar"));
+    let out = cmd::run(
+        "python3",
+        &[
+            script("oci-image.py").to_str().unwrap(),
+            root.to_str().unwrap(),
+            &reference,
+            tar.to_str().unwrap(),
+        ],
+    );
+    assert!(out.success(), "{out}");
+    bed.ctr(&["images", "import", tar.to_str().unwrap()]).ok();
+    reference
+}
+
+/// Starts pod `name` running `sleep` from `image`, and waits for it to run.
+fn run_pod(bed: &Bed, name: &str, image: &str) -> Value {
+    let mut manifest = pod_manifest(bed, name);
+    manifest["spec"]["containers"][0]["image"] = json!(image);
+    bed.kubectl_apply(&manifest);
+    bed.remember_pod_uid(name);
+    wait_for(
+        &format!("pod {name} Running"),
+        Duration::from_secs(90),
+        || {
+            let pod = bed.pod(name);
+            pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                .as_str()
+                .map(|_| pod.clone())
+                .ok_or_else(|| format!("{}", pod["status"]))
+        },
+    )
+}
+
+fn delete_pod(bed: &Bed, name: &str) {
+    bed.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "realnode",
+        name,
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+}
+
+fn mismatch_findings(agent: &Agent, id: &str) -> Vec<Value> {
+    agent
+        .findings()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f["kind"] == "image_content_mismatch" && f["container_id"] == id)
+        .collect()
+}
+
+#[test]
+fn every_process_of_an_untouched_image_is_verified_by_the_layer_its_blob_holds() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let state = tempfile::tempdir().unwrap();
+    let agent = image_agent(bed, "imgv-verified", state.path());
+    let pod = bed.pod("burstable");
+    let id = only_container_id(&pod);
+    let (image_id, diff_id) = image_of(bed, &pod);
+    let blob = layer_blob(bed, &diff_id);
+    let busybox = member_sha256(&blob, "./bin/busybox");
+    assert_eq!(
+        busybox.len(),
+        64,
+        "tar -xO of {} gave no digest",
+        blob.display()
+    );
+
+    let processes = judged(&agent, &id, "verified");
+    for p in &processes {
+        assert_eq!(p["image_verdict"]["verdict"], "verified", "{p}");
+        assert_eq!(p["image_verdict"]["layer"], diff_id.as_str(), "{p}");
+        if p["exe"] == "/bin/busybox" {
+            assert_eq!(
+                p["sha256"],
+                busybox.as_str(),
+                "the blob's file is the process's: {p}"
+            );
+        }
+    }
+    let report = report(&agent).unwrap();
+    let container = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("the container in the report");
+    assert_eq!(container["image"]["reference"], image_id.as_str());
+    assert_eq!(container["image"]["config_digest"], image_id.as_str());
+    assert_eq!(container["image"]["layers"], json!([diff_id]));
+    assert!(container["image"]["unverifiable"].is_null(), "{container}");
+    assert!(mismatch_findings(&agent, &id).is_empty());
+    let verified = agent
+        .metric("nodeguard_image_verdicts{verdict=\"verified\"}")
+        .unwrap_or(0.0);
+    assert!(verified >= processes.len() as f64, "metric: {verified}");
+
+    // A restart with the same state directory reads no layer again.
+    agent.stop();
+    let agent = image_agent(bed, "imgv-restarted", state.path());
+    let again = judged(&agent, &id, "verified");
+    assert!(
+        again
+            .iter()
+            .all(|p| p["image_verdict"]["verdict"] == "verified"),
+        "{again:?}"
+    );
+    assert_eq!(
+        agent.metric("nodeguard_image_layers_indexed_total"),
+        Some(0.0),
+        "every layer index came from disk"
+    );
+    // The progress reaches the metrics every few seconds.
+    wait_for("layers taken from disk", Duration::from_secs(20), || {
+        let n = agent
+            .metric("nodeguard_image_layers_from_disk_total")
+            .unwrap_or(0.0);
+        if n >= 1.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    agent.stop();
+}
+
+#[test]
+fn a_binary_altered_in_the_unpacked_snapshot_is_an_image_content_mismatch_naming_the_layer() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let name = format!("imgv-alter-{}", support::random_hex(3));
+    let image = dedicated_image(bed, &name);
+    let state = tempfile::tempdir().unwrap();
+    let agent = image_agent(bed, "imgv-alter", state.path());
+
+    // Pod A shows where containerd unpacked the image: the overlay's lowerdir, as the kernel
+    // mounted it.
+    let first = format!("{name}-a");
+    let pod = run_pod(bed, &first, &image);
+    let id = only_container_id(&pod);
+    let (image_id, diff_id) = image_of(bed, &pod);
+    let pid = bed.ctr_tasks()[&id];
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let lower = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .and_then(|l| l.split("lowerdir=").nth(1))
+        .and_then(|o| o.split([',', ':']).next())
+        .unwrap_or_else(|| panic!("no overlay root in /proc/{pid}/mountinfo:\n{mountinfo}"))
+        .to_string();
+    assert!(
+        lower.contains("io.containerd.snapshotter.v1.overlayfs/snapshots/"),
+        "{lower}"
+    );
+    // Indexed and verified before anything is altered.
+    let ps = judged(&agent, &id, "verified");
+    assert!(
+        ps.iter()
+            .all(|p| p["image_verdict"]["verdict"] == "verified"),
+        "{ps:?}"
+    );
+    delete_pod(bed, &first);
+
+    // Rewrite busybox in the snapshot (a new file renamed over it: what `cp` onto a lower
+    // layer amounts to), still a working busybox.
+    let target = Path::new(&lower).join("bin/busybox");
+    let expected = member_sha256(&layer_blob(bed, &diff_id), "./bin/busybox");
+    let altered = Path::new(&lower).join("bin/.busybox-altered");
+    fs::copy(&target, &altered).unwrap();
+    let mut f = fs::OpenOptions::new().append(true).open(&altered).unwrap();
+    f.write_all(b"\0altered on the node\0").unwrap();
+    drop(f);
+    fs::rename(&altered, &target).unwrap();
+    let actual = sha256sum(&target);
+    assert_ne!(actual, expected);
+
+    let second = format!("{name}-b");
+    let pod = run_pod(bed, &second, &image);
+    let running_at = Instant::now();
+    let id = only_container_id(&pod);
+    let found = wait_for(
+        &format!("image_content_mismatch in {id}"),
+        SCANS_TIMEOUT,
+        || {
+            mismatch_findings(&agent, &id)
+                .into_iter()
+                .find(|f| f["path"] == "/bin/busybox")
+                .ok_or_else(|| format!("{:?}", agent.findings()))
+        },
+    );
+    let took = running_at.elapsed();
+    assert!(
+        took <= Duration::from_secs(INTERVAL_SECS * 2 + 5),
+        "found {took:?} after the pod ran: more than a scan interval ({INTERVAL_SECS} s) and slack"
+    );
+    assert_eq!(found["severity"], "critical", "{found}");
+    assert_eq!(found["sha256"], actual.as_str(), "{found}");
+    let message = found["message"].as_str().unwrap();
+    for part in [
+        format!("layer {diff_id}"),
+        format!("expected sha256 {expected}"),
+        format!("actual sha256 {actual}"),
+        image.clone(),
+        image_id.clone(),
+        "/bin/busybox".to_string(),
+    ] {
+        assert!(message.contains(&part), "{part} not in {message}");
+    }
+    delete_pod(bed, &second);
+    agent.stop();
+}
+
+#[test]
+fn a_deleted_layer_blob_makes_its_containers_unverifiable_with_the_reason_and_no_finding() {
+    let bed = require_bed!();
+    let _alone = changing();
+    let name = format!("imgv-gone-{}", support::random_hex(3));
+    let image = dedicated_image(bed, &name);
+    let pod = run_pod(bed, &name, &image);
+    let id = only_container_id(&pod);
+    let (_, diff_id) = image_of(bed, &pod);
+    // What containerd's discard_unpacked_layers leaves: the snapshot, not the blob.
+    let blob = layer_blob(bed, &diff_id);
+    fs::remove_file(&blob).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let agent = image_agent(bed, "imgv-gone", state.path());
+    let ps = judged(&agent, &id, "unverifiable");
+    for p in &ps {
+        assert_eq!(p["image_verdict"]["verdict"], "unverifiable", "{p}");
+    }
+    let reason = ps[0]["image_verdict"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = diff_id.trim_start_matches("sha256:");
+    assert!(
+        reason.contains(hex) || reason.contains("discard"),
+        "{reason}"
+    );
+    let report = report(&agent).unwrap();
+    let container = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        container["image"]["unverifiable"],
+        reason.as_str(),
+        "said once, per container"
+    );
+    agent.wait_scans(1);
+    assert!(mismatch_findings(&agent, &id).is_empty());
+    delete_pod(bed, &name);
+    agent.stop();
+}
+
+#[test]
+fn podman_containers_are_verified_from_containers_storage() {
+    let bed = require_bed!();
+    let _shared = looking();
+    let state = tempfile::tempdir().unwrap();
+    let agent = image_agent(bed, "imgv-podman", state.path());
+    let [name, _] = bed.podman_names();
+    let inspect = bed.podman_inspect(&name);
+    let id = inspect["Id"].as_str().expect("Id").to_string();
+    let image_id = inspect["Image"].as_str().expect("Image").to_string();
+    let image = bed.podman(&["image", "inspect", &image_id]).ok();
+    let image: Value = serde_json::from_str(&image.stdout).unwrap();
+    let layers = image[0]["RootFS"]["Layers"].clone();
+    let mount = bed.podman(&["image", "mount", &image_id]).ok();
+    let busybox = sha256sum(&Path::new(mount.stdout.trim()).join("bin/busybox"));
+    bed.podman(&["image", "unmount", &image_id]);
+
+    let ps = judged(&agent, &id, "verified");
+    for p in &ps {
+        assert_eq!(json!([p["image_verdict"]["layer"]]), layers, "{p}");
+        if p["exe"] == "/bin/busybox" {
+            assert_eq!(p["sha256"], busybox.as_str(), "{p}");
+        }
+    }
+    let report = report(&agent).unwrap();
+    let container = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        container["image"]["source"], "containers_storage",
+        "{container}"
+    );
+    assert_eq!(
+        container["image"]["reference"],
+        image_id.as_str(),
+        "{container}"
+    );
+    agent.stop();
+}
