@@ -578,6 +578,12 @@ fn exec_event_series_follow_the_state() {
         lost: 3,
         unread: 7,
         passes: 40,
+        held: 110,
+        unheld: nodeguard_model::UnheldExecs {
+            exited: 4,
+            budget: 2,
+            ..Default::default()
+        },
     };
     metrics.state_changed(&Arc::new(state.clone()));
     let out = scrape(&registry);
@@ -588,6 +594,10 @@ fn exec_event_series_follow_the_state() {
         "nodeguard_exec_events_lost_total 3",
         "nodeguard_exec_processes_unread_total 7",
         "nodeguard_exec_passes_total 40",
+        "nodeguard_exec_processes_held_total 110",
+        "nodeguard_exec_events_unheld_total{reason=\"exited\"} 4",
+        "nodeguard_exec_events_unheld_total{reason=\"budget\"} 2",
+        "nodeguard_exec_events_unheld_total{reason=\"reused\"} 0",
     ] {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
     }
