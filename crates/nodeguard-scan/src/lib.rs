@@ -9,6 +9,7 @@
 //! Nothing here publishes anything: sinks (CLI output, metrics, HTTP API, Kubernetes
 //! Events) receive the finished report.
 
+pub use nodeguard_collect::held::{HeldProcess, HoldStats, Holder, Unheld, HOLD_BUDGET_DEFAULT};
 use nodeguard_collect::{CollectOptions, CollectedProcess, Collector, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
@@ -18,7 +19,7 @@ use nodeguard_model::{
 };
 pub use nodeguard_model::{NoPods, PodLookup};
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -331,6 +332,7 @@ impl Scanner {
                 policy,
                 digests,
                 processes,
+                &HashMap::new(),
                 &mut stats,
                 &mut warnings,
             );
@@ -568,6 +570,33 @@ impl Scanner {
         pids: &[i32],
         pods: &dyn PodLookup,
     ) -> Result<ExecPassStats, Error> {
+        self.read_held_execs(pids, Vec::new(), pods)
+    }
+
+    /// [`Scanner::read_execs`] of `pids` and of the processes `held` when their exec event
+    /// arrived ([`Holder`]): those are read from what was captured while they ran and
+    /// hashed from their held executable, so a process that lived for a millisecond is
+    /// read with its digest. A held process's pid need not be in `pids`.
+    pub fn read_held_execs(
+        &mut self,
+        pids: &[i32],
+        held: Vec<HeldProcess>,
+        pods: &dyn PodLookup,
+    ) -> Result<ExecPassStats, Error> {
+        let mut pids = pids.to_vec();
+        let mut dirs = Vec::with_capacity(held.len());
+        let mut exes = HashMap::with_capacity(held.len());
+        for process in held {
+            let (dir, exe) = process.into_parts();
+            if !pids.contains(&dir.pid) {
+                pids.push(dir.pid);
+            }
+            if let Some(exe) = exe {
+                exes.insert(dir.pid, exe);
+            }
+            dirs.push(dir);
+        }
+        let pids = pids.as_slice();
         self.collector.execs_seen(pids);
         let wanted: Vec<i32> = pids.iter().chain(self.held_back.keys()).copied().collect();
         let Snapshot {
@@ -576,7 +605,7 @@ impl Scanner {
             stats: mut pass_stats,
             mut warnings,
             ..
-        } = nodeguard_collect::collect_pids(&self.options.collect, &wanted)?;
+        } = nodeguard_collect::collect_held(&self.options.collect, &wanted, dirs)?;
         let held = self.hold_back_runtime_init(&mut collected, &mut fresh);
         if !self.options.show_secrets {
             redact_cmdlines(&mut collected);
@@ -586,6 +615,7 @@ impl Scanner {
             &self.policy,
             &self.digests,
             collected,
+            &exes,
             &mut pass_stats,
             &mut warnings,
         );
@@ -1008,14 +1038,16 @@ fn under(host_root: &Path, host_path: &str) -> PathBuf {
     host_root.join(std::ffi::OsStr::from_bytes(relative))
 }
 
-/// The executables' digests (from the cache, or read through `/proc/PID/exe` on a miss),
-/// filled into the processes; a process that exited before its executable could be read is
-/// dropped and counted as vanished.
+/// The executables' digests (from the cache, or read on a miss: through the executable held
+/// at the exec, `held_exes` by pid, else `/proc/PID/exe`), filled into the processes; a
+/// process that exited before its executable could be read is dropped and counted as
+/// vanished.
 fn hash_executables(
     options: &ScanOptions,
     policy: &Policy,
     digests: &DigestCache,
     collected: Vec<CollectedProcess>,
+    held_exes: &HashMap<i32, std::fs::File>,
     stats: &mut ScanStats,
     warnings: &mut Vec<String>,
 ) -> Vec<Process> {
@@ -1038,7 +1070,10 @@ fn hash_executables(
     let results = hash_keyed(
         digests,
         &keys,
-        |i| exe_path(proc_root, pids[i]),
+        |i| match held_exes.get(&pids[i]) {
+            Some(exe) => held_exe_path(exe),
+            None => exe_path(proc_root, pids[i]),
+        },
         algorithms,
         options.max_hash_size,
         options.threads,
@@ -1157,6 +1192,14 @@ fn redact_cmdlines(processes: &mut [CollectedProcess]) {
 
 fn exe_path(proc_root: &Path, pid: i32) -> PathBuf {
     proc_root.join(pid.to_string()).join("exe")
+}
+
+/// A path that opens the file `exe` is open on: the agent's own descriptor, through its own
+/// `/proc/self/fd` (a deleted file or a memfd reopens too). The file stays what it was when
+/// the process was held, whatever happened to the process since.
+fn held_exe_path(exe: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", exe.as_raw_fd()))
 }
 
 /// The digests every scan computes, of executables and files alike: what was asked for, and
