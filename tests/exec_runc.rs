@@ -687,3 +687,152 @@ fn a_dropped_script_run_briefly_is_drift_within_two_seconds() {
     drop(container);
     drop(image);
 }
+
+/// A static binary built from `tests/support/short_lived/NAME.c` (cached under the test
+/// artifacts), or `None` with the compiler's complaint when gcc cannot build it.
+fn static_helper(name: &str, source: &str) -> Option<PathBuf> {
+    let dir = support::artifacts_dir();
+    let bin = dir.join(format!("short-lived-{name}"));
+    if bin.exists() {
+        return Some(bin);
+    }
+    let src = dir.join(format!("{name}-{}.c", std::process::id()));
+    fs::write(&src, source).ok()?;
+    let tmp = dir.join(format!("{name}-{}", std::process::id()));
+    let out = support::cmd::run(
+        "gcc",
+        &["-static", "-Os", "-o", tmp.to_str()?, src.to_str()?],
+    );
+    let _ = fs::remove_file(&src);
+    if !out.success() {
+        eprintln!("cannot build {name}:\n{out}");
+        return None;
+    }
+    fs::rename(&tmp, &bin).ok()?;
+    Some(bin)
+}
+
+/// `bytes` with a random tag after them: a static binary that still runs, with a digest no
+/// other file on the node has.
+fn tagged(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(format!("short-lived {}", support::random_hex(8)).as_bytes());
+    out
+}
+
+/// Issue 20: processes living a millisecond were missed (the exec event arrived, the read
+/// came too late). A binary dropped in the writable layer and run once, and a program run
+/// from a memfd, each exiting after 1 ms (`runc exec` has returned, so both are gone and
+/// reaped before anything is asked), are on `/v1/findings` — `binary_drift` with the
+/// dropped file's digest, `deleted_executable` for the memfd — and the memfd process is on
+/// `/v1/processes` with the digest of the program copied into it, both digests by
+/// `sha256sum`. No scan helped (interval an hour).
+#[test]
+fn a_dropped_binary_and_a_memfd_exec_living_a_millisecond_are_read_with_their_digests() {
+    require_containers!();
+    let _host_execs = calm();
+    let helpers = (
+        static_helper("brief", include_str!("support/short_lived/brief.c")),
+        static_helper(
+            "memfd-exec",
+            include_str!("support/short_lived/memfd_exec.c"),
+        ),
+    );
+    let (Some(brief), Some(memfd_exec)) = helpers else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set, but gcc cannot build the static helpers (apt-get install gcc libc6-dev)"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: gcc cannot build static helpers (apt-get install gcc libc6-dev)\n"
+        );
+        return;
+    };
+    let brief = fs::read(brief).unwrap();
+    let image = Image::busybox_owned("exechold");
+    image.add_file("/bin/memfd-exec", &fs::read(memfd_exec).unwrap(), 0o755);
+    image.add_file("/payload", &tagged(&brief), 0o755);
+    let payload_digest = image.sha256("/payload");
+    let container = ContainerSpec::new(&image).start();
+    let dropped = container.upper_dir.join("tmp/brief");
+    fs::create_dir_all(dropped.parent().unwrap()).unwrap();
+    fs::write(&dropped, tagged(&brief)).unwrap();
+    fs::set_permissions(
+        &dropped,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dropped_digest = support::oracle::sha256sum(&dropped);
+    let agent = as_deployed(&["--interval", "1h", "--fs-interval", "1h"]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+
+    // `runc exec` without -d returns when the process has exited and was reaped.
+    let out = container.runc(&["exec", &container.id, "/tmp/brief"]);
+    assert!(out.success(), "runc exec failed\n{out}");
+    let drift = wait_for_every(
+        Duration::from_millis(50),
+        "binary_drift of /tmp/brief on /v1/findings",
+        EXEC_TO_FINDING,
+        || {
+            let all = agent.findings(&format!("kind=binary_drift&container={}", container.id));
+            all.into_iter()
+                .find(|f| f["path"] == "/tmp/brief")
+                .ok_or_else(|| format!("not yet; log:\n{}", agent.log_text()))
+        },
+    );
+    assert_eq!(drift["sha256"], dropped_digest.as_str(), "{drift}");
+
+    let out = container.runc(&["exec", &container.id, "/bin/memfd-exec", "/payload"]);
+    assert!(out.success(), "runc exec of the memfd helper failed\n{out}");
+    let fileless = wait_for_every(
+        Duration::from_millis(50),
+        "deleted_executable of the memfd on /v1/findings",
+        EXEC_TO_FINDING,
+        || {
+            let all = agent.findings(&format!(
+                "kind=deleted_executable&container={}",
+                container.id
+            ));
+            all.into_iter()
+                .find(|f| {
+                    f["path"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("/memfd:payload"))
+                })
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
+    let pid = fileless["pid"].as_i64().expect("the finding names the pid");
+    let listed = wait_for_every(
+        Duration::from_millis(50),
+        "the memfd process on /v1/processes",
+        EXEC_TO_FINDING,
+        || {
+            let answer = agent.get_json(&format!("/v1/processes?container={}", container.id));
+            answer["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["pid"].as_i64() == Some(pid))
+                .cloned()
+                .ok_or_else(|| format!("pid {pid} not listed: {answer}"))
+        },
+    );
+    assert_eq!(listed["sha256"], payload_digest.as_str(), "{listed}");
+    assert_eq!(listed["exe_deleted"], true, "{listed}");
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "a process scan ran; the reads must come from the execs"
+    );
+    // /metrics renders at most once a second.
+    wait_for(
+        "nodeguard_exec_processes_held_total >= 2",
+        Duration::from_secs(3),
+        || match agent.metric("nodeguard_exec_processes_held_total") {
+            Some(n) if n >= 2.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
