@@ -712,6 +712,32 @@ fn static_helper(name: &str, source: &str) -> Option<PathBuf> {
     Some(bin)
 }
 
+/// Runs of a millisecond process the short-lived test allows per kind.
+const SHORT_LIVED_ATTEMPTS: usize = 3;
+
+/// `runc exec` of `args` (waiting for the process to exit), then `found` polled every 50 ms
+/// for [`EXEC_TO_FINDING`]; again, up to [`SHORT_LIVED_ATTEMPTS`] runs in all.
+fn run_until_found(
+    container: &Container,
+    args: &[&str],
+    found: impl Fn() -> Option<Value>,
+) -> Option<Value> {
+    for _ in 0..SHORT_LIVED_ATTEMPTS {
+        let mut full = vec!["exec", container.id.as_str()];
+        full.extend_from_slice(args);
+        let out = container.runc(&full);
+        assert!(out.success(), "runc exec failed\n{out}");
+        let deadline = std::time::Instant::now() + EXEC_TO_FINDING;
+        while std::time::Instant::now() < deadline {
+            if let Some(f) = found() {
+                return Some(f);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    None
+}
+
 /// `bytes` with a random tag after them: a static binary that still runs, with a digest no
 /// other file on the node has.
 fn tagged(bytes: &[u8]) -> Vec<u8> {
@@ -727,10 +753,15 @@ fn tagged(bytes: &[u8]) -> Vec<u8> {
 /// dropped file's digest, `deleted_executable` for the memfd — and the memfd process is on
 /// `/v1/processes` with the digest of the program copied into it, both digests by
 /// `sha256sum`. No scan helped (interval an hour).
+///
+/// Whether a process living 1 ms is held depends on the event thread getting a CPU within
+/// that millisecond: on the shared 2-core test machine at load 20, 74-96 of 100 were
+/// (`bench/short_lived_bench.sh` measures the rate). So each kind gets up to
+/// [`SHORT_LIVED_ATTEMPTS`] runs (each a new process, the same file) and the test runs alone.
 #[test]
 fn a_dropped_binary_and_a_memfd_exec_living_a_millisecond_are_read_with_their_digests() {
     require_containers!();
-    let _host_execs = calm();
+    let _host_execs = storming();
     let helpers = (
         static_helper("brief", include_str!("support/short_lived/brief.c")),
         static_helper(
@@ -768,41 +799,39 @@ fn a_dropped_binary_and_a_memfd_exec_living_a_millisecond_are_read_with_their_di
     require_netlink(&agent);
 
     // `runc exec` without -d returns when the process has exited and was reaped.
-    let out = container.runc(&["exec", &container.id, "/tmp/brief"]);
-    assert!(out.success(), "runc exec failed\n{out}");
-    let drift = wait_for_every(
-        Duration::from_millis(50),
-        "binary_drift of /tmp/brief on /v1/findings",
-        EXEC_TO_FINDING,
-        || {
-            let all = agent.findings(&format!("kind=binary_drift&container={}", container.id));
-            all.into_iter()
-                .find(|f| f["path"] == "/tmp/brief")
-                .ok_or_else(|| format!("not yet; log:\n{}", agent.log_text()))
-        },
-    );
+    let drift = run_until_found(&container, &["/tmp/brief"], || {
+        agent
+            .findings(&format!("kind=binary_drift&container={}", container.id))
+            .into_iter()
+            .find(|f| f["path"] == "/tmp/brief")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no binary_drift of /tmp/brief after {SHORT_LIVED_ATTEMPTS} runs; log:\n{}",
+            agent.log_text()
+        )
+    });
     assert_eq!(drift["sha256"], dropped_digest.as_str(), "{drift}");
 
-    let out = container.runc(&["exec", &container.id, "/bin/memfd-exec", "/payload"]);
-    assert!(out.success(), "runc exec of the memfd helper failed\n{out}");
-    let fileless = wait_for_every(
-        Duration::from_millis(50),
-        "deleted_executable of the memfd on /v1/findings",
-        EXEC_TO_FINDING,
-        || {
-            let all = agent.findings(&format!(
+    let fileless = run_until_found(&container, &["/bin/memfd-exec", "/payload"], || {
+        agent
+            .findings(&format!(
                 "kind=deleted_executable&container={}",
                 container.id
-            ));
-            all.into_iter()
-                .find(|f| {
-                    f["path"]
-                        .as_str()
-                        .is_some_and(|p| p.starts_with("/memfd:payload"))
-                })
-                .ok_or_else(|| "not yet".to_string())
-        },
-    );
+            ))
+            .into_iter()
+            .find(|f| {
+                f["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/memfd:payload"))
+            })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no deleted_executable of the memfd after {SHORT_LIVED_ATTEMPTS} runs; log:\n{}",
+            agent.log_text()
+        )
+    });
     let pid = fileless["pid"].as_i64().expect("the finding names the pid");
     let listed = wait_for_every(
         Duration::from_millis(50),
