@@ -687,3 +687,181 @@ fn a_dropped_script_run_briefly_is_drift_within_two_seconds() {
     drop(container);
     drop(image);
 }
+
+/// A static binary built from `tests/support/short_lived/NAME.c` (cached under the test
+/// artifacts), or `None` with the compiler's complaint when gcc cannot build it.
+fn static_helper(name: &str, source: &str) -> Option<PathBuf> {
+    let dir = support::artifacts_dir();
+    let bin = dir.join(format!("short-lived-{name}"));
+    if bin.exists() {
+        return Some(bin);
+    }
+    let src = dir.join(format!("{name}-{}.c", std::process::id()));
+    fs::write(&src, source).ok()?;
+    let tmp = dir.join(format!("{name}-{}", std::process::id()));
+    let out = support::cmd::run(
+        "gcc",
+        &["-static", "-Os", "-o", tmp.to_str()?, src.to_str()?],
+    );
+    let _ = fs::remove_file(&src);
+    if !out.success() {
+        eprintln!("cannot build {name}:\n{out}");
+        return None;
+    }
+    fs::rename(&tmp, &bin).ok()?;
+    Some(bin)
+}
+
+/// Runs of a millisecond process the short-lived test allows per kind.
+const SHORT_LIVED_ATTEMPTS: usize = 3;
+
+/// `runc exec` of `args` (waiting for the process to exit), then `found` polled every 50 ms
+/// for [`EXEC_TO_FINDING`]; again, up to [`SHORT_LIVED_ATTEMPTS`] runs in all.
+fn run_until_found(
+    container: &Container,
+    args: &[&str],
+    found: impl Fn() -> Option<Value>,
+) -> Option<Value> {
+    for _ in 0..SHORT_LIVED_ATTEMPTS {
+        let mut full = vec!["exec", container.id.as_str()];
+        full.extend_from_slice(args);
+        let out = container.runc(&full);
+        assert!(out.success(), "runc exec failed\n{out}");
+        let deadline = std::time::Instant::now() + EXEC_TO_FINDING;
+        while std::time::Instant::now() < deadline {
+            if let Some(f) = found() {
+                return Some(f);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    None
+}
+
+/// `bytes` with a random tag after them: a static binary that still runs, with a digest no
+/// other file on the node has.
+fn tagged(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(format!("short-lived {}", support::random_hex(8)).as_bytes());
+    out
+}
+
+/// Issue 20: processes living a millisecond were missed (the exec event arrived, the read
+/// came too late). A binary dropped in the writable layer and run once, and a program run
+/// from a memfd, each exiting after 1 ms (`runc exec` has returned, so both are gone and
+/// reaped before anything is asked), are on `/v1/findings` — `binary_drift` with the
+/// dropped file's digest, `deleted_executable` for the memfd — and the memfd process is on
+/// `/v1/processes` with the digest of the program copied into it, both digests by
+/// `sha256sum`. No scan helped (interval an hour).
+///
+/// Whether a process living 1 ms is held depends on the event thread getting a CPU within
+/// that millisecond: on the shared 2-core test machine at load 20, 74-96 of 100 were
+/// (`bench/short_lived_bench.sh` measures the rate). So each kind gets up to
+/// [`SHORT_LIVED_ATTEMPTS`] runs (each a new process, the same file) and the test runs alone.
+#[test]
+fn a_dropped_binary_and_a_memfd_exec_living_a_millisecond_are_read_with_their_digests() {
+    require_containers!();
+    let _host_execs = storming();
+    let helpers = (
+        static_helper("brief", include_str!("support/short_lived/brief.c")),
+        static_helper(
+            "memfd-exec",
+            include_str!("support/short_lived/memfd_exec.c"),
+        ),
+    );
+    let (Some(brief), Some(memfd_exec)) = helpers else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set, but gcc cannot build the static helpers (apt-get install gcc libc6-dev)"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: gcc cannot build static helpers (apt-get install gcc libc6-dev)\n"
+        );
+        return;
+    };
+    let brief = fs::read(brief).unwrap();
+    let image = Image::busybox_owned("exechold");
+    image.add_file("/bin/memfd-exec", &fs::read(memfd_exec).unwrap(), 0o755);
+    image.add_file("/payload", &tagged(&brief), 0o755);
+    let payload_digest = image.sha256("/payload");
+    let container = ContainerSpec::new(&image).start();
+    let dropped = container.upper_dir.join("tmp/brief");
+    fs::create_dir_all(dropped.parent().unwrap()).unwrap();
+    fs::write(&dropped, tagged(&brief)).unwrap();
+    fs::set_permissions(
+        &dropped,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dropped_digest = support::oracle::sha256sum(&dropped);
+    let agent = as_deployed(&["--interval", "1h", "--fs-interval", "1h"]);
+    let scans_before = wait_first_scans(&agent);
+    require_netlink(&agent);
+
+    // `runc exec` without -d returns when the process has exited and was reaped.
+    let drift = run_until_found(&container, &["/tmp/brief"], || {
+        agent
+            .findings(&format!("kind=binary_drift&container={}", container.id))
+            .into_iter()
+            .find(|f| f["path"] == "/tmp/brief")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no binary_drift of /tmp/brief after {SHORT_LIVED_ATTEMPTS} runs; log:\n{}",
+            agent.log_text()
+        )
+    });
+    assert_eq!(drift["sha256"], dropped_digest.as_str(), "{drift}");
+
+    let fileless = run_until_found(&container, &["/bin/memfd-exec", "/payload"], || {
+        agent
+            .findings(&format!(
+                "kind=deleted_executable&container={}",
+                container.id
+            ))
+            .into_iter()
+            .find(|f| {
+                f["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/memfd:payload"))
+            })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no deleted_executable of the memfd after {SHORT_LIVED_ATTEMPTS} runs; log:\n{}",
+            agent.log_text()
+        )
+    });
+    let pid = fileless["pid"].as_i64().expect("the finding names the pid");
+    let listed = wait_for_every(
+        Duration::from_millis(50),
+        "the memfd process on /v1/processes",
+        EXEC_TO_FINDING,
+        || {
+            let answer = agent.get_json(&format!("/v1/processes?container={}", container.id));
+            answer["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["pid"].as_i64() == Some(pid))
+                .cloned()
+                .ok_or_else(|| format!("pid {pid} not listed: {answer}"))
+        },
+    );
+    assert_eq!(listed["sha256"], payload_digest.as_str(), "{listed}");
+    assert_eq!(listed["exe_deleted"], true, "{listed}");
+    assert_eq!(
+        process_scans(&agent),
+        scans_before,
+        "a process scan ran; the reads must come from the execs"
+    );
+    // /metrics renders at most once a second.
+    wait_for(
+        "nodeguard_exec_processes_held_total >= 2",
+        Duration::from_secs(3),
+        || match agent.metric("nodeguard_exec_processes_held_total") {
+            Some(n) if n >= 2.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}

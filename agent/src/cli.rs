@@ -314,6 +314,13 @@ pub enum ExecEventsArg {
     Off,
 }
 
+/// Whether exec'd processes are held as their event arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecHoldArg {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthArg {
     /// On with a cluster when the API listens beyond loopback.
@@ -451,6 +458,13 @@ pub struct RunArgs {
         env = "NODEGUARD_EXEC_EVENTS"
     )]
     pub exec_events: ExecEventsArg,
+
+    /// Take hold of each exec'd process as its event arrives — its /proc directory, its
+    /// executable and the small files read later — so that one living a millisecond is
+    /// still read and hashed (`on`), or read it by pid with its batch (`off`, the old way;
+    /// for comparison).
+    #[arg(long, value_enum, default_value = "on", env = "NODEGUARD_EXEC_HOLD")]
+    pub exec_hold: ExecHoldArg,
 
     /// How long a process read at exec stays reported after it exits (its findings stay
     /// open at least this long, and until the next scan after that).

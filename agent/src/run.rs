@@ -1,7 +1,7 @@
 //! `nodeguard run`: wires the daemon, metrics, the HTTP API and (when in a cluster) pod
 //! metadata and Events, then waits for a signal.
 
-use crate::cli::{AuthArg, ExecEventsArg, RunArgs, TlsArg, TlsMinVersionArg};
+use crate::cli::{AuthArg, ExecEventsArg, ExecHoldArg, RunArgs, TlsArg, TlsMinVersionArg};
 use anyhow::{Context, Result};
 use nodeguard_api::{CertSource, ServerTls, TlsSettings, TlsVersion};
 use nodeguard_daemon::{Control, Daemon, ExecFeed, Schedule};
@@ -24,7 +24,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     limit_malloc_arenas();
     // Before any other thread exists: the subscription then drops CAP_NET_ADMIN for the whole
     // process (capabilities are per thread, later threads inherit the main thread's).
-    let exec_feed = exec_feed(args.exec_events, args.exec_buffer);
+    let exec_feed = exec_feed(
+        args.exec_events,
+        args.exec_buffer,
+        args.exec_hold,
+        &args.settings.proc_root,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Scans, /metrics renderings and report serialisation run here; few threads keep
@@ -51,7 +56,16 @@ const EXEC_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// probe (this binary with `--version`); when it cannot be had, why, logged once, and `None`
 /// (polling, as `nodeguard_exec_events_source` then says). Either way `CAP_NET_ADMIN`, needed
 /// only to subscribe, is dropped before this returns. Call it before any other thread starts.
-fn exec_feed(choice: ExecEventsArg, recv_buffer: u32) -> Option<ExecFeed> {
+///
+/// With `--exec-hold on` the reader thread takes hold of each exec'd process under
+/// `proc_root` as its event arrives (`nodeguard_scan::Holder`); a proc root that cannot be
+/// opened leaves the events bare (read by pid), said once.
+fn exec_feed(
+    choice: ExecEventsArg,
+    recv_buffer: u32,
+    hold: ExecHoldArg,
+    proc_root: &Path,
+) -> Option<ExecFeed> {
     if choice == ExecEventsArg::Off {
         log_net_admin_dropped(nodeguard_procevents::drop_net_admin());
         tracing::info!(
@@ -71,16 +85,35 @@ fn exec_feed(choice: ExecEventsArg, recv_buffer: u32) -> Option<ExecFeed> {
         }),
         drop_net_admin: true,
     };
-    match nodeguard_procevents::start(options) {
+    let holder = match hold {
+        ExecHoldArg::Off => None,
+        ExecHoldArg::On => {
+            match nodeguard_daemon::Holder::new(proc_root, nodeguard_daemon::HOLD_BUDGET_DEFAULT) {
+                Ok(holder) => Some(holder),
+                Err(e) => {
+                    tracing::warn!(error = %e, proc_root = %proc_root.display(), "cannot hold exec'd processes; each is read by pid with its batch");
+                    None
+                }
+            }
+        }
+    };
+    let hold_stats = holder.as_ref().map(|h| h.stats());
+    let started = nodeguard_procevents::start_holding(options, move |exec| {
+        let holder = holder.as_ref()?;
+        holder.hold(exec.pid, exec.timestamp_ns).ok()
+    });
+    match started {
         Ok(events) => {
             tracing::info!(
                 source = "netlink",
                 kernel_filter = events.filtered,
+                held = hold_stats.is_some(),
                 "exec events from the kernel's process-events connector (netlink): each exec is read and evaluated at once; CAP_NET_ADMIN, needed only to subscribe, dropped"
             );
             Some(ExecFeed {
                 receiver: events.receiver,
                 stats: events.stats,
+                hold_stats,
             })
         }
         Err(e) => {
@@ -157,6 +190,7 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
         exec_events = %crate::cli::value_name(args.exec_events),
         exec_retention = %crate::cli::format_duration(args.exec_retention),
         exec_buffer = args.exec_buffer,
+        exec_hold = %crate::cli::value_name(args.exec_hold),
         policy_reports = args.policy_reports,
         "nodeguard starting with this effective configuration"
     );

@@ -724,10 +724,29 @@ pub(crate) fn collect_with(
 /// processes other than pid 1, the pod's sandbox among several containers) is only as good
 /// as the pids given; the caller keeps what the last full pass said about known containers.
 pub(crate) fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
-    let mut pids: Vec<i32> = pids.iter().copied().filter(|p| *p > 0).collect();
+    collect_held(opts, pids, Vec::new())
+}
+
+/// [`collect_pids`] over `pids` and the processes `held` at their exec (`crate::held`):
+/// each of those is read through its handle, from what was captured while it ran, so one
+/// that has exited since is read as it was. The handles are closed when this returns.
+pub(crate) fn collect_held(
+    opts: &CollectOptions,
+    pids: &[i32],
+    held: Vec<PidDir>,
+) -> Result<Snapshot, Error> {
+    let mut pids: Vec<i32> = pids
+        .iter()
+        .copied()
+        .chain(held.iter().map(|d| d.pid))
+        .filter(|p| *p > 0)
+        .collect();
     pids.sort_unstable();
     pids.dedup();
-    collect_from(opts, Some(1), &mut Reuse::new(1), Some(pids))
+    let mut reuse = Reuse::new(1);
+    // Read through as kept handles with nothing remembered: a full read of each.
+    reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
+    collect_from(opts, Some(1), &mut reuse, Some(pids))
 }
 
 /// One pass over `only` (sorted) or, when `None`, every pid under the proc root.

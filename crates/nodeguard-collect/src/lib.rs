@@ -28,6 +28,7 @@ pub mod cgroup;
 mod collect;
 pub mod confinement;
 mod error;
+pub mod held;
 pub mod layer;
 pub mod limits;
 pub mod mountinfo;
@@ -129,6 +130,18 @@ pub fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
 /// cannot be opened.
 pub fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
     collect::collect_pids(opts, pids)
+}
+
+/// [`collect_pids`] for `pids` and the processes held at their exec (`held`, see [`held`]):
+/// those are read from what was captured while they ran, so a process that lived for a
+/// millisecond is read as it was. Their executables are hashed from the descriptors
+/// [`held::HeldProcess::into_parts`] gives beside the handles.
+pub fn collect_held(
+    opts: &CollectOptions,
+    pids: &[i32],
+    held: Vec<process::PidDir>,
+) -> Result<Snapshot, Error> {
+    collect::collect_held(opts, pids, held)
 }
 
 /// Collects again and again, reading in full only what is new or due.

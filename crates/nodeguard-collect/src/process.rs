@@ -446,6 +446,45 @@ pub struct PidDir {
     /// `openat`, `read` and `close`. Like the directory, it stays bound to the process it
     /// was opened on: once that one is gone, reads fail with ESRCH whoever has the pid now.
     status: OnceLock<File>,
+    /// What was read of the process when it was held at its exec ([`crate::held`]): served
+    /// in place of the files and links it holds, which are gone once the process is.
+    captured: Option<Captured>,
+}
+
+/// What was read of a process while it ran, when it was held at its exec (`crate::held`):
+/// files and links by name, and the stat of its executable.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub(crate) files: Vec<(&'static str, Vec<u8>)>,
+    pub(crate) links: Vec<(&'static str, Vec<u8>)>,
+    pub(crate) exe_identity: Option<FileIdentity>,
+    /// A count of captures alive that this one is part of, decremented when it is dropped
+    /// (the holder's budget).
+    pub(crate) counted_in: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl Captured {
+    fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+
+    fn link(&self, name: &str) -> Option<&[u8]> {
+        self.links
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        if let Some(count) = &self.counted_in {
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl PidDir {
@@ -462,8 +501,20 @@ impl PidDir {
             pid,
             fd,
             status: OnceLock::new(),
+            captured: None,
         })
         .map_err(|e| classify(pid, "", e.into()))
+    }
+
+    /// A handle on `/proc/PID` (`fd`) that serves what was `captured` of the process
+    /// before anything read through `fd`.
+    pub(crate) fn with_captured(pid: i32, fd: OwnedFd, captured: Captured) -> PidDir {
+        PidDir {
+            pid,
+            fd,
+            status: OnceLock::new(),
+            captured: Some(captured),
+        }
     }
 
     /// Reads at most `limit` bytes of a file into `buf` (cleared first). A short read ends
@@ -506,6 +557,11 @@ impl PidDir {
         limit: usize,
         short_read_ends: bool,
     ) -> Result<(), Failure> {
+        if let Some(bytes) = self.captured.as_ref().and_then(|c| c.file(file)) {
+            buf.clear();
+            buf.extend_from_slice(&bytes[..bytes.len().min(limit)]);
+            return Ok(());
+        }
         let mut handle = self.open_file(file)?;
         read_into(buf, limit, short_read_ends, |chunk, _| handle.read(chunk))
             .map_err(|e| classify(self.pid, file, e))
@@ -530,6 +586,9 @@ impl PidDir {
     }
 
     pub fn readlink(&self, file: &'static str) -> Result<Vec<u8>, Failure> {
+        if let Some(target) = self.captured.as_ref().and_then(|c| c.link(file)) {
+            return Ok(target.to_vec());
+        }
         readlinkat(self.fd.as_fd(), file)
             .map(|t| t.as_bytes().to_vec())
             .map_err(|e| classify(self.pid, file, e.into()))
@@ -537,6 +596,11 @@ impl PidDir {
 
     /// `stat` following the link (for `exe`: the running executable itself).
     pub fn stat(&self, file: &'static str) -> Result<FileIdentity, Failure> {
+        if file == "exe" {
+            if let Some(id) = self.captured.as_ref().and_then(|c| c.exe_identity) {
+                return Ok(id);
+            }
+        }
         fstatat(self.fd.as_fd(), file, nix::fcntl::AtFlags::empty())
             .map(|st| crate::layer::identity_of(&st))
             .map_err(|e| classify(self.pid, file, e.into()))
@@ -544,7 +608,9 @@ impl PidDir {
 
     /// Whether the process still exists (after a read gave something unparseable).
     fn still_there(&self) -> bool {
-        fstatat(self.fd.as_fd(), "stat", nix::fcntl::AtFlags::empty()).is_ok()
+        // A held process's files were read while it ran: what they say stands.
+        self.captured.is_some()
+            || fstatat(self.fd.as_fd(), "stat", nix::fcntl::AtFlags::empty()).is_ok()
     }
 
     /// The namespace inode numbers. A zombie has none (`None` each); denial is a failure.

@@ -28,7 +28,8 @@ use nodeguard_model::{
     ScanRun, Severity, Timestamp, Totals,
 };
 use nodeguard_policy::Policy;
-pub use nodeguard_procevents::{ExecEvent, Stats as ExecFeedStats};
+pub use nodeguard_procevents::Stats as ExecFeedStats;
+pub use nodeguard_scan::{HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
 use nodeguard_scan::{Collector, ScanScope, Scanner};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,11 +85,17 @@ pub struct Daemon {
     pub exec_feed: Option<ExecFeed>,
 }
 
+/// An exec event as the loop takes it: the process held when the event arrived, if it could
+/// be ([`nodeguard_scan::Holder`]).
+pub type ExecEvent = nodeguard_procevents::ExecEvent<HeldProcess>;
+
 /// Exec events for the loop: the receiving end of the event source's bounded channel and
-/// its counters.
+/// its counters, and those of the holder that took hold of each process (`None`: events
+/// carry bare pids, read when their batch is).
 pub struct ExecFeed {
     pub receiver: mpsc::Receiver<ExecEvent>,
     pub stats: Arc<ExecFeedStats>,
+    pub hold_stats: Option<Arc<HoldStats>>,
 }
 
 /// How long the loop gathers further execs after the first of a batch.
@@ -215,31 +222,52 @@ async fn next_exec(feed: &mut Option<ExecFeed>, reread_at: Option<Instant>) -> E
 }
 
 /// A batch of exec'd pids: the first event, and what arrives within [`EXEC_COALESCE`], up
-/// to [`EXEC_BATCH_MAX`] distinct pids. `true` when a loss was announced meanwhile.
-async fn gather(first: ExecEvent, receiver: &mut mpsc::Receiver<ExecEvent>) -> (Vec<i32>, bool) {
+/// to [`EXEC_BATCH_MAX`] distinct pids; beside them the processes held at their exec (for a
+/// pid that exec'd twice, only a hold of the later exec: the program it runs now). `true`
+/// when a loss was announced meanwhile.
+async fn gather(
+    first: ExecEvent,
+    receiver: &mut mpsc::Receiver<ExecEvent>,
+) -> (Vec<i32>, Vec<HeldProcess>, bool) {
     let mut pids = Vec::new();
+    let mut held: Vec<HeldProcess> = Vec::new();
     let mut lost = false;
-    let mut take = |event: ExecEvent, pids: &mut Vec<i32>| match event {
-        ExecEvent::Exec { pid } => {
+    let mut take = |event: ExecEvent, pids: &mut Vec<i32>, held: &mut Vec<HeldProcess>| match event
+    {
+        nodeguard_procevents::ExecEvent::Exec { pid, held: hold } => {
             if !pids.contains(&pid) {
                 pids.push(pid);
             }
+            // What was held before this exec of the pid is another program's.
+            held.retain(|h| h.pid != pid);
+            if let Some(hold) = hold {
+                held.push(hold);
+            }
         }
-        ExecEvent::Lost => lost = true,
+        nodeguard_procevents::ExecEvent::Lost => lost = true,
     };
-    take(first, &mut pids);
+    take(first, &mut pids, &mut held);
     tokio::time::sleep(EXEC_COALESCE).await;
     while pids.len() < EXEC_BATCH_MAX {
         match receiver.try_recv() {
-            Ok(event) => take(event, &mut pids),
+            Ok(event) => take(event, &mut pids, &mut held),
             Err(_) => break,
         }
     }
-    (pids, lost)
+    (pids, held, lost)
 }
 
 /// Copies the feed's counters into the state's; a feed whose reader stopped is polling.
-fn refresh_exec(exec: &mut ExecEventStats, stats: Option<&ExecFeedStats>, feed: &Option<ExecFeed>) {
+fn refresh_exec(
+    exec: &mut ExecEventStats,
+    stats: Option<&ExecFeedStats>,
+    hold: Option<&HoldStats>,
+    feed: &Option<ExecFeed>,
+) {
+    if let Some(hold) = hold {
+        exec.held = hold.held();
+        exec.unheld = hold.unheld();
+    }
     if let Some(stats) = stats {
         exec.events = stats.events();
         exec.lost = stats.lost();
@@ -298,6 +326,7 @@ impl Daemon {
             policy_path,
             pods,
             feed_stats: exec_feed.as_ref().map(|f| Arc::clone(&f.stats)),
+            hold_stats: exec_feed.as_ref().and_then(|f| f.hold_stats.clone()),
             exec_feed,
             lost_seen: 0,
             state,

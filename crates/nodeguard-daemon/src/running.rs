@@ -10,7 +10,7 @@ use crate::{
     StateSender,
 };
 use nodeguard_model::{ExecEventSource, PodLookup, ScanKind, ScanRun, Severity, Timestamp};
-use nodeguard_scan::{ScanScope, Scanner};
+use nodeguard_scan::{HoldStats, ScanScope, Scanner};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +34,8 @@ pub(crate) struct Running {
     pub(crate) pods: Arc<dyn PodLookup>,
     pub(crate) exec_feed: Option<ExecFeed>,
     pub(crate) feed_stats: Option<Arc<ExecFeedStats>>,
+    /// The holder's counters, when exec'd processes are held at their event.
+    pub(crate) hold_stats: Option<Arc<HoldStats>>,
     /// Losses the feed's counter showed so far.
     pub(crate) lost_seen: u64,
     pub(crate) state: StateSender,
@@ -174,7 +176,12 @@ impl Running {
                         },
                     );
                 }
-                refresh_exec(&mut book.exec, self.feed_stats.as_deref(), &self.exec_feed);
+                refresh_exec(
+                    &mut book.exec,
+                    self.feed_stats.as_deref(),
+                    self.hold_stats.as_deref(),
+                    &self.exec_feed,
+                );
                 let (next, appeared, resolved) = publish(book, report);
                 release_freed_memory();
                 let mut open = [0usize; 4];
@@ -222,7 +229,7 @@ impl Running {
     /// What the exec side of the loop does when woken: read the batch's processes at once
     /// (a process may live milliseconds); merging waits until their reads matter.
     async fn on_exec(&mut self, woken: ExecWake) -> Result<Step, Error> {
-        let pids = match woken {
+        let (pids, held) = match woken {
             ExecWake::Closed => {
                 tracing::warn!(
                     "exec events stopped; processes are now seen by the scans on the interval only"
@@ -233,12 +240,12 @@ impl Running {
                 return Ok(Step::Continue);
             }
             // Nothing new: the held-back processes are read with an empty batch.
-            ExecWake::Reread => Vec::new(),
+            ExecWake::Reread => (Vec::new(), Vec::new()),
             ExecWake::Event(first) => {
                 let Some(feed) = self.exec_feed.as_mut() else {
                     return Ok(Step::Continue);
                 };
-                let (pids, lost) = gather(first, &mut feed.receiver).await;
+                let (pids, held, lost) = gather(first, &mut feed.receiver).await;
                 let lost_now = feed.stats.lost();
                 if lost || lost_now > self.lost_seen {
                     self.lost_seen = lost_now;
@@ -257,12 +264,14 @@ impl Running {
                     self.scanner()?.collector().execs_seen(&pids);
                     return Ok(Step::Continue);
                 }
-                pids
+                (pids, held)
             }
         };
         let pods = Arc::clone(&self.pods);
         let Some(result) = self
-            .blocking("an exec pass", move |s| s.read_execs(&pids, pods.as_ref()))
+            .blocking("an exec pass", move |s| {
+                s.read_held_execs(&pids, held, pods.as_ref())
+            })
             .await?
         else {
             return Ok(Step::Shutdown);
@@ -312,7 +321,12 @@ impl Running {
             self.timetable.merged(Instant::now());
             let book = &mut self.book;
             book.exec.passes = book.exec.passes.saturating_add(1);
-            refresh_exec(&mut book.exec, self.feed_stats.as_deref(), &self.exec_feed);
+            refresh_exec(
+                    &mut book.exec,
+                    self.feed_stats.as_deref(),
+                    self.hold_stats.as_deref(),
+                    &self.exec_feed,
+                );
             let (next, appeared, resolved) = publish(book, report);
             tracing::debug!(
                 duration_ms = started.elapsed().as_millis() as u64,

@@ -50,6 +50,8 @@
 //! | `nodeguard_exec_events_total` | counter | |
 //! | `nodeguard_exec_events_lost_total` | counter | |
 //! | `nodeguard_exec_processes_unread_total` | counter | |
+//! | `nodeguard_exec_processes_held_total` | counter | |
+//! | `nodeguard_exec_events_unheld_total` | counter | reason |
 //! | `nodeguard_exec_passes_total` | counter | |
 //! | `nodeguard_events_total` | counter | result |
 //! | `nodeguard_events_queued` | gauge | |

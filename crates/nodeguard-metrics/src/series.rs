@@ -502,6 +502,22 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
     )?;
     counter(
         encoder,
+        "exec_processes_held",
+        "Exec'd processes taken hold of as their event arrived (their /proc directory, executable and small files, read later even after they exited), since the agent started.",
+        None,
+        g.exec.held,
+    )?;
+    let mut m = encoder.encode_descriptor(
+        "exec_events_unheld",
+        "Exec'd processes that could not be held when their event arrived, by reason (exited, denied, budget, reused, error), since the agent started; they are read by pid instead, if still there.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in g.exec.unheld.by_reason() {
+        ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+    }
+    counter(
+        encoder,
         "exec_passes",
         "States published from exec reads (each merges the processes read since the last one into the report and evaluates it) since the agent started.",
         None,

@@ -476,9 +476,9 @@ fn names_follow_openmetrics_rules() {
             "{kind} {sample} ends in _total"
         );
     }
-    // The 28 nodeguard families of the crate's table (4 of the PolicyReport publisher, 5
+    // The 30 nodeguard families of the crate's table (4 of the PolicyReport publisher, 7
     // exec_*) and the 7 standard process_* ones.
-    assert_eq!(families, 35, "{out}");
+    assert_eq!(families, 37, "{out}");
 }
 
 #[test]
@@ -612,6 +612,12 @@ fn exec_event_series_follow_the_state() {
         lost: 3,
         unread: 7,
         passes: 40,
+        held: 110,
+        unheld: nodeguard_model::UnheldExecs {
+            exited: 4,
+            budget: 2,
+            ..Default::default()
+        },
     };
     metrics.state_changed(&Arc::new(state.clone()));
     let out = scrape(&registry);
@@ -622,6 +628,10 @@ fn exec_event_series_follow_the_state() {
         "nodeguard_exec_events_lost_total 3",
         "nodeguard_exec_processes_unread_total 7",
         "nodeguard_exec_passes_total 40",
+        "nodeguard_exec_processes_held_total 110",
+        "nodeguard_exec_events_unheld_total{reason=\"exited\"} 4",
+        "nodeguard_exec_events_unheld_total{reason=\"budget\"} 2",
+        "nodeguard_exec_events_unheld_total{reason=\"reused\"} 0",
     ] {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
     }

@@ -42,6 +42,6 @@ pub use report::{
 pub use state::{
     DurationHistogram, EventStats, ExecEventSource, ExecEventStats, FindingChanges, FindingLedger,
     NoPods, NodeState, Outcomes, PodLookup, PolicyReportStats, ScanKind, ScanRun, ScanTotals,
-    Totals, TrackedFinding, SCAN_DURATION_BUCKETS,
+    Totals, TrackedFinding, UnheldExecs, SCAN_DURATION_BUCKETS,
 };
 pub use text::{clean, escape_controls, is_bidi_or_invisible};

@@ -236,6 +236,40 @@ pub struct ExecEventStats {
     pub unread: u64,
     /// States published from exec reads (each merges every read since the previous one).
     pub passes: u64,
+    /// Exec'd processes taken hold of as their event arrived (their directory, executable
+    /// and small files, read later even when they have exited).
+    pub held: u64,
+    /// Exec'd processes that could not be held, by reason (read by pid instead, if still
+    /// there).
+    pub unheld: UnheldExecs,
+}
+
+/// Exec'd processes that could not be held when their event arrived, by reason (counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnheldExecs {
+    /// Gone (exited and reaped, or a zombie without an executable) before the hold.
+    pub exited: u64,
+    /// The agent may not open it.
+    pub denied: u64,
+    /// Too many processes held at once, or no descriptors left.
+    pub budget: u64,
+    /// The pid was another process's by then.
+    pub reused: u64,
+    /// Anything else.
+    pub error: u64,
+}
+
+impl UnheldExecs {
+    /// `(reason, count)` for every reason, in a fixed order (label values of metrics).
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("exited", self.exited),
+            ("denied", self.denied),
+            ("budget", self.budget),
+            ("reused", self.reused),
+            ("error", self.error),
+        ]
+    }
 }
 
 #[cfg(test)]

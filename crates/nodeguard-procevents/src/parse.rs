@@ -8,8 +8,9 @@
 //!   aligned to 4 bytes;
 //! - `cn_msg`: `u32 idx, u32 val, u32 seq, u32 ack, u16 len, u16 flags` (20 bytes), then
 //!   `len` bytes of data;
-//! - `proc_event`: `u32 what, u32 cpu, u64 timestamp_ns` (16 bytes), then the event's data;
-//!   for an exec `i32 process_pid, i32 process_tgid`.
+//! - `proc_event`: `u32 what, u32 cpu, u64 timestamp_ns` (16 bytes; `ktime_get_ns()`, the
+//!   monotonic clock), then the event's data; for an exec `i32 process_pid, i32
+//!   process_tgid`.
 
 /// `CN_IDX_PROC` / `CN_VAL_PROC`: the connector id of process events.
 pub const CN_IDX_PROC: u32 = 1;
@@ -31,8 +32,13 @@ pub const PROC_EVENT_EXEC: u32 = 2;
 /// What one netlink message said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
-    /// A process (thread group `tgid`) called execve; `pid` is the thread that did.
-    Exec { pid: i32, tgid: i32 },
+    /// A process (thread group `tgid`) called execve; `pid` is the thread that did,
+    /// `timestamp_ns` when (`CLOCK_MONOTONIC`, nanoseconds).
+    Exec {
+        pid: i32,
+        tgid: i32,
+        timestamp_ns: u64,
+    },
     /// The kernel's answer to a (un)subscribe: `PROC_EVENT_NONE` with an error code.
     Ack { err: u32 },
     /// Another process event (fork, exit, uid, ...): not needed here.
@@ -53,6 +59,13 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     let bytes = b.get(at..at.checked_add(4)?)?;
     Some(u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let bytes = b.get(at..at.checked_add(8)?)?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(bytes);
+    Some(u64::from_ne_bytes(word))
 }
 
 fn i32_at(b: &[u8], at: usize) -> Option<i32> {
@@ -109,13 +122,17 @@ fn parse_connector(cn: &[u8]) -> Message {
     let Some(data) = cn.get(CN_MSG_LEN..CN_MSG_LEN + usize::from(len)) else {
         return Message::Malformed;
     };
-    let Some(what) = u32_at(data, 0) else {
+    let (Some(what), Some(timestamp_ns)) = (u32_at(data, 0), u64_at(data, 8)) else {
         return Message::Malformed;
     };
     let body = data.get(PROC_EVENT_HDRLEN..).unwrap_or(&[]);
     match what {
         PROC_EVENT_EXEC => match (i32_at(body, 0), i32_at(body, 4)) {
-            (Some(pid), Some(tgid)) if pid > 0 && tgid > 0 => Message::Exec { pid, tgid },
+            (Some(pid), Some(tgid)) if pid > 0 && tgid > 0 => Message::Exec {
+                pid,
+                tgid,
+                timestamp_ns,
+            },
             _ => Message::Malformed,
         },
         // `ack` of `struct proc_event` sits at the start of the union as `u32 err`.
@@ -191,7 +208,8 @@ mod tests {
             parse_datagram(&exec(4242, 4240)),
             vec![Message::Exec {
                 pid: 4242,
-                tgid: 4240
+                tgid: 4240,
+                timestamp_ns: 123_456
             }]
         );
         // Fork and exit events are not execs.
@@ -211,8 +229,16 @@ mod tests {
         assert_eq!(
             parse_datagram(&two),
             vec![
-                Message::Exec { pid: 10, tgid: 10 },
-                Message::Exec { pid: 11, tgid: 11 }
+                Message::Exec {
+                    pid: 10,
+                    tgid: 10,
+                    timestamp_ns: 123_456
+                },
+                Message::Exec {
+                    pid: 11,
+                    tgid: 11,
+                    timestamp_ns: 123_456
+                }
             ]
         );
     }
@@ -260,7 +286,7 @@ mod tests {
         datagram.extend(exec(78, 78));
         for cut in 0..datagram.len() {
             for m in parse_datagram(&datagram[..cut]) {
-                if let Message::Exec { pid, tgid } = m {
+                if let Message::Exec { pid, tgid, .. } = m {
                     assert_eq!((pid, tgid), (77, 77), "cut at {cut}");
                 }
             }

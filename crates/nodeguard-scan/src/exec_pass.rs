@@ -367,6 +367,33 @@ impl Scanner {
         pids: &[i32],
         pods: &dyn PodLookup,
     ) -> Result<ExecPassStats, Error> {
+        self.read_held_execs(pids, Vec::new(), pods)
+    }
+
+    /// [`Scanner::read_execs`] of `pids` and of the processes `held` when their exec event
+    /// arrived ([`crate::Holder`]): those are read from what was captured while they ran and
+    /// hashed from their held executable, so a process that lived for a millisecond is
+    /// read with its digest. A held process's pid need not be in `pids`.
+    pub fn read_held_execs(
+        &mut self,
+        pids: &[i32],
+        held: Vec<crate::HeldProcess>,
+        pods: &dyn PodLookup,
+    ) -> Result<ExecPassStats, Error> {
+        let mut pids = pids.to_vec();
+        let mut dirs = Vec::with_capacity(held.len());
+        let mut exes = std::collections::HashMap::with_capacity(held.len());
+        for process in held {
+            let (dir, exe) = process.into_parts();
+            if !pids.contains(&dir.pid) {
+                pids.push(dir.pid);
+            }
+            if let Some(exe) = exe {
+                exes.insert(dir.pid, exe);
+            }
+            dirs.push(dir);
+        }
+        let pids = pids.as_slice();
         self.collector.execs_seen(pids);
         let wanted: Vec<i32> = pids
             .iter()
@@ -379,7 +406,7 @@ impl Scanner {
             mut stats,
             mut warnings,
             ..
-        } = nodeguard_collect::collect_pids(&self.options.collect, &wanted)?;
+        } = nodeguard_collect::collect_held(&self.options.collect, &wanted, dirs)?;
         let held = self
             .execs
             .hold_back_runtime_init(&mut collected, &mut fresh);
@@ -391,6 +418,7 @@ impl Scanner {
             &self.policy,
             &self.digests,
             collected,
+            &exes,
             &mut stats,
             &mut warnings,
         );

@@ -15,6 +15,7 @@ pub mod runtime_images;
 pub use image_verdicts::{
     Expected, ImageContents, ImageIndexes, ImageJudge, ImageName, ImageStatus,
 };
+pub use nodeguard_collect::held::{HeldProcess, HoldStats, Holder, Unheld, HOLD_BUDGET_DEFAULT};
 use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
@@ -31,7 +32,7 @@ pub use exec_pass::{
 };
 pub use nodeguard_collect::Collector;
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -341,6 +342,7 @@ impl Scanner {
                 policy,
                 digests,
                 processes,
+                &HashMap::new(),
                 &mut stats,
                 &mut warnings,
             );
@@ -612,14 +614,16 @@ fn under(host_root: &Path, host_path: &str) -> PathBuf {
     host_root.join(std::ffi::OsStr::from_bytes(relative))
 }
 
-/// The executables' digests (from the cache, or read through `/proc/PID/exe` on a miss),
-/// filled into the processes; a process that exited before its executable could be read is
-/// dropped and counted as vanished.
+/// The executables' digests (from the cache, or read on a miss: through the executable held
+/// at the exec, `held_exes` by pid, else `/proc/PID/exe`), filled into the processes; a
+/// process that exited before its executable could be read is dropped and counted as
+/// vanished.
 fn hash_executables(
     options: &ScanOptions,
     policy: &Policy,
     digests: &DigestCache,
     collected: Vec<CollectedProcess>,
+    held_exes: &HashMap<i32, std::fs::File>,
     stats: &mut ScanStats,
     warnings: &mut Vec<String>,
 ) -> Vec<Process> {
@@ -642,7 +646,10 @@ fn hash_executables(
     let results = hash_keyed(
         digests,
         &keys,
-        |i| exe_path(proc_root, pids[i]),
+        |i| match held_exes.get(&pids[i]) {
+            Some(exe) => held_exe_path(exe),
+            None => exe_path(proc_root, pids[i]),
+        },
         algorithms,
         options.max_hash_size,
         options.threads,
@@ -761,6 +768,14 @@ fn redact_cmdlines(processes: &mut [CollectedProcess]) {
 
 fn exe_path(proc_root: &Path, pid: i32) -> PathBuf {
     proc_root.join(pid.to_string()).join("exe")
+}
+
+/// A path that opens the file `exe` is open on: the agent's own descriptor, through its own
+/// `/proc/self/fd` (a deleted file or a memfd reopens too). The file stays what it was when
+/// the process was held, whatever happened to the process since.
+fn held_exe_path(exe: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", exe.as_raw_fd()))
 }
 
 /// The digests every scan computes, of executables and files alike: what was asked for, and

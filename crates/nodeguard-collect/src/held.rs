@@ -1,0 +1,457 @@
+//! Holding a process the moment it execs, so that one living a millisecond is still read.
+//!
+//! An exec event names a pid; by the time a batch of them is read through `/proc/PID`, a
+//! short-lived process is gone. [`Holder::hold`], called on the event source's reader thread
+//! as each exec arrives, takes what disappears at exit while it is still there:
+//!
+//! - a handle on `/proc/PID` (`O_PATH` directory: later reads through it reach this process
+//!   or fail, never a process that reused the pid);
+//! - a read descriptor of its executable (`/proc/PID/exe` opened `O_RDONLY`): it stays valid
+//!   after the process exited, also for a deleted file or a memfd, so the digest is taken
+//!   from exactly the file that ran;
+//! - the small files the collector parses and that are gone once the process is reaped:
+//!   `stat`, `status`, `cmdline`, `cgroup`, the `exe`, `cwd` and `ns/*` links, and
+//!   `mountinfo` when the process has a mount namespace other than the host's (a
+//!   container's root and writable mounts, for the executable's layer).
+//!
+//! The collector then reads the process from what was held ([`crate::collect_held`]) as it
+//! reads any other, and the scan hashes the held executable.
+//!
+//! Cost: one hold is about twenty syscalls on small procfs files, bounded per exec (files
+//! are read up to the same limits as a scan's reads). At most `budget` holds exist at once
+//! (two descriptors and a few KiB each); beyond it an exec is counted
+//! ([`Unheld::Budget`]) and read the old way, by pid. Every exec that could not be held is
+//! counted by reason in [`HoldStats`], never dropped silently.
+//!
+//! A pid reused between the exec and the hold is told apart by start time: a process that
+//! started after the exec event is not the one that exec'd ([`Unheld::Reused`]). The
+//! kernel gives start times in clock ticks (10 ms), so a reuse within one tick is not seen;
+//! a pid cycling through `pid_max` that fast is not a real node's case.
+
+use crate::layer::identity_of;
+use crate::process::{parse_stat, read_into, Captured, PidDir, CMDLINE_MAX};
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
+use nodeguard_model::UnheldExecs;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Processes held at once by default: two descriptors each.
+pub const HOLD_BUDGET_DEFAULT: usize = 256;
+
+/// Limits of the captured files: the collector's own read limits.
+const STAT_MAX: usize = 4096;
+const STATUS_MAX: usize = 64 * 1024;
+const CGROUP_MAX: usize = 64 * 1024;
+/// A container's mount table is a few KiB; this bounds a hostile one.
+const MOUNTINFO_MAX: usize = 256 * 1024;
+
+/// The `ns/*` links the collector reads.
+const NS_LINKS: [&str; 7] = [
+    "ns/pid",
+    "ns/net",
+    "ns/ipc",
+    "ns/uts",
+    "ns/mnt",
+    "ns/user",
+    "ns/cgroup",
+];
+
+/// Why an exec's process could not be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unheld {
+    /// It had exited (and was reaped, or was a zombie without an executable) before the hold.
+    Exited,
+    /// The agent may not open it (EACCES, EPERM).
+    Denied,
+    /// [`Holder`]'s budget of processes held at once was used up (or descriptors ran out).
+    Budget,
+    /// Its pid belongs to a process that started after the exec.
+    Reused,
+    /// Any other error.
+    Error,
+}
+
+/// Holds and failures to hold, since the holder was made; read any time.
+#[derive(Debug, Default)]
+pub struct HoldStats {
+    held: AtomicU64,
+    exited: AtomicU64,
+    denied: AtomicU64,
+    budget: AtomicU64,
+    reused: AtomicU64,
+    error: AtomicU64,
+}
+
+impl HoldStats {
+    /// Exec'd processes held.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Exec'd processes that could not be held, by reason.
+    pub fn unheld(&self) -> UnheldExecs {
+        UnheldExecs {
+            exited: self.exited.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
+            budget: self.budget.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+            error: self.error.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, reason: Unheld) {
+        let counter = match reason {
+            Unheld::Exited => &self.exited,
+            Unheld::Denied => &self.denied,
+            Unheld::Budget => &self.budget,
+            Unheld::Reused => &self.reused,
+            Unheld::Error => &self.error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes hold of exec'd processes under one proc root.
+#[derive(Debug)]
+pub struct Holder {
+    proc_fd: OwnedFd,
+    in_use: Arc<AtomicUsize>,
+    budget: usize,
+    stats: Arc<HoldStats>,
+    /// The `ns/mnt` link of pid 1: a process showing it has the host's mount table, which is
+    /// not captured (the collector falls back to reading it, as for any host process).
+    host_mnt: Option<Vec<u8>>,
+    tick_ns: u64,
+}
+
+/// One held process: see the module's documentation. Dropping it closes its descriptors
+/// and frees its place in the budget.
+#[derive(Debug)]
+pub struct HeldProcess {
+    pub pid: i32,
+    dir: OwnedFd,
+    exe: Option<File>,
+    captured: Captured,
+}
+
+fn reason(e: Errno) -> Unheld {
+    match e {
+        Errno::ENOENT | Errno::ESRCH => Unheld::Exited,
+        Errno::EACCES | Errno::EPERM => Unheld::Denied,
+        Errno::EMFILE | Errno::ENFILE => Unheld::Budget,
+        _ => Unheld::Error,
+    }
+}
+
+/// `CLOCK_BOOTTIME` minus `CLOCK_MONOTONIC` now, in nanoseconds (time spent suspended).
+fn suspended_ns() -> u64 {
+    let now = |clock: libc::clockid_t| {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into `t`.
+        if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+            return 0;
+        }
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+    };
+    let monotonic = now(libc::CLOCK_MONOTONIC);
+    let boottime = now(libc::CLOCK_BOOTTIME);
+    boottime.saturating_sub(monotonic)
+}
+
+impl Holder {
+    /// A holder for processes under `proc_root` (the host's `/proc`), holding at most
+    /// `budget` at once.
+    pub fn new(proc_root: &Path, budget: usize) -> std::io::Result<Holder> {
+        let proc_fd = nix::fcntl::open(
+            proc_root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let host_mnt = readlinkat(proc_fd.as_fd(), "1/ns/mnt")
+            .ok()
+            .map(|t| t.as_bytes().to_vec());
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let tick_ns = u64::try_from(ticks)
+            .ok()
+            .filter(|t| *t > 0)
+            .map_or(10_000_000, |t| 1_000_000_000 / t);
+        Ok(Holder {
+            proc_fd,
+            in_use: Arc::new(AtomicUsize::new(0)),
+            budget,
+            stats: Arc::new(HoldStats::default()),
+            host_mnt,
+            tick_ns,
+        })
+    }
+
+    /// The counters, shared with whoever reports them.
+    pub fn stats(&self) -> Arc<HoldStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Processes held now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Takes hold of `pid`, which exec'd at `exec_ns` (`CLOCK_MONOTONIC`); what could not be
+    /// held is counted in [`HoldStats`] and returned as the reason.
+    pub fn hold(&self, pid: i32, exec_ns: u64) -> Result<HeldProcess, Unheld> {
+        let held = self.try_hold(pid, exec_ns);
+        match &held {
+            Ok(_) => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => self.stats.count(*reason),
+        }
+        held
+    }
+
+    fn try_hold(&self, pid: i32, exec_ns: u64) -> Result<HeldProcess, Unheld> {
+        if pid <= 0 {
+            return Err(Unheld::Error);
+        }
+        if self.in_use.fetch_add(1, Ordering::Relaxed) >= self.budget {
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unheld::Budget);
+        }
+        // From here on the place is given back when the capture is dropped.
+        let mut captured = Captured {
+            files: Vec::new(),
+            links: Vec::new(),
+            exe_identity: None,
+            counted_in: Some(Arc::clone(&self.in_use)),
+        };
+        let dir = openat(
+            self.proc_fd.as_fd(),
+            pid.to_string().as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(reason)?;
+        // The executable first: it is what is gone soonest (at exit, before the reaping).
+        // Non-blocking and checked to be a regular file, like every file the agent hashes.
+        let exe = openat(
+            dir.as_fd(),
+            "exe",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(reason)?;
+        let exe_stat = fstat(exe.as_fd()).map_err(reason)?;
+        let regular = SFlag::from_bits_truncate(exe_stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+        let exe_identity = identity_of(&exe_stat);
+        let exe = regular.then(|| File::from(exe));
+
+        let mut files: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(6);
+        // `whole`: a file procfs generates whole (a short read ends it).
+        let read = |name: &'static str,
+                    limit: usize,
+                    whole: bool,
+                    files: &mut Vec<(&'static str, Vec<u8>)>| {
+            let file = openat(
+                dir.as_fd(),
+                name,
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+                Mode::empty(),
+            )
+            .map_err(reason)?;
+            let mut file = File::from(file);
+            let mut buf = Vec::new();
+            read_into(&mut buf, limit, whole, |chunk, _| file.read(chunk)).map_err(|e| {
+                e.raw_os_error()
+                    .map_or(Unheld::Error, |n| reason(Errno::from_raw(n)))
+            })?;
+            files.push((name, buf));
+            Ok::<(), Unheld>(())
+        };
+        read("stat", STAT_MAX, true, &mut files)?;
+        let start_ticks = files
+            .first()
+            .and_then(|(_, stat)| parse_stat(stat).ok())
+            .and_then(|s| s.start_ticks);
+        if let Some(start_ticks) = start_ticks {
+            // Start times are truncated to ticks: the process that exec'd started at or
+            // before the exec, so its tick is never after the exec's.
+            let started_ns = start_ticks.saturating_mul(self.tick_ns);
+            if started_ns > exec_ns.saturating_add(suspended_ns()) {
+                return Err(Unheld::Reused);
+            }
+        }
+        read("status", STATUS_MAX, true, &mut files)?;
+        read("cmdline", CMDLINE_MAX, false, &mut files)?;
+        read("cgroup", CGROUP_MAX, true, &mut files)?;
+        let mut links = Vec::with_capacity(NS_LINKS.len() + 2);
+        for name in ["exe", "cwd"].into_iter().chain(NS_LINKS) {
+            if let Ok(target) = readlinkat(dir.as_fd(), name) {
+                links.push((name, target.as_bytes().to_vec()));
+            }
+        }
+        let mnt = links.iter().find(|(n, _)| *n == "ns/mnt").map(|(_, t)| t);
+        if mnt.is_none() || mnt != self.host_mnt.as_ref() {
+            // Best effort: without it the collector reads the mount table itself.
+            let _ = read("mountinfo", MOUNTINFO_MAX, false, &mut files);
+        }
+        captured.files = files;
+        captured.links = links;
+        captured.exe_identity = Some(exe_identity);
+        Ok(HeldProcess {
+            pid,
+            dir,
+            exe,
+            captured,
+        })
+    }
+}
+
+impl HeldProcess {
+    /// The executable, open for reading (a regular file; `None` otherwise).
+    pub fn exe(&self) -> Option<&File> {
+        self.exe.as_ref()
+    }
+
+    /// The handle the collector reads the process through (serving what was captured), and
+    /// the executable to hash.
+    pub fn into_parts(self) -> (PidDir, Option<File>) {
+        (
+            PidDir::with_captured(self.pid, self.dir, self.captured),
+            self.exe,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CollectOptions;
+    use std::process::{Command, Stdio};
+
+    /// `CLOCK_MONOTONIC` now: an exec event's timestamp for a process started before it.
+    fn monotonic_ns() -> u64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into `t`.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) },
+            0
+        );
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    }
+
+    fn sleep_binary() -> std::path::PathBuf {
+        ["/usr/bin/sleep", "/bin/sleep"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .expect("sleep (coreutils)")
+    }
+
+    fn holder(budget: usize) -> Holder {
+        Holder::new(Path::new("/proc"), budget).unwrap()
+    }
+
+    /// A child held once it has exec'd, then reaped: the collector still reads it (its
+    /// executable, command line) from what was held, the held executable still reads as the
+    /// file on disk, and the same pid read the old way is gone.
+    #[test]
+    fn a_held_process_is_read_with_its_executable_after_it_was_reaped() {
+        let program = sleep_binary();
+        let mut child = Command::new(&program)
+            .arg("0.05")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let holder = holder(4);
+        let held = holder
+            .hold(pid, monotonic_ns())
+            .expect("a running child is held");
+        assert_eq!(holder.in_use(), 1);
+        assert!(child.wait().unwrap().success());
+
+        let opts = CollectOptions::default();
+        let bare = crate::collect_pids(&opts, &[pid]).unwrap();
+        assert!(
+            bare.processes.iter().all(|p| p.process.pid != pid),
+            "pid {pid} was reaped: a read by pid cannot find it"
+        );
+        let (dir, exe) = held.into_parts();
+        let snapshot = crate::collect_held(&opts, &[], vec![dir]).unwrap();
+        assert_eq!(holder.in_use(), 0, "the collector closed what was held");
+        let read = snapshot
+            .processes
+            .iter()
+            .find(|p| p.process.pid == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not read from its hold: {snapshot:?}"));
+        let want = std::fs::canonicalize(&program).unwrap();
+        assert_eq!(read.process.exe.as_deref(), want.to_str());
+        assert!(
+            read.process.cmdline.ends_with("0.05"),
+            "{}",
+            read.process.cmdline
+        );
+        assert!(!read.process.exe_deleted);
+        let mut exe = exe.expect("the executable was held");
+        let mut bytes = Vec::new();
+        exe.read_to_end(&mut bytes).unwrap();
+        assert!(
+            bytes == std::fs::read(&want).unwrap(),
+            "the held executable reads as {}",
+            want.display()
+        );
+        assert_eq!(holder.stats().held(), 1);
+    }
+
+    #[test]
+    fn holds_beyond_the_budget_are_refused_and_counted_until_one_is_dropped() {
+        let mut child = Command::new(sleep_binary()).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let holder = holder(1);
+        let now = monotonic_ns();
+        let first = holder.hold(pid, now).expect("held");
+        assert_eq!(holder.hold(pid, now).unwrap_err(), Unheld::Budget);
+        drop(first);
+        let again = holder.hold(pid, now).expect("the place was given back");
+        assert_eq!(holder.stats().unheld().budget, 1);
+        assert_eq!(holder.stats().held(), 2);
+        drop(again);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A process that started after the exec event cannot be the one that exec'd; one that
+    /// is gone is counted as exited.
+    #[test]
+    fn a_pid_newer_than_its_exec_event_is_reused_and_a_reaped_one_exited() {
+        let mut child = Command::new(sleep_binary()).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let holder = holder(4);
+        assert_eq!(holder.hold(pid, 0).unwrap_err(), Unheld::Reused);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            holder.hold(pid, monotonic_ns()).unwrap_err(),
+            Unheld::Exited
+        );
+        let unheld = holder.stats().unheld();
+        assert_eq!((unheld.reused, unheld.exited), (1, 1));
+        assert_eq!(holder.in_use(), 0);
+    }
+}
