@@ -10,6 +10,8 @@
 #   curl, iproute2              a verifying HTTPS client; network namespaces (ip)
 #   util-linux, findutils, procps, coreutils   mount/umount, find, ps, sha256sum
 #   ca-certificates             cargo fetching crates over HTTPS
+#   zstd                        zstd layer blobs as ground truth for the image index (nodeguard-image tests)
+#   gcc, libc6-dev              static helper programs for the short-lived exec tests (tests/support/short_lived)
 #   tests/realnode/build.sh     the real-node tier: containerd, podman, etcd, docker.io, crun
 #                               from Debian, and kube-apiserver/kubelet/kubectl v1.20.2 built from Debian's source
 #                               package (~5 min once, then cached in /var/cache/nodeguard-realnode)
@@ -17,7 +19,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
   runc busybox-static libcap2-bin prometheus debootstrap jq attr time openssl curl iproute2
-  util-linux findutils procps coreutils ca-certificates
+  util-linux findutils procps coreutils ca-certificates zstd gcc libc6-dev
 )
 if [[ $(id -u) -ne 0 ]]; then
   echo "run as root: the integration tests start real containers" >&2
