@@ -151,7 +151,10 @@ fn heavy_dependencies_stay_in_their_one_crate() {
         let users = users_of(&deps, dependency);
         assert_eq!(
             users,
-            owners.iter().map(|o| o.to_string()).collect::<BTreeSet<_>>(),
+            owners
+                .iter()
+                .map(|o| o.to_string())
+                .collect::<BTreeSet<_>>(),
             "only {owners:?} may link {dependency}"
         );
     }

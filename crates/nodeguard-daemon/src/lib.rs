@@ -29,8 +29,8 @@ use nodeguard_model::{
 };
 use nodeguard_policy::Policy;
 pub use nodeguard_procevents::Stats as ExecFeedStats;
-pub use nodeguard_scan::{HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
 use nodeguard_scan::{Collector, ScanScope, Scanner};
+pub use nodeguard_scan::{HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -322,11 +322,11 @@ impl Running {
             let book = &mut self.book;
             book.exec.passes = book.exec.passes.saturating_add(1);
             refresh_exec(
-                    &mut book.exec,
-                    self.feed_stats.as_deref(),
-                    self.hold_stats.as_deref(),
-                    &self.exec_feed,
-                );
+                &mut book.exec,
+                self.feed_stats.as_deref(),
+                self.hold_stats.as_deref(),
+                &self.exec_feed,
+            );
             let (next, appeared, resolved) = publish(book, report);
             tracing::debug!(
                 duration_ms = started.elapsed().as_millis() as u64,

@@ -133,4 +133,3 @@ fn image_cell(verdict: Option<&nodeguard_model::ImageVerdict>) -> String {
     }
     .to_string()
 }
-
