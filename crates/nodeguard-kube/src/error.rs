@@ -31,4 +31,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot {what}: {source}")]
+    Fleet {
+        what: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("cannot {what}: {reason}")]
+    FleetAnswer { what: String, reason: String },
 }

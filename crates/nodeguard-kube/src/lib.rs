@@ -31,14 +31,17 @@
 //! # Ok(()) }
 //! ```
 
+mod audiences;
 mod auth;
 mod error;
 mod events;
+pub mod fleet;
 mod pods;
 mod publish;
 mod reports;
 mod state_file;
 
+pub use audiences::FLEET_AUDIENCE;
 pub use auth::{kubeconfig_token, AuthConfig, Decision as AccessDecision, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};
