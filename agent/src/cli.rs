@@ -41,6 +41,8 @@ pub enum Command {
     Run(RunArgs),
     /// Ask a running agent about the node's current state.
     Query(QueryArgs),
+    /// Ask every node's agent at once (with the caller's kubeconfig).
+    Fleet(crate::fleet::cli::FleetArgs),
     /// Print the digest of files, read exactly as the scan reads executables.
     Hash(HashArgs),
     /// Work with policy files.

@@ -3,13 +3,14 @@
 
 mod cli;
 mod digests;
+mod fleet;
 mod kube;
 mod output;
+mod plugin;
 mod query;
 mod run;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::{
     Cli, Command, HashChoice, InventoryArg, LogFormat, OutputFormat, PolicyCommand, ScanSettings,
 };
@@ -27,7 +28,7 @@ use std::time::Duration;
 const EXIT_FINDINGS: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_logging(cli.log_format);
     raise_open_file_limit();
     match run(cli) {
@@ -44,6 +45,14 @@ fn main() -> ExitCode {
 /// `nodeguard_collect::Collector::set_dir_budget`, sized from this limit), and container
 /// runtimes often start containers at a soft 1,024 under a far higher hard limit. A failure
 /// leaves the limit as it was.
+/// The flags, with help saying `kubectl nodeguard` when run as the kubectl plugin.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv0 = std::env::args_os().next();
+    let matches = plugin::command_for(argv0.as_deref(), Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn raise_open_file_limit() {
     const CAP: libc::rlim_t = 1 << 20;
     let mut limit = libc::rlimit {
@@ -127,6 +136,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             query::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fleet(args) => fleet::run(args),
         Command::Hash(args) => {
             let algs = algorithms(args.hash);
             let mut failed = false;
