@@ -166,6 +166,9 @@ pub fn plan(node: &FleetNode, default_port: u16, have_ca: bool) -> Plan {
 struct Outcome {
     index: usize,
     node: String,
+    /// The agent's slot, held until its answer is printed: at most `--concurrency` answers
+    /// are alive at once, waiting ones included.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     result: Result<Vec<u8>, Unanswered>,
 }
 
@@ -257,7 +260,6 @@ async fn run_async(args: FleetQueryArgs) -> Result<ExitCode> {
                         get_from_agent(&call, &token).await
                     })
                     .await;
-                    drop(permit);
                     let result = match result {
                         Ok(Ok(body)) => Ok(body),
                         Ok(Err(failure)) => Err(Unanswered {
@@ -275,6 +277,7 @@ async fn run_async(args: FleetQueryArgs) -> Result<ExitCode> {
                         .send(Outcome {
                             index,
                             node,
+                            _slot: permit,
                             result,
                         })
                         .await;

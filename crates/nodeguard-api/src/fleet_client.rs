@@ -273,7 +273,10 @@ async fn read_bounded(
     mut body: hyper::body::Incoming,
     max: usize,
 ) -> Result<Vec<u8>, AgentFailure> {
-    let mut out = Vec::new();
+    // Sized once from Content-Length (within the bound), so a large answer is not
+    // reallocated as it grows.
+    let expected = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+    let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).min(max));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| AgentFailure::Answer(format!("cut short: {e}")))?;
         if let Some(data) = frame.data_ref() {
