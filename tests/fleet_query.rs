@@ -254,6 +254,39 @@ fn fleet_query(bed: &ApiBed, ns: &str, args: &[&str]) -> (Output, Vec<Value>) {
     (out, lines)
 }
 
+/// The bed's admin kubeconfig, impersonating `user` (kubeconfig's `as`): what `user`'s own
+/// RBAC allows, nothing more.
+fn impersonating_kubeconfig(bed: &ApiBed, dir: &Path, user: &str) -> PathBuf {
+    let mut config = bed.kubectl_json(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]);
+    for entry in config["users"].as_array_mut().unwrap() {
+        entry["user"]["as"] = Value::from(user);
+    }
+    let file = dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(&file, config.to_string()).unwrap();
+    file
+}
+
+/// `nodeguard fleet ARGS --kubeconfig KUBECONFIG`, no other cluster configuration.
+fn as_responder(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("fleet")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("KUBECONFIG")
+        .env_remove("NODEGUARD_KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
 fn unanswered<'a>(lines: &'a [Value], node: &str) -> Option<&'a Value> {
     lines
         .iter()
@@ -471,6 +504,107 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
     let summary = &lines.last().unwrap()["summary"];
     assert_eq!(summary["answered"], 3, "{summary}");
 
+    // A responder holding only the shipped fleet roles: the reader ClusterRole and Role give
+    // `fleet status`; a query is refused its token until the query Role is bound too, then
+    // asks every agent as the admin's query did.
+    let oncall = format!("{tag}-oncall");
+    let kubeconfig = impersonating_kubeconfig(&bed, dir.path(), &oncall);
+    for file in [
+        "clusterrole-fleet-reader.yaml",
+        "role-fleet-reader.yaml",
+        "responder-role.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo().join("manifests").join(file)).unwrap();
+        let text = text
+            .replace("namespace: nodeguard\n", &format!("namespace: {ns}\n"))
+            .replace(
+                "name: nodeguard-fleet-reader\n",
+                &format!("name: {tag}-fleet-reader\n"),
+            );
+        bed.kubectl(&["apply", "-f", "-"], Some(&text));
+    }
+    let reader = format!("{tag}-fleet-reader");
+    bed.kubectl(
+        &[
+            "create",
+            "clusterrolebinding",
+            &oncall,
+            "--clusterrole",
+            &reader,
+            "--user",
+            &oncall,
+        ],
+        None,
+    );
+    bed.kubectl(
+        &[
+            "-n",
+            &ns,
+            "create",
+            "rolebinding",
+            &oncall,
+            "--role",
+            &reader,
+            "--user",
+            &oncall,
+        ],
+        None,
+    );
+    let status = as_responder(&kubeconfig, &["status", "-n", &ns, "-o", "json"]);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "fleet status with the reader roles: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let coverage = |node: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["node"] == node)
+            .map(|row| row["coverage"].clone())
+    };
+    for name in &names {
+        assert!(coverage(name).is_some(), "{name} is listed: {status}");
+    }
+    assert_eq!(coverage(&names[3]).unwrap(), "missing", "{status}");
+    let refused = as_responder(&kubeconfig, &["query", "-n", &ns, "findings"]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(why.contains("mint a token"), "{why}");
+    bed.kubectl(
+        &[
+            "-n",
+            &ns,
+            "create",
+            "rolebinding",
+            &format!("{oncall}-query"),
+            "--role",
+            "nodeguard-fleet-query",
+            "--user",
+            &oncall,
+        ],
+        None,
+    );
+    let mut answered = Value::Null;
+    for _ in 0..20 {
+        let out = as_responder(&kubeconfig, &["query", "-n", &ns, "-o", "json", "findings"]);
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok());
+        if let Some(summary) = last.map(|l| l["summary"].clone()) {
+            answered = summary["answered"].clone();
+            if answered == 3 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(answered, 3, "the responder's query with the shipped roles");
+
     // The minted token: the API server refuses it, the agents accept it.
     let request = serde_json::json!({
         "apiVersion": "authentication.k8s.io/v1",
@@ -539,6 +673,24 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
             "delete",
             "clusterrolebinding",
             &format!("{tag}-responder"),
+            "--wait=false",
+        ],
+        None,
+    );
+    let _ = bed.kubectl(
+        &[
+            "delete",
+            "clusterrolebinding",
+            &format!("{tag}-oncall"),
+            "--wait=false",
+        ],
+        None,
+    );
+    let _ = bed.kubectl(
+        &[
+            "delete",
+            "clusterrole",
+            &format!("{tag}-fleet-reader"),
             "--wait=false",
         ],
         None,
