@@ -187,6 +187,21 @@ fn typed_of_kind<T: DeserializeOwned + Serialize + k8s_openapi::Resource>(
 }
 
 /// The ClusterRole called `name` among the listed resources.
+/// The one object of `T`'s kind called `name` (several ServiceAccounts and bindings exist: the
+/// agent's and the fleet responder's).
+fn named_of_kind<T: DeserializeOwned + Serialize + k8s_openapi::Resource>(
+    raw: &BTreeMap<String, Value>,
+    name: &str,
+) -> T {
+    let found: Vec<(&String, &Value)> = raw
+        .iter()
+        .filter(|(_, v)| v["kind"] == T::KIND && v["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one {} {name:?}", T::KIND);
+    typed_round_trip::<T>(found[0].1)
+        .unwrap_or_else(|d| panic!("{}: {} {name}: {}", found[0].0, T::KIND, d.join("; ")))
+}
+
 fn named_cluster_role(raw: &BTreeMap<String, Value>, name: &str) -> ClusterRole {
     let found: Vec<(&String, &Value)> = raw
         .iter()
@@ -209,14 +224,14 @@ fn load() -> Manifests {
         .collect();
     Manifests {
         namespace: typed_of_kind(&raw),
-        service_account: typed_of_kind(&raw),
+        service_account: named_of_kind(&raw, "nodeguard"),
         cluster_role: named_cluster_role(&raw, "nodeguard"),
         readers: ["nodeguard-metrics-reader", "nodeguard-api-reader"]
             .into_iter()
             .map(|name| (name.to_string(), named_cluster_role(&raw, name)))
             .collect(),
         network_policy: typed_of_kind(&raw),
-        binding: typed_of_kind(&raw),
+        binding: named_of_kind(&raw, "nodeguard"),
         config_map: typed_of_kind(&raw),
         daemon_set: typed_of_kind(&raw),
         service: typed_of_kind(&raw),
@@ -817,21 +832,6 @@ fn the_lease_role_grants_get_create_update_on_leases_in_the_agents_namespace_onl
         m.service_account.metadata.name.as_ref()
     );
     assert_eq!(subjects[0].namespace.as_deref(), Some(ns));
-
-    // The responders' example roles: list nodes cluster-wide, list leases in the namespace.
-    let reader = named_cluster_role(&m.raw, "nodeguard-fleet-reader");
-    assert_eq!(
-        grants(&reader.rules.unwrap_or_default()),
-        [triple("", "nodes", "list")].into_iter().collect()
-    );
-    let leases = named_role(&m.raw, "nodeguard-fleet-reader");
-    assert_eq!(leases.metadata.namespace.as_deref(), Some(ns));
-    assert_eq!(
-        grants(&leases.rules.unwrap_or_default()),
-        [triple("coordination.k8s.io", "leases", "list")]
-            .into_iter()
-            .collect()
-    );
 
     let env: BTreeMap<&str, &str> = m
         .container()
@@ -1985,9 +1985,64 @@ fn the_reader_roles_grant_get_on_exactly_the_urls_the_agent_checks() {
             }
         }
     }
-    // Reader roles are not bound by the manifests: operators bind them to their Prometheus
-    // and responders. The one binding gives the agent its own role.
+    // Reader roles are bound by the manifests only to the fleet responder (its own test):
+    // operators bind them to their Prometheus and responders. The agent's binding gives the
+    // agent its own role.
     assert_eq!(m.binding.role_ref.name, "nodeguard");
+}
+
+#[test]
+fn fleet_responders_list_nodes_and_leases_and_mint_only_the_responders_narrow_token() {
+    let m = load();
+    let ns = m.kustomize_namespace();
+    // Nothing runs as the responder: it has no mounted token of its own.
+    let responder: ServiceAccount = named_of_kind(&m.raw, "nodeguard-responder");
+    assert_eq!(responder.metadata.namespace.as_deref(), Some(ns));
+    assert_eq!(responder.automount_service_account_token, Some(false));
+    // Its tokens may read the agents' API (the reader role the agents' SubjectAccessReview
+    // checks), nothing more.
+    let binding: ClusterRoleBinding = named_of_kind(&m.raw, "nodeguard-responder");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, "nodeguard-api-reader");
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert_eq!(
+        (
+            subjects[0].kind.as_str(),
+            subjects[0].name.as_str(),
+            subjects[0].namespace.as_deref()
+        ),
+        ("ServiceAccount", "nodeguard-responder", Some(ns))
+    );
+    // Responders (fleet status and query) list the Nodes cluster-wide and the agents'
+    // Leases in their namespace: lists only, nothing else.
+    let nodes = named_cluster_role(&m.raw, "nodeguard-fleet-reader");
+    assert_eq!(
+        grants(nodes.rules.as_deref().unwrap_or_default()),
+        BTreeSet::from([triple("", "nodes", "list")])
+    );
+    let leases = named_role(&m.raw, "nodeguard-fleet-reader");
+    assert_eq!(leases.metadata.namespace.as_deref(), Some(ns));
+    assert_eq!(
+        grants(&leases.rules.unwrap_or_default()),
+        BTreeSet::from([triple("coordination.k8s.io", "leases", "list")])
+    );
+    // A query also mints a token for that one ServiceAccount, in the agents' namespace
+    // only; the Role grants nothing the reader roles already do.
+    let role: Role = named_of_kind(&m.raw, "nodeguard-fleet-query");
+    assert_eq!(role.metadata.namespace.as_deref(), Some(ns));
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(
+        grants(&rules),
+        BTreeSet::from([triple("", "serviceaccounts/token", "create")])
+    );
+    for rule in &rules {
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["nodeguard-responder".to_string()][..]),
+            "the token grant must name the responder only, never the agent's identity"
+        );
+    }
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub enum Command {
     Run(RunArgs),
     /// Ask a running agent about the node's current state.
     Query(QueryArgs),
-    /// Questions about every node of the cluster (docs/fleet.md).
+    /// Questions about every node of the cluster, with your kubeconfig (docs/fleet.md).
     #[command(subcommand)]
     Fleet(FleetCommand),
     /// Print the digest of files, read exactly as the scan reads executables.
@@ -97,12 +97,21 @@ pub struct ImportArgs {
     pub max_size: u64,
 }
 
+// The fleet's flags (`nodeguard fleet status|query`, agent/src/fleet/): apart from
+// the agent's own, but here, so agent/src/fleet/ imports the flags one way.
+
+// Parsed once per process: the size of `query`'s flags costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// Every Node next to its agent's heartbeat Lease: covered, stale (not renewed for 3
     /// intervals), missing (no agent), orphaned Leases, version skew, open findings per
     /// severity. Uses your kubeconfig: list nodes, list leases in the agents' namespace.
     Status(FleetStatusArgs),
+    /// Ask every node's agent at once, with a short-lived token minted for the agents only,
+    /// dialling each Node's own address and checking each agent's certificate before
+    /// sending anything. Exit status 4 when a node did not answer.
+    Query(FleetQueryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +136,103 @@ pub struct FleetStatusArgs {
 pub enum FleetFailOn {
     /// A node whose agent's Lease is stale or absent.
     Uncovered,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetQueryArgs {
+    /// Namespace of the agents' Leases and of the responder ServiceAccount.
+    #[arg(
+        long,
+        short = 'n',
+        default_value = nodeguard_model::fleet::DEFAULT_NAMESPACE,
+        env = "NODEGUARD_NAMESPACE",
+        global = true
+    )]
+    pub namespace: String,
+
+    /// Kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else in-cluster].
+    #[arg(long, env = "NODEGUARD_KUBECONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The ServiceAccount a token is minted for (TokenRequest, audience `nodeguard`, 10
+    /// minutes); your RBAC must allow `create` on its `serviceaccounts/token`, and it must
+    /// hold the agents' reader role.
+    #[arg(long, default_value = "nodeguard-responder", global = true)]
+    pub service_account: String,
+
+    /// The agents' API port when a Lease names none.
+    #[arg(long, default_value_t = nodeguard_api::DEFAULT_PORT, global = true)]
+    pub port: u16,
+
+    /// PEM CA certificates the agents' certificates must chain to (for each node's
+    /// address), instead of the fingerprint each agent publishes in its Lease.
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
+
+    /// Agents asked at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub concurrency: u16,
+
+    /// Longest wait for one agent (connect, TLS, answer).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
+    pub timeout: std::time::Duration,
+
+    /// Longest wait for the whole fleet; agents not answered by then are listed as such.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, global = true)]
+    pub deadline: std::time::Duration,
+
+    /// Largest answer read from one agent, in MiB.
+    #[arg(long, default_value_t = 64, global = true)]
+    pub max_answer_mib: usize,
+
+    /// Output format: a table, or JSON lines (one object per row, per unanswered node and a
+    /// final summary), written as answers arrive.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub what: FleetWhat,
+}
+
+/// What to ask every agent: the filters of `nodeguard query`.
+#[derive(Debug, Subcommand)]
+pub enum FleetWhat {
+    /// Open findings on every node.
+    Findings {
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+        /// Container id (or 12+ hex prefix), container name, or `host`.
+        #[arg(long)]
+        container: Option<String>,
+        /// Finding kind, e.g. binary_drift.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Minimum severity.
+        #[arg(long, value_enum)]
+        severity: Option<SeverityArg>,
+        /// Only findings first seen at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Processes on every node; `--sha256 DIGEST` answers "where does this binary run?".
+    Processes {
+        /// Container id (or 12+ hex prefix), container name, or `host`.
+        #[arg(long)]
+        container: Option<String>,
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// Containers on every node.
+    Containers {
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,11 +7,11 @@ mod fleet;
 mod images;
 mod kube;
 mod output;
+mod plugin;
 mod query;
 mod run;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::{
     Cli, Command, HashChoice, InventoryArg, LogFormat, OutputFormat, PolicyCommand, ScanSettings,
 };
@@ -29,7 +29,7 @@ use std::time::Duration;
 pub(crate) const EXIT_FINDINGS: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_logging(cli.log_format);
     raise_open_file_limit();
     match run(cli) {
@@ -39,6 +39,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The flags, with help saying `kubectl nodeguard` when run as the kubectl plugin.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv0 = std::env::args_os().next();
+    let matches = plugin::command_for(argv0.as_deref(), Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Raises the soft open-file limit to the hard one (at most 1,048,576), as the Go runtime

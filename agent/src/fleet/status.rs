@@ -1,6 +1,7 @@
 //! `nodeguard fleet status`: a table (or JSON) of every Node and its agent's Lease, and
 //! exit status 3 under `--fail-on uncovered` when a node is stale or missing.
 
+use super::EXIT_UNCOVERED;
 use crate::cli::{FleetFailOn, FleetStatusArgs, OutputFormat};
 use anyhow::{Context, Result};
 use nodeguard_kube::fleet::{Coverage, FleetStatus, NodeStatus};
@@ -28,7 +29,7 @@ pub async fn run(args: FleetStatusArgs) -> Result<ExitCode> {
         None => false,
     };
     Ok(if fail {
-        ExitCode::from(crate::EXIT_FINDINGS)
+        ExitCode::from(EXIT_UNCOVERED)
     } else {
         ExitCode::SUCCESS
     })

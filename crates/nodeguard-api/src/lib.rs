@@ -48,6 +48,7 @@
 pub mod auth;
 pub mod client;
 mod error;
+pub mod fleet_client;
 pub mod query;
 mod serve;
 mod server;

@@ -20,9 +20,15 @@
 //! and at most [`AuthConfig::max_concurrent_reviews`] run at once, so a flood of made-up
 //! tokens cannot turn the agent into an amplifier against the API server.
 //!
+//! **Audiences:** a token is accepted for the API server's own audiences (what Prometheus and
+//! `nodeguard query` send) and for [`FLEET_AUDIENCE`] (the narrow tokens `nodeguard fleet
+//! query` mints, which the API server itself refuses); see `audiences.rs`. The accepted set
+//! is the same for every request, so the cache key stays (token, path).
+//!
 //! The agent needs `authentication.k8s.io tokenreviews create` and `authorization.k8s.io
 //! subjectaccessreviews create` (manifests/clusterrole.yaml).
 
+use crate::audiences::{ReviewPlan, ServerAudiences, FLEET_AUDIENCE};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -76,6 +82,7 @@ pub struct KubeAuthorizer {
     config: AuthConfig,
     cache: Mutex<DecisionCache>,
     reviews: Arc<Semaphore>,
+    audiences: ServerAudiences,
 }
 
 /// The cache key: SHA-256 of the token, a separator and the path.
@@ -203,6 +210,7 @@ impl KubeAuthorizer {
             reviews: Arc::new(Semaphore::new(config.max_concurrent_reviews.max(1))),
             config,
             cache: Mutex::new(DecisionCache::default()),
+            audiences: ServerAudiences::default(),
         }
     }
 
@@ -236,11 +244,38 @@ impl KubeAuthorizer {
         self.access_review(user, path).await
     }
 
+    /// Authenticates `token` for the API server's own audiences or [`FLEET_AUDIENCE`]
+    /// (`audiences.rs` says why and how).
     async fn token_review(&self, token: &str) -> Result<UserInfo, AccessDecision> {
+        match self.audiences.plan() {
+            ReviewPlan::Once(audiences) => self
+                .token_review_for(token, Some(audiences))
+                .await
+                .map(|(user, _)| user),
+            ReviewPlan::DefaultThenFleet => match self.token_review_for(token, None).await {
+                Ok((user, named)) => {
+                    self.audiences.learn(&named);
+                    Ok(user)
+                }
+                Err(AccessDecision::Unauthenticated { .. }) => self
+                    .token_review_for(token, Some(vec![FLEET_AUDIENCE.to_string()]))
+                    .await
+                    .map(|(user, _)| user),
+                Err(other) => Err(other),
+            },
+        }
+    }
+
+    /// One TokenReview: the user and the audiences the answer names.
+    async fn token_review_for(
+        &self,
+        token: &str,
+        audiences: Option<Vec<String>>,
+    ) -> Result<(UserInfo, Vec<String>), AccessDecision> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
-                audiences: None,
+                audiences,
             },
             ..Default::default()
         };
@@ -256,9 +291,13 @@ impl KubeAuthorizer {
                 .unwrap_or_else(|| "the API server does not know this token".to_string());
             return Err(AccessDecision::Unauthenticated { reason });
         }
-        status.user.ok_or_else(|| AccessDecision::Unauthenticated {
-            reason: "the TokenReview named no user".to_string(),
-        })
+        let named = status.audiences.unwrap_or_default();
+        status
+            .user
+            .map(|user| (user, named))
+            .ok_or_else(|| AccessDecision::Unauthenticated {
+                reason: "the TokenReview named no user".to_string(),
+            })
     }
 
     async fn access_review(&self, user: UserInfo, path: &str) -> AccessDecision {
@@ -400,6 +439,8 @@ mod tests {
     struct Fake {
         mode: Arc<Mutex<Mode>>,
         calls: Arc<AtomicUsize>,
+        /// TokenReviews that named audiences.
+        reviews_with_audiences: Arc<AtomicUsize>,
     }
 
     async fn token_review(
@@ -430,15 +471,41 @@ mod tests {
                 Json(status_body(422, "spec.token: Required value")),
             );
         };
-        let status = match token {
-            "admin-token" => {
-                json!({"authenticated": true, "user": {"username": "admin", "groups": ["system:masters", "system:authenticated"]}})
+        // As kube-apiserver: a token is valid for the audiences it was minted for (the API
+        // server's own by default); asked for none, the API server's are checked. The answer
+        // names the intersection.
+        const SERVER: &str = "https://kubernetes.default.svc";
+        let asked: Vec<String> = match body["spec"]["audiences"].as_array() {
+            Some(list) => {
+                fake.reviews_with_audiences.fetch_add(1, Ordering::SeqCst);
+                list.iter()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect()
             }
-            "prom-token" => {
-                json!({"authenticated": true, "user": {"username": "prom", "uid": "u-1", "groups": ["system:authenticated"]}})
-            }
+            None => vec![SERVER.to_string()],
+        };
+        let (user, minted_for) = match token {
+            "admin-token" => (
+                json!({"username": "admin", "groups": ["system:masters", "system:authenticated"]}),
+                SERVER,
+            ),
+            "prom-token" => (
+                json!({"username": "prom", "uid": "u-1", "groups": ["system:authenticated"]}),
+                SERVER,
+            ),
+            "fleet-token" => (
+                json!({"username": "system:serviceaccount:nodeguard:nodeguard-responder", "groups": ["system:masters"]}),
+                "nodeguard",
+            ),
             // kube-apiserver leaves `authenticated` out and says why.
-            _ => json!({"user": {}, "error": "invalid bearer token"}),
+            _ => (Value::Null, ""),
+        };
+        let status = if user.is_null() {
+            json!({"user": {}, "error": "invalid bearer token"})
+        } else if asked.iter().any(|a| a == minted_for) {
+            json!({"authenticated": true, "user": user, "audiences": [minted_for]})
+        } else {
+            json!({"user": {}, "error": "token audiences [\"x\"] is invalid for the target audiences"})
         };
         let mut answer = body.clone();
         answer["status"] = status;
@@ -502,6 +569,7 @@ mod tests {
         let fake = Fake {
             mode: Arc::new(Mutex::new(Mode::Normal)),
             calls: Arc::new(AtomicUsize::new(0)),
+            reviews_with_audiences: Arc::new(AtomicUsize::new(0)),
         };
         let router = Router::new()
             .route(
@@ -561,6 +629,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn fleet_tokens_and_the_api_servers_own_are_both_accepted_in_one_review_once_learned() {
+        let (fake, url) = fake_server().await;
+        let auth = authorizer(&url, quick());
+        // Before any answer named the API server's audiences: the default review refuses
+        // the fleet token, the one for the fleet audience accepts it.
+        assert_eq!(
+            auth.authorize("fleet-token", "/v1/processes").await,
+            AccessDecision::Allowed {
+                user: "system:serviceaccount:nodeguard:nodeguard-responder".into()
+            }
+        );
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 3, "two reviews, one SAR");
+        assert_eq!(fake.reviews_with_audiences.load(Ordering::SeqCst), 1);
+        // An ordinary token teaches the API server's audience …
+        assert!(matches!(
+            auth.authorize("admin-token", "/v1/report").await,
+            AccessDecision::Allowed { .. }
+        ));
+        // … after which each token takes one review naming both.
+        fake.calls.store(0, Ordering::SeqCst);
+        fake.reviews_with_audiences.store(0, Ordering::SeqCst);
+        for (token, path) in [("fleet-token", "/v1/findings"), ("prom-token", "/metrics")] {
+            assert!(
+                matches!(auth.authorize(token, path).await, AccessDecision::Allowed { .. }),
+                "{token}"
+            );
+        }
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(fake.reviews_with_audiences.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            auth.authorize("stolen", "/v1/report").await,
+            AccessDecision::Unauthenticated { .. }
+        ));
     }
 
     #[tokio::test]
@@ -671,10 +775,13 @@ mod tests {
                 ..quick()
             },
         );
+        // A known token first teaches the API server's audiences (one review per token
+        // from then on); its entry is the oldest, and goes first.
+        auth.authorize("admin-token", "/v1/report").await;
         for i in 0..4 {
             auth.authorize(&format!("made-up-{i}"), "/v1/report").await;
         }
-        // A fifth pushes out the first, and only it.
+        // A fifth pushes out the first made-up one, and only it.
         auth.authorize("made-up-4", "/v1/report").await;
         let before = fake.calls.load(Ordering::SeqCst);
         for i in 1..5 {
@@ -697,6 +804,9 @@ mod tests {
     async fn an_oversized_token_is_refused_without_a_review() {
         let (fake, url) = fake_server().await;
         let auth = authorizer(&url, quick());
+        // Audiences learned first, so the token at the bound takes one review.
+        auth.authorize("admin-token", "/v1/report").await;
+        fake.calls.store(0, Ordering::SeqCst);
         let token = "x".repeat(MAX_TOKEN_BYTES + 1);
         match auth.authorize(&token, "/v1/report").await {
             AccessDecision::Unauthenticated { reason } => {
@@ -706,7 +816,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
-        assert!(auth.cache.lock().unwrap().map.is_empty());
+        assert_eq!(auth.cache.lock().unwrap().map.len(), 1, "only the admin's");
         // At the bound it is reviewed as any other.
         auth.authorize(&"x".repeat(MAX_TOKEN_BYTES), "/v1/report")
             .await;

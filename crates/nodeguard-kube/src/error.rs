@@ -45,4 +45,12 @@ pub enum Error {
         #[source]
         source: Box<kube::config::KubeconfigError>,
     },
+    #[error("cannot {what}: {source}")]
+    Fleet {
+        what: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("cannot {what}: {reason}")]
+    FleetAnswer { what: String, reason: String },
 }

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audiences;
 mod auth;
 mod error;
 mod events;
@@ -41,6 +42,7 @@ mod publish;
 mod reports;
 mod state_file;
 
+pub use audiences::FLEET_AUDIENCE;
 pub use auth::{kubeconfig_token, AccessDecision, AuthConfig, KubeAuthorizer};
 pub use error::Error;
 pub use events::{EventConfig, EventPublisher, FINDINGS_SUMMARY_REASON, RESOLVED_SUFFIX};

@@ -1,16 +1,21 @@
 //! The responder's side of the fleet: questions about every node, asked with the caller's
-//! own kubeconfig and RBAC (list nodes; list leases in the agents' namespace).
+//! own kubeconfig and RBAC (list nodes; list leases in the agents' namespace; for a query,
+//! create a token for the responder ServiceAccount).
 //!
 //! - `cluster.rs`: the Nodes (their own addresses) and the agents' Leases, listed in pages
-//!   and cut down to small views at once.
+//!   and cut down to small views at once. Both commands read the cluster only through it.
 //! - `status.rs`: `nodeguard fleet status`, decided purely from those views.
+//! - `query.rs`: `nodeguard fleet query`: each Node joined with its Lease's port and
+//!   certificate fingerprint, and the narrow token the agents are asked with.
 
 mod cluster;
+mod query;
 mod status;
 
 pub use cluster::{
     lease_view, list_leases, list_nodes, node_address, node_view, LeaseView, NodeView,
 };
+pub use query::{fleet_nodes, join, mint_token, FleetNode, LeaseFacts, TOKEN_LIFETIME};
 pub use status::{classify, Coverage, FleetStatus, NodeStatus, Summary};
 
 use crate::Error;
