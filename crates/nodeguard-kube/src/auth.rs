@@ -655,7 +655,10 @@ mod tests {
         fake.reviews_with_audiences.store(0, Ordering::SeqCst);
         for (token, path) in [("fleet-token", "/v1/findings"), ("prom-token", "/metrics")] {
             assert!(
-                matches!(auth.authorize(token, path).await, AccessDecision::Allowed { .. }),
+                matches!(
+                    auth.authorize(token, path).await,
+                    AccessDecision::Allowed { .. }
+                ),
                 "{token}"
             );
         }
