@@ -158,6 +158,9 @@ impl Agent {
             "2s",
             "--fs-interval",
             "30s",
+            // The fake serves no Leases: the heartbeat Lease is tested against the real API
+            // server with the shipped Role (tests/fleet_status.rs).
+            "--lease=false",
         ];
         args.extend_from_slice(extra);
         Agent(support::agent::Agent::launch(

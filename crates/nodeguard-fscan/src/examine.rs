@@ -1,11 +1,13 @@
 //! What the walk does with one regular file: its mode bits, its `security.capability`, and
 //! (for a setuid/setgid/capability file) its digest. Shared by the full walk (`walk.rs`) and
 //! the incremental pass over writable layers (`incremental.rs`), which differ only in where a
-//! found file goes ([`FileSink`]).
+//! found file goes ([`crate::walk::FileSink`]).
 
 use crate::caps::decode_file_capability;
 use crate::sys::{self, Stat};
-use crate::walk::{identity, push_component, Candidate, WalkConfig, Worker, HASH_BUFFER_SIZE};
+use crate::walk::{
+    identity, push_component, Candidate, FileSink, WalkConfig, Worker, HASH_BUFFER_SIZE,
+};
 use nodeguard_hash::Digests;
 use std::ffi::CStr;
 use std::io;
@@ -13,21 +15,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 pub(crate) const CAPABILITY_XATTR: &CStr = c"security.capability";
 pub(crate) const METACOPY_XATTR: &CStr = c"trusted.overlay.metacopy";
-
-/// Where the files a walk finds go.
-pub(crate) trait FileSink {
-    /// Names the root in warnings, e.g. `upper layer /x of container abc`.
-    fn label(&self) -> &str;
-    /// An overlay upper dir: files may be metacopy-only copies whose data is elsewhere.
-    fn upper(&self) -> bool;
-    /// Takes a place for one more candidate; `false` (and the file counted as omitted) when
-    /// the root already holds [`crate::MAX_CANDIDATES_PER_ROOT`].
-    fn reserve(&self) -> bool;
-    fn push(&self, candidate: Candidate);
-    /// A warning that is a property of a file (it holds until the file changes), so a
-    /// pass that does not look at the file again can repeat it.
-    fn note(&self, _kind: &'static str, _warning: &str) {}
-}
 
 impl Worker {
     /// Counts an error of `kind` and warns, and tells the sink (a lasting property of a file).

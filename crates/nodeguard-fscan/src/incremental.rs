@@ -32,8 +32,8 @@
 //! layer's tree is dropped and the layer is walked in full as before (counted as
 //! `incremental_fallbacks`). At most [`MAX_NOTES`] lasting warnings are kept per layer.
 
-use crate::examine::FileSink;
 use crate::sys::{self, EntryType, Stat};
+use crate::walk::FileSink;
 use crate::walk::{Candidate, RootResult, WalkConfig, Worker, REDIRECT_XATTR};
 use crate::MAX_CANDIDATES_PER_ROOT;
 use std::cell::{Cell, RefCell};
@@ -252,6 +252,7 @@ pub(crate) fn refresh(
         removed: 0,
         total_dirs,
         layer_dirs: tree.dirs,
+        chain: Vec::new(),
         sink: TreeSink {
             label,
             kept: Cell::new(tree.kept),
@@ -326,6 +327,10 @@ struct Walker<'p, 'c> {
     removed: usize,
     total_dirs: &'p AtomicUsize,
     layer_dirs: usize,
+    /// Inodes of the directories from the layer's root down to the one being visited: a
+    /// subdirectory that is one of them (a bind-mount loop) is not entered, as in the full
+    /// walk.
+    chain: Vec<u64>,
     sink: TreeSink<'p>,
 }
 
@@ -398,6 +403,21 @@ impl Walker<'_, '_> {
         if depth > MAX_DEPTH {
             return Err(Fallback::TooDeep);
         }
+        self.chain.push(st.ino);
+        let visited = self.visit_node(node, fd, st, rel, depth);
+        self.chain.pop();
+        visited
+    }
+
+    /// [`Walker::visit`] with `node` on the chain.
+    fn visit_node(
+        &mut self,
+        node: &mut DirNode,
+        fd: OwnedFd,
+        st: Stat,
+        rel: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), Fallback> {
         let changed =
             !node.listed || node.unsettled || (st.mtime, st.ctime) != (node.mtime, node.ctime);
         let due = node.round != self.round;
@@ -450,6 +470,19 @@ impl Walker<'_, '_> {
         if cst.dev != self.dev {
             self.worker.stats.mounts_skipped += 1;
             return Ok(false);
+        }
+        if self.chain.contains(&cst.ino) {
+            // One of its own ancestors (a bind mount on the host): kept by name, never entered,
+            // and said every pass as the full walk says it.
+            let mut path = rel.clone();
+            push_name(&mut path, child.name.to_bytes());
+            self.worker.stats.count_error("walk_loop");
+            self.worker.warn(format!(
+                "directory loop in {} at /{} (bind mount?): not entered",
+                self.label,
+                nodeguard_model::escape_path(&path)
+            ));
+            return Ok(true);
         }
         if child.ino == 0 {
             // Seen in its parent's listing, not visited yet (no inode is 0).

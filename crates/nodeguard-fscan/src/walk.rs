@@ -15,7 +15,6 @@
 //!   and, when interesting, are opened — with `O_NONBLOCK|O_NOCTTY|O_NOFOLLOW` and a re-check
 //!   that the opened inode is the regular file that was stat'ed.
 
-use crate::examine::FileSink;
 use crate::sys::{self, DirReader, EntryType, Stat};
 use crate::{FsStats, WalkBudget};
 use nodeguard_hash::{Algorithms, DigestCache, FileIdentity};
@@ -818,4 +817,19 @@ fn evict_fds_below(frames: &mut [Frame], keep_from: usize) {
             open -= 1;
         }
     }
+}
+
+/// Where the files a walk finds go.
+pub(crate) trait FileSink {
+    /// Names the root in warnings, e.g. `upper layer /x of container abc`.
+    fn label(&self) -> &str;
+    /// An overlay upper dir: files may be metacopy-only copies whose data is elsewhere.
+    fn upper(&self) -> bool;
+    /// Takes a place for one more candidate; `false` (and the file counted as omitted) when
+    /// the root already holds [`crate::MAX_CANDIDATES_PER_ROOT`].
+    fn reserve(&self) -> bool;
+    fn push(&self, candidate: Candidate);
+    /// A warning that is a property of a file (it holds until the file changes), so a
+    /// pass that does not look at the file again can repeat it.
+    fn note(&self, _kind: &'static str, _warning: &str) {}
 }
