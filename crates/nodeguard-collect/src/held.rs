@@ -373,8 +373,10 @@ mod tests {
     #[test]
     fn a_held_process_is_read_with_its_executable_after_it_was_reaped() {
         let program = sleep_binary();
+        // Long enough to be held before it exits even on a loaded machine (a zombie's
+        // command line is empty).
         let mut child = Command::new(&program)
-            .arg("0.05")
+            .arg("0.5")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -403,7 +405,7 @@ mod tests {
         let want = std::fs::canonicalize(&program).unwrap();
         assert_eq!(read.process.exe.as_deref(), want.to_str());
         assert!(
-            read.process.cmdline.ends_with("0.05"),
+            read.process.cmdline.ends_with("0.5"),
             "{}",
             read.process.cmdline
         );
