@@ -916,6 +916,9 @@ impl Agent {
             interval,
             "--fs-interval",
             "10m",
+            // The bed binds the shipped ClusterRole only, not the Lease Role in the agent's
+            // namespace; the heartbeat Lease is tested with that Role in tests/fleet_status.rs.
+            "--lease=false",
         ];
         let mut how = Launch {
             kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
