@@ -154,21 +154,8 @@ pub fn run(args: QueryArgs) -> Result<()> {
             severity,
             since,
         } => {
-            let query = FindingsQuery {
-                namespace,
-                pod,
-                container,
-                kind: kind
-                    .map(|k| k.parse::<FindingKind>())
-                    .transpose()
-                    .context("--kind")?,
-                min_severity: severity.map(crate::severity),
-                since: since
-                    .map(|s| Timestamp::parse(&s))
-                    .transpose()
-                    .map_err(anyhow::Error::msg)
-                    .context("--since")?,
-            };
+            let query =
+                crate::query::findings_query(namespace, pod, container, kind, severity, since)?;
             let answer = client::findings(base, &query)?;
             // Asked for low findings: list them; otherwise they are counted (the table's
             // default).
@@ -287,6 +274,33 @@ fn execs_table(answer: &nodeguard_api::types::ExecsResponse, width: usize) -> St
         answer.count, h.entries, h.max_entries, h.bytes, h.max_bytes, h.max_age_secs, h.dropped
     ));
     out
+}
+
+/// The `/v1/findings` filters of `query findings` and `fleet query findings`, from their
+/// flags (`--kind`, `--since` parsed here, each named in its error).
+pub(crate) fn findings_query(
+    namespace: Option<String>,
+    pod: Option<String>,
+    container: Option<String>,
+    kind: Option<String>,
+    severity: Option<crate::cli::SeverityArg>,
+    since: Option<String>,
+) -> Result<FindingsQuery> {
+    Ok(FindingsQuery {
+        namespace,
+        pod,
+        container,
+        kind: kind
+            .map(|k| k.parse::<FindingKind>())
+            .transpose()
+            .context("--kind")?,
+        min_severity: severity.map(crate::severity),
+        since: since
+            .map(|s| Timestamp::parse(&s))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--since")?,
+    })
 }
 
 #[cfg(test)]

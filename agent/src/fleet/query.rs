@@ -18,9 +18,8 @@ use super::EXIT_INCOMPLETE;
 use crate::cli::{FleetQueryArgs, FleetWhat};
 use anyhow::{Context, Result};
 use nodeguard_api::fleet_client::{get_from_agent, AgentCall, AgentFailure, AgentTrust};
-use nodeguard_api::{ContainersQuery, FindingsQuery, ProcessesQuery};
+use nodeguard_api::{ContainersQuery, ProcessesQuery};
 use nodeguard_kube::fleet::{fleet_nodes, mint_token, FleetNode};
-use nodeguard_model::{FindingKind, Timestamp};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,21 +36,8 @@ pub fn request(what: FleetWhat) -> Result<(Kind, String)> {
             severity,
             since,
         } => {
-            let query = FindingsQuery {
-                namespace,
-                pod,
-                container,
-                kind: kind
-                    .map(|k| k.parse::<FindingKind>())
-                    .transpose()
-                    .context("--kind")?,
-                min_severity: severity.map(crate::severity),
-                since: since
-                    .map(|s| Timestamp::parse(&s))
-                    .transpose()
-                    .map_err(anyhow::Error::msg)
-                    .context("--since")?,
-            };
+            let query =
+                crate::query::findings_query(namespace, pod, container, kind, severity, since)?;
             (
                 Kind::Findings,
                 path("/v1/findings", &query.to_query_string()),
