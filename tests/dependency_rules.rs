@@ -706,6 +706,9 @@ fn io_paths(code: &str) -> Vec<String> {
     external_paths(code)
         .into_iter()
         .filter(|p| match p.first().map(String::as_str) {
+            // `std::os::unix::ffi` only views an OS string as its bytes (a path is bytes on
+            // Linux): no system call.
+            Some("std") if p.get(1..4).is_some_and(|m| m == ["os", "unix", "ffi"]) => false,
             Some("std" | "core") => p.get(1).is_some_and(|m| STD_IO.contains(&m.as_str())),
             Some(name) => IO_CRATES.contains(&name),
             None => false,
@@ -744,10 +747,16 @@ fn the_model_does_no_io() {
 fn the_io_check_sees_io_and_only_io() {
     let code = "use std::fs::File;\nuse std::{fmt, io::Read};\nfn f() { let _ = tokio::spawn(x); }\n\
                 use std::collections::BTreeMap;\n// std::net::TcpStream\nconst S: &str = \"libc::open\";\n\
+                use std::os::unix::ffi::OsStrExt;\nuse std::os::fd::AsRawFd;\n\
                 #[cfg(test)]\nmod tests { use std::env; }\n";
     assert_eq!(
         io_paths(&product_code(code)),
-        ["std::fs::File", "std::io::Read", "tokio::spawn"]
+        [
+            "std::fs::File",
+            "std::io::Read",
+            "tokio::spawn",
+            "std::os::fd::AsRawFd"
+        ]
     );
 }
 

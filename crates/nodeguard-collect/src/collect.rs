@@ -438,8 +438,10 @@ fn roots_from_host_mounts(
                 &id[..12.min(id.len())]
             ));
             seed.root = Some(ContainerRoot {
-                fstype: mount.fstype.clone(),
-                layers: Some(crate::mountinfo::overlay_layers(&mount.super_options)),
+                rootfs: nodeguard_model::RootFs {
+                    fstype: mount.fstype.clone(),
+                    layers: crate::mountinfo::overlay_layers(&mount.super_options),
+                },
                 // Chrooted processes see their mounts apart from the host's: none known.
                 writable_mounts: Vec::new(),
                 // The host's table, not the container's: it says nothing of its masks.
@@ -1084,7 +1086,7 @@ fn build_containers(
             sandbox: false,
             exited: false,
             pids: seed.pids.clone(),
-            rootfs: seed.root.as_ref().map(ContainerRoot::to_rootfs),
+            rootfs: seed.root.as_ref().map(|r| r.rootfs.clone()),
             pod: None,
             confinement: Confinement {
                 devices: DeviceAccess::Unknown,
@@ -1227,7 +1229,7 @@ fn locate_layers(
             out.push(None);
             continue;
         };
-        let layers = seed.root.as_ref().and_then(|r| r.layers.as_ref());
+        let layers = seed.root.as_ref().and_then(|r| r.rootfs.overlay());
         let mut located = Located {
             layer: Layer::Unknown,
             identity: None,
@@ -1683,8 +1685,14 @@ mod tests {
         );
         let rootfs = a.rootfs.as_ref().unwrap();
         assert_eq!(rootfs.fstype, "overlay");
-        assert_eq!(rootfs.lower_dirs, ["/layers/l1", "/layers/l2"]);
-        assert_eq!(rootfs.upper_dir.as_deref(), Some("/layers/upper"));
+        assert_eq!(
+            rootfs.layers.lower_dirs,
+            ["/layers/l1", "/layers/l2"].map(std::path::Path::new)
+        );
+        assert_eq!(
+            rootfs.layers.upper_dir.as_deref(),
+            Some(std::path::Path::new("/layers/upper"))
+        );
         assert_eq!(a.pod, None);
 
         // Pure v2: device access is a BPF program's, unknown (never "restricted"); A's own
@@ -1724,7 +1732,10 @@ mod tests {
         );
         assert_eq!(b.pod_limits, Some(Limits::default()));
         assert_eq!(b.rootfs.as_ref().map(|r| r.fstype.as_str()), Some("ext4"));
-        assert_eq!(b.rootfs.as_ref().map(|r| r.lower_dirs.len()), Some(0));
+        assert_eq!(
+            b.rootfs.as_ref().map(|r| r.layers.lower_dirs.len()),
+            Some(0)
+        );
     }
 
     #[test]

@@ -5,11 +5,11 @@
 //! symlink planted in a layer can never lead the agent out of it: a symlink anywhere on the
 //! way means "not in this layer". Nothing is opened for reading.
 
-use crate::mountinfo::OverlayLayers;
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 use nodeguard_model::Layer;
+use nodeguard_model::OverlayLayers;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -160,11 +160,12 @@ pub fn locate(
         identity: None,
     };
     let candidates = layers
-        .upper
+        .upper_dir
         .iter()
         .map(|u| (Layer::Upper, u))
-        .chain(layers.lower.iter().map(|l| (Layer::Image, l)));
+        .chain(layers.lower_dirs.iter().map(|l| (Layer::Image, l)));
     for (layer, dir) in candidates {
+        let dir = dir.as_os_str().as_bytes();
         let layer_error = |source: io::Error| crate::Error::Layer {
             path: host.display(dir),
             source,
@@ -218,8 +219,8 @@ mod tests {
         fs::write(host.join("upper/usr/bin/dropped"), b"dropped").unwrap();
         fs::write(host.join("outside/secret"), b"secret").unwrap();
         let layers = OverlayLayers {
-            lower: vec![b"/l1".to_vec(), b"/l2".to_vec()],
-            upper: Some(b"/upper".to_vec()),
+            lower_dirs: vec!["/l1".into(), "/l2".into()],
+            upper_dir: Some("/upper".into()),
         };
         let root = HostRoot::open(&host).unwrap();
         (tmp, root, layers)
@@ -348,8 +349,8 @@ mod tests {
     fn unreachable_layer_dir_is_an_error_naming_it() {
         let (_tmp, host, _) = layered();
         let layers = OverlayLayers {
-            lower: vec![b"/no/such/layer".to_vec()],
-            upper: None,
+            lower_dirs: vec!["/no/such/layer".into()],
+            upper_dir: None,
         };
         let running = FileIdentity {
             dev: 0,

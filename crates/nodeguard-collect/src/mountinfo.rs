@@ -5,7 +5,10 @@
 //! escaped the same way (`,` `=` space tab newline `\`), and inside `lowerdir=` a literal `:`
 //! is written `\:` (so it shows as `\134:`).
 
-use nodeguard_model::{escape_path, RootFs};
+use nodeguard_model::{OverlayLayers, RootFs};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 
 /// One mount as `/proc/PID/mountinfo` describes it. Paths are raw bytes (unescaped).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,24 +158,19 @@ pub fn split_lowerdir(value: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (lower, data)
 }
 
-/// The layers of an overlay mount, raw host paths.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OverlayLayers {
-    /// Lower layers, top first (data-only layers left out: they are not visible by path).
-    pub lower: Vec<Vec<u8>>,
-    pub upper: Option<Vec<u8>>,
-}
-
 /// Reads `lowerdir=` (or repeated `lowerdir+=` of kernel 6.8+) and `upperdir=` from overlay
 /// super options.
 pub fn overlay_layers(options: &str) -> OverlayLayers {
+    let path = |bytes: Vec<u8>| PathBuf::from(OsString::from_vec(bytes));
     let mut layers = OverlayLayers::default();
     for (key, value) in super_options(options) {
         let Some(value) = value else { continue };
         match key.as_str() {
-            "lowerdir" => layers.lower.extend(split_lowerdir(&value).0),
-            "lowerdir+" => layers.lower.push(value),
-            "upperdir" => layers.upper = Some(value),
+            "lowerdir" => layers
+                .lower_dirs
+                .extend(split_lowerdir(&value).0.into_iter().map(path)),
+            "lowerdir+" => layers.lower_dirs.push(path(value)),
+            "upperdir" => layers.upper_dir = Some(path(value)),
             _ => {}
         }
     }
@@ -184,12 +182,11 @@ pub fn root_mount(mounts: &[MountInfo]) -> Option<&MountInfo> {
     mounts.iter().rev().find(|m| m.mount_point == b"/")
 }
 
-/// A container's root filesystem with its raw layer paths (for lookups) and the report form,
-/// and what the same mount table says of the runtime's masks.
+/// A container's root filesystem (its layers as raw host paths, the report's form too), and
+/// what the same mount table says of its other mounts and the runtime's masks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRoot {
-    pub fstype: String,
-    pub layers: Option<OverlayLayers>,
+    pub rootfs: RootFs,
     /// The mounts besides `/` the container may write (see [`writable_mounts`]).
     pub writable_mounts: Vec<WritableMount>,
     /// [`crate::confinement::masked_paths`] of the mount table the root was found in;
@@ -271,27 +268,22 @@ impl ContainerRoot {
             .filter(|m| m.dev == dev && is_under(path, &m.mount_point))
             .max_by_key(|m| m.mount_point.len())
     }
-
-    /// The report form: layer paths rendered with [`escape_path`] (unchanged for ordinary
-    /// paths; `unescape_path` gives the bytes back).
-    pub fn to_rootfs(&self) -> RootFs {
-        let layers = self.layers.clone().unwrap_or_default();
-        RootFs {
-            fstype: self.fstype.clone(),
-            lower_dirs: layers.lower.iter().map(|l| escape_path(l)).collect(),
-            upper_dir: layers.upper.as_deref().map(escape_path),
-        }
-    }
 }
 
 /// The root filesystem from mountinfo text; `None` when no mount is at `/`.
 pub fn container_root(mountinfo: &[u8]) -> Option<ContainerRoot> {
     let (mounts, _) = parse_mountinfo(mountinfo);
     let root = root_mount(&mounts)?;
-    let layers = (root.fstype == "overlay").then(|| overlay_layers(&root.super_options));
+    let layers = if root.fstype == "overlay" {
+        overlay_layers(&root.super_options)
+    } else {
+        OverlayLayers::default()
+    };
     Some(ContainerRoot {
-        fstype: root.fstype.clone(),
-        layers,
+        rootfs: RootFs {
+            fstype: root.fstype.clone(),
+            layers,
+        },
         writable_mounts: writable_mounts(&mounts),
         masked_paths: crate::confinement::masked_paths(&mounts),
     })
@@ -300,6 +292,7 @@ pub fn container_root(mountinfo: &[u8]) -> Option<ContainerRoot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const CONTAINERD: &str = "\
 1120 1013 0:120 / / rw,relatime master:390 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs:/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs,upperdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs,workdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/work
@@ -311,18 +304,24 @@ mod tests {
     #[test]
     fn containerd_root_has_layers_top_first() {
         let root = container_root(CONTAINERD.as_bytes()).unwrap();
-        assert_eq!(root.fstype, "overlay");
-        let fs = root.to_rootfs();
+        assert_eq!(root.rootfs.fstype, "overlay");
+        let fs = &root.rootfs.layers;
         assert_eq!(
             fs.lower_dirs,
             [
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs",
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs"
+                Path::new(
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs"
+                ),
+                Path::new(
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs"
+                )
             ]
         );
         assert_eq!(
             fs.upper_dir.as_deref(),
-            Some("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs")
+            Some(Path::new(
+                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs"
+            ))
         );
         let (mounts, skipped) = parse_mountinfo(CONTAINERD.as_bytes());
         assert_eq!((mounts.len(), skipped), (4, 0));
@@ -379,10 +378,10 @@ mod tests {
         assert_eq!(mounts[0].source, b"over lay");
         let layers = overlay_layers(&mounts[0].super_options);
         assert_eq!(
-            layers.lower,
-            [b"/l/a b".to_vec(), b"/l/c,d".to_vec(), b"/l/e:f".to_vec()]
+            layers.lower_dirs,
+            ["/l/a b", "/l/c,d", "/l/e:f"].map(Path::new)
         );
-        assert_eq!(layers.upper.as_deref(), Some(&b"/u/x y"[..]));
+        assert_eq!(layers.upper_dir.as_deref(), Some(Path::new("/u/x y")));
     }
 
     #[test]
@@ -391,20 +390,16 @@ mod tests {
             "rw,lowerdir+=/l/top,lowerdir+=/l/mid\\054x,lowerdir+=/l/bottom,datadir+=/d/1,upperdir=/u,workdir=/w",
         );
         assert_eq!(
-            layers.lower,
-            [
-                b"/l/top".to_vec(),
-                b"/l/mid,x".to_vec(),
-                b"/l/bottom".to_vec()
-            ]
+            layers.lower_dirs,
+            ["/l/top", "/l/mid,x", "/l/bottom"].map(Path::new)
         );
         let (lower, data) = split_lowerdir(b"/a:/b::/data1::/data2");
         assert_eq!(lower, [b"/a".to_vec(), b"/b".to_vec()]);
         assert_eq!(data, [b"/data1".to_vec(), b"/data2".to_vec()]);
         // A read-only overlay (no upper).
         let layers = overlay_layers("ro,lowerdir=/a:/b");
-        assert_eq!(layers.upper, None);
-        assert_eq!(layers.lower.len(), 2);
+        assert_eq!(layers.upper_dir, None);
+        assert_eq!(layers.lower_dirs.len(), 2);
     }
 
     #[test]
@@ -412,9 +407,9 @@ mod tests {
         let text =
             b"22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n23 22 0:5 / /proc rw - proc proc rw\n";
         let root = container_root(text).unwrap();
-        assert_eq!(root.fstype, "ext4");
-        assert_eq!(root.layers, None);
-        assert_eq!(root.to_rootfs().lower_dirs, Vec::<String>::new());
+        assert_eq!(root.rootfs.fstype, "ext4");
+        assert_eq!(root.rootfs.overlay(), None);
+        assert!(root.rootfs.layers.lower_dirs.is_empty());
         assert_eq!(
             container_root(b"23 22 0:5 / /proc rw - proc proc rw\n"),
             None
@@ -424,7 +419,7 @@ mod tests {
     #[test]
     fn last_mount_on_root_wins() {
         let text = b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:9 / / rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n";
-        assert_eq!(container_root(text).unwrap().fstype, "overlay");
+        assert_eq!(container_root(text).unwrap().rootfs.fstype, "overlay");
     }
 
     #[test]

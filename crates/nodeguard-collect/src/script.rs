@@ -321,12 +321,13 @@ pub fn locate_script(
                 identity,
             }));
         }
-        let (Some(host), Some(upper)) =
-            (host, root.layers.as_ref().and_then(|l| l.upper.as_deref()))
-        else {
+        let (Some(host), Some(upper)) = (
+            host,
+            root.rootfs.overlay().and_then(|l| l.upper_dir.as_deref()),
+        ) else {
             continue;
         };
-        let upper = host.open_dir(upper)?;
+        let upper = host.open_dir(upper.as_os_str().as_bytes())?;
         if let Entry::File(st) = lookup_beneath(&upper, &candidate)? {
             if identity_of(&st).same_file_as(&identity) {
                 return Ok(Some(FoundScript {

@@ -191,7 +191,7 @@ proptest! {
         let (mounts, _) = parse_mountinfo(&b);
         let _ = mounts.len();
         if let Some(root) = container_root(&b) {
-            let _ = root.to_rootfs();
+            let _ = root.rootfs.overlay();
         }
         let text = String::from_utf8_lossy(&b);
         let _ = super_options(&text);

@@ -11,6 +11,7 @@
 //! wall time and the process's CPU time (`getrusage`) in `cpu_ms`.
 
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
+use nodeguard_model::OverlayLayers;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -85,14 +86,14 @@ fn parse_spec(spec: &str) -> ContainerRoot {
                 Some((l, u)) => (l, Some(PathBuf::from(u))),
                 None => (target, None),
             };
-            RootSpec::Overlay {
+            RootSpec::Overlay(OverlayLayers {
                 lower_dirs: lowers
                     .split(',')
                     .filter(|s| !s.is_empty())
                     .map(PathBuf::from)
                     .collect(),
                 upper_dir: upper,
-            }
+            })
         }
         other => panic!("unknown root kind {other}"),
     };

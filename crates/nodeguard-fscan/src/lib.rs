@@ -71,7 +71,7 @@ pub use caps::{decode_file_capability, CapRevision, FileCaps};
 pub use scanner::{FsScanner, DEFAULT_RECHECK_FILES};
 pub use walk::MAX_CANDIDATES_PER_ROOT;
 
-use nodeguard_model::ScanStats;
+use nodeguard_model::{OverlayLayers, ScanStats};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,11 +102,9 @@ impl Default for WalkBudget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootSpec {
     /// Overlay container: walk each lower dir (host path) once across all containers, the upper
-    /// on its own. `lower_dirs` are top first, as in the overlay's `lowerdir=` option.
-    Overlay {
-        lower_dirs: Vec<PathBuf>,
-        upper_dir: Option<PathBuf>,
-    },
+    /// on its own. `lower_dirs` are top first, as in the overlay's `lowerdir=` option, and
+    /// reachable from here (below the host root the agent sees the node's files at).
+    Overlay(OverlayLayers),
     /// Anything else: walk the merged root, e.g. `/proc/PID/root`.
     Merged { root: PathBuf },
 }

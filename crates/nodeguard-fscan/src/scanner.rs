@@ -8,6 +8,7 @@ use crate::walk::MAX_CANDIDATES_PER_ROOT;
 use crate::walk::{self, Candidate, RootResult, WalkConfig, WalkRoot};
 use crate::{ContainerRoot, FsScanOutput, FsStats, Incomplete, RootSpec, WalkBudget};
 use nodeguard_hash::{Algorithms, DigestCache};
+use nodeguard_model::OverlayLayers;
 use nodeguard_model::{escape_path, FileEntry, Layer};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -179,10 +180,12 @@ impl FsScanner {
         let covered: Vec<ContainerRoot> = roots
             .iter()
             .filter(|root| match &root.spec {
-                RootSpec::Overlay { lower_dirs, .. } => lower_dirs.iter().all(|dir| {
-                    let cached = self.layers.get(dir).map(|c| c.key);
-                    cached.is_some() && layer_key(dir).ok() == cached
-                }),
+                RootSpec::Overlay(OverlayLayers { lower_dirs, .. }) => {
+                    lower_dirs.iter().all(|dir| {
+                        let cached = self.layers.get(dir).map(|c| c.key);
+                        cached.is_some() && layer_key(dir).ok() == cached
+                    })
+                }
                 RootSpec::Merged { .. } => false,
             })
             .cloned()
@@ -210,7 +213,7 @@ impl FsScanner {
         // Which containers use each lower dir, for warnings.
         let mut users: HashMap<&Path, Vec<&str>> = HashMap::new();
         for root in roots {
-            if let RootSpec::Overlay { lower_dirs, .. } = &root.spec {
+            if let RootSpec::Overlay(OverlayLayers { lower_dirs, .. }) = &root.spec {
                 for dir in lower_dirs {
                     users
                         .entry(dir.as_path())
@@ -235,10 +238,10 @@ impl FsScanner {
                         upper: false,
                     });
                 }
-                RootSpec::Overlay {
+                RootSpec::Overlay(OverlayLayers {
                     lower_dirs,
                     upper_dir,
-                } => {
+                }) => {
                     for dir in lower_dirs {
                         if lower_sources.contains_key(dir) {
                             continue;
@@ -447,10 +450,10 @@ impl FsScanner {
                         }
                     }
                 }
-                RootSpec::Overlay {
+                RootSpec::Overlay(OverlayLayers {
                     lower_dirs,
                     upper_dir,
-                } => {
+                }) => {
                     let upper = other_sources
                         .get(&(ci, true))
                         .map(|i| &results[*i].candidates);
@@ -513,7 +516,7 @@ fn incomplete_roots(
                 note(what, why, r.omitted);
             }
         }
-        if let RootSpec::Overlay { lower_dirs, .. } = &root.spec {
+        if let RootSpec::Overlay(OverlayLayers { lower_dirs, .. }) = &root.spec {
             for dir in lower_dirs {
                 if let Some((why, n)) = lower_gaps.get(dir.as_path()) {
                     note("image layer", why.as_deref(), *n);
@@ -537,10 +540,10 @@ fn upper_dirs(roots: &[ContainerRoot]) -> HashSet<&Path> {
     roots
         .iter()
         .filter_map(|root| match &root.spec {
-            RootSpec::Overlay {
+            RootSpec::Overlay(OverlayLayers {
                 upper_dir: Some(upper),
                 ..
-            } => Some(upper.as_path()),
+            }) => Some(upper.as_path()),
             _ => None,
         })
         .collect()

@@ -7,7 +7,7 @@
 //! (`rootfs.diff_ids`) and its layer blobs, in order. Every small blob read is checked against
 //! the digest it is filed under.
 
-use crate::found::{platform, Resolved, RootFs};
+use crate::found::{platform, ConfigRootFs, Resolved};
 use crate::layer::LayerSource;
 use crate::safe_open::read_small;
 use crate::{Digest, Error, Limits, Unverifiable};
@@ -51,7 +51,7 @@ struct Document {
     #[serde(default)]
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
-    rootfs: Option<RootFs>,
+    rootfs: Option<ConfigRootFs>,
 }
 
 pub(crate) fn blobs_dir(root: &Path) -> PathBuf {

@@ -7,7 +7,7 @@
 //! checked against the image id and its `rootfs.diff_ids` against the layer chain's
 //! `diff-digest`s, so a rewritten layers.json cannot vouch for altered layers.
 
-use crate::found::{Resolved, RootFs};
+use crate::found::{ConfigRootFs, Resolved};
 use crate::layer::LayerSource;
 use crate::safe_open::read_small;
 use crate::{Digest, Error, Limits, Unverifiable};
@@ -161,7 +161,7 @@ fn check_config(
     }
     #[derive(Deserialize)]
     struct Config {
-        rootfs: RootFs,
+        rootfs: ConfigRootFs,
     }
     let config: Config = serde_json::from_slice(&bytes)
         .map_err(|e| metadata(format!("image {image_id} config: {e}")))?;

@@ -3,7 +3,7 @@
 //! `cache-id` (the directory `overlay2/<cache-id>/diff`) and `tar-split.json.gz`.
 //! chainID(0) = diff_id(0); chainID(n) = sha256(chainID(n-1) + " " + diff_id(n)).
 
-use crate::found::{Resolved, RootFs};
+use crate::found::{ConfigRootFs, Resolved};
 use crate::layer::LayerSource;
 use crate::safe_open::read_small;
 use crate::{Digest, Error, Limits, Unverifiable};
@@ -51,7 +51,7 @@ pub(crate) fn find(
     }
     #[derive(Deserialize)]
     struct Config {
-        rootfs: RootFs,
+        rootfs: ConfigRootFs,
     }
     let config: Config = serde_json::from_slice(&bytes)
         .map_err(|e| metadata(format!("docker image {digest}: {e}")))?;

@@ -23,9 +23,10 @@ pub(crate) fn platform() -> &'static str {
     }
 }
 
-/// An image config's `rootfs` (only the diff_ids matter here).
+/// An image config's `rootfs` (only the diff_ids matter here): the layers an image is
+/// made of, by content digest. Not a container's root filesystem (`nodeguard_model::RootFs`).
 #[derive(Deserialize)]
-pub(crate) struct RootFs {
+pub(crate) struct ConfigRootFs {
     #[serde(default)]
     pub(crate) diff_ids: Vec<String>,
 }

@@ -17,6 +17,7 @@ pub mod listing;
 pub mod random;
 pub mod redact;
 pub mod report;
+pub mod rootfs;
 pub mod state;
 pub mod text;
 
@@ -36,9 +37,10 @@ pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_path, short_id, unescape_path, Capabilities, CapabilityMasks, CapabilityName,
     CapabilitySet, CgroupDriver, CgroupVersion, Confinement, Container, DeviceAccess, FileEntry,
-    Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime,
+    Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, Runtime,
     ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
+pub use rootfs::{OverlayLayers, RootFs};
 pub use state::{
     DurationHistogram, EventStats, ExecEventSource, ExecEventStats, FindingChanges, FindingLedger,
     NoPods, NodeState, Outcomes, PodLookup, PolicyReportStats, ScanKind, ScanRun, ScanTotals,

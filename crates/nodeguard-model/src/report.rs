@@ -1,6 +1,7 @@
 //! The report of one scan: the JSON contract documented in docs/json-report.md.
 
 use crate::finding::{Finding, Severity};
+use crate::rootfs::RootFs;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -180,17 +181,6 @@ pub struct PodRef {
     /// The image digest the kubelet reports (`status.containerStatuses[].imageID`). This is
     /// the registry manifest digest, not the digest of any binary.
     pub image_id: Option<String>,
-}
-
-/// Where a container's root filesystem comes from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootFs {
-    /// Filesystem type of the container's `/` (`overlay` for containerd, CRI-O, Docker).
-    pub fstype: String,
-    /// Image layers, top first, as host paths (from the overlay's `lowerdir=`).
-    pub lower_dirs: Vec<String>,
-    /// The container's writable layer, as a host path (from `upperdir=`).
-    pub upper_dir: Option<String>,
 }
 
 /// One container seen on the node.

@@ -20,7 +20,7 @@ use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
 use nodeguard_model::{
-    Container, ExecHistory, FileEntry, Process, Report, Runtime, ScanStats, Timestamp,
+    Container, ExecHistory, FileEntry, Process, Report, RootFs, Runtime, ScanStats, Timestamp,
     SCHEMA_VERSION,
 };
 pub use nodeguard_model::{NoPods, PodLookup};
@@ -576,16 +576,11 @@ fn container_root(
     container: &Container,
 ) -> Option<ContainerRoot> {
     let overlay = host_root
-        .zip(container.rootfs.as_ref())
-        .filter(|(_, r)| r.fstype == "overlay" && !r.lower_dirs.is_empty())
-        .map(|(host_root, r)| RootSpec::Overlay {
-            lower_dirs: r.lower_dirs.iter().map(|d| under(host_root, d)).collect(),
-            upper_dir: r.upper_dir.as_ref().map(|d| under(host_root, d)),
-        })
-        .filter(|spec| match spec {
-            RootSpec::Overlay { lower_dirs, .. } => lower_dirs.iter().all(|d| d.is_dir()),
-            RootSpec::Merged { .. } => true,
-        });
+        .zip(container.rootfs.as_ref().and_then(RootFs::overlay))
+        .filter(|(_, layers)| !layers.lower_dirs.is_empty())
+        .map(|(host_root, layers)| layers.under(host_root))
+        .filter(|layers| layers.lower_dirs.iter().all(|d| d.is_dir()))
+        .map(RootSpec::Overlay);
     let spec = match overlay {
         Some(spec) => spec,
         None => {
@@ -599,19 +594,6 @@ fn container_root(
         container_id: container.id.clone(),
         spec,
     })
-}
-
-/// A host path as reached from the agent: `host_root` + the absolute path. `RootFs` paths are
-/// escaped text (`escape_path`); the bytes are restored before use.
-fn under(host_root: &Path, host_path: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    let raw =
-        nodeguard_model::unescape_path(host_path).unwrap_or_else(|| host_path.as_bytes().to_vec());
-    let relative = raw
-        .iter()
-        .position(|b| *b != b'/')
-        .map_or(&raw[..0], |start| &raw[start..]);
-    host_root.join(std::ffi::OsStr::from_bytes(relative))
 }
 
 /// The executables' digests (from the cache, or read on a miss: through the executable held
@@ -811,7 +793,7 @@ pub fn node_name(proc_root: &Path) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use nodeguard_model::{CgroupDriver, CgroupVersion, Limits, RootFs, Runtime};
+    use nodeguard_model::{CgroupDriver, CgroupVersion, Limits, OverlayLayers, Runtime};
 
     pub(crate) fn container(rootfs: Option<RootFs>) -> Container {
         Container {
@@ -876,14 +858,6 @@ pub(crate) mod tests {
         Scanner::new(options, Arc::new(Policy::default()))
     }
 
-    #[test]
-    fn host_paths_are_unescaped_under_the_host_root() {
-        use std::os::unix::ffi::OsStrExt;
-        let p = under(Path::new("/proc/2/root"), "/var/lib/a\\x20b/\\xff");
-        assert_eq!(p.as_os_str().as_bytes(), b"/proc/2/root/var/lib/a b/\xff");
-        assert_eq!(under(Path::new("/h"), "/"), PathBuf::from("/h"));
-    }
-
     /// What fscan's own `RootSpec::for_container` was tested for, on the function in use:
     /// lower dirs keep their order (top first) under the host root, and a root that is not
     /// an overlay (or not known) is walked merged.
@@ -895,24 +869,25 @@ pub(crate) mod tests {
         }
         let fs = RootFs {
             fstype: "overlay".into(),
-            lower_dirs: vec!["/var/lib/c/2/fs".into(), "/var/lib/c/1/fs".into()],
-            upper_dir: Some("/var/lib/c/9/fs".into()),
+            layers: OverlayLayers {
+                lower_dirs: vec!["/var/lib/c/2/fs".into(), "/var/lib/c/1/fs".into()],
+                upper_dir: Some("/var/lib/c/9/fs".into()),
+            },
         };
         let root = container_root(Path::new("/proc"), Some(host.path()), &container(Some(fs)));
         assert_eq!(
             root.unwrap().spec,
-            RootSpec::Overlay {
+            RootSpec::Overlay(OverlayLayers {
                 lower_dirs: vec![
                     host.path().join("var/lib/c/2/fs"),
                     host.path().join("var/lib/c/1/fs")
                 ],
                 upper_dir: Some(host.path().join("var/lib/c/9/fs")),
-            }
+            })
         );
         let other = RootFs {
             fstype: "ext4".into(),
-            lower_dirs: vec![],
-            upper_dir: None,
+            layers: OverlayLayers::default(),
         };
         let merged = RootSpec::Merged {
             root: "/proc/42/root".into(),
@@ -933,21 +908,26 @@ pub(crate) mod tests {
         std::fs::create_dir_all(dir.path().join("layers/l1")).unwrap();
         let rootfs = RootFs {
             fstype: "overlay".into(),
-            lower_dirs: vec!["/layers/l1".into()],
-            upper_dir: Some("/layers/up".into()),
+            layers: OverlayLayers {
+                lower_dirs: vec!["/layers/l1".into()],
+                upper_dir: Some("/layers/up".into()),
+            },
         };
         let c = container(Some(rootfs.clone()));
         let root = container_root(Path::new("/proc"), Some(dir.path()), &c).unwrap();
         assert_eq!(
             root.spec,
-            RootSpec::Overlay {
+            RootSpec::Overlay(OverlayLayers {
                 lower_dirs: vec![dir.path().join("layers/l1")],
                 upper_dir: Some(dir.path().join("layers/up")),
-            }
+            })
         );
         // A lower dir that is not there (another mount namespace): the merged root.
         let missing = RootFs {
-            lower_dirs: vec!["/nope".into()],
+            layers: OverlayLayers {
+                lower_dirs: vec!["/nope".into()],
+                ..rootfs.layers
+            },
             ..rootfs
         };
         let root = container_root(

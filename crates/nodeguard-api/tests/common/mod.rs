@@ -5,8 +5,9 @@ use nodeguard_api::{ApiContext, MetricsBody, RequestLimits, ServeLimits};
 use nodeguard_model::{
     Capabilities, CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver, CgroupVersion,
     ContainerImage, FileEntry, Finding, FindingKind, Ids, ImageSource, ImageVerdict, Layer, Limits,
-    MountRef, Namespaces, NodeState, PodRef, Process, QosClass, Report, RootFs, Runtime, ScanKind,
-    ScanRun, ScanStats, Script, SeccompMode, Severity, Timestamp, TrackedFinding, SCHEMA_VERSION,
+    MountRef, Namespaces, NodeState, OverlayLayers, PodRef, Process, QosClass, Report, RootFs,
+    Runtime, ScanKind, ScanRun, ScanStats, Script, SeccompMode, Severity, Timestamp,
+    TrackedFinding, SCHEMA_VERSION,
 };
 use nodeguard_testkit::model::{container, pod_ref};
 use std::collections::BTreeMap;
@@ -159,16 +160,18 @@ pub fn node_state(node: &str) -> NodeState {
         .pids(&[4242, 4243])
         .rootfs(RootFs {
             fstype: "overlay".into(),
-            lower_dirs: vec![
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs"
-                    .into(),
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs"
-                    .into(),
-            ],
-            upper_dir: Some(
-                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs"
-                    .into(),
-            ),
+            layers: OverlayLayers {
+                lower_dirs: vec![
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs"
+                        .into(),
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/11/fs"
+                        .into(),
+                ],
+                upper_dir: Some(
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/13/fs"
+                        .into(),
+                ),
+            },
         })
         .build();
     let mut shell = container(SHELL_ID)

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use nodeguard_fscan::{ContainerRoot, FsScanOutput, FsScanner, RootSpec, WalkBudget};
+use nodeguard_model::OverlayLayers;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -168,10 +169,10 @@ pub fn merged(id: &str, root: &Path) -> ContainerRoot {
 pub fn overlay(id: &str, lowers: &[&Path], upper: Option<&Path>) -> ContainerRoot {
     ContainerRoot {
         container_id: id.to_string(),
-        spec: RootSpec::Overlay {
+        spec: RootSpec::Overlay(OverlayLayers {
             lower_dirs: lowers.iter().map(|p| p.to_path_buf()).collect(),
             upper_dir: upper.map(Path::to_path_buf),
-        },
+        }),
     }
 }
 
