@@ -101,7 +101,11 @@ fn error_chain(err: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Scan(args) => {
-            let mut scanner = build_scanner(&args.settings)?;
+            let policy = match &args.settings.config {
+                Some(path) => Policy::load(path)?,
+                None => Policy::default(),
+            };
+            let mut scanner = build_scanner(&args.settings, policy);
             let scope = if args.no_fs {
                 ScanScope::Processes
             } else {
@@ -186,11 +190,8 @@ fn inventory(args: &cli::ScanArgs) -> table::Inventory {
     }
 }
 
-pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
-    let policy = match &settings.config {
-        Some(path) => Policy::load(path)?,
-        None => Policy::default(),
-    };
+/// The scanner the settings describe, judging with `policy`.
+pub(crate) fn build_scanner(settings: &ScanSettings, policy: Policy) -> Scanner {
     let node = settings
         .node_name
         .clone()
@@ -215,7 +216,7 @@ pub(crate) fn build_scanner(settings: &ScanSettings) -> Result<Scanner> {
         // Each is a real thread of the walk: an absurd count would fail to spawn (a panic).
         options.threads = threads.clamp(1, 64);
     }
-    Ok(Scanner::new(options, Arc::new(policy)))
+    Scanner::new(options, Arc::new(policy))
 }
 
 fn algorithms(choice: HashChoice) -> Algorithms {

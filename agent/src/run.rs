@@ -4,7 +4,7 @@
 use crate::cli::{AuthArg, ExecEventsArg, ExecHoldArg, RunArgs, TlsArg, TlsMinVersionArg};
 use anyhow::{Context, Result};
 use nodeguard_api::{CertSource, ServerTls, TlsSettings, TlsVersion};
-use nodeguard_daemon::{Control, Daemon, ExecFeed, Schedule};
+use nodeguard_daemon::{Control, Daemon, ExecFeed, PolicySource, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
 use nodeguard_model::{NoPods, NodeState, PodLookup};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -139,7 +139,9 @@ fn log_net_admin_dropped(dropped: std::io::Result<bool>) {
 }
 
 async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
-    let mut scanner = crate::build_scanner(&args.settings)?;
+    // The daemon's policy source reads the policy, now and on each reload.
+    let policy_source = PolicySource::new(args.settings.config.clone());
+    let mut scanner = crate::build_scanner(&args.settings, policy_source.load()?);
     scanner.set_exec_retention(args.exec_retention);
     let image_progress = crate::images::start(
         &args.images,
@@ -240,7 +242,7 @@ async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
             fs_interval: args.fs_interval,
             jitter: 0.1,
         },
-        policy_path: args.settings.config.clone(),
+        policy: policy_source,
         pods,
         exec_feed,
     };

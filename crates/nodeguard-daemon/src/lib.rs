@@ -32,13 +32,15 @@ pub use nodeguard_procevents::Stats as ExecFeedStats;
 use nodeguard_scan::{Collector, ScanScope, Scanner};
 pub use nodeguard_scan::{HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
+mod policy_source;
 mod running;
 mod timetable;
+pub use policy_source::PolicySource;
+use policy_source::{warn_weakened, weakened_settings, ReloadFailure};
 use running::Running;
 use timetable::Timetable;
 pub use timetable::{EXEC_PUBLISH_GAP, RECONCILE_AFTER_LOSS};
@@ -78,8 +80,9 @@ pub enum Control {
 pub struct Daemon {
     pub scanner: Scanner,
     pub schedule: Schedule,
-    /// The policy file to reload on [`Control::ReloadPolicy`], if any.
-    pub policy_path: Option<PathBuf>,
+    /// Where the policy the scanner was built with came from ([`PolicySource::load`]);
+    /// read again on [`Control::ReloadPolicy`].
+    pub policy: PolicySource,
     pub pods: Arc<dyn PodLookup>,
     /// Exec events, or `None` to scan on the schedule only (polling).
     pub exec_feed: Option<ExecFeed>,
@@ -277,21 +280,6 @@ fn refresh_exec(
     }
 }
 
-/// Says which checks `policy` weakens, one warning each: for the policy the agent starts with
-/// and for each reload, from here only.
-fn warn_weakened(policy: &Policy) {
-    for (setting, why) in &policy.weakened() {
-        tracing::warn!(setting, "policy weakens a check: {why}");
-    }
-}
-
-fn weakened_settings(policy: &Policy) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = policy.weakened().into_iter().map(|(s, _)| s).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 impl Daemon {
     /// Runs until [`Control::Shutdown`] arrives or the control channel closes.
     pub async fn run(
@@ -302,7 +290,7 @@ impl Daemon {
         let Daemon {
             mut scanner,
             schedule,
-            policy_path,
+            policy,
             pods,
             exec_feed,
         } = self;
@@ -323,7 +311,7 @@ impl Daemon {
             book,
             timetable: Timetable::new(Instant::now()),
             schedule,
-            policy_path,
+            policy,
             pods,
             feed_stats: exec_feed.as_ref().map(|f| Arc::clone(&f.stats)),
             hold_stats: exec_feed.as_ref().and_then(|f| f.hold_stats.clone()),
@@ -351,26 +339,23 @@ fn add(totals: &mut BTreeMap<String, u64>, kind: &str, n: u64) {
     *total = total.saturating_add(n);
 }
 
-async fn reload_policy(scanner: &mut Scanner, path: Option<&PathBuf>, book: &mut Book) {
-    let Some(path) = path.cloned() else {
-        tracing::warn!("reload requested but no policy file is configured; keeping defaults");
-        return;
-    };
-    let loaded = tokio::task::spawn_blocking(move || Policy::load(&path)).await;
-    match loaded {
-        Ok(Ok(policy)) => {
-            warn_weakened(&policy);
+async fn reload_policy(scanner: &mut Scanner, source: &PolicySource, book: &mut Book) {
+    match source.reload().await {
+        Err(ReloadFailure::NoFile) => {
+            tracing::warn!("reload requested but no policy file is configured; keeping defaults");
+        }
+        Ok(policy) => {
             book.policy_weakened = weakened_settings(&policy);
             scanner.set_policy(Arc::new(policy));
             book.policy_loaded_at = Timestamp::now();
             book.totals.policy_reloads.record(true);
             tracing::info!("policy reloaded");
         }
-        Ok(Err(err)) => {
+        Err(ReloadFailure::Refused(err)) => {
             book.totals.policy_reloads.record(false);
             tracing::error!(error = %err, "policy reload refused; the previous policy stays in force");
         }
-        Err(err) => {
+        Err(ReloadFailure::Failed(err)) => {
             book.totals.policy_reloads.record(false);
             tracing::error!(error = %err, "policy reload failed");
         }

@@ -11,7 +11,6 @@ use crate::{
 };
 use nodeguard_model::{ExecEventSource, PodLookup, ScanKind, ScanRun, Severity, Timestamp};
 use nodeguard_scan::{HoldStats, ScanScope, Scanner};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -30,7 +29,7 @@ pub(crate) struct Running {
     pub(crate) book: Book,
     pub(crate) timetable: Timetable,
     pub(crate) schedule: Schedule,
-    pub(crate) policy_path: Option<PathBuf>,
+    pub(crate) policy: crate::PolicySource,
     pub(crate) pods: Arc<dyn PodLookup>,
     pub(crate) exec_feed: Option<ExecFeed>,
     pub(crate) feed_stats: Option<Arc<ExecFeedStats>>,
@@ -126,7 +125,7 @@ impl Running {
     async fn reload_and_republish(&mut self) {
         self.reload_pending = false;
         if let Some(scanner) = self.scanner.as_mut() {
-            reload_policy(scanner, self.policy_path.as_ref(), &mut self.book).await;
+            reload_policy(scanner, &self.policy, &mut self.book).await;
         }
         self.book.republish(&self.state);
         self.timetable.scan_now(Instant::now());
