@@ -33,6 +33,7 @@ mod distro_setuid;
 mod error;
 mod evaluate;
 mod image_content;
+mod place;
 mod policy;
 mod spec;
 mod yaml;

@@ -2,10 +2,10 @@
 
 use crate::bundle::{BundleIndex, DigestBundle, MAX_BUNDLES, MAX_BUNDLE_BYTES};
 use crate::error::PolicyError;
-use crate::spec::PatternBudget;
+use crate::place::{field_name, FailAt, Step};
 use crate::spec::{
-    AllowedFileCapabilities, BundlePath, DeniedBinary, Exemption, FailBundleEntry, PolicySpec,
-    RequiredLimits, TrustedBinary,
+    AllowedFileCapabilities, BundlePath, DeniedBinary, Exemption, PolicySpec, RequiredLimits,
+    TrustedBinary,
 };
 pub use crate::spec::{MAX_PATTERNS, MAX_PATTERN_BYTES};
 use crate::yaml;
@@ -76,21 +76,25 @@ impl Policy {
                 ),
             });
         }
-        let spec: PolicySpec = {
-            let _budget = PatternBudget::start();
-            yaml::from_str(text, origin)?
-        };
-        // Parsing read nothing but `text`; the bundle files are read now, and a failure is
-        // reported at its entry's line, as a bad value would be.
-        let bundles = read_bundles(&spec.digest_bundles, base).map_err(|(index, message)| {
-            let seed = FailBundleEntry {
-                index,
-                message: &message,
-            };
-            yaml::locate(text, origin, seed).unwrap_or_else(|| PolicyError::Document {
-                origin: origin.to_string(),
-                message: format!("digest_bundles[{index}]: {message}"),
+        let spec: PolicySpec = yaml::from_str(text, origin)?;
+        // Parsing read nothing but `text` and compiled no glob; what spans the policy is
+        // checked now, and a failure is reported at its node's line, as a bad value would be.
+        let fail_at = |path: &[Step], message: &str| {
+            yaml::locate(text, origin, FailAt { path, message }).unwrap_or_else(|| {
+                PolicyError::Document {
+                    origin: origin.to_string(),
+                    message: format!("{}: {message}", field_name(path)),
+                }
             })
+        };
+        if let Some(past) = spec.pattern_places().nth(MAX_PATTERNS) {
+            return Err(fail_at(&past, &crate::spec::too_many_patterns()));
+        }
+        let bundles = read_bundles(&spec.digest_bundles, base).map_err(|(index, message)| {
+            fail_at(
+                &[Step::Field("digest_bundles"), Step::Entry(index)],
+                &message,
+            )
         })?;
         Ok(Policy::from_spec(spec, &bundles))
     }

@@ -5,14 +5,16 @@
 //! Structs deny unknown fields. Checks that span several fields of one entry run in the
 //! entry's map visitor, which pins them to the entry.
 
-use globset::{GlobBuilder, GlobMatcher};
+use crate::place::Step;
+use globset::{Glob, GlobBuilder, GlobMatcher};
 use nodeguard_model::capability::capability_number;
 use nodeguard_model::{FindingKind, Severity};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 /// The policy file as written, all values already checked.
 #[derive(Debug, Default, Deserialize)]
@@ -79,7 +81,7 @@ impl<'de> Deserialize<'de> for BundlesApplyTo {
 
 /// A digest bundle file named by the policy, as written. Parsing does no I/O: the policy
 /// reads the files after parsing, and a bundle that cannot be read or is not a bundle is
-/// reported at this entry's line through [`FailBundleEntry`].
+/// reported at this entry's line through [`crate::place::FailAt`].
 #[derive(Debug, Clone)]
 pub(crate) struct BundlePath {
     /// The path as the policy gives it (messages name it so).
@@ -96,82 +98,6 @@ impl<'de> Deserialize<'de> for BundlePath {
                 text: text.to_string(),
             })
         })
-    }
-}
-
-/// Raises `message` at the `index`-th entry of `digest_bundles`, where that entry's own
-/// visitor would have raised it: a second pass over an already parsed policy that reads
-/// nothing but the text, so a check that runs after parsing (reading the bundle files) still
-/// names the policy's line, column and field.
-pub(crate) struct FailBundleEntry<'a> {
-    pub index: usize,
-    pub message: &'a str,
-}
-
-impl<'de> DeserializeSeed<'de> for FailBundleEntry<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FailBundleEntry<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a policy: a mapping of policy fields")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "digest_bundles" {
-                return map.next_value_seed(BundleEntries(self));
-            }
-            map.next_value::<de::IgnoredAny>()?;
-        }
-        Ok(())
-    }
-}
-
-struct BundleEntries<'a>(FailBundleEntry<'a>);
-
-impl<'de> DeserializeSeed<'de> for BundleEntries<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for BundleEntries<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of digest bundle file paths")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        for _ in 0..self.0.index {
-            if seq.next_element::<de::IgnoredAny>()?.is_none() {
-                return Ok(());
-            }
-        }
-        seq.next_element_seed(FailEntry(self.0.message))?;
-        Ok(())
-    }
-}
-
-struct FailEntry<'a>(&'a str);
-
-impl<'de> DeserializeSeed<'de> for FailEntry<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FailEntry<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a digest bundle file path")
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Err(E::custom(self.0))
     }
 }
 
@@ -521,7 +447,7 @@ fn parse_digest(text: &str, algo: &str, hex_len: usize) -> Result<String, String
 #[derive(Debug, Clone)]
 pub(crate) struct PathPattern {
     pub text: String,
-    pub matcher: GlobMatcher,
+    matcher: Matcher,
 }
 
 impl PathPattern {
@@ -538,9 +464,9 @@ impl<'de> Deserialize<'de> for PathPattern {
                     "path pattern {text:?} is not absolute (start it with / or **/)"
                 ));
             }
-            compile_glob(text, true).map(|matcher| PathPattern {
+            parse_glob(text, true).map(|glob| PathPattern {
                 text: text.to_string(),
-                matcher,
+                matcher: Matcher::new(glob),
             })
         })
     }
@@ -551,7 +477,7 @@ impl<'de> Deserialize<'de> for PathPattern {
 pub(crate) struct NamePattern {
     #[allow(dead_code)] // shown by Debug
     pub text: String,
-    pub matcher: GlobMatcher,
+    matcher: Matcher,
 }
 
 impl NamePattern {
@@ -563,9 +489,9 @@ impl NamePattern {
 impl<'de> Deserialize<'de> for NamePattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         scalar(d, "a name glob such as kube-*", |text| {
-            compile_glob(text, false).map(|matcher| NamePattern {
+            parse_glob(text, false).map(|glob| NamePattern {
                 text: text.to_string(),
-                matcher,
+                matcher: Matcher::new(glob),
             })
         })
     }
@@ -580,29 +506,9 @@ pub const MAX_PATTERN_BYTES: usize = 1024;
 /// glob holds its own regex (several KB): 40,000 of them took the agent past 400 MiB.
 pub const MAX_PATTERNS: usize = 1000;
 
-thread_local! {
-    /// Globs compiled by the policy being parsed on this thread (see [`PatternBudget`]).
-    static PATTERNS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Counts the globs of one policy while it is parsed, so the one past [`MAX_PATTERNS`] is
-/// refused at its own line and field. Parsing is synchronous on one thread; the guard
-/// resets the count when the parse ends, however it ends.
-pub(crate) struct PatternBudget(Option<usize>);
-
-impl PatternBudget {
-    pub(crate) fn start() -> PatternBudget {
-        PatternBudget(PATTERNS.with(|c| c.replace(Some(0))))
-    }
-}
-
-impl Drop for PatternBudget {
-    fn drop(&mut self) {
-        PATTERNS.with(|c| c.set(self.0));
-    }
-}
-
-fn compile_glob(text: &str, literal_separator: bool) -> Result<GlobMatcher, String> {
+/// Checks a glob and keeps it parsed; its matcher (the costly part, a regex) is built at its
+/// first use, once the whole policy is known to hold at most [`MAX_PATTERNS`] globs.
+fn parse_glob(text: &str, literal_separator: bool) -> Result<Glob, String> {
     if text.is_empty() {
         return Err("empty pattern".to_string());
     }
@@ -612,25 +518,67 @@ fn compile_glob(text: &str, literal_separator: bool) -> Result<GlobMatcher, Stri
             text.len()
         ));
     }
-    let over = PATTERNS.with(|c| match c.get() {
-        Some(n) if n >= MAX_PATTERNS => true,
-        Some(n) => {
-            c.set(Some(n + 1));
-            false
-        }
-        None => false,
-    });
-    if over {
-        return Err(format!(
-            "more than {MAX_PATTERNS} patterns in one policy (use fewer, broader globs)"
-        ));
-    }
-    let glob = GlobBuilder::new(text)
+    GlobBuilder::new(text)
         .literal_separator(literal_separator)
         .backslash_escape(true)
         .build()
-        .map_err(|e| format!("bad glob {text:?}: {}", e.kind()))?;
-    Ok(glob.compile_matcher())
+        .map_err(|e| format!("bad glob {text:?}: {}", e.kind()))
+}
+
+/// A parsed glob and, from its first use, its matcher.
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher {
+    glob: Glob,
+    compiled: OnceLock<GlobMatcher>,
+}
+
+impl Matcher {
+    fn new(glob: Glob) -> Matcher {
+        Matcher {
+            glob,
+            compiled: OnceLock::new(),
+        }
+    }
+
+    fn is_match(&self, text: &str) -> bool {
+        self.compiled
+            .get_or_init(|| self.glob.compile_matcher())
+            .is_match(text)
+    }
+}
+
+/// The message for the glob past [`MAX_PATTERNS`].
+pub(crate) fn too_many_patterns() -> String {
+    format!("more than {MAX_PATTERNS} patterns in one policy (use fewer, broader globs)")
+}
+
+impl PolicySpec {
+    /// Where each glob of the policy is, field by field in the order of [`PolicySpec`]'s
+    /// fields and each list's entries in order.
+    pub(crate) fn pattern_places(&self) -> impl Iterator<Item = Vec<Step>> + '_ {
+        use Step::{Entry, Field};
+        let trusted = self.trusted_binaries.iter().enumerate().flat_map(|(i, t)| {
+            let at = |field| vec![Field("trusted_binaries"), Entry(i), Field(field)];
+            std::iter::once(at("path")).chain(t.image.as_ref().map(|_| at("image")))
+        });
+        let setuid =
+            (0..self.allowed_setuid.len()).map(|i| vec![Field("allowed_setuid"), Entry(i)]);
+        let caps = (0..self.allowed_file_capabilities.len())
+            .map(|i| vec![Field("allowed_file_capabilities"), Entry(i), Field("path")]);
+        let exemptions = self.exemptions.iter().enumerate().flat_map(|(i, e)| {
+            [
+                ("namespaces", &e.namespaces),
+                ("pods", &e.pods),
+                ("containers", &e.containers),
+            ]
+            .into_iter()
+            .flat_map(move |(name, list)| {
+                let n = list.as_ref().map_or(0, Vec::len);
+                (0..n).map(move |j| vec![Field("exemptions"), Entry(i), Field(name), Entry(j)])
+            })
+        });
+        trusted.chain(setuid).chain(caps).chain(exemptions)
+    }
 }
 
 /// A string that must not be blank.
@@ -762,12 +710,14 @@ mod tests {
 
     #[test]
     fn path_globs_keep_star_within_a_segment() {
-        let m = compile_glob("/usr/bin/*", true).unwrap();
+        let m = parse_glob("/usr/bin/*", true).unwrap().compile_matcher();
         assert!(m.is_match("/usr/bin/passwd"));
         assert!(!m.is_match("/usr/bin/sub/passwd"));
-        let m = compile_glob("**/passwd", true).unwrap();
+        let m = parse_glob("**/passwd", true).unwrap().compile_matcher();
         assert!(m.is_match("/usr/bin/passwd"));
-        let m = compile_glob("registry.k8s.io/kube-*", false).unwrap();
+        let m = parse_glob("registry.k8s.io/kube-*", false)
+            .unwrap()
+            .compile_matcher();
         assert!(m.is_match("registry.k8s.io/kube-apiserver:v1.30.2"));
     }
 }

@@ -68,6 +68,27 @@ fn more_globs_than_the_bound_are_refused_at_the_first_one_past_it() {
 }
 
 #[test]
+fn the_glob_past_the_bound_is_named_in_whichever_field_it_is() {
+    // 999 in allowed_setuid, then an exemption's second pod glob is the 1,001st.
+    let mut text = String::from("allowed_setuid:\n");
+    for i in 0..MAX_PATTERNS - 1 {
+        text.push_str(&format!("  - /opt/app{i}/bin\n"));
+    }
+    text.push_str("exemptions:\n  - pods: [web-*, api-*]\n    reason: r\n");
+    let err = Policy::from_yaml_str(&text, "p.yaml").unwrap_err();
+    let line = MAX_PATTERNS + 2;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "p.yaml:{line}:19: exemptions[0].pods[1]: more than {MAX_PATTERNS} patterns in one policy (use fewer, broader globs)"
+        )
+    );
+    // One fewer loads.
+    let text = text.replace("[web-*, api-*]", "[web-*]");
+    Policy::from_yaml_str(&text, "p.yaml").unwrap();
+}
+
+#[test]
 fn an_oversized_policy_is_refused_before_it_is_parsed() {
     let text = format!("# {}\n", "x".repeat(MAX_POLICY_BYTES));
     let err = Policy::from_yaml_str(&text, "p.yaml").unwrap_err();
