@@ -194,20 +194,27 @@ impl FsStats {
         }
     }
 
-    /// Adds these counters to a report's [`ScanStats`] (walk counters, hashing counters and
-    /// errors; `vanished`, `mounts_skipped`, `dirs_reopened`, `subtrees_shared` have no field
-    /// there).
-    pub fn merge_into(&self, stats: &mut ScanStats) {
-        stats.files_walked += self.files_walked;
-        stats.layers_walked += self.layers_walked;
-        stats.layers_cached += self.layers_cached;
-        stats.walks_truncated += self.walks_truncated;
+    /// Adds what this walk did to a report's counters: the files it hashed and its errors
+    /// (as `fs_KIND`). Every walk counts, the full ones and those of writable layers alone.
+    pub fn add_walk_to(&self, stats: &mut ScanStats) {
         stats.files_hashed += self.files_hashed;
         stats.bytes_hashed += self.bytes_hashed;
-        stats.hash_cache_hits += self.hash_cache_hits;
         for (kind, n) in &self.errors {
-            *stats.errors.entry(kind.clone()).or_insert(0) += n;
+            *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += n;
         }
+    }
+
+    /// Sets a report's figures of the filesystems from these counters of the latest walks
+    /// (kept between scans, so a process scan shows what the last walks found): the one
+    /// place [`FsStats`] becomes [`ScanStats`]. `vanished`, `mounts_skipped`,
+    /// `dirs_reopened`, `subtrees_shared` have no field there.
+    pub fn show_in(&self, stats: &mut ScanStats) {
+        stats.files_walked = self.files_walked;
+        stats.layers_walked = self.layers_walked;
+        stats.layers_cached = self.layers_cached;
+        stats.walks_truncated = self.walks_truncated;
+        stats.fs_recheck_age_seconds = self.recheck_age_seconds;
+        stats.fs_incremental_fallbacks = self.incremental_fallbacks;
     }
 }
 

@@ -17,7 +17,7 @@ pub use image_verdicts::{
 };
 pub use nodeguard_collect::held::{HeldProcess, HoldStats, Holder, Unheld, HOLD_BUDGET_DEFAULT};
 use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
-use nodeguard_fscan::{ContainerRoot, FsScanner, RootSpec, WalkBudget};
+use nodeguard_fscan::{ContainerRoot, FsScanner, FsStats, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
 use nodeguard_model::{
     Container, ExecHistory, FileEntry, Process, Report, RootFs, Runtime, ScanStats, Timestamp,
@@ -132,7 +132,9 @@ pub struct Scanner {
     last_files: Vec<FileEntry>,
     /// Containers whose last filesystem inventory was incomplete.
     last_gaps: Vec<FsGap>,
-    last_fs_stats: FsCounters,
+    /// Counters of the latest walks: the last full walk's, with the figures of writable
+    /// layers from the latest walk of them (either scope).
+    last_fs_stats: FsStats,
     /// The exec-driven passes' state (see [`exec_pass`]).
     execs: ExecPasses,
     /// What the last report said of the node beyond processes and files.
@@ -182,17 +184,6 @@ impl LastScan {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct FsCounters {
-    files_walked: u64,
-    layers_walked: u64,
-    layers_cached: u64,
-    walks_truncated: u64,
-    /// From the latest walk of writable layers (either scope).
-    recheck_age_seconds: u64,
-    incremental_fallbacks: u64,
-}
-
 impl Scanner {
     pub fn new(options: ScanOptions, policy: Arc<Policy>) -> Scanner {
         let digests = Arc::new(DigestCache::new(options.hash_cache_entries));
@@ -212,7 +203,7 @@ impl Scanner {
             filesystems,
             last_files: Vec::new(),
             last_gaps: Vec::new(),
-            last_fs_stats: FsCounters::default(),
+            last_fs_stats: FsStats::default(),
             execs: ExecPasses::default(),
             last: LastScan {
                 cap_last_cap: nodeguard_collect::DEFAULT_CAP_LAST_CAP,
@@ -383,12 +374,7 @@ impl Scanner {
             images.judge(&mut containers, &mut processes, true);
             images.judge_files(&mut files);
         }
-        stats.files_walked = self.last_fs_stats.files_walked;
-        stats.layers_walked = self.last_fs_stats.layers_walked;
-        stats.layers_cached = self.last_fs_stats.layers_cached;
-        stats.walks_truncated = self.last_fs_stats.walks_truncated;
-        stats.fs_recheck_age_seconds = self.last_fs_stats.recheck_age_seconds;
-        stats.fs_incremental_fallbacks = self.last_fs_stats.incremental_fallbacks;
+        self.last_fs_stats.show_in(&mut stats);
 
         let findings = evaluate(
             &self.policy,
@@ -451,21 +437,10 @@ impl Scanner {
             })
             .collect();
         let output = self.filesystems.scan(&roots);
-        for (kind, count) in &output.stats.errors {
-            *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
-        }
         // setuid/file-capability files hashed by this walk (layer-cached ones are not read).
-        stats.files_hashed += output.stats.files_hashed;
-        stats.bytes_hashed += output.stats.bytes_hashed;
+        output.stats.add_walk_to(stats);
         warnings.extend(output.warnings);
-        self.last_fs_stats = FsCounters {
-            files_walked: output.stats.files_walked,
-            layers_walked: output.stats.layers_walked,
-            layers_cached: output.stats.layers_cached,
-            walks_truncated: output.stats.walks_truncated,
-            recheck_age_seconds: output.stats.recheck_age_seconds,
-            incremental_fallbacks: output.stats.incremental_fallbacks,
-        };
+        self.last_fs_stats = output.stats;
         self.last_gaps = gaps(output.incomplete, warnings);
         self.last_files = output.files;
     }
@@ -510,11 +485,7 @@ impl Scanner {
         }
         self.last_fs_stats.recheck_age_seconds = output.stats.recheck_age_seconds;
         self.last_fs_stats.incremental_fallbacks = output.stats.incremental_fallbacks;
-        for (kind, count) in &output.stats.errors {
-            *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
-        }
-        stats.files_hashed += output.stats.files_hashed;
-        stats.bytes_hashed += output.stats.bytes_hashed;
+        output.stats.add_walk_to(stats);
         warnings.extend(output.warnings);
         let covered: BTreeSet<&str> = covered.iter().map(String::as_str).collect();
         self.last_files
