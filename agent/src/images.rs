@@ -172,17 +172,7 @@ impl ImageIndexes for IndexerHandle {
     }
 
     fn progress(&self) -> ImageIndexProgress {
-        let p = self.0.progress();
-        ImageIndexProgress {
-            layers_indexed: p.layers_indexed,
-            layers_from_disk: p.layers_from_disk,
-            layers_refused: p.layers_refused,
-            bytes_read: p.bytes_read,
-            images_queued: p.images_queued,
-            images_ready: p.images_ready,
-            images_unverifiable: p.images_unverifiable,
-            disk_bytes: p.disk_bytes,
-        }
+        self.0.progress()
     }
 }
 

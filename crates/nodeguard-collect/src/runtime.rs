@@ -217,31 +217,12 @@ mod tests {
 
     fn process(pid: i32, command: &str, cmdline: &str, exe: Option<&str>) -> Process {
         Process {
-            image_verdict: None,
             pid,
             ppid: 1,
             command: command.into(),
             cmdline: cmdline.into(),
-            container_id: None,
             exe: exe.map(str::to_string),
-            exe_deleted: false,
-            exe_layer: None,
-            exe_mount: None,
-            script: None,
-            sha256: None,
-            sha512: None,
-            hash_error: None,
-            uid: 0,
-            gid: 0,
-            uids: Default::default(),
-            gids: Default::default(),
-            capabilities: Default::default(),
-            capability_masks: Default::default(),
-            no_new_privs: None,
-            seccomp: None,
-            namespaces: Default::default(),
-            kernel_thread: false,
-            exited: false,
+            ..Process::default()
         }
     }
 

@@ -9,7 +9,9 @@ use crate::{
     reload_policy, scope_name, Book, Control, Error, ExecFeed, ExecFeedStats, ExecWake, Schedule,
     StateSender,
 };
-use nodeguard_model::{ExecEventSource, PodLookup, ScanKind, ScanRun, Severity, Timestamp};
+use nodeguard_model::{
+    ExecEventSource, NodeState, PodLookup, ScanKind, ScanRun, Severity, Timestamp,
+};
 use nodeguard_scan::{HoldStats, ScanScope, Scanner};
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,6 +133,18 @@ impl Running {
         self.timetable.scan_now(Instant::now());
     }
 
+    /// `report` as the new state with the feed's latest counters: the state, and how many
+    /// findings appeared and resolved (the caller sends it).
+    fn publish(&mut self, report: nodeguard_model::Report) -> (Arc<NodeState>, usize, usize) {
+        refresh_exec(
+            &mut self.book.exec,
+            self.feed_stats.as_deref(),
+            self.hold_stats.as_deref(),
+            &self.exec_feed,
+        );
+        publish(&mut self.book, report)
+    }
+
     /// One scan, its report published (or its failure counted and republished).
     async fn scan(&mut self, scope: ScanScope) -> Result<Step, Error> {
         // Losses no event announced yet (the reader's channel was full).
@@ -175,13 +189,7 @@ impl Running {
                         },
                     );
                 }
-                refresh_exec(
-                    &mut book.exec,
-                    self.feed_stats.as_deref(),
-                    self.hold_stats.as_deref(),
-                    &self.exec_feed,
-                );
-                let (next, appeared, resolved) = publish(book, report);
+                let (next, appeared, resolved) = self.publish(report);
                 release_freed_memory();
                 let mut open = [0usize; 4];
                 for t in &next.findings {
@@ -318,15 +326,8 @@ impl Running {
         };
         if let Some(report) = report {
             self.timetable.merged(Instant::now());
-            let book = &mut self.book;
-            book.exec.passes = book.exec.passes.saturating_add(1);
-            refresh_exec(
-                &mut book.exec,
-                self.feed_stats.as_deref(),
-                self.hold_stats.as_deref(),
-                &self.exec_feed,
-            );
-            let (next, appeared, resolved) = publish(book, report);
+            self.book.exec.passes = self.book.exec.passes.saturating_add(1);
+            let (next, appeared, resolved) = self.publish(report);
             tracing::debug!(
                 duration_ms = started.elapsed().as_millis() as u64,
                 new = appeared,

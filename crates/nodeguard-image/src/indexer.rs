@@ -64,24 +64,8 @@ pub enum ImageStatus {
     Unverifiable(Unverifiable),
 }
 
-/// Counters for metrics; all totals since start except the `*_queued`/`images_*` gauges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Layers read from their store and indexed (diff_id checked).
-    pub layers_indexed: u64,
-    /// Layers whose index came from the on-disk cache (no layer read).
-    pub layers_from_disk: u64,
-    /// Layers refused (a bound broken, not a tar), found altered (diff_id mismatch) or missing.
-    pub layers_refused: u64,
-    /// Uncompressed layer bytes read.
-    pub bytes_read: u64,
-    /// Images waiting to be indexed now.
-    pub images_queued: u64,
-    pub images_ready: u64,
-    pub images_unverifiable: u64,
-    /// Bytes of layer indexes on disk now.
-    pub disk_bytes: u64,
-}
+/// The indexer's counters, as the report carries them.
+pub use nodeguard_model::ImageIndexProgress as Progress;
 
 /// The handle the agent keeps: dropping it stops the thread (it finishes within about a
 /// second, abandoning a layer mid-read).

@@ -217,31 +217,12 @@ mod tests {
 
     fn observation(pid: i32, at: SystemTime, cmdline_len: usize) -> ExecObservation {
         let process = Process {
-            image_verdict: None,
             pid,
             ppid: 1,
             command: "sh".into(),
             cmdline: "x".repeat(cmdline_len),
-            container_id: None,
             exe: Some("/bin/sh".into()),
-            exe_deleted: false,
-            exe_layer: None,
-            exe_mount: None,
-            script: None,
-            sha256: None,
-            sha512: None,
-            hash_error: None,
-            uid: 0,
-            gid: 0,
-            uids: Default::default(),
-            gids: Default::default(),
-            capabilities: Default::default(),
-            capability_masks: Default::default(),
-            no_new_privs: None,
-            seccomp: None,
-            namespaces: Default::default(),
-            kernel_thread: false,
-            exited: false,
+            ..Process::default()
         };
         ExecObservation {
             observed_at: Timestamp(at),

@@ -352,8 +352,9 @@ pub enum Layer {
     Unknown,
 }
 
-/// One process seen on the node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One process seen on the node. `Default` is an empty record (pid 0, nothing read), for
+/// building one field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: i32,
     pub ppid: i32,

@@ -123,7 +123,7 @@ fn image_names(container: Option<&Container>) -> (&str, &str) {
 mod tests {
     use super::*;
     use crate::{evaluate, Evidence, Policy};
-    use nodeguard_model::{ContainerImage, ImageSource, Layer, PodRef};
+    use nodeguard_model::{ContainerImage, ImageSource, Layer, PodRef, SeccompMode};
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -156,20 +156,20 @@ mod tests {
     }
 
     fn process(pid: i32, verdict: ImageVerdict) -> Process {
-        let mut p: Process = serde_json::from_value(serde_json::json!({
-            "pid": pid, "ppid": 1, "command": "kube-apiserver", "cmdline": "kube-apiserver",
-            "container_id": ID, "exe": "/usr/local/bin/kube-apiserver", "exe_layer": "image",
-            "sha256": "aa", "uid": 0, "gid": 0,
-            "uids": {"real": 0, "effective": 0, "saved": 0, "filesystem": 0},
-            "gids": {"real": 0, "effective": 0, "saved": 0, "filesystem": 0},
-            "capabilities": {"effective": [], "permitted": [], "inheritable": [], "bounding": [], "ambient": []},
-            "capability_masks": {"effective": "0", "permitted": "0", "inheritable": "0", "bounding": null, "ambient": null},
-            "no_new_privs": true, "seccomp": "filter", "namespaces": {"shared_with_host": []},
-            "kernel_thread": false
-        }))
-        .unwrap();
-        p.image_verdict = Some(verdict);
-        p
+        Process {
+            pid,
+            ppid: 1,
+            command: "kube-apiserver".into(),
+            cmdline: "kube-apiserver".into(),
+            container_id: Some(ID.into()),
+            exe: Some("/usr/local/bin/kube-apiserver".into()),
+            exe_layer: Some(Layer::Image),
+            sha256: Some("aa".into()),
+            no_new_privs: Some(true),
+            seccomp: Some(SeccompMode::Filter),
+            image_verdict: Some(verdict),
+            ..Process::default()
+        }
     }
 
     fn findings(processes: &[Process], files: &[FileEntry]) -> Vec<Finding> {

@@ -15,6 +15,7 @@
 //! here.
 
 use crate::runtime_images::RuntimeImages;
+use nodeguard_hash::hex;
 use nodeguard_model::{
     unescape_path, Container, ContainerImage, FileEntry, ImageIndexProgress, ImageSource,
     ImageVerdict, Layer, Process, Runtime,
@@ -393,16 +394,6 @@ fn compare(
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
 /// Whether lowercase hex `text` spells `bytes` (no allocation: this runs per process).
 fn hex_eq(text: &str, bytes: &[u8]) -> bool {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -417,6 +408,7 @@ fn hex_eq(text: &str, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeguard_model::SeccompMode;
     use std::sync::Mutex;
 
     /// An index given as plain values: the indexer itself is `nodeguard-image`'s, tested
@@ -483,20 +475,19 @@ mod tests {
     }
 
     fn process(pid: i32, exe: &str, sha256: &str, layer: Layer) -> Process {
-        let mut p: Process = serde_json::from_value(serde_json::json!({
-            "pid": pid, "ppid": 1, "command": "x", "cmdline": "x",
-            "container_id": ID, "exe": exe, "exe_layer": "image",
-            "sha256": sha256, "uid": 0, "gid": 0,
-            "uids": {"real": 0, "effective": 0, "saved": 0, "filesystem": 0},
-            "gids": {"real": 0, "effective": 0, "saved": 0, "filesystem": 0},
-            "capabilities": {"effective": [], "permitted": [], "inheritable": [], "bounding": [], "ambient": []},
-            "capability_masks": {"effective": "0", "permitted": "0", "inheritable": "0", "bounding": null, "ambient": null},
-            "no_new_privs": true, "seccomp": "filter", "namespaces": {"shared_with_host": []},
-            "kernel_thread": false
-        }))
-        .unwrap();
-        p.exe_layer = Some(layer);
-        p
+        Process {
+            pid,
+            ppid: 1,
+            command: "x".into(),
+            cmdline: "x".into(),
+            container_id: Some(ID.into()),
+            exe: Some(exe.into()),
+            exe_layer: Some(layer),
+            sha256: Some(sha256.into()),
+            no_new_privs: Some(true),
+            seccomp: Some(SeccompMode::Filter),
+            ..Process::default()
+        }
     }
 
     fn judge(answer: ImageStatus) -> (ImageJudge, Arc<Indexes>) {

@@ -792,31 +792,14 @@ pub(crate) mod tests {
 
     pub(crate) fn process(pid: i32, exe: &str, container_id: Option<&str>) -> Process {
         Process {
-            image_verdict: None,
             pid,
             ppid: 1,
             command: "x".into(),
             cmdline: exe.into(),
             container_id: container_id.map(str::to_string),
             exe: Some(exe.into()),
-            exe_deleted: false,
-            exe_layer: None,
-            exe_mount: None,
-            script: None,
             sha256: Some("ab".repeat(32)),
-            sha512: None,
-            hash_error: None,
-            uid: 0,
-            gid: 0,
-            uids: Default::default(),
-            gids: Default::default(),
-            capabilities: Default::default(),
-            capability_masks: Default::default(),
-            no_new_privs: None,
-            seccomp: None,
-            namespaces: Default::default(),
-            kernel_thread: false,
-            exited: false,
+            ..Process::default()
         }
     }
 
