@@ -35,10 +35,10 @@ pub use listing::ProcessEntry;
 pub use random::SplitMix64;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
-    escape_path, short_id, unescape_path, Capabilities, CapabilityMasks, CapabilityName,
-    CapabilitySet, CgroupDriver, CgroupVersion, Confinement, Container, DeviceAccess, FileEntry,
-    Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, Runtime,
-    ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
+    short_id, Capabilities, CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver,
+    CgroupVersion, Confinement, Container, DeviceAccess, FileEntry, Ids, Layer, Limits, MountRef,
+    Namespaces, PodRef, Process, QosClass, Report, Runtime, ScanStats, Script, SeccompMode,
+    Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use rootfs::{OverlayLayers, RootFs};
 pub use state::{
@@ -46,4 +46,4 @@ pub use state::{
     NoPods, NodeState, Outcomes, PodLookup, PolicyReportStats, ScanKind, ScanRun, ScanTotals,
     Totals, TrackedFinding, UnheldExecs, SCAN_DURATION_BUCKETS,
 };
-pub use text::{clean, escape_controls, is_bidi_or_invisible};
+pub use text::{clean, escape_controls, escape_path, is_bidi_or_invisible, unescape_path};

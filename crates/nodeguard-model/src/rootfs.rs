@@ -3,7 +3,7 @@
 //! (fscan) to the report; the JSON renders each path with [`escape_path`] and reads it back
 //! with [`unescape_path`], so the bytes never pass through a lossy `String`.
 
-use crate::report::{escape_path, unescape_path};
+use crate::text::{escape_path, unescape_path};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

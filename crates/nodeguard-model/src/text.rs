@@ -117,6 +117,61 @@ pub fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Renders a path losslessly as text: valid UTF-8 stays as it is except `\` → `\\` and
+/// control characters (`\n`, `\t`, others as `\xNN`); bytes that are not UTF-8 become `\xNN`.
+pub fn escape_path(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() || is_bidi_or_invisible(c) => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape_path`].
+pub fn unescape_path(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1)? {
+            b'\\' => out.push(b'\\'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'x' => {
+                let hex = text.get(i + 2..i + 4)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+        i += 2;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +260,27 @@ mod tests {
         assert_eq!(clip("ab", 0), "");
         assert_eq!(cut("ééé", 3), "é");
         assert_eq!(cut("abc", 10), "abc");
+    }
+
+    #[test]
+    fn escape_is_lossless_for_hostile_names() {
+        let names: [&[u8]; 5] = [
+            b"/usr/bin/passwd",
+            b"/tmp/evil\nname",
+            b"/tmp/\xff\xfe-not-utf8",
+            b"/tmp/back\\slash\\x41",
+            b"/tmp/\x1b[31mred",
+        ];
+        for name in names {
+            let escaped = escape_path(name);
+            assert!(!escaped.contains('\n'), "{escaped}");
+            assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
+            assert_eq!(unescape_path(&escaped).as_deref(), Some(name), "{escaped}");
+        }
+        assert_eq!(escape_path(b"/tmp/a\nb"), "/tmp/a\\nb");
+        assert_eq!(escape_path(b"/tmp/\xff"), "/tmp/\\xff");
+        let bidi = "/tmp/evil\u{202e}txt.exe".as_bytes();
+        assert_eq!(escape_path(bidi), "/tmp/evil\\xe2\\x80\\xaetxt.exe");
+        assert_eq!(unescape_path(&escape_path(bidi)).as_deref(), Some(bidi));
     }
 }
