@@ -24,24 +24,29 @@
 //! text), [`limits`] (cgroup limit files), [`mountinfo`] (overlay layers), [`process`]
 //! (procfs parsers), [`layer`] (symlink-safe lookup inside layer directories).
 
+mod bounded_read;
 pub mod cgroup;
 mod collect;
 pub mod confinement;
+mod containers;
 mod error;
 pub mod held;
 pub mod layer;
 pub mod limits;
 pub mod mountinfo;
+mod pass;
 pub mod process;
+pub mod procfs;
 pub mod runtime;
 pub mod script;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
-pub use collect::{resolve_host_root, PassPhases, DEFAULT_CAP_LAST_CAP};
+pub use collect::{resolve_host_root, DEFAULT_CAP_LAST_CAP};
 pub use error::Error;
 pub use layer::FileIdentity;
 pub use limits::{detect_layout, CgroupLayout, LimitsReader};
 pub use mountinfo::{container_root, parse_mountinfo};
+pub use pass::PassPhases;
 
 use nodeguard_model::{Container, Namespaces, Process, ScanStats};
 use std::path::{Path, PathBuf};
@@ -168,7 +173,7 @@ pub fn collect_held(
 #[derive(Debug)]
 pub struct Collector {
     options: CollectOptions,
-    reuse: collect::Reuse,
+    reuse: pass::Reuse,
 }
 
 impl Collector {
@@ -184,7 +189,7 @@ impl Collector {
     /// A collector that reads every process in full at least once in `passes` passes (1:
     /// always, like [`collect`]).
     pub fn with_full_read_every(options: CollectOptions, passes: u32) -> Collector {
-        let mut reuse = collect::Reuse::new(passes);
+        let mut reuse = pass::Reuse::new(passes);
         reuse.set_dir_budget(default_dir_budget());
         Collector { options, reuse }
     }
