@@ -1,9 +1,12 @@
 //! One pass over the proc root: processes, then the containers they belong to.
 
+use crate::bounded_read::read_into;
 use crate::cgroup::ContainerRef;
 use crate::containers::{
     attach_layers, build_containers, locate_layers, outside_image, read_devices,
 };
+use crate::exec_reuse::{ExecFacts, ExecReuse, LOCATED_MAX};
+use crate::mount_roots::MountRoots;
 use crate::mountinfo::{container_root, ContainerRoot};
 use crate::pass::{
     is_kernel_thread_pid, joined, open_host_root, ContainerSeed, Log, PassPhases, Reuse,
@@ -15,12 +18,13 @@ use crate::runtime::host_bounding;
 use crate::{CollectOptions, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::Namespaces;
+use nodeguard_model::{Container, Namespaces};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `cap_last_cap` when the kernel does not say (Linux 5.9+: CAP_CHECKPOINT_RESTORE).
@@ -189,18 +193,52 @@ fn read_chunk(
             // What this process showed before is reused until it execs.
             if seed.root.is_none() {
                 let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.get());
-                match remembered {
-                    Some(root) => seed.root = root.clone(),
-                    None => match dir.read_to_end("mountinfo", &mut mountinfo, MOUNTINFO_MAX) {
-                        Ok(()) => {
-                            seed.root = container_root(&mountinfo);
-                            if let Some(r) = &raw.remember {
-                                let _ = r.mount_root.set(seed.root.clone());
-                            }
+                let mnt = raw.process.namespaces.mnt;
+                // An exec read: the root kept for this mount namespace, while its table
+                // has not changed.
+                let kept = known
+                    .roots
+                    .zip(mnt)
+                    .and_then(|(roots, ns)| lock(roots).get(ns, &mut mountinfo, MOUNTINFO_MAX));
+                match (remembered, kept) {
+                    (Some(root), _) => seed.root = root.clone(),
+                    (None, Some(root)) => seed.root = root,
+                    (None, None) => {
+                        // An exec read keeps the live file, read through it (newer than
+                        // what a hold captured): a change after its opening shows later.
+                        let mut keep = known
+                            .roots
+                            .and(mnt)
+                            .and_then(|_| dir.open_live("mountinfo"));
+                        let from_kept = keep.as_mut().is_some_and(|file| {
+                            read_into(&mut mountinfo, MOUNTINFO_MAX, false, |chunk, _| {
+                                file.read(chunk)
+                            })
+                            .is_ok()
+                        });
+                        if !from_kept {
+                            keep = None;
                         }
-                        Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
-                        Err(_) => {}
-                    },
+                        let read = match from_kept {
+                            true => Ok(()),
+                            false => dir.read_to_end("mountinfo", &mut mountinfo, MOUNTINFO_MAX),
+                        };
+                        match read {
+                            Ok(()) => {
+                                seed.root = match known.roots {
+                                    Some(roots) => {
+                                        lock(roots).parse_and_keep(mnt, keep, &mountinfo)
+                                    }
+                                    None => container_root(&mountinfo),
+                                };
+                                if let Some(r) = &raw.remember {
+                                    let _ = r.mount_root.set(seed.root.clone());
+                                }
+                            }
+                            Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
+                            Err(_) => {}
+                        }
+                    }
                 }
             }
         }
@@ -432,6 +470,8 @@ struct Known<'a> {
     /// read through its kept handle has not exec'd unless it is in `execd`.
     execs_watched: bool,
     execd: &'a HashSet<i32>,
+    /// Container roots kept by mount namespace (exec reads).
+    roots: Option<&'a Mutex<MountRoots>>,
 }
 
 impl Known<'_> {
@@ -449,6 +489,12 @@ impl Known<'_> {
     }
 }
 
+/// The lock of state exec reads share; a panic elsewhere while holding it leaves nothing
+/// half-done that a later read could trip on (each entry is replaced whole).
+fn lock(roots: &Mutex<MountRoots>) -> std::sync::MutexGuard<'_, MountRoots> {
+    roots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A full read of every process: what [`crate::collect`] does.
 pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect_with(opts, None, &mut Reuse::new(1))
@@ -461,7 +507,7 @@ pub(crate) fn collect_with(
     threads: Option<usize>,
     reuse: &mut Reuse,
 ) -> Result<Snapshot, Error> {
-    collect_from(opts, threads, reuse, None)
+    collect_from(opts, threads, reuse, None, None)
 }
 
 /// [`collect`] restricted to `pids` (the exec'd processes of an event-driven pass): the
@@ -471,7 +517,7 @@ pub(crate) fn collect_with(
 /// processes other than pid 1, the pod's sandbox among several containers) is only as good
 /// as the pids given; the caller keeps what the last full pass said about known containers.
 pub(crate) fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
-    collect_held(opts, pids, Vec::new())
+    collect_held(opts, pids, Vec::new(), None)
 }
 
 /// [`collect_pids`] over `pids` and the processes `held` at their exec (`crate::held`):
@@ -481,6 +527,7 @@ pub(crate) fn collect_held(
     opts: &CollectOptions,
     pids: &[i32],
     held: Vec<PidDir>,
+    exec: Option<&mut ExecReuse>,
 ) -> Result<Snapshot, Error> {
     let mut pids: Vec<i32> = pids
         .iter()
@@ -490,18 +537,47 @@ pub(crate) fn collect_held(
         .collect();
     pids.sort_unstable();
     pids.dedup();
-    let mut reuse = Reuse::new(1);
-    // Read through as kept handles with nothing remembered: a full read of each.
-    reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
-    collect_from(opts, Some(1), &mut reuse, Some(pids))
+    match exec {
+        None => {
+            let mut reuse = Reuse::new(1);
+            // Read through as kept handles with nothing remembered: a full read of each.
+            reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
+            collect_from(opts, Some(1), &mut reuse, Some(pids), None)
+        }
+        Some(exec) => {
+            let ExecReuse {
+                reuse,
+                roots,
+                host,
+                known,
+            } = exec;
+            reuse.dirs.clear();
+            reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
+            let facts = ExecFacts {
+                roots,
+                host: host.as_ref(),
+                known,
+            };
+            let snapshot = collect_from(opts, Some(1), reuse, Some(pids), Some(facts));
+            // Only the layer lookups (and what the containers built kept) outlive the read.
+            reuse.dirs.clear();
+            reuse.processes.clear();
+            if reuse.located.len() > LOCATED_MAX {
+                reuse.located.clear();
+            }
+            snapshot
+        }
+    }
 }
 
-/// One pass over `only` (sorted) or, when `None`, every pid under the proc root.
+/// One pass over `only` (sorted) or, when `None`, every pid under the proc root; an exec
+/// read (`exec`) takes what does not change per exec from [`ExecFacts`].
 fn collect_from(
     opts: &CollectOptions,
     threads: Option<usize>,
     reuse: &mut Reuse,
     only: Option<Vec<i32>>,
+    exec: Option<ExecFacts<'_>>,
 ) -> Result<Snapshot, Error> {
     let proc_fd: OwnedFd = nix::fcntl::open(
         &opts.proc_root,
@@ -518,9 +594,13 @@ fn collect_from(
         None => list_pids(&opts.proc_root)?,
     };
     let mut log = Log::default();
-    let cap_last_cap = read_cap_last_cap(&opts.proc_root, &mut log);
-
-    let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
+    let (cap_last_cap, host_namespaces) = match exec.as_ref().and_then(|e| e.host) {
+        Some((cap_last_cap, host_namespaces)) => (*cap_last_cap, host_namespaces.clone()),
+        None => (
+            read_cap_last_cap(&opts.proc_root, &mut log),
+            host_namespaces(&proc_fd, &opts.proc_root, &mut log),
+        ),
+    };
 
     let listed = Instant::now();
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
@@ -542,6 +622,7 @@ fn collect_from(
         dirs: &reuse.dirs,
         execs_watched,
         execd: &execd,
+        roots: exec.as_ref().map(|e| e.roots),
     };
     let (mut raws, mut seeds, handles) = read_all(
         &proc_fd,
@@ -574,6 +655,9 @@ fn collect_from(
     // Containers (their cgroup limits) and the executables' layers are independent: with
     // reader threads to spare, the layers are looked up beside the containers.
     let keep_max = reuse.limit_files_max();
+    // An exec read takes the containers the last full pass built from it.
+    let known_containers = exec.as_ref().map(|e| e.known);
+    let skip = |id: &str| known_containers.is_some_and(|k| k.contains_key(id));
     let (limit_files, located) = (&mut reuse.limit_files, &mut reuse.located);
     let mut layer_log = Log::default();
     let mut layers_took = Duration::ZERO;
@@ -587,19 +671,36 @@ fn collect_from(
     let (containers, found) = if threads > 1 {
         std::thread::scope(|scope| {
             let layers = scope.spawn(locate);
-            let containers =
-                build_containers(opts, &seeds, &raws, limit_files, keep_max, true, &mut log);
+            let containers = build_containers(
+                opts,
+                &seeds,
+                &raws,
+                limit_files,
+                keep_max,
+                true,
+                &skip,
+                &mut log,
+            );
             let found = joined(layers);
             (containers, found)
         })
     } else {
         let found = locate();
-        let containers =
-            build_containers(opts, &seeds, &raws, limit_files, keep_max, false, &mut log);
+        let containers = build_containers(
+            opts,
+            &seeds,
+            &raws,
+            limit_files,
+            keep_max,
+            false,
+            &skip,
+            &mut log,
+        );
         (containers, found)
     };
     log.absorb(layer_log);
     let mut containers = containers;
+    let built = containers.len();
     let every = if execs_watched {
         reuse.full_read_every_watched
     } else {
@@ -614,6 +715,19 @@ fn collect_from(
         (reuse.pass, every),
         &mut log,
     );
+    if let Some(known) = known_containers {
+        for (id, seed) in &seeds {
+            if let Some(container) = known.get(id) {
+                containers.push(Container {
+                    pids: seed.pids.clone(),
+                    ..container.clone()
+                });
+            }
+        }
+        if containers.len() > built {
+            containers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
     let processes = attach_layers(raws, found);
     reuse.phases = PassPhases {
         list: listed - started,
@@ -1116,6 +1230,76 @@ mod tests {
         assert_eq!(some.containers[0].rootfs, full_container.rootfs);
         assert_eq!(some.containers[0].limits, full_container.limits);
         assert_eq!(some.containers[0].pids, [200, 201]);
+    }
+
+    #[test]
+    fn exec_reads_take_what_did_not_change_from_the_collector() {
+        let fx = fixture();
+        // A copy of the cgroup tree, to take container A's away after the full pass.
+        let cgroups = tempfile::tempdir().unwrap();
+        copy_tree(&fx.opts.cgroup_root, cgroups.path());
+        let opts = CollectOptions {
+            cgroup_root: cgroups.path().to_path_buf(),
+            ..fx.opts.clone()
+        };
+        let mut collector = crate::Collector::new(opts.clone());
+        // Before any full pass an exec read is a full read of its processes.
+        let cold = collector.collect_held(&[200], Vec::new()).unwrap();
+        assert_eq!(
+            cold.processes,
+            collect_pids(&opts, &[200]).unwrap().processes
+        );
+        assert_eq!(collector.exec_mountinfo_parses(), 1);
+
+        let full = collector.collect().unwrap();
+        let known = full
+            .containers
+            .iter()
+            .find(|c| c.id == ID_A)
+            .unwrap()
+            .clone();
+        for dir in walk_dirs(cgroups.path()) {
+            if dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(ID_A))
+            {
+                fs::remove_dir_all(&dir).unwrap();
+            }
+        }
+        for _ in 0..20 {
+            let snap = collector.collect_held(&[201, 200], Vec::new()).unwrap();
+            // The processes as a fresh read sees them (layers included) ...
+            for p in &snap.processes {
+                assert_eq!(p, process(&full, p.process.pid));
+            }
+            // ... their container as the full pass built it, with the pids read: its cgroup
+            // files (gone now) were not read again.
+            assert_eq!(
+                snap.containers,
+                [Container {
+                    pids: vec![200, 201],
+                    ..known.clone()
+                }]
+            );
+            assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+        }
+        // One mount namespace, one table parsed (by the first read): a fixture's
+        // `mountinfo` is a plain file, whose poll never reports a change.
+        assert_eq!(collector.exec_mountinfo_parses(), 1);
+        // A read that does not go through the collector reads the cgroup files again.
+        let fresh = collect_pids(&opts, &[200]).unwrap();
+        assert_ne!(fresh.containers[0].limits, known.limits);
+    }
+
+    fn walk_dirs(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk_dirs(&entry.path()));
+                out.push(entry.path());
+            }
+        }
+        out
     }
 
     #[test]

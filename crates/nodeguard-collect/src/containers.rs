@@ -87,8 +87,10 @@ pub(crate) fn read_container_limits(
     }
 }
 
-/// The containers of `seeds`, their cgroup limits read through `kept` (one map of handles
-/// per [`LIMIT_READERS`] slot, each read on a thread of its own when `parallel`).
+/// The containers of `seeds` but those `skip` names, their cgroup limits read through `kept`
+/// (one map of handles per [`LIMIT_READERS`] slot, each read on a thread of its own when
+/// `parallel`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_containers(
     opts: &CollectOptions,
     seeds: &BTreeMap<String, ContainerSeed>,
@@ -96,6 +98,7 @@ pub(crate) fn build_containers(
     kept: &mut [KeptFiles; LIMIT_READERS],
     keep_max: usize,
     parallel: bool,
+    skip: &(dyn Fn(&str) -> bool + Sync),
     log: &mut Log,
 ) -> Vec<Container> {
     let layout = detect_layout(&opts.cgroup_root);
@@ -145,7 +148,7 @@ pub(crate) fn build_containers(
     let read_slot = |reader: &mut LimitsReader, slot: usize| -> Vec<(&str, ContainerLimits)> {
         seeds
             .iter()
-            .filter(|(id, _)| limit_slot(id) == slot)
+            .filter(|(id, _)| limit_slot(id) == slot && !skip(id))
             .filter_map(|(id, seed)| {
                 let first = &raws[seed.first];
                 let file = first.cgroup.as_ref().filter(|_| layout_known)?;
@@ -179,7 +182,7 @@ pub(crate) fn build_containers(
     let mut containers = Vec::with_capacity(seeds.len());
     // Containers that look like their pod's sandbox: (pod uid, start ticks, pid, index).
     let mut sandbox_candidates: Vec<(String, Option<u64>, i32, usize)> = Vec::new();
-    for (id, seed) in seeds {
+    for (id, seed) in seeds.iter().filter(|(id, _)| !skip(id)) {
         let reference = &seed.reference;
         let mut container = Container {
             image: None,

@@ -30,9 +30,11 @@ mod collect;
 pub mod confinement;
 mod containers;
 mod error;
+mod exec_reuse;
 pub mod held;
 pub mod layer;
 pub mod limits;
+mod mount_roots;
 pub mod mountinfo;
 mod pass;
 pub mod process;
@@ -146,7 +148,7 @@ pub fn collect_held(
     pids: &[i32],
     held: Vec<process::PidDir>,
 ) -> Result<Snapshot, Error> {
-    collect::collect_held(opts, pids, held)
+    collect::collect_held(opts, pids, held, None)
 }
 
 /// Collects again and again, reading in full only what is new or due.
@@ -174,6 +176,8 @@ pub fn collect_held(
 pub struct Collector {
     options: CollectOptions,
     reuse: pass::Reuse,
+    /// What exec reads keep (see [`Collector::collect_held`]).
+    exec: exec_reuse::ExecReuse,
 }
 
 impl Collector {
@@ -191,7 +195,11 @@ impl Collector {
     pub fn with_full_read_every(options: CollectOptions, passes: u32) -> Collector {
         let mut reuse = pass::Reuse::new(passes);
         reuse.set_dir_budget(default_dir_budget());
-        Collector { options, reuse }
+        Collector {
+            options,
+            reuse,
+            exec: exec_reuse::ExecReuse::default(),
+        }
     }
 
     /// Keeps the handles of at most `handles` processes open between passes (a `/proc/PID`
@@ -244,7 +252,35 @@ impl Collector {
     /// One pass (see [`Collector`]). Fails only when the proc root itself cannot be opened
     /// or listed; the kept entries are then left as they were.
     pub fn collect(&mut self) -> Result<Snapshot, Error> {
-        collect::collect_with(&self.options, None, &mut self.reuse)
+        let snapshot = collect::collect_with(&self.options, None, &mut self.reuse)?;
+        self.exec.full_pass_done(
+            snapshot.cap_last_cap,
+            &snapshot.host_namespaces,
+            &snapshot.containers,
+        );
+        Ok(snapshot)
+    }
+
+    /// [`collect_held`] as an exec read of this collector: it costs as much as the processes
+    /// read, not their containers. The host's facts (`cap_last_cap`, pid 1's namespaces) and
+    /// the containers the last [`Collector::collect`] built are taken from it (with the
+    /// exec'd pids); a container it did not see is built from the read. Container roots are
+    /// kept per mount namespace and parsed again only when that namespace's mount table
+    /// changed (procfs marks an open `mountinfo` when it does), and executables' layer
+    /// lookups are kept across reads (bounded). Before the first pass, or for a new
+    /// container, the read is a full [`collect_held`].
+    pub fn collect_held(
+        &mut self,
+        pids: &[i32],
+        held: Vec<process::PidDir>,
+    ) -> Result<Snapshot, Error> {
+        collect::collect_held(&self.options, pids, held, Some(&mut self.exec))
+    }
+
+    /// `mountinfo` tables exec reads of this collector parsed so far: once per mount
+    /// namespace, and again after its mounts changed.
+    pub fn exec_mountinfo_parses(&self) -> u64 {
+        self.exec.mountinfo_parses()
     }
 
     /// Where the last pass's time went.

@@ -153,6 +153,12 @@ impl PidDir {
         self.read_impl(file, buf, limit, false)
     }
 
+    /// `file` of the live process, opened to be kept (a pollable `mountinfo`), even when
+    /// what the process showed at its exec was captured; `None` once it is gone.
+    pub(crate) fn open_live(&self, file: &'static str) -> Option<File> {
+        self.open_file(file).ok()
+    }
+
     fn open_file(&self, file: &'static str) -> Result<File, Failure> {
         openat(
             self.fd.as_fd(),
