@@ -1,28 +1,30 @@
 //! One pass over the proc root: processes, then the containers they belong to.
 
+use crate::bounded_read::read_into;
 use crate::cgroup::ContainerRef;
-use crate::layer::{locate, FileIdentity, HostRoot, Located};
-use crate::limits::{container_paths, detect_layout, CgroupLayout, KeptFiles, LimitsReader};
-use crate::mountinfo::{container_root, ContainerRoot, WritableMount};
+use crate::containers::{
+    attach_layers, build_containers, locate_layers, outside_image, read_devices,
+};
+use crate::exec_reuse::{ExecFacts, ExecReuse, LOCATED_MAX};
+use crate::mount_roots::MountRoots;
+use crate::mountinfo::{container_root, ContainerRoot};
+use crate::pass::{
+    is_kernel_thread_pid, joined, open_host_root, ContainerSeed, Log, PassPhases, Reuse,
+};
 use crate::process::{
     read_process, shared_with_host, CgroupMemo, ExeLinks, Failure, PidDir, RawProcess, Remembered,
 };
-use crate::runtime::{
-    first_started_per_pod, host_bounding, looks_like_sandbox, runtime_from_ancestors,
-};
-use crate::script::{locate_script, FoundScript};
-use crate::{CollectOptions, CollectedProcess, Error, Snapshot};
+use crate::runtime::host_bounding;
+use crate::{CollectOptions, Error, Snapshot};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nodeguard_model::{
-    escape_path, CgroupVersion, Confinement, Container, DeviceAccess, Layer, MountRef, Namespaces,
-    Process, Runtime, ScanStats, Script,
-};
+use nodeguard_model::{Container, Namespaces};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `cap_last_cap` when the kernel does not say (Linux 5.9+: CAP_CHECKPOINT_RESTORE).
@@ -30,49 +32,6 @@ pub const DEFAULT_CAP_LAST_CAP: u32 = 40;
 
 /// Reading mountinfo stops here; a container with more mounts than this is not normal.
 const MOUNTINFO_MAX: usize = 4 << 20;
-
-/// Warnings and error counts gathered during one collection.
-#[derive(Debug, Default)]
-struct Log {
-    stats: ScanStats,
-    warnings: Vec<String>,
-    seen: HashSet<String>,
-}
-
-impl Log {
-    fn error(&mut self, kind: &str, message: String) {
-        self.stats.count_error(kind);
-        self.warn(message);
-    }
-
-    /// A warning, once per distinct text.
-    fn warn(&mut self, message: String) {
-        if self.seen.insert(message.clone()) {
-            self.warnings.push(message);
-        }
-    }
-
-    /// Adds what another log gathered (a reader thread's).
-    fn absorb(&mut self, other: Log) {
-        let stats = other.stats;
-        self.stats.processes_vanished += stats.processes_vanished;
-        self.stats.processes_denied += stats.processes_denied;
-        for (kind, n) in stats.errors {
-            *self.stats.errors.entry(kind).or_insert(0) += n;
-        }
-        for warning in other.warnings {
-            self.warn(warning);
-        }
-    }
-
-    fn failure(&mut self, failure: Failure) {
-        match failure {
-            Failure::Vanished => self.stats.processes_vanished += 1,
-            Failure::Denied => self.stats.processes_denied += 1,
-            Failure::Error(e) => self.error("proc", e.to_string()),
-        }
-    }
-}
 
 fn list_pids(proc_root: &Path) -> Result<Vec<i32>, Error> {
     let proc_error = |source| Error::ProcRoot {
@@ -125,15 +84,6 @@ fn read_cap_last_cap(proc_root: &Path, log: &mut Log) -> u32 {
             DEFAULT_CAP_LAST_CAP
         }
     }
-}
-
-/// What is known about one container while processes are read.
-struct ContainerSeed {
-    reference: ContainerRef,
-    /// Index into the process list of the first (lowest-pid) process.
-    first: usize,
-    pids: Vec<i32>,
-    root: Option<ContainerRoot>,
 }
 
 /// Runs of pids per reader thread (see [`read_all`]).
@@ -243,18 +193,52 @@ fn read_chunk(
             // What this process showed before is reused until it execs.
             if seed.root.is_none() {
                 let remembered = raw.remember.as_ref().and_then(|r| r.mount_root.get());
-                match remembered {
-                    Some(root) => seed.root = root.clone(),
-                    None => match dir.read_to_end("mountinfo", &mut mountinfo, MOUNTINFO_MAX) {
-                        Ok(()) => {
-                            seed.root = container_root(&mountinfo);
-                            if let Some(r) = &raw.remember {
-                                let _ = r.mount_root.set(seed.root.clone());
-                            }
+                let mnt = raw.process.namespaces.mnt;
+                // An exec read: the root kept for this mount namespace, while its table
+                // has not changed.
+                let kept = known
+                    .roots
+                    .zip(mnt)
+                    .and_then(|(roots, ns)| lock(roots).get(ns, &mut mountinfo, MOUNTINFO_MAX));
+                match (remembered, kept) {
+                    (Some(root), _) => seed.root = root.clone(),
+                    (None, Some(root)) => seed.root = root,
+                    (None, None) => {
+                        // An exec read keeps the live file, read through it (newer than
+                        // what a hold captured): a change after its opening shows later.
+                        let mut keep = known
+                            .roots
+                            .and(mnt)
+                            .and_then(|_| dir.open_live("mountinfo"));
+                        let from_kept = keep.as_mut().is_some_and(|file| {
+                            read_into(&mut mountinfo, MOUNTINFO_MAX, false, |chunk, _| {
+                                file.read(chunk)
+                            })
+                            .is_ok()
+                        });
+                        if !from_kept {
+                            keep = None;
                         }
-                        Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
-                        Err(_) => {}
-                    },
+                        let read = match from_kept {
+                            true => Ok(()),
+                            false => dir.read_to_end("mountinfo", &mut mountinfo, MOUNTINFO_MAX),
+                        };
+                        match read {
+                            Ok(()) => {
+                                seed.root = match known.roots {
+                                    Some(roots) => {
+                                        lock(roots).parse_and_keep(mnt, keep, &mountinfo)
+                                    }
+                                    None => container_root(&mountinfo),
+                                };
+                                if let Some(r) = &raw.remember {
+                                    let _ = r.mount_root.set(seed.root.clone());
+                                }
+                            }
+                            Err(Failure::Error(e)) => chunk.log.error("mountinfo", e.to_string()),
+                            Err(_) => {}
+                        }
+                    }
                 }
             }
         }
@@ -341,28 +325,10 @@ fn read_all(
     (raws, seeds, handles)
 }
 
-/// The result of a scoped thread; its panic, if it panicked, goes on in the caller.
-fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    handle
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
 /// Reader threads for `pids` processes: one per core, none for a few hundred.
 fn reader_threads(pids: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.min(pids.div_ceil(PIDS_PER_THREAD)).clamp(1, 8)
-}
-
-/// Whether `pid` under the proc root is a kernel thread (pid 2 is kthreadd on a host's proc,
-/// but an ordinary process in a container's pid namespace).
-fn is_kernel_thread_pid(proc_fd: &OwnedFd, pid: i32) -> bool {
-    let mut buf = Vec::new();
-    PidDir::open(proc_fd, pid)
-        .and_then(|d| d.read("stat", &mut buf, 4096))
-        .ok()
-        .and_then(|()| crate::process::parse_stat(&buf).ok())
-        .is_some_and(|s| s.flags & crate::process::PF_KTHREAD != 0)
 }
 
 /// Containers none of whose processes show a mount at `/` — each of them chrooted, so the
@@ -494,187 +460,6 @@ pub fn resolve_host_root(opts: &CollectOptions) -> Option<std::path::PathBuf> {
     open_host_root(opts, &mut log).map(|h| h.path().to_path_buf())
 }
 
-/// The host root; when it is the default `<proc>/1/root` and pid 1 may not be followed,
-/// kthreadd's root (the initial mount namespace's `/`).
-fn open_host_root(opts: &CollectOptions, log: &mut Log) -> Option<HostRoot> {
-    let err = match HostRoot::open(&opts.host_root) {
-        Ok(h) => return Some(h),
-        Err(e) => e,
-    };
-    if opts.host_root == opts.proc_root.join("1/root") {
-        let fallback = opts.proc_root.join("2/root");
-        let kthreadd = nix::fcntl::open(
-            &opts.proc_root,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .is_ok_and(|fd| is_kernel_thread_pid(&fd, 2));
-        if kthreadd {
-            if let Ok(h) = HostRoot::open(&fallback) {
-                log.warn(format!(
-                    "host root {} not reachable ({err}); using {} (kthreadd's root)",
-                    opts.host_root.display(),
-                    fallback.display()
-                ));
-                return Some(h);
-            }
-        }
-    }
-    log.error(
-        "layer",
-        format!(
-            "host root {} not reachable ({err}): executables' layers are unknown",
-            opts.host_root.display()
-        ),
-    );
-    None
-}
-
-/// What one pass keeps for the next: per pid, what the last full read of the process found
-/// ([`Remembered`]); per (container, executable path, running file), where the executable
-/// was found in the container's layers. Only what the last pass saw is kept, so the cache is
-/// bounded by the processes and executables running now, and a gone process's entry is
-/// dropped at the next pass.
-#[derive(Debug)]
-pub(crate) struct Reuse {
-    processes: HashMap<i32, Arc<Remembered>>,
-    located: LocatedCache,
-    /// Passes made so far.
-    pass: u64,
-    /// Each process is read in full at least once in this many passes.
-    full_read_every: u64,
-    /// The same while exec events are watched and complete (see
-    /// [`crate::Collector::set_full_read_every_watched`]).
-    full_read_every_watched: u64,
-    /// An open `/proc/PID` (and, once read through it, its `status`: two descriptors) per
-    /// process the last pass read, at most `dir_budget` of them.
-    dirs: HashMap<i32, PidDir>,
-    dir_budget: usize,
-    /// Whether an exec event source reports every exec to [`Reuse::execd`].
-    execs_watched: bool,
-    /// Events may have been lost (or were not watched) since the last pass began.
-    execs_lost: bool,
-    /// Pids that exec'd since the last pass began.
-    execd: HashSet<i32>,
-    /// Cgroup limit files the last pass read, open, per reader slot.
-    limit_files: [KeptFiles; LIMIT_READERS],
-    /// What each container's devices cgroup allowed when last read (see [`read_devices`]).
-    devices: HashMap<String, DeviceAccess>,
-    /// Where the last pass's time went.
-    pub(crate) phases: PassPhases,
-}
-
-/// How long the parts of one pass took, wall time: to see where a slow pass spends it (the
-/// scan logs them at debug level). Not part of any report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PassPhases {
-    /// Listing the proc root and reading what every pass reads once (pid 1's namespaces).
-    pub list: Duration,
-    /// Reading the processes, on the reader threads.
-    pub read: Duration,
-    /// Attributing containers and reading their cgroup limits, and finding the layer each
-    /// container executable comes from (beside it, on another thread, with reader threads
-    /// to spare).
-    pub containers: Duration,
-    /// Of that, the layers.
-    pub layers: Duration,
-    /// Processes read in full, kernel threads aside (the others reused an earlier full
-    /// read).
-    pub read_in_full: usize,
-}
-
-/// The most cgroup limit files kept open between passes (about four per container).
-const LIMIT_FILES_MAX: usize = 1024;
-
-/// Pids remembered as exec'd between passes; past this many the next pass re-checks all.
-const EXECD_MAX: usize = 1 << 16;
-
-impl Reuse {
-    pub(crate) fn new(full_read_every: u32) -> Reuse {
-        Reuse {
-            processes: HashMap::new(),
-            located: HashMap::new(),
-            pass: 0,
-            full_read_every: u64::from(full_read_every.max(1)),
-            full_read_every_watched: u64::from(full_read_every.max(1)),
-            dirs: HashMap::new(),
-            dir_budget: 0,
-            execs_watched: false,
-            execs_lost: true,
-            execd: HashSet::new(),
-            limit_files: Default::default(),
-            devices: HashMap::new(),
-            phases: PassPhases::default(),
-        }
-    }
-
-    pub(crate) fn processes(&self) -> usize {
-        self.processes.len()
-    }
-
-    pub(crate) fn held_dirs(&self) -> usize {
-        self.dirs.len()
-    }
-
-    pub(crate) fn set_dir_budget(&mut self, budget: usize) {
-        self.dir_budget = budget;
-        if self.dirs.len() > budget {
-            self.dirs.clear();
-        }
-        let max = self.limit_files_max();
-        for kept in &mut self.limit_files {
-            if kept.len() > max {
-                kept.clear();
-            }
-        }
-    }
-
-    /// Cgroup limit files kept open between passes by each reader slot: together an eighth
-    /// of the descriptors the process handles may take, at most [`LIMIT_FILES_MAX`].
-    fn limit_files_max(&self) -> usize {
-        (self.dir_budget / 4).min(LIMIT_FILES_MAX) / LIMIT_READERS
-    }
-
-    pub(crate) fn watch_execs(&mut self, on: bool) {
-        if on != self.execs_watched {
-            self.execs_watched = on;
-            self.execs_lost = true;
-        }
-    }
-
-    pub(crate) fn execs_seen(&mut self, pids: &[i32]) {
-        if self.execd.len() + pids.len() > EXECD_MAX {
-            self.execs_lost = true;
-            self.execd.clear();
-        } else {
-            self.execd.extend(pids);
-        }
-    }
-
-    pub(crate) fn execs_lost(&mut self) {
-        self.execs_lost = true;
-    }
-
-    pub(crate) fn set_full_read_every_watched(&mut self, passes: u32) {
-        self.full_read_every_watched = u64::from(passes.max(1));
-    }
-}
-
-/// Where executables were found in their containers' layers, by the running file's identity
-/// (a `Copy` key: a lookup allocates nothing), then container and path.
-pub(crate) type LocatedCache = HashMap<FileIdentity, Vec<LocatedEntry>>;
-
-#[derive(Debug)]
-pub(crate) struct LocatedEntry {
-    container: String,
-    exe: Vec<u8>,
-    located: Located,
-    /// Looked up or used by the pass under way.
-    used: bool,
-    /// The lookup failed: not kept for the next pass.
-    failed: bool,
-}
-
 /// The previous pass's entries as one pass may use them: a process whose turn for a full read
 /// has come gets none. Turns go by pid, so about one process in `full_read_every` is read in
 /// full each pass rather than all of them in one.
@@ -687,6 +472,8 @@ struct Known<'a> {
     /// read through its kept handle has not exec'd unless it is in `execd`.
     execs_watched: bool,
     execd: &'a HashSet<i32>,
+    /// Container roots kept by mount namespace (exec reads).
+    roots: Option<&'a Mutex<MountRoots>>,
 }
 
 impl Known<'_> {
@@ -704,6 +491,12 @@ impl Known<'_> {
     }
 }
 
+/// The lock of state exec reads share; a panic elsewhere while holding it leaves nothing
+/// half-done that a later read could trip on (each entry is replaced whole).
+fn lock(roots: &Mutex<MountRoots>) -> std::sync::MutexGuard<'_, MountRoots> {
+    roots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A full read of every process: what [`crate::collect`] does.
 pub(crate) fn collect(opts: &CollectOptions) -> Result<Snapshot, Error> {
     collect_with(opts, None, &mut Reuse::new(1))
@@ -716,7 +509,7 @@ pub(crate) fn collect_with(
     threads: Option<usize>,
     reuse: &mut Reuse,
 ) -> Result<Snapshot, Error> {
-    collect_from(opts, threads, reuse, None)
+    collect_from(opts, threads, reuse, None, None)
 }
 
 /// [`collect`] restricted to `pids` (the exec'd processes of an event-driven pass): the
@@ -726,7 +519,7 @@ pub(crate) fn collect_with(
 /// processes other than pid 1, the pod's sandbox among several containers) is only as good
 /// as the pids given; the caller keeps what the last full pass said about known containers.
 pub(crate) fn collect_pids(opts: &CollectOptions, pids: &[i32]) -> Result<Snapshot, Error> {
-    collect_held(opts, pids, Vec::new())
+    collect_held(opts, pids, Vec::new(), None)
 }
 
 /// [`collect_pids`] over `pids` and the processes `held` at their exec (`crate::held`):
@@ -736,6 +529,7 @@ pub(crate) fn collect_held(
     opts: &CollectOptions,
     pids: &[i32],
     held: Vec<PidDir>,
+    exec: Option<&mut ExecReuse>,
 ) -> Result<Snapshot, Error> {
     let mut pids: Vec<i32> = pids
         .iter()
@@ -745,18 +539,47 @@ pub(crate) fn collect_held(
         .collect();
     pids.sort_unstable();
     pids.dedup();
-    let mut reuse = Reuse::new(1);
-    // Read through as kept handles with nothing remembered: a full read of each.
-    reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
-    collect_from(opts, Some(1), &mut reuse, Some(pids))
+    match exec {
+        None => {
+            let mut reuse = Reuse::new(1);
+            // Read through as kept handles with nothing remembered: a full read of each.
+            reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
+            collect_from(opts, Some(1), &mut reuse, Some(pids), None)
+        }
+        Some(exec) => {
+            let ExecReuse {
+                reuse,
+                roots,
+                host,
+                known,
+            } = exec;
+            reuse.dirs.clear();
+            reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
+            let facts = ExecFacts {
+                roots,
+                host: host.as_ref(),
+                known,
+            };
+            let snapshot = collect_from(opts, Some(1), reuse, Some(pids), Some(facts));
+            // Only the layer lookups (and what the containers built kept) outlive the read.
+            reuse.dirs.clear();
+            reuse.processes.clear();
+            if reuse.located.len() > LOCATED_MAX {
+                reuse.located.clear();
+            }
+            snapshot
+        }
+    }
 }
 
-/// One pass over `only` (sorted) or, when `None`, every pid under the proc root.
+/// One pass over `only` (sorted) or, when `None`, every pid under the proc root; an exec
+/// read (`exec`) takes what does not change per exec from [`ExecFacts`].
 fn collect_from(
     opts: &CollectOptions,
     threads: Option<usize>,
     reuse: &mut Reuse,
     only: Option<Vec<i32>>,
+    exec: Option<ExecFacts<'_>>,
 ) -> Result<Snapshot, Error> {
     let proc_fd: OwnedFd = nix::fcntl::open(
         &opts.proc_root,
@@ -773,9 +596,13 @@ fn collect_from(
         None => list_pids(&opts.proc_root)?,
     };
     let mut log = Log::default();
-    let cap_last_cap = read_cap_last_cap(&opts.proc_root, &mut log);
-
-    let host_namespaces = host_namespaces(&proc_fd, &opts.proc_root, &mut log);
+    let (cap_last_cap, host_namespaces) = match exec.as_ref().and_then(|e| e.host) {
+        Some((cap_last_cap, host_namespaces)) => (*cap_last_cap, host_namespaces.clone()),
+        None => (
+            read_cap_last_cap(&opts.proc_root, &mut log),
+            host_namespaces(&proc_fd, &opts.proc_root, &mut log),
+        ),
+    };
 
     let listed = Instant::now();
     let threads = threads.unwrap_or_else(|| reader_threads(pids.len()));
@@ -797,6 +624,7 @@ fn collect_from(
         dirs: &reuse.dirs,
         execs_watched,
         execd: &execd,
+        roots: exec.as_ref().map(|e| e.roots),
     };
     let (mut raws, mut seeds, handles) = read_all(
         &proc_fd,
@@ -829,6 +657,9 @@ fn collect_from(
     // Containers (their cgroup limits) and the executables' layers are independent: with
     // reader threads to spare, the layers are looked up beside the containers.
     let keep_max = reuse.limit_files_max();
+    // An exec read takes the containers the last full pass built from it.
+    let known_containers = exec.as_ref().map(|e| e.known);
+    let skip = |id: &str| known_containers.is_some_and(|k| k.contains_key(id));
     let (limit_files, located) = (&mut reuse.limit_files, &mut reuse.located);
     let mut layer_log = Log::default();
     let mut layers_took = Duration::ZERO;
@@ -842,19 +673,36 @@ fn collect_from(
     let (containers, found) = if threads > 1 {
         std::thread::scope(|scope| {
             let layers = scope.spawn(locate);
-            let containers =
-                build_containers(opts, &seeds, &raws, limit_files, keep_max, true, &mut log);
+            let containers = build_containers(
+                opts,
+                &seeds,
+                &raws,
+                limit_files,
+                keep_max,
+                true,
+                &skip,
+                &mut log,
+            );
             let found = joined(layers);
             (containers, found)
         })
     } else {
         let found = locate();
-        let containers =
-            build_containers(opts, &seeds, &raws, limit_files, keep_max, false, &mut log);
+        let containers = build_containers(
+            opts,
+            &seeds,
+            &raws,
+            limit_files,
+            keep_max,
+            false,
+            &skip,
+            &mut log,
+        );
         (containers, found)
     };
     log.absorb(layer_log);
     let mut containers = containers;
+    let built = containers.len();
     let every = if execs_watched {
         reuse.full_read_every_watched
     } else {
@@ -869,6 +717,19 @@ fn collect_from(
         (reuse.pass, every),
         &mut log,
     );
+    if let Some(known) = known_containers {
+        for (id, seed) in &seeds {
+            if let Some(container) = known.get(id) {
+                containers.push(Container {
+                    pids: seed.pids.clone(),
+                    ..container.clone()
+                });
+            }
+        }
+        if containers.len() > built {
+            containers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
     let processes = attach_layers(raws, found);
     reuse.phases = PassPhases {
         list: listed - started,
@@ -900,490 +761,13 @@ fn collect_from(
     })
 }
 
-/// Readers of cgroup limit files, each on its own thread when reader threads are used: a
-/// container goes to a slot by its id (a fixed hash), so each slot's reader finds the
-/// handles it kept for the same containers last pass.
-const LIMIT_READERS: usize = 2;
-
-/// The slot of a container's limit reads (see [`LIMIT_READERS`]).
-fn limit_slot(id: &str) -> usize {
-    id.bytes().fold(0usize, |h, b| {
-        h.wrapping_mul(31).wrapping_add(usize::from(b))
-    }) % LIMIT_READERS
-}
-
-/// What was read of one container's cgroup limits.
-struct ContainerLimits {
-    limits: nodeguard_model::Limits,
-    pod_limits: Option<nodeguard_model::Limits>,
-    node_allocatable: Option<nodeguard_model::Limits>,
-    effective: nodeguard_model::Limits,
-    unknown: Vec<String>,
-    /// Messages for the log, in the order found.
-    problems: Vec<String>,
-}
-
-/// The limits of the container `id` whose first process read `file` as its cgroup file: its
-/// own, its pod's and the node allocatable above them, and the effective ones.
-fn read_container_limits(
-    reader: &mut LimitsReader,
-    id: &str,
-    seed: &ContainerSeed,
-    first: &RawProcess,
-    file: &crate::cgroup::CgroupFile,
-) -> ContainerLimits {
-    let reference = &seed.reference;
-    let pid = first.process.pid;
-    let (own_paths, pod_paths) = container_paths(file, reader.layout(), id);
-    let mut problems = Vec::new();
-    let mut own = reader.own(&own_paths, pid);
-    problems.append(&mut own.problems);
-    // A pod container is bounded by its own cgroup and its pod's; the levels above
-    // (kubepods: node allocatable; the QoS class) are reported apart.
-    let pod_uid = reference.cgroup.pod_uid.as_ref();
-    let floor = match (pod_uid, &pod_paths) {
-        (None, _) => None,
-        (Some(_), Some(pod_paths)) => Some(pod_paths.clone()),
-        (Some(_), None) => Some(own_paths.clone()),
-    };
-    let (mut pod_limits, mut node_allocatable) = (None, None);
-    if pod_uid.is_some() {
-        if let Some(pod_paths) = &pod_paths {
-            let pod = reader.own(pod_paths, pid);
-            problems.extend(pod.problems);
-            pod_limits = Some(pod.limits);
-            node_allocatable = reader.node_allocatable(pod_paths);
-        }
-    }
-    let effective = reader.effective(&own_paths, &own, floor.as_ref());
-    problems.extend(effective.problems);
-    let hint = if reference.cgroup.relative_to_namespace {
-        " (cgroup paths were relative to the agent's cgroup namespace; run it in the host cgroup namespace)"
-    } else {
-        ""
-    };
-    ContainerLimits {
-        limits: own.limits,
-        pod_limits,
-        node_allocatable,
-        effective: effective.limits,
-        unknown: effective.unknown.iter().map(|s| s.to_string()).collect(),
-        problems: problems
-            .into_iter()
-            .map(|problem| format!("container {id}: {problem}{hint}"))
-            .collect(),
-    }
-}
-
-/// The containers of `seeds`, their cgroup limits read through `kept` (one map of handles
-/// per [`LIMIT_READERS`] slot, each read on a thread of its own when `parallel`).
-fn build_containers(
-    opts: &CollectOptions,
-    seeds: &BTreeMap<String, ContainerSeed>,
-    raws: &[RawProcess],
-    kept: &mut [KeptFiles; LIMIT_READERS],
-    keep_max: usize,
-    parallel: bool,
-    log: &mut Log,
-) -> Vec<Container> {
-    let layout = detect_layout(&opts.cgroup_root);
-    let mut readers: Vec<LimitsReader> = kept
-        .iter_mut()
-        .map(|k| {
-            LimitsReader::with_layout(
-                &opts.cgroup_root,
-                layout.clone(),
-                std::mem::take(k),
-                keep_max,
-            )
-        })
-        .collect();
-    let layout_known = layout != CgroupLayout::Unknown;
-    if !layout_known && !seeds.is_empty() {
-        log.error(
-            "cgroup",
-            format!(
-                "cgroup root {} is neither cgroup v2 nor v1: limits not read",
-                opts.cgroup_root.display()
-            ),
-        );
-    }
-    if let CgroupLayout::V1 {
-        memory, cpu, pids, ..
-    } = &layout
-    {
-        for (name, dir) in [("memory", memory), ("cpu", cpu), ("pids", pids)] {
-            if dir.is_none() && !seeds.is_empty() {
-                log.warn(format!(
-                    "cgroup root {} has no {name} hierarchy: {name} limits are unknown",
-                    opts.cgroup_root.display()
-                ));
-            }
-        }
-    }
-    // The version users must look at for the limits: on a hybrid host runc also names the
-    // container in the controller-less v2 tree, but the limits live in v1.
-    let limits_version = match layout {
-        CgroupLayout::V2 => Some(CgroupVersion::V2),
-        CgroupLayout::V1 { .. } => Some(CgroupVersion::V1),
-        CgroupLayout::Unknown => None,
-    };
-
-    // The limit reads, by slot; nothing is read for a container without a cgroup file.
-    let read_slot = |reader: &mut LimitsReader, slot: usize| -> Vec<(&str, ContainerLimits)> {
-        seeds
-            .iter()
-            .filter(|(id, _)| limit_slot(id) == slot)
-            .filter_map(|(id, seed)| {
-                let first = &raws[seed.first];
-                let file = first.cgroup.as_ref().filter(|_| layout_known)?;
-                Some((
-                    id.as_str(),
-                    read_container_limits(reader, id, seed, first, file),
-                ))
-            })
-            .collect()
-    };
-    let mut read: HashMap<&str, ContainerLimits> = HashMap::with_capacity(seeds.len());
-    if parallel && seeds.len() > 1 {
-        let slots: Vec<Vec<(&str, ContainerLimits)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = readers
-                .iter_mut()
-                .enumerate()
-                .map(|(slot, reader)| scope.spawn(move || read_slot(reader, slot)))
-                .collect();
-            handles.into_iter().map(joined).collect()
-        });
-        read.extend(slots.into_iter().flatten());
-    } else {
-        for (slot, reader) in readers.iter_mut().enumerate() {
-            read.extend(read_slot(reader, slot));
-        }
-    }
-    for (k, reader) in kept.iter_mut().zip(readers) {
-        *k = reader.into_kept();
-    }
-
-    let mut containers = Vec::with_capacity(seeds.len());
-    // Containers that look like their pod's sandbox: (pod uid, start ticks, pid, index).
-    let mut sandbox_candidates: Vec<(String, Option<u64>, i32, usize)> = Vec::new();
-    for (id, seed) in seeds {
-        let reference = &seed.reference;
-        let mut container = Container {
-            image: None,
-            id: id.clone(),
-            runtime: reference.cgroup.runtime,
-            pod_uid: reference.cgroup.pod_uid.clone(),
-            qos: reference.cgroup.qos,
-            cgroup: reference.cgroup.container_path.clone(),
-            cgroup_driver: reference.cgroup.driver,
-            cgroup_version: limits_version.unwrap_or(reference.version),
-            limits: Default::default(),
-            pod_limits: None,
-            effective_limits: Default::default(),
-            unknown_limits: Vec::new(),
-            node_allocatable: None,
-            sandbox: false,
-            exited: false,
-            pids: seed.pids.clone(),
-            rootfs: seed.root.as_ref().map(|r| r.rootfs.clone()),
-            pod: None,
-            confinement: Confinement {
-                devices: DeviceAccess::Unknown,
-                masked_paths: seed.root.as_ref().and_then(|r| r.masked_paths.clone()),
-            },
-        };
-        if container.runtime == Runtime::Unknown {
-            // A bare id under kubepods (containerd's CRI with the cgroupfs driver): the
-            // monitor above the container's first process says which runtime it is.
-            if let Some(runtime) = runtime_from_ancestors(raws, seed.first, id) {
-                container.runtime = runtime;
-            }
-        }
-        if container.pod_uid.is_some() {
-            let processes: Vec<&Process> = seed
-                .pids
-                .iter()
-                .filter_map(|pid| {
-                    raws.binary_search_by_key(pid, |r| r.process.pid)
-                        .ok()
-                        .map(|i| &raws[i].process)
-                })
-                .collect();
-            if let (Some(uid), [p]) = (&container.pod_uid, processes.as_slice()) {
-                if looks_like_sandbox(&processes) {
-                    let start = raws
-                        .binary_search_by_key(&p.pid, |r| r.process.pid)
-                        .ok()
-                        .and_then(|i| raws[i].start_ticks);
-                    sandbox_candidates.push((uid.clone(), start, p.pid, containers.len()));
-                }
-            }
-        }
-        match read.remove(id.as_str()) {
-            None => {
-                // Nothing could be read: unknown, not unlimited (the cgroup root's warning, or
-                // the process's unreadable cgroup file, says why once).
-                container.unknown_limits = ["memory", "cpu", "pids"].map(String::from).to_vec();
-            }
-            Some(limits) => {
-                container.limits = limits.limits;
-                container.pod_limits = limits.pod_limits;
-                container.node_allocatable = limits.node_allocatable;
-                container.effective_limits = limits.effective;
-                container.unknown_limits = limits.unknown;
-                for problem in limits.problems {
-                    log.error("cgroup", problem);
-                }
-            }
-        }
-        containers.push(container);
-    }
-    let candidates: Vec<(&str, Option<u64>, i32, usize)> = sandbox_candidates
-        .iter()
-        .map(|(uid, start, pid, i)| (uid.as_str(), *start, *pid, *i))
-        .collect();
-    for i in first_started_per_pod(&candidates) {
-        if let Some(container) = containers.get_mut(i) {
-            container.sandbox = true;
-        }
-    }
-    containers
-}
-
-/// Fills in each container's device access (`devices.list` on cgroup v1, see
-/// [`crate::confinement`]). A runtime writes a container's device list once, while it sets
-/// the container up, and never widens it, so a restricted answer is kept in `known` and
-/// read again only at the container's turn, once in `every` passes (`turn` is this pass and
-/// `every`): one file per new or privileged container per pass, not one per container.
-/// "Every device" is read again each pass: before the runtime writes the list, a new
-/// cgroup shows its parent's, which is every device. Entries of gone containers are
-/// dropped.
-fn read_devices(
-    opts: &CollectOptions,
-    seeds: &BTreeMap<String, ContainerSeed>,
-    raws: &[RawProcess],
-    containers: &mut [Container],
-    known: &mut HashMap<String, DeviceAccess>,
-    turn: (u64, u64),
-    log: &mut Log,
-) {
-    let (pass, every) = turn;
-    known.retain(|id, _| seeds.contains_key(id));
-    if seeds.is_empty() {
-        return;
-    }
-    let hierarchy = crate::confinement::devices_hierarchy(&opts.cgroup_root);
-    for container in containers.iter_mut() {
-        let Some(seed) = seeds.get(&container.id) else {
-            continue;
-        };
-        let due = (pass + limit_slot(&container.id) as u64).is_multiple_of(every.max(1));
-        if let Some(access) = known.get(&container.id).filter(|_| !due) {
-            container.confinement.devices = *access;
-            continue;
-        }
-        let Some(file) = raws[seed.first].cgroup.as_ref() else {
-            continue;
-        };
-        match crate::confinement::read_device_access(hierarchy.as_deref(), file, &container.id) {
-            Ok(access) => {
-                container.confinement.devices = access;
-                if access == DeviceAccess::Restricted {
-                    known.insert(container.id.clone(), access);
-                } else {
-                    known.remove(&container.id);
-                }
-            }
-            // Removed between the process read and now: the container is going.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => log.error(
-                "cgroup",
-                format!(
-                    "container {}: devices.list: {e}: device access unknown",
-                    container.id
-                ),
-            ),
-        }
-    }
-}
-
-/// The layer (and, through the layer, the identity) of each container process's
-/// executable, by index into `raws`: `None` for processes with no container root to look in.
-/// `kept` holds the previous pass's lookups: an executable already located in a container
-/// (same path, same running file) is not looked up again, and asking costs no allocation;
-/// entries this pass did not use are dropped, and so are failed lookups (the next pass tries,
-/// and warns, again; within a pass one failure is told once).
-fn locate_layers(
-    opts: &CollectOptions,
-    seeds: &BTreeMap<String, ContainerSeed>,
-    raws: &[RawProcess],
-    kept: &mut LocatedCache,
-    log: &mut Log,
-) -> Vec<Option<Located>> {
-    let mut host: Option<Option<HostRoot>> = None;
-    let mut out = Vec::with_capacity(raws.len());
-    for raw in raws {
-        let seed = raw.container.as_ref().and_then(|c| seeds.get(&c.cgroup.id));
-        let (Some(seed), Some(exe)) = (seed, raw.exe_path.as_ref()) else {
-            out.push(None);
-            continue;
-        };
-        let layers = seed.root.as_ref().and_then(|r| r.rootfs.overlay());
-        let mut located = Located {
-            layer: Layer::Unknown,
-            identity: None,
-        };
-        if let (Some(layers), Some(running), false) =
-            (layers, raw.exe_identity, raw.process.exe_deleted)
-        {
-            let host = host.get_or_insert_with(|| open_host_root(opts, log));
-            if let Some(host) = host {
-                let id = seed.reference.cgroup.id.as_str();
-                let entries = kept.entry(running).or_default();
-                match entries
-                    .iter_mut()
-                    .find(|e| e.container == id && e.exe == *exe)
-                {
-                    Some(entry) => {
-                        entry.used = true;
-                        located = entry.located;
-                    }
-                    None => {
-                        let failed = match locate(host, layers, exe, &running) {
-                            Ok(got) => {
-                                located = got;
-                                false
-                            }
-                            Err(e) => {
-                                log.error("layer", format!("container {id}: {e}"));
-                                true
-                            }
-                        };
-                        entries.push(LocatedEntry {
-                            container: id.to_string(),
-                            exe: exe.clone(),
-                            located,
-                            used: true,
-                            failed,
-                        });
-                    }
-                }
-            }
-        }
-        out.push(Some(located));
-    }
-    kept.retain(|_, entries| {
-        entries.retain_mut(|e| std::mem::take(&mut e.used) && !e.failed);
-        !entries.is_empty()
-    });
-    out
-}
-
-/// What runs from outside the image for one process: the writable mount its executable is
-/// on, and the script it runs from the writable layer or a writable mount.
-#[derive(Debug, Default)]
-struct Outside {
-    exe_mount: Option<WritableMount>,
-    script: Option<FoundScript>,
-}
-
-/// For each process of `raws` (by index, beside `located`): whether its executable, not found
-/// in the layers, is on a writable mount of its container ([`ContainerRoot::writable_mount_of`]
-/// by path and device), and whether the script it runs as an interpreter is outside the image
-/// ([`locate_script`]). Scripts are looked up once per (container, path) in a pass.
-fn outside_image(
-    opts: &CollectOptions,
-    seeds: &BTreeMap<String, ContainerSeed>,
-    raws: &[RawProcess],
-    located: &[Option<Located>],
-) -> Vec<Outside> {
-    let mut host: Option<Option<HostRoot>> = None;
-    let mut scripts: HashMap<(&str, &[u8]), Option<FoundScript>> = HashMap::new();
-    let mut out = Vec::with_capacity(raws.len());
-    for (raw, located) in raws.iter().zip(located) {
-        let mut outside = Outside::default();
-        let seed = raw.container.as_ref().and_then(|c| seeds.get(&c.cgroup.id));
-        let root = seed.and_then(|s| s.root.as_ref());
-        let (Some(root), Some(located)) = (root, located) else {
-            out.push(outside);
-            continue;
-        };
-        if let (Layer::Unknown, Some(exe), Some(running), false) = (
-            located.layer,
-            raw.exe_path.as_deref(),
-            raw.exe_identity,
-            raw.process.exe_deleted,
-        ) {
-            outside.exe_mount = root.writable_mount_of(exe, running.dev).cloned();
-        }
-        if let (Some(path), Some(container)) = (raw.script.as_deref(), raw.container.as_ref()) {
-            let key = (container.cgroup.id.as_str(), path);
-            outside.script = match scripts.get(&key) {
-                Some(found) => found.clone(),
-                None => {
-                    // An unreachable host root was already told by `locate_layers`.
-                    let host = host
-                        .get_or_insert_with(|| open_host_root(opts, &mut Log::default()))
-                        .as_ref();
-                    // Gone, not a regular file, not there: nothing runs from it.
-                    let found = locate_script(&opts.proc_root, raw.process.pid, path, root, host)
-                        .unwrap_or_default();
-                    scripts.insert(key, found.clone());
-                    found
-                }
-            };
-        }
-        out.push(outside);
-    }
-    out
-}
-
-/// The processes with their executables' layers (from [`locate_layers`]) filled in, and what
-/// they run from outside the image ([`outside_image`]).
-fn attach_layers(
-    raws: Vec<RawProcess>,
-    (located, outside): (Vec<Option<Located>>, Vec<Outside>),
-) -> Vec<CollectedProcess> {
-    raws.into_iter()
-        .zip(located)
-        .zip(outside)
-        .map(|((raw, located), outside)| {
-            let mut process = raw.process;
-            let mut identity = raw.exe_identity;
-            if let Some(located) = located {
-                process.exe_layer = Some(located.layer);
-                if located.identity.is_some() {
-                    identity = located.identity;
-                }
-            }
-            process.exe_mount = outside.exe_mount.map(|m| mount_ref(&m));
-            let script_identity = outside.script.as_ref().map(|s| s.identity);
-            process.script = outside.script.map(|s| Script {
-                path: escape_path(&s.path),
-                mount: s.mount.as_ref().map(mount_ref),
-                sha256: None,
-                hash_error: None,
-            });
-            CollectedProcess {
-                process,
-                exe_identity: identity,
-                script_identity,
-            }
-        })
-        .collect()
-}
-
-fn mount_ref(m: &WritableMount) -> MountRef {
-    MountRef {
-        mount_point: escape_path(&m.mount_point),
-        fstype: m.fstype.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::FileIdentity;
+    use crate::pass::*;
+    use crate::CollectedProcess;
+    use nodeguard_model::Layer;
     use nodeguard_model::{CgroupDriver, CgroupVersion, Limits, QosClass, Runtime, SeccompMode};
     use std::fs;
     use std::os::unix::fs::symlink;
@@ -1857,6 +1241,76 @@ mod tests {
         assert_eq!(some.containers[0].rootfs, full_container.rootfs);
         assert_eq!(some.containers[0].limits, full_container.limits);
         assert_eq!(some.containers[0].pids, [200, 201]);
+    }
+
+    #[test]
+    fn exec_reads_take_what_did_not_change_from_the_collector() {
+        let fx = fixture();
+        // A copy of the cgroup tree, to take container A's away after the full pass.
+        let cgroups = tempfile::tempdir().unwrap();
+        copy_tree(&fx.opts.cgroup_root, cgroups.path());
+        let opts = CollectOptions {
+            cgroup_root: cgroups.path().to_path_buf(),
+            ..fx.opts.clone()
+        };
+        let mut collector = crate::Collector::new(opts.clone());
+        // Before any full pass an exec read is a full read of its processes.
+        let cold = collector.collect_held(&[200], Vec::new()).unwrap();
+        assert_eq!(
+            cold.processes,
+            collect_pids(&opts, &[200]).unwrap().processes
+        );
+        assert_eq!(collector.exec_mountinfo_parses(), 1);
+
+        let full = collector.collect().unwrap();
+        let known = full
+            .containers
+            .iter()
+            .find(|c| c.id == ID_A)
+            .unwrap()
+            .clone();
+        for dir in walk_dirs(cgroups.path()) {
+            if dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(ID_A))
+            {
+                fs::remove_dir_all(&dir).unwrap();
+            }
+        }
+        for _ in 0..20 {
+            let snap = collector.collect_held(&[201, 200], Vec::new()).unwrap();
+            // The processes as a fresh read sees them (layers included) ...
+            for p in &snap.processes {
+                assert_eq!(p, process(&full, p.process.pid));
+            }
+            // ... their container as the full pass built it, with the pids read: its cgroup
+            // files (gone now) were not read again.
+            assert_eq!(
+                snap.containers,
+                [Container {
+                    pids: vec![200, 201],
+                    ..known.clone()
+                }]
+            );
+            assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+        }
+        // One mount namespace, one table parsed (by the first read): a fixture's
+        // `mountinfo` is a plain file, whose poll never reports a change.
+        assert_eq!(collector.exec_mountinfo_parses(), 1);
+        // A read that does not go through the collector reads the cgroup files again.
+        let fresh = collect_pids(&opts, &[200]).unwrap();
+        assert_ne!(fresh.containers[0].limits, known.limits);
+    }
+
+    fn walk_dirs(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk_dirs(&entry.path()));
+                out.push(entry.path());
+            }
+        }
+        out
     }
 
     #[test]

@@ -24,24 +24,31 @@
 //! text), [`limits`] (cgroup limit files), [`mountinfo`] (overlay layers), [`process`]
 //! (procfs parsers), [`layer`] (symlink-safe lookup inside layer directories).
 
+mod bounded_read;
 pub mod cgroup;
 mod collect;
 pub mod confinement;
+mod containers;
 mod error;
+mod exec_reuse;
 pub mod held;
 pub mod layer;
 pub mod limits;
+mod mount_roots;
 pub mod mountinfo;
+mod pass;
 pub mod process;
+pub mod procfs;
 pub mod runtime;
 pub mod script;
 
 pub use cgroup::{attribute, attribute_path, attribute_text, parse_cgroup_file, ContainerRef};
-pub use collect::{resolve_host_root, PassPhases, DEFAULT_CAP_LAST_CAP};
+pub use collect::{resolve_host_root, DEFAULT_CAP_LAST_CAP};
 pub use error::Error;
 pub use layer::FileIdentity;
 pub use limits::{detect_layout, CgroupLayout, LimitsReader};
 pub use mountinfo::{container_root, parse_mountinfo};
+pub use pass::PassPhases;
 
 use nodeguard_model::{Container, Namespaces, Process, ScanStats};
 use std::path::{Path, PathBuf};
@@ -141,7 +148,7 @@ pub fn collect_held(
     pids: &[i32],
     held: Vec<process::PidDir>,
 ) -> Result<Snapshot, Error> {
-    collect::collect_held(opts, pids, held)
+    collect::collect_held(opts, pids, held, None)
 }
 
 /// Collects again and again, reading in full only what is new or due.
@@ -168,7 +175,9 @@ pub fn collect_held(
 #[derive(Debug)]
 pub struct Collector {
     options: CollectOptions,
-    reuse: collect::Reuse,
+    reuse: pass::Reuse,
+    /// What exec reads keep (see [`Collector::collect_held`]).
+    exec: exec_reuse::ExecReuse,
 }
 
 impl Collector {
@@ -184,9 +193,13 @@ impl Collector {
     /// A collector that reads every process in full at least once in `passes` passes (1:
     /// always, like [`collect`]).
     pub fn with_full_read_every(options: CollectOptions, passes: u32) -> Collector {
-        let mut reuse = collect::Reuse::new(passes);
+        let mut reuse = pass::Reuse::new(passes);
         reuse.set_dir_budget(default_dir_budget());
-        Collector { options, reuse }
+        Collector {
+            options,
+            reuse,
+            exec: exec_reuse::ExecReuse::default(),
+        }
     }
 
     /// Keeps the handles of at most `handles` processes open between passes (a `/proc/PID`
@@ -239,7 +252,35 @@ impl Collector {
     /// One pass (see [`Collector`]). Fails only when the proc root itself cannot be opened
     /// or listed; the kept entries are then left as they were.
     pub fn collect(&mut self) -> Result<Snapshot, Error> {
-        collect::collect_with(&self.options, None, &mut self.reuse)
+        let snapshot = collect::collect_with(&self.options, None, &mut self.reuse)?;
+        self.exec.full_pass_done(
+            snapshot.cap_last_cap,
+            &snapshot.host_namespaces,
+            &snapshot.containers,
+        );
+        Ok(snapshot)
+    }
+
+    /// [`collect_held`] as an exec read of this collector: it costs as much as the processes
+    /// read, not their containers. The host's facts (`cap_last_cap`, pid 1's namespaces) and
+    /// the containers the last [`Collector::collect`] built are taken from it (with the
+    /// exec'd pids); a container it did not see is built from the read. Container roots are
+    /// kept per mount namespace and parsed again only when that namespace's mount table
+    /// changed (procfs marks an open `mountinfo` when it does), and executables' layer
+    /// lookups are kept across reads (bounded). Before the first pass, or for a new
+    /// container, the read is a full [`collect_held`].
+    pub fn collect_held(
+        &mut self,
+        pids: &[i32],
+        held: Vec<process::PidDir>,
+    ) -> Result<Snapshot, Error> {
+        collect::collect_held(&self.options, pids, held, Some(&mut self.exec))
+    }
+
+    /// `mountinfo` tables exec reads of this collector parsed so far: once per mount
+    /// namespace, and again after its mounts changed.
+    pub fn exec_mountinfo_parses(&self) -> u64 {
+        self.exec.mountinfo_parses()
     }
 
     /// Where the last pass's time went.

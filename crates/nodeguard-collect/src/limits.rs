@@ -51,7 +51,7 @@ pub enum CgroupLayout {
 /// generates such a file whole on each read from 0, so a short read is its end.
 fn read_from_start(file: &File) -> io::Result<String> {
     let mut buf = Vec::with_capacity(LIMIT_FILE_MAX);
-    crate::process::read_into(&mut buf, LIMIT_FILE_MAX, true, |chunk, offset| {
+    crate::bounded_read::read_into(&mut buf, LIMIT_FILE_MAX, true, |chunk, offset| {
         file.read_at(chunk, offset)
     })?;
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

@@ -189,7 +189,7 @@ pub struct ContainerRoot {
     pub rootfs: RootFs,
     /// The mounts besides `/` the container may write (see [`writable_mounts`]).
     pub writable_mounts: Vec<WritableMount>,
-    /// [`crate::confinement::masked_paths`] of the mount table the root was found in;
+    /// [`masked_paths`] of the mount table the root was found in;
     /// `None` when it was not the container's own (found in the host's mounts).
     pub masked_paths: Option<Vec<String>>,
 }
@@ -285,8 +285,66 @@ pub fn container_root(mountinfo: &[u8]) -> Option<ContainerRoot> {
             layers,
         },
         writable_mounts: writable_mounts(&mounts),
-        masked_paths: crate::confinement::masked_paths(&mounts),
+        masked_paths: masked_paths(&mounts),
     })
+}
+
+/// Paths runtimes mask (runc's, crun's and containerd's/CRI-O's/Docker's default
+/// `maskedPaths`): any mount on one of them is a mask.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// Paths runtimes make read-only (default `readonlyPaths`, and `/sys` itself): a read-only
+/// mount on one of them counts.
+pub const READ_ONLY_PATHS: [&str; 6] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/sys",
+];
+
+/// The masked and read-only paths of a mount table (see [`MASKED_PATHS`],
+/// [`READ_ONLY_PATHS`]), sorted; empty when none is, as in a privileged container. `None`
+/// when the table has no `proc` mount at `/proc`: then it is not a container's view of
+/// itself and says nothing.
+pub fn masked_paths(mounts: &[MountInfo]) -> Option<Vec<String>> {
+    let has_proc = mounts
+        .iter()
+        .any(|m| m.mount_point == b"/proc" && m.fstype == "proc");
+    if !has_proc {
+        return None;
+    }
+    // The last mount on a path is the one path lookup finds.
+    let mut found: Vec<String> = Vec::new();
+    for path in MASKED_PATHS.iter().chain(READ_ONLY_PATHS.iter()) {
+        let Some(top) = mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == path.as_bytes())
+        else {
+            continue;
+        };
+        let masked = MASKED_PATHS.contains(path) || top.read_only;
+        if masked && !found.iter().any(|f| f == path) {
+            found.push(path.to_string());
+        }
+    }
+    found.sort();
+    Some(found)
 }
 
 #[cfg(test)]

@@ -406,7 +406,7 @@ impl Scanner {
             mut stats,
             mut warnings,
             ..
-        } = nodeguard_collect::collect_held(&self.options.collect, &wanted, dirs)?;
+        } = self.collector.collect_held(&wanted, dirs)?;
         let held = self
             .execs
             .hold_back_runtime_init(&mut collected, &mut fresh);
