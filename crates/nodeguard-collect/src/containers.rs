@@ -3,7 +3,7 @@
 
 use crate::layer::{locate, HostRoot, Located};
 use crate::limits::{container_paths, detect_layout, CgroupLayout, KeptFiles, LimitsReader};
-use crate::mountinfo::{ContainerRoot, WritableMount};
+use crate::mountinfo::WritableMount;
 use crate::pass::{
     joined, open_host_root, ContainerSeed, LocatedCache, LocatedEntry, Log, LIMIT_READERS,
 };
@@ -404,7 +404,7 @@ pub(crate) struct Outside {
 }
 
 /// For each process of `raws` (by index, beside `located`): whether its executable, not found
-/// in the layers, is on a writable mount of its container ([`ContainerRoot::writable_mount_of`]
+/// in the layers, is on a writable mount of its container ([`crate::mountinfo::ContainerRoot::writable_mount_of`]
 /// by path and device), and whether the script it runs as an interpreter is outside the image
 /// ([`locate_script`]). Scripts are looked up once per (container, path) in a pass.
 pub(crate) fn outside_image(
