@@ -102,6 +102,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Scan(args) => {
             let mut scanner = build_scanner(&args.settings)?;
+            images::prepare_scan(
+                &mut scanner,
+                &args.images,
+                args.state_dir.as_deref(),
+                matches!(
+                    args.settings.hash,
+                    cli::HashChoice::Sha512 | cli::HashChoice::Both
+                ),
+                args.image_wait,
+            )?;
             let scope = if args.no_fs {
                 ScanScope::Processes
             } else {
