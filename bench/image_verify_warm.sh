@@ -102,7 +102,7 @@ start() {
   mkdir -p "$WORK/state-$label"
   local args=(run --listen "127.0.0.1:$port" --interval "$INTERVAL" --fs-interval 10m
     --log-format json --state-dir "$WORK/state-$label" --node-name "$REALNODE_NODE" --kube on
-    --policy-reports=false --no-events --lease=false
+    --policy-reports=false --no-events --lease=false --auth off
     --containerd-root "$BED/containerd/root" --containers-storage-root "$BED/podman/root" "$@")
   readlink /proc/1/root >/dev/null 2>&1 || args+=(--host-root /)
   LOG[$label]=$WORK/agent-$label.log
@@ -125,7 +125,12 @@ for _ in $(seq 600); do
   fi
   sleep 0.5
 done
-[[ $(metric on 'nodeguard_images{state="queued"}') == 0 ]] || die "images still queued after 300 s"
+if [[ $(metric on 'nodeguard_images{state="queued"}') != 0 ]]; then
+  echo "scans: off $(scans_done off), on $(scans_done on)" >&2
+  curl -sf --max-time 10 "${URL[on]}/metrics" | grep '^nodeguard_image' >&2 || true
+  tail -5 "${LOG[on]}" >&2
+  die "images still queued after 300 s"
+fi
 # One more scan after the indexes were ready, so every container's verdict is final.
 n=$(scans_done on)
 until (($(scans_done on) > n)); do sleep 0.5; done
