@@ -366,6 +366,20 @@ pub struct ScanArgs {
     /// `-o json` and `--fail-on` always take every finding).
     #[arg(long)]
     pub show_low: bool,
+
+    #[command(flatten)]
+    pub images: crate::images::ImageArgs,
+
+    /// The agent's state directory (`nodeguard run --state-dir`): the image layer indexes
+    /// kept there are reused (no layer read again) and new ones added. Without it the layers
+    /// are read and indexed in memory for this scan only.
+    #[arg(long, env = "NODEGUARD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// How long the scan waits for image layers to be indexed before it judges; images not
+    /// indexed by then leave their containers `unverifiable` (indexing).
+    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "NODEGUARD_IMAGE_WAIT")]
+    pub image_wait: std::time::Duration,
 }
 
 /// An inventory table of `scan` (the findings and their summary are always printed).

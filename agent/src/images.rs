@@ -1,13 +1,17 @@
 //! Image verification in `nodeguard run`: flags, and the indexer of `nodeguard-image` plugged
 //! into the scanner as its [`ImageIndexes`] (docs/image-verification.md).
 
+use anyhow::Context;
 use clap::Args;
 use nodeguard_image::{
     Expectation, ImageRef, ImageStatus as IndexStatus, Indexer, IndexerOptions, Stores,
     Unverifiable,
 };
 use nodeguard_model::ImageIndexProgress;
-use nodeguard_scan::{Expected, ImageContents, ImageIndexes, ImageJudge, ImageName, ImageStatus};
+use nodeguard_scan::{
+    Expected, ImageContents, ImageIndexes, ImageJudge, ImageName, ImageStatus, NoPods, ScanScope,
+    Scanner,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -85,6 +89,20 @@ fn parse_cpu(text: &str) -> Result<f64, String> {
     Ok(cores)
 }
 
+impl ImageArgs {
+    /// The three store kinds' roots as the agent reaches them: each host path under the
+    /// host root (or `--image-stores-at`).
+    fn stores(&self, host_root: &Path) -> Stores {
+        let at = self.image_stores_at.as_deref().unwrap_or(host_root);
+        let under = |paths: &[PathBuf]| under_host(at, paths);
+        Stores {
+            containerd: under(&self.containerd_root),
+            containers_storage: under(&self.containers_storage_root),
+            docker: under(&self.docker_root),
+        }
+    }
+}
+
 /// The store roots as the agent reaches them: each host path under `host_root`.
 fn under_host(host_root: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
     paths
@@ -93,26 +111,20 @@ fn under_host(host_root: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Starts the indexer (its own thread) and gives the scanner's judge and the progress
-/// channel for metrics; `None` when verification is off.
-pub fn start(
+/// The indexer (its own thread) and the scan's judge over it; `None` when verification is
+/// off.
+fn indexer(
     args: &ImageArgs,
     host_root: &Path,
     state_dir: Option<&Path>,
     sha512: bool,
-) -> Option<(ImageJudge, watch::Receiver<ImageIndexProgress>)> {
+) -> Option<(ImageJudge, Arc<IndexerHandle>)> {
     if !args.image_verify {
         tracing::info!("image verification is off (--image-verify=false)");
         return None;
     }
-    let host_root = args.image_stores_at.as_deref().unwrap_or(host_root);
-    let stores = Stores {
-        containerd: under_host(host_root, &args.containerd_root),
-        containers_storage: under_host(host_root, &args.containers_storage_root),
-        docker: under_host(host_root, &args.docker_root),
-    };
-    let judge_cs = stores.containers_storage.clone();
-    let judge_docker = stores.docker.clone();
+    let stores = args.stores(host_root);
+    let (judge_cs, judge_docker) = (stores.containers_storage.clone(), stores.docker.clone());
     let options = IndexerOptions {
         stores,
         // The indexer keeps its files in `image-index/` under it.
@@ -129,18 +141,79 @@ pub fn start(
         "image verification on: indexing image layers in the background"
     );
     let indexes = Arc::new(IndexerHandle(Indexer::start(options)));
+    let judge = ImageJudge::new(
+        Arc::clone(&indexes) as Arc<dyn ImageIndexes>,
+        judge_cs,
+        judge_docker,
+    );
+    Some((judge, indexes))
+}
+
+/// Starts the indexer (its own thread) and gives the scanner's judge and the progress
+/// channel for metrics; `None` when verification is off.
+pub fn start(
+    args: &ImageArgs,
+    host_root: &Path,
+    state_dir: Option<&Path>,
+    sha512: bool,
+) -> Option<(ImageJudge, watch::Receiver<ImageIndexProgress>)> {
+    let (judge, indexes) = indexer(args, host_root, state_dir, sha512)?;
     let (tx, rx) = watch::channel(indexes.progress());
-    let progress = Arc::clone(&indexes);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         loop {
             tick.tick().await;
-            if tx.send(progress.progress()).is_err() {
+            if tx.send(indexes.progress()).is_err() {
                 return;
             }
         }
     });
-    Some((ImageJudge::new(indexes, judge_cs, judge_docker), rx))
+    Some((judge, rx))
+}
+
+/// Image verification for the one-shot `nodeguard scan`: the judge is set on `scanner`, a
+/// process pass names every container's image to the indexer, and this waits (at most
+/// `wait`) until every image is indexed or found unverifiable, so the scan that follows
+/// judges from finished indexes. Layer indexes under `state_dir` (the agent's) are reused
+/// and new ones kept there. Images not indexed by then stay `unverifiable: indexing`.
+pub fn prepare_scan(
+    scanner: &mut Scanner,
+    args: &ImageArgs,
+    state_dir: Option<&Path>,
+    sha512: bool,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let host_root = scanner.options().collect.host_root.clone();
+    let Some((judge, indexes)) = indexer(args, &host_root, state_dir, sha512) else {
+        return Ok(());
+    };
+    scanner.set_image_judge(judge);
+    let started = std::time::Instant::now();
+    scanner
+        .scan(ScanScope::Processes, &NoPods)
+        .context("scan failed")?;
+    let mut progress = indexes.progress();
+    while progress.images_queued > 0 && started.elapsed() < wait {
+        std::thread::sleep(Duration::from_millis(50));
+        progress = indexes.progress();
+    }
+    if progress.images_queued > 0 {
+        tracing::warn!(
+            waited = ?wait,
+            images_left = progress.images_queued,
+            "image indexing not finished: those containers stay unverifiable (indexing); --image-wait waits longer"
+        );
+    } else {
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            images_ready = progress.images_ready,
+            images_unverifiable = progress.images_unverifiable,
+            layers_indexed = progress.layers_indexed,
+            layers_from_disk = progress.layers_from_disk,
+            "image layers indexed"
+        );
+    }
+    Ok(())
 }
 
 /// `nodeguard-image`'s indexer as the scan sees it.

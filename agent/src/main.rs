@@ -106,6 +106,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => Policy::default(),
             };
             let mut scanner = build_scanner(&args.settings, policy);
+            images::prepare_scan(
+                &mut scanner,
+                &args.images,
+                args.state_dir.as_deref(),
+                matches!(
+                    args.settings.hash,
+                    cli::HashChoice::Sha512 | cli::HashChoice::Both
+                ),
+                args.image_wait,
+            )?;
             let scope = if args.no_fs {
                 ScanScope::Processes
             } else {
