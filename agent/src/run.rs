@@ -98,10 +98,7 @@ fn exec_feed(
         }
     };
     let hold_stats = holder.as_ref().map(|h| h.stats());
-    let started = nodeguard_procevents::start_holding(options, move |exec| {
-        let holder = holder.as_ref()?;
-        holder.hold(exec.pid, exec.timestamp_ns).ok()
-    });
+    let started = nodeguard_procevents::start_holding(options, HoldExecs(holder));
     match started {
         Ok(events) => {
             tracing::info!(
@@ -127,6 +124,24 @@ fn exec_feed(
             );
             None
         }
+    }
+}
+
+/// The holder (when holding is on) as the event thread's two steps: grab each exec's
+/// `/proc/PID` and executable as its message is read, read its small files once no message
+/// waits.
+struct HoldExecs(Option<nodeguard_daemon::Holder>);
+
+impl nodeguard_procevents::Hold for HoldExecs {
+    type Grip = nodeguard_daemon::Grip;
+    type Held = nodeguard_daemon::HeldProcess;
+
+    fn grab(&mut self, exec: nodeguard_procevents::Exec) -> Option<Self::Grip> {
+        self.0.as_ref()?.grab(exec.pid, exec.timestamp_ns).ok()
+    }
+
+    fn finish(&mut self, grip: Self::Grip) -> Option<Self::Held> {
+        self.0.as_ref()?.finish(grip).ok()
     }
 }
 

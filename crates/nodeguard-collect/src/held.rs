@@ -209,41 +209,82 @@ impl Holder {
         self.in_use.load(Ordering::Relaxed)
     }
 
-    /// Takes hold of `pid`, which exec'd at `exec_ns` (`CLOCK_MONOTONIC`); what could not be
-    /// held is counted in [`HoldStats`] and returned as the reason.
+    /// Takes hold of `pid`, which exec'd at `exec_ns` (`CLOCK_MONOTONIC`): [`Holder::grab`]
+    /// then [`Holder::finish`]. What could not be held is counted in [`HoldStats`] and
+    /// returned as the reason.
     pub fn hold(&self, pid: i32, exec_ns: u64) -> Result<HeldProcess, Unheld> {
-        let held = self.try_hold(pid, exec_ns);
-        match &held {
-            Ok(_) => {
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(reason) => self.stats.count(*reason),
-        }
-        held
+        let grip = self.grab(pid, exec_ns)?;
+        self.finish(grip)
     }
 
-    fn try_hold(&self, pid: i32, exec_ns: u64) -> Result<HeldProcess, Unheld> {
+    /// The first step of a hold, what disappears soonest: the `/proc/PID` handle and the
+    /// executable (three system calls). A reader thread with several execs waiting grabs
+    /// each of them before it [`Holder::finish`]es any, so a process exec'd right behind
+    /// another is not kept waiting by the other's small files. A failure is counted.
+    pub fn grab(&self, pid: i32, exec_ns: u64) -> Result<Grip, Unheld> {
+        self.try_grab(pid, exec_ns)
+            .inspect_err(|(reason, step)| {
+                self.stats.count(*reason);
+                tracing::debug!(pid, ?reason, step, comm = %self.comm(pid).unwrap_or_default(), "exec'd process not held");
+            })
+            .map_err(|(reason, _)| reason)
+    }
+
+    /// The second step: the small files of a grabbed process, and the check that it is the
+    /// process that exec'd. Counts the hold or its failure.
+    pub fn finish(&self, grip: Grip) -> Result<HeldProcess, Unheld> {
+        let pid = grip.pid;
+        match self.try_finish(grip) {
+            Ok(held) => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                Ok(held)
+            }
+            Err((reason, step)) => {
+                self.stats.count(reason);
+                tracing::debug!(pid, ?reason, step, comm = %self.comm(pid).unwrap_or_default(), "exec'd process grabbed, not held");
+                Err(reason)
+            }
+        }
+    }
+
+    /// `comm` of `pid` if it can still be read (a zombie's can), for the debug log of a
+    /// failed hold only.
+    fn comm(&self, pid: i32) -> Option<String> {
+        let fd = openat(
+            self.proc_fd.as_fd(),
+            format!("{pid}/comm").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&fd, &mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
+    }
+
+    fn try_grab(&self, pid: i32, exec_ns: u64) -> Result<Grip, (Unheld, &'static str)> {
         if pid <= 0 {
-            return Err(Unheld::Error);
+            return Err((Unheld::Error, "pid"));
         }
         if self.in_use.fetch_add(1, Ordering::Relaxed) >= self.budget {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
-            return Err(Unheld::Budget);
+            return Err((Unheld::Budget, "budget"));
         }
         // From here on the place is given back when the capture is dropped.
-        let mut captured = Captured {
+        let captured = Captured {
             files: Vec::new(),
             links: Vec::new(),
             exe_identity: None,
             counted_in: Some(Arc::clone(&self.in_use)),
         };
+        let at = |step: &'static str| move |e: Errno| (reason(e), step);
         let dir = openat(
             self.proc_fd.as_fd(),
             pid.to_string().as_str(),
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(reason)?;
+        .map_err(at("dir"))?;
         // The executable first: it is what is gone soonest (at exit, before the reaping).
         // Non-blocking and checked to be a regular file, like every file the agent hashes.
         let exe = openat(
@@ -252,12 +293,28 @@ impl Holder {
             OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
             Mode::empty(),
         )
-        .map_err(reason)?;
-        let exe_stat = fstat(exe.as_fd()).map_err(reason)?;
+        .map_err(at("exe"))?;
+        let exe_stat = fstat(exe.as_fd()).map_err(at("exe"))?;
         let regular = SFlag::from_bits_truncate(exe_stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-        let exe_identity = identity_of(&exe_stat);
-        let exe = regular.then(|| File::from(exe));
+        let mut captured = captured;
+        captured.exe_identity = Some(identity_of(&exe_stat));
+        Ok(Grip {
+            pid,
+            exec_ns,
+            dir,
+            exe: regular.then(|| File::from(exe)),
+            captured,
+        })
+    }
 
+    fn try_finish(&self, grip: Grip) -> Result<HeldProcess, (Unheld, &'static str)> {
+        let Grip {
+            pid,
+            exec_ns,
+            dir,
+            exe,
+            mut captured,
+        } = grip;
         let mut files: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(6);
         // `whole`: a file procfs generates whole (a short read ends it).
         let read = |name: &'static str,
@@ -270,15 +327,17 @@ impl Holder {
                 OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
                 Mode::empty(),
             )
-            .map_err(reason)?;
+            .map_err(|e| (reason(e), name))?;
             let mut file = File::from(file);
             let mut buf = Vec::new();
             read_into(&mut buf, limit, whole, |chunk, _| file.read(chunk)).map_err(|e| {
-                e.raw_os_error()
-                    .map_or(Unheld::Error, |n| reason(Errno::from_raw(n)))
+                let why = e
+                    .raw_os_error()
+                    .map_or(Unheld::Error, |n| reason(Errno::from_raw(n)));
+                (why, name)
             })?;
             files.push((name, buf));
-            Ok::<(), Unheld>(())
+            Ok::<(), (Unheld, &'static str)>(())
         };
         read("stat", STAT_MAX, true, &mut files)?;
         let start_ticks = files
@@ -290,12 +349,12 @@ impl Holder {
             // before the exec, so its tick is never after the exec's.
             let started_ns = start_ticks.saturating_mul(self.tick_ns);
             if started_ns > exec_ns.saturating_add(suspended_ns()) {
-                return Err(Unheld::Reused);
+                return Err((Unheld::Reused, "stat"));
             }
         }
+        read("cgroup", CGROUP_MAX, true, &mut files)?;
         read("status", STATUS_MAX, true, &mut files)?;
         read("cmdline", CMDLINE_MAX, false, &mut files)?;
-        read("cgroup", CGROUP_MAX, true, &mut files)?;
         let mut links = Vec::with_capacity(NS_LINKS.len() + 2);
         for name in ["exe", "cwd"].into_iter().chain(NS_LINKS) {
             if let Ok(target) = readlinkat(dir.as_fd(), name) {
@@ -309,7 +368,6 @@ impl Holder {
         }
         captured.files = files;
         captured.links = links;
-        captured.exe_identity = Some(exe_identity);
         Ok(HeldProcess {
             pid,
             dir,
@@ -317,6 +375,17 @@ impl Holder {
             captured,
         })
     }
+}
+
+/// A process grabbed ([`Holder::grab`]) and not yet [`Holder::finish`]ed: its `/proc/PID`
+/// handle and executable. Dropping it frees its place in the budget.
+#[derive(Debug)]
+pub struct Grip {
+    pub pid: i32,
+    exec_ns: u64,
+    dir: OwnedFd,
+    exe: Option<File>,
+    captured: Captured,
 }
 
 impl HeldProcess {
@@ -436,6 +505,33 @@ mod tests {
         drop(again);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// A process grabbed (its executable open) and reaped before its finish is counted as
+    /// exited, not held, and gives its place back; what was grabbed still reads as the file
+    /// that ran until then.
+    #[test]
+    fn a_process_reaped_between_its_grab_and_its_finish_is_counted_exited() {
+        let program = sleep_binary();
+        let mut child = Command::new(&program).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let holder = holder(4);
+        let grip = holder
+            .grab(pid, monotonic_ns())
+            .expect("a running child is grabbed");
+        assert_eq!(grip.pid, pid);
+        assert_eq!(holder.in_use(), 1);
+        let mut exe = grip.exe.as_ref().expect("the executable was grabbed");
+        let mut bytes = Vec::new();
+        let _ = child.kill();
+        let _ = child.wait();
+        exe.read_to_end(&mut bytes).unwrap();
+        let want = std::fs::canonicalize(&program).unwrap();
+        assert!(bytes == std::fs::read(&want).unwrap());
+        assert_eq!(holder.finish(grip).unwrap_err(), Unheld::Exited);
+        assert_eq!(holder.stats().unheld().exited, 1);
+        assert_eq!(holder.stats().held(), 0);
+        assert_eq!(holder.in_use(), 0);
     }
 
     /// A process that started after the exec event cannot be the one that exec'd; one that
