@@ -84,10 +84,11 @@ fn exec_feed(
             timeout: EXEC_PROBE_TIMEOUT,
         }),
         drop_net_admin: true,
+        realtime: hold == ExecHoldArg::Realtime,
     };
     let holder = match hold {
         ExecHoldArg::Off => None,
-        ExecHoldArg::On => {
+        ExecHoldArg::On | ExecHoldArg::Realtime => {
             match nodeguard_daemon::Holder::new(proc_root, nodeguard_daemon::HOLD_BUDGET_DEFAULT) {
                 Ok(holder) => Some(holder),
                 Err(e) => {
@@ -101,10 +102,17 @@ fn exec_feed(
     let started = nodeguard_procevents::start_holding(options, HoldExecs(holder));
     match started {
         Ok(events) => {
+            if let nodeguard_procevents::Priority::ShortSlice {
+                realtime: Some(why),
+            } = &events.priority
+            {
+                tracing::warn!(reason = %why, "--exec-hold realtime: the event thread runs with ordinary scheduling (a short slice); processes living a millisecond may be missed on a busy node");
+            }
             tracing::info!(
                 source = "netlink",
                 kernel_filter = events.filtered,
                 held = hold_stats.is_some(),
+                priority = ?events.priority,
                 "exec events from the kernel's process-events connector (netlink): each exec is read and evaluated at once; CAP_NET_ADMIN, needed only to subscribe, dropped"
             );
             Some(ExecFeed {

@@ -150,25 +150,32 @@ fn reason(e: Errno) -> Unheld {
     }
 }
 
+/// `clock` now, in nanoseconds (0 if it cannot be read).
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return 0;
+    }
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
 /// `CLOCK_BOOTTIME` minus `CLOCK_MONOTONIC` now, in nanoseconds (time spent suspended).
 fn suspended_ns() -> u64 {
-    let now = |clock: libc::clockid_t| {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec into `t`.
-        if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
-            return 0;
-        }
-        u64::try_from(t.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
-    };
-    let monotonic = now(libc::CLOCK_MONOTONIC);
-    let boottime = now(libc::CLOCK_BOOTTIME);
+    let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+    let boottime = clock_ns(libc::CLOCK_BOOTTIME);
     boottime.saturating_sub(monotonic)
+}
+
+/// Microseconds from an exec (`CLOCK_MONOTONIC` ns) to now: how late a hold came.
+fn late_us(exec_ns: u64) -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(exec_ns) / 1000
 }
 
 impl Holder {
@@ -225,7 +232,14 @@ impl Holder {
         self.try_grab(pid, exec_ns)
             .inspect_err(|(reason, step)| {
                 self.stats.count(*reason);
-                tracing::debug!(pid, ?reason, step, comm = %self.comm(pid).unwrap_or_default(), "exec'd process not held");
+                tracing::debug!(
+                    pid,
+                    ?reason,
+                    step,
+                    late_us = late_us(exec_ns),
+                    comm = %self.comm(pid).unwrap_or_default(),
+                    "exec'd process not held"
+                );
             })
             .map_err(|(reason, _)| reason)
     }
@@ -233,7 +247,7 @@ impl Holder {
     /// The second step: the small files of a grabbed process, and the check that it is the
     /// process that exec'd. Counts the hold or its failure.
     pub fn finish(&self, grip: Grip) -> Result<HeldProcess, Unheld> {
-        let pid = grip.pid;
+        let (pid, exec_ns) = (grip.pid, grip.exec_ns);
         match self.try_finish(grip) {
             Ok(held) => {
                 self.stats.held.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +255,14 @@ impl Holder {
             }
             Err((reason, step)) => {
                 self.stats.count(reason);
-                tracing::debug!(pid, ?reason, step, comm = %self.comm(pid).unwrap_or_default(), "exec'd process grabbed, not held");
+                tracing::debug!(
+                    pid,
+                    ?reason,
+                    step,
+                    late_us = late_us(exec_ns),
+                    comm = %self.comm(pid).unwrap_or_default(),
+                    "exec'd process grabbed, not held"
+                );
                 Err(reason)
             }
         }

@@ -126,6 +126,26 @@ pub struct Options {
     /// Drop `CAP_NET_ADMIN` ([`drop_net_admin`]) once subscribed (or failed to), before
     /// the reader thread starts.
     pub drop_net_admin: bool,
+    /// Run the reader thread under `SCHED_FIFO` (priority 1) so that it runs as soon as an
+    /// exec's message arrives, whatever else wants the CPU ([`Priority`]). Needs
+    /// `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` of 1); without it the reader keeps the short
+    /// slice. With [`Options::drop_net_admin`], `CAP_SYS_NICE` is dropped too once the
+    /// reader has its policy.
+    pub realtime: bool,
+}
+
+/// How the reader thread is scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Priority {
+    /// `SCHED_FIFO` priority 1 ([`Options::realtime`]): it preempts every ordinary thread
+    /// when a message arrives. The kernel's real-time throttling
+    /// (`/proc/sys/kernel/sched_rt_runtime_us`) bounds what it can take of a CPU.
+    Realtime,
+    /// `SCHED_OTHER` with a 100 µs slice (Linux 6.12+ wakes it sooner); `realtime` says
+    /// why a real-time policy was not taken, when it was asked for.
+    ShortSlice { realtime: Option<String> },
+    /// The default scheduling (the kernel refused both); the reason.
+    Default(String),
 }
 
 /// Counters shared with the reader thread; read them any time.
@@ -162,6 +182,8 @@ impl Stats {
 pub struct ExecEvents<H = ()> {
     pub receiver: mpsc::Receiver<ExecEvent<H>>,
     pub stats: Arc<Stats>,
+    /// How the reader thread runs.
+    pub priority: Priority,
     /// Whether the kernel filters for exec events (Linux 6.6+), else every fork and exit
     /// comes too and is skipped here.
     pub filtered: bool,
@@ -224,20 +246,56 @@ pub fn start_holding<K: Hold>(options: Options, hold: K) -> Result<ExecEvents<K:
         drop_net_admin().map_err(Error::DropNetAdmin)?;
     }
     let (reader, receiver, stats, filtered) = subscribed?;
+    let realtime = options.realtime;
+    let (told, priority) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("nodeguard-procevents".into())
         .spawn(move || {
-            if let Err(e) = request_short_slice() {
-                tracing::debug!(error = %e, "the event thread keeps the default scheduler slice");
-            }
+            let _ = told.send(schedule_reader(realtime));
             reader.run()
         })
         .map_err(Error::Thread)?;
+    let priority = priority
+        .recv()
+        .unwrap_or_else(|_| Priority::Default("the reader thread ended".into()));
+    if realtime && options.drop_net_admin {
+        // The reader has its policy (and dropped the capability for itself): this thread,
+        // and those it starts, need it no more.
+        drop_capability(CAP_SYS_NICE).map_err(Error::DropNetAdmin)?;
+    }
     Ok(ExecEvents {
         receiver,
         stats,
+        priority,
         filtered,
     })
+}
+
+/// Sets the calling (reader) thread's scheduling: `SCHED_FIFO` 1 when `realtime` and the
+/// kernel allows it (then `CAP_SYS_NICE` is dropped from this thread), else the short slice.
+fn schedule_reader(realtime: bool) -> Priority {
+    let mut refused = None;
+    if realtime {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+            if let Err(e) = drop_capability(CAP_SYS_NICE) {
+                tracing::warn!(error = %e, "the event thread keeps CAP_SYS_NICE");
+            }
+            return Priority::Realtime;
+        }
+        refused = Some(format!(
+            "{} (SCHED_FIFO needs CAP_SYS_NICE)",
+            io::Error::last_os_error()
+        ));
+    }
+    match request_short_slice() {
+        Ok(()) => Priority::ShortSlice { realtime: refused },
+        Err(e) => Priority::Default(match refused {
+            Some(r) => format!("{r}; short slice: {e}"),
+            None => e.to_string(),
+        }),
+    }
 }
 
 type Subscribed<K> = (
@@ -348,6 +406,14 @@ struct CapData {
 /// `CAP_NET_ADMIN` in the permitted set nothing but an `execve` can bring it back, and under
 /// `no_new_privs` (the DaemonSet's `allowPrivilegeEscalation: false`) not even that.
 pub fn drop_net_admin() -> io::Result<bool> {
+    drop_capability(CAP_NET_ADMIN)
+}
+
+/// `CAP_SYS_NICE`'s number.
+const CAP_SYS_NICE: u32 = 23;
+
+/// [`drop_net_admin`] for capability number `cap` (below 32).
+fn drop_capability(cap: u32) -> io::Result<bool> {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -364,7 +430,7 @@ pub fn drop_net_admin() -> io::Result<bool> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let bit = 1u32 << CAP_NET_ADMIN;
+    let bit = 1u32 << cap;
     let held = (data[0].effective | data[0].permitted | data[0].inheritable) & bit != 0;
     if !held {
         return Ok(false);
@@ -770,6 +836,7 @@ mod tests {
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
             drop_net_admin: false,
+            realtime: false,
         })
         .expect("the connector works as root in the initial namespaces");
         let (want, seen) = exec_of_a_child_arrives(&mut events);
@@ -792,6 +859,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             },
             |exec: Exec| std::fs::File::open(format!("/proc/{}/exe", exec.pid)).ok(),
         )
@@ -871,6 +939,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             },
             SlowFinish,
         )
@@ -933,6 +1002,7 @@ mod tests {
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
             drop_net_admin: false,
+            realtime: false,
         })
         .expect("the connector works as root");
         for _ in 0..5 {
@@ -962,6 +1032,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             }) {
                 Ok(_) => Ok(None),
                 Err(e) => Ok(Some(e)),
@@ -1022,6 +1093,7 @@ mod tests {
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
             drop_net_admin: false,
+            realtime: false,
         })
         .expect("the connector works as root");
         let slice = |tid: &str| {
@@ -1073,6 +1145,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             })
             .map(|_| ())
         })
@@ -1084,6 +1157,60 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("CAP_NET_ADMIN"), "{error}");
+    }
+
+    /// With `realtime`, the reader thread runs under SCHED_FIFO (the kernel's view), neither
+    /// it nor the starting thread keeps CAP_SYS_NICE or CAP_NET_ADMIN, and execs still come.
+    #[test]
+    fn a_realtime_reader_runs_fifo_and_keeps_no_sys_nice() {
+        if !root() {
+            return;
+        }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        let before = reader_threads();
+        let (mut events, starter) = std::thread::spawn(|| {
+            let events = start(Options {
+                capacity: 1024,
+                recv_buffer: RECV_BUFFER_DEFAULT,
+                probe: Some(probe()),
+                drop_net_admin: true,
+                realtime: true,
+            })
+            .expect("the connector works as root");
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) }.to_string();
+            (events, thread_status(&tid))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(events.priority, Priority::Realtime);
+        let bit = |status: &str, field: &str, cap: u32| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .unwrap();
+            u64::from_str_radix(hex.trim(), 16).unwrap() & (1 << cap) != 0
+        };
+        let mut new = reader_threads();
+        new.retain(|tid| !before.contains(tid));
+        assert_eq!(new.len(), 1, "one new reader thread: {new:?}");
+        let tid: libc::pid_t = new[0].parse().unwrap();
+        // SAFETY: sched_getscheduler reads the policy of a thread id.
+        assert_eq!(unsafe { libc::sched_getscheduler(tid) }, libc::SCHED_FIFO);
+        let reader = thread_status(&new[0]);
+        for (who, status) in [("starter", &starter), ("reader", &reader)] {
+            for field in ["CapEff", "CapPrm"] {
+                assert!(!bit(status, field, CAP_SYS_NICE), "{who} {field}: {status}");
+                assert!(
+                    !bit(status, field, CAP_NET_ADMIN),
+                    "{who} {field}: {status}"
+                );
+            }
+        }
+        let (want, seen) = exec_of_a_child_arrives(&mut events);
+        assert!(
+            seen,
+            "no exec event for pid {want} from the real-time reader"
+        );
     }
 
     /// Subscribed, then without CAP_NET_ADMIN in the starting thread and in the reader
@@ -1101,6 +1228,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: true,
+                realtime: false,
             })
             .expect("the connector works as root");
             let tid = unsafe { libc::syscall(libc::SYS_gettid) }.to_string();
