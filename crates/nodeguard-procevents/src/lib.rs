@@ -261,7 +261,9 @@ pub fn start_holding<K: Hold>(options: Options, hold: K) -> Result<ExecEvents<K:
     if realtime && options.drop_net_admin {
         // The reader has its policy (and dropped the capability for itself): this thread,
         // and those it starts, need it no more.
-        drop_capability(CAP_SYS_NICE).map_err(Error::DropNetAdmin)?;
+        if let Err(e) = drop_capability(CAP_SYS_NICE) {
+            tracing::warn!(error = %e, "CAP_SYS_NICE stays in the agent's capability sets");
+        }
     }
     Ok(ExecEvents {
         receiver,
