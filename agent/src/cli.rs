@@ -439,6 +439,9 @@ pub enum ExecEventsArg {
 pub enum ExecHoldArg {
     On,
     Off,
+    /// As `on`, with the event thread under `SCHED_FIFO` (needs `CAP_SYS_NICE`, dropped
+    /// once used): held in time also when the node's CPUs are busy.
+    Realtime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -582,7 +585,9 @@ pub struct RunArgs {
     /// Take hold of each exec'd process as its event arrives — its /proc directory, its
     /// executable and the small files read later — so that one living a millisecond is
     /// still read and hashed (`on`), or read it by pid with its batch (`off`, the old way;
-    /// for comparison).
+    /// for comparison). `realtime`: as `on`, with the event thread scheduled `SCHED_FIFO`
+    /// so it runs as an exec arrives even on a busy node; needs `CAP_SYS_NICE` (add
+    /// `SYS_NICE` to the DaemonSet), dropped once used; without it, as `on`.
     #[arg(long, value_enum, default_value = "on", env = "NODEGUARD_EXEC_HOLD")]
     pub exec_hold: ExecHoldArg,
 

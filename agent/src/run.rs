@@ -84,10 +84,11 @@ fn exec_feed(
             timeout: EXEC_PROBE_TIMEOUT,
         }),
         drop_net_admin: true,
+        realtime: hold == ExecHoldArg::Realtime,
     };
     let holder = match hold {
         ExecHoldArg::Off => None,
-        ExecHoldArg::On => {
+        ExecHoldArg::On | ExecHoldArg::Realtime => {
             match nodeguard_daemon::Holder::new(proc_root, nodeguard_daemon::HOLD_BUDGET_DEFAULT) {
                 Ok(holder) => Some(holder),
                 Err(e) => {
@@ -98,16 +99,20 @@ fn exec_feed(
         }
     };
     let hold_stats = holder.as_ref().map(|h| h.stats());
-    let started = nodeguard_procevents::start_holding(options, move |exec| {
-        let holder = holder.as_ref()?;
-        holder.hold(exec.pid, exec.timestamp_ns).ok()
-    });
+    let started = nodeguard_procevents::start_holding(options, HoldExecs(holder));
     match started {
         Ok(events) => {
+            if let nodeguard_procevents::Priority::ShortSlice {
+                realtime: Some(why),
+            } = &events.priority
+            {
+                tracing::warn!(reason = %why, "--exec-hold realtime: the event thread runs with ordinary scheduling (a short slice); processes living a millisecond may be missed on a busy node");
+            }
             tracing::info!(
                 source = "netlink",
                 kernel_filter = events.filtered,
                 held = hold_stats.is_some(),
+                priority = ?events.priority,
                 "exec events from the kernel's process-events connector (netlink): each exec is read and evaluated at once; CAP_NET_ADMIN, needed only to subscribe, dropped"
             );
             Some(ExecFeed {
@@ -127,6 +132,24 @@ fn exec_feed(
             );
             None
         }
+    }
+}
+
+/// The holder (when holding is on) as the event thread's two steps: grab each exec's
+/// `/proc/PID` and executable as its message is read, read its small files once no message
+/// waits.
+struct HoldExecs(Option<nodeguard_daemon::Holder>);
+
+impl nodeguard_procevents::Hold for HoldExecs {
+    type Grip = nodeguard_daemon::Grip;
+    type Held = nodeguard_daemon::HeldProcess;
+
+    fn grab(&mut self, exec: nodeguard_procevents::Exec) -> Option<Self::Grip> {
+        self.0.as_ref()?.grab(exec.pid, exec.timestamp_ns).ok()
+    }
+
+    fn finish(&mut self, grip: Self::Grip) -> Option<Self::Held> {
+        self.0.as_ref()?.finish(grip).ok()
     }
 }
 

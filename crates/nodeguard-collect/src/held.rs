@@ -150,25 +150,32 @@ fn reason(e: Errno) -> Unheld {
     }
 }
 
+/// `clock` now, in nanoseconds (0 if it cannot be read).
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return 0;
+    }
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
 /// `CLOCK_BOOTTIME` minus `CLOCK_MONOTONIC` now, in nanoseconds (time spent suspended).
 fn suspended_ns() -> u64 {
-    let now = |clock: libc::clockid_t| {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec into `t`.
-        if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
-            return 0;
-        }
-        u64::try_from(t.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
-    };
-    let monotonic = now(libc::CLOCK_MONOTONIC);
-    let boottime = now(libc::CLOCK_BOOTTIME);
+    let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+    let boottime = clock_ns(libc::CLOCK_BOOTTIME);
     boottime.saturating_sub(monotonic)
+}
+
+/// Microseconds from an exec (`CLOCK_MONOTONIC` ns) to now: how late a hold came.
+fn late_us(exec_ns: u64) -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(exec_ns) / 1000
 }
 
 impl Holder {
@@ -209,41 +216,96 @@ impl Holder {
         self.in_use.load(Ordering::Relaxed)
     }
 
-    /// Takes hold of `pid`, which exec'd at `exec_ns` (`CLOCK_MONOTONIC`); what could not be
-    /// held is counted in [`HoldStats`] and returned as the reason.
+    /// Takes hold of `pid`, which exec'd at `exec_ns` (`CLOCK_MONOTONIC`): [`Holder::grab`]
+    /// then [`Holder::finish`]. What could not be held is counted in [`HoldStats`] and
+    /// returned as the reason.
     pub fn hold(&self, pid: i32, exec_ns: u64) -> Result<HeldProcess, Unheld> {
-        let held = self.try_hold(pid, exec_ns);
-        match &held {
-            Ok(_) => {
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(reason) => self.stats.count(*reason),
-        }
-        held
+        let grip = self.grab(pid, exec_ns)?;
+        self.finish(grip)
     }
 
-    fn try_hold(&self, pid: i32, exec_ns: u64) -> Result<HeldProcess, Unheld> {
+    /// The first step of a hold, what disappears soonest: the `/proc/PID` handle and the
+    /// executable (three system calls). A reader thread with several execs waiting grabs
+    /// each of them before it [`Holder::finish`]es any, so a process exec'd right behind
+    /// another is not kept waiting by the other's small files. A failure is counted.
+    pub fn grab(&self, pid: i32, exec_ns: u64) -> Result<Grip, Unheld> {
+        self.try_grab(pid, exec_ns)
+            .inspect_err(|(reason, step)| {
+                self.stats.count(*reason);
+                tracing::debug!(
+                    pid,
+                    ?reason,
+                    step,
+                    late_us = late_us(exec_ns),
+                    comm = %self.comm(pid).unwrap_or_default(),
+                    "exec'd process not held"
+                );
+            })
+            .map_err(|(reason, _)| reason)
+    }
+
+    /// The second step: the small files of a grabbed process, and the check that it is the
+    /// process that exec'd. Counts the hold or its failure.
+    pub fn finish(&self, grip: Grip) -> Result<HeldProcess, Unheld> {
+        let (pid, exec_ns) = (grip.pid, grip.exec_ns);
+        match self.try_finish(grip) {
+            Ok(held) => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                Ok(held)
+            }
+            Err((reason, step)) => {
+                self.stats.count(reason);
+                tracing::debug!(
+                    pid,
+                    ?reason,
+                    step,
+                    late_us = late_us(exec_ns),
+                    comm = %self.comm(pid).unwrap_or_default(),
+                    "exec'd process grabbed, not held"
+                );
+                Err(reason)
+            }
+        }
+    }
+
+    /// `comm` of `pid` if it can still be read (a zombie's can), for the debug log of a
+    /// failed hold only.
+    fn comm(&self, pid: i32) -> Option<String> {
+        let fd = openat(
+            self.proc_fd.as_fd(),
+            format!("{pid}/comm").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&fd, &mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
+    }
+
+    fn try_grab(&self, pid: i32, exec_ns: u64) -> Result<Grip, (Unheld, &'static str)> {
         if pid <= 0 {
-            return Err(Unheld::Error);
+            return Err((Unheld::Error, "pid"));
         }
         if self.in_use.fetch_add(1, Ordering::Relaxed) >= self.budget {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
-            return Err(Unheld::Budget);
+            return Err((Unheld::Budget, "budget"));
         }
         // From here on the place is given back when the capture is dropped.
-        let mut captured = Captured {
+        let captured = Captured {
             files: Vec::new(),
             links: Vec::new(),
             exe_identity: None,
             counted_in: Some(Arc::clone(&self.in_use)),
         };
+        let at = |step: &'static str| move |e: Errno| (reason(e), step);
         let dir = openat(
             self.proc_fd.as_fd(),
             pid.to_string().as_str(),
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(reason)?;
+        .map_err(at("dir"))?;
         // The executable first: it is what is gone soonest (at exit, before the reaping).
         // Non-blocking and checked to be a regular file, like every file the agent hashes.
         let exe = openat(
@@ -252,12 +314,28 @@ impl Holder {
             OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
             Mode::empty(),
         )
-        .map_err(reason)?;
-        let exe_stat = fstat(exe.as_fd()).map_err(reason)?;
+        .map_err(at("exe"))?;
+        let exe_stat = fstat(exe.as_fd()).map_err(at("exe"))?;
         let regular = SFlag::from_bits_truncate(exe_stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-        let exe_identity = identity_of(&exe_stat);
-        let exe = regular.then(|| File::from(exe));
+        let mut captured = captured;
+        captured.exe_identity = Some(identity_of(&exe_stat));
+        Ok(Grip {
+            pid,
+            exec_ns,
+            dir,
+            exe: regular.then(|| File::from(exe)),
+            captured,
+        })
+    }
 
+    fn try_finish(&self, grip: Grip) -> Result<HeldProcess, (Unheld, &'static str)> {
+        let Grip {
+            pid,
+            exec_ns,
+            dir,
+            exe,
+            mut captured,
+        } = grip;
         let mut files: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(6);
         // `whole`: a file procfs generates whole (a short read ends it).
         let read = |name: &'static str,
@@ -270,15 +348,17 @@ impl Holder {
                 OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
                 Mode::empty(),
             )
-            .map_err(reason)?;
+            .map_err(|e| (reason(e), name))?;
             let mut file = File::from(file);
             let mut buf = Vec::new();
             read_into(&mut buf, limit, whole, |chunk, _| file.read(chunk)).map_err(|e| {
-                e.raw_os_error()
-                    .map_or(Unheld::Error, |n| reason(Errno::from_raw(n)))
+                let why = e
+                    .raw_os_error()
+                    .map_or(Unheld::Error, |n| reason(Errno::from_raw(n)));
+                (why, name)
             })?;
             files.push((name, buf));
-            Ok::<(), Unheld>(())
+            Ok::<(), (Unheld, &'static str)>(())
         };
         read("stat", STAT_MAX, true, &mut files)?;
         let start_ticks = files
@@ -290,12 +370,12 @@ impl Holder {
             // before the exec, so its tick is never after the exec's.
             let started_ns = start_ticks.saturating_mul(self.tick_ns);
             if started_ns > exec_ns.saturating_add(suspended_ns()) {
-                return Err(Unheld::Reused);
+                return Err((Unheld::Reused, "stat"));
             }
         }
+        read("cgroup", CGROUP_MAX, true, &mut files)?;
         read("status", STATUS_MAX, true, &mut files)?;
         read("cmdline", CMDLINE_MAX, false, &mut files)?;
-        read("cgroup", CGROUP_MAX, true, &mut files)?;
         let mut links = Vec::with_capacity(NS_LINKS.len() + 2);
         for name in ["exe", "cwd"].into_iter().chain(NS_LINKS) {
             if let Ok(target) = readlinkat(dir.as_fd(), name) {
@@ -309,7 +389,6 @@ impl Holder {
         }
         captured.files = files;
         captured.links = links;
-        captured.exe_identity = Some(exe_identity);
         Ok(HeldProcess {
             pid,
             dir,
@@ -317,6 +396,17 @@ impl Holder {
             captured,
         })
     }
+}
+
+/// A process grabbed ([`Holder::grab`]) and not yet [`Holder::finish`]ed: its `/proc/PID`
+/// handle and executable. Dropping it frees its place in the budget.
+#[derive(Debug)]
+pub struct Grip {
+    pub pid: i32,
+    exec_ns: u64,
+    dir: OwnedFd,
+    exe: Option<File>,
+    captured: Captured,
 }
 
 impl HeldProcess {
@@ -436,6 +526,33 @@ mod tests {
         drop(again);
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// A process grabbed (its executable open) and reaped before its finish is counted as
+    /// exited, not held, and gives its place back; what was grabbed still reads as the file
+    /// that ran until then.
+    #[test]
+    fn a_process_reaped_between_its_grab_and_its_finish_is_counted_exited() {
+        let program = sleep_binary();
+        let mut child = Command::new(&program).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let holder = holder(4);
+        let grip = holder
+            .grab(pid, monotonic_ns())
+            .expect("a running child is grabbed");
+        assert_eq!(grip.pid, pid);
+        assert_eq!(holder.in_use(), 1);
+        let mut exe = grip.exe.as_ref().expect("the executable was grabbed");
+        let mut bytes = Vec::new();
+        let _ = child.kill();
+        let _ = child.wait();
+        exe.read_to_end(&mut bytes).unwrap();
+        let want = std::fs::canonicalize(&program).unwrap();
+        assert!(bytes == std::fs::read(&want).unwrap());
+        assert_eq!(holder.finish(grip).unwrap_err(), Unheld::Exited);
+        assert_eq!(holder.stats().unheld().exited, 1);
+        assert_eq!(holder.stats().held(), 0);
+        assert_eq!(holder.in_use(), 0);
     }
 
     /// A process that started after the exec event cannot be the one that exec'd; one that

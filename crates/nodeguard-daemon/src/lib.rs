@@ -30,7 +30,7 @@ use nodeguard_model::{
 use nodeguard_policy::Policy;
 pub use nodeguard_procevents::Stats as ExecFeedStats;
 use nodeguard_scan::{Collector, ScanScope, Scanner};
-pub use nodeguard_scan::{HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
+pub use nodeguard_scan::{Grip, HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -226,7 +226,8 @@ async fn next_exec(feed: &mut Option<ExecFeed>, reread_at: Option<Instant>) -> E
 
 /// A batch of exec'd pids: the first event, and what arrives within [`EXEC_COALESCE`], up
 /// to [`EXEC_BATCH_MAX`] distinct pids; beside them the processes held at their exec (for a
-/// pid that exec'd twice, only a hold of the later exec: the program it runs now). `true`
+/// pid that exec'd twice, only a hold of the later exec, the program it runs now, unless
+/// that exec could not be held). `true`
 /// when a loss was announced meanwhile.
 async fn gather(
     first: ExecEvent,
@@ -241,9 +242,12 @@ async fn gather(
             if !pids.contains(&pid) {
                 pids.push(pid);
             }
-            // What was held before this exec of the pid is another program's.
-            held.retain(|h| h.pid != pid);
+            // What was held before this exec of the pid is another program's, unless this
+            // exec could not be held: then the earlier hold is all there is of the pid (a
+            // memfd loader whose payload exited before its own hold; grabbed late, the
+            // earlier hold may even be the payload).
             if let Some(hold) = hold {
+                held.retain(|h| h.pid != pid);
                 held.push(hold);
             }
         }

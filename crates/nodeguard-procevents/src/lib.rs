@@ -22,11 +22,15 @@
 //! room, so the consumer reconciles with a full scan.
 //!
 //! A process may live for a millisecond: by the time a consumer reads `/proc/PID` it is gone.
-//! [`start_holding`] takes a hold function the reader thread calls for each exec the moment
-//! its message is parsed, before the event is queued (the caller's code, e.g. opening
-//! `/proc/PID` and its executable): what it returns rides on [`ExecEvent::Exec`] as `held`.
-//! The reader thread does nothing else, so the time from the kernel's message to the hold
-//! is one wake-up. When the channel is full the exec is counted as lost without holding.
+//! [`start_holding`] takes a [`Hold`]: the reader thread takes hold of each exec'd process
+//! before the event is queued, in two steps. Each time it wakes up it first drains every
+//! message the socket holds and *grabs* each exec (the caller's quick step, e.g. opening
+//! `/proc/PID` and its executable); only when the socket is empty does it *finish* the
+//! oldest grabbed exec (the slower step, e.g. reading its small files) and queue it, then
+//! looks at the socket again. So an exec arriving right behind another (a memfd loader and
+//! its payload, a shell's pipeline) waits for the other's grab, not for its finish. What the
+//! hold returned rides on [`ExecEvent::Exec`] as `held`; events are queued in the kernel's
+//! order. When the channel is full the exec is counted as lost without holding.
 //!
 //! Every datagram is parsed defensively ([`parse`]): lengths are checked against the bytes
 //! received, messages not sent by the kernel (netlink port 0) are ignored, and nothing
@@ -34,6 +38,7 @@
 
 pub mod parse;
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -121,6 +126,26 @@ pub struct Options {
     /// Drop `CAP_NET_ADMIN` ([`drop_net_admin`]) once subscribed (or failed to), before
     /// the reader thread starts.
     pub drop_net_admin: bool,
+    /// Run the reader thread under `SCHED_FIFO` (priority 1) so that it runs as soon as an
+    /// exec's message arrives, whatever else wants the CPU ([`Priority`]). Needs
+    /// `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` of 1); without it the reader keeps the short
+    /// slice. With [`Options::drop_net_admin`], `CAP_SYS_NICE` is dropped too once the
+    /// reader has its policy.
+    pub realtime: bool,
+}
+
+/// How the reader thread is scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Priority {
+    /// `SCHED_FIFO` priority 1 ([`Options::realtime`]): it preempts every ordinary thread
+    /// when a message arrives. The kernel's real-time throttling
+    /// (`/proc/sys/kernel/sched_rt_runtime_us`) bounds what it can take of a CPU.
+    Realtime,
+    /// `SCHED_OTHER` with a 100 µs slice (Linux 6.12+ wakes it sooner); `realtime` says
+    /// why a real-time policy was not taken, when it was asked for.
+    ShortSlice { realtime: Option<String> },
+    /// The default scheduling (the kernel refused both); the reason.
+    Default(String),
 }
 
 /// Counters shared with the reader thread; read them any time.
@@ -157,6 +182,8 @@ impl Stats {
 pub struct ExecEvents<H = ()> {
     pub receiver: mpsc::Receiver<ExecEvent<H>>,
     pub stats: Arc<Stats>,
+    /// How the reader thread runs.
+    pub priority: Priority,
     /// Whether the kernel filters for exec events (Linux 6.6+), else every fork and exit
     /// comes too and is skipped here.
     pub filtered: bool,
@@ -178,41 +205,109 @@ pub struct Exec {
     pub timestamp_ns: u64,
 }
 
-/// [`start`], with `hold` called on the reader thread for each exec as soon as its message
-/// is parsed (also for execs read while the probe is awaited); its result rides on the
-/// event. It must be quick and must not block: every exec waits for the one before.
-pub fn start_holding<H, F>(options: Options, hold: F) -> Result<ExecEvents<H>, Error>
+/// What the reader thread does for each exec before it queues the event, in two steps
+/// (see the crate's documentation): [`Hold::grab`] as soon as the message is read, before
+/// any other exec is finished, and [`Hold::finish`] once no message waits. Both run on the
+/// reader thread and must not block: every exec waits for them. A closure
+/// `FnMut(Exec) -> Option<H>` is a hold of one step (its grab is the whole hold).
+pub trait Hold: Send + 'static {
+    /// What the quick first step took.
+    type Grip: Send;
+    /// What rides on the event.
+    type Held: Send + 'static;
+    /// The quick step; `None` when nothing could be taken.
+    fn grab(&mut self, exec: Exec) -> Option<Self::Grip>;
+    /// The slower step, for what was grabbed.
+    fn finish(&mut self, grip: Self::Grip) -> Option<Self::Held>;
+}
+
+impl<H, F> Hold for F
 where
     H: Send + 'static,
     F: FnMut(Exec) -> Option<H> + Send + 'static,
 {
-    let subscribed = subscribe(&options, Box::new(hold));
+    type Grip = H;
+    type Held = H;
+
+    fn grab(&mut self, exec: Exec) -> Option<H> {
+        self(exec)
+    }
+
+    fn finish(&mut self, grip: H) -> Option<H> {
+        Some(grip)
+    }
+}
+
+/// [`start`], with `hold` taking hold of each exec on the reader thread (also of execs read
+/// while the probe is awaited); what it took rides on the event.
+pub fn start_holding<K: Hold>(options: Options, hold: K) -> Result<ExecEvents<K::Held>, Error> {
+    let subscribed = subscribe(&options, hold);
     if options.drop_net_admin {
         drop_net_admin().map_err(Error::DropNetAdmin)?;
     }
     let (reader, receiver, stats, filtered) = subscribed?;
+    let realtime = options.realtime;
+    let (told, priority) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("nodeguard-procevents".into())
         .spawn(move || {
-            if let Err(e) = request_short_slice() {
-                tracing::debug!(error = %e, "the event thread keeps the default scheduler slice");
-            }
+            let _ = told.send(schedule_reader(realtime));
             reader.run()
         })
         .map_err(Error::Thread)?;
+    let priority = priority
+        .recv()
+        .unwrap_or_else(|_| Priority::Default("the reader thread ended".into()));
+    if realtime && options.drop_net_admin {
+        // The reader has its policy (and dropped the capability for itself): this thread,
+        // and those it starts, need it no more.
+        if let Err(e) = drop_capability(CAP_SYS_NICE) {
+            tracing::warn!(error = %e, "CAP_SYS_NICE stays in the agent's capability sets");
+        }
+    }
     Ok(ExecEvents {
         receiver,
         stats,
+        priority,
         filtered,
     })
 }
 
-type Subscribed<H> = (Reader<H>, mpsc::Receiver<ExecEvent<H>>, Arc<Stats>, bool);
+/// Sets the calling (reader) thread's scheduling: `SCHED_FIFO` 1 when `realtime` and the
+/// kernel allows it (then `CAP_SYS_NICE` is dropped from this thread), else the short slice.
+fn schedule_reader(realtime: bool) -> Priority {
+    let mut refused = None;
+    if realtime {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+            if let Err(e) = drop_capability(CAP_SYS_NICE) {
+                tracing::warn!(error = %e, "the event thread keeps CAP_SYS_NICE");
+            }
+            return Priority::Realtime;
+        }
+        refused = Some(format!(
+            "{} (SCHED_FIFO needs CAP_SYS_NICE)",
+            io::Error::last_os_error()
+        ));
+    }
+    match request_short_slice() {
+        Ok(()) => Priority::ShortSlice { realtime: refused },
+        Err(e) => Priority::Default(match refused {
+            Some(r) => format!("{r}; short slice: {e}"),
+            None => e.to_string(),
+        }),
+    }
+}
 
-/// What the reader thread calls for each exec.
-type HoldFn<H> = Box<dyn FnMut(Exec) -> Option<H> + Send>;
+type Subscribed<K> = (
+    Reader<K>,
+    mpsc::Receiver<ExecEvent<<K as Hold>::Held>>,
+    Arc<Stats>,
+    bool,
+);
 
-fn subscribe<H>(options: &Options, hold: HoldFn<H>) -> Result<Subscribed<H>, Error> {
+fn subscribe<K: Hold>(options: &Options, hold: K) -> Result<Subscribed<K>, Error> {
     let socket = Socket::open(options.recv_buffer)?;
     let (sender, receiver) = mpsc::channel(options.capacity.max(1));
     let stats = Arc::new(Stats::default());
@@ -222,6 +317,8 @@ fn subscribe<H>(options: &Options, hold: HoldFn<H>) -> Result<Subscribed<H>, Err
         stats: Arc::clone(&stats),
         buf: vec![0u8; DATAGRAM_MAX],
         hold,
+        grabbed: VecDeque::new(),
+        reads_in_a_row: 0,
     };
     // Linux 6.6+ takes an event filter; older kernels silently ignore that request, so when
     // the probe sees nothing the plain subscribe (every event) is tried.
@@ -311,6 +408,14 @@ struct CapData {
 /// `CAP_NET_ADMIN` in the permitted set nothing but an `execve` can bring it back, and under
 /// `no_new_privs` (the DaemonSet's `allowPrivilegeEscalation: false`) not even that.
 pub fn drop_net_admin() -> io::Result<bool> {
+    drop_capability(CAP_NET_ADMIN)
+}
+
+/// `CAP_SYS_NICE`'s number.
+const CAP_SYS_NICE: u32 = 23;
+
+/// [`drop_net_admin`] for capability number `cap` (below 32).
+fn drop_capability(cap: u32) -> io::Result<bool> {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -327,7 +432,7 @@ pub fn drop_net_admin() -> io::Result<bool> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let bit = 1u32 << CAP_NET_ADMIN;
+    let bit = 1u32 << cap;
     let held = (data[0].effective | data[0].permitted | data[0].inheritable) & bit != 0;
     if !held {
         return Ok(false);
@@ -452,8 +557,14 @@ impl Socket {
         Ok(())
     }
 
-    /// One datagram into `buf`: its length, and whether the kernel (port 0) sent it.
-    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    /// One datagram into `buf`: its length, and whether the kernel (port 0) sent it. With
+    /// `wait` false, `EAGAIN` at once when none is there.
+    fn recv(&self, buf: &mut [u8], wait: bool) -> io::Result<(usize, bool)> {
+        let flags = if wait {
+            libc::MSG_TRUNC
+        } else {
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT
+        };
         let mut from = nl_addr();
         let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: buf and from are valid for the lengths given; MSG_TRUNC makes the return
@@ -463,7 +574,7 @@ impl Socket {
                 self.0.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                libc::MSG_TRUNC,
+                flags,
                 (&mut from as *mut libc::sockaddr_nl).cast(),
                 &mut from_len,
             )
@@ -484,28 +595,41 @@ fn nl_addr() -> libc::sockaddr_nl {
     addr
 }
 
-struct Reader<H> {
+/// Execs grabbed and not yet finished, at most: beyond it the reader finishes one before it
+/// reads on (the holder's own budget bounds what stays held after that).
+const GRABBED_MAX: usize = 64;
+/// Messages read in a row at most before the oldest grabbed exec is finished: a stream of
+/// messages (execs without end, or datagrams from a local process, which are skipped) does
+/// not hold back what was grabbed.
+const READS_MAX: usize = 256;
+
+struct Reader<K: Hold> {
     socket: Socket,
-    sender: mpsc::Sender<ExecEvent<H>>,
+    sender: mpsc::Sender<ExecEvent<K::Held>>,
     stats: Arc<Stats>,
     buf: Vec<u8>,
-    hold: HoldFn<H>,
+    hold: K,
+    /// Execs read, in the kernel's order, with what was grabbed of each (`None`: nothing).
+    grabbed: VecDeque<(Exec, Option<K::Grip>)>,
+    /// Messages read since the last finish.
+    reads_in_a_row: usize,
 }
 
 /// What one receive gave.
 enum Received {
     Execs(Vec<Exec>),
-    Timeout,
+    /// Nothing within the receive timeout, or, not waiting, nothing there.
+    Nothing,
     Lost,
 }
 
-impl<H> Reader<H> {
-    fn receive(&mut self) -> Result<Received, Error> {
-        let (n, from_kernel) = match self.socket.recv(&mut self.buf) {
+impl<K: Hold> Reader<K> {
+    fn receive(&mut self, wait: bool) -> Result<Received, Error> {
+        let (n, from_kernel) = match self.socket.recv(&mut self.buf, wait) {
             Ok(r) => r,
             Err(e) => {
                 return match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Received::Timeout),
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Received::Nothing),
                     Some(libc::ENOBUFS) => Ok(Received::Lost),
                     _ => Err(Error::Receive(e)),
                 }
@@ -543,29 +667,44 @@ impl<H> Reader<H> {
         Ok(Received::Execs(execs))
     }
 
-    /// Holds and forwards execs; `false` once the consumer is gone. A full channel loses
-    /// the exec before anything is held for it.
-    fn forward(&mut self, execs: &[Exec]) -> bool {
+    /// Grabs each exec and keeps it, in order, for [`Reader::finish_one`]; `false` once the
+    /// consumer is gone. An exec the channel has no room for (counting those grabbed before
+    /// it) is lost before anything is grabbed of it.
+    fn grab(&mut self, execs: &[Exec]) -> bool {
         for &exec in execs {
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            if self.sender.capacity() == 0 {
+            if self.sender.capacity() <= self.grabbed.len() {
                 if self.sender.is_closed() {
                     return false;
                 }
                 self.stats.lost.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let held = (self.hold)(exec);
-            let pid = exec.pid;
-            match self.sender.try_send(ExecEvent::Exec { pid, held }) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.stats.lost.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
+            let grip = self.hold.grab(exec);
+            self.grabbed.push_back((exec, grip));
         }
         true
+    }
+
+    /// Finishes the oldest grabbed exec and queues its event; `false` once the consumer is
+    /// gone.
+    fn finish_one(&mut self) -> bool {
+        self.reads_in_a_row = 0;
+        let Some((exec, grip)) = self.grabbed.pop_front() else {
+            return true;
+        };
+        let held = grip.and_then(|g| self.hold.finish(g));
+        match self.sender.try_send(ExecEvent::Exec {
+            pid: exec.pid,
+            held,
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     fn lost(&mut self) -> bool {
@@ -577,8 +716,31 @@ impl<H> Reader<H> {
         )
     }
 
+    /// One round: reads what the socket has (waiting up to the receive timeout only when
+    /// nothing is grabbed), grabbing each exec; when the socket has nothing more, or enough
+    /// is grabbed, or [`READS_MAX`] messages came in a row, finishes one. The flag is `false`
+    /// once the consumer is gone; the execs are those read (for the probe).
+    fn step(&mut self) -> Result<(bool, Vec<Exec>), Error> {
+        let wait = self.grabbed.is_empty();
+        let alive = match self.receive(wait)? {
+            Received::Execs(execs) => {
+                let alive = self.grab(&execs);
+                self.reads_in_a_row += 1;
+                if alive && self.grabbed.len() < GRABBED_MAX && self.reads_in_a_row < READS_MAX {
+                    // Read on: the next message may be a process about to exit.
+                    return Ok((true, execs));
+                }
+                return Ok((alive && self.finish_one(), execs));
+            }
+            Received::Nothing if wait => !self.sender.is_closed(),
+            Received::Nothing => self.finish_one(),
+            Received::Lost => self.lost(),
+        };
+        Ok((alive, Vec::new()))
+    }
+
     /// Spawns the probe and reads until its exec shows (`true`) or the timeout passes.
-    /// Other execs read meanwhile are forwarded.
+    /// Other execs read meanwhile are held and forwarded.
     fn probe(&mut self, probe: &Probe) -> Result<bool, Error> {
         let mut child = std::process::Command::new(&probe.program)
             .args(&probe.args)
@@ -594,16 +756,11 @@ impl<H> Reader<H> {
         let deadline = Instant::now() + probe.timeout;
         let mut seen = false;
         while !seen && Instant::now() < deadline {
-            match self.receive()? {
-                Received::Execs(execs) => {
-                    seen = execs.iter().any(|e| e.pid == pid);
-                    self.forward(&execs);
-                }
-                Received::Timeout => {}
-                Received::Lost => {
-                    self.lost();
-                }
-            }
+            let (_, execs) = self.step()?;
+            seen = execs.iter().any(|e| e.pid == pid);
+        }
+        while !self.grabbed.is_empty() {
+            self.finish_one();
         }
         let _ = child.wait();
         Ok(seen)
@@ -611,18 +768,14 @@ impl<H> Reader<H> {
 
     fn run(mut self) {
         loop {
-            let alive = match self.receive() {
-                Ok(Received::Execs(execs)) => self.forward(&execs),
-                Ok(Received::Timeout) => !self.sender.is_closed(),
-                Ok(Received::Lost) => self.lost(),
+            match self.step() {
+                Ok((true, _)) => {}
+                Ok((false, _)) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "process events stopped; scans continue on the interval");
                     self.stats.stopped.store(true, Ordering::Relaxed);
                     return;
                 }
-            };
-            if !alive {
-                return;
             }
         }
     }
@@ -685,6 +838,7 @@ mod tests {
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
             drop_net_admin: false,
+            realtime: false,
         })
         .expect("the connector works as root in the initial namespaces");
         let (want, seen) = exec_of_a_child_arrives(&mut events);
@@ -707,6 +861,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             },
             |exec: Exec| std::fs::File::open(format!("/proc/{}/exe", exec.pid)).ok(),
         )
@@ -740,6 +895,103 @@ mod tests {
         );
     }
 
+    /// A hold whose finish is slow for programs named `slow-*`.
+    struct SlowFinish;
+
+    const SLOW_FINISH: Duration = Duration::from_millis(150);
+
+    impl Hold for SlowFinish {
+        /// The executable's path as the link said at the grab, and the file itself.
+        type Grip = (String, std::fs::File);
+        type Held = (String, std::fs::File);
+
+        fn grab(&mut self, exec: Exec) -> Option<Self::Grip> {
+            let path = std::fs::read_link(format!("/proc/{}/exe", exec.pid)).ok()?;
+            let file = std::fs::File::open(format!("/proc/{}/exe", exec.pid)).ok()?;
+            Some((path.to_string_lossy().into_owned(), file))
+        }
+
+        fn finish(&mut self, grip: Self::Grip) -> Option<Self::Held> {
+            if grip.0.contains("/slow-") {
+                std::thread::sleep(SLOW_FINISH);
+            }
+            Some(grip)
+        }
+    }
+
+    /// Three processes exec'd while the reader finishes their parent's exec, each living
+    /// 250 ms, with a finish of 150 ms each: all three arrive held with their executable, in
+    /// the kernel's order. They are grabbed together as soon as the parent's finish ends;
+    /// holding each exec whole before reading the next message (grab and finish in turn)
+    /// would reach the second one 300 ms in, after it exited.
+    #[test]
+    fn execs_arriving_during_a_slow_finish_are_all_grabbed_and_queued_in_order() {
+        if !root() {
+            return;
+        }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile_dir();
+        let shell = dir.join("slow-sh");
+        let sleeper = dir.join("slow-sleep");
+        std::fs::copy("/bin/sh", &shell).unwrap();
+        std::fs::copy("/bin/sleep", &sleeper).unwrap();
+        let mut events = start_holding(
+            Options {
+                capacity: 1024,
+                recv_buffer: RECV_BUFFER_DEFAULT,
+                probe: Some(probe()),
+                drop_net_admin: false,
+                realtime: false,
+            },
+            SlowFinish,
+        )
+        .expect("the connector works as root");
+        let s = sleeper.display();
+        let mut child = std::process::Command::new(&shell)
+            .arg("-c")
+            .arg(format!("{s} 0.25 & {s} 0.25 & {s} 0.25 & wait"))
+            .spawn()
+            .unwrap();
+        let shell_pid = child.id() as i32;
+        assert!(child.wait().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut order = Vec::new();
+        let mut sleepers = 0;
+        while sleepers < 3 && Instant::now() < deadline {
+            match events.receiver.try_recv() {
+                Ok(ExecEvent::Exec { pid, held }) => {
+                    let Some((path, mut file)) = held else {
+                        continue;
+                    };
+                    if path.ends_with("/slow-sleep") {
+                        sleepers += 1;
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+                        assert!(bytes == std::fs::read(&sleeper).unwrap());
+                        order.push(pid);
+                    } else if pid == shell_pid {
+                        order.push(pid);
+                    }
+                }
+                Ok(ExecEvent::Lost) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        assert_eq!(sleepers, 3, "held sleepers: {order:?}");
+        assert_eq!(
+            order.first(),
+            Some(&shell_pid),
+            "the parent's exec first: {order:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("procevents-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// A full channel is counted as lost events, not waited for.
     #[test]
     fn a_full_channel_counts_lost_events() {
@@ -752,6 +1004,7 @@ mod tests {
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
             drop_net_admin: false,
+            realtime: false,
         })
         .expect("the connector works as root");
         for _ in 0..5 {
@@ -781,6 +1034,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             }) {
                 Ok(_) => Ok(None),
                 Err(e) => Ok(Some(e)),
@@ -841,6 +1095,7 @@ mod tests {
             recv_buffer: RECV_BUFFER_DEFAULT,
             probe: Some(probe()),
             drop_net_admin: false,
+            realtime: false,
         })
         .expect("the connector works as root");
         let slice = |tid: &str| {
@@ -892,6 +1147,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: false,
+                realtime: false,
             })
             .map(|_| ())
         })
@@ -903,6 +1159,60 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("CAP_NET_ADMIN"), "{error}");
+    }
+
+    /// With `realtime`, the reader thread runs under SCHED_FIFO (the kernel's view), neither
+    /// it nor the starting thread keeps CAP_SYS_NICE or CAP_NET_ADMIN, and execs still come.
+    #[test]
+    fn a_realtime_reader_runs_fifo_and_keeps_no_sys_nice() {
+        if !root() {
+            return;
+        }
+        let _alone = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        let before = reader_threads();
+        let (mut events, starter) = std::thread::spawn(|| {
+            let events = start(Options {
+                capacity: 1024,
+                recv_buffer: RECV_BUFFER_DEFAULT,
+                probe: Some(probe()),
+                drop_net_admin: true,
+                realtime: true,
+            })
+            .expect("the connector works as root");
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) }.to_string();
+            (events, thread_status(&tid))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(events.priority, Priority::Realtime);
+        let bit = |status: &str, field: &str, cap: u32| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .unwrap();
+            u64::from_str_radix(hex.trim(), 16).unwrap() & (1 << cap) != 0
+        };
+        let mut new = reader_threads();
+        new.retain(|tid| !before.contains(tid));
+        assert_eq!(new.len(), 1, "one new reader thread: {new:?}");
+        let tid: libc::pid_t = new[0].parse().unwrap();
+        // SAFETY: sched_getscheduler reads the policy of a thread id.
+        assert_eq!(unsafe { libc::sched_getscheduler(tid) }, libc::SCHED_FIFO);
+        let reader = thread_status(&new[0]);
+        for (who, status) in [("starter", &starter), ("reader", &reader)] {
+            for field in ["CapEff", "CapPrm"] {
+                assert!(!bit(status, field, CAP_SYS_NICE), "{who} {field}: {status}");
+                assert!(
+                    !bit(status, field, CAP_NET_ADMIN),
+                    "{who} {field}: {status}"
+                );
+            }
+        }
+        let (want, seen) = exec_of_a_child_arrives(&mut events);
+        assert!(
+            seen,
+            "no exec event for pid {want} from the real-time reader"
+        );
     }
 
     /// Subscribed, then without CAP_NET_ADMIN in the starting thread and in the reader
@@ -920,6 +1230,7 @@ mod tests {
                 recv_buffer: RECV_BUFFER_DEFAULT,
                 probe: Some(probe()),
                 drop_net_admin: true,
+                realtime: false,
             })
             .expect("the connector works as root");
             let tid = unsafe { libc::syscall(libc::SYS_gettid) }.to_string();

@@ -15,7 +15,9 @@ pub mod runtime_images;
 pub use image_verdicts::{
     Expected, ImageContents, ImageIndexes, ImageJudge, ImageName, ImageStatus,
 };
-pub use nodeguard_collect::held::{HeldProcess, HoldStats, Holder, Unheld, HOLD_BUDGET_DEFAULT};
+pub use nodeguard_collect::held::{
+    Grip, HeldProcess, HoldStats, Holder, Unheld, HOLD_BUDGET_DEFAULT,
+};
 use nodeguard_collect::{CollectOptions, CollectedProcess, Snapshot};
 use nodeguard_fscan::{ContainerRoot, FsScanner, FsStats, RootSpec, WalkBudget};
 use nodeguard_hash::{hash_keyed, Algorithms, DigestCache};
