@@ -10,7 +10,8 @@
 # answers, one in 40 answers after SLOW_MS.
 #
 # Prints, in one run: the new way (one fleet query, default concurrency 64, default per-agent
-# timeout 5 s) — wall time, client peak RSS (/usr/bin/time -v), rows, nodes answered — and the
+# timeout 5 s) — wall time, client peak RSS and CPU time (/usr/bin/time -v), rows, nodes
+# answered — and the
 # old way (one `nodeguard query` per node, one after another, as a responder does today with a
 # token and each agent's certificate) over OLD_SAMPLE nodes, with its per-node time and what
 # 1,000 nodes would take.
@@ -87,7 +88,8 @@ EOF
 
 echo "starting $AGENTS stand-in agents"
 NS=nodeguard
-"${K[@]}" create namespace $NS >/dev/null
+# up.sh made the agents' namespace already (with the Lease Role for its agent user).
+"${K[@]}" get namespace $NS >/dev/null 2>&1 || "${K[@]}" create namespace $NS >/dev/null
 "${K[@]}" -n $NS create serviceaccount nodeguard-responder >/dev/null
 "$STANDIN" --agents "$AGENTS" --port "$PORT" --body "$WORK/body.json" --namespace $NS \
   --nodes "$WORK/nodes.json" --leases "$WORK/leases.json" --slow "$SLOW_MS" >"$WORK/standin.log" 2>&1 &
@@ -106,6 +108,8 @@ KUBECONFIG=$REALNODE_ADMIN_KUBECONFIG /usr/bin/time -v "$NODEGUARD" fleet query 
   >"$WORK/out.jsonl" 2>"$WORK/time.txt" && rc=0 || rc=$?
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.txt")
 rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
+user=$(awk -F': ' '/User time \(seconds\)/ {print $2}' "$WORK/time.txt")
+sys=$(awk -F': ' '/System time \(seconds\)/ {print $2}' "$WORK/time.txt")
 rows=$(grep -c '"process"' "$WORK/out.jsonl" || true)
 tail -1 "$WORK/out.jsonl"
 python3 - "$WORK/out.jsonl" <<'EOF'
@@ -118,6 +122,7 @@ for line in open(sys.argv[1]):
 print("  unanswered by reason:", dict(reasons))
 EOF
 echo "  exit $rc, wall $wall, peak RSS $((rss / 1024)) MiB, $rows process rows"
+echo "  client CPU: user $user s + system $sys s (the rest of the wall is waiting: agents, the blackholed ones' 5 s timeouts, the machine's other load)"
 
 echo
 echo "== old way: one nodeguard query per node, one after another ($OLD_SAMPLE nodes)"

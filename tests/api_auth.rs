@@ -11,7 +11,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,13 +19,6 @@ mod support;
 use support::api_bed::ApiBed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodeguard");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
 
 fn skip(reason: &str) {
     if std::env::var_os("CI").is_some() {
@@ -131,14 +123,8 @@ fn the_api_asks_the_real_api_server_who_may_read_it() {
     };
     // The agent's identity holds the ClusterRole this branch ships (with the review grants),
     // and the reader roles exist.
-    let role = std::fs::read_to_string(repo().join("manifests/clusterrole.yaml")).unwrap();
-    let role = role.replace(
-        "name: nodeguard\n",
-        &format!("name: {}\n", bed.var("REALNODE_AGENT_CLUSTERROLE")),
-    );
-    bed.kubectl(&["apply", "-f", "-"], Some(&role));
-    let readers = repo().join("manifests/clusterrole-metrics-reader.yaml");
-    bed.kubectl(&["apply", "-f", readers.to_str().unwrap()], None);
+    bed.apply_agent_clusterrole();
+    bed.apply_manifest("clusterrole-metrics-reader.yaml");
 
     // A process whose command line holds secrets, as in the issue.
     let mut secretive = Command::new("sh")

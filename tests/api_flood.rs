@@ -185,13 +185,7 @@ fn floods_without_a_valid_token_neither_kill_nor_bloat_the_agent_nor_its_log() {
         Ok(bed) => bed,
         Err(reason) => return skip(&reason),
     };
-    let role = std::fs::read_to_string(repo().join("manifests/clusterrole.yaml"))
-        .expect("the shipped ClusterRole");
-    let role = role.replace(
-        "name: nodeguard\n",
-        &format!("name: {}\n", bed.var("REALNODE_AGENT_CLUSTERROLE")),
-    );
-    bed.kubectl(&["apply", "-f", "-"], Some(&role));
+    bed.apply_agent_clusterrole();
 
     let dir = tempfile::tempdir().expect("a temp dir");
     let log = dir.path().join("agent.log");

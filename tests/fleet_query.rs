@@ -328,14 +328,8 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
     let dir = tempfile::tempdir().unwrap();
 
     // The agents' identity may review tokens; the responder ServiceAccount reads the API.
-    let role = std::fs::read_to_string(repo().join("manifests/clusterrole.yaml")).unwrap();
-    let role = role.replace(
-        "name: nodeguard\n",
-        &format!("name: {}\n", bed.var("REALNODE_AGENT_CLUSTERROLE")),
-    );
-    bed.kubectl(&["apply", "-f", "-"], Some(&role));
-    let reader = repo().join("manifests/clusterrole-api-reader.yaml");
-    bed.kubectl(&["apply", "-f", reader.to_str().unwrap()], None);
+    bed.apply_agent_clusterrole();
+    bed.apply_manifest("clusterrole-api-reader.yaml");
     bed.kubectl(&["create", "namespace", &ns], None);
     for file in ["responder-serviceaccount.yaml", "responder-binding.yaml"] {
         let text = std::fs::read_to_string(repo().join("manifests").join(file)).unwrap();

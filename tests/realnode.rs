@@ -202,6 +202,16 @@ impl Bed {
         self.var("REALNODE_NODE")
     }
 
+    /// What the DaemonSet's downward API gives an agent: its namespace (where up.sh bound the
+    /// shipped Lease Role to the agent's identity), so agents here keep their heartbeat Lease
+    /// as deployed.
+    fn agent_env(&self) -> Vec<(String, String)> {
+        vec![(
+            "POD_NAMESPACE".to_string(),
+            self.var("REALNODE_AGENT_NAMESPACE").to_string(),
+        )]
+    }
+
     /// kubectl as the admin.
     fn kubectl(&self, args: &[&str]) -> Output {
         let mut all = vec!["--kubeconfig", self.var("REALNODE_ADMIN_KUBECONFIG")];
@@ -916,9 +926,6 @@ impl Agent {
             interval,
             "--fs-interval",
             "10m",
-            // The bed binds the shipped ClusterRole only, not the Lease Role in the agent's
-            // namespace; the heartbeat Lease is tested with that Role in tests/fleet_status.rs.
-            "--lease=false",
             // A process's image verdict moves once from `indexing` to its final state, which
             // rewrites reports these tests hold must stay unchanged; image verification has
             // its own tests on this bed (tests/realnode/image_verification.rs).
@@ -929,6 +936,7 @@ impl Agent {
             state_dir: state_dir.map_or(StateDir::None, |d| StateDir::At(d.to_path_buf())),
             log: Some(bed.dir.join(format!("agent-{name}.log"))),
             http_timeout: Some(Duration::from_secs(10)),
+            env: bed.agent_env(),
             ..Launch::default()
         };
         // Root with only the capabilities the DaemonSet grants, no_new_privs: what these
@@ -1268,6 +1276,23 @@ fn the_agent_publishes_events_the_real_api_server_accepts_and_stays_quiet_across
             "no PrivilegedContainer Event for the privileged: true pod; its reasons: {reasons:?}"
         )
     });
+
+    // The agent runs as deployed, Lease included: with POD_NAMESPACE and the shipped Lease
+    // Role bound in it (up.sh), its heartbeat Lease is in the real API server.
+    let lease_ns = bed.var("REALNODE_AGENT_NAMESPACE");
+    let lease_name = format!("nodeguard-{}", bed.node());
+    let lease = bed.kubectl(&["-n", lease_ns, "get", "lease", &lease_name, "-o", "json"]);
+    let lease: Value = serde_json::from_str(&lease.stdout).unwrap_or(Value::Null);
+    checks.check(
+        lease["metadata"]["annotations"]["nodeguard.io/node"] == bed.node()
+            && lease["spec"]["renewTime"].is_string(),
+        || {
+            format!(
+                "no renewed Lease {lease_ns}/{lease_name} naming node {}: {lease}",
+                bed.node()
+            )
+        },
+    );
     // No Event names a container that is not in the pod's spec (a sandbox's id).
     let names: BTreeSet<String> = bed
         .pods()
@@ -1831,6 +1856,7 @@ fn a_new_high_finding_reaches_the_api_server_before_hundreds_of_waiting_low_ones
             kubeconfig: Some(PathBuf::from(bed.var("REALNODE_AGENT_KUBECONFIG"))),
             log: Some(bed.dir.join("agent-crowd.log")),
             http_timeout: Some(Duration::from_secs(10)),
+            env: bed.agent_env(),
             ..Launch::default()
         },
     ));

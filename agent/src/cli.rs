@@ -198,41 +198,54 @@ pub struct FleetQueryArgs {
 #[derive(Debug, Subcommand)]
 pub enum FleetWhat {
     /// Open findings on every node.
-    Findings {
-        #[arg(long)]
-        namespace: Option<String>,
-        #[arg(long)]
-        pod: Option<String>,
-        /// Container id (or 12+ hex prefix), container name, or `host`.
-        #[arg(long)]
-        container: Option<String>,
-        /// Finding kind, e.g. binary_drift.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Minimum severity.
-        #[arg(long, value_enum)]
-        severity: Option<SeverityArg>,
-        /// Only findings first seen at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-    },
+    Findings(FindingsFilters),
     /// Processes on every node; `--sha256 DIGEST` answers "where does this binary run?".
-    Processes {
-        /// Container id (or 12+ hex prefix), container name, or `host`.
-        #[arg(long)]
-        container: Option<String>,
-        #[arg(long)]
-        sha256: Option<String>,
-        #[arg(long)]
-        pid: Option<i32>,
-    },
+    Processes(ProcessesFilters),
     /// Containers on every node.
-    Containers {
-        #[arg(long)]
-        namespace: Option<String>,
-        #[arg(long)]
-        pod: Option<String>,
-    },
+    Containers(ContainersFilters),
+}
+
+// The filters of `query findings|processes|containers`, the same for `fleet query` (one
+// definition, so the two cannot drift). No doc comments on these structs: each subcommand's
+// help is its variant's.
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct FindingsFilters {
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Container id (or 12+ hex prefix), container name, or `host`.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Finding kind, e.g. binary_drift.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Minimum severity.
+    #[arg(long, value_enum)]
+    pub severity: Option<SeverityArg>,
+    /// Only findings first seen at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProcessesFilters {
+    /// Container id (or 12+ hex prefix), container name, or `host`.
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(long)]
+    pub sha256: Option<String>,
+    #[arg(long)]
+    pub pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContainersFilters {
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -796,41 +809,11 @@ pub struct QueryArgs {
 #[derive(Debug, Subcommand)]
 pub enum QueryWhat {
     /// Open findings, most severe first.
-    Findings {
-        #[arg(long)]
-        namespace: Option<String>,
-        #[arg(long)]
-        pod: Option<String>,
-        /// Container id (or 12+ hex prefix), container name, or `host`.
-        #[arg(long)]
-        container: Option<String>,
-        /// Finding kind, e.g. binary_drift.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Minimum severity.
-        #[arg(long, value_enum)]
-        severity: Option<SeverityArg>,
-        /// Only findings first seen at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-    },
+    Findings(FindingsFilters),
     /// Containers with their limits and pods.
-    Containers {
-        #[arg(long)]
-        namespace: Option<String>,
-        #[arg(long)]
-        pod: Option<String>,
-    },
+    Containers(ContainersFilters),
     /// Processes; `--sha256 DIGEST` answers "where does this binary run?".
-    Processes {
-        /// Container id (or 12+ hex prefix), container name, or `host`.
-        #[arg(long)]
-        container: Option<String>,
-        #[arg(long)]
-        sha256: Option<String>,
-        #[arg(long)]
-        pid: Option<i32>,
-    },
+    Processes(ProcessesFilters),
     /// What exec-time reads saw (short-lived processes included, after they and their pods
     /// are gone), oldest first.
     Execs {

@@ -1,9 +1,11 @@
 //! `nodeguard query`: asks a running agent and prints tables or JSON.
 
-use crate::cli::{OutputFormat, QueryArgs, QueryWhat};
+use crate::cli::{
+    ContainersFilters, FindingsFilters, OutputFormat, ProcessesFilters, QueryArgs, QueryWhat,
+};
 use anyhow::{Context, Result};
 use nodeguard_api::client;
-use nodeguard_api::{ExecsQuery, FindingsQuery, ProcessesQuery, Since};
+use nodeguard_api::{ContainersQuery, ExecsQuery, FindingsQuery, ProcessesQuery, Since};
 use nodeguard_model::{FindingKind, Timestamp};
 use serde::Serialize;
 
@@ -146,16 +148,8 @@ pub fn run(args: QueryArgs) -> Result<()> {
     let base = &endpoint;
     let width = crate::output::width();
     match args.what {
-        QueryWhat::Findings {
-            namespace,
-            pod,
-            container,
-            kind,
-            severity,
-            since,
-        } => {
-            let query =
-                crate::query::findings_query(namespace, pod, container, kind, severity, since)?;
+        QueryWhat::Findings(filters) => {
+            let query = findings_query(filters)?;
             let answer = client::findings(base, &query)?;
             // Asked for low findings: list them; otherwise they are counted (the table's
             // default).
@@ -167,24 +161,15 @@ pub fn run(args: QueryArgs) -> Result<()> {
                 client::findings_report_with(&answer.findings, listing, width)
             })
         }
-        QueryWhat::Containers { namespace, pod } => {
-            let answer = client::containers(base, namespace.as_deref(), pod.as_deref())?;
+        QueryWhat::Containers(filters) => {
+            let query = containers_query(filters);
+            let answer = client::containers_matching(base, &query)?;
             print(args.output, &answer, || {
                 client::containers_table_width(&answer.containers, width)
             })
         }
-        QueryWhat::Processes {
-            container,
-            sha256,
-            pid,
-        } => {
-            let query = ProcessesQuery {
-                container,
-                sha256,
-                pid,
-                namespace: None,
-                pod: None,
-            };
+        QueryWhat::Processes(filters) => {
+            let query = processes_query(filters)?;
             let answer = client::processes_matching(base, &query)?;
             print(args.output, &answer, || {
                 client::processes_table_width(&answer.processes, width)
@@ -276,16 +261,19 @@ fn execs_table(answer: &nodeguard_api::types::ExecsResponse, width: usize) -> St
     out
 }
 
-/// The `/v1/findings` filters of `query findings` and `fleet query findings`, from their
-/// flags (`--kind`, `--since` parsed here, each named in its error).
-pub(crate) fn findings_query(
-    namespace: Option<String>,
-    pod: Option<String>,
-    container: Option<String>,
-    kind: Option<String>,
-    severity: Option<crate::cli::SeverityArg>,
-    since: Option<String>,
-) -> Result<FindingsQuery> {
+// The filters of `query` and `fleet query` as the agent's query strings, each flag checked
+// here (and named in its error), so a typo fails once, before any agent is asked.
+
+/// `/v1/findings` filters (`--kind`, `--since` parsed here).
+pub(crate) fn findings_query(filters: FindingsFilters) -> Result<FindingsQuery> {
+    let FindingsFilters {
+        namespace,
+        pod,
+        container,
+        kind,
+        severity,
+        since,
+    } = filters;
     Ok(FindingsQuery {
         namespace,
         pod,
@@ -301,6 +289,33 @@ pub(crate) fn findings_query(
             .map_err(anyhow::Error::msg)
             .context("--since")?,
     })
+}
+
+/// `/v1/processes` filters, checked as the agent checks them (`--sha256`, `--container`).
+pub(crate) fn processes_query(filters: ProcessesFilters) -> Result<ProcessesQuery> {
+    let ProcessesFilters {
+        container,
+        sha256,
+        pid,
+    } = filters;
+    let query = ProcessesQuery {
+        container,
+        sha256,
+        pid,
+        namespace: None,
+        pod: None,
+    };
+    ProcessesQuery::parse(Some(&query.to_query_string())).map_err(anyhow::Error::from)?;
+    Ok(query)
+}
+
+/// `/v1/containers` filters.
+pub(crate) fn containers_query(filters: ContainersFilters) -> ContainersQuery {
+    ContainersQuery {
+        namespace: filters.namespace,
+        pod: filters.pod,
+        container: None,
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ fn image_agent(bed: &Bed, name: &str, state_dir: &Path) -> Agent {
         state_dir: StateDir::At(state_dir.to_path_buf()),
         log: Some(bed.dir.join(format!("agent-{name}.log"))),
         http_timeout: Some(Duration::from_secs(10)),
+        env: bed.agent_env(),
         ..Launch::default()
     };
     how.wrapper = support::deployment::as_deployed();

@@ -209,6 +209,20 @@ ROLE=$("${KUBECTL[@]}" create --dry-run=client -o jsonpath='{.metadata.name}' \
 "${KUBECTL[@]}" create clusterrolebinding "$PREFIX-agent" --clusterrole "$ROLE" \
   --user "$AGENT_USER" >/dev/null
 echo "REALNODE_AGENT_CLUSTERROLE=$ROLE" >>"$D/env"
+# --- The agents' namespace with the heartbeat Lease's Role as shipped
+# (manifests/role-lease.yaml), bound to the agent user as manifests/rolebinding-lease.yaml
+# binds it to the DaemonSet's ServiceAccount: agents given POD_NAMESPACE keep their Lease here.
+AGENT_NAMESPACE=$("${KUBECTL[@]}" create --dry-run=client -o jsonpath='{.metadata.namespace}' \
+  -f "$REPO/manifests/role-lease.yaml")
+LEASE_ROLE=$("${KUBECTL[@]}" create --dry-run=client -o jsonpath='{.metadata.name}' \
+  -f "$REPO/manifests/role-lease.yaml")
+LEASE_BINDING=$("${KUBECTL[@]}" create --dry-run=client -o jsonpath='{.metadata.name}' \
+  -f "$REPO/manifests/rolebinding-lease.yaml")
+"${KUBECTL[@]}" create namespace "$AGENT_NAMESPACE" >/dev/null
+"${KUBECTL[@]}" apply -f "$REPO/manifests/role-lease.yaml" >/dev/null
+"${KUBECTL[@]}" -n "$AGENT_NAMESPACE" create rolebinding "$LEASE_BINDING" --role "$LEASE_ROLE" \
+  --user "$AGENT_USER" >/dev/null
+echo "REALNODE_AGENT_NAMESPACE=$AGENT_NAMESPACE" >>"$D/env"
 # --- The PolicyReport CRDs the agent writes to (not built into Kubernetes).
 "${KUBECTL[@]}" apply -f "$REPO/manifests/crds/policyreports.yaml" \
   -f "$REPO/manifests/crds/clusterpolicyreports.yaml" >/dev/null

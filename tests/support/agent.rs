@@ -47,6 +47,8 @@ pub struct Launch {
     pub log: Option<PathBuf>,
     /// Bound on each request to the agent (30 s without).
     pub http_timeout: Option<Duration>,
+    /// More environment, as the DaemonSet's downward API gives it (`POD_NAMESPACE`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 /// The agent's `--state-dir`.
@@ -160,6 +162,10 @@ impl Agent {
         if let Some(kubeconfig) = &how.kubeconfig {
             command = format!("KUBECONFIG={} {command}", kubeconfig.display());
             child.env("KUBECONFIG", kubeconfig);
+        }
+        for (name, value) in &how.env {
+            command = format!("{name}={value} {command}");
+            child.env(name, value);
         }
         let child = child
             .args(&rest)

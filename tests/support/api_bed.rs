@@ -90,6 +90,25 @@ impl ApiBed {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// The ClusterRole this tree ships (`manifests/clusterrole.yaml`, with its TokenReview and
+    /// SubjectAccessReview grants), applied under the name up.sh bound to the agent's
+    /// identity: a bed of `REALNODE_ENV` may have been brought up from an older tree.
+    pub fn apply_agent_clusterrole(&self) {
+        let role = std::fs::read_to_string(repo().join("manifests/clusterrole.yaml"))
+            .expect("the shipped ClusterRole");
+        let role = role.replace(
+            "name: nodeguard\n",
+            &format!("name: {}\n", self.var("REALNODE_AGENT_CLUSTERROLE")),
+        );
+        self.kubectl(&["apply", "-f", "-"], Some(&role));
+    }
+
+    /// `kubectl apply -f repo/manifests/NAME` as shipped.
+    pub fn apply_manifest(&self, name: &str) {
+        let file = repo().join("manifests").join(name);
+        self.kubectl(&["apply", "-f", &file.to_string_lossy()], None);
+    }
+
     pub fn kubectl_json(&self, args: &[&str]) -> Value {
         let text = self.kubectl(args, None);
         serde_json::from_str(&text)

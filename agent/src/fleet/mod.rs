@@ -2,6 +2,7 @@
 //! caller's kubeconfig (see docs/fleet.md). What the cluster says is read and decided in
 //! `nodeguard_kube::fleet`; `status` prints the coverage, `query` asks every agent.
 
+mod items;
 pub mod query;
 mod rows;
 mod status;

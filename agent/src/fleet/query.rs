@@ -9,64 +9,47 @@
 //! address or no fingerprint is listed, not dialled.
 //!
 //! Cost: at most `--concurrency` agents are in flight, each bounded by `--timeout` and
-//! `--max-answer-mib`; an answer is printed as it arrives and dropped, so memory follows the
-//! concurrency, not the fleet. What is kept per node is its name and, for the ones that fail,
-//! a reason line.
+//! `--max-answer-mib`. An answer is read as it arrives: its items are cut out of the bytes
+//! ([`super::items`]), rendered into lines in the agent's own task and handed to the printer
+//! in batches of about [`BATCH_BYTES`] through a channel of `--concurrency` places, so memory
+//! follows the concurrency (one item and one batch per agent), not the answers' size or the
+//! fleet's. Time spent waiting for a place (stdout read slowly, `| less`) is not counted
+//! against an agent's `--timeout`. What is kept per node is its name and, for the ones that
+//! fail, a reason line.
 
-use super::rows::{Kind, Printer, Unanswered};
+use super::items::{ItemSplitter, ItemsError};
+use super::rows::{Batch, Kind, NodeLead, Printer, Render, Unanswered};
 use super::EXIT_INCOMPLETE;
 use crate::cli::{FleetQueryArgs, FleetWhat};
 use anyhow::{Context, Result};
-use nodeguard_api::fleet_client::{get_from_agent, AgentCall, AgentFailure, AgentTrust};
-use nodeguard_api::{ContainersQuery, ProcessesQuery};
+use nodeguard_api::fleet_client::{open_from_agent, AgentCall, AgentFailure, AgentTrust};
 use nodeguard_kube::fleet::{fleet_nodes, mint_token, FleetNode};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 
-/// The request every agent gets: kind and `/v1/…?filters`.
+/// The request every agent gets: kind and `/v1/…?filters` (the filters of `nodeguard
+/// query`, checked once here, not on every node).
 pub fn request(what: FleetWhat) -> Result<(Kind, String)> {
     Ok(match what {
-        FleetWhat::Findings {
-            namespace,
-            pod,
-            container,
-            kind,
-            severity,
-            since,
-        } => {
-            let query =
-                crate::query::findings_query(namespace, pod, container, kind, severity, since)?;
+        FleetWhat::Findings(filters) => {
+            let query = crate::query::findings_query(filters)?;
             (
                 Kind::Findings,
                 path("/v1/findings", &query.to_query_string()),
             )
         }
-        FleetWhat::Processes {
-            container,
-            sha256,
-            pid,
-        } => {
-            let query = ProcessesQuery {
-                container,
-                sha256,
-                pid,
-                ..ProcessesQuery::default()
-            };
-            // Checked here as the agent would, so a typo fails once, not on every node.
-            ProcessesQuery::parse(Some(&query.to_query_string())).map_err(anyhow::Error::from)?;
+        FleetWhat::Processes(filters) => {
+            let query = crate::query::processes_query(filters)?;
             (
                 Kind::Processes,
                 path("/v1/processes", &query.to_query_string()),
             )
         }
-        FleetWhat::Containers { namespace, pod } => {
-            let query = ContainersQuery {
-                namespace,
-                pod,
-                container: None,
-            };
+        FleetWhat::Containers(filters) => {
+            let query = crate::query::containers_query(filters);
             (
                 Kind::Containers,
                 path("/v1/containers", &query.to_query_string()),
@@ -138,14 +121,35 @@ pub fn plan(node: &FleetNode, default_port: u16, have_ca: bool) -> Plan {
     }
 }
 
-/// What one dial gave.
+/// Rendered lines are handed to the printer in batches of about this size.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// What an agent's task tells the printer.
+enum Message {
+    /// Lines of one node's answer, in order.
+    Rows(Batch),
+    /// That node is done.
+    Done(Outcome),
+}
+
+/// How one node ended.
 struct Outcome {
     index: usize,
-    node: String,
-    /// The agent's slot, held until its answer is printed: at most `--concurrency` answers
-    /// are alive at once, waiting ones included.
+    /// The agent's slot, held until its end is printed: at most `--concurrency` agents are
+    /// alive at once, waiting ones included.
     _slot: tokio::sync::OwnedSemaphorePermit,
-    result: Result<Vec<u8>, Unanswered>,
+    result: Result<(), Unanswered>,
+}
+
+/// One agent's question, as its task needs it.
+struct Ask {
+    node: String,
+    call: AgentCall,
+    address: String,
+    port: u16,
+    timeout: std::time::Duration,
+    kind: Kind,
+    render: Render,
 }
 
 pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
@@ -164,6 +168,7 @@ pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
         .context("cannot build a Kubernetes client")?;
     let nodes = fleet_nodes(&client, &args.namespace).await?;
     let mut printer = Printer::new(kind, args.output, nodes.len());
+    let render = printer.render();
     let mut dials = Vec::new();
     for node in &nodes {
         match plan(node, args.port, ca.is_some()) {
@@ -180,7 +185,7 @@ pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
     };
     drop(client);
 
-    let (sender, mut receiver) = mpsc::channel::<Outcome>(usize::from(args.concurrency));
+    let (sender, mut receiver) = mpsc::channel::<Message>(usize::from(args.concurrency));
     let slots = Arc::new(Semaphore::new(usize::from(args.concurrency)));
     let mut pending: Vec<Option<String>> = Vec::with_capacity(dials.len());
     let per_agent = args.timeout;
@@ -216,58 +221,55 @@ pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
                 };
                 let sender = sender.clone();
                 let token = token.clone();
-                let path_and_query = path_and_query.clone();
+                let ask = Ask {
+                    node,
+                    call: AgentCall {
+                        // Set once the address is resolved.
+                        addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                        trust,
+                        path_and_query: path_and_query.clone(),
+                        max_body,
+                    },
+                    address,
+                    port,
+                    timeout: per_agent,
+                    kind,
+                    render,
+                };
                 tokio::spawn(async move {
-                    let result = tokio::time::timeout(per_agent, async {
-                        let addr = resolve(&address, port).await?;
-                        let call = AgentCall {
-                            addr,
-                            trust,
-                            path_and_query,
-                            max_body,
-                        };
-                        get_from_agent(&call, &token).await
-                    })
-                    .await;
-                    let result = match result {
-                        Ok(Ok(body)) => Ok(body),
-                        Ok(Err(failure)) => Err(Unanswered {
-                            node: node.clone(),
-                            reason: failure.reason(),
-                            message: failure.to_string(),
-                        }),
-                        Err(_) => Err(Unanswered {
-                            node: node.clone(),
-                            reason: "timeout",
-                            message: format!("no answer within {per_agent:?}"),
-                        }),
-                    };
+                    let result = ask.run(&token, &sender).await;
                     let _ = sender
-                        .send(Outcome {
+                        .send(Message::Done(Outcome {
                             index,
-                            node,
                             _slot: permit,
                             result,
-                        })
+                        }))
                         .await;
                 });
             }
         })
     };
 
-    let deadline = tokio::time::Instant::now() + args.deadline;
+    let deadline = Instant::now() + args.deadline;
     let mut left = pending.len();
     while left > 0 {
-        let outcome = match tokio::time::timeout_at(deadline, receiver.recv()).await {
-            Ok(Some(outcome)) => outcome,
+        let message = match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some(message)) => message,
             Ok(None) | Err(_) => break,
+        };
+        let outcome = match message {
+            Message::Rows(batch) => {
+                printer.rows(&batch)?;
+                continue;
+            }
+            Message::Done(outcome) => outcome,
         };
         if let Some(slot) = pending.get_mut(outcome.index) {
             *slot = None;
         }
         left -= 1;
         match outcome.result {
-            Ok(body) => printer.answer(&outcome.node, &body)?,
+            Ok(()) => printer.answered()?,
             Err(why) => printer.unanswered(why)?,
         }
     }
@@ -290,6 +292,86 @@ pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
     })
 }
 
+impl Ask {
+    /// Asks the agent and sends its rows as they are read; within `timeout`, not counting
+    /// the time spent waiting for the printer.
+    async fn run(&self, token: &str, out: &mpsc::Sender<Message>) -> Result<(), Unanswered> {
+        let mut deadline = Instant::now() + self.timeout;
+        let mut rows_sent = 0usize;
+        let unanswered = |reason: &'static str, message: String| Unanswered {
+            node: self.node.clone(),
+            reason,
+            message,
+        };
+        let failed = |failure: AgentFailure, rows: usize| {
+            let mut message = failure.to_string();
+            if rows > 0 {
+                message.push_str(&format!(" (after {rows} rows were printed)"));
+            }
+            unanswered(failure.reason(), message)
+        };
+        let timed_out = |rows: usize| failed_timeout(&self.node, self.timeout, rows);
+        let opened = tokio::time::timeout_at(deadline, async {
+            let mut call = self.call.clone();
+            call.addr = resolve(&self.address, self.port).await?;
+            open_from_agent(&call, token).await
+        })
+        .await;
+        let mut answer = match opened {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(failure)) => return Err(failed(failure, 0)),
+            Err(_) => return Err(timed_out(0)),
+        };
+        let lead: NodeLead = self.render.lead(&self.node);
+        let mut splitter = ItemSplitter::new(self.kind.list_key());
+        let mut batch = Batch::default();
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, answer.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(failure)) => return Err(failed(failure, rows_sent)),
+                Err(_) => return Err(timed_out(rows_sent)),
+            };
+            splitter
+                .feed(&chunk, |item| self.render.item(&lead, item, &mut batch))
+                .map_err(|e: ItemsError| failed(AgentFailure::Answer(e.to_string()), rows_sent))?;
+            if batch.lines.len() >= BATCH_BYTES {
+                let waited = Instant::now();
+                rows_sent += batch.rows;
+                if out
+                    .send(Message::Rows(std::mem::take(&mut batch)))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                deadline += waited.elapsed();
+            }
+        }
+        drop(answer);
+        splitter
+            .finish()
+            .map_err(|e| failed(AgentFailure::Answer(e.to_string()), rows_sent))?;
+        if batch.rows > 0 {
+            let _ = out.send(Message::Rows(batch)).await;
+        }
+        Ok(())
+    }
+}
+
+fn failed_timeout(node: &str, timeout: std::time::Duration, rows: usize) -> Unanswered {
+    let mut message = format!("no answer within {timeout:?}");
+    if rows > 0 {
+        message =
+            format!("answer not complete within {timeout:?} (after {rows} rows were printed)");
+    }
+    Unanswered {
+        node: node.to_string(),
+        reason: "timeout",
+        message,
+    }
+}
+
 /// The socket address of a Node's address: an IP as it is, a host name resolved.
 async fn resolve(address: &str, port: u16) -> Result<SocketAddr, AgentFailure> {
     if let Ok(ip) = address.parse::<IpAddr>() {
@@ -305,6 +387,7 @@ async fn resolve(address: &str, port: u16) -> Result<SocketAddr, AgentFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::ProcessesFilters;
     use nodeguard_kube::fleet::LeaseFacts;
 
     fn node(address: Option<&str>, lease: Option<LeaseFacts>) -> FleetNode {
@@ -369,25 +452,19 @@ mod tests {
 
     #[test]
     fn the_filters_become_the_agents_query_string_and_bad_ones_fail_once() {
-        let (kind, path) = request(FleetWhat::Processes {
-            container: None,
+        let (kind, path) = request(FleetWhat::Processes(ProcessesFilters {
             sha256: Some("AB".repeat(32)),
-            pid: None,
-        })
+            ..ProcessesFilters::default()
+        }))
         .unwrap();
         assert_eq!(kind, Kind::Processes);
         assert_eq!(path, format!("/v1/processes?sha256={}", "AB".repeat(32)));
-        assert!(request(FleetWhat::Processes {
-            container: None,
+        assert!(request(FleetWhat::Processes(ProcessesFilters {
             sha256: Some("abc".into()),
-            pid: None,
-        })
+            ..ProcessesFilters::default()
+        }))
         .is_err());
-        let (_, path) = request(FleetWhat::Containers {
-            namespace: None,
-            pod: None,
-        })
-        .unwrap();
+        let (_, path) = request(FleetWhat::Containers(Default::default())).unwrap();
         assert_eq!(path, "/v1/containers");
     }
 }

@@ -1,9 +1,14 @@
 //! How `nodeguard fleet query` writes its answer, as it arrives: a table with a NODE column
 //! (fixed column widths, so a row is printed as soon as its node answers), or JSON lines.
 //!
+//! Rows are rendered where the answer is read ([`Render`], in each agent's task, item by item
+//! as [`super::items`] cuts them out) and written here in batches, so a row costs one scan of
+//! its bytes (JSON) or one parse of its item (table), and nothing holds a whole answer.
+//!
 //! JSON lines, one object per line:
 //! - `{"node": N, "process": {…}}` (or `"finding"`, `"container"`): one row of one agent's
-//!   answer, the object exactly as the agent's `/v1/…` endpoint gives it;
+//!   answer, the item's bytes exactly as the agent's `/v1/…` endpoint sent them (checked to be
+//!   JSON on one line, never parsed into values and written again);
 //! - `{"node": N, "unanswered": {"reason": R, "message": M}}`: a node that did not answer
 //!   (`reason` is one of `no-lease`, `no-address`, `no-fingerprint`, `refused`, `timeout`,
 //!   `deadline`, `certificate-mismatch`, `certificate-untrusted`, `tls`, `401`, `403`,
@@ -13,8 +18,8 @@
 //! Everything an agent sends is hostile: each cell goes through `text::clean` (controls and
 //! bidi characters escaped, bounded), and the table cuts lines at the terminal's width.
 
+use super::items::{checked, ItemsError};
 use crate::cli::OutputFormat;
-use nodeguard_api::types::{ContainersResponse, FindingsResponse, ProcessesResponse};
 use nodeguard_model::text;
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
@@ -54,13 +59,6 @@ pub struct Printer {
 
 const NODE_WIDTH: usize = 24;
 
-/// The list of any of the three answers, items kept as JSON values.
-#[derive(serde::Deserialize)]
-struct Items {
-    #[serde(alias = "processes", alias = "findings", alias = "containers")]
-    items: Vec<serde_json::Value>,
-}
-
 impl Kind {
     /// The key of one item in a JSON line.
     fn item_key(self) -> &'static str {
@@ -69,6 +67,75 @@ impl Kind {
             Kind::Findings => "finding",
             Kind::Containers => "container",
         }
+    }
+
+    /// The key of the list in the agent's answer.
+    pub fn list_key(self) -> &'static str {
+        match self {
+            Kind::Processes => "processes",
+            Kind::Findings => "findings",
+            Kind::Containers => "containers",
+        }
+    }
+}
+
+/// How one item becomes one output line; cheap to copy into every agent's task.
+#[derive(Debug, Clone, Copy)]
+pub struct Render {
+    kind: Kind,
+    format: OutputFormat,
+    width: usize,
+}
+
+/// One node's rendered lines, waiting to be written.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub lines: Vec<u8>,
+    pub rows: usize,
+}
+
+/// What a node's lines start with: its JSON prefix, or its table cell.
+pub struct NodeLead(String);
+
+impl Render {
+    /// The lead of every line of `node`.
+    pub fn lead(&self, node: &str) -> NodeLead {
+        NodeLead(match self.format {
+            OutputFormat::Json => {
+                let name = serde_json::to_string(node).unwrap_or_else(|_| "\"?\"".into());
+                format!("{{\"node\":{name},\"{}\":", self.kind.item_key())
+            }
+            OutputFormat::Table => text::clean(node, 63),
+        })
+    }
+
+    /// One item (as [`super::items::ItemSplitter`] cut it out) as one line into `batch`.
+    pub fn item(&self, lead: &NodeLead, item: &[u8], batch: &mut Batch) -> Result<(), ItemsError> {
+        match self.format {
+            OutputFormat::Json => {
+                let item = checked(item)?;
+                batch.lines.extend_from_slice(lead.0.as_bytes());
+                batch.lines.extend_from_slice(item.as_bytes());
+                batch.lines.extend_from_slice(b"}\n");
+            }
+            OutputFormat::Table => {
+                let bad = |e: serde_json::Error| ItemsError::BadItem(e.to_string());
+                let cells = match self.kind {
+                    Kind::Processes => process_cells(&serde_json::from_slice(item).map_err(bad)?),
+                    Kind::Findings => finding_cells(&serde_json::from_slice(item).map_err(bad)?),
+                    Kind::Containers => {
+                        container_cells(&serde_json::from_slice(item).map_err(bad)?)
+                    }
+                };
+                let line = table_line(&lead.0, cells);
+                batch
+                    .lines
+                    .extend_from_slice(nodeguard_api::client::fit(&line, self.width).as_bytes());
+                batch.lines.push(b'\n');
+            }
+        }
+        batch.rows += 1;
+        Ok(())
     }
 }
 
@@ -89,51 +156,36 @@ impl Printer {
         }
     }
 
-    /// One agent's answer (the body of a 200): its rows.
-    pub fn answer(&mut self, node: &str, body: &[u8]) -> io::Result<()> {
-        let parsed = match (self.format, self.kind) {
-            // JSON lines pass each item on as the agent wrote it: one parse, no typed
-            // round trip (a 300-process answer is about 1 MB).
-            (OutputFormat::Json, kind) => serde_json::from_slice::<Items>(body).map(|a| {
-                self.answered += 1;
-                for item in &a.items {
-                    self.row(node, kind.item_key(), item, Vec::new);
-                }
-            }),
-            (OutputFormat::Table, _) => self.table_rows(node, body),
-        };
-        if let Err(e) = parsed {
-            return self.unanswered(Unanswered {
-                node: node.to_string(),
-                reason: "bad-answer",
-                message: format!("not the API's JSON: {e}"),
-            });
+    /// How items become lines for this output.
+    pub fn render(&self) -> Render {
+        Render {
+            kind: self.kind,
+            format: self.format,
+            width: self.width,
         }
-        self.show_progress();
+    }
+
+    /// Lines rendered by [`Render::item`] (whole lines, of any node).
+    pub fn rows(&mut self, batch: &Batch) -> io::Result<()> {
+        if batch.rows == 0 {
+            return Ok(());
+        }
+        if self.format == OutputFormat::Table && !self.header_written {
+            self.header_written = true;
+            let header = table_line("NODE", header_cells(self.kind));
+            let header = nodeguard_api::client::fit(&header, self.width) + "\n";
+            self.write(header.as_bytes());
+        }
+        self.rows += batch.rows;
+        self.write(&batch.lines);
         self.flush_quietly()
     }
 
-    fn table_rows(&mut self, node: &str, body: &[u8]) -> Result<(), serde_json::Error> {
-        match self.kind {
-            Kind::Processes => serde_json::from_slice::<ProcessesResponse>(body).map(|a| {
-                self.answered += 1;
-                for entry in &a.processes {
-                    self.row(node, "process", entry, || process_cells(entry));
-                }
-            }),
-            Kind::Findings => serde_json::from_slice::<FindingsResponse>(body).map(|a| {
-                self.answered += 1;
-                for finding in &a.findings {
-                    self.row(node, "finding", finding, || finding_cells(finding));
-                }
-            }),
-            Kind::Containers => serde_json::from_slice::<ContainersResponse>(body).map(|a| {
-                self.answered += 1;
-                for container in &a.containers {
-                    self.row(node, "container", container, || container_cells(container));
-                }
-            }),
-        }
+    /// A node whose whole answer was read (its rows came through [`Printer::rows`]).
+    pub fn answered(&mut self) -> io::Result<()> {
+        self.answered += 1;
+        self.show_progress();
+        self.flush_quietly()
     }
 
     /// A node that did not answer: streamed in JSON, listed after the rows in a table.
@@ -226,30 +278,6 @@ impl Printer {
         Ok(complete)
     }
 
-    fn row<T: Serialize>(
-        &mut self,
-        node: &str,
-        key: &'static str,
-        item: &T,
-        cells: impl FnOnce() -> Vec<(String, usize)>,
-    ) {
-        self.rows += 1;
-        match self.format {
-            OutputFormat::Json => self.json_line(&RowLine { node, key, item }),
-            OutputFormat::Table => {
-                if !self.header_written {
-                    self.header_written = true;
-                    let header = table_line("NODE", header_cells(self.kind));
-                    let header = nodeguard_api::client::fit(&header, self.width) + "\n";
-                    self.write(header.as_bytes());
-                }
-                let line = table_line(&text::clean(node, 63), cells());
-                let line = nodeguard_api::client::fit(&line, self.width) + "\n";
-                self.write(line.as_bytes());
-            }
-        }
-    }
-
     fn json_line<T: Serialize>(&mut self, value: &T) {
         if let Ok(mut line) = serde_json::to_vec(value) {
             line.push(b'\n');
@@ -290,23 +318,6 @@ impl Printer {
                 self.unanswered.len()
             );
         }
-    }
-}
-
-/// `{"node": N, KEY: ITEM}`, written without copying the item.
-struct RowLine<'a, T> {
-    node: &'a str,
-    key: &'static str,
-    item: &'a T,
-}
-
-impl<T: Serialize> Serialize for RowLine<'_, T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(2))?;
-        map.serialize_entry("node", self.node)?;
-        map.serialize_entry(self.key, self.item)?;
-        map.end()
     }
 }
 

@@ -177,8 +177,69 @@ impl ServerCertVerifier for AgentVerifier {
 }
 
 /// `GET call.path_and_query` with `Authorization: Bearer token`, sent only once the agent's
-/// certificate passed; the body of a 200 answer.
+/// certificate passed; the body of a 200 answer, whole (see [`open_from_agent`] to read it
+/// as it arrives).
 pub async fn get_from_agent(call: &AgentCall, token: &str) -> Result<Vec<u8>, AgentFailure> {
+    let mut answer = open_from_agent(call, token).await?;
+    let mut out = Vec::with_capacity(answer.expected_len());
+    while let Some(chunk) = answer.chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A 200 answer whose body is read as it arrives, at most [`AgentCall::max_body`] bytes in
+/// all. Dropping it closes the connection.
+pub struct AgentAnswer {
+    body: hyper::body::Incoming,
+    read: usize,
+    max: usize,
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    _sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+}
+
+impl AgentAnswer {
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<hyper::body::Bytes>, AgentFailure> {
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|e| AgentFailure::Answer(format!("cut short: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                self.read = self.read.saturating_add(data.len());
+                if self.read > self.max {
+                    return Err(AgentFailure::Answer(format!(
+                        "more than {} bytes",
+                        self.max
+                    )));
+                }
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The body's announced length, within the bound (0 when not announced).
+    fn expected_len(&self) -> usize {
+        let expected = hyper::body::Body::size_hint(&self.body)
+            .exact()
+            .unwrap_or(0);
+        usize::try_from(expected).unwrap_or(0).min(self.max)
+    }
+}
+
+impl Drop for AgentAnswer {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Error answers are read up to this many bytes (a message, not data).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// [`get_from_agent`] up to the answer's head: a 200 answer to read as it arrives, or why
+/// there is none (the message of an error answer is read, bounded).
+pub async fn open_from_agent(call: &AgentCall, token: &str) -> Result<AgentAnswer, AgentFailure> {
     let provider = crate::tls::provider();
     let webpki = match &call.trust {
         AgentTrust::Roots(roots) => Some(
@@ -239,54 +300,43 @@ pub async fn get_from_agent(call: &AgentCall, token: &str) -> Result<Vec<u8>, Ag
         .header(hyper::header::USER_AGENT, "nodeguard-fleet-query")
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
         .map_err(|e| AgentFailure::Answer(e.to_string()))?;
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| AgentFailure::Answer(format!("no answer: {e}")))?;
-        let status = response.status().as_u16();
-        let body = read_bounded(response.into_body(), call.max_body).await?;
-        if status == 200 {
-            return Ok(body);
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            driver.abort();
+            return Err(AgentFailure::Answer(format!("no answer: {e}")));
         }
-        let message = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| nodeguard_model::text::clean(&String::from_utf8_lossy(&body), 200));
-        Err(match status {
-            401 => AgentFailure::Unauthorized(message),
-            403 => AgentFailure::Forbidden(message),
-            _ => AgentFailure::Status { status, message },
-        })
+    };
+    let status = response.status().as_u16();
+    let mut answer = AgentAnswer {
+        body: response.into_body(),
+        read: 0,
+        max: call.max_body,
+        driver,
+        _sender: sender,
+    };
+    if status == 200 {
+        return Ok(answer);
     }
-    .await;
-    driver.abort();
-    result
+    answer.max = answer.max.min(MAX_ERROR_BODY);
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    let message = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| nodeguard_model::text::clean(&String::from_utf8_lossy(&body), 200));
+    Err(match status {
+        401 => AgentFailure::Unauthorized(message),
+        403 => AgentFailure::Forbidden(message),
+        _ => AgentFailure::Status { status, message },
+    })
 }
 
 fn is_certificate_error(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)))
-}
-
-async fn read_bounded(
-    mut body: hyper::body::Incoming,
-    max: usize,
-) -> Result<Vec<u8>, AgentFailure> {
-    // Sized once from Content-Length (within the bound), so a large answer is not
-    // reallocated as it grows.
-    let expected = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
-    let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).min(max));
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| AgentFailure::Answer(format!("cut short: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > max {
-                return Err(AgentFailure::Answer(format!("more than {max} bytes")));
-            }
-            out.extend_from_slice(data);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
