@@ -36,8 +36,9 @@ pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     escape_path, short_id, unescape_path, Capabilities, CapabilityMasks, CapabilityName,
     CapabilitySet, CgroupDriver, CgroupVersion, Confinement, Container, DeviceAccess, FileEntry,
-    Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, RootFs, Runtime,
-    ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
+    FsEventSource, FsEventStats, Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process,
+    QosClass, Report, RootFs, Runtime, ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION,
+    SHORT_ID_LEN,
 };
 pub use state::{
     DurationHistogram, EventStats, ExecEventSource, ExecEventStats, FindingChanges, FindingLedger,

@@ -311,6 +311,20 @@ struct CapData {
 /// `CAP_NET_ADMIN` in the permitted set nothing but an `execve` can bring it back, and under
 /// `no_new_privs` (the DaemonSet's `allowPrivilegeEscalation: false`) not even that.
 pub fn drop_net_admin() -> io::Result<bool> {
+    drop_capability(CAP_NET_ADMIN)
+}
+
+/// `CAP_SYS_ADMIN`'s number (for [`drop_capability`]: the writable-layer event source needs
+/// it only to mark filesystems at start).
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// Removes capability `cap` (below 32) from the calling thread's effective, permitted and
+/// inheritable sets, as [`drop_net_admin`] does for `CAP_NET_ADMIN`; `Ok(true)` when it
+/// was held.
+pub fn drop_capability(cap: u32) -> io::Result<bool> {
+    if cap >= 32 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -327,7 +341,7 @@ pub fn drop_net_admin() -> io::Result<bool> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let bit = 1u32 << CAP_NET_ADMIN;
+    let bit = 1u32 << cap;
     let held = (data[0].effective | data[0].permitted | data[0].inheritable) & bit != 0;
     if !held {
         return Ok(false);

@@ -191,6 +191,7 @@ struct FsCounters {
     /// From the latest walk of writable layers (either scope).
     recheck_age_seconds: u64,
     incremental_fallbacks: u64,
+    events: nodeguard_model::FsEventStats,
 }
 
 impl Scanner {
@@ -250,6 +251,17 @@ impl Scanner {
     /// ([`ScanOptions::exec_retention`]).
     pub fn set_exec_retention(&mut self, retention: Duration) {
         self.options.exec_retention = retention;
+    }
+
+    /// The event source for writable layers (`--fs-events`): see
+    /// [`nodeguard_fscan::FsScanner::set_events`].
+    pub fn set_fs_events(
+        &mut self,
+        source: nodeguard_model::FsEventSource,
+        events: Option<nodeguard_fscan::FsEvents>,
+    ) {
+        self.filesystems.set_events(source, events);
+        self.last_fs_stats.events.source = source;
     }
 
     /// Swaps the policy used from the next scan on (SIGHUP reload).
@@ -389,6 +401,7 @@ impl Scanner {
         stats.walks_truncated = self.last_fs_stats.walks_truncated;
         stats.fs_recheck_age_seconds = self.last_fs_stats.recheck_age_seconds;
         stats.fs_incremental_fallbacks = self.last_fs_stats.incremental_fallbacks;
+        stats.fs_events = self.last_fs_stats.events;
 
         let findings = evaluate(
             &self.policy,
@@ -465,6 +478,7 @@ impl Scanner {
             walks_truncated: output.stats.walks_truncated,
             recheck_age_seconds: output.stats.recheck_age_seconds,
             incremental_fallbacks: output.stats.incremental_fallbacks,
+            events: output.stats.events,
         };
         self.last_gaps = gaps(output.incomplete, warnings);
         self.last_files = output.files;
@@ -510,6 +524,7 @@ impl Scanner {
         }
         self.last_fs_stats.recheck_age_seconds = output.stats.recheck_age_seconds;
         self.last_fs_stats.incremental_fallbacks = output.stats.incremental_fallbacks;
+        self.last_fs_stats.events = output.stats.events;
         for (kind, count) in &output.stats.errors {
             *stats.errors.entry(format!("fs_{kind}")).or_insert(0) += count;
         }
