@@ -2187,11 +2187,7 @@ fn the_fs_events_component_adds_sys_admin_and_the_flag_and_nothing_else() {
     let mut patched = serde_json::to_value(&m.daemon_set).expect("serialize");
     apply_adds(&mut patched, &ops);
     let patched: DaemonSet = serde_json::from_value(patched).expect("still a DaemonSet");
-    let spec = patched
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
+    let spec = patched.spec.template.spec.as_ref().expect("pod spec");
     let container = &spec.containers[0];
     let mut want = caps(m.container());
     want.push("SYS_ADMIN".into());
@@ -2203,15 +2199,7 @@ fn the_fs_events_component_adds_sys_admin_and_the_flag_and_nothing_else() {
 
     // Nothing else moved: undo the two additions and compare.
     let mut back = patched.clone();
-    let c = &mut back
-        .spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0];
+    let c = &mut back.spec.template.spec.as_mut().unwrap().containers[0];
     c.security_context
         .as_mut()
         .unwrap()

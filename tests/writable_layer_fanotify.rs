@@ -213,7 +213,7 @@ fn with_fanotify_a_chmod_on_an_existing_file_is_seen_within_a_process_interval_a
         let f = storm.path().join(format!("d{d}/f"));
         fs::set_permissions(
             &f,
-            fs::Permissions::from_mode(0o600 | (d as u32 % 2) * 0o40),
+            fs::Permissions::from_mode(0o600 | ((d as u32 % 2) * 0o40)),
         )
         .unwrap();
         if d == STORM_DIRS / 2 {

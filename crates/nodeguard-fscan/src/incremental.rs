@@ -40,7 +40,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -207,13 +206,13 @@ pub(crate) struct Done {
 pub(crate) fn refresh(
     worker: &mut Worker,
     cfg: &WalkConfig<'_>,
-    path: &Path,
-    label: &str,
-    tree: Option<LayerTree>,
+    job: LayerJob,
     pass: Pass,
     dirty: &HashSet<(u64, u64)>,
     total_dirs: &AtomicUsize,
 ) -> Refreshed {
+    let LayerJob { path, label, tree } = job;
+    let (path, label) = (path.as_path(), label.as_str());
     let mut result = RootResult::default();
     let opened = sys::open_root(path).and_then(|fd| Ok((sys::fstat(fd.as_fd())?, fd)));
     let (st, fd) = match opened {
@@ -796,16 +795,7 @@ pub(crate) fn refresh_all(
             let Some(job) = lock(&slots[i]).take() else {
                 continue;
             };
-            let out = refresh(
-                &mut worker,
-                cfg,
-                &job.path,
-                &job.label,
-                job.tree,
-                pass,
-                dirty,
-                total_dirs,
-            );
+            let out = refresh(&mut worker, cfg, job, pass, dirty, total_dirs);
             *lock(&outcomes[i]) = Some(out);
         }
         worker
