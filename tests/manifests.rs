@@ -2128,3 +2128,88 @@ fn the_network_policy_admits_prometheus_to_the_api_and_anyone_to_the_probes_only
         "only the probe port is open to every peer: {open:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The opt-in writable-layer event source (manifests/optional/fs-events)
+
+/// Applies JSON-patch `add` operations (the only kind the component uses) to `target`.
+fn apply_adds(target: &mut Value, ops: &Value) {
+    for op in ops.as_array().expect("a JSON 6902 patch is a list") {
+        assert_eq!(op["op"], "add", "only add operations: {op}");
+        let path = op["path"].as_str().expect("path");
+        let (parent, last) = path.rsplit_once('/').expect("a path with a parent");
+        let at = target
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("{parent} is not in the DaemonSet"));
+        match (at, last) {
+            (Value::Array(items), "-") => items.push(op["value"].clone()),
+            (Value::Object(fields), key) => {
+                fields.insert(key.to_string(), op["value"].clone());
+            }
+            (other, key) => panic!("cannot add {key} to {other}"),
+        }
+    }
+}
+
+#[test]
+fn the_fs_events_component_adds_sys_admin_and_the_flag_and_nothing_else() {
+    let m = load();
+    let dir = manifests_dir().join("optional/fs-events");
+    let kustomization = read_value(&dir.join("kustomization.yaml"));
+    assert_eq!(kustomization["kind"], "Component", "{kustomization}");
+    let patch = &kustomization["patches"][0];
+    assert_eq!(patch["target"]["kind"], "DaemonSet");
+    assert_eq!(
+        patch["target"]["name"],
+        m.daemon_set.metadata.name.clone().unwrap()
+    );
+    let ops = read_value(&dir.join(patch["path"].as_str().expect("patch path")));
+
+    // The default DaemonSet asks for no CAP_SYS_ADMIN and runs with the source off.
+    let caps = |c: &Container| -> Vec<String> {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.clone())
+            .unwrap_or_default()
+    };
+    let env = |c: &Container, name: &str| -> Option<String> {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert!(!caps(m.container()).contains(&"SYS_ADMIN".to_string()));
+    assert_eq!(env(m.container(), "NODEGUARD_FS_EVENTS"), None);
+    assert!(m.arg("--fs-events").is_none());
+
+    let mut patched = serde_json::to_value(&m.daemon_set).expect("serialize");
+    apply_adds(&mut patched, &ops);
+    let patched: DaemonSet = serde_json::from_value(patched).expect("still a DaemonSet");
+    let spec = patched.spec.template.spec.as_ref().expect("pod spec");
+    let container = &spec.containers[0];
+    let mut want = caps(m.container());
+    want.push("SYS_ADMIN".into());
+    assert_eq!(caps(container), want);
+    assert_eq!(
+        env(container, "NODEGUARD_FS_EVENTS").as_deref(),
+        Some("fanotify")
+    );
+
+    // Nothing else moved: undo the two additions and compare.
+    let mut back = patched.clone();
+    let c = &mut back.spec.template.spec.as_mut().unwrap().containers[0];
+    c.security_context
+        .as_mut()
+        .unwrap()
+        .capabilities
+        .as_mut()
+        .unwrap()
+        .add
+        .as_mut()
+        .unwrap()
+        .pop();
+    c.env.as_mut().unwrap().pop();
+    assert_eq!(back, m.daemon_set);
+}

@@ -429,6 +429,15 @@ pub enum KubeArg {
     Off,
 }
 
+/// Where a `chmod` on an existing file of a writable layer is learnt of (`--fs-events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FsEventsArg {
+    /// The filesystem scan's re-check only.
+    Off,
+    /// fanotify marks on the layers' filesystems.
+    Fanotify,
+}
+
 /// A feature turned on or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SwitchArg {
@@ -594,6 +603,25 @@ pub struct RunArgs {
         env = "NODEGUARD_EXEC_EVENTS"
     )]
     pub exec_events: ExecEventsArg,
+
+    /// Learn of a `chmod`/xattr change on an existing file of a writable layer from fanotify
+    /// (`fanotify`: seen by the next process scan; needs CAP_SYS_ADMIN at start, dropped once
+    /// the filesystems are marked) or from the filesystem scan's re-check only (`off`).
+    /// docs/writable-layers.md, docs/privileges.md.
+    #[arg(long, value_enum, default_value = "off", env = "NODEGUARD_FS_EVENTS")]
+    pub fs_events: FsEventsArg,
+
+    /// Paths whose filesystems `--fs-events fanotify` marks at start (comma-separated)
+    /// [default: HOST_ROOT/var/lib/containerd, HOST_ROOT/var/lib/containers/storage and
+    /// HOST_ROOT/var/lib/docker, those that exist]. A writable layer on another filesystem is
+    /// counted in `nodeguard_fs_events_unmarked_layers`.
+    #[arg(long, value_delimiter = ',', env = "NODEGUARD_FS_EVENTS_PATHS")]
+    pub fs_events_paths: Vec<PathBuf>,
+
+    /// Distinct directories `--fs-events fanotify` keeps between two scans (about 40 bytes
+    /// each); more count as lost events and start a re-check of every writable layer at once.
+    #[arg(long, default_value_t = 16_384, env = "NODEGUARD_FS_EVENTS_MAX_DIRS")]
+    pub fs_events_max_dirs: usize,
 
     /// Take hold of each exec'd process as its event arrives — its /proc directory, its
     /// executable and the small files read later — so that one living a millisecond is

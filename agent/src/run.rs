@@ -1,12 +1,14 @@
 //! `nodeguard run`: wires the daemon, metrics, the HTTP API and (when in a cluster) pod
 //! metadata and Events, then waits for a signal.
 
-use crate::cli::{AuthArg, ExecEventsArg, ExecHoldArg, RunArgs, TlsArg, TlsMinVersionArg};
+use crate::cli::{
+    AuthArg, ExecEventsArg, ExecHoldArg, FsEventsArg, RunArgs, TlsArg, TlsMinVersionArg,
+};
 use anyhow::{Context, Result};
 use nodeguard_api::{CertSource, ServerTls, TlsSettings, TlsVersion};
 use nodeguard_daemon::{Control, Daemon, ExecFeed, PolicySource, Schedule};
 use nodeguard_metrics::{Metrics, Registry};
-use nodeguard_model::{NoPods, NodeState, PodLookup};
+use nodeguard_model::{FsEventSource, NoPods, NodeState, PodLookup};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub fn run(args: RunArgs) -> Result<()> {
     limit_malloc_arenas();
+    // Before any other thread exists: the filesystems are marked, then CAP_SYS_ADMIN is
+    // dropped for the whole process before its reader (or any other thread) starts.
+    let fs_events = fs_events(&args);
     // Before any other thread exists: the subscription then drops CAP_NET_ADMIN for the whole
     // process (capabilities are per thread, later threads inherit the main thread's).
     let exec_feed = exec_feed(
@@ -39,7 +44,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .thread_name("nodeguard")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(args, exec_feed));
+    let result = runtime.block_on(serve(args, exec_feed, fs_events));
     // A filesystem walk may still be running on a blocking thread: do not wait for it.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
@@ -161,10 +166,92 @@ fn log_net_admin_dropped(dropped: std::io::Result<bool>) {
     }
 }
 
-async fn serve(args: RunArgs, exec_feed: Option<ExecFeed>) -> Result<()> {
+/// The writable-layer event source for `--fs-events`: the filesystems of
+/// `--fs-events-paths` marked with fanotify, then `CAP_SYS_ADMIN` dropped, then the reader
+/// started. When it cannot
+/// be had, why, logged once, and the source is `unavailable` (the re-check as with `off`).
+/// Call it before any other thread starts.
+fn fs_events(args: &RunArgs) -> (FsEventSource, Option<nodeguard_fscan::FsEvents>) {
+    let marked = match args.fs_events {
+        FsEventsArg::Off => None,
+        FsEventsArg::Fanotify => {
+            let paths = fs_events_paths(args);
+            let marked = nodeguard_fscan::mark_fs_events(&paths);
+            // Granted for marking only (the opt-in manifest): gone before any input is read.
+            if let Err(e) =
+                nodeguard_procevents::drop_capability(nodeguard_procevents::CAP_SYS_ADMIN)
+            {
+                tracing::error!(error = %e, "cannot drop CAP_SYS_ADMIN; it stays in the agent's capability sets");
+            }
+            Some(marked.map(|marks| (marks, paths)))
+        }
+    };
+    let (marks, paths) = match marked {
+        None => return (FsEventSource::Off, None),
+        Some(Err(e)) => {
+            tracing::warn!(
+                source = "unavailable",
+                reason = %e,
+                "writable-layer events unavailable; a chmod or xattr change on an existing file is seen at the filesystem scan's re-check"
+            );
+            return (FsEventSource::Unavailable, None);
+        }
+        Some(Ok(marked)) => marked,
+    };
+    for (path, e) in &marks.unmarked {
+        tracing::warn!(path = %path.display(), error = %e, "cannot mark this filesystem for writable-layer events");
+    }
+    let marked: Vec<String> = marks
+        .marked_paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    match marks.start(args.fs_events_max_dirs) {
+        Ok(events) => {
+            tracing::info!(
+                source = "fanotify",
+                marked = ?marked,
+                "writable-layer events from fanotify: a chmod or xattr change on an existing file is seen by the next process scan; CAP_SYS_ADMIN, needed only to mark, dropped"
+            );
+            (FsEventSource::Fanotify, Some(events))
+        }
+        Err(e) => {
+            tracing::warn!(source = "unavailable", error = %e, paths = ?paths, "cannot start the writable-layer event reader");
+            (FsEventSource::Unavailable, None)
+        }
+    }
+}
+
+/// `--fs-events-paths`, or the runtimes' storage under the host root that exists.
+fn fs_events_paths(args: &RunArgs) -> Vec<std::path::PathBuf> {
+    if !args.fs_events_paths.is_empty() {
+        return args.fs_events_paths.clone();
+    }
+    let host_root = args
+        .settings
+        .host_root
+        .clone()
+        .unwrap_or_else(|| args.settings.proc_root.join("1/root"));
+    [
+        "var/lib/containerd",
+        "var/lib/containers/storage",
+        "var/lib/docker",
+    ]
+    .iter()
+    .map(|p| host_root.join(p))
+    .filter(|p| p.is_dir())
+    .collect()
+}
+
+async fn serve(
+    args: RunArgs,
+    exec_feed: Option<ExecFeed>,
+    fs_events: (FsEventSource, Option<nodeguard_fscan::FsEvents>),
+) -> Result<()> {
     // The daemon's policy source reads the policy, now and on each reload.
     let policy_source = PolicySource::new(args.settings.config.clone());
     let mut scanner = crate::build_scanner(&args.settings, policy_source.load()?);
+    scanner.set_fs_events(fs_events.0, fs_events.1);
     scanner.set_exec_retention(args.exec_retention);
     let image_progress = crate::images::start(
         &args.images,

@@ -37,9 +37,9 @@ use crate::walk::FileSink;
 use crate::walk::{Candidate, RootResult, WalkConfig, Worker, REDIRECT_XATTR};
 use crate::MAX_CANDIDATES_PER_ROOT;
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -167,6 +167,13 @@ impl LayerTree {
     pub(crate) fn recheck_age(&self) -> Duration {
         self.checked_since.elapsed()
     }
+
+    /// Starts a new re-check round now (events were lost: whatever the current round already
+    /// listed may have changed unseen since).
+    pub(crate) fn restart_round(&mut self) {
+        self.round = self.round.wrapping_add(1);
+        self.round_started = Instant::now();
+    }
 }
 
 /// Counters of one pass over one layer, beside the worker's [`crate::FsStats`].
@@ -176,6 +183,8 @@ pub(crate) struct PassCounts {
     pub unchanged: u64,
     /// Directories listed (new, changed, unsettled or re-checked).
     pub listed: u64,
+    /// Directories listed only because an event named them (their times were unchanged).
+    pub by_event: u64,
 }
 
 /// The outcome of one pass over one layer.
@@ -197,12 +206,13 @@ pub(crate) struct Done {
 pub(crate) fn refresh(
     worker: &mut Worker,
     cfg: &WalkConfig<'_>,
-    path: &Path,
-    label: &str,
-    tree: Option<LayerTree>,
+    job: LayerJob,
     pass: Pass,
+    dirty: &HashSet<(u64, u64)>,
     total_dirs: &AtomicUsize,
 ) -> Refreshed {
+    let LayerJob { path, label, tree } = job;
+    let (path, label) = (path.as_path(), label.as_str());
     let mut result = RootResult::default();
     let opened = sys::open_root(path).and_then(|fd| Ok((sys::fstat(fd.as_fd())?, fd)));
     let (st, fd) = match opened {
@@ -251,6 +261,7 @@ pub(crate) fn refresh(
         added: 0,
         removed: 0,
         total_dirs,
+        dirty,
         layer_dirs: tree.dirs,
         chain: Vec::new(),
         sink: TreeSink {
@@ -326,6 +337,9 @@ struct Walker<'p, 'c> {
     added: usize,
     removed: usize,
     total_dirs: &'p AtomicUsize,
+    /// Directories `(dev, ino)` an event source says hold a changed inode
+    /// (`events.rs`): listed again although their times are unchanged.
+    dirty: &'p HashSet<(u64, u64)>,
     layer_dirs: usize,
     /// Inodes of the directories from the layer's root down to the one being visited: a
     /// subdirectory that is one of them (a bind-mount loop) is not entered, as in the full
@@ -391,6 +405,21 @@ fn unsettled(st: &Stat) -> bool {
 }
 
 impl Walker<'_, '_> {
+    /// An event named this directory of the layer (one hash lookup; the set is empty
+    /// without an event source).
+    fn is_named(&self, ino: u64) -> bool {
+        !self.dirty.is_empty() && self.dirty.contains(&(self.dev, ino))
+    }
+
+    /// [`Walker::is_named`], counted (once per directory visited).
+    fn named_by_event(&mut self, ino: u64) -> bool {
+        let named = self.is_named(ino);
+        if named {
+            self.counts.by_event += 1;
+        }
+        named
+    }
+
     /// Visits `node`, open as `fd` (stat'ed as `st`, before anything was read from it).
     fn visit(
         &mut self,
@@ -418,8 +447,10 @@ impl Walker<'_, '_> {
         rel: &mut Vec<u8>,
         depth: usize,
     ) -> Result<(), Fallback> {
-        let changed =
-            !node.listed || node.unsettled || (st.mtime, st.ctime) != (node.mtime, node.ctime);
+        let changed = !node.listed
+            || node.unsettled
+            || (st.mtime, st.ctime) != (node.mtime, node.ctime)
+            || self.named_by_event(st.ino);
         let due = node.round != self.round;
         let recheck = due && self.recheck_left.is_some_and(|left| left > 0);
         if (changed || recheck) && self.truncated.is_none() {
@@ -495,7 +526,8 @@ impl Walker<'_, '_> {
         }
         let changed = !child.listed
             || child.unsettled
-            || (cst.mtime, cst.ctime) != (child.mtime, child.ctime);
+            || (cst.mtime, cst.ctime) != (child.mtime, child.ctime)
+            || self.is_named(cst.ino);
         let due = child.round != self.round && self.recheck_left.is_some();
         if due && self.recheck_left == Some(0) {
             self.round_incomplete = true;
@@ -741,6 +773,7 @@ pub(crate) fn refresh_all(
     jobs: Vec<LayerJob>,
     cfg: &WalkConfig<'_>,
     pass: Pass,
+    dirty: &HashSet<(u64, u64)>,
     total_dirs: &AtomicUsize,
 ) -> (Vec<Refreshed>, Vec<Worker>) {
     let n = jobs.len();
@@ -762,15 +795,7 @@ pub(crate) fn refresh_all(
             let Some(job) = lock(&slots[i]).take() else {
                 continue;
             };
-            let out = refresh(
-                &mut worker,
-                cfg,
-                &job.path,
-                &job.label,
-                job.tree,
-                pass,
-                total_dirs,
-            );
+            let out = refresh(&mut worker, cfg, job, pass, dirty, total_dirs);
             *lock(&outcomes[i]) = Some(out);
         }
         worker

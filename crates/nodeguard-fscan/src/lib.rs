@@ -60,6 +60,7 @@
 //! could set it to hide image files.
 
 mod caps;
+mod events;
 mod examine;
 mod incremental;
 mod overlay;
@@ -68,6 +69,9 @@ mod sys;
 mod walk;
 
 pub use caps::{decode_file_capability, CapRevision, FileCaps};
+pub use events::{
+    mark as mark_fs_events, EventTotals, EventsError, FsEvents, Marks, DEFAULT_PENDING_DIRS,
+};
 pub use scanner::{FsScanner, DEFAULT_RECHECK_FILES};
 pub use walk::MAX_CANDIDATES_PER_ROOT;
 
@@ -156,6 +160,10 @@ pub struct FsStats {
     /// shows within this age. 0 for layers walked in full.
     #[serde(default)]
     pub recheck_age_seconds: u64,
+    /// The event source for writable layers ([`FsScanner::set_events`]): its state and
+    /// counters since it started.
+    #[serde(default)]
+    pub events: nodeguard_model::FsEventStats,
     /// Errors by kind: `walk_permission`, `walk_loop`, `walk_changed`, `walk_io`,
     /// `root_open`, `xattr_invalid`, `xattr_io`, `hash_too_large`, `hash_io`,
     /// `metacopy_unhashed`, `overlay_redirect`, `overlay_lookup`.
@@ -215,6 +223,7 @@ impl FsStats {
         stats.walks_truncated = self.walks_truncated;
         stats.fs_recheck_age_seconds = self.recheck_age_seconds;
         stats.fs_incremental_fallbacks = self.incremental_fallbacks;
+        stats.fs_events = self.events;
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`FsScanner`]: plans which roots to walk (each distinct image layer once, cached layers not
 //! at all), walks them in parallel, and composes each container's view.
 
+use crate::events::FsEvents;
 use crate::incremental::{self, LayerJob, LayerTree, Pass, Refreshed};
 use crate::overlay;
 use crate::sys;
@@ -9,7 +10,7 @@ use crate::walk::{self, Candidate, RootResult, WalkConfig, WalkRoot};
 use crate::{ContainerRoot, FsScanOutput, FsStats, Incomplete, RootSpec, WalkBudget};
 use nodeguard_hash::{Algorithms, DigestCache};
 use nodeguard_model::OverlayLayers;
-use nodeguard_model::{escape_path, FileEntry, Layer};
+use nodeguard_model::{escape_path, FileEntry, FsEventSource, FsEventStats, Layer};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,13 @@ pub struct FsScanner {
     incremental: bool,
     /// Entries per writable layer a full scan lists again although unchanged.
     recheck_files: u64,
+    /// The event source naming directories with changed inodes (`events.rs`), if any.
+    events: Option<FsEvents>,
+    events_source: FsEventSource,
+    /// Directories listed because an event named them, since the source started.
+    events_dirs_listed: u64,
+    /// Whether each writable layer is on a marked filesystem (found once per layer).
+    events_covered: HashMap<PathBuf, bool>,
 }
 
 /// Entries per writable layer a filesystem scan re-checks by default: a layer of up to this
@@ -96,6 +104,10 @@ impl FsScanner {
             uppers_too_big: HashSet::new(),
             incremental: true,
             recheck_files: DEFAULT_RECHECK_FILES,
+            events: None,
+            events_source: FsEventSource::Off,
+            events_dirs_listed: 0,
+            events_covered: HashMap::new(),
         }
     }
 
@@ -115,6 +127,17 @@ impl FsScanner {
     /// re-checked over several filesystem scans. At least 1.
     pub fn set_recheck_files(&mut self, files: u64) {
         self.recheck_files = files.max(1);
+    }
+
+    /// The event source for writable layers: with one, a directory it names is listed again
+    /// on the next pass although its times did not change (a `chmod u+s` on an existing file
+    /// is then seen by the next process scan), and lost events start a re-check round at
+    /// once. `source` is what the report says (`Unavailable` when it was asked for but could
+    /// not be had). Needs [`Self::set_incremental`] on (the default) to matter.
+    pub fn set_events(&mut self, source: FsEventSource, events: Option<FsEvents>) {
+        self.events_source = source;
+        self.events = events;
+        self.events_covered.clear();
     }
 
     fn forget_uppers(&mut self) {
@@ -140,6 +163,8 @@ impl FsScanner {
         });
         self.uppers_too_big
             .retain(|path| keep.contains(path.as_path()));
+        self.events_covered
+            .retain(|path, _| keep.contains(path.as_path()));
     }
 
     /// Digests to compute from the next scan on. Cached layers hashed with other digests are
@@ -194,6 +219,41 @@ impl FsScanner {
         (self.scan_roots(&covered, false), ids)
     }
 
+    /// Whether the event source watches the filesystem of writable layer `upper` (`true`
+    /// without a source); found once per layer, said once when not.
+    fn layer_watched(&mut self, upper: &Path, label: &str, warnings: &mut Vec<String>) -> bool {
+        let Some(events) = &self.events else {
+            return true;
+        };
+        if let Some(watched) = self.events_covered.get(upper) {
+            return *watched;
+        }
+        let watched = events.covers(upper);
+        if !watched {
+            warnings.push(format!(
+                "{label} is on a filesystem without a fanotify mark: a chmod or xattr change \
+                 on an existing file there is seen at the re-check only (--fs-events-paths)"
+            ));
+        }
+        self.events_covered.insert(upper.to_path_buf(), watched);
+        watched
+    }
+
+    fn event_stats(&self, unmarked_layers: u64) -> FsEventStats {
+        let totals = self
+            .events
+            .as_ref()
+            .map(FsEvents::totals)
+            .unwrap_or_default();
+        FsEventStats {
+            source: self.events_source,
+            events: totals.events,
+            dirs_listed: self.events_dirs_listed,
+            lost: totals.lost,
+            unmarked_layers,
+        }
+    }
+
     fn scan_roots(&mut self, roots: &[ContainerRoot], full: bool) -> FsScanOutput {
         if full {
             self.prune_uppers(&upper_dirs(roots));
@@ -201,6 +261,14 @@ impl FsScanner {
             self.uppers_too_big.clear();
         }
         let mut stats = FsStats::default();
+        // What the event source named since the last pass; a loss re-checks every layer now.
+        let changes = self.events.as_ref().map(FsEvents::take).unwrap_or_default();
+        if changes.lost {
+            for tree in self.uppers.values_mut() {
+                tree.restart_round();
+            }
+        }
+        let mut unmarked_layers = 0u64;
         // Writable layers brought up to date from their trees: (container index, path).
         let mut incremental_roots: Vec<(usize, PathBuf)> = Vec::new();
         let mut incremental_jobs: Vec<LayerJob> = Vec::new();
@@ -284,6 +352,9 @@ impl FsScanner {
                         );
                         let shared = incremental_roots.iter().any(|(_, p)| p == upper);
                         if self.incremental && !shared && !self.uppers_too_big.contains(upper) {
+                            if !self.layer_watched(upper, &label, &mut warnings) {
+                                unmarked_layers += 1;
+                            }
                             incremental_roots.push((ci, upper.clone()));
                             incremental_jobs.push(LayerJob {
                                 path: upper.clone(),
@@ -314,15 +385,20 @@ impl FsScanner {
         let mut refreshed: Vec<(usize, walk::RootResult)> = Vec::new();
         let mut suppressed_warnings = 0u64;
         if !incremental_jobs.is_empty() {
-            let pass = if full {
+            let pass = if full || changes.lost {
                 Pass::Recheck {
                     files: self.recheck_files,
                 }
             } else {
                 Pass::Changes
             };
-            let (outcomes, workers) =
-                incremental::refresh_all(incremental_jobs, &cfg, pass, &self.upper_dirs);
+            let (outcomes, workers) = incremental::refresh_all(
+                incremental_jobs,
+                &cfg,
+                pass,
+                &changes.dirs,
+                &self.upper_dirs,
+            );
             for w in workers {
                 stats.add(&w.stats);
                 for warning in w.warnings {
@@ -347,6 +423,7 @@ impl FsScanner {
                             stats.layers_incremental += 1;
                         }
                         stats.dirs_unchanged += counts.unchanged;
+                        self.events_dirs_listed += counts.by_event;
                         if let Some(tree) = tree {
                             let age = tree.recheck_age().as_secs();
                             stats.recheck_age_seconds = stats.recheck_age_seconds.max(age);
@@ -376,6 +453,7 @@ impl FsScanner {
                 }
             }
         }
+        stats.events = self.event_stats(unmarked_layers);
         let walked = walk::walk_roots(&walk_roots, &cfg);
         stats.add(&walked.stats);
         warnings.extend(walked.warnings);

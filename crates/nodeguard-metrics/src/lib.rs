@@ -38,6 +38,11 @@
 //! | `nodeguard_processes` | gauge | scope |
 //! | `nodeguard_containers` | gauge | |
 //! | `nodeguard_fs_recheck_age_seconds` | gauge | |
+//! | `nodeguard_fs_events_source` | gauge | source |
+//! | `nodeguard_fs_events_total` | counter | |
+//! | `nodeguard_fs_events_dirs_listed_total` | counter | |
+//! | `nodeguard_fs_events_lost_total` | counter | |
+//! | `nodeguard_fs_events_unmarked_layers` | gauge | |
 //! | `nodeguard_hashed_bytes_total` | counter | |
 //! | `nodeguard_hash_cache_hits_total` | counter | |
 //! | `nodeguard_hash_cache_misses_total` | counter | |

@@ -45,6 +45,7 @@ pub(crate) struct StateGauges {
     pub policy_weakened: Vec<&'static str>,
     pub exec: ExecEventStats,
     pub fs_recheck_age: u64,
+    pub fs_events: nodeguard_model::FsEventStats,
     /// Container processes by image verdict (in `ImageVerdict::NAMES` order), when image
     /// verification is on.
     pub image_verdicts: Option<[u64; 4]>,
@@ -113,6 +114,7 @@ fn state_gauges(state: &NodeState) -> StateGauges {
         policy_weakened: state.policy_weakened.clone(),
         exec: state.exec_events,
         fs_recheck_age: report.stats.fs_recheck_age_seconds,
+        fs_events: report.stats.fs_events,
         image_verdicts: image_verdicts(report),
     }
 }
@@ -457,6 +459,45 @@ fn encode_gauges(encoder: &mut DescriptorEncoder, g: &StateGauges) -> Result<(),
         "How long ago every entry of the containers' writable layers was last looked at, at the latest: a chmod or xattr change on an existing file there shows within this age (new, removed and renamed files within a process interval).",
         Some(&Unit::Seconds),
         g.fs_recheck_age,
+    )?;
+
+    let mut m = encoder.encode_descriptor(
+        "fs_events_source",
+        "1 for where a chmod or xattr change on an existing file of a writable layer is learnt of: fanotify (the next process scan), off or unavailable (the filesystem scan's re-check).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for source in nodeguard_model::FsEventSource::ALL {
+        let value = u64::from(g.fs_events.source == source);
+        ConstGauge::new(value).encode(m.encode_family(&[("source", source.as_str())])?)?;
+    }
+    counter(
+        encoder,
+        "fs_events",
+        "Attribute-change events read from fanotify since the agent started.",
+        None,
+        g.fs_events.events,
+    )?;
+    counter(
+        encoder,
+        "fs_events_dirs_listed",
+        "Directories of writable layers listed again because a fanotify event named them, since the agent started.",
+        None,
+        g.fs_events.dirs_listed,
+    )?;
+    counter(
+        encoder,
+        "fs_events_lost",
+        "Times fanotify events were lost since the agent started (queue overflow, too many directories between two scans, a read error); each starts a re-check of every writable layer at once.",
+        None,
+        g.fs_events.lost,
+    )?;
+    gauge(
+        encoder,
+        "fs_events_unmarked_layers",
+        "Writable layers on a filesystem without a fanotify mark while the event source runs: a chmod there is seen at the re-check only.",
+        None,
+        g.fs_events.unmarked_layers,
     )?;
 
     let mut m = encoder.encode_descriptor(

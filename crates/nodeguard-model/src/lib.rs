@@ -36,9 +36,9 @@ pub use random::SplitMix64;
 pub use redact::{redact_cmdline, REDACTED};
 pub use report::{
     short_id, Capabilities, CapabilityMasks, CapabilityName, CapabilitySet, CgroupDriver,
-    CgroupVersion, Confinement, Container, DeviceAccess, FileEntry, Ids, Layer, Limits, MountRef,
-    Namespaces, PodRef, Process, QosClass, Report, Runtime, ScanStats, Script, SeccompMode,
-    Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
+    CgroupVersion, Confinement, Container, DeviceAccess, FileEntry, FsEventSource, FsEventStats,
+    Ids, Layer, Limits, MountRef, Namespaces, PodRef, Process, QosClass, Report, Runtime,
+    ScanStats, Script, SeccompMode, Timestamp, SCHEMA_VERSION, SHORT_ID_LEN,
 };
 pub use rootfs::{OverlayLayers, RootFs};
 pub use state::{

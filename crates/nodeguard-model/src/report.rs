@@ -513,8 +513,56 @@ pub struct ScanStats {
     /// Writable layers walked in full because their directory cache would pass its bound.
     #[serde(default)]
     pub fs_incremental_fallbacks: u64,
+    /// The writable-layer event source (`--fs-events`, docs/writable-layers.md).
+    #[serde(default)]
+    pub fs_events: FsEventStats,
     /// Errors by kind (`hash`, `cgroup`, `mountinfo`, `walk`, ...).
     pub errors: BTreeMap<String, u64>,
+}
+
+/// Where a `chmod`/xattr change on an existing file of a writable layer is learnt of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsEventSource {
+    /// No event source (`--fs-events off`): the filesystem scan's re-check finds it.
+    #[default]
+    Off,
+    /// fanotify marks on the filesystems holding the layers: the next process scan finds it.
+    Fanotify,
+    /// Asked for, but it could not be had (no `CAP_SYS_ADMIN`, nothing markable): as `off`.
+    Unavailable,
+}
+
+impl FsEventSource {
+    pub const ALL: [FsEventSource; 3] = [
+        FsEventSource::Off,
+        FsEventSource::Fanotify,
+        FsEventSource::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsEventSource::Off => "off",
+            FsEventSource::Fanotify => "fanotify",
+            FsEventSource::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The writable-layer event source: its state, counters since the agent started, and the
+/// layers it does not watch now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsEventStats {
+    pub source: FsEventSource,
+    /// Attribute-change events read from the kernel.
+    pub events: u64,
+    /// Directories of writable layers listed again because an event named them.
+    pub dirs_listed: u64,
+    /// Times events were lost (queue overflow, too many directories between two scans, a
+    /// read error); each starts a re-check round of every writable layer at once.
+    pub lost: u64,
+    /// Writable layers on a filesystem without a mark (seen at the re-check only).
+    pub unmarked_layers: u64,
 }
 
 impl ScanStats {

@@ -414,8 +414,17 @@ pub fn drop_net_admin() -> io::Result<bool> {
 /// `CAP_SYS_NICE`'s number.
 const CAP_SYS_NICE: u32 = 23;
 
-/// [`drop_net_admin`] for capability number `cap` (below 32).
-fn drop_capability(cap: u32) -> io::Result<bool> {
+/// `CAP_SYS_ADMIN`'s number (for [`drop_capability`]: the writable-layer event source needs
+/// it only to mark filesystems at start).
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// Removes capability `cap` (below 32) from the calling thread's effective, permitted and
+/// inheritable sets, as [`drop_net_admin`] does for `CAP_NET_ADMIN`; `Ok(true)` when it
+/// was held.
+pub fn drop_capability(cap: u32) -> io::Result<bool> {
+    if cap >= 32 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,

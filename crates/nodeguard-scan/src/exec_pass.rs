@@ -581,6 +581,7 @@ impl Scanner {
             walks_truncated: base.stats.walks_truncated,
             fs_recheck_age_seconds: base.stats.fs_recheck_age_seconds,
             fs_incremental_fallbacks: base.stats.fs_incremental_fallbacks,
+            fs_events: base.stats.fs_events,
             ..pass_stats
         };
         let mut all_warnings = base.warnings.clone();

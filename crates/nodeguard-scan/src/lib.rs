@@ -245,6 +245,17 @@ impl Scanner {
         self.options.exec_retention = retention;
     }
 
+    /// The event source for writable layers (`--fs-events`): see
+    /// [`nodeguard_fscan::FsScanner::set_events`].
+    pub fn set_fs_events(
+        &mut self,
+        source: nodeguard_model::FsEventSource,
+        events: Option<nodeguard_fscan::FsEvents>,
+    ) {
+        self.filesystems.set_events(source, events);
+        self.last_fs_stats.events.source = source;
+    }
+
     /// Swaps the policy used from the next scan on (SIGHUP reload).
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.policy = policy;
@@ -487,6 +498,7 @@ impl Scanner {
         }
         self.last_fs_stats.recheck_age_seconds = output.stats.recheck_age_seconds;
         self.last_fs_stats.incremental_fallbacks = output.stats.incremental_fallbacks;
+        self.last_fs_stats.events = output.stats.events;
         output.stats.add_walk_to(stats);
         warnings.extend(output.warnings);
         let covered: BTreeSet<&str> = covered.iter().map(String::as_str).collect();

@@ -371,6 +371,7 @@ pub fn node_state(node: &str) -> NodeState {
             walks_truncated: 0,
             fs_recheck_age_seconds: 0,
             fs_incremental_fallbacks: 0,
+            fs_events: Default::default(),
             errors: errors.clone(),
         },
         warnings: vec!["pid 5001: executable vanished while hashing".into()],
