@@ -231,15 +231,7 @@ impl Holder {
     pub fn grab(&self, pid: i32, exec_ns: u64) -> Result<Grip, Unheld> {
         self.try_grab(pid, exec_ns)
             .inspect_err(|(reason, step)| {
-                self.stats.count(*reason);
-                tracing::debug!(
-                    pid,
-                    ?reason,
-                    step,
-                    late_us = late_us(exec_ns),
-                    comm = %self.comm(pid).unwrap_or_default(),
-                    "exec'd process not held"
-                );
+                self.count_unheld(pid, exec_ns, *reason, step, "exec'd process not held")
             })
             .map_err(|(reason, _)| reason)
     }
@@ -254,14 +246,12 @@ impl Holder {
                 Ok(held)
             }
             Err((reason, step)) => {
-                self.stats.count(reason);
-                tracing::debug!(
+                self.count_unheld(
                     pid,
-                    ?reason,
+                    exec_ns,
+                    reason,
                     step,
-                    late_us = late_us(exec_ns),
-                    comm = %self.comm(pid).unwrap_or_default(),
-                    "exec'd process grabbed, not held"
+                    "exec'd process grabbed, not held",
                 );
                 Err(reason)
             }
@@ -270,6 +260,20 @@ impl Holder {
 
     /// `comm` of `pid` if it can still be read (a zombie's can), for the debug log of a
     /// failed hold only.
+    /// Counts a hold that failed at `step` and says so in the debug log, with how late after
+    /// the exec it came and the process's name while it can still be read.
+    fn count_unheld(&self, pid: i32, exec_ns: u64, reason: Unheld, step: &str, what: &str) {
+        self.stats.count(reason);
+        tracing::debug!(
+            pid,
+            ?reason,
+            step,
+            late_us = late_us(exec_ns),
+            comm = %self.comm(pid).unwrap_or_default(),
+            "{what}"
+        );
+    }
+
     fn comm(&self, pid: i32) -> Option<String> {
         let fd = openat(
             self.proc_fd.as_fd(),
