@@ -175,21 +175,22 @@ pub fn start(
 /// process pass names every container's image to the indexer, and this waits (at most
 /// `wait`) until every image is indexed or found unverifiable, so the scan that follows
 /// judges from finished indexes. Layer indexes under `state_dir` (the agent's) are reused
-/// and new ones kept there. Images not indexed by then stay `unverifiable: indexing`.
+/// and new ones kept there. Images not indexed by then stay `unverifiable: indexing`. Returns
+/// what the process pass hashed, for the report of the scan that follows ([`PrePass`]).
 pub fn prepare_scan(
     scanner: &mut Scanner,
     args: &ImageArgs,
     state_dir: Option<&Path>,
     sha512: bool,
     wait: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PrePass> {
     let host_root = scanner.options().collect.host_root.clone();
     let Some((judge, indexes)) = indexer(args, &host_root, state_dir, sha512) else {
-        return Ok(());
+        return Ok(PrePass::default());
     };
     scanner.set_image_judge(judge);
     let started = std::time::Instant::now();
-    scanner
+    let first = scanner
         .scan(ScanScope::Processes, &NoPods)
         .context("scan failed")?;
     let mut progress = indexes.progress();
@@ -213,7 +214,31 @@ pub fn prepare_scan(
             "image layers indexed"
         );
     }
-    Ok(())
+    Ok(PrePass {
+        files_hashed: first.stats.files_hashed,
+        bytes_hashed: first.stats.bytes_hashed,
+        hash_cache_misses: first.stats.hash_cache_misses,
+    })
+}
+
+/// What the process pass that named the images hashed, so the one-shot scan's report counts
+/// the reading the command did: the reported scan finds those digests in the cache, and
+/// without this it would say nothing was read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrePass {
+    files_hashed: u64,
+    bytes_hashed: u64,
+    hash_cache_misses: u64,
+}
+
+impl PrePass {
+    /// Moves the pass's reads into `stats`: its misses were hits of the reported scan.
+    pub fn count_in(&self, stats: &mut nodeguard_model::ScanStats) {
+        stats.files_hashed += self.files_hashed;
+        stats.bytes_hashed += self.bytes_hashed;
+        stats.hash_cache_misses += self.hash_cache_misses;
+        stats.hash_cache_hits = stats.hash_cache_hits.saturating_sub(self.hash_cache_misses);
+    }
 }
 
 /// `nodeguard-image`'s indexer as the scan sees it.

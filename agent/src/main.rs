@@ -106,7 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => Policy::default(),
             };
             let mut scanner = build_scanner(&args.settings, policy);
-            images::prepare_scan(
+            let pre_pass = images::prepare_scan(
                 &mut scanner,
                 &args.images,
                 args.state_dir.as_deref(),
@@ -121,7 +121,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ScanScope::ProcessesAndFilesystems
             };
-            let report = scanner.scan(scope, &NoPods).context("scan failed")?;
+            let mut report = scanner.scan(scope, &NoPods).context("scan failed")?;
+            pre_pass.count_in(&mut report.stats);
             for warning in &report.warnings {
                 tracing::debug!(%warning, "scan warning");
             }
