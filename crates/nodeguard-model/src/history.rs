@@ -5,7 +5,10 @@
 //! process an exec-driven pass reads is recorded here as an [`ExecObservation`] (the process
 //! as read, its pod, the findings it raised then), and `GET /v1/execs?since=10m` answers
 //! from it. The history is bounded in entries, bytes and age; what the caps push out is
-//! counted ([`ExecHistoryStats::dropped`]), never silently lost.
+//! counted ([`ExecHistoryStats::dropped`]), never silently lost. The caps push out the oldest
+//! observation that raised no finding first: a container exec'ing `true` a hundred times a
+//! second cannot flush a dropped binary's observation out of the history within seconds. An
+//! observation with findings goes to the caps only when none without is left.
 
 use crate::{Finding, PodRef, Process, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -100,9 +103,30 @@ pub struct ExecHistory {
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: VecDeque<(ExecObservation, usize)>,
+    /// Observations that raised a finding, oldest first.
+    flagged: VecDeque<(ExecObservation, usize)>,
+    /// Observations that raised none, oldest first: what the caps push out first.
+    quiet: VecDeque<(ExecObservation, usize)>,
     bytes: usize,
     dropped: u64,
+}
+
+impl Inner {
+    fn len(&self) -> usize {
+        self.flagged.len() + self.quiet.len()
+    }
+
+    /// Pushes out the oldest quiet observation, else the oldest flagged one (counted).
+    fn push_out_one(&mut self) {
+        let out = match self.quiet.pop_front() {
+            Some(entry) => Some(entry),
+            None => self.flagged.pop_front(),
+        };
+        if let Some((_, size)) = out {
+            self.bytes -= size;
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
 }
 
 impl Default for ExecHistory {
@@ -141,9 +165,9 @@ impl ExecHistory {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds an observation, pushing out the oldest past the caps (counted) and those past
-    /// the age limit (not counted: they would have gone anyway). One larger than the whole
-    /// byte cap is not kept (counted).
+    /// Adds an observation, pushing out the oldest past the caps (counted; those that raised
+    /// no finding first) and those past the age limit (not counted: they would have gone
+    /// anyway). One larger than the whole byte cap is not kept (counted).
     pub fn record(&self, observation: ExecObservation) {
         let size = observation.approx_bytes();
         let now = observation.observed_at;
@@ -153,30 +177,36 @@ impl ExecHistory {
             inner.dropped = inner.dropped.saturating_add(1);
             return;
         }
-        while !inner.entries.is_empty()
-            && (inner.entries.len() >= self.max_entries || inner.bytes + size > self.max_bytes)
+        while inner.len() > 0
+            && (inner.len() >= self.max_entries || inner.bytes + size > self.max_bytes)
         {
-            if let Some((_, old)) = inner.entries.pop_front() {
-                inner.bytes -= old;
-                inner.dropped = inner.dropped.saturating_add(1);
-            }
+            inner.push_out_one();
         }
         inner.bytes += size;
-        inner.entries.push_back((observation, size));
+        if observation.findings.is_empty() {
+            inner.quiet.push_back((observation, size));
+        } else {
+            inner.flagged.push_back((observation, size));
+        }
     }
 
     fn expire(&self, inner: &mut Inner, now: Timestamp) {
-        while let Some((front, size)) = inner.entries.front() {
-            let age = now
-                .0
-                .duration_since(front.observed_at.0)
-                .unwrap_or_default();
-            if age <= self.max_age {
-                break;
+        let max_age = self.max_age;
+        let mut expired = 0;
+        for queue in [&mut inner.flagged, &mut inner.quiet] {
+            while let Some((front, size)) = queue.front() {
+                let age = now
+                    .0
+                    .duration_since(front.observed_at.0)
+                    .unwrap_or_default();
+                if age <= max_age {
+                    break;
+                }
+                expired += *size;
+                queue.pop_front();
             }
-            inner.bytes -= *size;
-            inner.entries.pop_front();
         }
+        inner.bytes -= expired;
     }
 
     /// The observations made at or after `since`, oldest first, that `keep` accepts.
@@ -188,19 +218,41 @@ impl ExecHistory {
     ) -> Vec<ExecObservation> {
         let mut inner = self.lock();
         self.expire(&mut inner, now);
-        inner
-            .entries
-            .iter()
-            .map(|(o, _)| o)
-            .filter(|o| o.observed_at >= since && keep(o))
-            .cloned()
-            .collect()
+        let wanted = |queue: &VecDeque<(ExecObservation, usize)>| -> Vec<ExecObservation> {
+            queue
+                .iter()
+                .map(|(o, _)| o)
+                .filter(|o| o.observed_at >= since && keep(o))
+                .cloned()
+                .collect()
+        };
+        let (flagged, quiet) = (wanted(&inner.flagged), wanted(&inner.quiet));
+        drop(inner);
+        // Each queue is in the order recorded; one merge puts the two back into it.
+        let mut out = Vec::with_capacity(flagged.len() + quiet.len());
+        let (mut flagged, mut quiet) =
+            (flagged.into_iter().peekable(), quiet.into_iter().peekable());
+        loop {
+            let take_flagged = match (flagged.peek(), quiet.peek()) {
+                (Some(f), Some(q)) => f.observed_at <= q.observed_at,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if take_flagged {
+                flagged.next()
+            } else {
+                quiet.next()
+            };
+            out.extend(next);
+        }
+        out
     }
 
     pub fn stats(&self) -> ExecHistoryStats {
         let inner = self.lock();
         ExecHistoryStats {
-            entries: inner.entries.len(),
+            entries: inner.len(),
             bytes: inner.bytes,
             dropped: inner.dropped,
             max_entries: self.max_entries,
@@ -271,5 +323,49 @@ mod tests {
         assert!(empty.is_empty());
         assert_eq!(h.stats().entries, 0);
         assert_eq!(h.stats().dropped, 19);
+    }
+
+    /// A busy container exec'ing harmless commands cannot flush out the observation of a
+    /// process that raised a finding: the caps take the quiet ones first, and only when
+    /// none is left the oldest flagged one. Listing stays in the order recorded.
+    #[test]
+    fn a_flood_of_quiet_execs_pushes_out_quiet_ones_before_a_flagged_one() {
+        let t0 = SystemTime::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let flagged = |pid: i32, s: u64| {
+            let mut o = observation(pid, at(s), 10);
+            o.findings.push(crate::Finding::new(
+                crate::FindingKind::BinaryDrift,
+                crate::Severity::High,
+                None,
+                "/tmp/dropped",
+                "dropped",
+            ));
+            o
+        };
+        let h = ExecHistory::new(4, 1_000_000, Duration::from_secs(3600));
+        h.record(observation(1, at(1), 10));
+        h.record(flagged(2, 2));
+        for pid in 3..=100 {
+            h.record(observation(pid, at(pid as u64), 10));
+        }
+        let pids = |h: &ExecHistory| -> Vec<i32> {
+            h.since(Timestamp(t0), Timestamp(at(100)), |_| true)
+                .iter()
+                .map(|o| o.process.pid)
+                .collect()
+        };
+        assert_eq!(
+            pids(&h),
+            [2, 98, 99, 100],
+            "the flagged one stays, in time order"
+        );
+        assert_eq!(h.stats().dropped, 96);
+        // Only flagged ones left: the oldest of them goes.
+        for pid in 101..=104 {
+            h.record(flagged(pid, pid as u64));
+        }
+        assert_eq!(pids(&h), [101, 102, 103, 104]);
+        assert_eq!(h.stats().dropped, 100);
     }
 }
