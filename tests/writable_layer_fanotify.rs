@@ -135,6 +135,19 @@ fn wait_first_fs_scan(agent: &Agent, c: &Container) {
     support::wait_for("the first filesystem scan", Duration::from_secs(60), || {
         reported_setuid(agent, &c.id)
     });
+    // Then two process scans more (one of them whole), so the layer's tree is kept and a
+    // change after this point is one the walk alone cannot see (on a loaded machine the first
+    // process scans may still be building it).
+    let processes = "nodeguard_scans_total{scan_type=\"processes\",result=\"success\"}";
+    let before = agent.metric(processes).unwrap_or(0.0);
+    support::wait_for("two more process scans", Duration::from_secs(60), || {
+        let now = agent.metric(processes).unwrap_or(0.0);
+        if now >= before + 2.0 {
+            Ok(())
+        } else {
+            Err(format!("{now} process scans"))
+        }
+    });
 }
 
 #[test]
