@@ -104,6 +104,7 @@ fn exec_feed(
         }
     };
     let hold_stats = holder.as_ref().map(|h| h.stats());
+    let kept_mount_namespaces = holder.as_ref().map(|h| h.kept_mount_namespaces_slot());
     let started = nodeguard_procevents::start_holding(options, HoldExecs(holder));
     match started {
         Ok(events) => {
@@ -124,6 +125,7 @@ fn exec_feed(
                 receiver: events.receiver,
                 stats: events.stats,
                 hold_stats,
+                kept_mount_namespaces,
             })
         }
         Err(e) => {

@@ -556,7 +556,7 @@ pub(crate) fn collect_held(
             reuse.dirs.clear();
             reuse.dirs.extend(held.into_iter().map(|d| (d.pid, d)));
             let facts = ExecFacts {
-                roots,
+                roots: &roots.0,
                 host: host.as_ref(),
                 known,
             };

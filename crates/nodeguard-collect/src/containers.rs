@@ -101,7 +101,13 @@ pub(crate) fn build_containers(
     skip: &(dyn Fn(&str) -> bool + Sync),
     log: &mut Log,
 ) -> Vec<Container> {
-    let layout = detect_layout(&opts.cgroup_root);
+    // Only containers built here need the layout: an exec read whose containers are all
+    // known (skipped) costs no look at the cgroup root (several `stat`s on cgroup v1).
+    let needed = seeds.keys().any(|id| !skip(id));
+    let layout = match needed {
+        true => detect_layout(&opts.cgroup_root),
+        false => CgroupLayout::Unknown,
+    };
     let mut readers: Vec<LimitsReader> = kept
         .iter_mut()
         .map(|k| {
@@ -114,7 +120,7 @@ pub(crate) fn build_containers(
         })
         .collect();
     let layout_known = layout != CgroupLayout::Unknown;
-    if !layout_known && !seeds.is_empty() {
+    if !layout_known && needed {
         log.error(
             "cgroup",
             format!(
@@ -128,7 +134,7 @@ pub(crate) fn build_containers(
     } = &layout
     {
         for (name, dir) in [("memory", memory), ("cpu", cpu), ("pids", pids)] {
-            if dir.is_none() && !seeds.is_empty() {
+            if dir.is_none() && needed {
                 log.warn(format!(
                     "cgroup root {} has no {name} hierarchy: {name} limits are unknown",
                     opts.cgroup_root.display()

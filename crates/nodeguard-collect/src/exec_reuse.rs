@@ -11,7 +11,7 @@
 //! - Where an executable was found in its container's layers is kept across exec reads
 //!   (bounded), keyed like the full pass's cache by the running file.
 
-use crate::mount_roots::MountRoots;
+use crate::mount_roots::{KeptMountNamespaces, MountRoots};
 use crate::pass::Reuse;
 use nodeguard_model::{Container, Namespaces};
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ pub(crate) struct ExecReuse {
     /// The per-pass state of exec reads: its layer lookups and limit files persist; the
     /// handles and processes of a read are dropped after it.
     pub(crate) reuse: Reuse,
-    pub(crate) roots: Mutex<MountRoots>,
+    pub(crate) roots: KeptMountNamespaces,
     /// `cap_last_cap` and pid 1's namespaces as the last full pass read them.
     pub(crate) host: Option<(u32, Namespaces)>,
     /// The containers of the last full pass, by id.
@@ -44,7 +44,7 @@ impl Default for ExecReuse {
     fn default() -> ExecReuse {
         ExecReuse {
             reuse: Reuse::new(1),
-            roots: Mutex::new(MountRoots::default()),
+            roots: KeptMountNamespaces::default(),
             host: None,
             known: HashMap::new(),
         }
@@ -66,6 +66,7 @@ impl ExecReuse {
             .map(|c| (c.id.clone(), c.clone()))
             .collect();
         self.roots
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .forget_unused();
@@ -74,6 +75,7 @@ impl ExecReuse {
     /// `mountinfo` tables parsed by exec reads so far.
     pub(crate) fn mountinfo_parses(&self) -> u64 {
         self.roots
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .parses()

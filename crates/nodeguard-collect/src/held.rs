@@ -12,7 +12,10 @@
 //! - the small files the collector parses and that are gone once the process is reaped:
 //!   `stat`, `status`, `cmdline`, `cgroup`, the `exe`, `cwd` and `ns/*` links, and
 //!   `mountinfo` when the process has a mount namespace other than the host's (a
-//!   container's root and writable mounts, for the executable's layer).
+//!   container's root and writable mounts, for the executable's layer) and not one the
+//!   collector already keeps the root of ([`Holder::kept_mount_namespaces_slot`]): the
+//!   processes of a container share its namespace, so its table is copied for the first
+//!   exec in it, not for each (the kept file reads the table after the process exited).
 //!
 //! The collector then reads the process from what was held ([`crate::collect_held`]) as it
 //! reads any other, and the scan hashes the held executable.
@@ -29,6 +32,7 @@
 //! a pid cycling through `pid_max` that fast is not a real node's case.
 
 use crate::layer::identity_of;
+use crate::mount_roots::KeptMountNamespaces;
 use crate::process::{parse_stat, read_into, Captured, PidDir, CMDLINE_MAX};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
@@ -40,7 +44,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Processes held at once by default: two descriptors each.
 pub const HOLD_BUDGET_DEFAULT: usize = 256;
@@ -128,6 +132,8 @@ pub struct Holder {
     /// The `ns/mnt` link of pid 1: a process showing it has the host's mount table, which is
     /// not captured (the collector falls back to reading it, as for any host process).
     host_mnt: Option<Vec<u8>>,
+    /// The namespaces the collector keeps roots for, once the daemon has a collector.
+    kept: Arc<OnceLock<KeptMountNamespaces>>,
     tick_ns: u64,
 }
 
@@ -187,7 +193,10 @@ impl Holder {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
+        // Where pid 1 is hidden from the agent (a sandbox), its own namespace stands in: at
+        // worst a namespace's table is copied per exec, as for a container.
         let host_mnt = readlinkat(proc_fd.as_fd(), "1/ns/mnt")
+            .or_else(|_| readlinkat(proc_fd.as_fd(), "self/ns/mnt"))
             .ok()
             .map(|t| t.as_bytes().to_vec());
         // SAFETY: sysconf has no preconditions.
@@ -202,8 +211,16 @@ impl Holder {
             budget,
             stats: Arc::new(HoldStats::default()),
             host_mnt,
+            kept: Arc::default(),
             tick_ns,
         })
+    }
+
+    /// Where to put the collector's [`KeptMountNamespaces`] once it exists (the holder runs
+    /// from before): from then on a process in a namespace the collector keeps the root of
+    /// is held without a copy of its `mountinfo`.
+    pub fn kept_mount_namespaces_slot(&self) -> Arc<OnceLock<KeptMountNamespaces>> {
+        Arc::clone(&self.kept)
     }
 
     /// The counters, shared with whoever reports them.
@@ -387,7 +404,11 @@ impl Holder {
             }
         }
         let mnt = links.iter().find(|(n, _)| *n == "ns/mnt").map(|(_, t)| t);
-        if mnt.is_none() || mnt != self.host_mnt.as_ref() {
+        let kept = mnt
+            .and_then(|t| ns_inode(t))
+            .zip(self.kept.get())
+            .is_some_and(|(ns, kept)| kept.contains(ns));
+        if !kept && (mnt.is_none() || mnt != self.host_mnt.as_ref()) {
             // Best effort: without it the collector reads the mount table itself.
             let _ = read("mountinfo", MOUNTINFO_MAX, false, &mut files);
         }
@@ -400,6 +421,13 @@ impl Holder {
             captured,
         })
     }
+}
+
+/// The inode of a namespace link's target (`mnt:[4026531840]`).
+fn ns_inode(target: &[u8]) -> Option<u64> {
+    let open = target.iter().position(|b| *b == b'[')?;
+    let inner = target.get(open + 1..target.len().checked_sub(1)?)?;
+    std::str::from_utf8(inner).ok()?.parse().ok()
 }
 
 /// A process grabbed ([`Holder::grab`]) and not yet [`Holder::finish`]ed: its `/proc/PID`
@@ -513,6 +541,75 @@ mod tests {
             want.display()
         );
         assert_eq!(holder.stats().held(), 1);
+    }
+
+    /// A process in a container's mount namespace is held with a copy of its mount table
+    /// until the collector keeps that namespace's root; from then on its execs are held
+    /// without one (the table is not read per exec), and the inode is what decides.
+    #[test]
+    fn a_mount_table_the_collector_keeps_is_not_copied_again_at_each_hold() {
+        use std::os::unix::fs::MetadataExt;
+        let Some(mut child) = crate::mount_roots::tests::own_mount_namespace() else {
+            return;
+        };
+        let pid = child.id() as i32;
+        let proc = format!("/proc/{pid}");
+        let own = std::fs::metadata("/proc/self/ns/mnt").unwrap().ino();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let ns = loop {
+            let ns = std::fs::metadata(format!("{proc}/ns/mnt")).unwrap().ino();
+            if ns != own {
+                break ns;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare -m did not take effect"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let copied =
+            |held: &HeldProcess| held.captured.files.iter().any(|(n, _)| *n == "mountinfo");
+        let holder = holder(4);
+        let held = holder.hold(pid, monotonic_ns()).expect("held");
+        assert!(
+            copied(&held),
+            "a namespace nobody keeps: its table is copied"
+        );
+        drop(held);
+
+        let kept = KeptMountNamespaces::default();
+        assert!(holder
+            .kept_mount_namespaces_slot()
+            .set(kept.clone())
+            .is_ok());
+        let held = holder.hold(pid, monotonic_ns()).expect("held");
+        assert!(copied(&held), "set, but this namespace is not kept yet");
+        drop(held);
+
+        let file = File::open(format!("{proc}/mountinfo")).unwrap();
+        let table = std::fs::read(format!("{proc}/mountinfo")).unwrap();
+        kept.0
+            .lock()
+            .unwrap()
+            .parse_and_keep(Some(ns), Some(file), &table);
+        assert!(kept.contains(ns));
+        let held = holder.hold(pid, monotonic_ns()).expect("held");
+        assert!(!copied(&held), "a kept namespace's table was copied again");
+        assert!(
+            held.captured.files.iter().any(|(n, _)| *n == "status"),
+            "the rest is still held"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_namespace_link_names_its_inode() {
+        assert_eq!(ns_inode(b"mnt:[4026531840]"), Some(4026531840));
+        assert_eq!(ns_inode(b"mnt:[]"), None);
+        assert_eq!(ns_inode(b"mnt:"), None);
+        assert_eq!(ns_inode(b"["), None);
+        assert_eq!(ns_inode(b""), None);
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub use collect::{resolve_host_root, DEFAULT_CAP_LAST_CAP};
 pub use error::Error;
 pub use layer::FileIdentity;
 pub use limits::{detect_layout, CgroupLayout, LimitsReader};
+pub use mount_roots::KeptMountNamespaces;
 pub use mountinfo::{container_root, parse_mountinfo};
 pub use pass::PassPhases;
 
@@ -209,6 +210,12 @@ impl Collector {
     /// pass and never read the short way.
     pub fn set_dir_budget(&mut self, handles: usize) {
         self.reuse.set_dir_budget(handles);
+    }
+
+    /// The mount namespaces exec reads keep roots for, to share with the exec holder
+    /// ([`held::Holder::kept_mount_namespaces_slot`]).
+    pub fn kept_mount_namespaces(&self) -> KeptMountNamespaces {
+        self.exec.roots.clone()
     }
 
     /// `/proc/PID` handles kept open now.

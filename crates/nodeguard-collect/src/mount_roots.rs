@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 
 /// Namespaces kept at most; past it the cache starts over (each namespace is read again
 /// once). About one per container.
@@ -105,6 +106,23 @@ impl MountRoots {
     }
 }
 
+/// The mount namespaces whose roots exec reads keep, shared with the exec holder
+/// ([`crate::held::Holder::kept_mount_namespaces_slot`]): a held process in one of them
+/// needs no copy of its `mountinfo` (the kept file reads the namespace's table even after
+/// the process exited), which saves reading a container's whole mount table per exec.
+#[derive(Debug, Clone, Default)]
+pub struct KeptMountNamespaces(pub(crate) Arc<Mutex<MountRoots>>);
+
+impl KeptMountNamespaces {
+    /// Whether the namespace with inode `ns` is kept; `false` while the collector holds the
+    /// lock (the caller then copies the table: never waits on the collector).
+    pub fn contains(&self, ns: u64) -> bool {
+        self.0
+            .try_lock()
+            .is_ok_and(|roots| roots.kept.contains_key(&ns))
+    }
+}
+
 /// Whether the namespace's mount table changed since `file` was opened, read or last polled
 /// (`POLLPRI`/`POLLERR` from procfs). A poll that fails counts as a change: read again.
 fn changed(file: &File) -> bool {
@@ -119,7 +137,7 @@ fn changed(file: &File) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
     use std::process::{Child, Command, Stdio};
@@ -127,7 +145,7 @@ mod tests {
 
     /// A process in a mount namespace of its own (`unshare -m` needs root). Without root or
     /// `unshare` the test says why it skips; with CI=true it fails instead.
-    fn own_mount_namespace() -> Option<Child> {
+    pub(crate) fn own_mount_namespace() -> Option<Child> {
         let why = if !nix::unistd::Uid::effective().is_root() {
             "not root"
         } else {

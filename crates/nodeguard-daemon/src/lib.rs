@@ -30,7 +30,9 @@ use nodeguard_model::{
 use nodeguard_policy::Policy;
 pub use nodeguard_procevents::Stats as ExecFeedStats;
 use nodeguard_scan::{Collector, ScanScope, Scanner};
-pub use nodeguard_scan::{Grip, HeldProcess, HoldStats, Holder, HOLD_BUDGET_DEFAULT};
+pub use nodeguard_scan::{
+    Grip, HeldProcess, HoldStats, Holder, KeptMountNamespaces, HOLD_BUDGET_DEFAULT,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,6 +101,9 @@ pub struct ExecFeed {
     pub receiver: mpsc::Receiver<ExecEvent>,
     pub stats: Arc<ExecFeedStats>,
     pub hold_stats: Option<Arc<HoldStats>>,
+    /// The holder's slot for the collector's kept mount namespaces
+    /// ([`Holder::kept_mount_namespaces_slot`]), filled when the daemon runs.
+    pub kept_mount_namespaces: Option<Arc<std::sync::OnceLock<KeptMountNamespaces>>>,
 }
 
 /// How long the loop gathers further execs after the first of a batch.
@@ -309,6 +314,13 @@ impl Daemon {
         // loss is passed on, so its scans may skip re-checking what only an exec changes.
         let collector = scanner.collector();
         collector.watch_execs(exec_feed.is_some());
+        if let Some(slot) = exec_feed
+            .as_ref()
+            .and_then(|f| f.kept_mount_namespaces.as_ref())
+        {
+            // The holder copies no mount table of a namespace this collector keeps.
+            let _ = slot.set(collector.kept_mount_namespaces());
+        }
         collector.set_full_read_every_watched(full_read_passes_watched(schedule.interval));
         Running {
             scanner: Some(scanner),

@@ -58,6 +58,9 @@ pub(crate) struct ExecPasses {
     /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
     /// its entry), with their container as read then.
     retained: BTreeMap<i32, Retained>,
+    /// The retained reads by age (`read_at`, pid), oldest first: the bound drops the oldest
+    /// without sorting the whole set at each exec once it is full.
+    by_age: BTreeSet<(Instant, i32)>,
     /// Every exec-read process as it was read, for `--since` queries (bounded; shared with
     /// the API).
     history: Arc<ExecHistory>,
@@ -123,6 +126,7 @@ impl Default for ExecPasses {
     fn default() -> ExecPasses {
         ExecPasses {
             retained: BTreeMap::new(),
+            by_age: BTreeSet::new(),
             history: Arc::new(ExecHistory::default()),
             pending: None,
             held_back: BTreeMap::new(),
@@ -178,13 +182,7 @@ impl ExecPasses {
                     .cloned()
                     .collect(),
             });
-            self.retained.insert(
-                p.pid,
-                Retained {
-                    process: p.clone(),
-                    read_at: now,
-                },
-            );
+            self.retain(p.clone(), now);
         }
         self.bound_retained(&mut stats, &mut warnings);
         let pending = self.pending.get_or_insert_with(PendingExecs::default);
@@ -208,6 +206,22 @@ impl ExecPasses {
         }
         pending.stats = merge_stats(std::mem::take(&mut pending.stats), stats);
         pending.warnings.extend(warnings);
+    }
+
+    /// Retains `process` read at `now`, in place of an earlier read of its pid (O(log n)).
+    fn retain(&mut self, process: Process, now: Instant) {
+        let pid = process.pid;
+        let before = self.retained.insert(
+            pid,
+            Retained {
+                process,
+                read_at: now,
+            },
+        );
+        if let Some(before) = before {
+            self.by_age.remove(&(before.read_at, pid));
+        }
+        self.by_age.insert((now, pid));
     }
 
     /// Whether the reads waiting change what sinks act on (see
@@ -296,6 +310,7 @@ impl ExecPasses {
                     .is_none_or(|id| alive.contains(id))
         });
         if self.retained.is_empty() {
+            self.by_age.clear();
             return;
         }
         let running: BTreeSet<(i32, Option<&str>, Option<&str>)> = processes
@@ -306,6 +321,10 @@ impl ExecPasses {
             let p = &r.process;
             !running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref()))
         });
+        // Once per full scan: the age index follows what is still retained.
+        let retained = &self.retained;
+        self.by_age
+            .retain(|(at, pid)| retained.get(pid).is_some_and(|r| r.read_at == *at));
         // Marked exited, so that nobody takes them for what runs now.
         for r in self.retained.values() {
             let mut process = r.process.clone();
@@ -322,13 +341,11 @@ impl ExecPasses {
         if excess == 0 {
             return;
         }
-        let mut by_age: Vec<(Instant, i32)> = self
-            .retained
-            .iter()
-            .map(|(pid, r)| (r.read_at, *pid))
-            .collect();
-        by_age.sort_unstable();
-        for (_, pid) in by_age.into_iter().take(excess) {
+        // The oldest `excess` (each retained read has its one entry in `by_age`).
+        for _ in 0..excess {
+            let Some((_, pid)) = self.by_age.pop_first() else {
+                break;
+            };
             self.retained.remove(&pid);
         }
         *stats
@@ -621,13 +638,7 @@ mod tests {
     use std::sync::Arc;
 
     fn retain(s: &mut ExecPasses, p: Process) {
-        s.retained.insert(
-            p.pid,
-            Retained {
-                process: p,
-                read_at: Instant::now(),
-            },
-        );
+        s.retain(p, Instant::now());
     }
 
     /// A process read at exec that exited comes back into a full scan's report while the
@@ -854,6 +865,32 @@ mod tests {
                 .any(|f| f.kind == nodeguard_model::FindingKind::RunsAsRoot),
             "{findings:?}"
         );
+    }
+
+    /// The bound drops the reads read longest ago, by read time, not by pid: a pid read
+    /// again counts from its new read; and the age index follows what a full scan keeps.
+    #[test]
+    fn retained_overflow_drops_the_oldest_reads_a_pid_read_again_is_young() {
+        let mut s = ExecPasses::default();
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_micros(i);
+        for pid in 1..=(EXEC_RETAINED_MAX as i32 + 2) {
+            s.retain(process(pid, "/bin/x", None), at(pid as u64));
+        }
+        s.retain(process(1, "/bin/y", None), at(10_000));
+        let mut stats = ScanStats::default();
+        s.bound_retained(&mut stats, &mut Vec::new());
+        assert_eq!(s.retained_len(), EXEC_RETAINED_MAX);
+        assert_eq!(stats.errors.get("exec_retention_overflow"), Some(&2));
+        assert!(s.retained.contains_key(&1), "read again: the youngest");
+        assert!(!s.retained.contains_key(&2) && !s.retained.contains_key(&3));
+        assert_eq!(s.by_age.len(), s.retained.len());
+
+        // A full scan that sees pid 1 running drops it from retention, and from the index.
+        let mut processes = vec![process(1, "/bin/y", None)];
+        s.keep_retained(&mut processes, &[], Duration::from_secs(300));
+        assert!(!s.retained.contains_key(&1));
+        assert_eq!(s.by_age.len(), s.retained.len());
     }
 
     /// Beyond the bound the oldest reads are dropped, counted and warned about.

@@ -32,7 +32,7 @@ use exec_pass::{merge_stats, ExecPasses};
 pub use exec_pass::{
     ExecPassStats, EXEC_HELD_MAX, EXEC_INIT_GRACE, EXEC_PENDING_MAX, EXEC_RETAINED_MAX,
 };
-pub use nodeguard_collect::Collector;
+pub use nodeguard_collect::{Collector, KeptMountNamespaces};
 use nodeguard_policy::{evaluate, Evidence, FsGap, Policy};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
