@@ -496,9 +496,9 @@ mod tests {
     fn a_held_process_is_read_with_its_executable_after_it_was_reaped() {
         let program = sleep_binary();
         // Long enough to be held before it exits even on a loaded machine (a zombie's
-        // command line is empty).
+        // command line is empty: 0.5 s was not enough once 76 tests shared CI's two cores).
         let mut child = Command::new(&program)
-            .arg("0.5")
+            .arg("3")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -527,7 +527,7 @@ mod tests {
         let want = std::fs::canonicalize(&program).unwrap();
         assert_eq!(read.process.exe.as_deref(), want.to_str());
         assert!(
-            read.process.cmdline.ends_with("0.5"),
+            read.process.cmdline.ends_with(" 3"),
             "{}",
             read.process.cmdline
         );
