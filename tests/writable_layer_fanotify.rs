@@ -196,13 +196,22 @@ fn with_fanotify_a_chmod_on_an_existing_file_is_seen_within_a_process_interval_a
     let truth = chmod_suid(&c, "/data/a5/b0/c205/f17");
     let took = wait_reported(&agent, &c, &truth, Duration::from_secs(6 * INTERVAL_SECS));
     eprintln!("chmod u+s with fanotify reported after {took:?}");
-    assert!(
-        agent
-            .metric("nodeguard_fs_events_dirs_listed_total")
-            .unwrap_or(0.0)
-            >= 1.0,
-        "{}",
-        agent.metrics()
+    // The chmod's event is read and its directory listed again. The metrics come from the
+    // latest published scan, which on a loaded machine may be the one that reported the
+    // chmod before the reader handed the event over: give it a few more intervals.
+    support::wait_for(
+        "the chmod's event read and its directory listed",
+        Duration::from_secs(10 * INTERVAL_SECS),
+        || {
+            let listed = agent
+                .metric("nodeguard_fs_events_dirs_listed_total")
+                .unwrap_or(0.0);
+            if listed >= 1.0 {
+                Ok(())
+            } else {
+                Err(agent.metrics())
+            }
+        },
     );
 
     // A storm of attribute changes in more distinct directories than the agent keeps between
