@@ -335,10 +335,11 @@ fn read_loop(fd: OwnedFd, shared: &Shared) {
                 Event::Other => {}
             }
         }
-        drop(p);
+        // Counted under the lock: a take that sees this loss also sees it counted.
         if lost {
             shared.lost.fetch_add(1, Ordering::Relaxed);
         }
+        drop(p);
     }
 }
 
@@ -346,8 +347,8 @@ fn lose(shared: &Shared) {
     let mut p = lock(&shared.pending);
     p.dirs = HashSet::new();
     p.lost = true;
-    drop(p);
     shared.lost.fetch_add(1, Ordering::Relaxed);
+    drop(p);
 }
 
 /// One event of a read, as the scanner needs it.
