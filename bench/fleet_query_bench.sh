@@ -10,14 +10,18 @@
 # answers, one in 40 answers after SLOW_MS.
 #
 # Prints, in one run: the new way (one fleet query, default concurrency 64, default per-agent
-# timeout 5 s) — wall time, client peak RSS and CPU time (/usr/bin/time -v), rows, nodes
-# answered — and the
+# timeout 5 s, connect timeout 2 s) — wall time, client peak RSS and CPU time
+# (/usr/bin/time -v), rows, nodes answered —, the same with --connect-timeout 5s (a stuck
+# agent then holds its place for the whole timeout, as before there was a connect timeout), and the
 # old way (one `nodeguard query` per node, one after another, as a responder does today with a
 # token and each agent's certificate) over OLD_SAMPLE nodes, with its per-node time and what
 # 1,000 nodes would take.
 #
+# BASELINE=BINARY: an older nodeguard's fleet query too, in the same run.
+#
 # Targets (issue 23): wall <= 8 s and peak RSS <= 100 MiB for 1,000 x 300 processes.
-# Usage (root): bench/fleet_query_bench.sh     NODEGUARD=target/debug/nodeguard AGENTS=200 bench/fleet_query_bench.sh
+# Usage (root): bench/fleet_query_bench.sh     PERF_OUT=/tmp/fleet.perf bench/fleet_query_bench.sh
+#                  NODEGUARD=target/debug/nodeguard AGENTS=200 bench/fleet_query_bench.sh
 set -euo pipefail
 
 AGENTS=${AGENTS:-1000}
@@ -102,17 +106,26 @@ start=$(date +%s.%N)
 "${K[@]}" create -f "$WORK/leases.json" >/dev/null
 echo "  loaded in $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s"
 
-echo
-echo "== new way: nodeguard fleet query processes (concurrency 64, timeout 5 s)"
-KUBECONFIG=$REALNODE_ADMIN_KUBECONFIG /usr/bin/time -v "$NODEGUARD" fleet query -n $NS -o json processes \
-  >"$WORK/out.jsonl" 2>"$WORK/time.txt" && rc=0 || rc=$?
-wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.txt")
-rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
-user=$(awk -F': ' '/User time \(seconds\)/ {print $2}' "$WORK/time.txt")
-sys=$(awk -F': ' '/System time \(seconds\)/ {print $2}' "$WORK/time.txt")
-rows=$(grep -c '"process"' "$WORK/out.jsonl" || true)
-tail -1 "$WORK/out.jsonl"
-python3 - "$WORK/out.jsonl" <<'EOF'
+# One fleet query: its wall time, peak RSS, CPU, rows and unanswered nodes by reason.
+fleet_query() { # label, extra flags...
+  local label=$1
+  shift
+  echo
+  echo "== $label"
+  # PERF_OUT=FILE: the client runs under `perf record -g` (its profile; wall and CPU then include perf).
+  local profiler=()
+  [[ -n ${PERF_OUT:-} ]] && profiler=(perf record -q -g -o "$PERF_OUT" --)
+  local rc
+  KUBECONFIG=$REALNODE_ADMIN_KUBECONFIG /usr/bin/time -v "${profiler[@]}" "${CLIENT:-$NODEGUARD}" fleet query -n $NS -o json "$@" processes \
+    >"$WORK/out.jsonl" 2>"$WORK/time.txt" && rc=0 || rc=$?
+  local wall rss user sys rows
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.txt")
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
+  user=$(awk -F': ' '/User time \(seconds\)/ {print $2}' "$WORK/time.txt")
+  sys=$(awk -F': ' '/System time \(seconds\)/ {print $2}' "$WORK/time.txt")
+  rows=$(grep -c '"process"' "$WORK/out.jsonl" || true)
+  tail -1 "$WORK/out.jsonl"
+  python3 - "$WORK/out.jsonl" <<'EOF2'
 import collections, json, sys
 reasons = collections.Counter()
 for line in open(sys.argv[1]):
@@ -120,9 +133,16 @@ for line in open(sys.argv[1]):
     if "unanswered" in v:
         reasons[v["unanswered"]["reason"]] += 1
 print("  unanswered by reason:", dict(reasons))
-EOF
-echo "  exit $rc, wall $wall, peak RSS $((rss / 1024)) MiB, $rows process rows"
-echo "  client CPU: user $user s + system $sys s (the rest of the wall is waiting: agents, the blackholed ones' 5 s timeouts, the machine's other load)"
+EOF2
+  echo "  exit $rc, wall $wall, peak RSS $((rss / 1024)) MiB, $rows process rows"
+  echo "  client CPU: user $user s + system $sys s (the rest of the wall is waiting: agents, the blackholed ones' timeouts, the machine's other load)"
+}
+
+fleet_query "new way: nodeguard fleet query processes (defaults: concurrency 64, timeout 5 s, connect timeout 2 s)"
+if [[ -n ${BASELINE:-} ]]; then
+  PERF_OUT='' CLIENT=$BASELINE fleet_query "BASELINE=$BASELINE, its defaults"
+fi
+PERF_OUT='' fleet_query "the same with --connect-timeout 5s (a stuck agent holds its place for the whole --timeout, as before the connect timeout)" --connect-timeout 5s
 
 echo
 echo "== old way: one nodeguard query per node, one after another ($OLD_SAMPLE nodes)"

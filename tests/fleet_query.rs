@@ -446,6 +446,24 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
         "x:1",
     );
     bed.kubectl(&["apply", "-f", "-"], Some(&lease));
+    // A stuck agent: the kernel completes the connection into the listener's backlog and
+    // nobody ever answers it (what a stopped or wedged agent process looks like from outside).
+    let stuck_name = format!("{tag}-stuck");
+    let stuck_ip = "127.0.0.7";
+    let stuck = TcpListener::bind((stuck_ip, 0)).unwrap();
+    let stuck_port = stuck.local_addr().unwrap().port();
+    bed.kubectl(
+        &["create", "-f", "-"],
+        Some(&node_object(&stuck_name, stuck_ip)),
+    );
+    let lease = lease_object(
+        &ns,
+        &stuck_name,
+        stuck_port,
+        &cert_sha256(&a.served_cert),
+        "x:1",
+    );
+    bed.kubectl(&["apply", "-f", "-"], Some(&lease));
     std::thread::sleep(Duration::from_millis(500));
 
     // Where does this binary run?
@@ -485,6 +503,18 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
             .contains(&cert_sha256(&cert)),
         "names the served fingerprint: {impostor}"
     );
+    // Given up at the connect timeout (2 s by default), not after the whole --timeout (10 s
+    // here), and said so.
+    let stuck_why = unanswered(&lines, &stuck_name).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(stuck_why["reason"], "timeout", "{stuck_why}");
+    assert!(
+        stuck_why["message"]
+            .as_str()
+            .unwrap()
+            .contains("no connection and TLS handshake within 2s"),
+        "{stuck_why}"
+    );
+    drop(stuck);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         std::fs::read(&received).unwrap(),

@@ -177,6 +177,12 @@ pub struct FleetQueryArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub timeout: std::time::Duration,
 
+    /// Longest wait for one agent's TCP connection and TLS handshake (within --timeout): a
+    /// node that is down or an agent that is stuck is given up on sooner than one that is
+    /// slow to answer, and holds its place among --concurrency for less.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: std::time::Duration,
+
     /// Longest wait for the whole fleet; agents not answered by then are listed as such.
     #[arg(long, default_value = "60s", value_parser = parse_duration, global = true)]
     pub deadline: std::time::Duration,

@@ -23,6 +23,17 @@ const MAX_DEPTH: usize = 128;
 /// Top-level keys longer than this are no list key (and are not kept).
 const MAX_KEY_BYTES: usize = 32;
 
+/// The bytes that change the splitter's state inside an item: quotes and brackets.
+static STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'"' as usize] = true;
+    table[b'{' as usize] = true;
+    table[b'}' as usize] = true;
+    table[b'[' as usize] = true;
+    table[b']' as usize] = true;
+    table
+};
+
 /// Why an answer's items could not be taken out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ItemsError {
@@ -116,7 +127,7 @@ impl ItemSplitter {
                     continue;
                 }
                 let rest = &chunk[i..];
-                let Some(at) = rest.iter().position(|&b| b == b'"' || b == b'\\') else {
+                let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
                     if self.reading_key {
                         for &b in rest {
                             self.push_key(b);
@@ -144,6 +155,14 @@ impl ItemSplitter {
                 }
                 i += 1;
                 continue;
+            }
+            if self.depth >= 3 {
+                // Inside an item (or any value nested as deep) only strings and brackets
+                // change the state: skip the rest (numbers, literals, `,`, `:`, whitespace).
+                match chunk[i..].iter().position(|&b| STRUCTURAL[usize::from(b)]) {
+                    Some(at) => i += at,
+                    None => break,
+                }
             }
             let b = chunk[i];
             if self.done {
@@ -285,7 +304,7 @@ impl ItemSplitter {
 /// item with structural line breaks comes back rewritten compactly).
 pub fn checked(item: &[u8]) -> Result<Cow<'_, str>, ItemsError> {
     let text = std::str::from_utf8(item).map_err(|e| ItemsError::BadItem(e.to_string()))?;
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', item).is_some() {
         // Strings cannot hold raw line breaks, so these are whitespace between tokens.
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ItemsError::BadItem(e.to_string()))?;

@@ -189,6 +189,7 @@ pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
     let slots = Arc::new(Semaphore::new(usize::from(args.concurrency)));
     let mut pending: Vec<Option<String>> = Vec::with_capacity(dials.len());
     let per_agent = args.timeout;
+    let handshake_timeout = args.connect_timeout.min(args.timeout);
     let max_body = args.max_answer_mib.saturating_mul(1024 * 1024);
     let dispatcher = {
         let dials: Vec<Plan> = dials;
@@ -229,6 +230,7 @@ pub async fn run(args: FleetQueryArgs) -> Result<ExitCode> {
                         trust,
                         path_and_query: path_and_query.clone(),
                         max_body,
+                        handshake_timeout,
                     },
                     address,
                     port,

@@ -56,6 +56,9 @@ pub struct AgentCall {
     pub path_and_query: String,
     /// The largest answer read; more is [`AgentFailure::Answer`].
     pub max_body: usize,
+    /// Longest wait for the TCP connection and the TLS handshake together; past it the
+    /// agent is [`AgentFailure::NoHandshake`] (a node that is down, an agent that is stuck).
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// Why an agent gave no answer (what `nodeguard fleet query` lists per node).
@@ -69,6 +72,8 @@ pub enum AgentFailure {
     CertificateUntrusted(String),
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    #[error("no connection and TLS handshake within {0:?} (the node is down or unreachable, or its agent is stuck)")]
+    NoHandshake(std::time::Duration),
     #[error("401 unauthorized: {0}")]
     Unauthorized(String),
     #[error("403 forbidden: {0}")]
@@ -87,6 +92,7 @@ impl AgentFailure {
             AgentFailure::CertificateMismatch { .. } => "certificate-mismatch",
             AgentFailure::CertificateUntrusted(_) => "certificate-untrusted",
             AgentFailure::Tls(_) => "tls",
+            AgentFailure::NoHandshake(_) => "timeout",
             AgentFailure::Unauthorized(_) => "401",
             AgentFailure::Forbidden(_) => "403",
             AgentFailure::Status { .. } => "http-error",
@@ -262,12 +268,19 @@ pub async fn open_from_agent(call: &AgentCall, token: &str) -> Result<AgentAnswe
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(call.addr)
-        .await
-        .map_err(|e| AgentFailure::Refused(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::IpAddress(call.addr.ip().into());
-    let tls = match connector.connect(name, tcp).await {
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(call.addr)
+            .await
+            .map_err(|e| AgentFailure::Refused(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::IpAddress(call.addr.ip().into());
+        Ok(connector.connect(name, tcp).await)
+    };
+    let shaken = match tokio::time::timeout(call.handshake_timeout, handshake).await {
+        Ok(shaken) => shaken?,
+        Err(_) => return Err(AgentFailure::NoHandshake(call.handshake_timeout)),
+    };
+    let tls = match shaken {
         Ok(tls) => tls,
         Err(e) => {
             let served = verifier
@@ -399,6 +412,7 @@ mod tests {
             trust,
             path_and_query: "/v1/processes".into(),
             max_body: 1 << 20,
+            handshake_timeout: std::time::Duration::from_secs(5),
         };
         let other = "00".repeat(32);
         let failure = get_from_agent(&call(AgentTrust::Pinned(other.clone())), "secret-token")
@@ -429,5 +443,31 @@ mod tests {
                 && text.contains("authorization: Bearer secret-token"),
             "{text}"
         );
+    }
+    #[tokio::test]
+    async fn an_agent_that_accepts_and_never_shakes_hands_is_given_up_at_the_handshake_timeout() {
+        // The kernel accepts for a process that is stuck: the connection opens, no TLS comes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let call = AgentCall {
+            addr,
+            trust: AgentTrust::Pinned("00".repeat(32)),
+            path_and_query: "/v1/processes".into(),
+            max_body: 1 << 20,
+            handshake_timeout: std::time::Duration::from_millis(200),
+        };
+        let failure = get_from_agent(&call, "secret-token").await.unwrap_err();
+        assert_eq!(
+            failure,
+            AgentFailure::NoHandshake(std::time::Duration::from_millis(200))
+        );
+        assert_eq!(failure.reason(), "timeout");
+        held.abort();
     }
 }
