@@ -130,6 +130,23 @@ fn capabilities(pid: u32) -> (u64, u64) {
     (field("CapEff:"), field("CapPrm:"))
 }
 
+/// Waits until `metric` is above `floor`. The metrics come from the latest published scan,
+/// and `/metrics` is rendered at most once a second: on a loaded machine the page can be a
+/// scan behind what `/v1/report` already shows (CI saw it), so a few intervals are given.
+fn wait_metric_above(agent: &Agent, metric: &str, floor: f64, what: &str) {
+    support::wait_for(what, Duration::from_secs(10 * INTERVAL_SECS), || {
+        let value = agent.metric(metric).unwrap_or(0.0);
+        if value > floor {
+            Ok(())
+        } else {
+            Err(format!(
+                "{metric} {value}, want above {floor}\n{}",
+                agent.metrics()
+            ))
+        }
+    });
+}
+
 fn wait_first_fs_scan(agent: &Agent, c: &Container) {
     agent.wait_ready(Duration::from_secs(120));
     support::wait_for("the first filesystem scan", Duration::from_secs(60), || {
@@ -196,22 +213,12 @@ fn with_fanotify_a_chmod_on_an_existing_file_is_seen_within_a_process_interval_a
     let truth = chmod_suid(&c, "/data/a5/b0/c205/f17");
     let took = wait_reported(&agent, &c, &truth, Duration::from_secs(6 * INTERVAL_SECS));
     eprintln!("chmod u+s with fanotify reported after {took:?}");
-    // The chmod's event is read and its directory listed again. The metrics come from the
-    // latest published scan, which on a loaded machine may be the one that reported the
-    // chmod before the reader handed the event over: give it a few more intervals.
-    support::wait_for(
+    // The chmod's event is read and its directory listed again.
+    wait_metric_above(
+        &agent,
+        "nodeguard_fs_events_dirs_listed_total",
+        0.0,
         "the chmod's event read and its directory listed",
-        Duration::from_secs(10 * INTERVAL_SECS),
-        || {
-            let listed = agent
-                .metric("nodeguard_fs_events_dirs_listed_total")
-                .unwrap_or(0.0);
-            if listed >= 1.0 {
-                Ok(())
-            } else {
-                Err(agent.metrics())
-            }
-        },
     );
 
     // A storm of attribute changes in more distinct directories than the agent keeps between
@@ -244,22 +251,11 @@ fn with_fanotify_a_chmod_on_an_existing_file_is_seen_within_a_process_interval_a
     }
     let took = wait_reported(&agent, &c, &truth, Duration::from_secs(10 * INTERVAL_SECS));
     eprintln!("chmod u+s in a storm reported after {took:?}");
-    // The metrics come from the latest published scan; on a loaded machine the one that
-    // reported the chmod can be on the API before the metrics render it (CI saw the page
-    // one scan behind): give it a few intervals.
-    support::wait_for(
+    wait_metric_above(
+        &agent,
+        "nodeguard_fs_events_lost_total",
+        lost_before,
         "the storm's loss counted",
-        Duration::from_secs(10 * INTERVAL_SECS),
-        || {
-            let lost = agent
-                .metric("nodeguard_fs_events_lost_total")
-                .unwrap_or(0.0);
-            if lost > lost_before {
-                Ok(())
-            } else {
-                Err(format!("{lost} after {lost_before}\n{}", agent.metrics()))
-            }
-        },
     );
     let report = agent.get_json("/v1/report");
     assert_eq!(report["stats"]["fs_events"]["source"], "fanotify");
