@@ -24,9 +24,16 @@ use std::time::{Duration, Instant};
 /// them even when they exited): the wait is bounded in memory and never costs a merge.
 pub const EXEC_PENDING_MAX: usize = 1024;
 
-/// At most this many exec-read processes are retained; beyond it the oldest reads go first
-/// (counted as the `exec_retention_overflow` error, with a warning).
+/// At most this many exec-read processes are retained; beyond it the oldest reads that raised
+/// nothing go first, then the oldest that raised a finding (only those are counted as the
+/// `exec_retention_overflow` error, with a warning).
 pub const EXEC_RETAINED_MAX: usize = 4096;
+
+/// Of the retained reads, at most this many that raised no finding: they only list a process
+/// that exited as `exited` until the next full scan (what it was stays in the exec history).
+/// Past it the oldest of them go, uncounted: a node exec'ing `true` a hundred times a second
+/// reaches it in seconds, and neither its memory nor its error counter should follow.
+pub const EXEC_RETAINED_PLAIN_MAX: usize = 1024;
 
 /// How long an exec'd process caught inside the container runtime's own set-up
 /// ([`nodeguard_collect::runtime::in_runtime_init`]) is held back, waiting for the exec of the
@@ -58,9 +65,12 @@ pub(crate) struct ExecPasses {
     /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
     /// its entry), with their container as read then.
     retained: BTreeMap<i32, Retained>,
-    /// The retained reads by age (`read_at`, pid), oldest first: the bound drops the oldest
-    /// without sorting the whole set at each exec once it is full.
-    by_age: BTreeSet<(Instant, i32)>,
+    /// The retained reads by what they raised, then age (`raised`, `read_at`, pid): those
+    /// that raised nothing first, oldest first. The bounds drop from the front without
+    /// sorting the whole set at each exec once it is full.
+    by_age: BTreeSet<(bool, Instant, i32)>,
+    /// How many retained reads raised nothing.
+    plain: usize,
     /// Every exec-read process as it was read, for `--since` queries (bounded; shared with
     /// the API).
     history: Arc<ExecHistory>,
@@ -93,6 +103,14 @@ pub(crate) struct PendingExecs {
 pub(crate) struct Retained {
     pub(crate) process: Process,
     pub(crate) read_at: Instant,
+    /// The read raised a finding naming its pid.
+    pub(crate) raised: bool,
+}
+
+impl Retained {
+    fn age_key(&self) -> (bool, Instant, i32) {
+        (self.raised, self.read_at, self.process.pid)
+    }
 }
 
 /// One exec pass's reads, evaluated, for [`ExecPasses::record`].
@@ -127,6 +145,7 @@ impl Default for ExecPasses {
         ExecPasses {
             retained: BTreeMap::new(),
             by_age: BTreeSet::new(),
+            plain: 0,
             history: Arc::new(ExecHistory::default()),
             pending: None,
             held_back: BTreeMap::new(),
@@ -172,17 +191,19 @@ impl ExecPasses {
                 .as_deref()
                 .and_then(|id| fresh.iter().find(|c| c.id == id))
                 .and_then(|c| c.pod.clone());
+            let raised: Vec<Finding> = findings
+                .iter()
+                .filter(|f| f.pid == Some(p.pid))
+                .cloned()
+                .collect();
+            let raised_any = !raised.is_empty();
             self.history.record(ExecObservation {
                 observed_at,
                 process: p.clone(),
                 pod,
-                findings: findings
-                    .iter()
-                    .filter(|f| f.pid == Some(p.pid))
-                    .cloned()
-                    .collect(),
+                findings: raised,
             });
-            self.retain(p.clone(), now);
+            self.retain(p.clone(), now, raised_any);
         }
         self.bound_retained(&mut stats, &mut warnings);
         let pending = self.pending.get_or_insert_with(PendingExecs::default);
@@ -208,20 +229,36 @@ impl ExecPasses {
         pending.warnings.extend(warnings);
     }
 
-    /// Retains `process` read at `now`, in place of an earlier read of its pid (O(log n)).
-    fn retain(&mut self, process: Process, now: Instant) {
+    /// Retains `process` read at `now` (`raised`: it raised a finding), in place of an
+    /// earlier read of its pid (O(log n)).
+    fn retain(&mut self, process: Process, now: Instant, raised: bool) {
         let pid = process.pid;
-        let before = self.retained.insert(
-            pid,
-            Retained {
-                process,
-                read_at: now,
-            },
-        );
-        if let Some(before) = before {
-            self.by_age.remove(&(before.read_at, pid));
+        let entry = Retained {
+            process,
+            read_at: now,
+            raised,
+        };
+        let key = entry.age_key();
+        if let Some(before) = self.retained.insert(pid, entry) {
+            self.forget_age(&before);
         }
-        self.by_age.insert((now, pid));
+        self.by_age.insert(key);
+        self.plain += usize::from(!raised);
+    }
+
+    fn forget_age(&mut self, entry: &Retained) {
+        if self.by_age.remove(&entry.age_key()) && !entry.raised {
+            self.plain -= 1;
+        }
+    }
+
+    /// Drops the oldest retained read, those that raised nothing first; whether the one
+    /// dropped raised a finding.
+    fn drop_oldest(&mut self) -> Option<bool> {
+        let (raised, _, pid) = self.by_age.pop_first()?;
+        self.retained.remove(&pid);
+        self.plain -= usize::from(!raised);
+        Some(raised)
     }
 
     /// Whether the reads waiting change what sinks act on (see
@@ -311,6 +348,7 @@ impl ExecPasses {
         });
         if self.retained.is_empty() {
             self.by_age.clear();
+            self.plain = 0;
             return;
         }
         let running: BTreeSet<(i32, Option<&str>, Option<&str>)> = processes
@@ -324,7 +362,8 @@ impl ExecPasses {
         // Once per full scan: the age index follows what is still retained.
         let retained = &self.retained;
         self.by_age
-            .retain(|(at, pid)| retained.get(pid).is_some_and(|r| r.read_at == *at));
+            .retain(|(_, at, pid)| retained.get(pid).is_some_and(|r| r.read_at == *at));
+        self.plain = self.by_age.iter().filter(|(raised, ..)| !raised).count();
         // Marked exited, so that nobody takes them for what runs now.
         for r in self.retained.values() {
             let mut process = r.process.clone();
@@ -334,26 +373,31 @@ impl ExecPasses {
         processes.sort_by_key(|p| p.pid);
     }
 
-    /// Keeps at most [`EXEC_RETAINED_MAX`] retained reads, dropping the oldest — counted
-    /// and warned about, never silently.
+    /// Keeps at most [`EXEC_RETAINED_PLAIN_MAX`] retained reads that raised nothing and
+    /// [`EXEC_RETAINED_MAX`] in all, dropping the oldest that raised nothing first; a read
+    /// that raised a finding dropped is counted and warned about, never silently.
     fn bound_retained(&mut self, stats: &mut ScanStats, warnings: &mut Vec<String>) {
-        let excess = self.retained.len().saturating_sub(EXEC_RETAINED_MAX);
+        // Each retained read has its one entry in `by_age`, those that raised nothing first.
+        while self.plain > EXEC_RETAINED_PLAIN_MAX {
+            self.drop_oldest();
+        }
+        let mut excess = 0usize;
+        while self.retained.len() > EXEC_RETAINED_MAX {
+            match self.drop_oldest() {
+                Some(true) => excess += 1,
+                Some(false) => {}
+                None => break,
+            }
+        }
         if excess == 0 {
             return;
-        }
-        // The oldest `excess` (each retained read has its one entry in `by_age`).
-        for _ in 0..excess {
-            let Some((_, pid)) = self.by_age.pop_first() else {
-                break;
-            };
-            self.retained.remove(&pid);
         }
         *stats
             .errors
             .entry("exec_retention_overflow".to_string())
             .or_insert(0) += excess as u64;
         warnings.push(format!(
-            "more than {EXEC_RETAINED_MAX} exec-read processes within the retention window: the {excess} oldest are no longer retained after they exit"
+            "more than {EXEC_RETAINED_MAX} exec-read processes that raised a finding within the retention window: the {excess} oldest are no longer retained after they exit"
         ));
     }
 }
@@ -638,7 +682,7 @@ mod tests {
     use std::sync::Arc;
 
     fn retain(s: &mut ExecPasses, p: Process) {
-        s.retain(p, Instant::now());
+        s.retain(p, Instant::now(), true);
     }
 
     /// A process read at exec that exited comes back into a full scan's report while the
@@ -820,8 +864,8 @@ mod tests {
     }
 
     /// Reads that raise nothing new wait in bounded memory and never cost a merge: past
-    /// the bound the lowest pids are left to the next full scan, which still reports them
-    /// (they are retained).
+    /// the bound the lowest pids are left to the next full scan, which still lists the
+    /// youngest [`EXEC_RETAINED_PLAIN_MAX`] of them as exited (they raised nothing).
     #[test]
     fn pending_exec_reads_are_bounded_without_a_merge() {
         let mut s = ExecPasses::default();
@@ -837,7 +881,15 @@ mod tests {
         assert_eq!(pending.processes.keys().next(), Some(&6));
         let mut processes = vec![];
         s.keep_retained(&mut processes, &[], Duration::from_secs(300));
-        assert_eq!(processes.len(), EXEC_PENDING_MAX + 5, "all retained");
+        assert_eq!(
+            processes.len(),
+            EXEC_RETAINED_PLAIN_MAX,
+            "retained up to their bound"
+        );
+        assert_eq!(
+            processes.last().map(|p| p.pid),
+            Some(EXEC_PENDING_MAX as i32 + 5)
+        );
     }
 
     /// A read is evaluated with its container as the last report knows it (here a pod's
@@ -875,9 +927,9 @@ mod tests {
         let t0 = Instant::now();
         let at = |i: u64| t0 + Duration::from_micros(i);
         for pid in 1..=(EXEC_RETAINED_MAX as i32 + 2) {
-            s.retain(process(pid, "/bin/x", None), at(pid as u64));
+            s.retain(process(pid, "/bin/x", None), at(pid as u64), true);
         }
-        s.retain(process(1, "/bin/y", None), at(10_000));
+        s.retain(process(1, "/bin/y", None), at(10_000), true);
         let mut stats = ScanStats::default();
         s.bound_retained(&mut stats, &mut Vec::new());
         assert_eq!(s.retained_len(), EXEC_RETAINED_MAX);
@@ -909,5 +961,41 @@ mod tests {
         // The first three (oldest) went.
         assert!(!s.retained.contains_key(&1) && !s.retained.contains_key(&3));
         assert!(s.retained.contains_key(&4));
+    }
+    /// A node exec'ing `true` all the time: reads that raised nothing are kept to their own
+    /// bound, oldest out first, and none of that is an error; a read that raised a finding
+    /// is not pushed out by them, however many come after it.
+    #[test]
+    fn reads_that_raised_nothing_go_first_and_uncounted() {
+        let mut s = ExecPasses::default();
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_micros(i);
+        s.retain(process(1, "/tmp/dropped", None), at(1), true);
+        let mut stats = ScanStats::default();
+        let mut warnings = Vec::new();
+        for pid in 2..=(EXEC_RETAINED_MAX as i32 * 2) {
+            s.retain(process(pid, "/bin/true", None), at(pid as u64), false);
+            s.bound_retained(&mut stats, &mut warnings);
+        }
+        assert!(
+            s.retained.contains_key(&1),
+            "the read that raised a finding stays"
+        );
+        assert_eq!(s.retained_len(), EXEC_RETAINED_PLAIN_MAX + 1);
+        assert_eq!(stats.errors.get("exec_retention_overflow"), None);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // The youngest plain reads are the ones kept.
+        let last = EXEC_RETAINED_MAX as i32 * 2;
+        assert!(s.retained.contains_key(&last));
+        assert!(!s
+            .retained
+            .contains_key(&(last - EXEC_RETAINED_PLAIN_MAX as i32)));
+        assert_eq!(s.by_age.len(), s.retained.len());
+
+        // A pid read again without a finding moves to the plain reads.
+        s.retain(process(1, "/bin/sh", None), at(10_000_000), false);
+        s.bound_retained(&mut stats, &mut warnings);
+        assert_eq!(s.retained_len(), EXEC_RETAINED_PLAIN_MAX);
+        assert_eq!(s.by_age.len(), s.retained.len());
     }
 }
