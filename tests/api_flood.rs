@@ -21,7 +21,6 @@
 //! without them the test says why it skipped; with `CI` set it fails instead. Only loopback
 //! is flooded; every flood is bounded in count and time.
 
-use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,21 +39,8 @@ const LIMIT: u64 = 160 * MIB;
 /// What the agent may hold during the floods (issue 19).
 const RSS_BOUND: u64 = 64 * MIB;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
-
 fn skip(reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the flood test must run, but: {reason}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIPPED api_flood: {reason}\n!!! (with CI set this is a failure)\n"
-    );
+    support::skip("the flood test", reason);
 }
 
 /// TokenReviews the API server has answered, by its own metrics.
@@ -156,7 +142,7 @@ fn curl(port: u16, path: &str, token: &str) -> (u16, String) {
 
 fn flood(port: u16, args: &[&str]) -> serde_json::Value {
     let out = Command::new("python3")
-        .arg(repo().join("tests/flood/flood.py"))
+        .arg(support::repo().join("tests/flood/flood.py"))
         .arg(args[0])
         .args(["127.0.0.1", &port.to_string(), "--tls"])
         .args(&args[1..])

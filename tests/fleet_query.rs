@@ -39,21 +39,8 @@ use support::api_bed::ApiBed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodeguard");
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
-
 fn skip(reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the fleet query test must run, but: {reason}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIPPED fleet_query: {reason}\n!!! (with CI set this is a failure)\n"
-    );
+    support::skip("the fleet query test", reason);
 }
 
 fn free_port(ip: &str) -> u16 {
@@ -332,7 +319,7 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
     bed.apply_manifest("clusterrole-api-reader.yaml");
     bed.kubectl(&["create", "namespace", &ns], None);
     for file in ["responder-serviceaccount.yaml", "responder-binding.yaml"] {
-        let text = std::fs::read_to_string(repo().join("manifests").join(file)).unwrap();
+        let text = std::fs::read_to_string(support::repo().join("manifests").join(file)).unwrap();
         let text = text
             .replace("namespace: nodeguard\n", &format!("namespace: {ns}\n"))
             .replace(
@@ -538,7 +525,7 @@ fn a_fleet_query_asks_every_nodes_agent_with_a_narrow_token_at_the_nodes_own_add
         "role-fleet-reader.yaml",
         "responder-role.yaml",
     ] {
-        let text = std::fs::read_to_string(repo().join("manifests").join(file)).unwrap();
+        let text = std::fs::read_to_string(support::repo().join("manifests").join(file)).unwrap();
         let text = text
             .replace("namespace: nodeguard\n", &format!("namespace: {ns}\n"))
             .replace(

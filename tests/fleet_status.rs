@@ -19,7 +19,7 @@ mod support;
 
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::agent::{Agent, Launch};
@@ -31,21 +31,8 @@ use support::wait_for;
 const INTERVAL_SECS: u64 = 2;
 const READY: Duration = Duration::from_secs(120);
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
-
 fn skip(reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the real API server test must run, but: {reason}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIPPED fleet_status: {reason}\n!!! (with CI set this is a failure)\n"
-    );
+    support::skip("the real API server test", reason);
 }
 
 /// `nodeguard fleet status -n NS -o json` as the admin: (exit code, JSON).
@@ -182,7 +169,7 @@ fn agents_keep_leases_and_fleet_status_tells_covered_stale_missing_and_orphaned(
     };
     bed.kubectl(&["create", "namespace", &ns.name], None);
     // The Role exactly as shipped, in this namespace, bound to the agent's identity.
-    let role = std::fs::read_to_string(repo().join("manifests/role-lease.yaml")).unwrap();
+    let role = std::fs::read_to_string(support::repo().join("manifests/role-lease.yaml")).unwrap();
     let role = role.replace(
         "namespace: nodeguard\n",
         &format!("namespace: {}\n", ns.name),

@@ -8,13 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("agent/ has a parent")
-        .to_path_buf()
-}
-
 /// The bed's variables, and the bed to take down when this test brought it up.
 pub struct ApiBed {
     env: BTreeMap<String, String>,
@@ -30,7 +23,7 @@ impl ApiBed {
                 own_dir: None,
             });
         }
-        let up = repo().join("tests/realnode/up.sh");
+        let up = super::repo().join("tests/realnode/up.sh");
         if !up.exists() {
             return Err(format!(
                 "no REALNODE_ENV and no {} to bring a bed up",
@@ -44,7 +37,7 @@ impl ApiBed {
             .output()
             .map_err(|e| format!("cannot run {}: {e}", up.display()))?;
         if !out.status.success() {
-            let _ = Command::new(repo().join("tests/realnode/down.sh"))
+            let _ = Command::new(super::repo().join("tests/realnode/down.sh"))
                 .arg(&dir)
                 .output();
             return Err(format!(
@@ -94,7 +87,7 @@ impl ApiBed {
     /// SubjectAccessReview grants), applied under the name up.sh bound to the agent's
     /// identity: a bed of `REALNODE_ENV` may have been brought up from an older tree.
     pub fn apply_agent_clusterrole(&self) {
-        let role = std::fs::read_to_string(repo().join("manifests/clusterrole.yaml"))
+        let role = std::fs::read_to_string(super::repo().join("manifests/clusterrole.yaml"))
             .expect("the shipped ClusterRole");
         let role = role.replace(
             "name: nodeguard\n",
@@ -105,7 +98,7 @@ impl ApiBed {
 
     /// `kubectl apply -f repo/manifests/NAME` as shipped.
     pub fn apply_manifest(&self, name: &str) {
-        let file = repo().join("manifests").join(name);
+        let file = super::repo().join("manifests").join(name);
         self.kubectl(&["apply", "-f", &file.to_string_lossy()], None);
     }
 
@@ -119,7 +112,7 @@ impl ApiBed {
 impl Drop for ApiBed {
     fn drop(&mut self) {
         if let Some(dir) = &self.own_dir {
-            let _ = Command::new(repo().join("tests/realnode/down.sh"))
+            let _ = Command::new(super::repo().join("tests/realnode/down.sh"))
                 .arg(dir)
                 .output();
         }

@@ -110,6 +110,30 @@ pub fn require_containers() -> bool {
     }
 }
 
+/// The repository's root (tests read its manifests and scripts).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
+}
+
+/// Skips the calling test, saying why on stderr, or fails it when `CI` is set: `what` names
+/// what must run (`the real API server test`).
+pub fn skip(what: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set, so {what} must run, but: {reason}");
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED {test}: {reason}\n!!! (with CI set this is a failure)\n"
+    );
+}
+
 fn check_prerequisites() -> Result<(), String> {
     let uid = oracle::status_field(Path::new("/proc/self/status"), "Uid")
         .ok_or("cannot read /proc/self/status")?;
