@@ -288,6 +288,14 @@ impl Bed {
     }
 
     /// `ctr -n k8s.io ARGS...` against the bed's containerd.
+    /// `ctr tasks exec --exec-id EXEC_ID ID COMMAND…`: runs `command` in the container's
+    /// task, as `kubectl exec` does through containerd; returns when it exits.
+    fn ctr_exec(&self, exec_id: &str, id: &str, command: &[&str]) -> Output {
+        let mut args = vec!["tasks", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
     fn ctr(&self, args: &[&str]) -> Output {
         let mut all = vec![
             "--address",
@@ -1502,16 +1510,15 @@ fn a_setuid_file_planted_in_a_running_containers_writable_layer_is_seen_within_a
     let id = only_container_id(&bed.pod("burstable"));
     let agent = Agent::start(bed, "setuid", None);
     let planted = format!("/tmp/planted-{}", support::random_hex(3));
-    bed.ctr(&[
-        "tasks",
-        "exec",
-        "--exec-id",
+    bed.ctr_exec(
         "plant",
         &id,
-        "sh",
-        "-c",
-        &format!("cp /bin/busybox {planted} && chmod 4755 {planted}"),
-    ])
+        &[
+            "sh",
+            "-c",
+            &format!("cp /bin/busybox {planted} && chmod 4755 {planted}"),
+        ],
+    )
     .ok();
     let seen = |f: &Value| {
         f["kind"] == "setuid_file"
@@ -1534,17 +1541,7 @@ fn a_setuid_file_planted_in_a_running_containers_writable_layer_is_seen_within_a
             ))
         }
     });
-    bed.ctr(&[
-        "tasks",
-        "exec",
-        "--exec-id",
-        "unplant",
-        &id,
-        "rm",
-        "-f",
-        &planted,
-    ])
-    .ok();
+    bed.ctr_exec("unplant", &id, &["rm", "-f", &planted]).ok();
     wait_for(&format!("setuid_file {planted} to resolve"), bound, || {
         let all = agent.findings()?;
         if all.iter().any(seen) {
@@ -1592,18 +1589,7 @@ fn a_binary_dropped_and_run_in_a_pod_is_drift_at_its_exec_named_by_its_pod() {
         // The exec returns when the process exits: run it beside the polling.
         let runner = {
             let (exec_id, id) = (exec_id.clone(), id.clone());
-            let ctr = move || {
-                bed.ctr(&[
-                    "tasks",
-                    "exec",
-                    "--exec-id",
-                    &exec_id,
-                    &id,
-                    "sh",
-                    "-c",
-                    &script,
-                ])
-            };
+            let ctr = move || bed.ctr_exec(&exec_id, &id, &["sh", "-c", &script]);
             std::thread::spawn(ctr)
         };
         let drift = |f: &Value| {
@@ -1639,17 +1625,8 @@ fn a_binary_dropped_and_run_in_a_pod_is_drift_at_its_exec_named_by_its_pod() {
         // Gone now, still reported as it was read (exec retention).
         let still = agent.findings().expect("findings");
         assert!(still.iter().any(drift), "{still:?}");
-        bed.ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            &format!("{exec_id}-rm"),
-            &id,
-            "rm",
-            "-f",
-            &dropped,
-        ])
-        .ok();
+        bed.ctr_exec(&format!("{exec_id}-rm"), &id, &["rm", "-f", &dropped])
+            .ok();
         if scans_after == scans_before {
             agent.stop();
             return;
@@ -1696,16 +1673,11 @@ fn a_deleted_pods_findings_resolve_at_the_next_scan_and_its_execs_stay_in_the_hi
     let id = only_container_id(&pod);
     let dropped = format!("/tmp/busybox-brief-{}", support::random_hex(3));
     let script = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 1");
-    let out = bed.ctr(&[
-        "tasks",
-        "exec",
-        "--exec-id",
+    let out = bed.ctr_exec(
         &format!("brief-{}", support::random_hex(3)),
         &id,
-        "sh",
-        "-c",
-        &script,
-    ]);
+        &["sh", "-c", &script],
+    );
     assert!(out.success(), "ctr tasks exec failed\n{out}");
     let drift = |f: &Value| {
         f["kind"] == "binary_drift" && f["container_id"] == id.as_str() && f["path"] == dropped
@@ -1817,16 +1789,11 @@ fn a_new_high_finding_reaches_the_api_server_before_hundreds_of_waiting_low_ones
         );
         let id = only_container_id(&pod);
         let plant = "for i in $(seq 1 20); do cp /bin/busybox /tmp/suid-$i && chmod 4755 /tmp/suid-$i; done";
-        let out = bed.ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
+        let out = bed.ctr_exec(
             &format!("plant-{}", support::random_hex(3)),
             &id,
-            "sh",
-            "-c",
-            plant,
-        ]);
+            &["sh", "-c", plant],
+        );
         assert!(out.success(), "planting in {name} failed\n{out}");
         ids.insert(name.clone(), id);
     }
@@ -1913,18 +1880,7 @@ fn a_new_high_finding_reaches_the_api_server_before_hundreds_of_waiting_low_ones
     let script = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 60");
     let runner = {
         let (id, exec_id) = (id.clone(), format!("drift-{}", support::random_hex(3)));
-        std::thread::spawn(move || {
-            bed.ctr(&[
-                "tasks",
-                "exec",
-                "--exec-id",
-                &exec_id,
-                &id,
-                "sh",
-                "-c",
-                &script,
-            ])
-        })
+        std::thread::spawn(move || bed.ctr_exec(&exec_id, &id, &["sh", "-c", &script]))
     };
     let planted_at = Instant::now();
     let bound = Duration::from_secs(INTERVAL_SECS * 2 + 5);
@@ -2358,18 +2314,7 @@ fn the_daemonsets_own_pod_reads_execs_as_they_happen_holding_only_what_it_needs(
     let script_text = format!("cp /bin/busybox {dropped} && exec {dropped} sleep 2");
     let runner = {
         let (exec_id, other_id) = (exec_id.clone(), other_id.clone());
-        std::thread::spawn(move || {
-            bed.ctr(&[
-                "tasks",
-                "exec",
-                "--exec-id",
-                &exec_id,
-                &other_id,
-                "sh",
-                "-c",
-                &script_text,
-            ])
-        })
+        std::thread::spawn(move || bed.ctr_exec(&exec_id, &other_id, &["sh", "-c", &script_text]))
     };
     let found = wait_for(
         &format!("binary_drift of {dropped} in {other_id}"),
@@ -2402,17 +2347,8 @@ fn the_daemonsets_own_pod_reads_execs_as_they_happen_holding_only_what_it_needs(
     );
     let out = runner.join().expect("the exec thread");
     assert!(out.success(), "ctr tasks exec failed\n{out}");
-    bed.ctr(&[
-        "tasks",
-        "exec",
-        "--exec-id",
-        &format!("{exec_id}-rm"),
-        &other_id,
-        "rm",
-        "-f",
-        &dropped,
-    ])
-    .ok();
+    bed.ctr_exec(&format!("{exec_id}-rm"), &other_id, &["rm", "-f", &dropped])
+        .ok();
 }
 
 // ---------------------------------------------------------------------------------------------
