@@ -219,6 +219,60 @@ fn wait_indexed(agent: &Agent, ready: u32) {
     });
 }
 
+/// Rewrites `target` as a node-side tamperer would: a copy with bytes appended, renamed
+/// over it (what `cp` onto a lower layer amounts to); still a working busybox.
+fn alter_in_place(target: &Path) {
+    let altered = target.with_file_name(".busybox-altered");
+    fs::copy(target, &altered).unwrap();
+    let mut f = fs::OpenOptions::new().append(true).open(&altered).unwrap();
+    f.write_all(b"\0altered on the node\0").unwrap();
+    drop(f);
+    fs::rename(&altered, target).unwrap();
+}
+
+/// `/bin/busybox` altered in the layer `diff_id`: the image says `expected`, `sha256sum`
+/// of the file says `actual`.
+struct Altered<'a> {
+    diff_id: &'a str,
+    expected: &'a str,
+    actual: &'a str,
+}
+
+impl Altered<'_> {
+    /// Waits for the container `id`, running since `running_at`, to be flagged within a scan
+    /// interval (and slack): critical, with the file's digest, its message naming the layer,
+    /// both digests, the path and each of `also`.
+    fn wait_reported(&self, agent: &Agent, id: &str, running_at: Instant, also: &[&str]) {
+        let found = wait_for(
+            &format!("image_content_mismatch in {id}"),
+            SCANS_TIMEOUT,
+            || {
+                mismatch_findings(agent, id)
+                    .into_iter()
+                    .find(|f| f["path"] == "/bin/busybox")
+                    .ok_or_else(|| format!("{:?}", agent.findings()))
+            },
+        );
+        let took = running_at.elapsed();
+        assert!(
+            took <= Duration::from_secs(INTERVAL_SECS * 2 + 5),
+            "found {took:?} after the container ran: more than a scan interval ({INTERVAL_SECS} s) and slack"
+        );
+        assert_eq!(found["severity"], "critical", "{found}");
+        assert_eq!(found["sha256"], self.actual, "{found}");
+        let message = found["message"].as_str().unwrap();
+        let parts = [
+            format!("layer {}", self.diff_id),
+            format!("expected sha256 {}", self.expected),
+            format!("actual sha256 {}", self.actual),
+            "/bin/busybox".to_string(),
+        ];
+        for part in parts.iter().map(String::as_str).chain(also.iter().copied()) {
+            assert!(message.contains(part), "{part} not in {message}");
+        }
+    }
+}
+
 fn mismatch_findings(agent: &Agent, id: &str) -> Vec<Value> {
     agent
         .findings()
@@ -345,12 +399,7 @@ fn a_binary_altered_in_the_unpacked_snapshot_is_an_image_content_mismatch_naming
     // layer amounts to), still a working busybox.
     let target = Path::new(&lower).join("bin/busybox");
     let expected = member_sha256(&layer_blob(bed, &diff_id), "./bin/busybox");
-    let altered = Path::new(&lower).join("bin/.busybox-altered");
-    fs::copy(&target, &altered).unwrap();
-    let mut f = fs::OpenOptions::new().append(true).open(&altered).unwrap();
-    f.write_all(b"\0altered on the node\0").unwrap();
-    drop(f);
-    fs::rename(&altered, &target).unwrap();
+    alter_in_place(&target);
     let actual = sha256sum(&target);
     assert_ne!(actual, expected);
 
@@ -358,34 +407,12 @@ fn a_binary_altered_in_the_unpacked_snapshot_is_an_image_content_mismatch_naming
     let pod = run_pod(bed, &second, &image);
     let running_at = Instant::now();
     let id = only_container_id(&pod);
-    let found = wait_for(
-        &format!("image_content_mismatch in {id}"),
-        SCANS_TIMEOUT,
-        || {
-            mismatch_findings(&agent, &id)
-                .into_iter()
-                .find(|f| f["path"] == "/bin/busybox")
-                .ok_or_else(|| format!("{:?}", agent.findings()))
-        },
-    );
-    let took = running_at.elapsed();
-    assert!(
-        took <= Duration::from_secs(INTERVAL_SECS * 2 + 5),
-        "found {took:?} after the pod ran: more than a scan interval ({INTERVAL_SECS} s) and slack"
-    );
-    assert_eq!(found["severity"], "critical", "{found}");
-    assert_eq!(found["sha256"], actual.as_str(), "{found}");
-    let message = found["message"].as_str().unwrap();
-    for part in [
-        format!("layer {diff_id}"),
-        format!("expected sha256 {expected}"),
-        format!("actual sha256 {actual}"),
-        image.clone(),
-        image_id.clone(),
-        "/bin/busybox".to_string(),
-    ] {
-        assert!(message.contains(&part), "{part} not in {message}");
-    }
+    let altered = Altered {
+        diff_id: &diff_id,
+        expected: &expected,
+        actual: &actual,
+    };
+    altered.wait_reported(&agent, &id, running_at, &[&image, &image_id]);
     delete_pod(bed, &second);
     agent.stop();
 }
@@ -601,13 +628,7 @@ fn podman_a_binary_altered_in_the_unpacked_layer_is_an_image_content_mismatch_na
 
     // Rewrite busybox in the layer's unpacked directory (a new file renamed over it), still
     // a working busybox; podman itself now mounts the altered file.
-    let target = layer_dir.join("bin/busybox");
-    let altered = layer_dir.join("bin/.busybox-altered");
-    fs::copy(&target, &altered).unwrap();
-    let mut f = fs::OpenOptions::new().append(true).open(&altered).unwrap();
-    f.write_all(b"\0altered on the node\0").unwrap();
-    drop(f);
-    fs::rename(&altered, &target).unwrap();
+    alter_in_place(&layer_dir.join("bin/busybox"));
     let mount = bed.podman(&["image", "mount", &image_id]).ok();
     let actual = sha256sum(&Path::new(mount.stdout.trim()).join("bin/busybox"));
     bed.podman(&["image", "unmount", &image_id]);
@@ -616,32 +637,12 @@ fn podman_a_binary_altered_in_the_unpacked_layer_is_an_image_content_mismatch_na
     let second = format!("{name}-b");
     let id = run_podman(bed, &second, &image);
     let running_at = Instant::now();
-    let found = wait_for(
-        &format!("image_content_mismatch in {id}"),
-        SCANS_TIMEOUT,
-        || {
-            mismatch_findings(&agent, &id)
-                .into_iter()
-                .find(|f| f["path"] == "/bin/busybox")
-                .ok_or_else(|| format!("{:?}", agent.findings()))
-        },
-    );
-    let took = running_at.elapsed();
-    assert!(
-        took <= Duration::from_secs(INTERVAL_SECS * 2 + 5),
-        "found {took:?} after the container ran: more than a scan interval ({INTERVAL_SECS} s) and slack"
-    );
-    assert_eq!(found["severity"], "critical", "{found}");
-    assert_eq!(found["sha256"], actual.as_str(), "{found}");
-    let message = found["message"].as_str().unwrap();
-    for part in [
-        format!("layer {diff_id}"),
-        format!("expected sha256 {expected}"),
-        format!("actual sha256 {actual}"),
-        "/bin/busybox".to_string(),
-    ] {
-        assert!(message.contains(&part), "{part} not in {message}");
-    }
+    let altered = Altered {
+        diff_id: &diff_id,
+        expected: &expected,
+        actual: &actual,
+    };
+    altered.wait_reported(&agent, &id, running_at, &[]);
     let ps = processes_of(&report(&agent).unwrap(), &id);
     let busybox: Vec<_> = ps.iter().filter(|p| p["exe"] == "/bin/busybox").collect();
     assert!(!busybox.is_empty(), "{ps:?}");
