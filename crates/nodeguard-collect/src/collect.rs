@@ -670,35 +670,27 @@ fn collect_from(
         layers_took = t.elapsed();
         (found, outside)
     };
-    let (containers, found) = if threads > 1 {
-        std::thread::scope(|scope| {
-            let layers = scope.spawn(locate);
-            let containers = build_containers(
-                opts,
-                &seeds,
-                &raws,
-                limit_files,
-                keep_max,
-                true,
-                &skip,
-                &mut log,
-            );
-            let found = joined(layers);
-            (containers, found)
-        })
-    } else {
-        let found = locate();
-        let containers = build_containers(
+    let mut build = |threaded: bool| {
+        build_containers(
             opts,
             &seeds,
             &raws,
             limit_files,
             keep_max,
-            false,
+            threaded,
             &skip,
             &mut log,
-        );
-        (containers, found)
+        )
+    };
+    let (containers, found) = if threads > 1 {
+        std::thread::scope(|scope| {
+            let layers = scope.spawn(locate);
+            let containers = build(true);
+            (containers, joined(layers))
+        })
+    } else {
+        let found = locate();
+        (build(false), found)
     };
     log.absorb(layer_log);
     let mut containers = containers;
