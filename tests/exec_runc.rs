@@ -623,25 +623,10 @@ fn without_net_admin_the_agent_polls_and_names_it_and_with_it_drops_it_once_subs
             .any(|l| l.contains("exec events") && l.contains("\"source\":\"netlink\"")),
         "the start-up log names netlink:\n{log}"
     );
-    let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{}/task", with.pid()))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    assert!(tasks.len() > 1, "{tasks:?}");
-    for task in tasks {
-        let status = task.join("status");
-        // Read once; a thread that ended since the listing (a blocking-pool thread idles
-        // out) is skipped.
-        let Ok(text) = fs::read_to_string(&status) else {
-            continue;
-        };
-        let field = |name: &str| {
-            let hex = text
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .unwrap_or_else(|| panic!("no {name} in {}", status.display()));
-            u64::from_str_radix(hex.trim(), 16).unwrap()
-        };
+    let threads = support::oracle::thread_statuses(with.pid());
+    assert!(threads.len() > 1, "{threads:?}");
+    for (status, text) in &threads {
+        let field = |name: &str| support::oracle::status_mask(text, name);
         for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
             assert_eq!(field(set) & net_admin, 0, "{set} of {}", status.display());
         }

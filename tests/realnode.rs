@@ -2212,43 +2212,20 @@ fn the_daemonsets_own_pod_reads_execs_as_they_happen_holding_only_what_it_needs(
         bounding, running,
         "the manifest grants NET_ADMIN: {added:?}"
     );
-    let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the agent's threads")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    assert!(tasks.len() > 1, "a running agent has threads: {tasks:?}");
-    for task in &tasks {
-        let status = task.join("status");
-        let field = |name: &str| {
-            let hex = support::oracle::status_field(&status, name)
-                .unwrap_or_else(|| panic!("no {name} in {}", status.display()));
-            u64::from_str_radix(hex.trim(), 16).unwrap()
-        };
-        let shown = || fs::read_to_string(&status).unwrap_or_default();
-        assert_eq!(
-            field("CapBnd"),
-            bounding,
-            "{}\n{}",
-            status.display(),
-            shown()
-        );
-        assert_eq!(
-            field("CapPrm"),
-            running,
-            "{}\n{}",
-            status.display(),
-            shown()
-        );
-        assert_eq!(
-            field("CapEff"),
-            running,
-            "{}\n{}",
-            status.display(),
-            shown()
-        );
-        assert_eq!(field("CapInh"), 0, "{}\n{}", status.display(), shown());
-        assert_eq!(field("CapAmb"), 0, "{}\n{}", status.display(), shown());
-        assert_eq!(field("NoNewPrivs"), 1, "{}\n{}", status.display(), shown());
+    let threads = support::oracle::thread_statuses(pid);
+    assert!(
+        threads.len() > 1,
+        "a running agent has threads: {threads:?}"
+    );
+    for (status, text) in &threads {
+        let field = |name: &str| support::oracle::status_mask(text, name);
+        let at = format!("{}\n{text}", status.display());
+        assert_eq!(field("CapBnd"), bounding, "{at}");
+        assert_eq!(field("CapPrm"), running, "{at}");
+        assert_eq!(field("CapEff"), running, "{at}");
+        assert_eq!(field("CapInh"), 0, "{at}");
+        assert_eq!(field("CapAmb"), 0, "{at}");
+        assert_eq!(field("NoNewPrivs"), 1, "{at}");
     }
 
     // 3. The start-up log kubelet keeps names the source.

@@ -2,7 +2,7 @@
 //! text files.
 
 use super::cmd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `sha256sum PATH` (for `/proc/PID/exe` this reads the executable the process runs).
 pub fn sha256sum(path: &Path) -> String {
@@ -31,6 +31,31 @@ pub fn status_field(path: &Path, field: &str) -> Option<String> {
         let (key, value) = line.split_once(':')?;
         (key == field).then(|| value.trim().to_string())
     })
+}
+
+/// The `/proc/PID/status` of each thread of `pid` that is still there, read once each:
+/// (its status path, its text). A thread that ended since the listing (a blocking-pool
+/// thread idles out) is left out.
+pub fn thread_statuses(pid: impl std::fmt::Display) -> Vec<(PathBuf, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("the threads of {pid}: {e}"));
+    tasks
+        .filter_map(|e| e.ok().map(|e| e.path().join("status")))
+        .filter_map(|status| {
+            let text = std::fs::read_to_string(&status).ok()?;
+            Some((status, text))
+        })
+        .collect()
+}
+
+/// A hexadecimal or decimal mask field (`CapEff`, `NoNewPrivs`) of a status text read by
+/// [`thread_statuses`]; panics if it is missing.
+pub fn status_mask(text: &str, field: &str) -> u64 {
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in {text}"));
+    u64::from_str_radix(value.trim(), 16).unwrap_or_else(|e| panic!("{field}: {value}: {e}"))
 }
 
 /// A field of `/proc/PID/status` of a live process; panics if it is missing.
