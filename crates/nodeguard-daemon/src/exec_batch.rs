@@ -2,15 +2,17 @@
 //!
 //! Each exec is held by the event thread the moment its event arrives (a process may live a
 //! millisecond); the loop only reads what was held, so it need not wake per exec. It wakes
-//! for the first event of a batch, sleeps [`EXEC_COALESCE`], then takes everything queued
-//! meanwhile (at most [`EXEC_BATCH_MAX`] pids): one wake-up of the loop, one hand-off to a
-//! blocking thread and back, per batch, whatever the number of execs in it.
+//! for the first event of a batch, sleeps a window, then takes everything queued meanwhile
+//! (at most [`EXEC_BATCH_MAX`] pids): one wake-up of the loop, one hand-off to a blocking
+//! thread and back, per batch, whatever the number of execs in it. On this VM such a
+//! round costs about as much CPU as reading several execs.
 //!
-//! Under a storm the window shrinks to [`EXEC_COALESCE_STORM`]: every exec queued is a held
-//! process (two descriptors, a place in the holder's budget) until its batch is read, so
-//! when the last batch came at [`EXEC_STORM_RATE`] execs a second or more, the next one is
-//! gathered over the short window, which keeps what is held at once where it was with
-//! 5 ms batches.
+//! The window is as long as it may be while what stays held until its batch is read stays
+//! small: every exec queued is a held process (two descriptors, a place in the holder's
+//! budget). From the rate the last batch came at, the window is what brings
+//! [`EXEC_HELD_PER_BATCH`] execs, within [`EXEC_COALESCE_MIN`] and [`EXEC_COALESCE`]: 50 ms
+//! up to 1,280 execs a second, 5 ms from 12,800. Without holds (`--exec-hold off`) a
+//! process is read by pid when its batch is, so the window stays [`EXEC_COALESCE_MIN`].
 
 use crate::ExecEvent;
 use nodeguard_scan::HeldProcess;
@@ -18,13 +20,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// How long the loop gathers further execs after the first of a batch.
-pub const EXEC_COALESCE: Duration = Duration::from_millis(20);
-/// The window while execs arrive at [`EXEC_STORM_RATE`] or faster.
-pub const EXEC_COALESCE_STORM: Duration = Duration::from_millis(5);
-/// Execs a second from which a batch is gathered over [`EXEC_COALESCE_STORM`]: 64 held
-/// processes per [`EXEC_COALESCE`] window, a quarter of the holder's default budget.
-pub const EXEC_STORM_RATE: u64 = 3_200;
+/// The longest the loop gathers further execs after the first of a batch.
+pub const EXEC_COALESCE: Duration = Duration::from_millis(50);
+/// The shortest window: under a storm, and always without holds.
+pub const EXEC_COALESCE_MIN: Duration = Duration::from_millis(5);
+/// Execs a window is sized to bring at the last batch's rate: a quarter of the holder's
+/// default budget ([`nodeguard_scan::HOLD_BUDGET_DEFAULT`]).
+pub const EXEC_HELD_PER_BATCH: usize = 64;
 /// The most pids one exec-driven read covers; the rest wait for the next.
 pub const EXEC_BATCH_MAX: usize = 512;
 
@@ -66,17 +68,23 @@ impl Batch {
 #[derive(Debug)]
 pub(crate) struct Gatherer {
     window: Duration,
-}
-
-impl Default for Gatherer {
-    fn default() -> Gatherer {
-        Gatherer {
-            window: EXEC_COALESCE,
-        }
-    }
+    /// Whether events carry held processes (else the window stays the shortest).
+    held: bool,
 }
 
 impl Gatherer {
+    /// A gatherer for a feed whose events carry held processes (`held`) or bare pids.
+    pub(crate) fn new(held: bool) -> Gatherer {
+        Gatherer {
+            window: if held {
+                EXEC_COALESCE
+            } else {
+                EXEC_COALESCE_MIN
+            },
+            held,
+        }
+    }
+
     /// The batch that begins with `first`: what `receiver` queued within the window after
     /// it, up to [`EXEC_BATCH_MAX`] pids.
     pub(crate) async fn gather(
@@ -94,13 +102,12 @@ impl Gatherer {
                 Err(_) => break,
             }
         }
-        let took = started.elapsed().max(self.window);
-        let rate = batch.events as f64 / took.as_secs_f64();
-        self.window = if rate >= EXEC_STORM_RATE as f64 {
-            EXEC_COALESCE_STORM
-        } else {
-            EXEC_COALESCE
-        };
+        if self.held {
+            // The window that would have brought EXEC_HELD_PER_BATCH at this batch's rate.
+            let took = started.elapsed().max(self.window);
+            let sized = took.mul_f64(EXEC_HELD_PER_BATCH as f64 / batch.events.max(1) as f64);
+            self.window = sized.clamp(EXEC_COALESCE_MIN, EXEC_COALESCE);
+        }
         batch
     }
 }
@@ -127,12 +134,12 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(64);
         let burst = tokio::spawn(async move {
             for pid in 2..=10 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(4)).await;
                 sender.send(exec(pid)).await.unwrap();
             }
             sender
         });
-        let mut gatherer = Gatherer::default();
+        let mut gatherer = Gatherer::new(true);
         let batch = gatherer.gather(exec(1), &mut receiver).await;
         assert_eq!(batch.pids, (1..=10).collect::<Vec<_>>());
         assert!(!batch.lost);
@@ -144,12 +151,13 @@ mod tests {
         drop(sender);
     }
 
-    /// A storm (here 10 execs a millisecond) shortens the next window to the storm's; a
-    /// batch at an ordinary rate brings the long window back. A loss is passed on.
+    /// A storm (here 200 execs in one window) shortens the next window, down to the
+    /// shortest, so what is held until its batch is read stays bounded; batches at an
+    /// ordinary rate bring the long window back. A loss is passed on.
     #[tokio::test(start_paused = true)]
-    async fn a_storm_shortens_the_window_and_a_quiet_batch_restores_it() {
+    async fn a_storm_shortens_the_window_and_quiet_batches_restore_it() {
         let (sender, mut receiver) = mpsc::channel(1024);
-        let mut gatherer = Gatherer::default();
+        let mut gatherer = Gatherer::new(true);
         assert_eq!(gatherer.window(), EXEC_COALESCE);
         for pid in 2..=200 {
             sender.try_send(exec(pid)).unwrap();
@@ -160,12 +168,31 @@ mod tests {
         let batch = gatherer.gather(exec(1), &mut receiver).await;
         assert_eq!(batch.pids.len(), 200);
         assert!(batch.lost);
-        assert_eq!(gatherer.window(), EXEC_COALESCE_STORM);
+        // 201 events in 50 ms: the window that brings 64 is about 16 ms.
+        let window = gatherer.window();
+        assert!(window < EXEC_COALESCE / 3, "{window:?}");
+        for pid in 300..1300 {
+            sender.try_send(exec(pid)).unwrap();
+        }
+        gatherer.gather(exec(299), &mut receiver).await;
+        assert_eq!(gatherer.window(), EXEC_COALESCE_MIN);
 
-        sender.try_send(exec(300)).unwrap();
-        let batch = gatherer.gather(exec(299), &mut receiver).await;
-        assert_eq!(batch.pids, vec![299, 300]);
+        // Quiet again: one exec per batch.
+        while receiver.try_recv().is_ok() {}
+        gatherer.gather(exec(2000), &mut receiver).await;
+        gatherer.gather(exec(2001), &mut receiver).await;
         assert_eq!(gatherer.window(), EXEC_COALESCE);
+    }
+
+    /// Without holds a process is read by pid with its batch: the window stays the
+    /// shortest, whatever the rate.
+    #[tokio::test(start_paused = true)]
+    async fn without_holds_the_window_stays_the_shortest() {
+        let (_sender, mut receiver) = mpsc::channel(8);
+        let mut gatherer = Gatherer::new(false);
+        assert_eq!(gatherer.window(), EXEC_COALESCE_MIN);
+        gatherer.gather(exec(1), &mut receiver).await;
+        assert_eq!(gatherer.window(), EXEC_COALESCE_MIN);
     }
 
     /// A batch stops at [`EXEC_BATCH_MAX`] distinct pids; the rest wait for the next, and a
@@ -176,7 +203,7 @@ mod tests {
         for pid in 1..=(EXEC_BATCH_MAX as i32 + 10) {
             sender.try_send(exec(pid)).unwrap();
         }
-        let batch = Gatherer::default().gather(exec(1), &mut receiver).await;
+        let batch = Gatherer::new(true).gather(exec(1), &mut receiver).await;
         assert_eq!(batch.pids.len(), EXEC_BATCH_MAX);
         assert_eq!(batch.pids.iter().filter(|p| **p == 1).count(), 1);
         let mut left = 0;

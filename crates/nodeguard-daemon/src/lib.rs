@@ -15,8 +15,9 @@
 //! Scans run on a blocking thread; the caches inside the [`Scanner`] live across scans.
 //!
 //! With an [`ExecFeed`] (the kernel's process-events connector), each exec is handled at
-//! once: execs arriving within [`EXEC_COALESCE`] of the first form one batch (at most
-//! [`EXEC_BATCH_MAX`] pids; a shorter window under a storm, `exec_batch`), the scanner reads just those processes at once
+//! once: execs arriving within a window after the first form one batch (at most
+//! [`EXEC_BATCH_MAX`] pids; the window is [`EXEC_COALESCE`], shorter under a storm and
+//! without holds, `exec_batch`), the scanner reads just those processes at once
 //! ([`Scanner::read_execs`]); when what was read raises something new, it is merged into the
 //! latest report ([`Scanner::merge_execs`]) at most every [`EXEC_PUBLISH_GAP`] and published
 //! like a scan's. Lost events (the kernel's buffer or the feed's channel overflowed) bring the
@@ -42,7 +43,7 @@ mod exec_batch;
 mod policy_source;
 mod running;
 mod timetable;
-pub use exec_batch::{EXEC_BATCH_MAX, EXEC_COALESCE, EXEC_COALESCE_STORM, EXEC_STORM_RATE};
+pub use exec_batch::{EXEC_BATCH_MAX, EXEC_COALESCE, EXEC_COALESCE_MIN, EXEC_HELD_PER_BATCH};
 pub use policy_source::PolicySource;
 use policy_source::{warn_weakened, weakened_settings, ReloadFailure};
 use running::Running;
@@ -289,8 +290,10 @@ impl Daemon {
             pods,
             feed_stats: exec_feed.as_ref().map(|f| Arc::clone(&f.stats)),
             hold_stats: exec_feed.as_ref().and_then(|f| f.hold_stats.clone()),
+            gatherer: exec_batch::Gatherer::new(
+                exec_feed.as_ref().is_some_and(|f| f.hold_stats.is_some()),
+            ),
             exec_feed,
-            gatherer: exec_batch::Gatherer::default(),
             lost_seen: 0,
             state,
             control,
