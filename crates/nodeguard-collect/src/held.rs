@@ -39,10 +39,11 @@ use crate::process::{parse_stat, read_into, reads_cwd, Captured, PidDir, CMDLINE
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::NixPath;
 use nodeguard_model::UnheldExecs;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -401,8 +402,8 @@ impl Holder {
         read("cmdline", CMDLINE_MAX, true, &mut files)?;
         let mut links = Vec::with_capacity(NS_LINKS.len() + 2);
         let link = |name: &'static str, links: &mut Vec<(&'static str, Vec<u8>)>| {
-            if let Ok(target) = readlinkat(dir.as_fd(), name) {
-                links.push((name, target.as_bytes().to_vec()));
+            if let Some(target) = read_link(&dir, name) {
+                links.push((name, target));
             }
         };
         link("exe", &mut links);
@@ -441,6 +442,36 @@ fn ns_inode(target: &[u8]) -> Option<u64> {
     let open = target.iter().position(|b| *b == b'[')?;
     let inner = target.get(open + 1..target.len().checked_sub(1)?)?;
     std::str::from_utf8(inner).ok()?.parse().ok()
+}
+
+/// The target of the link `name` under `dir`, read into a buffer on the stack and kept at
+/// its size: one allocation per link (`nix`'s `readlinkat` allocates `PATH_MAX`, shrinks,
+/// and the capture copied that again; a hold reads eight links per exec). `None` when it
+/// cannot be read.
+fn read_link(dir: &OwnedFd, name: &str) -> Option<Vec<u8>> {
+    let mut buf = [0u8; libc::PATH_MAX as usize];
+    let n = name
+        .with_nix_path(|path| {
+            // SAFETY: `path` is a NUL-terminated string and `buf` is writable for its length;
+            // readlinkat writes at most that many bytes and returns how many it wrote.
+            unsafe {
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    path.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            }
+        })
+        .ok()?;
+    let n = usize::try_from(n).ok()?;
+    if n < buf.len() {
+        return buf.get(..n).map(<[u8]>::to_vec);
+    }
+    // As long as the buffer: maybe cut; the allocating read says how long it is.
+    readlinkat(dir.as_fd(), name)
+        .ok()
+        .map(|t| t.as_bytes().to_vec())
 }
 
 /// At most `limit` bytes of a small procfs file, as [`read_into`] reads them, the first
