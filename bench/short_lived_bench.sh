@@ -26,6 +26,9 @@
 # A third run with --exec-hold realtime (the event thread under SCHED_FIFO; the bench runs as
 # root, so it holds CAP_SYS_NICE).
 #
+# With BASELINE=/path/to/an/older/nodeguard, a first run of that binary with --exec-hold on,
+# printed beside the others (the old way in the same run).
+#
 # Target: >= 95 of 100 of each kind read with its digest with --exec-hold on. A measurement,
 # not a test: exit 0 unless STRICT=1 and a target is missed. Loopback only; everything is torn
 # down at exit.
@@ -63,15 +66,15 @@ UPPER=$CONTAINER_DIR/upper
 POLICY=$WORK/policy.yaml
 printf 'version: 1\n' >"$POLICY"
 
-start_agent() { # start_agent MODE: sets URL, AGENT_LOG, AGENT_PID; waits for 2 scans
+start_agent() { # start_agent LABEL HOLD BINARY: sets URL, AGENT_LOG, AGENT_PID; waits for 2 scans
   pick_port
   AGENT_LOG=$WORK/agent-$1.log
   local args=(run --listen "127.0.0.1:$PORT" --kube off --log-format json --config "$POLICY"
-    --interval 1h --fs-interval 1h --exec-hold "$1")
+    --interval 1h --fs-interval 1h --exec-hold "$2")
   readlink /proc/1/root >/dev/null 2>&1 || args+=(--host-root /)
-  echo "agent (--exec-hold $1): $NODEGUARD ${args[*]}"
+  echo "agent (--exec-hold $2): $3 ${args[*]}"
   # The holder logs each exec it could not hold (pid, step, reason, comm) at debug.
-  RUST_LOG=${RUST_LOG:-info,nodeguard_collect::held=debug} "$NODEGUARD" "${args[@]}" 2>"$AGENT_LOG" >/dev/null &
+  RUST_LOG=${RUST_LOG:-info,nodeguard_collect::held=debug} "$3" "${args[@]}" 2>"$AGENT_LOG" >/dev/null &
   AGENT_PID=$!
   for _ in $(seq 600); do
     kill -0 "$AGENT_PID" 2>/dev/null || { cat "$AGENT_LOG" >&2; die "the agent exited"; }
@@ -89,11 +92,12 @@ wait_next_scan() {
   for _ in $(seq 600); do (($(scans_done) > before)) && return 0; sleep 0.1; done
 }
 
-# run_mode MODE: sets CAUGHT_D, CAUGHT_M (dropped and memfd processes read with their digest),
-# HELD and UNHELD (the agent's counters).
+# run_mode MODE [HOLD BINARY]: sets CAUGHT_D, CAUGHT_M (dropped and memfd processes read with
+# their digest), HELD and UNHELD (the agent's counters). MODE labels the run (file names, the
+# log); HOLD (default MODE) is the --exec-hold value, BINARY (default NODEGUARD) the agent.
 run_mode() {
   local mode=$1
-  start_agent "$mode"
+  start_agent "$mode" "${2:-$mode}" "${3:-$NODEGUARD}"
   runc --root "$RUNC_ROOT" exec "$CID" /bin/sh -c "
     i=0
     while [ \$i -lt $N ]; do
@@ -136,6 +140,10 @@ run_mode() {
   stop_agent
 }
 
+if [[ -n $BASELINE ]]; then
+  run_mode base on "$BASELINE"
+  BASE_D=$CAUGHT_D BASE_M=$CAUGHT_M BASE_HELD=${HELD:-0} BASE_UNHELD=${UNHELD% } BASE_STEPS=$STEPS BASE_LATE=$LATE
+fi
 run_mode off
 OFF_D=$CAUGHT_D OFF_M=$CAUGHT_M
 run_mode on
@@ -151,6 +159,10 @@ printf '  %-34s %12s %12s %12s\n' "memfd exec" "$OFF_M/$N" "$ON_M/$N" "$RT_M/$N"
 echo "  with --exec-hold on: held $ON_HELD; not held: $ON_UNHELD"
 echo "  not held, by step/reason (bench: comm seen as the bench's; other: the host's or gone): ${ON_STEPS:-none}"
 echo "  not held: time from the exec to the failed step: ${ON_LATE:-none}"
+if [[ -n $BASELINE ]]; then
+  echo "  baseline ($BASELINE) with --exec-hold on: dropped binary $BASE_D/$N, memfd exec $BASE_M/$N; held $BASE_HELD; not held: $BASE_UNHELD"
+  echo "  baseline, not held by step/reason: ${BASE_STEPS:-none}; time from the exec to the failed step: ${BASE_LATE:-none}"
+fi
 echo "  with --exec-hold realtime: held $RT_HELD; not held: $RT_UNHELD"
 echo "  not held, by step/reason: ${RT_STEPS:-none}"
 echo "  not held: time from the exec to the failed step: ${RT_LATE:-none}"

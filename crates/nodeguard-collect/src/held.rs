@@ -10,7 +10,9 @@
 //!   after the process exited, also for a deleted file or a memfd, so the digest is taken
 //!   from exactly the file that ran;
 //! - the small files the collector parses and that are gone once the process is reaped:
-//!   `stat`, `status`, `cmdline`, `cgroup`, the `exe`, `cwd` and `ns/*` links, and
+//!   `stat`, `status`, `cmdline`, `cgroup`, the `exe` and `ns/*` links, the `cwd` link
+//!   only where the collector reads it (an interpreter running a script by a relative
+//!   path, [`crate::process::reads_cwd`]), and
 //!   `mountinfo` when the process has a mount namespace other than the host's (a
 //!   container's root and writable mounts, for the executable's layer) and not one the
 //!   collector already keeps the root of ([`Holder::kept_mount_namespaces_slot`]): the
@@ -33,14 +35,15 @@
 
 use crate::layer::identity_of;
 use crate::mount_roots::KeptMountNamespaces;
-use crate::process::{parse_stat, read_into, Captured, PidDir, CMDLINE_MAX};
+use crate::process::{parse_stat, read_into, reads_cwd, Captured, PidDir, CMDLINE_MAX};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::NixPath;
 use nodeguard_model::UnheldExecs;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -357,7 +360,7 @@ impl Holder {
             exe,
             mut captured,
         } = grip;
-        let mut files: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(6);
+        let mut files: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(5);
         // `whole`: a file procfs generates whole (a short read ends it).
         let read = |name: &'static str,
                     limit: usize,
@@ -370,15 +373,13 @@ impl Holder {
                 Mode::empty(),
             )
             .map_err(|e| (reason(e), name))?;
-            let mut file = File::from(file);
-            let mut buf = Vec::new();
-            read_into(&mut buf, limit, whole, |chunk, _| file.read(chunk)).map_err(|e| {
+            let bytes = read_small(&mut File::from(file), limit, whole).map_err(|e| {
                 let why = e
                     .raw_os_error()
                     .map_or(Unheld::Error, |n| reason(Errno::from_raw(n)));
                 (why, name)
             })?;
-            files.push((name, buf));
+            files.push((name, bytes));
             Ok::<(), (Unheld, &'static str)>(())
         };
         read("stat", STAT_MAX, true, &mut files)?;
@@ -396,12 +397,25 @@ impl Holder {
         }
         read("cgroup", CGROUP_MAX, true, &mut files)?;
         read("status", STATUS_MAX, true, &mut files)?;
-        read("cmdline", CMDLINE_MAX, false, &mut files)?;
+        // As the collector reads it: a short read ends it (procfs hands out the whole
+        // argument area, up to what was asked, in one read).
+        read("cmdline", CMDLINE_MAX, true, &mut files)?;
         let mut links = Vec::with_capacity(NS_LINKS.len() + 2);
-        for name in ["exe", "cwd"].into_iter().chain(NS_LINKS) {
-            if let Ok(target) = readlinkat(dir.as_fd(), name) {
-                links.push((name, target.as_bytes().to_vec()));
+        let link = |name: &'static str, links: &mut Vec<(&'static str, Vec<u8>)>| {
+            if let Some(target) = read_link(&dir, name) {
+                links.push((name, target));
             }
+        };
+        link("exe", &mut links);
+        // `cwd` only where the collector will ask for it (an interpreter running a script
+        // by a relative path): for any other process it is never read.
+        let cmdline = files.last().map_or(&[][..], |(_, c)| c.as_slice());
+        let exe_link = links.iter().find(|(n, _)| *n == "exe");
+        if exe_link.is_some_and(|(_, exe)| reads_cwd(exe, cmdline)) {
+            link("cwd", &mut links);
+        }
+        for name in NS_LINKS {
+            link(name, &mut links);
         }
         let mnt = links.iter().find(|(n, _)| *n == "ns/mnt").map(|(_, t)| t);
         let kept = mnt
@@ -428,6 +442,59 @@ fn ns_inode(target: &[u8]) -> Option<u64> {
     let open = target.iter().position(|b| *b == b'[')?;
     let inner = target.get(open + 1..target.len().checked_sub(1)?)?;
     std::str::from_utf8(inner).ok()?.parse().ok()
+}
+
+/// The target of the link `name` under `dir`, read into a buffer on the stack and kept at
+/// its size: one allocation per link (`nix`'s `readlinkat` allocates `PATH_MAX`, shrinks,
+/// and the capture copied that again; a hold reads eight links per exec). `None` when it
+/// cannot be read.
+fn read_link(dir: &OwnedFd, name: &str) -> Option<Vec<u8>> {
+    let mut buf = [0u8; libc::PATH_MAX as usize];
+    let n = name
+        .with_nix_path(|path| {
+            // SAFETY: `path` is a NUL-terminated string and `buf` is writable for its length;
+            // readlinkat writes at most that many bytes and returns how many it wrote.
+            unsafe {
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    path.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            }
+        })
+        .ok()?;
+    let n = usize::try_from(n).ok()?;
+    if n < buf.len() {
+        return buf.get(..n).map(<[u8]>::to_vec);
+    }
+    // As long as the buffer: maybe cut; the allocating read says how long it is.
+    readlinkat(dir.as_fd(), name)
+        .ok()
+        .map(|t| t.as_bytes().to_vec())
+}
+
+/// At most `limit` bytes of a small procfs file, as [`read_into`] reads them, the first
+/// `read` into a page on the stack: what is kept is exactly what the file held (a capture
+/// does not keep an 8 KiB buffer per file for a 300-byte `stat`) and nothing is zeroed per
+/// read.
+fn read_small(file: &mut File, limit: usize, whole: bool) -> std::io::Result<Vec<u8>> {
+    let mut page = [0u8; 4096];
+    let want = page.len().min(limit);
+    let n = loop {
+        match file.read(&mut page[..want]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            read => break read?,
+        }
+    };
+    let mut bytes = page[..n].to_vec();
+    if n == 0 || (whole && n < want) || n >= limit {
+        return Ok(bytes);
+    }
+    let mut rest = Vec::new();
+    read_into(&mut rest, limit - n, whole, |chunk, _| file.read(chunk))?;
+    bytes.extend_from_slice(&rest);
+    Ok(bytes)
 }
 
 /// A process grabbed ([`Holder::grab`]) and not yet [`Holder::finish`]ed: its `/proc/PID`
@@ -601,6 +668,75 @@ mod tests {
         );
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// A shell running a script by a relative path is held with its working directory, so
+    /// the script is resolved after the shell exited; a program that is no interpreter (or
+    /// a script named absolutely) is held without it: its `cwd` link is not read per exec.
+    #[test]
+    fn the_working_directory_is_held_only_for_a_script_named_relatively() {
+        let dir = std::env::temp_dir().join(format!("held-cwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("s.sh");
+        std::fs::write(&script, "sleep 3\n").unwrap();
+        let holder = holder(4);
+        let held_cwd = |program: &Path, arg: &std::ffi::OsStr| {
+            let mut child = Command::new(program)
+                .arg(arg)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            // The exec has happened once the link names the program (a fork shows the
+            // test binary until then).
+            let link = format!("/proc/{}/exe", child.id());
+            let want = std::fs::canonicalize(program).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read_link(&link).ok() != Some(want.clone()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{program:?} did not exec"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let held = holder
+                .hold(child.id() as i32, monotonic_ns())
+                .expect("a running child is held");
+            let _ = child.kill();
+            let _ = child.wait();
+            let cwd = held
+                .captured
+                .links
+                .iter()
+                .find(|(n, _)| *n == "cwd")
+                .map(|(_, t)| t.clone());
+            (held, cwd)
+        };
+        let shell = Path::new("/bin/sh");
+        let (held, cwd) = held_cwd(shell, "s.sh".as_ref());
+        assert_eq!(
+            cwd.as_deref(),
+            Some(std::fs::canonicalize(&dir).unwrap().as_os_str().as_bytes())
+        );
+        let (pid_dir, _) = held.into_parts();
+        let raw = crate::process::read_process(
+            &pid_dir,
+            &mut Vec::new(),
+            &mut None,
+            &mut crate::process::CgroupMemo::default(),
+            &mut crate::process::ExeLinks::default(),
+            None,
+            false,
+        )
+        .expect("read from what was held, after the shell exited");
+        let want = std::fs::canonicalize(&script).unwrap();
+        assert_eq!(raw.script.as_deref(), Some(want.as_os_str().as_bytes()));
+
+        let (_, cwd) = held_cwd(shell, script.as_os_str());
+        assert_eq!(cwd, None, "an absolute script needs no working directory");
+        let (_, cwd) = held_cwd(&sleep_binary(), "3".as_ref());
+        assert_eq!(cwd, None, "sleep is no interpreter");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -611,17 +611,31 @@ pub fn read_process(
 /// words), made absolute with its working directory when relative. Only for executables that
 /// are interpreters, so other processes cost nothing more.
 fn script_of(dir: &PidDir, exe: &[u8], cmdline: &[u8]) -> Option<Vec<u8>> {
-    let argv: Vec<&[u8]> = cmdline
-        .strip_suffix(b"\0")
-        .unwrap_or(cmdline)
-        .split(|b| *b == 0)
-        .collect();
-    let arg = crate::script::script_argument(exe, &argv)?;
+    let arg = script_word(exe, cmdline)?;
     if arg.starts_with(b"/") {
         return crate::script::absolute(arg, None);
     }
     let cwd = dir.readlink("cwd").ok()?;
     crate::script::absolute(arg, Some(&cwd))
+}
+
+/// The word of `cmdline` (as read: NUL-separated) naming the script the interpreter `exe`
+/// runs ([`crate::script::script_argument`]).
+fn script_word<'a>(exe: &[u8], cmdline: &'a [u8]) -> Option<&'a [u8]> {
+    let argv: Vec<&[u8]> = cmdline
+        .strip_suffix(b"\0")
+        .unwrap_or(cmdline)
+        .split(|b| *b == 0)
+        .collect();
+    crate::script::script_argument(exe, &argv)
+}
+
+/// Whether a full read of a process with this `exe` link and `cmdline` (as read, at most
+/// [`CMDLINE_MAX`] bytes) reads its `cwd` link: only for an interpreter running a script
+/// named by a relative path ([`script_of`]). A hold reads the link only then.
+pub(crate) fn reads_cwd(exe_link: &[u8], cmdline: &[u8]) -> bool {
+    let (exe, deleted) = strip_deleted(exe_link);
+    !deleted && script_word(exe, cmdline).is_some_and(|arg| !arg.starts_with(b"/"))
 }
 
 /// The read of a known process while exec events are watched and none was lost (see

@@ -15,8 +15,9 @@
 //! Scans run on a blocking thread; the caches inside the [`Scanner`] live across scans.
 //!
 //! With an [`ExecFeed`] (the kernel's process-events connector), each exec is handled at
-//! once: execs arriving within [`EXEC_COALESCE`] of each other form one batch (at most
-//! [`EXEC_BATCH_MAX`] pids), the scanner reads just those processes at once
+//! once: execs arriving within a window after the first form one batch (at most
+//! [`EXEC_BATCH_MAX`] pids; the window is [`EXEC_COALESCE`], shorter under a storm and
+//! without holds, `exec_batch`), the scanner reads just those processes at once
 //! ([`Scanner::read_execs`]); when what was read raises something new, it is merged into the
 //! latest report ([`Scanner::merge_execs`]) at most every [`EXEC_PUBLISH_GAP`] and published
 //! like a scan's. Lost events (the kernel's buffer or the feed's channel overflowed) bring the
@@ -38,9 +39,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
+mod exec_batch;
 mod policy_source;
 mod running;
 mod timetable;
+pub use exec_batch::{EXEC_BATCH_MAX, EXEC_COALESCE, EXEC_COALESCE_MIN, EXEC_HELD_PER_BATCH};
 pub use policy_source::PolicySource;
 use policy_source::{warn_weakened, weakened_settings, ReloadFailure};
 use running::Running;
@@ -106,10 +109,6 @@ pub struct ExecFeed {
     pub kept_mount_namespaces: Option<Arc<std::sync::OnceLock<KeptMountNamespaces>>>,
 }
 
-/// How long the loop gathers further execs after the first of a batch.
-pub const EXEC_COALESCE: Duration = Duration::from_millis(5);
-/// The most pids one exec-driven read covers; the rest wait for the next.
-pub const EXEC_BATCH_MAX: usize = 512;
 /// While exec events are watched, every process is still read in full about this often (at
 /// least every [`Collector::FULL_READ_EVERY`] scans, at most every 60): what only a full
 /// read sees (a process moved to another cgroup, `setns`, a rewritten `argv`) shows within
@@ -229,46 +228,6 @@ async fn next_exec(feed: &mut Option<ExecFeed>, reread_at: Option<Instant>) -> E
     }
 }
 
-/// A batch of exec'd pids: the first event, and what arrives within [`EXEC_COALESCE`], up
-/// to [`EXEC_BATCH_MAX`] distinct pids; beside them the processes held at their exec (for a
-/// pid that exec'd twice, only a hold of the later exec, the program it runs now, unless
-/// that exec could not be held). `true`
-/// when a loss was announced meanwhile.
-async fn gather(
-    first: ExecEvent,
-    receiver: &mut mpsc::Receiver<ExecEvent>,
-) -> (Vec<i32>, Vec<HeldProcess>, bool) {
-    let mut pids = Vec::new();
-    let mut held: Vec<HeldProcess> = Vec::new();
-    let mut lost = false;
-    let mut take = |event: ExecEvent, pids: &mut Vec<i32>, held: &mut Vec<HeldProcess>| match event
-    {
-        nodeguard_procevents::ExecEvent::Exec { pid, held: hold } => {
-            if !pids.contains(&pid) {
-                pids.push(pid);
-            }
-            // What was held before this exec of the pid is another program's, unless this
-            // exec could not be held: then the earlier hold is all there is of the pid (a
-            // memfd loader whose payload exited before its own hold; grabbed late, the
-            // earlier hold may even be the payload).
-            if let Some(hold) = hold {
-                held.retain(|h| h.pid != pid);
-                held.push(hold);
-            }
-        }
-        nodeguard_procevents::ExecEvent::Lost => lost = true,
-    };
-    take(first, &mut pids, &mut held);
-    tokio::time::sleep(EXEC_COALESCE).await;
-    while pids.len() < EXEC_BATCH_MAX {
-        match receiver.try_recv() {
-            Ok(event) => take(event, &mut pids, &mut held),
-            Err(_) => break,
-        }
-    }
-    (pids, held, lost)
-}
-
 /// Copies the feed's counters into the state's; a feed whose reader stopped is polling.
 fn refresh_exec(
     exec: &mut ExecEventStats,
@@ -331,6 +290,9 @@ impl Daemon {
             pods,
             feed_stats: exec_feed.as_ref().map(|f| Arc::clone(&f.stats)),
             hold_stats: exec_feed.as_ref().and_then(|f| f.hold_stats.clone()),
+            gatherer: exec_batch::Gatherer::new(
+                exec_feed.as_ref().is_some_and(|f| f.hold_stats.is_some()),
+            ),
             exec_feed,
             lost_seen: 0,
             state,

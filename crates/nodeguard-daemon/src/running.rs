@@ -3,9 +3,10 @@
 //! goes through one helper ([`Running::blocking`]); a policy reload through one
 //! ([`Running::reload_and_republish`]).
 
+use crate::exec_batch::{Batch, Gatherer};
 use crate::timetable::Timetable;
 use crate::{
-    add, gather, jittered, next_exec, process_cpu, publish, refresh_exec, release_freed_memory,
+    add, jittered, next_exec, process_cpu, publish, refresh_exec, release_freed_memory,
     reload_policy, scope_name, Book, Control, Error, ExecFeed, ExecFeedStats, ExecWake, Schedule,
     StateSender,
 };
@@ -34,6 +35,8 @@ pub(crate) struct Running {
     pub(crate) policy: crate::PolicySource,
     pub(crate) pods: Arc<dyn PodLookup>,
     pub(crate) exec_feed: Option<ExecFeed>,
+    /// Gathers exec events into batches.
+    pub(crate) gatherer: Gatherer,
     pub(crate) feed_stats: Option<Arc<ExecFeedStats>>,
     /// The holder's counters, when exec'd processes are held at their event.
     pub(crate) hold_stats: Option<Arc<HoldStats>>,
@@ -252,7 +255,9 @@ impl Running {
                 let Some(feed) = self.exec_feed.as_mut() else {
                     return Ok(Step::Continue);
                 };
-                let (pids, held, lost) = gather(first, &mut feed.receiver).await;
+                let Batch {
+                    pids, held, lost, ..
+                } = self.gatherer.gather(first, &mut feed.receiver).await;
                 let lost_now = feed.stats.lost();
                 if lost || lost_now > self.lost_seen {
                     self.lost_seen = lost_now;
