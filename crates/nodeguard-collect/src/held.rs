@@ -552,6 +552,30 @@ mod tests {
             .expect("sleep (coreutils)")
     }
 
+    /// `command` started, once its new image's arguments are in place. `spawn` returns when
+    /// the child's exec has replaced its memory (a vfork-style spawn resumes the parent
+    /// there), which is before the kernel sets the new image's argument area: a read of
+    /// `cmdline` at once can find it empty. The exec event the agent holds on is sent after
+    /// that, so the tests wait for what the agent would see.
+    fn started(command: &mut Command) -> std::process::Child {
+        let child = command.spawn().unwrap();
+        wait_arguments(child.id());
+        child
+    }
+
+    /// Waits until `/proc/PID/cmdline` is no longer empty (see [`started`]).
+    fn wait_arguments(pid: u32) {
+        let cmdline = format!("/proc/{pid}/cmdline");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read(&cmdline).map_or(true, |c| c.is_empty()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{cmdline} stayed empty"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     fn holder(budget: usize) -> Holder {
         Holder::new(Path::new("/proc"), budget).unwrap()
     }
@@ -564,11 +588,7 @@ mod tests {
         let program = sleep_binary();
         // Long enough to be held before it exits even on a loaded machine (a zombie's
         // command line is empty: 0.5 s was not enough once 76 tests shared CI's two cores).
-        let mut child = Command::new(&program)
-            .arg("3")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = started(Command::new(&program).arg("3").stdin(Stdio::null()));
         let pid = child.id() as i32;
         let holder = holder(4);
         let held = holder
@@ -699,6 +719,8 @@ mod tests {
                 );
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            // Whether `cwd` is read depends on the command line: wait until it is there.
+            wait_arguments(child.id());
             let held = holder
                 .hold(child.id() as i32, monotonic_ns())
                 .expect("a running child is held");
@@ -750,7 +772,7 @@ mod tests {
 
     #[test]
     fn holds_beyond_the_budget_are_refused_and_counted_until_one_is_dropped() {
-        let mut child = Command::new(sleep_binary()).arg("5").spawn().unwrap();
+        let mut child = started(Command::new(sleep_binary()).arg("5"));
         let pid = child.id() as i32;
         let holder = holder(1);
         let now = monotonic_ns();
@@ -771,7 +793,7 @@ mod tests {
     #[test]
     fn a_process_reaped_between_its_grab_and_its_finish_is_counted_exited() {
         let program = sleep_binary();
-        let mut child = Command::new(&program).arg("5").spawn().unwrap();
+        let mut child = started(Command::new(&program).arg("5"));
         let pid = child.id() as i32;
         let holder = holder(4);
         let grip = holder
@@ -796,7 +818,7 @@ mod tests {
     /// is gone is counted as exited.
     #[test]
     fn a_pid_newer_than_its_exec_event_is_reused_and_a_reaped_one_exited() {
-        let mut child = Command::new(sleep_binary()).arg("5").spawn().unwrap();
+        let mut child = started(Command::new(sleep_binary()).arg("5"));
         let pid = child.id() as i32;
         let holder = holder(4);
         assert_eq!(holder.hold(pid, 0).unwrap_err(), Unheld::Reused);
