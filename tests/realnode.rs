@@ -253,6 +253,33 @@ impl Bed {
     }
 
     /// Every pod of the workload namespace, as the API server has them.
+    /// The pods the shared [`scan`] could see: not being deleted, every container running
+    /// since a second before the scan or earlier. A test that creates pods (`changing()`)
+    /// deletes them without waiting, and one that runs after the shared scan starts pods it
+    /// did not see: neither is the workload the scan is checked against.
+    fn pods_seen_by(&self, scan: &Scan) -> Vec<Value> {
+        let scanned_at = scan.report["scanned_at"].as_str().unwrap_or_default();
+        // RFC 3339 in UTC, compared to the second.
+        let second = |t: &str| t.get(..19).map(str::to_string);
+        let scanned = second(scanned_at).expect("the report's scanned_at");
+        self.pods()
+            .into_iter()
+            .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+            .filter(|pod| {
+                let statuses = pod["status"]["containerStatuses"].as_array();
+                statuses.is_some_and(|all| {
+                    !all.is_empty()
+                        && all.iter().all(|c| {
+                            c["state"]["running"]["startedAt"]
+                                .as_str()
+                                .and_then(second)
+                                .is_some_and(|started| started < scanned)
+                        })
+                })
+            })
+            .collect()
+    }
+
     fn pods(&self) -> Vec<Value> {
         self.kubectl_json(&["get", "pods", "-n", "realnode", "-o", "json"])["items"]
             .as_array()
@@ -536,7 +563,7 @@ fn cri_containers_are_attributed_to_containerd_with_their_pod_uid_and_qos() {
     let _shared = looking();
     let scan = scan(bed);
     let mut checked = 0;
-    for pod in bed.pods() {
+    for pod in bed.pods_seen_by(scan) {
         let name = pod["metadata"]["name"].as_str().unwrap().to_string();
         let uid = pod["metadata"]["uid"].as_str().unwrap();
         let qos = pod["status"]["qosClass"]
@@ -626,7 +653,7 @@ fn limits_are_the_containers_and_pods_own_as_written_in_the_cgroups_and_the_spec
     let _shared = looking();
     let scan = scan(bed);
     let top = bed.var("REALNODE_CGROUP_PREFIX");
-    for pod in bed.pods() {
+    for pod in bed.pods_seen_by(scan) {
         let name = pod["metadata"]["name"].as_str().unwrap().to_string();
         let uid = pod["metadata"]["uid"].as_str().unwrap();
         let specs = pod["spec"]["containers"].as_array().unwrap();
