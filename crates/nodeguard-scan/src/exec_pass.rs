@@ -65,12 +65,12 @@ pub(crate) struct ExecPasses {
     /// Processes read by exec-driven passes, by pid (a later exec of the same pid replaces
     /// its entry), with their container as read then.
     retained: BTreeMap<i32, Retained>,
-    /// The retained reads by what they raised, then age (`raised`, `read_at`, pid): those
-    /// that raised nothing first, oldest first. The bounds drop from the front without
-    /// sorting the whole set at each exec once it is full.
-    by_age: BTreeSet<(bool, Instant, i32)>,
-    /// How many retained reads raised nothing.
-    plain: usize,
+    /// The retained reads that raised nothing, by age (`read_at`, pid), oldest first: the
+    /// bounds drop from the front without sorting the whole set at each exec once it is full.
+    quiet_by_age: BTreeSet<(Instant, i32)>,
+    /// The retained reads that raised a finding, by age; dropped only when no quiet one is
+    /// left.
+    raised_by_age: BTreeSet<(Instant, i32)>,
     /// Every exec-read process as it was read, for `--since` queries (bounded; shared with
     /// the API).
     history: Arc<ExecHistory>,
@@ -107,12 +107,6 @@ pub(crate) struct Retained {
     pub(crate) raised: bool,
 }
 
-impl Retained {
-    fn age_key(&self) -> (bool, Instant, i32) {
-        (self.raised, self.read_at, self.process.pid)
-    }
-}
-
 /// One exec pass's reads, evaluated, for [`ExecPasses::record`].
 pub(crate) struct Reads {
     pub(crate) processes: Vec<Process>,
@@ -144,8 +138,8 @@ impl Default for ExecPasses {
     fn default() -> ExecPasses {
         ExecPasses {
             retained: BTreeMap::new(),
-            by_age: BTreeSet::new(),
-            plain: 0,
+            quiet_by_age: BTreeSet::new(),
+            raised_by_age: BTreeSet::new(),
             history: Arc::new(ExecHistory::default()),
             pending: None,
             held_back: BTreeMap::new(),
@@ -238,26 +232,29 @@ impl ExecPasses {
             read_at: now,
             raised,
         };
-        let key = entry.age_key();
         if let Some(before) = self.retained.insert(pid, entry) {
-            self.forget_age(&before);
+            self.by_age(before.raised).remove(&(before.read_at, pid));
         }
-        self.by_age.insert(key);
-        self.plain += usize::from(!raised);
+        self.by_age(raised).insert((now, pid));
     }
 
-    fn forget_age(&mut self, entry: &Retained) {
-        if self.by_age.remove(&entry.age_key()) && !entry.raised {
-            self.plain -= 1;
+    /// The age index of the retained reads that raised a finding, or of those that did not.
+    fn by_age(&mut self, raised: bool) -> &mut BTreeSet<(Instant, i32)> {
+        if raised {
+            &mut self.raised_by_age
+        } else {
+            &mut self.quiet_by_age
         }
     }
 
     /// Drops the oldest retained read, those that raised nothing first; whether the one
     /// dropped raised a finding.
     fn drop_oldest(&mut self) -> Option<bool> {
-        let (raised, _, pid) = self.by_age.pop_first()?;
+        let (raised, (_, pid)) = match self.quiet_by_age.pop_first() {
+            Some(quiet) => (false, quiet),
+            None => (true, self.raised_by_age.pop_first()?),
+        };
         self.retained.remove(&pid);
-        self.plain -= usize::from(!raised);
         Some(raised)
     }
 
@@ -347,8 +344,8 @@ impl ExecPasses {
                     .is_none_or(|id| alive.contains(id))
         });
         if self.retained.is_empty() {
-            self.by_age.clear();
-            self.plain = 0;
+            self.quiet_by_age.clear();
+            self.raised_by_age.clear();
             return;
         }
         let running: BTreeSet<(i32, Option<&str>, Option<&str>)> = processes
@@ -359,11 +356,11 @@ impl ExecPasses {
             let p = &r.process;
             !running.contains(&(p.pid, p.exe.as_deref(), p.container_id.as_deref()))
         });
-        // Once per full scan: the age index follows what is still retained.
+        // Once per full scan: the age indexes follow what is still retained.
         let retained = &self.retained;
-        self.by_age
-            .retain(|(_, at, pid)| retained.get(pid).is_some_and(|r| r.read_at == *at));
-        self.plain = self.by_age.iter().filter(|(raised, ..)| !raised).count();
+        let kept = |(at, pid): &(Instant, i32)| retained.get(pid).is_some_and(|r| r.read_at == *at);
+        self.quiet_by_age.retain(kept);
+        self.raised_by_age.retain(kept);
         // Marked exited, so that nobody takes them for what runs now.
         for r in self.retained.values() {
             let mut process = r.process.clone();
@@ -377,8 +374,8 @@ impl ExecPasses {
     /// [`EXEC_RETAINED_MAX`] in all, dropping the oldest that raised nothing first; a read
     /// that raised a finding dropped is counted and warned about, never silently.
     fn bound_retained(&mut self, stats: &mut ScanStats, warnings: &mut Vec<String>) {
-        // Each retained read has its one entry in `by_age`, those that raised nothing first.
-        while self.plain > EXEC_RETAINED_PLAIN_MAX {
+        // Each retained read has its one entry in one of the age indexes.
+        while self.quiet_by_age.len() > EXEC_RETAINED_PLAIN_MAX {
             self.drop_oldest();
         }
         let mut excess = 0usize;
@@ -936,13 +933,19 @@ mod tests {
         assert_eq!(stats.errors.get("exec_retention_overflow"), Some(&2));
         assert!(s.retained.contains_key(&1), "read again: the youngest");
         assert!(!s.retained.contains_key(&2) && !s.retained.contains_key(&3));
-        assert_eq!(s.by_age.len(), s.retained.len());
+        assert_eq!(
+            s.quiet_by_age.len() + s.raised_by_age.len(),
+            s.retained.len()
+        );
 
         // A full scan that sees pid 1 running drops it from retention, and from the index.
         let mut processes = vec![process(1, "/bin/y", None)];
         s.keep_retained(&mut processes, &[], Duration::from_secs(300));
         assert!(!s.retained.contains_key(&1));
-        assert_eq!(s.by_age.len(), s.retained.len());
+        assert_eq!(
+            s.quiet_by_age.len() + s.raised_by_age.len(),
+            s.retained.len()
+        );
     }
 
     /// Beyond the bound the oldest reads are dropped, counted and warned about.
@@ -990,12 +993,18 @@ mod tests {
         assert!(!s
             .retained
             .contains_key(&(last - EXEC_RETAINED_PLAIN_MAX as i32)));
-        assert_eq!(s.by_age.len(), s.retained.len());
+        assert_eq!(
+            s.quiet_by_age.len() + s.raised_by_age.len(),
+            s.retained.len()
+        );
 
         // A pid read again without a finding moves to the plain reads.
         s.retain(process(1, "/bin/sh", None), at(10_000_000), false);
         s.bound_retained(&mut stats, &mut warnings);
         assert_eq!(s.retained_len(), EXEC_RETAINED_PLAIN_MAX);
-        assert_eq!(s.by_age.len(), s.retained.len());
+        assert_eq!(
+            s.quiet_by_age.len() + s.raised_by_age.len(),
+            s.retained.len()
+        );
     }
 }
